@@ -1,0 +1,437 @@
+// bigsmall: command line front end over the public API. Only this file maps errors to exit codes.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+#include <string>
+#include <vector>
+
+#include "bigsmall/container.hpp"
+
+namespace fs = std::filesystem;
+using namespace bigsmall;
+
+namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+// Exit codes (documented in README.md and --help).
+enum Exit : int {
+  kExitOk = 0,
+  kExitUsage = 1,
+  kExitIo = 2,
+  kExitNoSpace = 3,
+  kExitBadInput = 4,
+  kExitCorrupt = 5,
+  kExitVersion = 6,
+  kExitInternal = 70,
+};
+
+int exit_code(Error e) {
+  switch (e) {
+    case Error::kOk: return kExitOk;
+    case Error::kInvalidArgument: return kExitUsage;
+    case Error::kIo: return kExitIo;
+    case Error::kNoSpace: return kExitNoSpace;
+    case Error::kNotSafetensors:
+    case Error::kNotBigsmall:
+    case Error::kTruncated:
+    case Error::kUnknownDtype:
+    case Error::kLimit:
+    case Error::kNotFound: return kExitBadInput;
+    case Error::kCorrupt: return kExitCorrupt;
+    case Error::kUnsupportedVersion: return kExitVersion;
+    case Error::kInternal: return kExitInternal;
+  }
+  return kExitInternal;
+}
+
+const char* kUsage =
+    "usage: bigsmall COMMAND [options] PATH...\n"
+    "\n"
+    "Lossless compression of neural network weights (safetensors files and model directories).\n"
+    "\n"
+    "commands:\n"
+    "  compress    FILE.safetensors -> FILE.bs; DIR -> DIR.bs/ (other files copied, index written)\n"
+    "  decompress  FILE.bs -> FILE.safetensors; DIR.bs/ -> DIR/ (byte-identical originals)\n"
+    "  verify      decode everything and check every checksum\n"
+    "  info        per tensor: dtype, shape, codec, ratio, bits per weight, joint-model floor\n"
+    "  bench       ratio and compress/decompress speed at 1 thread and at all threads\n"
+    "\n"
+    "options:\n"
+    "  -o PATH     output path (one input only)\n"
+    "  -f          overwrite existing outputs\n"
+    "  -T N        threads (default: all cores)\n"
+    "  -q          quiet: errors only\n"
+    "  -v          verbose\n"
+    "  --json      machine-readable output on stdout\n"
+    "  --no-verify skip checksum verification when decompressing\n"
+    "  -h, --help  this text;  -V, --version\n"
+    "\n"
+    "exit codes: 0 ok, 1 usage, 2 I/O error, 3 disk full, 4 invalid input (not safetensors/.bs,\n"
+    "truncated, unknown dtype), 5 corrupt data (checksum mismatch), 6 newer format version, 70 internal\n";
+
+struct Args {
+  std::string command;
+  std::vector<std::string> paths;
+  std::string output;
+  bool force = false, quiet = false, verbose = false, json = false, verify = true;
+  int threads = 0;
+};
+
+void on_signal(int sig) {
+  remove_partial_outputs();
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
+std::string human(double bytes) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (bytes >= 1000 && u < 4) {
+    bytes /= 1000;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", bytes, units[u]);
+  return buf;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// A progress bar on stderr, only when stderr is a terminal and not -q.
+class Progress {
+ public:
+  Progress(bool enabled, std::string label) : on_(enabled && isatty(2)), label_(std::move(label)) {}
+  ProgressFn fn() {
+    if (!on_) return nullptr;
+    return [this](uint64_t done, uint64_t total) { draw(done, total); };
+  }
+  void finish() {
+    if (on_ && drawn_) std::fprintf(stderr, "\r\033[K");
+  }
+
+ private:
+  void draw(uint64_t done, uint64_t total) {
+    const double t = seconds_since(t0_);
+    if (done < total && t - last_ < 0.1) return;
+    last_ = t;
+    drawn_ = true;
+    const double frac = total ? static_cast<double>(done) / static_cast<double>(total) : 1.0;
+    const int width = 24, fill = static_cast<int>(frac * width);
+    const double rate = t > 0 ? static_cast<double>(done) / t : 0;
+    const double left = rate > 0 ? static_cast<double>(total - done) / rate : 0;
+    std::string bar(static_cast<size_t>(fill), '=');
+    bar.resize(width, ' ');
+    std::fprintf(stderr, "\r\033[K%s [%s] %3.0f%% %s/%s %s/s %.0fs left", label_.c_str(), bar.c_str(), frac * 100,
+                 human(static_cast<double>(done)).c_str(), human(static_cast<double>(total)).c_str(), human(rate).c_str(), left);
+    std::fflush(stderr);
+  }
+  bool on_;
+  std::string label_;
+  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+  double last_ = -1;
+  bool drawn_ = false;
+};
+
+bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+std::string strip_slash(std::string p) {
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p;
+}
+
+std::string default_output(const std::string& cmd, const std::string& in, bool is_dir) {
+  const std::string p = strip_slash(in);
+  if (cmd == "compress") {
+    if (!is_dir && ends_with(p, ".safetensors")) return p.substr(0, p.size() - 12) + ".bs";
+    return p + ".bs";
+  }
+  if (ends_with(p, ".bs")) return p.substr(0, p.size() - 3) + (is_dir ? "" : ".safetensors");
+  return "";
+}
+
+uint64_t path_bytes(const std::string& p) {
+  std::error_code ec;
+  if (!fs::is_directory(p, ec)) return fs::file_size(p, ec);
+  uint64_t total = 0;
+  for (fs::recursive_directory_iterator it(p, ec), end; !ec && it != end; it.increment(ec))
+    if (it->is_regular_file(ec)) total += it->file_size(ec);
+  return total;
+}
+
+int report(const Status& st) {
+  std::fprintf(stderr, "bigsmall: %s\n", st.message().c_str());
+  return exit_code(st.code());
+}
+
+int run_codec(const Args& a) {
+  const bool compress = a.command == "compress";
+  if (!a.output.empty() && a.paths.size() != 1) {
+    std::fprintf(stderr, "bigsmall: -o takes exactly one input\n");
+    return kExitUsage;
+  }
+  int rc = kExitOk;
+  for (const auto& in : a.paths) {
+    std::error_code ec;
+    const bool is_dir = fs::is_directory(in, ec);
+    if (!fs::exists(in, ec)) {
+      rc = std::max(rc, report(Status(Error::kIo, in + ": no such file or directory")));
+      continue;
+    }
+    const std::string out = a.output.empty() ? default_output(a.command, in, is_dir) : a.output;
+    if (out.empty()) {
+      rc = std::max(rc, report(Status(Error::kInvalidArgument, in + ": name does not end in .bs; give the output with -o")));
+      continue;
+    }
+    Progress prog(!a.quiet, fs::path(strip_slash(in)).filename().string());
+    const auto t0 = std::chrono::steady_clock::now();
+    Status st;
+    if (compress) {
+      CompressOptions o;
+      o.threads = a.threads;
+      o.overwrite = a.force;
+      o.progress = prog.fn();
+      st = is_dir ? compress_dir(in, out, o) : compress_file(in, out, o);
+    } else {
+      DecompressOptions o;
+      o.threads = a.threads;
+      o.overwrite = a.force;
+      o.verify = a.verify;
+      o.progress = prog.fn();
+      st = is_dir ? decompress_dir(in, out, o) : decompress_file(in, out, o);
+    }
+    prog.finish();
+    if (!st.is_ok()) {
+      rc = std::max(rc, report(st));
+      continue;
+    }
+    const double t = seconds_since(t0);
+    const uint64_t in_b = path_bytes(in), out_b = path_bytes(out);
+    const uint64_t raw = compress ? in_b : out_b, packed = compress ? out_b : in_b;
+    if (a.json) {
+      std::printf("{\"input\": \"%s\", \"output\": \"%s\", \"original_bytes\": %llu, \"compressed_bytes\": %llu, "
+                  "\"ratio\": %.6f, \"seconds\": %.4f}\n",
+                  in.c_str(), out.c_str(), static_cast<unsigned long long>(raw), static_cast<unsigned long long>(packed),
+                  raw ? static_cast<double>(packed) / static_cast<double>(raw) : 0.0, t);
+    } else if (!a.quiet) {
+      std::fprintf(stderr, "%s -> %s: %s -> %s (%.2f%%), %.2fs, %s/s\n", in.c_str(), out.c_str(),
+                   human(static_cast<double>(in_b)).c_str(), human(static_cast<double>(out_b)).c_str(),
+                   raw ? 100.0 * static_cast<double>(packed) / static_cast<double>(raw) : 0.0, t,
+                   human(t > 0 ? static_cast<double>(raw) / t : 0).c_str());
+    }
+  }
+  return rc;
+}
+
+int run_verify(const Args& a) {
+  int rc = kExitOk;
+  for (const auto& p : a.paths) {
+    Progress prog(!a.quiet, fs::path(strip_slash(p)).filename().string());
+    DecompressOptions o;
+    o.threads = a.threads;
+    o.progress = prog.fn();
+    const Status st = verify_path(p, o);
+    prog.finish();
+    if (a.json) std::printf("{\"path\": \"%s\", \"ok\": %s}\n", p.c_str(), st.is_ok() ? "true" : "false");
+    if (!st.is_ok()) {
+      rc = std::max(rc, report(st));
+    } else if (!a.quiet && !a.json) {
+      std::fprintf(stderr, "%s: OK\n", p.c_str());
+    }
+  }
+  return rc;
+}
+
+std::string shape_str(const std::vector<uint64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i) r += ',';
+    r += std::to_string(s[i]);
+  }
+  return r + "]";
+}
+
+int run_info(const Args& a) {
+  int rc = kExitOk;
+  for (const auto& p : a.paths) {
+    auto f = BsFile::open(p);
+    if (!f) {
+      rc = std::max(rc, report(f.status()));
+      continue;
+    }
+    uint64_t raw = 0, stored = 0, floor_bits = 0;
+    if (a.json) std::printf("{\"path\": \"%s\", \"tensors\": [", p.c_str());
+    else std::printf("%-48s %-8s %-18s %-6s %10s %8s %7s %7s\n", "tensor", "dtype", "shape", "codec", "stored", "ratio", "bits/w", "floor");
+    bool first = true;
+    for (const auto& t : f->tensors()) {
+      uint64_t numel = 1;
+      for (auto d : t.shape) numel *= d;
+      const double bpw = numel ? 8.0 * static_cast<double>(t.stored_bytes) / static_cast<double>(numel) : 0;
+      const double fpw = numel ? static_cast<double>(t.floor_bits) / static_cast<double>(numel) : 0;
+      const double ratio = t.nbytes ? static_cast<double>(t.stored_bytes) / static_cast<double>(t.nbytes) : 0;
+      raw += t.nbytes;
+      stored += t.stored_bytes;
+      floor_bits += t.floor_bits;
+      if (a.json) {
+        std::printf("%s\n  {\"name\": \"%s\", \"dtype\": \"%s\", \"shape\": %s, \"codec\": \"%s\", \"bytes\": %llu, "
+                    "\"stored_bytes\": %llu, \"ratio\": %.6f, \"bits_per_weight\": %.4f, \"floor_bits_per_weight\": %.4f}",
+                    first ? "" : ",", t.name.c_str(), std::string(dtype_info(t.dtype).safetensors_name).c_str(),
+                    shape_str(t.shape).c_str(), codec_name(t.codec), static_cast<unsigned long long>(t.nbytes),
+                    static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
+      } else {
+        std::printf("%-48s %-8s %-18s %-6s %10llu %8.4f %7.3f %7.3f\n", t.name.c_str(),
+                    std::string(dtype_info(t.dtype).safetensors_name).c_str(), shape_str(t.shape).c_str(), codec_name(t.codec),
+                    static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
+      }
+      first = false;
+    }
+    const double file_ratio = f->original_size() ? static_cast<double>(f->file_size()) / static_cast<double>(f->original_size()) : 0;
+    if (a.json) {
+      std::printf("\n], \"original_bytes\": %llu, \"file_bytes\": %llu, \"ratio\": %.6f, \"floor_bytes\": %llu}\n",
+                  static_cast<unsigned long long>(f->original_size()), static_cast<unsigned long long>(f->file_size()),
+                  file_ratio, static_cast<unsigned long long>(floor_bits / 8));
+    } else {
+      std::printf("total: %zu tensors, %s -> %s file (%.2f%%); tensor data %s, joint floor %s\n", f->tensors().size(),
+                  human(static_cast<double>(f->original_size())).c_str(), human(static_cast<double>(f->file_size())).c_str(),
+                  100 * file_ratio, human(static_cast<double>(stored)).c_str(), human(static_cast<double>(floor_bits) / 8).c_str());
+    }
+  }
+  return rc;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int run_bench(const Args& a) {
+  int rc = kExitOk;
+  const int all = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int tmax = a.threads > 0 ? a.threads : all;
+  for (const auto& p : a.paths) {
+    std::error_code ec;
+    const std::string tmp = (fs::temp_directory_path(ec) / ("bigsmall-bench-" + std::to_string(getpid()) + ".bs")).string();
+    const double raw = static_cast<double>(fs::file_size(p, ec));
+    struct Row { int threads; double comp, dec; };
+    std::vector<Row> rows;
+    double ratio = 0;
+    for (int threads : {1, tmax}) {
+      if (!rows.empty() && threads == rows.back().threads) break;
+      std::vector<double> tc, td;
+      for (int rep = 0; rep < 3; ++rep) {
+        CompressOptions co;
+        co.threads = threads;
+        co.overwrite = true;
+        co.sync = false;
+        auto t0 = std::chrono::steady_clock::now();
+        Status st = compress_file(p, tmp, co);
+        tc.push_back(seconds_since(t0));
+        if (!st.is_ok()) {
+          fs::remove(tmp, ec);
+          return report(st);
+        }
+        auto f = BsFile::open(tmp);
+        if (!f) return report(f.status());
+        ratio = static_cast<double>(f->file_size()) / raw;
+        DecompressOptions dopt;
+        dopt.threads = threads;
+        t0 = std::chrono::steady_clock::now();
+        st = f->verify(dopt);
+        td.push_back(seconds_since(t0));
+        if (!st.is_ok()) return report(st);
+      }
+      rows.push_back({threads, raw / median(tc), raw / median(td)});
+    }
+    fs::remove(tmp, ec);
+    for (const auto& r : rows) {
+      if (a.json)
+        std::printf("{\"file\": \"%s\", \"threads\": %d, \"ratio\": %.6f, \"compress_GBps\": %.4f, \"decompress_GBps\": %.4f}\n",
+                    p.c_str(), r.threads, ratio, r.comp / 1e9, r.dec / 1e9);
+      else
+        std::printf("%s: ratio %.4f, %d thread%s: compress %.3f GB/s, decompress %.3f GB/s\n", p.c_str(), ratio, r.threads,
+                    r.threads == 1 ? "" : "s", r.comp / 1e9, r.dec / 1e9);
+    }
+  }
+  return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  Args a;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::fputs(kUsage, stderr);
+    return kExitUsage;
+  }
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& s = args[i];
+    auto need_value = [&](const char* opt) -> const std::string* {
+      if (i + 1 >= args.size()) {
+        std::fprintf(stderr, "bigsmall: %s needs a value\n", opt);
+        return nullptr;
+      }
+      return &args[++i];
+    };
+    if (s == "-h" || s == "--help") {
+      std::fputs(kUsage, stdout);
+      return kExitOk;
+    } else if (s == "-V" || s == "--version") {
+      std::printf("bigsmall %s (format %u.%u)\n", kVersion, kFormatVersionMajor, kFormatVersionMinor);
+      return kExitOk;
+    } else if (s == "-o") {
+      const std::string* v = need_value("-o");
+      if (!v) return kExitUsage;
+      a.output = *v;
+    } else if (s == "-T") {
+      const std::string* v = need_value("-T");
+      if (!v) return kExitUsage;
+      char* end = nullptr;
+      const long t = std::strtol(v->c_str(), &end, 10);
+      if (*end != '\0' || t < 0 || t > 4096) {
+        std::fprintf(stderr, "bigsmall: -T takes a thread count, got '%s'\n", v->c_str());
+        return kExitUsage;
+      }
+      a.threads = static_cast<int>(t);
+    } else if (s == "-f") {
+      a.force = true;
+    } else if (s == "-q") {
+      a.quiet = true;
+    } else if (s == "-v") {
+      a.verbose = true;
+    } else if (s == "--json") {
+      a.json = true;
+    } else if (s == "--no-verify") {
+      a.verify = false;
+    } else if (s.size() > 1 && s[0] == '-') {
+      std::fprintf(stderr, "bigsmall: unknown option '%s'\n%s", s.c_str(), kUsage);
+      return kExitUsage;
+    } else if (a.command.empty()) {
+      a.command = s;
+    } else {
+      a.paths.push_back(s);
+    }
+  }
+  if (a.paths.empty()) {
+    std::fprintf(stderr, "bigsmall: %s\n%s", a.command.empty() ? "no command" : "no input path", kUsage);
+    return kExitUsage;
+  }
+  if (a.command == "compress" || a.command == "decompress") return run_codec(a);
+  if (a.command == "verify") return run_verify(a);
+  if (a.command == "info") return run_info(a);
+  if (a.command == "bench") return run_bench(a);
+  std::fprintf(stderr, "bigsmall: unknown command '%s'\n%s", a.command.c_str(), kUsage);
+  return kExitUsage;
+}

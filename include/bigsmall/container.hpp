@@ -1,0 +1,113 @@
+// The .bs container (doc/FORMAT.md): compress and restore safetensors files and model
+// directories, and random access to single tensors.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "bigsmall/codec.hpp"
+
+namespace bigsmall {
+
+constexpr uint16_t kFormatVersionMajor = 1;
+constexpr uint16_t kFormatVersionMinor = 0;
+
+// Called from worker threads' owner with bytes done so far and the total.
+using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
+
+struct CompressOptions {
+  int threads = 0;  // <= 0: all cores
+  bool overwrite = false;
+  bool sync = true;  // fsync before the output is renamed into place
+  int zstd_level = 19;
+  ProgressFn progress;
+};
+
+struct DecompressOptions {
+  int threads = 0;
+  bool overwrite = false;
+  bool sync = true;
+  bool verify = true;  // chunk and tensor checksums
+  ProgressFn progress;
+};
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<uint64_t> shape;
+  uint64_t nbytes = 0;         // decoded size
+  uint64_t stored_bytes = 0;   // payload size in the .bs file
+  uint64_t floor_bits = 0;     // information content under the joint (sign+exponent, mantissa|exponent) model
+  Codec codec = Codec::kStore;
+  size_t chunks = 0;
+};
+
+class BsFile {
+ public:
+  // Validates header, index and every tensor entry; reads no tensor data.
+  static Result<BsFile> open(const std::string& path);
+  BsFile();
+  ~BsFile();
+  BsFile(BsFile&&) noexcept;
+  BsFile& operator=(BsFile&&) noexcept;
+
+  const std::string& path() const;
+  uint64_t file_size() const;
+  uint64_t original_size() const;                // size of the safetensors file it restores
+  const std::string& safetensors_header() const;  // the original JSON header, byte for byte
+  const std::vector<TensorInfo>& tensors() const;
+  std::optional<size_t> find(std::string_view name) const;
+
+  // Decodes tensor i into out[0, tensors()[i].nbytes).
+  Status read_tensor(size_t i, uint8_t* out, uint64_t out_size, const DecodeOptions& opts = {}) const;
+  // Decodes several tensors with one pool, chunks of all of them in parallel.
+  Status read_tensors(const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
+                      const DecodeOptions& opts = {}) const;
+  // Rebuilds the original safetensors file.
+  Status restore(const std::string& out_path, const DecompressOptions& opts = {}) const;
+  // Decodes everything and checks every checksum; the first problem found is returned.
+  Status verify(const DecompressOptions& opts = {}) const;
+
+  // Raw access for other decoders (GPU): coding and payload bytes of tensor i.
+  const TensorCoding& coding(size_t i) const;
+  const uint8_t* payload(size_t i) const;
+
+  struct Impl;  // defined in src/container/bsfile.cpp
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// A tensor held in memory, for writing .bs files without a safetensors file in between.
+struct TensorView {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<uint64_t> shape;
+  const uint8_t* data = nullptr;
+  uint64_t nbytes = 0;
+};
+
+Status compress_file(const std::string& src, const std::string& dst, const CompressOptions& opts = {});
+Status decompress_file(const std::string& src, const std::string& dst, const DecompressOptions& opts = {});
+// Writes tensors (in the given order) as a .bs whose restore is the safetensors file that
+// safetensors itself would write for them.
+Status write_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
+                     const std::vector<std::pair<std::string, std::string>>& metadata,
+                     const CompressOptions& opts = {});
+
+// Model directories: every *.safetensors becomes a .bs, every other file is copied, and
+// bigsmall.index.json records the mapping; decompress_dir restores the original directory.
+constexpr const char* kDirIndexName = "bigsmall.index.json";
+Status compress_dir(const std::string& src, const std::string& dst, const CompressOptions& opts = {});
+Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts = {});
+Status verify_path(const std::string& path, const DecompressOptions& opts = {});
+
+// Deletes the temporary files of outputs still being written. Async-signal-safe: for SIGINT
+// and SIGTERM handlers, so an interrupted run leaves nothing behind.
+void remove_partial_outputs();
+
+}  // namespace bigsmall

@@ -1,0 +1,29 @@
+// One table describes every dtype; code asks the table instead of switching on the enum.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace bigsmall {
+
+enum class DType : uint8_t {
+  kBool = 0, kU8, kI8, kF8_E5M2, kF8_E4M3, kF8_E8M0, kI16, kU16, kF16, kBF16,
+  kI32, kU32, kF32, kF64, kI64, kU64, kC64, kF4, kF6_E2M3, kF6_E3M2,
+  kCount
+};
+
+struct DTypeInfo {
+  DType id;
+  std::string_view safetensors_name;
+  uint8_t bits;           // storage bits per element (4 and 6 for packed sub-byte types)
+  uint8_t exponent_bits;  // 0: no float model, the tensor goes through the byte coder
+  uint8_t mantissa_bits;
+};
+
+const DTypeInfo& dtype_info(DType d);
+std::optional<DType> dtype_from_name(std::string_view safetensors_name);
+// Bytes taken by `numel` elements; nullopt on overflow.
+std::optional<uint64_t> dtype_nbytes(DType d, uint64_t numel);
+inline bool has_float_model(DType d) { return dtype_info(d).exponent_bits != 0; }
+
+}  // namespace bigsmall

@@ -1,0 +1,84 @@
+// Errors are values inside the core: every fallible call returns Status or Result<T>.
+// Only the CLI maps them to exit codes and only the Python binding to exceptions.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <variant>
+
+namespace bigsmall {
+
+// Stable numbering: these values are part of the CLI's exit-code contract and the Python API.
+enum class Error : int {
+  kOk = 0,
+  kInvalidArgument = 1,   // caller passed something unusable
+  kIo = 2,                // open/read/write/rename failed (errno text in the message)
+  kNoSpace = 3,           // the output disk is full
+  kNotSafetensors = 4,    // input is not a well-formed safetensors file
+  kNotBigsmall = 5,       // input is not a .bs file (bad magic)
+  kUnsupportedVersion = 6,// .bs written by a newer format version
+  kCorrupt = 7,           // checksum mismatch or inconsistent structure
+  kTruncated = 8,         // file ends before the structures it declares
+  kUnknownDtype = 9,      // dtype name outside the dtype table
+  kLimit = 10,            // a declared size exceeds a hard cap
+  kNotFound = 11,         // tensor name not present
+  kInternal = 12,
+};
+
+const char* error_name(Error e);
+
+class [[nodiscard]] Status {
+ public:
+  Status() = default;
+  Status(Error code, std::string message) : code_(code), message_(std::move(message)) {}
+  static Status ok() { return {}; }
+  bool is_ok() const { return code_ == Error::kOk; }
+  explicit operator bool() const { return is_ok(); }
+  Error code() const { return code_; }
+  const std::string& message() const { return message_; }
+  // Prefixes context (usually a file name) so the final one-line error names the file.
+  Status with_context(const std::string& ctx) const {
+    if (is_ok()) return *this;
+    return Status(code_, ctx + ": " + message_);
+  }
+
+ private:
+  Error code_ = Error::kOk;
+  std::string message_;
+};
+
+template <typename T>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : v_(std::move(value)) {}
+  Result(Status status) : v_(std::move(status)) {}
+  bool is_ok() const { return v_.index() == 0; }
+  explicit operator bool() const { return is_ok(); }
+  T& value() & { return std::get<0>(v_); }
+  T&& value() && { return std::get<0>(std::move(v_)); }
+  const T& value() const& { return std::get<0>(v_); }
+  T* operator->() { return &std::get<0>(v_); }
+  const T* operator->() const { return &std::get<0>(v_); }
+  T& operator*() { return value(); }
+  Status status() const { return is_ok() ? Status::ok() : std::get<1>(v_); }
+
+ private:
+  std::variant<T, Status> v_;
+};
+
+#define BS_CONCAT_INNER(a, b) a##b
+#define BS_CONCAT(a, b) BS_CONCAT_INNER(a, b)
+#define BS_RETURN_IF_ERROR_IMPL(tmp, expr) \
+  do {                                     \
+    ::bigsmall::Status tmp = (expr);       \
+    if (!tmp.is_ok()) return tmp;          \
+  } while (0)
+#define BS_RETURN_IF_ERROR(expr) BS_RETURN_IF_ERROR_IMPL(BS_CONCAT(bs_st_, __COUNTER__), expr)
+
+#define BS_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
+  auto tmp = (expr);                             \
+  if (!tmp.is_ok()) return tmp.status();         \
+  lhs = std::move(tmp).value()
+#define BS_ASSIGN_OR_RETURN(lhs, expr) BS_ASSIGN_OR_RETURN_IMPL(BS_CONCAT(bs_r_, __COUNTER__), lhs, expr)
+
+}  // namespace bigsmall

@@ -1,0 +1,128 @@
+// Little-endian byte and bit I/O. Readers never trust their input: every read is bounds-checked
+// and a failed read latches `ok() == false` instead of touching memory out of range.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace bigsmall::detail {
+
+class ByteWriter {
+ public:
+  std::vector<uint8_t>& buf() { return buf_; }
+  void u8(uint8_t v) { buf_.push_back(v); }
+  void u16(uint16_t v) { put(&v, 2); }
+  void u32(uint32_t v) { put(&v, 4); }
+  void u64(uint64_t v) { put(&v, 8); }
+  void bytes(const void* p, size_t n) { put(p, n); }
+  void str16(const std::string& s) { u16(static_cast<uint16_t>(s.size())); bytes(s.data(), s.size()); }
+  size_t size() const { return buf_.size(); }
+
+ private:
+  void put(const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    buf_.insert(buf_.end(), b, b + n);
+  }
+  std::vector<uint8_t> buf_;
+};
+
+class ByteReader {
+ public:
+  ByteReader(const uint8_t* p, size_t n) : p_(p), n_(n) {}
+  bool ok() const { return ok_; }
+  size_t remaining() const { return n_ - pos_; }
+  size_t pos() const { return pos_; }
+  uint8_t u8() { uint8_t v = 0; get(&v, 1); return v; }
+  uint16_t u16() { uint16_t v = 0; get(&v, 2); return v; }
+  uint32_t u32() { uint32_t v = 0; get(&v, 4); return v; }
+  uint64_t u64() { uint64_t v = 0; get(&v, 8); return v; }
+  const uint8_t* take(size_t n) {
+    if (!ok_ || n > remaining()) { ok_ = false; return nullptr; }
+    const uint8_t* r = p_ + pos_;
+    pos_ += n;
+    return r;
+  }
+  std::string str16() {
+    const uint16_t len = u16();
+    const uint8_t* s = take(len);
+    return s ? std::string(reinterpret_cast<const char*>(s), len) : std::string();
+  }
+
+ private:
+  void get(void* out, size_t n) {
+    const uint8_t* s = take(n);
+    if (s) std::memcpy(out, s, n);
+  }
+  const uint8_t* p_;
+  size_t n_;
+  size_t pos_ = 0;
+  bool ok_ = true;
+};
+
+// LSB-first bit stream used for the compact table encoding.
+class BitWriter {
+ public:
+  void put(uint64_t v, int nbits) {
+    while (nbits > 0) {
+      if ((nbits_ & 7) == 0) buf_.push_back(0);
+      const int used = static_cast<int>(nbits_ & 7);
+      const int take = std::min(8 - used, nbits);
+      buf_.back() |= static_cast<uint8_t>((v & ((1u << take) - 1)) << used);
+      v >>= take;
+      nbits -= take;
+      nbits_ += static_cast<size_t>(take);
+    }
+  }
+  // Exp-Golomb of order k: small values cost few bits, any 32-bit value fits.
+  void ue(uint32_t v, int k = 0) {
+    const uint64_t w = (static_cast<uint64_t>(v) >> k) + 1;
+    int len = 0;
+    while ((w >> (len + 1)) != 0) ++len;
+    put(0, len);
+    put(1, 1);
+    put(w & ((uint64_t{1} << len) - 1), len);
+    put(v & ((uint64_t{1} << k) - 1), k);
+  }
+  size_t bits() const { return nbits_; }
+  std::vector<uint8_t>& buf() { return buf_; }
+
+ private:
+  std::vector<uint8_t> buf_;
+  size_t nbits_ = 0;
+};
+
+class BitReader {
+ public:
+  BitReader(const uint8_t* p, size_t nbytes) : p_(p), nbits_(nbytes * 8) {}
+  bool ok() const { return ok_; }
+  uint64_t get(int nbits) {
+    uint64_t v = 0;
+    for (int i = 0; i < nbits; ++i) {
+      if (pos_ >= nbits_) { ok_ = false; return 0; }
+      v |= static_cast<uint64_t>((p_[pos_ >> 3] >> (pos_ & 7)) & 1u) << i;
+      ++pos_;
+    }
+    return v;
+  }
+  uint32_t ue(int k = 0) {
+    int len = 0;
+    while (get(1) == 0) {
+      if (!ok_ || ++len > 32) { ok_ = false; return 0; }
+    }
+    const uint64_t w = (uint64_t{1} << len) | get(len);
+    const uint64_t v = ((w - 1) << k) | get(k);
+    if (v > UINT32_MAX) { ok_ = false; return 0; }
+    return static_cast<uint32_t>(v);
+  }
+  size_t bytes_used() const { return (pos_ + 7) / 8; }
+
+ private:
+  const uint8_t* p_;
+  size_t nbits_;
+  size_t pos_ = 0;
+  bool ok_ = true;
+};
+
+}  // namespace bigsmall::detail

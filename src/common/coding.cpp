@@ -1,0 +1,68 @@
+// TensorCoding helpers: the geometry of chunks, and validation of values read from files.
+#include <string>
+
+#include "bigsmall/codec.hpp"
+
+namespace bigsmall {
+
+const char* codec_name(Codec c) {
+  switch (c) {
+    case Codec::kStore: return "store";
+    case Codec::kFloat: return "float";
+    case Codec::kBytes: return "bytes";
+    case Codec::kZstd: return "zstd";
+  }
+  return "?";
+}
+
+const char* error_name(Error e) {
+  static const char* const kNames[] = {"ok", "invalid argument", "io error", "no space left",
+                                       "not safetensors", "not a .bs file", "unsupported version",
+                                       "corrupt", "truncated", "unknown dtype", "limit exceeded",
+                                       "not found", "internal error"};
+  const int i = static_cast<int>(e);
+  return i >= 0 && i < static_cast<int>(std::size(kNames)) ? kNames[i] : "unknown error";
+}
+
+uint32_t TensorCoding::unit_bytes() const {
+  // Float codecs see whole elements; sub-byte packed dtypes are coded byte by byte.
+  const uint32_t bits = dtype_info(dtype).bits;
+  return bits >= 8 ? bits / 8 : 1;
+}
+
+uint64_t TensorCoding::chunk_out_size(size_t i) const {
+  const uint64_t start = chunk_out_offset(i);
+  const uint64_t full = chunk_units() * unit_bytes();
+  return nbytes - start < full ? nbytes - start : full;
+}
+
+uint64_t TensorCoding::payload_size() const {
+  uint64_t end = model_size;
+  for (const auto& c : chunks) end = std::max(end, c.offset + c.size);
+  return end;
+}
+
+Status TensorCoding::validate(uint64_t payload_limit) const {
+  auto bad = [](const std::string& what) { return Status(Error::kCorrupt, "invalid tensor entry: " + what); };
+  if (static_cast<int>(dtype) >= static_cast<int>(DType::kCount)) return Status(Error::kUnknownDtype, "unknown dtype id");
+  if (static_cast<int>(codec) > static_cast<int>(Codec::kZstd)) return bad("unknown codec");
+  if (codec == Codec::kFloat && !has_float_model(dtype)) return bad("float codec on a non-float dtype");
+  if (chunk_log2 < 6 || chunk_log2 > 24) return bad("chunk size");
+  if (lanes_log2 > 5) return bad("lane count");
+  if (nbytes % unit_bytes() != 0) return bad("size is not a whole number of elements");
+  if (chunks.size() != chunk_count()) return bad("chunk count");
+  if (model_size > payload_limit) return bad("model size");
+  uint64_t expected = model_size;
+  for (const auto& c : chunks) {
+    // Chunks follow each other, so no chunk can alias another or the model.
+    if (c.offset != expected) return bad("chunk offsets");
+    if (c.size > payload_limit - c.offset) return bad("chunk beyond payload");
+    if (c.mode != ChunkMode::kStored && c.mode != ChunkMode::kCoded) return bad("chunk mode");
+    expected = c.offset + c.size;
+  }
+  for (size_t i = 0; i < chunks.size(); ++i)
+    if (chunks[i].mode == ChunkMode::kStored && chunks[i].size != chunk_out_size(i)) return bad("stored chunk size");
+  return Status::ok();
+}
+
+}  // namespace bigsmall

@@ -1,0 +1,40 @@
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace bigsmall::detail {
+
+// A fixed set of workers that run parallel_for loops; the calling thread works too, so a pool of
+// one thread runs everything inline with no synchronisation.
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads);  // <= 0: all cores
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+  // Calls fn(i) for every i in [0, n), items handed out dynamically; returns when all are done.
+  void parallel_for(size_t n, const std::function<void(size_t)>& fn);
+
+ private:
+  void worker_loop();
+  void run_items();
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_work_, cv_done_;
+  const std::function<void(size_t)>* job_ = nullptr;
+  size_t job_n_ = 0;
+  std::atomic<size_t> next_{0};
+  size_t generation_ = 0;
+  int finished_ = 0;
+  bool stop_ = false;
+};
+
+int default_thread_count();
+
+}  // namespace bigsmall::detail

@@ -1,0 +1,513 @@
+// The .bs file: writer (from a safetensors file or from tensors in memory) and reader.
+// Byte layout and rules: doc/FORMAT.md.
+#include <zstd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "bigsmall/container.hpp"
+#include "common/bytes.hpp"
+#include "common/checksum.hpp"
+#include "common/thread_pool.hpp"
+#include "container/fileio.hpp"
+#include "container/safetensors.hpp"
+#include "decode/decoder.hpp"
+#include "encode/encoder.hpp"
+
+namespace bigsmall {
+namespace detail {
+namespace {
+
+constexpr uint8_t kMagic[8] = {0x89, 'B', 'S', 'M', 'L', '\r', '\n', 0x1A};
+constexpr uint64_t kHeaderSize = 64;
+constexpr uint64_t kPayloadAlign = 64;
+constexpr uint64_t kMaxIndexBytes = 1ull << 30;
+constexpr uint64_t kBatchBytes = 256ull << 20;  // input bytes encoded between writes
+constexpr int kIndexZstdLevel = 19;
+
+struct FileHeader {
+  uint16_t major = kFormatVersionMajor, minor = kFormatVersionMinor;
+  uint32_t flags = 0;
+  uint64_t index_offset = 0, index_stored = 0, index_raw = 0, index_checksum = 0, original_size = 0;
+};
+
+std::vector<uint8_t> encode_header(const FileHeader& h) {
+  ByteWriter w;
+  w.bytes(kMagic, 8);
+  w.u16(h.major);
+  w.u16(h.minor);
+  w.u32(h.flags);
+  w.u64(h.index_offset);
+  w.u64(h.index_stored);
+  w.u64(h.index_raw);
+  w.u64(h.index_checksum);
+  w.u64(h.original_size);
+  w.u64(xxh3_64(w.buf().data(), w.size()));
+  return std::move(w.buf());
+}
+
+// A source tensor for the writer.
+struct Source {
+  std::string name;
+  DType dtype;
+  std::vector<uint64_t> shape;
+  const uint8_t* data;
+  uint64_t nbytes;
+  uint64_t data_begin;
+};
+
+struct Entry {
+  TensorInfo info;
+  uint64_t data_begin = 0;
+  uint64_t payload_offset = 0;
+  TensorCoding coding;
+};
+
+struct Filler {
+  uint64_t begin;
+  std::vector<uint8_t> bytes;
+};
+
+void write_index(ByteWriter& w, const std::string& st_header, const std::vector<Entry>& entries,
+                 const std::vector<Filler>& fillers) {
+  w.u32(static_cast<uint32_t>(entries.size()));
+  w.u32(static_cast<uint32_t>(fillers.size()));
+  w.u64(st_header.size());
+  w.bytes(st_header.data(), st_header.size());
+  for (const auto& e : entries) {
+    const TensorCoding& c = e.coding;
+    w.str16(e.info.name);
+    w.u8(static_cast<uint8_t>(c.dtype));
+    w.u8(static_cast<uint8_t>(c.codec));
+    w.u8(c.chunk_log2);
+    w.u8(c.lanes_log2);
+    w.u8(static_cast<uint8_t>(e.info.shape.size()));
+    w.u8(0);
+    w.u8(0);
+    w.u8(0);
+    for (uint64_t d : e.info.shape) w.u64(d);
+    w.u64(e.data_begin);
+    w.u64(c.nbytes);
+    w.u64(e.payload_offset);
+    w.u64(e.info.stored_bytes);
+    w.u64(e.info.floor_bits);
+    w.u64(c.checksum);
+    w.u32(c.model_size);
+    w.u32(static_cast<uint32_t>(c.chunks.size()));
+    for (const auto& ch : c.chunks) {
+      w.u32(ch.size);
+      w.u32(ch.checksum);
+      w.u8(static_cast<uint8_t>(ch.mode));
+    }
+  }
+  for (const auto& f : fillers) {
+    w.u64(f.begin);
+    w.u64(f.bytes.size());
+    w.bytes(f.bytes.data(), f.bytes.size());
+  }
+}
+
+Status write_bs(const std::string& dst, const std::string& st_header, uint64_t original_size,
+                const std::vector<Source>& sources, std::vector<Filler> fillers, const CompressOptions& opts) {
+  for (const auto& s : sources)
+    if (s.name.size() > UINT16_MAX) return Status(Error::kLimit, "tensor name longer than 65535 bytes");
+  BS_ASSIGN_OR_RETURN(OutputFile out, OutputFile::create(dst, opts.overwrite));
+  const std::vector<uint8_t> placeholder(kHeaderSize, 0);
+  BS_RETURN_IF_ERROR(out.write(placeholder.data(), placeholder.size()));
+  ThreadPool pool(opts.threads);
+  EncodeOptions eo;
+  eo.zstd_level = opts.zstd_level;
+  uint64_t total = 0, done = 0;
+  for (const auto& s : sources) total += s.nbytes;
+  if (opts.progress) opts.progress(0, total);
+  std::vector<Entry> entries;
+  entries.reserve(sources.size());
+  for (size_t first = 0; first < sources.size();) {
+    size_t last = first;
+    uint64_t batch = 0;
+    while (last < sources.size() && (last == first || batch + sources[last].nbytes <= kBatchBytes)) batch += sources[last++].nbytes;
+    const size_t nb = last - first;
+    std::vector<std::unique_ptr<TensorEncoder>> enc(nb);
+    pool.parallel_for(nb, [&](size_t i) {
+      const Source& s = sources[first + i];
+      enc[i] = std::make_unique<TensorEncoder>(TensorEncoder::plan(s.dtype, s.data, s.nbytes, eo));
+    });
+    std::vector<std::pair<uint32_t, uint32_t>> work;
+    for (size_t i = 0; i < nb; ++i)
+      for (size_t c = 0; c < enc[i]->chunk_count(); ++c) work.emplace_back(static_cast<uint32_t>(i), static_cast<uint32_t>(c));
+    std::vector<std::vector<std::vector<uint8_t>>> chunks(nb);
+    std::vector<std::vector<ChunkMode>> modes(nb);
+    for (size_t i = 0; i < nb; ++i) {
+      chunks[i].resize(enc[i]->chunk_count());
+      modes[i].resize(enc[i]->chunk_count());
+    }
+    pool.parallel_for(work.size(), [&](size_t w) {
+      const auto [i, c] = work[w];
+      modes[i][c] = enc[i]->encode_chunk(c, &chunks[i][c]);
+    });
+    for (size_t i = 0; i < nb; ++i) {
+      const Source& s = sources[first + i];
+      std::vector<uint8_t> payload = enc[i]->assemble(chunks[i], modes[i]);
+      const uint64_t pad = (kPayloadAlign - out.size() % kPayloadAlign) % kPayloadAlign;
+      if (pad) BS_RETURN_IF_ERROR(out.write(placeholder.data(), pad));
+      Entry e;
+      e.info.name = s.name;
+      e.info.dtype = s.dtype;
+      e.info.shape = s.shape;
+      e.info.nbytes = s.nbytes;
+      e.info.stored_bytes = payload.size();
+      e.info.floor_bits = static_cast<uint64_t>(enc[i]->floor_bits() + 0.5);
+      e.info.codec = enc[i]->coding().codec;
+      e.info.chunks = enc[i]->chunk_count();
+      e.data_begin = s.data_begin;
+      e.payload_offset = out.size();
+      e.coding = enc[i]->coding();
+      BS_RETURN_IF_ERROR(out.write(payload.data(), payload.size()));
+      entries.push_back(std::move(e));
+    }
+    done += batch;
+    if (opts.progress) opts.progress(done, total);
+    first = last;
+  }
+  ByteWriter idx;
+  write_index(idx, st_header, entries, fillers);
+  std::vector<uint8_t> stored(ZSTD_compressBound(idx.size()));
+  const size_t zr = ZSTD_compress(stored.data(), stored.size(), idx.buf().data(), idx.size(), kIndexZstdLevel);
+  if (ZSTD_isError(zr)) return Status(Error::kInternal, "index compression failed");
+  stored.resize(zr);
+  FileHeader h;
+  h.index_offset = out.size();
+  h.index_stored = stored.size();
+  h.index_raw = idx.size();
+  h.index_checksum = xxh3_64(stored.data(), stored.size());
+  h.original_size = original_size;
+  BS_RETURN_IF_ERROR(out.write(stored.data(), stored.size()));
+  const auto header = encode_header(h);
+  BS_RETURN_IF_ERROR(out.pwrite(header.data(), header.size(), 0));
+  return out.commit(opts.sync);
+}
+
+}  // namespace
+}  // namespace detail
+
+// ---- reader --------------------------------------------------------------------------------
+
+struct BsFile::Impl {
+  detail::MappedFile file;
+  std::string st_header;
+  uint64_t original_size = 0;
+  uint64_t data_start = 0;
+  std::vector<TensorInfo> infos;
+  std::vector<detail::Entry> entries;
+  std::vector<detail::Filler> fillers;
+};
+
+BsFile::BsFile() = default;
+BsFile::~BsFile() = default;
+BsFile::BsFile(BsFile&&) noexcept = default;
+BsFile& BsFile::operator=(BsFile&&) noexcept = default;
+
+namespace {
+
+Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, BsFile::Impl* im) {
+  using detail::ByteReader;
+  auto bad = [](const std::string& what) { return Status(Error::kCorrupt, "corrupt index: " + what); };
+  ByteReader r(p, n);
+  const uint32_t ntensors = r.u32();
+  const uint32_t nfillers = r.u32();
+  const uint64_t hlen = r.u64();
+  if (!r.ok() || hlen > r.remaining() || hlen > detail::kMaxHeaderBytes) return bad("safetensors header size");
+  const uint8_t* h = r.take(hlen);
+  im->st_header.assign(reinterpret_cast<const char*>(h), hlen);
+  im->data_start = 8 + hlen;
+  if (im->original_size < im->data_start) return bad("original size smaller than its header");
+  const uint64_t data_size = im->original_size - im->data_start;
+  // Every field read below is checked before use; counts are bounded by the bytes left.
+  if (ntensors > r.remaining() / 60 + 1) return bad("tensor count");
+  std::vector<std::pair<uint64_t, uint64_t>> spans;
+  for (uint32_t t = 0; t < ntensors; ++t) {
+    detail::Entry e;
+    e.info.name = r.str16();
+    const uint8_t dtype = r.u8(), codec = r.u8();
+    e.coding.chunk_log2 = r.u8();
+    e.coding.lanes_log2 = r.u8();
+    const uint8_t ndim = r.u8();
+    const uint8_t r0 = r.u8(), r1 = r.u8(), r2 = r.u8();
+    if (!r.ok()) return bad("truncated tensor entry");
+    if (r0 || r1 || r2) return bad("reserved bytes are not zero");
+    if (dtype >= static_cast<uint8_t>(DType::kCount))
+      return Status(Error::kUnknownDtype, "tensor '" + e.info.name + "': unknown dtype id " + std::to_string(dtype));
+    e.coding.dtype = static_cast<DType>(dtype);
+    e.coding.codec = static_cast<Codec>(codec);
+    uint64_t numel = 1;
+    for (uint8_t d = 0; d < ndim; ++d) {
+      const uint64_t dim = r.u64();
+      if (dim != 0 && numel > UINT64_MAX / dim) return bad("shape overflows");
+      numel *= dim;
+      e.info.shape.push_back(dim);
+    }
+    e.data_begin = r.u64();
+    e.coding.nbytes = r.u64();
+    e.payload_offset = r.u64();
+    e.info.stored_bytes = r.u64();
+    e.info.floor_bits = r.u64();
+    e.coding.checksum = r.u64();
+    e.coding.model_size = r.u32();
+    const uint32_t nchunks = r.u32();
+    if (!r.ok()) return bad("truncated tensor entry");
+    const auto expect = dtype_nbytes(e.coding.dtype, numel);
+    if (!expect || *expect != e.coding.nbytes) return bad("tensor '" + e.info.name + "' size does not match its shape");
+    if (e.data_begin > data_size || e.coding.nbytes > data_size - e.data_begin)
+      return bad("tensor '" + e.info.name + "' lies outside the data region");
+    if (e.payload_offset < detail::kHeaderSize || e.payload_offset > payload_end ||
+        e.info.stored_bytes > payload_end - e.payload_offset)
+      return bad("tensor '" + e.info.name + "' payload lies outside the file");
+    if (nchunks > r.remaining() / 9) return bad("chunk count");
+    uint64_t off = e.coding.model_size;
+    e.coding.chunks.resize(nchunks);
+    for (auto& c : e.coding.chunks) {
+      c.size = r.u32();
+      c.checksum = r.u32();
+      c.mode = static_cast<ChunkMode>(r.u8());
+      c.offset = off;
+      off += c.size;
+    }
+    if (!r.ok()) return bad("truncated chunk list");
+    if (off != e.info.stored_bytes) return bad("tensor '" + e.info.name + "' chunk sizes do not add up");
+    Status st = e.coding.validate(e.info.stored_bytes);
+    if (!st.is_ok()) return st.with_context("tensor '" + e.info.name + "'");
+    e.info.dtype = e.coding.dtype;
+    e.info.nbytes = e.coding.nbytes;
+    e.info.codec = e.coding.codec;
+    e.info.chunks = nchunks;
+    if (e.coding.nbytes) spans.push_back({e.data_begin, e.data_begin + e.coding.nbytes});
+    im->infos.push_back(e.info);
+    im->entries.push_back(std::move(e));
+  }
+  if (nfillers > r.remaining() / 16 + 1) return bad("filler count");
+  for (uint32_t f = 0; f < nfillers; ++f) {
+    detail::Filler fl;
+    fl.begin = r.u64();
+    const uint64_t size = r.u64();
+    if (!r.ok() || size > r.remaining()) return bad("truncated filler");
+    const uint8_t* b = r.take(size);
+    fl.bytes.assign(b, b + size);
+    if (fl.begin > data_size || size > data_size - fl.begin) return bad("filler outside the data region");
+    if (size) spans.push_back({fl.begin, fl.begin + size});
+    im->fillers.push_back(std::move(fl));
+  }
+  if (r.remaining() != 0) return bad("trailing bytes");
+  // Tensors and fillers must tile the data region exactly: restore writes every byte once.
+  std::sort(spans.begin(), spans.end());
+  uint64_t pos = 0;
+  for (const auto& s : spans) {
+    if (s.first != pos) return bad("data region is not covered exactly");
+    pos = s.second;
+  }
+  if (pos != data_size) return bad("data region is not covered exactly");
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<BsFile> BsFile::open(const std::string& path) {
+  auto impl = std::make_unique<Impl>();
+  auto mf = detail::MappedFile::open(path);
+  if (!mf) return mf.status();
+  impl->file = std::move(mf.value());
+  const uint8_t* p = impl->file.data();
+  const uint64_t size = impl->file.size();
+  auto fail = [&](Error e, const std::string& what) { return Status(e, path + ": " + what); };
+  if (size < 8 || std::memcmp(p, detail::kMagic, 8) != 0) return fail(Error::kNotBigsmall, "not a bigsmall .bs file (bad magic)");
+  if (size < detail::kHeaderSize) return fail(Error::kTruncated, "truncated: file ends inside the header");
+  detail::ByteReader r(p + 8, detail::kHeaderSize - 8);
+  detail::FileHeader h;
+  h.major = r.u16();
+  h.minor = r.u16();
+  h.flags = r.u32();
+  h.index_offset = r.u64();
+  h.index_stored = r.u64();
+  h.index_raw = r.u64();
+  h.index_checksum = r.u64();
+  h.original_size = r.u64();
+  const uint64_t hsum = r.u64();
+  if (h.major > kFormatVersionMajor)
+    return fail(Error::kUnsupportedVersion, "format version " + std::to_string(h.major) + "." + std::to_string(h.minor) +
+                                                " is newer than this bigsmall reads (" + std::to_string(kFormatVersionMajor) + ".x)");
+  if (detail::xxh3_64(p, detail::kHeaderSize - 8) != hsum) return fail(Error::kCorrupt, "header checksum mismatch");
+  if (h.major != kFormatVersionMajor) return fail(Error::kUnsupportedVersion, "unknown format version");
+  if (h.flags != 0) return fail(Error::kCorrupt, "reserved header flags are not zero");
+  if (h.index_offset < detail::kHeaderSize || h.index_offset > size || h.index_stored != size - h.index_offset)
+    return fail(Error::kTruncated, "truncated or damaged: index lies outside the file");
+  if (detail::xxh3_64(p + h.index_offset, h.index_stored) != h.index_checksum)
+    return fail(Error::kCorrupt, "index checksum mismatch");
+  if (h.index_raw > detail::kMaxIndexBytes) return fail(Error::kLimit, "index larger than 1 GiB");
+  const unsigned long long declared = ZSTD_getFrameContentSize(p + h.index_offset, h.index_stored);
+  if (declared != h.index_raw) return fail(Error::kCorrupt, "index size mismatch");
+  std::vector<uint8_t> idx(h.index_raw);
+  const size_t zr = ZSTD_decompress(idx.data(), idx.size(), p + h.index_offset, h.index_stored);
+  if (ZSTD_isError(zr) || zr != h.index_raw) return fail(Error::kCorrupt, "index cannot be decompressed");
+  impl->original_size = h.original_size;
+  Status st = parse_index(idx.data(), idx.size(), h.index_offset, impl.get());
+  if (!st.is_ok()) return st.with_context(path);
+  BsFile f;
+  f.impl_ = std::move(impl);
+  return f;
+}
+
+const std::string& BsFile::path() const { return impl_->file.path(); }
+uint64_t BsFile::file_size() const { return impl_->file.size(); }
+uint64_t BsFile::original_size() const { return impl_->original_size; }
+const std::string& BsFile::safetensors_header() const { return impl_->st_header; }
+const std::vector<TensorInfo>& BsFile::tensors() const { return impl_->infos; }
+const TensorCoding& BsFile::coding(size_t i) const { return impl_->entries[i].coding; }
+const uint8_t* BsFile::payload(size_t i) const { return impl_->file.data() + impl_->entries[i].payload_offset; }
+
+std::optional<size_t> BsFile::find(std::string_view name) const {
+  for (size_t i = 0; i < impl_->infos.size(); ++i)
+    if (impl_->infos[i].name == name) return i;
+  return std::nullopt;
+}
+
+namespace {
+Status read_many(const BsFile::Impl& im, const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
+                 const std::vector<uint64_t>& out_sizes, bool verify, detail::ThreadPool& pool) {
+  std::vector<detail::DecodeJob> jobs;
+  for (size_t k = 0; k < which.size(); ++k) {
+    if (which[k] >= im.entries.size()) return Status(Error::kNotFound, "tensor index out of range");
+    const detail::Entry& e = im.entries[which[k]];
+    jobs.push_back({&e.coding, im.file.data() + e.payload_offset, e.info.stored_bytes, outs[k], out_sizes[k],
+                    "tensor '" + e.info.name + "'"});
+  }
+  return detail::decode_tensors_on(jobs, verify, pool).with_context(im.file.path());
+}
+}  // namespace
+
+Status BsFile::read_tensor(size_t i, uint8_t* out, uint64_t out_size, const DecodeOptions& opts) const {
+  detail::ThreadPool pool(opts.threads);
+  return read_many(*impl_, {i}, {out}, {out_size}, opts.verify, pool);
+}
+
+Status BsFile::read_tensors(const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
+                            const DecodeOptions& opts) const {
+  if (which.size() != outs.size()) return Status(Error::kInvalidArgument, "one output buffer per tensor");
+  std::vector<uint64_t> sizes;
+  for (size_t k = 0; k < which.size(); ++k)
+    sizes.push_back(which[k] < impl_->infos.size() ? impl_->infos[which[k]].nbytes : 0);
+  detail::ThreadPool pool(opts.threads);
+  return read_many(*impl_, which, outs, sizes, opts.verify, pool);
+}
+
+namespace {
+// Tensors in batches of bounded decoded size, so progress moves and memory stays bounded.
+template <typename Fn>
+Status for_each_batch(const BsFile::Impl& im, Fn&& fn) {
+  std::vector<size_t> batch;
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < im.entries.size(); ++i) {
+    batch.push_back(i);
+    bytes += im.entries[i].coding.nbytes;
+    if (bytes >= detail::kBatchBytes || i + 1 == im.entries.size()) {
+      BS_RETURN_IF_ERROR(fn(batch, bytes));
+      batch.clear();
+      bytes = 0;
+    }
+  }
+  return Status::ok();
+}
+}  // namespace
+
+Status BsFile::restore(const std::string& out_path, const DecompressOptions& opts) const {
+  const Impl& im = *impl_;
+  BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(out_path, opts.overwrite));
+  BS_ASSIGN_OR_RETURN(uint8_t* map, out.map(im.original_size));
+  const uint64_t hlen = im.st_header.size();
+  std::memcpy(map, &hlen, 8);
+  std::memcpy(map + 8, im.st_header.data(), hlen);
+  for (const auto& f : im.fillers) std::memcpy(map + im.data_start + f.begin, f.bytes.data(), f.bytes.size());
+  detail::ThreadPool pool(opts.threads);
+  uint64_t total = 0, done = 0;
+  for (const auto& t : im.infos) total += t.nbytes;
+  if (opts.progress) opts.progress(0, total);
+  BS_RETURN_IF_ERROR(for_each_batch(im, [&](const std::vector<size_t>& batch, uint64_t bytes) {
+    std::vector<uint8_t*> outs;
+    std::vector<uint64_t> sizes;
+    for (size_t i : batch) {
+      outs.push_back(map + im.data_start + im.entries[i].data_begin);
+      sizes.push_back(im.entries[i].coding.nbytes);
+    }
+    BS_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, opts.verify, pool));
+    done += bytes;
+    if (opts.progress) opts.progress(done, total);
+    return Status::ok();
+  }));
+  return out.commit(opts.sync);
+}
+
+Status BsFile::verify(const DecompressOptions& opts) const {
+  const Impl& im = *impl_;
+  detail::ThreadPool pool(opts.threads);
+  std::vector<uint8_t> scratch;
+  uint64_t total = 0, done = 0;
+  for (const auto& t : im.infos) total += t.nbytes;
+  if (opts.progress) opts.progress(0, total);
+  return for_each_batch(im, [&](const std::vector<size_t>& batch, uint64_t bytes) {
+    scratch.resize(bytes);
+    std::vector<uint8_t*> outs;
+    std::vector<uint64_t> sizes;
+    uint64_t off = 0;
+    for (size_t i : batch) {
+      outs.push_back(scratch.data() + off);
+      sizes.push_back(im.entries[i].coding.nbytes);
+      off += im.entries[i].coding.nbytes;
+    }
+    BS_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, true, pool));
+    done += bytes;
+    if (opts.progress) opts.progress(done, total);
+    return Status::ok();
+  });
+}
+
+// ---- entry points --------------------------------------------------------------------------
+
+Status compress_file(const std::string& src, const std::string& dst, const CompressOptions& opts) {
+  BS_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src));
+  auto parsed = detail::parse_safetensors(in.data(), in.size());
+  if (!parsed) return parsed.status().with_context(src);
+  const detail::StFile& st = parsed.value();
+  std::vector<detail::Source> sources;
+  for (const auto& t : st.tensors)
+    sources.push_back({t.name, t.dtype, t.shape, in.data() + st.data_start + t.begin, t.end - t.begin, t.begin});
+  std::vector<detail::Filler> fillers;
+  for (const auto& g : st.gaps)
+    fillers.push_back({g.first, std::vector<uint8_t>(in.data() + st.data_start + g.first, in.data() + st.data_start + g.second)});
+  return detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts);
+}
+
+Status decompress_file(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
+  BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(src));
+  return f.restore(dst, opts);
+}
+
+Status write_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
+                     const std::vector<std::pair<std::string, std::string>>& metadata, const CompressOptions& opts) {
+  std::vector<uint64_t> offsets;
+  for (const auto& t : tensors) {
+    uint64_t numel = 1;
+    for (uint64_t d : t.shape) numel *= d;
+    const auto need = dtype_nbytes(t.dtype, numel);
+    if (!need || *need != t.nbytes)
+      return Status(Error::kInvalidArgument, "tensor '" + t.name + "': byte size does not match shape and dtype");
+  }
+  const std::string header = detail::make_safetensors_header(tensors, metadata, &offsets);
+  std::vector<detail::Source> sources;
+  uint64_t data_size = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& t = tensors[i];
+    sources.push_back({t.name, t.dtype, t.shape, t.data, t.nbytes, offsets[i]});
+    data_size += t.nbytes;
+  }
+  return detail::write_bs(dst, header, 8 + header.size() + data_size, sources, {}, opts);
+}
+
+}  // namespace bigsmall

@@ -1,0 +1,166 @@
+// Model directories: *.safetensors become .bs files, everything else is copied byte for byte,
+// and bigsmall.index.json maps each .bs back to its original name.
+#include <algorithm>
+#include <filesystem>
+#include <string>
+
+#include "bigsmall/container.hpp"
+#include "container/fileio.hpp"
+#include "container/json.hpp"
+
+namespace bigsmall {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr std::string_view kStExt = ".safetensors";
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+Status copy_file(const fs::path& src, const fs::path& dst, bool overwrite) {
+  BS_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src.string()));
+  BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), overwrite));
+  BS_RETURN_IF_ERROR(out.write(in.data(), in.size()));
+  return out.commit();
+}
+
+Status write_text(const fs::path& dst, const std::string& text, bool overwrite) {
+  BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), overwrite));
+  BS_RETURN_IF_ERROR(out.write(text.data(), text.size()));
+  return out.commit();
+}
+
+Result<std::vector<fs::path>> list_files(const fs::path& root) {
+  std::vector<fs::path> files;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(root, fs::directory_options::follow_directory_symlink, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    if (it->is_regular_file(ec)) files.push_back(fs::relative(it->path(), root, ec));
+  }
+  if (ec) return Status(Error::kIo, root.string() + ": cannot list directory: " + ec.message());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+Status prepare_output_dir(const fs::path& dst, bool overwrite) {
+  std::error_code ec;
+  if (fs::exists(dst, ec) && !overwrite) return Status(Error::kIo, dst.string() + ": already exists (use -f to overwrite)");
+  fs::create_directories(dst, ec);
+  if (ec) return Status(Error::kIo, dst.string() + ": cannot create directory: " + ec.message());
+  return Status::ok();
+}
+
+struct DirEntry {
+  std::string source, bs;
+};
+
+Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
+  const fs::path p = dir / kDirIndexName;
+  auto mf = detail::MappedFile::open(p.string());
+  if (!mf) return Status(Error::kNotBigsmall, dir.string() + ": not a bigsmall model directory (no " + kDirIndexName + ")");
+  auto j = detail::parse_json(std::string_view(reinterpret_cast<const char*>(mf->data()), mf->size()));
+  const detail::Json* files = j ? j->get("files") : nullptr;
+  if (!files || files->kind != detail::Json::Kind::kArray) return Status(Error::kCorrupt, p.string() + ": invalid index");
+  std::vector<DirEntry> out;
+  for (const auto& f : files->arr) {
+    const detail::Json* s = f.get("source");
+    const detail::Json* b = f.get("bs");
+    if (!s || !b || s->kind != detail::Json::Kind::kString || b->kind != detail::Json::Kind::kString)
+      return Status(Error::kCorrupt, p.string() + ": invalid file entry");
+    // Index entries are relative names inside the directory; nothing may escape it.
+    for (const std::string* name : {&s->str, &b->str}) {
+      const fs::path rel(*name);
+      if (rel.empty() || rel.is_absolute() || std::any_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".."; }))
+        return Status(Error::kCorrupt, p.string() + ": unsafe path '" + *name + "'");
+    }
+    out.push_back({s->str, b->str});
+  }
+  return out;
+}
+
+// Progress over several files: each file reports its own bytes; this adds what came before.
+struct DirProgress {
+  ProgressFn outer;
+  uint64_t base = 0, total = 0;
+  ProgressFn for_file() {
+    if (!outer) return nullptr;
+    return [this](uint64_t done, uint64_t) { outer(base + done, total); };
+  }
+};
+
+}  // namespace
+
+Status compress_dir(const std::string& src, const std::string& dst, const CompressOptions& opts) {
+  const fs::path in(src), out(dst);
+  BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in));
+  BS_RETURN_IF_ERROR(prepare_output_dir(out, opts.overwrite));
+  DirProgress prog{opts.progress};
+  std::error_code ec;
+  for (const auto& f : files)
+    if (ends_with(f.string(), kStExt)) prog.total += fs::file_size(in / f, ec);
+  std::string index = "{\n  \"format\": \"bigsmall\",\n  \"format_version\": " + std::to_string(kFormatVersionMajor) +
+                      ",\n  \"files\": [";
+  bool first = true;
+  for (const auto& f : files) {
+    const std::string rel = f.string();
+    if (rel == kDirIndexName) continue;
+    fs::create_directories((out / f).parent_path(), ec);
+    if (!ends_with(rel, kStExt)) {
+      BS_RETURN_IF_ERROR(copy_file(in / f, out / f, opts.overwrite));
+      continue;
+    }
+    const std::string bs_rel = rel.substr(0, rel.size() - kStExt.size()) + ".bs";
+    if (std::binary_search(files.begin(), files.end(), fs::path(bs_rel)))
+      return Status(Error::kInvalidArgument, (in / bs_rel).string() + ": would be overwritten by the compressed " + rel);
+    CompressOptions fo = opts;
+    fo.progress = prog.for_file();
+    BS_RETURN_IF_ERROR(compress_file((in / f).string(), (out / bs_rel).string(), fo));
+    prog.base += fs::file_size(in / f, ec);
+    index += std::string(first ? "" : ",") + "\n    {\"source\": " + detail::json_quote(rel) +
+             ", \"bs\": " + detail::json_quote(bs_rel) + ", \"size\": " + std::to_string(fs::file_size(in / f, ec)) + "}";
+    first = false;
+  }
+  index += "\n  ]\n}\n";
+  return write_text(out / kDirIndexName, index, opts.overwrite);
+}
+
+Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
+  const fs::path in(src), out(dst);
+  BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(in));
+  BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in));
+  BS_RETURN_IF_ERROR(prepare_output_dir(out, opts.overwrite));
+  DirProgress prog{opts.progress};
+  std::error_code ec;
+  for (const auto& e : entries) prog.total += fs::file_size(in / e.bs, ec);
+  for (const auto& f : files) {
+    const std::string rel = f.string();
+    const bool is_bs = std::any_of(entries.begin(), entries.end(), [&](const DirEntry& e) { return e.bs == rel; });
+    if (rel == kDirIndexName || is_bs) continue;
+    fs::create_directories((out / f).parent_path(), ec);
+    BS_RETURN_IF_ERROR(copy_file(in / f, out / f, opts.overwrite));
+  }
+  for (const auto& e : entries) {
+    fs::create_directories((out / e.source).parent_path(), ec);
+    DecompressOptions fo = opts;
+    fo.progress = prog.for_file();
+    BS_RETURN_IF_ERROR(decompress_file((in / e.bs).string(), (out / e.source).string(), fo));
+    prog.base += fs::file_size(in / e.bs, ec);
+  }
+  return Status::ok();
+}
+
+Status verify_path(const std::string& path, const DecompressOptions& opts) {
+  if (!detail::path_is_dir(path)) {
+    BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(path));
+    return f.verify(opts);
+  }
+  BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(path));
+  for (const auto& e : entries) {
+    BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open((fs::path(path) / e.bs).string()));
+    BS_RETURN_IF_ERROR(f.verify(opts));
+  }
+  return Status::ok();
+}
+
+}  // namespace bigsmall

@@ -1,0 +1,195 @@
+#include "container/fileio.hpp"
+
+#include "bigsmall/container.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+namespace bigsmall::detail {
+
+Status errno_status(const std::string& path, const std::string& what, int err) {
+  const Error code = (err == ENOSPC || err == EDQUOT || err == EFBIG) ? Error::kNoSpace : Error::kIo;
+  return Status(code, path + ": " + what + ": " + std::strerror(err));
+}
+
+bool path_is_dir(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+bool path_exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+// ---- pending temporary outputs, for cleanup on SIGINT/SIGTERM --------------------------------
+namespace {
+constexpr int kSlots = 64;
+constexpr int kPathMax = 4096;
+char g_pending[kSlots][kPathMax];
+std::atomic<bool> g_used[kSlots];
+
+int register_pending(const std::string& p) {
+  if (p.size() >= kPathMax) return -1;
+  for (int i = 0; i < kSlots; ++i) {
+    bool expected = false;
+    if (g_used[i].compare_exchange_strong(expected, true)) {
+      std::memcpy(g_pending[i], p.c_str(), p.size() + 1);
+      return i;
+    }
+  }
+  return -1;
+}
+void unregister_pending(const std::string& p) {
+  for (int i = 0; i < kSlots; ++i)
+    if (g_used[i].load() && p == g_pending[i]) g_used[i].store(false);
+}
+}  // namespace
+
+void remove_pending_outputs() {
+  for (int i = 0; i < kSlots; ++i)
+    if (g_used[i].load()) ::unlink(g_pending[i]);
+}
+
+// ---- MappedFile ----------------------------------------------------------------------------
+MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
+  std::swap(data_, o.data_);
+  std::swap(size_, o.size_);
+  std::swap(path_, o.path_);
+  return *this;
+}
+
+MappedFile::~MappedFile() {
+  if (data_ && size_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+Result<MappedFile> MappedFile::open(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno_status(path, "cannot open", errno);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    return errno_status(path, "cannot stat", e);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status(Error::kIo, path + ": not a regular file");
+  }
+  MappedFile m;
+  m.path_ = path;
+  m.size_ = static_cast<uint64_t>(st.st_size);
+  if (m.size_ > 0) {
+    void* p = ::mmap(nullptr, m.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      const int e = errno;
+      ::close(fd);
+      return errno_status(path, "cannot map", e);
+    }
+    m.data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+  return m;
+}
+
+// ---- OutputFile ----------------------------------------------------------------------------
+OutputFile& OutputFile::operator=(OutputFile&& o) noexcept {
+  std::swap(fd_, o.fd_);
+  std::swap(final_, o.final_);
+  std::swap(temp_, o.temp_);
+  std::swap(pos_, o.pos_);
+  std::swap(map_, o.map_);
+  std::swap(map_size_, o.map_size_);
+  std::swap(committed_, o.committed_);
+  return *this;
+}
+
+OutputFile::~OutputFile() {
+  if (map_) ::munmap(map_, map_size_);
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_ && !temp_.empty()) {
+    ::unlink(temp_.c_str());
+    unregister_pending(temp_);
+  }
+}
+
+Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwrite) {
+  if (!overwrite && path_exists(final_path))
+    return Status(Error::kIo, final_path + ": already exists (use -f to overwrite)");
+  static std::atomic<unsigned> counter{0};
+  OutputFile f;
+  f.final_ = final_path;
+  f.temp_ = final_path + ".tmp-bigsmall-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+  register_pending(f.temp_);
+  f.fd_ = ::open(f.temp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (f.fd_ < 0) {
+    const int e = errno;
+    unregister_pending(f.temp_);
+    f.temp_.clear();
+    return errno_status(final_path, "cannot create", e);
+  }
+  return f;
+}
+
+Status OutputFile::pwrite(const void* p, uint64_t n, uint64_t offset) {
+  const auto* b = static_cast<const uint8_t*>(p);
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd_, b, n > (1u << 30) ? (1u << 30) : n, static_cast<off_t>(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno_status(final_, "write failed", errno);
+    }
+    b += w;
+    n -= static_cast<uint64_t>(w);
+    offset += static_cast<uint64_t>(w);
+  }
+  return Status::ok();
+}
+
+Status OutputFile::write(const void* p, uint64_t n) {
+  BS_RETURN_IF_ERROR(pwrite(p, n, pos_));
+  pos_ += n;
+  return Status::ok();
+}
+
+Result<uint8_t*> OutputFile::map(uint64_t n) {
+  if (n == 0) return static_cast<uint8_t*>(nullptr);
+  const int r = ::posix_fallocate(fd_, 0, static_cast<off_t>(n));
+  if (r != 0 && r != EOPNOTSUPP && r != EINVAL) return errno_status(final_, "cannot reserve space", r);
+  if (r != 0 && ::ftruncate(fd_, static_cast<off_t>(n)) != 0) return errno_status(final_, "cannot resize", errno);
+  void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+  if (p == MAP_FAILED) return errno_status(final_, "cannot map", errno);
+  map_ = static_cast<uint8_t*>(p);
+  map_size_ = n;
+  pos_ = n;
+  return map_;
+}
+
+Status OutputFile::commit(bool sync) {
+  if (map_) {
+    if (sync && ::msync(map_, map_size_, MS_SYNC) != 0) return errno_status(final_, "cannot flush", errno);
+    ::munmap(map_, map_size_);
+    map_ = nullptr;
+  }
+  if (sync && ::fsync(fd_) != 0) return errno_status(final_, "cannot flush", errno);
+  if (::close(fd_) != 0) {
+    fd_ = -1;
+    return errno_status(final_, "cannot close", errno);
+  }
+  fd_ = -1;
+  if (::rename(temp_.c_str(), final_.c_str()) != 0) return errno_status(final_, "cannot rename into place", errno);
+  unregister_pending(temp_);
+  committed_ = true;
+  return Status::ok();
+}
+
+}  // namespace bigsmall::detail
+
+namespace bigsmall {
+void remove_partial_outputs() { detail::remove_pending_outputs(); }
+}  // namespace bigsmall

@@ -1,0 +1,62 @@
+// File access for the container: read-only mappings for inputs, and outputs that are written
+// under a temporary name and renamed into place only when complete.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "bigsmall/status.hpp"
+
+namespace bigsmall::detail {
+
+Status errno_status(const std::string& path, const std::string& what, int err);
+
+class MappedFile {
+ public:
+  static Result<MappedFile> open(const std::string& path);
+  MappedFile() = default;
+  MappedFile(MappedFile&& o) noexcept { *this = std::move(o); }
+  MappedFile& operator=(MappedFile&& o) noexcept;
+  ~MappedFile();
+  const uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  const uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+  std::string path_;
+};
+
+class OutputFile {
+ public:
+  // Fails if final_path exists and overwrite is false.
+  static Result<OutputFile> create(const std::string& final_path, bool overwrite);
+  OutputFile() = default;
+  OutputFile(OutputFile&& o) noexcept { *this = std::move(o); }
+  OutputFile& operator=(OutputFile&& o) noexcept;
+  ~OutputFile();  // removes the temporary file unless committed
+
+  Status write(const void* p, uint64_t n);                    // appends
+  Status pwrite(const void* p, uint64_t n, uint64_t offset);  // at an absolute offset
+  uint64_t size() const { return pos_; }
+  // Reserves n bytes on disk (so a full disk fails here, not later) and maps them writable.
+  Result<uint8_t*> map(uint64_t n);
+  Status commit(bool sync = true);  // flush (fsync when sync), close, rename over the final name
+  const std::string& final_path() const { return final_; }
+
+ private:
+  int fd_ = -1;
+  std::string final_, temp_;
+  uint64_t pos_ = 0;
+  uint8_t* map_ = nullptr;
+  uint64_t map_size_ = 0;
+  bool committed_ = false;
+};
+
+// Removes every temporary output still open: called from signal handlers (async-signal-safe).
+void remove_pending_outputs();
+
+bool path_is_dir(const std::string& p);
+bool path_exists(const std::string& p);
+
+}  // namespace bigsmall::detail

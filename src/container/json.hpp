@@ -1,0 +1,35 @@
+// A small strict JSON reader (RFC 8259) for safetensors headers and the directory index, with
+// depth and size limits so hostile headers cannot exhaust the stack or memory.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "bigsmall/status.hpp"
+
+namespace bigsmall::detail {
+
+struct Json {
+  enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject } kind = Kind::kNull;
+  bool b = false;
+  double num = 0;
+  bool is_uint = false;   // integer literal that fits in uint64 exactly
+  uint64_t u = 0;
+  std::string str;
+  std::vector<Json> arr;
+  std::vector<std::pair<std::string, Json>> obj;  // keeps the file's order
+
+  const Json* get(std::string_view key) const {
+    for (const auto& kv : obj)
+      if (kv.first == key) return &kv.second;
+    return nullptr;
+  }
+};
+
+Result<Json> parse_json(std::string_view text);
+std::string json_quote(std::string_view s);
+
+}  // namespace bigsmall::detail

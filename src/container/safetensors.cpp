@@ -1,0 +1,109 @@
+#include "container/safetensors.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "container/json.hpp"
+
+namespace bigsmall::detail {
+
+Result<StFile> parse_safetensors(const uint8_t* data, uint64_t size) {
+  auto bad = [](const std::string& what) { return Status(Error::kNotSafetensors, "not a safetensors file: " + what); };
+  if (size < 8) return Status(Error::kTruncated, "file too short for a safetensors header");
+  uint64_t n;
+  std::memcpy(&n, data, 8);
+  if (n > kMaxHeaderBytes) return bad("header length " + std::to_string(n) + " exceeds 100 MB");
+  if (n > size - 8) return Status(Error::kTruncated, "truncated: header needs " + std::to_string(n) + " bytes, file has " + std::to_string(size - 8));
+  StFile f;
+  f.header.assign(reinterpret_cast<const char*>(data + 8), n);
+  f.data_start = 8 + n;
+  f.data_size = size - f.data_start;
+  if (n == 0 || f.header[0] != '{') return bad("header is not a JSON object");
+  auto parsed = parse_json(f.header);
+  if (!parsed) return bad(parsed.status().message());
+  const Json& root = parsed.value();
+  if (root.kind != Json::Kind::kObject) return bad("header is not a JSON object");
+  for (const auto& [name, v] : root.obj) {
+    if (name == "__metadata__") {
+      if (v.kind != Json::Kind::kObject) return bad("__metadata__ is not an object");
+      for (const auto& kv : v.obj)
+        if (kv.second.kind != Json::Kind::kString) return bad("__metadata__ value of '" + kv.first + "' is not a string");
+      continue;
+    }
+    const Json* dt = v.get("dtype");
+    const Json* shape = v.get("shape");
+    const Json* offs = v.get("data_offsets");
+    if (v.kind != Json::Kind::kObject || !dt || !shape || !offs || dt->kind != Json::Kind::kString ||
+        shape->kind != Json::Kind::kArray || offs->kind != Json::Kind::kArray || offs->arr.size() != 2)
+      return bad("tensor '" + name + "' lacks dtype, shape or data_offsets");
+    StTensor t;
+    t.name = name;
+    const auto d = dtype_from_name(dt->str);
+    if (!d) return Status(Error::kUnknownDtype, "tensor '" + name + "' has unknown dtype '" + dt->str + "'");
+    t.dtype = *d;
+    uint64_t numel = 1;
+    for (const auto& s : shape->arr) {
+      if (s.kind != Json::Kind::kNumber || !s.is_uint) return bad("tensor '" + name + "' has a bad shape");
+      if (s.u != 0 && numel > UINT64_MAX / s.u) return bad("tensor '" + name + "' shape overflows");
+      numel *= s.u;
+      t.shape.push_back(s.u);
+    }
+    for (const auto& o : offs->arr)
+      if (o.kind != Json::Kind::kNumber || !o.is_uint) return bad("tensor '" + name + "' has bad data_offsets");
+    t.begin = offs->arr[0].u;
+    t.end = offs->arr[1].u;
+    if (t.begin > t.end) return bad("tensor '" + name + "' data_offsets are reversed");
+    if (t.end > f.data_size)
+      return Status(Error::kTruncated, "truncated: tensor '" + name + "' ends at byte " + std::to_string(f.data_start + t.end) +
+                                           " of a " + std::to_string(size) + "-byte file");
+    const auto nbytes = dtype_nbytes(t.dtype, numel);
+    if (!nbytes || *nbytes != t.end - t.begin)
+      return bad("tensor '" + name + "' occupies " + std::to_string(t.end - t.begin) + " bytes but its shape and dtype need " +
+                 (nbytes ? std::to_string(*nbytes) : std::string("more than 2^64")));
+    f.tensors.push_back(std::move(t));
+  }
+  std::stable_sort(f.tensors.begin(), f.tensors.end(), [](const StTensor& a, const StTensor& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t pos = 0;
+  for (const auto& t : f.tensors) {
+    if (t.begin < pos && t.begin != t.end) return bad("tensor '" + t.name + "' overlaps another tensor");
+    if (t.begin > pos) f.gaps.push_back({pos, t.begin});
+    pos = std::max(pos, t.end);
+  }
+  if (pos < f.data_size) f.gaps.push_back({pos, f.data_size});
+  return f;
+}
+
+std::string make_safetensors_header(const std::vector<TensorView>& tensors,
+                                    const std::vector<std::pair<std::string, std::string>>& metadata,
+                                    std::vector<uint64_t>* offsets) {
+  std::string h = "{";
+  if (!metadata.empty()) {
+    h += "\"__metadata__\":{";
+    for (size_t i = 0; i < metadata.size(); ++i) {
+      if (i) h += ",";
+      h += json_quote(metadata[i].first) + ":" + json_quote(metadata[i].second);
+    }
+    h += "}";
+  }
+  uint64_t off = 0;
+  offsets->clear();
+  for (const auto& t : tensors) {
+    if (h.size() > 1) h += ",";
+    h += json_quote(t.name) + ":{\"dtype\":\"" + std::string(dtype_info(t.dtype).safetensors_name) + "\",\"shape\":[";
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      if (i) h += ',';
+      h += std::to_string(t.shape[i]);
+    }
+    h += "],\"data_offsets\":[" + std::to_string(off) + "," + std::to_string(off + t.nbytes) + "]}";
+    offsets->push_back(off);
+    off += t.nbytes;
+  }
+  h += "}";
+  // safetensors pads the header with spaces so that the data region starts 8-byte aligned.
+  while ((h.size() + 8) % 8 != 0) h += ' ';
+  return h;
+}
+
+}  // namespace bigsmall::detail

@@ -1,0 +1,36 @@
+// safetensors files: parsing with full validation, and writing the header safetensors would.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "bigsmall/container.hpp"
+
+namespace bigsmall::detail {
+
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // the limit safetensors itself enforces
+
+struct StTensor {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<uint64_t> shape;
+  uint64_t begin = 0, end = 0;  // within the data region
+};
+
+struct StFile {
+  std::string header;            // JSON bytes exactly as in the file (padding included)
+  uint64_t data_start = 0;       // 8 + header size
+  uint64_t data_size = 0;
+  std::vector<StTensor> tensors;  // sorted by begin
+  std::vector<std::pair<uint64_t, uint64_t>> gaps;  // [begin, end) of data bytes no tensor covers
+};
+
+// Problems are reported as kNotSafetensors / kTruncated / kUnknownDtype with a precise message.
+Result<StFile> parse_safetensors(const uint8_t* data, uint64_t size);
+
+// The header safetensors would write for these tensors laid out in the given order.
+std::string make_safetensors_header(const std::vector<TensorView>& tensors,
+                                    const std::vector<std::pair<std::string, std::string>>& metadata,
+                                    std::vector<uint64_t>* offsets);
+
+}  // namespace bigsmall::detail

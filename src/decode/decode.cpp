@@ -1,0 +1,384 @@
+#include <zstd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "common/checksum.hpp"
+#include "common/thread_pool.hpp"
+#include "decode/decoder.hpp"
+#include "decode/simd.hpp"
+
+namespace bigsmall::detail {
+namespace {
+
+Status corrupt_chunk(size_t i, const char* what) {
+  return Status(Error::kCorrupt, "chunk " + std::to_string(i) + ": " + what);
+}
+
+// Arithmetic select: compilers turn the ternary form back into a mispredicting branch.
+inline void renorm_branchless(uint32_t& x, const uint8_t*& wp) {
+  uint16_t w;
+  std::memcpy(&w, wp, 2);
+  const uint32_t need = x < kRansL;
+  x = (x << (need << 4)) | (w & (0u - need));
+  wp += need << 1;
+}
+
+// One rANS decode step for lane state x. Checked: the word stream may run out this round, so
+// test before reading. Unchecked: read a word unconditionally and select without a branch (the
+// renormalization outcome is data-dependent and mispredicts about every third step).
+template <bool Checked>
+inline bool step(uint32_t& x, const DecodeTable& t, const uint8_t*& wp, const uint8_t* wend, uint32_t* sym) {
+  const uint32_t slot = x & t.mask;
+  const uint32_t e = t.packed[slot];
+  *sym = t.sym[slot];
+  x = (e >> 16) * (x >> t.precision) + (e & 0xffff);
+  if constexpr (Checked) {
+    if (x < kRansL) {
+      if (wp >= wend) return false;
+      uint16_t w;
+      std::memcpy(&w, wp, 2);
+      wp += 2;
+      x = (x << 16) | w;
+    }
+  } else {
+    renorm_branchless(x, wp);
+  }
+  return true;
+}
+
+inline uint64_t read_raw(const uint8_t* plane, uint64_t plane_bytes, uint64_t bitpos, int bits) {
+  const uint64_t byte = bitpos >> 3;
+  uint64_t v = 0;
+  if (byte + 8 <= plane_bytes) {
+    std::memcpy(&v, plane + byte, 8);
+  } else {
+    for (uint64_t b = byte; b < plane_bytes; ++b) v |= static_cast<uint64_t>(plane[b]) << (8 * (b - byte));
+  }
+  return (v >> (bitpos & 7)) & ((uint64_t{1} << bits) - 1);
+}
+
+
+Status open_streams(size_t i, const uint8_t* chunk, uint64_t size, uint32_t lanes, uint64_t raw_bytes,
+                    ChunkStreams* s) {
+  if (size < lanes * 4ull + raw_bytes || (size - lanes * 4ull - raw_bytes) % 2 != 0)
+    return corrupt_chunk(i, "size does not match its layout");
+  std::memcpy(s->x, chunk, lanes * 4);
+  for (uint32_t l = 0; l < lanes; ++l)
+    if (s->x[l] < kRansL) return corrupt_chunk(i, "invalid rANS state");
+  s->raw = chunk + lanes * 4;
+  s->raw_bytes = raw_bytes;
+  s->wp = s->raw + raw_bytes;
+  s->wend = chunk + size;
+  return Status::ok();
+}
+
+Status close_streams(size_t i, const ChunkStreams& s, uint32_t lanes) {
+  // The encoder starts every lane at L and uses every word: anything else is damage.
+  if (s.wp != s.wend) return corrupt_chunk(i, "unused rANS data");
+  for (uint32_t l = 0; l < lanes; ++l)
+    if (s.x[l] != kRansL) return corrupt_chunk(i, "rANS state check failed");
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<TensorDecoder> TensorDecoder::prepare(const TensorCoding& coding, const uint8_t* model, uint64_t model_size) {
+  TensorDecoder d;
+  d.coding_ = coding;
+  d.coding_.chunks.clear();
+  if (coding.codec == Codec::kFloat) {
+    BS_RETURN_IF_ERROR(read_float_model(model, model_size, coding.dtype, &d.fm_));
+    d.se_.build(d.fm_.se);
+    d.mant_.build(d.fm_);
+    const uint32_t unit = coding.unit_bytes();
+    d.simd_ = (unit == 2 || unit == 4) && coding.lanes_log2 == 5 && cpu_has_avx512_decoder();
+    if (d.simd_) {
+      d.se_aux_.resize(d.se_.sym.size());
+      for (size_t j = 0; j < d.se_aux_.size(); ++j)
+        d.se_aux_[j] = d.se_.sym[j] | (static_cast<uint32_t>(d.fm_.ctx[d.se_.sym[j]]) << 16);
+      d.m_sym32_.assign(d.mant_.sym.begin(), d.mant_.sym.end());
+    }
+  } else if (coding.codec == Codec::kBytes) {
+    BytesModel bm;
+    BS_RETURN_IF_ERROR(read_bytes_model(model, model_size, coding.unit_bytes(), &bm));
+    d.planes_.resize(bm.planes.size());
+    for (size_t j = 0; j < bm.planes.size(); ++j) d.planes_[j].build(bm.planes[j]);
+  } else if (model_size != 0) {
+    return Status(Error::kCorrupt, "unexpected model data");
+  }
+  return d;
+}
+
+namespace {
+
+template <typename T, bool kRaw>
+bool decode_float_rounds(const FloatModel& m, const DecodeTable& se_t, const FlatTables& mt, ChunkStreams& s,
+                         uint64_t start, uint64_t n, uint32_t lanes, uint8_t* out) {
+  const int mb = m.man_bits, rb = m.raw_bits, z = m.zero_bits, mshift = rb + z;
+  const uint32_t* se_packed = se_t.packed.data();
+  const uint16_t* se_symt = se_t.sym.data();
+  const uint32_t se_mask = se_t.mask;
+  const int se_prec = se_t.precision;
+  const uint32_t* m_packed = mt.packed.data();
+  const uint16_t* m_sym = mt.sym.data();
+  const uint32_t* m_base = mt.base_of_se.data();
+  const uint32_t m_mask = mt.mask;
+  const int m_prec = mt.precision;
+  uint32_t se_sym[kLanesMax];
+  uint64_t bitpos = start * static_cast<uint64_t>(rb);
+  for (uint64_t base = start; base < n; base += lanes) {
+    const uint32_t active = static_cast<uint32_t>(std::min<uint64_t>(lanes, n - base));
+    T vals[kLanesMax];
+    // A round reads at most two words per lane; only the last rounds need bounds checks.
+    if (static_cast<uint64_t>(s.wend - s.wp) >= 4ull * active) {
+      for (uint32_t l = 0; l < active; ++l) {
+        uint32_t x = s.x[l];
+        const uint32_t slot = x & se_mask;
+        const uint32_t e = se_packed[slot];
+        se_sym[l] = se_symt[slot];
+        x = (e >> 16) * (x >> se_prec) + (e & 0xffff);
+        renorm_branchless(x, s.wp);
+        s.x[l] = x;
+      }
+      for (uint32_t l = 0; l < active; ++l) {
+        uint32_t x = s.x[l];
+        const uint32_t slot = m_base[se_sym[l]] + (x & m_mask);
+        const uint32_t e = m_packed[slot];
+        const uint32_t mh = m_sym[slot];
+        x = (e >> 16) * (x >> m_prec) + (e & 0xffff);
+        renorm_branchless(x, s.wp);
+        s.x[l] = x;
+        vals[l] = static_cast<T>((static_cast<T>(se_sym[l]) << mb) | (static_cast<T>(mh) << mshift));
+      }
+    } else {
+      for (uint32_t l = 0; l < active; ++l)
+        if (!step<true>(s.x[l], se_t, s.wp, s.wend, &se_sym[l])) return false;
+      for (uint32_t l = 0; l < active; ++l) {
+        uint32_t x = s.x[l];
+        const uint32_t slot = m_base[se_sym[l]] + (x & m_mask);
+        const uint32_t e = m_packed[slot];
+        const uint32_t mh = m_sym[slot];
+        x = (e >> 16) * (x >> m_prec) + (e & 0xffff);
+        if (x < kRansL) {
+          if (s.wp >= s.wend) return false;
+          uint16_t w;
+          std::memcpy(&w, s.wp, 2);
+          s.wp += 2;
+          x = (x << 16) | w;
+        }
+        s.x[l] = x;
+        vals[l] = static_cast<T>((static_cast<T>(se_sym[l]) << mb) | (static_cast<T>(mh) << mshift));
+      }
+    }
+    if constexpr (kRaw) {
+      for (uint32_t l = 0; l < active; ++l, bitpos += static_cast<uint64_t>(rb))
+        vals[l] = static_cast<T>(vals[l] | (static_cast<T>(read_raw(s.raw, s.raw_bytes, bitpos, rb)) << z));
+    }
+    std::memcpy(out + base * sizeof(T), vals, active * sizeof(T));
+  }
+  return true;
+}
+
+}  // namespace
+
+uint64_t TensorDecoder::decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t unit, uint8_t* out) const {
+  SimdFloatArgs a;
+  a.x = s.x;
+  a.wp = &s.wp;
+  a.wend = s.wend;
+  a.se_packed = se_.packed.data();
+  a.se_aux = se_aux_.data();
+  a.se_precision = se_.precision;
+  a.m_packed = mant_.packed.data();
+  a.m_sym = m_sym32_.data();
+  a.m_precision = mant_.precision;
+  a.man_bits = fm_.man_bits;
+  a.hi_shift = fm_.raw_bits + fm_.zero_bits;
+  a.n = n;
+  const uint64_t done = decode_float_rounds_avx512(a, static_cast<int>(unit), out);
+  if (fm_.raw_bits > 0 && done > 0) {
+    const int rb = fm_.raw_bits, z = fm_.zero_bits;
+    // Fields are consecutive in the plane: stream them through a 64-bit bit buffer.
+    auto merge = [&](auto elem) {
+      using T = decltype(elem);
+      const uint64_t mask = (uint64_t{1} << rb) - 1;
+      const uint8_t* p = s.raw;
+      const uint8_t* end = s.raw + s.raw_bytes;
+      uint64_t acc = 0;
+      int have = 0;
+      uint64_t i = 0;
+      for (; i < done && p + 4 <= end; ++i) {
+        if (have < rb) {
+          uint32_t w;
+          std::memcpy(&w, p, 4);
+          acc |= static_cast<uint64_t>(w) << have;
+          p += 4;
+          have += 32;
+        }
+        T v;
+        std::memcpy(&v, out + i * sizeof(T), sizeof(T));
+        v = static_cast<T>(v | ((acc & mask) << z));
+        std::memcpy(out + i * sizeof(T), &v, sizeof(T));
+        acc >>= rb;
+        have -= rb;
+      }
+      for (; i < done; ++i) {
+        T v;
+        std::memcpy(&v, out + i * sizeof(T), sizeof(T));
+        v = static_cast<T>(v | (read_raw(s.raw, s.raw_bytes, i * static_cast<uint64_t>(rb), rb) << z));
+        std::memcpy(out + i * sizeof(T), &v, sizeof(T));
+      }
+    };
+    if (unit == 2) merge(uint16_t{});
+    else merge(uint32_t{});
+  }
+  return done;
+}
+
+Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size, ChunkMode mode,
+                                   uint8_t* out) const {
+  const TensorCoding& c = coding_;
+  const uint64_t out_size = c.chunk_out_size(i);
+  if (mode == ChunkMode::kStored) {
+    if (size != out_size) return corrupt_chunk(i, "stored size mismatch");
+    std::memcpy(out, chunk, out_size);
+    return Status::ok();
+  }
+  const uint32_t unit = c.unit_bytes();
+  const uint64_t n = out_size / unit;
+  const uint32_t lanes = 1u << c.lanes_log2;
+  ChunkStreams s;
+  switch (c.codec) {
+    case Codec::kFloat: {
+      BS_RETURN_IF_ERROR(open_streams(i, chunk, size, lanes, raw_plane_bytes(n, fm_.raw_bits), &s));
+      bool ok = false;
+      const bool raw = fm_.raw_bits > 0;
+      const uint64_t start = simd_ ? decode_simd_prefix(s, n, unit, out) : 0;
+      switch (unit) {
+        case 1: ok = raw ? decode_float_rounds<uint8_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
+                         : decode_float_rounds<uint8_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
+        case 2: ok = raw ? decode_float_rounds<uint16_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
+                         : decode_float_rounds<uint16_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
+        case 4: ok = raw ? decode_float_rounds<uint32_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
+                         : decode_float_rounds<uint32_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
+        case 8: ok = raw ? decode_float_rounds<uint64_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
+                         : decode_float_rounds<uint64_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
+        default: break;
+      }
+      if (!ok) return corrupt_chunk(i, "rANS data ends early");
+      return close_streams(i, s, lanes);
+    }
+    case Codec::kBytes: {
+      BS_RETURN_IF_ERROR(open_streams(i, chunk, size, lanes, 0, &s));
+      for (uint64_t base = 0; base < n; base += lanes) {
+        const uint32_t active = static_cast<uint32_t>(std::min<uint64_t>(lanes, n - base));
+        for (uint32_t j = 0; j < unit; ++j) {
+          for (uint32_t l = 0; l < active; ++l) {
+            uint32_t b;
+            if (!step<true>(s.x[l], planes_[j], s.wp, s.wend, &b)) return corrupt_chunk(i, "rANS data ends early");
+            out[(base + l) * unit + j] = static_cast<uint8_t>(b);
+          }
+        }
+      }
+      return close_streams(i, s, lanes);
+    }
+    case Codec::kZstd: {
+      // The frame must declare and produce exactly the chunk's size: no allocation from hostile headers.
+      const unsigned long long declared = ZSTD_getFrameContentSize(chunk, size);
+      if (declared != out_size) return corrupt_chunk(i, "zstd frame size mismatch");
+      const size_t r = ZSTD_decompress(out, out_size, chunk, size);
+      if (ZSTD_isError(r) || r != out_size) return corrupt_chunk(i, "zstd frame is damaged");
+      return Status::ok();
+    }
+    case Codec::kStore:
+      break;
+  }
+  return corrupt_chunk(i, "coded chunk in a stored tensor");
+}
+
+Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool) {
+  std::vector<TensorDecoder> decoders(jobs.size());
+  std::vector<Status> errors(jobs.size());
+  for (size_t t = 0; t < jobs.size(); ++t) {
+    const DecodeJob& j = jobs[t];
+    Status st = j.coding->validate(j.payload_size);
+    if (st.is_ok() && j.out_size < j.coding->nbytes) st = Status(Error::kInvalidArgument, "output buffer too small");
+    if (!st.is_ok()) return st.with_context(j.label);
+  }
+  pool.parallel_for(jobs.size(), [&](size_t t) {
+    auto d = TensorDecoder::prepare(*jobs[t].coding, jobs[t].payload, jobs[t].coding->model_size);
+    if (d) decoders[t] = std::move(d.value());
+    else errors[t] = d.status();
+  });
+  for (size_t t = 0; t < jobs.size(); ++t)
+    if (!errors[t].is_ok()) return errors[t].with_context(jobs[t].label);
+  std::vector<std::pair<uint32_t, uint32_t>> work;  // (tensor, chunk)
+  for (size_t t = 0; t < jobs.size(); ++t)
+    for (size_t c = 0; c < jobs[t].coding->chunks.size(); ++c)
+      work.emplace_back(static_cast<uint32_t>(t), static_cast<uint32_t>(c));
+  std::atomic<bool> failed{false};
+  std::mutex mu;
+  pool.parallel_for(work.size(), [&](size_t w) {
+    if (failed.load(std::memory_order_relaxed)) return;
+    const auto [t, i] = work[w];
+    const DecodeJob& j = jobs[t];
+    const ChunkRef& ref = j.coding->chunks[i];
+    const uint8_t* p = j.payload + ref.offset;
+    Status st;
+    if (verify && xxh3_32(p, ref.size) != ref.checksum)
+      st = corrupt_chunk(i, "checksum mismatch (compressed data damaged)");
+    else
+      st = decoders[t].decode_chunk(i, p, ref.size, ref.mode, j.out + j.coding->chunk_out_offset(i));
+    if (!st.is_ok()) {
+      std::lock_guard<std::mutex> lk(mu);
+      if (errors[t].is_ok()) errors[t] = st;
+      failed = true;
+    }
+  });
+  for (size_t t = 0; t < jobs.size(); ++t)
+    if (!errors[t].is_ok()) return errors[t].with_context(jobs[t].label);
+  if (failed) return Status(Error::kCorrupt, "decode failed");
+  if (verify) {
+    pool.parallel_for(jobs.size(), [&](size_t t) {
+      if (xxh3_64(jobs[t].out, jobs[t].coding->nbytes) != jobs[t].coding->checksum)
+        errors[t] = Status(Error::kCorrupt, "checksum mismatch after decode");
+    });
+    for (size_t t = 0; t < jobs.size(); ++t)
+      if (!errors[t].is_ok()) return errors[t].with_context(jobs[t].label);
+  }
+  return Status::ok();
+}
+
+}  // namespace bigsmall::detail
+
+namespace bigsmall {
+
+Status decode_tensor(const TensorCoding& coding, const uint8_t* payload, uint64_t payload_size, uint8_t* out,
+                     uint64_t out_size, const DecodeOptions& opts) {
+  detail::ThreadPool pool(opts.threads);
+  return detail::decode_tensors_on({{&coding, payload, payload_size, out, out_size, "tensor"}}, opts.verify, pool);
+}
+
+}  // namespace bigsmall
+
+namespace bigsmall::detail {
+
+void FlatTables::build(const FloatModel& m) {
+  precision = m.mant_precision;
+  mask = (1u << precision) - 1;
+  const size_t slots = size_t{1} << precision;
+  const size_t tables = m.mant.size() + 1;
+  packed.resize(tables * slots);
+  sym.resize(tables * slots);
+  fill_decode_slots(m.uniform_mant(), packed.data(), sym.data());
+  for (size_t j = 0; j < m.mant.size(); ++j)
+    fill_decode_slots(m.mant[j], packed.data() + (j + 1) * slots, sym.data() + (j + 1) * slots);
+  base_of_se.resize(m.ctx.size());
+  for (size_t s = 0; s < m.ctx.size(); ++s) base_of_se[s] = static_cast<uint32_t>(m.ctx[s] * slots);
+}
+
+}  // namespace bigsmall::detail

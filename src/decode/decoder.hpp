@@ -1,0 +1,65 @@
+// Fast CPU decoder: tables expanded to per-slot lookups once per tensor, chunks decoded
+// independently (any thread, any order) into the caller's buffer.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "bigsmall/codec.hpp"
+#include "entropy/model.hpp"
+
+namespace bigsmall::detail {
+
+// Read positions inside one coded chunk: lane states, raw-bit plane, rANS word stream.
+struct ChunkStreams {
+  uint32_t x[kLanesMax];
+  const uint8_t* raw;
+  uint64_t raw_bytes;
+  const uint8_t* wp;
+  const uint8_t* wend;
+};
+
+// All mantissa tables of a tensor side by side (they share one precision), so that a lane finds
+// its table with one add: slot = base_of_se[se] + (x & mask).
+struct FlatTables {
+  int precision = 0;
+  uint32_t mask = 0;
+  std::vector<uint32_t> packed;
+  std::vector<uint16_t> sym;
+  std::vector<uint32_t> base_of_se;
+  void build(const FloatModel& m);
+};
+
+class TensorDecoder {
+ public:
+  static Result<TensorDecoder> prepare(const TensorCoding& coding, const uint8_t* model, uint64_t model_size);
+  // out must hold coding.chunk_out_size(i) bytes; chunk holds `size` compressed bytes.
+  Status decode_chunk(size_t i, const uint8_t* chunk, uint64_t size, ChunkMode mode, uint8_t* out) const;
+
+ private:
+  TensorCoding coding_;  // chunk list not copied: only geometry is needed
+  FloatModel fm_;
+  DecodeTable se_;
+  FlatTables mant_;
+  bool simd_ = false;               // AVX-512 path usable for this tensor on this CPU
+  std::vector<uint32_t> se_aux_;    // per se slot: symbol | mantissa table index << 16
+  std::vector<uint32_t> m_sym32_;   // mantissa symbols widened for 32-bit gathers
+  uint64_t decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t unit, uint8_t* out) const;
+  std::vector<DecodeTable> planes_;
+};
+
+struct DecodeJob {
+  const TensorCoding* coding;
+  const uint8_t* payload;
+  uint64_t payload_size;
+  uint8_t* out;
+  uint64_t out_size;
+  std::string label;  // prefixes errors, e.g. "tensor 'model.embed'"
+};
+
+// Validates, then decodes the chunks of all jobs in parallel; verifies chunk checksums before
+// decoding and tensor checksums after, when asked. Shared by decode_tensor and the container.
+class ThreadPool;
+Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool);
+
+}  // namespace bigsmall::detail

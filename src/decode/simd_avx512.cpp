@@ -1,0 +1,95 @@
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "decode/simd.hpp"
+#include "entropy/table.hpp"
+
+namespace bigsmall::detail {
+
+bool cpu_has_avx512_decoder() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi2");
+#else
+  return false;
+#endif
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define BS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,popcnt")))
+
+namespace {
+
+BS_AVX512 inline __m512i renorm(__m512i x, const uint8_t*& wp) {
+  const __mmask16 need = _mm512_cmplt_epu32_mask(x, _mm512_set1_epi32(static_cast<int>(kRansL)));
+  // Register-form expand: the memory form is microcoded and slow on some cores. The fast path
+  // guarantees 32 readable bytes at wp.
+  const __m256i w16 = _mm256_maskz_expand_epi16(need, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp)));
+  wp += 2 * __builtin_popcount(need);
+  const __m512i shifted = _mm512_or_si512(_mm512_slli_epi32(x, 16), _mm512_cvtepu16_epi32(w16));
+  return _mm512_mask_mov_epi32(x, need, shifted);
+}
+
+BS_AVX512 inline __m512i advance(__m512i x, __m512i entry, __m128i precision) {
+  const __m512i freq = _mm512_srli_epi32(entry, 16);
+  const __m512i off = _mm512_and_si512(entry, _mm512_set1_epi32(0xffff));
+  return _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srl_epi32(x, precision)), off);
+}
+
+template <int kElemBytes>
+BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
+  __m512i x[2] = {_mm512_loadu_si512(a.x), _mm512_loadu_si512(a.x + 16)};
+  const uint8_t* wp = *a.wp;
+  const __m512i se_mask = _mm512_set1_epi32(static_cast<int>((1u << a.se_precision) - 1));
+  const __m512i m_mask = _mm512_set1_epi32(static_cast<int>((1u << a.m_precision) - 1));
+  const __m128i se_p = _mm_cvtsi32_si128(a.se_precision);
+  const __m128i m_p = _mm_cvtsi32_si128(a.m_precision);
+  const __m128i man_bits = _mm_cvtsi32_si128(a.man_bits);
+  const __m128i hi_shift = _mm_cvtsi32_si128(a.hi_shift);
+  const __m512i low16 = _mm512_set1_epi32(0xffff);
+  uint64_t done = 0;
+  // Each round reads at most 64 words (two per lane).
+  while (done + 32 <= a.n && a.wend - wp >= 128) {
+    __m512i sym[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m512i slot = _mm512_and_si512(x[h], se_mask);
+      const __m512i e = _mm512_i32gather_epi32(slot, a.se_packed, 4);
+      sym[h] = _mm512_i32gather_epi32(slot, a.se_aux, 4);
+      x[h] = renorm(advance(x[h], e, se_p), wp);
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m512i table = _mm512_sll_epi32(_mm512_srli_epi32(sym[h], 16), m_p);
+      const __m512i slot = _mm512_add_epi32(table, _mm512_and_si512(x[h], m_mask));
+      const __m512i e = _mm512_i32gather_epi32(slot, a.m_packed, 4);
+      const __m512i hi = _mm512_i32gather_epi32(slot, a.m_sym, 4);
+      x[h] = renorm(advance(x[h], e, m_p), wp);
+      const __m512i v = _mm512_or_si512(_mm512_sll_epi32(_mm512_and_si512(sym[h], low16), man_bits),
+                                        _mm512_sll_epi32(hi, hi_shift));
+      uint8_t* dst = out + (done + 16 * h) * kElemBytes;
+      if constexpr (kElemBytes == 2) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(v));
+      } else {
+        _mm512_storeu_si512(dst, v);
+      }
+    }
+    done += 32;
+  }
+  _mm512_storeu_si512(a.x, x[0]);
+  _mm512_storeu_si512(a.x + 16, x[1]);
+  *a.wp = wp;
+  return done;
+}
+
+}  // namespace
+
+uint64_t decode_float_rounds_avx512(const SimdFloatArgs& a, int elem_bytes, uint8_t* out) {
+  return elem_bytes == 2 ? run<2>(a, out) : run<4>(a, out);
+}
+
+#else
+uint64_t decode_float_rounds_avx512(const SimdFloatArgs&, int, uint8_t*) { return 0; }
+#endif
+
+}  // namespace bigsmall::detail

@@ -1,0 +1,519 @@
+#include <zstd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+
+#include "common/checksum.hpp"
+#include "common/thread_pool.hpp"
+#include "encode/encoder.hpp"
+#include "entropy/model.hpp"
+
+namespace bigsmall::detail {
+namespace {
+
+constexpr int kFloatChunkLog2 = 16;  // 64Ki elements: enough chunks for threads and GPU blocks
+constexpr int kZstdChunkLog2 = 20;   // zstd needs long windows to find repeats
+
+template <typename T>
+T load(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+int ceil_log2(uint64_t v) { return v <= 1 ? 0 : static_cast<int>(std::bit_width(v - 1)); }
+
+// Lanes: 32 for large tensors (GPU warps, SIMD); fewer for small ones, whose 4-byte final
+// states would otherwise be a visible share of the output.
+int choose_lanes_log2(uint64_t units) {
+  int l = 0;
+  while (l < 5 && (units >> (l + 1)) >= 1024) ++l;
+  return l;
+}
+
+constexpr int kMaxMantPrecision = 12;
+// A few bits above the mantissa width keep the rounding loss negligible (well under 0.01 bit
+// per symbol) while the decoder builds small lookup tables.
+int mant_precision_for(int k) { return std::min(kMaxMantPrecision, k + 3); }
+
+// Estimated bits of one mantissa context: a table of its own, or uniform coding.
+struct GroupCost {
+  double bits = 0;
+  bool uniform = true;
+};
+
+GroupCost mantissa_group_cost(const std::vector<uint64_t>& counts, uint64_t n, int k) {
+  GroupCost g;
+  g.bits = static_cast<double>(n) * k;
+  if (k == 0 || n == 0) return g;
+  const double bits = estimate_table_bits(counts.data(), static_cast<uint32_t>(counts.size()), mant_precision_for(k)) + 2;
+  if (bits < g.bits) {
+    g.bits = bits;
+    g.uniform = false;
+  }
+  return g;
+}
+
+struct Group {
+  std::vector<uint64_t> counts;
+  uint64_t n = 0;
+  std::vector<uint32_t> rows;
+  GroupCost cost;
+};
+
+// Merges adjacent contexts (rows are ordered by exponent, then sign) while sharing one table
+// saves more table bits than it costs in data bits.
+std::vector<Group> merge_groups(std::vector<Group> groups, int k, double* total) {
+  auto merged = [&](const Group& a, const Group& b) {
+    Group m;
+    m.counts = a.counts;
+    for (size_t i = 0; i < m.counts.size(); ++i) m.counts[i] += b.counts[i];
+    m.n = a.n + b.n;
+    m.rows = a.rows;
+    m.rows.insert(m.rows.end(), b.rows.begin(), b.rows.end());
+    m.cost = mantissa_group_cost(m.counts, m.n, k);
+    return m;
+  };
+  std::vector<Group> candidate(groups.size() > 0 ? groups.size() - 1 : 0);
+  std::vector<double> saving(candidate.size());
+  for (size_t i = 0; i + 1 < groups.size(); ++i) {
+    candidate[i] = merged(groups[i], groups[i + 1]);
+    saving[i] = groups[i].cost.bits + groups[i + 1].cost.bits - candidate[i].cost.bits;
+  }
+  while (!saving.empty()) {
+    const size_t best = static_cast<size_t>(std::max_element(saving.begin(), saving.end()) - saving.begin());
+    if (saving[best] <= 0) break;
+    groups[best] = std::move(candidate[best]);
+    groups.erase(groups.begin() + static_cast<long>(best) + 1);
+    candidate.erase(candidate.begin() + static_cast<long>(best));
+    saving.erase(saving.begin() + static_cast<long>(best));
+    if (best > 0) {
+      candidate[best - 1] = merged(groups[best - 1], groups[best]);
+      saving[best - 1] = groups[best - 1].cost.bits + groups[best].cost.bits - candidate[best - 1].cost.bits;
+    }
+    if (best < candidate.size()) {
+      candidate[best] = merged(groups[best], groups[best + 1]);
+      saving[best] = groups[best].cost.bits + groups[best + 1].cost.bits - candidate[best].cost.bits;
+    }
+  }
+  *total = 0;
+  for (const auto& g : groups) *total += g.cost.bits;
+  return groups;
+}
+
+}  // namespace
+
+struct EncoderState {
+  FloatModel fm;
+  BytesModel bm;
+  std::vector<EncSymbol> se_enc;
+  std::vector<std::vector<EncSymbol>> mant_enc;  // [0] = uniform table
+  std::vector<int> mant_prec;
+  std::vector<std::vector<EncSymbol>> plane_enc;
+  std::vector<int> plane_prec;
+};
+
+namespace {
+
+double entropy_bits(const uint64_t* c, size_t n) {
+  double total = 0, acc = 0;
+  for (size_t i = 0; i < n; ++i)
+    if (c[i]) {
+      const double v = static_cast<double>(c[i]);
+      total += v;
+      acc += v * std::log2(v);
+    }
+  return total > 0 ? total * std::log2(total) - acc : 0;
+}
+
+template <typename T>
+double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatModel* fm, double* floor_bits) {
+  const int eb = info.exponent_bits, mb = info.mantissa_bits;
+  const uint32_t A = 1u << (1 + eb);
+  const T mmask = static_cast<T>((T{1} << mb) - 1);
+  std::vector<uint64_t> se_hist(A, 0);
+  T mor = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    const T w = load<T>(data + i * sizeof(T));
+    ++se_hist[w >> mb];
+    mor |= w;
+  }
+  mor &= mmask;
+  const int z = mor == 0 ? mb : std::countr_zero(mor);
+  const int m_eff = mb - z;
+  const int kmax = std::min(m_eff, mb <= 10 ? 10 : 8);
+
+  // Rows: present symbols ordered by exponent, then sign, so that neighbours have similar mantissas.
+  std::vector<uint32_t> rows;
+  for (uint32_t e = 0; e < A / 2; ++e)
+    for (uint32_t s = 0; s < 2; ++s)
+      if (se_hist[(s << eb) | e]) rows.push_back((s << eb) | e);
+  std::vector<int32_t> row_of(A, -1);
+  for (size_t r = 0; r < rows.size(); ++r) row_of[rows[r]] = static_cast<int32_t>(r);
+  const size_t width = size_t{1} << kmax;
+  std::vector<uint64_t> hist2(rows.size() * width, 0);
+  if (kmax > 0) {
+    for (uint64_t i = 0; i < n; ++i) {
+      const T w = load<T>(data + i * sizeof(T));
+      ++hist2[static_cast<size_t>(row_of[w >> mb]) * width + ((w & mmask) >> (mb - kmax))];
+    }
+  }
+
+  // The joint floor (as in the corpus MANIFEST): H(sign, exponent) + H(mantissa top bits | exponent)
+  // + the remaining mantissa bits raw. Rows of the same exponent, both signs, are merged.
+  {
+    double f = entropy_bits(se_hist.data(), A) + static_cast<double>(n) * (m_eff - kmax);
+    std::vector<uint64_t> merged(width);
+    for (size_t r = 0; r < rows.size();) {
+      const uint32_t e = rows[r] & ((1u << eb) - 1);
+      std::fill(merged.begin(), merged.end(), 0);
+      for (; r < rows.size() && (rows[r] & ((1u << eb) - 1)) == e; ++r)
+        for (size_t j = 0; j < width; ++j) merged[j] += hist2[r * width + j];
+      if (kmax > 0) f += entropy_bits(merged.data(), width);
+    }
+    *floor_bits = f;
+  }
+
+  FreqTable se;
+  const uint32_t present = static_cast<uint32_t>(rows.size());
+  const double se_bits = best_table(se_hist.data(), A, std::max(1, ceil_log2(present)), 12, &se);
+
+  double best_bits = INFINITY;
+  std::vector<Group> best_groups;
+  int best_k = 0;
+  std::vector<int> ks;
+  for (int k : {kmax, kmax - 1, kmax - 2, kmax - 4, 0})
+    if (k >= 0 && std::find(ks.begin(), ks.end(), k) == ks.end()) ks.push_back(k);
+  for (int k : ks) {
+    std::vector<Group> groups(rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      Group& g = groups[r];
+      g.counts.assign(size_t{1} << k, 0);
+      for (size_t j = 0; j < width; ++j) g.counts[j >> (kmax - k)] += hist2[r * width + j];
+      g.n = se_hist[rows[r]];
+      g.rows = {static_cast<uint32_t>(r)};
+      g.cost = mantissa_group_cost(g.counts, g.n, k);
+    }
+    double bits = 0;
+    groups = merge_groups(std::move(groups), k, &bits);
+    bits += static_cast<double>(n) * (m_eff - k);
+    if (bits < best_bits) {
+      best_bits = bits;
+      best_groups = std::move(groups);
+      best_k = k;
+    }
+  }
+
+  fm->exp_bits = eb;
+  fm->man_bits = mb;
+  fm->hi_bits = best_k;
+  fm->raw_bits = m_eff - best_k;
+  fm->zero_bits = z;
+  fm->mant_precision = mant_precision_for(best_k);
+  fm->se = std::move(se);
+  fm->mant.clear();
+  fm->ctx.assign(A, 0);
+  // Exact tables for the chosen groups; a group whose exact table loses to uniform coding drops it.
+  double mant_bits = static_cast<double>(n) * (m_eff - best_k);
+  for (auto& g : best_groups) {
+    FreqTable t;
+    double bits = INFINITY;
+    if (!g.cost.uniform && normalize(g.counts.data(), static_cast<uint32_t>(g.counts.size()), fm->mant_precision, &t)) {
+      BitWriter bw;
+      write_table(t, bw);
+      bits = coded_bits(g.counts.data(), t) + static_cast<double>(bw.bits()) + 2;
+    }
+    const double uniform_bits = static_cast<double>(g.n) * best_k;
+    if (bits < uniform_bits) {
+      fm->mant.push_back(std::move(t));
+      for (uint32_t r : g.rows) fm->ctx[rows[r]] = static_cast<uint16_t>(fm->mant.size());
+      mant_bits += bits;
+    } else {
+      mant_bits += uniform_bits;
+    }
+  }
+  return se_bits + mant_bits;
+}
+
+double plan_bytes(const uint8_t* data, uint64_t nbytes, uint32_t unit, BytesModel* bm) {
+  std::vector<std::vector<uint64_t>> hist(unit, std::vector<uint64_t>(256, 0));
+  for (uint64_t i = 0; i < nbytes; ++i) ++hist[i % unit][data[i]];
+  double bits = 0;
+  bm->planes.resize(unit);
+  for (uint32_t j = 0; j < unit; ++j) {
+    uint32_t present = 0;
+    for (uint64_t c : hist[j]) present += c != 0;
+    bits += best_table(hist[j].data(), 256, std::max(1, ceil_log2(present)), 12, &bm->planes[j]);
+  }
+  return bits;
+}
+
+// zstd's size on (a sample of) the tensor, scaled to the whole tensor, in bits.
+double zstd_estimate(const uint8_t* data, uint64_t nbytes) {
+  constexpr uint64_t kSample = 1 << 20;
+  std::vector<uint8_t> out;
+  uint64_t in_total = 0, out_total = 0;
+  auto probe = [&](const uint8_t* p, uint64_t len) {
+    out.resize(ZSTD_compressBound(len));
+    const size_t r = ZSTD_compress(out.data(), out.size(), p, len, 3);
+    in_total += len;
+    out_total += ZSTD_isError(r) ? len : r;
+  };
+  if (nbytes <= 4 * kSample) {
+    probe(data, nbytes);
+  } else {
+    for (int i = 0; i < 4; ++i) probe(data + (nbytes - kSample) / 3 * i, kSample);
+  }
+  return 8.0 * static_cast<double>(out_total) * static_cast<double>(nbytes) / static_cast<double>(in_total);
+}
+
+// ---- chunk coding -------------------------------------------------------------------------
+
+struct RansEncoder {
+  uint32_t x[kLanesMax];
+  std::vector<uint16_t>* words;
+  void put(int lane, const EncSymbol& s, int precision) {
+    uint32_t v = x[lane];
+    if (v >= s.x_max) {
+      words->push_back(static_cast<uint16_t>(v));
+      v >>= 16;
+    }
+    x[lane] = ((v / s.freq) << precision) + (v % s.freq) + s.cum;
+  }
+};
+
+void append_chunk(std::vector<uint8_t>* out, const uint32_t* states, uint32_t lanes, const std::vector<uint8_t>& raw,
+                  std::vector<uint16_t>& words) {
+  std::reverse(words.begin(), words.end());  // encoded backwards, decoded forwards
+  out->resize(lanes * 4 + raw.size() + words.size() * 2);
+  uint8_t* p = out->data();
+  std::memcpy(p, states, lanes * 4);
+  if (!raw.empty()) std::memcpy(p + lanes * 4, raw.data(), raw.size());
+  if (!words.empty()) std::memcpy(p + lanes * 4 + raw.size(), words.data(), words.size() * 2);
+}
+
+template <typename T>
+void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, uint32_t lanes,
+                        std::vector<uint8_t>* out) {
+  const FloatModel& m = st.fm;
+  const int mb = m.man_bits, k = m.hi_bits, rb = m.raw_bits, z = m.zero_bits;
+  const T kmask = static_cast<T>((T{1} << k) - 1);
+  thread_local std::vector<uint16_t> words;
+  words.clear();
+  words.reserve(n * 2);
+  RansEncoder enc{{}, &words};
+  std::fill(enc.x, enc.x + kLanesMax, kRansL);
+  const uint64_t rounds = (n + lanes - 1) / lanes;
+  for (uint64_t r = rounds; r-- > 0;) {
+    const uint32_t active = static_cast<uint32_t>(std::min<uint64_t>(lanes, n - r * lanes));
+    for (uint32_t l = active; l-- > 0;) {
+      const T w = load<T>(src + (r * lanes + l) * sizeof(T));
+      const uint32_t se = static_cast<uint32_t>(w >> mb);
+      const uint16_t c = m.ctx[se];
+      enc.put(static_cast<int>(l), st.mant_enc[c][static_cast<uint32_t>((w >> (rb + z)) & kmask)], st.mant_prec[c]);
+    }
+    for (uint32_t l = active; l-- > 0;) {
+      const T w = load<T>(src + (r * lanes + l) * sizeof(T));
+      enc.put(static_cast<int>(l), st.se_enc[static_cast<uint32_t>(w >> mb)], m.se.precision);
+    }
+  }
+  std::vector<uint8_t> raw;
+  if (rb > 0) {
+    raw.assign(raw_plane_bytes(n, rb), 0);
+    const uint64_t rmask = (uint64_t{1} << rb) - 1;
+    uint64_t bitpos = 0;
+    for (uint64_t i = 0; i < n; ++i, bitpos += static_cast<uint64_t>(rb)) {
+      const uint64_t v = (static_cast<uint64_t>(load<T>(src + i * sizeof(T))) >> z) & rmask;
+      for (int b = 0; b < rb;) {  // field may straddle bytes; write byte-sized pieces
+        const uint64_t pos = bitpos + static_cast<uint64_t>(b);
+        const int take = std::min(8 - static_cast<int>(pos & 7), rb - b);
+        raw[pos >> 3] |= static_cast<uint8_t>(((v >> b) & ((1u << take) - 1)) << (pos & 7));
+        b += take;
+      }
+    }
+  }
+  append_chunk(out, enc.x, lanes, raw, words);
+}
+
+void encode_bytes_chunk(const EncoderState& st, const uint8_t* src, uint64_t n_units, uint32_t unit,
+                        uint32_t lanes, std::vector<uint8_t>* out) {
+  thread_local std::vector<uint16_t> words;
+  words.clear();
+  words.reserve(n_units * unit);
+  RansEncoder enc{{}, &words};
+  std::fill(enc.x, enc.x + kLanesMax, kRansL);
+  const uint64_t rounds = (n_units + lanes - 1) / lanes;
+  for (uint64_t r = rounds; r-- > 0;) {
+    const uint32_t active = static_cast<uint32_t>(std::min<uint64_t>(lanes, n_units - r * lanes));
+    for (uint32_t j = unit; j-- > 0;)
+      for (uint32_t l = active; l-- > 0;)
+        enc.put(static_cast<int>(l), st.plane_enc[j][src[(r * lanes + l) * unit + j]], st.plane_prec[j]);
+  }
+  append_chunk(out, enc.x, lanes, {}, words);
+}
+
+}  // namespace
+
+TensorEncoder::TensorEncoder(TensorEncoder&&) noexcept = default;
+TensorEncoder& TensorEncoder::operator=(TensorEncoder&&) noexcept = default;
+TensorEncoder::~TensorEncoder() = default;
+
+TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nbytes, const EncodeOptions& opts) {
+  TensorEncoder te;
+  te.data_ = data;
+  te.state_ = std::make_unique<EncoderState>();
+  TensorCoding& c = te.coding_;
+  c.dtype = dtype;
+  c.nbytes = nbytes;
+  c.codec = Codec::kStore;
+  c.chunk_log2 = kFloatChunkLog2;
+  c.lanes_log2 = 0;
+  c.checksum = xxh3_64(data, nbytes);
+  te.estimated_bits_ = 8.0 * static_cast<double>(nbytes);
+  te.floor_bits_ = te.estimated_bits_;
+  if (nbytes == 0) return te;
+
+  const uint32_t unit = c.unit_bytes();
+  const uint64_t units = nbytes / unit;
+  const int lanes_log2 = choose_lanes_log2(units);
+  const double chunk_overhead =
+      8.0 * static_cast<double>(((units >> kFloatChunkLog2) + 1) * ((4u << lanes_log2) + 9));
+  EncoderState& st = *te.state_;
+  const DTypeInfo& info = dtype_info(dtype);
+
+  double float_bits = INFINITY;
+  if (info.exponent_bits) {
+    switch (info.bits) {
+      case 8: float_bits = plan_float<uint8_t>(data, units, info, &st.fm, &te.floor_bits_); break;
+      case 16: float_bits = plan_float<uint16_t>(data, units, info, &st.fm, &te.floor_bits_); break;
+      case 32: float_bits = plan_float<uint32_t>(data, units, info, &st.fm, &te.floor_bits_); break;
+      case 64: float_bits = plan_float<uint64_t>(data, units, info, &st.fm, &te.floor_bits_); break;
+      default: break;
+    }
+    float_bits += chunk_overhead;
+  }
+  double bytes_bits = INFINITY;
+  if (!(float_bits < 0.75 * te.estimated_bits_)) bytes_bits = plan_bytes(data, nbytes, unit, &st.bm) + chunk_overhead;
+  const double zstd_bits = opts.allow_zstd ? zstd_estimate(data, nbytes) + 200.0 : INFINITY;
+
+  double best = te.estimated_bits_;
+  if (float_bits < best) { best = float_bits; c.codec = Codec::kFloat; }
+  if (bytes_bits < best) { best = bytes_bits; c.codec = Codec::kBytes; }
+  // zstd's sample estimate is rough and it decodes slower: it must win clearly.
+  if (zstd_bits < 0.97 * best) { best = zstd_bits; c.codec = Codec::kZstd; }
+  te.estimated_bits_ = best;
+
+  BitWriter bw;
+  switch (c.codec) {
+    case Codec::kFloat: {
+      c.lanes_log2 = static_cast<uint8_t>(lanes_log2);
+      write_float_model(st.fm, bw);
+      st.se_enc = make_encoder(st.fm.se);
+      st.mant_enc.push_back(make_encoder(st.fm.uniform_mant()));
+      st.mant_prec.push_back(st.fm.mant_precision);
+      for (const auto& t : st.fm.mant) {
+        st.mant_enc.push_back(make_encoder(t));
+        st.mant_prec.push_back(t.precision);
+      }
+      break;
+    }
+    case Codec::kBytes:
+      c.lanes_log2 = static_cast<uint8_t>(lanes_log2);
+      write_bytes_model(st.bm, bw);
+      for (const auto& t : st.bm.planes) {
+        st.plane_enc.push_back(make_encoder(t));
+        st.plane_prec.push_back(t.precision);
+      }
+      break;
+    case Codec::kZstd:
+      c.chunk_log2 = kZstdChunkLog2;
+      // Level 19 is slow; large tensors get a level that keeps compression near disk speed.
+      te.zstd_level_ = nbytes <= (8u << 20) ? opts.zstd_level : std::min(opts.zstd_level, 9);
+      break;
+    case Codec::kStore:
+      c.chunk_log2 = kZstdChunkLog2;
+      break;
+  }
+  te.model_ = std::move(bw.buf());
+  c.model_size = static_cast<uint32_t>(te.model_.size());
+  return te;
+}
+
+ChunkMode TensorEncoder::encode_chunk(size_t i, std::vector<uint8_t>* out) const {
+  const TensorCoding& c = coding_;
+  const uint8_t* src = data_ + c.chunk_out_offset(i);
+  const uint64_t size = c.chunk_out_size(i);
+  const uint32_t unit = c.unit_bytes();
+  const uint32_t lanes = 1u << c.lanes_log2;
+  out->clear();
+  switch (c.codec) {
+    case Codec::kFloat:
+      switch (unit) {
+        case 1: encode_float_chunk<uint8_t>(*state_, src, size, lanes, out); break;
+        case 2: encode_float_chunk<uint16_t>(*state_, src, size / 2, lanes, out); break;
+        case 4: encode_float_chunk<uint32_t>(*state_, src, size / 4, lanes, out); break;
+        case 8: encode_float_chunk<uint64_t>(*state_, src, size / 8, lanes, out); break;
+        default: break;
+      }
+      break;
+    case Codec::kBytes:
+      encode_bytes_chunk(*state_, src, size / unit, unit, lanes, out);
+      break;
+    case Codec::kZstd: {
+      out->resize(ZSTD_compressBound(size));
+      const size_t r = ZSTD_compress(out->data(), out->size(), src, size, zstd_level_);
+      if (ZSTD_isError(r)) out->clear();
+      else out->resize(r);
+      if (ZSTD_isError(r)) out->resize(size + 1);  // forces the stored fallback below
+      break;
+    }
+    case Codec::kStore:
+      break;
+  }
+  if (c.codec == Codec::kStore || out->size() >= size) {
+    out->assign(src, src + size);
+    return ChunkMode::kStored;
+  }
+  return ChunkMode::kCoded;
+}
+
+std::vector<uint8_t> TensorEncoder::assemble(std::vector<std::vector<uint8_t>>& chunks,
+                                             const std::vector<ChunkMode>& modes) {
+  std::vector<uint8_t> payload = model_;
+  coding_.chunks.resize(chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    ChunkRef& ref = coding_.chunks[i];
+    ref.offset = payload.size();
+    ref.size = static_cast<uint32_t>(chunks[i].size());
+    ref.checksum = xxh3_32(chunks[i].data(), chunks[i].size());
+    ref.mode = modes[i];
+    payload.insert(payload.end(), chunks[i].begin(), chunks[i].end());
+    std::vector<uint8_t>().swap(chunks[i]);
+  }
+  return payload;
+}
+
+}  // namespace bigsmall::detail
+
+namespace bigsmall {
+
+Result<EncodedTensor> encode_tensor(DType dtype, const uint8_t* data, uint64_t nbytes, const EncodeOptions& opts) {
+  if (static_cast<int>(dtype) >= static_cast<int>(DType::kCount)) return Status(Error::kUnknownDtype, "unknown dtype");
+  if (nbytes % (dtype_info(dtype).bits >= 8 ? dtype_info(dtype).bits / 8 : 1) != 0)
+    return Status(Error::kInvalidArgument, "tensor size is not a whole number of elements");
+  if (nbytes > 0 && data == nullptr) return Status(Error::kInvalidArgument, "null data");
+  auto te = detail::TensorEncoder::plan(dtype, data, nbytes, opts);
+  const size_t n = te.chunk_count();
+  std::vector<std::vector<uint8_t>> chunks(n);
+  std::vector<ChunkMode> modes(n);
+  detail::ThreadPool pool(opts.threads);
+  pool.parallel_for(n, [&](size_t i) { modes[i] = te.encode_chunk(i, &chunks[i]); });
+  EncodedTensor out;
+  out.payload = te.assemble(chunks, modes);
+  out.coding = te.coding();
+  return out;
+}
+
+}  // namespace bigsmall

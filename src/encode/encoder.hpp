@@ -1,0 +1,43 @@
+// Encoder internals used by the container to spread planning and chunk coding over threads.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "bigsmall/codec.hpp"
+
+namespace bigsmall::detail {
+
+struct EncoderState;  // chosen model and encoder tables
+
+class TensorEncoder {
+ public:
+  // Chooses codec, model and chunk geometry from the data (one or two passes over it).
+  static TensorEncoder plan(DType dtype, const uint8_t* data, uint64_t nbytes, const EncodeOptions& opts);
+  TensorEncoder(TensorEncoder&&) noexcept;
+  TensorEncoder& operator=(TensorEncoder&&) noexcept;
+  ~TensorEncoder();
+
+  const TensorCoding& coding() const { return coding_; }  // chunks filled in by assemble()
+  const std::vector<uint8_t>& model_blob() const { return model_; }
+  size_t chunk_count() const { return static_cast<size_t>(coding_.chunk_count()); }
+  // Codes chunk i into *out (replacing its contents); chunks that would grow are stored.
+  ChunkMode encode_chunk(size_t i, std::vector<uint8_t>* out) const;
+  // Fills coding().chunks from the coded chunks and returns model blob + chunks.
+  std::vector<uint8_t> assemble(std::vector<std::vector<uint8_t>>& chunks, const std::vector<ChunkMode>& modes);
+  double estimated_bits() const { return estimated_bits_; }
+  // Information content under the joint model (raw size for tensors without a float model).
+  double floor_bits() const { return floor_bits_; }
+
+ private:
+  TensorEncoder() = default;
+  TensorCoding coding_;
+  std::vector<uint8_t> model_;
+  const uint8_t* data_ = nullptr;
+  int zstd_level_ = 0;
+  double estimated_bits_ = 0;
+  double floor_bits_ = 0;
+  std::unique_ptr<EncoderState> state_;
+};
+
+}  // namespace bigsmall::detail

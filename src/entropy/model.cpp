@@ -1,0 +1,62 @@
+#include "entropy/model.hpp"
+
+namespace bigsmall::detail {
+
+void write_float_model(const FloatModel& m, BitWriter& bw) {
+  bw.put(static_cast<uint64_t>(m.hi_bits), 4);
+  bw.put(static_cast<uint64_t>(m.raw_bits), 6);
+  bw.put(static_cast<uint64_t>(m.zero_bits), 6);
+  bw.put(static_cast<uint64_t>(m.mant_precision), 4);
+  write_table(m.se, bw);
+  bw.ue(static_cast<uint32_t>(m.mant.size()));
+  for (const auto& t : m.mant) write_table(t, bw);
+  for (uint32_t s = 0; s < m.se.alphabet; ++s)
+    if (m.se.freq[s]) bw.ue(m.ctx[s]);
+}
+
+Status read_float_model(const uint8_t* p, size_t n, DType dtype, FloatModel* m) {
+  const Status bad(Error::kCorrupt, "invalid float model");
+  const DTypeInfo& info = dtype_info(dtype);
+  if (!info.exponent_bits) return bad;
+  BitReader br(p, n);
+  m->exp_bits = info.exponent_bits;
+  m->man_bits = info.mantissa_bits;
+  m->hi_bits = static_cast<int>(br.get(4));
+  m->raw_bits = static_cast<int>(br.get(6));
+  m->zero_bits = static_cast<int>(br.get(6));
+  m->mant_precision = static_cast<int>(br.get(4));
+  if (!br.ok() || m->hi_bits > 12 || m->hi_bits + m->raw_bits + m->zero_bits != m->man_bits ||
+      m->mant_precision < m->hi_bits || m->mant_precision > kMaxPrecision)
+    return bad;
+  BS_RETURN_IF_ERROR(read_table(br, m->se_alphabet(), &m->se));
+  const uint32_t ntables = br.ue();
+  if (!br.ok() || ntables > m->se_alphabet()) return bad;
+  m->mant.resize(ntables);
+  for (auto& t : m->mant) {
+    BS_RETURN_IF_ERROR(read_table(br, 1u << m->hi_bits, &t));
+    if (t.precision != m->mant_precision) return bad;
+  }
+  m->ctx.assign(m->se_alphabet(), 0);
+  for (uint32_t s = 0; s < m->se.alphabet; ++s) {
+    if (!m->se.freq[s]) continue;
+    const uint32_t c = br.ue();
+    if (!br.ok() || c > ntables) return bad;
+    m->ctx[s] = static_cast<uint16_t>(c);
+  }
+  if (br.bytes_used() != n) return bad;
+  return Status::ok();
+}
+
+void write_bytes_model(const BytesModel& m, BitWriter& bw) {
+  for (const auto& t : m.planes) write_table(t, bw);
+}
+
+Status read_bytes_model(const uint8_t* p, size_t n, uint32_t unit_bytes, BytesModel* m) {
+  BitReader br(p, n);
+  m->planes.resize(unit_bytes);
+  for (auto& t : m->planes) BS_RETURN_IF_ERROR(read_table(br, 256, &t));
+  if (br.bytes_used() != n) return Status(Error::kCorrupt, "invalid byte model");
+  return Status::ok();
+}
+
+}  // namespace bigsmall::detail

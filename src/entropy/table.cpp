@@ -1,0 +1,237 @@
+#include "entropy/table.hpp"
+
+#include <bit>
+#include <cmath>
+#include <queue>
+
+namespace bigsmall::detail {
+
+FreqTable FreqTable::uniform(int bits, int precision) {
+  FreqTable t;
+  t.alphabet = 1u << bits;
+  t.precision = precision;
+  t.freq.assign(t.alphabet, 1u << (precision - bits));
+  t.rebuild_cum();
+  return t;
+}
+
+void FreqTable::rebuild_cum() {
+  cum.assign(alphabet, 0);
+  uint32_t c = 0;
+  for (uint32_t s = 0; s < alphabet; ++s) {
+    cum[s] = c;
+    c += freq[s];
+  }
+}
+
+bool normalize(const uint64_t* counts, uint32_t alphabet, int precision, FreqTable* out) {
+  const uint32_t target = 1u << precision;
+  uint64_t total = 0;
+  uint32_t present = 0;
+  for (uint32_t s = 0; s < alphabet; ++s) {
+    total += counts[s];
+    present += counts[s] != 0;
+  }
+  if (present == 0 || present > target) return false;
+  out->alphabet = alphabet;
+  out->precision = precision;
+  out->freq.assign(alphabet, 0);
+  int64_t sum = 0;
+  for (uint32_t s = 0; s < alphabet; ++s) {
+    if (!counts[s]) continue;
+    const double ideal = static_cast<double>(counts[s]) * target / static_cast<double>(total);
+    uint32_t f = static_cast<uint32_t>(ideal + 0.5);
+    if (f == 0) f = 1;
+    out->freq[s] = f;
+    sum += f;
+  }
+  // Fix the sum one unit at a time, always on the symbol where the unit changes the coded size
+  // least. Costs are c*log2(f/(f-1)) to take a unit and c*log2((f+1)/f) gained by giving one.
+  auto step_cost = [&](uint32_t s, int dir) {
+    const double f = out->freq[s];
+    return static_cast<double>(counts[s]) * (dir < 0 ? std::log2(f / (f - 1)) : -std::log2((f + 1) / f));
+  };
+  using Item = std::pair<double, uint32_t>;
+  const int dir = sum > target ? -1 : 1;
+  std::priority_queue<Item, std::vector<Item>, std::greater<Item>> heap;
+  for (uint32_t s = 0; s < alphabet; ++s)
+    if (out->freq[s] && (dir > 0 || out->freq[s] > 1)) heap.push({step_cost(s, dir), s});
+  while (sum != target && !heap.empty()) {
+    const uint32_t s = heap.top().second;
+    heap.pop();
+    out->freq[s] += dir;
+    sum += dir;
+    if (dir > 0 || out->freq[s] > 1) heap.push({step_cost(s, dir), s});
+  }
+  if (sum != target) return false;
+  out->rebuild_cum();
+  return true;
+}
+
+double coded_bits(const uint64_t* counts, const FreqTable& t) {
+  double bits = 0;
+  for (uint32_t s = 0; s < t.alphabet; ++s)
+    if (counts[s]) bits += static_cast<double>(counts[s]) * (t.precision - std::log2(static_cast<double>(t.freq[s])));
+  return bits;
+}
+
+// Layout: precision (4 bits), present count - 1 (ue), symbol gaps (ue), then when more than one
+// symbol is present: Exp-Golomb order k (4 bits) and zigzag deltas of every frequency but the
+// last, which is implied by the sum.
+static int best_delta_order(const std::vector<uint32_t>& zig) {
+  int best_k = 0;
+  uint64_t best = UINT64_MAX;
+  for (int k = 0; k < 16; ++k) {
+    uint64_t bits = 0;
+    for (uint32_t z : zig) {
+      const uint64_t w = (static_cast<uint64_t>(z) >> k) + 1;
+      bits += 2 * static_cast<uint64_t>(std::bit_width(w)) - 1 + k;
+    }
+    if (bits < best) { best = bits; best_k = k; }
+  }
+  return best_k;
+}
+
+void write_table(const FreqTable& t, BitWriter& bw) {
+  bw.put(static_cast<uint64_t>(t.precision), 4);
+  std::vector<uint32_t> syms;
+  for (uint32_t s = 0; s < t.alphabet; ++s)
+    if (t.freq[s]) syms.push_back(s);
+  bw.ue(static_cast<uint32_t>(syms.size() - 1));
+  uint32_t prev = 0;
+  for (size_t i = 0; i < syms.size(); ++i) {
+    bw.ue(i == 0 ? syms[i] : syms[i] - prev - 1);
+    prev = syms[i];
+  }
+  if (syms.size() == 1) return;
+  std::vector<uint32_t> zig;
+  int64_t last = 0;
+  for (size_t i = 0; i + 1 < syms.size(); ++i) {
+    const int64_t d = static_cast<int64_t>(t.freq[syms[i]]) - last;
+    zig.push_back(static_cast<uint32_t>(d >= 0 ? 2 * d : -2 * d - 1));
+    last = t.freq[syms[i]];
+  }
+  const int k = best_delta_order(zig);
+  bw.put(static_cast<uint64_t>(k), 4);
+  for (uint32_t z : zig) bw.ue(z, k);
+}
+
+Status read_table(BitReader& br, uint32_t alphabet, FreqTable* out) {
+  const Status bad(Error::kCorrupt, "invalid frequency table");
+  const int precision = static_cast<int>(br.get(4));
+  const uint32_t present = br.ue() + 1;
+  if (!br.ok() || precision > kMaxPrecision || present > alphabet || present > (1u << precision)) return bad;
+  out->alphabet = alphabet;
+  out->precision = precision;
+  out->freq.assign(alphabet, 0);
+  std::vector<uint32_t> syms(present);
+  uint64_t s = 0;
+  for (uint32_t i = 0; i < present; ++i) {
+    s += br.ue() + (i == 0 ? 0 : 1);
+    if (!br.ok() || s >= alphabet) return bad;
+    syms[i] = static_cast<uint32_t>(s);
+  }
+  const uint32_t target = 1u << precision;
+  if (present == 1) {
+    out->freq[syms[0]] = target;
+  } else {
+    const int k = static_cast<int>(br.get(4));
+    int64_t last = 0, sum = 0;
+    for (uint32_t i = 0; i + 1 < present; ++i) {
+      const uint32_t z = br.ue(k);
+      const int64_t d = (z & 1) ? -(static_cast<int64_t>(z) + 1) / 2 : static_cast<int64_t>(z) / 2;
+      last += d;
+      if (!br.ok() || last < 1 || last >= target) return bad;
+      out->freq[syms[i]] = static_cast<uint32_t>(last);
+      sum += last;
+    }
+    if (sum >= target) return bad;
+    out->freq[syms[present - 1]] = static_cast<uint32_t>(target - sum);
+  }
+  out->rebuild_cum();
+  return Status::ok();
+}
+
+double best_table(const uint64_t* counts, uint32_t alphabet, int lo, int hi, FreqTable* out) {
+  double best = INFINITY;
+  FreqTable t;
+  for (int p = lo; p <= hi; ++p) {
+    if (!normalize(counts, alphabet, p, &t)) continue;
+    BitWriter bw;
+    write_table(t, bw);
+    const double bits = coded_bits(counts, t) + static_cast<double>(bw.bits());
+    if (bits < best) {
+      best = bits;
+      *out = t;
+    }
+  }
+  return best;
+}
+
+static inline double eg_bits(uint64_t v, int k) {
+  return static_cast<double>(2 * std::bit_width((v >> k) + 1) - 1 + static_cast<unsigned>(k));
+}
+
+double estimate_table_bits(const uint64_t* counts, uint32_t alphabet, int precision) {
+  uint64_t total = 0;
+  uint32_t present = 0;
+  for (uint32_t s = 0; s < alphabet; ++s) {
+    total += counts[s];
+    present += counts[s] != 0;
+  }
+  if (present == 0 || present > (1u << precision)) return INFINITY;
+  const double scale = static_cast<double>(1u << precision) / static_cast<double>(total);
+  double data = 0, table = 4 + eg_bits(present - 1, 0);
+  int64_t last = 0;
+  uint32_t prev = 0;
+  bool first = true;
+  double zig_sum = 0;
+  for (uint32_t s = 0; s < alphabet; ++s) {
+    if (!counts[s]) continue;
+    const double c = static_cast<double>(counts[s]);
+    const double f = std::max(1.0, std::round(c * scale));
+    data += c * (precision - std::log2(f));
+    table += eg_bits(first ? s : s - prev - 1, 0);
+    const int64_t d = static_cast<int64_t>(f) - last;
+    zig_sum += static_cast<double>(d >= 0 ? 2 * d : -2 * d - 1);
+    last = static_cast<int64_t>(f);
+    prev = s;
+    first = false;
+  }
+  if (present > 1) {
+    // Exp-Golomb with k near log2 of the mean delta costs about k + 2 bits per value.
+    const double mean = zig_sum / present;
+    const double k = mean < 1 ? 0 : std::floor(std::log2(mean));
+    table += 4 + present * (k + 2);
+  }
+  return data + table;
+}
+
+void fill_decode_slots(const FreqTable& t, uint32_t* packed, uint16_t* sym) {
+  for (uint32_t s = 0; s < t.alphabet; ++s) {
+    for (uint32_t j = 0; j < t.freq[s]; ++j) {
+      packed[t.cum[s] + j] = (t.freq[s] << 16) | j;
+      sym[t.cum[s] + j] = static_cast<uint16_t>(s);
+    }
+  }
+}
+
+void DecodeTable::build(const FreqTable& t) {
+  precision = t.precision;
+  mask = (1u << precision) - 1;
+  packed.resize(size_t{1} << precision);
+  sym.resize(size_t{1} << precision);
+  fill_decode_slots(t, packed.data(), sym.data());
+}
+
+std::vector<EncSymbol> make_encoder(const FreqTable& t) {
+  std::vector<EncSymbol> e(t.alphabet);
+  for (uint32_t s = 0; s < t.alphabet; ++s) {
+    e[s].freq = t.freq[s];
+    e[s].cum = t.cum[s];
+    e[s].x_max = static_cast<uint64_t>(t.freq[s]) << (32 - t.precision);
+  }
+  return e;
+}
+
+}  // namespace bigsmall::detail
