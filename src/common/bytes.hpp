@@ -117,6 +117,11 @@ class BitReader {
     return static_cast<uint32_t>(v);
   }
   size_t bytes_used() const { return (pos_ + 7) / 8; }
+  // True when the bits after the last one read, up to the byte boundary, are zero.
+  bool padding_is_zero() const {
+    if ((pos_ & 7) == 0) return true;
+    return (p_[pos_ >> 3] >> (pos_ & 7)) == 0;
+  }
 
  private:
   const uint8_t* p_;

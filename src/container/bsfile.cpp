@@ -350,6 +350,19 @@ Result<BsFile> BsFile::open(const std::string& path) {
   impl->original_size = h.original_size;
   Status st = parse_index(idx.data(), idx.size(), h.index_offset, impl.get());
   if (!st.is_ok()) return st.with_context(path);
+  // Payloads may not overlap, and the alignment padding between them must be zero, so that no
+  // byte of the file escapes every check.
+  std::vector<std::pair<uint64_t, uint64_t>> spans;
+  for (const auto& e : impl->entries) spans.push_back({e.payload_offset, e.payload_offset + e.info.stored_bytes});
+  std::sort(spans.begin(), spans.end());
+  uint64_t pos = detail::kHeaderSize;
+  for (size_t k = 0; k <= spans.size(); ++k) {
+    const uint64_t next = k < spans.size() ? spans[k].first : h.index_offset;
+    if (next < pos) return fail(Error::kCorrupt, "tensor payloads overlap");
+    for (uint64_t b = pos; b < next; ++b)
+      if (p[b] != 0) return fail(Error::kCorrupt, "non-zero padding at byte " + std::to_string(b));
+    if (k < spans.size()) pos = spans[k].second;
+  }
   BsFile f;
   f.impl_ = std::move(impl);
   return f;

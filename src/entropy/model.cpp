@@ -43,7 +43,7 @@ Status read_float_model(const uint8_t* p, size_t n, DType dtype, FloatModel* m) 
     if (!br.ok() || c > ntables) return bad;
     m->ctx[s] = static_cast<uint16_t>(c);
   }
-  if (br.bytes_used() != n) return bad;
+  if (br.bytes_used() != n || !br.padding_is_zero()) return bad;
   return Status::ok();
 }
 
@@ -55,7 +55,7 @@ Status read_bytes_model(const uint8_t* p, size_t n, uint32_t unit_bytes, BytesMo
   BitReader br(p, n);
   m->planes.resize(unit_bytes);
   for (auto& t : m->planes) BS_RETURN_IF_ERROR(read_table(br, 256, &t));
-  if (br.bytes_used() != n) return Status(Error::kCorrupt, "invalid byte model");
+  if (br.bytes_used() != n || !br.padding_is_zero()) return Status(Error::kCorrupt, "invalid byte model");
   return Status::ok();
 }
 

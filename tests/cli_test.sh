@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# CLI behaviour: outputs and documented exit codes. Usage: cli_test.sh BIGSMALL GOLDEN_DIR
+set -u
+bs=$1
+golden=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0
+fail=0
+
+expect() {  # expect CODE DESCRIPTION -- command...
+  local want=$1 what=$2
+  shift 3
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  local got=$?
+  if [ "$got" -eq "$want" ]; then pass=$((pass + 1)); else
+    fail=$((fail + 1)); echo "FAIL: $what: exit $got, expected $want"; cat "$tmp/err"; fi
+}
+check() {  # check DESCRIPTION -- test-expression...
+  local what=$1
+  shift 2
+  if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $what"; fi
+}
+
+cp "$golden/golden-v1.safetensors" "$tmp/m.safetensors"
+expect 0 "compress" -- "$bs" compress -q "$tmp/m.safetensors"
+check "default output name" -- test -f "$tmp/m.bs"
+expect 2 "existing output without -f" -- "$bs" compress -q "$tmp/m.safetensors"
+expect 0 "existing output with -f" -- "$bs" compress -q -f "$tmp/m.safetensors"
+expect 0 "verify" -- "$bs" verify -q "$tmp/m.bs"
+expect 0 "info" -- "$bs" info "$tmp/m.bs"
+check "info lists tensors" -- grep -q "bf16.weight" "$tmp/out"
+expect 0 "info --json" -- "$bs" info --json "$tmp/m.bs"
+check "info json parses" -- python3 -c "import json,sys; d=json.load(open('$tmp/out')); assert len(d['tensors'])==8" 
+expect 0 "decompress" -- "$bs" decompress -q "$tmp/m.bs" -o "$tmp/r.safetensors"
+check "byte-identical" -- cmp -s "$tmp/m.safetensors" "$tmp/r.safetensors"
+expect 0 "compress --json" -- "$bs" compress --json -f -T 1 "$tmp/m.safetensors" -o "$tmp/j.bs"
+check "json summary" -- grep -q '"ratio"' "$tmp/out"
+check "quiet when not a terminal: no progress bar on stderr" -- test ! -s "$tmp/err"
+expect 0 "bench" -- "$bs" bench -T 2 "$tmp/m.safetensors"
+check "bench prints speeds" -- grep -q "decompress" "$tmp/out"
+
+# directories
+mkdir -p "$tmp/model" && cp "$tmp/m.safetensors" "$tmp/model/model.safetensors" && echo '{"a":1}' >"$tmp/model/config.json"
+expect 0 "compress dir" -- "$bs" compress -q "$tmp/model"
+check "dir output" -- test -f "$tmp/model.bs/model.bs" -a -f "$tmp/model.bs/config.json" -a -f "$tmp/model.bs/bigsmall.index.json"
+expect 0 "verify dir" -- "$bs" verify -q "$tmp/model.bs"
+expect 0 "decompress dir" -- "$bs" decompress -q "$tmp/model.bs" -o "$tmp/model2"
+check "dir restored" -- diff -r "$tmp/model" "$tmp/model2"
+
+# errors: one line naming the file, documented exit code, nothing left behind
+expect 1 "no arguments" -- "$bs"
+expect 1 "unknown command" -- "$bs" frobnicate x
+expect 1 "unknown option" -- "$bs" compress --bogus x
+expect 1 "-o with two inputs" -- "$bs" compress -o x "$tmp/m.safetensors" "$tmp/m.safetensors"
+expect 2 "missing input" -- "$bs" compress "$tmp/nope.safetensors"
+echo "just text, not weights" >"$tmp/text.safetensors"
+expect 4 "not safetensors" -- "$bs" compress -q "$tmp/text.safetensors"
+check "error names the file" -- grep -q "text.safetensors" "$tmp/err"
+check "error is one line" -- test "$(wc -l <"$tmp/err")" -eq 1
+check "no output left" -- test ! -e "$tmp/text.bs"
+head -c 5000 "$tmp/m.safetensors" >"$tmp/trunc.safetensors"
+expect 4 "truncated safetensors" -- "$bs" compress -q "$tmp/trunc.safetensors"
+expect 4 "not a .bs" -- "$bs" verify -q "$tmp/m.safetensors"
+cp "$tmp/m.bs" "$tmp/bad.bs"
+printf '\xff' | dd of="$tmp/bad.bs" bs=1 seek=5000 conv=notrunc status=none
+expect 5 "flipped byte" -- "$bs" verify -q "$tmp/bad.bs"
+check "corrupt error names the tensor" -- grep -q "tensor '" "$tmp/err"
+expect 5 "decompress of a damaged file" -- "$bs" decompress -q "$tmp/bad.bs" -o "$tmp/bad.safetensors"
+check "no half-written output" -- test ! -e "$tmp/bad.safetensors"
+check "no temporary files" -- test -z "$(ls "$tmp" | grep tmp-bigsmall)"
+expect 2 "unwritable output" -- "$bs" compress -q "$tmp/m.safetensors" -o /proc/nope/m.bs
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,150 @@
+// Every dtype, awkward sizes, special values: the fast decoder against the reference decoder and
+// against the original bytes.
+#include <gtest/gtest.h>
+
+#include "bigsmall/codec.hpp"
+#include "testutil.hpp"
+
+using namespace bigsmall;
+
+namespace {
+
+constexpr uint64_t kChunk = 1 << 16;  // float and byte codecs' chunk, in units
+
+struct Case {
+  DType dtype;
+  uint64_t units;
+};
+
+void check(DType dt, const std::vector<uint8_t>& data, const char* what, int threads = 0) {
+  SCOPED_TRACE(std::string(dtype_info(dt).safetensors_name) + " " + what + " n=" + std::to_string(data.size()));
+  EncodeOptions eo;
+  eo.threads = threads;
+  auto enc = encode_tensor(dt, data.data(), data.size(), eo);
+  ASSERT_TRUE(enc.is_ok()) << enc.status().message();
+  EXPECT_EQ(enc->coding.nbytes, data.size());
+  std::vector<uint8_t> fast(data.size() + 8, 0x5A), ref(data.size() + 8, 0xA5);
+  DecodeOptions dop;
+  dop.threads = threads;
+  const Status a = decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), fast.data(), data.size(), dop);
+  const Status b = reference_decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), ref.data(), data.size());
+  ASSERT_TRUE(a.is_ok()) << a.message();
+  ASSERT_TRUE(b.is_ok()) << b.message();
+  EXPECT_EQ(0, std::memcmp(fast.data(), data.data(), data.size()));
+  EXPECT_EQ(0, std::memcmp(ref.data(), data.data(), data.size()));
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(fast[data.size() + i], 0x5A) << "wrote past the end";
+  // Never grows by more than the model and per-chunk bookkeeping.
+  EXPECT_LE(enc->payload.size(), data.size() + 4096);
+}
+
+const DType kAll[] = {DType::kBool, DType::kU8, DType::kI8, DType::kF8_E5M2, DType::kF8_E4M3, DType::kF8_E8M0,
+                      DType::kI16, DType::kU16, DType::kF16, DType::kBF16, DType::kI32, DType::kU32,
+                      DType::kF32, DType::kF64, DType::kI64, DType::kU64, DType::kC64, DType::kF4,
+                      DType::kF6_E2M3, DType::kF6_E3M2};
+
+}  // namespace
+
+class EveryDtype : public ::testing::TestWithParam<DType> {};
+
+TEST_P(EveryDtype, AwkwardSizesRandomBits) {
+  const DType dt = GetParam();
+  const uint64_t unit = std::max<uint64_t>(1, dtype_info(dt).bits / 8);
+  for (uint64_t n : {uint64_t{0}, uint64_t{1}, uint64_t{31}, uint64_t{33}, kChunk - 1, kChunk, kChunk + 1}) {
+    check(dt, bstest::random_bytes(n * unit, static_cast<uint32_t>(n)), "random");
+  }
+}
+
+class FloatDtype : public ::testing::TestWithParam<DType> {};
+
+TEST_P(FloatDtype, AwkwardSizesWeightLike) {
+  const DType dt = GetParam();
+  for (uint64_t n : {uint64_t{0}, uint64_t{1}, uint64_t{31}, uint64_t{32}, uint64_t{33}, uint64_t{1000}, kChunk - 1, kChunk,
+                     kChunk + 1, 3 * kChunk + 17}) {
+    check(dt, bstest::weights(dt, n, static_cast<uint32_t>(n) + 7), "weights");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, EveryDtype, ::testing::ValuesIn(kAll),
+                         [](const auto& p) { return std::string(dtype_info(p.param).safetensors_name); });
+INSTANTIATE_TEST_SUITE_P(All, FloatDtype,
+                         ::testing::Values(DType::kF8_E5M2, DType::kF8_E4M3, DType::kF16, DType::kBF16, DType::kF32,
+                                           DType::kF64),
+                         [](const auto& p) { return std::string(dtype_info(p.param).safetensors_name); });
+
+TEST(FloatCodec, WeightsUseTheFloatModelAndCompress) {
+  for (DType dt : {DType::kBF16, DType::kF16, DType::kF32}) {
+    auto d = bstest::weights(dt, 200000, 11, false);
+    auto enc = encode_tensor(dt, d.data(), d.size());
+    ASSERT_TRUE(enc.is_ok());
+    EXPECT_EQ(enc->coding.codec, Codec::kFloat) << dtype_info(dt).safetensors_name;
+    EXPECT_LT(enc->payload.size(), d.size() * 0.9) << dtype_info(dt).safetensors_name;
+  }
+}
+
+TEST(FloatCodec, Bf16UpcastToF32CostsWhatBf16Costs) {
+  auto bf = bstest::weights(DType::kBF16, 300000, 12, false);
+  std::vector<uint8_t> f32(bf.size() * 2, 0);
+  for (size_t i = 0; i < bf.size() / 2; ++i) std::memcpy(f32.data() + 4 * i + 2, bf.data() + 2 * i, 2);
+  auto a = encode_tensor(DType::kBF16, bf.data(), bf.size());
+  auto b = encode_tensor(DType::kF32, f32.data(), f32.size());
+  ASSERT_TRUE(a.is_ok() && b.is_ok());
+  EXPECT_LE(static_cast<double>(b->payload.size()), 1.005 * static_cast<double>(a->payload.size()));
+  check(DType::kF32, f32, "bf16 upcast");
+}
+
+TEST(FloatCodec, AllNaNsAndZeros) {
+  for (DType dt : {DType::kBF16, DType::kF16, DType::kF32}) {
+    const size_t w = dtype_info(dt).bits / 8;
+    std::vector<uint8_t> zeros(100003 * w, 0), nans(100003 * w, 0xFF);
+    check(dt, zeros, "zeros");
+    check(dt, nans, "nans");
+  }
+}
+
+TEST(FloatCodec, SingleThreadAndManyThreadsAgree) {
+  auto d = bstest::weights(DType::kBF16, 5 * kChunk + 3, 13);
+  check(DType::kBF16, d, "1 thread", 1);
+  check(DType::kBF16, d, "4 threads", 4);
+  EncodeOptions one, many;
+  one.threads = 1;
+  many.threads = 4;
+  auto a = encode_tensor(DType::kBF16, d.data(), d.size(), one);
+  auto b = encode_tensor(DType::kBF16, d.data(), d.size(), many);
+  EXPECT_EQ(a->payload, b->payload) << "output must not depend on the thread count";
+}
+
+TEST(Corruption, FlippedPayloadBitsAreDetectedNeverCrash) {
+  auto d = bstest::weights(DType::kBF16, 2 * kChunk + 5, 14);
+  auto enc = encode_tensor(DType::kBF16, d.data(), d.size());
+  ASSERT_TRUE(enc.is_ok());
+  std::mt19937 rng(15);
+  std::vector<uint8_t> out(d.size());
+  for (int trial = 0; trial < 300; ++trial) {
+    auto p = enc->payload;
+    p[rng() % p.size()] ^= static_cast<uint8_t>(1u << (rng() % 8));
+    const Status st = decode_tensor(enc->coding, p.data(), p.size(), out.data(), out.size());
+    EXPECT_FALSE(st.is_ok());
+    EXPECT_EQ(st.code(), Error::kCorrupt);
+    // Without checksums the decoders must still stay in bounds and report or return data.
+    DecodeOptions nov;
+    nov.verify = false;
+    (void)decode_tensor(enc->coding, p.data(), p.size(), out.data(), out.size(), nov);
+    (void)reference_decode_tensor(enc->coding, p.data(), p.size(), out.data(), out.size());
+  }
+}
+
+TEST(Corruption, HostileCodingIsRejectedBeforeDecoding) {
+  auto d = bstest::weights(DType::kF16, 1000, 16);
+  auto enc = encode_tensor(DType::kF16, d.data(), d.size());
+  std::vector<uint8_t> out(d.size());
+  TensorCoding c = enc->coding;
+  c.chunks[0].size += 1000;  // beyond the payload
+  EXPECT_FALSE(decode_tensor(c, enc->payload.data(), enc->payload.size(), out.data(), out.size()).is_ok());
+  c = enc->coding;
+  c.nbytes *= 2;  // more output than chunks
+  EXPECT_FALSE(decode_tensor(c, enc->payload.data(), enc->payload.size(), out.data(), out.size()).is_ok());
+  c = enc->coding;
+  c.lanes_log2 = 9;
+  EXPECT_FALSE(decode_tensor(c, enc->payload.data(), enc->payload.size(), out.data(), out.size()).is_ok());
+  EXPECT_FALSE(decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), out.data(), out.size() - 1).is_ok());
+}

@@ -1,0 +1,316 @@
+// The .bs container and model directories: round trips, damaged and hostile inputs, and the
+// promise that no failed run leaves a file under the final name.
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include "bigsmall/container.hpp"
+#include "common/checksum.hpp"
+#include "container/safetensors.hpp"
+#include "testutil.hpp"
+
+using namespace bigsmall;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("bigsmall-test-" + std::to_string(::getpid()) + "-" +
+                                        std::to_string(counter()++));
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  static int& counter() {
+    static int c = 0;
+    return c;
+  }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+std::vector<uint8_t> read_file(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)), {});
+}
+
+void write_file(const std::string& p, const std::vector<uint8_t>& d) {
+  std::ofstream f(p, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(d.data()), static_cast<std::streamsize>(d.size()));
+}
+
+void write_file(const std::string& p, const std::string& s) { write_file(p, std::vector<uint8_t>(s.begin(), s.end())); }
+
+struct Owned {
+  std::string name;
+  DType dtype;
+  std::vector<uint64_t> shape;
+  std::vector<uint8_t> bytes;
+};
+
+std::vector<Owned> sample_tensors() {
+  std::vector<Owned> t;
+  t.push_back({"model.embed.weight", DType::kBF16, {300, 257}, bstest::weights(DType::kBF16, 300 * 257, 1)});
+  t.push_back({"model.norm.weight", DType::kF32, {257}, bstest::weights(DType::kF32, 257, 2)});
+  t.push_back({"model.head.weight", DType::kF16, {70000}, bstest::weights(DType::kF16, 70000, 3)});
+  t.push_back({"step", DType::kI64, {}, std::vector<uint8_t>(8, 0)});
+  t.push_back({"mask", DType::kBool, {5, 3}, bstest::random_bytes(15, 4)});
+  t.push_back({"empty", DType::kF32, {0, 4}, {}});
+  t.push_back({"fp8", DType::kF8_E4M3, {1000}, bstest::weights(DType::kF8_E4M3, 1000, 5)});
+  t.push_back({"unicode \xc3\xa9 \"quoted\"", DType::kF64, {3}, bstest::weights(DType::kF64, 3, 6)});
+  return t;
+}
+
+// The 8-byte length prefix and the JSON header of a safetensors file.
+std::vector<uint8_t> header_bytes(const std::string& header) {
+  std::vector<uint8_t> st(8 + header.size());
+  const uint64_t n = header.size();
+  std::memcpy(st.data(), &n, 8);
+  std::memcpy(st.data() + 8, header.data(), header.size());
+  return st;
+}
+
+// A safetensors file as safetensors writes it.
+std::vector<uint8_t> safetensors_bytes(const std::vector<Owned>& ts,
+                                       const std::vector<std::pair<std::string, std::string>>& meta = {{"format", "pt"}}) {
+  std::vector<TensorView> views;
+  for (const auto& t : ts) views.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
+  std::vector<uint64_t> offsets;
+  std::vector<uint8_t> out = header_bytes(detail::make_safetensors_header(views, meta, &offsets));
+  for (const auto& t : ts) out.insert(out.end(), t.bytes.begin(), t.bytes.end());
+  return out;
+}
+
+}  // namespace
+
+TEST(Container, FileRoundTripIsByteIdentical) {
+  TempDir d;
+  const auto st = safetensors_bytes(sample_tensors());
+  write_file(d / "m.safetensors", st);
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
+  ASSERT_TRUE(decompress_file(d / "m.bs", d / "out.safetensors").is_ok());
+  EXPECT_EQ(read_file(d / "out.safetensors"), st);
+  EXPECT_TRUE(verify_path(d / "m.bs").is_ok());
+}
+
+TEST(Container, RandomAccessReadsOneTensor) {
+  TempDir d;
+  const auto ts = sample_tensors();
+  write_file(d / "m.safetensors", safetensors_bytes(ts));
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
+  auto f = BsFile::open(d / "m.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  ASSERT_EQ(f->tensors().size(), ts.size());
+  for (const auto& t : ts) {
+    auto i = f->find(t.name);
+    ASSERT_TRUE(i.has_value()) << t.name;
+    EXPECT_EQ(f->tensors()[*i].shape, t.shape);
+    std::vector<uint8_t> out(t.bytes.size());
+    ASSERT_TRUE(f->read_tensor(*i, out.data(), out.size()).is_ok());
+    EXPECT_EQ(out, t.bytes) << t.name;
+  }
+  EXPECT_FALSE(f->find("nope").has_value());
+}
+
+TEST(Container, GapsAndTrailingBytesAreKept) {
+  // Not what safetensors writes, but files like this exist: restore must keep every byte.
+  TempDir d;
+  std::string header = R"({"a":{"dtype":"U8","shape":[3],"data_offsets":[2,5]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[9,13]}})";
+  std::vector<uint8_t> st = header_bytes(header);
+  for (int i = 0; i < 20; ++i) st.push_back(static_cast<uint8_t>(0xF0 + i));
+  write_file(d / "g.safetensors", st);
+  ASSERT_TRUE(compress_file(d / "g.safetensors", d / "g.bs").is_ok());
+  ASSERT_TRUE(decompress_file(d / "g.bs", d / "g2.safetensors").is_ok());
+  EXPECT_EQ(read_file(d / "g2.safetensors"), st);
+}
+
+TEST(Container, WriteTensorsRestoresToTheSafetensorsLayout) {
+  TempDir d;
+  const auto ts = sample_tensors();
+  std::vector<TensorView> views;
+  for (const auto& t : ts) views.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
+  ASSERT_TRUE(write_tensors(d / "w.bs", views, {{"format", "pt"}}).is_ok());
+  ASSERT_TRUE(decompress_file(d / "w.bs", d / "w.safetensors").is_ok());
+  EXPECT_EQ(read_file(d / "w.safetensors"), safetensors_bytes(ts));
+}
+
+namespace {
+void expect_rejected(const std::vector<uint8_t>& input, Error want, const char* what) {
+  TempDir d;
+  write_file(d / "in.safetensors", input);
+  const Status st = compress_file(d / "in.safetensors", d / "out.bs");
+  EXPECT_EQ(st.code(), want) << what << ": " << st.message();
+  EXPECT_NE(st.message().find("in.safetensors"), std::string::npos) << "error must name the file: " << st.message();
+  EXPECT_EQ(st.message().find('\n'), std::string::npos) << "one line";
+  EXPECT_FALSE(fs::exists(d / "out.bs")) << what;
+  for (const auto& e : fs::directory_iterator(d.path)) EXPECT_EQ(e.path().filename(), "in.safetensors") << "leftover file";
+}
+
+std::vector<uint8_t> with_header(const std::string& header, size_t data = 16) {
+  std::vector<uint8_t> st = header_bytes(header);
+  st.resize(st.size() + data, 0);
+  return st;
+}
+}  // namespace
+
+TEST(BadSafetensors, EachProblemHasItsError) {
+  expect_rejected(std::vector<uint8_t>{'h', 'e', 'l', 'l', 'o'}, Error::kTruncated, "short");
+  const std::string text = "this is just a text file that happens to be long enough";
+  expect_rejected(std::vector<uint8_t>(text.begin(), text.end()), Error::kNotSafetensors, "text");
+  auto good = safetensors_bytes(sample_tensors());
+  expect_rejected(std::vector<uint8_t>(good.begin(), good.end() - 100), Error::kTruncated, "truncated data");
+  expect_rejected(std::vector<uint8_t>(good.begin(), good.begin() + 40), Error::kTruncated, "truncated header");
+  expect_rejected(with_header(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,99]}})"), Error::kTruncated, "offset beyond");
+  expect_rejected(with_header(R"({"a":{"dtype":"F32","shape":[5],"data_offsets":[0,16]}})"), Error::kNotSafetensors, "size lie");
+  expect_rejected(with_header(R"({"a":{"dtype":"Q7","shape":[4],"data_offsets":[0,4]}})"), Error::kUnknownDtype, "dtype");
+  expect_rejected(with_header(R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[8],"data_offsets":[4,12]}})"),
+                  Error::kNotSafetensors, "overlap");
+  expect_rejected(with_header(R"({"a":{"dtype":"U8","shape":[18446744073709551615,2],"data_offsets":[0,2]}})"),
+                  Error::kNotSafetensors, "shape overflow");
+  expect_rejected(with_header(R"({"a":)"), Error::kNotSafetensors, "broken json");
+  std::vector<uint8_t> huge(16, 0);
+  huge[7] = 0x7F;  // header length near 2^63
+  expect_rejected(huge, Error::kNotSafetensors, "hostile header length");
+}
+
+class DamagedBs : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    write_file(d / "m.safetensors", safetensors_bytes(sample_tensors()));
+    ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
+    good = read_file(d / "m.bs");
+  }
+  Status open_and_verify(const std::vector<uint8_t>& bytes) {
+    write_file(d / "bad.bs", bytes);
+    auto f = BsFile::open(d / "bad.bs");
+    if (!f) return f.status();
+    return f->verify();
+  }
+  TempDir d;
+  std::vector<uint8_t> good;
+};
+
+TEST_F(DamagedBs, EveryFlippedByteIsDetected) {
+  // Every byte of the file is covered by a checksum or a must-be-zero rule.
+  for (size_t i = 0; i < good.size(); i += (i < 4096 ? 1 : 97)) {
+    auto bad = good;
+    bad[i] ^= 0x10;
+    const Status st = open_and_verify(bad);
+    ASSERT_FALSE(st.is_ok()) << "flip at byte " << i << " of " << good.size() << " went unnoticed";
+    EXPECT_NE(st.message().find("bad.bs"), std::string::npos) << st.message();
+  }
+}
+
+TEST_F(DamagedBs, TruncationIsDetected) {
+  for (size_t len : {size_t{0}, size_t{7}, size_t{8}, size_t{63}, size_t{64}, good.size() / 2, good.size() - 1}) {
+    const Status st = open_and_verify(std::vector<uint8_t>(good.begin(), good.begin() + static_cast<long>(len)));
+    EXPECT_FALSE(st.is_ok()) << len;
+  }
+}
+
+TEST_F(DamagedBs, NewerVersionIsRefusedClearly) {
+  auto bad = good;
+  bad[8] = 2;  // major version 2
+  const uint64_t sum = detail::xxh3_64(bad.data(), 56);
+  std::memcpy(bad.data() + 56, &sum, 8);
+  const Status st = open_and_verify(bad);
+  EXPECT_EQ(st.code(), Error::kUnsupportedVersion) << st.message();
+  EXPECT_NE(st.message().find("newer"), std::string::npos);
+}
+
+TEST_F(DamagedBs, NotABsFile) {
+  EXPECT_EQ(open_and_verify(read_file(d / "m.safetensors")).code(), Error::kNotBigsmall);
+}
+
+TEST_F(DamagedBs, FailedRestoreLeavesNothing) {
+  auto bad = good;
+  bad[bad.size() / 2] ^= 1;  // inside tensor payloads
+  write_file(d / "bad.bs", bad);
+  const Status st = decompress_file(d / "bad.bs", d / "restored.safetensors");
+  EXPECT_FALSE(st.is_ok());
+  EXPECT_FALSE(fs::exists(d / "restored.safetensors"));
+  int files = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(d.path)) ++files;
+  EXPECT_EQ(files, 3);  // m.safetensors, m.bs, bad.bs: no temporary left
+}
+
+TEST(Output, ExistingOutputNeedsOverwrite) {
+  TempDir d;
+  write_file(d / "m.safetensors", safetensors_bytes(sample_tensors()));
+  write_file(d / "m.bs", std::string("precious"));
+  EXPECT_EQ(compress_file(d / "m.safetensors", d / "m.bs").code(), Error::kIo);
+  EXPECT_EQ(read_file(d / "m.bs").size(), 8u);
+  CompressOptions o;
+  o.overwrite = true;
+  EXPECT_TRUE(compress_file(d / "m.safetensors", d / "m.bs", o).is_ok());
+}
+
+TEST(Output, FullDiskIsReportedAndLeavesNothing) {
+  // RLIMIT_FSIZE makes writes past the limit fail with EFBIG, as a full disk fails with ENOSPC.
+  TempDir d;
+  auto ts = sample_tensors();
+  ts.push_back({"big", DType::kU8, {400000}, bstest::random_bytes(400000, 9)});
+  write_file(d / "m.safetensors", safetensors_bytes(ts));
+  struct rlimit old;
+  getrlimit(RLIMIT_FSIZE, &old);
+  auto prev = std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit lim = old;
+  lim.rlim_cur = 100000;
+  setrlimit(RLIMIT_FSIZE, &lim);
+  const Status st = compress_file(d / "m.safetensors", d / "m.bs");
+  setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, prev);
+  EXPECT_EQ(st.code(), Error::kNoSpace) << st.message();
+  EXPECT_FALSE(fs::exists(d / "m.bs"));
+  int files = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(d.path)) ++files;
+  EXPECT_EQ(files, 1);
+}
+
+TEST(Output, UnwritableDirectory) {
+  TempDir d;
+  write_file(d / "m.safetensors", safetensors_bytes(sample_tensors()));
+  const Status st = compress_file(d / "m.safetensors", d / "no/such/dir/m.bs");
+  EXPECT_EQ(st.code(), Error::kIo);
+  EXPECT_NE(st.message().find("m.bs"), std::string::npos);
+}
+
+TEST(Directory, ModelDirectoryRoundTrip) {
+  TempDir d;
+  const fs::path src = d.path / "model";
+  fs::create_directories(src / "sub");
+  auto ts = sample_tensors();
+  write_file((src / "model-00001-of-00002.safetensors").string(), safetensors_bytes({ts[0], ts[1]}));
+  write_file((src / "model-00002-of-00002.safetensors").string(), safetensors_bytes({ts[2], ts[3]}));
+  write_file((src / "model.safetensors.index.json").string(), std::string("{\"weight_map\": {}}"));
+  write_file((src / "config.json").string(), std::string("{\"model_type\": \"llama\"}"));
+  write_file((src / "sub" / "tokenizer.model").string(), bstest::random_bytes(1000, 3));
+  ASSERT_TRUE(compress_dir(src.string(), d / "model.bs").is_ok());
+  EXPECT_TRUE(fs::exists(d / "model.bs/model-00001-of-00002.bs"));
+  EXPECT_TRUE(fs::exists(d / "model.bs/config.json"));
+  EXPECT_TRUE(fs::exists(d / "model.bs/bigsmall.index.json"));
+  EXPECT_FALSE(fs::exists(d / "model.bs/model-00001-of-00002.safetensors"));
+  EXPECT_TRUE(verify_path(d / "model.bs").is_ok());
+  ASSERT_TRUE(decompress_dir(d / "model.bs", d / "restored").is_ok());
+  int n = 0;
+  for (const auto& e : fs::recursive_directory_iterator(src)) {
+    if (!e.is_regular_file()) continue;
+    ++n;
+    const auto rel = fs::relative(e.path(), src);
+    EXPECT_EQ(read_file(e.path().string()), read_file((d.path / "restored" / rel).string())) << rel;
+  }
+  EXPECT_EQ(n, 5);
+  EXPECT_FALSE(fs::exists(d / "restored/bigsmall.index.json"));
+}
+
+TEST(Directory, HostileIndexCannotEscape) {
+  TempDir d;
+  fs::create_directories(d.path / "m.bs");
+  write_file(d / "m.bs/bigsmall.index.json",
+             std::string(R"({"files": [{"source": "../../etc/evil.safetensors", "bs": "x.bs"}]})"));
+  const Status st = decompress_dir(d / "m.bs", d / "out");
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+}

@@ -1,0 +1,122 @@
+// Frequency tables and the rANS core, through the byte coder on adversarial distributions.
+#include <gtest/gtest.h>
+
+#include "bigsmall/codec.hpp"
+#include "entropy/table.hpp"
+#include "testutil.hpp"
+
+using namespace bigsmall;
+using namespace bigsmall::detail;
+
+TEST(Table, NormalizeKeepsEveryPresentSymbolAndSums) {
+  std::vector<uint64_t> counts(256, 0);
+  counts[0] = 1000000000;
+  counts[7] = 1;
+  counts[255] = 3;
+  FreqTable t;
+  ASSERT_TRUE(normalize(counts.data(), 256, 12, &t));
+  uint64_t sum = 0;
+  for (uint32_t s = 0; s < 256; ++s) {
+    sum += t.freq[s];
+    EXPECT_EQ(t.freq[s] > 0, counts[s] > 0) << s;
+  }
+  EXPECT_EQ(sum, 4096u);
+}
+
+TEST(Table, NormalizeRefusesMoreSymbolsThanSlots) {
+  std::vector<uint64_t> counts(256, 1);
+  FreqTable t;
+  EXPECT_FALSE(normalize(counts.data(), 256, 7, &t));
+  EXPECT_TRUE(normalize(counts.data(), 256, 8, &t));
+}
+
+TEST(Table, SerializationRoundTrips) {
+  std::mt19937 rng(1);
+  for (int trial = 0; trial < 200; ++trial) {
+    const uint32_t alphabet = 1u << (1 + rng() % 12);
+    std::vector<uint64_t> counts(alphabet, 0);
+    const int present = 1 + static_cast<int>(rng() % std::min<uint32_t>(alphabet, 300));
+    for (int i = 0; i < present; ++i) counts[rng() % alphabet] += 1 + (rng() % 3 == 0 ? rng() % 100000 : rng() % 10);
+    FreqTable t;
+    ASSERT_TRUE(normalize(counts.data(), alphabet, 12, &t));
+    BitWriter bw;
+    write_table(t, bw);
+    BitReader br(bw.buf().data(), bw.buf().size());
+    FreqTable u;
+    ASSERT_TRUE(read_table(br, alphabet, &u).is_ok());
+    EXPECT_EQ(t.freq, u.freq);
+    EXPECT_EQ(t.precision, u.precision);
+  }
+}
+
+TEST(Table, ReaderRejectsGarbage) {
+  std::mt19937 rng(2);
+  int rejected = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::vector<uint8_t> junk(1 + rng() % 64);
+    for (auto& b : junk) b = static_cast<uint8_t>(rng());
+    BitReader br(junk.data(), junk.size());
+    FreqTable t;
+    const Status st = read_table(br, 256, &t);
+    if (!st.is_ok()) {
+      ++rejected;
+      continue;
+    }
+    uint64_t sum = 0;  // anything accepted must be a valid table
+    for (uint32_t f : t.freq) sum += f;
+    EXPECT_EQ(sum, 1u << t.precision);
+  }
+  EXPECT_GT(rejected, 0);
+}
+
+namespace {
+void round_trip_bytes(const std::vector<uint8_t>& data, DType dt = DType::kU8) {
+  auto enc = encode_tensor(dt, data.data(), data.size());
+  ASSERT_TRUE(enc.is_ok()) << enc.status().message();
+  std::vector<uint8_t> fast(data.size() + 1, 0xAB), ref(data.size() + 1, 0xCD);
+  ASSERT_TRUE(decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), fast.data(), data.size()).is_ok());
+  ASSERT_TRUE(reference_decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), ref.data(), data.size()).is_ok());
+  EXPECT_EQ(0, std::memcmp(fast.data(), data.data(), data.size()));
+  EXPECT_EQ(0, std::memcmp(ref.data(), data.data(), data.size()));
+  EXPECT_EQ(fast[data.size()], 0xAB) << "decoder wrote past the tensor";
+  EXPECT_LE(enc->payload.size(), data.size() + 1024) << "no tensor may grow by more than header bytes";
+}
+}  // namespace
+
+TEST(Rans, SingleSymbol) {
+  round_trip_bytes(std::vector<uint8_t>(300000, 42));
+}
+
+TEST(Rans, AllSymbolsUniform) {
+  std::vector<uint8_t> d(200000);
+  for (size_t i = 0; i < d.size(); ++i) d[i] = static_cast<uint8_t>(i * 131 + (i >> 8));
+  round_trip_bytes(d);
+}
+
+TEST(Rans, ExtremeProbabilities) {
+  std::mt19937 rng(3);
+  std::vector<uint8_t> d(500000, 0);
+  for (int i = 0; i < 20; ++i) d[rng() % d.size()] = static_cast<uint8_t>(1 + rng() % 255);
+  round_trip_bytes(d);
+}
+
+TEST(Rans, GeometricAlphabet) {
+  std::mt19937 rng(4);
+  std::geometric_distribution<int> geo(0.3);
+  std::vector<uint8_t> d(300001);
+  for (auto& b : d) b = static_cast<uint8_t>(std::min(geo(rng), 255));
+  round_trip_bytes(d);
+  auto enc = encode_tensor(DType::kU8, d.data(), d.size());
+  EXPECT_EQ(enc->coding.codec, Codec::kBytes);
+  EXPECT_LT(enc->payload.size(), d.size() / 2);
+}
+
+TEST(Rans, MultiByteIntegers) {
+  std::mt19937 rng(5);
+  for (DType dt : {DType::kI16, DType::kI32, DType::kI64, DType::kU16, DType::kU32, DType::kU64}) {
+    const size_t w = dtype_info(dt).bits / 8;
+    std::vector<uint8_t> d(70001 * w, 0);
+    for (size_t i = 0; i < d.size(); i += w) d[i] = static_cast<uint8_t>(rng() % 7);
+    round_trip_bytes(d, dt);
+  }
+}
