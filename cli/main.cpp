@@ -71,6 +71,7 @@ const char* kUsage =
     "  -v          verbose\n"
     "  --json      machine-readable output on stdout\n"
     "  --no-verify skip checksum verification when decompressing\n"
+    "  --best      zstd level 19 for tensors with repeated structure (smaller, slower)\n"
     "  -h, --help  this text;  -V, --version\n"
     "\n"
     "exit codes: 0 ok, 1 usage, 2 I/O error, 3 disk full, 4 invalid input (not safetensors/.bs,\n"
@@ -80,7 +81,7 @@ struct Args {
   std::string command;
   std::vector<std::string> paths;
   std::string output;
-  bool force = false, quiet = false, verbose = false, json = false, verify = true;
+  bool force = false, quiet = false, verbose = false, json = false, verify = true, best = false;
   int threads = 0;
 };
 
@@ -201,6 +202,7 @@ int run_codec(const Args& a) {
       o.threads = a.threads;
       o.overwrite = a.force;
       o.progress = prog.fn();
+      if (a.best) o.zstd_level = 19;
       st = is_dir ? compress_dir(in, out, o) : compress_file(in, out, o);
     } else {
       DecompressOptions o;
@@ -415,6 +417,8 @@ int main(int argc, char** argv) {
       a.json = true;
     } else if (s == "--no-verify") {
       a.verify = false;
+    } else if (s == "--best") {
+      a.best = true;
     } else if (s.size() > 1 && s[0] == '-') {
       std::fprintf(stderr, "bigsmall: unknown option '%s'\n%s", s.c_str(), kUsage);
       return kExitUsage;

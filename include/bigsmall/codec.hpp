@@ -56,7 +56,7 @@ struct EncodedTensor {
 
 struct EncodeOptions {
   int threads = 0;            // <= 0: all cores
-  int zstd_level = 19;        // for tensors routed to zstd
+  int zstd_level = 9;         // for tensors routed to zstd (19: smaller, several times slower)
   bool allow_zstd = true;
 };
 

@@ -23,7 +23,7 @@ struct CompressOptions {
   int threads = 0;  // <= 0: all cores
   bool overwrite = false;
   bool sync = true;  // fsync before the output is renamed into place
-  int zstd_level = 19;
+  int zstd_level = 9;  // for tensors with repeated structure; 19 (--best) is smaller and slower
   ProgressFn progress;
 };
 

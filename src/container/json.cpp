@@ -61,7 +61,8 @@ class Parser {
       ws();
       Json child;
       BS_RETURN_IF_ERROR(value(&child, depth + 1));
-      v->obj.emplace_back(std::move(key), std::move(child));
+      v->keys.push_back(std::move(key));
+      v->values.push_back(std::move(child));
       ws();
       if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
       if (i_ < s_.size() && s_[i_] == '}') { ++i_; return Status::ok(); }

@@ -20,11 +20,13 @@ struct Json {
   uint64_t u = 0;
   std::string str;
   std::vector<Json> arr;
-  std::vector<std::pair<std::string, Json>> obj;  // keeps the file's order
+  // Object members in the file's order (two vectors: a vector of pairs would need Json complete).
+  std::vector<std::string> keys;
+  std::vector<Json> values;
 
   const Json* get(std::string_view key) const {
-    for (const auto& kv : obj)
-      if (kv.first == key) return &kv.second;
+    for (size_t i = 0; i < keys.size(); ++i)
+      if (keys[i] == key) return &values[i];
     return nullptr;
   }
 };

@@ -23,11 +23,13 @@ Result<StFile> parse_safetensors(const uint8_t* data, uint64_t size) {
   if (!parsed) return bad(parsed.status().message());
   const Json& root = parsed.value();
   if (root.kind != Json::Kind::kObject) return bad("header is not a JSON object");
-  for (const auto& [name, v] : root.obj) {
+  for (size_t k = 0; k < root.keys.size(); ++k) {
+    const std::string& name = root.keys[k];
+    const Json& v = root.values[k];
     if (name == "__metadata__") {
       if (v.kind != Json::Kind::kObject) return bad("__metadata__ is not an object");
-      for (const auto& kv : v.obj)
-        if (kv.second.kind != Json::Kind::kString) return bad("__metadata__ value of '" + kv.first + "' is not a string");
+      for (size_t m = 0; m < v.keys.size(); ++m)
+        if (v.values[m].kind != Json::Kind::kString) return bad("__metadata__ value of '" + v.keys[m] + "' is not a string");
       continue;
     }
     const Json* dt = v.get("dtype");

@@ -95,7 +95,9 @@ Result<TensorDecoder> TensorDecoder::prepare(const TensorCoding& coding, const u
     d.se_.build(d.fm_.se);
     d.mant_.build(d.fm_);
     const uint32_t unit = coding.unit_bytes();
-    d.simd_ = (unit == 2 || unit == 4) && coding.lanes_log2 == 5 && cpu_has_avx512_decoder();
+    // Element indices times raw_bits must fit the 32-bit lanes: chunks hold at most 2^24 units.
+    d.simd_ = (unit == 2 || unit == 4) && coding.lanes_log2 == 5 && d.fm_.raw_bits <= 25 && coding.chunk_log2 <= 20 &&
+              cpu_has_avx512_decoder();
     if (d.simd_) {
       d.se_aux_.resize(d.se_.sym.size());
       for (size_t j = 0; j < d.se_aux_.size(); ++j)
@@ -199,44 +201,11 @@ uint64_t TensorDecoder::decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t
   a.man_bits = fm_.man_bits;
   a.hi_shift = fm_.raw_bits + fm_.zero_bits;
   a.n = n;
-  const uint64_t done = decode_float_rounds_avx512(a, static_cast<int>(unit), out);
-  if (fm_.raw_bits > 0 && done > 0) {
-    const int rb = fm_.raw_bits, z = fm_.zero_bits;
-    // Fields are consecutive in the plane: stream them through a 64-bit bit buffer.
-    auto merge = [&](auto elem) {
-      using T = decltype(elem);
-      const uint64_t mask = (uint64_t{1} << rb) - 1;
-      const uint8_t* p = s.raw;
-      const uint8_t* end = s.raw + s.raw_bytes;
-      uint64_t acc = 0;
-      int have = 0;
-      uint64_t i = 0;
-      for (; i < done && p + 4 <= end; ++i) {
-        if (have < rb) {
-          uint32_t w;
-          std::memcpy(&w, p, 4);
-          acc |= static_cast<uint64_t>(w) << have;
-          p += 4;
-          have += 32;
-        }
-        T v;
-        std::memcpy(&v, out + i * sizeof(T), sizeof(T));
-        v = static_cast<T>(v | ((acc & mask) << z));
-        std::memcpy(out + i * sizeof(T), &v, sizeof(T));
-        acc >>= rb;
-        have -= rb;
-      }
-      for (; i < done; ++i) {
-        T v;
-        std::memcpy(&v, out + i * sizeof(T), sizeof(T));
-        v = static_cast<T>(v | (read_raw(s.raw, s.raw_bytes, i * static_cast<uint64_t>(rb), rb) << z));
-        std::memcpy(out + i * sizeof(T), &v, sizeof(T));
-      }
-    };
-    if (unit == 2) merge(uint16_t{});
-    else merge(uint32_t{});
-  }
-  return done;
+  a.raw = s.raw;
+  a.raw_bytes = s.raw_bytes;
+  a.raw_bits = fm_.raw_bits;
+  a.zero_bits = fm_.zero_bits;
+  return decode_float_rounds_avx512(a, static_cast<int>(unit), out);
 }
 
 Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size, ChunkMode mode,

@@ -16,7 +16,10 @@ struct SimdFloatArgs {
   const uint32_t* m_packed;    // all mantissa tables side by side
   const uint32_t* m_sym;
   int m_precision;
-  int man_bits, hi_shift;      // element = se << man_bits | hi << hi_shift (raw bits added later)
+  int man_bits, hi_shift;      // element = se << man_bits | hi << hi_shift | raw << zero_bits
+  const uint8_t* raw;          // raw-bit plane (raw_bits <= 25) and its size
+  uint64_t raw_bytes;
+  int raw_bits, zero_bits;
   uint64_t n;                  // elements in the chunk
 };
 

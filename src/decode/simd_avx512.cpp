@@ -49,9 +49,14 @@ BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
   const __m128i man_bits = _mm_cvtsi32_si128(a.man_bits);
   const __m128i hi_shift = _mm_cvtsi32_si128(a.hi_shift);
   const __m512i low16 = _mm512_set1_epi32(0xffff);
+  const __m512i lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i raw_mask = _mm512_set1_epi32(static_cast<int>((1u << a.raw_bits) - 1));
+  const __m128i zero_bits = _mm_cvtsi32_si128(a.zero_bits);
+  const uint64_t rb = static_cast<uint64_t>(a.raw_bits);
   uint64_t done = 0;
-  // Each round reads at most 64 words (two per lane).
-  while (done + 32 <= a.n && a.wend - wp >= 128) {
+  // Each round reads at most 64 words (two per lane); raw fields are fetched as 4-byte gathers,
+  // so the round's last field must leave 4 readable bytes.
+  while (done + 32 <= a.n && a.wend - wp >= 128 && ((done + 32) * rb) / 8 + 4 <= a.raw_bytes + (rb ? 0 : 4)) {
     __m512i sym[2];
     for (int h = 0; h < 2; ++h) {
       const __m512i slot = _mm512_and_si512(x[h], se_mask);
@@ -65,8 +70,15 @@ BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
       const __m512i e = _mm512_i32gather_epi32(slot, a.m_packed, 4);
       const __m512i hi = _mm512_i32gather_epi32(slot, a.m_sym, 4);
       x[h] = renorm(advance(x[h], e, m_p), wp);
-      const __m512i v = _mm512_or_si512(_mm512_sll_epi32(_mm512_and_si512(sym[h], low16), man_bits),
-                                        _mm512_sll_epi32(hi, hi_shift));
+      __m512i v = _mm512_or_si512(_mm512_sll_epi32(_mm512_and_si512(sym[h], low16), man_bits),
+                                  _mm512_sll_epi32(hi, hi_shift));
+      if (rb) {
+        const __m512i bitpos = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(done + 16 * h)), lane_ids),
+                                                  _mm512_set1_epi32(static_cast<int>(rb)));
+        const __m512i word = _mm512_i32gather_epi32(_mm512_srli_epi32(bitpos, 3), a.raw, 1);
+        const __m512i field = _mm512_and_si512(_mm512_srlv_epi32(word, _mm512_and_si512(bitpos, _mm512_set1_epi32(7))), raw_mask);
+        v = _mm512_or_si512(v, _mm512_sll_epi32(field, zero_bits));
+      }
       uint8_t* dst = out + (done + 16 * h) * kElemBytes;
       if constexpr (kElemBytes == 2) {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(v));

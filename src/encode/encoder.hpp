@@ -35,6 +35,7 @@ class TensorEncoder {
   std::vector<uint8_t> model_;
   const uint8_t* data_ = nullptr;
   int zstd_level_ = 0;
+  std::vector<uint8_t> zstd_single_;  // the whole tensor as one zstd frame, when that was tried
   double estimated_bits_ = 0;
   double floor_bits_ = 0;
   std::unique_ptr<EncoderState> state_;

@@ -172,6 +172,21 @@ static inline double eg_bits(uint64_t v, int k) {
   return static_cast<double>(2 * std::bit_width((v >> k) + 1) - 1 + static_cast<unsigned>(k));
 }
 
+namespace {
+// log2 of every possible frequency, so that cost estimates need no libm call per symbol.
+struct Log2Table {
+  float v[(1u << kMaxPrecision) + 1];
+  Log2Table() {
+    v[0] = 0;
+    for (uint32_t i = 1; i <= (1u << kMaxPrecision); ++i) v[i] = static_cast<float>(std::log2(static_cast<double>(i)));
+  }
+};
+const Log2Table& log2_table() {
+  static const Log2Table t;
+  return t;
+}
+}  // namespace
+
 double estimate_table_bits(const uint64_t* counts, uint32_t alphabet, int precision) {
   uint64_t total = 0;
   uint32_t present = 0;
@@ -181,6 +196,7 @@ double estimate_table_bits(const uint64_t* counts, uint32_t alphabet, int precis
   }
   if (present == 0 || present > (1u << precision)) return INFINITY;
   const double scale = static_cast<double>(1u << precision) / static_cast<double>(total);
+  const Log2Table& lg = log2_table();
   double data = 0, table = 4 + eg_bits(present - 1, 0);
   int64_t last = 0;
   uint32_t prev = 0;
@@ -189,8 +205,9 @@ double estimate_table_bits(const uint64_t* counts, uint32_t alphabet, int precis
   for (uint32_t s = 0; s < alphabet; ++s) {
     if (!counts[s]) continue;
     const double c = static_cast<double>(counts[s]);
-    const double f = std::max(1.0, std::round(c * scale));
-    data += c * (precision - std::log2(f));
+    const uint32_t fi = std::min<uint32_t>(std::max<uint32_t>(1, static_cast<uint32_t>(c * scale + 0.5)), 1u << precision);
+    const double f = fi;
+    data += c * (precision - lg.v[fi]);
     table += eg_bits(first ? s : s - prev - 1, 0);
     const int64_t d = static_cast<int64_t>(f) - last;
     zig_sum += static_cast<double>(d >= 0 ? 2 * d : -2 * d - 1);
@@ -230,6 +247,11 @@ std::vector<EncSymbol> make_encoder(const FreqTable& t) {
     e[s].freq = t.freq[s];
     e[s].cum = t.cum[s];
     e[s].x_max = static_cast<uint64_t>(t.freq[s]) << (32 - t.precision);
+    if (t.freq[s] == 0) continue;
+    const uint32_t l = static_cast<uint32_t>(std::bit_width(t.freq[s] - 1));  // ceil(log2 freq)
+    const u128 num = static_cast<u128>(1) << (32 + l);
+    e[s].rcp = static_cast<uint64_t>((num + t.freq[s] - 1) / t.freq[s]);
+    e[s].rcp_shift = 32 + l;
   }
   return e;
 }

@@ -8,6 +8,8 @@
 
 namespace bigsmall::detail {
 
+__extension__ typedef unsigned __int128 u128;
+
 constexpr int kMaxPrecision = 15;     // keeps freq and slot offset in 16 bits each
 constexpr uint32_t kRansL = 1u << 16; // state interval [2^16, 2^32), 16-bit renormalization
 constexpr uint32_t kMaxAlphabet = 1u << 12;
@@ -54,11 +56,15 @@ struct DecodeTable {
   void build(const FreqTable& t);
 };
 
-// Encoder view of one symbol.
+// Encoder view of one symbol. Division by freq is a multiply by a precomputed reciprocal:
+// with l = ceil(log2 freq) and rcp = ceil(2^(32+l) / freq), x / freq == (x * rcp) >> (32 + l)
+// for every 32-bit x (rcp has at most 33 bits, so the product needs 128 bits).
 struct EncSymbol {
   uint32_t freq = 0;
   uint32_t cum = 0;
   uint64_t x_max = 0;  // renormalize (emit 16 bits) while x >= x_max
+  uint64_t rcp = 0;
+  uint32_t rcp_shift = 0;
 };
 std::vector<EncSymbol> make_encoder(const FreqTable& t);
 
