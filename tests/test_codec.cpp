@@ -148,3 +148,23 @@ TEST(Corruption, HostileCodingIsRejectedBeforeDecoding) {
   EXPECT_FALSE(decode_tensor(c, enc->payload.data(), enc->payload.size(), out.data(), out.size()).is_ok());
   EXPECT_FALSE(decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), out.data(), out.size() - 1).is_ok());
 }
+
+TEST(FloatCodec, NarrowExponentRangeTakesEveryDecoderPath) {
+  // Few sign+exponent values give low table precisions, which the fused single-lookup SIMD
+  // path handles; wide ranges give the generic one. Both must match the reference decoder.
+  std::mt19937 rng(17);
+  for (DType dt : {DType::kBF16, DType::kF32, DType::kF16}) {
+    const size_t w = dtype_info(dt).bits / 8;
+    std::vector<uint8_t> d(3 * kChunk * w + 5 * w);
+    std::uniform_real_distribution<float> u(1.0f, 1.9f);
+    for (size_t i = 0; i < d.size() / w; ++i) {
+      const float f = (rng() & 1 ? -1.0f : 1.0f) * u(rng);
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      if (dt == DType::kBF16) { const uint16_t b = static_cast<uint16_t>(bits >> 16); std::memcpy(&d[i * w], &b, 2); }
+      else if (dt == DType::kF16) { const uint16_t h = bstest::f32_to_f16(f); std::memcpy(&d[i * w], &h, 2); }
+      else std::memcpy(&d[i * w], &bits, 4);
+    }
+    check(dt, d, "narrow exponent range");
+  }
+}

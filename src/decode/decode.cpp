@@ -96,13 +96,14 @@ Result<TensorDecoder> TensorDecoder::prepare(const TensorCoding& coding, const u
     d.mant_.build(d.fm_);
     const uint32_t unit = coding.unit_bytes();
     // Element indices times raw_bits must fit the 32-bit lanes: chunks hold at most 2^24 units.
-    d.simd_ = (unit == 2 || unit == 4) && coding.lanes_log2 == 5 && d.fm_.raw_bits <= 25 && coding.chunk_log2 <= 20 &&
+    d.simd_ = (unit == 2 || unit == 4) && coding.lanes_log2 >= 4 && d.fm_.raw_bits <= 25 && coding.chunk_log2 <= 20 &&
               cpu_has_avx512_decoder();
     if (d.simd_) {
       d.se_aux_.resize(d.se_.sym.size());
       for (size_t j = 0; j < d.se_aux_.size(); ++j)
         d.se_aux_[j] = d.se_.sym[j] | (static_cast<uint32_t>(d.fm_.ctx[d.se_.sym[j]]) << 16);
       d.m_sym32_.assign(d.mant_.sym.begin(), d.mant_.sym.end());
+      d.build_fused();
     }
   } else if (coding.codec == Codec::kBytes) {
     BytesModel bm;
@@ -187,6 +188,29 @@ bool decode_float_rounds(const FloatModel& m, const DecodeTable& se_t, const Fla
 
 }  // namespace
 
+void TensorDecoder::build_fused() {
+  const int ps = se_.precision, pm = mant_.precision, k = fm_.hi_bits;
+  const uint32_t se_bits = 1u + static_cast<uint32_t>(fm_.exp_bits);
+  if (2 * ps + static_cast<int>(se_bits) > 32 || 2 * pm + k > 32 || ps < 1 || pm < 1) return;
+  se_fused_.resize(se_.packed.size());
+  for (size_t j = 0; j < se_fused_.size(); ++j) {
+    const uint32_t e = se_.packed[j];
+    se_fused_[j] = ((e >> 16) - 1) | ((e & 0xffff) << ps) | (static_cast<uint32_t>(se_.sym[j]) << (2 * ps));
+  }
+  // One row of 2^pm entries per sign+exponent value; only rows of present symbols are written
+  // (and ever read), so the untouched rest of the allocation costs no memory.
+  const size_t slots = size_t{1} << pm;
+  m_fused_.reset(new uint32_t[(size_t{1} << se_bits) * slots]);
+  for (uint32_t s = 0; s < fm_.se.alphabet; ++s) {
+    if (!fm_.se.freq[s]) continue;
+    const uint32_t* packed = mant_.packed.data() + mant_.base_of_se[s];
+    const uint16_t* sym = mant_.sym.data() + mant_.base_of_se[s];
+    uint32_t* row = m_fused_.get() + s * slots;
+    for (size_t j = 0; j < slots; ++j)
+      row[j] = ((packed[j] >> 16) - 1) | ((packed[j] & 0xffff) << pm) | (static_cast<uint32_t>(sym[j]) << (2 * pm));
+  }
+}
+
 uint64_t TensorDecoder::decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t unit, uint8_t* out) const {
   SimdFloatArgs a;
   a.x = s.x;
@@ -205,7 +229,9 @@ uint64_t TensorDecoder::decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t
   a.raw_bytes = s.raw_bytes;
   a.raw_bits = fm_.raw_bits;
   a.zero_bits = fm_.zero_bits;
-  return decode_float_rounds_avx512(a, static_cast<int>(unit), out);
+  if (m_fused_) return decode_float_rounds_avx512_fused(a, {se_fused_.data(), m_fused_.get()}, static_cast<int>(unit),
+                                                        1 << coding_.lanes_log2, out);
+  return decode_float_rounds_avx512(a, static_cast<int>(unit), 1 << coding_.lanes_log2, out);
 }
 
 Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size, ChunkMode mode,

@@ -2,6 +2,7 @@
 // independently (any thread, any order) into the caller's buffer.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,9 @@ class TensorDecoder {
   bool simd_ = false;               // AVX-512 path usable for this tensor on this CPU
   std::vector<uint32_t> se_aux_;    // per se slot: symbol | mantissa table index << 16
   std::vector<uint32_t> m_sym32_;   // mantissa symbols widened for 32-bit gathers
+  std::vector<uint32_t> se_fused_;  // fused single-gather tables, when the fields fit (see simd.hpp)
+  std::shared_ptr<uint32_t[]> m_fused_;
+  void build_fused();
   uint64_t decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t unit, uint8_t* out) const;
   std::vector<DecodeTable> planes_;
 };

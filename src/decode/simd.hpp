@@ -7,7 +7,7 @@
 namespace bigsmall::detail {
 
 struct SimdFloatArgs {
-  uint32_t* x;                 // 32 lane states, updated
+  uint32_t* x;                 // lane states, updated
   const uint8_t** wp;          // word stream position, updated
   const uint8_t* wend;
   const uint32_t* se_packed;   // se lookup: freq << 16 | offset
@@ -23,9 +23,19 @@ struct SimdFloatArgs {
   uint64_t n;                  // elements in the chunk
 };
 
+// Fused layout (one gather per symbol): se_fused[slot] = (freq-1) | offset << Ps | se << 2Ps and
+// m_fused[se << Pm | slot] = (freq-1) | offset << Pm | hi << 2Pm, valid when the fields fit 32 bits.
+struct SimdFusedArgs {
+  const uint32_t* se_fused;
+  const uint32_t* m_fused;
+};
+
 bool cpu_has_avx512_decoder();
-// Decodes whole rounds of 32 elements while enough words remain for an unchecked round; returns
-// how many elements were written to out (a multiple of 32). Element width: 2 or 4 bytes.
-uint64_t decode_float_rounds_avx512(const SimdFloatArgs& a, int elem_bytes, uint8_t* out);
+uint64_t decode_float_rounds_avx512_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, int elem_bytes, int lanes,
+                                          uint8_t* out);
+// Decodes whole rounds (one element per lane; 16, 32 or 64 lanes) while enough words remain for
+// an unchecked round; returns how many elements were written to out (whole rounds). Element
+// width: 2 or 4 bytes.
+uint64_t decode_float_rounds_avx512(const SimdFloatArgs& a, int elem_bytes, int lanes, uint8_t* out);
 
 }  // namespace bigsmall::detail

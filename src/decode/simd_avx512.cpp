@@ -38,9 +38,12 @@ BS_AVX512 inline __m512i advance(__m512i x, __m512i entry, __m128i precision) {
   return _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srl_epi32(x, precision)), off);
 }
 
-template <int kElemBytes>
+// V vectors of 16 lanes: 16·V lanes per chunk, decoded in lane order.
+template <int kElemBytes, int V>
 BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
-  __m512i x[2] = {_mm512_loadu_si512(a.x), _mm512_loadu_si512(a.x + 16)};
+  constexpr uint64_t kRound = 16 * V;
+  __m512i x[V];
+  for (int h = 0; h < V; ++h) x[h] = _mm512_loadu_si512(a.x + 16 * h);
   const uint8_t* wp = *a.wp;
   const __m512i se_mask = _mm512_set1_epi32(static_cast<int>((1u << a.se_precision) - 1));
   const __m512i m_mask = _mm512_set1_epi32(static_cast<int>((1u << a.m_precision) - 1));
@@ -54,17 +57,18 @@ BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
   const __m128i zero_bits = _mm_cvtsi32_si128(a.zero_bits);
   const uint64_t rb = static_cast<uint64_t>(a.raw_bits);
   uint64_t done = 0;
-  // Each round reads at most 64 words (two per lane); raw fields are fetched as 4-byte gathers,
-  // so the round's last field must leave 4 readable bytes.
-  while (done + 32 <= a.n && a.wend - wp >= 128 && ((done + 32) * rb) / 8 + 4 <= a.raw_bytes + (rb ? 0 : 4)) {
-    __m512i sym[2];
-    for (int h = 0; h < 2; ++h) {
+  // Each round reads at most two words per lane; raw fields are fetched as 4-byte gathers, so the
+  // round's last field must leave 4 readable bytes.
+  while (done + kRound <= a.n && static_cast<uint64_t>(a.wend - wp) >= 4 * kRound &&
+         ((done + kRound) * rb) / 8 + 4 <= a.raw_bytes + (rb ? 0 : 4)) {
+    __m512i sym[V];
+    for (int h = 0; h < V; ++h) {
       const __m512i slot = _mm512_and_si512(x[h], se_mask);
       const __m512i e = _mm512_i32gather_epi32(slot, a.se_packed, 4);
       sym[h] = _mm512_i32gather_epi32(slot, a.se_aux, 4);
       x[h] = renorm(advance(x[h], e, se_p), wp);
     }
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < V; ++h) {
       const __m512i table = _mm512_sll_epi32(_mm512_srli_epi32(sym[h], 16), m_p);
       const __m512i slot = _mm512_add_epi32(table, _mm512_and_si512(x[h], m_mask));
       const __m512i e = _mm512_i32gather_epi32(slot, a.m_packed, 4);
@@ -86,22 +90,96 @@ BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
         _mm512_storeu_si512(dst, v);
       }
     }
-    done += 32;
+    done += kRound;
   }
-  _mm512_storeu_si512(a.x, x[0]);
-  _mm512_storeu_si512(a.x + 16, x[1]);
+  for (int h = 0; h < V; ++h) _mm512_storeu_si512(a.x + 16 * h, x[h]);
+  *a.wp = wp;
+  return done;
+}
+
+// One gather per symbol: frequency, offset and symbol packed in one table entry.
+BS_AVX512 inline __m512i advance_packed(__m512i x, __m512i entry, __m128i precision, __m512i field_mask) {
+  const __m512i freq = _mm512_add_epi32(_mm512_and_si512(entry, field_mask), _mm512_set1_epi32(1));
+  const __m512i off = _mm512_and_si512(_mm512_srl_epi32(entry, precision), field_mask);
+  return _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srl_epi32(x, precision)), off);
+}
+
+template <int kElemBytes, int V>
+BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uint8_t* out) {
+  constexpr uint64_t kRound = 16 * V;
+  __m512i x[V];
+  for (int h = 0; h < V; ++h) x[h] = _mm512_loadu_si512(a.x + 16 * h);
+  const uint8_t* wp = *a.wp;
+  const __m512i se_mask = _mm512_set1_epi32(static_cast<int>((1u << a.se_precision) - 1));
+  const __m512i m_mask = _mm512_set1_epi32(static_cast<int>((1u << a.m_precision) - 1));
+  const __m128i se_p = _mm_cvtsi32_si128(a.se_precision);
+  const __m128i se_2p = _mm_cvtsi32_si128(2 * a.se_precision);
+  const __m128i m_p = _mm_cvtsi32_si128(a.m_precision);
+  const __m128i m_2p = _mm_cvtsi32_si128(2 * a.m_precision);
+  const __m128i man_bits = _mm_cvtsi32_si128(a.man_bits);
+  const __m128i hi_shift = _mm_cvtsi32_si128(a.hi_shift);
+  const __m512i lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i raw_mask = _mm512_set1_epi32(static_cast<int>((1u << a.raw_bits) - 1));
+  const __m128i zero_bits = _mm_cvtsi32_si128(a.zero_bits);
+  const uint64_t rb = static_cast<uint64_t>(a.raw_bits);
+  uint64_t done = 0;
+  while (done + kRound <= a.n && static_cast<uint64_t>(a.wend - wp) >= 4 * kRound &&
+         ((done + kRound) * rb) / 8 + 4 <= a.raw_bytes + (rb ? 0 : 4)) {
+    __m512i se[V];
+    for (int h = 0; h < V; ++h) {
+      const __m512i e = _mm512_i32gather_epi32(_mm512_and_si512(x[h], se_mask), f.se_fused, 4);
+      se[h] = _mm512_srl_epi32(e, se_2p);
+      x[h] = renorm(advance_packed(x[h], e, se_p, se_mask), wp);
+    }
+    for (int h = 0; h < V; ++h) {
+      const __m512i slot = _mm512_or_si512(_mm512_sll_epi32(se[h], m_p), _mm512_and_si512(x[h], m_mask));
+      const __m512i e = _mm512_i32gather_epi32(slot, f.m_fused, 4);
+      x[h] = renorm(advance_packed(x[h], e, m_p, m_mask), wp);
+      __m512i v = _mm512_or_si512(_mm512_sll_epi32(se[h], man_bits), _mm512_sll_epi32(_mm512_srl_epi32(e, m_2p), hi_shift));
+      if (rb) {
+        const __m512i bitpos = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(done + 16 * h)), lane_ids),
+                                                  _mm512_set1_epi32(static_cast<int>(rb)));
+        const __m512i word = _mm512_i32gather_epi32(_mm512_srli_epi32(bitpos, 3), a.raw, 1);
+        const __m512i field = _mm512_and_si512(_mm512_srlv_epi32(word, _mm512_and_si512(bitpos, _mm512_set1_epi32(7))), raw_mask);
+        v = _mm512_or_si512(v, _mm512_sll_epi32(field, zero_bits));
+      }
+      uint8_t* dst = out + (done + 16 * h) * kElemBytes;
+      if constexpr (kElemBytes == 2) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(v));
+      } else {
+        _mm512_storeu_si512(dst, v);
+      }
+    }
+    done += kRound;
+  }
+  for (int h = 0; h < V; ++h) _mm512_storeu_si512(a.x + 16 * h, x[h]);
   *a.wp = wp;
   return done;
 }
 
 }  // namespace
 
-uint64_t decode_float_rounds_avx512(const SimdFloatArgs& a, int elem_bytes, uint8_t* out) {
-  return elem_bytes == 2 ? run<2>(a, out) : run<4>(a, out);
+uint64_t decode_float_rounds_avx512_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, int elem_bytes, int lanes,
+                                          uint8_t* out) {
+  switch (lanes) {
+    case 16: return elem_bytes == 2 ? run_fused<2, 1>(a, f, out) : run_fused<4, 1>(a, f, out);
+    case 32: return elem_bytes == 2 ? run_fused<2, 2>(a, f, out) : run_fused<4, 2>(a, f, out);
+    default: return 0;
+  }
+}
+
+uint64_t decode_float_rounds_avx512(const SimdFloatArgs& a, int elem_bytes, int lanes, uint8_t* out) {
+  switch (lanes) {
+    case 16: return elem_bytes == 2 ? run<2, 1>(a, out) : run<4, 1>(a, out);
+    case 32: return elem_bytes == 2 ? run<2, 2>(a, out) : run<4, 2>(a, out);
+    case 64: return elem_bytes == 2 ? run<2, 4>(a, out) : run<4, 4>(a, out);
+    default: return 0;
+  }
 }
 
 #else
-uint64_t decode_float_rounds_avx512(const SimdFloatArgs&, int, uint8_t*) { return 0; }
+uint64_t decode_float_rounds_avx512(const SimdFloatArgs&, int, int, uint8_t*) { return 0; }
+uint64_t decode_float_rounds_avx512_fused(const SimdFloatArgs&, const SimdFusedArgs&, int, int, uint8_t*) { return 0; }
 #endif
 
 }  // namespace bigsmall::detail

@@ -27,9 +27,10 @@ int ceil_log2(uint64_t v) { return v <= 1 ? 0 : static_cast<int>(std::bit_width(
 
 // Lanes: 32 for large tensors (GPU warps, SIMD); fewer for small ones, whose 4-byte final
 // states would otherwise be a visible share of the output.
+constexpr int kMaxLanesLog2 = 5;
 int choose_lanes_log2(uint64_t units) {
   int l = 0;
-  while (l < 5 && (units >> (l + 1)) >= 1024) ++l;
+  while (l < kMaxLanesLog2 && (units >> (l + 1)) >= 1024) ++l;
   return l;
 }
 

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Corpus benchmark: bigsmall against zstd -3, zstd -19 and ZipNN, in one run, on every file.
+
+For each file: size ratio (compressed / original; bigsmall's includes every header, table and
+index byte), single-thread compress and decompress throughput in MB/s of original bytes, and
+bigsmall's size over the joint information floor from the corpus MANIFEST. bigsmall also runs at
+all threads. Speeds are medians of repeated runs. zstd is timed in memory by its own benchmark
+mode (`zstd -bN`); ZipNN in memory through its Python API; bigsmall through `bigsmall bench`
+(compress: file to file; decompress: decode and verify every checksum into memory).
+
+Usage: bench/bench.py [--corpus DIR] [--bigsmall PATH] [--markdown OUT.md] [--quick]
+"""
+import argparse, json, os, re, statistics, subprocess, sys, tempfile, time, platform, filecmp
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def floors(corpus):
+    out = {}
+    text = open(os.path.join(corpus, "MANIFEST.md")).read()
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 12 and cells[0].endswith(".safetensors"):
+            out[cells[0]] = int(cells[11])
+    return out
+
+
+def zstd_bench(path, level, iters):
+    r = subprocess.run(["zstd", f"-b{level}", f"-e{level}", f"-i{iters}", "-T1", path], capture_output=True, text=True)
+    text = r.stdout + r.stderr
+    m = re.findall(r"->\s*(\d+)\s*\(x?([\d.]+)\)?,\s*([\d.]+)\s*MB/s\s*,\s*([\d.]+)\s*MB/s", text)
+    if not m:
+        raise RuntimeError("cannot parse zstd -b output: " + text[-300:])
+    size, _, c, d = m[-1]
+    return int(size) / os.path.getsize(path), float(c), float(d)
+
+
+def zipnn_bench(path, reps):
+    try:
+        import zipnn  # noqa: F401
+    except ImportError:
+        return None
+    import zipnn
+    data = open(path, "rb").read()
+    dt = "bfloat16" if ".bf16." in path else ("float16" if ".f16." in path else "float32")
+    z = zipnn.ZipNN(input_format="byte", bytearray_dtype=dt, threads=1)
+    tc, td, ok, size = [], [], True, 0
+    for _ in range(reps):
+        t = time.perf_counter(); c = z.compress(data); tc.append(time.perf_counter() - t)
+        t = time.perf_counter(); o = z.decompress(c); td.append(time.perf_counter() - t)
+        ok = ok and bytes(o) == data
+        size = len(c)
+    n = len(data) / 1e6
+    return size / len(data), n / statistics.median(tc), n / statistics.median(td), ok
+
+
+def bigsmall_bench(bs, path):
+    r = subprocess.run([bs, "bench", "--json", path], capture_output=True, text=True, check=True)
+    rows = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+    return rows
+
+
+def roundtrip(bs, path):
+    with tempfile.TemporaryDirectory() as d:
+        c, o = os.path.join(d, "x.bs"), os.path.join(d, "x.safetensors")
+        subprocess.run([bs, "compress", "-q", path, "-o", c], check=True)
+        subprocess.run([bs, "decompress", "-q", c, "-o", o], check=True)
+        return filecmp.cmp(path, o, shallow=False), os.path.getsize(c)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("--corpus", default=os.path.join(here, "..", "..", "shared", "corpus"))
+    ap.add_argument("--bigsmall", default=os.path.join(here, "..", "build", "bigsmall"))
+    ap.add_argument("--markdown", help="write the tables to this file")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    a = ap.parse_args()
+    reps = 2 if a.quick else 5
+    fl = floors(a.corpus)
+    files = sorted(f for f in os.listdir(a.corpus) if f.endswith(".safetensors"))
+    rows, totals = [], {"orig": 0, "bs": 0, "floor": 0, "z19": 0}
+    for f in files:
+        p = os.path.join(a.corpus, f)
+        print(f"... {f}", file=sys.stderr)
+        ok, bs_size = roundtrip(a.bigsmall, p)
+        b = bigsmall_bench(a.bigsmall, p)
+        z3 = zstd_bench(p, 3, reps)
+        z19 = zstd_bench(p, 19, 1 if a.quick else 2)
+        zn = zipnn_bench(p, reps)
+        orig = os.path.getsize(p)
+        one = next(r for r in b if r["threads"] == 1)
+        allt = max(b, key=lambda r: r["threads"])
+        row = dict(file=f, orig=orig, roundtrip=ok, ratio=bs_size / orig, floor=fl.get(f), over_floor=bs_size / fl[f] if f in fl else None,
+                   c1=one["compress_GBps"] * 1e3, d1=one["decompress_GBps"] * 1e3, cN=allt["compress_GBps"] * 1e3,
+                   dN=allt["decompress_GBps"] * 1e3, threads=allt["threads"], z3=z3, z19=z19, zipnn=zn)
+        rows.append(row)
+        totals["orig"] += orig
+        totals["bs"] += bs_size
+        totals["z19"] += z19[0] * orig
+        if f in fl and (".bf16." in f or ".f16." in f):
+            totals.setdefault("bs16", 0); totals.setdefault("floor16", 0)
+            totals["bs16"] += bs_size; totals["floor16"] += fl[f]
+
+    out = []
+    out.append(f"Machine: {cpu_name()}, {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d')}; "
+               f"command: `python3 bench/bench.py{' --quick' if a.quick else ''}`\n")
+    out.append("### Size (ratio = compressed / original; lower is better)\n")
+    out.append("| file | bigsmall | over joint floor | zstd -3 | zstd -19 | ZipNN | restores byte-identical |")
+    out.append("|---|---|---|---|---|---|---|")
+    for r in rows:
+        zn = r["zipnn"]
+        zn_s = "n/a" if zn is None else f"{zn[0]:.4f}" + ("" if zn[3] else " (round trip FAILS)")
+        out.append(f"| {r['file']} | {r['ratio']:.4f} | {r['over_floor']:.4f} | {r['z3'][0]:.4f} | {r['z19'][0]:.4f} | {zn_s} | "
+                   f"{'yes' if r['roundtrip'] else 'NO'} |")
+    if "bs16" in totals:
+        out.append(f"\nBF16 + F16 files together: bigsmall / sum of joint floors = {totals['bs16'] / totals['floor16']:.4f}. "
+                   f"All files: bigsmall {totals['bs'] / totals['orig']:.4f}, zstd -19 {totals['z19'] / totals['orig']:.4f}.\n")
+    out.append("### Speed (MB/s of original bytes, median; 1 thread unless noted)\n")
+    out.append("| file | bigsmall comp | bigsmall decomp | bigsmall comp, all threads | bigsmall decomp, all threads | "
+               "zstd -3 comp | zstd -3 decomp | zstd -19 decomp | ZipNN comp | ZipNN decomp | decomp vs ZipNN | decomp vs zstd-19 -d | comp vs ZipNN |")
+    out.append("|---|" + "---|" * 12)
+    for r in rows:
+        zn = r["zipnn"]
+        zc, zd = (zn[1], zn[2]) if zn else (float("nan"), float("nan"))
+        out.append(f"| {r['file']} | {r['c1']:.0f} | {r['d1']:.0f} | {r['cN']:.0f} | {r['dN']:.0f} | {r['z3'][1]:.0f} | {r['z3'][2]:.0f} | "
+                   f"{r['z19'][2]:.0f} | {zc:.0f} | {zd:.0f} | {r['d1'] / zd:.2f}x | {r['d1'] / r['z19'][2]:.2f}x | {r['c1'] / zc:.2f}x |")
+    text = "\n".join(out) + "\n"
+    print(text)
+    if a.markdown:
+        open(a.markdown, "w").write(text)
+
+
+if __name__ == "__main__":
+    main()
