@@ -103,6 +103,25 @@ std::string human(double bytes) {
   return buf;
 }
 
+// JSON string literal for names and paths (tensor names may hold quotes, backslashes, controls).
+std::string jq(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (u < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", u);
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -221,9 +240,9 @@ int run_codec(const Args& a) {
     const uint64_t in_b = path_bytes(in), out_b = path_bytes(out);
     const uint64_t raw = compress ? in_b : out_b, packed = compress ? out_b : in_b;
     if (a.json) {
-      std::printf("{\"input\": \"%s\", \"output\": \"%s\", \"original_bytes\": %llu, \"compressed_bytes\": %llu, "
+      std::printf("{\"input\": %s, \"output\": %s, \"original_bytes\": %llu, \"compressed_bytes\": %llu, "
                   "\"ratio\": %.6f, \"seconds\": %.4f}\n",
-                  in.c_str(), out.c_str(), static_cast<unsigned long long>(raw), static_cast<unsigned long long>(packed),
+                  jq(in).c_str(), jq(out).c_str(), static_cast<unsigned long long>(raw), static_cast<unsigned long long>(packed),
                   raw ? static_cast<double>(packed) / static_cast<double>(raw) : 0.0, t);
     } else if (!a.quiet) {
       std::fprintf(stderr, "%s -> %s: %s -> %s (%.2f%%), %.2fs, %s/s\n", in.c_str(), out.c_str(),
@@ -244,7 +263,7 @@ int run_verify(const Args& a) {
     o.progress = prog.fn();
     const Status st = verify_path(p, o);
     prog.finish();
-    if (a.json) std::printf("{\"path\": \"%s\", \"ok\": %s}\n", p.c_str(), st.is_ok() ? "true" : "false");
+    if (a.json) std::printf("{\"path\": %s, \"ok\": %s}\n", jq(p).c_str(), st.is_ok() ? "true" : "false");
     if (!st.is_ok()) {
       rc = std::max(rc, report(st));
     } else if (!a.quiet && !a.json) {
@@ -272,7 +291,7 @@ int run_info(const Args& a) {
       continue;
     }
     uint64_t raw = 0, stored = 0, floor_bits = 0;
-    if (a.json) std::printf("{\"path\": \"%s\", \"tensors\": [", p.c_str());
+    if (a.json) std::printf("{\"path\": %s, \"tensors\": [", jq(p).c_str());
     else std::printf("%-48s %-8s %-18s %-6s %10s %8s %7s %7s\n", "tensor", "dtype", "shape", "codec", "stored", "ratio", "bits/w", "floor");
     bool first = true;
     for (const auto& t : f->tensors()) {
@@ -285,9 +304,9 @@ int run_info(const Args& a) {
       stored += t.stored_bytes;
       floor_bits += t.floor_bits;
       if (a.json) {
-        std::printf("%s\n  {\"name\": \"%s\", \"dtype\": \"%s\", \"shape\": %s, \"codec\": \"%s\", \"bytes\": %llu, "
+        std::printf("%s\n  {\"name\": %s, \"dtype\": \"%s\", \"shape\": %s, \"codec\": \"%s\", \"bytes\": %llu, "
                     "\"stored_bytes\": %llu, \"ratio\": %.6f, \"bits_per_weight\": %.4f, \"floor_bits_per_weight\": %.4f}",
-                    first ? "" : ",", t.name.c_str(), std::string(dtype_info(t.dtype).safetensors_name).c_str(),
+                    first ? "" : ",", jq(t.name).c_str(), std::string(dtype_info(t.dtype).safetensors_name).c_str(),
                     shape_str(t.shape).c_str(), codec_name(t.codec), static_cast<unsigned long long>(t.nbytes),
                     static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
       } else {
@@ -357,8 +376,8 @@ int run_bench(const Args& a) {
     fs::remove(tmp, ec);
     for (const auto& r : rows) {
       if (a.json)
-        std::printf("{\"file\": \"%s\", \"threads\": %d, \"ratio\": %.6f, \"compress_GBps\": %.4f, \"decompress_GBps\": %.4f}\n",
-                    p.c_str(), r.threads, ratio, r.comp / 1e9, r.dec / 1e9);
+        std::printf("{\"file\": %s, \"threads\": %d, \"ratio\": %.6f, \"compress_GBps\": %.4f, \"decompress_GBps\": %.4f}\n",
+                    jq(p).c_str(), r.threads, ratio, r.comp / 1e9, r.dec / 1e9);
       else
         std::printf("%s: ratio %.4f, %d thread%s: compress %.3f GB/s, decompress %.3f GB/s\n", p.c_str(), ratio, r.threads,
                     r.threads == 1 ? "" : "s", r.comp / 1e9, r.dec / 1e9);

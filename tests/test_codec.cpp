@@ -2,6 +2,8 @@
 // against the original bytes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "bigsmall/codec.hpp"
 #include "testutil.hpp"
 
@@ -30,8 +32,8 @@ void check(DType dt, const std::vector<uint8_t>& data, const char* what, int thr
   const Status b = reference_decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), ref.data(), data.size());
   ASSERT_TRUE(a.is_ok()) << a.message();
   ASSERT_TRUE(b.is_ok()) << b.message();
-  EXPECT_EQ(0, std::memcmp(fast.data(), data.data(), data.size()));
-  EXPECT_EQ(0, std::memcmp(ref.data(), data.data(), data.size()));
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), fast.begin()));
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), ref.begin()));
   for (int i = 0; i < 8; ++i) EXPECT_EQ(fast[data.size() + i], 0x5A) << "wrote past the end";
   // Never grows by more than the model and per-chunk bookkeeping.
   EXPECT_LE(enc->payload.size(), data.size() + 4096);

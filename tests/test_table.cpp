@@ -1,6 +1,8 @@
 // Frequency tables and the rANS core, through the byte coder on adversarial distributions.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "bigsmall/codec.hpp"
 #include "entropy/table.hpp"
 #include "testutil.hpp"
@@ -76,8 +78,8 @@ void round_trip_bytes(const std::vector<uint8_t>& data, DType dt = DType::kU8) {
   std::vector<uint8_t> fast(data.size() + 1, 0xAB), ref(data.size() + 1, 0xCD);
   ASSERT_TRUE(decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), fast.data(), data.size()).is_ok());
   ASSERT_TRUE(reference_decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), ref.data(), data.size()).is_ok());
-  EXPECT_EQ(0, std::memcmp(fast.data(), data.data(), data.size()));
-  EXPECT_EQ(0, std::memcmp(ref.data(), data.data(), data.size()));
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), fast.begin()));
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), ref.begin()));
   EXPECT_EQ(fast[data.size()], 0xAB) << "decoder wrote past the tensor";
   EXPECT_LE(enc->payload.size(), data.size() + 1024) << "no tensor may grow by more than header bytes";
 }

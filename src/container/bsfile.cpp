@@ -23,7 +23,7 @@ constexpr uint64_t kHeaderSize = 64;
 constexpr uint64_t kPayloadAlign = 64;
 constexpr uint64_t kMaxIndexBytes = 1ull << 30;
 constexpr uint64_t kBatchBytes = 256ull << 20;  // input bytes encoded between writes
-constexpr int kIndexZstdLevel = 19;
+constexpr int kIndexZstdLevel = 12;  // the index is small; level 19 cost more time than it saved bytes
 
 struct FileHeader {
   uint16_t major = kFormatVersionMajor, minor = kFormatVersionMinor;

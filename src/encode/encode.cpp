@@ -294,7 +294,7 @@ struct RansEncoder {
 
   inline void put(uint32_t lane, const EncSymbol& s, int precision) {
     uint32_t v = x[lane];
-    const uint32_t emit = static_cast<uint64_t>(v) >= s.x_max;
+    const uint32_t emit = static_cast<uint64_t>(v) >= (static_cast<uint64_t>(s.freq) << (32 - precision));
     p[-1] = static_cast<uint16_t>(v);
     p -= emit;
     v >>= emit << 4;

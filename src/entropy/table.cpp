@@ -244,14 +244,13 @@ void DecodeTable::build(const FreqTable& t) {
 std::vector<EncSymbol> make_encoder(const FreqTable& t) {
   std::vector<EncSymbol> e(t.alphabet);
   for (uint32_t s = 0; s < t.alphabet; ++s) {
-    e[s].freq = t.freq[s];
-    e[s].cum = t.cum[s];
-    e[s].x_max = static_cast<uint64_t>(t.freq[s]) << (32 - t.precision);
+    e[s].freq = static_cast<uint16_t>(t.freq[s]);
+    e[s].cum = static_cast<uint16_t>(t.cum[s]);
     if (t.freq[s] == 0) continue;
     const uint32_t l = static_cast<uint32_t>(std::bit_width(t.freq[s] - 1));  // ceil(log2 freq)
     const u128 num = static_cast<u128>(1) << (32 + l);
     e[s].rcp = static_cast<uint64_t>((num + t.freq[s] - 1) / t.freq[s]);
-    e[s].rcp_shift = 32 + l;
+    e[s].rcp_shift = static_cast<uint8_t>(32 + l);
   }
   return e;
 }

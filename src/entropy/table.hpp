@@ -59,13 +59,15 @@ struct DecodeTable {
 // Encoder view of one symbol. Division by freq is a multiply by a precomputed reciprocal:
 // with l = ceil(log2 freq) and rcp = ceil(2^(32+l) / freq), x / freq == (x * rcp) >> (32 + l)
 // for every 32-bit x (rcp has at most 33 bits, so the product needs 128 bits).
+// 16 bytes, so the tables of a tensor stay in L1/L2 while its chunks are coded. A symbol
+// renormalizes (emits 16 bits) when x >= freq << (32 - precision).
 struct EncSymbol {
-  uint32_t freq = 0;
-  uint32_t cum = 0;
-  uint64_t x_max = 0;  // renormalize (emit 16 bits) while x >= x_max
   uint64_t rcp = 0;
-  uint32_t rcp_shift = 0;
+  uint16_t freq = 0;  // <= 2^15
+  uint16_t cum = 0;
+  uint8_t rcp_shift = 0;
 };
+static_assert(sizeof(EncSymbol) == 16);
 std::vector<EncSymbol> make_encoder(const FreqTable& t);
 
 }  // namespace bigsmall::detail
