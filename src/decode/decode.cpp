@@ -189,25 +189,43 @@ bool decode_float_rounds(const FloatModel& m, const DecodeTable& se_t, const Fla
 }  // namespace
 
 void TensorDecoder::build_fused() {
+  // Three ways to get the sign+exponent value with one gather per symbol (see simd.hpp):
+  //   kSeInMant: the mantissa entry carries se and hi together (2Pm + 1+E + k <= 32);
+  //   kSeInSe:   the se entry carries se itself as the row index (2Ps + 1+E <= 32);
+  //   kSePermute: rows are dense indices, se comes from a 64-entry register table.
   const int ps = se_.precision, pm = mant_.precision, k = fm_.hi_bits;
-  const uint32_t se_bits = 1u + static_cast<uint32_t>(fm_.exp_bits);
-  if (2 * ps + static_cast<int>(se_bits) > 32 || 2 * pm + k > 32 || ps < 1 || pm < 1) return;
+  const int se_bits = 1 + fm_.exp_bits;
+  if (ps < 1 || pm < 1 || 2 * pm + k > 32) return;
+  std::vector<uint32_t> present;
+  for (uint32_t s = 0; s < fm_.se.alphabet; ++s)
+    if (fm_.se.freq[s]) present.push_back(s);
+  if (2 * pm + se_bits + k <= 32 && 2 * ps + 8 <= 32 && present.size() <= 256) fused_mode_ = kSeInMant;
+  else if (2 * ps + se_bits <= 32) fused_mode_ = kSeInSe;
+  else if (2 * ps + 8 <= 32 && present.size() <= 64) fused_mode_ = kSePermute;
+  else return;
+  const bool dense = fused_mode_ != kSeInSe;
+  std::vector<uint32_t> row_of(fm_.se.alphabet, 0);
+  d_to_se_.assign(64, 0);
+  for (size_t r = 0; r < present.size(); ++r) {
+    row_of[present[r]] = dense ? static_cast<uint32_t>(r) : present[r];
+    if (r < 64) d_to_se_[r] = present[r];
+  }
   se_fused_.resize(se_.packed.size());
   for (size_t j = 0; j < se_fused_.size(); ++j) {
     const uint32_t e = se_.packed[j];
-    se_fused_[j] = ((e >> 16) - 1) | ((e & 0xffff) << ps) | (static_cast<uint32_t>(se_.sym[j]) << (2 * ps));
+    se_fused_[j] = ((e >> 16) - 1) | ((e & 0xffff) << ps) | (row_of[se_.sym[j]] << (2 * ps));
   }
-  // One row of 2^pm entries per sign+exponent value; only rows of present symbols are written
-  // (and ever read), so the untouched rest of the allocation costs no memory.
   const size_t slots = size_t{1} << pm;
-  m_fused_.reset(new uint32_t[(size_t{1} << se_bits) * slots]);
-  for (uint32_t s = 0; s < fm_.se.alphabet; ++s) {
-    if (!fm_.se.freq[s]) continue;
+  const size_t rows = dense ? present.size() : (size_t{1} << se_bits);
+  // Rows of absent symbols (kSeInSe) are never written nor read: the allocation stays untouched.
+  m_fused_.reset(new uint32_t[rows * slots]);
+  for (uint32_t s : present) {
     const uint32_t* packed = mant_.packed.data() + mant_.base_of_se[s];
     const uint16_t* sym = mant_.sym.data() + mant_.base_of_se[s];
-    uint32_t* row = m_fused_.get() + s * slots;
+    uint32_t* row = m_fused_.get() + row_of[s] * slots;
+    const uint32_t se_part = fused_mode_ == kSeInMant ? s << k : 0;
     for (size_t j = 0; j < slots; ++j)
-      row[j] = ((packed[j] >> 16) - 1) | ((packed[j] & 0xffff) << pm) | (static_cast<uint32_t>(sym[j]) << (2 * pm));
+      row[j] = ((packed[j] >> 16) - 1) | ((packed[j] & 0xffff) << pm) | ((se_part | sym[j]) << (2 * pm));
   }
 }
 
@@ -229,8 +247,9 @@ uint64_t TensorDecoder::decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t
   a.raw_bytes = s.raw_bytes;
   a.raw_bits = fm_.raw_bits;
   a.zero_bits = fm_.zero_bits;
-  if (m_fused_) return decode_float_rounds_avx512_fused(a, {se_fused_.data(), m_fused_.get()}, static_cast<int>(unit),
-                                                        1 << coding_.lanes_log2, out);
+  if (m_fused_)
+    return decode_float_rounds_avx512_fused(a, {se_fused_.data(), m_fused_.get(), d_to_se_.data(), fused_mode_},
+                                            static_cast<int>(unit), 1 << coding_.lanes_log2, out);
   return decode_float_rounds_avx512(a, static_cast<int>(unit), 1 << coding_.lanes_log2, out);
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "bigsmall/codec.hpp"
+#include "decode/simd.hpp"
 #include "entropy/model.hpp"
 
 namespace bigsmall::detail {
@@ -47,6 +48,8 @@ class TensorDecoder {
   std::vector<uint32_t> m_sym32_;   // mantissa symbols widened for 32-bit gathers
   std::vector<uint32_t> se_fused_;  // fused single-gather tables, when the fields fit (see simd.hpp)
   std::shared_ptr<uint32_t[]> m_fused_;
+  int fused_mode_ = 0;
+  std::vector<uint32_t> d_to_se_;   // dense row -> sign+exponent value (first 64 rows)
   void build_fused();
   uint64_t decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t unit, uint8_t* out) const;
   std::vector<DecodeTable> planes_;

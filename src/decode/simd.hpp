@@ -23,11 +23,16 @@ struct SimdFloatArgs {
   uint64_t n;                  // elements in the chunk
 };
 
-// Fused layout (one gather per symbol): se_fused[slot] = (freq-1) | offset << Ps | se << 2Ps and
-// m_fused[se << Pm | slot] = (freq-1) | offset << Pm | hi << 2Pm, valid when the fields fit 32 bits.
+// Fused layout, one gather per symbol: se_fused[slot] = (freq-1) | offset << Ps | row << 2Ps and
+// m_fused[row << Pm | slot] = (freq-1) | offset << Pm | payload << 2Pm. The mode says where the
+// sign+exponent value comes from: kSeInMant: payload = se << hi_bits | hi (rows are dense);
+// kSeInSe: row = se, payload = hi; kSePermute: rows are dense, se = d_to_se[row] (<= 64 rows).
+enum FusedMode : int { kSeInMant = 1, kSeInSe = 2, kSePermute = 3 };
 struct SimdFusedArgs {
   const uint32_t* se_fused;
   const uint32_t* m_fused;
+  const uint32_t* d_to_se;  // 64 entries
+  int mode;
 };
 
 bool cpu_has_avx512_decoder();

@@ -1,6 +1,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "decode/simd.hpp"
 #include "entropy/table.hpp"
@@ -104,8 +105,10 @@ BS_AVX512 inline __m512i advance_packed(__m512i x, __m512i entry, __m128i precis
   return _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srl_epi32(x, precision)), off);
 }
 
-template <int kElemBytes, int V>
+template <int kElemBytes, int V, int kMode>
 BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uint8_t* out) {
+  const __m512i t0 = _mm512_loadu_si512(f.d_to_se), t1 = _mm512_loadu_si512(f.d_to_se + 16);
+  const __m512i t2 = _mm512_loadu_si512(f.d_to_se + 32), t3 = _mm512_loadu_si512(f.d_to_se + 48);
   constexpr uint64_t kRound = 16 * V;
   __m512i x[V];
   for (int h = 0; h < V; ++h) x[h] = _mm512_loadu_si512(a.x + 16 * h);
@@ -135,7 +138,18 @@ BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uin
       const __m512i slot = _mm512_or_si512(_mm512_sll_epi32(se[h], m_p), _mm512_and_si512(x[h], m_mask));
       const __m512i e = _mm512_i32gather_epi32(slot, f.m_fused, 4);
       x[h] = renorm(advance_packed(x[h], e, m_p, m_mask), wp);
-      __m512i v = _mm512_or_si512(_mm512_sll_epi32(se[h], man_bits), _mm512_sll_epi32(_mm512_srl_epi32(e, m_2p), hi_shift));
+      const __m512i payload = _mm512_sll_epi32(_mm512_srl_epi32(e, m_2p), hi_shift);
+      __m512i v;
+      if constexpr (kMode == kSeInMant) {
+        v = payload;
+      } else if constexpr (kMode == kSeInSe) {
+        v = _mm512_or_si512(_mm512_sll_epi32(se[h], man_bits), payload);
+      } else {
+        const __mmask16 high = _mm512_cmpge_epu32_mask(se[h], _mm512_set1_epi32(32));
+        const __m512i lo = _mm512_permutex2var_epi32(t0, se[h], t1);
+        const __m512i hi = _mm512_permutex2var_epi32(t2, se[h], t3);
+        v = _mm512_or_si512(_mm512_sll_epi32(_mm512_mask_mov_epi32(lo, high, hi), man_bits), payload);
+      }
       if (rb) {
         const __m512i bitpos = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(done + 16 * h)), lane_ids),
                                                   _mm512_set1_epi32(static_cast<int>(rb)));
@@ -161,9 +175,18 @@ BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uin
 
 uint64_t decode_float_rounds_avx512_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, int elem_bytes, int lanes,
                                           uint8_t* out) {
-  switch (lanes) {
-    case 16: return elem_bytes == 2 ? run_fused<2, 1>(a, f, out) : run_fused<4, 1>(a, f, out);
-    case 32: return elem_bytes == 2 ? run_fused<2, 2>(a, f, out) : run_fused<4, 2>(a, f, out);
+  auto pick = [&](auto mode) -> uint64_t {
+    constexpr int M = decltype(mode)::value;
+    switch (lanes) {
+      case 16: return elem_bytes == 2 ? run_fused<2, 1, M>(a, f, out) : run_fused<4, 1, M>(a, f, out);
+      case 32: return elem_bytes == 2 ? run_fused<2, 2, M>(a, f, out) : run_fused<4, 2, M>(a, f, out);
+      default: return 0;
+    }
+  };
+  switch (f.mode) {
+    case kSeInMant: return pick(std::integral_constant<int, kSeInMant>{});
+    case kSeInSe: return pick(std::integral_constant<int, kSeInSe>{});
+    case kSePermute: return pick(std::integral_constant<int, kSePermute>{});
     default: return 0;
   }
 }
