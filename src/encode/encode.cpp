@@ -45,11 +45,11 @@ struct GroupCost {
   bool uniform = true;
 };
 
-GroupCost mantissa_group_cost(const std::vector<uint64_t>& counts, uint64_t n, int k) {
+GroupCost mantissa_group_cost(const uint64_t* counts, uint64_t n, int k) {
   GroupCost g;
   g.bits = static_cast<double>(n) * k;
   if (k == 0 || n == 0) return g;
-  const double bits = estimate_table_bits(counts.data(), static_cast<uint32_t>(counts.size()), mant_precision_for(k)) + 2;
+  const double bits = estimate_table_bits(counts, 1u << k, mant_precision_for(k)) + 2;
   if (bits < g.bits) {
     g.bits = bits;
     g.uniform = false;
@@ -57,51 +57,66 @@ GroupCost mantissa_group_cost(const std::vector<uint64_t>& counts, uint64_t n, i
   return g;
 }
 
-struct Group {
-  std::vector<uint64_t> counts;
-  uint64_t n = 0;
-  std::vector<uint32_t> rows;
-  GroupCost cost;
+// Consecutive rows (ordered by exponent, then sign) sharing one mantissa table. Greedy: merge
+// the neighbouring pair whose shared table saves the most bits, while any saves bits.
+struct Grouping {
+  std::vector<uint32_t> first;     // first row of each group, ascending; a group ends where the next starts
+  std::vector<uint8_t> uniform;    // group codes its mantissa uniformly (no table)
+  std::vector<uint64_t> counts;    // per group, 2^k counts
+  std::vector<uint64_t> n;         // per group, elements
+  double bits = 0;
 };
 
-// Merges adjacent contexts (rows are ordered by exponent, then sign) while sharing one table
-// saves more table bits than it costs in data bits.
-std::vector<Group> merge_groups(std::vector<Group> groups, int k, double* total) {
-  auto merged = [&](const Group& a, const Group& b) {
-    Group m;
-    m.counts = a.counts;
-    for (size_t i = 0; i < m.counts.size(); ++i) m.counts[i] += b.counts[i];
-    m.n = a.n + b.n;
-    m.rows = a.rows;
-    m.rows.insert(m.rows.end(), b.rows.begin(), b.rows.end());
-    m.cost = mantissa_group_cost(m.counts, m.n, k);
-    return m;
+Grouping group_rows(const uint64_t* row_counts, const uint64_t* row_n, size_t rows, int k) {
+  const size_t w = size_t{1} << k;
+  std::vector<uint64_t> acc(row_counts, row_counts + rows * w);  // group g's counts live at its first row
+  std::vector<uint64_t> gn(row_n, row_n + rows);
+  std::vector<GroupCost> cost(rows), pair_cost(rows);
+  std::vector<double> saving(rows, -1);
+  std::vector<int64_t> next(rows), prev(rows);
+  std::vector<uint64_t> scratch(w);
+  for (size_t r = 0; r < rows; ++r) {
+    cost[r] = mantissa_group_cost(&acc[r * w], gn[r], k);
+    next[r] = r + 1 < rows ? static_cast<int64_t>(r + 1) : -1;
+    prev[r] = static_cast<int64_t>(r) - 1;
+  }
+  auto evaluate = [&](size_t g) {
+    if (next[g] < 0) {
+      saving[g] = -1;
+      return;
+    }
+    const size_t h = static_cast<size_t>(next[g]);
+    for (size_t j = 0; j < w; ++j) scratch[j] = acc[g * w + j] + acc[h * w + j];
+    pair_cost[g] = mantissa_group_cost(scratch.data(), gn[g] + gn[h], k);
+    saving[g] = cost[g].bits + cost[h].bits - pair_cost[g].bits;
   };
-  std::vector<Group> candidate(groups.size() > 0 ? groups.size() - 1 : 0);
-  std::vector<double> saving(candidate.size());
-  for (size_t i = 0; i + 1 < groups.size(); ++i) {
-    candidate[i] = merged(groups[i], groups[i + 1]);
-    saving[i] = groups[i].cost.bits + groups[i + 1].cost.bits - candidate[i].cost.bits;
+  for (size_t r = 0; r < rows; ++r) evaluate(r);
+  std::vector<uint8_t> alive(rows, 1);
+  for (;;) {
+    size_t best = rows;
+    for (size_t g = 0; g < rows; ++g)
+      if (alive[g] && saving[g] > 0 && (best == rows || saving[g] > saving[best])) best = g;
+    if (best == rows) break;
+    const size_t h = static_cast<size_t>(next[best]);
+    for (size_t j = 0; j < w; ++j) acc[best * w + j] += acc[h * w + j];
+    gn[best] += gn[h];
+    cost[best] = pair_cost[best];
+    alive[h] = 0;
+    next[best] = next[h];
+    if (next[h] >= 0) prev[static_cast<size_t>(next[h])] = static_cast<int64_t>(best);
+    evaluate(best);
+    if (prev[best] >= 0) evaluate(static_cast<size_t>(prev[best]));
   }
-  while (!saving.empty()) {
-    const size_t best = static_cast<size_t>(std::max_element(saving.begin(), saving.end()) - saving.begin());
-    if (saving[best] <= 0) break;
-    groups[best] = std::move(candidate[best]);
-    groups.erase(groups.begin() + static_cast<long>(best) + 1);
-    candidate.erase(candidate.begin() + static_cast<long>(best));
-    saving.erase(saving.begin() + static_cast<long>(best));
-    if (best > 0) {
-      candidate[best - 1] = merged(groups[best - 1], groups[best]);
-      saving[best - 1] = groups[best - 1].cost.bits + groups[best].cost.bits - candidate[best - 1].cost.bits;
-    }
-    if (best < candidate.size()) {
-      candidate[best] = merged(groups[best], groups[best + 1]);
-      saving[best] = groups[best].cost.bits + groups[best + 1].cost.bits - candidate[best].cost.bits;
-    }
+  Grouping out;
+  for (size_t g = 0; g < rows; ++g) {
+    if (!alive[g]) continue;
+    out.first.push_back(static_cast<uint32_t>(g));
+    out.uniform.push_back(cost[g].uniform);
+    out.counts.insert(out.counts.end(), acc.begin() + static_cast<long>(g * w), acc.begin() + static_cast<long>((g + 1) * w));
+    out.n.push_back(gn[g]);
+    out.bits += cost[g].bits;
   }
-  *total = 0;
-  for (const auto& g : groups) *total += g.cost.bits;
-  return groups;
+  return out;
 }
 
 }  // namespace
@@ -183,40 +198,37 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
   const double se_bits = best_table(se_hist.data(), A, std::max(1, ceil_log2(present)), 12, &se);
 
   double best_bits = INFINITY;
-  std::vector<Group> best_groups;
+  Grouping best;
   int best_k = 0;
   std::vector<int> ks;
   for (int k : {kmax, kmax - 1, kmax - 2, kmax - 4, 0})
     if (k >= 0 && std::find(ks.begin(), ks.end(), k) == ks.end()) ks.push_back(k);
-  // Cheap screen: each k's cost with every row on its own table. Only the two best k get the
-  // (costlier) greedy merge of neighbouring rows.
-  auto rows_at = [&](int k) {
-    std::vector<Group> groups(rows.size());
-    for (size_t r = 0; r < rows.size(); ++r) {
-      Group& g = groups[r];
-      g.counts.assign(size_t{1} << k, 0);
-      for (size_t j = 0; j < width; ++j) g.counts[j >> (kmax - k)] += hist2[r * width + j];
-      g.n = se_hist[rows[r]];
-      g.rows = {static_cast<uint32_t>(r)};
-      g.cost = mantissa_group_cost(g.counts, g.n, k);
-    }
-    return groups;
+  // Rows folded to k bits; a cheap screen (every row on its own table) picks the two k that get
+  // the greedy merge.
+  std::vector<uint64_t> folded, row_n(rows.size());
+  for (size_t r = 0; r < rows.size(); ++r) row_n[r] = se_hist[rows[r]];
+  auto fold = [&](int k) {
+    const size_t w = size_t{1} << k;
+    folded.assign(rows.size() * w, 0);
+    for (size_t r = 0; r < rows.size(); ++r)
+      for (size_t j = 0; j < width; ++j) folded[r * w + (j >> (kmax - k))] += hist2[r * width + j];
   };
   std::vector<std::pair<double, int>> screened;
   for (int k : ks) {
+    fold(k);
     double bits = static_cast<double>(n) * (m_eff - k);
-    for (const auto& g : rows_at(k)) bits += g.cost.bits;
+    for (size_t r = 0; r < rows.size(); ++r) bits += mantissa_group_cost(&folded[r << k], row_n[r], k).bits;
     screened.push_back({bits, k});
   }
   std::sort(screened.begin(), screened.end());
   for (size_t c = 0; c < std::min<size_t>(2, screened.size()); ++c) {
     const int k = screened[c].second;
-    double bits = 0;
-    std::vector<Group> groups = merge_groups(rows_at(k), k, &bits);
-    bits += static_cast<double>(n) * (m_eff - k);
+    fold(k);
+    Grouping g = group_rows(folded.data(), row_n.data(), rows.size(), k);
+    const double bits = g.bits + static_cast<double>(n) * (m_eff - k);
     if (bits < best_bits) {
       best_bits = bits;
-      best_groups = std::move(groups);
+      best = std::move(g);
       best_k = k;
     }
   }
@@ -232,18 +244,21 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
   fm->ctx.assign(A, 0);
   // Exact tables for the chosen groups; a group whose exact table loses to uniform coding drops it.
   double mant_bits = static_cast<double>(n) * (m_eff - best_k);
-  for (auto& g : best_groups) {
+  const size_t w = size_t{1} << best_k;
+  for (size_t g = 0; g < best.first.size(); ++g) {
+    const uint64_t* counts = &best.counts[g * w];
     FreqTable t;
     double bits = INFINITY;
-    if (!g.cost.uniform && normalize(g.counts.data(), static_cast<uint32_t>(g.counts.size()), fm->mant_precision, &t)) {
+    if (!best.uniform[g] && normalize(counts, static_cast<uint32_t>(w), fm->mant_precision, &t)) {
       BitWriter bw;
       write_table(t, bw);
-      bits = coded_bits(g.counts.data(), t) + static_cast<double>(bw.bits()) + 2;
+      bits = coded_bits(counts, t) + static_cast<double>(bw.bits()) + 2;
     }
-    const double uniform_bits = static_cast<double>(g.n) * best_k;
+    const double uniform_bits = static_cast<double>(best.n[g]) * best_k;
+    const size_t end = g + 1 < best.first.size() ? best.first[g + 1] : rows.size();
     if (bits < uniform_bits) {
       fm->mant.push_back(std::move(t));
-      for (uint32_t r : g.rows) fm->ctx[rows[r]] = static_cast<uint16_t>(fm->mant.size());
+      for (size_t r = best.first[g]; r < end; ++r) fm->ctx[rows[r]] = static_cast<uint16_t>(fm->mant.size());
       mant_bits += bits;
     } else {
       mant_bits += uniform_bits;
