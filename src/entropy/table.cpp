@@ -1,6 +1,7 @@
 #include "entropy/table.hpp"
 
 #include <bit>
+#include <algorithm>
 #include <cmath>
 #include <queue>
 
@@ -153,10 +154,14 @@ Status read_table(BitReader& br, uint32_t alphabet, FreqTable* out) {
 }
 
 double best_table(const uint64_t* counts, uint32_t alphabet, int lo, int hi, FreqTable* out) {
+  // Estimates rank the precisions cheaply; only the two best are normalized and serialized.
+  std::vector<std::pair<double, int>> ranked;
+  for (int p = lo; p <= hi; ++p) ranked.push_back({estimate_table_bits(counts, alphabet, p), p});
+  std::sort(ranked.begin(), ranked.end());
   double best = INFINITY;
   FreqTable t;
-  for (int p = lo; p <= hi; ++p) {
-    if (!normalize(counts, alphabet, p, &t)) continue;
+  for (size_t c = 0; c < std::min<size_t>(2, ranked.size()); ++c) {
+    if (!normalize(counts, alphabet, ranked[c].second, &t)) continue;
     BitWriter bw;
     write_table(t, bw);
     const double bits = coded_bits(counts, t) + static_cast<double>(bw.bits());
@@ -198,6 +203,7 @@ double estimate_table_bits(const uint64_t* counts, uint32_t alphabet, int precis
   const double scale = static_cast<double>(1u << precision) / static_cast<double>(total);
   const Log2Table& lg = log2_table();
   double data = 0, table = 4 + eg_bits(present - 1, 0);
+  uint64_t fsum = 0;
   int64_t last = 0;
   uint32_t prev = 0;
   bool first = true;
@@ -206,15 +212,18 @@ double estimate_table_bits(const uint64_t* counts, uint32_t alphabet, int precis
     if (!counts[s]) continue;
     const double c = static_cast<double>(counts[s]);
     const uint32_t fi = std::min<uint32_t>(std::max<uint32_t>(1, static_cast<uint32_t>(c * scale + 0.5)), 1u << precision);
-    const double f = fi;
+    fsum += fi;
     data += c * (precision - lg.v[fi]);
     table += eg_bits(first ? s : s - prev - 1, 0);
-    const int64_t d = static_cast<int64_t>(f) - last;
+    const int64_t d = static_cast<int64_t>(fi) - last;
     zig_sum += static_cast<double>(d >= 0 ? 2 * d : -2 * d - 1);
-    last = static_cast<int64_t>(f);
+    last = static_cast<int64_t>(fi);
     prev = s;
     first = false;
   }
+  // Rounding (and the floor of 1) leaves the sum off 2^precision; normalization rescales every
+  // frequency by about 2^precision / sum, which costs every coded symbol log2(sum / 2^precision).
+  data += static_cast<double>(total) * std::log2(static_cast<double>(fsum) / static_cast<double>(1u << precision));
   if (present > 1) {
     // Exp-Golomb with k near log2 of the mean delta costs about k + 2 bits per value.
     const double mean = zig_sum / present;
