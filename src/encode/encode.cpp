@@ -319,7 +319,9 @@ struct RansEncoder {
     p[-1] = static_cast<uint16_t>(v);
     p -= emit;
     v >>= emit << 4;
-    const uint32_t q = static_cast<uint32_t>((static_cast<u128>(v) * s.rcp) >> s.rcp_shift);
+    // rcp_shift >= 32: a constant 32-bit shift of the 128-bit product, then a cheap 64-bit one.
+    const uint64_t top = static_cast<uint64_t>((static_cast<u128>(v) * s.rcp) >> 32);
+    const uint32_t q = static_cast<uint32_t>(top >> (s.rcp_shift - 32));
     x[lane] = (q << precision) + (v - q * s.freq) + s.cum;
   }
 };
