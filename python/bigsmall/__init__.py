@@ -1,0 +1,190 @@
+"""bigsmall: lossless compression of neural-network weights.
+
+Files and model directories: compress, decompress, verify, info. Tensors: safe_open, and the
+safetensors-style modules bigsmall.torch and bigsmall.numpy. Models: from_pretrained,
+save_pretrained, StreamingLoader (these import torch and transformers when first used).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from . import _core
+from ._core import (  # noqa: F401  (re-exported error hierarchy)
+    CorruptError,
+    Error,
+    FormatError,
+    InvalidArgumentError,
+    NotFoundError,
+    VersionError,
+)
+from ._core import IOError as BigsmallIOError  # noqa: F401
+
+__all__ = [
+    "compress", "decompress", "verify", "info", "safe_open", "from_pretrained", "save_pretrained",
+    "StreamingLoader", "Error", "FormatError", "CorruptError", "VersionError", "NotFoundError",
+    "InvalidArgumentError", "BigsmallIOError",
+]
+__version__ = "0.1.0"
+FORMAT_VERSION = _core.FORMAT_VERSION
+
+
+def _threads(threads):
+    return 0 if threads is None else int(threads)
+
+
+def _progress(enabled, desc):
+    """A tqdm callback (done, total) when asked and tqdm is installed; None otherwise."""
+    if not enabled:
+        return None, None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None, None
+    bar = tqdm(total=0, unit="B", unit_scale=True, desc=desc)
+
+    def cb(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return cb, bar
+
+
+def _default_output(src, compressing, is_dir):
+    p = src.rstrip("/")
+    if compressing:
+        if not is_dir and p.endswith(".safetensors"):
+            return p[: -len(".safetensors")] + ".bs"
+        return p + ".bs"
+    if p.endswith(".bs"):
+        return p[:-3] + ("" if is_dir else ".safetensors")
+    raise InvalidArgumentError(f"{src}: name does not end in .bs; pass dst")
+
+
+def compress(src, dst=None, threads=None, overwrite=False, progress=False):
+    """Compress a .safetensors file or a model directory; returns the output path."""
+    src = os.fspath(src)
+    is_dir = os.path.isdir(src)
+    dst = os.fspath(dst) if dst is not None else _default_output(src, True, is_dir)
+    cb, bar = _progress(progress, os.path.basename(src))
+    try:
+        _core.compress(src, dst, _threads(threads), overwrite, is_dir, cb)
+    finally:
+        if bar is not None:
+            bar.close()
+    return dst
+
+
+def decompress(src, dst=None, threads=None, overwrite=False, verify=True, progress=False):
+    """Restore the original .safetensors file (or model directory) byte for byte."""
+    src = os.fspath(src)
+    is_dir = os.path.isdir(src)
+    dst = os.fspath(dst) if dst is not None else _default_output(src, False, is_dir)
+    cb, bar = _progress(progress, os.path.basename(src))
+    try:
+        _core.decompress(src, dst, _threads(threads), overwrite, verify, is_dir, cb)
+    finally:
+        if bar is not None:
+            bar.close()
+    return dst
+
+
+def verify(path, threads=None):
+    """Decode everything and check every checksum; raises on the first problem."""
+    _core.verify(os.fspath(path), _threads(threads))
+
+
+def info(path):
+    """Per-tensor information of a .bs file: dtype, shape, codec, sizes and the joint-model floor."""
+    f = _core.File.open(os.fspath(path))
+    return {
+        "path": f.path,
+        "file_bytes": f.file_size,
+        "original_bytes": f.original_size,
+        "tensors": f.tensors(),
+    }
+
+
+def _metadata(header_bytes):
+    meta = json.loads(header_bytes).get("__metadata__")
+    return dict(meta) if meta else None
+
+
+class safe_open:
+    """Open a .bs file like safetensors.safe_open: keys(), metadata(), get_tensor(), get_slice().
+
+    Only the tensors asked for are read and decoded.
+    """
+
+    def __init__(self, path, framework="pt", device="cpu", threads=None, verify=True):
+        if framework not in ("pt", "torch", "np", "numpy"):
+            raise InvalidArgumentError(f"unsupported framework {framework!r} (use 'pt' or 'np')")
+        self._framework = "pt" if framework in ("pt", "torch") else "np"
+        self._device = device
+        self._threads = _threads(threads)
+        self._verify = verify
+        self._file = _core.File.open(os.fspath(path))
+        self._infos = self._file.tensors()
+        self._index = {t["name"]: i for i, t in enumerate(self._infos)}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file = None
+        return False
+
+    def keys(self):
+        return list(self._index)
+
+    def metadata(self):
+        return _metadata(self._file.header)
+
+    def _info(self, name):
+        i = self._index.get(name)
+        if i is None:
+            raise NotFoundError(f"{self._file.path}: no tensor named {name!r}")
+        return i, self._infos[i]
+
+    def get_tensor(self, name):
+        i, t = self._info(name)
+        if self._framework == "pt":
+            from . import torch as bt
+
+            return bt._decode(self._file, [i], [t], self._device, self._threads, self._verify)[0]
+        from . import numpy as bn
+
+        return bn._decode(self._file, [i], [t], self._threads, self._verify)[0]
+
+    def get_slice(self, name):
+        return _Slice(self, name)
+
+
+class _Slice:
+    def __init__(self, f, name):
+        self._f, self._name = f, name
+        self._t = f._info(name)[1]
+
+    def get_shape(self):
+        return list(self._t["shape"])
+
+    def get_dtype(self):
+        return self._t["dtype"]
+
+    def __getitem__(self, index):
+        # The codec decodes whole chunks; the tensor is decoded, then sliced.
+        return self._f.get_tensor(self._name)[index]
+
+
+def __getattr__(name):
+    # Model-level helpers import torch and transformers only when used.
+    if name in ("from_pretrained", "save_pretrained", "StreamingLoader"):
+        from . import _models
+
+        return getattr(_models, name)
+    if name in ("torch", "numpy"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'bigsmall' has no attribute {name!r}")

@@ -1,0 +1,216 @@
+"""Models from compressed directories: from_pretrained, save_pretrained and StreamingLoader.
+
+Tensors are decoded group by group (a transformer block at a time) straight into the memory of
+the model's own parameters; nothing decompressed is written to disk.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+
+from . import _core, _progress, _threads, InvalidArgumentError, NotFoundError
+from . import torch as bt
+
+_LAYER = re.compile(r"^(.*?\.\d+)\.")
+
+
+def _resolve(path_or_repo_id):
+    p = os.fspath(path_or_repo_id)
+    if os.path.isdir(p):
+        return p
+    if os.path.exists(p):
+        raise InvalidArgumentError(f"{p}: expected a compressed model directory")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise NotFoundError(f"{p}: no such directory, and huggingface_hub is not installed") from e
+    return snapshot_download(p)
+
+
+def _shards(d):
+    idx = os.path.join(d, "bigsmall.index.json")
+    if os.path.exists(idx):
+        with open(idx) as f:
+            return [os.path.join(d, e["bs"]) for e in json.load(f)["files"]]
+    shards = sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".bs"))
+    if not shards:
+        raise NotFoundError(f"{d}: no .bs files (not a bigsmall model directory)")
+    return shards
+
+
+def _group_key(name):
+    """Tensors of one transformer block share a key ('encoder.layer.3'); others group by module."""
+    m = _LAYER.match(name)
+    return m.group(1) if m else name.rsplit(".", 1)[0]
+
+
+def _no_init():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers < 5
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
+
+
+class StreamingLoader:
+    """Loads a compressed model one group of tensors at a time.
+
+    >>> model = StreamingLoader("path/to/model.bs").load_model(BertModel)
+    """
+
+    def __init__(self, path_or_repo_id, threads=None, verify=True):
+        self.path = _resolve(path_or_repo_id)
+        self.threads = _threads(threads)
+        self.verify = verify
+        self._files = [_core.File.open(s) for s in _shards(self.path)]
+
+    def _groups(self):
+        """(file, [(index, info), ...]) per group, in index order."""
+        for f in self._files:
+            infos = f.tensors()
+            group, key = [], None
+            for i, t in enumerate(infos):
+                k = _group_key(t["name"])
+                if group and k != key:
+                    yield f, group
+                    group = []
+                key = k
+                group.append((i, t))
+            if group:
+                yield f, group
+
+    def iter_tensors(self, device="cpu"):
+        """Yields (name, tensor) for every tensor, decoding one group at a time."""
+        for f, group in self._groups():
+            tensors = bt._decode(f, [i for i, _ in group], [t for _, t in group], device, self.threads, self.verify)
+            for (_, t), x in zip(group, tensors):
+                yield t["name"], x
+
+    def load_model(self, model_class=None, device="cpu", dtype=None, progress=True, **config_kwargs):
+        from transformers import AutoConfig, AutoModel
+
+        config = AutoConfig.from_pretrained(self.path, **config_kwargs)
+        cls = model_class or AutoModel
+        # Parameters are allocated but not initialised: their pages are only touched when the
+        # decoder writes them, so host memory grows with the tensors actually loaded.
+        with _no_init():
+            model = cls.from_config(config) if hasattr(cls, "from_config") and cls.__name__.startswith("Auto") else cls(config)
+        if dtype is None:
+            dtype = self._checkpoint_float_dtype()  # like transformers' dtype="auto"
+        if dtype is not None:
+            model = model.to(dtype)
+        targets = model.state_dict(keep_vars=True)
+        prefix = getattr(model, "base_model_prefix", "")
+        total = sum(t["nbytes"] for f in self._files for t in f.tensors())
+        cb, bar = _progress(progress, "loading")
+        done = 0
+        loaded = set()
+        dev = torch.device(device)
+        try:
+            for f, group in self._groups():
+                direct_idx, direct_out, other = [], [], []
+                for i, t in group:
+                    name = self._target_name(t["name"], targets, prefix)
+                    if name is None:
+                        continue  # checkpoint tensor the model does not use
+                    p = targets[name]
+                    if list(p.shape) != list(t["shape"]):
+                        raise InvalidArgumentError(f"{t['name']}: shape {t['shape']} in the checkpoint, {list(p.shape)} in the model")
+                    if p.device.type == "cpu" and p.dtype == bt._DTYPES.get(t["dtype"]) and p.is_contiguous():
+                        direct_idx.append(i)
+                        direct_out.append(p.data)  # decode straight into the parameter
+                    else:
+                        other.append((i, t, p))
+                    loaded.add(name)
+                if direct_idx:
+                    bt._decode(f, direct_idx, [None] * len(direct_idx), "cpu", self.threads, self.verify, into=direct_out)
+                if other:
+                    xs = bt._decode(f, [i for i, _, _ in other], [t for _, t, _ in other], "cpu", self.threads, self.verify)
+                    with torch.no_grad():
+                        for (_, _, p), x in zip(other, xs):
+                            p.data.copy_(x)
+                if dev.type != "cpu":
+                    with torch.no_grad():
+                        for i, t in group:
+                            name = self._target_name(t["name"], targets, prefix)
+                            if name is not None:
+                                targets[name].data = targets[name].data.to(dev)
+                done += sum(t["nbytes"] for _, t in group)
+                if cb:
+                    cb(done, total)
+        finally:
+            if bar is not None:
+                bar.close()
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+        missing = [n for n in targets if n not in loaded and not self._tied(model, n)]
+        if missing:
+            raise NotFoundError(f"{self.path}: checkpoint lacks {len(missing)} model tensors, e.g. {missing[:3]}")
+        if dev.type != "cpu":
+            model.to(dev)  # the remaining small buffers
+        return model.eval()
+
+    def _checkpoint_float_dtype(self):
+        for f in self._files:
+            for t in f.tensors():
+                dt = bt._DTYPES.get(t["dtype"])
+                if dt is not None and dt.is_floating_point and t["nbytes"] > 0:
+                    return dt
+        return None
+
+    @staticmethod
+    def _target_name(name, targets, prefix):
+        if name in targets:
+            return name
+        if prefix and f"{prefix}.{name}" in targets:
+            return f"{prefix}.{name}"
+        if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1:] in targets:
+            return name[len(prefix) + 1:]
+        return None
+
+    @staticmethod
+    def _tied(model, name):
+        keys = getattr(model, "_tied_weights_keys", None) or []
+        if isinstance(keys, dict):
+            keys = list(keys)
+        return any(re.fullmatch(k.replace(".", r"\."), name) or k == name for k in keys)
+
+
+def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dtype=None, threads=None,
+                    progress=True, **kwargs):
+    """A transformers model built from a compressed directory (or Hub repo id)."""
+    loader = StreamingLoader(path_or_repo_id, threads=threads)
+    return loader.load_model(model_class, device=device_map or "cpu", dtype=torch_dtype, progress=progress, **kwargs)
+
+
+def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
+    """Writes a model (config included) or a state dict straight to a compressed directory."""
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    if isinstance(model_or_state_dict, dict):
+        state, model = model_or_state_dict, None
+    else:
+        model = model_or_state_dict
+        state = model.state_dict()
+        model.config.save_pretrained(out_dir)
+        gen = getattr(model, "generation_config", None)
+        if gen is not None and getattr(model, "can_generate", lambda: False)():
+            gen.save_pretrained(out_dir)
+    # Tied weights share storage: keep the first name, as transformers does.
+    seen, tensors = set(), {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        tensors[name] = t
+    bt.save_file(tensors, os.path.join(out_dir, "model.bs"), metadata={"format": "pt"}, threads=threads,
+                 overwrite=overwrite)
+    index = {"format": "bigsmall", "format_version": _core.FORMAT_VERSION[0],
+             "files": [{"source": "model.safetensors", "bs": "model.bs"}]}
+    with open(os.path.join(out_dir, "bigsmall.index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+    return out_dir

@@ -1,0 +1,57 @@
+"""safetensors.numpy-style API over .bs files. BF16 needs the ml_dtypes package."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import _core
+from . import InvalidArgumentError, _threads
+
+_DTYPES = {
+    "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
+    "U32": np.uint32, "I64": np.int64, "U64": np.uint64, "F16": np.float16, "F32": np.float32, "F64": np.float64,
+}
+try:
+    import ml_dtypes
+
+    _DTYPES.update({"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2})
+except ImportError:
+    pass
+_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+def _decode(f, which, infos, threads=0, verify=True):
+    outs = []
+    for t in infos:
+        dt = _DTYPES.get(t["dtype"])
+        if dt is None:
+            raise _core.FormatError(f"dtype {t['dtype']} has no numpy equivalent (install ml_dtypes for BF16/F8)")
+        outs.append(np.empty(t["shape"], dtype=dt))
+    idx = [i for i, a in zip(which, outs) if a.size > 0]
+    bufs = [a.reshape(-1).view(np.uint8) for a in outs if a.size > 0]
+    if idx:
+        f.read_into(idx, bufs, threads, verify)
+    return outs
+
+
+def load_file(filename, threads=None, verify=True):
+    f = _core.File.open(os.fspath(filename))
+    infos = f.tensors()
+    return {t["name"]: a for t, a in zip(infos, _decode(f, list(range(len(infos))), infos, _threads(threads), verify))}
+
+
+def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
+    names, shapes, bufs = [], [], []
+    for name, a in tensors.items():
+        a = np.ascontiguousarray(a)
+        if a.dtype not in _NAMES:
+            raise InvalidArgumentError(f"{name!r}: dtype {a.dtype} is not supported")
+        names.append((name, _NAMES[a.dtype]))
+        shapes.append(list(a.shape))
+        bufs.append(a.reshape(-1).view(np.uint8))
+    meta = sorted((str(k), str(v)) for k, v in (metadata or {}).items())
+    _core.write_tensors(os.fspath(filename), names, shapes, bufs, meta, _threads(threads), overwrite)
+
+
+__all__ = ["load_file", "save_file"]

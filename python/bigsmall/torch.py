@@ -1,0 +1,83 @@
+"""safetensors.torch-style API over .bs files: load_file, save_file, load, save."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import _core
+from . import InvalidArgumentError, _metadata, _threads
+
+_DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+    "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+    "F64": torch.float64,
+}
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("U16", "uint16"),
+                     ("U32", "uint32"), ("U64", "uint64"), ("F8_E8M0", "float8_e8m0fnu")):
+    if hasattr(torch, _attr):
+        _DTYPES[_name] = getattr(torch, _attr)
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def _byte_view(t):
+    """A writable uint8 numpy view of a contiguous CPU tensor's memory (no copy)."""
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def _empty(info, pin=False):
+    dt = _DTYPES.get(info["dtype"])
+    if dt is None:
+        raise _core.FormatError(f"dtype {info['dtype']} has no torch equivalent")
+    return torch.empty(info["shape"], dtype=dt, pin_memory=pin)
+
+
+def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
+    """Decodes tensors `which` of File f straight into new CPU tensors (or `into`), in one call
+    so that chunks of all of them run in parallel; then moves them to `device`."""
+    outs = list(into) if into is not None else [_empty(t) for t in infos]
+    idx = [i for i, t in zip(which, outs) if t.numel() > 0]
+    bufs = [_byte_view(t) for t in outs if t.numel() > 0]
+    if idx:
+        f.read_into(idx, bufs, threads, verify)
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        outs = [t.to(dev, non_blocking=False) for t in outs]
+    return outs
+
+
+def load_file(filename, device="cpu", threads=None, verify=True):
+    """Load every tensor of a .bs file: a dict name -> tensor, like safetensors.torch.load_file."""
+    f = _core.File.open(os.fspath(filename))
+    infos = f.tensors()
+    tensors = _decode(f, list(range(len(infos))), infos, device, _threads(threads), verify)
+    return {t["name"]: x for t, x in zip(infos, tensors)}
+
+
+def _views(tensors):
+    names, shapes, bufs, keep = [], [], [], []
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise InvalidArgumentError(f"{name!r} is not a torch.Tensor")
+        if t.dtype not in _NAMES:
+            raise InvalidArgumentError(f"{name!r}: dtype {t.dtype} is not supported")
+        c = t.detach().to("cpu").contiguous()
+        keep.append(c)
+        names.append((name, _NAMES[c.dtype]))
+        shapes.append(list(c.shape))
+        bufs.append(_byte_view(c))
+    return names, shapes, bufs, keep
+
+
+def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
+    """Write tensors straight to a .bs file (no safetensors file in between)."""
+    names, shapes, bufs, _keep = _views(tensors)
+    meta = sorted((str(k), str(v)) for k, v in (metadata or {}).items())
+    _core.write_tensors(os.fspath(filename), names, shapes, bufs, meta, _threads(threads), overwrite)
+
+
+def dtype_name(dtype):
+    return _NAMES[dtype]
+
+
+__all__ = ["load_file", "save_file"]

@@ -1,0 +1,226 @@
+// nanobind extension: the Python face of the C++ library. Uses the public API only; the only
+// place where core Status values become Python exceptions.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <string>
+#include <vector>
+
+#include "bigsmall/container.hpp"
+
+namespace nb = nanobind;
+using namespace bigsmall;
+
+namespace {
+
+// Exception classes, created at import: Error(Exception) and one subclass per kind of problem.
+PyObject* g_error = nullptr;
+PyObject* g_format = nullptr;    // not safetensors / not .bs / truncated / unknown dtype / limits
+PyObject* g_corrupt = nullptr;   // checksum mismatch, inconsistent structure
+PyObject* g_version = nullptr;   // newer format version
+PyObject* g_io = nullptr;        // I/O, disk full (also an OSError)
+PyObject* g_notfound = nullptr;  // tensor name missing (also a KeyError)
+PyObject* g_value = nullptr;     // invalid argument (also a ValueError)
+
+[[noreturn]] void raise(const Status& st) {
+  PyObject* cls = g_error;
+  switch (st.code()) {
+    case Error::kNotSafetensors:
+    case Error::kNotBigsmall:
+    case Error::kTruncated:
+    case Error::kUnknownDtype:
+    case Error::kLimit: cls = g_format; break;
+    case Error::kCorrupt: cls = g_corrupt; break;
+    case Error::kUnsupportedVersion: cls = g_version; break;
+    case Error::kIo:
+    case Error::kNoSpace: cls = g_io; break;
+    case Error::kNotFound: cls = g_notfound; break;
+    case Error::kInvalidArgument: cls = g_value; break;
+    default: break;
+  }
+  PyErr_SetString(cls, st.message().c_str());
+  throw nb::python_error();
+}
+
+void check(const Status& st) {
+  if (!st.is_ok()) raise(st);
+}
+
+PyObject* make_error(nb::module_& m, const char* name, PyObject* bases, const char* doc) {
+  const std::string full = std::string("bigsmall._core.") + name;
+  PyObject* cls = PyErr_NewExceptionWithDoc(full.c_str(), doc, bases, nullptr);
+  m.attr(name) = nb::handle(cls);
+  return cls;
+}
+
+using Bytes = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+ProgressFn progress_fn(nb::object cb) {
+  if (cb.is_none()) return nullptr;
+  // Progress arrives on the calling thread between batches; take the GIL to call Python.
+  return [cb](uint64_t done, uint64_t total) {
+    nb::gil_scoped_acquire gil;
+    cb(done, total);
+  };
+}
+
+struct PyFile {
+  BsFile f;
+};
+
+nb::list tensor_list(const BsFile& f) {
+  nb::list out;
+  for (const auto& t : f.tensors()) {
+    nb::dict d;
+    d["name"] = t.name;
+    d["dtype"] = std::string(dtype_info(t.dtype).safetensors_name);
+    d["shape"] = nb::cast(t.shape);
+    d["nbytes"] = t.nbytes;
+    d["stored_bytes"] = t.stored_bytes;
+    d["floor_bits"] = t.floor_bits;
+    d["codec"] = std::string(codec_name(t.codec));
+    out.append(d);
+  }
+  return out;
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "bigsmall core library (C++)";
+  g_error = make_error(m, "Error", PyExc_Exception, "Base class of every bigsmall error.");
+  {
+    nb::object base = nb::borrow(g_error);
+    g_format = make_error(m, "FormatError", g_error, "Input is not a valid safetensors or .bs file.");
+    g_corrupt = make_error(m, "CorruptError", g_error, "Checksum mismatch or damaged data.");
+    g_version = make_error(m, "VersionError", g_error, "File written by a newer bigsmall format version.");
+    g_io = make_error(m, "IOError", nb::make_tuple(base, nb::handle(PyExc_OSError)).release().ptr(), "Read or write failed.");
+    g_notfound = make_error(m, "NotFoundError", nb::make_tuple(base, nb::handle(PyExc_KeyError)).release().ptr(),
+                            "No tensor of that name.");
+    g_value = make_error(m, "InvalidArgumentError", nb::make_tuple(base, nb::handle(PyExc_ValueError)).release().ptr(),
+                         "Invalid argument.");
+  }
+  m.attr("FORMAT_VERSION") = nb::make_tuple(kFormatVersionMajor, kFormatVersionMinor);
+
+  m.def(
+      "compress",
+      [](const std::string& src, const std::string& dst, int threads, bool overwrite, bool dir, nb::object progress) {
+        CompressOptions o;
+        o.threads = threads;
+        o.overwrite = overwrite;
+        o.progress = progress_fn(progress);
+        Status st;
+        {
+          nb::gil_scoped_release release;
+          st = dir ? compress_dir(src, dst, o) : compress_file(src, dst, o);
+        }
+        check(st);
+      },
+      nb::arg("src"), nb::arg("dst"), nb::arg("threads") = 0, nb::arg("overwrite") = false, nb::arg("dir") = false,
+      nb::arg("progress") = nb::none());
+
+  m.def(
+      "decompress",
+      [](const std::string& src, const std::string& dst, int threads, bool overwrite, bool verify, bool dir,
+         nb::object progress) {
+        DecompressOptions o;
+        o.threads = threads;
+        o.overwrite = overwrite;
+        o.verify = verify;
+        o.progress = progress_fn(progress);
+        Status st;
+        {
+          nb::gil_scoped_release release;
+          st = dir ? decompress_dir(src, dst, o) : decompress_file(src, dst, o);
+        }
+        check(st);
+      },
+      nb::arg("src"), nb::arg("dst"), nb::arg("threads") = 0, nb::arg("overwrite") = false, nb::arg("verify") = true,
+      nb::arg("dir") = false, nb::arg("progress") = nb::none());
+
+  m.def(
+      "verify",
+      [](const std::string& path, int threads) {
+        DecompressOptions o;
+        o.threads = threads;
+        Status st;
+        {
+          nb::gil_scoped_release release;
+          st = verify_path(path, o);
+        }
+        check(st);
+      },
+      nb::arg("path"), nb::arg("threads") = 0);
+
+  m.def(
+      "write_tensors",
+      [](const std::string& dst, const std::vector<std::pair<std::string, std::string>>& names_dtypes,
+         const std::vector<std::vector<uint64_t>>& shapes, std::vector<Bytes> datas,
+         const std::vector<std::pair<std::string, std::string>>& metadata, int threads, bool overwrite) {
+        if (names_dtypes.size() != shapes.size() || shapes.size() != datas.size())
+          raise(Status(Error::kInvalidArgument, "names, shapes and buffers differ in length"));
+        std::vector<TensorView> views;
+        for (size_t i = 0; i < datas.size(); ++i) {
+          const auto dt = dtype_from_name(names_dtypes[i].second);
+          if (!dt) raise(Status(Error::kUnknownDtype, "unknown dtype '" + names_dtypes[i].second + "'"));
+          views.push_back({names_dtypes[i].first, *dt, shapes[i], datas[i].data(), datas[i].size()});
+        }
+        CompressOptions o;
+        o.threads = threads;
+        o.overwrite = overwrite;
+        Status st;
+        {
+          nb::gil_scoped_release release;
+          st = write_tensors(dst, views, metadata, o);
+        }
+        check(st);
+      },
+      nb::arg("dst"), nb::arg("names_dtypes"), nb::arg("shapes"), nb::arg("buffers"), nb::arg("metadata"),
+      nb::arg("threads") = 0, nb::arg("overwrite") = false);
+
+  nb::class_<PyFile>(m, "File")
+      .def_static(
+          "open",
+          [](const std::string& path) {
+            Result<BsFile> r = [&] {
+              nb::gil_scoped_release release;
+              return BsFile::open(path);
+            }();
+            if (!r) raise(r.status());
+            auto* p = new PyFile{std::move(r.value())};
+            return p;
+          },
+          nb::arg("path"), nb::rv_policy::take_ownership)
+      .def_prop_ro("path", [](const PyFile& p) { return p.f.path(); })
+      .def_prop_ro("file_size", [](const PyFile& p) { return p.f.file_size(); })
+      .def_prop_ro("original_size", [](const PyFile& p) { return p.f.original_size(); })
+      .def_prop_ro("header", [](const PyFile& p) { return nb::bytes(p.f.safetensors_header().data(), p.f.safetensors_header().size()); })
+      .def("tensors", [](const PyFile& p) { return tensor_list(p.f); })
+      .def(
+          "read_into",
+          [](const PyFile& p, std::vector<size_t> which, std::vector<Bytes> outs, int threads, bool verify) {
+            if (which.size() != outs.size()) raise(Status(Error::kInvalidArgument, "one buffer per tensor"));
+            std::vector<uint8_t*> ptrs;
+            for (size_t k = 0; k < which.size(); ++k) {
+              if (which[k] >= p.f.tensors().size()) raise(Status(Error::kNotFound, "tensor index out of range"));
+              if (outs[k].size() != p.f.tensors()[which[k]].nbytes)
+                raise(Status(Error::kInvalidArgument, "buffer for '" + p.f.tensors()[which[k]].name + "' has " +
+                                                          std::to_string(outs[k].size()) + " bytes, tensor has " +
+                                                          std::to_string(p.f.tensors()[which[k]].nbytes)));
+              ptrs.push_back(outs[k].data());
+            }
+            DecodeOptions o;
+            o.threads = threads;
+            o.verify = verify;
+            Status st;
+            {
+              nb::gil_scoped_release release;
+              st = p.f.read_tensors(which, ptrs, o);
+            }
+            check(st);
+          },
+          nb::arg("which"), nb::arg("outs"), nb::arg("threads") = 0, nb::arg("verify") = true);
+}

@@ -1,0 +1,177 @@
+import filecmp
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import safetensors.torch as st
+import torch
+
+import bigsmall
+import bigsmall.numpy as bn
+import bigsmall.torch as bt
+from conftest import TOKENS
+
+DTYPES = ["f32", "bf16", "f16"]
+
+
+def reference_model(orig, dtype):
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(orig, dtype=dtype).eval()
+    except TypeError:  # transformers < 4.56 names it torch_dtype
+        return AutoModel.from_pretrained(orig, torch_dtype=dtype).eval()
+
+
+def torch_dtype(tag):
+    return {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[tag]
+
+
+@pytest.mark.parametrize("tag", DTYPES)
+def test_directory_restores_byte_identical(models, tmp_path, tag):
+    orig, comp = models[tag]
+    assert os.path.exists(os.path.join(comp, "model.bs")) and not os.path.exists(os.path.join(comp, "model.safetensors"))
+    out = bigsmall.decompress(comp, str(tmp_path / "restored"))
+    cmp = filecmp.dircmp(orig, out)
+    assert not cmp.left_only and not cmp.right_only and not cmp.diff_files
+    for name in os.listdir(orig):
+        if os.path.isfile(os.path.join(orig, name)):
+            assert filecmp.cmp(os.path.join(orig, name), os.path.join(out, name), shallow=False), name
+    bigsmall.verify(comp)
+
+
+@pytest.mark.parametrize("tag", DTYPES)
+def test_load_file_is_bit_identical(models, tag):
+    orig, comp = models[tag]
+    a = st.load_file(os.path.join(orig, "model.safetensors"))
+    b = bt.load_file(os.path.join(comp, "model.bs"))
+    assert list(a) == list(b) or sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert torch.equal(a[k].view(-1).view(torch.uint8), b[k].view(-1).view(torch.uint8)), k
+
+
+@pytest.mark.parametrize("tag", DTYPES)
+def test_from_pretrained_matches_transformers_exactly(models, tag):
+    from transformers import BertModel
+
+    orig, comp = models[tag]
+    ref = reference_model(orig, torch_dtype(tag))
+    model = bigsmall.from_pretrained(comp, BertModel, progress=False)
+    assert next(model.parameters()).dtype == torch_dtype(tag)
+    ref_sd, sd = ref.state_dict(), model.state_dict()
+    assert sorted(ref_sd) == sorted(sd)
+    for k in ref_sd:
+        assert torch.equal(ref_sd[k], sd[k]), k
+    with torch.no_grad():
+        assert torch.equal(ref(input_ids=TOKENS).last_hidden_state, model(input_ids=TOKENS).last_hidden_state)
+
+
+@pytest.mark.parametrize("tag", DTYPES)
+def test_streaming_loader_matches_transformers_exactly(models, tag):
+    from transformers import BertModel
+
+    orig, comp = models[tag]
+    ref = reference_model(orig, torch_dtype(tag))
+    loader = bigsmall.StreamingLoader(comp)
+    model = loader.load_model(BertModel, device="cpu", progress=False)
+    with torch.no_grad():
+        assert torch.equal(ref(input_ids=TOKENS).last_hidden_state, model(input_ids=TOKENS).last_hidden_state)
+    a = st.load_file(os.path.join(orig, "model.safetensors"))
+    names = []
+    for name, t in loader.iter_tensors():
+        names.append(name)
+        assert torch.equal(a[name].view(-1).view(torch.uint8), t.view(-1).view(torch.uint8)), name
+    assert sorted(names) == sorted(a)
+
+
+def test_save_pretrained_round_trip(models, tmp_path):
+    from transformers import BertModel
+
+    orig, _ = models["bf16"]
+    ref = reference_model(orig, torch.bfloat16)
+    out = bigsmall.save_pretrained(ref, tmp_path / "saved")
+    assert os.path.exists(os.path.join(out, "config.json")) and os.path.exists(os.path.join(out, "model.bs"))
+    model = bigsmall.from_pretrained(out, BertModel, progress=False)
+    with torch.no_grad():
+        assert torch.equal(ref(input_ids=TOKENS).last_hidden_state, model(input_ids=TOKENS).last_hidden_state)
+    restored = bigsmall.decompress(out, str(tmp_path / "restored"))
+    sd = st.load_file(os.path.join(restored, "model.safetensors"))  # safetensors reads what we restore
+    for k, v in ref.state_dict().items():
+        if k in sd:
+            assert torch.equal(v, sd[k]), k
+
+
+def test_safe_open_reads_single_tensors(models):
+    orig, comp = models["f16"]
+    a = st.load_file(os.path.join(orig, "model.safetensors"))
+    with bigsmall.safe_open(os.path.join(comp, "model.bs"), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(a)
+        assert f.metadata() == {"format": "pt"}
+        name = "encoder.layer.3.attention.self.query.weight"
+        assert torch.equal(f.get_tensor(name), a[name])
+        sl = f.get_slice(name)
+        assert sl.get_shape() == list(a[name].shape) and sl.get_dtype() == "F16"
+        assert torch.equal(sl[2:5, :7], a[name][2:5, :7])
+        with pytest.raises(KeyError):
+            f.get_tensor("no.such.tensor")
+    with bigsmall.safe_open(os.path.join(comp, "model.bs"), framework="np") as f:
+        x = f.get_tensor("pooler.dense.bias")
+        assert isinstance(x, np.ndarray) and np.array_equal(x, a["pooler.dense.bias"].numpy())
+
+
+def test_torch_and_numpy_save_load(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "w": torch.randn(300, 70, generator=g).to(torch.bfloat16),
+        "h": torch.randn(1000, generator=g).half(),
+        "ids": torch.arange(5000, dtype=torch.int64) % 7,
+        "mask": torch.rand(33, generator=g) > 0.5,
+        "scalar": torch.tensor(3.5),
+        "empty": torch.zeros(0, 4),
+        "fp8": torch.randn(64, generator=g).to(torch.float8_e4m3fn),
+    }
+    bt.save_file(tensors, tmp_path / "t.bs", metadata={"k": "v"})
+    back = bt.load_file(tmp_path / "t.bs")
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape
+        assert torch.equal(back[k].view(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
+    arrays = {"a": np.random.default_rng(1).normal(size=(40, 50)).astype(np.float32), "b": np.arange(9, dtype=np.int16)}
+    bn.save_file(arrays, tmp_path / "n.bs")
+    nb = bn.load_file(tmp_path / "n.bs")
+    assert all(np.array_equal(nb[k], arrays[k]) and nb[k].dtype == arrays[k].dtype for k in arrays)
+
+
+def test_errors_are_bigsmall_exceptions(models, tmp_path):
+    _, comp = models["f32"]
+    data = bytearray(open(os.path.join(comp, "model.bs"), "rb").read())
+    data[len(data) // 2] ^= 0x40
+    bad = tmp_path / "bad.bs"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(bigsmall.CorruptError) as e:
+        bt.load_file(bad)
+    assert "bad.bs" in str(e.value) and isinstance(e.value, bigsmall.Error)
+    notbs = tmp_path / "x.bs"
+    notbs.write_bytes(b"definitely not a bigsmall file, just some bytes")
+    with pytest.raises(bigsmall.FormatError):
+        bigsmall.safe_open(notbs)
+    with pytest.raises(bigsmall.BigsmallIOError) as e:
+        bt.load_file(tmp_path / "missing.bs")
+    assert isinstance(e.value, OSError)
+    with pytest.raises(bigsmall.Error):
+        bigsmall.compress(str(notbs), str(tmp_path / "y.bs"))
+    assert not os.path.exists(tmp_path / "y.bs")
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, bigsmall; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_is_installed(models, tmp_path):
+    _, comp = models["f32"]
+    exe = os.path.join(os.path.dirname(sys.executable), "bigsmall")
+    r = subprocess.run([exe, "verify", comp], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
