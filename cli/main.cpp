@@ -68,7 +68,7 @@ const char* kUsage =
     "  -f          overwrite existing outputs\n"
     "  -T N        threads (default: all cores)\n"
     "  -q          quiet: errors only\n"
-    "  -v          verbose\n"
+    "  -v          verbose: after compress/decompress, one line per tensor (codec, ratio, bits/weight)\n"
     "  --json      machine-readable output on stdout\n"
     "  --no-verify skip checksum verification when decompressing\n"
     "  --best      zstd level 19 for tensors with repeated structure (smaller, slower)\n"
@@ -189,6 +189,31 @@ uint64_t path_bytes(const std::string& p) {
   return total;
 }
 
+// -v: one line per tensor of a .bs file (or of every .bs file in a compressed directory).
+void print_tensors(const std::string& bs_path, bool is_dir) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  if (is_dir) {
+    for (fs::recursive_directory_iterator it(bs_path, ec), end; !ec && it != end; it.increment(ec))
+      if (it->path().extension() == ".bs") files.push_back(it->path().string());
+    std::sort(files.begin(), files.end());
+  } else {
+    files.push_back(bs_path);
+  }
+  for (const auto& f : files) {
+    auto bs = BsFile::open(f);
+    if (!bs) continue;
+    for (const auto& t : bs->tensors()) {
+      uint64_t numel = 1;
+      for (auto d : t.shape) numel *= d;
+      std::fprintf(stderr, "  %s: %s %s %s -> %llu bytes (%.2f bits/weight)\n", t.name.c_str(),
+                   std::string(dtype_info(t.dtype).safetensors_name).c_str(), codec_name(t.codec),
+                   human(static_cast<double>(t.nbytes)).c_str(), static_cast<unsigned long long>(t.stored_bytes),
+                   numel ? 8.0 * static_cast<double>(t.stored_bytes) / static_cast<double>(numel) : 0.0);
+    }
+  }
+}
+
 int report(const Status& st) {
   std::fprintf(stderr, "bigsmall: %s\n", st.message().c_str());
   return exit_code(st.code());
@@ -237,6 +262,7 @@ int run_codec(const Args& a) {
       continue;
     }
     const double t = seconds_since(t0);
+    if (a.verbose && !a.json) print_tensors(compress ? out : in, is_dir);
     const uint64_t in_b = path_bytes(in), out_b = path_bytes(out);
     const uint64_t raw = compress ? in_b : out_b, packed = compress ? out_b : in_b;
     if (a.json) {
@@ -388,7 +414,21 @@ int run_bench(const Args& a) {
 
 }  // namespace
 
+int run(int argc, char** argv);
+
 int main(int argc, char** argv) {
+  // The core returns errors as values; only allocation can throw (a file may declare tensors
+  // larger than memory). Report it like any other error.
+  try {
+    return run(argc, argv);
+  } catch (const std::bad_alloc&) {
+    remove_partial_outputs();
+    std::fprintf(stderr, "bigsmall: out of memory\n");
+    return kExitInternal;
+  }
+}
+
+int run(int argc, char** argv) {
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   Args a;

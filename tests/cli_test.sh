@@ -37,6 +37,8 @@ check "byte-identical" -- cmp -s "$tmp/m.safetensors" "$tmp/r.safetensors"
 expect 0 "compress --json" -- "$bs" compress --json -f -T 1 "$tmp/m.safetensors" -o "$tmp/j.bs"
 check "json summary" -- grep -q '"ratio"' "$tmp/out"
 check "quiet when not a terminal: no progress bar on stderr" -- test ! -s "$tmp/err"
+expect 0 "compress -v" -- "$bs" compress -v -f "$tmp/m.safetensors" -o "$tmp/v.bs"
+check "verbose lists tensors with codecs" -- grep -q "bf16.weight: BF16 float" "$tmp/err"
 expect 0 "bench" -- "$bs" bench -T 2 "$tmp/m.safetensors"
 check "bench prints speeds" -- grep -q "decompress" "$tmp/out"
 

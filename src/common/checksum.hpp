@@ -8,4 +8,18 @@ uint64_t xxh3_64(const void* data, size_t size);
 inline uint32_t xxh3_32(const void* data, size_t size) {
   return static_cast<uint32_t>(xxh3_64(data, size));
 }
+// Streaming XXH3-64: the same digest as xxh3_64 over the concatenated updates, so large tensors
+// can be checked piece by piece in bounded memory.
+class Xxh3Stream {
+ public:
+  Xxh3Stream();
+  ~Xxh3Stream();
+  Xxh3Stream(const Xxh3Stream&) = delete;
+  Xxh3Stream& operator=(const Xxh3Stream&) = delete;
+  void update(const void* data, size_t size);
+  uint64_t digest() const;
+
+ private:
+  void* state_;
+};
 }  // namespace bigsmall::detail

@@ -415,17 +415,20 @@ namespace {
 // Tensors in batches of bounded decoded size, so progress moves and memory stays bounded.
 template <typename Fn>
 Status for_each_batch(const BsFile::Impl& im, Fn&& fn) {
+  // A tensor larger than a batch always stands alone in its batch.
   std::vector<size_t> batch;
   uint64_t bytes = 0;
   for (size_t i = 0; i < im.entries.size(); ++i) {
-    batch.push_back(i);
-    bytes += im.entries[i].coding.nbytes;
-    if (bytes >= detail::kBatchBytes || i + 1 == im.entries.size()) {
+    const uint64_t nb = im.entries[i].coding.nbytes;
+    if (!batch.empty() && bytes + nb > detail::kBatchBytes) {
       BS_RETURN_IF_ERROR(fn(batch, bytes));
       batch.clear();
       bytes = 0;
     }
+    batch.push_back(i);
+    bytes += nb;
   }
+  if (!batch.empty()) BS_RETURN_IF_ERROR(fn(batch, bytes));
   return Status::ok();
 }
 }  // namespace
@@ -457,6 +460,43 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
   return out.commit(opts.sync);
 }
 
+namespace {
+// A tensor larger than a batch is verified a group of chunks at a time with a streaming
+// checksum, so that verification needs bounded memory whatever a file declares.
+Status verify_large_tensor(const BsFile::Impl& im, size_t t, detail::ThreadPool& pool) {
+  const detail::Entry& e = im.entries[t];
+  const TensorCoding& c = e.coding;
+  const std::string label = im.file.path() + ": tensor '" + e.info.name + "'";
+  BS_RETURN_IF_ERROR(c.validate(e.info.stored_bytes).with_context(label));
+  const uint8_t* payload = im.file.data() + e.payload_offset;
+  auto dec = detail::TensorDecoder::prepare(c, payload, c.model_size);
+  if (!dec) return dec.status().with_context(label);
+  const uint64_t chunk_bytes = c.chunk_units() * c.unit_bytes();
+  const size_t per_group = static_cast<size_t>(std::max<uint64_t>(1, detail::kBatchBytes / chunk_bytes));
+  std::vector<uint8_t> scratch(std::min<uint64_t>(per_group, c.chunks.size()) * chunk_bytes);
+  std::vector<Status> errs(per_group);
+  detail::Xxh3Stream hash;
+  for (size_t first = 0; first < c.chunks.size(); first += per_group) {
+    const size_t count = std::min(per_group, c.chunks.size() - first);
+    pool.parallel_for(count, [&](size_t k) {
+      const size_t i = first + k;
+      const ChunkRef& ref = c.chunks[i];
+      if (detail::xxh3_32(payload + ref.offset, ref.size) != ref.checksum)
+        errs[k] = Status(Error::kCorrupt, "chunk " + std::to_string(i) + ": checksum mismatch (compressed data damaged)");
+      else
+        errs[k] = dec->decode_chunk(i, payload + ref.offset, ref.size, ref.mode, scratch.data() + k * chunk_bytes);
+    });
+    for (size_t k = 0; k < count; ++k)
+      if (!errs[k].is_ok()) return errs[k].with_context(label);
+    uint64_t bytes = 0;
+    for (size_t k = 0; k < count; ++k) bytes += c.chunk_out_size(first + k);
+    hash.update(scratch.data(), bytes);
+  }
+  if (hash.digest() != c.checksum) return Status(Error::kCorrupt, label + ": checksum mismatch after decode");
+  return Status::ok();
+}
+}  // namespace
+
 Status BsFile::verify(const DecompressOptions& opts) const {
   const Impl& im = *impl_;
   detail::ThreadPool pool(opts.threads);
@@ -465,16 +505,20 @@ Status BsFile::verify(const DecompressOptions& opts) const {
   for (const auto& t : im.infos) total += t.nbytes;
   if (opts.progress) opts.progress(0, total);
   return for_each_batch(im, [&](const std::vector<size_t>& batch, uint64_t bytes) {
-    scratch.resize(bytes);
-    std::vector<uint8_t*> outs;
-    std::vector<uint64_t> sizes;
-    uint64_t off = 0;
-    for (size_t i : batch) {
-      outs.push_back(scratch.data() + off);
-      sizes.push_back(im.entries[i].coding.nbytes);
-      off += im.entries[i].coding.nbytes;
+    if (batch.size() == 1 && bytes > detail::kBatchBytes) {
+      BS_RETURN_IF_ERROR(verify_large_tensor(im, batch[0], pool));
+    } else {
+      scratch.resize(bytes);
+      std::vector<uint8_t*> outs;
+      std::vector<uint64_t> sizes;
+      uint64_t off = 0;
+      for (size_t i : batch) {
+        outs.push_back(scratch.data() + off);
+        sizes.push_back(im.entries[i].coding.nbytes);
+        off += im.entries[i].coding.nbytes;
+      }
+      BS_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, true, pool));
     }
-    BS_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, true, pool));
     done += bytes;
     if (opts.progress) opts.progress(done, total);
     return Status::ok();
