@@ -8,19 +8,20 @@ root=$(pwd)
 bash scripts/setup-deps.sh
 jobs=$(nproc)
 
-echo "== build (Release, -Werror) and test"
+echo "== build (Release, -Werror; the CUDA decoder too when nvcc is found) and test"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBIGSMALL_WERROR=ON >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build -j "$jobs" --output-on-failure
 
 echo "== build with ASan + UBSan and test"
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBIGSMALL_WERROR=ON -DBIGSMALL_SANITIZE=ON >/dev/null
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBIGSMALL_WERROR=ON -DBIGSMALL_SANITIZE=ON \
+  -DBIGSMALL_CUDA=OFF >/dev/null
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan -j "$jobs" --output-on-failure
 
 echo "== fuzz the .bs reader and decoders for ${BIGSMALL_FUZZ_SECONDS:-60} s"
 CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBIGSMALL_FUZZ=ON \
-  -DBIGSMALL_TESTS=OFF -DBIGSMALL_CLI=OFF \
+  -DBIGSMALL_TESTS=OFF -DBIGSMALL_CLI=OFF -DBIGSMALL_CUDA=OFF \
   -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link,address,undefined" \
   -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined" >/dev/null
 cmake --build build-fuzz -j "$jobs"

@@ -1,0 +1,41 @@
+// GPU decoding of float, byte-coded and stored chunks straight into device memory.
+// Available when the library is built with CUDA (BIGSMALL_CUDA); otherwise available() is false
+// and every call returns an error.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "bigsmall/codec.hpp"
+
+namespace bigsmall::cuda {
+
+// Built with CUDA and a device is present.
+bool available();
+
+struct Job {
+  const TensorCoding* coding;     // geometry, chunk list and checksums
+  const uint8_t* host_payload;    // model blob + chunks on the host (tables are built from it)
+  const uint8_t* device_payload;  // the same bytes already copied to device memory
+  uint8_t* device_out;            // coding->nbytes bytes of device memory
+};
+
+// Decodes the chunks of many tensors in one launch on a caller's stream. Tables are built on the
+// host and copied asynchronously; nothing inside waits for the device. Chunk checksums are
+// checked on the host bytes before launch (when verify); after the caller has synchronised the
+// stream, finish() reads the per-chunk status array and reports the first failure.
+class Decoder {
+ public:
+  Decoder();
+  ~Decoder();
+  Decoder(const Decoder&) = delete;
+  Decoder& operator=(const Decoder&) = delete;
+  Status enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool verify = true);
+  Status finish();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace bigsmall::cuda

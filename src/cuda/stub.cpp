@@ -1,0 +1,16 @@
+// Built when no CUDA compiler is found: the API exists and says that no GPU decoding is available.
+#include "bigsmall/cuda.hpp"
+
+namespace bigsmall::cuda {
+
+bool available() { return false; }
+
+struct Decoder::Impl {};
+Decoder::Decoder() : impl_(std::make_unique<Impl>()) {}
+Decoder::~Decoder() = default;
+Status Decoder::enqueue(const std::vector<Job>&, void*, bool) {
+  return Status(Error::kInvalidArgument, "bigsmall was built without CUDA");
+}
+Status Decoder::finish() { return Status(Error::kInvalidArgument, "bigsmall was built without CUDA"); }
+
+}  // namespace bigsmall::cuda
