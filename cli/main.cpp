@@ -388,14 +388,20 @@ int run_bench(const Args& a) {
           return report(st);
         }
         auto f = BsFile::open(tmp);
-        if (!f) return report(f.status());
+        if (!f) {
+          fs::remove(tmp, ec);
+          return report(f.status());
+        }
         ratio = static_cast<double>(f->file_size()) / raw;
         DecompressOptions dopt;
         dopt.threads = threads;
         t0 = std::chrono::steady_clock::now();
         st = f->verify(dopt);
         td.push_back(seconds_since(t0));
-        if (!st.is_ok()) return report(st);
+        if (!st.is_ok()) {
+          fs::remove(tmp, ec);
+          return report(st);
+        }
       }
       rows.push_back({threads, raw / median(tc), raw / median(td)});
     }

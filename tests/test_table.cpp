@@ -122,3 +122,29 @@ TEST(Rans, MultiByteIntegers) {
     round_trip_bytes(d, dt);
   }
 }
+
+TEST(Table, HostileCountsAndGapsAreRejected) {
+  // present - 1 = 2^32 - 1 once wrapped to zero symbols; a gap of 2^32 - 1 once wrapped to a
+  // repeated symbol. Both must be refused, not decoded.
+  {
+    BitWriter bw;
+    bw.put(12, 4);
+    bw.ue(0xFFFFFFFFu);
+    bw.put(0, 4);
+    BitReader br(bw.buf().data(), bw.buf().size());
+    FreqTable t;
+    EXPECT_FALSE(read_table(br, 256, &t).is_ok());
+  }
+  {
+    BitWriter bw;
+    bw.put(1, 4);
+    bw.ue(1);            // two symbols
+    bw.ue(0x80);         // first
+    bw.ue(0xFFFFFFFFu);  // gap that wraps in 32 bits
+    bw.put(0, 4);
+    bw.ue(2);
+    BitReader br(bw.buf().data(), bw.buf().size());
+    FreqTable t;
+    EXPECT_FALSE(read_table(br, 512, &t).is_ok());
+  }
+}

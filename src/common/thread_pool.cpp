@@ -22,7 +22,14 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::run_items() {
-  for (size_t i = next_.fetch_add(1); i < job_n_; i = next_.fetch_add(1)) (*job_)(i);
+  for (size_t i = next_.fetch_add(1); i < job_n_; i = next_.fetch_add(1)) {
+    try {
+      (*job_)(i);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!error_) error_ = std::current_exception();
+    }
+  }
 }
 
 void ThreadPool::worker_loop() {
@@ -46,7 +53,7 @@ void ThreadPool::worker_loop() {
 void ThreadPool::parallel_for(size_t n, const std::function<void(size_t)>& fn) {
   if (n == 0) return;
   if (workers_.empty() || n == 1) {
-    for (size_t i = 0; i < n; ++i) fn(i);
+    for (size_t i = 0; i < n; ++i) fn(i);  // exceptions propagate directly
     return;
   }
   {
@@ -62,6 +69,11 @@ void ThreadPool::parallel_for(size_t n, const std::function<void(size_t)>& fn) {
   std::unique_lock<std::mutex> lk(mu_);
   cv_done_.wait(lk, [&] { return finished_ == static_cast<int>(workers_.size()); });
   job_ = nullptr;
+  if (error_) {
+    std::exception_ptr e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
 }
 
 }  // namespace bigsmall::detail

@@ -2,6 +2,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -19,6 +20,8 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
   int size() const { return static_cast<int>(workers_.size()) + 1; }
   // Calls fn(i) for every i in [0, n), items handed out dynamically; returns when all are done.
+  // If items throw, the rest of the generation still completes, then the first exception is
+  // rethrown on the calling thread (no worker can outlive the job it runs).
   void parallel_for(size_t n, const std::function<void(size_t)>& fn);
 
  private:
@@ -32,6 +35,7 @@ class ThreadPool {
   std::atomic<size_t> next_{0};
   size_t generation_ = 0;
   int finished_ = 0;
+  std::exception_ptr error_;  // first exception thrown by an item, rethrown by parallel_for
   bool stop_ = false;
 };
 

@@ -109,8 +109,10 @@ void write_index(ByteWriter& w, const std::string& st_header, const std::vector<
 
 Status write_bs(const std::string& dst, const std::string& st_header, uint64_t original_size,
                 const std::vector<Source>& sources, std::vector<Filler> fillers, const CompressOptions& opts) {
-  for (const auto& s : sources)
+  for (const auto& s : sources) {
     if (s.name.size() > UINT16_MAX) return Status(Error::kLimit, "tensor name longer than 65535 bytes");
+    if (s.shape.size() > 255) return Status(Error::kLimit, "tensor '" + s.name + "': more than 255 dimensions");
+  }
   BS_ASSIGN_OR_RETURN(OutputFile out, OutputFile::create(dst, opts.overwrite));
   const std::vector<uint8_t> placeholder(kHeaderSize, 0);
   BS_RETURN_IF_ERROR(out.write(placeholder.data(), placeholder.size()));
@@ -550,13 +552,19 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
                      const std::vector<std::pair<std::string, std::string>>& metadata, const CompressOptions& opts) {
   std::vector<uint64_t> offsets;
   for (const auto& t : tensors) {
+    if (t.shape.size() > 255) return Status(Error::kLimit, "tensor '" + t.name + "': more than 255 dimensions");
     uint64_t numel = 1;
-    for (uint64_t d : t.shape) numel *= d;
+    for (uint64_t d : t.shape) {
+      if (d != 0 && numel > UINT64_MAX / d)
+        return Status(Error::kInvalidArgument, "tensor '" + t.name + "': shape overflows 64 bits");
+      numel *= d;
+    }
     const auto need = dtype_nbytes(t.dtype, numel);
     if (!need || *need != t.nbytes)
       return Status(Error::kInvalidArgument, "tensor '" + t.name + "': byte size does not match shape and dtype");
   }
   const std::string header = detail::make_safetensors_header(tensors, metadata, &offsets);
+  if (header.size() > detail::kMaxHeaderBytes) return Status(Error::kLimit, "safetensors header would exceed 100 MB");
   std::vector<detail::Source> sources;
   uint64_t data_size = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {

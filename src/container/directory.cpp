@@ -62,6 +62,12 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
   auto j = detail::parse_json(std::string_view(reinterpret_cast<const char*>(mf->data()), mf->size()));
   const detail::Json* files = j ? j->get("files") : nullptr;
   if (!files || files->kind != detail::Json::Kind::kArray) return Status(Error::kCorrupt, p.string() + ": invalid index");
+  const detail::Json* format = j->get("format");
+  const detail::Json* version = j->get("format_version");
+  if (format && (format->kind != detail::Json::Kind::kString || format->str != "bigsmall"))
+    return Status(Error::kNotBigsmall, p.string() + ": not a bigsmall index");
+  if (version && (!version->is_uint || version->u > kFormatVersionMajor))
+    return Status(Error::kUnsupportedVersion, p.string() + ": index of a newer format version");
   std::vector<DirEntry> out;
   for (const auto& f : files->arr) {
     const detail::Json* s = f.get("source");

@@ -31,29 +31,36 @@ bool path_exists(const std::string& p) {
 namespace {
 constexpr int kSlots = 64;
 constexpr int kPathMax = 4096;
+// Slot states: 0 free, 1 being written or cleared (the handler skips it), 2 holds a path.
 char g_pending[kSlots][kPathMax];
-std::atomic<bool> g_used[kSlots];
+std::atomic<int> g_state[kSlots];
 
 int register_pending(const std::string& p) {
   if (p.size() >= kPathMax) return -1;
   for (int i = 0; i < kSlots; ++i) {
-    bool expected = false;
-    if (g_used[i].compare_exchange_strong(expected, true)) {
+    int expected = 0;
+    if (g_state[i].compare_exchange_strong(expected, 1)) {
       std::memcpy(g_pending[i], p.c_str(), p.size() + 1);
+      g_state[i].store(2);
       return i;
     }
   }
   return -1;
 }
 void unregister_pending(const std::string& p) {
-  for (int i = 0; i < kSlots; ++i)
-    if (g_used[i].load() && p == g_pending[i]) g_used[i].store(false);
+  for (int i = 0; i < kSlots; ++i) {
+    int expected = 2;
+    if (g_state[i].load() == 2 && p == g_pending[i] && g_state[i].compare_exchange_strong(expected, 1)) {
+      g_state[i].store(0);
+      return;
+    }
+  }
 }
 }  // namespace
 
 void remove_pending_outputs() {
   for (int i = 0; i < kSlots; ++i)
-    if (g_used[i].load()) ::unlink(g_pending[i]);
+    if (g_state[i].load() == 2) ::unlink(g_pending[i]);
 }
 
 // ---- MappedFile ----------------------------------------------------------------------------

@@ -35,6 +35,9 @@ class Parser {
   }
   Status value(Json* v, int depth) {
     if (depth > kMaxDepth) return err("nesting too deep");
+    // Each node costs far more memory than its text; a header of dense tiny arrays could
+    // otherwise need gigabytes. Real safetensors headers use 6 or more bytes per node.
+    if (++nodes_ > budget_) return err("too many values for the header's size");
     if (i_ >= s_.size()) return err("unexpected end");
     const char c = s_[i_];
     if (c == '{') return object(v, depth);
@@ -186,6 +189,8 @@ class Parser {
 
   std::string_view s_;
   size_t i_ = 0;
+  size_t nodes_ = 0;
+  size_t budget_ = s_.size() / 4 + 4096;
 };
 
 }  // namespace

@@ -43,6 +43,7 @@ Result<StFile> parse_safetensors(const uint8_t* data, uint64_t size) {
     const auto d = dtype_from_name(dt->str);
     if (!d) return Status(Error::kUnknownDtype, "tensor '" + name + "' has unknown dtype '" + dt->str + "'");
     t.dtype = *d;
+    if (shape->arr.size() > 255) return Status(Error::kLimit, "tensor '" + name + "' has more than 255 dimensions");
     uint64_t numel = 1;
     for (const auto& s : shape->arr) {
       if (s.kind != Json::Kind::kNumber || !s.is_uint) return bad("tensor '" + name + "' has a bad shape");

@@ -92,6 +92,11 @@ Result<TensorDecoder> TensorDecoder::prepare(const TensorCoding& coding, const u
   d.coding_.chunks.clear();
   if (coding.codec == Codec::kFloat) {
     BS_RETURN_IF_ERROR(read_float_model(model, model_size, coding.dtype, &d.fm_));
+    // An encoder only builds a table when it costs less than the data it codes (at most about
+    // 48 slots per unit); anything far beyond is a hostile file asking for memory.
+    const uint64_t slots = (uint64_t{d.fm_.mant.size()} + 1) << d.fm_.mant_precision;
+    if (slots > (uint64_t{1} << 16) + 64 * coding.units())
+      return Status(Error::kCorrupt, "mantissa tables larger than the tensor they code");
     d.se_.build(d.fm_.se);
     d.mant_.build(d.fm_);
     const uint32_t unit = coding.unit_bytes();
@@ -210,6 +215,8 @@ void TensorDecoder::build_fused() {
     row_of[present[r]] = dense ? static_cast<uint32_t>(r) : present[r];
     if (r < 64) d_to_se_[r] = present[r];
   }
+  for (uint32_t e : se_.packed)
+    if ((e >> 16) == 0) return;  // every slot must belong to a symbol (read_table guarantees it)
   se_fused_.resize(se_.packed.size());
   for (size_t j = 0; j < se_fused_.size(); ++j) {
     const uint32_t e = se_.packed[j];
@@ -324,6 +331,9 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
     if (!st.is_ok()) return st.with_context(j.label);
   }
   pool.parallel_for(jobs.size(), [&](size_t t) {
+    const auto& chunks = jobs[t].coding->chunks;
+    if (std::none_of(chunks.begin(), chunks.end(), [](const ChunkRef& c) { return c.mode == ChunkMode::kCoded; }))
+      return;  // nothing to decode with tables: do not build them
     auto d = TensorDecoder::prepare(*jobs[t].coding, jobs[t].payload, jobs[t].coding->model_size);
     if (d) decoders[t] = std::move(d.value());
     else errors[t] = d.status();
@@ -343,10 +353,14 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
     const ChunkRef& ref = j.coding->chunks[i];
     const uint8_t* p = j.payload + ref.offset;
     Status st;
-    if (verify && xxh3_32(p, ref.size) != ref.checksum)
+    uint8_t* out = j.out + j.coding->chunk_out_offset(i);
+    if (verify && xxh3_32(p, ref.size) != ref.checksum) {
       st = corrupt_chunk(i, "checksum mismatch (compressed data damaged)");
-    else
-      st = decoders[t].decode_chunk(i, p, ref.size, ref.mode, j.out + j.coding->chunk_out_offset(i));
+    } else if (ref.mode == ChunkMode::kStored) {  // validate() checked its size
+      std::memcpy(out, p, ref.size);
+    } else {
+      st = decoders[t].decode_chunk(i, p, ref.size, ref.mode, out);
+    }
     if (!st.is_ok()) {
       std::lock_guard<std::mutex> lk(mu);
       if (errors[t].is_ok()) errors[t] = st;

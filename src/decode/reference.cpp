@@ -60,7 +60,10 @@ Status decode_coded_chunk(const TensorCoding& c, const detail::FloatModel* fm, c
   if (size < 4ull * lanes + raw_bytes || (size - 4ull * lanes - raw_bytes) % 2) return bad;
   RefStream rs;
   rs.state.resize(lanes);
-  for (uint32_t l = 0; l < lanes; ++l) std::memcpy(&rs.state[l], chunk + 4 * l, 4);
+  for (uint32_t l = 0; l < lanes; ++l) {
+    std::memcpy(&rs.state[l], chunk + 4 * l, 4);
+    if (rs.state[l] < detail::kRansL) return bad;  // states live in [2^16, 2^32)
+  }
   const uint8_t* raw = chunk + 4 * lanes;
   rs.words = raw + raw_bytes;
   rs.nwords = (size - 4ull * lanes - raw_bytes) / 2;

@@ -34,7 +34,6 @@ int choose_lanes_log2(uint64_t units) {
   return l;
 }
 
-constexpr int kMaxMantPrecision = 12;
 constexpr size_t kMergeCandidates = 1;  // k values (best screened first) that get the greedy merge
 // A few bits above the mantissa width keep the rounding loss negligible (well under 0.01 bit
 // per symbol) while the decoder builds small lookup tables.
@@ -270,6 +269,12 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
       mant_bits += uniform_bits;
     }
   }
+  // The decoder bounds table memory by the data (see TensorDecoder::prepare); stay inside it.
+  if (((uint64_t{fm->mant.size()} + 1) << fm->mant_precision) > (uint64_t{1} << 16) + 64 * n) {
+    fm->mant.clear();
+    std::fill(fm->ctx.begin(), fm->ctx.end(), 0);
+    mant_bits = static_cast<double>(n) * m_eff;
+  }
   return se_bits + mant_bits;
 }
 
@@ -288,13 +293,13 @@ double plan_bytes(const uint8_t* data, uint64_t nbytes, uint32_t unit, BytesMode
 
 // zstd's size on (a sample of) the tensor, scaled to the whole tensor, in bits. Level 1 on at
 // most 1 MiB: enough to see zeros, repeats and few distinct values, cheap next to coding.
-double zstd_estimate(const uint8_t* data, uint64_t nbytes) {
+double zstd_estimate(const uint8_t* data, uint64_t nbytes, int level = 1) {
   constexpr uint64_t kPiece = 256 << 10;
   thread_local std::vector<uint8_t> out;
   uint64_t in_total = 0, out_total = 0;
   auto probe = [&](const uint8_t* p, uint64_t len) {
     out.resize(ZSTD_compressBound(len));
-    const size_t r = ZSTD_compress(out.data(), out.size(), p, len, 1);
+    const size_t r = ZSTD_compress(out.data(), out.size(), p, len, level);
     in_total += len;
     out_total += ZSTD_isError(r) ? len : r;
   };
@@ -466,30 +471,38 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
   double bytes_bits = INFINITY;
   if (!(float_bits < 0.92 * te.estimated_bits_)) bytes_bits = plan_bytes(data, nbytes, unit, &st.bm) + chunk_overhead;
   // A fast zstd probe flags tensors with repeated structure; only when it comes close to the
-  // entropy coder is the real level tried on the whole tensor (level 1 misses long-range repeats
-  // that level 19 finds, e.g. an STFT basis: 0.80 at level 1, 0.23 at level 19).
+  // entropy coder is the real level tried (level 1 misses long-range repeats that level 19 finds,
+  // e.g. an STFT basis: 0.80 at level 1, 0.23 at level 19). The trial compresses the first zstd
+  // chunk: exact for a tensor of one chunk (and kept as that chunk); for larger tensors, where it
+  // stands for the rest, zstd must win by a clear margin. Planning stays bounded, so compression
+  // of a large tensor keeps scaling over threads.
   double zstd_bits = INFINITY;
+  double zstd_margin = 0.97;
   const int zstd_level = nbytes <= (8u << 20) ? opts.zstd_level : std::min(opts.zstd_level, 9);
   if (opts.allow_zstd) {
     const double probe = zstd_estimate(data, nbytes) + 200.0;
     if (probe < 1.03 * std::min({float_bits, bytes_bits, te.estimated_bits_})) {
-      std::vector<uint8_t> trial(ZSTD_compressBound(nbytes));
-      const size_t r = ZSTD_compress(trial.data(), trial.size(), data, nbytes, zstd_level);
-      zstd_bits = ZSTD_isError(r) ? INFINITY : 8.0 * static_cast<double>(r) + 200.0;
-      // A tensor that is a single zstd chunk keeps the trial as that chunk.
-      if (!ZSTD_isError(r) && units <= (uint64_t{1} << kZstdChunkLog2)) {
-        trial.resize(r);
-        te.zstd_single_ = std::move(trial);
+      const uint64_t first = std::min<uint64_t>(nbytes, (uint64_t{1} << kZstdChunkLog2) * unit);
+      std::vector<uint8_t> trial(ZSTD_compressBound(first));
+      const size_t r = ZSTD_compress(trial.data(), trial.size(), data, first, zstd_level);
+      if (!ZSTD_isError(r)) {
+        zstd_bits = 8.0 * static_cast<double>(r) * static_cast<double>(nbytes) / static_cast<double>(first) + 200.0;
+        if (first == nbytes) {
+          trial.resize(r);
+          te.zstd_single_ = std::move(trial);
+        } else {
+          zstd_margin = 0.9;
+        }
       }
     }
   }
 
   double best = te.estimated_bits_;
-  if (!(zstd_bits < 0.97 * std::min({float_bits, bytes_bits, te.estimated_bits_}))) te.zstd_single_.clear();
+  if (!(zstd_bits < zstd_margin * std::min({float_bits, bytes_bits, te.estimated_bits_}))) te.zstd_single_.clear();
   if (float_bits < best) { best = float_bits; c.codec = Codec::kFloat; }
   if (bytes_bits < best) { best = bytes_bits; c.codec = Codec::kBytes; }
   // zstd's sample estimate is rough and it decodes slower: it must win clearly.
-  if (zstd_bits < 0.97 * best) { best = zstd_bits; c.codec = Codec::kZstd; }
+  if (zstd_bits < zstd_margin * best) { best = zstd_bits; c.codec = Codec::kZstd; }
   te.estimated_bits_ = best;
 
   BitWriter bw;

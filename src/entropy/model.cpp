@@ -26,7 +26,7 @@ Status read_float_model(const uint8_t* p, size_t n, DType dtype, FloatModel* m) 
   m->zero_bits = static_cast<int>(br.get(6));
   m->mant_precision = static_cast<int>(br.get(4));
   if (!br.ok() || m->hi_bits > 12 || m->hi_bits + m->raw_bits + m->zero_bits != m->man_bits ||
-      m->mant_precision < m->hi_bits || m->mant_precision > kMaxPrecision)
+      m->mant_precision < m->hi_bits || m->mant_precision > kMaxMantPrecision)
     return bad;
   BS_RETURN_IF_ERROR(read_table(br, m->se_alphabet(), &m->se));
   const uint32_t ntables = br.ue();
@@ -37,12 +37,17 @@ Status read_float_model(const uint8_t* p, size_t n, DType dtype, FloatModel* m) 
     if (t.precision != m->mant_precision) return bad;
   }
   m->ctx.assign(m->se_alphabet(), 0);
+  std::vector<uint8_t> used(ntables + 1, 0);
   for (uint32_t s = 0; s < m->se.alphabet; ++s) {
     if (!m->se.freq[s]) continue;
     const uint32_t c = br.ue();
     if (!br.ok() || c > ntables) return bad;
     m->ctx[s] = static_cast<uint16_t>(c);
+    used[c] = 1;
   }
+  // Writers emit only tables some symbol uses; unused ones could only inflate decoder memory.
+  for (uint32_t t = 1; t <= ntables; ++t)
+    if (!used[t]) return bad;
   if (br.bytes_used() != n || !br.padding_is_zero()) return bad;
   return Status::ok();
 }

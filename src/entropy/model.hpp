@@ -9,6 +9,7 @@
 namespace bigsmall::detail {
 
 constexpr uint32_t kLanesMax = 32;
+constexpr int kMaxMantPrecision = 12;  // format limit for mantissa tables (doc/FORMAT.md)
 
 // Field layout of a float element, high to low: sign+exponent symbol (coded), the top `hi_bits`
 // of the mantissa (coded, table chosen by the symbol), `raw_bits` stored verbatim in the raw

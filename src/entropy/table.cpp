@@ -120,15 +120,15 @@ void write_table(const FreqTable& t, BitWriter& bw) {
 Status read_table(BitReader& br, uint32_t alphabet, FreqTable* out) {
   const Status bad(Error::kCorrupt, "invalid frequency table");
   const int precision = static_cast<int>(br.get(4));
-  const uint32_t present = br.ue() + 1;
-  if (!br.ok() || precision > kMaxPrecision || present > alphabet || present > (1u << precision)) return bad;
+  const uint64_t present = uint64_t{br.ue()} + 1;  // 64-bit: ue() may be 2^32 - 1
+  if (!br.ok() || precision > kMaxPrecision || present > alphabet || present > (uint64_t{1} << precision)) return bad;
   out->alphabet = alphabet;
   out->precision = precision;
   out->freq.assign(alphabet, 0);
   std::vector<uint32_t> syms(present);
   uint64_t s = 0;
   for (uint32_t i = 0; i < present; ++i) {
-    s += br.ue() + (i == 0 ? 0 : 1);
+    s += uint64_t{br.ue()} + (i == 0 ? 0 : 1);  // strictly increasing: no symbol twice
     if (!br.ok() || s >= alphabet) return bad;
     syms[i] = static_cast<uint32_t>(s);
   }
