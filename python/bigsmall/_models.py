@@ -109,8 +109,26 @@ class StreamingLoader:
         done = 0
         loaded = set()
         dev = torch.device(device)
+        # On a GPU with a CUDA build, chunks decode on the device straight into the tensors the
+        # model keeps; host memory holds only the compressed bytes of one group at a time.
+        gpu = dev.type == "cuda" and _core.cuda_available()
         try:
             for f, group in self._groups():
+                if gpu:
+                    sel = [(i, t, self._target_name(t["name"], targets, prefix)) for i, t in group]
+                    sel = [(i, t, n) for i, t, n in sel if n is not None]
+                    xs = bt._decode(f, [i for i, _, _ in sel], [t for _, t, _ in sel], dev, self.threads, self.verify)
+                    with torch.no_grad():
+                        for (_, t, n), x in zip(sel, xs):
+                            p = targets[n]
+                            if list(p.shape) != list(t["shape"]):
+                                raise InvalidArgumentError(f"{t['name']}: shape {t['shape']} in the checkpoint, {list(p.shape)} in the model")
+                            p.data = x if x.dtype == p.dtype else x.to(p.dtype)
+                            loaded.add(n)
+                    done += sum(t["nbytes"] for _, t in group)
+                    if cb:
+                        cb(done, total)
+                    continue
                 direct_idx, direct_out, other = [], [], []
                 for i, t in group:
                     name = self._target_name(t["name"], targets, prefix)

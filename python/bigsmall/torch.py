@@ -33,14 +33,22 @@ def _empty(info, pin=False):
 
 
 def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
-    """Decodes tensors `which` of File f straight into new CPU tensors (or `into`), in one call
-    so that chunks of all of them run in parallel; then moves them to `device`."""
+    """Decodes tensors `which` of File f straight into new tensors (or `into`), in one call so
+    that chunks of all of them run in parallel. On a CUDA device with a CUDA build, the chunks
+    decode on the GPU into the tensors' device memory; otherwise on the CPU, then move."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and into is None and _core.cuda_available():
+        outs = [torch.empty(t["shape"], dtype=_DTYPES[t["dtype"]], device=dev) for t in infos]
+        idx = [i for i, t in zip(which, outs) if t.numel() > 0]
+        ptrs = [t.data_ptr() for t in outs if t.numel() > 0]
+        if idx:
+            f.read_into_device(idx, ptrs, torch.cuda.current_stream(dev).cuda_stream, verify)
+        return outs
     outs = list(into) if into is not None else [_empty(t) for t in infos]
     idx = [i for i, t in zip(which, outs) if t.numel() > 0]
     bufs = [_byte_view(t) for t in outs if t.numel() > 0]
     if idx:
         f.read_into(idx, bufs, threads, verify)
-    dev = torch.device(device)
     if dev.type != "cpu":
         outs = [t.to(dev, non_blocking=False) for t in outs]
     return outs

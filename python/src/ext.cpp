@@ -10,6 +10,11 @@
 #include <vector>
 
 #include "bigsmall/container.hpp"
+#include "bigsmall/cuda.hpp"
+
+#if BIGSMALL_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 
 namespace nb = nanobind;
 using namespace bigsmall;
@@ -71,6 +76,36 @@ struct PyFile {
   BsFile f;
 };
 
+#if BIGSMALL_HAVE_CUDA
+// Compressed payloads go to the device once, then one launch decodes every chunk of every tensor
+// into the callers' device buffers. Synchronises the stream before returning.
+Status decode_on_device(const BsFile& f, const std::vector<size_t>& which, const std::vector<uint64_t>& ptrs,
+                        cudaStream_t stream, bool verify) {
+  uint64_t total = 0;
+  for (size_t i : which) total += f.tensors()[i].stored_bytes;
+  uint8_t* staging = nullptr;
+  if (cudaMalloc(&staging, std::max<uint64_t>(1, total)) != cudaSuccess)
+    return Status(Error::kIo, "cannot allocate device memory for compressed data");
+  std::vector<cuda::Job> jobs;
+  uint64_t off = 0;
+  Status st;
+  for (size_t k = 0; k < which.size() && st.is_ok(); ++k) {
+    const size_t i = which[k];
+    const uint64_t n = f.tensors()[i].stored_bytes;
+    if (n && cudaMemcpyAsync(staging + off, f.payload(i), n, cudaMemcpyHostToDevice, stream) != cudaSuccess)
+      st = Status(Error::kIo, "copy to the device failed");
+    jobs.push_back({&f.coding(i), f.payload(i), staging + off, reinterpret_cast<uint8_t*>(ptrs[k])});
+    off += n;
+  }
+  cuda::Decoder dec;
+  if (st.is_ok()) st = dec.enqueue(jobs, stream, verify);
+  cudaStreamSynchronize(stream);
+  if (st.is_ok()) st = dec.finish();
+  cudaFree(staging);
+  return st.with_context(f.path());
+}
+#endif
+
 nb::list tensor_list(const BsFile& f) {
   nb::list out;
   for (const auto& t : f.tensors()) {
@@ -104,6 +139,7 @@ NB_MODULE(_core, m) {
                          "Invalid argument.");
   }
   m.attr("FORMAT_VERSION") = nb::make_tuple(kFormatVersionMajor, kFormatVersionMinor);
+  m.def("cuda_available", [] { return cuda::available(); }, "Built with CUDA and a GPU is present.");
 
   m.def(
       "compress",
@@ -222,5 +258,25 @@ NB_MODULE(_core, m) {
             }
             check(st);
           },
-          nb::arg("which"), nb::arg("outs"), nb::arg("threads") = 0, nb::arg("verify") = true);
+          nb::arg("which"), nb::arg("outs"), nb::arg("threads") = 0, nb::arg("verify") = true)
+      .def(
+          "read_into_device",
+          [](const PyFile& p, std::vector<size_t> which, std::vector<uint64_t> device_ptrs, uint64_t stream, bool verify) {
+            if (which.size() != device_ptrs.size()) raise(Status(Error::kInvalidArgument, "one buffer per tensor"));
+            for (size_t i : which)
+              if (i >= p.f.tensors().size()) raise(Status(Error::kNotFound, "tensor index out of range"));
+#if BIGSMALL_HAVE_CUDA
+            Status st;
+            {
+              nb::gil_scoped_release release;
+              st = decode_on_device(p.f, which, device_ptrs, reinterpret_cast<cudaStream_t>(stream), verify);
+            }
+            check(st);
+#else
+            (void)stream;
+            (void)verify;
+            raise(Status(Error::kInvalidArgument, "bigsmall was built without CUDA"));
+#endif
+          },
+          nb::arg("which"), nb::arg("device_ptrs"), nb::arg("stream"), nb::arg("verify") = true);
 }

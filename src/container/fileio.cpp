@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 namespace bigsmall::detail {
 
@@ -168,7 +169,13 @@ Result<uint8_t*> OutputFile::map(uint64_t n) {
   if (n == 0) return static_cast<uint8_t*>(nullptr);
   const int r = ::posix_fallocate(fd_, 0, static_cast<off_t>(n));
   if (r != 0 && r != EOPNOTSUPP && r != EINVAL) return errno_status(final_, "cannot reserve space", r);
-  if (r != 0 && ::ftruncate(fd_, static_cast<off_t>(n)) != 0) return errno_status(final_, "cannot resize", errno);
+  if (r != 0) {
+    // No fallocate here: write the zeros ourselves. A sparse file would turn a full disk into
+    // SIGBUS while the mapping is written instead of this error.
+    const std::vector<uint8_t> zeros(std::min<uint64_t>(n, 1u << 20), 0);
+    for (uint64_t off = 0; off < n; off += zeros.size())
+      BS_RETURN_IF_ERROR(pwrite(zeros.data(), std::min<uint64_t>(zeros.size(), n - off), off));
+  }
   void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
   if (p == MAP_FAILED) return errno_status(final_, "cannot map", errno);
   map_ = static_cast<uint8_t*>(p);
