@@ -39,6 +39,34 @@ BS_AVX512 inline __m512i advance(__m512i x, __m512i entry, __m128i precision) {
   return _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srl_epi32(x, precision)), off);
 }
 
+// Whether one more round of `round` elements can run without bounds checks: at most two words
+// per lane, and raw fields fetched as 4-byte gathers must leave 4 readable bytes.
+BS_AVX512 inline bool round_fits(const SimdFloatArgs& a, const uint8_t* wp, uint64_t done, uint64_t round) {
+  const uint64_t rb = static_cast<uint64_t>(a.raw_bits);
+  return done + round <= a.n && static_cast<uint64_t>(a.wend - wp) >= 4 * round &&
+         ((done + round) * rb) / 8 + 4 <= a.raw_bytes + (rb ? 0 : 4);
+}
+
+// ORs the raw fields of elements first..first+15 into v.
+BS_AVX512 inline __m512i add_raw(const SimdFloatArgs& a, __m512i v, uint64_t first) {
+  const __m512i lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i bitpos = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(first)), lane_ids),
+                                            _mm512_set1_epi32(a.raw_bits));
+  const __m512i word = _mm512_i32gather_epi32(_mm512_srli_epi32(bitpos, 3), a.raw, 1);
+  const __m512i field = _mm512_and_si512(_mm512_srlv_epi32(word, _mm512_and_si512(bitpos, _mm512_set1_epi32(7))),
+                                         _mm512_set1_epi32(static_cast<int>((1u << a.raw_bits) - 1)));
+  return _mm512_or_si512(v, _mm512_sll_epi32(field, _mm_cvtsi32_si128(a.zero_bits)));
+}
+
+template <int kElemBytes>
+BS_AVX512 inline void store(uint8_t* dst, __m512i v) {
+  if constexpr (kElemBytes == 2) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(v));
+  } else {
+    _mm512_storeu_si512(dst, v);
+  }
+}
+
 // V vectors of 16 lanes: 16·V lanes per chunk, decoded in lane order.
 template <int kElemBytes, int V>
 BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
@@ -53,15 +81,8 @@ BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
   const __m128i man_bits = _mm_cvtsi32_si128(a.man_bits);
   const __m128i hi_shift = _mm_cvtsi32_si128(a.hi_shift);
   const __m512i low16 = _mm512_set1_epi32(0xffff);
-  const __m512i lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i raw_mask = _mm512_set1_epi32(static_cast<int>((1u << a.raw_bits) - 1));
-  const __m128i zero_bits = _mm_cvtsi32_si128(a.zero_bits);
-  const uint64_t rb = static_cast<uint64_t>(a.raw_bits);
   uint64_t done = 0;
-  // Each round reads at most two words per lane; raw fields are fetched as 4-byte gathers, so the
-  // round's last field must leave 4 readable bytes.
-  while (done + kRound <= a.n && static_cast<uint64_t>(a.wend - wp) >= 4 * kRound &&
-         ((done + kRound) * rb) / 8 + 4 <= a.raw_bytes + (rb ? 0 : 4)) {
+  while (round_fits(a, wp, done, kRound)) {
     __m512i sym[V];
     for (int h = 0; h < V; ++h) {
       const __m512i slot = _mm512_and_si512(x[h], se_mask);
@@ -77,19 +98,8 @@ BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
       x[h] = renorm(advance(x[h], e, m_p), wp);
       __m512i v = _mm512_or_si512(_mm512_sll_epi32(_mm512_and_si512(sym[h], low16), man_bits),
                                   _mm512_sll_epi32(hi, hi_shift));
-      if (rb) {
-        const __m512i bitpos = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(done + 16 * h)), lane_ids),
-                                                  _mm512_set1_epi32(static_cast<int>(rb)));
-        const __m512i word = _mm512_i32gather_epi32(_mm512_srli_epi32(bitpos, 3), a.raw, 1);
-        const __m512i field = _mm512_and_si512(_mm512_srlv_epi32(word, _mm512_and_si512(bitpos, _mm512_set1_epi32(7))), raw_mask);
-        v = _mm512_or_si512(v, _mm512_sll_epi32(field, zero_bits));
-      }
-      uint8_t* dst = out + (done + 16 * h) * kElemBytes;
-      if constexpr (kElemBytes == 2) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(v));
-      } else {
-        _mm512_storeu_si512(dst, v);
-      }
+      if (a.raw_bits) v = add_raw(a, v, done + 16 * h);
+      store<kElemBytes>(out + (done + 16 * h) * kElemBytes, v);
     }
     done += kRound;
   }
@@ -121,13 +131,8 @@ BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uin
   const __m128i m_2p = _mm_cvtsi32_si128(2 * a.m_precision);
   const __m128i man_bits = _mm_cvtsi32_si128(a.man_bits);
   const __m128i hi_shift = _mm_cvtsi32_si128(a.hi_shift);
-  const __m512i lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i raw_mask = _mm512_set1_epi32(static_cast<int>((1u << a.raw_bits) - 1));
-  const __m128i zero_bits = _mm_cvtsi32_si128(a.zero_bits);
-  const uint64_t rb = static_cast<uint64_t>(a.raw_bits);
   uint64_t done = 0;
-  while (done + kRound <= a.n && static_cast<uint64_t>(a.wend - wp) >= 4 * kRound &&
-         ((done + kRound) * rb) / 8 + 4 <= a.raw_bytes + (rb ? 0 : 4)) {
+  while (round_fits(a, wp, done, kRound)) {
     __m512i se[V];
     for (int h = 0; h < V; ++h) {
       const __m512i e = _mm512_i32gather_epi32(_mm512_and_si512(x[h], se_mask), f.se_fused, 4);
@@ -150,19 +155,8 @@ BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uin
         const __m512i hi = _mm512_permutex2var_epi32(t2, se[h], t3);
         v = _mm512_or_si512(_mm512_sll_epi32(_mm512_mask_mov_epi32(lo, high, hi), man_bits), payload);
       }
-      if (rb) {
-        const __m512i bitpos = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(done + 16 * h)), lane_ids),
-                                                  _mm512_set1_epi32(static_cast<int>(rb)));
-        const __m512i word = _mm512_i32gather_epi32(_mm512_srli_epi32(bitpos, 3), a.raw, 1);
-        const __m512i field = _mm512_and_si512(_mm512_srlv_epi32(word, _mm512_and_si512(bitpos, _mm512_set1_epi32(7))), raw_mask);
-        v = _mm512_or_si512(v, _mm512_sll_epi32(field, zero_bits));
-      }
-      uint8_t* dst = out + (done + 16 * h) * kElemBytes;
-      if constexpr (kElemBytes == 2) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(v));
-      } else {
-        _mm512_storeu_si512(dst, v);
-      }
+      if (a.raw_bits) v = add_raw(a, v, done + 16 * h);
+      store<kElemBytes>(out + (done + 16 * h) * kElemBytes, v);
     }
     done += kRound;
   }
