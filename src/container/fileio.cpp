@@ -3,6 +3,7 @@
 #include "bigsmall/container.hpp"
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -114,6 +115,7 @@ OutputFile& OutputFile::operator=(OutputFile&& o) noexcept {
   std::swap(map_, o.map_);
   std::swap(map_size_, o.map_size_);
   std::swap(committed_, o.committed_);
+  std::swap(overwrite_, o.overwrite_);
   return *this;
 }
 
@@ -132,6 +134,7 @@ Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwr
   static std::atomic<unsigned> counter{0};
   OutputFile f;
   f.final_ = final_path;
+  f.overwrite_ = overwrite;
   f.temp_ = final_path + ".tmp-bigsmall-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
   register_pending(f.temp_);
   f.fd_ = ::open(f.temp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -196,7 +199,16 @@ Status OutputFile::commit(bool sync) {
     return errno_status(final_, "cannot close", errno);
   }
   fd_ = -1;
-  if (::rename(temp_.c_str(), final_.c_str()) != 0) return errno_status(final_, "cannot rename into place", errno);
+  // Without overwrite, a file that appeared under the final name during the run is kept too.
+  int r = overwrite_ ? ::rename(temp_.c_str(), final_.c_str())
+                     : ::renameat2(AT_FDCWD, temp_.c_str(), AT_FDCWD, final_.c_str(), RENAME_NOREPLACE);
+  if (r != 0 && !overwrite_ && errno == EINVAL) {  // file system without RENAME_NOREPLACE
+    if (path_exists(final_)) return Status(Error::kIo, final_ + ": already exists (use -f to overwrite)");
+    r = ::rename(temp_.c_str(), final_.c_str());
+  }
+  if (r != 0 && !overwrite_ && errno == EEXIST)
+    return Status(Error::kIo, final_ + ": already exists (use -f to overwrite)");
+  if (r != 0) return errno_status(final_, "cannot rename into place", errno);
   unregister_pending(temp_);
   committed_ = true;
   return Status::ok();

@@ -51,6 +51,7 @@ class OutputFile {
   uint8_t* map_ = nullptr;
   uint64_t map_size_ = 0;
   bool committed_ = false;
+  bool overwrite_ = false;
 };
 
 // Removes every temporary output still open: called from signal handlers (async-signal-safe).
