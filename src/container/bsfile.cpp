@@ -22,7 +22,7 @@ constexpr uint8_t kMagic[8] = {0x89, 'B', 'S', 'M', 'L', '\r', '\n', 0x1A};
 constexpr uint64_t kHeaderSize = 64;
 constexpr uint64_t kPayloadAlign = 64;
 constexpr uint64_t kMaxIndexBytes = 1ull << 30;
-constexpr uint64_t kBatchBytes = 256ull << 20;  // input bytes encoded between writes
+constexpr uint64_t kBatchBytes = 64ull << 20;  // bytes coded between writes (and progress updates)
 constexpr int kIndexZstdLevel = 12;  // the index is small; level 19 cost more time than it saved bytes
 
 struct FileHeader {
