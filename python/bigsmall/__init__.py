@@ -118,9 +118,9 @@ class safe_open:
     """
 
     def __init__(self, path, framework="pt", device="cpu", threads=None, verify=True):
-        if framework not in ("pt", "torch", "np", "numpy"):
+        if framework not in ("pt", "torch", "pytorch", "np", "numpy"):
             raise InvalidArgumentError(f"unsupported framework {framework!r} (use 'pt' or 'np')")
-        self._framework = "pt" if framework in ("pt", "torch") else "np"
+        self._framework = "pt" if framework in ("pt", "torch", "pytorch") else "np"
         self._device = device
         self._threads = _threads(threads)
         self._verify = verify
@@ -136,7 +136,7 @@ class safe_open:
         return False
 
     def keys(self):
-        return list(self._index)
+        return sorted(self._index)  # as safetensors does
 
     def metadata(self):
         return _metadata(self._file.header)

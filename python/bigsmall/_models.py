@@ -96,11 +96,18 @@ class StreamingLoader:
         cls = model_class or AutoModel
         # Parameters are allocated but not initialised: their pages are only touched when the
         # decoder writes them, so host memory grows with the tensors actually loaded.
-        with _no_init():
-            model = cls.from_config(config) if hasattr(cls, "from_config") and cls.__name__.startswith("Auto") else cls(config)
         if dtype is None:
             dtype = self._checkpoint_float_dtype()  # like transformers' dtype="auto"
-        if dtype is not None:
+        # Built directly in the target dtype: a later model.to(dtype) would write every page.
+        old_default = torch.get_default_dtype()
+        try:
+            if dtype is not None and dtype.is_floating_point:
+                torch.set_default_dtype(dtype)
+            with _no_init():
+                model = cls.from_config(config) if hasattr(cls, "from_config") and cls.__name__.startswith("Auto") else cls(config)
+        finally:
+            torch.set_default_dtype(old_default)
+        if dtype is not None and any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
             model = model.to(dtype)
         targets = model.state_dict(keep_vars=True)
         prefix = getattr(model, "base_model_prefix", "")
@@ -197,11 +204,30 @@ class StreamingLoader:
         return any(re.fullmatch(k.replace(".", r"\."), name) or k == name for k in keys)
 
 
+def _dtype_arg(d):
+    if d is None or d == "auto":
+        return None
+    if isinstance(d, str):
+        d = getattr(torch, d, None)
+    if not isinstance(d, torch.dtype):
+        raise InvalidArgumentError(f"unsupported dtype {d!r}")
+    return d
+
+
 def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dtype=None, threads=None,
                     progress=True, **kwargs):
-    """A transformers model built from a compressed directory (or Hub repo id)."""
+    """A transformers model built from a compressed directory (or Hub repo id).
+
+    device_map: None/"cpu", a device ("cuda", "cuda:1", torch.device) or "auto" (the GPU when
+    there is one). torch_dtype / dtype: None or "auto" (the checkpoint's), a torch.dtype or its name.
+    """
+    dtype = _dtype_arg(kwargs.pop("dtype", torch_dtype))
+    if device_map == "auto":
+        device_map = "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device_map, dict):
+        raise InvalidArgumentError("device_map dictionaries are not supported; pass one device")
     loader = StreamingLoader(path_or_repo_id, threads=threads)
-    return loader.load_model(model_class, device=device_map or "cpu", dtype=torch_dtype, progress=progress, **kwargs)
+    return loader.load_model(model_class, device=device_map or "cpu", dtype=dtype, progress=progress, **kwargs)
 
 
 def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
@@ -220,7 +246,8 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
     # Tied weights share storage: keep the first name, as transformers does.
     seen, tensors = set(), {}
     for name, t in state.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+        key = ((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+               if t.numel() else None)
         if key is not None and key in seen:
             continue
         seen.add(key)

@@ -44,7 +44,9 @@ def load_file(filename, threads=None, verify=True):
 def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
     names, shapes, bufs = [], [], []
     for name, a in tensors.items():
-        a = np.ascontiguousarray(a)
+        if not isinstance(a, (np.ndarray, np.generic)):
+            raise InvalidArgumentError(f"{name!r} is not a numpy array")
+        a = np.asarray(a, order="C")  # keeps 0-d arrays 0-d (ascontiguousarray would not)
         if a.dtype not in _NAMES:
             raise InvalidArgumentError(f"{name!r}: dtype {a.dtype} is not supported")
         names.append((name, _NAMES[a.dtype]))

@@ -1,4 +1,4 @@
-"""safetensors.torch-style API over .bs files: load_file, save_file, load, save."""
+"""safetensors.torch-style API over .bs files: load_file and save_file."""
 from __future__ import annotations
 
 import os
@@ -25,11 +25,11 @@ def _byte_view(t):
     return t.reshape(-1).view(torch.uint8).numpy()
 
 
-def _empty(info, pin=False):
+def _empty(info, device="cpu"):
     dt = _DTYPES.get(info["dtype"])
     if dt is None:
         raise _core.FormatError(f"dtype {info['dtype']} has no torch equivalent")
-    return torch.empty(info["shape"], dtype=dt, pin_memory=pin)
+    return torch.empty(info["shape"], dtype=dt, device=device)
 
 
 def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
@@ -38,11 +38,12 @@ def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
     decode on the GPU into the tensors' device memory; otherwise on the CPU, then move."""
     dev = torch.device(device)
     if dev.type == "cuda" and into is None and _core.cuda_available():
-        outs = [torch.empty(t["shape"], dtype=_DTYPES[t["dtype"]], device=dev) for t in infos]
-        idx = [i for i, t in zip(which, outs) if t.numel() > 0]
-        ptrs = [t.data_ptr() for t in outs if t.numel() > 0]
-        if idx:
-            f.read_into_device(idx, ptrs, torch.cuda.current_stream(dev).cuda_stream, verify)
+        with torch.cuda.device(dev):  # staging, launch and stream on the tensors' own device
+            outs = [_empty(t, device=dev) for t in infos]
+            idx = [i for i, t in zip(which, outs) if t.numel() > 0]
+            ptrs = [t.data_ptr() for t in outs if t.numel() > 0]
+            if idx:
+                f.read_into_device(idx, ptrs, torch.cuda.current_stream(dev).cuda_stream, verify)
         return outs
     outs = list(into) if into is not None else [_empty(t) for t in infos]
     idx = [i for i, t in zip(which, outs) if t.numel() > 0]

@@ -14,6 +14,8 @@
 
 #if BIGSMALL_HAVE_CUDA
 #include <cuda_runtime.h>
+
+#include "common/checksum.hpp"
 #endif
 
 namespace nb = nanobind;
@@ -62,13 +64,19 @@ PyObject* make_error(nb::module_& m, const char* name, PyObject* bases, const ch
 }
 
 using Bytes = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using ConstBytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 ProgressFn progress_fn(nb::object cb) {
   if (cb.is_none()) return nullptr;
-  // Progress arrives on the calling thread between batches; take the GIL to call Python.
-  return [cb](uint64_t done, uint64_t total) {
+  // The std::function is copied and destroyed while the GIL is released: the Python object is
+  // shared through a pointer whose deleter takes the GIL, and calls take it too.
+  std::shared_ptr<nb::object> holder(new nb::object(std::move(cb)), [](nb::object* o) {
     nb::gil_scoped_acquire gil;
-    cb(done, total);
+    delete o;
+  });
+  return [holder](uint64_t done, uint64_t total) {
+    nb::gil_scoped_acquire gil;
+    (*holder)(done, total);
   };
 }
 
@@ -99,9 +107,27 @@ Status decode_on_device(const BsFile& f, const std::vector<size_t>& which, const
   }
   cuda::Decoder dec;
   if (st.is_ok()) st = dec.enqueue(jobs, stream, verify);
-  cudaStreamSynchronize(stream);
+  const cudaError_t sync = cudaStreamSynchronize(stream);
+  if (st.is_ok() && sync != cudaSuccess) st = Status(Error::kIo, std::string("CUDA: ") + cudaGetErrorString(sync));
   if (st.is_ok()) st = dec.finish();
   cudaFree(staging);
+  // The decoded tensors' checksums, as on the CPU path: read back in bounded pieces.
+  if (st.is_ok() && verify) {
+    std::vector<uint8_t> piece(std::min<uint64_t>(64u << 20, std::max<uint64_t>(1, total * 4)));
+    for (size_t k = 0; k < which.size() && st.is_ok(); ++k) {
+      const TensorInfo& t = f.tensors()[which[k]];
+      detail::Xxh3Stream hash;
+      for (uint64_t off = 0; off < t.nbytes && st.is_ok(); off += piece.size()) {
+        const uint64_t n = std::min<uint64_t>(piece.size(), t.nbytes - off);
+        if (cudaMemcpy(piece.data(), reinterpret_cast<const uint8_t*>(ptrs[k]) + off, n, cudaMemcpyDeviceToHost) != cudaSuccess)
+          st = Status(Error::kIo, "copy from the device failed");
+        else
+          hash.update(piece.data(), n);
+      }
+      if (st.is_ok() && hash.digest() != f.coding(which[k]).checksum)
+        st = Status(Error::kCorrupt, "tensor '" + t.name + "': checksum mismatch after GPU decode");
+    }
+  }
   return st.with_context(f.path());
 }
 #endif
@@ -194,7 +220,7 @@ NB_MODULE(_core, m) {
   m.def(
       "write_tensors",
       [](const std::string& dst, const std::vector<std::pair<std::string, std::string>>& names_dtypes,
-         const std::vector<std::vector<uint64_t>>& shapes, std::vector<Bytes> datas,
+         const std::vector<std::vector<uint64_t>>& shapes, std::vector<ConstBytes> datas,
          const std::vector<std::pair<std::string, std::string>>& metadata, int threads, bool overwrite) {
         if (names_dtypes.size() != shapes.size() || shapes.size() != datas.size())
           raise(Status(Error::kInvalidArgument, "names, shapes and buffers differ in length"));
@@ -258,7 +284,7 @@ NB_MODULE(_core, m) {
             }
             check(st);
           },
-          nb::arg("which"), nb::arg("outs"), nb::arg("threads") = 0, nb::arg("verify") = true)
+          nb::arg("which"), nb::arg("outs").noconvert(), nb::arg("threads") = 0, nb::arg("verify") = true)
       .def(
           "read_into_device",
           [](const PyFile& p, std::vector<size_t> which, std::vector<uint64_t> device_ptrs, uint64_t stream, bool verify) {

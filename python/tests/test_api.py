@@ -175,3 +175,32 @@ def test_cli_is_installed(models, tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "bigsmall")
     r = subprocess.run([exe, "verify", comp], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_review_regressions(models, tmp_path):
+    from transformers import BertModel
+
+    # 0-d numpy arrays keep their shape; non-arrays are refused.
+    bn.save_file({"s": np.array(2.5, dtype=np.float32), "v": np.arange(3, dtype=np.int8)}, tmp_path / "z.bs")
+    back = bn.load_file(tmp_path / "z.bs")
+    assert back["s"].shape == () and back["s"] == np.float32(2.5)
+    with pytest.raises(bigsmall.InvalidArgumentError):
+        bn.save_file({"l": [1, 2, 3]}, tmp_path / "l.bs")
+    # Views of one storage with other dtypes or strides are distinct tensors.
+    w = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    out = bigsmall.save_pretrained({"a": w, "b": w.t(), "c": w.view(torch.int32)}, tmp_path / "views")
+    got = bt.load_file(os.path.join(out, "model.bs"))
+    assert sorted(got) == ["a", "b", "c"] and torch.equal(got["b"], w.t().contiguous())
+    # transformers-style dtype arguments.
+    _, comp = models["f32"]
+    for kw, want in (({"torch_dtype": "auto"}, torch.float32), ({"dtype": torch.float16}, torch.float16),
+                     ({"torch_dtype": "bfloat16"}, torch.bfloat16)):
+        m = bigsmall.from_pretrained(comp, BertModel, progress=False, **kw)
+        assert next(m.parameters()).dtype == want, kw
+    with pytest.raises(bigsmall.InvalidArgumentError):
+        bigsmall.from_pretrained(comp, BertModel, device_map={"": 0}, progress=False)
+    # A progress callback crossing the GIL-free core on a directory (copies of the callback are
+    # made and destroyed without the GIL).
+    seen = []
+    bigsmall._core.compress(models["f16"][0], str(tmp_path / "p.bs"), 0, False, True, lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1]

@@ -86,12 +86,16 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
 }
 
 // Progress over several files: each file reports its own bytes; this adds what came before.
+// Each file's own progress is scaled to that file's share (its size) of the directory total.
 struct DirProgress {
   ProgressFn outer;
   uint64_t base = 0, total = 0;
-  ProgressFn for_file() {
+  ProgressFn for_file(uint64_t share) {
     if (!outer) return nullptr;
-    return [this](uint64_t done, uint64_t) { outer(base + done, total); };
+    return [this, share](uint64_t done, uint64_t file_total) {
+      const double frac = file_total ? static_cast<double>(done) / static_cast<double>(file_total) : 1.0;
+      outer(base + static_cast<uint64_t>(frac * static_cast<double>(share)), total);
+    };
   }
 };
 
@@ -120,9 +124,10 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
     if (std::binary_search(files.begin(), files.end(), fs::path(bs_rel)))
       return Status(Error::kInvalidArgument, (in / bs_rel).string() + ": would be overwritten by the compressed " + rel);
     CompressOptions fo = opts;
-    fo.progress = prog.for_file();
+    fo.progress = prog.for_file(fs::file_size(in / f, ec));
     BS_RETURN_IF_ERROR(compress_file((in / f).string(), (out / bs_rel).string(), fo));
     prog.base += fs::file_size(in / f, ec);
+    if (opts.progress) opts.progress(prog.base, prog.total);
     index += std::string(first ? "" : ",") + "\n    {\"source\": " + detail::json_quote(rel) +
              ", \"bs\": " + detail::json_quote(bs_rel) + ", \"size\": " + std::to_string(fs::file_size(in / f, ec)) + "}";
     first = false;
@@ -149,9 +154,10 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
   for (const auto& e : entries) {
     fs::create_directories((out / e.source).parent_path(), ec);
     DecompressOptions fo = opts;
-    fo.progress = prog.for_file();
+    fo.progress = prog.for_file(fs::file_size(in / e.bs, ec));
     BS_RETURN_IF_ERROR(decompress_file((in / e.bs).string(), (out / e.source).string(), fo));
     prog.base += fs::file_size(in / e.bs, ec);
+    if (opts.progress) opts.progress(prog.base, prog.total);
   }
   return Status::ok();
 }

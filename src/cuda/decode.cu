@@ -91,7 +91,11 @@ __global__ void decode_chunks(const ChunkDesc* chunks, const ModelDesc* models, 
   const uint8_t* words = raw + raw_bytes;
   const uint64_t nwords = (c.size - 4ull * L - raw_bytes) / 2;
   uint32_t x = lane < L ? load_u32(c.src + 4 * lane) : kRansL;
-  bool ok = lane >= L || x >= kRansL;
+  if (!__all_sync(0xffffffffu, lane >= L || x >= kRansL)) {  // states live in [2^16, 2^32)
+    if (lane == 0) status[blockIdx.x] = kStateCheck;
+    return;
+  }
+  bool ok = true;
   uint64_t wp = 0;
   for (uint64_t base = 0; base < c.n && __all_sync(0xffffffffu, ok); base += L) {
     const uint64_t i = base + lane;
@@ -248,7 +252,7 @@ Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool ve
         continue;
       }
       chunks.push_back(cd);
-      im.labels.push_back("chunk " + std::to_string(i));
+      im.labels.push_back("tensor #" + std::to_string(t) + ", chunk " + std::to_string(i));
     }
   }
   auto dm = im.upload(models, &st);
