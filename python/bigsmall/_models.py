@@ -93,7 +93,7 @@ class StreamingLoader:
         from transformers import AutoConfig, AutoModel
 
         config = AutoConfig.from_pretrained(self.path, **config_kwargs)
-        cls = model_class or AutoModel
+        cls = model_class or self._architecture(config) or AutoModel
         # Parameters are allocated but not initialised: their pages are only touched when the
         # decoder writes them, so host memory grows with the tensors actually loaded.
         if dtype is None:
@@ -177,6 +177,17 @@ class StreamingLoader:
         if dev.type != "cpu":
             model.to(dev)  # the remaining small buffers
         return model.eval()
+
+    @staticmethod
+    def _architecture(config):
+        """The class named in config.architectures (what the checkpoint was saved from), if any."""
+        import transformers
+
+        for name in getattr(config, "architectures", None) or []:
+            cls = getattr(transformers, name, None)
+            if cls is not None:
+                return cls
+        return None
 
     def _checkpoint_float_dtype(self):
         for f in self._files:

@@ -204,3 +204,11 @@ def test_review_regressions(models, tmp_path):
     seen = []
     bigsmall._core.compress(models["f16"][0], str(tmp_path / "p.bs"), 0, False, True, lambda d, t: seen.append((d, t)))
     assert seen and seen[-1][0] == seen[-1][1]
+
+
+def test_model_class_defaults_to_the_saved_architecture(models):
+    from transformers import BertModel
+
+    _, comp = models["f32"]
+    model = bigsmall.from_pretrained(comp, progress=False)  # config.architectures == ["BertModel"]
+    assert type(model) is BertModel
