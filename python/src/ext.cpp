@@ -56,6 +56,17 @@ void check(const Status& st) {
   if (!st.is_ok()) raise(st);
 }
 
+// Runs core work with the GIL released, then turns its Status into an exception.
+template <typename Fn>
+void run_released(Fn&& fn) {
+  Status st;
+  {
+    nb::gil_scoped_release release;
+    st = fn();
+  }
+  check(st);
+}
+
 PyObject* make_error(nb::module_& m, const char* name, PyObject* bases, const char* doc) {
   const std::string full = std::string("bigsmall._core.") + name;
   PyObject* cls = PyErr_NewExceptionWithDoc(full.c_str(), doc, bases, nullptr);
@@ -174,12 +185,7 @@ NB_MODULE(_core, m) {
         o.threads = threads;
         o.overwrite = overwrite;
         o.progress = progress_fn(progress);
-        Status st;
-        {
-          nb::gil_scoped_release release;
-          st = dir ? compress_dir(src, dst, o) : compress_file(src, dst, o);
-        }
-        check(st);
+        run_released([&] { return dir ? compress_dir(src, dst, o) : compress_file(src, dst, o); });
       },
       nb::arg("src"), nb::arg("dst"), nb::arg("threads") = 0, nb::arg("overwrite") = false, nb::arg("dir") = false,
       nb::arg("progress") = nb::none());
@@ -193,12 +199,7 @@ NB_MODULE(_core, m) {
         o.overwrite = overwrite;
         o.verify = verify;
         o.progress = progress_fn(progress);
-        Status st;
-        {
-          nb::gil_scoped_release release;
-          st = dir ? decompress_dir(src, dst, o) : decompress_file(src, dst, o);
-        }
-        check(st);
+        run_released([&] { return dir ? decompress_dir(src, dst, o) : decompress_file(src, dst, o); });
       },
       nb::arg("src"), nb::arg("dst"), nb::arg("threads") = 0, nb::arg("overwrite") = false, nb::arg("verify") = true,
       nb::arg("dir") = false, nb::arg("progress") = nb::none());
@@ -208,12 +209,7 @@ NB_MODULE(_core, m) {
       [](const std::string& path, int threads) {
         DecompressOptions o;
         o.threads = threads;
-        Status st;
-        {
-          nb::gil_scoped_release release;
-          st = verify_path(path, o);
-        }
-        check(st);
+        run_released([&] { return verify_path(path, o); });
       },
       nb::arg("path"), nb::arg("threads") = 0);
 
@@ -233,12 +229,7 @@ NB_MODULE(_core, m) {
         CompressOptions o;
         o.threads = threads;
         o.overwrite = overwrite;
-        Status st;
-        {
-          nb::gil_scoped_release release;
-          st = write_tensors(dst, views, metadata, o);
-        }
-        check(st);
+        run_released([&] { return write_tensors(dst, views, metadata, o); });
       },
       nb::arg("dst"), nb::arg("names_dtypes"), nb::arg("shapes"), nb::arg("buffers"), nb::arg("metadata"),
       nb::arg("threads") = 0, nb::arg("overwrite") = false);
@@ -277,12 +268,7 @@ NB_MODULE(_core, m) {
             DecodeOptions o;
             o.threads = threads;
             o.verify = verify;
-            Status st;
-            {
-              nb::gil_scoped_release release;
-              st = p.f.read_tensors(which, ptrs, o);
-            }
-            check(st);
+            run_released([&] { return p.f.read_tensors(which, ptrs, o); });
           },
           nb::arg("which"), nb::arg("outs").noconvert(), nb::arg("threads") = 0, nb::arg("verify") = true)
       .def(
@@ -292,12 +278,7 @@ NB_MODULE(_core, m) {
             for (size_t i : which)
               if (i >= p.f.tensors().size()) raise(Status(Error::kNotFound, "tensor index out of range"));
 #if BIGSMALL_HAVE_CUDA
-            Status st;
-            {
-              nb::gil_scoped_release release;
-              st = decode_on_device(p.f, which, device_ptrs, reinterpret_cast<cudaStream_t>(stream), verify);
-            }
-            check(st);
+            run_released([&] { return decode_on_device(p.f, which, device_ptrs, reinterpret_cast<cudaStream_t>(stream), verify); });
 #else
             (void)stream;
             (void)verify;

@@ -67,6 +67,22 @@ BS_AVX512 inline void store(uint8_t* dst, __m512i v) {
   }
 }
 
+// Per-kernel constants from the arguments: slot masks and shift counts for both tables, and the
+// element layout.
+struct KernelConsts {
+  __m512i se_mask, m_mask;
+  __m128i se_p, m_p, man_bits, hi_shift;
+};
+
+BS_AVX512 inline KernelConsts kernel_consts(const SimdFloatArgs& a) {
+  return {_mm512_set1_epi32(static_cast<int>((1u << a.se_precision) - 1)),
+          _mm512_set1_epi32(static_cast<int>((1u << a.m_precision) - 1)),
+          _mm_cvtsi32_si128(a.se_precision),
+          _mm_cvtsi32_si128(a.m_precision),
+          _mm_cvtsi32_si128(a.man_bits),
+          _mm_cvtsi32_si128(a.hi_shift)};
+}
+
 // V vectors of 16 lanes: 16·V lanes per chunk, decoded in lane order.
 template <int kElemBytes, int V>
 BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
@@ -74,12 +90,7 @@ BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
   __m512i x[V];
   for (int h = 0; h < V; ++h) x[h] = _mm512_loadu_si512(a.x + 16 * h);
   const uint8_t* wp = *a.wp;
-  const __m512i se_mask = _mm512_set1_epi32(static_cast<int>((1u << a.se_precision) - 1));
-  const __m512i m_mask = _mm512_set1_epi32(static_cast<int>((1u << a.m_precision) - 1));
-  const __m128i se_p = _mm_cvtsi32_si128(a.se_precision);
-  const __m128i m_p = _mm_cvtsi32_si128(a.m_precision);
-  const __m128i man_bits = _mm_cvtsi32_si128(a.man_bits);
-  const __m128i hi_shift = _mm_cvtsi32_si128(a.hi_shift);
+  const auto [se_mask, m_mask, se_p, m_p, man_bits, hi_shift] = kernel_consts(a);
   const __m512i low16 = _mm512_set1_epi32(0xffff);
   uint64_t done = 0;
   while (round_fits(a, wp, done, kRound)) {
@@ -123,14 +134,9 @@ BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uin
   __m512i x[V];
   for (int h = 0; h < V; ++h) x[h] = _mm512_loadu_si512(a.x + 16 * h);
   const uint8_t* wp = *a.wp;
-  const __m512i se_mask = _mm512_set1_epi32(static_cast<int>((1u << a.se_precision) - 1));
-  const __m512i m_mask = _mm512_set1_epi32(static_cast<int>((1u << a.m_precision) - 1));
-  const __m128i se_p = _mm_cvtsi32_si128(a.se_precision);
+  const auto [se_mask, m_mask, se_p, m_p, man_bits, hi_shift] = kernel_consts(a);
   const __m128i se_2p = _mm_cvtsi32_si128(2 * a.se_precision);
-  const __m128i m_p = _mm_cvtsi32_si128(a.m_precision);
   const __m128i m_2p = _mm_cvtsi32_si128(2 * a.m_precision);
-  const __m128i man_bits = _mm_cvtsi32_si128(a.man_bits);
-  const __m128i hi_shift = _mm_cvtsi32_si128(a.hi_shift);
   uint64_t done = 0;
   while (round_fits(a, wp, done, kRound)) {
     __m512i se[V];
