@@ -6,8 +6,10 @@
 #include <cstring>
 
 #include "common/checksum.hpp"
+#include "common/cpu.hpp"
 #include "common/thread_pool.hpp"
 #include "encode/encoder.hpp"
+#include "encode/simd_enc.hpp"
 #include "entropy/model.hpp"
 
 namespace bigsmall::detail {
@@ -130,9 +132,23 @@ struct EncoderState {
   std::vector<uint32_t> m_base;
   std::vector<std::vector<EncSymbol>> plane_enc;
   std::vector<int> plane_prec;
+  // SIMD encoder tables (see simd_enc.hpp), built when the CPU has the AVX-512 encoder.
+  bool simd = false;
+  std::vector<uint32_t> se_fc, se_rcp, m_fc, m_rcp;
 };
 
 namespace {
+
+// freq | cum << 16 and floor(2^32 / freq) per symbol (2^32 - 1 for freq 1: the kernel's one
+// correction step makes either exact).
+void simd_tables(const std::vector<EncSymbol>& enc, std::vector<uint32_t>* fc, std::vector<uint32_t>* rcp) {
+  fc->resize(enc.size());
+  rcp->resize(enc.size());
+  for (size_t s = 0; s < enc.size(); ++s) {
+    (*fc)[s] = enc[s].freq | (static_cast<uint32_t>(enc[s].cum) << 16);
+    (*rcp)[s] = enc[s].freq <= 1 ? 0xFFFFFFFFu : static_cast<uint32_t>((uint64_t{1} << 32) / enc[s].freq);
+  }
+}
 
 double entropy_bits(const uint64_t* c, size_t n) {
   double total = 0, acc = 0;
@@ -363,8 +379,7 @@ void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, 
   word_buffer(2 * n, &end);
   RansEncoder enc{{}, end};
   std::fill(enc.x, enc.x + kLanesMax, kRansL);
-  const uint64_t rounds = (n + lanes - 1) / lanes;
-  for (uint64_t r = rounds; r-- > 0;) {
+  auto encode_round = [&](uint64_t r) {
     const uint32_t active = static_cast<uint32_t>(std::min<uint64_t>(lanes, n - r * lanes));
     const uint8_t* row = src + r * lanes * sizeof(T);
     for (uint32_t l = active; l-- > 0;) {
@@ -376,6 +391,22 @@ void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, 
       const T w = load<T>(row + l * sizeof(T));
       enc.put(l, se_enc[static_cast<uint32_t>(w >> mb)], se_prec);
     }
+  };
+  const uint64_t rounds = (n + lanes - 1) / lanes;
+  const uint64_t full = n / lanes;
+  if (st.simd && (sizeof(T) == 2 || sizeof(T) == 4) && (lanes == 8 || lanes == 16 || lanes == 32) && full > 0) {
+    // The partial last round is coded first (coding runs backwards), then the full rounds by
+    // SIMD, whose words come out in production order and are laid down reversed.
+    if (rounds > full) encode_round(full);
+    thread_local std::vector<uint16_t> fwd;
+    fwd.resize(2 * full * lanes + 32);
+    const SimdEncTables t{st.se_fc.data(), st.se_rcp.data(), se_prec, st.m_fc.data(), st.m_rcp.data(),
+                          m_base, m_prec, mb, rb + z, static_cast<int>(kmask)};
+    const int64_t nw = encode_float_rounds_avx512(t, src, full, static_cast<int>(lanes), sizeof(T), enc.x, fwd.data());
+    for (int64_t i = 0; i < nw; ++i) enc.p[-1 - i] = fwd[static_cast<size_t>(i)];
+    enc.p -= nw;
+  } else {
+    for (uint64_t r = rounds; r-- > 0;) encode_round(r);
   }
   std::vector<uint8_t> raw;
   if (rb > 0) {
@@ -518,6 +549,11 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
       }
       st.m_base.resize(st.fm.ctx.size());
       for (size_t s = 0; s < st.fm.ctx.size(); ++s) st.m_base[s] = st.fm.ctx[s] * (1u << st.fm.hi_bits);
+      st.simd = cpu_has_avx512_vbmi2() && (info.bits == 16 || info.bits == 32) && lanes_log2 >= 3;
+      if (st.simd) {
+        simd_tables(st.se_enc, &st.se_fc, &st.se_rcp);
+        simd_tables(st.m_flat, &st.m_fc, &st.m_rcp);
+      }
       break;
     }
     case Codec::kBytes:

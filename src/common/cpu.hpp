@@ -1,0 +1,12 @@
+// Run-time CPU feature checks shared by the SIMD encoder and decoder.
+#pragma once
+
+namespace bigsmall::detail {
+
+// AVX-512 F, BW, VL and VBMI2 (word compress/expand), the set the SIMD coders are written for,
+// and SIMD not switched off (BIGSMALL_NO_SIMD=1 in the environment, or set_simd_allowed).
+bool cpu_has_avx512_vbmi2();
+// Tests compare the SIMD coders against the scalar ones in one process.
+void set_simd_allowed(bool allowed);
+
+}  // namespace bigsmall::detail

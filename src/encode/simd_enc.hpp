@@ -1,0 +1,29 @@
+// AVX-512 rANS encoding of float chunks: 16 lanes per vector, byte-identical to the scalar
+// encoder in encode.cpp (same states, same words in the same order).
+#pragma once
+#include <cstdint>
+
+namespace bigsmall::detail {
+
+// Per-symbol encoder tables in the layout the SIMD kernel gathers from.
+struct SimdEncTables {
+  const uint32_t* se_fc;   // se symbol: freq | cum << 16
+  const uint32_t* se_rcp;  // se symbol: floor(2^32 / freq), 2^32 - 1 for freq 1
+  int se_precision;
+  const uint32_t* m_fc;    // flat mantissa tables, same layout
+  const uint32_t* m_rcp;
+  const uint32_t* m_base;  // se -> first entry of its mantissa table
+  int m_precision;
+  int man_bits;            // se = element >> man_bits
+  int hi_shift, hi_mask;   // hi = (element >> hi_shift) & hi_mask
+};
+
+// Encodes rounds rounds-1 … 0 of a chunk (every round full: `lanes` elements of elem_bytes,
+// lanes 8, 16 or 32, elem_bytes 2 or 4) starting from lane states x, which are updated. Words go
+// to `out` in the order they are produced (the reverse of the decoder's reading order); out
+// needs room for 2 · rounds · lanes + 32 words. Returns the number of words written, or -1 when
+// the geometry is not supported.
+int64_t encode_float_rounds_avx512(const SimdEncTables& t, const uint8_t* src, uint64_t rounds, int lanes,
+                                   int elem_bytes, uint32_t* x, uint16_t* out);
+
+}  // namespace bigsmall::detail

@@ -1,0 +1,111 @@
+#include <immintrin.h>
+
+#include "encode/simd_enc.hpp"
+
+namespace bigsmall::detail {
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define BS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,popcnt")))
+
+namespace {
+
+// Registers hold lanes in reverse order (register lane i = chunk lane 15 - i): the scalar
+// encoder emits the words of one step from the highest lane down, and a compress then yields
+// exactly that order.
+BS_AVX512 inline __m512i reverse_lanes(__m512i v) {
+  // The maskz form: GCC 12 flags the plain one's undefined passthrough as uninitialized.
+  return _mm512_maskz_permutexvar_epi32(0xFFFF, _mm512_setr_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), v);
+}
+
+// kLanes elements (16, or 8 for chunks of 8 lanes, which then live in register lanes 8..15).
+template <int kElemBytes, int kLanes>
+BS_AVX512 inline __m512i load_reversed(const uint8_t* p) {
+  if constexpr (kElemBytes == 2 && kLanes == 16) {
+    return reverse_lanes(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+  } else if constexpr (kElemBytes == 2) {
+    return reverse_lanes(_mm512_cvtepu16_epi32(_mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
+  } else if constexpr (kLanes == 16) {
+    return reverse_lanes(_mm512_loadu_si512(p));
+  } else {
+    return reverse_lanes(_mm512_maskz_loadu_epi32(0x00FF, p));
+  }
+}
+
+// floor(v · rcp / 2^32) per lane.
+BS_AVX512 inline __m512i mulhi_epu32(__m512i v, __m512i rcp) {
+  const __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(v, rcp), 32);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(v, 32), _mm512_srli_epi64(rcp, 32));
+  return _mm512_mask_mov_epi32(even, 0xAAAA, odd);
+}
+
+// One rANS encode step for 16 lanes, as RansEncoder::put: emit the low word when x would
+// overflow, then x = (x / freq) << P + x % freq + cum. The quotient from rcp = floor(2^32/freq)
+// is at most one too small (x < 2^32), so one correction makes it exact.
+BS_AVX512 inline __m512i put(__m512i x, __m512i fc, __m512i rcp, int precision, __m128i p, __mmask16 active,
+                             uint16_t*& out) {
+  const __m512i freq = _mm512_and_si512(fc, _mm512_set1_epi32(0xffff));
+  const __m512i cum = _mm512_srli_epi32(fc, 16);
+  // freq << (32 - P) wraps to 0 for freq = 2^P; minus one it becomes "never emit".
+  const __m512i bound = _mm512_sub_epi32(_mm512_sll_epi32(freq, _mm_cvtsi32_si128(32 - precision)), _mm512_set1_epi32(1));
+  const __mmask16 emit = _mm512_mask_cmpgt_epu32_mask(active, x, bound);
+  const __m256i words = _mm256_maskz_compress_epi16(emit, _mm512_cvtepi32_epi16(x));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), words);
+  out += __builtin_popcount(emit);
+  const __m512i v = _mm512_mask_srli_epi32(x, emit, x, 16);
+  __m512i q = mulhi_epu32(v, rcp);
+  __m512i r = _mm512_sub_epi32(v, _mm512_mullo_epi32(q, freq));
+  const __mmask16 fix = _mm512_cmpge_epu32_mask(r, freq);
+  q = _mm512_mask_add_epi32(q, fix, q, _mm512_set1_epi32(1));
+  r = _mm512_mask_sub_epi32(r, fix, r, freq);
+  return _mm512_add_epi32(_mm512_add_epi32(_mm512_sll_epi32(q, p), r), cum);
+}
+
+// V vectors of 16 lanes, or (kLanes = 8) one vector with 8 active lanes.
+template <int kElemBytes, int V, int kLanes = 16>
+BS_AVX512 int64_t run(const SimdEncTables& t, const uint8_t* src, uint64_t rounds, uint32_t* xs, uint16_t* out) {
+  constexpr uint64_t kRound = kLanes * V;
+  constexpr __mmask16 kActive = kLanes == 16 ? 0xFFFF : 0xFF00;
+  uint16_t* const begin = out;
+  __m512i x[V];
+  for (int h = 0; h < V; ++h)
+    x[h] = reverse_lanes(_mm512_maskz_loadu_epi32(kLanes == 16 ? 0xFFFF : 0x00FF, xs + 16 * h));
+  const __m128i se_p = _mm_cvtsi32_si128(t.se_precision), m_p = _mm_cvtsi32_si128(t.m_precision);
+  const __m128i man_bits = _mm_cvtsi32_si128(t.man_bits), hi_shift = _mm_cvtsi32_si128(t.hi_shift);
+  const __m512i hi_mask = _mm512_set1_epi32(t.hi_mask);
+  for (uint64_t r = rounds; r-- > 0;) {
+    const uint8_t* row = src + r * kRound * kElemBytes;
+    __m512i se[V];
+    for (int h = V - 1; h >= 0; --h) {
+      const __m512i w = load_reversed<kElemBytes, kLanes>(row + 16 * h * kElemBytes);
+      se[h] = _mm512_srl_epi32(w, man_bits);
+      const __m512i hi = _mm512_and_si512(_mm512_srl_epi32(w, hi_shift), hi_mask);
+      const __m512i idx = _mm512_add_epi32(_mm512_i32gather_epi32(se[h], t.m_base, 4), hi);
+      x[h] = put(x[h], _mm512_i32gather_epi32(idx, t.m_fc, 4), _mm512_i32gather_epi32(idx, t.m_rcp, 4), t.m_precision,
+                 m_p, kActive, out);
+    }
+    for (int h = V - 1; h >= 0; --h)
+      x[h] = put(x[h], _mm512_i32gather_epi32(se[h], t.se_fc, 4), _mm512_i32gather_epi32(se[h], t.se_rcp, 4),
+                 t.se_precision, se_p, kActive, out);
+  }
+  for (int h = 0; h < V; ++h)
+    _mm512_mask_storeu_epi32(xs + 16 * h, kLanes == 16 ? 0xFFFF : 0x00FF, reverse_lanes(x[h]));
+  return out - begin;
+}
+
+}  // namespace
+
+int64_t encode_float_rounds_avx512(const SimdEncTables& t, const uint8_t* src, uint64_t rounds, int lanes,
+                                   int elem_bytes, uint32_t* x, uint16_t* out) {
+  if (lanes == 8) return elem_bytes == 2 ? run<2, 1, 8>(t, src, rounds, x, out) : run<4, 1, 8>(t, src, rounds, x, out);
+  if (lanes == 16) return elem_bytes == 2 ? run<2, 1>(t, src, rounds, x, out) : run<4, 1>(t, src, rounds, x, out);
+  if (lanes == 32) return elem_bytes == 2 ? run<2, 2>(t, src, rounds, x, out) : run<4, 2>(t, src, rounds, x, out);
+  return -1;
+}
+
+#else
+int64_t encode_float_rounds_avx512(const SimdEncTables&, const uint8_t*, uint64_t, int, int, uint32_t*, uint16_t*) {
+  return -1;
+}
+#endif
+
+}  // namespace bigsmall::detail
