@@ -307,6 +307,18 @@ double plan_bytes(const uint8_t* data, uint64_t nbytes, uint32_t unit, BytesMode
   return bits;
 }
 
+// One compression context per thread: ZSTD_compress would allocate and initialize a fresh one
+// on every call, which costs more than compressing a small tensor.
+size_t zstd_compress(void* dst, size_t cap, const void* src, size_t len, int level) {
+  struct Ctx {
+    ZSTD_CCtx* p = ZSTD_createCCtx();
+    ~Ctx() { ZSTD_freeCCtx(p); }
+  };
+  thread_local Ctx ctx;
+  if (ctx.p == nullptr) return ZSTD_compress(dst, cap, src, len, level);
+  return ZSTD_compressCCtx(ctx.p, dst, cap, src, len, level);
+}
+
 // zstd's size on (a sample of) the tensor, scaled to the whole tensor, in bits. Level 1 on at
 // most 1 MiB: enough to see zeros, repeats and few distinct values, cheap next to coding.
 double zstd_estimate(const uint8_t* data, uint64_t nbytes, int level = 1) {
@@ -315,7 +327,7 @@ double zstd_estimate(const uint8_t* data, uint64_t nbytes, int level = 1) {
   uint64_t in_total = 0, out_total = 0;
   auto probe = [&](const uint8_t* p, uint64_t len) {
     out.resize(ZSTD_compressBound(len));
-    const size_t r = ZSTD_compress(out.data(), out.size(), p, len, level);
+    const size_t r = zstd_compress(out.data(), out.size(), p, len, level);
     in_total += len;
     out_total += ZSTD_isError(r) ? len : r;
   };
@@ -515,7 +527,7 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
     if (probe < 1.03 * std::min({float_bits, bytes_bits, te.estimated_bits_})) {
       const uint64_t first = std::min<uint64_t>(nbytes, (uint64_t{1} << kZstdChunkLog2) * unit);
       std::vector<uint8_t> trial(ZSTD_compressBound(first));
-      const size_t r = ZSTD_compress(trial.data(), trial.size(), data, first, zstd_level);
+      const size_t r = zstd_compress(trial.data(), trial.size(), data, first, zstd_level);
       if (!ZSTD_isError(r)) {
         zstd_bits = 8.0 * static_cast<double>(r) * static_cast<double>(nbytes) / static_cast<double>(first) + 200.0;
         if (first == nbytes) {
@@ -604,7 +616,7 @@ ChunkMode TensorEncoder::encode_chunk(size_t i, std::vector<uint8_t>* out) const
         break;
       }
       out->resize(ZSTD_compressBound(size));
-      const size_t r = ZSTD_compress(out->data(), out->size(), src, size, zstd_level_);
+      const size_t r = zstd_compress(out->data(), out->size(), src, size, zstd_level_);
       if (ZSTD_isError(r)) out->clear();
       else out->resize(r);
       if (ZSTD_isError(r)) out->resize(size + 1);  // forces the stored fallback below
