@@ -170,3 +170,48 @@ TEST(FloatCodec, NarrowExponentRangeTakesEveryDecoderPath) {
     check(dt, d, "narrow exponent range");
   }
 }
+
+TEST(FloatCodec, FewLaneChunksMatchTheReference) {
+  // Tensors of 2K-16K elements get 2, 4 or 8 lanes, which have SIMD kernels of their own;
+  // awkward sizes leave partial last rounds for the checked scalar loop.
+  std::mt19937 rng(18);
+  for (DType dt : {DType::kBF16, DType::kF16, DType::kF32}) {
+    const size_t w = dtype_info(dt).bits / 8;
+    for (uint64_t n : {uint64_t{2049}, uint64_t{4096}, uint64_t{5003}, uint64_t{8192}, uint64_t{8199}, uint64_t{12345},
+                       uint64_t{16383}}) {
+      check(dt, bstest::weights(dt, n, static_cast<uint32_t>(n)), "few lanes weights", 1);
+      std::vector<uint8_t> d(n * w);
+      std::uniform_real_distribution<float> u(1.0f, 1.9f);
+      for (size_t i = 0; i < n; ++i) {
+        const float f = (rng() & 1 ? -1.0f : 1.0f) * u(rng);
+        uint32_t bits;
+        std::memcpy(&bits, &f, 4);
+        if (dt == DType::kBF16) { const uint16_t b = static_cast<uint16_t>(bits >> 16); std::memcpy(&d[i * w], &b, 2); }
+        else if (dt == DType::kF16) { const uint16_t h = bstest::f32_to_f16(f); std::memcpy(&d[i * w], &h, 2); }
+        else std::memcpy(&d[i * w], &bits, 4);
+      }
+      check(dt, d, "few lanes narrow exponent range", 1);
+    }
+  }
+}
+
+TEST(Corruption, FewLaneChunksStayInBounds) {
+  std::mt19937 rng(19);
+  for (DType dt : {DType::kBF16, DType::kF32}) {
+    for (uint64_t n : {uint64_t{5003}, uint64_t{12345}}) {
+      auto d = bstest::weights(dt, n, 20);
+      auto enc = encode_tensor(dt, d.data(), d.size());
+      ASSERT_TRUE(enc.is_ok());
+      std::vector<uint8_t> out(d.size());
+      for (int trial = 0; trial < 100; ++trial) {
+        auto p = enc->payload;
+        p[rng() % p.size()] ^= static_cast<uint8_t>(1u << (rng() % 8));
+        const Status st = decode_tensor(enc->coding, p.data(), p.size(), out.data(), out.size());
+        EXPECT_EQ(st.code(), Error::kCorrupt);
+        DecodeOptions nov;
+        nov.verify = false;
+        (void)decode_tensor(enc->coding, p.data(), p.size(), out.data(), out.size(), nov);
+      }
+    }
+  }
+}

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/checksum.hpp"
+#include "common/cpu.hpp"
 #include "common/thread_pool.hpp"
 #include "decode/decoder.hpp"
 #include "decode/simd.hpp"
@@ -27,6 +28,18 @@ inline void renorm_branchless(uint32_t& x, const uint8_t*& wp) {
   wp += need << 1;
 }
 
+// The same with a bounds check, for the last rounds of a chunk, where the words may run out.
+inline bool renorm_checked(uint32_t& x, const uint8_t*& wp, const uint8_t* wend) {
+  if (x < kRansL) {
+    if (wp >= wend) return false;
+    uint16_t w;
+    std::memcpy(&w, wp, 2);
+    wp += 2;
+    x = (x << 16) | w;
+  }
+  return true;
+}
+
 // One rANS decode step for lane state x. Checked: the word stream may run out this round, so
 // test before reading. Unchecked: read a word unconditionally and select without a branch (the
 // renormalization outcome is data-dependent and mispredicts about every third step).
@@ -37,13 +50,7 @@ inline bool step(uint32_t& x, const DecodeTable& t, const uint8_t*& wp, const ui
   *sym = t.sym[slot];
   x = (e >> 16) * (x >> t.precision) + (e & 0xffff);
   if constexpr (Checked) {
-    if (x < kRansL) {
-      if (wp >= wend) return false;
-      uint16_t w;
-      std::memcpy(&w, wp, 2);
-      wp += 2;
-      x = (x << 16) | w;
-    }
+    if (!renorm_checked(x, wp, wend)) return false;
   } else {
     renorm_branchless(x, wp);
   }
@@ -97,18 +104,20 @@ Result<TensorDecoder> TensorDecoder::prepare(const TensorCoding& coding, const u
     const uint64_t slots = (uint64_t{d.fm_.mant.size()} + 1) << d.fm_.mant_precision;
     if (slots > (uint64_t{1} << 16) + 64 * coding.units())
       return Status(Error::kCorrupt, "mantissa tables larger than the tensor they code");
-    d.se_.build(d.fm_.se);
-    d.mant_.build(d.fm_);
     const uint32_t unit = coding.unit_bytes();
     // Element indices times raw_bits must fit the 32-bit lanes: chunks hold at most 2^24 units.
-    d.simd_ = (unit == 2 || unit == 4) && coding.lanes_log2 >= 4 && d.fm_.raw_bits <= 25 && coding.chunk_log2 <= 20 &&
-              cpu_has_avx512_decoder();
+    d.simd_ = (unit == 2 || unit == 4) && coding.lanes_log2 >= 2 && d.fm_.raw_bits <= 25 && coding.chunk_log2 <= 20 &&
+              cpu_has_avx512_vbmi2();
+    // Small tensors are common and their table setup costs as much as their data: build only
+    // the one set of tables the decode loops will read.
+    if (d.build_fused()) return d;
+    d.se_.build(d.fm_.se);
+    d.mant_.build(d.fm_);
     if (d.simd_) {
       d.se_aux_.resize(d.se_.sym.size());
       for (size_t j = 0; j < d.se_aux_.size(); ++j)
         d.se_aux_[j] = d.se_.sym[j] | (static_cast<uint32_t>(d.fm_.ctx[d.se_.sym[j]]) << 16);
       d.m_sym32_.assign(d.mant_.sym.begin(), d.mant_.sym.end());
-      d.build_fused();
     }
   } else if (coding.codec == Codec::kBytes) {
     BytesModel bm;
@@ -171,13 +180,7 @@ bool decode_float_rounds(const FloatModel& m, const DecodeTable& se_t, const Fla
         const uint32_t e = m_packed[slot];
         const uint32_t mh = m_sym[slot];
         x = (e >> 16) * (x >> m_prec) + (e & 0xffff);
-        if (x < kRansL) {
-          if (s.wp >= s.wend) return false;
-          uint16_t w;
-          std::memcpy(&w, s.wp, 2);
-          s.wp += 2;
-          x = (x << 16) | w;
-        }
+        if (!renorm_checked(x, s.wp, s.wend)) return false;
         s.x[l] = x;
         vals[l] = static_cast<T>((static_cast<T>(se_sym[l]) << mb) | (static_cast<T>(mh) << mshift));
       }
@@ -191,49 +194,153 @@ bool decode_float_rounds(const FloatModel& m, const DecodeTable& se_t, const Fla
   return true;
 }
 
+// The fused tables' view for the scalar loop (layout in simd.hpp).
+struct FusedView {
+  const uint32_t* se;
+  const uint32_t* m;
+  const uint32_t* d_to_se;
+  int ps, pm, mb, hi_shift, rb, z;
+};
+
+// One rANS step on a fused entry: (freq - 1) | offset << p | payload << 2p.
+inline uint32_t advance_fused(uint32_t x, uint32_t e, int p, uint32_t mask) {
+  return ((e & mask) + 1) * (x >> p) + ((e >> p) & mask);
+}
+
+// The scalar rounds of decode_float_rounds on fused tables: the same steps in the same order, so
+// damage is found at the same word, with one lookup per symbol.
+template <typename T, bool kRaw, int kMode>
+bool decode_fused_rounds(const FusedView& v, ChunkStreams& s, uint64_t start, uint64_t n, uint32_t lanes,
+                         uint8_t* out) {
+  const uint32_t se_mask = (1u << v.ps) - 1, m_mask = (1u << v.pm) - 1;
+  const int se_2p = 2 * v.ps, m_2p = 2 * v.pm;
+  uint32_t row[kLanesMax];
+  auto element = [&](uint32_t r, uint32_t e) {
+    const T payload = static_cast<T>(static_cast<T>(e >> m_2p) << v.hi_shift);
+    if constexpr (kMode == kSeInMant) return payload;
+    else if constexpr (kMode == kSeInSe) return static_cast<T>((static_cast<T>(r) << v.mb) | payload);
+    else return static_cast<T>((static_cast<T>(v.d_to_se[r]) << v.mb) | payload);
+  };
+  uint64_t bitpos = start * static_cast<uint64_t>(v.rb);
+  for (uint64_t base = start; base < n; base += lanes) {
+    const uint32_t active = static_cast<uint32_t>(std::min<uint64_t>(lanes, n - base));
+    T vals[kLanesMax];
+    // A round reads at most two words per lane; only the last rounds need bounds checks.
+    if (static_cast<uint64_t>(s.wend - s.wp) >= 4ull * active) {
+      for (uint32_t l = 0; l < active; ++l) {
+        const uint32_t e = v.se[s.x[l] & se_mask];
+        row[l] = e >> se_2p;
+        uint32_t x = advance_fused(s.x[l], e, v.ps, se_mask);
+        renorm_branchless(x, s.wp);
+        s.x[l] = x;
+      }
+      for (uint32_t l = 0; l < active; ++l) {
+        const uint32_t e = v.m[(row[l] << v.pm) | (s.x[l] & m_mask)];
+        uint32_t x = advance_fused(s.x[l], e, v.pm, m_mask);
+        renorm_branchless(x, s.wp);
+        s.x[l] = x;
+        vals[l] = element(row[l], e);
+      }
+    } else {
+      for (uint32_t l = 0; l < active; ++l) {
+        const uint32_t e = v.se[s.x[l] & se_mask];
+        row[l] = e >> se_2p;
+        s.x[l] = advance_fused(s.x[l], e, v.ps, se_mask);
+        if (!renorm_checked(s.x[l], s.wp, s.wend)) return false;
+      }
+      for (uint32_t l = 0; l < active; ++l) {
+        const uint32_t e = v.m[(row[l] << v.pm) | (s.x[l] & m_mask)];
+        s.x[l] = advance_fused(s.x[l], e, v.pm, m_mask);
+        if (!renorm_checked(s.x[l], s.wp, s.wend)) return false;
+        vals[l] = element(row[l], e);
+      }
+    }
+    if constexpr (kRaw) {
+      for (uint32_t l = 0; l < active; ++l, bitpos += static_cast<uint64_t>(v.rb))
+        vals[l] = static_cast<T>(vals[l] | (static_cast<T>(read_raw(s.raw, s.raw_bytes, bitpos, v.rb)) << v.z));
+    }
+    std::memcpy(out + base * sizeof(T), vals, active * sizeof(T));
+  }
+  return true;
+}
+
+template <typename T>
+bool decode_fused_rounds_t(int mode, bool raw, const FusedView& v, ChunkStreams& s, uint64_t start, uint64_t n,
+                           uint32_t lanes, uint8_t* out) {
+  switch (mode) {
+    case kSeInMant: return raw ? decode_fused_rounds<T, true, kSeInMant>(v, s, start, n, lanes, out)
+                               : decode_fused_rounds<T, false, kSeInMant>(v, s, start, n, lanes, out);
+    case kSeInSe: return raw ? decode_fused_rounds<T, true, kSeInSe>(v, s, start, n, lanes, out)
+                             : decode_fused_rounds<T, false, kSeInSe>(v, s, start, n, lanes, out);
+    default: return raw ? decode_fused_rounds<T, true, kSePermute>(v, s, start, n, lanes, out)
+                        : decode_fused_rounds<T, false, kSePermute>(v, s, start, n, lanes, out);
+  }
+}
+
 }  // namespace
 
-void TensorDecoder::build_fused() {
-  // Three ways to get the sign+exponent value with one gather per symbol (see simd.hpp):
+bool TensorDecoder::build_fused() {
+  // Three ways to get the sign+exponent value with one lookup per symbol (see simd.hpp):
   //   kSeInMant: the mantissa entry carries se and hi together (2Pm + 1+E + k <= 32);
   //   kSeInSe:   the se entry carries se itself as the row index (2Ps + 1+E <= 32);
   //   kSePermute: rows are dense indices, se comes from a 64-entry register table.
-  const int ps = se_.precision, pm = mant_.precision, k = fm_.hi_bits;
+  const FreqTable& se = fm_.se;
+  const int ps = se.precision, pm = fm_.mant_precision, k = fm_.hi_bits;
   const int se_bits = 1 + fm_.exp_bits;
-  if (ps < 1 || pm < 1 || 2 * pm + k > 32) return;
-  std::vector<uint32_t> present;
-  for (uint32_t s = 0; s < fm_.se.alphabet; ++s)
-    if (fm_.se.freq[s]) present.push_back(s);
-  if (2 * pm + se_bits + k <= 32 && 2 * ps + 8 <= 32 && present.size() <= 256) fused_mode_ = kSeInMant;
-  else if (2 * ps + se_bits <= 32) fused_mode_ = kSeInSe;
-  else if (2 * ps + 8 <= 32 && present.size() <= 64) fused_mode_ = kSePermute;
-  else return;
-  const bool dense = fused_mode_ != kSeInSe;
-  std::vector<uint32_t> row_of(fm_.se.alphabet, 0);
-  d_to_se_.assign(64, 0);
-  for (size_t r = 0; r < present.size(); ++r) {
-    row_of[present[r]] = dense ? static_cast<uint32_t>(r) : present[r];
-    if (r < 64) d_to_se_[r] = present[r];
-  }
-  for (uint32_t e : se_.packed)
-    if ((e >> 16) == 0) return;  // every slot must belong to a symbol (read_table guarantees it)
-  se_fused_.resize(se_.packed.size());
-  for (size_t j = 0; j < se_fused_.size(); ++j) {
-    const uint32_t e = se_.packed[j];
-    se_fused_[j] = ((e >> 16) - 1) | ((e & 0xffff) << ps) | (row_of[se_.sym[j]] << (2 * ps));
-  }
-  const size_t slots = size_t{1} << pm;
-  const size_t rows = dense ? present.size() : (size_t{1} << se_bits);
+  if (ps < 1 || pm < 1 || 2 * pm + k > 32) return false;
+  uint16_t present[kMaxAlphabet];
+  uint32_t count = 0, total = 0;
+  for (uint32_t s = 0; s < se.alphabet; ++s)
+    if (se.freq[s]) {
+      present[count++] = static_cast<uint16_t>(s);
+      total += se.freq[s];
+    }
+  if (total != (1u << ps)) return false;  // every slot must belong to a symbol (read_table guarantees it)
+  int mode;
+  if (2 * pm + se_bits + k <= 32 && 2 * ps + 8 <= 32 && count <= 256) mode = kSeInMant;
+  else if (2 * ps + se_bits <= 32) mode = kSeInSe;
+  else if (2 * ps + 8 <= 32 && count <= 64) mode = kSePermute;
+  else return false;
+  const bool dense = mode != kSeInSe;
+  const size_t se_slots = size_t{1} << ps, slots = size_t{1} << pm;
+  const size_t rows = dense ? count : (size_t{1} << se_bits);
   // Rows of absent symbols (kSeInSe) are never written nor read: the allocation stays untouched.
-  m_fused_.reset(new uint32_t[rows * slots]);
-  for (uint32_t s : present) {
-    const uint32_t* packed = mant_.packed.data() + mant_.base_of_se[s];
-    const uint16_t* sym = mant_.sym.data() + mant_.base_of_se[s];
-    uint32_t* row = m_fused_.get() + row_of[s] * slots;
-    const uint32_t se_part = fused_mode_ == kSeInMant ? s << k : 0;
-    for (size_t j = 0; j < slots; ++j)
-      row[j] = ((packed[j] >> 16) - 1) | ((packed[j] & 0xffff) << pm) | ((se_part | sym[j]) << (2 * pm));
+  fused_.reset(new uint32_t[se_slots + rows * slots]);
+  uint32_t* se_t = fused_.get();
+  uint32_t* m_t = se_t + se_slots;
+  // Rows that share a mantissa table are identical unless they also carry se (kSeInMant).
+  int32_t first_row[kMaxAlphabet + 1];
+  std::fill_n(first_row, fm_.mant.size() + 1, -1);
+  for (uint32_t r = 0; r < count; ++r) {
+    const uint32_t s = present[r];
+    const uint32_t row = dense ? r : s;
+    if (r < 64) d_to_se_[r] = s;
+    const uint32_t f = se.freq[s];
+    const uint32_t se_entry = (f - 1) | (row << (2 * ps));
+    uint32_t* dst = se_t + se.cum[s];
+    for (uint32_t j = 0; j < f; ++j) dst[j] = se_entry | (j << ps);
+    const uint16_t ctx = fm_.ctx[s];
+    uint32_t* out = m_t + row * slots;
+    if (mode != kSeInMant && first_row[ctx] >= 0) {
+      std::memcpy(out, m_t + static_cast<size_t>(first_row[ctx]) * slots, slots * 4);
+      continue;
+    }
+    first_row[ctx] = static_cast<int32_t>(row);
+    const FreqTable* mt = ctx ? &fm_.mant[ctx - 1] : nullptr;
+    const uint32_t se_part = mode == kSeInMant ? s << k : 0;
+    const uint32_t uf = 1u << (pm - k);  // the uniform table, without building it
+    for (uint32_t h = 0; h < (1u << k); ++h) {
+      const uint32_t fh = ctx ? mt->freq[h] : uf;
+      if (!fh) continue;
+      const uint32_t base = (fh - 1) | ((se_part | h) << (2 * pm));
+      uint32_t* o = out + (ctx ? mt->cum[h] : h * uf);
+      for (uint32_t j = 0; j < fh; ++j) o[j] = base | (j << pm);
+    }
   }
+  se_fused_ = se_t;
+  m_fused_ = m_t;
+  fused_mode_ = mode;
+  return true;
 }
 
 uint64_t TensorDecoder::decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t unit, uint8_t* out) const {
@@ -243,10 +350,10 @@ uint64_t TensorDecoder::decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t
   a.wend = s.wend;
   a.se_packed = se_.packed.data();
   a.se_aux = se_aux_.data();
-  a.se_precision = se_.precision;
+  a.se_precision = fm_.se.precision;
   a.m_packed = mant_.packed.data();
   a.m_sym = m_sym32_.data();
-  a.m_precision = mant_.precision;
+  a.m_precision = fm_.mant_precision;
   a.man_bits = fm_.man_bits;
   a.hi_shift = fm_.raw_bits + fm_.zero_bits;
   a.n = n;
@@ -254,8 +361,8 @@ uint64_t TensorDecoder::decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t
   a.raw_bytes = s.raw_bytes;
   a.raw_bits = fm_.raw_bits;
   a.zero_bits = fm_.zero_bits;
-  if (m_fused_)
-    return decode_float_rounds_avx512_fused(a, {se_fused_.data(), m_fused_.get(), d_to_se_.data(), fused_mode_},
+  if (fused_mode_)
+    return decode_float_rounds_avx512_fused(a, {se_fused_, m_fused_, d_to_se_.data(), fused_mode_},
                                             static_cast<int>(unit), 1 << coding_.lanes_log2, out);
   return decode_float_rounds_avx512(a, static_cast<int>(unit), 1 << coding_.lanes_log2, out);
 }
@@ -279,6 +386,19 @@ Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size
       bool ok = false;
       const bool raw = fm_.raw_bits > 0;
       const uint64_t start = simd_ ? decode_simd_prefix(s, n, unit, out) : 0;
+      if (fused_mode_) {
+        const FusedView v{se_fused_, m_fused_, d_to_se_.data(), fm_.se.precision, fm_.mant_precision,
+                          fm_.man_bits, fm_.raw_bits + fm_.zero_bits, fm_.raw_bits, fm_.zero_bits};
+        switch (unit) {
+          case 1: ok = decode_fused_rounds_t<uint8_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
+          case 2: ok = decode_fused_rounds_t<uint16_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
+          case 4: ok = decode_fused_rounds_t<uint32_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
+          case 8: ok = decode_fused_rounds_t<uint64_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
+          default: break;
+        }
+        if (!ok) return corrupt_chunk(i, "rANS data ends early");
+        return close_streams(i, s, lanes);
+      }
       switch (unit) {
         case 1: ok = raw ? decode_float_rounds<uint8_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
                          : decode_float_rounds<uint8_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
@@ -311,7 +431,14 @@ Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size
       // The frame must declare and produce exactly the chunk's size: no allocation from hostile headers.
       const unsigned long long declared = ZSTD_getFrameContentSize(chunk, size);
       if (declared != out_size) return corrupt_chunk(i, "zstd frame size mismatch");
-      const size_t r = ZSTD_decompress(out, out_size, chunk, size);
+      // One context per thread: ZSTD_decompress would set up a fresh one for every chunk.
+      struct Ctx {
+        ZSTD_DCtx* p = ZSTD_createDCtx();
+        ~Ctx() { ZSTD_freeDCtx(p); }
+      };
+      thread_local Ctx ctx;
+      const size_t r = ctx.p ? ZSTD_decompressDCtx(ctx.p, out, out_size, chunk, size)
+                             : ZSTD_decompress(out, out_size, chunk, size);
       if (ZSTD_isError(r) || r != out_size) return corrupt_chunk(i, "zstd frame is damaged");
       return Status::ok();
     }

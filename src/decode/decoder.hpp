@@ -1,6 +1,7 @@
 // Fast CPU decoder: tables expanded to per-slot lookups once per tensor, chunks decoded
 // independently (any thread, any order) into the caller's buffer.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -46,11 +47,14 @@ class TensorDecoder {
   bool simd_ = false;               // AVX-512 path usable for this tensor on this CPU
   std::vector<uint32_t> se_aux_;    // per se slot: symbol | mantissa table index << 16
   std::vector<uint32_t> m_sym32_;   // mantissa symbols widened for 32-bit gathers
-  std::vector<uint32_t> se_fused_;  // fused single-gather tables, when the fields fit (see simd.hpp)
-  std::shared_ptr<uint32_t[]> m_fused_;
+  // Fused single-lookup tables when the fields fit (see simd.hpp), used by the SIMD and the
+  // scalar loops alike; se_ and mant_ are then never built. One allocation: se slots, then rows.
+  std::shared_ptr<uint32_t[]> fused_;
+  const uint32_t* se_fused_ = nullptr;
+  const uint32_t* m_fused_ = nullptr;
   int fused_mode_ = 0;
-  std::vector<uint32_t> d_to_se_;   // dense row -> sign+exponent value (first 64 rows)
-  void build_fused();
+  std::array<uint32_t, 64> d_to_se_{};  // dense row -> sign+exponent value (first 64 rows)
+  bool build_fused();
   uint64_t decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t unit, uint8_t* out) const;
   std::vector<DecodeTable> planes_;
 };

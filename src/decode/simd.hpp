@@ -1,6 +1,6 @@
-// AVX-512 decoding of float chunks with 32 lanes: two vectors of 16 rANS states, table lookups
-// by gather, renormalization words fetched for all needing lanes at once with an expanding load
-// (lanes read in lane order, exactly as the scalar decoder and the format define).
+// AVX-512 decoding of float chunks with 4 to 32 lanes (rANS states in an xmm, a ymm, or one or
+// two zmm), table lookups by gather, renormalization words fetched for all needing lanes at once
+// with an expand (lanes read in lane order, exactly as the scalar decoder and the format define).
 #pragma once
 #include <cstdint>
 
@@ -35,10 +35,9 @@ struct SimdFusedArgs {
   int mode;
 };
 
-bool cpu_has_avx512_decoder();
 uint64_t decode_float_rounds_avx512_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, int elem_bytes, int lanes,
                                           uint8_t* out);
-// Decodes whole rounds (one element per lane; 16, 32 or 64 lanes) while enough words remain for
+// Decodes whole rounds (one element per lane; 4, 8, 16, 32 or 64 lanes) while enough words remain for
 // an unchecked round; returns how many elements were written to out (whole rounds). Element
 // width: 2 or 4 bytes.
 uint64_t decode_float_rounds_avx512(const SimdFloatArgs& a, int elem_bytes, int lanes, uint8_t* out);

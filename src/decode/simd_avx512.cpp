@@ -8,35 +8,141 @@
 
 namespace bigsmall::detail {
 
-bool cpu_has_avx512_decoder() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi2");
-#else
-  return false;
-#endif
-}
-
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define BS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,popcnt")))
 
 namespace {
 
-BS_AVX512 inline __m512i renorm(__m512i x, const uint8_t*& wp) {
-  const __mmask16 need = _mm512_cmplt_epu32_mask(x, _mm512_set1_epi32(static_cast<int>(kRansL)));
-  // Register-form expand: the memory form is microcoded and slow on some cores. The fast path
-  // guarantees 32 readable bytes at wp.
-  const __m256i w16 = _mm256_maskz_expand_epi16(need, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp)));
+// One register of lanes at each width, so the kernels below are written once: 16 lanes (zmm) for
+// chunks of 16 or more lanes, 8 (ymm) and 4 (xmm) for the smaller chunks that small tensors get,
+// which would otherwise fall to the scalar loop. Narrow widths use the AVX-512VL forms.
+struct W16 {
+  using V = __m512i;
+  using M = __mmask16;
+  static constexpr int N = 16;
+  BS_AVX512 static V load(const uint32_t* p) { return _mm512_loadu_si512(p); }
+  BS_AVX512 static void store_state(uint32_t* p, V v) { _mm512_storeu_si512(p, v); }
+  BS_AVX512 static V set1(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
+  BS_AVX512 static V lane_ids() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+  BS_AVX512 static V and_(V a, V b) { return _mm512_and_si512(a, b); }
+  BS_AVX512 static V or_(V a, V b) { return _mm512_or_si512(a, b); }
+  BS_AVX512 static V add(V a, V b) { return _mm512_add_epi32(a, b); }
+  BS_AVX512 static V mullo(V a, V b) { return _mm512_mullo_epi32(a, b); }
+  BS_AVX512 static V srl(V a, __m128i c) { return _mm512_srl_epi32(a, c); }
+  BS_AVX512 static V sll(V a, __m128i c) { return _mm512_sll_epi32(a, c); }
+  BS_AVX512 static V srlv(V a, V c) { return _mm512_srlv_epi32(a, c); }
+  BS_AVX512 static V srli16(V a) { return _mm512_srli_epi32(a, 16); }
+  BS_AVX512 static V slli16(V a) { return _mm512_slli_epi32(a, 16); }
+  BS_AVX512 static V gather4(V idx, const void* base) { return _mm512_i32gather_epi32(idx, base, 4); }
+  BS_AVX512 static V gather1(V idx, const void* base) { return _mm512_i32gather_epi32(idx, base, 1); }
+  BS_AVX512 static M cmplt(V a, V b) { return _mm512_cmplt_epu32_mask(a, b); }
+  BS_AVX512 static M cmpge(V a, V b) { return _mm512_cmpge_epu32_mask(a, b); }
+  BS_AVX512 static V mask_mov(V a, M m, V b) { return _mm512_mask_mov_epi32(a, m, b); }
+  // The next N words, widened: reads 2·N bytes.
+  BS_AVX512 static V words(const uint8_t* wp) {
+    return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp)));
+  }
+  // Register-form expand: the memory form is microcoded and slow on some cores.
+  BS_AVX512 static V expand(M m, V a) { return _mm512_maskz_expand_epi32(m, a); }
+  BS_AVX512 static V mask_or(V src, M m, V a, V b) { return _mm512_mask_or_epi32(src, m, a, b); }
+  BS_AVX512 static V permute64(V idx, const __m512i t[4]) {
+    const __mmask16 high = _mm512_cmpge_epu32_mask(idx, _mm512_set1_epi32(32));
+    return _mm512_mask_mov_epi32(_mm512_permutex2var_epi32(t[0], idx, t[1]), high,
+                                 _mm512_permutex2var_epi32(t[2], idx, t[3]));
+  }
+  BS_AVX512 static void store16(uint8_t* p, V v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(v));
+  }
+  BS_AVX512 static void store32(uint8_t* p, V v) { _mm512_storeu_si512(p, v); }
+};
+
+struct W8 {
+  using V = __m256i;
+  using M = __mmask8;
+  static constexpr int N = 8;
+  BS_AVX512 static V load(const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  BS_AVX512 static void store_state(uint32_t* p, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  BS_AVX512 static V set1(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+  BS_AVX512 static V lane_ids() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+  BS_AVX512 static V and_(V a, V b) { return _mm256_and_si256(a, b); }
+  BS_AVX512 static V or_(V a, V b) { return _mm256_or_si256(a, b); }
+  BS_AVX512 static V add(V a, V b) { return _mm256_add_epi32(a, b); }
+  BS_AVX512 static V mullo(V a, V b) { return _mm256_mullo_epi32(a, b); }
+  BS_AVX512 static V srl(V a, __m128i c) { return _mm256_srl_epi32(a, c); }
+  BS_AVX512 static V sll(V a, __m128i c) { return _mm256_sll_epi32(a, c); }
+  BS_AVX512 static V srlv(V a, V c) { return _mm256_srlv_epi32(a, c); }
+  BS_AVX512 static V srli16(V a) { return _mm256_srli_epi32(a, 16); }
+  BS_AVX512 static V slli16(V a) { return _mm256_slli_epi32(a, 16); }
+  BS_AVX512 static V gather4(V idx, const void* base) {
+    return _mm256_i32gather_epi32(static_cast<const int*>(base), idx, 4);
+  }
+  BS_AVX512 static V gather1(V idx, const void* base) {
+    return _mm256_i32gather_epi32(static_cast<const int*>(base), idx, 1);
+  }
+  BS_AVX512 static M cmplt(V a, V b) { return _mm256_cmplt_epu32_mask(a, b); }
+  BS_AVX512 static M cmpge(V a, V b) { return _mm256_cmpge_epu32_mask(a, b); }
+  BS_AVX512 static V mask_mov(V a, M m, V b) { return _mm256_mask_mov_epi32(a, m, b); }
+  BS_AVX512 static V words(const uint8_t* wp) {
+    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wp)));
+  }
+  BS_AVX512 static V expand(M m, V a) { return _mm256_maskz_expand_epi32(m, a); }
+  BS_AVX512 static V mask_or(V src, M m, V a, V b) { return _mm256_mask_or_epi32(src, m, a, b); }
+  BS_AVX512 static V permute64(V idx, const __m512i t[4]) {
+    return _mm512_castsi512_si256(W16::permute64(_mm512_castsi256_si512(idx), t));
+  }
+  BS_AVX512 static void store16(uint8_t* p, V v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtepi32_epi16(v));
+  }
+  BS_AVX512 static void store32(uint8_t* p, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+};
+
+struct W4 {
+  using V = __m128i;
+  using M = __mmask8;  // low 4 bits
+  static constexpr int N = 4;
+  BS_AVX512 static V load(const uint32_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+  BS_AVX512 static void store_state(uint32_t* p, V v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
+  BS_AVX512 static V set1(uint32_t v) { return _mm_set1_epi32(static_cast<int>(v)); }
+  BS_AVX512 static V lane_ids() { return _mm_setr_epi32(0, 1, 2, 3); }
+  BS_AVX512 static V and_(V a, V b) { return _mm_and_si128(a, b); }
+  BS_AVX512 static V or_(V a, V b) { return _mm_or_si128(a, b); }
+  BS_AVX512 static V add(V a, V b) { return _mm_add_epi32(a, b); }
+  BS_AVX512 static V mullo(V a, V b) { return _mm_mullo_epi32(a, b); }
+  BS_AVX512 static V srl(V a, __m128i c) { return _mm_srl_epi32(a, c); }
+  BS_AVX512 static V sll(V a, __m128i c) { return _mm_sll_epi32(a, c); }
+  BS_AVX512 static V srlv(V a, V c) { return _mm_srlv_epi32(a, c); }
+  BS_AVX512 static V srli16(V a) { return _mm_srli_epi32(a, 16); }
+  BS_AVX512 static V slli16(V a) { return _mm_slli_epi32(a, 16); }
+  BS_AVX512 static V gather4(V idx, const void* base) { return _mm_i32gather_epi32(static_cast<const int*>(base), idx, 4); }
+  BS_AVX512 static V gather1(V idx, const void* base) { return _mm_i32gather_epi32(static_cast<const int*>(base), idx, 1); }
+  BS_AVX512 static M cmplt(V a, V b) { return _mm_cmplt_epu32_mask(a, b); }
+  BS_AVX512 static M cmpge(V a, V b) { return _mm_cmpge_epu32_mask(a, b); }
+  BS_AVX512 static V mask_mov(V a, M m, V b) { return _mm_mask_mov_epi32(a, m, b); }
+  BS_AVX512 static V words(const uint8_t* wp) {
+    return _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wp)));
+  }
+  BS_AVX512 static V expand(M m, V a) { return _mm_maskz_expand_epi32(m, a); }
+  BS_AVX512 static V mask_or(V src, M m, V a, V b) { return _mm_mask_or_epi32(src, m, a, b); }
+  BS_AVX512 static V permute64(V idx, const __m512i t[4]) {
+    return _mm512_castsi512_si128(W16::permute64(_mm512_castsi128_si512(idx), t));
+  }
+  BS_AVX512 static void store16(uint8_t* p, V v) { _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_cvtepi32_epi16(v)); }
+  BS_AVX512 static void store32(uint8_t* p, V v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
+};
+
+template <class W>
+BS_AVX512 inline typename W::V renorm(typename W::V x, const uint8_t*& wp) {
+  // The words are loaded and widened before the states are known; only the 32-bit expand and
+  // the merge sit on the state's dependency chain, which bounds chunks with few lanes.
+  const typename W::V words = W::words(wp);
+  const typename W::M need = W::cmplt(x, W::set1(kRansL));
   wp += 2 * __builtin_popcount(need);
-  const __m512i shifted = _mm512_or_si512(_mm512_slli_epi32(x, 16), _mm512_cvtepu16_epi32(w16));
-  return _mm512_mask_mov_epi32(x, need, shifted);
+  return W::mask_or(x, need, W::slli16(x), W::expand(need, words));
 }
 
-BS_AVX512 inline __m512i advance(__m512i x, __m512i entry, __m128i precision) {
-  const __m512i freq = _mm512_srli_epi32(entry, 16);
-  const __m512i off = _mm512_and_si512(entry, _mm512_set1_epi32(0xffff));
-  return _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srl_epi32(x, precision)), off);
+template <class W>
+BS_AVX512 inline typename W::V advance(typename W::V x, typename W::V entry, __m128i precision) {
+  return W::add(W::mullo(W::srli16(entry), W::srl(x, precision)), W::and_(entry, W::set1(0xffff)));
 }
 
 // Whether one more round of `round` elements can run without bounds checks: at most two words
@@ -47,126 +153,119 @@ BS_AVX512 inline bool round_fits(const SimdFloatArgs& a, const uint8_t* wp, uint
          ((done + round) * rb) / 8 + 4 <= a.raw_bytes + (rb ? 0 : 4);
 }
 
-// ORs the raw fields of elements first..first+15 into v.
-BS_AVX512 inline __m512i add_raw(const SimdFloatArgs& a, __m512i v, uint64_t first) {
-  const __m512i lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i bitpos = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(first)), lane_ids),
-                                            _mm512_set1_epi32(a.raw_bits));
-  const __m512i word = _mm512_i32gather_epi32(_mm512_srli_epi32(bitpos, 3), a.raw, 1);
-  const __m512i field = _mm512_and_si512(_mm512_srlv_epi32(word, _mm512_and_si512(bitpos, _mm512_set1_epi32(7))),
-                                         _mm512_set1_epi32(static_cast<int>((1u << a.raw_bits) - 1)));
-  return _mm512_or_si512(v, _mm512_sll_epi32(field, _mm_cvtsi32_si128(a.zero_bits)));
+// ORs the raw fields of elements first..first+N-1 into v.
+template <class W>
+BS_AVX512 inline typename W::V add_raw(const SimdFloatArgs& a, typename W::V v, uint64_t first) {
+  const typename W::V bitpos =
+      W::mullo(W::add(W::set1(static_cast<uint32_t>(first)), W::lane_ids()), W::set1(static_cast<uint32_t>(a.raw_bits)));
+  const typename W::V word = W::gather1(W::srl(bitpos, _mm_cvtsi32_si128(3)), a.raw);
+  const typename W::V field =
+      W::and_(W::srlv(word, W::and_(bitpos, W::set1(7))), W::set1((1u << a.raw_bits) - 1));
+  return W::or_(v, W::sll(field, _mm_cvtsi32_si128(a.zero_bits)));
 }
 
-template <int kElemBytes>
-BS_AVX512 inline void store(uint8_t* dst, __m512i v) {
-  if constexpr (kElemBytes == 2) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(v));
-  } else {
-    _mm512_storeu_si512(dst, v);
-  }
+template <class W, int kElemBytes>
+BS_AVX512 inline void store(uint8_t* dst, typename W::V v) {
+  if constexpr (kElemBytes == 2) W::store16(dst, v);
+  else W::store32(dst, v);
 }
 
-// Per-kernel constants from the arguments: slot masks and shift counts for both tables, and the
-// element layout.
+// Per-kernel shift counts from the arguments.
 struct KernelConsts {
-  __m512i se_mask, m_mask;
   __m128i se_p, m_p, man_bits, hi_shift;
 };
 
 BS_AVX512 inline KernelConsts kernel_consts(const SimdFloatArgs& a) {
-  return {_mm512_set1_epi32(static_cast<int>((1u << a.se_precision) - 1)),
-          _mm512_set1_epi32(static_cast<int>((1u << a.m_precision) - 1)),
-          _mm_cvtsi32_si128(a.se_precision),
-          _mm_cvtsi32_si128(a.m_precision),
-          _mm_cvtsi32_si128(a.man_bits),
+  return {_mm_cvtsi32_si128(a.se_precision), _mm_cvtsi32_si128(a.m_precision), _mm_cvtsi32_si128(a.man_bits),
           _mm_cvtsi32_si128(a.hi_shift)};
 }
 
-// V vectors of 16 lanes: 16·V lanes per chunk, decoded in lane order.
-template <int kElemBytes, int V>
+// V registers of W::N lanes: N·V lanes per chunk, decoded in lane order.
+template <class W, int kElemBytes, int V>
 BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
-  constexpr uint64_t kRound = 16 * V;
-  __m512i x[V];
-  for (int h = 0; h < V; ++h) x[h] = _mm512_loadu_si512(a.x + 16 * h);
+  using Vec = typename W::V;
+  constexpr uint64_t kRound = W::N * V;
+  Vec x[V];
+  for (int h = 0; h < V; ++h) x[h] = W::load(a.x + W::N * h);
   const uint8_t* wp = *a.wp;
-  const auto [se_mask, m_mask, se_p, m_p, man_bits, hi_shift] = kernel_consts(a);
-  const __m512i low16 = _mm512_set1_epi32(0xffff);
+  const auto [se_p, m_p, man_bits, hi_shift] = kernel_consts(a);
+  const Vec se_mask = W::set1((1u << a.se_precision) - 1), m_mask = W::set1((1u << a.m_precision) - 1);
+  const Vec low16 = W::set1(0xffff);
   uint64_t done = 0;
   while (round_fits(a, wp, done, kRound)) {
-    __m512i sym[V];
+    Vec sym[V];
     for (int h = 0; h < V; ++h) {
-      const __m512i slot = _mm512_and_si512(x[h], se_mask);
-      const __m512i e = _mm512_i32gather_epi32(slot, a.se_packed, 4);
-      sym[h] = _mm512_i32gather_epi32(slot, a.se_aux, 4);
-      x[h] = renorm(advance(x[h], e, se_p), wp);
+      const Vec slot = W::and_(x[h], se_mask);
+      const Vec e = W::gather4(slot, a.se_packed);
+      sym[h] = W::gather4(slot, a.se_aux);
+      x[h] = renorm<W>(advance<W>(x[h], e, se_p), wp);
     }
     for (int h = 0; h < V; ++h) {
-      const __m512i table = _mm512_sll_epi32(_mm512_srli_epi32(sym[h], 16), m_p);
-      const __m512i slot = _mm512_add_epi32(table, _mm512_and_si512(x[h], m_mask));
-      const __m512i e = _mm512_i32gather_epi32(slot, a.m_packed, 4);
-      const __m512i hi = _mm512_i32gather_epi32(slot, a.m_sym, 4);
-      x[h] = renorm(advance(x[h], e, m_p), wp);
-      __m512i v = _mm512_or_si512(_mm512_sll_epi32(_mm512_and_si512(sym[h], low16), man_bits),
-                                  _mm512_sll_epi32(hi, hi_shift));
-      if (a.raw_bits) v = add_raw(a, v, done + 16 * h);
-      store<kElemBytes>(out + (done + 16 * h) * kElemBytes, v);
+      const Vec table = W::sll(W::srli16(sym[h]), m_p);
+      const Vec slot = W::add(table, W::and_(x[h], m_mask));
+      const Vec e = W::gather4(slot, a.m_packed);
+      const Vec hi = W::gather4(slot, a.m_sym);
+      x[h] = renorm<W>(advance<W>(x[h], e, m_p), wp);
+      Vec v = W::or_(W::sll(W::and_(sym[h], low16), man_bits), W::sll(hi, hi_shift));
+      if (a.raw_bits) v = add_raw<W>(a, v, done + W::N * h);
+      store<W, kElemBytes>(out + (done + W::N * h) * kElemBytes, v);
     }
     done += kRound;
   }
-  for (int h = 0; h < V; ++h) _mm512_storeu_si512(a.x + 16 * h, x[h]);
+  for (int h = 0; h < V; ++h) W::store_state(a.x + W::N * h, x[h]);
   *a.wp = wp;
   return done;
 }
 
 // One gather per symbol: frequency, offset and symbol packed in one table entry.
-BS_AVX512 inline __m512i advance_packed(__m512i x, __m512i entry, __m128i precision, __m512i field_mask) {
-  const __m512i freq = _mm512_add_epi32(_mm512_and_si512(entry, field_mask), _mm512_set1_epi32(1));
-  const __m512i off = _mm512_and_si512(_mm512_srl_epi32(entry, precision), field_mask);
-  return _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srl_epi32(x, precision)), off);
+template <class W>
+BS_AVX512 inline typename W::V advance_packed(typename W::V x, typename W::V entry, __m128i precision,
+                                             typename W::V field_mask) {
+  const typename W::V freq = W::add(W::and_(entry, field_mask), W::set1(1));
+  const typename W::V off = W::and_(W::srl(entry, precision), field_mask);
+  return W::add(W::mullo(freq, W::srl(x, precision)), off);
 }
 
-template <int kElemBytes, int V, int kMode>
+template <class W, int kElemBytes, int V, int kMode>
 BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uint8_t* out) {
-  const __m512i t0 = _mm512_loadu_si512(f.d_to_se), t1 = _mm512_loadu_si512(f.d_to_se + 16);
-  const __m512i t2 = _mm512_loadu_si512(f.d_to_se + 32), t3 = _mm512_loadu_si512(f.d_to_se + 48);
-  constexpr uint64_t kRound = 16 * V;
-  __m512i x[V];
-  for (int h = 0; h < V; ++h) x[h] = _mm512_loadu_si512(a.x + 16 * h);
+  using Vec = typename W::V;
+  __m512i t[4];
+  for (int j = 0; j < 4; ++j) t[j] = _mm512_loadu_si512(f.d_to_se + 16 * j);
+  constexpr uint64_t kRound = W::N * V;
+  Vec x[V];
+  for (int h = 0; h < V; ++h) x[h] = W::load(a.x + W::N * h);
   const uint8_t* wp = *a.wp;
-  const auto [se_mask, m_mask, se_p, m_p, man_bits, hi_shift] = kernel_consts(a);
+  const auto [se_p, m_p, man_bits, hi_shift] = kernel_consts(a);
+  const Vec se_mask = W::set1((1u << a.se_precision) - 1), m_mask = W::set1((1u << a.m_precision) - 1);
   const __m128i se_2p = _mm_cvtsi32_si128(2 * a.se_precision);
   const __m128i m_2p = _mm_cvtsi32_si128(2 * a.m_precision);
   uint64_t done = 0;
   while (round_fits(a, wp, done, kRound)) {
-    __m512i se[V];
+    Vec se[V];
     for (int h = 0; h < V; ++h) {
-      const __m512i e = _mm512_i32gather_epi32(_mm512_and_si512(x[h], se_mask), f.se_fused, 4);
-      se[h] = _mm512_srl_epi32(e, se_2p);
-      x[h] = renorm(advance_packed(x[h], e, se_p, se_mask), wp);
+      const Vec e = W::gather4(W::and_(x[h], se_mask), f.se_fused);
+      se[h] = W::srl(e, se_2p);
+      x[h] = renorm<W>(advance_packed<W>(x[h], e, se_p, se_mask), wp);
     }
     for (int h = 0; h < V; ++h) {
-      const __m512i slot = _mm512_or_si512(_mm512_sll_epi32(se[h], m_p), _mm512_and_si512(x[h], m_mask));
-      const __m512i e = _mm512_i32gather_epi32(slot, f.m_fused, 4);
-      x[h] = renorm(advance_packed(x[h], e, m_p, m_mask), wp);
-      const __m512i payload = _mm512_sll_epi32(_mm512_srl_epi32(e, m_2p), hi_shift);
-      __m512i v;
+      const Vec slot = W::or_(W::sll(se[h], m_p), W::and_(x[h], m_mask));
+      const Vec e = W::gather4(slot, f.m_fused);
+      x[h] = renorm<W>(advance_packed<W>(x[h], e, m_p, m_mask), wp);
+      const Vec payload = W::sll(W::srl(e, m_2p), hi_shift);
+      Vec v;
       if constexpr (kMode == kSeInMant) {
         v = payload;
       } else if constexpr (kMode == kSeInSe) {
-        v = _mm512_or_si512(_mm512_sll_epi32(se[h], man_bits), payload);
+        v = W::or_(W::sll(se[h], man_bits), payload);
       } else {
-        const __mmask16 high = _mm512_cmpge_epu32_mask(se[h], _mm512_set1_epi32(32));
-        const __m512i lo = _mm512_permutex2var_epi32(t0, se[h], t1);
-        const __m512i hi = _mm512_permutex2var_epi32(t2, se[h], t3);
-        v = _mm512_or_si512(_mm512_sll_epi32(_mm512_mask_mov_epi32(lo, high, hi), man_bits), payload);
+        v = W::or_(W::sll(W::permute64(se[h], t), man_bits), payload);
       }
-      if (a.raw_bits) v = add_raw(a, v, done + 16 * h);
-      store<kElemBytes>(out + (done + 16 * h) * kElemBytes, v);
+      if (a.raw_bits) v = add_raw<W>(a, v, done + W::N * h);
+      store<W, kElemBytes>(out + (done + W::N * h) * kElemBytes, v);
     }
     done += kRound;
   }
-  for (int h = 0; h < V; ++h) _mm512_storeu_si512(a.x + 16 * h, x[h]);
+  for (int h = 0; h < V; ++h) W::store_state(a.x + W::N * h, x[h]);
   *a.wp = wp;
   return done;
 }
@@ -177,9 +276,12 @@ uint64_t decode_float_rounds_avx512_fused(const SimdFloatArgs& a, const SimdFuse
                                           uint8_t* out) {
   auto pick = [&](auto mode) -> uint64_t {
     constexpr int M = decltype(mode)::value;
+    const bool two = elem_bytes == 2;
     switch (lanes) {
-      case 16: return elem_bytes == 2 ? run_fused<2, 1, M>(a, f, out) : run_fused<4, 1, M>(a, f, out);
-      case 32: return elem_bytes == 2 ? run_fused<2, 2, M>(a, f, out) : run_fused<4, 2, M>(a, f, out);
+      case 4: return two ? run_fused<W4, 2, 1, M>(a, f, out) : run_fused<W4, 4, 1, M>(a, f, out);
+      case 8: return two ? run_fused<W8, 2, 1, M>(a, f, out) : run_fused<W8, 4, 1, M>(a, f, out);
+      case 16: return two ? run_fused<W16, 2, 1, M>(a, f, out) : run_fused<W16, 4, 1, M>(a, f, out);
+      case 32: return two ? run_fused<W16, 2, 2, M>(a, f, out) : run_fused<W16, 4, 2, M>(a, f, out);
       default: return 0;
     }
   };
@@ -192,10 +294,13 @@ uint64_t decode_float_rounds_avx512_fused(const SimdFloatArgs& a, const SimdFuse
 }
 
 uint64_t decode_float_rounds_avx512(const SimdFloatArgs& a, int elem_bytes, int lanes, uint8_t* out) {
+  const bool two = elem_bytes == 2;
   switch (lanes) {
-    case 16: return elem_bytes == 2 ? run<2, 1>(a, out) : run<4, 1>(a, out);
-    case 32: return elem_bytes == 2 ? run<2, 2>(a, out) : run<4, 2>(a, out);
-    case 64: return elem_bytes == 2 ? run<2, 4>(a, out) : run<4, 4>(a, out);
+    case 4: return two ? run<W4, 2, 1>(a, out) : run<W4, 4, 1>(a, out);
+    case 8: return two ? run<W8, 2, 1>(a, out) : run<W8, 4, 1>(a, out);
+    case 16: return two ? run<W16, 2, 1>(a, out) : run<W16, 4, 1>(a, out);
+    case 32: return two ? run<W16, 2, 2>(a, out) : run<W16, 4, 2>(a, out);
+    case 64: return two ? run<W16, 2, 4>(a, out) : run<W16, 4, 4>(a, out);
     default: return 0;
   }
 }
