@@ -40,13 +40,16 @@ void ThreadPool::worker_loop() {
       cv_work_.wait(lk, [&] { return stop_ || generation_ != seen; });
       if (stop_) return;
       seen = generation_;
+      if (!accepting_) continue;  // the caller already holds every item: nothing to join
+      ++started_;
     }
     run_items();
     {
-      // Every worker reports every generation, so no straggler can touch the next job's state.
+      // Every worker that joined reports, so none can touch the next job's state.
       std::lock_guard<std::mutex> lk(mu_);
-      if (++finished_ == static_cast<int>(workers_.size())) cv_done_.notify_all();
+      ++finished_;
     }
+    cv_done_.notify_all();
   }
 }
 
@@ -61,13 +64,15 @@ void ThreadPool::parallel_for(size_t n, const std::function<void(size_t)>& fn) {
     job_ = &fn;
     job_n_ = n;
     next_.store(0);
-    finished_ = 0;
+    started_ = finished_ = 0;
+    accepting_ = true;
     ++generation_;
   }
   cv_work_.notify_all();
   run_items();
   std::unique_lock<std::mutex> lk(mu_);
-  cv_done_.wait(lk, [&] { return finished_ == static_cast<int>(workers_.size()); });
+  accepting_ = false;
+  cv_done_.wait(lk, [&] { return finished_ == started_; });
   job_ = nullptr;
   if (error_) {
     std::exception_ptr e = error_;

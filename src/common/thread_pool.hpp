@@ -34,6 +34,11 @@ class ThreadPool {
   size_t job_n_ = 0;
   std::atomic<size_t> next_{0};
   size_t generation_ = 0;
+  // Workers that joined the current job and have not finished it. A worker that wakes after the
+  // caller has handed out every item does not join: on a busy machine a wake-up can take longer
+  // than a small job, and the caller must not wait for it.
+  bool accepting_ = false;
+  int started_ = 0;
   int finished_ = 0;
   std::exception_ptr error_;  // first exception thrown by an item, rethrown by parallel_for
   bool stop_ = false;
