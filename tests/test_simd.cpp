@@ -24,7 +24,7 @@ const uint64_t kSizes[] = {8192, 8192 + 5, 16384 + 3, 32768 + 31, 65536, 65536 *
 class SimdDtype : public ::testing::TestWithParam<DType> {};
 
 TEST_P(SimdDtype, EncoderMatchesScalarByteForByte) {
-  if (!detail::cpu_has_avx512_vbmi2()) GTEST_SKIP() << "this CPU has no AVX-512 VBMI2: only the scalar coder runs";
+  if (!detail::cpu_has_avx512_vbmi()) GTEST_SKIP() << "this CPU has no AVX-512 VBMI2: only the scalar coder runs";
   const DType dt = GetParam();
   for (uint64_t n : kSizes) {
     SCOPED_TRACE("n=" + std::to_string(n));

@@ -21,7 +21,8 @@ bool cpu_supports() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi2");
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi") &&
+         __builtin_cpu_supports("avx512vbmi2");
 #else
   return false;
 #endif
@@ -29,7 +30,7 @@ bool cpu_supports() {
 
 }  // namespace
 
-bool cpu_has_avx512_vbmi2() {
+bool cpu_has_avx512_vbmi() {
   static const bool supported = cpu_supports();
   return supported && simd_allowed().load(std::memory_order_relaxed);
 }

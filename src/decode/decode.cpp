@@ -107,7 +107,7 @@ Result<TensorDecoder> TensorDecoder::prepare(const TensorCoding& coding, const u
     const uint32_t unit = coding.unit_bytes();
     // Element indices times raw_bits must fit the 32-bit lanes: chunks hold at most 2^24 units.
     d.simd_ = (unit == 2 || unit == 4) && coding.lanes_log2 >= 2 && d.fm_.raw_bits <= 25 && coding.chunk_log2 <= 20 &&
-              cpu_has_avx512_vbmi2();
+              cpu_has_avx512_vbmi();
     // Small tensors are common and their table setup costs as much as their data: build only
     // the one set of tables the decode loops will read.
     if (d.build_fused()) return d;

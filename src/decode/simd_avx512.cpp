@@ -9,7 +9,7 @@
 namespace bigsmall::detail {
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define BS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,popcnt")))
+#define BS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,popcnt")))
 
 namespace {
 
@@ -164,6 +164,41 @@ BS_AVX512 inline typename W::V add_raw(const SimdFloatArgs& a, typename W::V v, 
   return W::or_(v, W::sll(field, _mm_cvtsi32_si128(a.zero_bits)));
 }
 
+// Raw fields of 16 elements without a gather: 16 fields of raw_bits bits are 2·raw_bits bytes
+// and a group of 16 starts on a byte, so the byte offset and shift of each lane's field are the
+// same in every group. One masked load brings the group's bytes (at most 2·25+2 of them: the
+// mask also keeps the load inside the plane), a byte permute puts each field's 4 bytes into its
+// lane, a per-lane shift aligns it.
+struct RawPermute {
+  __m512i bytes;   // permute control: lane i takes bytes off_i .. off_i+3
+  __m512i shift;   // lane i: (i · raw_bits) mod 8
+  __m512i mask;    // raw_bits low bits
+  __mmask64 load;  // the bytes the group needs
+  __m128i zero_bits;
+};
+
+BS_AVX512 inline RawPermute raw_permute(const SimdFloatArgs& a) {
+  alignas(64) uint8_t ctrl[64];
+  alignas(64) uint32_t sh[16];
+  int last = 0;
+  for (int i = 0; i < 16; ++i) {
+    const int off = (i * a.raw_bits) >> 3;
+    for (int j = 0; j < 4; ++j) ctrl[4 * i + j] = static_cast<uint8_t>(off + j);
+    sh[i] = static_cast<uint32_t>((i * a.raw_bits) & 7);
+    last = off + 3;
+  }
+  return {_mm512_load_si512(ctrl), _mm512_load_si512(sh),
+          _mm512_set1_epi32(static_cast<int>((1u << a.raw_bits) - 1)),
+          static_cast<__mmask64>((uint64_t{2} << last) - 1), _mm_cvtsi32_si128(a.zero_bits)};
+}
+
+BS_AVX512 inline __m512i add_raw16(const SimdFloatArgs& a, const RawPermute& r, __m512i v, uint64_t first) {
+  const __m512i group = _mm512_maskz_loadu_epi8(r.load, a.raw + first * static_cast<uint64_t>(a.raw_bits) / 8);
+  const __m512i word = _mm512_permutexvar_epi8(r.bytes, group);
+  const __m512i field = _mm512_and_si512(_mm512_srlv_epi32(word, r.shift), r.mask);
+  return _mm512_or_si512(v, _mm512_sll_epi32(field, r.zero_bits));
+}
+
 template <class W, int kElemBytes>
 BS_AVX512 inline void store(uint8_t* dst, typename W::V v) {
   if constexpr (kElemBytes == 2) W::store16(dst, v);
@@ -191,6 +226,7 @@ BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
   const auto [se_p, m_p, man_bits, hi_shift] = kernel_consts(a);
   const Vec se_mask = W::set1((1u << a.se_precision) - 1), m_mask = W::set1((1u << a.m_precision) - 1);
   const Vec low16 = W::set1(0xffff);
+  const RawPermute raw = raw_permute(a);
   uint64_t done = 0;
   while (round_fits(a, wp, done, kRound)) {
     Vec sym[V];
@@ -207,7 +243,11 @@ BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
       const Vec hi = W::gather4(slot, a.m_sym);
       x[h] = renorm<W>(advance<W>(x[h], e, m_p), wp);
       Vec v = W::or_(W::sll(W::and_(sym[h], low16), man_bits), W::sll(hi, hi_shift));
-      if (a.raw_bits) v = add_raw<W>(a, v, done + W::N * h);
+      if constexpr (std::is_same_v<W, W16>) {
+        if (a.raw_bits) v = add_raw16(a, raw, v, done + W::N * h);
+      } else {
+        if (a.raw_bits) v = add_raw<W>(a, v, done + W::N * h);
+      }
       store<W, kElemBytes>(out + (done + W::N * h) * kElemBytes, v);
     }
     done += kRound;
@@ -239,6 +279,7 @@ BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uin
   const Vec se_mask = W::set1((1u << a.se_precision) - 1), m_mask = W::set1((1u << a.m_precision) - 1);
   const __m128i se_2p = _mm_cvtsi32_si128(2 * a.se_precision);
   const __m128i m_2p = _mm_cvtsi32_si128(2 * a.m_precision);
+  const RawPermute raw = raw_permute(a);
   uint64_t done = 0;
   while (round_fits(a, wp, done, kRound)) {
     Vec se[V];
@@ -260,7 +301,11 @@ BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uin
       } else {
         v = W::or_(W::sll(W::permute64(se[h], t), man_bits), payload);
       }
-      if (a.raw_bits) v = add_raw<W>(a, v, done + W::N * h);
+      if constexpr (std::is_same_v<W, W16>) {
+        if (a.raw_bits) v = add_raw16(a, raw, v, done + W::N * h);
+      } else {
+        if (a.raw_bits) v = add_raw<W>(a, v, done + W::N * h);
+      }
       store<W, kElemBytes>(out + (done + W::N * h) * kElemBytes, v);
     }
     done += kRound;

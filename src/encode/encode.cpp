@@ -561,7 +561,7 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
       }
       st.m_base.resize(st.fm.ctx.size());
       for (size_t s = 0; s < st.fm.ctx.size(); ++s) st.m_base[s] = st.fm.ctx[s] * (1u << st.fm.hi_bits);
-      st.simd = cpu_has_avx512_vbmi2() && (info.bits == 16 || info.bits == 32) && lanes_log2 >= 3;
+      st.simd = cpu_has_avx512_vbmi() && (info.bits == 16 || info.bits == 32) && lanes_log2 >= 3;
       if (st.simd) {
         simd_tables(st.se_enc, &st.se_fc, &st.se_rcp);
         simd_tables(st.m_flat, &st.m_fc, &st.m_rcp);

@@ -5,7 +5,7 @@
 namespace bigsmall::detail {
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define BS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,popcnt")))
+#define BS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,popcnt")))
 
 namespace {
 
