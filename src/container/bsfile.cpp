@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "bigsmall/container.hpp"
 #include "common/bytes.hpp"
@@ -475,7 +476,7 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, detail::ThreadPool&
   if (!dec) return dec.status().with_context(label);
   const uint64_t chunk_bytes = c.chunk_units() * c.unit_bytes();
   const size_t per_group = static_cast<size_t>(std::max<uint64_t>(1, detail::kBatchBytes / chunk_bytes));
-  std::vector<uint8_t> scratch(std::min<uint64_t>(per_group, c.chunks.size()) * chunk_bytes);
+  std::unique_ptr<uint8_t[]> scratch(new uint8_t[std::min<uint64_t>(per_group, c.chunks.size()) * chunk_bytes]);
   std::vector<Status> errs(per_group);
   detail::Xxh3Stream hash;
   for (size_t first = 0; first < c.chunks.size(); first += per_group) {
@@ -486,13 +487,13 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, detail::ThreadPool&
       if (detail::xxh3_32(payload + ref.offset, ref.size) != ref.checksum)
         errs[k] = Status(Error::kCorrupt, "chunk " + std::to_string(i) + ": checksum mismatch (compressed data damaged)");
       else
-        errs[k] = dec->decode_chunk(i, payload + ref.offset, ref.size, ref.mode, scratch.data() + k * chunk_bytes);
+        errs[k] = dec->decode_chunk(i, payload + ref.offset, ref.size, ref.mode, scratch.get() + k * chunk_bytes);
     });
     for (size_t k = 0; k < count; ++k)
       if (!errs[k].is_ok()) return errs[k].with_context(label);
     uint64_t bytes = 0;
     for (size_t k = 0; k < count; ++k) bytes += c.chunk_out_size(first + k);
-    hash.update(scratch.data(), bytes);
+    hash.update(scratch.get(), bytes);
   }
   if (hash.digest() != c.checksum) return Status(Error::kCorrupt, label + ": checksum mismatch after decode");
   return Status::ok();
@@ -502,7 +503,10 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, detail::ThreadPool&
 Status BsFile::verify(const DecompressOptions& opts) const {
   const Impl& im = *impl_;
   detail::ThreadPool pool(opts.threads);
-  std::vector<uint8_t> scratch;
+  // Decoded bytes are only hashed and dropped: no zero-fill (a vector's resize would write every
+  // byte once more before the decoder does).
+  std::unique_ptr<uint8_t[]> scratch;
+  uint64_t scratch_size = 0;
   uint64_t total = 0, done = 0;
   for (const auto& t : im.infos) total += t.nbytes;
   if (opts.progress) opts.progress(0, total);
@@ -510,12 +514,16 @@ Status BsFile::verify(const DecompressOptions& opts) const {
     if (batch.size() == 1 && bytes > detail::kBatchBytes) {
       BS_RETURN_IF_ERROR(verify_large_tensor(im, batch[0], pool));
     } else {
-      scratch.resize(bytes);
+      if (bytes > scratch_size) {
+        scratch.reset();
+        scratch.reset(new uint8_t[bytes]);
+        scratch_size = bytes;
+      }
       std::vector<uint8_t*> outs;
       std::vector<uint64_t> sizes;
       uint64_t off = 0;
       for (size_t i : batch) {
-        outs.push_back(scratch.data() + off);
+        outs.push_back(scratch.get() + off);
         sizes.push_back(im.entries[i].coding.nbytes);
         off += im.entries[i].coding.nbytes;
       }

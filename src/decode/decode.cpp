@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -448,6 +449,58 @@ Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size
   return corrupt_chunk(i, "coded chunk in a stored tensor");
 }
 
+namespace {
+
+// A tensor's checksum, computed while its chunks decode: whichever thread finishes a chunk
+// hashes the complete decoded prefix, while it is still in cache. Hashing a large tensor after
+// the decode would run on one thread and leave the others idle.
+class TensorHash {
+ public:
+  void init(const DecodeJob& job) {
+    job_ = &job;
+    count_ = job.coding->chunks.size();
+    if (count_ > 1) {
+      done_.reset(new std::atomic<bool>[count_]);
+      for (size_t i = 0; i < count_; ++i) done_[i].store(false, std::memory_order_relaxed);
+      stream_ = std::make_unique<Xxh3Stream>();
+    }
+  }
+  void chunk_done(size_t i) {
+    if (count_ == 1) {
+      digest_ = xxh3_64(job_->out, job_->coding->nbytes);
+      return;
+    }
+    done_[i].store(true, std::memory_order_release);
+    std::unique_lock<std::mutex> lk(mu_, std::try_to_lock);
+    if (lk) advance();  // a busy hasher will take this chunk, or finish() will
+  }
+  bool matches() {
+    if (count_ == 0) return xxh3_64(job_->out, 0) == job_->coding->checksum;
+    if (count_ > 1) {
+      std::lock_guard<std::mutex> lk(mu_);
+      advance();
+      if (next_ != count_) return false;
+      digest_ = stream_->digest();
+    }
+    return digest_ == job_->coding->checksum;
+  }
+
+ private:
+  void advance() {
+    const TensorCoding& c = *job_->coding;
+    for (; next_ < count_ && done_[next_].load(std::memory_order_acquire); ++next_)
+      stream_->update(job_->out + c.chunk_out_offset(next_), c.chunk_out_size(next_));
+  }
+  const DecodeJob* job_ = nullptr;
+  size_t count_ = 0, next_ = 0;
+  uint64_t digest_ = 0;
+  std::mutex mu_;
+  std::unique_ptr<std::atomic<bool>[]> done_;
+  std::unique_ptr<Xxh3Stream> stream_;
+};
+
+}  // namespace
+
 Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool) {
   std::vector<TensorDecoder> decoders(jobs.size());
   std::vector<Status> errors(jobs.size());
@@ -473,6 +526,8 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
       work.emplace_back(static_cast<uint32_t>(t), static_cast<uint32_t>(c));
   std::atomic<bool> failed{false};
   std::mutex mu;
+  std::vector<TensorHash> hashes(verify ? jobs.size() : 0);
+  for (size_t t = 0; t < hashes.size(); ++t) hashes[t].init(jobs[t]);
   pool.parallel_for(work.size(), [&](size_t w) {
     if (failed.load(std::memory_order_relaxed)) return;
     const auto [t, i] = work[w];
@@ -492,6 +547,8 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
       std::lock_guard<std::mutex> lk(mu);
       if (errors[t].is_ok()) errors[t] = st;
       failed = true;
+    } else if (verify) {
+      hashes[t].chunk_done(i);
     }
   });
   for (size_t t = 0; t < jobs.size(); ++t)
@@ -499,8 +556,7 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
   if (failed) return Status(Error::kCorrupt, "decode failed");
   if (verify) {
     pool.parallel_for(jobs.size(), [&](size_t t) {
-      if (xxh3_64(jobs[t].out, jobs[t].coding->nbytes) != jobs[t].coding->checksum)
-        errors[t] = Status(Error::kCorrupt, "checksum mismatch after decode");
+      if (!hashes[t].matches()) errors[t] = Status(Error::kCorrupt, "checksum mismatch after decode");
     });
     for (size_t t = 0; t < jobs.size(); ++t)
       if (!errors[t].is_ok()) return errors[t].with_context(jobs[t].label);
