@@ -3,8 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fstream>
+#include <string>
 
 #include "bigsmall/codec.hpp"
+#include "common/bytes.hpp"
+#include "decode/decoder.hpp"
+#include "entropy/model.hpp"
 #include "testutil.hpp"
 
 using namespace bigsmall;
@@ -214,4 +219,53 @@ TEST(Corruption, FewLaneChunksStayInBounds) {
       }
     }
   }
+}
+
+namespace {
+long rss_kib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return 0;
+}
+}  // namespace
+
+// A 200-byte model for a one-element F32 tensor with 512 sign+exponent symbols, all on the
+// uniform mantissa table: the fused decoder tables repeat that table per symbol (8 MiB), so
+// they must stay within the bound the data allows (found in review).
+TEST(Corruption, TinyModelCannotDemandLargeDecoderTables) {
+  using namespace bigsmall::detail;
+  FloatModel m;
+  m.exp_bits = 8;
+  m.man_bits = 23;
+  m.hi_bits = 8;
+  m.raw_bits = 15;
+  m.zero_bits = 0;
+  m.mant_precision = 12;
+  m.se.alphabet = m.se_alphabet();
+  m.se.precision = 11;
+  m.se.freq.assign(m.se.alphabet, 0);
+  for (uint32_t s = 0; s < 512; ++s) m.se.freq[s] = 4;
+  m.se.rebuild_cum();
+  m.ctx.assign(m.se.alphabet, 0);
+  BitWriter bw;
+  write_float_model(m, bw);
+  const std::vector<uint8_t> blob = bw.buf();
+  ASSERT_LT(blob.size(), 512u);
+  TensorCoding c;
+  c.dtype = DType::kF32;
+  c.codec = Codec::kFloat;
+  c.nbytes = 4;
+  c.chunk_log2 = 6;
+  c.lanes_log2 = 0;
+  c.model_size = static_cast<uint32_t>(blob.size());
+  std::vector<TensorDecoder> keep;
+  const long before = rss_kib();
+  for (int i = 0; i < 50; ++i) {
+    auto d = TensorDecoder::prepare(c, blob.data(), blob.size());
+    ASSERT_TRUE(d.is_ok()) << d.status().message();
+    keep.push_back(std::move(d.value()));
+  }
+  EXPECT_LT(rss_kib() - before, 50 * 1024) << "decoder tables grow with the model, not with the data";
 }

@@ -4,8 +4,9 @@
 namespace bigsmall::detail {
 
 // AVX-512 F, BW, VL, VBMI (byte permutes) and VBMI2 (word compress/expand), the set the SIMD
-// coders are written for (Ice Lake, Zen 4 and later),
-// and SIMD not switched off (BIGSMALL_NO_SIMD=1 in the environment, or set_simd_allowed).
+// coders are written for (Ice Lake, Zen 4 and later), and SIMD not switched off: by
+// BIGSMALL_NO_SIMD=1 in the environment (read once, at the first call) or set_simd_allowed.
+// Encoders decide when they plan a tensor, decoders when they prepare one.
 bool cpu_has_avx512_vbmi();
 // Tests compare the SIMD coders against the scalar ones in one process.
 void set_simd_allowed(bool allowed);

@@ -106,7 +106,7 @@ Result<TensorDecoder> TensorDecoder::prepare(const TensorCoding& coding, const u
     if (slots > (uint64_t{1} << 16) + 64 * coding.units())
       return Status(Error::kCorrupt, "mantissa tables larger than the tensor they code");
     const uint32_t unit = coding.unit_bytes();
-    // Element indices times raw_bits must fit the 32-bit lanes: chunks hold at most 2^24 units.
+    // Element indices times raw_bits must fit the 32-bit lanes: chunks hold at most 2^20 units.
     d.simd_ = (unit == 2 || unit == 4) && coding.lanes_log2 >= 2 && d.fm_.raw_bits <= 25 && coding.chunk_log2 <= 20 &&
               cpu_has_avx512_vbmi();
     // Small tensors are common and their table setup costs as much as their data: build only
@@ -297,13 +297,18 @@ bool TensorDecoder::build_fused() {
       total += se.freq[s];
     }
   if (total != (1u << ps)) return false;  // every slot must belong to a symbol (read_table guarantees it)
+  // Fused rows repeat a mantissa table for every se symbol that uses it (kSeInSe: for every se
+  // value): they get the same memory bound as the tables themselves, or a hostile model of a few
+  // bytes could ask for megabytes per tensor. Tensors past it decode with the unfused tables.
+  const uint64_t budget = (uint64_t{1} << 16) + 64 * coding_.units();
+  const size_t se_slots = size_t{1} << ps, slots = size_t{1} << pm;
+  auto fits = [&](uint64_t rows) { return rows * slots <= budget; };
   int mode;
-  if (2 * pm + se_bits + k <= 32 && 2 * ps + 8 <= 32 && count <= 256) mode = kSeInMant;
-  else if (2 * ps + se_bits <= 32) mode = kSeInSe;
-  else if (2 * ps + 8 <= 32 && count <= 64) mode = kSePermute;
+  if (2 * pm + se_bits + k <= 32 && 2 * ps + 8 <= 32 && count <= 256 && fits(count)) mode = kSeInMant;
+  else if (2 * ps + se_bits <= 32 && fits(uint64_t{1} << se_bits)) mode = kSeInSe;
+  else if (2 * ps + 8 <= 32 && count <= 64 && fits(count)) mode = kSePermute;
   else return false;
   const bool dense = mode != kSeInSe;
-  const size_t se_slots = size_t{1} << ps, slots = size_t{1} << pm;
   const size_t rows = dense ? count : (size_t{1} << se_bits);
   // Rows of absent symbols (kSeInSe) are never written nor read: the allocation stays untouched.
   fused_.reset(new uint32_t[se_slots + rows * slots]);
