@@ -307,16 +307,18 @@ double plan_bytes(const uint8_t* data, uint64_t nbytes, uint32_t unit, BytesMode
   return bits;
 }
 
-// One compression context per thread: ZSTD_compress would allocate and initialize a fresh one
-// on every call, which costs more than compressing a small tensor.
+// Compression contexts kept per thread: ZSTD_compress would allocate and initialize a fresh one
+// on every call, which costs more than compressing a small tensor. The level-1 probes and the
+// real levels get a context each, so that neither keeps resizing the other's workspace.
 size_t zstd_compress(void* dst, size_t cap, const void* src, size_t len, int level) {
   struct Ctx {
     ZSTD_CCtx* p = ZSTD_createCCtx();
     ~Ctx() { ZSTD_freeCCtx(p); }
   };
-  thread_local Ctx ctx;
-  if (ctx.p == nullptr) return ZSTD_compress(dst, cap, src, len, level);
-  return ZSTD_compressCCtx(ctx.p, dst, cap, src, len, level);
+  thread_local Ctx probe, full;
+  ZSTD_CCtx* c = level <= 1 ? probe.p : full.p;
+  if (c == nullptr) return ZSTD_compress(dst, cap, src, len, level);
+  return ZSTD_compressCCtx(c, dst, cap, src, len, level);
 }
 
 // zstd's size on (a sample of) the tensor, scaled to the whole tensor, in bits. Level 1 on at
