@@ -131,13 +131,22 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
     while (last < sources.size() && (last == first || batch + sources[last].nbytes <= kBatchBytes)) batch += sources[last++].nbytes;
     const size_t nb = last - first;
     std::vector<std::unique_ptr<TensorEncoder>> enc(nb);
-    pool.parallel_for(nb, [&](size_t i) {
+    // Largest tensors (and chunks) first, so that the threads finish together.
+    std::vector<size_t> order(nb);
+    for (size_t i = 0; i < nb; ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return sources[first + a].nbytes > sources[first + b].nbytes; });
+    pool.parallel_for(nb, [&](size_t k) {
+      const size_t i = order[k];
       const Source& s = sources[first + i];
       enc[i] = std::make_unique<TensorEncoder>(TensorEncoder::plan(s.dtype, s.data, s.nbytes, eo));
     });
     std::vector<std::pair<uint32_t, uint32_t>> work;
     for (size_t i = 0; i < nb; ++i)
       for (size_t c = 0; c < enc[i]->chunk_count(); ++c) work.emplace_back(static_cast<uint32_t>(i), static_cast<uint32_t>(c));
+    std::stable_sort(work.begin(), work.end(), [&](const auto& a, const auto& b) {
+      return enc[a.first]->coding().chunk_out_size(a.second) > enc[b.first]->coding().chunk_out_size(b.second);
+    });
     std::vector<std::vector<std::vector<uint8_t>>> chunks(nb);
     std::vector<std::vector<ChunkMode>> modes(nb);
     for (size_t i = 0; i < nb; ++i) {

@@ -529,6 +529,11 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
   for (size_t t = 0; t < jobs.size(); ++t)
     for (size_t c = 0; c < jobs[t].coding->chunks.size(); ++c)
       work.emplace_back(static_cast<uint32_t>(t), static_cast<uint32_t>(c));
+  // Largest chunks first: a file of few chunks of uneven size (one zstd tensor, short last
+  // chunks) then ends with the small ones spread over the threads, not with one straggler.
+  std::stable_sort(work.begin(), work.end(), [&](const auto& a, const auto& b) {
+    return jobs[a.first].coding->chunk_out_size(a.second) > jobs[b.first].coding->chunk_out_size(b.second);
+  });
   std::atomic<bool> failed{false};
   std::mutex mu;
   std::vector<TensorHash> hashes(verify ? jobs.size() : 0);
