@@ -1,8 +1,10 @@
 // The .bs file: writer (from a safetensors file or from tensors in memory) and reader.
 // Byte layout and rules: doc/FORMAT.md.
+#include <sys/mman.h>
 #include <zstd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -473,6 +475,33 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
 }
 
 namespace {
+// Scratch memory for decoded bytes that are only hashed: not zero-filled (the decoder writes
+// every byte), and in 2 MiB pages where the kernel allows, so that a 64 MiB batch costs 32
+// page faults, not 16384.
+struct FreeDeleter {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+using Scratch = std::unique_ptr<uint8_t[], FreeDeleter>;
+Scratch scratch_buffer(uint64_t bytes) {
+  constexpr uint64_t kHuge = uint64_t{2} << 20;
+  void* p = nullptr;
+  if (bytes >= 2 * kHuge) {
+    const uint64_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+    if (posix_memalign(&p, kHuge, rounded) == 0) {
+#ifdef MADV_HUGEPAGE
+      madvise(p, rounded, MADV_HUGEPAGE);  // advice only: a kernel without huge pages ignores it
+#endif
+      return Scratch(static_cast<uint8_t*>(p));
+    }
+    p = nullptr;
+  }
+  p = std::malloc(bytes ? bytes : 1);
+  if (p == nullptr) throw std::bad_alloc();
+  return Scratch(static_cast<uint8_t*>(p));
+}
+}  // namespace
+
+namespace {
 // A tensor larger than a batch is verified a group of chunks at a time with a streaming
 // checksum, so that verification needs bounded memory whatever a file declares.
 Status verify_large_tensor(const BsFile::Impl& im, size_t t, detail::ThreadPool& pool) {
@@ -485,7 +514,7 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, detail::ThreadPool&
   if (!dec) return dec.status().with_context(label);
   const uint64_t chunk_bytes = c.chunk_units() * c.unit_bytes();
   const size_t per_group = static_cast<size_t>(std::max<uint64_t>(1, detail::kBatchBytes / chunk_bytes));
-  std::unique_ptr<uint8_t[]> scratch(new uint8_t[std::min<uint64_t>(per_group, c.chunks.size()) * chunk_bytes]);
+  Scratch scratch = scratch_buffer(std::min<uint64_t>(per_group, c.chunks.size()) * chunk_bytes);
   std::vector<Status> errs(per_group);
   detail::Xxh3Stream hash;
   for (size_t first = 0; first < c.chunks.size(); first += per_group) {
@@ -512,9 +541,7 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, detail::ThreadPool&
 Status BsFile::verify(const DecompressOptions& opts) const {
   const Impl& im = *impl_;
   detail::ThreadPool pool(opts.threads);
-  // Decoded bytes are only hashed and dropped: no zero-fill (a vector's resize would write every
-  // byte once more before the decoder does).
-  std::unique_ptr<uint8_t[]> scratch;
+  Scratch scratch;
   uint64_t scratch_size = 0;
   uint64_t total = 0, done = 0;
   for (const auto& t : im.infos) total += t.nbytes;
@@ -525,7 +552,7 @@ Status BsFile::verify(const DecompressOptions& opts) const {
     } else {
       if (bytes > scratch_size) {
         scratch.reset();
-        scratch.reset(new uint8_t[bytes]);
+        scratch = scratch_buffer(bytes);
         scratch_size = bytes;
       }
       std::vector<uint8_t*> outs;
