@@ -3,9 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
 
 #include "bigsmall/codec.hpp"
 #include "common/cpu.hpp"
+#include "decode/decoder.hpp"
+#include "decode/simd.hpp"
 #include "testutil.hpp"
 
 using namespace bigsmall;
@@ -54,6 +59,62 @@ TEST_P(SimdDtype, EncoderMatchesScalarByteForByte) {
       ASSERT_TRUE(decode_tensor(simd->coding, simd->payload.data(), simd->payload.size(), out.data(), out.size()).is_ok());
     }
     EXPECT_TRUE(out == data);
+  }
+}
+
+// BF16 weights from a small codebook (so the mantissa tables use every mantissa bit) with a
+// sprinkle of rare exponents (so the sign+exponent table wants a fine precision): the data that
+// makes the decoder fall back from its other fused layouts to kSePermute.
+std::vector<uint8_t> codebook_weights(uint64_t n, int rare) {
+  static const float kBook[12] = {0.013f, -0.021f, 0.0071f, -0.0093f, 0.031f, -0.047f,
+                                  0.0027f, -0.0039f, 0.061f, -0.11f, 0.0011f, -0.0017f};
+  std::mt19937 rng(3);
+  std::vector<uint8_t> d(n * 2);
+  for (uint64_t i = 0; i < n; ++i) {
+    float f = kBook[rng() % 12];
+    if (i % 97 == 0) {
+      const uint64_t k = i / 97;
+      f = std::ldexp(1.f + static_cast<float>(i % 7) / 8.f, -static_cast<int>(k % static_cast<uint64_t>(rare)) - 1) *
+          (k % 2 ? -1.f : 1.f);
+    }
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    const uint16_t h = static_cast<uint16_t>(u >> 16);
+    std::memcpy(&d[i * 2], &h, 2);
+  }
+  return d;
+}
+
+TEST(SimdFused, EveryLayoutAtFewLanesMatchesTheReference) {
+  struct Want {
+    int lanes, mode;
+  };
+  const Want wants[] = {{4, detail::kSePermute}, {8, detail::kSePermute}, {8, detail::kSeInSe}, {8, detail::kSeInMant}};
+  for (const Want& want : wants) {
+    SCOPED_TRACE("lanes " + std::to_string(want.lanes) + " layout " + std::to_string(want.mode));
+    bool reached = false;
+    for (uint64_t n : {uint64_t{5000}, uint64_t{10000}, uint64_t{14000}}) {
+      for (int rare : {0, 30, 40, 48, 56}) {
+        std::vector<uint8_t> data = rare ? codebook_weights(n, rare) : bstest::weights(DType::kBF16, n, 11, false);
+        EncodeOptions eo;
+        eo.allow_zstd = false;
+        auto enc = encode_tensor(DType::kBF16, data.data(), data.size(), eo);
+        ASSERT_TRUE(enc.is_ok());
+        if (enc->coding.codec != Codec::kFloat || (1 << enc->coding.lanes_log2) != want.lanes) continue;
+        auto dec = detail::TensorDecoder::prepare(enc->coding, enc->payload.data(), enc->coding.model_size);
+        ASSERT_TRUE(dec.is_ok());
+        if (dec->fused_mode() != want.mode) continue;
+        reached = true;
+        std::vector<uint8_t> fast(data.size() + 8, 0x5A), ref(data.size(), 0);
+        ASSERT_TRUE(decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), fast.data(), data.size()).is_ok());
+        ASSERT_TRUE(
+            reference_decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), ref.data(), ref.size()).is_ok());
+        EXPECT_TRUE(std::equal(data.begin(), data.end(), fast.begin()));
+        EXPECT_TRUE(ref == data);
+        for (int i = 0; i < 8; ++i) EXPECT_EQ(fast[data.size() + i], 0x5A) << "wrote past the end";
+      }
+    }
+    EXPECT_TRUE(reached) << "no test tensor reaches this layout: adjust the generator";
   }
 }
 

@@ -38,6 +38,9 @@ class TensorDecoder {
   static Result<TensorDecoder> prepare(const TensorCoding& coding, const uint8_t* model, uint64_t model_size);
   // out must hold coding.chunk_out_size(i) bytes; chunk holds `size` compressed bytes.
   Status decode_chunk(size_t i, const uint8_t* chunk, uint64_t size, ChunkMode mode, uint8_t* out) const;
+  // Which one-lookup table layout the float decoder uses (FusedMode), 0 for two lookups: lets
+  // tests check that they reach the layout they are written for.
+  int fused_mode() const { return fused_mode_; }
 
  private:
   TensorCoding coding_;  // chunk list not copied: only geometry is needed
