@@ -6,6 +6,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/checksum.hpp"
 #include "common/cpu.hpp"
@@ -280,6 +282,63 @@ bool decode_fused_rounds_t(int mode, bool raw, const FusedView& v, ChunkStreams&
 
 }  // namespace
 
+namespace {
+
+// Decoder tables are rebuilt for every decode call, and a table's cost is mostly in writing it:
+// fresh pages from the kernel (page faults, zeroing) cost more than the writes, and whether
+// glibc hands back recycled memory or fresh pages depends on the allocation history (a 20%
+// swing on files of many tensors). Freed table blocks are therefore kept, up to kKeepBytes in
+// all, for the next tensor of a similar size.
+class TableMemory {
+ public:
+  static std::shared_ptr<uint32_t[]> get(size_t n) {
+    TableMemory& m = instance();
+    uint32_t* p = nullptr;
+    size_t cap = n;
+    {
+      std::lock_guard<std::mutex> lk(m.mu_);
+      size_t best = m.blocks_.size();
+      for (size_t i = 0; i < m.blocks_.size(); ++i) {
+        const size_t c = m.blocks_[i].first;
+        if (c >= n && c <= 2 * n + 4096 && (best == m.blocks_.size() || c < m.blocks_[best].first)) best = i;
+      }
+      if (best < m.blocks_.size()) {
+        cap = m.blocks_[best].first;
+        p = m.blocks_[best].second;
+        m.bytes_ -= cap * 4;
+        m.blocks_[best] = m.blocks_.back();
+        m.blocks_.pop_back();
+      }
+    }
+    if (p == nullptr) p = new uint32_t[n];
+    return std::shared_ptr<uint32_t[]>(p, [cap](uint32_t* q) { put(q, cap); });
+  }
+
+ private:
+  static constexpr size_t kKeepBytes = size_t{32} << 20;
+  static TableMemory& instance() {
+    static TableMemory* m = new TableMemory;  // never destroyed: decoders may outlive statics
+    return *m;
+  }
+  static void put(uint32_t* p, size_t cap) {
+    TableMemory& m = instance();
+    {
+      std::lock_guard<std::mutex> lk(m.mu_);
+      if (m.bytes_ + cap * 4 <= kKeepBytes) {
+        m.blocks_.emplace_back(cap, p);
+        m.bytes_ += cap * 4;
+        return;
+      }
+    }
+    delete[] p;
+  }
+  std::mutex mu_;
+  std::vector<std::pair<size_t, uint32_t*>> blocks_;  // (capacity in entries, block)
+  size_t bytes_ = 0;
+};
+
+}  // namespace
+
 bool TensorDecoder::build_fused() {
   // Three ways to get the sign+exponent value with one lookup per symbol (see simd.hpp):
   //   kSeInMant: the mantissa entry carries se and hi together (2Pm + 1+E + k <= 32);
@@ -311,7 +370,7 @@ bool TensorDecoder::build_fused() {
   const bool dense = mode != kSeInSe;
   const size_t rows = dense ? count : (size_t{1} << se_bits);
   // Rows of absent symbols (kSeInSe) are never written nor read: the allocation stays untouched.
-  fused_.reset(new uint32_t[se_slots + rows * slots]);
+  fused_ = TableMemory::get(se_slots + rows * slots);
   uint32_t* se_t = fused_.get();
   uint32_t* m_t = se_t + se_slots;
   // Rows that share a mantissa table are identical unless they also carry se (kSeInMant).
