@@ -215,14 +215,40 @@ BS_AVX512 inline KernelConsts kernel_consts(const SimdFloatArgs& a) {
           _mm_cvtsi32_si128(a.hi_shift)};
 }
 
+// A chunk's V registers of lane states and its word stream position, held in registers for the
+// length of a kernel and written back at its end.
+template <class W, int V>
+struct Lanes {
+  typename W::V x[V];
+  const uint8_t* wp;
+  BS_AVX512 explicit Lanes(const SimdFloatArgs& a) : wp(*a.wp) {
+    for (int h = 0; h < V; ++h) x[h] = W::load(a.x + W::N * h);
+  }
+  BS_AVX512 void save(const SimdFloatArgs& a) const {
+    for (int h = 0; h < V; ++h) W::store_state(a.x + W::N * h, x[h]);
+    *a.wp = wp;
+  }
+};
+
+// ORs the raw mantissa fields into elements first.. and stores them.
+template <class W, int kElemBytes>
+BS_AVX512 inline void emit(const SimdFloatArgs& a, const RawPermute& raw, typename W::V v, uint64_t first,
+                           uint8_t* out) {
+  if (a.raw_bits) {
+    if constexpr (std::is_same_v<W, W16>) v = add_raw16(a, raw, v, first);
+    else v = add_raw<W>(a, v, first);
+  }
+  store<W, kElemBytes>(out + first * kElemBytes, v);
+}
+
 // V registers of W::N lanes: N·V lanes per chunk, decoded in lane order.
 template <class W, int kElemBytes, int V>
 BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
   using Vec = typename W::V;
   constexpr uint64_t kRound = W::N * V;
-  Vec x[V];
-  for (int h = 0; h < V; ++h) x[h] = W::load(a.x + W::N * h);
-  const uint8_t* wp = *a.wp;
+  Lanes<W, V> l(a);
+  auto& x = l.x;
+  const uint8_t*& wp = l.wp;
   const auto [se_p, m_p, man_bits, hi_shift] = kernel_consts(a);
   const Vec se_mask = W::set1((1u << a.se_precision) - 1), m_mask = W::set1((1u << a.m_precision) - 1);
   const Vec low16 = W::set1(0xffff);
@@ -242,18 +268,12 @@ BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
       const Vec e = W::gather4(slot, a.m_packed);
       const Vec hi = W::gather4(slot, a.m_sym);
       x[h] = renorm<W>(advance<W>(x[h], e, m_p), wp);
-      Vec v = W::or_(W::sll(W::and_(sym[h], low16), man_bits), W::sll(hi, hi_shift));
-      if constexpr (std::is_same_v<W, W16>) {
-        if (a.raw_bits) v = add_raw16(a, raw, v, done + W::N * h);
-      } else {
-        if (a.raw_bits) v = add_raw<W>(a, v, done + W::N * h);
-      }
-      store<W, kElemBytes>(out + (done + W::N * h) * kElemBytes, v);
+      emit<W, kElemBytes>(a, raw, W::or_(W::sll(W::and_(sym[h], low16), man_bits), W::sll(hi, hi_shift)),
+                          done + W::N * h, out);
     }
     done += kRound;
   }
-  for (int h = 0; h < V; ++h) W::store_state(a.x + W::N * h, x[h]);
-  *a.wp = wp;
+  l.save(a);
   return done;
 }
 
@@ -272,9 +292,9 @@ BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uin
   __m512i t[4];
   for (int j = 0; j < 4; ++j) t[j] = _mm512_loadu_si512(f.d_to_se + 16 * j);
   constexpr uint64_t kRound = W::N * V;
-  Vec x[V];
-  for (int h = 0; h < V; ++h) x[h] = W::load(a.x + W::N * h);
-  const uint8_t* wp = *a.wp;
+  Lanes<W, V> l(a);
+  auto& x = l.x;
+  const uint8_t*& wp = l.wp;
   const auto [se_p, m_p, man_bits, hi_shift] = kernel_consts(a);
   const Vec se_mask = W::set1((1u << a.se_precision) - 1), m_mask = W::set1((1u << a.m_precision) - 1);
   const __m128i se_2p = _mm_cvtsi32_si128(2 * a.se_precision);
@@ -301,17 +321,11 @@ BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uin
       } else {
         v = W::or_(W::sll(W::permute64(se[h], t), man_bits), payload);
       }
-      if constexpr (std::is_same_v<W, W16>) {
-        if (a.raw_bits) v = add_raw16(a, raw, v, done + W::N * h);
-      } else {
-        if (a.raw_bits) v = add_raw<W>(a, v, done + W::N * h);
-      }
-      store<W, kElemBytes>(out + (done + W::N * h) * kElemBytes, v);
+      emit<W, kElemBytes>(a, raw, v, done + W::N * h, out);
     }
     done += kRound;
   }
-  for (int h = 0; h < V; ++h) W::store_state(a.x + W::N * h, x[h]);
-  *a.wp = wp;
+  l.save(a);
   return done;
 }
 
