@@ -156,24 +156,30 @@ TEST(Corruption, HostileCodingIsRejectedBeforeDecoding) {
   EXPECT_FALSE(decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), out.data(), out.size() - 1).is_ok());
 }
 
+namespace {
+// n values of ±[1, 1.9) in dt's layout: two sign+exponent values only.
+std::vector<uint8_t> narrow_exponent_range(DType dt, uint64_t n, std::mt19937& rng) {
+  const size_t w = dtype_info(dt).bits / 8;
+  std::vector<uint8_t> d(n * w);
+  std::uniform_real_distribution<float> u(1.0f, 1.9f);
+  for (size_t i = 0; i < n; ++i) {
+    const float f = (rng() & 1 ? -1.0f : 1.0f) * u(rng);
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    if (dt == DType::kBF16) { const uint16_t b = static_cast<uint16_t>(bits >> 16); std::memcpy(&d[i * w], &b, 2); }
+    else if (dt == DType::kF16) { const uint16_t h = bstest::f32_to_f16(f); std::memcpy(&d[i * w], &h, 2); }
+    else std::memcpy(&d[i * w], &bits, 4);
+  }
+  return d;
+}
+}  // namespace
+
 TEST(FloatCodec, NarrowExponentRangeTakesEveryDecoderPath) {
   // Few sign+exponent values give low table precisions, which the fused single-lookup SIMD
   // path handles; wide ranges give the generic one. Both must match the reference decoder.
   std::mt19937 rng(17);
-  for (DType dt : {DType::kBF16, DType::kF32, DType::kF16}) {
-    const size_t w = dtype_info(dt).bits / 8;
-    std::vector<uint8_t> d(3 * kChunk * w + 5 * w);
-    std::uniform_real_distribution<float> u(1.0f, 1.9f);
-    for (size_t i = 0; i < d.size() / w; ++i) {
-      const float f = (rng() & 1 ? -1.0f : 1.0f) * u(rng);
-      uint32_t bits;
-      std::memcpy(&bits, &f, 4);
-      if (dt == DType::kBF16) { const uint16_t b = static_cast<uint16_t>(bits >> 16); std::memcpy(&d[i * w], &b, 2); }
-      else if (dt == DType::kF16) { const uint16_t h = bstest::f32_to_f16(f); std::memcpy(&d[i * w], &h, 2); }
-      else std::memcpy(&d[i * w], &bits, 4);
-    }
-    check(dt, d, "narrow exponent range");
-  }
+  for (DType dt : {DType::kBF16, DType::kF32, DType::kF16})
+    check(dt, narrow_exponent_range(dt, 3 * kChunk + 5, rng), "narrow exponent range");
 }
 
 TEST(FloatCodec, FewLaneChunksMatchTheReference) {
@@ -181,21 +187,10 @@ TEST(FloatCodec, FewLaneChunksMatchTheReference) {
   // awkward sizes leave partial last rounds for the checked scalar loop.
   std::mt19937 rng(18);
   for (DType dt : {DType::kBF16, DType::kF16, DType::kF32}) {
-    const size_t w = dtype_info(dt).bits / 8;
     for (uint64_t n : {uint64_t{2049}, uint64_t{4096}, uint64_t{5003}, uint64_t{8192}, uint64_t{8199}, uint64_t{12345},
                        uint64_t{16383}}) {
       check(dt, bstest::weights(dt, n, static_cast<uint32_t>(n)), "few lanes weights", 1);
-      std::vector<uint8_t> d(n * w);
-      std::uniform_real_distribution<float> u(1.0f, 1.9f);
-      for (size_t i = 0; i < n; ++i) {
-        const float f = (rng() & 1 ? -1.0f : 1.0f) * u(rng);
-        uint32_t bits;
-        std::memcpy(&bits, &f, 4);
-        if (dt == DType::kBF16) { const uint16_t b = static_cast<uint16_t>(bits >> 16); std::memcpy(&d[i * w], &b, 2); }
-        else if (dt == DType::kF16) { const uint16_t h = bstest::f32_to_f16(f); std::memcpy(&d[i * w], &h, 2); }
-        else std::memcpy(&d[i * w], &bits, 4);
-      }
-      check(dt, d, "few lanes narrow exponent range", 1);
+      check(dt, narrow_exponent_range(dt, n, rng), "few lanes narrow exponent range", 1);
     }
   }
 }
