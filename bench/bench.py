@@ -11,6 +11,7 @@ mode (`zstd -bN`); ZipNN in memory through its Python API; bigsmall through `big
 Usage: bench/bench.py [--corpus DIR] [--bigsmall PATH] [--markdown OUT.md] [--quick]
 """
 import argparse, json, os, re, statistics, subprocess, sys, tempfile, time, platform, filecmp
+from report import emit
 
 
 def cpu_name():
@@ -133,10 +134,7 @@ def main():
         zc, zd = (zn[1], zn[2]) if zn else (float("nan"), float("nan"))
         out.append(f"| {r['file']} | {r['c1']:.0f} | {r['d1']:.0f} | {r['cN']:.0f} | {r['dN']:.0f} | {r['z3'][1]:.0f} | {r['z3'][2]:.0f} | "
                    f"{r['z19'][2]:.0f} | {zc:.0f} | {zd:.0f} | {r['d1'] / zd:.2f}x | {r['d1'] / r['z19'][2]:.2f}x | {r['c1'] / zc:.2f}x |")
-    text = "\n".join(out) + "\n"
-    print(text)
-    if a.markdown:
-        open(a.markdown, "w").write(text)
+    emit(out, a.markdown)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
 Usage: .venv/bin/python bench/bench_python.py [--corpus DIR] [--markdown OUT.md]
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, threading, time
+from report import emit
 
 
 def import_time():
@@ -98,10 +99,7 @@ def main():
     lines.append(f"\n- StreamingLoader.load_model(BertModel, device='cpu') on MiniLM-L6 FP32: peak RSS - final RSS = "
                  f"{(r['peak'] - r['final']) / 1e6:.1f} MB; largest block decoded = {largest / 1e6:.1f} MB "
                  f"(limit: block + 64 MB); final - baseline = {(r['final'] - r['base']) / 1e6:.1f} MB")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.markdown:
-        open(a.markdown, "w").write(text)
+    emit(lines, a.markdown)
 
 
 if __name__ == "__main__":
