@@ -408,28 +408,79 @@ bool TensorDecoder::build_fused() {
   return true;
 }
 
-uint64_t TensorDecoder::decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t unit, uint8_t* out) const {
+uint32_t TensorDecoder::group_kind() const {
+  if (!simd_ || !fused_mode_ || coding_.codec != Codec::kFloat) return 0;
+  return coding_.unit_bytes() | (uint32_t{coding_.lanes_log2} << 8) | (static_cast<uint32_t>(fused_mode_) << 16);
+}
+
+void TensorDecoder::simd_args(ChunkStreams& s, uint64_t n, SimdFloatArgs* a, SimdFusedArgs* f) const {
+  a->x = s.x;
+  a->wp = &s.wp;
+  a->wend = s.wend;
+  a->se_packed = se_.packed.data();
+  a->se_aux = se_aux_.data();
+  a->se_precision = fm_.se.precision;
+  a->m_packed = mant_.packed.data();
+  a->m_sym = m_sym32_.data();
+  a->m_precision = fm_.mant_precision;
+  a->man_bits = fm_.man_bits;
+  a->hi_shift = fm_.raw_bits + fm_.zero_bits;
+  a->n = n;
+  a->start = 0;
+  a->raw = s.raw;
+  a->raw_bytes = s.raw_bytes;
+  a->raw_bits = fm_.raw_bits;
+  a->zero_bits = fm_.zero_bits;
+  *f = {se_fused_, m_fused_, d_to_se_.data(), fused_mode_};
+}
+
+uint64_t TensorDecoder::decode_simd(ChunkStreams& s, uint64_t n, uint64_t start, uint8_t* out) const {
   SimdFloatArgs a;
-  a.x = s.x;
-  a.wp = &s.wp;
-  a.wend = s.wend;
-  a.se_packed = se_.packed.data();
-  a.se_aux = se_aux_.data();
-  a.se_precision = fm_.se.precision;
-  a.m_packed = mant_.packed.data();
-  a.m_sym = m_sym32_.data();
-  a.m_precision = fm_.mant_precision;
-  a.man_bits = fm_.man_bits;
-  a.hi_shift = fm_.raw_bits + fm_.zero_bits;
-  a.n = n;
-  a.raw = s.raw;
-  a.raw_bytes = s.raw_bytes;
-  a.raw_bits = fm_.raw_bits;
-  a.zero_bits = fm_.zero_bits;
-  if (fused_mode_)
-    return decode_float_rounds_avx512_fused(a, {se_fused_, m_fused_, d_to_se_.data(), fused_mode_},
-                                            static_cast<int>(unit), 1 << coding_.lanes_log2, out);
-  return decode_float_rounds_avx512(a, static_cast<int>(unit), 1 << coding_.lanes_log2, out);
+  SimdFusedArgs f;
+  simd_args(s, n, &a, &f);
+  a.start = start;
+  const int unit = static_cast<int>(coding_.unit_bytes()), lanes = 1 << coding_.lanes_log2;
+  if (fused_mode_) return decode_float_rounds_avx512_fused(a, f, unit, lanes, out);
+  return decode_float_rounds_avx512(a, unit, lanes, out);
+}
+
+Status TensorDecoder::open_float(size_t i, const uint8_t* chunk, uint64_t size, ChunkStreams* s) const {
+  const uint64_t n = coding_.chunk_out_size(i) / coding_.unit_bytes();
+  return open_streams(i, chunk, size, 1u << coding_.lanes_log2, raw_plane_bytes(n, fm_.raw_bits), s);
+}
+
+Status TensorDecoder::finish_float(size_t i, ChunkStreams& s, uint64_t start, uint8_t* out) const {
+  const uint32_t unit = coding_.unit_bytes();
+  const uint64_t n = coding_.chunk_out_size(i) / unit;
+  const uint32_t lanes = 1u << coding_.lanes_log2;
+  if (simd_) start = decode_simd(s, n, start, out);
+  bool ok = false;
+  const bool raw = fm_.raw_bits > 0;
+  if (fused_mode_) {
+    const FusedView v{se_fused_, m_fused_, d_to_se_.data(), fm_.se.precision, fm_.mant_precision,
+                      fm_.man_bits, fm_.raw_bits + fm_.zero_bits, fm_.raw_bits, fm_.zero_bits};
+    switch (unit) {
+      case 1: ok = decode_fused_rounds_t<uint8_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
+      case 2: ok = decode_fused_rounds_t<uint16_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
+      case 4: ok = decode_fused_rounds_t<uint32_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
+      case 8: ok = decode_fused_rounds_t<uint64_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
+      default: break;
+    }
+  } else {
+    switch (unit) {
+      case 1: ok = raw ? decode_float_rounds<uint8_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
+                       : decode_float_rounds<uint8_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
+      case 2: ok = raw ? decode_float_rounds<uint16_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
+                       : decode_float_rounds<uint16_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
+      case 4: ok = raw ? decode_float_rounds<uint32_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
+                       : decode_float_rounds<uint32_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
+      case 8: ok = raw ? decode_float_rounds<uint64_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
+                       : decode_float_rounds<uint64_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
+      default: break;
+    }
+  }
+  if (!ok) return corrupt_chunk(i, "rANS data ends early");
+  return close_streams(i, s, lanes);
 }
 
 Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size, ChunkMode mode,
@@ -446,38 +497,9 @@ Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size
   const uint32_t lanes = 1u << c.lanes_log2;
   ChunkStreams s;
   switch (c.codec) {
-    case Codec::kFloat: {
-      BS_RETURN_IF_ERROR(open_streams(i, chunk, size, lanes, raw_plane_bytes(n, fm_.raw_bits), &s));
-      bool ok = false;
-      const bool raw = fm_.raw_bits > 0;
-      const uint64_t start = simd_ ? decode_simd_prefix(s, n, unit, out) : 0;
-      if (fused_mode_) {
-        const FusedView v{se_fused_, m_fused_, d_to_se_.data(), fm_.se.precision, fm_.mant_precision,
-                          fm_.man_bits, fm_.raw_bits + fm_.zero_bits, fm_.raw_bits, fm_.zero_bits};
-        switch (unit) {
-          case 1: ok = decode_fused_rounds_t<uint8_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
-          case 2: ok = decode_fused_rounds_t<uint16_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
-          case 4: ok = decode_fused_rounds_t<uint32_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
-          case 8: ok = decode_fused_rounds_t<uint64_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
-          default: break;
-        }
-        if (!ok) return corrupt_chunk(i, "rANS data ends early");
-        return close_streams(i, s, lanes);
-      }
-      switch (unit) {
-        case 1: ok = raw ? decode_float_rounds<uint8_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
-                         : decode_float_rounds<uint8_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
-        case 2: ok = raw ? decode_float_rounds<uint16_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
-                         : decode_float_rounds<uint16_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
-        case 4: ok = raw ? decode_float_rounds<uint32_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
-                         : decode_float_rounds<uint32_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
-        case 8: ok = raw ? decode_float_rounds<uint64_t, true>(fm_, se_, mant_, s, start, n, lanes, out)
-                         : decode_float_rounds<uint64_t, false>(fm_, se_, mant_, s, start, n, lanes, out); break;
-        default: break;
-      }
-      if (!ok) return corrupt_chunk(i, "rANS data ends early");
-      return close_streams(i, s, lanes);
-    }
+    case Codec::kFloat:
+      BS_RETURN_IF_ERROR(open_float(i, chunk, size, &s));
+      return finish_float(i, s, 0, out);
     case Codec::kBytes: {
       BS_RETURN_IF_ERROR(open_streams(i, chunk, size, lanes, 0, &s));
       for (uint64_t base = 0; base < n; base += lanes) {
@@ -563,6 +585,11 @@ class TensorHash {
   std::unique_ptr<Xxh3Stream> stream_;
 };
 
+// Chunks decoded side by side per kind: chunks of 4 and 8 lanes are short dependency chains
+// (one xmm or ymm of states), 16 and 32 lanes already fill one or two zmm.
+constexpr size_t kGroupMax = 4;
+size_t group_size(uint32_t kind) { return ((kind >> 8) & 0xff) <= 3 ? 4 : 2; }
+
 }  // namespace
 
 Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool) {
@@ -593,31 +620,89 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
   std::stable_sort(work.begin(), work.end(), [&](const auto& a, const auto& b) {
     return jobs[a.first].coding->chunk_out_size(a.second) > jobs[b.first].coding->chunk_out_size(b.second);
   });
+  // Coded float chunks of the same kind are decoded side by side, K at a time (simd.hpp says
+  // why); neighbours in the size order have similar lengths, so little runs alone at the end.
+  std::vector<std::vector<uint32_t>> groups;  // indices into work
+  {
+    std::vector<std::pair<uint32_t, std::vector<uint32_t>>> pending;  // (kind, members)
+    for (uint32_t w = 0; w < work.size(); ++w) {
+      const auto [t, i] = work[w];
+      const uint32_t kind = jobs[t].coding->chunks[i].mode == ChunkMode::kCoded ? decoders[t].group_kind() : 0;
+      if (kind == 0) {
+        groups.push_back({w});
+        continue;
+      }
+      auto it = std::find_if(pending.begin(), pending.end(), [&](const auto& p) { return p.first == kind; });
+      if (it == pending.end()) it = pending.insert(pending.end(), {kind, {}});
+      it->second.push_back(w);
+      if (it->second.size() == group_size(kind)) {
+        groups.push_back(std::move(it->second));
+        pending.erase(it);
+      }
+    }
+    for (auto& p : pending) {
+      while (p.second.size() > 2) {  // kernels take 2 or 4 chunks
+        groups.push_back({p.second.back()});
+        p.second.pop_back();
+      }
+      groups.push_back(std::move(p.second));
+    }
+  }
   std::atomic<bool> failed{false};
   std::mutex mu;
   std::vector<TensorHash> hashes(verify ? jobs.size() : 0);
   for (size_t t = 0; t < hashes.size(); ++t) hashes[t].init(jobs[t]);
-  pool.parallel_for(work.size(), [&](size_t w) {
+  auto fail = [&](uint32_t t, Status st) {
+    std::lock_guard<std::mutex> lk(mu);
+    if (errors[t].is_ok()) errors[t] = std::move(st);
+    failed = true;
+  };
+  pool.parallel_for(groups.size(), [&](size_t g) {
     if (failed.load(std::memory_order_relaxed)) return;
-    const auto [t, i] = work[w];
-    const DecodeJob& j = jobs[t];
-    const ChunkRef& ref = j.coding->chunks[i];
-    const uint8_t* p = j.payload + ref.offset;
-    Status st;
-    uint8_t* out = j.out + j.coding->chunk_out_offset(i);
-    if (verify && xxh3_32(p, ref.size) != ref.checksum) {
-      st = corrupt_chunk(i, "checksum mismatch (compressed data damaged)");
-    } else if (ref.mode == ChunkMode::kStored) {  // validate() checked its size
-      std::memcpy(out, p, ref.size);
-    } else {
-      st = decoders[t].decode_chunk(i, p, ref.size, ref.mode, out);
+    const std::vector<uint32_t>& members = groups[g];
+    ChunkStreams streams[kGroupMax];
+    SimdFloatArgs args[kGroupMax];
+    SimdFusedArgs fused[kGroupMax];
+    uint8_t* outs[kGroupMax];
+    uint32_t open[kGroupMax];  // members whose streams are open, as indices into members
+    size_t opened = 0;
+    for (size_t m = 0; m < members.size(); ++m) {
+      const auto [t, i] = work[members[m]];
+      const DecodeJob& j = jobs[t];
+      const ChunkRef& ref = j.coding->chunks[i];
+      const uint8_t* p = j.payload + ref.offset;
+      uint8_t* out = j.out + j.coding->chunk_out_offset(i);
+      Status st;
+      if (verify && xxh3_32(p, ref.size) != ref.checksum) {
+        st = corrupt_chunk(i, "checksum mismatch (compressed data damaged)");
+      } else if (ref.mode == ChunkMode::kStored) {  // validate() checked its size
+        std::memcpy(out, p, ref.size);
+      } else if (members.size() == 1) {
+        st = decoders[t].decode_chunk(i, p, ref.size, ref.mode, out);
+      } else {
+        st = decoders[t].open_float(i, p, ref.size, &streams[opened]);
+        if (st.is_ok()) {
+          decoders[t].simd_args(streams[opened], j.coding->chunk_out_size(i) / j.coding->unit_bytes(), &args[opened],
+                                &fused[opened]);
+          outs[opened] = out;
+          open[opened++] = static_cast<uint32_t>(m);
+          continue;
+        }
+      }
+      if (!st.is_ok()) fail(t, std::move(st));
+      else if (verify) hashes[t].chunk_done(i);
     }
-    if (!st.is_ok()) {
-      std::lock_guard<std::mutex> lk(mu);
-      if (errors[t].is_ok()) errors[t] = st;
-      failed = true;
-    } else if (verify) {
-      hashes[t].chunk_done(i);
+    if (opened == 0) return;
+    const auto [t0, i0] = work[members[open[0]]];
+    const TensorCoding& c0 = *jobs[t0].coding;
+    if (opened > 1)
+      (void)decode_float_rounds_avx512_fused_multi(args, fused, static_cast<int>(opened),
+                                                   static_cast<int>(c0.unit_bytes()), 1 << c0.lanes_log2, outs);
+    for (size_t k = 0; k < opened; ++k) {
+      const auto [t, i] = work[members[open[k]]];
+      Status st = decoders[t].finish_float(i, streams[k], args[k].start, outs[k]);
+      if (!st.is_ok()) fail(t, std::move(st));
+      else if (verify) hashes[t].chunk_done(i);
     }
   });
   for (size_t t = 0; t < jobs.size(); ++t)

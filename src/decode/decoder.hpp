@@ -41,6 +41,13 @@ class TensorDecoder {
   // Which one-lookup table layout the float decoder uses (FusedMode), 0 for two lookups: lets
   // tests check that they reach the layout they are written for.
   int fused_mode() const { return fused_mode_; }
+  // Chunks of tensors with the same nonzero kind can be decoded side by side (decode_group).
+  uint32_t group_kind() const;
+  // The steps of decode_chunk for a coded float chunk, for decoding several chunks together:
+  // open the streams, fill the SIMD kernel's arguments, then finish from element `start` on.
+  Status open_float(size_t i, const uint8_t* chunk, uint64_t size, ChunkStreams* s) const;
+  void simd_args(ChunkStreams& s, uint64_t n, SimdFloatArgs* a, SimdFusedArgs* f) const;
+  Status finish_float(size_t i, ChunkStreams& s, uint64_t start, uint8_t* out) const;
 
  private:
   TensorCoding coding_;  // chunk list not copied: only geometry is needed
@@ -58,7 +65,7 @@ class TensorDecoder {
   int fused_mode_ = 0;
   std::array<uint32_t, 64> d_to_se_{};  // dense row -> sign+exponent value (first 64 rows)
   bool build_fused();
-  uint64_t decode_simd_prefix(ChunkStreams& s, uint64_t n, uint32_t unit, uint8_t* out) const;
+  uint64_t decode_simd(ChunkStreams& s, uint64_t n, uint64_t start, uint8_t* out) const;
   std::vector<DecodeTable> planes_;
 };
 

@@ -21,6 +21,7 @@ struct SimdFloatArgs {
   uint64_t raw_bytes;
   int raw_bits, zero_bits;
   uint64_t n;                  // elements in the chunk
+  uint64_t start;              // first element to decode: a multiple of the lane count
 };
 
 // Fused layout, one gather per symbol: se_fused[slot] = (freq-1) | offset << Ps | row << 2Ps and
@@ -37,9 +38,16 @@ struct SimdFusedArgs {
 
 uint64_t decode_float_rounds_avx512_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, int elem_bytes, int lanes,
                                           uint8_t* out);
-// Decodes whole rounds (one element per lane; 4, 8, 16, 32 or 64 lanes) while enough words remain for
-// an unchecked round; returns how many elements were written to out (whole rounds). Element
-// width: 2 or 4 bytes.
+// The same for `count` chunks of one kind (element width, lane count, fused mode; tables may
+// differ) in one loop: a chunk of few lanes is one dependency chain through the gathers'
+// latency, and independent chunks side by side fill it. Runs rounds while every chunk can take
+// one and sets each a[k].start to where that chunk stopped; the caller finishes each chunk alone.
+// count: 2 or 4 (lanes 16 and 32: 2 only). Returns false for a combination it has no kernel for.
+bool decode_float_rounds_avx512_fused_multi(SimdFloatArgs* a, const SimdFusedArgs* f, int count, int elem_bytes,
+                                            int lanes, uint8_t* const* out);
+// Decodes whole rounds (one element per lane; 4, 8, 16, 32 or 64 lanes) from element a.start on,
+// while enough words remain for an unchecked round; returns the element it stopped at (a.start
+// plus whole rounds). Element width: 2 or 4 bytes.
 uint64_t decode_float_rounds_avx512(const SimdFloatArgs& a, int elem_bytes, int lanes, uint8_t* out);
 
 }  // namespace bigsmall::detail

@@ -1,6 +1,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <new>
 #include <type_traits>
 
 #include "decode/simd.hpp"
@@ -253,7 +254,7 @@ BS_AVX512 uint64_t run(const SimdFloatArgs& a, uint8_t* out) {
   const Vec se_mask = W::set1((1u << a.se_precision) - 1), m_mask = W::set1((1u << a.m_precision) - 1);
   const Vec low16 = W::set1(0xffff);
   const RawPermute raw = raw_permute(a);
-  uint64_t done = 0;
+  uint64_t done = a.start;
   while (round_fits(a, wp, done, kRound)) {
     Vec sym[V];
     for (int h = 0; h < V; ++h) {
@@ -286,70 +287,117 @@ BS_AVX512 inline typename W::V advance_packed(typename W::V x, typename W::V ent
   return W::add(W::mullo(freq, W::srl(x, precision)), off);
 }
 
-template <class W, int kElemBytes, int V, int kMode>
-BS_AVX512 uint64_t run_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, uint8_t* out) {
+// One chunk's state and constants in a fused kernel.
+template <class W, int V>
+struct FusedChunk {
   using Vec = typename W::V;
+  Lanes<W, V> l;
+  KernelConsts c;
+  Vec se_mask, m_mask;
+  __m128i se_2p, m_2p;
+  RawPermute raw;
   __m512i t[4];
-  for (int j = 0; j < 4; ++j) t[j] = _mm512_loadu_si512(f.d_to_se + 16 * j);
-  constexpr uint64_t kRound = W::N * V;
-  Lanes<W, V> l(a);
-  auto& x = l.x;
-  const uint8_t*& wp = l.wp;
-  const auto [se_p, m_p, man_bits, hi_shift] = kernel_consts(a);
-  const Vec se_mask = W::set1((1u << a.se_precision) - 1), m_mask = W::set1((1u << a.m_precision) - 1);
-  const __m128i se_2p = _mm_cvtsi32_si128(2 * a.se_precision);
-  const __m128i m_2p = _mm_cvtsi32_si128(2 * a.m_precision);
-  const RawPermute raw = raw_permute(a);
-  uint64_t done = 0;
-  while (round_fits(a, wp, done, kRound)) {
-    Vec se[V];
-    for (int h = 0; h < V; ++h) {
-      const Vec e = W::gather4(W::and_(x[h], se_mask), f.se_fused);
-      se[h] = W::srl(e, se_2p);
-      x[h] = renorm<W>(advance_packed<W>(x[h], e, se_p, se_mask), wp);
-    }
-    for (int h = 0; h < V; ++h) {
-      const Vec slot = W::or_(W::sll(se[h], m_p), W::and_(x[h], m_mask));
-      const Vec e = W::gather4(slot, f.m_fused);
-      x[h] = renorm<W>(advance_packed<W>(x[h], e, m_p, m_mask), wp);
-      const Vec payload = W::sll(W::srl(e, m_2p), hi_shift);
-      Vec v;
-      if constexpr (kMode == kSeInMant) {
-        v = payload;
-      } else if constexpr (kMode == kSeInSe) {
-        v = W::or_(W::sll(se[h], man_bits), payload);
-      } else {
-        v = W::or_(W::sll(W::permute64(se[h], t), man_bits), payload);
-      }
-      emit<W, kElemBytes>(a, raw, v, done + W::N * h, out);
-    }
-    done += kRound;
+  uint64_t done;
+  BS_AVX512 FusedChunk(const SimdFloatArgs& a, const SimdFusedArgs& f)
+      : l(a), c(kernel_consts(a)), se_mask(W::set1((1u << a.se_precision) - 1)),
+        m_mask(W::set1((1u << a.m_precision) - 1)), se_2p(_mm_cvtsi32_si128(2 * a.se_precision)),
+        m_2p(_mm_cvtsi32_si128(2 * a.m_precision)), raw(raw_permute(a)), done(a.start) {
+    for (int j = 0; j < 4; ++j) t[j] = _mm512_loadu_si512(f.d_to_se + 16 * j);
   }
-  l.save(a);
-  return done;
+};
+
+// K chunks of V registers of W::N lanes each, decoded round by round in lockstep: every chunk
+// keeps its own word stream, so K chunks are K independent dependency chains.
+template <class W, int kElemBytes, int V, int kMode, int K>
+BS_AVX512 void run_fused(SimdFloatArgs* a, const SimdFusedArgs* f, uint8_t* const* out) {
+  using Vec = typename W::V;
+  constexpr uint64_t kRound = W::N * V;
+  alignas(64) unsigned char storage[K][sizeof(FusedChunk<W, V>)];
+  FusedChunk<W, V>* ch[K];
+  for (int k = 0; k < K; ++k) ch[k] = new (storage[k]) FusedChunk<W, V>(a[k], f[k]);
+  auto all_fit = [&]() BS_AVX512 {
+    bool ok = true;
+    for (int k = 0; k < K; ++k) ok &= round_fits(a[k], ch[k]->l.wp, ch[k]->done, kRound);
+    return ok;
+  };
+  while (all_fit()) {
+    Vec se[K][V];
+    for (int k = 0; k < K; ++k) {
+      FusedChunk<W, V>& q = *ch[k];
+      for (int h = 0; h < V; ++h) {
+        const Vec e = W::gather4(W::and_(q.l.x[h], q.se_mask), f[k].se_fused);
+        se[k][h] = W::srl(e, q.se_2p);
+        q.l.x[h] = renorm<W>(advance_packed<W>(q.l.x[h], e, q.c.se_p, q.se_mask), q.l.wp);
+      }
+    }
+    for (int k = 0; k < K; ++k) {
+      FusedChunk<W, V>& q = *ch[k];
+      for (int h = 0; h < V; ++h) {
+        const Vec slot = W::or_(W::sll(se[k][h], q.c.m_p), W::and_(q.l.x[h], q.m_mask));
+        const Vec e = W::gather4(slot, f[k].m_fused);
+        q.l.x[h] = renorm<W>(advance_packed<W>(q.l.x[h], e, q.c.m_p, q.m_mask), q.l.wp);
+        const Vec payload = W::sll(W::srl(e, q.m_2p), q.c.hi_shift);
+        Vec v;
+        if constexpr (kMode == kSeInMant) {
+          v = payload;
+        } else if constexpr (kMode == kSeInSe) {
+          v = W::or_(W::sll(se[k][h], q.c.man_bits), payload);
+        } else {
+          v = W::or_(W::sll(W::permute64(se[k][h], q.t), q.c.man_bits), payload);
+        }
+        emit<W, kElemBytes>(a[k], q.raw, v, q.done + W::N * h, out[k]);
+      }
+      q.done += kRound;
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    ch[k]->l.save(a[k]);
+    a[k].start = ch[k]->done;
+    ch[k]->~FusedChunk<W, V>();
+  }
+}
+
+}  // namespace
+
+namespace {
+
+template <int K>
+BS_AVX512 bool fused_k(SimdFloatArgs* a, const SimdFusedArgs* f, int elem_bytes, int lanes, uint8_t* const* out) {
+  auto pick = [&](auto mode) -> bool {
+    constexpr int M = decltype(mode)::value;
+    const bool two = elem_bytes == 2;
+    switch (lanes) {
+      case 4: two ? run_fused<W4, 2, 1, M, K>(a, f, out) : run_fused<W4, 4, 1, M, K>(a, f, out); return true;
+      case 8: two ? run_fused<W8, 2, 1, M, K>(a, f, out) : run_fused<W8, 4, 1, M, K>(a, f, out); return true;
+      case 16: two ? run_fused<W16, 2, 1, M, K>(a, f, out) : run_fused<W16, 4, 1, M, K>(a, f, out); return true;
+      case 32: two ? run_fused<W16, 2, 2, M, K>(a, f, out) : run_fused<W16, 4, 2, M, K>(a, f, out); return true;
+      default: return false;
+    }
+  };
+  switch (f[0].mode) {
+    case kSeInMant: return pick(std::integral_constant<int, kSeInMant>{});
+    case kSeInSe: return pick(std::integral_constant<int, kSeInSe>{});
+    case kSePermute: return pick(std::integral_constant<int, kSePermute>{});
+    default: return false;
+  }
 }
 
 }  // namespace
 
 uint64_t decode_float_rounds_avx512_fused(const SimdFloatArgs& a, const SimdFusedArgs& f, int elem_bytes, int lanes,
                                           uint8_t* out) {
-  auto pick = [&](auto mode) -> uint64_t {
-    constexpr int M = decltype(mode)::value;
-    const bool two = elem_bytes == 2;
-    switch (lanes) {
-      case 4: return two ? run_fused<W4, 2, 1, M>(a, f, out) : run_fused<W4, 4, 1, M>(a, f, out);
-      case 8: return two ? run_fused<W8, 2, 1, M>(a, f, out) : run_fused<W8, 4, 1, M>(a, f, out);
-      case 16: return two ? run_fused<W16, 2, 1, M>(a, f, out) : run_fused<W16, 4, 1, M>(a, f, out);
-      case 32: return two ? run_fused<W16, 2, 2, M>(a, f, out) : run_fused<W16, 4, 2, M>(a, f, out);
-      default: return 0;
-    }
-  };
-  switch (f.mode) {
-    case kSeInMant: return pick(std::integral_constant<int, kSeInMant>{});
-    case kSeInSe: return pick(std::integral_constant<int, kSeInSe>{});
-    case kSePermute: return pick(std::integral_constant<int, kSePermute>{});
-    default: return 0;
-  }
+  SimdFloatArgs copy = a;
+  uint8_t* const outs[1] = {out};
+  return fused_k<1>(&copy, &f, elem_bytes, lanes, outs) ? copy.start : a.start;
+}
+
+bool decode_float_rounds_avx512_fused_multi(SimdFloatArgs* a, const SimdFusedArgs* f, int count, int elem_bytes,
+                                            int lanes, uint8_t* const* out) {
+  for (int k = 1; k < count; ++k)
+    if (f[k].mode != f[0].mode) return false;
+  if (count == 2) return fused_k<2>(a, f, elem_bytes, lanes, out);
+  if (count == 4 && lanes <= 8) return fused_k<4>(a, f, elem_bytes, lanes, out);
+  return false;
 }
 
 uint64_t decode_float_rounds_avx512(const SimdFloatArgs& a, int elem_bytes, int lanes, uint8_t* out) {
@@ -360,13 +408,16 @@ uint64_t decode_float_rounds_avx512(const SimdFloatArgs& a, int elem_bytes, int 
     case 16: return two ? run<W16, 2, 1>(a, out) : run<W16, 4, 1>(a, out);
     case 32: return two ? run<W16, 2, 2>(a, out) : run<W16, 4, 2>(a, out);
     case 64: return two ? run<W16, 2, 4>(a, out) : run<W16, 4, 4>(a, out);
-    default: return 0;
+    default: return a.start;
   }
 }
 
 #else
-uint64_t decode_float_rounds_avx512(const SimdFloatArgs&, int, int, uint8_t*) { return 0; }
-uint64_t decode_float_rounds_avx512_fused(const SimdFloatArgs&, const SimdFusedArgs&, int, int, uint8_t*) { return 0; }
+uint64_t decode_float_rounds_avx512(const SimdFloatArgs& a, int, int, uint8_t*) { return a.start; }
+uint64_t decode_float_rounds_avx512_fused(const SimdFloatArgs& a, const SimdFusedArgs&, int, int, uint8_t*) { return a.start; }
+bool decode_float_rounds_avx512_fused_multi(SimdFloatArgs*, const SimdFusedArgs*, int, int, int, uint8_t* const*) {
+  return false;
+}
 #endif
 
 }  // namespace bigsmall::detail
