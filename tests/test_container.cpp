@@ -329,10 +329,11 @@ TEST(Directory, HostileIndexCannotEscape) {
 }
 
 TEST(Container, LargeTensorsVerifyInBoundedPieces) {
-  // More than a 256 MiB batch of decoded bytes in one tensor takes the streaming-checksum path;
-  // an all-zero tensor compresses to almost nothing, so the test stays small on disk.
+  // More than a verification batch (4 MiB) of decoded bytes in one tensor takes the
+  // streaming-checksum path, several groups of chunks long; an all-zero tensor compresses to
+  // almost nothing, so the test stays small on disk.
   TempDir d;
-  const uint64_t n = (258ull << 20) / 2;
+  const uint64_t n = (13ull << 20) / 2;
   std::vector<uint8_t> zeros(n * 2, 0);
   zeros[12345] = 1;
   std::vector<Owned> ts{{"big", DType::kBF16, {n}, std::move(zeros)}, {"small", DType::kF32, {3}, bstest::weights(DType::kF32, 3, 1)}};

@@ -428,13 +428,13 @@ Status BsFile::read_tensors(const std::vector<size_t>& which, const std::vector<
 namespace {
 // Tensors in batches of bounded decoded size, so progress moves and memory stays bounded.
 template <typename Fn>
-Status for_each_batch(const BsFile::Impl& im, Fn&& fn) {
+Status for_each_batch(const BsFile::Impl& im, uint64_t limit, Fn&& fn) {
   // A tensor larger than a batch always stands alone in its batch.
   std::vector<size_t> batch;
   uint64_t bytes = 0;
   for (size_t i = 0; i < im.entries.size(); ++i) {
     const uint64_t nb = im.entries[i].coding.nbytes;
-    if (!batch.empty() && bytes + nb > detail::kBatchBytes) {
+    if (!batch.empty() && bytes + nb > limit) {
       BS_RETURN_IF_ERROR(fn(batch, bytes));
       batch.clear();
       bytes = 0;
@@ -459,7 +459,7 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
   uint64_t total = 0, done = 0;
   for (const auto& t : im.infos) total += t.nbytes;
   if (opts.progress) opts.progress(0, total);
-  BS_RETURN_IF_ERROR(for_each_batch(im, [&](const std::vector<size_t>& batch, uint64_t bytes) {
+  BS_RETURN_IF_ERROR(for_each_batch(im, detail::kBatchBytes, [&](const std::vector<size_t>& batch, uint64_t bytes) {
     std::vector<uint8_t*> outs;
     std::vector<uint64_t> sizes;
     for (size_t i : batch) {
@@ -502,6 +502,10 @@ Scratch scratch_buffer(uint64_t bytes) {
 }  // namespace
 
 namespace {
+// Verification keeps no decoded bytes: small batches reuse one scratch buffer that stays in
+// cache and whose pages fault in once, where one batch per file faults in the whole file.
+constexpr uint64_t kVerifyBatchBytes = uint64_t{4} << 20;
+
 // A tensor larger than a batch is verified a group of chunks at a time with a streaming
 // checksum, so that verification needs bounded memory whatever a file declares.
 Status verify_large_tensor(const BsFile::Impl& im, size_t t, detail::ThreadPool& pool) {
@@ -513,7 +517,7 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, detail::ThreadPool&
   auto dec = detail::TensorDecoder::prepare(c, payload, c.model_size);
   if (!dec) return dec.status().with_context(label);
   const uint64_t chunk_bytes = c.chunk_units() * c.unit_bytes();
-  const size_t per_group = static_cast<size_t>(std::max<uint64_t>(1, detail::kBatchBytes / chunk_bytes));
+  const size_t per_group = static_cast<size_t>(std::max<uint64_t>(1, kVerifyBatchBytes / chunk_bytes));
   Scratch scratch = scratch_buffer(std::min<uint64_t>(per_group, c.chunks.size()) * chunk_bytes);
   std::vector<Status> errs(per_group);
   detail::Xxh3Stream hash;
@@ -546,8 +550,8 @@ Status BsFile::verify(const DecompressOptions& opts) const {
   uint64_t total = 0, done = 0;
   for (const auto& t : im.infos) total += t.nbytes;
   if (opts.progress) opts.progress(0, total);
-  return for_each_batch(im, [&](const std::vector<size_t>& batch, uint64_t bytes) {
-    if (batch.size() == 1 && bytes > detail::kBatchBytes) {
+  return for_each_batch(im, kVerifyBatchBytes, [&](const std::vector<size_t>& batch, uint64_t bytes) {
+    if (batch.size() == 1 && bytes > kVerifyBatchBytes) {
       BS_RETURN_IF_ERROR(verify_large_tensor(im, batch[0], pool));
     } else {
       if (bytes > scratch_size) {
