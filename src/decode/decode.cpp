@@ -622,12 +622,18 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
   });
   // Coded float chunks of the same kind are decoded side by side, K at a time (simd.hpp says
   // why); neighbours in the size order have similar lengths, so little runs alone at the end.
+  // With several threads, a group may hold at most a quarter of a thread's share, or a file of
+  // few large chunks would leave threads idle.
   std::vector<std::vector<uint32_t>> groups;  // indices into work
   {
+    uint64_t total = 0;
+    for (const auto& [t, i] : work) total += jobs[t].coding->chunk_out_size(i);
+    const uint64_t max_group = pool.size() == 1 ? UINT64_MAX : total / (4 * static_cast<uint64_t>(pool.size()));
     std::vector<std::pair<uint32_t, std::vector<uint32_t>>> pending;  // (kind, members)
     for (uint32_t w = 0; w < work.size(); ++w) {
       const auto [t, i] = work[w];
-      const uint32_t kind = jobs[t].coding->chunks[i].mode == ChunkMode::kCoded ? decoders[t].group_kind() : 0;
+      uint32_t kind = jobs[t].coding->chunks[i].mode == ChunkMode::kCoded ? decoders[t].group_kind() : 0;
+      if (kind != 0 && jobs[t].coding->chunk_out_size(i) * group_size(kind) > max_group) kind = 0;
       if (kind == 0) {
         groups.push_back({w});
         continue;
