@@ -26,7 +26,7 @@ constexpr uint64_t kHeaderSize = 64;
 constexpr uint64_t kPayloadAlign = 64;
 constexpr uint64_t kMaxIndexBytes = 1ull << 30;
 constexpr uint64_t kBatchBytes = 64ull << 20;  // bytes coded between writes (and progress updates)
-constexpr int kIndexZstdLevel = 12;  // the index is small; level 19 cost more time than it saved bytes
+constexpr int kIndexZstdLevel = 9;  // level 12 took 0.5 ms more (10% of a small file) for at most 0.04%
 
 struct FileHeader {
   uint16_t major = kFormatVersionMajor, minor = kFormatVersionMinor;
