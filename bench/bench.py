@@ -8,7 +8,11 @@ all threads. Speeds are medians of repeated runs. zstd is timed in memory by its
 mode (`zstd -bN`); ZipNN in memory through its Python API; bigsmall through `bigsmall bench`
 (compress: file to file; decompress: decode and verify every checksum into memory).
 
-Usage: bench/bench.py [--corpus DIR] [--bigsmall PATH] [--markdown OUT.md] [--quick]
+The machine's speed drifts by 20-40% over seconds to minutes, so the tools are measured in
+rounds (bigsmall, zstd -3, ZipNN, then again): every tool sees the same stretches of time, and
+each speed is the median over rounds of that round's median.
+
+Usage: bench/bench.py [--corpus DIR] [--bigsmall PATH] [--markdown OUT.md] [--quick] [--rounds N]
 """
 import argparse, json, os, re, statistics, subprocess, sys, tempfile, time, platform, filecmp
 from report import emit
@@ -84,6 +88,7 @@ def main():
     ap.add_argument("--bigsmall", default=os.path.join(here, "..", "build", "bigsmall"))
     ap.add_argument("--markdown", help="write the tables to this file")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--rounds", type=int, default=3, help="measurement rounds per file (default 3)")
     a = ap.parse_args()
     reps = 2 if a.quick else 5
     fl = floors(a.corpus)
@@ -93,16 +98,23 @@ def main():
         p = os.path.join(a.corpus, f)
         print(f"... {f}", file=sys.stderr)
         ok, bs_size = roundtrip(a.bigsmall, p)
-        b = bigsmall_bench(a.bigsmall, p)
-        z3 = zstd_bench(p, 3, reps)
+        bs_rounds, z3_rounds, zn_rounds = [], [], []
+        for _ in range(1 if a.quick else a.rounds):
+            bs_rounds.append(bigsmall_bench(a.bigsmall, p))
+            z3_rounds.append(zstd_bench(p, 3, reps))
+            zn_rounds.append(zipnn_bench(p, reps))
         z19 = zstd_bench(p, 19, 1 if a.quick else 2)
-        zn = zipnn_bench(p, reps)
+        med = statistics.median
+        z3 = (z3_rounds[0][0], med(r[1] for r in z3_rounds), med(r[2] for r in z3_rounds))
+        zn = None if zn_rounds[0] is None else (zn_rounds[0][0], med(r[1] for r in zn_rounds),
+                                                med(r[2] for r in zn_rounds), all(r[3] for r in zn_rounds))
+        one = [next(r for r in b if r["threads"] == 1) for b in bs_rounds]
+        allt = [max(b, key=lambda r: r["threads"]) for b in bs_rounds]
         orig = os.path.getsize(p)
-        one = next(r for r in b if r["threads"] == 1)
-        allt = max(b, key=lambda r: r["threads"])
         row = dict(file=f, orig=orig, roundtrip=ok, ratio=bs_size / orig, floor=fl.get(f), over_floor=bs_size / fl[f] if f in fl else None,
-                   c1=one["compress_GBps"] * 1e3, d1=one["decompress_GBps"] * 1e3, cN=allt["compress_GBps"] * 1e3,
-                   dN=allt["decompress_GBps"] * 1e3, threads=allt["threads"], z3=z3, z19=z19, zipnn=zn)
+                   c1=med(r["compress_GBps"] for r in one) * 1e3, d1=med(r["decompress_GBps"] for r in one) * 1e3,
+                   cN=med(r["compress_GBps"] for r in allt) * 1e3, dN=med(r["decompress_GBps"] for r in allt) * 1e3,
+                   threads=allt[0]["threads"], z3=z3, z19=z19, zipnn=zn)
         rows.append(row)
         totals["orig"] += orig
         totals["bs"] += bs_size
@@ -127,13 +139,15 @@ def main():
                    f"All files: bigsmall {totals['bs'] / totals['orig']:.4f}, zstd -19 {totals['z19'] / totals['orig']:.4f}.\n")
     out.append("### Speed (MB/s of original bytes, median; 1 thread unless noted)\n")
     out.append("| file | bigsmall comp | bigsmall decomp | bigsmall comp, all threads | bigsmall decomp, all threads | "
-               "zstd -3 comp | zstd -3 decomp | zstd -19 decomp | ZipNN comp | ZipNN decomp | decomp vs ZipNN | decomp vs zstd-19 -d | comp vs ZipNN |")
-    out.append("|---|" + "---|" * 12)
+               "zstd -3 comp | zstd -3 decomp | zstd -19 decomp | ZipNN comp | ZipNN decomp | decomp vs ZipNN | decomp vs zstd-19 -d | "
+               "comp vs ZipNN | comp, all threads / 1 | decomp, all threads / 1 |")
+    out.append("|---|" + "---|" * 14)
     for r in rows:
         zn = r["zipnn"]
         zc, zd = (zn[1], zn[2]) if zn else (float("nan"), float("nan"))
         out.append(f"| {r['file']} | {r['c1']:.0f} | {r['d1']:.0f} | {r['cN']:.0f} | {r['dN']:.0f} | {r['z3'][1]:.0f} | {r['z3'][2]:.0f} | "
-                   f"{r['z19'][2]:.0f} | {zc:.0f} | {zd:.0f} | {r['d1'] / zd:.2f}x | {r['d1'] / r['z19'][2]:.2f}x | {r['c1'] / zc:.2f}x |")
+                   f"{r['z19'][2]:.0f} | {zc:.0f} | {zd:.0f} | {r['d1'] / zd:.2f}x | {r['d1'] / r['z19'][2]:.2f}x | {r['c1'] / zc:.2f}x | "
+                   f"{r['cN'] / r['c1']:.2f}x | {r['dN'] / r['d1']:.2f}x |")
     emit(out, a.markdown)
 
 
