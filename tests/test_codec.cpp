@@ -183,7 +183,7 @@ TEST(FloatCodec, NarrowExponentRangeTakesEveryDecoderPath) {
 }
 
 TEST(FloatCodec, FewLaneChunksMatchTheReference) {
-  // Tensors of 2K-16K elements get 2, 4 or 8 lanes, which have SIMD kernels of their own;
+  // Tensors of 2K-16K elements get 4 or 8 lanes, which have SIMD kernels of their own;
   // awkward sizes leave partial last rounds for the checked scalar loop.
   std::mt19937 rng(18);
   for (DType dt : {DType::kBF16, DType::kF16, DType::kF32}) {
@@ -192,6 +192,17 @@ TEST(FloatCodec, FewLaneChunksMatchTheReference) {
       check(dt, bstest::weights(dt, n, static_cast<uint32_t>(n)), "few lanes weights", 1);
       check(dt, narrow_exponent_range(dt, n, rng), "few lanes narrow exponent range", 1);
     }
+  }
+}
+
+TEST(FloatCodec, TensorsOf2KWeightsGetTheNarrowestSimdWidth) {
+  // 2 lanes would leave 2K-4K weight tensors to the scalar loop (the SIMD kernels start at 4).
+  for (uint64_t n : {uint64_t{2048}, uint64_t{3001}, uint64_t{4095}}) {
+    auto d = bstest::weights(DType::kBF16, n, 21, false);
+    auto enc = encode_tensor(DType::kBF16, d.data(), d.size());
+    ASSERT_TRUE(enc.is_ok());
+    ASSERT_EQ(enc->coding.codec, Codec::kFloat);
+    EXPECT_EQ(enc->coding.lanes_log2, 2) << n;
   }
 }
 
