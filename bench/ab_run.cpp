@@ -1,5 +1,6 @@
-// One side of an A/B comparison (bench/compare.sh): median seconds of 5 compress_file and of 5
-// verify calls on one file, with a given thread count, printed as "compress verify".
+// One side of an A/B comparison (bench/compare.sh): median and fastest seconds of 5
+// compress_file and of 5 verify calls on one file, with a given thread count, printed as
+// "compress_median verify_median compress_min verify_min".
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -39,6 +40,6 @@ int main(int argc, char** argv) {
   }
   std::sort(c.begin(), c.end());
   std::sort(d.begin(), d.end());
-  std::printf("%.6f %.6f\n", c[2], d[2]);
+  std::printf("%.6f %.6f %.6f %.6f\n", c[2], d[2], c[0], d[0]);
   return 0;
 }
