@@ -329,10 +329,12 @@ TEST(Directory, HostileIndexCannotEscape) {
 }
 
 TEST(Container, LargeTensorsVerifyInBoundedPieces) {
-  // More than a verification batch (4 MiB) of decoded bytes in one tensor takes the
-  // streaming-checksum path, several groups of chunks long; an all-zero tensor compresses to
-  // almost nothing, so the test stays small on disk.
+  // More than a verification batch (4 MiB at 2 threads) of decoded bytes in one tensor takes
+  // the streaming-checksum path, several groups of chunks long; an all-zero tensor compresses
+  // to almost nothing, so the test stays small on disk.
   TempDir d;
+  DecompressOptions two;
+  two.threads = 2;
   const uint64_t n = (13ull << 20) / 2;
   std::vector<uint8_t> zeros(n * 2, 0);
   zeros[12345] = 1;
@@ -340,7 +342,7 @@ TEST(Container, LargeTensorsVerifyInBoundedPieces) {
   write_file(d / "m.safetensors", safetensors_bytes(ts));
   ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
   EXPECT_LT(fs::file_size(d / "m.bs"), 1u << 20);
-  EXPECT_TRUE(verify_path(d / "m.bs").is_ok());
+  EXPECT_TRUE(verify_path(d / "m.bs", two).is_ok());
   // Damage inside the big tensor's payload is found on the streaming path too.
   auto bytes = read_file(d / "m.bs");
   auto f = BsFile::open(d / "m.bs");
@@ -349,7 +351,7 @@ TEST(Container, LargeTensorsVerifyInBoundedPieces) {
   const uint64_t off = static_cast<uint64_t>(f->payload(big) - f->payload(0)) + 64 + f->coding(big).model_size + 200;
   bytes[off] ^= 0x08;
   write_file(d / "bad.bs", bytes);
-  const Status st = verify_path(d / "bad.bs");
+  const Status st = verify_path(d / "bad.bs", two);
   EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
 }
 

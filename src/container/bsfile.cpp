@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 
 #include "bigsmall/container.hpp"
 #include "common/bytes.hpp"
@@ -504,20 +505,28 @@ Scratch scratch_buffer(uint64_t bytes) {
 namespace {
 // Verification keeps no decoded bytes: small batches reuse one scratch buffer that stays in
 // cache and whose pages fault in once, where one batch per file faults in the whole file.
-constexpr uint64_t kVerifyBatchBytes = uint64_t{4} << 20;
+// 4 MiB (2 MiB per thread on machines with more cores) keeps every thread busy.
+uint64_t verify_batch_bytes(int threads) {
+  return std::max<uint64_t>(uint64_t{4} << 20, static_cast<uint64_t>(threads) << 21);
+}
 
 // A tensor larger than a batch is verified a group of chunks at a time with a streaming
 // checksum, so that verification needs bounded memory whatever a file declares.
-Status verify_large_tensor(const BsFile::Impl& im, size_t t, detail::ThreadPool& pool) {
+Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_bytes, detail::ThreadPool& pool) {
   const detail::Entry& e = im.entries[t];
   const TensorCoding& c = e.coding;
   const std::string label = im.file.path() + ": tensor '" + e.info.name + "'";
   BS_RETURN_IF_ERROR(c.validate(e.info.stored_bytes).with_context(label));
   const uint8_t* payload = im.file.data() + e.payload_offset;
-  auto dec = detail::TensorDecoder::prepare(c, payload, c.model_size);
-  if (!dec) return dec.status().with_context(label);
+  // As in every other decode path, tables are built only for tensors with coded chunks.
+  std::optional<detail::TensorDecoder> dec;
+  if (std::any_of(c.chunks.begin(), c.chunks.end(), [](const ChunkRef& r) { return r.mode == ChunkMode::kCoded; })) {
+    auto d = detail::TensorDecoder::prepare(c, payload, c.model_size);
+    if (!d) return d.status().with_context(label);
+    dec = std::move(d.value());
+  }
   const uint64_t chunk_bytes = c.chunk_units() * c.unit_bytes();
-  const size_t per_group = static_cast<size_t>(std::max<uint64_t>(1, kVerifyBatchBytes / chunk_bytes));
+  const size_t per_group = static_cast<size_t>(std::max<uint64_t>(1, batch_bytes / chunk_bytes));
   Scratch scratch = scratch_buffer(std::min<uint64_t>(per_group, c.chunks.size()) * chunk_bytes);
   std::vector<Status> errs(per_group);
   detail::Xxh3Stream hash;
@@ -528,6 +537,8 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, detail::ThreadPool&
       const ChunkRef& ref = c.chunks[i];
       if (detail::xxh3_32(payload + ref.offset, ref.size) != ref.checksum)
         errs[k] = Status(Error::kCorrupt, "chunk " + std::to_string(i) + ": checksum mismatch (compressed data damaged)");
+      else if (ref.mode == ChunkMode::kStored)  // validate() checked its size
+        std::memcpy(scratch.get() + k * chunk_bytes, payload + ref.offset, ref.size);
       else
         errs[k] = dec->decode_chunk(i, payload + ref.offset, ref.size, ref.mode, scratch.get() + k * chunk_bytes);
     });
@@ -550,9 +561,10 @@ Status BsFile::verify(const DecompressOptions& opts) const {
   uint64_t total = 0, done = 0;
   for (const auto& t : im.infos) total += t.nbytes;
   if (opts.progress) opts.progress(0, total);
-  return for_each_batch(im, kVerifyBatchBytes, [&](const std::vector<size_t>& batch, uint64_t bytes) {
-    if (batch.size() == 1 && bytes > kVerifyBatchBytes) {
-      BS_RETURN_IF_ERROR(verify_large_tensor(im, batch[0], pool));
+  const uint64_t batch_bytes = verify_batch_bytes(pool.size());
+  return for_each_batch(im, batch_bytes, [&](const std::vector<size_t>& batch, uint64_t bytes) {
+    if (batch.size() == 1 && bytes > batch_bytes) {
+      BS_RETURN_IF_ERROR(verify_large_tensor(im, batch[0], batch_bytes, pool));
     } else {
       if (bytes > scratch_size) {
         scratch.reset();
