@@ -450,3 +450,62 @@ TEST(Container, ChunksDecodedSideBySideMatchTheOriginals) {
     (void)bad->read_tensors(all, outs, o);
   }
 }
+
+namespace {
+
+// The joint floor straight from its definition (doc/FORMAT.md, the corpus MANIFEST):
+// H(sign, exponent) + H(top k mantissa bits | exponent, both signs together) + the bits below
+// them raw, where k = min(mantissa bits that are not always zero, 10 for mantissas of up to 10
+// bits, else 8).
+double reference_floor_bits(DType dt, const std::vector<uint8_t>& bytes) {
+  const auto& info = dtype_info(dt);
+  const int mb = info.mantissa_bits, eb = info.exponent_bits;
+  const size_t w = info.bits / 8, n = bytes.size() / w;
+  std::vector<uint64_t> v(n);
+  uint64_t mor = 0;
+  for (size_t i = 0; i < n; ++i) {
+    std::memcpy(&v[i], bytes.data() + i * w, w);
+    mor |= v[i] & ((uint64_t{1} << mb) - 1);
+  }
+  const int m_eff = mor == 0 ? 0 : mb - std::countr_zero(mor);
+  const int k = std::min(m_eff, mb <= 10 ? 10 : 8);
+  std::map<uint64_t, uint64_t> se, mant;
+  std::map<uint64_t, uint64_t> per_exp;
+  for (uint64_t x : v) {
+    ++se[x >> mb];
+    const uint64_t e = (x >> mb) & ((uint64_t{1} << eb) - 1);
+    ++per_exp[e];
+    ++mant[(e << 16) | ((x & ((uint64_t{1} << mb) - 1)) >> (mb - k))];
+  }
+  auto xlogx = [](uint64_t c) { return static_cast<double>(c) * std::log2(static_cast<double>(c)); };
+  double bits = xlogx(n);
+  for (auto& [s, c] : se) bits -= xlogx(c);
+  for (auto& [e, c] : per_exp) bits += xlogx(c);
+  for (auto& [m, c] : mant) bits -= xlogx(c);
+  return bits + static_cast<double>(n) * (m_eff - k);
+}
+
+}  // namespace
+
+TEST(Container, FloorBitsFollowTheJointModelDefinition) {
+  // Sizes on both sides of the planner's switch from a pass over the data to a pass over its
+  // key bins (2^15 weights for 16-bit types), an F32 tensor that is a BF16 upcast (its low
+  // mantissa bits all zero), and F8.
+  std::vector<Owned> ts;
+  int seed = 40;
+  for (DType dt : {DType::kBF16, DType::kF16, DType::kF32})
+    for (uint64_t n : {1000u, 20000u, 70000u})
+      ts.push_back({std::string(dtype_info(dt).safetensors_name) + std::to_string(n), dt, {n}, bstest::weights(dt, n, seed++)});
+  std::vector<uint8_t> up(50000 * 4);
+  const auto bf = bstest::weights(DType::kBF16, 50000, seed++);
+  for (size_t i = 0; i < 50000; ++i) std::memcpy(&up[i * 4 + 2], &bf[i * 2], 2);
+  ts.push_back({"upcast", DType::kF32, {50000}, up});
+  ts.push_back({"fp8", DType::kF8_E5M2, {3000}, bstest::weights(DType::kF8_E5M2, 3000, seed++)});
+  TempDir d;
+  auto f = compressed(d, ts);
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const double want = reference_floor_bits(ts[i].dtype, ts[i].bytes);
+    EXPECT_NEAR(static_cast<double>(f->tensors()[i].floor_bits), want, 1.0 + want * 1e-9) << ts[i].name;
+  }
+}
