@@ -179,6 +179,22 @@ void count_keys(const uint8_t* data, uint64_t n, int shift, uint32_t* bins) {
   for (uint64_t i = 0; i < n; ++i) ++bins[load<T>(data + i * sizeof(T)) >> shift];
 }
 
+// c · log2(c) from a table for the counts most keys have: a large tensor has tens of thousands
+// of distinct keys, and a libm call for each was a visible part of planning.
+double xlogx(uint64_t c) {
+  struct Table {
+    double v[4096];
+    Table() {
+      v[0] = 0;
+      for (int i = 1; i < 4096; ++i) v[i] = i * std::log2(static_cast<double>(i));
+    }
+  };
+  static const Table t;
+  if (c < 4096) return t.v[c];
+  const double v = static_cast<double>(c);
+  return v * std::log2(v);
+}
+
 template <typename C>
 inline void take_pair(C* bins, uint32_t k, uint32_t sign_bit, KeyStats* ks) {
   const uint32_t t = k | sign_bit;
@@ -193,8 +209,18 @@ inline void take_pair(C* bins, uint32_t k, uint32_t sign_bit, KeyStats* ks) {
     ks->counts.push_back(c2);
   }
   bins[k] = bins[t] = 0;
-  const double v = static_cast<double>(c + c2);
-  ks->twin_xlogx += v * std::log2(v);
+  ks->twin_xlogx += xlogx(c + c2);
+}
+
+// Every key pair of the bins, skipping runs of empty bins eight pairs at a time.
+template <typename C>
+void take_all(C* bins, uint32_t sign_bit, KeyStats* ks) {
+  for (uint32_t k = 0; k < sign_bit; k += 8) {
+    C any = 0;
+    for (uint32_t j = 0; j < 8; ++j) any |= bins[k + j] | bins[k + j + sign_bit];
+    if (!any) continue;
+    for (uint32_t j = 0; j < 8; ++j) take_pair(bins, k + j, sign_bit, ks);
+  }
 }
 
 template <typename T>
@@ -218,7 +244,7 @@ void gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeySt
   constexpr uint64_t kSlab = uint64_t{1} << 31;
   if (n <= kSlab) {
     count_keys<T>(data, n, shift, bins.data());
-    for (uint32_t k = 0; k < sign_bit; ++k) take_pair(bins.data(), k, sign_bit, ks);
+    take_all(bins.data(), sign_bit, ks);
     return;
   }
   std::vector<uint64_t> wide(nbins, 0);
@@ -229,7 +255,7 @@ void gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeySt
       bins[k] = 0;
     }
   }
-  for (uint32_t k = 0; k < sign_bit; ++k) take_pair(wide.data(), k, sign_bit, ks);
+  take_all(wide.data(), sign_bit, ks);
 }
 
 template <typename T>

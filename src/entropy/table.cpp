@@ -200,33 +200,34 @@ double estimate_table_bits(const uint64_t* counts, uint32_t alphabet, int precis
     present += counts[s] != 0;
   }
   if (present == 0 || present > (1u << precision)) return INFINITY;
+  // Planning calls this for every context at every candidate width, so the loop keeps one
+  // floating-point accumulation and does the rest in integers.
   const double scale = static_cast<double>(1u << precision) / static_cast<double>(total);
-  const Log2Table& lg = log2_table();
-  double data = 0, table = 4 + eg_bits(present - 1, 0);
-  uint64_t fsum = 0;
-  int64_t last = 0;
-  uint32_t prev = 0;
-  bool first = true;
-  double zig_sum = 0;
+  const float* lg = log2_table().v;
+  const uint32_t fmax = 1u << precision;
+  double c_log_f = 0;  // sum of c · log2(f)
+  uint64_t fsum = 0, zig_sum = 0, gap_bits = 0;
+  uint32_t last = 0, prev = ~0u;
   for (uint32_t s = 0; s < alphabet; ++s) {
-    if (!counts[s]) continue;
-    const double c = static_cast<double>(counts[s]);
-    const uint32_t fi = std::min<uint32_t>(std::max<uint32_t>(1, static_cast<uint32_t>(c * scale + 0.5)), 1u << precision);
+    const uint64_t c = counts[s];
+    if (!c) continue;
+    const double cd = static_cast<double>(c);
+    const uint32_t fi = std::min<uint32_t>(std::max<uint32_t>(1, static_cast<uint32_t>(cd * scale + 0.5)), fmax);
     fsum += fi;
-    data += c * (precision - lg.v[fi]);
-    table += eg_bits(first ? s : s - prev - 1, 0);
-    const int64_t d = static_cast<int64_t>(fi) - last;
-    zig_sum += static_cast<double>(d >= 0 ? 2 * d : -2 * d - 1);
-    last = static_cast<int64_t>(fi);
+    c_log_f += cd * lg[fi];
+    gap_bits += 2 * static_cast<uint64_t>(std::bit_width(s - prev)) - 1;  // Exp-Golomb(0) of s - prev - 1
+    zig_sum += fi >= last ? 2 * uint64_t{fi - last} : 2 * uint64_t{last - fi} - 1;
+    last = fi;
     prev = s;
-    first = false;
   }
   // Rounding (and the floor of 1) leaves the sum off 2^precision; normalization rescales every
   // frequency by about 2^precision / sum, which costs every coded symbol log2(sum / 2^precision).
-  data += static_cast<double>(total) * std::log2(static_cast<double>(fsum) / static_cast<double>(1u << precision));
+  const double data = static_cast<double>(total) * precision - c_log_f +
+                      static_cast<double>(total) * std::log2(static_cast<double>(fsum) / static_cast<double>(fmax));
+  double table = 4 + eg_bits(present - 1, 0) + static_cast<double>(gap_bits);
   if (present > 1) {
     // Exp-Golomb with k near log2 of the mean delta costs about k + 2 bits per value.
-    const double mean = zig_sum / present;
+    const double mean = static_cast<double>(zig_sum) / present;
     const double k = mean < 1 ? 0 : std::floor(std::log2(mean));
     table += 4 + present * (k + 2);
   }
