@@ -545,8 +545,20 @@ void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, 
         have -= 32;
       }
     };
-    for (uint64_t i = 0; i < n; ++i) {
-      const uint64_t v = (static_cast<uint64_t>(load<T>(src + i * sizeof(T))) >> z) & rmask;
+    auto field = [&](uint64_t i) { return (static_cast<uint64_t>(load<T>(src + i * sizeof(T))) >> z) & rmask; };
+    uint64_t i = 0;
+    if (rb <= 16) {
+      // As many fields as fit in 32 bits go in at once: their shifts are constants, so the
+      // only serial step is one push per group instead of one per element.
+      const int group = 32 / rb;
+      for (; i + static_cast<uint64_t>(group) <= n; i += static_cast<uint64_t>(group)) {
+        uint64_t v = 0;
+        for (int j = 0; j < group; ++j) v |= field(i + static_cast<uint64_t>(j)) << (j * rb);
+        push(v, group * rb);
+      }
+    }
+    for (; i < n; ++i) {
+      const uint64_t v = field(i);
       if (rb <= 32) {
         push(v, rb);
       } else {
