@@ -525,7 +525,8 @@ void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, 
   } else {
     for (uint64_t r = rounds; r-- > 0;) encode_round(r);
   }
-  std::vector<uint8_t> raw;
+  thread_local std::vector<uint8_t> raw;  // reused: a fresh plane per chunk costs page faults
+  raw.clear();
   if (rb > 0) {
     // Fields go through a 64-bit accumulator and leave it 32 bits at a time: read-modify-write
     // of overlapping bytes would stall on store forwarding.
@@ -755,20 +756,19 @@ ChunkMode TensorEncoder::encode_chunk(size_t i, std::vector<uint8_t>* out) const
   return ChunkMode::kCoded;
 }
 
-std::vector<uint8_t> TensorEncoder::assemble(std::vector<std::vector<uint8_t>>& chunks,
-                                             const std::vector<ChunkMode>& modes) {
-  std::vector<uint8_t> payload = model_;
+uint64_t TensorEncoder::finish(const std::vector<const std::vector<uint8_t>*>& chunks,
+                              const std::vector<ChunkMode>& modes) {
+  uint64_t offset = model_.size();
   coding_.chunks.resize(chunks.size());
   for (size_t i = 0; i < chunks.size(); ++i) {
     ChunkRef& ref = coding_.chunks[i];
-    ref.offset = payload.size();
-    ref.size = static_cast<uint32_t>(chunks[i].size());
-    ref.checksum = xxh3_32(chunks[i].data(), chunks[i].size());
+    ref.offset = offset;
+    ref.size = static_cast<uint32_t>(chunks[i]->size());
+    ref.checksum = xxh3_32(chunks[i]->data(), chunks[i]->size());
     ref.mode = modes[i];
-    payload.insert(payload.end(), chunks[i].begin(), chunks[i].end());
-    std::vector<uint8_t>().swap(chunks[i]);
+    offset += chunks[i]->size();
   }
-  return payload;
+  return offset;
 }
 
 }  // namespace bigsmall::detail
@@ -786,8 +786,12 @@ Result<EncodedTensor> encode_tensor(DType dtype, const uint8_t* data, uint64_t n
   std::vector<ChunkMode> modes(n);
   detail::ThreadPool pool(opts.threads);
   pool.parallel_for(n, [&](size_t i) { modes[i] = te.encode_chunk(i, &chunks[i]); });
+  std::vector<const std::vector<uint8_t>*> refs(n);
+  for (size_t i = 0; i < n; ++i) refs[i] = &chunks[i];
   EncodedTensor out;
-  out.payload = te.assemble(chunks, modes);
+  out.payload.reserve(te.finish(refs, modes));
+  out.payload.assign(te.model_blob().begin(), te.model_blob().end());
+  for (const auto& c : chunks) out.payload.insert(out.payload.end(), c.begin(), c.end());
   out.coding = te.coding();
   return out;
 }

@@ -18,13 +18,14 @@ class TensorEncoder {
   TensorEncoder& operator=(TensorEncoder&&) noexcept;
   ~TensorEncoder();
 
-  const TensorCoding& coding() const { return coding_; }  // chunks filled in by assemble()
+  const TensorCoding& coding() const { return coding_; }  // chunks filled in by finish()
   const std::vector<uint8_t>& model_blob() const { return model_; }
   size_t chunk_count() const { return static_cast<size_t>(coding_.chunk_count()); }
   // Codes chunk i into *out (replacing its contents); chunks that would grow are stored.
   ChunkMode encode_chunk(size_t i, std::vector<uint8_t>* out) const;
-  // Fills coding().chunks from the coded chunks and returns model blob + chunks.
-  std::vector<uint8_t> assemble(std::vector<std::vector<uint8_t>>& chunks, const std::vector<ChunkMode>& modes);
+  // Fills coding().chunks from the coded chunks (chunk i is *chunks[i]) and returns the payload
+  // size: model_blob() followed by the chunks in order, which the caller writes out.
+  uint64_t finish(const std::vector<const std::vector<uint8_t>*>& chunks, const std::vector<ChunkMode>& modes);
   double estimated_bits() const { return estimated_bits_; }
   // Information content under the joint model (raw size for tensors without a float model).
   double floor_bits() const { return floor_bits_; }
