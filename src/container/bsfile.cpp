@@ -134,6 +134,7 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
     uint64_t batch = 0;
     while (last < sources.size() && (last == first || batch + sources[last].nbytes <= kBatchBytes)) batch += sources[last++].nbytes;
     const size_t nb = last - first;
+    for (size_t i = first; i < last; ++i) populate(sources[i].data, sources[i].nbytes);
     std::vector<std::unique_ptr<TensorEncoder>> enc(nb);
     // Largest tensors (and chunks) first, so that the threads finish together.
     std::vector<size_t> order(nb);

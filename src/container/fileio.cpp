@@ -106,6 +106,18 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
   return m;
 }
 
+void populate(const void* p, uint64_t n, bool for_write) {
+  if (n == 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(p) + n;
+#ifdef MADV_POPULATE_READ
+  if (::madvise(reinterpret_cast<void*>(begin), end - begin, for_write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0)
+    return;
+#endif
+  (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_WILLNEED);
+}
+
 // ---- OutputFile ----------------------------------------------------------------------------
 OutputFile& OutputFile::operator=(OutputFile&& o) noexcept {
   std::swap(fd_, o.fd_);
