@@ -66,7 +66,7 @@ const char* kUsage =
     "options:\n"
     "  -o PATH     output path (one input only)\n"
     "  -f          overwrite existing outputs\n"
-    "  -T N        threads (default: all cores)\n"
+    "  -T N, -TN   threads (default: all cores)\n"
     "  -q          quiet: errors only\n"
     "  -v          verbose: after compress/decompress, one line per tensor (codec, ratio, bits/weight)\n"
     "  --json      machine-readable output on stdout\n"
@@ -463,8 +463,10 @@ int run(int argc, char** argv) {
       const std::string* v = need_value("-o");
       if (!v) return kExitUsage;
       a.output = *v;
-    } else if (s == "-T") {
-      const std::string* v = need_value("-T");
+    } else if (s.rfind("-T", 0) == 0) {
+      // -T N, or -TN as zstd and xz take it.
+      const std::string attached = s.substr(2);
+      const std::string* v = attached.empty() ? need_value("-T") : &attached;
       if (!v) return kExitUsage;
       char* end = nullptr;
       const long t = std::strtol(v->c_str(), &end, 10);

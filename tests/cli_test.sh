@@ -39,6 +39,8 @@ check "json summary" -- grep -q '"ratio"' "$tmp/out"
 check "quiet when not a terminal: no progress bar on stderr" -- test ! -s "$tmp/err"
 expect 0 "compress -v" -- "$bs" compress -v -f "$tmp/m.safetensors" -o "$tmp/v.bs"
 check "verbose lists tensors with codecs" -- grep -q "bf16.weight: BF16 float" "$tmp/err"
+expect 0 "verify -T2 (attached, as zstd takes it)" -- "$bs" verify -q -T2 "$tmp/m.bs"
+expect 1 "-Tx is not a thread count" -- "$bs" verify -q -Tx "$tmp/m.bs"
 expect 0 "bench" -- "$bs" bench -T 2 "$tmp/m.safetensors"
 check "bench prints speeds" -- grep -q "decompress" "$tmp/out"
 
