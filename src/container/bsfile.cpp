@@ -4,6 +4,7 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <mutex>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -484,28 +485,66 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
 
 namespace {
 // Scratch memory for decoded bytes that are only hashed: not zero-filled (the decoder writes
-// every byte), and in 2 MiB pages where the kernel allows, so that a 64 MiB batch costs 32
-// page faults, not 16384.
-struct FreeDeleter {
-  void operator()(uint8_t* p) const { std::free(p); }
-};
-using Scratch = std::unique_ptr<uint8_t[], FreeDeleter>;
-Scratch scratch_buffer(uint64_t bytes) {
-  constexpr uint64_t kHuge = uint64_t{2} << 20;
+// every byte), in 2 MiB pages where the kernel allows (a 4 MiB batch costs 2 page faults, not
+// 1024), and the last buffer released (up to 16 MiB) is kept for the next call, so that
+// verifying file after file (a model directory, a benchmark) faults its pages in once.
+constexpr uint64_t kHugePage = uint64_t{2} << 20;
+constexpr uint64_t kScratchKept = uint64_t{16} << 20;
+
+struct ScratchCache {
+  std::mutex mu;
   void* p = nullptr;
-  if (bytes >= 2 * kHuge) {
-    const uint64_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-    if (posix_memalign(&p, kHuge, rounded) == 0) {
+  uint64_t cap = 0;
+  ~ScratchCache() { std::free(p); }
+};
+ScratchCache& scratch_cache() {
+  static ScratchCache c;
+  return c;
+}
+
+struct ScratchRelease {
+  uint64_t cap = 0;
+  void operator()(uint8_t* p) const {
+    void* drop = p;
+    if (cap <= kScratchKept) {
+      ScratchCache& c = scratch_cache();
+      std::lock_guard<std::mutex> lk(c.mu);
+      if (cap > c.cap) {
+        drop = c.p;
+        c.p = p;
+        c.cap = cap;
+      }
+    }
+    std::free(drop);
+  }
+};
+using Scratch = std::unique_ptr<uint8_t[], ScratchRelease>;
+
+Scratch scratch_buffer(uint64_t bytes) {
+  {
+    ScratchCache& c = scratch_cache();
+    std::lock_guard<std::mutex> lk(c.mu);
+    if (c.p != nullptr && c.cap >= bytes) {
+      Scratch s(static_cast<uint8_t*>(c.p), ScratchRelease{c.cap});
+      c.p = nullptr;
+      c.cap = 0;
+      return s;
+    }
+  }
+  void* p = nullptr;
+  if (bytes >= kHugePage / 2) {
+    const uint64_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    if (posix_memalign(&p, kHugePage, rounded) == 0) {
 #ifdef MADV_HUGEPAGE
       madvise(p, rounded, MADV_HUGEPAGE);  // advice only: a kernel without huge pages ignores it
 #endif
-      return Scratch(static_cast<uint8_t*>(p));
+      return Scratch(static_cast<uint8_t*>(p), ScratchRelease{rounded});
     }
     p = nullptr;
   }
   p = std::malloc(bytes ? bytes : 1);
   if (p == nullptr) throw std::bad_alloc();
-  return Scratch(static_cast<uint8_t*>(p));
+  return Scratch(static_cast<uint8_t*>(p), ScratchRelease{bytes});
 }
 }  // namespace
 
