@@ -233,11 +233,18 @@ void gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeySt
   ks->counts.clear();
   ks->twin_xlogx = 0;
   if (2 * n < nbins) {
-    count_keys<T>(data, n, shift, bins.data());
+    // Each key is listed when its bin first goes up (a branch-free append), so that emptying
+    // the bins visits the distinct keys only.
+    thread_local std::vector<uint32_t> seen;
+    if (seen.size() < n) seen.resize(n);
+    uint32_t* b = bins.data();
+    uint64_t m = 0;
     for (uint64_t i = 0; i < n; ++i) {
       const uint32_t k = static_cast<uint32_t>(load<T>(data + i * sizeof(T)) >> shift);
-      take_pair(bins.data(), k & ~sign_bit, sign_bit, ks);
+      seen[m] = k;
+      m += b[k]++ == 0;
     }
+    for (uint64_t i = 0; i < m; ++i) take_pair(b, seen[i] & ~sign_bit, sign_bit, ks);
     return;
   }
   // 32-bit bins: a tensor of 2^32 or more elements is counted in slabs into 64-bit totals.
@@ -608,7 +615,10 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
   c.checksum = xxh3_64(data, nbytes);
   te.estimated_bits_ = 8.0 * static_cast<double>(nbytes);
   te.floor_bits_ = te.estimated_bits_;
-  if (nbytes == 0) return te;
+  // Up to 16 bytes no coder can win: a coded chunk alone costs 13 bytes of header and state,
+  // before any model. Planning such tensors (biases and scalars, half of some files' tensors)
+  // cost more than coding the rest of the file.
+  if (nbytes <= 16) return te;
 
   const uint32_t unit = c.unit_bytes();
   const uint64_t units = nbytes / unit;

@@ -153,25 +153,6 @@ Status read_table(BitReader& br, uint32_t alphabet, FreqTable* out) {
   return Status::ok();
 }
 
-double best_table(const uint64_t* counts, uint32_t alphabet, int lo, int hi, FreqTable* out) {
-  // Estimates rank the precisions cheaply; only the two best are normalized and serialized.
-  std::vector<std::pair<double, int>> ranked;
-  for (int p = lo; p <= hi; ++p) ranked.push_back({estimate_table_bits(counts, alphabet, p), p});
-  std::sort(ranked.begin(), ranked.end());
-  double best = INFINITY;
-  FreqTable t;
-  for (size_t c = 0; c < std::min<size_t>(2, ranked.size()); ++c) {
-    if (!normalize(counts, alphabet, ranked[c].second, &t)) continue;
-    BitWriter bw;
-    write_table(t, bw);
-    const double bits = coded_bits(counts, t) + static_cast<double>(bw.bits());
-    if (bits < best) {
-      best = bits;
-      *out = t;
-    }
-  }
-  return best;
-}
 
 static inline double eg_bits(uint64_t v, int k) {
   return static_cast<double>(2 * std::bit_width((v >> k) + 1) - 1 + static_cast<unsigned>(k));
@@ -192,26 +173,40 @@ const Log2Table& log2_table() {
 }
 }  // namespace
 
-double estimate_table_bits(const uint64_t* counts, uint32_t alphabet, int precision) {
+namespace {
+// The present symbols of a histogram, ascending, with their counts.
+struct Present {
+  std::vector<uint32_t> sym;
+  std::vector<uint64_t> count;
   uint64_t total = 0;
-  uint32_t present = 0;
-  for (uint32_t s = 0; s < alphabet; ++s) {
-    total += counts[s];
-    present += counts[s] != 0;
+  void gather(const uint64_t* counts, uint32_t alphabet) {
+    sym.clear();
+    count.clear();
+    total = 0;
+    for (uint32_t s = 0; s < alphabet; ++s)
+      if (counts[s]) {
+        sym.push_back(s);
+        count.push_back(counts[s]);
+        total += counts[s];
+      }
   }
+};
+
+// Planning calls this for every context at every candidate width and precision, so it runs
+// over the present symbols only, keeps one floating-point sum (c log2 f) and counts gaps and
+// frequency deltas in integers.
+double estimate_present(const Present& h, int precision) {
+  const uint32_t present = static_cast<uint32_t>(h.sym.size());
   if (present == 0 || present > (1u << precision)) return INFINITY;
-  // Planning calls this for every context at every candidate width, so the loop keeps one
-  // floating-point accumulation and does the rest in integers.
-  const double scale = static_cast<double>(1u << precision) / static_cast<double>(total);
+  const double scale = static_cast<double>(1u << precision) / static_cast<double>(h.total);
   const float* lg = log2_table().v;
   const uint32_t fmax = 1u << precision;
   double c_log_f = 0;  // sum of c · log2(f)
   uint64_t fsum = 0, zig_sum = 0, gap_bits = 0;
   uint32_t last = 0, prev = ~0u;
-  for (uint32_t s = 0; s < alphabet; ++s) {
-    const uint64_t c = counts[s];
-    if (!c) continue;
-    const double cd = static_cast<double>(c);
+  for (uint32_t i = 0; i < present; ++i) {
+    const uint32_t s = h.sym[i];
+    const double cd = static_cast<double>(h.count[i]);
     const uint32_t fi = std::min<uint32_t>(std::max<uint32_t>(1, static_cast<uint32_t>(cd * scale + 0.5)), fmax);
     fsum += fi;
     c_log_f += cd * lg[fi];
@@ -220,18 +215,48 @@ double estimate_table_bits(const uint64_t* counts, uint32_t alphabet, int precis
     last = fi;
     prev = s;
   }
+  const double total = static_cast<double>(h.total);
   // Rounding (and the floor of 1) leaves the sum off 2^precision; normalization rescales every
   // frequency by about 2^precision / sum, which costs every coded symbol log2(sum / 2^precision).
-  const double data = static_cast<double>(total) * precision - c_log_f +
-                      static_cast<double>(total) * std::log2(static_cast<double>(fsum) / static_cast<double>(fmax));
+  const double data = total * precision - c_log_f + total * std::log2(static_cast<double>(fsum) / static_cast<double>(fmax));
   double table = 4 + eg_bits(present - 1, 0) + static_cast<double>(gap_bits);
   if (present > 1) {
     // Exp-Golomb with k near log2 of the mean delta costs about k + 2 bits per value.
-    const double mean = static_cast<double>(zig_sum) / present;
-    const double k = mean < 1 ? 0 : std::floor(std::log2(mean));
+    // floor(log2(mean)) = floor(log2(floor(mean))) for mean >= 1: in integers, no libm call.
+    const uint64_t mean = zig_sum / present;
+    const double k = mean < 1 ? 0 : static_cast<double>(std::bit_width(mean) - 1);
     table += 4 + present * (k + 2);
   }
   return data + table;
+}
+}  // namespace
+
+double estimate_table_bits(const uint64_t* counts, uint32_t alphabet, int precision) {
+  thread_local Present h;
+  h.gather(counts, alphabet);
+  return estimate_present(h, precision);
+}
+
+double best_table(const uint64_t* counts, uint32_t alphabet, int lo, int hi, FreqTable* out) {
+  // Estimates rank the precisions cheaply; only the two best are normalized and serialized.
+  thread_local Present h;
+  h.gather(counts, alphabet);
+  std::vector<std::pair<double, int>> ranked;
+  for (int p = lo; p <= hi; ++p) ranked.push_back({estimate_present(h, p), p});
+  std::sort(ranked.begin(), ranked.end());
+  double best = INFINITY;
+  FreqTable t;
+  for (size_t c = 0; c < std::min<size_t>(2, ranked.size()); ++c) {
+    if (!normalize(counts, alphabet, ranked[c].second, &t)) continue;
+    BitWriter bw;
+    write_table(t, bw);
+    const double bits = coded_bits(counts, t) + static_cast<double>(bw.bits());
+    if (bits < best) {
+      best = bits;
+      *out = t;
+    }
+  }
+  return best;
 }
 
 void fill_decode_slots(const FreqTable& t, uint32_t* packed, uint16_t* sym) {
