@@ -1,6 +1,7 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -163,6 +164,8 @@ double entropy_bits(const uint64_t* c, size_t n) {
   return total > 0 ? total * std::log2(total) - acc : 0;
 }
 
+std::atomic<uint64_t> key_slab_elements{uint64_t{1} << 31};
+
 // Distinct (sign, exponent, top mantissa bits) keys of a tensor with their counts, gathered in
 // one pass over the data into dense per-thread bins plus one pass that empties them: over the
 // data for small tensors (so that a tensor of a few hundred weights does not pay for 64Ki bins),
@@ -247,8 +250,8 @@ void gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeySt
     for (uint64_t i = 0; i < m; ++i) take_pair(b, seen[i] & ~sign_bit, sign_bit, ks);
     return;
   }
-  // 32-bit bins: a tensor of 2^32 or more elements is counted in slabs into 64-bit totals.
-  constexpr uint64_t kSlab = uint64_t{1} << 31;
+  // 32-bit bins: a tensor of more than 2^31 elements is counted in slabs into 64-bit totals.
+  const uint64_t kSlab = key_slab_elements.load(std::memory_order_relaxed);
   if (n <= kSlab) {
     count_keys<T>(data, n, shift, bins.data());
     take_all(bins.data(), sign_bit, ks);
@@ -764,6 +767,10 @@ ChunkMode TensorEncoder::encode_chunk(size_t i, std::vector<uint8_t>* out) const
     return ChunkMode::kStored;
   }
   return ChunkMode::kCoded;
+}
+
+void set_key_slab_for_testing(uint64_t elements) {
+  key_slab_elements.store(elements ? elements : uint64_t{1} << 31, std::memory_order_relaxed);
 }
 
 uint64_t TensorEncoder::finish(const std::vector<const std::vector<uint8_t>*>& chunks,

@@ -10,6 +10,10 @@ namespace bigsmall::detail {
 
 struct EncoderState;  // chosen model and encoder tables
 
+// Tests only: the planner counts at most this many elements per pass into 32-bit bins (2^31;
+// 0 restores it), so that the path for larger tensors runs on small data.
+void set_key_slab_for_testing(uint64_t elements);
+
 class TensorEncoder {
  public:
   // Chooses codec, model and chunk geometry from the data (one or two passes over it).
