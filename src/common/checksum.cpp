@@ -2,10 +2,10 @@
 
 #include <xxhash.h>
 
-// On x86 the library's runtime-dispatched XXH3 (AVX2 or AVX-512 where the CPU has them; the
-// same digests): its plain entry points are the SSE2 build, 11 GB/s here against 44, which
-// made checksums a tenth of a decode.
-#if defined(__x86_64__) || defined(__i386__)
+// Where the library has it (CMake checks: BIGSMALL_XXH_DISPATCH), its runtime-dispatched XXH3
+// (AVX2 or AVX-512 where the CPU has them; the same digests): the plain entry points of an x86
+// build are SSE2, 11 GB/s here against 44, which made checksums a tenth of a decode.
+#if defined(BIGSMALL_XXH_DISPATCH)
 #include <xxh_x86dispatch.h>
 #define BS_XXH3_64 XXH3_64bits_dispatch
 #define BS_XXH3_UPDATE XXH3_64bits_update_dispatch
