@@ -135,7 +135,10 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
     uint64_t batch = 0;
     while (last < sources.size() && (last == first || batch + sources[last].nbytes <= kBatchBytes)) batch += sources[last++].nbytes;
     const size_t nb = last - first;
-    for (size_t i = first; i < last; ++i) populate(sources[i].data, sources[i].nbytes);
+    // A tensor larger than a batch stands alone and is not prefaulted: mapping gigabytes in one
+    // call would read them all before any thread starts (or evict them again on a small machine).
+    if (batch <= kBatchBytes)
+      for (size_t i = first; i < last; ++i) populate(sources[i].data, sources[i].nbytes);
     std::vector<std::unique_ptr<TensorEncoder>> enc(nb);
     // Largest tensors (and chunks) first, so that the threads finish together.
     std::vector<size_t> order(nb);
@@ -188,6 +191,12 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
       for (const auto* c : refs) BS_RETURN_IF_ERROR(out.write(c->data(), c->size()));
       entries.push_back(std::move(e));
     }
+    // Buffers are reused by position, so a slot keeps the largest chunk that ever landed in it:
+    // release those far larger than this batch's, and those this batch did not use, so that
+    // memory stays bounded by one batch however tensors of different sizes alternate.
+    for (size_t k = 0; k < chunk_bufs.size(); ++k)
+      if (k >= slot0[nb] || chunk_bufs[k].capacity() > 2 * chunk_bufs[k].size() + (64u << 10))
+        std::vector<uint8_t>().swap(chunk_bufs[k]);
     done += batch;
     if (opts.progress) opts.progress(done, total);
     first = last;
