@@ -129,6 +129,21 @@ TEST(FloatCodec, PlannerCountsHugeTensorsInSlabsWithTheSameResult) {
   }
 }
 
+TEST(FloatCodec, RepeatsFarApartGoToZstd) {
+  // A tensor made of one block of weights repeated (tied or copied rows): only zstd sees the
+  // repeats, up to 256 KiB apart, and must get it even when a small sample would miss them.
+  for (size_t block : {size_t{16} << 10, size_t{128} << 10}) {
+    const auto row = bstest::weights(DType::kBF16, block / 2, 31, false);
+    std::vector<uint8_t> d;
+    for (int copy = 0; copy < 8; ++copy) d.insert(d.end(), row.begin(), row.end());
+    auto enc = encode_tensor(DType::kBF16, d.data(), d.size());
+    ASSERT_TRUE(enc.is_ok());
+    EXPECT_EQ(enc->coding.codec, Codec::kZstd) << block;
+    EXPECT_LT(enc->payload.size(), d.size() / 5) << block;
+    check(DType::kBF16, d, "repeated rows");
+  }
+}
+
 TEST(FloatCodec, SingleThreadAndManyThreadsAgree) {
   auto d = bstest::weights(DType::kBF16, 5 * kChunk + 3, 13);
   check(DType::kBF16, d, "1 thread", 1);

@@ -226,19 +226,34 @@ void take_all(C* bins, uint32_t sign_bit, KeyStats* ks) {
   }
 }
 
+// Per-thread scratch of the planner. Bins stay all zero between calls. Past a 16-bit dtype's
+// needs they are released after use, so that one F64 tensor does not leave megabytes on every
+// thread of a long-lived process.
+struct KeyScratch {
+  std::vector<uint32_t> bins, seen;
+  static constexpr size_t kKept = size_t{1} << 17;
+  void trim() {
+    if (bins.size() > kKept) std::vector<uint32_t>().swap(bins);
+    if (seen.size() > kKept) std::vector<uint32_t>().swap(seen);
+  }
+};
+
 template <typename T>
 void gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeyStats* ks) {
-  thread_local std::vector<uint32_t> bins;  // all zero between calls
+  thread_local KeyScratch scratch;
+  std::vector<uint32_t>& bins = scratch.bins;
   const size_t nbins = size_t{1} << key_bits;
   if (bins.size() < nbins) bins.resize(nbins, 0);
   const uint32_t sign_bit = 1u << (key_bits - 1);
   ks->keys.clear();
   ks->counts.clear();
   ks->twin_xlogx = 0;
+  // 32-bit bins: a tensor of more than 2^31 elements is counted in slabs into 64-bit totals.
+  const uint64_t slab = key_slab_elements.load(std::memory_order_relaxed);
   if (2 * n < nbins) {
     // Each key is listed when its bin first goes up (a branch-free append), so that emptying
     // the bins visits the distinct keys only.
-    thread_local std::vector<uint32_t> seen;
+    std::vector<uint32_t>& seen = scratch.seen;
     if (seen.size() < n) seen.resize(n);
     uint32_t* b = bins.data();
     uint64_t m = 0;
@@ -248,24 +263,21 @@ void gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeySt
       m += b[k]++ == 0;
     }
     for (uint64_t i = 0; i < m; ++i) take_pair(b, seen[i] & ~sign_bit, sign_bit, ks);
-    return;
-  }
-  // 32-bit bins: a tensor of more than 2^31 elements is counted in slabs into 64-bit totals.
-  const uint64_t kSlab = key_slab_elements.load(std::memory_order_relaxed);
-  if (n <= kSlab) {
+  } else if (n <= slab) {
     count_keys<T>(data, n, shift, bins.data());
     take_all(bins.data(), sign_bit, ks);
-    return;
-  }
-  std::vector<uint64_t> wide(nbins, 0);
-  for (uint64_t i = 0; i < n; i += kSlab) {
-    count_keys<T>(data + i * sizeof(T), std::min(kSlab, n - i), shift, bins.data());
-    for (size_t k = 0; k < nbins; ++k) {
-      wide[k] += bins[k];
-      bins[k] = 0;
+  } else {
+    std::vector<uint64_t> wide(nbins, 0);
+    for (uint64_t i = 0; i < n; i += slab) {
+      count_keys<T>(data + i * sizeof(T), std::min(slab, n - i), shift, bins.data());
+      for (size_t k = 0; k < nbins; ++k) {
+        wide[k] += bins[k];
+        bins[k] = 0;
+      }
     }
+    take_all(wide.data(), sign_bit, ks);
   }
-  take_all(wide.data(), sign_bit, ks);
+  scratch.trim();
 }
 
 template <typename T>
@@ -403,6 +415,7 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
     std::fill(fm->ctx.begin(), fm->ctx.end(), 0);
     mant_bits = static_cast<double>(n) * m_eff;
   }
+  if (ks.keys.capacity() > KeyScratch::kKept) ks = KeyStats{};  // as KeyScratch::trim
   return se_bits + mant_bits;
 }
 
@@ -436,13 +449,14 @@ size_t zstd_compress(void* dst, size_t cap, const void* src, size_t len, int lev
 // zstd's size on (a sample of) the tensor, scaled to the whole tensor, in bits: level 1 on four
 // pieces spread over the tensor (or the whole tensor if it is at most four pieces), enough to
 // see zeros, repeats and few distinct values, cheap next to coding.
-double zstd_estimate(const uint8_t* data, uint64_t nbytes, uint64_t piece) {
-  constexpr int kLevel = 1;
+constexpr int kZstdRepeatsOnly = -1;  // negative levels leave literals uncompressed
+
+double zstd_estimate(const uint8_t* data, uint64_t nbytes, uint64_t piece, int level) {
   thread_local std::vector<uint8_t> out;
   uint64_t in_total = 0, out_total = 0;
   auto probe = [&](const uint8_t* p, uint64_t len) {
     out.resize(ZSTD_compressBound(len));
-    const size_t r = zstd_compress(out.data(), out.size(), p, len, kLevel);
+    const size_t r = zstd_compress(out.data(), out.size(), p, len, level);
     in_total += len;
     out_total += ZSTD_isError(r) ? len : r;
   };
@@ -654,13 +668,15 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
   double zstd_margin = 0.97;
   const int zstd_level = nbytes <= (8u << 20) ? opts.zstd_level : std::min(opts.zstd_level, 9);
   if (opts.allow_zstd) {
-    // A first look at 64 KiB decides whether the full probe (up to 1 MiB) is worth its time:
-    // on the corpus, tensors that end up in zstd sample at most 1.07 x the entropy coder's size
-    // in 16 KiB pieces, weights of no structure at 1.3-1.5 x (BF16, F32) or 1.04-1.07 x (F16).
-    constexpr uint64_t kFirstPiece = 16 << 10;
+    // zstd can only beat the entropy coders through repeats (its literals are order-0 bytes).
+    // Its fastest level stores literals raw and only looks for repeats, at ~7 GB/s: when that
+    // finds under 2% to remove, the level-1 probe (~0.45 GB/s) is skipped. Both look at the
+    // same sample, so repeats up to 256 KiB apart are seen.
     const double others = std::min({float_bits, bytes_bits, te.estimated_bits_});
-    double probe = zstd_estimate(data, nbytes, kFirstPiece) + 200.0;
-    if (nbytes > 4 * kFirstPiece && probe < 1.10 * others) probe = zstd_estimate(data, nbytes, 256 << 10) + 200.0;
+    constexpr uint64_t kPiece = 256 << 10;
+    double probe = INFINITY;
+    if (zstd_estimate(data, nbytes, kPiece, kZstdRepeatsOnly) < 0.98 * 8.0 * static_cast<double>(nbytes))
+      probe = zstd_estimate(data, nbytes, kPiece, 1) + 200.0;
     if (probe < 1.03 * others) {
       const uint64_t first = std::min<uint64_t>(nbytes, (uint64_t{1} << kZstdChunkLog2) * unit);
       std::vector<uint8_t> trial(ZSTD_compressBound(first));
