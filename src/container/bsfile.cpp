@@ -504,11 +504,10 @@ struct ScratchCache {
   std::mutex mu;
   void* p = nullptr;
   uint64_t cap = 0;
-  ~ScratchCache() { std::free(p); }
 };
 ScratchCache& scratch_cache() {
-  static ScratchCache c;
-  return c;
+  static ScratchCache* c = new ScratchCache;  // never destroyed: a verify may still run at exit
+  return *c;
 }
 
 struct ScratchRelease {
