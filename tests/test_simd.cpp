@@ -11,6 +11,8 @@
 #include "common/cpu.hpp"
 #include "decode/decoder.hpp"
 #include "decode/simd.hpp"
+#include "entropy/estimate.hpp"
+#include "entropy/table.hpp"
 #include "testutil.hpp"
 
 using namespace bigsmall;
@@ -115,6 +117,62 @@ TEST(SimdFused, EveryLayoutAtFewLanesMatchesTheReference) {
       }
     }
     EXPECT_TRUE(reached) << "no test tensor reaches this layout: adjust the generator";
+  }
+}
+
+// The planner's cost estimates decide what a .bs file holds, so the AVX-512 kernels must give
+// what the portable ones give to the last bit, or output would depend on the CPU.
+TEST(SimdEstimate, SumsFollowTheDefinition) {
+  // counts {0, 3, 0, 1} at precision 2: f = {3, 1}, sum of c log2 f = 3 log2 3, zigzag deltas
+  // 2*3 and 2*2-1, symbol gaps 1 and 1 (Exp-Golomb 3 bits each).
+  const uint64_t counts[4] = {0, 3, 0, 1};
+  for (bool simd : {true, false}) {
+    detail::set_simd_allowed(simd);
+    detail::Present h;
+    h.gather(counts, 4);
+    ASSERT_EQ(h.size, 2u);
+    EXPECT_EQ(h.total, 4u);
+    const detail::EstimateSums e = detail::estimate_sums(h, 1.0, 4);
+    EXPECT_EQ(e.fsum, 4u);
+    EXPECT_EQ(e.zig_sum, 9u);
+    EXPECT_EQ(e.gap_bits, 6u);
+    EXPECT_NEAR(e.c_log_f, 3 * std::log2(3.0), 1e-6);
+  }
+  detail::set_simd_allowed(true);
+}
+
+TEST(SimdEstimate, MatchesThePortableKernelToTheBit) {
+  if (!detail::estimate_simd_available()) GTEST_SKIP() << "this CPU has no AVX-512 DQ/CD: only the portable kernel runs";
+  std::mt19937_64 rng(7);
+  for (uint32_t alphabet : {1u, 2u, 7u, 8u, 9u, 15u, 16u, 17u, 64u, 128u, 255u, 256u, 1000u, 1024u, 4096u}) {
+    for (int pattern = 0; pattern < 5; ++pattern) {
+      SCOPED_TRACE("alphabet=" + std::to_string(alphabet) + " pattern=" + std::to_string(pattern));
+      std::vector<uint64_t> counts(alphabet);
+      for (auto& c : counts) {
+        switch (pattern) {
+          case 0: c = rng() % 50; break;                                  // dense, small
+          case 1: c = rng() % 10 == 0 ? rng() % 1000 : 0; break;          // sparse
+          case 2: c = rng() % 3 == 0 ? rng() % (uint64_t{1} << 45) : 1; break;  // huge next to 1
+          case 3: c = 0; break;                                           // one symbol, set below
+          default: c = uint64_t{1} << (rng() % 30); break;                // geometric spread
+        }
+      }
+      if (pattern == 3) counts[rng() % alphabet] = 12345;
+      for (int precision = 1; precision <= detail::kMaxPrecision; ++precision) {
+        const double simd = detail::estimate_table_bits(counts.data(), alphabet, precision);
+        detail::set_simd_allowed(false);
+        const double scalar = detail::estimate_table_bits(counts.data(), alphabet, precision);
+        detail::set_simd_allowed(true);
+        if (std::isinf(scalar)) {
+          EXPECT_TRUE(std::isinf(simd));
+          continue;
+        }
+        uint64_t a, b;
+        std::memcpy(&a, &simd, 8);
+        std::memcpy(&b, &scalar, 8);
+        EXPECT_EQ(a, b) << "precision " << precision << ": " << simd << " vs " << scalar;
+      }
+    }
   }
 }
 

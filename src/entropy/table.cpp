@@ -1,5 +1,7 @@
 #include "entropy/table.hpp"
 
+#include "entropy/estimate.hpp"
+
 #include <bit>
 #include <algorithm>
 #include <cmath>
@@ -167,63 +169,64 @@ struct Log2Table {
     for (uint32_t i = 1; i <= (1u << kMaxPrecision); ++i) v[i] = static_cast<float>(std::log2(static_cast<double>(i)));
   }
 };
-const Log2Table& log2_table() {
-  static const Log2Table t;
-  return t;
-}
 }  // namespace
 
-namespace {
-// The present symbols of a histogram, ascending, with their counts.
-struct Present {
-  std::vector<uint32_t> sym;
-  std::vector<uint64_t> count;
-  uint64_t total = 0;
-  void gather(const uint64_t* counts, uint32_t alphabet) {
-    sym.clear();
-    count.clear();
-    total = 0;
-    for (uint32_t s = 0; s < alphabet; ++s)
-      if (counts[s]) {
-        sym.push_back(s);
-        count.push_back(counts[s]);
-        total += counts[s];
-      }
-  }
-};
+const float* log2_of_freq() {
+  static const Log2Table t;
+  return t.v;
+}
 
-// Planning calls this for every context at every candidate width and precision, so it runs
-// over the present symbols only, keeps one floating-point sum (c log2 f) and counts gaps and
-// frequency deltas in integers.
-double estimate_present(const Present& h, int precision) {
-  const uint32_t present = static_cast<uint32_t>(h.sym.size());
-  if (present == 0 || present > (1u << precision)) return INFINITY;
-  const double scale = static_cast<double>(1u << precision) / static_cast<double>(h.total);
-  const float* lg = log2_table().v;
-  const uint32_t fmax = 1u << precision;
-  double c_log_f = 0;  // sum of c · log2(f)
-  uint64_t fsum = 0, zig_sum = 0, gap_bits = 0;
+void Present::gather(const uint64_t* counts, uint32_t alphabet) {
+  if (estimate_simd_available()) return gather_present_avx512(counts, alphabet, this);
+  sym.resize(size_t{alphabet} + 8);
+  count.resize(size_t{alphabet} + 8);
+  size = 0;
+  total = 0;
+  for (uint32_t s = 0; s < alphabet; ++s)
+    if (counts[s]) {
+      sym[size] = s;
+      count[size++] = counts[s];
+      total += counts[s];
+    }
+}
+
+EstimateSums estimate_sums(const Present& h, double scale, uint32_t fmax) {
+  const float* lg = log2_of_freq();
+  if (estimate_simd_available()) return estimate_sums_avx512(h, scale, fmax, lg);
+  EstimateSums r;
+  double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   uint32_t last = 0, prev = ~0u;
-  for (uint32_t i = 0; i < present; ++i) {
+  for (uint32_t i = 0; i < h.size; ++i) {
     const uint32_t s = h.sym[i];
     const double cd = static_cast<double>(h.count[i]);
     const uint32_t fi = std::min<uint32_t>(std::max<uint32_t>(1, static_cast<uint32_t>(cd * scale + 0.5)), fmax);
-    fsum += fi;
-    c_log_f += cd * lg[fi];
-    gap_bits += 2 * static_cast<uint64_t>(std::bit_width(s - prev)) - 1;  // Exp-Golomb(0) of s - prev - 1
-    zig_sum += fi >= last ? 2 * uint64_t{fi - last} : 2 * uint64_t{last - fi} - 1;
+    r.fsum += fi;
+    part[i % 8] += cd * static_cast<double>(lg[fi]);
+    r.gap_bits += 2 * static_cast<uint64_t>(std::bit_width(s - prev)) - 1;  // Exp-Golomb(0) of s - prev - 1
+    r.zig_sum += fi >= last ? 2 * uint64_t{fi - last} : 2 * uint64_t{last - fi} - 1;
     last = fi;
     prev = s;
   }
+  r.c_log_f = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  return r;
+}
+
+namespace {
+// Table + data bits of a histogram at one precision, from one pass over its present symbols.
+double estimate_present(const Present& h, int precision) {
+  const uint32_t present = h.size;
+  if (present == 0 || present > (1u << precision)) return INFINITY;
+  const uint32_t fmax = 1u << precision;
+  const EstimateSums e = estimate_sums(h, static_cast<double>(fmax) / static_cast<double>(h.total), fmax);
   const double total = static_cast<double>(h.total);
   // Rounding (and the floor of 1) leaves the sum off 2^precision; normalization rescales every
   // frequency by about 2^precision / sum, which costs every coded symbol log2(sum / 2^precision).
-  const double data = total * precision - c_log_f + total * std::log2(static_cast<double>(fsum) / static_cast<double>(fmax));
-  double table = 4 + eg_bits(present - 1, 0) + static_cast<double>(gap_bits);
+  const double data = total * precision - e.c_log_f + total * std::log2(static_cast<double>(e.fsum) / static_cast<double>(fmax));
+  double table = 4 + eg_bits(present - 1, 0) + static_cast<double>(e.gap_bits);
   if (present > 1) {
     // Exp-Golomb with k near log2 of the mean delta costs about k + 2 bits per value.
     // floor(log2(mean)) = floor(log2(floor(mean))) for mean >= 1: in integers, no libm call.
-    const uint64_t mean = zig_sum / present;
+    const uint64_t mean = e.zig_sum / present;
     const double k = mean < 1 ? 0 : static_cast<double>(std::bit_width(mean) - 1);
     table += 4 + present * (k + 2);
   }
