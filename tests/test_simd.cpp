@@ -176,7 +176,7 @@ TEST(SimdEstimate, MatchesThePortableKernelToTheBit) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(All, SimdDtype, ::testing::Values(DType::kF16, DType::kBF16, DType::kF32),
+INSTANTIATE_TEST_SUITE_P(All, SimdDtype, ::testing::Values(DType::kF16, DType::kBF16, DType::kF32, DType::kF64, DType::kF8_E4M3),
                          [](const auto& p) { return std::string(dtype_info(p.param).safetensors_name); });
 
 }  // namespace

@@ -137,6 +137,7 @@ struct EncoderState {
   std::vector<int> plane_prec;
   // SIMD encoder tables (see simd_enc.hpp), built when the CPU has the AVX-512 encoder.
   bool simd = false;
+  bool pext = false;  // raw mantissa bits packed by pext (pack_raw_bits_bmi2)
   std::vector<uint32_t> se_fc, se_rcp, m_fc, m_rcp;
 };
 
@@ -544,7 +545,7 @@ void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, 
     const SimdEncTables t{st.se_fc.data(), st.se_rcp.data(), se_prec, st.m_fc.data(), st.m_rcp.data(),
                           m_base, m_prec, mb, rb + z, static_cast<int>(kmask)};
     const int64_t nw = encode_float_rounds_avx512(t, src, full, static_cast<int>(lanes), sizeof(T), enc.x, fwd.data());
-    for (int64_t i = 0; i < nw; ++i) enc.p[-1 - i] = fwd[static_cast<size_t>(i)];
+    reverse_words_avx512(fwd.data(), static_cast<uint64_t>(nw), enc.p);
     enc.p -= nw;
   } else {
     for (uint64_t r = rounds; r-- > 0;) encode_round(r);
@@ -555,6 +556,11 @@ void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, 
     // Fields go through a 64-bit accumulator and leave it 32 bits at a time: read-modify-write
     // of overlapping bytes would stall on store forwarding.
     raw.resize(raw_plane_bytes(n, rb) + 8);
+    if (st.pext) {
+      pack_raw_bits_bmi2(src, n, sizeof(T), z, rb, raw.data());
+      raw.resize(raw_plane_bytes(n, rb));
+      return write_chunk(out, enc.x, lanes, raw, enc.p, end);
+    }
     const uint64_t rmask = (uint64_t{1} << rb) - 1;
     uint8_t* o = raw.data();
     uint64_t acc = 0;
@@ -714,7 +720,8 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
       }
       st.m_base.resize(st.fm.ctx.size());
       for (size_t s = 0; s < st.fm.ctx.size(); ++s) st.m_base[s] = st.fm.ctx[s] * (1u << st.fm.hi_bits);
-      st.simd = cpu_has_avx512_vbmi() && (info.bits == 16 || info.bits == 32) && lanes_log2 >= 3;
+      st.pext = cpu_has_avx512_vbmi();
+      st.simd = st.pext && (info.bits == 16 || info.bits == 32) && lanes_log2 >= 3;
       if (st.simd) {
         simd_tables(st.se_enc, &st.se_fc, &st.se_rcp);
         simd_tables(st.m_flat, &st.m_fc, &st.m_rcp);

@@ -26,4 +26,13 @@ struct SimdEncTables {
 int64_t encode_float_rounds_avx512(const SimdEncTables& t, const uint8_t* src, uint64_t rounds, int lanes,
                                    int elem_bytes, uint32_t* x, uint16_t* out);
 
+// The raw mantissa plane of n elements: bits z .. z + rb - 1 of each, element i at bit i * rb,
+// LSB first, as the portable packer in encode.cpp writes it. `out` needs the plane's bytes plus
+// 8. Returns the number of bits written. Only where cpu_has_avx512_vbmi() (those CPUs have a
+// fast pext; earlier AMD ones microcode it).
+uint64_t pack_raw_bits_bmi2(const uint8_t* src, uint64_t n, int elem_bytes, int z, int rb, uint8_t* out);
+
+// dst_end[-1 - i] = src[i] for i < n: the SIMD encoder's words, laid down in reading order.
+void reverse_words_avx512(const uint16_t* src, uint64_t n, uint16_t* dst_end);
+
 }  // namespace bigsmall::detail

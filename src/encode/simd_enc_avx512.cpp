@@ -1,5 +1,7 @@
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "encode/simd_enc.hpp"
 
 namespace bigsmall::detail {
@@ -102,7 +104,56 @@ int64_t encode_float_rounds_avx512(const SimdEncTables& t, const uint8_t* src, u
   return -1;
 }
 
+#define BS_BMI2 __attribute__((target("bmi2")))
+
+BS_BMI2 uint64_t pack_raw_bits_bmi2(const uint8_t* src, uint64_t n, int elem_bytes, int z, int rb, uint8_t* out) {
+  // A 64-bit word holds `per` elements; one pext takes all their fields, already side by side
+  // in the order the plane stores them (element i at bit i * rb).
+  const int per = 8 / elem_bytes;
+  const uint64_t field = (rb == 64 ? ~uint64_t{0} : (uint64_t{1} << rb) - 1) << z;
+  uint64_t mask = 0;
+  for (int j = 0; j < per; ++j) mask |= field << (j * elem_bytes * 8);
+  uint8_t* o = out;
+  uint64_t acc = 0;
+  int have = 0;
+  auto append = [&](uint64_t v, int bits) {  // bits <= 64, have < 64
+    acc |= v << have;
+    if (have + bits >= 64) {
+      std::memcpy(o, &acc, 8);
+      o += 8;
+      acc = have ? v >> (64 - have) : 0;
+      have = have + bits - 64;
+    } else {
+      have += bits;
+    }
+  };
+  uint64_t i = 0;
+  for (; i + static_cast<uint64_t>(per) <= n; i += static_cast<uint64_t>(per)) {
+    uint64_t w;
+    std::memcpy(&w, src + i * static_cast<uint64_t>(elem_bytes), 8);
+    append(_pext_u64(w, mask), per * rb);
+  }
+  for (; i < n; ++i) {
+    uint64_t w = 0;
+    std::memcpy(&w, src + i * static_cast<uint64_t>(elem_bytes), static_cast<size_t>(elem_bytes));
+    append(_pext_u64(w, field), rb);
+  }
+  std::memcpy(o, &acc, 8);
+  return static_cast<uint64_t>(o - out) * 8 + static_cast<uint64_t>(have);
+}
+
+BS_AVX512 void reverse_words_avx512(const uint16_t* src, uint64_t n, uint16_t* dst_end) {
+  const __m512i rev = _mm512_set_epi16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+                                       22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
+  uint64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    _mm512_storeu_si512(dst_end - i - 32, _mm512_permutexvar_epi16(rev, _mm512_loadu_si512(src + i)));
+  for (; i < n; ++i) dst_end[-1 - static_cast<int64_t>(i)] = src[i];
+}
+
 #else
+uint64_t pack_raw_bits_bmi2(const uint8_t*, uint64_t, int, int, int, uint8_t*) { return 0; }
+void reverse_words_avx512(const uint16_t*, uint64_t, uint16_t*) {}
 int64_t encode_float_rounds_avx512(const SimdEncTables&, const uint8_t*, uint64_t, int, int, uint32_t*, uint16_t*) {
   return -1;
 }
