@@ -373,12 +373,13 @@ TEST(Hostile, ReviewedAttackFilesFailCleanly) {
 
 namespace {
 // Many tensors of each few-lane kind, of uneven lengths: the decoder runs the coded chunks of
-// same-kind tensors side by side, 4 (4 and 8 lanes) or 2 (16 and 32 lanes) at a time.
+// same-kind tensors side by side, 4 (1, 4 and 8 lanes) or 2 (16 and 32 lanes) at a time.
 std::vector<Owned> same_kind_tensors() {
   std::vector<Owned> t;
   uint32_t seed = 100;
   for (DType dt : {DType::kBF16, DType::kF16, DType::kF32})
-    for (uint64_t n : {uint64_t{2500}, uint64_t{3001}, uint64_t{4100}, uint64_t{5003}, uint64_t{6000}, uint64_t{9000},
+    for (uint64_t n : {uint64_t{700}, uint64_t{1000}, uint64_t{1301}, uint64_t{1500}, uint64_t{1800}, uint64_t{2047},
+                       uint64_t{2500}, uint64_t{3001}, uint64_t{4100}, uint64_t{5003}, uint64_t{6000}, uint64_t{9000},
                        uint64_t{10007}, uint64_t{12345}, uint64_t{14000}, uint64_t{20000}, uint64_t{24001},
                        uint64_t{70000}, uint64_t{150001}}) {
       ++seed;
@@ -404,12 +405,13 @@ TEST(Container, ChunksDecodedSideBySideMatchTheOriginals) {
     if (const uint32_t k = dec->group_kind()) kinds[k] += static_cast<int>(c.chunks.size());
   }
   if (!kinds.empty()) {  // zero without AVX-512: then this checks the one-chunk path only
-    bool few = false, wide = false;
+    bool few = false, wide = false, single = false;
     for (const auto& [k, n] : kinds) {
       few |= ((k >> 8) & 0xff) <= 3 && n >= 4;
       wide |= ((k >> 8) & 0xff) >= 4 && n >= 2;
+      single |= (k & (1u << 24)) && n >= 4;  // single-lane chunks: the scalar side-by-side loop
     }
-    EXPECT_TRUE(few && wide) << "test data no longer reaches both group sizes: adjust it";
+    EXPECT_TRUE(few && wide && single) << "test data no longer reaches every group size: adjust it";
   }
   std::vector<size_t> all(ts.size());
   std::vector<std::vector<uint8_t>> bufs(ts.size());
@@ -429,13 +431,16 @@ TEST(Container, ChunksDecodedSideBySideMatchTheOriginals) {
   // Damage in one member of a group is reported for that tensor, and never read out of bounds
   // when checksums are off.
   const auto good = read_file(d / "m.bs");
+  const uint8_t* first_payload = f->payload(0);
+  for (size_t i = 0; i < ts.size(); ++i) first_payload = std::min(first_payload, f->payload(i));
   std::mt19937 rng(7);
   for (int trial = 0; trial < 40; ++trial) {
     const size_t victim = rng() % ts.size();
     const TensorCoding& c = f->coding(victim);
     if (c.codec != Codec::kFloat) continue;
     auto bytes = good;
-    const uint64_t at = static_cast<uint64_t>(f->payload(victim) - f->payload(0)) + 64 + c.model_size +
+    // The first payload in the file starts at offset 64 (doc/FORMAT.md).
+    const uint64_t at = static_cast<uint64_t>(f->payload(victim) - first_payload) + 64 + c.chunks[0].offset +
                         rng() % (c.chunks[0].size);
     bytes[at] ^= static_cast<uint8_t>(1u << (rng() % 8));
     write_file(d / "bad.bs", bytes);

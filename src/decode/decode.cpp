@@ -18,6 +18,8 @@
 namespace bigsmall::detail {
 namespace {
 
+constexpr uint32_t kScalarGroup = 1u << 24;  // group kind flag: single-lane chunks, scalar loop
+
 Status corrupt_chunk(size_t i, const char* what) {
   return Status(Error::kCorrupt, "chunk " + std::to_string(i) + ": " + what);
 }
@@ -197,14 +199,6 @@ bool decode_float_rounds(const FloatModel& m, const DecodeTable& se_t, const Fla
   return true;
 }
 
-// The fused tables' view for the scalar loop (layout in simd.hpp).
-struct FusedView {
-  const uint32_t* se;
-  const uint32_t* m;
-  const uint32_t* d_to_se;
-  int ps, pm, mb, hi_shift, rb, z;
-};
-
 // One rANS step on a fused entry: (freq - 1) | offset << p | payload << 2p.
 inline uint32_t advance_fused(uint32_t x, uint32_t e, int p, uint32_t mask) {
   return ((e & mask) + 1) * (x >> p) + ((e >> p) & mask);
@@ -265,6 +259,78 @@ bool decode_fused_rounds(const FusedView& v, ChunkStreams& s, uint64_t start, ui
     std::memcpy(out + base * sizeof(T), vals, active * sizeof(T));
   }
   return true;
+}
+
+// Single-lane chunks (tensors under 2048 elements) of K tensors side by side. One lane is one
+// dependency chain (table load, multiply, renormalization, next load): alone it runs about five
+// times slower per element than the SIMD kernels, and K independent chains in one loop overlap.
+// Each chunk takes the steps decode_fused_rounds takes, in the same order, while every chunk
+// has an element left and words for an unchecked step; start[k] says where chunk k stopped and
+// decode_fused_rounds finishes it.
+template <typename T, bool kRaw, int kMode, int K>
+void decode_fused_single_k(const FusedView* v, ChunkStreams* s, const uint64_t* n, uint64_t* start, uint8_t* const* out) {
+  uint64_t limit = n[0];
+  for (int k = 1; k < K; ++k) limit = std::min(limit, n[k]);
+  uint64_t i = 0;
+  for (; i < limit; ++i) {
+    bool room = true;
+    for (int k = 0; k < K; ++k) room &= s[k].wend - s[k].wp >= 4;
+    if (!room) break;
+    uint32_t row[K];
+    for (int k = 0; k < K; ++k) {
+      const uint32_t e = v[k].se[s[k].x[0] & ((1u << v[k].ps) - 1)];
+      row[k] = e >> (2 * v[k].ps);
+      uint32_t x = advance_fused(s[k].x[0], e, v[k].ps, (1u << v[k].ps) - 1);
+      renorm_branchless(x, s[k].wp);
+      s[k].x[0] = x;
+    }
+    for (int k = 0; k < K; ++k) {
+      const uint32_t m_mask = (1u << v[k].pm) - 1;
+      const uint32_t e = v[k].m[(row[k] << v[k].pm) | (s[k].x[0] & m_mask)];
+      uint32_t x = advance_fused(s[k].x[0], e, v[k].pm, m_mask);
+      renorm_branchless(x, s[k].wp);
+      s[k].x[0] = x;
+      T val = static_cast<T>(static_cast<T>(e >> (2 * v[k].pm)) << v[k].hi_shift);
+      if constexpr (kMode == kSeInSe) val = static_cast<T>(val | (static_cast<T>(row[k]) << v[k].mb));
+      else if constexpr (kMode == kSePermute) val = static_cast<T>(val | (static_cast<T>(v[k].d_to_se[row[k]]) << v[k].mb));
+      if constexpr (kRaw)
+        val = static_cast<T>(val | (static_cast<T>(read_raw(s[k].raw, s[k].raw_bytes, i * static_cast<uint64_t>(v[k].rb), v[k].rb))
+                                    << v[k].z));
+      std::memcpy(out[k] + i * sizeof(T), &val, sizeof(T));
+    }
+  }
+  for (int k = 0; k < K; ++k) start[k] = i;
+}
+
+template <typename T, int K>
+void decode_fused_single_t(int mode, bool raw, const FusedView* v, ChunkStreams* s, const uint64_t* n, uint64_t* start,
+                           uint8_t* const* out) {
+  switch (mode) {
+    case kSeInMant: return raw ? decode_fused_single_k<T, true, kSeInMant, K>(v, s, n, start, out)
+                               : decode_fused_single_k<T, false, kSeInMant, K>(v, s, n, start, out);
+    case kSeInSe: return raw ? decode_fused_single_k<T, true, kSeInSe, K>(v, s, n, start, out)
+                             : decode_fused_single_k<T, false, kSeInSe, K>(v, s, n, start, out);
+    default: return raw ? decode_fused_single_k<T, true, kSePermute, K>(v, s, n, start, out)
+                        : decode_fused_single_k<T, false, kSePermute, K>(v, s, n, start, out);
+  }
+}
+
+// count: 2 to 4 chunks of one kind (same element width, fused mode and raw plane or none; a
+// group of 4 with a damaged member runs with 3).
+void decode_fused_single_group(int unit, int mode, bool raw, const FusedView* v, ChunkStreams* s, const uint64_t* n,
+                               int count, uint64_t* start, uint8_t* const* out) {
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    if (count == 4) decode_fused_single_t<T, 4>(mode, raw, v, s, n, start, out);
+    else if (count == 3) decode_fused_single_t<T, 3>(mode, raw, v, s, n, start, out);
+    else decode_fused_single_t<T, 2>(mode, raw, v, s, n, start, out);
+  };
+  switch (unit) {
+    case 1: run(uint8_t{}); break;
+    case 2: run(uint16_t{}); break;
+    case 4: run(uint32_t{}); break;
+    default: run(uint64_t{}); break;
+  }
 }
 
 template <typename T>
@@ -409,7 +475,11 @@ bool TensorDecoder::build_fused() {
 }
 
 uint32_t TensorDecoder::group_kind() const {
-  if (!simd_ || !fused_mode_ || coding_.codec != Codec::kFloat) return 0;
+  if (!fused_mode_ || coding_.codec != Codec::kFloat) return 0;
+  // Single-lane chunks go to the scalar side-by-side loop (decode_fused_single_group).
+  if (coding_.lanes_log2 == 0)
+    return coding_.unit_bytes() | (static_cast<uint32_t>(fused_mode_) << 16) | (fm_.raw_bits ? 1u << 20 : 0) | kScalarGroup;
+  if (!simd_) return 0;
   return coding_.unit_bytes() | (uint32_t{coding_.lanes_log2} << 8) | (static_cast<uint32_t>(fused_mode_) << 16);
 }
 
@@ -449,6 +519,11 @@ Status TensorDecoder::open_float(size_t i, const uint8_t* chunk, uint64_t size, 
   return open_streams(i, chunk, size, 1u << coding_.lanes_log2, raw_plane_bytes(n, fm_.raw_bits), s);
 }
 
+FusedView TensorDecoder::fused_view() const {
+  return {se_fused_, m_fused_, d_to_se_.data(), fm_.se.precision, fm_.mant_precision,
+          fm_.man_bits, fm_.raw_bits + fm_.zero_bits, fm_.raw_bits, fm_.zero_bits};
+}
+
 Status TensorDecoder::finish_float(size_t i, ChunkStreams& s, uint64_t start, uint8_t* out) const {
   const uint32_t unit = coding_.unit_bytes();
   const uint64_t n = coding_.chunk_out_size(i) / unit;
@@ -457,8 +532,7 @@ Status TensorDecoder::finish_float(size_t i, ChunkStreams& s, uint64_t start, ui
   bool ok = false;
   const bool raw = fm_.raw_bits > 0;
   if (fused_mode_) {
-    const FusedView v{se_fused_, m_fused_, d_to_se_.data(), fm_.se.precision, fm_.mant_precision,
-                      fm_.man_bits, fm_.raw_bits + fm_.zero_bits, fm_.raw_bits, fm_.zero_bits};
+    const FusedView v = fused_view();
     switch (unit) {
       case 1: ok = decode_fused_rounds_t<uint8_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
       case 2: ok = decode_fused_rounds_t<uint16_t>(fused_mode_, raw, v, s, start, n, lanes, out); break;
@@ -671,6 +745,8 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
     SimdFusedArgs fused[kGroupMax];
     uint8_t* outs[kGroupMax];
     uint32_t open[kGroupMax];  // members whose streams are open, as indices into members
+    uint64_t counts[kGroupMax], starts[kGroupMax];
+    FusedView views[kGroupMax];
     size_t opened = 0;
     for (size_t m = 0; m < members.size(); ++m) {
       const auto [t, i] = work[members[m]];
@@ -688,8 +764,9 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
       } else {
         st = decoders[t].open_float(i, p, ref.size, &streams[opened]);
         if (st.is_ok()) {
-          decoders[t].simd_args(streams[opened], j.coding->chunk_out_size(i) / j.coding->unit_bytes(), &args[opened],
-                                &fused[opened]);
+          counts[opened] = j.coding->chunk_out_size(i) / j.coding->unit_bytes();
+          views[opened] = decoders[t].fused_view();
+          decoders[t].simd_args(streams[opened], counts[opened], &args[opened], &fused[opened]);
           outs[opened] = out;
           open[opened++] = static_cast<uint32_t>(m);
           continue;
@@ -701,9 +778,15 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
     if (opened == 0) return;
     const auto [t0, i0] = work[members[open[0]]];
     const TensorCoding& c0 = *jobs[t0].coding;
-    if (opened > 1)
+    const uint32_t kind = decoders[t0].group_kind();
+    if (opened > 1 && (kind & kScalarGroup)) {
+      decode_fused_single_group(static_cast<int>(c0.unit_bytes()), static_cast<int>((kind >> 16) & 0xf),
+                                (kind >> 20) & 1, views, streams, counts, static_cast<int>(opened), starts, outs);
+      for (size_t k = 0; k < opened; ++k) args[k].start = starts[k];
+    } else if (opened > 1) {
       (void)decode_float_rounds_avx512_fused_multi(args, fused, static_cast<int>(opened),
                                                    static_cast<int>(c0.unit_bytes()), 1 << c0.lanes_log2, outs);
+    }
     for (size_t k = 0; k < opened; ++k) {
       const auto [t, i] = work[members[open[k]]];
       Status st = decoders[t].finish_float(i, streams[k], args[k].start, outs[k]);

@@ -33,6 +33,14 @@ struct FlatTables {
   void build(const FloatModel& m);
 };
 
+// The fused tables' view for the scalar loops (layout in simd.hpp).
+struct FusedView {
+  const uint32_t* se;
+  const uint32_t* m;
+  const uint32_t* d_to_se;
+  int ps, pm, mb, hi_shift, rb, z;
+};
+
 class TensorDecoder {
  public:
   static Result<TensorDecoder> prepare(const TensorCoding& coding, const uint8_t* model, uint64_t model_size);
@@ -48,6 +56,7 @@ class TensorDecoder {
   Status open_float(size_t i, const uint8_t* chunk, uint64_t size, ChunkStreams* s) const;
   void simd_args(ChunkStreams& s, uint64_t n, SimdFloatArgs* a, SimdFusedArgs* f) const;
   Status finish_float(size_t i, ChunkStreams& s, uint64_t start, uint8_t* out) const;
+  FusedView fused_view() const;
 
  private:
   TensorCoding coding_;  // chunk list not copied: only geometry is needed
