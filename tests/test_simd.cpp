@@ -12,6 +12,7 @@
 #include "decode/decoder.hpp"
 #include "decode/simd.hpp"
 #include "entropy/estimate.hpp"
+#include "entropy/model.hpp"
 #include "entropy/table.hpp"
 #include "testutil.hpp"
 
@@ -66,7 +67,8 @@ TEST_P(SimdDtype, EncoderMatchesScalarByteForByte) {
 
 // BF16 weights from a small codebook (so the mantissa tables use every mantissa bit) with a
 // sprinkle of rare exponents (so the sign+exponent table wants a fine precision): the data that
-// makes the decoder fall back from its other fused layouts to kSePermute.
+// makes the decoder fall back from its other fused layouts to kSePermute, and with more than 64
+// distinct exponents, to kSePermute256.
 std::vector<uint8_t> codebook_weights(uint64_t n, int rare) {
   static const float kBook[12] = {0.013f, -0.021f, 0.0071f, -0.0093f, 0.031f, -0.047f,
                                   0.0027f, -0.0039f, 0.061f, -0.11f, 0.0011f, -0.0017f};
@@ -91,12 +93,14 @@ TEST(SimdFused, EveryLayoutAtFewLanesMatchesTheReference) {
   struct Want {
     int lanes, mode;
   };
-  const Want wants[] = {{4, detail::kSePermute}, {8, detail::kSePermute}, {8, detail::kSeInSe}, {8, detail::kSeInMant}};
+  const Want wants[] = {{4, detail::kSePermute},    {8, detail::kSePermute},    {8, detail::kSeInSe},
+                        {8, detail::kSeInMant},     {8, detail::kSePermute256}, {32, detail::kSePermute256}};
   for (const Want& want : wants) {
     SCOPED_TRACE("lanes " + std::to_string(want.lanes) + " layout " + std::to_string(want.mode));
-    bool reached = false;
-    for (uint64_t n : {uint64_t{5000}, uint64_t{10000}, uint64_t{14000}}) {
-      for (int rare : {0, 30, 40, 48, 56}) {
+    bool reached = false, rows_past_192 = want.mode != detail::kSePermute256 || want.lanes != 32;
+    for (uint64_t n : {uint64_t{5000}, uint64_t{10000}, uint64_t{14000}, uint64_t{70001}}) {
+      if ((n > 20000) != (want.lanes == 32)) continue;
+      for (int rare : {0, 30, 40, 48, 56, 80, 110, 125}) {
         std::vector<uint8_t> data = rare ? codebook_weights(n, rare) : bstest::weights(DType::kBF16, n, 11, false);
         EncodeOptions eo;
         eo.allow_zstd = false;
@@ -107,16 +111,30 @@ TEST(SimdFused, EveryLayoutAtFewLanesMatchesTheReference) {
         ASSERT_TRUE(dec.is_ok());
         if (dec->fused_mode() != want.mode) continue;
         reached = true;
+        if (want.mode == detail::kSePermute256) {
+          detail::FloatModel fm;
+          ASSERT_TRUE(detail::read_float_model(enc->payload.data(), enc->coding.model_size, DType::kBF16, &fm).is_ok());
+          const auto present = std::count_if(fm.se.freq.begin(), fm.se.freq.end(), [](uint32_t f) { return f != 0; });
+          rows_past_192 |= present > 192;  // every one of the 8 table registers is read
+        }
         std::vector<uint8_t> fast(data.size() + 8, 0x5A), ref(data.size(), 0);
         ASSERT_TRUE(decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), fast.data(), data.size()).is_ok());
         ASSERT_TRUE(
             reference_decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), ref.data(), ref.size()).is_ok());
         EXPECT_TRUE(std::equal(data.begin(), data.end(), fast.begin()));
         EXPECT_TRUE(ref == data);
+        std::vector<uint8_t> scalar(data.size(), 0);
+        {
+          SimdOff off;  // the scalar loops on the same fused layout
+          ASSERT_TRUE(
+              decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), scalar.data(), scalar.size()).is_ok());
+        }
+        EXPECT_TRUE(scalar == data);
         for (int i = 0; i < 8; ++i) EXPECT_EQ(fast[data.size() + i], 0x5A) << "wrote past the end";
       }
     }
     EXPECT_TRUE(reached) << "no test tensor reaches this layout: adjust the generator";
+    EXPECT_TRUE(rows_past_192) << "no test tensor has more than 192 rows: adjust the generator";
   }
 }
 

@@ -1,6 +1,7 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <bit>
 #include <atomic>
 #include <cstring>
 #include <memory>
@@ -218,6 +219,7 @@ bool decode_fused_rounds(const FusedView& v, ChunkStreams& s, uint64_t start, ui
     else if constexpr (kMode == kSeInSe) return static_cast<T>((static_cast<T>(r) << v.mb) | payload);
     else return static_cast<T>((static_cast<T>(v.d_to_se[r]) << v.mb) | payload);
   };
+  auto m_row = [&](uint32_t r) { return kMode == kSePermute256 ? uint32_t{v.d_ctx[r]} : r; };
   uint64_t bitpos = start * static_cast<uint64_t>(v.rb);
   for (uint64_t base = start; base < n; base += lanes) {
     const uint32_t active = static_cast<uint32_t>(std::min<uint64_t>(lanes, n - base));
@@ -232,7 +234,7 @@ bool decode_fused_rounds(const FusedView& v, ChunkStreams& s, uint64_t start, ui
         s.x[l] = x;
       }
       for (uint32_t l = 0; l < active; ++l) {
-        const uint32_t e = v.m[(row[l] << v.pm) | (s.x[l] & m_mask)];
+        const uint32_t e = v.m[(m_row(row[l]) << v.pm) | (s.x[l] & m_mask)];
         uint32_t x = advance_fused(s.x[l], e, v.pm, m_mask);
         renorm_branchless(x, s.wp);
         s.x[l] = x;
@@ -246,7 +248,7 @@ bool decode_fused_rounds(const FusedView& v, ChunkStreams& s, uint64_t start, ui
         if (!renorm_checked(s.x[l], s.wp, s.wend)) return false;
       }
       for (uint32_t l = 0; l < active; ++l) {
-        const uint32_t e = v.m[(row[l] << v.pm) | (s.x[l] & m_mask)];
+        const uint32_t e = v.m[(m_row(row[l]) << v.pm) | (s.x[l] & m_mask)];
         s.x[l] = advance_fused(s.x[l], e, v.pm, m_mask);
         if (!renorm_checked(s.x[l], s.wp, s.wend)) return false;
         vals[l] = element(row[l], e);
@@ -286,13 +288,14 @@ void decode_fused_single_k(const FusedView* v, ChunkStreams* s, const uint64_t* 
     }
     for (int k = 0; k < K; ++k) {
       const uint32_t m_mask = (1u << v[k].pm) - 1;
-      const uint32_t e = v[k].m[(row[k] << v[k].pm) | (s[k].x[0] & m_mask)];
+      const uint32_t m_row = kMode == kSePermute256 ? uint32_t{v[k].d_ctx[row[k]]} : row[k];
+      const uint32_t e = v[k].m[(m_row << v[k].pm) | (s[k].x[0] & m_mask)];
       uint32_t x = advance_fused(s[k].x[0], e, v[k].pm, m_mask);
       renorm_branchless(x, s[k].wp);
       s[k].x[0] = x;
       T val = static_cast<T>(static_cast<T>(e >> (2 * v[k].pm)) << v[k].hi_shift);
       if constexpr (kMode == kSeInSe) val = static_cast<T>(val | (static_cast<T>(row[k]) << v[k].mb));
-      else if constexpr (kMode == kSePermute) val = static_cast<T>(val | (static_cast<T>(v[k].d_to_se[row[k]]) << v[k].mb));
+      else if constexpr (kMode != kSeInMant) val = static_cast<T>(val | (static_cast<T>(v[k].d_to_se[row[k]]) << v[k].mb));
       if constexpr (kRaw)
         val = static_cast<T>(val | (static_cast<T>(read_raw(s[k].raw, s[k].raw_bytes, i * static_cast<uint64_t>(v[k].rb), v[k].rb))
                                     << v[k].z));
@@ -310,6 +313,8 @@ void decode_fused_single_t(int mode, bool raw, const FusedView* v, ChunkStreams*
                                : decode_fused_single_k<T, false, kSeInMant, K>(v, s, n, start, out);
     case kSeInSe: return raw ? decode_fused_single_k<T, true, kSeInSe, K>(v, s, n, start, out)
                              : decode_fused_single_k<T, false, kSeInSe, K>(v, s, n, start, out);
+    case kSePermute256: return raw ? decode_fused_single_k<T, true, kSePermute256, K>(v, s, n, start, out)
+                                   : decode_fused_single_k<T, false, kSePermute256, K>(v, s, n, start, out);
     default: return raw ? decode_fused_single_k<T, true, kSePermute, K>(v, s, n, start, out)
                         : decode_fused_single_k<T, false, kSePermute, K>(v, s, n, start, out);
   }
@@ -341,6 +346,8 @@ bool decode_fused_rounds_t(int mode, bool raw, const FusedView& v, ChunkStreams&
                                : decode_fused_rounds<T, false, kSeInMant>(v, s, start, n, lanes, out);
     case kSeInSe: return raw ? decode_fused_rounds<T, true, kSeInSe>(v, s, start, n, lanes, out)
                              : decode_fused_rounds<T, false, kSeInSe>(v, s, start, n, lanes, out);
+    case kSePermute256: return raw ? decode_fused_rounds<T, true, kSePermute256>(v, s, start, n, lanes, out)
+                                   : decode_fused_rounds<T, false, kSePermute256>(v, s, start, n, lanes, out);
     default: return raw ? decode_fused_rounds<T, true, kSePermute>(v, s, start, n, lanes, out)
                         : decode_fused_rounds<T, false, kSePermute>(v, s, start, n, lanes, out);
   }
@@ -409,7 +416,8 @@ bool TensorDecoder::build_fused() {
   // Three ways to get the sign+exponent value with one lookup per symbol (see simd.hpp):
   //   kSeInMant: the mantissa entry carries se and hi together (2Pm + 1+E + k <= 32);
   //   kSeInSe:   the se entry carries se itself as the row index (2Ps + 1+E <= 32);
-  //   kSePermute: rows are dense indices, se comes from a 64-entry register table.
+  //   kSePermute: rows are dense indices, se comes from a 64-entry register table;
+  //   kSePermute256: the same with up to 256 rows.
   const FreqTable& se = fm_.se;
   const int ps = se.precision, pm = fm_.mant_precision, k = fm_.hi_bits;
   const int se_bits = 1 + fm_.exp_bits;
@@ -432,9 +440,12 @@ bool TensorDecoder::build_fused() {
   if (2 * pm + se_bits + k <= 32 && 2 * ps + 8 <= 32 && count <= 256 && fits(count)) mode = kSeInMant;
   else if (2 * ps + se_bits <= 32 && fits(uint64_t{1} << se_bits)) mode = kSeInSe;
   else if (2 * ps + 8 <= 32 && count <= 64 && fits(count)) mode = kSePermute;
+  else if (2 * ps + 8 <= 32 && count <= 256 && se_bits + std::bit_width(fm_.mant.size()) <= 16 &&
+           fits(fm_.mant.size() + 1))
+    mode = kSePermute256;
   else return false;
   const bool dense = mode != kSeInSe;
-  const size_t rows = dense ? count : (size_t{1} << se_bits);
+  const size_t rows = mode == kSePermute256 ? fm_.mant.size() + 1 : dense ? count : (size_t{1} << se_bits);
   // Rows of absent symbols (kSeInSe) are never written nor read: the allocation stays untouched.
   fused_ = TableMemory::get(se_slots + rows * slots);
   uint32_t* se_t = fused_.get();
@@ -445,18 +456,24 @@ bool TensorDecoder::build_fused() {
   for (uint32_t r = 0; r < count; ++r) {
     const uint32_t s = present[r];
     const uint32_t row = dense ? r : s;
-    if (r < 64) d_to_se_[r] = s;
+    if (r < 256) d_to_se_[r] = s;
     const uint32_t f = se.freq[s];
     const uint32_t se_entry = (f - 1) | (row << (2 * ps));
     uint32_t* dst = se_t + se.cum[s];
     for (uint32_t j = 0; j < f; ++j) dst[j] = se_entry | (j << ps);
     const uint16_t ctx = fm_.ctx[s];
-    uint32_t* out = m_t + row * slots;
+    if (mode == kSePermute256) {
+      d_ctx_[r] = ctx;
+      d_pack16_[r] = static_cast<uint16_t>(s | (uint32_t{ctx} << se_bits));
+    }
+    const uint32_t m_row = mode == kSePermute256 ? ctx : row;
+    uint32_t* out = m_t + m_row * slots;
+    if (mode == kSePermute256 && first_row[ctx] >= 0) continue;  // the context's row is written
     if (mode != kSeInMant && first_row[ctx] >= 0) {
       std::memcpy(out, m_t + static_cast<size_t>(first_row[ctx]) * slots, slots * 4);
       continue;
     }
-    first_row[ctx] = static_cast<int32_t>(row);
+    first_row[ctx] = static_cast<int32_t>(m_row);
     const FreqTable* mt = ctx ? &fm_.mant[ctx - 1] : nullptr;
     const uint32_t se_part = mode == kSeInMant ? s << k : 0;
     const uint32_t uf = 1u << (pm - k);  // the uniform table, without building it
@@ -501,7 +518,7 @@ void TensorDecoder::simd_args(ChunkStreams& s, uint64_t n, SimdFloatArgs* a, Sim
   a->raw_bytes = s.raw_bytes;
   a->raw_bits = fm_.raw_bits;
   a->zero_bits = fm_.zero_bits;
-  *f = {se_fused_, m_fused_, d_to_se_.data(), fused_mode_};
+  *f = {se_fused_, m_fused_, d_to_se_.data(), d_pack16_.data(), 1 + fm_.exp_bits, fused_mode_};
 }
 
 uint64_t TensorDecoder::decode_simd(ChunkStreams& s, uint64_t n, uint64_t start, uint8_t* out) const {
@@ -520,7 +537,7 @@ Status TensorDecoder::open_float(size_t i, const uint8_t* chunk, uint64_t size, 
 }
 
 FusedView TensorDecoder::fused_view() const {
-  return {se_fused_, m_fused_, d_to_se_.data(), fm_.se.precision, fm_.mant_precision,
+  return {se_fused_, m_fused_, d_to_se_.data(), d_ctx_.data(), fm_.se.precision, fm_.mant_precision,
           fm_.man_bits, fm_.raw_bits + fm_.zero_bits, fm_.raw_bits, fm_.zero_bits};
 }
 

@@ -38,6 +38,7 @@ struct FusedView {
   const uint32_t* se;
   const uint32_t* m;
   const uint32_t* d_to_se;
+  const uint16_t* d_ctx;  // kSePermute256: dense row -> mantissa context (the m row)
   int ps, pm, mb, hi_shift, rb, z;
 };
 
@@ -72,7 +73,9 @@ class TensorDecoder {
   const uint32_t* se_fused_ = nullptr;
   const uint32_t* m_fused_ = nullptr;
   int fused_mode_ = 0;
-  std::array<uint32_t, 64> d_to_se_{};  // dense row -> sign+exponent value (first 64 rows)
+  std::array<uint32_t, 256> d_to_se_{};  // dense row -> sign+exponent value (first 256 rows)
+  std::array<uint16_t, 256> d_ctx_{};    // dense row -> mantissa context (kSePermute256)
+  std::array<uint16_t, 256> d_pack16_{}; // se | ctx << (1 + exponent bits) (kSePermute256)
   bool build_fused();
   uint64_t decode_simd(ChunkStreams& s, uint64_t n, uint64_t start, uint8_t* out) const;
   std::vector<DecodeTable> planes_;

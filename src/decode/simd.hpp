@@ -27,12 +27,18 @@ struct SimdFloatArgs {
 // Fused layout, one gather per symbol: se_fused[slot] = (freq-1) | offset << Ps | row << 2Ps and
 // m_fused[row << Pm | slot] = (freq-1) | offset << Pm | payload << 2Pm. The mode says where the
 // sign+exponent value comes from: kSeInMant: payload = se << hi_bits | hi (rows are dense);
-// kSeInSe: row = se, payload = hi; kSePermute: rows are dense, se = d_to_se[row] (<= 64 rows).
-enum FusedMode : int { kSeInMant = 1, kSeInSe = 2, kSePermute = 3 };
+// kSeInSe: row = se, payload = hi; kSePermute: rows are dense, se = d_to_se[row] (<= 64 rows,
+// a 4-register table); kSePermute256: the se entry's row r is dense (< 256) and an 8-register
+// table of 16-bit values d_pack16[r] = se | ctx << se_bits gives se and the mantissa context,
+// which indexes the m_fused rows (one per context, not per se value: tensors with a wide
+// exponent range would otherwise repeat a table hundreds of times); payload = hi.
+enum FusedMode : int { kSeInMant = 1, kSeInSe = 2, kSePermute = 3, kSePermute256 = 4 };
 struct SimdFusedArgs {
   const uint32_t* se_fused;
   const uint32_t* m_fused;
-  const uint32_t* d_to_se;  // 64 entries
+  const uint32_t* d_to_se;   // 256 entries
+  const uint16_t* d_pack16;  // 256 entries (kSePermute256)
+  int se_bits;               // 1 + exponent bits
   int mode;
 };
 

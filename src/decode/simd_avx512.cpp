@@ -51,6 +51,17 @@ struct W16 {
     return _mm512_mask_mov_epi32(_mm512_permutex2var_epi32(t[0], idx, t[1]), high,
                                  _mm512_permutex2var_epi32(t[2], idx, t[3]));
   }
+  // idx < 256 in each 32-bit lane; t: 256 16-bit values, 32 per register. Each word permute
+  // reads the low 6 bits of a word index: the lane's high word indexes entry 0 and is masked off.
+  BS_AVX512 static V permute256(V idx, const __m512i t[8]) {
+    const __mmask16 b6 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(64));
+    const __mmask16 b7 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(128));
+    const V lo = _mm512_mask_mov_epi32(_mm512_permutex2var_epi16(t[0], idx, t[1]), b6,
+                                       _mm512_permutex2var_epi16(t[2], idx, t[3]));
+    const V hi = _mm512_mask_mov_epi32(_mm512_permutex2var_epi16(t[4], idx, t[5]), b6,
+                                       _mm512_permutex2var_epi16(t[6], idx, t[7]));
+    return _mm512_and_si512(_mm512_mask_mov_epi32(lo, b7, hi), _mm512_set1_epi32(0xffff));
+  }
   BS_AVX512 static void store16(uint8_t* p, V v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(v));
   }
@@ -91,6 +102,9 @@ struct W8 {
   BS_AVX512 static V permute64(V idx, const __m512i t[4]) {
     return _mm512_castsi512_si256(W16::permute64(_mm512_castsi256_si512(idx), t));
   }
+  BS_AVX512 static V permute256(V idx, const __m512i t[8]) {
+    return _mm512_castsi512_si256(W16::permute256(_mm512_castsi256_si512(idx), t));
+  }
   BS_AVX512 static void store16(uint8_t* p, V v) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtepi32_epi16(v));
   }
@@ -126,6 +140,9 @@ struct W4 {
   BS_AVX512 static V mask_or(V src, M m, V a, V b) { return _mm_mask_or_epi32(src, m, a, b); }
   BS_AVX512 static V permute64(V idx, const __m512i t[4]) {
     return _mm512_castsi512_si128(W16::permute64(_mm512_castsi128_si512(idx), t));
+  }
+  BS_AVX512 static V permute256(V idx, const __m512i t[8]) {
+    return _mm512_castsi512_si128(W16::permute256(_mm512_castsi128_si512(idx), t));
   }
   BS_AVX512 static void store16(uint8_t* p, V v) { _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_cvtepi32_epi16(v)); }
   BS_AVX512 static void store32(uint8_t* p, V v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
@@ -296,13 +313,20 @@ struct FusedChunk {
   Vec se_mask, m_mask;
   __m128i se_2p, m_2p;
   RawPermute raw;
-  __m512i t[4];
+  __m512i t[8];  // row -> se: kSePermute 64 32-bit values; kSePermute256 256 16-bit se | ctx << se_bits
+  __m128i se_bits;
+  Vec se_value_mask;
   uint64_t done;
   BS_AVX512 FusedChunk(const SimdFloatArgs& a, const SimdFusedArgs& f)
       : l(a), c(kernel_consts(a)), se_mask(W::set1((1u << a.se_precision) - 1)),
         m_mask(W::set1((1u << a.m_precision) - 1)), se_2p(_mm_cvtsi32_si128(2 * a.se_precision)),
-        m_2p(_mm_cvtsi32_si128(2 * a.m_precision)), raw(raw_permute(a)), done(a.start) {
-    for (int j = 0; j < 4; ++j) t[j] = _mm512_loadu_si512(f.d_to_se + 16 * j);
+        m_2p(_mm_cvtsi32_si128(2 * a.m_precision)), raw(raw_permute(a)), se_bits(_mm_cvtsi32_si128(f.se_bits)),
+        se_value_mask(W::set1((1u << f.se_bits) - 1)), done(a.start) {
+    if (f.mode == kSePermute256) {
+      for (int j = 0; j < 8; ++j) t[j] = _mm512_loadu_si512(f.d_pack16 + 32 * j);
+    } else {
+      for (int j = 0; j < 4; ++j) t[j] = _mm512_loadu_si512(f.d_to_se + 16 * j);
+    }
   }
 };
 
@@ -327,13 +351,15 @@ BS_AVX512 void run_fused(SimdFloatArgs* a, const SimdFusedArgs* f, uint8_t* cons
       for (int h = 0; h < V; ++h) {
         const Vec e = W::gather4(W::and_(q.l.x[h], q.se_mask), f[k].se_fused);
         se[k][h] = W::srl(e, q.se_2p);
+        if constexpr (kMode == kSePermute256) se[k][h] = W::permute256(se[k][h], q.t);  // se | ctx << se_bits
         q.l.x[h] = renorm<W>(advance_packed<W>(q.l.x[h], e, q.c.se_p, q.se_mask), q.l.wp);
       }
     }
     for (int k = 0; k < K; ++k) {
       FusedChunk<W, V>& q = *ch[k];
       for (int h = 0; h < V; ++h) {
-        const Vec slot = W::or_(W::sll(se[k][h], q.c.m_p), W::and_(q.l.x[h], q.m_mask));
+        const Vec m_row = kMode == kSePermute256 ? W::srl(se[k][h], q.se_bits) : se[k][h];
+        const Vec slot = W::or_(W::sll(m_row, q.c.m_p), W::and_(q.l.x[h], q.m_mask));
         const Vec e = W::gather4(slot, f[k].m_fused);
         q.l.x[h] = renorm<W>(advance_packed<W>(q.l.x[h], e, q.c.m_p, q.m_mask), q.l.wp);
         const Vec payload = W::sll(W::srl(e, q.m_2p), q.c.hi_shift);
@@ -342,8 +368,10 @@ BS_AVX512 void run_fused(SimdFloatArgs* a, const SimdFusedArgs* f, uint8_t* cons
           v = payload;
         } else if constexpr (kMode == kSeInSe) {
           v = W::or_(W::sll(se[k][h], q.c.man_bits), payload);
-        } else {
+        } else if constexpr (kMode == kSePermute) {
           v = W::or_(W::sll(W::permute64(se[k][h], q.t), q.c.man_bits), payload);
+        } else {
+          v = W::or_(W::sll(W::and_(se[k][h], q.se_value_mask), q.c.man_bits), payload);
         }
         emit<W, kElemBytes>(a[k], q.raw, v, q.done + W::N * h, out[k]);
       }
@@ -378,6 +406,7 @@ BS_AVX512 bool fused_k(SimdFloatArgs* a, const SimdFusedArgs* f, int elem_bytes,
     case kSeInMant: return pick(std::integral_constant<int, kSeInMant>{});
     case kSeInSe: return pick(std::integral_constant<int, kSeInSe>{});
     case kSePermute: return pick(std::integral_constant<int, kSePermute>{});
+    case kSePermute256: return pick(std::integral_constant<int, kSePermute256>{});
     default: return false;
   }
 }
