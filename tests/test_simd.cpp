@@ -11,6 +11,7 @@
 #include "common/cpu.hpp"
 #include "decode/decoder.hpp"
 #include "decode/simd.hpp"
+#include "encode/simd_enc.hpp"
 #include "entropy/estimate.hpp"
 #include "entropy/model.hpp"
 #include "entropy/table.hpp"
@@ -190,6 +191,34 @@ TEST(SimdEstimate, MatchesThePortableKernelToTheBit) {
         std::memcpy(&b, &scalar, 8);
         EXPECT_EQ(a, b) << "precision " << precision << ": " << simd << " vs " << scalar;
       }
+    }
+  }
+}
+
+// The planner's joint-floor term over sign twins: the AVX-512 sum against the portable one (16
+// partial sums, k mod 16, combined by sum16), with counts past the c·log2(c) table among them.
+TEST(SimdEstimate, TwinSumMatchesThePortableLoopToTheBit) {
+  if (!detail::cpu_has_avx512_vbmi()) GTEST_SKIP() << "this CPU has no AVX-512 VBMI2: only the portable loop runs";
+  std::vector<double> table(detail::kXlogxTable);
+  for (uint32_t i = 1; i < detail::kXlogxTable; ++i) table[i] = i * std::log2(static_cast<double>(i));
+  std::mt19937 rng(11);
+  for (uint32_t sign_bit : {16u, 128u, 1u << 15}) {
+    for (int pattern = 0; pattern < 3; ++pattern) {
+      std::vector<uint32_t> bins(2 * size_t{sign_bit});
+      for (auto& b : bins)
+        b = pattern == 0 ? rng() % 50 : pattern == 1 ? (rng() % 7 == 0 ? rng() % 100000 : 0) : rng() % 5000;
+      double part[16] = {};
+      for (uint32_t k = 0; k < sign_bit; ++k) {
+        const uint64_t c = uint64_t{bins[k]} + bins[k + sign_bit];
+        const double v = static_cast<double>(c);
+        part[k % 16] += c < detail::kXlogxTable ? table[c] : v * std::log2(v);
+      }
+      const double want = detail::sum16(part);
+      const double got = detail::twin_xlogx_avx512(bins.data(), sign_bit, table.data());
+      uint64_t a, b;
+      std::memcpy(&a, &want, 8);
+      std::memcpy(&b, &got, 8);
+      EXPECT_EQ(a, b) << "sign_bit " << sign_bit << " pattern " << pattern << ": " << want << " vs " << got;
     }
   }
 }

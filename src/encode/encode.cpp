@@ -185,46 +185,60 @@ void count_keys(const uint8_t* data, uint64_t n, int shift, uint32_t* bins) {
 
 // c · log2(c) from a table for the counts most keys have: a large tensor has tens of thousands
 // of distinct keys, and a libm call for each was a visible part of planning.
-double xlogx(uint64_t c) {
+const double* xlogx_table() {
   struct Table {
-    double v[4096];
+    double v[kXlogxTable];
     Table() {
       v[0] = 0;
-      for (int i = 1; i < 4096; ++i) v[i] = i * std::log2(static_cast<double>(i));
+      for (uint32_t i = 1; i < kXlogxTable; ++i) v[i] = i * std::log2(static_cast<double>(i));
     }
   };
   static const Table t;
-  if (c < 4096) return t.v[c];
+  return t.v;
+}
+
+double xlogx(uint64_t c) {
+  if (c < kXlogxTable) return xlogx_table()[c];
   const double v = static_cast<double>(c);
   return v * std::log2(v);
 }
 
+// Sum over key pairs (k, k | sign_bit) of xlogx(count + twin count), in 16 partial sums (k mod
+// 16) added in a fixed order: the portable form of twin_xlogx_avx512, which must match it to the bit.
 template <typename C>
-inline void take_pair(C* bins, uint32_t k, uint32_t sign_bit, KeyStats* ks) {
-  const uint32_t t = k | sign_bit;
-  const uint64_t c = bins[k], c2 = bins[t];
-  if (c + c2 == 0) return;
-  if (c) {
-    ks->keys.push_back(k);
-    ks->counts.push_back(c);
-  }
-  if (c2) {
-    ks->keys.push_back(t);
-    ks->counts.push_back(c2);
-  }
-  bins[k] = bins[t] = 0;
-  ks->twin_xlogx += xlogx(c + c2);
+double twin_xlogx_dense(const C* bins, uint32_t sign_bit) {
+  if constexpr (std::is_same_v<C, uint32_t>)
+    if (cpu_has_avx512_vbmi()) return twin_xlogx_avx512(bins, sign_bit, xlogx_table());
+  double part[16] = {};
+  for (uint32_t k = 0; k < sign_bit; ++k) part[k % 16] += xlogx(uint64_t{bins[k]} + bins[k + sign_bit]);
+  return sum16(part);
 }
 
-// Every key pair of the bins, skipping runs of empty bins eight pairs at a time.
-template <typename C>
-void take_all(C* bins, uint32_t sign_bit, KeyStats* ks) {
-  for (uint32_t k = 0; k < sign_bit; k += 8) {
-    C any = 0;
-    for (uint32_t j = 0; j < 8; ++j) any |= bins[k + j] | bins[k + j + sign_bit];
-    if (!any) continue;
-    for (uint32_t j = 0; j < 8; ++j) take_pair(bins, k + j, sign_bit, ks);
+// Empties the bins of the listed keys into ks, each key with its sign twin: branch-free (whether
+// a key or its twin is present, or the pair was taken already, is a coin toss per key). A pair
+// taken already adds xlogx(0) = 0.
+void take_pairs(uint32_t* bins, const uint32_t* seen, uint64_t m, uint32_t sign_bit, KeyStats* ks) {
+  ks->keys.resize(2 * m);
+  ks->counts.resize(2 * m);
+  uint32_t* keys = ks->keys.data();
+  uint64_t* counts = ks->counts.data();
+  size_t j = 0;
+  double twin = 0;
+  for (uint64_t i = 0; i < m; ++i) {
+    const uint32_t k = seen[i] & ~sign_bit, t = k | sign_bit;
+    const uint64_t c = bins[k], c2 = bins[t];
+    keys[j] = k;
+    counts[j] = c;
+    j += c != 0;
+    keys[j] = t;
+    counts[j] = c2;
+    j += c2 != 0;
+    bins[k] = bins[t] = 0;
+    twin += xlogx(c + c2);
   }
+  ks->keys.resize(j);
+  ks->counts.resize(j);
+  ks->twin_xlogx = twin;
 }
 
 // Per-thread scratch of the planner. Bins stay all zero between calls. Past a 16-bit dtype's
@@ -232,16 +246,30 @@ void take_all(C* bins, uint32_t sign_bit, KeyStats* ks) {
 // thread of a long-lived process.
 struct KeyScratch {
   std::vector<uint32_t> bins, seen;
+  std::vector<uint64_t> wide;  // totals of tensors counted in slabs
   static constexpr size_t kKept = size_t{1} << 17;
   void trim() {
     if (bins.size() > kKept) std::vector<uint32_t>().swap(bins);
     if (seen.size() > kKept) std::vector<uint32_t>().swap(seen);
+    std::vector<uint64_t>().swap(wide);
   }
 };
 
+// The counts of every key of a large tensor, left in the bins (all zero again after release()).
+struct DenseKeys {
+  const uint32_t* bins = nullptr;  // one of the two
+  const uint64_t* wide = nullptr;
+  bool active() const { return bins || wide; }
+};
+
+thread_local KeyScratch key_scratch;
+
+// Small tensors: the distinct keys with their counts in ks, the bins left empty. Large ones
+// (twice as many elements as keys): the counts left in the bins for the dense pass (DenseKeys),
+// where emptying them key by key cost more than the rest of planning.
 template <typename T>
-void gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeyStats* ks) {
-  thread_local KeyScratch scratch;
+DenseKeys gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeyStats* ks) {
+  KeyScratch& scratch = key_scratch;
   std::vector<uint32_t>& bins = scratch.bins;
   const size_t nbins = size_t{1} << key_bits;
   if (bins.size() < nbins) bins.resize(nbins, 0);
@@ -263,22 +291,61 @@ void gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeySt
       seen[m] = k;
       m += b[k]++ == 0;
     }
-    for (uint64_t i = 0; i < m; ++i) take_pair(b, seen[i] & ~sign_bit, sign_bit, ks);
-  } else if (n <= slab) {
-    count_keys<T>(data, n, shift, bins.data());
-    take_all(bins.data(), sign_bit, ks);
-  } else {
-    std::vector<uint64_t> wide(nbins, 0);
-    for (uint64_t i = 0; i < n; i += slab) {
-      count_keys<T>(data + i * sizeof(T), std::min(slab, n - i), shift, bins.data());
-      for (size_t k = 0; k < nbins; ++k) {
-        wide[k] += bins[k];
-        bins[k] = 0;
-      }
-    }
-    take_all(wide.data(), sign_bit, ks);
+    take_pairs(b, seen.data(), m, sign_bit, ks);
+    scratch.trim();
+    return {};
   }
-  scratch.trim();
+  if (n <= slab) {
+    count_keys<T>(data, n, shift, bins.data());
+    return {bins.data(), nullptr};
+  }
+  std::vector<uint64_t>& wide = scratch.wide;
+  wide.assign(nbins, 0);
+  for (uint64_t i = 0; i < n; i += slab) {
+    count_keys<T>(data + i * sizeof(T), std::min(slab, n - i), shift, bins.data());
+    for (size_t k = 0; k < nbins; ++k) {
+      wide[k] += bins[k];
+      bins[k] = 0;
+    }
+  }
+  return {nullptr, wide.data()};
+}
+
+// se_hist and the OR of the present mantissa keys, from dense bins (blocks of 2^kfull keys per
+// sign+exponent value).
+template <typename C>
+void dense_se_stats(const C* bins, uint32_t A, int kfull, uint64_t* se_hist, uint32_t* mor_hi) {
+  const uint32_t w = 1u << kfull;
+  uint32_t mor = 0;
+  for (uint32_t se = 0; se < A; ++se) {
+    const C* b = bins + size_t{se} * w;
+    uint64_t sum = 0;
+    uint32_t o = 0;
+    for (uint32_t m = 0; m < w; ++m) {
+      sum += b[m];
+      o |= b[m] ? m : 0;
+    }
+    se_hist[se] = sum;
+    mor |= o;
+  }
+  *mor_hi = mor;
+}
+
+// Each row's counts of its top kmax mantissa bits, from its block of dense bins, which is then
+// emptied (the blocks of absent rows are empty already).
+template <typename C>
+void dense_rows(C* bins, const std::vector<uint32_t>& rows, int kfull, int kmax, uint64_t* at) {
+  const uint32_t w = 1u << kfull, g = 1u << (kfull - kmax);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    C* b = bins + size_t{rows[r]} * w;
+    uint64_t* dst = at + (r << kmax);
+    for (uint32_t j = 0; j < (1u << kmax); ++j) {
+      uint64_t sum = 0;
+      for (uint32_t t = 0; t < g; ++t) sum += b[j * g + t];
+      dst[j] = sum;
+    }
+    std::memset(b, 0, size_t{w} * sizeof(C));
+  }
 }
 
 template <typename T>
@@ -297,14 +364,23 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
   const int kfull = std::min(mb, mb <= 10 ? 10 : 8);
   const int shift = mb - kfull;
   thread_local KeyStats ks;
-  gather_keys<T>(data, n, shift, 1 + eb + kfull, &ks);
+  const DenseKeys dense = gather_keys<T>(data, n, shift, 1 + eb + kfull, &ks);
 
   std::vector<uint64_t> se_hist(A, 0);
   uint32_t mor_hi = 0;
   const uint32_t kmask = (1u << kfull) - 1;
-  for (size_t i = 0; i < ks.keys.size(); ++i) {
-    se_hist[ks.keys[i] >> kfull] += ks.counts[i];
-    mor_hi |= ks.keys[i] & kmask;
+  double twin_xlogx = ks.twin_xlogx;
+  if (dense.bins) {
+    dense_se_stats(dense.bins, A, kfull, se_hist.data(), &mor_hi);
+    twin_xlogx = twin_xlogx_dense(dense.bins, 1u << (eb + kfull));
+  } else if (dense.wide) {
+    dense_se_stats(dense.wide, A, kfull, se_hist.data(), &mor_hi);
+    twin_xlogx = twin_xlogx_dense(dense.wide, 1u << (eb + kfull));
+  } else {
+    for (size_t i = 0; i < ks.keys.size(); ++i) {
+      se_hist[ks.keys[i] >> kfull] += ks.counts[i];
+      mor_hi |= ks.keys[i] & kmask;
+    }
   }
   const T mor = static_cast<T>(static_cast<T>(mor_hi) << shift) |
                 (shift ? or_low_bits<T>(data, n, static_cast<T>((T{1} << shift) - 1)) : T{0});
@@ -326,7 +402,7 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
       if (ne > 0) nlogn += ne * std::log2(ne);
     }
     *floor_bits = entropy_bits(se_hist.data(), A) + static_cast<double>(n) * (m_eff - k_floor) +
-                  (k_floor > 0 ? nlogn - ks.twin_xlogx : 0);
+                  (k_floor > 0 ? nlogn - twin_xlogx : 0);
   }
 
   // Rows: present symbols ordered by exponent, then sign, so that neighbours have similar mantissas.
@@ -339,9 +415,17 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
   // at[k]: every row's counts of its top k mantissa bits, each width folded from the next wider.
   std::vector<std::vector<uint64_t>> at(static_cast<size_t>(kmax) + 1);
   at[kmax].assign(rows.size() << kmax, 0);
-  for (size_t i = 0; i < ks.keys.size(); ++i)
-    at[kmax][(static_cast<size_t>(row_of[ks.keys[i] >> kfull]) << kmax) + ((ks.keys[i] & kmask) >> (kfull - kmax))] +=
-        ks.counts[i];
+  if (dense.bins) {
+    dense_rows(key_scratch.bins.data(), rows, kfull, kmax, at[kmax].data());
+    key_scratch.trim();
+  } else if (dense.wide) {
+    dense_rows(key_scratch.wide.data(), rows, kfull, kmax, at[kmax].data());
+    key_scratch.trim();
+  } else {
+    for (size_t i = 0; i < ks.keys.size(); ++i)
+      at[kmax][(static_cast<size_t>(row_of[ks.keys[i] >> kfull]) << kmax) + ((ks.keys[i] & kmask) >> (kfull - kmax))] +=
+          ks.counts[i];
+  }
   for (int k = kmax - 1; k >= 0; --k) {
     const std::vector<uint64_t>& wide = at[k + 1];
     at[k].resize(rows.size() << k);

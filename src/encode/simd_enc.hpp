@@ -32,6 +32,21 @@ int64_t encode_float_rounds_avx512(const SimdEncTables& t, const uint8_t* src, u
 // fast pext; earlier AMD ones microcode it).
 uint64_t pack_raw_bits_bmi2(const uint8_t* src, uint64_t n, int elem_bytes, int z, int rb, uint8_t* out);
 
+// The planner's c·log2(c) table covers counts below this.
+constexpr uint32_t kXlogxTable = 4096;
+
+// Partial sums added in one fixed order, by the portable and the AVX-512 kernels alike.
+inline double sum16(const double* p) {
+  double h[8];
+  for (int i = 0; i < 8; ++i) h[i] = p[i] + p[i + 8];
+  return ((h[0] + h[1]) + (h[2] + h[3])) + ((h[4] + h[5]) + (h[6] + h[7]));
+}
+
+// Sum over k < sign_bit (a multiple of 16) of c log2 c, c = bins[k] + bins[k + sign_bit], in 16
+// partial sums (k mod 16), each in ascending k, combined by sum16; `table` holds c log2 c for
+// c < kXlogxTable. The same value as the portable loop in encode.cpp.
+double twin_xlogx_avx512(const uint32_t* bins, uint32_t sign_bit, const double* table);
+
 // dst_end[-1 - i] = src[i] for i < n: the SIMD encoder's words, laid down in reading order.
 void reverse_words_avx512(const uint16_t* src, uint64_t n, uint16_t* dst_end);
 

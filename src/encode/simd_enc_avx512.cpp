@@ -1,5 +1,6 @@
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "encode/simd_enc.hpp"
@@ -151,7 +152,38 @@ BS_AVX512 void reverse_words_avx512(const uint16_t* src, uint64_t n, uint16_t* d
   for (; i < n; ++i) dst_end[-1 - static_cast<int64_t>(i)] = src[i];
 }
 
+BS_AVX512 double twin_xlogx_avx512(const uint32_t* bins, uint32_t sign_bit, const double* table) {
+  __m512d acc_lo = _mm512_setzero_pd(), acc_hi = _mm512_setzero_pd();
+  const __m512i limit = _mm512_set1_epi32(static_cast<int>(kXlogxTable));
+  for (uint32_t k = 0; k < sign_bit; k += 16) {
+    const __m512i c = _mm512_add_epi32(_mm512_loadu_si512(bins + k), _mm512_loadu_si512(bins + k + sign_bit));
+    const __mmask16 small = _mm512_cmplt_epu32_mask(c, limit);
+    const __m512i idx = _mm512_maskz_mov_epi32(small, c);  // big counts look up entry 0 (= 0) here
+    acc_lo = _mm512_add_pd(acc_lo, _mm512_i32gather_pd(_mm512_castsi512_si256(idx), table, 8));
+    acc_hi = _mm512_add_pd(acc_hi, _mm512_i32gather_pd(_mm512_extracti64x4_epi64(idx, 1), table, 8));
+    if (small != 0xFFFF) {  // rare: counts of 4096 and more, added to their partial sums in order
+      alignas(64) double part[16];
+      alignas(64) uint32_t cs[16];
+      _mm512_store_pd(part, acc_lo);
+      _mm512_store_pd(part + 8, acc_hi);
+      _mm512_store_si512(cs, c);
+      for (int j = 0; j < 16; ++j) {
+        if (cs[j] < kXlogxTable) continue;
+        const double v = static_cast<double>(cs[j]);
+        part[j] += v * std::log2(v);
+      }
+      acc_lo = _mm512_load_pd(part);
+      acc_hi = _mm512_load_pd(part + 8);
+    }
+  }
+  alignas(64) double part[16];
+  _mm512_store_pd(part, acc_lo);
+  _mm512_store_pd(part + 8, acc_hi);
+  return sum16(part);
+}
+
 #else
+double twin_xlogx_avx512(const uint32_t*, uint32_t, const double*) { return 0; }
 uint64_t pack_raw_bits_bmi2(const uint8_t*, uint64_t, int, int, int, uint8_t*) { return 0; }
 void reverse_words_avx512(const uint16_t*, uint64_t, uint16_t*) {}
 int64_t encode_float_rounds_avx512(const SimdEncTables&, const uint8_t*, uint64_t, int, int, uint32_t*, uint16_t*) {
