@@ -43,6 +43,7 @@ TEST(Table, SerializationRoundTrips) {
     ASSERT_TRUE(normalize(counts.data(), alphabet, 12, &t));
     BitWriter bw;
     write_table(t, bw);
+    EXPECT_EQ(table_bits(t), bw.bits()) << "planning prices tables with table_bits";
     BitReader br(bw.buf().data(), bw.buf().size());
     FreqTable u;
     ASSERT_TRUE(read_table(br, alphabet, &u).is_ok());

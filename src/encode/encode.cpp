@@ -480,9 +480,7 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
     FreqTable t;
     double bits = INFINITY;
     if (!best.uniform[g] && normalize(counts, static_cast<uint32_t>(w), fm->mant_precision, &t)) {
-      BitWriter bw;
-      write_table(t, bw);
-      bits = coded_bits(counts, t) + static_cast<double>(bw.bits()) + 2;
+      bits = coded_bits(counts, t) + static_cast<double>(table_bits(t)) + 2;
     }
     const double uniform_bits = static_cast<double>(best.n[g]) * best_k;
     const size_t end = g + 1 < best.first.size() ? best.first[g + 1] : rows.size();

@@ -82,32 +82,41 @@ double coded_bits(const uint64_t* counts, const FreqTable& t) {
 // symbol is present: Exp-Golomb order k (4 bits) and zigzag deltas of every frequency but the
 // last, which is implied by the sum.
 static int best_delta_order(const std::vector<uint32_t>& zig) {
+  uint64_t bits[16] = {};
+  for (uint32_t z : zig)
+    for (int k = 0; k < 16; ++k)
+      bits[k] += 2 * static_cast<uint64_t>(std::bit_width((static_cast<uint64_t>(z) >> k) + 1)) - 1 + k;
   int best_k = 0;
-  uint64_t best = UINT64_MAX;
-  for (int k = 0; k < 16; ++k) {
-    uint64_t bits = 0;
-    for (uint32_t z : zig) {
-      const uint64_t w = (static_cast<uint64_t>(z) >> k) + 1;
-      bits += 2 * static_cast<uint64_t>(std::bit_width(w)) - 1 + k;
-    }
-    if (bits < best) { best = bits; best_k = k; }
-  }
+  for (int k = 1; k < 16; ++k)
+    if (bits[k] < bits[best_k]) best_k = k;
   return best_k;
 }
 
-void write_table(const FreqTable& t, BitWriter& bw) {
-  bw.put(static_cast<uint64_t>(t.precision), 4);
-  std::vector<uint32_t> syms;
+namespace {
+// Counts the bits a BitWriter would take, so that planning can price a table without writing it.
+struct BitCounter {
+  uint64_t n = 0;
+  void put(uint64_t, int nbits) { n += static_cast<uint64_t>(nbits); }
+  void ue(uint32_t v, int k = 0) {
+    n += 2 * static_cast<uint64_t>(std::bit_width((static_cast<uint64_t>(v) >> k) + 1)) - 1 + static_cast<uint64_t>(k);
+  }
+};
+
+template <class Sink>
+void emit_table(const FreqTable& t, Sink& out) {
+  thread_local std::vector<uint32_t> syms, zig;  // planning prices thousands of tables
+  out.put(static_cast<uint64_t>(t.precision), 4);
+  syms.clear();
   for (uint32_t s = 0; s < t.alphabet; ++s)
     if (t.freq[s]) syms.push_back(s);
-  bw.ue(static_cast<uint32_t>(syms.size() - 1));
+  out.ue(static_cast<uint32_t>(syms.size() - 1));
   uint32_t prev = 0;
   for (size_t i = 0; i < syms.size(); ++i) {
-    bw.ue(i == 0 ? syms[i] : syms[i] - prev - 1);
+    out.ue(i == 0 ? syms[i] : syms[i] - prev - 1);
     prev = syms[i];
   }
   if (syms.size() == 1) return;
-  std::vector<uint32_t> zig;
+  zig.clear();
   int64_t last = 0;
   for (size_t i = 0; i + 1 < syms.size(); ++i) {
     const int64_t d = static_cast<int64_t>(t.freq[syms[i]]) - last;
@@ -115,8 +124,17 @@ void write_table(const FreqTable& t, BitWriter& bw) {
     last = t.freq[syms[i]];
   }
   const int k = best_delta_order(zig);
-  bw.put(static_cast<uint64_t>(k), 4);
-  for (uint32_t z : zig) bw.ue(z, k);
+  out.put(static_cast<uint64_t>(k), 4);
+  for (uint32_t z : zig) out.ue(z, k);
+}
+}  // namespace
+
+void write_table(const FreqTable& t, BitWriter& bw) { emit_table(t, bw); }
+
+uint64_t table_bits(const FreqTable& t) {
+  BitCounter c;
+  emit_table(t, c);
+  return c.n;
 }
 
 Status read_table(BitReader& br, uint32_t alphabet, FreqTable* out) {
@@ -251,9 +269,7 @@ double best_table(const uint64_t* counts, uint32_t alphabet, int lo, int hi, Fre
   FreqTable t;
   for (size_t c = 0; c < std::min<size_t>(2, ranked.size()); ++c) {
     if (!normalize(counts, alphabet, ranked[c].second, &t)) continue;
-    BitWriter bw;
-    write_table(t, bw);
-    const double bits = coded_bits(counts, t) + static_cast<double>(bw.bits());
+    const double bits = coded_bits(counts, t) + static_cast<double>(table_bits(t));
     if (bits < best) {
       best = bits;
       *out = t;

@@ -35,6 +35,7 @@ double coded_bits(const uint64_t* counts, const FreqTable& table);
 
 // Compact table encoding (doc/FORMAT.md, "Frequency table").
 void write_table(const FreqTable& table, BitWriter& bw);
+uint64_t table_bits(const FreqTable& table);  // what write_table adds, without writing
 Status read_table(BitReader& br, uint32_t alphabet, FreqTable* out);
 
 // Picks the precision (within [lo, hi]) with the smallest table + data size; returns total bits.
