@@ -11,6 +11,7 @@
 
 #include "bigsmall/container.hpp"
 #include "common/checksum.hpp"
+#include "container/fileio.hpp"
 #include "container/safetensors.hpp"
 #include "decode/decoder.hpp"
 #include "testutil.hpp"
@@ -133,6 +134,29 @@ TEST(Container, GapsAndTrailingBytesAreKept) {
   ASSERT_TRUE(compress_file(d / "g.safetensors", d / "g.bs").is_ok());
   ASSERT_TRUE(decompress_file(d / "g.bs", d / "g2.safetensors").is_ok());
   EXPECT_EQ(read_file(d / "g2.safetensors"), st);
+}
+
+// Compression hands a batch's pieces (padding, models, chunks) to the file in one go: more than
+// one system call's worth of them, empty ones among them, must land in order.
+TEST(Container, PiecesLandInOrder) {
+  TempDir d;
+  std::mt19937 rng(5);
+  std::vector<std::vector<uint8_t>> bufs(3000);
+  std::vector<detail::OutputFile::Piece> pieces;
+  std::vector<uint8_t> want = {1, 2, 3};
+  for (auto& b : bufs) {
+    b.resize(rng() % 5 == 0 ? 0 : rng() % 300);
+    for (auto& x : b) x = static_cast<uint8_t>(rng());
+    pieces.push_back({b.data(), b.size()});
+    want.insert(want.end(), b.begin(), b.end());
+  }
+  auto out = detail::OutputFile::create(d / "p.bin", false);
+  ASSERT_TRUE(out.is_ok());
+  ASSERT_TRUE(out->write(want.data(), 3).is_ok());
+  ASSERT_TRUE(out->write_pieces(pieces).is_ok());
+  EXPECT_EQ(out->size(), want.size());
+  ASSERT_TRUE(out->commit(false).is_ok());
+  EXPECT_EQ(read_file(d / "p.bin"), want);
 }
 
 TEST(Container, WriteTensorsRestoresToTheSafetensorsLayout) {

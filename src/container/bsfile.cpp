@@ -137,8 +137,21 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
     const size_t nb = last - first;
     // A tensor larger than a batch stands alone and is not prefaulted: mapping gigabytes in one
     // call would read them all before any thread starts (or evict them again on a small machine).
-    if (batch <= kBatchBytes)
-      for (size_t i = first; i < last; ++i) populate(sources[i].data, sources[i].nbytes);
+    if (batch <= kBatchBytes) {
+      // One call for the batch where its tensors lie together in the input (they do in
+      // safetensors files): one madvise per tensor cost more than mapping the pages.
+      const uint8_t* lo = sources[first].data;
+      const uint8_t* hi = lo;
+      for (size_t i = first; i < last; ++i) {
+        lo = std::min(lo, sources[i].data);
+        hi = std::max(hi, sources[i].data + sources[i].nbytes);
+      }
+      if (static_cast<uint64_t>(hi - lo) <= 2 * batch + 4096) {
+        populate(lo, static_cast<uint64_t>(hi - lo));
+      } else {
+        for (size_t i = first; i < last; ++i) populate(sources[i].data, sources[i].nbytes);
+      }
+    }
     std::vector<std::unique_ptr<TensorEncoder>> enc(nb);
     // Largest tensors (and chunks) first, so that the threads finish together.
     std::vector<size_t> order(nb);
@@ -167,13 +180,16 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
       const auto [i, c] = work[w];
       modes[i][c] = enc[i]->encode_chunk(c, &chunk_bufs[slot0[i] + c]);
     });
+    std::vector<OutputFile::Piece> pieces;
+    uint64_t pos = out.size();
     for (size_t i = 0; i < nb; ++i) {
       const Source& s = sources[first + i];
       std::vector<const std::vector<uint8_t>*> refs(enc[i]->chunk_count());
       for (size_t c = 0; c < refs.size(); ++c) refs[c] = &chunk_bufs[slot0[i] + c];
       const uint64_t payload_size = enc[i]->finish(refs, modes[i]);
-      const uint64_t pad = (kPayloadAlign - out.size() % kPayloadAlign) % kPayloadAlign;
-      if (pad) BS_RETURN_IF_ERROR(out.write(placeholder.data(), pad));
+      const uint64_t pad = (kPayloadAlign - pos % kPayloadAlign) % kPayloadAlign;
+      pieces.push_back({placeholder.data(), pad});
+      pos += pad;
       Entry e;
       e.info.name = s.name;
       e.info.dtype = s.dtype;
@@ -184,13 +200,18 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
       e.info.codec = enc[i]->coding().codec;
       e.info.chunks = enc[i]->chunk_count();
       e.data_begin = s.data_begin;
-      e.payload_offset = out.size();
+      e.payload_offset = pos;
       e.coding = enc[i]->coding();
       const std::vector<uint8_t>& model = enc[i]->model_blob();
-      BS_RETURN_IF_ERROR(out.write(model.data(), model.size()));
-      for (const auto* c : refs) BS_RETURN_IF_ERROR(out.write(c->data(), c->size()));
+      pieces.push_back({model.data(), model.size()});
+      pos += model.size();
+      for (const auto* c : refs) {
+        pieces.push_back({c->data(), c->size()});
+        pos += c->size();
+      }
       entries.push_back(std::move(e));
     }
+    BS_RETURN_IF_ERROR(out.write_pieces(pieces));
     // Buffers are reused by position, so a slot keeps the largest chunk that ever landed in it:
     // release those far larger than this batch's, and those this batch did not use, so that
     // memory stays bounded by one batch however tensors of different sizes alternate.

@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -177,6 +179,45 @@ Status OutputFile::pwrite(const void* p, uint64_t n, uint64_t offset) {
 Status OutputFile::write(const void* p, uint64_t n) {
   BS_RETURN_IF_ERROR(pwrite(p, n, pos_));
   pos_ += n;
+  return Status::ok();
+}
+
+Status OutputFile::write_pieces(const std::vector<Piece>& pieces) {
+  constexpr size_t kMaxIov = 1024;  // IOV_MAX on Linux
+  std::vector<iovec> iov;
+  iov.reserve(std::min(pieces.size(), kMaxIov));
+  size_t next = 0;
+  while (next < pieces.size()) {
+    iov.clear();
+    uint64_t want = 0;
+    // Each call stays far below the 2 GiB a single write may move.
+    for (; next < pieces.size() && iov.size() < kMaxIov && want < (1u << 30); ++next) {
+      if (pieces[next].n == 0) continue;
+      if (pieces[next].n >= (1u << 30)) {  // a huge piece goes alone through pwrite's loop
+        if (!iov.empty()) break;
+        BS_RETURN_IF_ERROR(write(pieces[next].p, pieces[next].n));
+        continue;
+      }
+      iov.push_back({const_cast<void*>(pieces[next].p), static_cast<size_t>(pieces[next].n)});
+      want += pieces[next].n;
+    }
+    size_t first = 0;
+    while (first < iov.size()) {
+      const ssize_t w = ::pwritev(fd_, iov.data() + first, static_cast<int>(iov.size() - first), static_cast<off_t>(pos_));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return errno_status(final_, "write failed", errno);
+      }
+      pos_ += static_cast<uint64_t>(w);
+      // Skip what went out; a piece written in part continues from where it stopped.
+      uint64_t left = static_cast<uint64_t>(w);
+      while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+      if (left) {
+        iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + left;
+        iov[first].iov_len -= static_cast<size_t>(left);
+      }
+    }
+  }
   return Status::ok();
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "bigsmall/status.hpp"
 
@@ -42,6 +43,13 @@ class OutputFile {
   ~OutputFile();  // removes the temporary file unless committed
 
   Status write(const void* p, uint64_t n);                    // appends
+  // Appends the pieces in order, in as few system calls as the kernel allows: a batch of
+  // hundreds of small chunks cost a syscall each.
+  struct Piece {
+    const void* p;
+    uint64_t n;
+  };
+  Status write_pieces(const std::vector<Piece>& pieces);
   Status pwrite(const void* p, uint64_t n, uint64_t offset);  // at an absolute offset
   uint64_t size() const { return pos_; }
   // Reserves n bytes on disk (so a full disk fails here, not later) and maps them writable.
