@@ -138,7 +138,7 @@ struct EncoderState {
   // SIMD encoder tables (see simd_enc.hpp), built when the CPU has the AVX-512 encoder.
   bool simd = false;
   bool pext = false;  // raw mantissa bits packed by pext (pack_raw_bits_bmi2)
-  std::vector<uint32_t> se_fc, se_rcp, m_fc, m_rcp;
+  std::vector<uint32_t> se_fcx, se_rcp, m_fc, m_rcp;
 };
 
 namespace {
@@ -624,8 +624,8 @@ void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, 
     if (rounds > full) encode_round(full);
     thread_local std::vector<uint16_t> fwd;
     fwd.resize(2 * full * lanes + 32);
-    const SimdEncTables t{st.se_fc.data(), st.se_rcp.data(), se_prec, st.m_fc.data(), st.m_rcp.data(),
-                          m_base, m_prec, mb, rb + z, static_cast<int>(kmask)};
+    const SimdEncTables t{st.se_fcx.data(), st.se_rcp.data(), se_prec, st.m_fc.data(), st.m_rcp.data(),
+                          m_prec, mb, rb + z, static_cast<int>(kmask), k};
     const int64_t nw = encode_float_rounds_avx512(t, src, full, static_cast<int>(lanes), sizeof(T), enc.x, fwd.data());
     reverse_words_avx512(fwd.data(), static_cast<uint64_t>(nw), enc.p);
     enc.p -= nw;
@@ -803,10 +803,16 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
       st.m_base.resize(st.fm.ctx.size());
       for (size_t s = 0; s < st.fm.ctx.size(); ++s) st.m_base[s] = st.fm.ctx[s] * (1u << st.fm.hi_bits);
       st.pext = cpu_has_avx512_vbmi();
-      st.simd = st.pext && (info.bits == 16 || info.bits == 32) && lanes_log2 >= 3;
+      // The SIMD encoder's se entry packs freq, cum and the mantissa context (SimdEncTables).
+      st.simd = st.pext && (info.bits == 16 || info.bits == 32) && lanes_log2 >= 3 && st.fm.se.precision <= 12 &&
+                st.fm.mant.size() <= 127;
       if (st.simd) {
-        simd_tables(st.se_enc, &st.se_fc, &st.se_rcp);
+        std::vector<uint32_t> se_fc;
+        simd_tables(st.se_enc, &se_fc, &st.se_rcp);
         simd_tables(st.m_flat, &st.m_fc, &st.m_rcp);
+        st.se_fcx.resize(st.se_enc.size());
+        for (size_t s = 0; s < st.se_enc.size(); ++s)
+          st.se_fcx[s] = st.se_enc[s].freq | (uint32_t{st.se_enc[s].cum} << 13) | (uint32_t{st.fm.ctx[s]} << 25);
       }
       break;
     }

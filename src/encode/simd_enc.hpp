@@ -7,15 +7,17 @@ namespace bigsmall::detail {
 
 // Per-symbol encoder tables in the layout the SIMD kernel gathers from.
 struct SimdEncTables {
-  const uint32_t* se_fc;   // se symbol: freq | cum << 16
+  const uint32_t* se_fcx;  // se symbol: freq | cum << 13 | context << 25 (se precision <= 12, at
+                           // most 127 mantissa tables): one gather gives the se entry and where
+                           // its mantissa table starts (context << hi_bits)
   const uint32_t* se_rcp;  // se symbol: floor(2^32 / freq), 2^32 - 1 for freq 1
   int se_precision;
-  const uint32_t* m_fc;    // flat mantissa tables, same layout
+  const uint32_t* m_fc;    // flat mantissa tables: freq | cum << 16, then the reciprocal
   const uint32_t* m_rcp;
-  const uint32_t* m_base;  // se -> first entry of its mantissa table
   int m_precision;
   int man_bits;            // se = element >> man_bits
   int hi_shift, hi_mask;   // hi = (element >> hi_shift) & hi_mask
+  int hi_bits;
 };
 
 // Encodes rounds rounds-1 … 0 of a chunk (every round full: `lanes` elements of elem_bytes,

@@ -75,20 +75,25 @@ BS_AVX512 int64_t run(const SimdEncTables& t, const uint8_t* src, uint64_t round
   const __m128i se_p = _mm_cvtsi32_si128(t.se_precision), m_p = _mm_cvtsi32_si128(t.m_precision);
   const __m128i man_bits = _mm_cvtsi32_si128(t.man_bits), hi_shift = _mm_cvtsi32_si128(t.hi_shift);
   const __m512i hi_mask = _mm512_set1_epi32(t.hi_mask);
+  const __m128i hi_bits = _mm_cvtsi32_si128(t.hi_bits);
   for (uint64_t r = rounds; r-- > 0;) {
     const uint8_t* row = src + r * kRound * kElemBytes;
-    __m512i se[V];
+    __m512i se[V], fcx[V];
     for (int h = V - 1; h >= 0; --h) {
       const __m512i w = load_reversed<kElemBytes, kLanes>(row + 16 * h * kElemBytes);
       se[h] = _mm512_srl_epi32(w, man_bits);
       const __m512i hi = _mm512_and_si512(_mm512_srl_epi32(w, hi_shift), hi_mask);
-      const __m512i idx = _mm512_add_epi32(_mm512_i32gather_epi32(se[h], t.m_base, 4), hi);
+      fcx[h] = _mm512_i32gather_epi32(se[h], t.se_fcx, 4);
+      const __m512i idx = _mm512_add_epi32(_mm512_sll_epi32(_mm512_srli_epi32(fcx[h], 25), hi_bits), hi);
       x[h] = put(x[h], _mm512_i32gather_epi32(idx, t.m_fc, 4), _mm512_i32gather_epi32(idx, t.m_rcp, 4), t.m_precision,
                  m_p, kActive, out);
     }
-    for (int h = V - 1; h >= 0; --h)
-      x[h] = put(x[h], _mm512_i32gather_epi32(se[h], t.se_fc, 4), _mm512_i32gather_epi32(se[h], t.se_rcp, 4),
-                 t.se_precision, se_p, kActive, out);
+    for (int h = V - 1; h >= 0; --h) {
+      const __m512i fc =  // back to freq | cum << 16
+          _mm512_or_si512(_mm512_and_si512(fcx[h], _mm512_set1_epi32(0x1FFF)),
+                          _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(fcx[h], 13), _mm512_set1_epi32(0xFFF)), 16));
+      x[h] = put(x[h], fc, _mm512_i32gather_epi32(se[h], t.se_rcp, 4), t.se_precision, se_p, kActive, out);
+    }
   }
   for (int h = 0; h < V; ++h)
     _mm512_mask_storeu_epi32(xs + 16 * h, kLanes == 16 ? 0xFFFF : 0x00FF, reverse_lanes(x[h]));
