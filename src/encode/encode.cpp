@@ -179,8 +179,14 @@ struct KeyStats {
 };
 
 template <typename T>
-void count_keys(const uint8_t* data, uint64_t n, int shift, uint32_t* bins) {
-  for (uint64_t i = 0; i < n; ++i) ++bins[load<T>(data + i * sizeof(T)) >> shift];
+T count_keys(const uint8_t* data, uint64_t n, int shift, uint32_t* bins) {
+  T all = 0;  // the OR of every element, for the mantissa bits below the keys
+  for (uint64_t i = 0; i < n; ++i) {
+    const T v = load<T>(data + i * sizeof(T));
+    all |= v;
+    ++bins[v >> shift];
+  }
+  return all;
 }
 
 // c · log2(c) from a table for the counts most keys have: a large tensor has tens of thousands
@@ -268,7 +274,7 @@ thread_local KeyScratch key_scratch;
 // (twice as many elements as keys): the counts left in the bins for the dense pass (DenseKeys),
 // where emptying them key by key cost more than the rest of planning.
 template <typename T>
-DenseKeys gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeyStats* ks) {
+DenseKeys gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeyStats* ks, T* or_all) {
   KeyScratch& scratch = key_scratch;
   std::vector<uint32_t>& bins = scratch.bins;
   const size_t nbins = size_t{1} << key_bits;
@@ -286,23 +292,28 @@ DenseKeys gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, 
     if (seen.size() < n) seen.resize(n);
     uint32_t* b = bins.data();
     uint64_t m = 0;
+    T all = 0;
     for (uint64_t i = 0; i < n; ++i) {
-      const uint32_t k = static_cast<uint32_t>(load<T>(data + i * sizeof(T)) >> shift);
+      const T v = load<T>(data + i * sizeof(T));
+      all |= v;
+      const uint32_t k = static_cast<uint32_t>(v >> shift);
       seen[m] = k;
       m += b[k]++ == 0;
     }
+    *or_all = all;
     take_pairs(b, seen.data(), m, sign_bit, ks);
     scratch.trim();
     return {};
   }
   if (n <= slab) {
-    count_keys<T>(data, n, shift, bins.data());
+    *or_all = count_keys<T>(data, n, shift, bins.data());
     return {bins.data(), nullptr};
   }
   std::vector<uint64_t>& wide = scratch.wide;
   wide.assign(nbins, 0);
+  *or_all = 0;
   for (uint64_t i = 0; i < n; i += slab) {
-    count_keys<T>(data + i * sizeof(T), std::min(slab, n - i), shift, bins.data());
+    *or_all |= count_keys<T>(data + i * sizeof(T), std::min(slab, n - i), shift, bins.data());
     for (size_t k = 0; k < nbins; ++k) {
       wide[k] += bins[k];
       bins[k] = 0;
@@ -349,13 +360,6 @@ void dense_rows(C* bins, const std::vector<uint32_t>& rows, int kfull, int kmax,
 }
 
 template <typename T>
-T or_low_bits(const uint8_t* data, uint64_t n, T mask) {
-  T acc = 0;
-  for (uint64_t i = 0; i < n; ++i) acc |= load<T>(data + i * sizeof(T));
-  return acc & mask;
-}
-
-template <typename T>
 double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatModel* fm, double* floor_bits) {
   const int eb = info.exponent_bits, mb = info.mantissa_bits;
   const uint32_t A = 1u << (1 + eb);
@@ -364,7 +368,8 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
   const int kfull = std::min(mb, mb <= 10 ? 10 : 8);
   const int shift = mb - kfull;
   thread_local KeyStats ks;
-  const DenseKeys dense = gather_keys<T>(data, n, shift, 1 + eb + kfull, &ks);
+  T or_all = 0;
+  const DenseKeys dense = gather_keys<T>(data, n, shift, 1 + eb + kfull, &ks, &or_all);
 
   std::vector<uint64_t> se_hist(A, 0);
   uint32_t mor_hi = 0;
@@ -383,7 +388,7 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
     }
   }
   const T mor = static_cast<T>(static_cast<T>(mor_hi) << shift) |
-                (shift ? or_low_bits<T>(data, n, static_cast<T>((T{1} << shift) - 1)) : T{0});
+                (shift ? static_cast<T>(or_all & static_cast<T>((T{1} << shift) - 1)) : T{0});
   const int z = mor == 0 ? mb : std::countr_zero(mor);
   const int m_eff = mb - z;
   const int k_floor = std::min(m_eff, kfull);
