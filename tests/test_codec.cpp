@@ -129,6 +129,33 @@ TEST(FloatCodec, PlannerCountsHugeTensorsInSlabsWithTheSameResult) {
   }
 }
 
+TEST(FloatCodec, PlannerCountsF64InSlabsWithTheSameResult) {
+  // F64 keys have 20 bits: the dense count path starts at 2^19 elements. On AVX-512 machines the
+  // whole count takes the AVX-512 twin sum and the slabs the portable one: same floor to the bit.
+  auto d = bstest::weights(DType::kF64, 600001, 22);
+  const auto plan_whole = detail::TensorEncoder::plan(DType::kF64, d.data(), d.size(), {});
+  detail::set_key_slab_for_testing(100000);
+  const auto plan_slabs = detail::TensorEncoder::plan(DType::kF64, d.data(), d.size(), {});
+  detail::set_key_slab_for_testing(0);
+  EXPECT_EQ(plan_whole.floor_bits(), plan_slabs.floor_bits());
+  EXPECT_EQ(plan_whole.model_blob(), plan_slabs.model_blob());
+}
+
+TEST(FloatCodec, PlannerLeavesItsScratchClean) {
+  // Per-thread key bins must be empty after every plan, whichever path counted: a small tensor
+  // planned after a large one (dense path) gets the model it gets on its own.
+  for (DType dt : {DType::kBF16, DType::kF16, DType::kF32, DType::kF64, DType::kF8_E5M2}) {
+    const auto small = bstest::weights(dt, 3001, 23);
+    const auto before = detail::TensorEncoder::plan(dt, small.data(), small.size(), {});
+    const auto big = bstest::weights(dt, dt == DType::kF64 ? 600001 : 150001, 24);
+    (void)detail::TensorEncoder::plan(dt, big.data(), big.size(), {});
+    const auto after = detail::TensorEncoder::plan(dt, small.data(), small.size(), {});
+    const char* name = dtype_info(dt).safetensors_name.data();
+    EXPECT_EQ(before.model_blob(), after.model_blob()) << name;
+    EXPECT_EQ(before.floor_bits(), after.floor_bits()) << name;
+  }
+}
+
 TEST(FloatCodec, RepeatsFarApartGoToZstd) {
   // A tensor made of one block of weights repeated (tied or copied rows): only zstd sees the
   // repeats, up to 256 KiB apart, and must get it even when a small sample would miss them.

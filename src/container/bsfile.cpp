@@ -112,8 +112,11 @@ void write_index(ByteWriter& w, const std::string& st_header, const std::vector<
   }
 }
 
+// from_one_mapping: every source lies in one mapping of the input file (compress_file), so that
+// a batch's pages can be mapped in one call.
 Status write_bs(const std::string& dst, const std::string& st_header, uint64_t original_size,
-                const std::vector<Source>& sources, std::vector<Filler> fillers, const CompressOptions& opts) {
+                const std::vector<Source>& sources, std::vector<Filler> fillers, const CompressOptions& opts,
+                bool from_one_mapping) {
   for (const auto& s : sources) {
     if (s.name.size() > UINT16_MAX) return Status(Error::kLimit, "tensor name longer than 65535 bytes");
     if (s.shape.size() > 255) return Status(Error::kLimit, "tensor '" + s.name + "': more than 255 dimensions");
@@ -138,16 +141,16 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
     // A tensor larger than a batch stands alone and is not prefaulted: mapping gigabytes in one
     // call would read them all before any thread starts (or evict them again on a small machine).
     if (batch <= kBatchBytes) {
-      // One call for the batch where its tensors lie together in the input (they do in
-      // safetensors files): one madvise per tensor cost more than mapping the pages.
-      const uint8_t* lo = sources[first].data;
-      const uint8_t* hi = lo;
+      // One call for the batch where its tensors lie together in the input (they do in a
+      // safetensors file's mapping): one madvise per tensor cost more than mapping the pages.
+      // Tensors from separate buffers (write_tensors) get a call each.
+      uintptr_t lo = UINTPTR_MAX, hi = 0;
       for (size_t i = first; i < last; ++i) {
-        lo = std::min(lo, sources[i].data);
-        hi = std::max(hi, sources[i].data + sources[i].nbytes);
+        lo = std::min(lo, reinterpret_cast<uintptr_t>(sources[i].data));
+        hi = std::max(hi, reinterpret_cast<uintptr_t>(sources[i].data) + sources[i].nbytes);
       }
-      if (static_cast<uint64_t>(hi - lo) <= 2 * batch + 4096) {
-        populate(lo, static_cast<uint64_t>(hi - lo));
+      if (from_one_mapping && hi - lo <= batch + 4096 * (last - first)) {
+        populate(reinterpret_cast<const void*>(lo), hi - lo);
       } else {
         for (size_t i = first; i < last; ++i) populate(sources[i].data, sources[i].nbytes);
       }
@@ -675,7 +678,7 @@ Status compress_file(const std::string& src, const std::string& dst, const Compr
   std::vector<detail::Filler> fillers;
   for (const auto& g : st.gaps)
     fillers.push_back({g.first, std::vector<uint8_t>(in.data() + st.data_start + g.first, in.data() + st.data_start + g.second)});
-  return detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts);
+  return detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts, true);
 }
 
 Status decompress_file(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
@@ -707,7 +710,7 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
     sources.push_back({t.name, t.dtype, t.shape, t.data, t.nbytes, offsets[i]});
     data_size += t.nbytes;
   }
-  return detail::write_bs(dst, header, 8 + header.size() + data_size, sources, {}, opts);
+  return detail::write_bs(dst, header, 8 + header.size() + data_size, sources, {}, opts, false);
 }
 
 }  // namespace bigsmall

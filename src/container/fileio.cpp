@@ -190,14 +190,15 @@ Status OutputFile::write_pieces(const std::vector<Piece>& pieces) {
   while (next < pieces.size()) {
     iov.clear();
     uint64_t want = 0;
-    // Each call stays far below the 2 GiB a single write may move.
-    for (; next < pieces.size() && iov.size() < kMaxIov && want < (1u << 30); ++next) {
+    // Each call moves at most 1 GiB, below the ~2 GiB Linux lets one write move.
+    for (; next < pieces.size() && iov.size() < kMaxIov; ++next) {
       if (pieces[next].n == 0) continue;
       if (pieces[next].n >= (1u << 30)) {  // a huge piece goes alone through pwrite's loop
         if (!iov.empty()) break;
         BS_RETURN_IF_ERROR(write(pieces[next].p, pieces[next].n));
         continue;
       }
+      if (want + pieces[next].n > (1u << 30)) break;
       iov.push_back({const_cast<void*>(pieces[next].p), static_cast<size_t>(pieces[next].n)});
       want += pieces[next].n;
     }

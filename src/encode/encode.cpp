@@ -261,7 +261,7 @@ struct KeyScratch {
   }
 };
 
-// The counts of every key of a large tensor, left in the bins (all zero again after release()).
+// The counts of every key of a large tensor, left in the bins (all zero again after dense_rows).
 struct DenseKeys {
   const uint32_t* bins = nullptr;  // one of the two
   const uint64_t* wide = nullptr;
@@ -270,9 +270,10 @@ struct DenseKeys {
 
 thread_local KeyScratch key_scratch;
 
-// Small tensors: the distinct keys with their counts in ks, the bins left empty. Large ones
-// (twice as many elements as keys): the counts left in the bins for the dense pass (DenseKeys),
-// where emptying them key by key cost more than the rest of planning.
+// Small tensors: the distinct keys with their counts in ks, the bins left empty. Large ones (at
+// least half as many elements as keys): the counts left in the bins for the dense pass
+// (DenseKeys, emptied by dense_rows or, should planning throw, by DenseGuard), where emptying
+// them key by key cost more than the rest of planning.
 template <typename T>
 DenseKeys gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeyStats* ks, T* or_all) {
   KeyScratch& scratch = key_scratch;
@@ -370,6 +371,16 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
   thread_local KeyStats ks;
   T or_all = 0;
   const DenseKeys dense = gather_keys<T>(data, n, shift, 1 + eb + kfull, &ks, &or_all);
+  // Bins must be all zero between calls: if anything below throws (allocation) before dense_rows
+  // empties them, empty them all.
+  struct DenseGuard {
+    bool armed;
+    ~DenseGuard() {
+      if (!armed) return;
+      std::fill(key_scratch.bins.begin(), key_scratch.bins.end(), 0u);
+      key_scratch.trim();
+    }
+  } guard{dense.active()};
 
   std::vector<uint64_t> se_hist(A, 0);
   uint32_t mor_hi = 0;
@@ -423,9 +434,11 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
   if (dense.bins) {
     dense_rows(key_scratch.bins.data(), rows, kfull, kmax, at[kmax].data());
     key_scratch.trim();
+    guard.armed = false;
   } else if (dense.wide) {
     dense_rows(key_scratch.wide.data(), rows, kfull, kmax, at[kmax].data());
     key_scratch.trim();
+    guard.armed = false;
   } else {
     for (size_t i = 0; i < ks.keys.size(); ++i)
       at[kmax][(static_cast<size_t>(row_of[ks.keys[i] >> kfull]) << kmax) + ((ks.keys[i] & kmask) >> (kfull - kmax))] +=

@@ -1,7 +1,9 @@
 // Table-cost estimates: the inner loop of planning. Planning calls these for every context at
 // every candidate mantissa width and precision, so they come as a portable kernel and an
-// AVX-512 one that return the same sums to the bit (see estimate_sums), so that a .bs file
-// does not depend on the CPU that wrote it.
+// AVX-512 one that return the same sums to the bit (see estimate_sums): on one machine, the
+// SIMD switch (BIGSMALL_NO_SIMD) never changes what is written. (Across machines planning can
+// still differ in the last bit of a cost: libm's log2, used elsewhere in planning, is itself
+// dispatched by CPU in glibc.)
 #pragma once
 #include <cstdint>
 #include <vector>
