@@ -165,7 +165,8 @@ BS_AVX512 double twin_xlogx_avx512(const uint32_t* bins, uint32_t sign_bit, cons
     const __mmask16 small = _mm512_cmplt_epu32_mask(c, limit);
     const __m512i idx = _mm512_maskz_mov_epi32(small, c);  // big counts look up entry 0 (= 0) here
     acc_lo = _mm512_add_pd(acc_lo, _mm512_i32gather_pd(_mm512_castsi512_si256(idx), table, 8));
-    acc_hi = _mm512_add_pd(acc_hi, _mm512_i32gather_pd(_mm512_extracti64x4_epi64(idx, 1), table, 8));
+    // The maskz extract: GCC 12 flags the plain one's undefined passthrough as uninitialized.
+    acc_hi = _mm512_add_pd(acc_hi, _mm512_i32gather_pd(_mm512_maskz_extracti64x4_epi64(0xFF, idx, 1), table, 8));
     if (small != 0xFFFF) {  // rare: counts of 4096 and more, added to their partial sums in order
       alignas(64) double part[16];
       alignas(64) uint32_t cs[16];

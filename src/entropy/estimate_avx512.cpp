@@ -40,7 +40,10 @@ BS_EST_AVX512 void gather_present_avx512(const uint64_t* counts, uint32_t alphab
     idx = _mm256_add_epi32(idx, eight);
   }
   h->size = size;
-  h->total = static_cast<uint64_t>(_mm512_reduce_add_epi64(total));
+  alignas(64) uint64_t lanes[8];  // not _mm512_reduce_add_epi64: GCC 12 flags its undefined lanes
+  _mm512_store_si512(lanes, total);
+  h->total = 0;
+  for (uint64_t v : lanes) h->total += v;
 }
 
 BS_EST_AVX512 static uint64_t hsum(__m256i v) {
