@@ -149,3 +149,65 @@ TEST(Table, HostileCountsAndGapsAreRejected) {
     EXPECT_FALSE(read_table(br, 512, &t).is_ok());
   }
 }
+
+namespace {
+// The bit reader's definition, one bit at a time: the fast reader must agree with it on every
+// value and on where it fails, on any bytes.
+struct SlowBitReader {
+  const uint8_t* p;
+  size_t nbits, pos = 0;
+  bool ok = true;
+  uint64_t get(int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; ++i) {
+      if (pos >= nbits) {
+        ok = false;
+        return 0;
+      }
+      v |= static_cast<uint64_t>((p[pos >> 3] >> (pos & 7)) & 1u) << i;
+      ++pos;
+    }
+    return v;
+  }
+  uint32_t ue(int k) {
+    int len = 0;
+    while (get(1) == 0) {
+      if (!ok || ++len > 32) {
+        ok = false;
+        return 0;
+      }
+    }
+    const uint64_t w = (uint64_t{1} << len) | get(len);
+    const uint64_t v = ((w - 1) << k) | get(k);
+    if (!ok || v > UINT32_MAX) {
+      ok = false;
+      return 0;
+    }
+    return static_cast<uint32_t>(v);
+  }
+};
+}  // namespace
+
+TEST(BitIO, ReaderAgreesWithTheBitByBitDefinition) {
+  std::mt19937 rng(9);
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::vector<uint8_t> bytes(rng() % 24);
+    const int style = trial % 3;  // random bytes, mostly zeros (long Exp-Golomb prefixes), mostly ones
+    for (auto& b : bytes) b = static_cast<uint8_t>(style == 0 ? rng() : style == 1 ? (rng() % 8 == 0 ? rng() : 0) : rng() | 0xF0);
+    BitReader fast(bytes.data(), bytes.size());
+    SlowBitReader slow{bytes.data(), bytes.size() * 8};
+    for (int op = 0; op < 40 && slow.ok; ++op) {
+      if (rng() % 2) {
+        const int n = static_cast<int>(rng() % 65);
+        ASSERT_EQ(fast.get(n), slow.get(n)) << "trial " << trial << " op " << op;
+      } else {
+        const int k = static_cast<int>(rng() % 16);
+        ASSERT_EQ(fast.ue(k), slow.ue(k)) << "trial " << trial << " op " << op;
+      }
+      ASSERT_EQ(fast.ok(), slow.ok) << "trial " << trial << " op " << op;
+      if (slow.ok) {
+        ASSERT_EQ(fast.bytes_used(), (slow.pos + 7) / 8);
+      }
+    }
+  }
+}

@@ -3,6 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <bit>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -97,23 +98,37 @@ class BitReader {
  public:
   BitReader(const uint8_t* p, size_t nbytes) : p_(p), nbits_(nbytes * 8) {}
   bool ok() const { return ok_; }
+  // Reading past the end fails (ok() turns false) and returns 0. Every decoder reads its tables
+  // this way: whole fields at a time, not bit by bit.
   uint64_t get(int nbits) {
-    uint64_t v = 0;
-    for (int i = 0; i < nbits; ++i) {
-      if (pos_ >= nbits_) { ok_ = false; return 0; }
-      v |= static_cast<uint64_t>((p_[pos_ >> 3] >> (pos_ & 7)) & 1u) << i;
-      ++pos_;
+    if (nbits == 0) return 0;
+    if (pos_ + static_cast<size_t>(nbits) > nbits_) {
+      ok_ = false;
+      return 0;
     }
+    if (nbits > 56) {
+      const uint64_t lo = get(32);
+      return lo | (get(nbits - 32) << 32);
+    }
+    const uint64_t v = peek() & ((uint64_t{1} << nbits) - 1);
+    pos_ += static_cast<size_t>(nbits);
     return v;
   }
+  // Exp-Golomb of order k (at most 32 leading zeros).
   uint32_t ue(int k = 0) {
-    int len = 0;
-    while (get(1) == 0) {
-      if (!ok_ || ++len > 32) { ok_ = false; return 0; }
+    const uint64_t ahead = peek();
+    const int zeros = ahead ? std::countr_zero(ahead) : 64;
+    if (zeros > 32 || pos_ + static_cast<size_t>(zeros) >= nbits_) {
+      ok_ = false;  // no 1 within 33 bits, or the code runs past the end
+      return 0;
     }
-    const uint64_t w = (uint64_t{1} << len) | get(len);
+    pos_ += static_cast<size_t>(zeros) + 1;
+    const uint64_t w = (uint64_t{1} << zeros) | get(zeros);
     const uint64_t v = ((w - 1) << k) | get(k);
-    if (v > UINT32_MAX) { ok_ = false; return 0; }
+    if (!ok_ || v > UINT32_MAX) {
+      ok_ = false;
+      return 0;
+    }
     return static_cast<uint32_t>(v);
   }
   size_t bytes_used() const { return (pos_ + 7) / 8; }
@@ -124,6 +139,17 @@ class BitReader {
   }
 
  private:
+  // The next 57 or more bits from pos_ (fewer near the end, zero past it), without moving.
+  uint64_t peek() const {
+    const size_t byte = pos_ >> 3, nbytes = nbits_ >> 3;
+    uint64_t w = 0;
+    if (byte + 8 <= nbytes) {
+      std::memcpy(&w, p_ + byte, 8);
+    } else {
+      for (size_t b = byte; b < nbytes; ++b) w |= static_cast<uint64_t>(p_[b]) << (8 * (b - byte));
+    }
+    return w >> (pos_ & 7);
+  }
   const uint8_t* p_;
   size_t nbits_;
   size_t pos_ = 0;
