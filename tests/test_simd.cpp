@@ -90,19 +90,35 @@ std::vector<uint8_t> codebook_weights(uint64_t n, int rare) {
   return d;
 }
 
+// BF16 weights whose mantissas are uniformly random: no mantissa table pays, the planner codes
+// 0 mantissa bits and the decoder skips the (identity) mantissa step: kSeOnly.
+std::vector<uint8_t> raw_mantissa_weights(uint64_t n) {
+  std::mt19937 rng(4);
+  std::vector<uint8_t> d(n * 2);
+  for (uint64_t i = 0; i < n; ++i) {
+    const uint32_t sign = rng() & 1, exp = 117 + rng() % 4 + (rng() % 5 == 0 ? rng() % 6 : 0), man = rng() & 0x7F;
+    const uint16_t h = static_cast<uint16_t>(sign << 15 | exp << 7 | man);
+    std::memcpy(&d[i * 2], &h, 2);
+  }
+  return d;
+}
+
 TEST(SimdFused, EveryLayoutAtFewLanesMatchesTheReference) {
   struct Want {
     int lanes, mode;
   };
   const Want wants[] = {{4, detail::kSePermute},    {8, detail::kSePermute},    {8, detail::kSeInSe},
-                        {8, detail::kSeInMant},     {8, detail::kSePermute256}, {32, detail::kSePermute256}};
+                        {8, detail::kSeInMant},     {8, detail::kSePermute256}, {32, detail::kSePermute256},
+                        {4, detail::kSeOnly},       {8, detail::kSeOnly},       {32, detail::kSeOnly}};
   for (const Want& want : wants) {
     SCOPED_TRACE("lanes " + std::to_string(want.lanes) + " layout " + std::to_string(want.mode));
     bool reached = false, rows_past_192 = want.mode != detail::kSePermute256 || want.lanes != 32;
     for (uint64_t n : {uint64_t{5000}, uint64_t{10000}, uint64_t{14000}, uint64_t{70001}}) {
       if ((n > 20000) != (want.lanes == 32)) continue;
-      for (int rare : {0, 30, 40, 48, 56, 80, 110, 125}) {
-        std::vector<uint8_t> data = rare ? codebook_weights(n, rare) : bstest::weights(DType::kBF16, n, 11, false);
+      for (int rare : {0, 30, 40, 48, 56, 80, 110, 125, -1}) {
+        std::vector<uint8_t> data = rare < 0 ? raw_mantissa_weights(n)
+                                    : rare   ? codebook_weights(n, rare)
+                                             : bstest::weights(DType::kBF16, n, 11, false);
         EncodeOptions eo;
         eo.allow_zstd = false;
         auto enc = encode_tensor(DType::kBF16, data.data(), data.size(), eo);

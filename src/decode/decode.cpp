@@ -234,6 +234,10 @@ bool decode_fused_rounds(const FusedView& v, ChunkStreams& s, uint64_t start, ui
         s.x[l] = x;
       }
       for (uint32_t l = 0; l < active; ++l) {
+        if constexpr (kMode == kSeOnly) {
+          vals[l] = static_cast<T>(static_cast<T>(row[l]) << v.mb);
+          continue;
+        }
         const uint32_t e = v.m[(m_row(row[l]) << v.pm) | (s.x[l] & m_mask)];
         uint32_t x = advance_fused(s.x[l], e, v.pm, m_mask);
         renorm_branchless(x, s.wp);
@@ -248,6 +252,10 @@ bool decode_fused_rounds(const FusedView& v, ChunkStreams& s, uint64_t start, ui
         if (!renorm_checked(s.x[l], s.wp, s.wend)) return false;
       }
       for (uint32_t l = 0; l < active; ++l) {
+        if constexpr (kMode == kSeOnly) {
+          vals[l] = static_cast<T>(static_cast<T>(row[l]) << v.mb);
+          continue;
+        }
         const uint32_t e = v.m[(m_row(row[l]) << v.pm) | (s.x[l] & m_mask)];
         s.x[l] = advance_fused(s.x[l], e, v.pm, m_mask);
         if (!renorm_checked(s.x[l], s.wp, s.wend)) return false;
@@ -287,14 +295,17 @@ void decode_fused_single_k(const FusedView* v, ChunkStreams* s, const uint64_t* 
       s[k].x[0] = x;
     }
     for (int k = 0; k < K; ++k) {
-      const uint32_t m_mask = (1u << v[k].pm) - 1;
-      const uint32_t m_row = kMode == kSePermute256 ? uint32_t{v[k].d_ctx[row[k]]} : row[k];
-      const uint32_t e = v[k].m[(m_row << v[k].pm) | (s[k].x[0] & m_mask)];
-      uint32_t x = advance_fused(s[k].x[0], e, v[k].pm, m_mask);
-      renorm_branchless(x, s[k].wp);
-      s[k].x[0] = x;
-      T val = static_cast<T>(static_cast<T>(e >> (2 * v[k].pm)) << v[k].hi_shift);
-      if constexpr (kMode == kSeInSe) val = static_cast<T>(val | (static_cast<T>(row[k]) << v[k].mb));
+      T val = 0;
+      if constexpr (kMode != kSeOnly) {
+        const uint32_t m_mask = (1u << v[k].pm) - 1;
+        const uint32_t m_row = kMode == kSePermute256 ? uint32_t{v[k].d_ctx[row[k]]} : row[k];
+        const uint32_t e = v[k].m[(m_row << v[k].pm) | (s[k].x[0] & m_mask)];
+        uint32_t x = advance_fused(s[k].x[0], e, v[k].pm, m_mask);
+        renorm_branchless(x, s[k].wp);
+        s[k].x[0] = x;
+        val = static_cast<T>(static_cast<T>(e >> (2 * v[k].pm)) << v[k].hi_shift);
+      }
+      if constexpr (kMode == kSeInSe || kMode == kSeOnly) val = static_cast<T>(val | (static_cast<T>(row[k]) << v[k].mb));
       else if constexpr (kMode != kSeInMant) val = static_cast<T>(val | (static_cast<T>(v[k].d_to_se[row[k]]) << v[k].mb));
       if constexpr (kRaw)
         val = static_cast<T>(val | (static_cast<T>(read_raw(s[k].raw, s[k].raw_bytes, i * static_cast<uint64_t>(v[k].rb), v[k].rb))
@@ -315,6 +326,8 @@ void decode_fused_single_t(int mode, bool raw, const FusedView* v, ChunkStreams*
                              : decode_fused_single_k<T, false, kSeInSe, K>(v, s, n, start, out);
     case kSePermute256: return raw ? decode_fused_single_k<T, true, kSePermute256, K>(v, s, n, start, out)
                                    : decode_fused_single_k<T, false, kSePermute256, K>(v, s, n, start, out);
+    case kSeOnly: return raw ? decode_fused_single_k<T, true, kSeOnly, K>(v, s, n, start, out)
+                             : decode_fused_single_k<T, false, kSeOnly, K>(v, s, n, start, out);
     default: return raw ? decode_fused_single_k<T, true, kSePermute, K>(v, s, n, start, out)
                         : decode_fused_single_k<T, false, kSePermute, K>(v, s, n, start, out);
   }
@@ -348,6 +361,8 @@ bool decode_fused_rounds_t(int mode, bool raw, const FusedView& v, ChunkStreams&
                              : decode_fused_rounds<T, false, kSeInSe>(v, s, start, n, lanes, out);
     case kSePermute256: return raw ? decode_fused_rounds<T, true, kSePermute256>(v, s, start, n, lanes, out)
                                    : decode_fused_rounds<T, false, kSePermute256>(v, s, start, n, lanes, out);
+    case kSeOnly: return raw ? decode_fused_rounds<T, true, kSeOnly>(v, s, start, n, lanes, out)
+                             : decode_fused_rounds<T, false, kSeOnly>(v, s, start, n, lanes, out);
     default: return raw ? decode_fused_rounds<T, true, kSePermute>(v, s, start, n, lanes, out)
                         : decode_fused_rounds<T, false, kSePermute>(v, s, start, n, lanes, out);
   }
@@ -413,7 +428,8 @@ class TableMemory {
 }  // namespace
 
 bool TensorDecoder::build_fused() {
-  // Three ways to get the sign+exponent value with one lookup per symbol (see simd.hpp):
+  // Ways to get the sign+exponent value with one lookup per symbol (see simd.hpp):
+  //   kSeOnly:   no mantissa bits coded: the mantissa step is skipped, se as in kSeInSe;
   //   kSeInMant: the mantissa entry carries se and hi together (2Pm + 1+E + k <= 32);
   //   kSeInSe:   the se entry carries se itself as the row index (2Ps + 1+E <= 32);
   //   kSePermute: rows are dense indices, se comes from a 64-entry register table;
@@ -437,15 +453,19 @@ bool TensorDecoder::build_fused() {
   const size_t se_slots = size_t{1} << ps, slots = size_t{1} << pm;
   auto fits = [&](uint64_t rows) { return rows * slots <= budget; };
   int mode;
-  if (2 * pm + se_bits + k <= 32 && 2 * ps + 8 <= 32 && count <= 256 && fits(count)) mode = kSeInMant;
+  if (k == 0 && 2 * ps + se_bits <= 32) mode = kSeOnly;
+  else if (2 * pm + se_bits + k <= 32 && 2 * ps + 8 <= 32 && count <= 256 && fits(count)) mode = kSeInMant;
   else if (2 * ps + se_bits <= 32 && fits(uint64_t{1} << se_bits)) mode = kSeInSe;
   else if (2 * ps + 8 <= 32 && count <= 64 && fits(count)) mode = kSePermute;
   else if (2 * ps + 8 <= 32 && count <= 256 && se_bits + std::bit_width(fm_.mant.size()) <= 16 &&
            fits(fm_.mant.size() + 1))
     mode = kSePermute256;
   else return false;
-  const bool dense = mode != kSeInSe;
-  const size_t rows = mode == kSePermute256 ? fm_.mant.size() + 1 : dense ? count : (size_t{1} << se_bits);
+  const bool dense = mode != kSeInSe && mode != kSeOnly;
+  const size_t rows = mode == kSeOnly         ? 0
+                      : mode == kSePermute256 ? fm_.mant.size() + 1
+                      : dense                 ? count
+                                              : (size_t{1} << se_bits);
   // Rows of absent symbols (kSeInSe) are never written nor read: the allocation stays untouched.
   fused_ = TableMemory::get(se_slots + rows * slots);
   uint32_t* se_t = fused_.get();
@@ -461,6 +481,7 @@ bool TensorDecoder::build_fused() {
     const uint32_t se_entry = (f - 1) | (row << (2 * ps));
     uint32_t* dst = se_t + se.cum[s];
     for (uint32_t j = 0; j < f; ++j) dst[j] = se_entry | (j << ps);
+    if (mode == kSeOnly) continue;  // no mantissa rows
     const uint16_t ctx = fm_.ctx[s];
     if (mode == kSePermute256) {
       d_ctx_[r] = ctx;

@@ -32,7 +32,10 @@ struct SimdFloatArgs {
 // table of 16-bit values d_pack16[r] = se | ctx << se_bits gives se and the mantissa context,
 // which indexes the m_fused rows (one per context, not per se value: tensors with a wide
 // exponent range would otherwise repeat a table hundreds of times); payload = hi.
-enum FusedMode : int { kSeInMant = 1, kSeInSe = 2, kSePermute = 3, kSePermute256 = 4 };
+// kSeOnly: no mantissa bits are coded (hi_bits 0), so the mantissa step is the identity (one
+// symbol of frequency 2^Pm: the state does not change and never renormalizes) and is skipped;
+// the se entry carries se as in kSeInSe and there are no m_fused rows.
+enum FusedMode : int { kSeInMant = 1, kSeInSe = 2, kSePermute = 3, kSePermute256 = 4, kSeOnly = 5 };
 struct SimdFusedArgs {
   const uint32_t* se_fused;
   const uint32_t* m_fused;

@@ -358,6 +358,10 @@ BS_AVX512 void run_fused(SimdFloatArgs* a, const SimdFusedArgs* f, uint8_t* cons
     for (int k = 0; k < K; ++k) {
       FusedChunk<W, V>& q = *ch[k];
       for (int h = 0; h < V; ++h) {
+        if constexpr (kMode == kSeOnly) {  // the mantissa step is the identity: skipped
+          emit<W, kElemBytes>(a[k], q.raw, W::sll(se[k][h], q.c.man_bits), q.done + W::N * h, out[k]);
+          continue;
+        }
         const Vec m_row = kMode == kSePermute256 ? W::srl(se[k][h], q.se_bits) : se[k][h];
         const Vec slot = W::or_(W::sll(m_row, q.c.m_p), W::and_(q.l.x[h], q.m_mask));
         const Vec e = W::gather4(slot, f[k].m_fused);
@@ -407,6 +411,7 @@ BS_AVX512 bool fused_k(SimdFloatArgs* a, const SimdFusedArgs* f, int elem_bytes,
     case kSeInSe: return pick(std::integral_constant<int, kSeInSe>{});
     case kSePermute: return pick(std::integral_constant<int, kSePermute>{});
     case kSePermute256: return pick(std::integral_constant<int, kSePermute256>{});
+    case kSeOnly: return pick(std::integral_constant<int, kSeOnly>{});
     default: return false;
   }
 }
