@@ -177,11 +177,11 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
     std::vector<size_t> slot0(nb + 1, 0);
     for (size_t i = 0; i < nb; ++i) slot0[i + 1] = slot0[i] + enc[i]->chunk_count();
     if (chunk_bufs.size() < slot0[nb]) chunk_bufs.resize(slot0[nb]);
-    std::vector<std::vector<ChunkMode>> modes(nb);
-    for (size_t i = 0; i < nb; ++i) modes[i].resize(enc[i]->chunk_count());
+    std::vector<std::vector<TensorEncoder::CodedChunk>> coded(nb);
+    for (size_t i = 0; i < nb; ++i) coded[i].resize(enc[i]->chunk_count());
     pool.parallel_for(work.size(), [&](size_t w) {
       const auto [i, c] = work[w];
-      modes[i][c] = enc[i]->encode_chunk(c, &chunk_bufs[slot0[i] + c]);
+      coded[i][c] = enc[i]->encode_chunk(c, &chunk_bufs[slot0[i] + c]);
     });
     std::vector<OutputFile::Piece> pieces;
     uint64_t pos = out.size();
@@ -189,7 +189,7 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
       const Source& s = sources[first + i];
       std::vector<const std::vector<uint8_t>*> refs(enc[i]->chunk_count());
       for (size_t c = 0; c < refs.size(); ++c) refs[c] = &chunk_bufs[slot0[i] + c];
-      const uint64_t payload_size = enc[i]->finish(refs, modes[i]);
+      const uint64_t payload_size = enc[i]->finish(refs, coded[i]);
       const uint64_t pad = (kPayloadAlign - pos % kPayloadAlign) % kPayloadAlign;
       pieces.push_back({placeholder.data(), pad});
       pos += pad;

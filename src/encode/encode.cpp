@@ -856,7 +856,7 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
   return te;
 }
 
-ChunkMode TensorEncoder::encode_chunk(size_t i, std::vector<uint8_t>* out) const {
+TensorEncoder::CodedChunk TensorEncoder::encode_chunk(size_t i, std::vector<uint8_t>* out) const {
   const TensorCoding& c = coding_;
   const uint8_t* src = data_ + c.chunk_out_offset(i);
   const uint64_t size = c.chunk_out_size(i);
@@ -891,11 +891,12 @@ ChunkMode TensorEncoder::encode_chunk(size_t i, std::vector<uint8_t>* out) const
     case Codec::kStore:
       break;
   }
+  ChunkMode mode = ChunkMode::kCoded;
   if (c.codec == Codec::kStore || out->size() >= size) {
     out->assign(src, src + size);
-    return ChunkMode::kStored;
+    mode = ChunkMode::kStored;
   }
-  return ChunkMode::kCoded;
+  return {mode, xxh3_32(out->data(), out->size())};
 }
 
 void set_key_slab_for_testing(uint64_t elements) {
@@ -903,15 +904,15 @@ void set_key_slab_for_testing(uint64_t elements) {
 }
 
 uint64_t TensorEncoder::finish(const std::vector<const std::vector<uint8_t>*>& chunks,
-                              const std::vector<ChunkMode>& modes) {
+                              const std::vector<CodedChunk>& coded) {
   uint64_t offset = model_.size();
   coding_.chunks.resize(chunks.size());
   for (size_t i = 0; i < chunks.size(); ++i) {
     ChunkRef& ref = coding_.chunks[i];
     ref.offset = offset;
     ref.size = static_cast<uint32_t>(chunks[i]->size());
-    ref.checksum = xxh3_32(chunks[i]->data(), chunks[i]->size());
-    ref.mode = modes[i];
+    ref.checksum = coded[i].checksum;
+    ref.mode = coded[i].mode;
     offset += chunks[i]->size();
   }
   return offset;
@@ -929,13 +930,13 @@ Result<EncodedTensor> encode_tensor(DType dtype, const uint8_t* data, uint64_t n
   auto te = detail::TensorEncoder::plan(dtype, data, nbytes, opts);
   const size_t n = te.chunk_count();
   std::vector<std::vector<uint8_t>> chunks(n);
-  std::vector<ChunkMode> modes(n);
+  std::vector<detail::TensorEncoder::CodedChunk> coded(n);
   detail::ThreadPool pool(opts.threads);
-  pool.parallel_for(n, [&](size_t i) { modes[i] = te.encode_chunk(i, &chunks[i]); });
+  pool.parallel_for(n, [&](size_t i) { coded[i] = te.encode_chunk(i, &chunks[i]); });
   std::vector<const std::vector<uint8_t>*> refs(n);
   for (size_t i = 0; i < n; ++i) refs[i] = &chunks[i];
   EncodedTensor out;
-  out.payload.reserve(te.finish(refs, modes));
+  out.payload.reserve(te.finish(refs, coded));
   out.payload.assign(te.model_blob().begin(), te.model_blob().end());
   for (const auto& c : chunks) out.payload.insert(out.payload.end(), c.begin(), c.end());
   out.coding = te.coding();
