@@ -103,6 +103,35 @@ std::vector<uint8_t> raw_mantissa_weights(uint64_t n) {
   return d;
 }
 
+// Tensors with no coded mantissa bits skip the (identity) mantissa step in both encoders.
+TEST(SimdEncoder, NoMantissaBitsMatchesScalarByteForByte) {
+  if (!detail::cpu_has_avx512_vbmi()) GTEST_SKIP() << "this CPU has no AVX-512 VBMI2: only the scalar coder runs";
+  for (uint64_t n : kSizes) {
+    SCOPED_TRACE("n=" + std::to_string(n));
+    const std::vector<uint8_t> data = raw_mantissa_weights(n);
+    EncodeOptions eo;
+    eo.threads = 1;
+    eo.allow_zstd = false;
+    auto simd = encode_tensor(DType::kBF16, data.data(), data.size(), eo);
+    ASSERT_TRUE(simd.is_ok()) << simd.status().message();
+    ASSERT_EQ(simd->coding.codec, Codec::kFloat);
+    detail::FloatModel fm;
+    ASSERT_TRUE(detail::read_float_model(simd->payload.data(), simd->coding.model_size, DType::kBF16, &fm).is_ok());
+    ASSERT_EQ(fm.hi_bits, 0) << "the generator no longer gives a tensor without coded mantissa bits";
+    Result<EncodedTensor> scalar = Status(Error::kInternal, "not run");
+    {
+      SimdOff off;
+      scalar = encode_tensor(DType::kBF16, data.data(), data.size(), eo);
+    }
+    ASSERT_TRUE(scalar.is_ok()) << scalar.status().message();
+    EXPECT_TRUE(simd->payload == scalar->payload) << "SIMD and scalar encoders disagree";
+    std::vector<uint8_t> ref(data.size());
+    ASSERT_TRUE(
+        reference_decode_tensor(simd->coding, simd->payload.data(), simd->payload.size(), ref.data(), ref.size()).is_ok());
+    EXPECT_TRUE(ref == data);
+  }
+}
+
 TEST(SimdFused, EveryLayoutAtFewLanesMatchesTheReference) {
   struct Want {
     int lanes, mode;

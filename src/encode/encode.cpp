@@ -624,10 +624,13 @@ void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, 
   auto encode_round = [&](uint64_t r) {
     const uint32_t active = static_cast<uint32_t>(std::min<uint64_t>(lanes, n - r * lanes));
     const uint8_t* row = src + r * lanes * sizeof(T);
-    for (uint32_t l = active; l-- > 0;) {
-      const T w = load<T>(row + l * sizeof(T));
-      const uint32_t se = static_cast<uint32_t>(w >> mb);
-      enc.put(l, m_enc[m_base[se] + static_cast<uint32_t>((w >> (rb + z)) & kmask)], m_prec);
+    // With no mantissa bits coded (k = 0) the mantissa step is a put of freq 2^P: x unchanged.
+    if (k > 0) {
+      for (uint32_t l = active; l-- > 0;) {
+        const T w = load<T>(row + l * sizeof(T));
+        const uint32_t se = static_cast<uint32_t>(w >> mb);
+        enc.put(l, m_enc[m_base[se] + static_cast<uint32_t>((w >> (rb + z)) & kmask)], m_prec);
+      }
     }
     for (uint32_t l = active; l-- > 0;) {
       const T w = load<T>(row + l * sizeof(T));

@@ -63,8 +63,9 @@ BS_AVX512 inline __m512i put(__m512i x, __m512i fc, __m512i rcp, int precision, 
   return _mm512_add_epi32(_mm512_add_epi32(_mm512_sll_epi32(q, p), r), cum);
 }
 
-// V vectors of 16 lanes, or (kLanes = 8) one vector with 8 active lanes.
-template <int kElemBytes, int V, int kLanes = 16>
+// V vectors of 16 lanes, or (kLanes = 8) one vector with 8 active lanes. Without kMant (no
+// mantissa bits coded) the mantissa step, a put of freq 2^P that leaves x as it is, is skipped.
+template <int kElemBytes, int V, int kLanes = 16, bool kMant = true>
 BS_AVX512 int64_t run(const SimdEncTables& t, const uint8_t* src, uint64_t rounds, uint32_t* xs, uint16_t* out) {
   constexpr uint64_t kRound = kLanes * V;
   constexpr __mmask16 kActive = kLanes == 16 ? 0xFFFF : 0xFF00;
@@ -82,11 +83,13 @@ BS_AVX512 int64_t run(const SimdEncTables& t, const uint8_t* src, uint64_t round
     for (int h = V - 1; h >= 0; --h) {
       const __m512i w = load_reversed<kElemBytes, kLanes>(row + 16 * h * kElemBytes);
       se[h] = _mm512_srl_epi32(w, man_bits);
-      const __m512i hi = _mm512_and_si512(_mm512_srl_epi32(w, hi_shift), hi_mask);
       fcx[h] = _mm512_i32gather_epi32(se[h], t.se_fcx, 4);
-      const __m512i idx = _mm512_add_epi32(_mm512_sll_epi32(_mm512_srli_epi32(fcx[h], 25), hi_bits), hi);
-      x[h] = put(x[h], _mm512_i32gather_epi32(idx, t.m_fc, 4), _mm512_i32gather_epi32(idx, t.m_rcp, 4), t.m_precision,
-                 m_p, kActive, out);
+      if constexpr (kMant) {
+        const __m512i hi = _mm512_and_si512(_mm512_srl_epi32(w, hi_shift), hi_mask);
+        const __m512i idx = _mm512_add_epi32(_mm512_sll_epi32(_mm512_srli_epi32(fcx[h], 25), hi_bits), hi);
+        x[h] = put(x[h], _mm512_i32gather_epi32(idx, t.m_fc, 4), _mm512_i32gather_epi32(idx, t.m_rcp, 4),
+                   t.m_precision, m_p, kActive, out);
+      }
     }
     for (int h = V - 1; h >= 0; --h) {
       const __m512i fc =  // back to freq | cum << 16
@@ -102,12 +105,24 @@ BS_AVX512 int64_t run(const SimdEncTables& t, const uint8_t* src, uint64_t round
 
 }  // namespace
 
+namespace {
+
+template <bool kMant>
+int64_t dispatch(const SimdEncTables& t, const uint8_t* src, uint64_t rounds, int lanes, int elem_bytes, uint32_t* x,
+                 uint16_t* out) {
+  const bool w2 = elem_bytes == 2;
+  if (lanes == 8) return w2 ? run<2, 1, 8, kMant>(t, src, rounds, x, out) : run<4, 1, 8, kMant>(t, src, rounds, x, out);
+  if (lanes == 16) return w2 ? run<2, 1, 16, kMant>(t, src, rounds, x, out) : run<4, 1, 16, kMant>(t, src, rounds, x, out);
+  if (lanes == 32) return w2 ? run<2, 2, 16, kMant>(t, src, rounds, x, out) : run<4, 2, 16, kMant>(t, src, rounds, x, out);
+  return -1;
+}
+
+}  // namespace
+
 int64_t encode_float_rounds_avx512(const SimdEncTables& t, const uint8_t* src, uint64_t rounds, int lanes,
                                    int elem_bytes, uint32_t* x, uint16_t* out) {
-  if (lanes == 8) return elem_bytes == 2 ? run<2, 1, 8>(t, src, rounds, x, out) : run<4, 1, 8>(t, src, rounds, x, out);
-  if (lanes == 16) return elem_bytes == 2 ? run<2, 1>(t, src, rounds, x, out) : run<4, 1>(t, src, rounds, x, out);
-  if (lanes == 32) return elem_bytes == 2 ? run<2, 2>(t, src, rounds, x, out) : run<4, 2>(t, src, rounds, x, out);
-  return -1;
+  return t.hi_bits > 0 ? dispatch<true>(t, src, rounds, lanes, elem_bytes, x, out)
+                       : dispatch<false>(t, src, rounds, lanes, elem_bytes, x, out);
 }
 
 #define BS_BMI2 __attribute__((target("bmi2")))
