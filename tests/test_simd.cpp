@@ -103,33 +103,64 @@ std::vector<uint8_t> raw_mantissa_weights(uint64_t n) {
   return d;
 }
 
+// Codes a BF16 tensor with the SIMD and the scalar encoder, expects the same bytes and a
+// reference decode equal to the input; *fm gets the chosen model.
+void expect_simd_equals_scalar(const std::vector<uint8_t>& data, detail::FloatModel* fm) {
+  EncodeOptions eo;
+  eo.threads = 1;
+  eo.allow_zstd = false;
+  auto simd = encode_tensor(DType::kBF16, data.data(), data.size(), eo);
+  ASSERT_TRUE(simd.is_ok()) << simd.status().message();
+  ASSERT_EQ(simd->coding.codec, Codec::kFloat);
+  ASSERT_TRUE(detail::read_float_model(simd->payload.data(), simd->coding.model_size, DType::kBF16, fm).is_ok());
+  Result<EncodedTensor> scalar = Status(Error::kInternal, "not run");
+  {
+    SimdOff off;
+    scalar = encode_tensor(DType::kBF16, data.data(), data.size(), eo);
+  }
+  ASSERT_TRUE(scalar.is_ok()) << scalar.status().message();
+  EXPECT_TRUE(simd->payload == scalar->payload) << "SIMD and scalar encoders disagree";
+  std::vector<uint8_t> ref(data.size());
+  ASSERT_TRUE(
+      reference_decode_tensor(simd->coding, simd->payload.data(), simd->payload.size(), ref.data(), ref.size()).is_ok());
+  EXPECT_TRUE(ref == data);
+}
+
 // Tensors with no coded mantissa bits skip the (identity) mantissa step in both encoders.
 TEST(SimdEncoder, NoMantissaBitsMatchesScalarByteForByte) {
   if (!detail::cpu_has_avx512_vbmi()) GTEST_SKIP() << "this CPU has no AVX-512 VBMI2: only the scalar coder runs";
   for (uint64_t n : kSizes) {
     SCOPED_TRACE("n=" + std::to_string(n));
-    const std::vector<uint8_t> data = raw_mantissa_weights(n);
-    EncodeOptions eo;
-    eo.threads = 1;
-    eo.allow_zstd = false;
-    auto simd = encode_tensor(DType::kBF16, data.data(), data.size(), eo);
-    ASSERT_TRUE(simd.is_ok()) << simd.status().message();
-    ASSERT_EQ(simd->coding.codec, Codec::kFloat);
     detail::FloatModel fm;
-    ASSERT_TRUE(detail::read_float_model(simd->payload.data(), simd->coding.model_size, DType::kBF16, &fm).is_ok());
-    ASSERT_EQ(fm.hi_bits, 0) << "the generator no longer gives a tensor without coded mantissa bits";
-    Result<EncodedTensor> scalar = Status(Error::kInternal, "not run");
-    {
-      SimdOff off;
-      scalar = encode_tensor(DType::kBF16, data.data(), data.size(), eo);
-    }
-    ASSERT_TRUE(scalar.is_ok()) << scalar.status().message();
-    EXPECT_TRUE(simd->payload == scalar->payload) << "SIMD and scalar encoders disagree";
-    std::vector<uint8_t> ref(data.size());
-    ASSERT_TRUE(
-        reference_decode_tensor(simd->coding, simd->payload.data(), simd->payload.size(), ref.data(), ref.size()).is_ok());
-    EXPECT_TRUE(ref == data);
+    expect_simd_equals_scalar(raw_mantissa_weights(n), &fm);
+    if (HasFatalFailure()) return;
+    EXPECT_EQ(fm.hi_bits, 0) << "the generator no longer gives a tensor without coded mantissa bits";
   }
+}
+
+// BF16 weights over 100 exponents of both signs, each (sign, exponent) with its own mantissa
+// distribution: no two rows merge, so the tensor gets one mantissa table per row (~200).
+std::vector<uint8_t> many_context_weights(uint64_t n) {
+  std::mt19937 rng(9);
+  std::vector<uint8_t> d(n * 2);
+  for (uint64_t i = 0; i < n; ++i) {
+    const uint32_t sign = rng() & 1, exp = 20 + rng() % 100, row = sign * 100 + exp;
+    const uint32_t man = (row * 37 + (rng() % 8 == 0 ? rng() % 128 : rng() % 4)) & 0x7F;
+    const uint16_t h = static_cast<uint16_t>(sign << 15 | exp << 7 | man);
+    std::memcpy(&d[i * 2], &h, 2);
+  }
+  return d;
+}
+
+// Large tensors of real weights can have more than 127 mantissa contexts; the SIMD encoder
+// packs up to 255 in its se entries.
+TEST(SimdEncoder, ManyContextsMatchScalarByteForByte) {
+  if (!detail::cpu_has_avx512_vbmi()) GTEST_SKIP() << "this CPU has no AVX-512 VBMI2: only the scalar coder runs";
+  detail::FloatModel fm;
+  expect_simd_equals_scalar(many_context_weights(uint64_t{1} << 20), &fm);
+  if (HasFatalFailure()) return;
+  EXPECT_GT(fm.mant.size(), 127u) << "the generator no longer gives more than 127 contexts";
+  EXPECT_LE(fm.mant.size(), 255u) << "the generator gives more contexts than the SIMD encoder takes";
 }
 
 TEST(SimdFused, EveryLayoutAtFewLanesMatchesTheReference) {

@@ -825,15 +825,19 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
       for (size_t s = 0; s < st.fm.ctx.size(); ++s) st.m_base[s] = st.fm.ctx[s] * (1u << st.fm.hi_bits);
       st.pext = cpu_has_avx512_vbmi();
       // The SIMD encoder's se entry packs freq, cum and the mantissa context (SimdEncTables).
+      // Large tensors of real weights often have more than 127 contexts (222 in a 32 Mi-weight
+      // BF16 tensor): the SIMD coder takes up to 255 (context 0 is the uniform table).
       st.simd = st.pext && (info.bits == 16 || info.bits == 32) && lanes_log2 >= 3 && st.fm.se.precision <= 12 &&
-                st.fm.mant.size() <= 127;
+                st.fm.mant.size() <= 255;
       if (st.simd) {
         std::vector<uint32_t> se_fc;
         simd_tables(st.se_enc, &se_fc, &st.se_rcp);
         simd_tables(st.m_flat, &st.m_fc, &st.m_rcp);
         st.se_fcx.resize(st.se_enc.size());
         for (size_t s = 0; s < st.se_enc.size(); ++s)
-          st.se_fcx[s] = st.se_enc[s].freq | (uint32_t{st.se_enc[s].cum} << 13) | (uint32_t{st.fm.ctx[s]} << 25);
+          st.se_fcx[s] = st.se_enc[s].freq == 0 ? 0
+                                                : (st.se_enc[s].freq - 1u) | (uint32_t{st.se_enc[s].cum} << 12) |
+                                                      (uint32_t{st.fm.ctx[s]} << 24);
       }
       break;
     }

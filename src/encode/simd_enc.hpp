@@ -7,9 +7,9 @@ namespace bigsmall::detail {
 
 // Per-symbol encoder tables in the layout the SIMD kernel gathers from.
 struct SimdEncTables {
-  const uint32_t* se_fcx;  // se symbol: freq | cum << 13 | context << 25 (se precision <= 12, at
-                           // most 127 mantissa tables): one gather gives the se entry and where
-                           // its mantissa table starts (context << hi_bits)
+  const uint32_t* se_fcx;  // se symbol: (freq - 1) | cum << 12 | context << 24 (se precision <= 12,
+                           // contexts < 256), 0 for absent symbols: one gather gives the se entry
+                           // and where its mantissa table starts (context << hi_bits)
   const uint32_t* se_rcp;  // se symbol: floor(2^32 / freq), 2^32 - 1 for freq 1
   int se_precision;
   const uint32_t* m_fc;    // flat mantissa tables: freq | cum << 16, then the reciprocal

@@ -86,15 +86,15 @@ BS_AVX512 int64_t run(const SimdEncTables& t, const uint8_t* src, uint64_t round
       fcx[h] = _mm512_i32gather_epi32(se[h], t.se_fcx, 4);
       if constexpr (kMant) {
         const __m512i hi = _mm512_and_si512(_mm512_srl_epi32(w, hi_shift), hi_mask);
-        const __m512i idx = _mm512_add_epi32(_mm512_sll_epi32(_mm512_srli_epi32(fcx[h], 25), hi_bits), hi);
+        const __m512i idx = _mm512_add_epi32(_mm512_sll_epi32(_mm512_srli_epi32(fcx[h], 24), hi_bits), hi);
         x[h] = put(x[h], _mm512_i32gather_epi32(idx, t.m_fc, 4), _mm512_i32gather_epi32(idx, t.m_rcp, 4),
                    t.m_precision, m_p, kActive, out);
       }
     }
     for (int h = V - 1; h >= 0; --h) {
       const __m512i fc =  // back to freq | cum << 16
-          _mm512_or_si512(_mm512_and_si512(fcx[h], _mm512_set1_epi32(0x1FFF)),
-                          _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(fcx[h], 13), _mm512_set1_epi32(0xFFF)), 16));
+          _mm512_or_si512(_mm512_add_epi32(_mm512_and_si512(fcx[h], _mm512_set1_epi32(0xFFF)), _mm512_set1_epi32(1)),
+                          _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(fcx[h], 12), _mm512_set1_epi32(0xFFF)), 16));
       x[h] = put(x[h], fc, _mm512_i32gather_epi32(se[h], t.se_rcp, 4), t.se_precision, se_p, kActive, out);
     }
   }
