@@ -11,6 +11,7 @@
 
 #include "bigsmall/container.hpp"
 #include "common/checksum.hpp"
+#include "container/bsfile.hpp"
 #include "container/fileio.hpp"
 #include "container/safetensors.hpp"
 #include "decode/decoder.hpp"
@@ -285,21 +286,92 @@ TEST(Output, ExistingOutputNeedsOverwrite) {
   EXPECT_TRUE(compress_file(d / "m.safetensors", d / "m.bs", o).is_ok());
 }
 
-TEST(Output, FullDiskIsReportedAndLeavesNothing) {
-  // RLIMIT_FSIZE makes writes past the limit fail with EFBIG, as a full disk fails with ENOSPC.
-  TempDir d;
-  auto ts = sample_tensors();
-  ts.push_back({"big", DType::kU8, {400000}, bstest::random_bytes(400000, 9)});
-  write_file(d / "m.safetensors", safetensors_bytes(ts));
+// Compresses with files limited to `limit` bytes: RLIMIT_FSIZE makes writes past it fail with
+// EFBIG, as a full disk fails with ENOSPC.
+Status compress_onto_full_disk(const std::string& src, const std::string& dst, uint64_t limit,
+                               const CompressOptions& o = {}) {
   struct rlimit old;
   getrlimit(RLIMIT_FSIZE, &old);
   auto prev = std::signal(SIGXFSZ, SIG_IGN);
   struct rlimit lim = old;
-  lim.rlim_cur = 100000;
+  lim.rlim_cur = limit;
   setrlimit(RLIMIT_FSIZE, &lim);
-  const Status st = compress_file(d / "m.safetensors", d / "m.bs");
+  const Status st = compress_file(src, dst, o);
   setrlimit(RLIMIT_FSIZE, &old);
   std::signal(SIGXFSZ, prev);
+  return st;
+}
+
+TEST(Output, FullDiskIsReportedAndLeavesNothing) {
+  TempDir d;
+  auto ts = sample_tensors();
+  ts.push_back({"big", DType::kU8, {400000}, bstest::random_bytes(400000, 9)});
+  write_file(d / "m.safetensors", safetensors_bytes(ts));
+  const Status st = compress_onto_full_disk(d / "m.safetensors", d / "m.bs", 100000);
+  EXPECT_EQ(st.code(), Error::kNoSpace) << st.message();
+  EXPECT_FALSE(fs::exists(d / "m.bs"));
+  int files = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(d.path)) ++files;
+  EXPECT_EQ(files, 1);
+}
+
+// Shrinks the writer's batches for one test: groups of a large tensor and the background
+// writer then run on small data.
+struct SmallWriteBatches {
+  explicit SmallWriteBatches(uint64_t bytes) { detail::set_write_batch_bytes_for_testing(bytes); }
+  ~SmallWriteBatches() { detail::set_write_batch_bytes_for_testing(0); }
+};
+
+// Many batches, a tensor spread over several groups (each written in the background while the
+// next is coded), empty tensors between them: the file must not depend on how it was cut.
+TEST(Writer, OutputDoesNotDependOnBatching) {
+  TempDir d;
+  auto ts = sample_tensors();
+  ts.push_back({"large", DType::kBF16, {5, 100003}, bstest::weights(DType::kBF16, 500015, 7)});
+  ts.push_back({"empty2", DType::kBF16, {0}, {}});
+  ts.push_back({"after", DType::kF32, {40000}, bstest::weights(DType::kF32, 40000, 8)});
+  const auto original = safetensors_bytes(ts);
+  write_file(d / "m.safetensors", original);
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "whole.bs").is_ok());
+  const auto whole = read_file(d / "whole.bs");
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    SmallWriteBatches small(64 << 10);
+    CompressOptions o;
+    o.threads = threads;
+    o.overwrite = true;
+    uint64_t last_done = 0, calls = 0, total_seen = 0;
+    bool monotone = true;
+    o.progress = [&](uint64_t done, uint64_t total) {
+      monotone &= done >= last_done;
+      last_done = done;
+      total_seen = total;
+      ++calls;
+    };
+    ASSERT_TRUE(compress_file(d / "m.safetensors", d / "cut.bs", o).is_ok());
+    EXPECT_TRUE(read_file(d / "cut.bs") == whole) << "the file changed with the batch size";
+    EXPECT_TRUE(monotone);
+    EXPECT_EQ(last_done, total_seen);
+    EXPECT_GT(calls, 8u) << "progress is reported per group";
+    DecompressOptions dopts;
+    dopts.overwrite = true;
+    ASSERT_TRUE(decompress_file(d / "cut.bs", d / "back.safetensors", dopts).is_ok());
+    EXPECT_TRUE(read_file(d / "back.safetensors") == original);
+  }
+}
+
+// The same full disk, met while groups are written in the background (the failing write may be
+// that thread's or a later one: every write past the limit fails).
+TEST(Output, FullDiskInABackgroundWriteIsReportedAndLeavesNothing) {
+  TempDir d;
+  auto ts = sample_tensors();
+  ts.push_back({"big", DType::kU8, {400000}, bstest::random_bytes(400000, 9)});
+  ts.push_back({"more", DType::kBF16, {200000}, bstest::weights(DType::kBF16, 200000, 10)});
+  write_file(d / "m.safetensors", safetensors_bytes(ts));
+  SmallWriteBatches small(64 << 10);
+  CompressOptions o;
+  o.threads = 2;
+  const Status st = compress_onto_full_disk(d / "m.safetensors", d / "m.bs", 100000, o);
   EXPECT_EQ(st.code(), Error::kNoSpace) << st.message();
   EXPECT_FALSE(fs::exists(d / "m.bs"));
   int files = 0;

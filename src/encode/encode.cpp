@@ -903,24 +903,23 @@ TensorEncoder::CodedChunk TensorEncoder::encode_chunk(size_t i, std::vector<uint
     out->assign(src, src + size);
     mode = ChunkMode::kStored;
   }
-  return {mode, xxh3_32(out->data(), out->size())};
+  return {mode, static_cast<uint32_t>(out->size()), xxh3_32(out->data(), out->size())};
 }
 
 void set_key_slab_for_testing(uint64_t elements) {
   key_slab_elements.store(elements ? elements : uint64_t{1} << 31, std::memory_order_relaxed);
 }
 
-uint64_t TensorEncoder::finish(const std::vector<const std::vector<uint8_t>*>& chunks,
-                              const std::vector<CodedChunk>& coded) {
+uint64_t TensorEncoder::finish(const std::vector<CodedChunk>& coded) {
   uint64_t offset = model_.size();
-  coding_.chunks.resize(chunks.size());
-  for (size_t i = 0; i < chunks.size(); ++i) {
+  coding_.chunks.resize(coded.size());
+  for (size_t i = 0; i < coded.size(); ++i) {
     ChunkRef& ref = coding_.chunks[i];
     ref.offset = offset;
-    ref.size = static_cast<uint32_t>(chunks[i]->size());
+    ref.size = coded[i].size;
     ref.checksum = coded[i].checksum;
     ref.mode = coded[i].mode;
-    offset += chunks[i]->size();
+    offset += coded[i].size;
   }
   return offset;
 }
@@ -940,10 +939,8 @@ Result<EncodedTensor> encode_tensor(DType dtype, const uint8_t* data, uint64_t n
   std::vector<detail::TensorEncoder::CodedChunk> coded(n);
   detail::ThreadPool pool(opts.threads);
   pool.parallel_for(n, [&](size_t i) { coded[i] = te.encode_chunk(i, &chunks[i]); });
-  std::vector<const std::vector<uint8_t>*> refs(n);
-  for (size_t i = 0; i < n; ++i) refs[i] = &chunks[i];
   EncodedTensor out;
-  out.payload.reserve(te.finish(refs, coded));
+  out.payload.reserve(te.finish(coded));
   out.payload.assign(te.model_blob().begin(), te.model_blob().end());
   for (const auto& c : chunks) out.payload.insert(out.payload.end(), c.begin(), c.end());
   out.coding = te.coding();

@@ -25,17 +25,18 @@ class TensorEncoder {
   const TensorCoding& coding() const { return coding_; }  // chunks filled in by finish()
   const std::vector<uint8_t>& model_blob() const { return model_; }
   size_t chunk_count() const { return static_cast<size_t>(coding_.chunk_count()); }
-  // How chunk i was stored, and the checksum of its stored bytes: taken by the thread that coded
-  // it, while the bytes are still in its cache.
+  // How chunk i was stored, its size, and the checksum of its stored bytes: taken by the thread
+  // that coded it, while the bytes are still in its cache.
   struct CodedChunk {
     ChunkMode mode = ChunkMode::kCoded;
+    uint32_t size = 0;
     uint32_t checksum = 0;
   };
   // Codes chunk i into *out (replacing its contents); chunks that would grow are stored.
   CodedChunk encode_chunk(size_t i, std::vector<uint8_t>* out) const;
-  // Fills coding().chunks from the coded chunks (chunk i is *chunks[i]) and returns the payload
-  // size: model_blob() followed by the chunks in order, which the caller writes out.
-  uint64_t finish(const std::vector<const std::vector<uint8_t>*>& chunks, const std::vector<CodedChunk>& coded);
+  // Fills coding().chunks from every chunk's CodedChunk and returns the payload size:
+  // model_blob() followed by the chunks in order, which the caller writes out.
+  uint64_t finish(const std::vector<CodedChunk>& coded);
   double estimated_bits() const { return estimated_bits_; }
   // Information content under the joint model (raw size for tensors without a float model).
   double floor_bits() const { return floor_bits_; }
