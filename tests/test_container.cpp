@@ -15,6 +15,7 @@
 #include "container/fileio.hpp"
 #include "container/safetensors.hpp"
 #include "decode/decoder.hpp"
+#include "encode/encoder.hpp"
 #include "testutil.hpp"
 
 using namespace bigsmall;
@@ -322,21 +323,34 @@ struct SmallWriteBatches {
   ~SmallWriteBatches() { detail::set_write_batch_bytes_for_testing(0); }
 };
 
+// Tensors of at least `elements` planned alone get their keys counted by every thread.
+struct SharedKeyCounts {
+  explicit SharedKeyCounts(uint64_t elements) { detail::set_split_count_for_testing(elements); }
+  ~SharedKeyCounts() { detail::set_split_count_for_testing(0); }
+};
+
 // Many batches, a tensor spread over several groups (each written in the background while the
-// next is coded), empty tensors between them: the file must not depend on how it was cut.
+// next is coded) and planned by every thread, small tensors planned side by side after it (on
+// threads whose key bins the shared count used), empty tensors between them: the file must not
+// depend on how it was cut or on the thread count.
 TEST(Writer, OutputDoesNotDependOnBatching) {
   TempDir d;
   auto ts = sample_tensors();
   ts.push_back({"large", DType::kBF16, {5, 100003}, bstest::weights(DType::kBF16, 500015, 7)});
   ts.push_back({"empty2", DType::kBF16, {0}, {}});
   ts.push_back({"after", DType::kF32, {40000}, bstest::weights(DType::kF32, 40000, 8)});
+  for (int i = 0; i < 4; ++i)
+    ts.push_back({"small" + std::to_string(i), DType::kBF16, {3000}, bstest::weights(DType::kBF16, 3000, 20 + i)});
   const auto original = safetensors_bytes(ts);
   write_file(d / "m.safetensors", original);
-  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "whole.bs").is_ok());
+  CompressOptions one;
+  one.threads = 1;
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "whole.bs", one).is_ok());
   const auto whole = read_file(d / "whole.bs");
   for (int threads : {1, 2, 3}) {
     SCOPED_TRACE("threads " + std::to_string(threads));
     SmallWriteBatches small(64 << 10);
+    SharedKeyCounts shared(1000);
     CompressOptions o;
     o.threads = threads;
     o.overwrite = true;

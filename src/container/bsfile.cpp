@@ -268,11 +268,16 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
     for (size_t i = 0; i < nb; ++i) order[i] = i;
     std::stable_sort(order.begin(), order.end(),
                      [&](size_t a, size_t b) { return sources[first + a].nbytes > sources[first + b].nbytes; });
-    pool.parallel_for(nb, [&](size_t k) {
-      const size_t i = order[k];
-      const Source& s = sources[first + i];
-      enc[i] = std::make_unique<TensorEncoder>(TensorEncoder::plan(s.dtype, s.data, s.nbytes, eo));
-    });
+    if (nb == 1) {  // a batch of one tensor: its threads share its planning
+      const Source& s = sources[first];
+      enc[0] = std::make_unique<TensorEncoder>(TensorEncoder::plan(s.dtype, s.data, s.nbytes, eo, &pool));
+    } else {
+      pool.parallel_for(nb, [&](size_t k) {
+        const size_t i = order[k];
+        const Source& s = sources[first + i];
+        enc[i] = std::make_unique<TensorEncoder>(TensorEncoder::plan(s.dtype, s.data, s.nbytes, eo));
+      });
+    }
     std::vector<std::vector<TensorEncoder::CodedChunk>> coded(nb);
     for (size_t i = 0; i < nb; ++i) coded[i].resize(enc[i]->chunk_count());
     const std::vector<std::vector<Span>> groups = chunk_groups(enc, limit);

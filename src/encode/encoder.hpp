@@ -9,15 +9,21 @@
 namespace bigsmall::detail {
 
 struct EncoderState;  // chosen model and encoder tables
+class ThreadPool;
 
 // Tests only: the planner counts at most this many elements per pass into 32-bit bins (2^31;
 // 0 restores it), so that the path for larger tensors runs on small data.
 void set_key_slab_for_testing(uint64_t elements);
+// Tests only: tensors of at least this many elements planned with a pool have their keys counted
+// by all its threads (0 restores 2^24).
+void set_split_count_for_testing(uint64_t elements);
 
 class TensorEncoder {
  public:
-  // Chooses codec, model and chunk geometry from the data (one or two passes over it).
-  static TensorEncoder plan(DType dtype, const uint8_t* data, uint64_t nbytes, const EncodeOptions& opts);
+  // Chooses codec, model and chunk geometry from the data (one or two passes over it). With a
+  // pool (not while one of its loops runs), a large tensor's counting pass is shared by its threads.
+  static TensorEncoder plan(DType dtype, const uint8_t* data, uint64_t nbytes, const EncodeOptions& opts,
+                            ThreadPool* pool = nullptr);
   TensorEncoder(TensorEncoder&&) noexcept;
   TensorEncoder& operator=(TensorEncoder&&) noexcept;
   ~TensorEncoder();
