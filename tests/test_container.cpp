@@ -440,19 +440,24 @@ TEST(Directory, HostileIndexCannotEscape) {
 
 TEST(Container, LargeTensorsVerifyInBoundedPieces) {
   // More than a verification batch (4 MiB at 2 threads) of decoded bytes in one tensor takes
-  // the streaming-checksum path, several groups of chunks long; an all-zero tensor compresses
-  // to almost nothing, so the test stays small on disk.
+  // the streaming-checksum path, several groups of chunks long; a tensor of zeros but for one
+  // value per chunk, distinct from chunk to chunk (a checksum taken out of order fails),
+  // compresses to almost nothing, so the test stays small on disk.
   TempDir d;
   DecompressOptions two;
   two.threads = 2;
   const uint64_t n = (13ull << 20) / 2;
-  std::vector<uint8_t> zeros(n * 2, 0);
-  zeros[12345] = 1;
-  std::vector<Owned> ts{{"big", DType::kBF16, {n}, std::move(zeros)}, {"small", DType::kF32, {3}, bstest::weights(DType::kF32, 3, 1)}};
+  std::vector<uint8_t> sparse(n * 2, 0);
+  for (uint64_t i = 0; i < n; i += 1 << 16) sparse[2 * i + 2 * (i >> 16) % 64] = static_cast<uint8_t>(1 + (i >> 16));
+  std::vector<Owned> ts{{"big", DType::kBF16, {n}, std::move(sparse)}, {"small", DType::kF32, {3}, bstest::weights(DType::kF32, 3, 1)}};
   write_file(d / "m.safetensors", safetensors_bytes(ts));
   ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
   EXPECT_LT(fs::file_size(d / "m.bs"), 1u << 20);
-  EXPECT_TRUE(verify_path(d / "m.bs", two).is_ok());
+  for (int threads : {1, 2, 3}) {
+    DecompressOptions o;
+    o.threads = threads;
+    EXPECT_TRUE(verify_path(d / "m.bs", o).is_ok()) << threads << " threads";
+  }
   // Damage inside the big tensor's payload is found on the streaming path too.
   auto bytes = read_file(d / "m.bs");
   auto f = BsFile::open(d / "m.bs");

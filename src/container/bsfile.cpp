@@ -731,8 +731,20 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
   Scratch scratch = scratch_buffer(std::min<uint64_t>(per_group, c.chunks.size()) * chunk_bytes);
   std::vector<Status> errs(per_group);
   detail::Xxh3Stream hash;
+  // The tensor's checksum takes the group's chunks in order, each as soon as it and those before
+  // it are decoded, on whichever thread gets there (one at a time): hashed after the group, it
+  // was a serial step that kept the other threads waiting.
+  std::unique_ptr<std::atomic<bool>[]> decoded(new std::atomic<bool>[per_group]);
+  std::mutex hash_mu;
+  size_t hashed = 0;  // chunks of the group in the checksum (under hash_mu)
+  auto hash_ready = [&](size_t first, size_t count) {
+    for (; hashed < count && decoded[hashed].load(std::memory_order_acquire); ++hashed)
+      hash.update(scratch.get() + hashed * chunk_bytes, c.chunk_out_size(first + hashed));
+  };
   for (size_t first = 0; first < c.chunks.size(); first += per_group) {
     const size_t count = std::min(per_group, c.chunks.size() - first);
+    for (size_t k = 0; k < count; ++k) decoded[k].store(false, std::memory_order_relaxed);
+    hashed = 0;
     pool.parallel_for(count, [&](size_t k) {
       const size_t i = first + k;
       const ChunkRef& ref = c.chunks[i];
@@ -742,12 +754,15 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
         std::memcpy(scratch.get() + k * chunk_bytes, payload + ref.offset, ref.size);
       else
         errs[k] = dec->decode_chunk(i, payload + ref.offset, ref.size, ref.mode, scratch.get() + k * chunk_bytes);
+      if (!errs[k].is_ok()) return;  // the group fails below: its checksum is never read
+      decoded[k].store(true, std::memory_order_release);
+      std::unique_lock<std::mutex> lock(hash_mu, std::try_to_lock);
+      if (lock.owns_lock()) hash_ready(first, count);  // else the thread hashing takes it, or the loop below
     });
     for (size_t k = 0; k < count; ++k)
       if (!errs[k].is_ok()) return errs[k].with_context(label);
-    uint64_t bytes = 0;
-    for (size_t k = 0; k < count; ++k) bytes += c.chunk_out_size(first + k);
-    hash.update(scratch.get(), bytes);
+    hash_ready(first, count);
+    if (hashed != count) return Status(Error::kInternal, label + ": a decoded chunk was not hashed");
   }
   if (hash.digest() != c.checksum) return Status(Error::kCorrupt, label + ": checksum mismatch after decode");
   return Status::ok();
