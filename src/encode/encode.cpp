@@ -138,20 +138,16 @@ struct EncoderState {
   // SIMD encoder tables (see simd_enc.hpp), built when the CPU has the AVX-512 encoder.
   bool simd = false;
   bool pext = false;  // raw mantissa bits packed by pext (pack_raw_bits_bmi2)
-  std::vector<uint32_t> se_fcx, se_rcp, m_fc, m_rcp;
+  std::vector<uint64_t> se_pairs, m_pairs;  // SimdEncTables
 };
 
 namespace {
 
 // freq | cum << 16 and floor(2^32 / freq) per symbol (2^32 - 1 for freq 1: the kernel's one
 // correction step makes either exact).
-void simd_tables(const std::vector<EncSymbol>& enc, std::vector<uint32_t>* fc, std::vector<uint32_t>* rcp) {
-  fc->resize(enc.size());
-  rcp->resize(enc.size());
-  for (size_t s = 0; s < enc.size(); ++s) {
-    (*fc)[s] = enc[s].freq | (static_cast<uint32_t>(enc[s].cum) << 16);
-    (*rcp)[s] = enc[s].freq <= 1 ? 0xFFFFFFFFu : static_cast<uint32_t>((uint64_t{1} << 32) / enc[s].freq);
-  }
+// floor(2^32 / freq), 2^32 - 1 for freq 1 (the SIMD encoder's quotient is then corrected).
+uint64_t simd_rcp(uint32_t freq) {
+  return freq <= 1 ? 0xFFFFFFFFu : (uint64_t{1} << 32) / freq;
 }
 
 double entropy_bits(const uint64_t* c, size_t n) {
@@ -690,8 +686,7 @@ void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, 
     if (rounds > full) encode_round(full);
     thread_local std::vector<uint16_t> fwd;
     fwd.resize(2 * full * lanes + 32);
-    const SimdEncTables t{st.se_fcx.data(), st.se_rcp.data(), se_prec, st.m_fc.data(), st.m_rcp.data(),
-                          m_prec, mb, rb + z, static_cast<int>(kmask), k};
+    const SimdEncTables t{st.se_pairs.data(), se_prec, st.m_pairs.data(), m_prec, mb, rb + z, static_cast<int>(kmask), k};
     const int64_t nw = encode_float_rounds_avx512(t, src, full, static_cast<int>(lanes), sizeof(T), enc.x, fwd.data());
     reverse_words_avx512(fwd.data(), static_cast<uint64_t>(nw), enc.p);
     enc.p -= nw;
@@ -871,19 +866,23 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
       for (size_t s = 0; s < st.fm.ctx.size(); ++s) st.m_base[s] = st.fm.ctx[s] * (1u << st.fm.hi_bits);
       st.pext = cpu_has_avx512_vbmi();
       // The SIMD encoder's se entry packs freq, cum and the mantissa context (SimdEncTables).
-      // Large tensors of real weights often have more than 127 contexts (222 in a 32 Mi-weight
-      // BF16 tensor): the SIMD coder takes up to 255 (context 0 is the uniform table).
+      // Large tensors of weights of mixed scales can have more than 127 contexts (222 in a
+      // 32 Mi-weight BF16 tensor drawn from a whole model's weights): the SIMD coder takes up to
+      // 255 (context 0 is the uniform table).
       st.simd = st.pext && (info.bits == 16 || info.bits == 32) && lanes_log2 >= 3 && st.fm.se.precision <= 12 &&
                 st.fm.mant.size() <= 255;
       if (st.simd) {
-        std::vector<uint32_t> se_fc;
-        simd_tables(st.se_enc, &se_fc, &st.se_rcp);
-        simd_tables(st.m_flat, &st.m_fc, &st.m_rcp);
-        st.se_fcx.resize(st.se_enc.size());
-        for (size_t s = 0; s < st.se_enc.size(); ++s)
-          st.se_fcx[s] = st.se_enc[s].freq == 0 ? 0
-                                                : (st.se_enc[s].freq - 1u) | (uint32_t{st.se_enc[s].cum} << 12) |
-                                                      (uint32_t{st.fm.ctx[s]} << 24);
+        st.se_pairs.resize(st.se_enc.size());
+        for (size_t s = 0; s < st.se_enc.size(); ++s) {
+          const EncSymbol& e = st.se_enc[s];
+          const uint32_t fcx = e.freq == 0 ? 0 : (e.freq - 1u) | (uint32_t{e.cum} << 12) | (uint32_t{st.fm.ctx[s]} << 24);
+          st.se_pairs[s] = fcx | simd_rcp(e.freq) << 32;
+        }
+        st.m_pairs.resize(st.m_flat.size());
+        for (size_t s = 0; s < st.m_flat.size(); ++s) {
+          const EncSymbol& e = st.m_flat[s];
+          st.m_pairs[s] = (e.freq | (uint32_t{e.cum} << 16)) | simd_rcp(e.freq) << 32;
+        }
       }
       break;
     }

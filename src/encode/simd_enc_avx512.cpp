@@ -34,6 +34,17 @@ BS_AVX512 inline __m512i load_reversed(const uint8_t* p) {
   }
 }
 
+// The 64-bit entries of `table` at the 16 indices: their low halves and their high halves, each
+// in lane order. kLanes = 8 uses register lanes 8..15 only, so the lower gather is skipped.
+template <int kLanes>
+BS_AVX512 inline void gather_pairs(__m512i idx, const uint64_t* table, __m512i* lo, __m512i* hi) {
+  const __m512i a = kLanes == 8 ? _mm512_setzero_si512()
+                                : _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), table, 8);
+  const __m512i b = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), table, 8);
+  *lo = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+  *hi = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+}
+
 // floor(v · rcp / 2^32) per lane.
 BS_AVX512 inline __m512i mulhi_epu32(__m512i v, __m512i rcp) {
   const __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(v, rcp), 32);
@@ -79,23 +90,23 @@ BS_AVX512 int64_t run(const SimdEncTables& t, const uint8_t* src, uint64_t round
   const __m128i hi_bits = _mm_cvtsi32_si128(t.hi_bits);
   for (uint64_t r = rounds; r-- > 0;) {
     const uint8_t* row = src + r * kRound * kElemBytes;
-    __m512i se[V], fcx[V];
+    __m512i fcx[V], se_rcp[V];
     for (int h = V - 1; h >= 0; --h) {
       const __m512i w = load_reversed<kElemBytes, kLanes>(row + 16 * h * kElemBytes);
-      se[h] = _mm512_srl_epi32(w, man_bits);
-      fcx[h] = _mm512_i32gather_epi32(se[h], t.se_fcx, 4);
+      gather_pairs<kLanes>(_mm512_srl_epi32(w, man_bits), t.se, &fcx[h], &se_rcp[h]);
       if constexpr (kMant) {
         const __m512i hi = _mm512_and_si512(_mm512_srl_epi32(w, hi_shift), hi_mask);
         const __m512i idx = _mm512_add_epi32(_mm512_sll_epi32(_mm512_srli_epi32(fcx[h], 24), hi_bits), hi);
-        x[h] = put(x[h], _mm512_i32gather_epi32(idx, t.m_fc, 4), _mm512_i32gather_epi32(idx, t.m_rcp, 4),
-                   t.m_precision, m_p, kActive, out);
+        __m512i m_fc, m_rcp;
+        gather_pairs<kLanes>(idx, t.m, &m_fc, &m_rcp);
+        x[h] = put(x[h], m_fc, m_rcp, t.m_precision, m_p, kActive, out);
       }
     }
     for (int h = V - 1; h >= 0; --h) {
       const __m512i fc =  // back to freq | cum << 16
           _mm512_or_si512(_mm512_add_epi32(_mm512_and_si512(fcx[h], _mm512_set1_epi32(0xFFF)), _mm512_set1_epi32(1)),
                           _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(fcx[h], 12), _mm512_set1_epi32(0xFFF)), 16));
-      x[h] = put(x[h], fc, _mm512_i32gather_epi32(se[h], t.se_rcp, 4), t.se_precision, se_p, kActive, out);
+      x[h] = put(x[h], fc, se_rcp[h], t.se_precision, se_p, kActive, out);
     }
   }
   for (int h = 0; h < V; ++h)
