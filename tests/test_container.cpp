@@ -374,23 +374,29 @@ TEST(Writer, OutputDoesNotDependOnBatching) {
   }
 }
 
-// The same full disk, met while groups are written in the background (the failing write may be
-// that thread's or a later one: every write past the limit fails).
-TEST(Output, FullDiskInABackgroundWriteIsReportedAndLeavesNothing) {
+// A write that fails on the background writer's thread, and only that one (the writes after it
+// would succeed): its error must come back, and nothing stay behind.
+TEST(Output, FailedBackgroundWriteIsReportedAndLeavesNothing) {
   TempDir d;
   auto ts = sample_tensors();
   ts.push_back({"big", DType::kU8, {400000}, bstest::random_bytes(400000, 9)});
   ts.push_back({"more", DType::kBF16, {200000}, bstest::weights(DType::kBF16, 200000, 10)});
   write_file(d / "m.safetensors", safetensors_bytes(ts));
   SmallWriteBatches small(64 << 10);
-  CompressOptions o;
-  o.threads = 2;
-  const Status st = compress_onto_full_disk(d / "m.safetensors", d / "m.bs", 100000, o);
-  EXPECT_EQ(st.code(), Error::kNoSpace) << st.message();
-  EXPECT_FALSE(fs::exists(d / "m.bs"));
-  int files = 0;
-  for ([[maybe_unused]] const auto& e : fs::directory_iterator(d.path)) ++files;
-  EXPECT_EQ(files, 1);
+  for (int nth : {1, 2, 3}) {  // groups before the last are written in the background
+    SCOPED_TRACE("failing write " + std::to_string(nth));
+    CompressOptions o;
+    o.threads = 2;
+    detail::fail_write_pieces_for_testing(nth);
+    const Status st = compress_file(d / "m.safetensors", d / "m.bs", o);
+    detail::fail_write_pieces_for_testing(0);
+    EXPECT_EQ(st.code(), Error::kNoSpace) << st.message();
+    EXPECT_NE(st.message().find("m.bs"), std::string::npos) << st.message();
+    EXPECT_FALSE(fs::exists(d / "m.bs"));
+    int files = 0;
+    for ([[maybe_unused]] const auto& e : fs::directory_iterator(d.path)) ++files;
+    EXPECT_EQ(files, 1);
+  }
 }
 
 TEST(Output, UnwritableDirectory) {

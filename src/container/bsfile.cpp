@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <system_error>
 #include <thread>
 
 #include "bigsmall/container.hpp"
@@ -131,9 +132,21 @@ class BackgroundWriter {
   Status start(std::vector<OutputFile::Piece> pieces, bool inline_write) {
     BS_RETURN_IF_ERROR(wait());
     pieces_ = std::move(pieces);
-    if (inline_write) return out_.write_pieces(pieces_);
-    thread_ = std::thread([this] { status_ = out_.write_pieces(pieces_); });
-    return Status::ok();
+    if (!inline_write) {
+      try {
+        thread_ = std::thread([this] {
+          try {
+            status_ = out_.write_pieces(pieces_);
+          } catch (const std::exception& e) {  // no exception may leave a thread
+            status_ = Status(Error::kInternal, std::string("write failed: ") + e.what());
+          }
+        });
+        return Status::ok();
+      } catch (const std::system_error&) {
+        // No thread to be had: write here.
+      }
+    }
+    return out_.write_pieces(pieces_);
   }
 
   // Waits for the group in flight; its result.
@@ -347,12 +360,12 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
     first = last;
   }
   BS_RETURN_IF_ERROR(writer.wait());
-  if (pos != out.size()) return Status(Error::kInternal, "payload offsets disagree with the bytes written");
+  if (pos != out.size()) return Status(Error::kInternal, dst + ": payload offsets disagree with the bytes written");
   ByteWriter idx;
   write_index(idx, st_header, entries, fillers);
   std::vector<uint8_t> stored(ZSTD_compressBound(idx.size()));
   const size_t zr = ZSTD_compress(stored.data(), stored.size(), idx.buf().data(), idx.size(), kIndexZstdLevel);
-  if (ZSTD_isError(zr)) return Status(Error::kInternal, "index compression failed");
+  if (ZSTD_isError(zr)) return Status(Error::kInternal, dst + ": index compression failed");
   stored.resize(zr);
   FileHeader h;
   h.index_offset = out.size();
@@ -816,7 +829,9 @@ Status compress_file(const std::string& src, const std::string& dst, const Compr
   std::vector<detail::Filler> fillers;
   for (const auto& g : st.gaps)
     fillers.push_back({g.first, std::vector<uint8_t>(in.data() + st.data_start + g.first, in.data() + st.data_start + g.second)});
-  return detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts, true);
+  const Status written = detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts, true);
+  // Limits on what the input declares (name lengths, dimensions) name the input.
+  return written.code() == Error::kLimit ? written.with_context(src) : written;
 }
 
 Status decompress_file(const std::string& src, const std::string& dst, const DecompressOptions& opts) {

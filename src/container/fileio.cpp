@@ -182,7 +182,16 @@ Status OutputFile::write(const void* p, uint64_t n) {
   return Status::ok();
 }
 
+namespace {
+std::atomic<int> write_pieces_until_failure{0};
+}  // namespace
+
+void fail_write_pieces_for_testing(int n) { write_pieces_until_failure.store(n, std::memory_order_relaxed); }
+
 Status OutputFile::write_pieces(const std::vector<Piece>& pieces) {
+  if (write_pieces_until_failure.load(std::memory_order_relaxed) > 0 &&
+      write_pieces_until_failure.fetch_sub(1, std::memory_order_relaxed) == 1)
+    return errno_status(final_, "write failed", ENOSPC);
   constexpr size_t kMaxIov = 1024;  // IOV_MAX on Linux
   std::vector<iovec> iov;
   iov.reserve(std::min(pieces.size(), kMaxIov));

@@ -11,6 +11,10 @@ namespace bigsmall::detail {
 
 Status errno_status(const std::string& path, const std::string& what, int err);
 
+// Tests only: the n-th OutputFile::write_pieces call from now on (1 = the next) fails as on a
+// full disk, once; 0 turns it off.
+void fail_write_pieces_for_testing(int n);
+
 class MappedFile {
  public:
   static Result<MappedFile> open(const std::string& path);
