@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "bigsmall/codec.hpp"
+#include "common/bytes.hpp"
 #include "entropy/table.hpp"
 #include "testutil.hpp"
 
@@ -210,4 +211,28 @@ TEST(BitIO, ReaderAgreesWithTheBitByBitDefinition) {
       }
     }
   }
+}
+
+TEST(ByteBuffer, KeepsItsMemoryAcrossResetsAndCopiesWhatItIsGiven) {
+  ByteBuffer b;
+  EXPECT_TRUE(b.empty());
+  uint8_t* p = b.reset(100, 8);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(b.size(), 100u);
+  EXPECT_GE(b.capacity(), 108u);
+  p[107] = 1;  // the slack is writable
+  EXPECT_EQ(b.reset(50, 8), p);  // smaller: same memory, new size
+  EXPECT_EQ(b.size(), 50u);
+  b.shrink(60);  // never grows
+  EXPECT_EQ(b.size(), 50u);
+  b.shrink(3);
+  EXPECT_EQ(b.size(), 3u);
+  const std::vector<uint8_t> src = {9, 8, 7, 6, 5};
+  b.assign(src.data(), src.size());
+  EXPECT_EQ(std::vector<uint8_t>(b.data(), b.data() + b.size()), src);
+  b.assign(nullptr, 0);
+  EXPECT_TRUE(b.empty());
+  b.release();
+  EXPECT_EQ(b.capacity(), 0u);
+  EXPECT_EQ(b.data(), nullptr);
 }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <bit>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,39 @@ class ByteReader {
   size_t n_;
   size_t pos_ = 0;
   bool ok_ = true;
+};
+
+// A reusable byte buffer whose bytes are not initialized when it grows: coded chunks are
+// written over in full, and std::vector's zero fill before that cost 2-5% of compression.
+class ByteBuffer {
+ public:
+  const uint8_t* data() const { return p_.get(); }
+  uint8_t* data() { return p_.get(); }
+  size_t size() const { return size_; }
+  size_t capacity() const { return cap_; }
+  bool empty() const { return size_ == 0; }
+  // Size n with room for n + slack bytes; the contents are not kept.
+  uint8_t* reset(size_t n, size_t slack = 0) {
+    if (n + slack > cap_) {
+      cap_ = n + slack + (n + slack) / 8;  // chunks of one slot vary a little in size
+      p_ = std::make_unique_for_overwrite<uint8_t[]>(cap_);
+    }
+    size_ = n;
+    return p_.get();
+  }
+  void shrink(size_t n) { size_ = std::min(size_, n); }
+  void assign(const uint8_t* src, size_t n) {
+    uint8_t* d = reset(n);
+    if (n) std::memcpy(d, src, n);
+  }
+  void release() {
+    p_.reset();
+    size_ = cap_ = 0;
+  }
+
+ private:
+  std::unique_ptr<uint8_t[]> p_;
+  size_t size_ = 0, cap_ = 0;
 };
 
 // LSB-first bit stream used for the compact table encoding.

@@ -242,7 +242,7 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
   entries.reserve(sources.size());
   // Coded chunks land in buffers kept from group to group (fresh ones cost a page fault per 4 KiB,
   // a visible share of compression); two sets, one being written while the other is filled.
-  std::vector<std::vector<uint8_t>> chunk_bufs[2];
+  std::vector<ByteBuffer> chunk_bufs[2];
   uint64_t groups_started = 0;
   uint64_t pos = out.size();  // where the next piece lands once every group started is written
   // The encoders of this batch and of the one before, whose model blobs a group in flight may
@@ -296,7 +296,7 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
     const std::vector<std::vector<Span>> groups = chunk_groups(enc, limit);
     for (size_t g = 0; g < groups.size(); ++g) {
       const std::vector<Span>& spans = groups[g];
-      std::vector<std::vector<uint8_t>>& bufs = chunk_bufs[groups_started % 2];
+      std::vector<ByteBuffer>& bufs = chunk_bufs[groups_started % 2];
       std::vector<std::pair<uint32_t, uint32_t>> work;  // (tensor, chunk)
       std::vector<size_t> slot0(spans.size() + 1, 0);    // first buffer of each span
       uint64_t input = 0;
@@ -317,7 +317,7 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
       // that memory stays bounded by two groups however tensors of different sizes alternate.
       // (This set's last write ended when the group before this one started.)
       for (size_t b = 0; b < bufs.size(); ++b)
-        if (b >= slot0.back() || bufs[b].capacity() > 2 * bufs[b].size() + (64u << 10)) std::vector<uint8_t>().swap(bufs[b]);
+        if (b >= slot0.back() || bufs[b].capacity() > 2 * bufs[b].size() + (64u << 10)) bufs[b].release();
       bufs.resize(slot0.back());
       // Largest chunks first, so that the threads finish together.
       std::stable_sort(work.begin(), work.end(), [&](const auto& a, const auto& b) {
@@ -342,7 +342,7 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
           pos += te.model_blob().size();
         }
         for (size_t c = sp.c0; c < sp.c1; ++c) {
-          const std::vector<uint8_t>& b = bufs[slot0[k] + (c - sp.c0)];
+          const ByteBuffer& b = bufs[slot0[k] + (c - sp.c0)];
           pieces.push_back({b.data(), b.size()});
           pos += b.size();
         }

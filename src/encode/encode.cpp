@@ -638,19 +638,66 @@ uint16_t* word_buffer(uint64_t symbols, uint16_t** end) {
   return buf.data();
 }
 
-void write_chunk(std::vector<uint8_t>* out, const uint32_t* states, uint32_t lanes, const std::vector<uint8_t>& raw,
-                 const uint16_t* words, const uint16_t* words_end) {
-  const size_t nwords = static_cast<size_t>(words_end - words);
-  out->resize(lanes * 4 + raw.size() + nwords * 2);
-  uint8_t* o = out->data();
-  std::memcpy(o, states, lanes * 4);
-  if (!raw.empty()) std::memcpy(o + lanes * 4, raw.data(), raw.size());
-  if (nwords) std::memcpy(o + lanes * 4 + raw.size(), words, nwords * 2);
+// A coded chunk is its lanes' final states, the raw bit plane, then the words. The raw plane is
+// packed straight into its place first, its writer's 8-byte overrun landing where the words go.
+constexpr size_t kRawSlack = 8;
+
+uint8_t* start_chunk(ByteBuffer* out, uint32_t lanes, uint64_t raw_bytes, uint64_t nwords) {
+  return out->reset(lanes * 4 + raw_bytes + nwords * 2, kRawSlack) + lanes * 4;
+}
+
+void put_states(ByteBuffer* out, const uint32_t* states, uint32_t lanes) { std::memcpy(out->data(), states, lanes * 4); }
+
+// Raw fields (bits z .. z + rb of each element) packed LSB-first, element i at bit i * rb; writes
+// up to 8 bytes past raw_plane_bytes(n, rb).
+template <typename T>
+void pack_raw_plane(const uint8_t* src, uint64_t n, int z, int rb, bool pext, uint8_t* o) {
+  if (pext) {
+    pack_raw_bits_bmi2(src, n, sizeof(T), z, rb, o);
+    return;
+  }
+  // Fields go through a 64-bit accumulator and leave it 32 bits at a time: read-modify-write
+  // of overlapping bytes would stall on store forwarding.
+  const uint64_t rmask = (uint64_t{1} << rb) - 1;
+  uint64_t acc = 0;
+  int have = 0;
+  auto push = [&](uint64_t v, int bits) {  // bits <= 32, have < 32: never overflows 64 bits
+    acc |= v << have;
+    have += bits;
+    if (have >= 32) {
+      const uint32_t w = static_cast<uint32_t>(acc);
+      std::memcpy(o, &w, 4);
+      o += 4;
+      acc >>= 32;
+      have -= 32;
+    }
+  };
+  auto field = [&](uint64_t i) { return (static_cast<uint64_t>(load<T>(src + i * sizeof(T))) >> z) & rmask; };
+  uint64_t i = 0;
+  if (rb <= 16) {
+    // As many fields as fit in 32 bits go in at once: their shifts are constants, so the
+    // only serial step is one push per group instead of one per element.
+    const int group = 32 / rb;
+    for (; i + static_cast<uint64_t>(group) <= n; i += static_cast<uint64_t>(group)) {
+      uint64_t v = 0;
+      for (int j = 0; j < group; ++j) v |= field(i + static_cast<uint64_t>(j)) << (j * rb);
+      push(v, group * rb);
+    }
+  }
+  for (; i < n; ++i) {
+    const uint64_t v = field(i);
+    if (rb <= 32) {
+      push(v, rb);
+    } else {
+      push(v & 0xFFFFFFFFu, 32);
+      push(v >> 32, rb - 32);
+    }
+  }
+  std::memcpy(o, &acc, 8);
 }
 
 template <typename T>
-void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, uint32_t lanes,
-                        std::vector<uint8_t>* out) {
+void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, uint32_t lanes, ByteBuffer* out) {
   const FloatModel& m = st.fm;
   const int mb = m.man_bits, k = m.hi_bits, rb = m.raw_bits, z = m.zero_bits;
   const int se_prec = m.se.precision, m_prec = m.mant_precision;
@@ -680,74 +727,34 @@ void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, 
   };
   const uint64_t rounds = (n + lanes - 1) / lanes;
   const uint64_t full = n / lanes;
+  const uint64_t raw_bytes = rb > 0 ? raw_plane_bytes(n, rb) : 0;
   if (st.simd && (sizeof(T) == 2 || sizeof(T) == 4) && (lanes == 8 || lanes == 16 || lanes == 32) && full > 0) {
     // The partial last round is coded first (coding runs backwards), then the full rounds by
-    // SIMD, whose words come out in production order and are laid down reversed.
+    // SIMD, whose words come out in production order and are laid down reversed, straight
+    // into the chunk: the chunk's words are those reversed, then the partial round's.
     if (rounds > full) encode_round(full);
+    const uint64_t tail_words = static_cast<uint64_t>(end - enc.p);
     thread_local std::vector<uint16_t> fwd;
     fwd.resize(2 * full * lanes + 32);
     const SimdEncTables t{st.se_pairs.data(), se_prec, st.m_pairs.data(), m_prec, mb, rb + z, static_cast<int>(kmask), k};
     const int64_t nw = encode_float_rounds_avx512(t, src, full, static_cast<int>(lanes), sizeof(T), enc.x, fwd.data());
-    reverse_words_avx512(fwd.data(), static_cast<uint64_t>(nw), enc.p);
-    enc.p -= nw;
+    uint8_t* raw = start_chunk(out, lanes, raw_bytes, static_cast<uint64_t>(nw) + tail_words);
+    if (rb > 0) pack_raw_plane<T>(src, n, z, rb, st.pext, raw);
+    uint8_t* words = raw + raw_bytes;
+    reverse_words_avx512(fwd.data(), static_cast<uint64_t>(nw), words + 2 * static_cast<uint64_t>(nw));
+    if (tail_words) std::memcpy(words + 2 * static_cast<uint64_t>(nw), enc.p, tail_words * 2);
   } else {
     for (uint64_t r = rounds; r-- > 0;) encode_round(r);
+    const uint64_t nwords = static_cast<uint64_t>(end - enc.p);
+    uint8_t* raw = start_chunk(out, lanes, raw_bytes, nwords);
+    if (rb > 0) pack_raw_plane<T>(src, n, z, rb, st.pext, raw);
+    if (nwords) std::memcpy(raw + raw_bytes, enc.p, nwords * 2);
   }
-  thread_local std::vector<uint8_t> raw;  // reused: a fresh plane per chunk costs page faults
-  raw.clear();
-  if (rb > 0) {
-    // Fields go through a 64-bit accumulator and leave it 32 bits at a time: read-modify-write
-    // of overlapping bytes would stall on store forwarding.
-    raw.resize(raw_plane_bytes(n, rb) + 8);
-    if (st.pext) {
-      pack_raw_bits_bmi2(src, n, sizeof(T), z, rb, raw.data());
-      raw.resize(raw_plane_bytes(n, rb));
-      return write_chunk(out, enc.x, lanes, raw, enc.p, end);
-    }
-    const uint64_t rmask = (uint64_t{1} << rb) - 1;
-    uint8_t* o = raw.data();
-    uint64_t acc = 0;
-    int have = 0;
-    auto push = [&](uint64_t v, int bits) {  // bits <= 32, have < 32: never overflows 64 bits
-      acc |= v << have;
-      have += bits;
-      if (have >= 32) {
-        const uint32_t w = static_cast<uint32_t>(acc);
-        std::memcpy(o, &w, 4);
-        o += 4;
-        acc >>= 32;
-        have -= 32;
-      }
-    };
-    auto field = [&](uint64_t i) { return (static_cast<uint64_t>(load<T>(src + i * sizeof(T))) >> z) & rmask; };
-    uint64_t i = 0;
-    if (rb <= 16) {
-      // As many fields as fit in 32 bits go in at once: their shifts are constants, so the
-      // only serial step is one push per group instead of one per element.
-      const int group = 32 / rb;
-      for (; i + static_cast<uint64_t>(group) <= n; i += static_cast<uint64_t>(group)) {
-        uint64_t v = 0;
-        for (int j = 0; j < group; ++j) v |= field(i + static_cast<uint64_t>(j)) << (j * rb);
-        push(v, group * rb);
-      }
-    }
-    for (; i < n; ++i) {
-      const uint64_t v = field(i);
-      if (rb <= 32) {
-        push(v, rb);
-      } else {
-        push(v & 0xFFFFFFFFu, 32);
-        push(v >> 32, rb - 32);
-      }
-    }
-    std::memcpy(o, &acc, 8);
-    raw.resize(raw_plane_bytes(n, rb));
-  }
-  write_chunk(out, enc.x, lanes, raw, enc.p, end);
+  put_states(out, enc.x, lanes);
 }
 
 void encode_bytes_chunk(const EncoderState& st, const uint8_t* src, uint64_t n_units, uint32_t unit,
-                        uint32_t lanes, std::vector<uint8_t>* out) {
+                        uint32_t lanes, ByteBuffer* out) {
   uint16_t* end;
   word_buffer(n_units * unit, &end);
   RansEncoder enc{{}, end};
@@ -759,7 +766,10 @@ void encode_bytes_chunk(const EncoderState& st, const uint8_t* src, uint64_t n_u
       for (uint32_t l = active; l-- > 0;)
         enc.put(l, st.plane_enc[j][src[(r * lanes + l) * unit + j]], st.plane_prec[j]);
   }
-  write_chunk(out, enc.x, lanes, {}, enc.p, end);
+  const uint64_t nwords = static_cast<uint64_t>(end - enc.p);
+  uint8_t* words = start_chunk(out, lanes, 0, nwords);
+  if (nwords) std::memcpy(words, enc.p, nwords * 2);
+  put_states(out, enc.x, lanes);
 }
 
 }  // namespace
@@ -908,13 +918,13 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
   return te;
 }
 
-TensorEncoder::CodedChunk TensorEncoder::encode_chunk(size_t i, std::vector<uint8_t>* out) const {
+TensorEncoder::CodedChunk TensorEncoder::encode_chunk(size_t i, ByteBuffer* out) const {
   const TensorCoding& c = coding_;
   const uint8_t* src = data_ + c.chunk_out_offset(i);
   const uint64_t size = c.chunk_out_size(i);
   const uint32_t unit = c.unit_bytes();
   const uint32_t lanes = 1u << c.lanes_log2;
-  out->clear();
+  out->shrink(0);
   switch (c.codec) {
     case Codec::kFloat:
       switch (unit) {
@@ -930,14 +940,12 @@ TensorEncoder::CodedChunk TensorEncoder::encode_chunk(size_t i, std::vector<uint
       break;
     case Codec::kZstd: {
       if (!zstd_single_.empty()) {
-        *out = zstd_single_;
+        out->assign(zstd_single_.data(), zstd_single_.size());
         break;
       }
-      out->resize(ZSTD_compressBound(size));
-      const size_t r = zstd_compress(out->data(), out->size(), src, size, zstd_level_);
-      if (ZSTD_isError(r)) out->clear();
-      else out->resize(r);
-      if (ZSTD_isError(r)) out->resize(size + 1);  // forces the stored fallback below
+      const size_t cap = ZSTD_compressBound(size);
+      const size_t r = zstd_compress(out->reset(cap), cap, src, size, zstd_level_);
+      out->shrink(ZSTD_isError(r) ? cap : r);  // an error leaves it too large: stored below
       break;
     }
     case Codec::kStore:
@@ -945,7 +953,7 @@ TensorEncoder::CodedChunk TensorEncoder::encode_chunk(size_t i, std::vector<uint
   }
   ChunkMode mode = ChunkMode::kCoded;
   if (c.codec == Codec::kStore || out->size() >= size) {
-    out->assign(src, src + size);
+    out->assign(src, size);
     mode = ChunkMode::kStored;
   }
   return {mode, static_cast<uint32_t>(out->size()), xxh3_32(out->data(), out->size())};
@@ -985,13 +993,13 @@ Result<EncodedTensor> encode_tensor(DType dtype, const uint8_t* data, uint64_t n
   detail::ThreadPool pool(opts.threads);
   auto te = detail::TensorEncoder::plan(dtype, data, nbytes, opts, &pool);
   const size_t n = te.chunk_count();
-  std::vector<std::vector<uint8_t>> chunks(n);
+  std::vector<detail::ByteBuffer> chunks(n);
   std::vector<detail::TensorEncoder::CodedChunk> coded(n);
   pool.parallel_for(n, [&](size_t i) { coded[i] = te.encode_chunk(i, &chunks[i]); });
   EncodedTensor out;
   out.payload.reserve(te.finish(coded));
   out.payload.assign(te.model_blob().begin(), te.model_blob().end());
-  for (const auto& c : chunks) out.payload.insert(out.payload.end(), c.begin(), c.end());
+  for (const auto& c : chunks) out.payload.insert(out.payload.end(), c.data(), c.data() + c.size());
   out.coding = te.coding();
   return out;
 }

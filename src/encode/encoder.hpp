@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "bigsmall/codec.hpp"
+#include "common/bytes.hpp"
 
 namespace bigsmall::detail {
 
@@ -39,7 +40,7 @@ class TensorEncoder {
     uint32_t checksum = 0;
   };
   // Codes chunk i into *out (replacing its contents); chunks that would grow are stored.
-  CodedChunk encode_chunk(size_t i, std::vector<uint8_t>* out) const;
+  CodedChunk encode_chunk(size_t i, ByteBuffer* out) const;
   // Fills coding().chunks from every chunk's CodedChunk and returns the payload size:
   // model_blob() followed by the chunks in order, which the caller writes out.
   uint64_t finish(const std::vector<CodedChunk>& coded);

@@ -51,6 +51,6 @@ inline double sum16(const double* p) {
 double twin_xlogx_avx512(const uint32_t* bins, uint32_t sign_bit, const double* table);
 
 // dst_end[-1 - i] = src[i] for i < n: the SIMD encoder's words, laid down in reading order.
-void reverse_words_avx512(const uint16_t* src, uint64_t n, uint16_t* dst_end);
+void reverse_words_avx512(const uint16_t* src, uint64_t n, uint8_t* dst_end);
 
 }  // namespace bigsmall::detail

@@ -174,13 +174,13 @@ BS_BMI2 uint64_t pack_raw_bits_bmi2(const uint8_t* src, uint64_t n, int elem_byt
   return static_cast<uint64_t>(o - out) * 8 + static_cast<uint64_t>(have);
 }
 
-BS_AVX512 void reverse_words_avx512(const uint16_t* src, uint64_t n, uint16_t* dst_end) {
+BS_AVX512 void reverse_words_avx512(const uint16_t* src, uint64_t n, uint8_t* dst_end) {
   const __m512i rev = _mm512_set_epi16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
                                        22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
   uint64_t i = 0;
   for (; i + 32 <= n; i += 32)
-    _mm512_storeu_si512(dst_end - i - 32, _mm512_permutexvar_epi16(rev, _mm512_loadu_si512(src + i)));
-  for (; i < n; ++i) dst_end[-1 - static_cast<int64_t>(i)] = src[i];
+    _mm512_storeu_si512(dst_end - 2 * (i + 32), _mm512_permutexvar_epi16(rev, _mm512_loadu_si512(src + i)));
+  for (; i < n; ++i) std::memcpy(dst_end - 2 * (i + 1), src + i, 2);  // dst may be at an odd address
 }
 
 BS_AVX512 double twin_xlogx_avx512(const uint32_t* bins, uint32_t sign_bit, const double* table) {
@@ -217,7 +217,7 @@ BS_AVX512 double twin_xlogx_avx512(const uint32_t* bins, uint32_t sign_bit, cons
 #else
 double twin_xlogx_avx512(const uint32_t*, uint32_t, const double*) { return 0; }
 uint64_t pack_raw_bits_bmi2(const uint8_t*, uint64_t, int, int, int, uint8_t*) { return 0; }
-void reverse_words_avx512(const uint16_t*, uint64_t, uint16_t*) {}
+void reverse_words_avx512(const uint16_t*, uint64_t, uint8_t*) {}
 int64_t encode_float_rounds_avx512(const SimdEncTables&, const uint8_t*, uint64_t, int, int, uint32_t*, uint16_t*) {
   return -1;
 }
