@@ -46,10 +46,14 @@ def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
                 f.read_into_device(idx, ptrs, torch.cuda.current_stream(dev).cuda_stream, verify)
         return outs
     outs = list(into) if into is not None else [_empty(t) for t in infos]
-    idx = [i for i, t in zip(which, outs) if t.numel() > 0]
-    bufs = [_byte_view(t) for t in outs if t.numel() > 0]
-    if idx:
-        f.read_into(idx, bufs, threads, verify)
+    if into is not None and not all(t.device.type == "cpu" and t.is_contiguous() for t in outs):
+        raise InvalidArgumentError("decoding needs contiguous CPU tensors")
+    # By address: every tensor here is a contiguous CPU tensor this package allocated (or the
+    # model parameter StreamingLoader checked), alive for the call; the core checks each size.
+    live = [(i, t) for i, t in zip(which, outs) if t.numel() > 0]
+    if live:
+        f.read_into_addresses([i for i, _ in live], [t.data_ptr() for _, t in live],
+                              [t.numel() * t.element_size() for _, t in live], threads, verify)
     if dev.type != "cpu":
         outs = [t.to(dev, non_blocking=False) for t in outs]
     return outs

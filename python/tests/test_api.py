@@ -144,6 +144,26 @@ def test_torch_and_numpy_save_load(tmp_path):
     assert all(np.array_equal(nb[k], arrays[k]) and nb[k].dtype == arrays[k].dtype for k in arrays)
 
 
+def test_decoding_by_address_checks_sizes_and_buffers(tmp_path):
+    w = torch.randn(64, 33, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    bt.save_file({"w": w}, tmp_path / "a.bs")
+    f = bigsmall._core.File.open(str(tmp_path / "a.bs"))
+    out = torch.empty_like(w)
+    with pytest.raises(bigsmall.InvalidArgumentError, match="has 4222 bytes, tensor has 4224"):
+        f.read_into_addresses([0], [out.data_ptr()], [out.numel() * 2 - 2])
+    with pytest.raises(bigsmall.InvalidArgumentError, match="null buffer"):
+        f.read_into_addresses([0], [0], [out.numel() * 2])
+    with pytest.raises(bigsmall.InvalidArgumentError, match="one address and size per tensor"):
+        f.read_into_addresses([0], [out.data_ptr()], [])
+    with pytest.raises(bigsmall.NotFoundError):
+        f.read_into_addresses([1], [out.data_ptr()], [out.numel() * 2])
+    f.read_into_addresses([0], [out.data_ptr()], [out.numel() * 2])
+    assert torch.equal(out.view(torch.uint8), w.view(torch.uint8))
+    # A tensor to decode into must be contiguous, on the CPU.
+    with pytest.raises(bigsmall.InvalidArgumentError, match="contiguous CPU"):
+        bt._decode(f, [0], [None], "cpu", into=[torch.empty(33, 64, dtype=torch.bfloat16).t()])
+
+
 def test_errors_are_bigsmall_exceptions(models, tmp_path):
     _, comp = models["f32"]
     data = bytearray(open(os.path.join(comp, "model.bs"), "rb").read())
