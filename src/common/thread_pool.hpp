@@ -34,6 +34,10 @@ class ThreadPool {
   size_t job_n_ = 0;
   std::atomic<size_t> next_{0};
   size_t generation_ = 0;
+  // Mirrors of generation_ and of started_ - finished_, written under mu_, read without it by
+  // the short spins that precede each wait (see spin_until).
+  std::atomic<size_t> generation_seen_{0};
+  std::atomic<int> running_{0};
   // Workers that joined the current job and have not finished it. A worker that wakes after the
   // caller has handed out every item does not join: on a busy machine a wake-up can take longer
   // than a small job, and the caller must not wait for it.

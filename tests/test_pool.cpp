@@ -1,0 +1,63 @@
+// The thread pool under short jobs in quick succession (its workers spin between jobs before
+// they block): every item runs exactly once, exceptions reach the caller, and a pool can be
+// destroyed at any point between jobs.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "common/thread_pool.hpp"
+
+using bigsmall::detail::ThreadPool;
+
+TEST(ThreadPool, EveryItemRunsOnceAcrossManyShortJobs) {
+  for (int threads : {1, 2, 3, 8}) {
+    ThreadPool pool(threads);
+    for (size_t n : {size_t{0}, size_t{1}, size_t{2}, size_t{7}, size_t{64}, size_t{1000}}) {
+      for (int rep = 0; rep < 50; ++rep) {
+        std::vector<std::atomic<int>> hits(n);
+        pool.parallel_for(n, [&](size_t i) { hits[i].fetch_add(1); });
+        for (size_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << threads << " threads, n " << n << ", item " << i;
+      }
+    }
+  }
+}
+
+TEST(ThreadPool, JobsAfterAPauseStillRunOnEveryItem) {
+  // A pause longer than the workers' spin: they block, and the next job must wake them.
+  ThreadPool pool(3);
+  for (int rep = 0; rep < 5; ++rep) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    std::atomic<int> sum{0};
+    pool.parallel_for(100, [&](size_t i) { sum.fetch_add(static_cast<int>(i)); });
+    EXPECT_EQ(sum.load(), 4950);
+  }
+}
+
+TEST(ThreadPool, AnItemsExceptionReachesTheCallerAfterTheJob) {
+  ThreadPool pool(2);
+  std::atomic<int> ran{0};
+  EXPECT_THROW(pool.parallel_for(100,
+                                 [&](size_t i) {
+                                   ran.fetch_add(1);
+                                   if (i == 37) throw std::runtime_error("item 37");
+                                 }),
+               std::runtime_error);
+  EXPECT_EQ(ran.load(), 100);  // the rest of the job still ran
+  std::atomic<int> again{0};
+  pool.parallel_for(10, [&](size_t) { again.fetch_add(1); });
+  EXPECT_EQ(again.load(), 10);
+}
+
+TEST(ThreadPool, PoolsComeAndGoQuickly) {
+  // As every compress and decode call does: a pool, a job or two, then its end.
+  for (int rep = 0; rep < 200; ++rep) {
+    ThreadPool pool(2);
+    std::atomic<int> n{0};
+    if (rep % 3) pool.parallel_for(16, [&](size_t) { n.fetch_add(1); });
+    EXPECT_EQ(n.load(), rep % 3 ? 16 : 0);
+  }
+}
