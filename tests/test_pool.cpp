@@ -3,6 +3,7 @@
 // destroyed at any point between jobs.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <stdexcept>
@@ -60,4 +61,21 @@ TEST(ThreadPool, PoolsComeAndGoQuickly) {
     if (rep % 3) pool.parallel_for(16, [&](size_t) { n.fetch_add(1); });
     EXPECT_EQ(n.load(), rep % 3 ? 16 : 0);
   }
+}
+
+TEST(ThreadPool, DefaultThreadCountFollowsTheWork) {
+  using bigsmall::detail::default_thread_count;
+  using bigsmall::detail::threads_for;
+  const uint64_t per = 1000;
+  // The default starts no more threads than items, nor than the bytes justify.
+  EXPECT_EQ(threads_for(0, 1, 1u << 30, per), 1);
+  EXPECT_EQ(threads_for(0, 1000, 10, per), 1);
+  EXPECT_EQ(threads_for(0, 1000, 0, per), 1);
+  EXPECT_EQ(threads_for(0, 1000, 2 * per, per), std::min(2, default_thread_count()));
+  EXPECT_EQ(threads_for(0, 1u << 20, uint64_t{1} << 40, per), default_thread_count());
+  // An explicit count is honoured up to one thread per item, whatever the size.
+  EXPECT_EQ(threads_for(5, 100, 10, per), 5);
+  EXPECT_EQ(threads_for(5, 3, uint64_t{1} << 40, per), 3);
+  EXPECT_EQ(threads_for(5, 0, 0, per), 1);
+  EXPECT_EQ(threads_for(1, 100, uint64_t{1} << 40, per), 1);
 }

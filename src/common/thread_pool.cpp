@@ -1,5 +1,6 @@
 #include "common/thread_pool.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -31,6 +32,12 @@ void spin_until(Done done) {
 int default_thread_count() {
   const unsigned n = std::thread::hardware_concurrency();
   return n == 0 ? 1 : static_cast<int>(n);
+}
+
+int threads_for(int requested, uint64_t items, uint64_t bytes, uint64_t min_bytes_per_thread) {
+  const uint64_t useful = requested > 0 ? items : std::min(items, bytes / std::max<uint64_t>(1, min_bytes_per_thread));
+  const uint64_t wanted = requested > 0 ? static_cast<uint64_t>(requested) : static_cast<uint64_t>(default_thread_count());
+  return static_cast<int>(std::max<uint64_t>(1, std::min(wanted, useful)));
 }
 
 ThreadPool::ThreadPool(int threads) {

@@ -2,6 +2,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <mutex>
@@ -49,5 +50,17 @@ class ThreadPool {
 };
 
 int default_thread_count();
+
+// Threads for a job of `items` independent pieces and `bytes` of data. An explicit request
+// (> 0) is honoured up to one thread per item; the default (<= 0, "all cores") starts no more
+// threads than the job can use: starting and waking one costs tens of microseconds, and a
+// library called once per small tensor (safe_open's get_tensor) on a machine of many cores would
+// otherwise spend far more time starting threads than decoding.
+int threads_for(int requested, uint64_t items, uint64_t bytes, uint64_t min_bytes_per_thread);
+
+// Bytes of output that make a decode thread worth starting (~0.2 ms of work), and of input that
+// make a compression thread worth it.
+constexpr uint64_t kDecodeBytesPerThread = 256 << 10;
+constexpr uint64_t kEncodeBytesPerThread = 64 << 10;
 
 }  // namespace bigsmall::detail

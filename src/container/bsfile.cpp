@@ -232,7 +232,10 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
   BS_ASSIGN_OR_RETURN(OutputFile out, OutputFile::create(dst, opts.overwrite));
   const std::vector<uint8_t> placeholder(kHeaderSize, 0);
   BS_RETURN_IF_ERROR(out.write(placeholder.data(), placeholder.size()));
-  ThreadPool pool(opts.threads);
+  uint64_t input_bytes = 0;
+  for (const auto& s : sources) input_bytes += s.nbytes;
+  ThreadPool pool(threads_for(opts.threads, std::max<uint64_t>(1, sources.size() + input_bytes / kEncodeBytesPerThread),
+                              input_bytes, kEncodeBytesPerThread));
   EncodeOptions eo;
   eo.zstd_level = opts.zstd_level;
   uint64_t total = 0, done = 0;
@@ -586,10 +589,26 @@ Status read_many(const BsFile::Impl& im, const std::vector<size_t>& which, const
   }
   return detail::decode_tensors_on(jobs, verify, pool).with_context(im.file.path());
 }
+
+// Threads worth starting to decode tensors `which` (every tensor if empty).
+int decode_threads(const BsFile::Impl& im, const std::vector<size_t>& which, int requested) {
+  uint64_t chunks = 0, bytes = 0;
+  auto add = [&](size_t i) {
+    if (i >= im.entries.size()) return;
+    chunks += im.entries[i].coding.chunks.size();
+    bytes += im.entries[i].coding.nbytes;
+  };
+  if (which.empty()) {
+    for (size_t i = 0; i < im.entries.size(); ++i) add(i);
+  } else {
+    for (size_t i : which) add(i);
+  }
+  return detail::threads_for(requested, chunks, bytes, detail::kDecodeBytesPerThread);
+}
 }  // namespace
 
 Status BsFile::read_tensor(size_t i, uint8_t* out, uint64_t out_size, const DecodeOptions& opts) const {
-  detail::ThreadPool pool(opts.threads);
+  detail::ThreadPool pool(decode_threads(*impl_, {i}, opts.threads));
   return read_many(*impl_, {i}, {out}, {out_size}, opts.verify, pool);
 }
 
@@ -599,7 +618,8 @@ Status BsFile::read_tensors(const std::vector<size_t>& which, const std::vector<
   std::vector<uint64_t> sizes;
   for (size_t k = 0; k < which.size(); ++k)
     sizes.push_back(which[k] < impl_->infos.size() ? impl_->infos[which[k]].nbytes : 0);
-  detail::ThreadPool pool(opts.threads);
+  if (which.empty()) return Status::ok();
+  detail::ThreadPool pool(decode_threads(*impl_, which, opts.threads));
   return read_many(*impl_, which, outs, sizes, opts.verify, pool);
 }
 
@@ -633,7 +653,7 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
   std::memcpy(map, &hlen, 8);
   std::memcpy(map + 8, im.st_header.data(), hlen);
   for (const auto& f : im.fillers) std::memcpy(map + im.data_start + f.begin, f.bytes.data(), f.bytes.size());
-  detail::ThreadPool pool(opts.threads);
+  detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
   uint64_t total = 0, done = 0;
   for (const auto& t : im.infos) total += t.nbytes;
   if (opts.progress) opts.progress(0, total);
@@ -784,7 +804,7 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
 
 Status BsFile::verify(const DecompressOptions& opts) const {
   const Impl& im = *impl_;
-  detail::ThreadPool pool(opts.threads);
+  detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
   Scratch scratch;
   uint64_t scratch_size = 0;
   uint64_t total = 0, done = 0;

@@ -990,7 +990,8 @@ Result<EncodedTensor> encode_tensor(DType dtype, const uint8_t* data, uint64_t n
   if (nbytes % (dtype_info(dtype).bits >= 8 ? dtype_info(dtype).bits / 8 : 1) != 0)
     return Status(Error::kInvalidArgument, "tensor size is not a whole number of elements");
   if (nbytes > 0 && data == nullptr) return Status(Error::kInvalidArgument, "null data");
-  detail::ThreadPool pool(opts.threads);
+  detail::ThreadPool pool(detail::threads_for(opts.threads, 1 + nbytes / detail::kEncodeBytesPerThread, nbytes,
+                                              detail::kEncodeBytesPerThread));
   auto te = detail::TensorEncoder::plan(dtype, data, nbytes, opts, &pool);
   const size_t n = te.chunk_count();
   std::vector<detail::ByteBuffer> chunks(n);
