@@ -55,7 +55,7 @@ struct EncodedTensor {
 };
 
 struct EncodeOptions {
-  int threads = 0;            // <= 0: all cores
+  int threads = 0;            // <= 0: all cores, as many as the work can use; N: at most N
   int zstd_level = 9;         // for tensors routed to zstd (19: smaller, several times slower)
   bool allow_zstd = true;
 };

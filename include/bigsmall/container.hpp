@@ -20,7 +20,7 @@ constexpr uint16_t kFormatVersionMinor = 0;
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
 
 struct CompressOptions {
-  int threads = 0;  // <= 0: all cores
+  int threads = 0;  // <= 0: all cores, as many as the work can use; N: at most N
   bool overwrite = false;
   bool sync = true;  // fsync before the output is renamed into place
   int zstd_level = 9;  // for tensors with repeated structure; 19 (--best) is smaller and slower
