@@ -66,7 +66,7 @@ const char* kUsage =
     "options:\n"
     "  -o PATH     output path (one input only)\n"
     "  -f          overwrite existing outputs\n"
-    "  -T N, -TN   threads (default: all cores, as many as the work can use)\n"
+    "  -T N, -TN   threads, at most one per chunk (default: all cores, as many as the work can use)\n"
     "  -q          quiet: errors only\n"
     "  -v          verbose: after compress/decompress, one line per tensor (codec, ratio, bits/weight)\n"
     "  --json      machine-readable output on stdout\n"

@@ -511,6 +511,64 @@ std::vector<Owned> same_kind_tensors() {
 }
 }  // namespace
 
+namespace {
+// Every tensor of f read at once with each thread count must equal the originals.
+void expect_all_decode(const BsFile& f, const std::vector<Owned>& ts, std::initializer_list<int> thread_counts) {
+  std::vector<size_t> all(ts.size());
+  std::vector<std::vector<uint8_t>> bufs(ts.size());
+  std::vector<uint8_t*> outs(ts.size());
+  for (size_t i = 0; i < ts.size(); ++i) {
+    all[i] = i;
+    bufs[i].assign(ts[i].bytes.size(), 0x5A);
+    outs[i] = bufs[i].data();
+  }
+  for (int threads : thread_counts) {
+    DecodeOptions o;
+    o.threads = threads;
+    ASSERT_TRUE(f.read_tensors(all, outs, o).is_ok());
+    for (size_t i = 0; i < ts.size(); ++i) EXPECT_EQ(bufs[i], ts[i].bytes) << ts[i].name << " threads " << threads;
+  }
+}
+
+// A bit flipped in the first chunk of a random float tensor of d/m.bs is reported for that
+// tensor (as kCorrupt), and reading without checksums stays in bounds.
+void expect_damage_named(const TempDir& d, const BsFile& f, const std::vector<Owned>& ts, int threads, int trials,
+                         uint32_t seed) {
+  std::vector<size_t> all(ts.size());
+  std::vector<std::vector<uint8_t>> bufs(ts.size());
+  std::vector<uint8_t*> outs(ts.size());
+  for (size_t i = 0; i < ts.size(); ++i) {
+    all[i] = i;
+    bufs[i].resize(ts[i].bytes.size());
+    outs[i] = bufs[i].data();
+  }
+  const auto good = read_file(d / "m.bs");
+  const uint8_t* first_payload = f.payload(0);
+  for (size_t i = 0; i < ts.size(); ++i) first_payload = std::min(first_payload, f.payload(i));
+  std::mt19937 rng(seed);
+  for (int trial = 0; trial < trials; ++trial) {
+    const size_t victim = rng() % ts.size();
+    const TensorCoding& c = f.coding(victim);
+    if (c.codec != Codec::kFloat) continue;
+    auto bytes = good;
+    // The first payload in the file starts at offset 64 (doc/FORMAT.md).
+    const uint64_t at = static_cast<uint64_t>(f.payload(victim) - first_payload) + 64 + c.chunks[0].offset +
+                        rng() % (c.chunks[0].size);
+    bytes[at] ^= static_cast<uint8_t>(1u << (rng() % 8));
+    write_file(d / "bad.bs", bytes);
+    auto bad = BsFile::open(d / "bad.bs");
+    ASSERT_TRUE(bad.is_ok());
+    DecodeOptions o;
+    o.threads = threads;
+    const Status st = bad->read_tensors(all, outs, o);
+    EXPECT_EQ(st.code(), Error::kCorrupt);
+    EXPECT_NE(st.message().find("'" + ts[victim].name + "'"), std::string::npos) << st.message();
+    o.verify = false;
+    (void)bad->read_tensors(all, outs, o);
+  }
+}
+}  // namespace
+
 TEST(Container, ChunksDecodedSideBySideMatchTheOriginals) {
   TempDir d;
   const auto ts = same_kind_tensors();
@@ -534,47 +592,27 @@ TEST(Container, ChunksDecodedSideBySideMatchTheOriginals) {
     }
     EXPECT_TRUE(few && wide && single) << "test data no longer reaches every group size: adjust it";
   }
-  std::vector<size_t> all(ts.size());
-  std::vector<std::vector<uint8_t>> bufs(ts.size());
-  std::vector<uint8_t*> outs(ts.size());
-  for (size_t i = 0; i < ts.size(); ++i) {
-    all[i] = i;
-    bufs[i].assign(ts[i].bytes.size(), 0x5A);
-    outs[i] = bufs[i].data();
-  }
-  for (int threads : {1, 2, 3}) {
-    DecodeOptions o;
-    o.threads = threads;
-    ASSERT_TRUE(f->read_tensors(all, outs, o).is_ok());
-    for (size_t i = 0; i < ts.size(); ++i) EXPECT_EQ(bufs[i], ts[i].bytes) << ts[i].name << " threads " << threads;
-  }
+  expect_all_decode(*f, ts, {1, 2, 3});
   EXPECT_TRUE(verify_path(d / "m.bs").is_ok());
   // Damage in one member of a group is reported for that tensor, and never read out of bounds
   // when checksums are off.
-  const auto good = read_file(d / "m.bs");
-  const uint8_t* first_payload = f->payload(0);
-  for (size_t i = 0; i < ts.size(); ++i) first_payload = std::min(first_payload, f->payload(i));
-  std::mt19937 rng(7);
-  for (int trial = 0; trial < 40; ++trial) {
-    const size_t victim = rng() % ts.size();
-    const TensorCoding& c = f->coding(victim);
-    if (c.codec != Codec::kFloat) continue;
-    auto bytes = good;
-    // The first payload in the file starts at offset 64 (doc/FORMAT.md).
-    const uint64_t at = static_cast<uint64_t>(f->payload(victim) - first_payload) + 64 + c.chunks[0].offset +
-                        rng() % (c.chunks[0].size);
-    bytes[at] ^= static_cast<uint8_t>(1u << (rng() % 8));
-    write_file(d / "bad.bs", bytes);
-    auto bad = BsFile::open(d / "bad.bs");
-    ASSERT_TRUE(bad.is_ok());
-    DecodeOptions o;
-    o.threads = 1;
-    const Status st = bad->read_tensors(all, outs, o);
-    EXPECT_EQ(st.code(), Error::kCorrupt);
-    EXPECT_NE(st.message().find(ts[victim].name), std::string::npos) << st.message();
-    o.verify = false;
-    (void)bad->read_tensors(all, outs, o);
-  }
+  expect_damage_named(d, *f, ts, 1, 40, 7);
+}
+
+TEST(Container, FewLaneChunksTooLargeForGroupsOfFourDecodeInPairs) {
+  // 49 one-chunk tensors of 8 lanes (as stories260k's): at 4 and 8 threads a group of four of
+  // them exceeds a quarter of a thread's share, so they decode in pairs.
+  TempDir d;
+  std::vector<Owned> ts;
+  for (uint32_t k = 0; k < 49; ++k)
+    ts.push_back({"layer." + std::to_string(k), DType::kBF16, {11008}, bstest::weights(DType::kBF16, 11008, 300 + k, false)});
+  auto f = compressed(d, ts);
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  ASSERT_EQ(f->coding(0).lanes_log2, 3);
+  ASSERT_EQ(f->coding(0).chunks.size(), 1u);
+  expect_all_decode(*f, ts, {3, 4, 8});
+  // A damaged member of a pair is reported for its own tensor.
+  expect_damage_named(d, *f, ts, 4, 20, 9);
 }
 
 namespace {

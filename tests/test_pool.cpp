@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -13,6 +15,17 @@
 #include "common/thread_pool.hpp"
 
 using bigsmall::detail::ThreadPool;
+
+// The suite's files are small: with the default thread count sized by their bytes they would
+// decode on one thread, and the multi-threaded paths (errors raised on workers, chunk groups,
+// checksums taken out of order) would go untested, under the sanitizers too. Tests get all
+// cores by default; DefaultThreadCountFollowsTheWork checks the rule itself.
+namespace {
+const bool kAllCoresInTests = [] {
+  bigsmall::detail::set_threads_by_size_for_testing(false);
+  return true;
+}();
+}  // namespace
 
 TEST(ThreadPool, EveryItemRunsOnceAcrossManyShortJobs) {
   for (int threads : {1, 2, 3, 8}) {
@@ -35,6 +48,29 @@ TEST(ThreadPool, JobsAfterAPauseStillRunOnEveryItem) {
     std::atomic<int> sum{0};
     pool.parallel_for(100, [&](size_t i) { sum.fetch_add(static_cast<int>(i)); });
     EXPECT_EQ(sum.load(), 4950);
+  }
+}
+
+TEST(ThreadPool, WorkersJoinAndTheCallerWaitsForThem) {
+  // Items long enough for a worker to wake (it must be woken, or the caller runs them all) and
+  // for a caller that returned early to be seen with items still running.
+  ThreadPool pool(2);
+  for (int rep = 0; rep < 2; ++rep) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // past the spin: workers block
+    std::mutex mu;
+    std::set<std::thread::id> ids;
+    std::atomic<int> in_flight{0};
+    pool.parallel_for(200, [&](size_t) {
+      in_flight.fetch_add(1);
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        ids.insert(std::this_thread::get_id());
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+      in_flight.fetch_sub(1);
+    });
+    EXPECT_EQ(in_flight.load(), 0) << "parallel_for returned while items still ran";
+    EXPECT_EQ(ids.size(), 2u) << "the worker never joined the job";
   }
 }
 
@@ -66,6 +102,10 @@ TEST(ThreadPool, PoolsComeAndGoQuickly) {
 TEST(ThreadPool, DefaultThreadCountFollowsTheWork) {
   using bigsmall::detail::default_thread_count;
   using bigsmall::detail::threads_for;
+  struct Rule {  // the rule itself, for this test only (see kAllCoresInTests)
+    Rule() { bigsmall::detail::set_threads_by_size_for_testing(true); }
+    ~Rule() { bigsmall::detail::set_threads_by_size_for_testing(false); }
+  } rule;
   const uint64_t per = 1000;
   // The default starts no more threads than items, nor than the bytes justify.
   EXPECT_EQ(threads_for(0, 1, 1u << 30, per), 1);

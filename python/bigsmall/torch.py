@@ -52,7 +52,7 @@ def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
     # model parameter StreamingLoader checked), alive for the call; the core checks each size.
     live = [(i, t) for i, t in zip(which, outs) if t.numel() > 0]
     if live:
-        f.read_into_addresses([i for i, _ in live], [t.data_ptr() for _, t in live],
+        f._read_into_addresses([i for i, _ in live], [t.data_ptr() for _, t in live],
                               [t.numel() * t.element_size() for _, t in live], threads, verify)
     if dev.type != "cpu":
         outs = [t.to(dev, non_blocking=False) for t in outs]

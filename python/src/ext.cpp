@@ -280,11 +280,12 @@ NB_MODULE(_core, m) {
             read_released(p.f, which, ptrs, threads, verify);
           },
           nb::arg("which"), nb::arg("outs").noconvert(), nb::arg("threads") = 0, nb::arg("verify") = true)
-      // For the package's own callers: host buffers given by address and size (tensor.data_ptr()
-      // of contiguous tensors it holds), which must stay alive and writable for the call. A numpy
-      // view per tensor cost ~5 us, a quarter of load_file's time on files of small tensors.
+      // Internal and unsafe (any address given is written to): for the package's own callers,
+      // host buffers given by address and size (tensor.data_ptr() of contiguous tensors it
+      // holds), which must stay alive and writable for the call. A numpy view per tensor cost
+      // ~5 us, a quarter of load_file's time on files of small tensors.
       .def(
-          "read_into_addresses",
+          "_read_into_addresses",
           [](const PyFile& p, std::vector<size_t> which, std::vector<uint64_t> addresses, std::vector<uint64_t> sizes,
              int threads, bool verify) {
             if (which.size() != addresses.size() || which.size() != sizes.size())

@@ -150,14 +150,14 @@ def test_decoding_by_address_checks_sizes_and_buffers(tmp_path):
     f = bigsmall._core.File.open(str(tmp_path / "a.bs"))
     out = torch.empty_like(w)
     with pytest.raises(bigsmall.InvalidArgumentError, match="has 4222 bytes, tensor has 4224"):
-        f.read_into_addresses([0], [out.data_ptr()], [out.numel() * 2 - 2])
+        f._read_into_addresses([0], [out.data_ptr()], [out.numel() * 2 - 2])
     with pytest.raises(bigsmall.InvalidArgumentError, match="null buffer"):
-        f.read_into_addresses([0], [0], [out.numel() * 2])
+        f._read_into_addresses([0], [0], [out.numel() * 2])
     with pytest.raises(bigsmall.InvalidArgumentError, match="one address and size per tensor"):
-        f.read_into_addresses([0], [out.data_ptr()], [])
+        f._read_into_addresses([0], [out.data_ptr()], [])
     with pytest.raises(bigsmall.NotFoundError):
-        f.read_into_addresses([1], [out.data_ptr()], [out.numel() * 2])
-    f.read_into_addresses([0], [out.data_ptr()], [out.numel() * 2])
+        f._read_into_addresses([1], [out.data_ptr()], [out.numel() * 2])
+    f._read_into_addresses([0], [out.data_ptr()], [out.numel() * 2])
     assert torch.equal(out.view(torch.uint8), w.view(torch.uint8))
     # A tensor to decode into must be contiguous, on the CPU.
     with pytest.raises(bigsmall.InvalidArgumentError, match="contiguous CPU"):

@@ -75,7 +75,11 @@ class ByteBuffer {
   // Size n with room for n + slack bytes; the contents are not kept.
   uint8_t* reset(size_t n, size_t slack = 0) {
     if (n + slack > cap_) {
+#if defined(__SANITIZE_ADDRESS__)
+      cap_ = n + slack;  // exact, so that AddressSanitizer sees a write past the slack
+#else
       cap_ = n + slack + (n + slack) / 8;  // chunks of one slot vary a little in size
+#endif
       p_ = std::make_unique_for_overwrite<uint8_t[]>(cap_);
     }
     size_ = n;

@@ -27,6 +27,8 @@ void spin_until(Done done) {
   }
 }
 
+std::atomic<bool> threads_by_size{true};
+
 }  // namespace
 
 int default_thread_count() {
@@ -34,7 +36,10 @@ int default_thread_count() {
   return n == 0 ? 1 : static_cast<int>(n);
 }
 
+void set_threads_by_size_for_testing(bool by_size) { threads_by_size.store(by_size, std::memory_order_relaxed); }
+
 int threads_for(int requested, uint64_t items, uint64_t bytes, uint64_t min_bytes_per_thread) {
+  if (!threads_by_size.load(std::memory_order_relaxed)) min_bytes_per_thread = 1;
   const uint64_t useful = requested > 0 ? items : std::min(items, bytes / std::max<uint64_t>(1, min_bytes_per_thread));
   const uint64_t wanted = requested > 0 ? static_cast<uint64_t>(requested) : static_cast<uint64_t>(default_thread_count());
   return static_cast<int>(std::max<uint64_t>(1, std::min(wanted, useful)));
@@ -42,6 +47,7 @@ int threads_for(int requested, uint64_t items, uint64_t bytes, uint64_t min_byte
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = default_thread_count();
+  spin_ = threads <= default_thread_count();
   for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
@@ -69,7 +75,7 @@ void ThreadPool::run_items() {
 void ThreadPool::worker_loop() {
   size_t seen = 0;
   for (;;) {
-    spin_until([&] { return generation_seen_.load(std::memory_order_acquire) != seen; });
+    if (spin_) spin_until([&] { return generation_seen_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lk(mu_);
       cv_work_.wait(lk, [&] { return stop_ || generation_ != seen; });
@@ -110,7 +116,7 @@ void ThreadPool::parallel_for(size_t n, const std::function<void(size_t)>& fn) {
   run_items();
   std::unique_lock<std::mutex> lk(mu_);
   accepting_ = false;
-  if (finished_ != started_) {
+  if (spin_ && finished_ != started_) {
     lk.unlock();
     spin_until([&] { return running_.load(std::memory_order_acquire) == 0; });
     lk.lock();

@@ -33,12 +33,13 @@ class ThreadPool {
   std::condition_variable cv_work_, cv_done_;
   const std::function<void(size_t)>* job_ = nullptr;
   size_t job_n_ = 0;
-  std::atomic<size_t> next_{0};
+  alignas(64) std::atomic<size_t> next_{0};  // taken by every item: a line of its own
   size_t generation_ = 0;
   // Mirrors of generation_ and of started_ - finished_, written under mu_, read without it by
   // the short spins that precede each wait (see spin_until).
-  std::atomic<size_t> generation_seen_{0};
+  alignas(64) std::atomic<size_t> generation_seen_{0};
   std::atomic<int> running_{0};
+  bool spin_ = false;  // only when every thread has a core: spinning on a shared one slows the rest
   // Workers that joined the current job and have not finished it. A worker that wakes after the
   // caller has handed out every item does not join: on a busy machine a wake-up can take longer
   // than a small job, and the caller must not wait for it.
@@ -57,6 +58,10 @@ int default_thread_count();
 // library called once per small tensor (safe_open's get_tensor) on a machine of many cores would
 // otherwise spend far more time starting threads than decoding.
 int threads_for(int requested, uint64_t items, uint64_t bytes, uint64_t min_bytes_per_thread);
+
+// Tests only: false makes the default "all cores, up to one per item" whatever the bytes, so that
+// a suite of small files still runs its multi-threaded paths; true restores the rule.
+void set_threads_by_size_for_testing(bool by_size);
 
 // Bytes of output that make a decode thread worth starting (~0.2 ms of work), and of input that
 // make a compression thread worth it.
