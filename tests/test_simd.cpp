@@ -164,6 +164,12 @@ TEST(SimdEncoder, ManyContextsMatchScalarByteForByte) {
 }
 
 TEST(SimdFused, EveryLayoutAtFewLanesMatchesTheReference) {
+  // Small tensors take the 256-row layout when per-symbol rows would outnumber their weights;
+  // here every layout must be reached at few lanes, so that rule is off.
+  struct AllLayouts {
+    AllLayouts() { detail::set_compact_rows_for_testing(false); }
+    ~AllLayouts() { detail::set_compact_rows_for_testing(true); }
+  } all_layouts;
   struct Want {
     int lanes, mode;
   };
@@ -212,6 +218,35 @@ TEST(SimdFused, EveryLayoutAtFewLanesMatchesTheReference) {
     }
     EXPECT_TRUE(reached) << "no test tensor reaches this layout: adjust the generator";
     EXPECT_TRUE(rows_past_192) << "no test tensor has more than 192 rows: adjust the generator";
+  }
+}
+
+TEST(SimdFused, SmallTensorsOfManySymbolsTakeTheCompactLayout) {
+  // An F16 tensor of 5,000 weights has 24 sign+exponent symbols with 256-slot mantissa rows:
+  // per-symbol rows (kSeInMant) would hold 6,144 entries, more than its weights, so it decodes
+  // through the 256-row layout; one of 100,000 weights keeps kSeInMant. Both layouts must
+  // give the same bytes.
+  for (uint64_t n : {uint64_t{5000}, uint64_t{100000}}) {
+    SCOPED_TRACE("n=" + std::to_string(n));
+    const auto data = bstest::weights(DType::kF16, n, 41, false);
+    EncodeOptions eo;
+    eo.allow_zstd = false;
+    auto enc = encode_tensor(DType::kF16, data.data(), data.size(), eo);
+    ASSERT_TRUE(enc.is_ok());
+    ASSERT_EQ(enc->coding.codec, Codec::kFloat);
+    int modes[2] = {-1, -1};
+    for (bool rule : {true, false}) {
+      detail::set_compact_rows_for_testing(rule);
+      auto dec = detail::TensorDecoder::prepare(enc->coding, enc->payload.data(), enc->coding.model_size);
+      ASSERT_TRUE(dec.is_ok());
+      modes[rule] = dec->fused_mode();
+      std::vector<uint8_t> out(data.size());
+      EXPECT_TRUE(decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), out.data(), out.size()).is_ok());
+      EXPECT_TRUE(out == data) << "rule " << rule;
+    }
+    detail::set_compact_rows_for_testing(true);
+    EXPECT_EQ(modes[0], detail::kSeInMant) << "the generator no longer gives per-symbol rows: adjust it";
+    EXPECT_EQ(modes[1], n == 5000 ? detail::kSePermute256 : detail::kSeInMant);
   }
 }
 

@@ -21,6 +21,8 @@ namespace {
 
 constexpr uint32_t kScalarGroup = 1u << 24;  // group kind flag: single-lane chunks, scalar loop
 
+std::atomic<bool> compact_rows{true};
+
 Status corrupt_chunk(size_t i, const char* what) {
   return Status(Error::kCorrupt, "chunk " + std::to_string(i) + ": " + what);
 }
@@ -427,6 +429,8 @@ class TableMemory {
 
 }  // namespace
 
+void set_compact_rows_for_testing(bool on) { compact_rows.store(on, std::memory_order_relaxed); }
+
 bool TensorDecoder::build_fused() {
   // Ways to get the sign+exponent value with one lookup per symbol (see simd.hpp):
   //   kSeOnly:   no mantissa bits coded: the mantissa step is skipped, se as in kSeInSe;
@@ -452,15 +456,22 @@ bool TensorDecoder::build_fused() {
   const uint64_t budget = (uint64_t{1} << 16) + 64 * coding_.units();
   const size_t se_slots = size_t{1} << ps, slots = size_t{1} << pm;
   auto fits = [&](uint64_t rows) { return rows * slots <= budget; };
+  const bool permute256 = 2 * ps + 8 <= 32 && count <= 256 && se_bits + std::bit_width(fm_.mant.size()) <= 16 &&
+                          fits(fm_.mant.size() + 1);
   int mode;
   if (k == 0 && 2 * ps + se_bits <= 32) mode = kSeOnly;
   else if (2 * pm + se_bits + k <= 32 && 2 * ps + 8 <= 32 && count <= 256 && fits(count)) mode = kSeInMant;
   else if (2 * ps + se_bits <= 32 && fits(uint64_t{1} << se_bits)) mode = kSeInSe;
   else if (2 * ps + 8 <= 32 && count <= 64 && fits(count)) mode = kSePermute;
-  else if (2 * ps + 8 <= 32 && count <= 256 && se_bits + std::bit_width(fm_.mant.size()) <= 16 &&
-           fits(fm_.mant.size() + 1))
-    mode = kSePermute256;
+  else if (permute256) mode = kSePermute256;
   else return false;
+  // kSeInMant and kSeInSe compute a mantissa row per sign+exponent symbol, the 256-row layout
+  // one per mantissa table. Where the per-symbol rows hold more entries than the tensor has
+  // weights (a 14,400-weight F32 tensor of ppocrv4-rec has 223 symbols of 1,024-slot rows:
+  // 892 KB), building them costs more than the 256-row layout's slightly slower loop.
+  if ((mode == kSeInMant || mode == kSeInSe) && permute256 && (uint64_t{count} << pm) > coding_.units() &&
+      compact_rows.load(std::memory_order_relaxed))
+    mode = kSePermute256;
   const bool dense = mode != kSeInSe && mode != kSeOnly;
   const size_t rows = mode == kSeOnly         ? 0
                       : mode == kSePermute256 ? fm_.mant.size() + 1

@@ -13,6 +13,10 @@
 
 namespace bigsmall::detail {
 
+// Tests only: false turns off the choice of the 256-row layout for tensors whose per-symbol
+// mantissa rows would outnumber their weights, so that tests reach every layout on small tensors.
+void set_compact_rows_for_testing(bool on);
+
 // Read positions inside one coded chunk: lane states, raw-bit plane, rANS word stream.
 struct ChunkStreams {
   uint32_t x[kLanesMax];
