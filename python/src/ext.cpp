@@ -9,6 +9,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "bigsmall/container.hpp"
 #include "bigsmall/cuda.hpp"
 
@@ -94,6 +98,22 @@ ProgressFn progress_fn(nb::object cb) {
 struct PyFile {
   BsFile f;
 };
+
+// Fresh tensor memory is faulted in 4 KiB at a time as the decoder first writes it; 2 MiB pages
+// where the kernel offers them on request (transparent_hugepage=madvise) take 512 times fewer
+// faults. Only the aligned 2 MiB blocks inside the buffer are advised, so no memory outside it
+// is committed; errors (no THP, memory already faulted) change nothing and are ignored.
+void advise_huge_pages(uint8_t* p, uint64_t n) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) & ~(kHuge - 1);
+  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)n;
+#endif
+}
 
 // A buffer for tensor i of f must hold exactly its decoded bytes.
 void check_buffer(const BsFile& f, size_t i, uint64_t size) {
@@ -295,6 +315,7 @@ NB_MODULE(_core, m) {
               check_buffer(p.f, which[k], sizes[k]);
               if (addresses[k] == 0 && sizes[k] > 0) raise(Status(Error::kInvalidArgument, "null buffer address"));
               ptrs.push_back(reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(addresses[k])));
+              advise_huge_pages(ptrs.back(), sizes[k]);
             }
             read_released(p.f, which, ptrs, threads, verify);
           },
