@@ -296,6 +296,7 @@ NB_MODULE(_core, m) {
             for (size_t k = 0; k < which.size(); ++k) {
               check_buffer(p.f, which[k], outs[k].size());
               ptrs.push_back(outs[k].data());
+              advise_huge_pages(ptrs.back(), outs[k].size());
             }
             read_released(p.f, which, ptrs, threads, verify);
           },
