@@ -308,50 +308,104 @@ std::string shape_str(const std::vector<uint64_t>& s) {
   return r + "]";
 }
 
+struct InfoTotals {
+  uint64_t original = 0, file = 0, floor_bits = 0;
+  size_t tensors = 0;
+};
+
+// One .bs file: its table, or its JSON object without a trailing newline.
+void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotals* tot) {
+  uint64_t stored = 0, floor_bits = 0;
+  if (json) std::printf("{\"path\": %s, \"tensors\": [", jq(p).c_str());
+  else std::printf("%-48s %-8s %-18s %-6s %10s %8s %7s %7s\n", "tensor", "dtype", "shape", "codec", "stored", "ratio", "bits/w", "floor");
+  bool first = true;
+  for (const auto& t : f.tensors()) {
+    uint64_t numel = 1;
+    for (auto d : t.shape) numel *= d;
+    const double bpw = numel ? 8.0 * static_cast<double>(t.stored_bytes) / static_cast<double>(numel) : 0;
+    const double fpw = numel ? static_cast<double>(t.floor_bits) / static_cast<double>(numel) : 0;
+    const double ratio = t.nbytes ? static_cast<double>(t.stored_bytes) / static_cast<double>(t.nbytes) : 0;
+    stored += t.stored_bytes;
+    floor_bits += t.floor_bits;
+    if (json) {
+      std::printf("%s\n  {\"name\": %s, \"dtype\": \"%s\", \"shape\": %s, \"codec\": \"%s\", \"bytes\": %llu, "
+                  "\"stored_bytes\": %llu, \"ratio\": %.6f, \"bits_per_weight\": %.4f, \"floor_bits_per_weight\": %.4f}",
+                  first ? "" : ",", jq(t.name).c_str(), std::string(dtype_info(t.dtype).safetensors_name).c_str(),
+                  shape_str(t.shape).c_str(), codec_name(t.codec), static_cast<unsigned long long>(t.nbytes),
+                  static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
+    } else {
+      std::printf("%-48s %-8s %-18s %-6s %10llu %8.4f %7.3f %7.3f\n", t.name.c_str(),
+                  std::string(dtype_info(t.dtype).safetensors_name).c_str(), shape_str(t.shape).c_str(), codec_name(t.codec),
+                  static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
+    }
+    first = false;
+  }
+  const double file_ratio = f.original_size() ? static_cast<double>(f.file_size()) / static_cast<double>(f.original_size()) : 0;
+  if (json) {
+    std::printf("\n], \"original_bytes\": %llu, \"file_bytes\": %llu, \"ratio\": %.6f, \"floor_bytes\": %llu}",
+                static_cast<unsigned long long>(f.original_size()), static_cast<unsigned long long>(f.file_size()), file_ratio,
+                static_cast<unsigned long long>(floor_bits / 8));
+  } else {
+    std::printf("total: %zu tensors, %s -> %s file (%.2f%%); tensor data %s, joint floor %s\n", f.tensors().size(),
+                human(static_cast<double>(f.original_size())).c_str(), human(static_cast<double>(f.file_size())).c_str(),
+                100 * file_ratio, human(static_cast<double>(stored)).c_str(), human(static_cast<double>(floor_bits) / 8).c_str());
+  }
+  tot->original += f.original_size();
+  tot->file += f.file_size();
+  tot->floor_bits += floor_bits;
+  tot->tensors += f.tensors().size();
+}
+
+// A compressed model directory: every .bs file of its index, then their sum. All are opened
+// before anything is printed, so that a damaged one leaves no half-printed JSON behind.
+int info_dir(const std::string& p, bool json) {
+  auto names = model_dir_files(p);
+  if (!names) return report(names.status());
+  std::vector<BsFile> files;
+  for (const auto& n : *names) {
+    auto f = BsFile::open(n);
+    if (!f) return report(f.status());
+    files.push_back(std::move(*f));
+  }
+  InfoTotals tot;
+  if (json) std::printf("{\"path\": %s, \"files\": [", jq(p).c_str());
+  for (size_t i = 0; i < files.size(); ++i) {
+    if (json) {
+      std::printf(i ? ",\n" : "\n");
+    } else {
+      std::printf("%s%s:\n", i ? "\n" : "", (*names)[i].c_str());
+    }
+    print_file_info(files[i], (*names)[i], json, &tot);
+  }
+  const double ratio = tot.original ? static_cast<double>(tot.file) / static_cast<double>(tot.original) : 0;
+  if (json) {
+    std::printf("\n], \"original_bytes\": %llu, \"file_bytes\": %llu, \"ratio\": %.6f, \"floor_bytes\": %llu}\n",
+                static_cast<unsigned long long>(tot.original), static_cast<unsigned long long>(tot.file), ratio,
+                static_cast<unsigned long long>(tot.floor_bits / 8));
+  } else {
+    std::printf("\n%s: %zu .bs file%s, %zu tensors, %s -> %s (%.2f%%), joint floor %s; other files are copied as they are\n",
+                p.c_str(), files.size(), files.size() == 1 ? "" : "s", tot.tensors, human(static_cast<double>(tot.original)).c_str(),
+                human(static_cast<double>(tot.file)).c_str(), 100 * ratio, human(static_cast<double>(tot.floor_bits) / 8).c_str());
+  }
+  return kExitOk;
+}
+
 int run_info(const Args& a) {
   int rc = kExitOk;
   for (const auto& p : a.paths) {
+    std::error_code ec;
+    if (fs::is_directory(p, ec)) {
+      rc = std::max(rc, info_dir(p, a.json));
+      continue;
+    }
     auto f = BsFile::open(p);
     if (!f) {
       rc = std::max(rc, report(f.status()));
       continue;
     }
-    uint64_t raw = 0, stored = 0, floor_bits = 0;
-    if (a.json) std::printf("{\"path\": %s, \"tensors\": [", jq(p).c_str());
-    else std::printf("%-48s %-8s %-18s %-6s %10s %8s %7s %7s\n", "tensor", "dtype", "shape", "codec", "stored", "ratio", "bits/w", "floor");
-    bool first = true;
-    for (const auto& t : f->tensors()) {
-      uint64_t numel = 1;
-      for (auto d : t.shape) numel *= d;
-      const double bpw = numel ? 8.0 * static_cast<double>(t.stored_bytes) / static_cast<double>(numel) : 0;
-      const double fpw = numel ? static_cast<double>(t.floor_bits) / static_cast<double>(numel) : 0;
-      const double ratio = t.nbytes ? static_cast<double>(t.stored_bytes) / static_cast<double>(t.nbytes) : 0;
-      raw += t.nbytes;
-      stored += t.stored_bytes;
-      floor_bits += t.floor_bits;
-      if (a.json) {
-        std::printf("%s\n  {\"name\": %s, \"dtype\": \"%s\", \"shape\": %s, \"codec\": \"%s\", \"bytes\": %llu, "
-                    "\"stored_bytes\": %llu, \"ratio\": %.6f, \"bits_per_weight\": %.4f, \"floor_bits_per_weight\": %.4f}",
-                    first ? "" : ",", jq(t.name).c_str(), std::string(dtype_info(t.dtype).safetensors_name).c_str(),
-                    shape_str(t.shape).c_str(), codec_name(t.codec), static_cast<unsigned long long>(t.nbytes),
-                    static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
-      } else {
-        std::printf("%-48s %-8s %-18s %-6s %10llu %8.4f %7.3f %7.3f\n", t.name.c_str(),
-                    std::string(dtype_info(t.dtype).safetensors_name).c_str(), shape_str(t.shape).c_str(), codec_name(t.codec),
-                    static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
-      }
-      first = false;
-    }
-    const double file_ratio = f->original_size() ? static_cast<double>(f->file_size()) / static_cast<double>(f->original_size()) : 0;
-    if (a.json) {
-      std::printf("\n], \"original_bytes\": %llu, \"file_bytes\": %llu, \"ratio\": %.6f, \"floor_bytes\": %llu}\n",
-                  static_cast<unsigned long long>(f->original_size()), static_cast<unsigned long long>(f->file_size()),
-                  file_ratio, static_cast<unsigned long long>(floor_bits / 8));
-    } else {
-      std::printf("total: %zu tensors, %s -> %s file (%.2f%%); tensor data %s, joint floor %s\n", f->tensors().size(),
-                  human(static_cast<double>(f->original_size())).c_str(), human(static_cast<double>(f->file_size())).c_str(),
-                  100 * file_ratio, human(static_cast<double>(stored)).c_str(), human(static_cast<double>(floor_bits) / 8).c_str());
-    }
+    InfoTotals tot;
+    print_file_info(*f, p, a.json, &tot);
+    if (a.json) std::printf("\n");
   }
   return rc;
 }

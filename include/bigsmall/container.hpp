@@ -105,6 +105,9 @@ constexpr const char* kDirIndexName = "bigsmall.index.json";
 Status compress_dir(const std::string& src, const std::string& dst, const CompressOptions& opts = {});
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts = {});
 Status verify_path(const std::string& path, const DecompressOptions& opts = {});
+// The .bs files of a compressed model directory, as paths under it, in the order of its index
+// (every name checked to stay inside the directory).
+Result<std::vector<std::string>> model_dir_files(const std::string& dir);
 
 // Deletes the temporary files of outputs still being written. Async-signal-safe: for SIGINT
 // and SIGTERM handlers, so an interrupted run leaves nothing behind.

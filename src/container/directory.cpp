@@ -167,12 +167,20 @@ Status verify_path(const std::string& path, const DecompressOptions& opts) {
     BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(path));
     return f.verify(opts);
   }
-  BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(path));
-  for (const auto& e : entries) {
-    BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open((fs::path(path) / e.bs).string()));
+  BS_ASSIGN_OR_RETURN(std::vector<std::string> files, model_dir_files(path));
+  for (const auto& name : files) {
+    BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(name));
     BS_RETURN_IF_ERROR(f.verify(opts));
   }
   return Status::ok();
+}
+
+Result<std::vector<std::string>> model_dir_files(const std::string& dir) {
+  BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(dir));
+  std::vector<std::string> out;
+  out.reserve(entries.size());
+  for (const auto& e : entries) out.push_back((fs::path(dir) / e.bs).string());
+  return out;
 }
 
 }  // namespace bigsmall
