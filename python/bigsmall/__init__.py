@@ -96,8 +96,22 @@ def verify(path, threads=None):
 
 
 def info(path):
-    """Per-tensor information of a .bs file: dtype, shape, codec, sizes and the joint-model floor."""
-    f = _core.File.open(os.fspath(path))
+    """Per-tensor information of a .bs file: dtype, shape, codec, sizes and the joint-model floor.
+
+    For a compressed model directory: the same for each of its .bs files under "files", their
+    sums, and every tensor under "tensors" with the file it is in (its "file" entry).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        files = [info(p) for p in _core.model_dir_files(path)]
+        return {
+            "path": path,
+            "file_bytes": sum(f["file_bytes"] for f in files),
+            "original_bytes": sum(f["original_bytes"] for f in files),
+            "files": files,
+            "tensors": [dict(t, file=f["path"]) for f in files for t in f["tensors"]],
+        }
+    f = _core.File.open(path)
     return {
         "path": f.path,
         "file_bytes": f.file_size,

@@ -31,10 +31,8 @@ def _resolve(path_or_repo_id):
 
 
 def _shards(d):
-    idx = os.path.join(d, "bigsmall.index.json")
-    if os.path.exists(idx):
-        with open(idx) as f:
-            return [os.path.join(d, e["bs"]) for e in json.load(f)["files"]]
+    if os.path.exists(os.path.join(d, "bigsmall.index.json")):
+        return _core.model_dir_files(d)  # the core checks that no name leaves the directory
     shards = sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".bs"))
     if not shards:
         raise NotFoundError(f"{d}: no .bs files (not a bigsmall model directory)")

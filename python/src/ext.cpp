@@ -250,6 +250,15 @@ NB_MODULE(_core, m) {
       nb::arg("path"), nb::arg("threads") = 0);
 
   m.def(
+      "model_dir_files",
+      [](const std::string& dir) {
+        auto r = model_dir_files(dir);
+        if (!r) raise(r.status());
+        return *r;
+      },
+      nb::arg("dir"), "The .bs files of a compressed model directory, in the order of its index.");
+
+  m.def(
       "write_tensors",
       [](const std::string& dst, const std::vector<std::pair<std::string, std::string>>& names_dtypes,
          const std::vector<std::vector<uint64_t>>& shapes, std::vector<ConstBytes> datas,

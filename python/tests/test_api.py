@@ -232,3 +232,24 @@ def test_model_class_defaults_to_the_saved_architecture(models):
     _, comp = models["f32"]
     model = bigsmall.from_pretrained(comp, progress=False)  # config.architectures == ["BertModel"]
     assert type(model) is BertModel
+
+
+def test_info_of_files_and_directories(models, tmp_path):
+    _, comp = models["bf16"]
+    one = bigsmall.info(os.path.join(comp, "model.bs"))
+    d = bigsmall.info(comp)
+    assert [f["path"] for f in d["files"]] == [os.path.join(comp, "model.bs")]
+    assert d["file_bytes"] == one["file_bytes"] > 0 and d["original_bytes"] == one["original_bytes"]
+    assert [t["name"] for t in d["tensors"]] == [t["name"] for t in one["tensors"]]
+    assert all(t["file"] == one["path"] for t in d["tensors"])
+    # An index naming a file outside its directory is refused, by info and by the loaders.
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "bigsmall.index.json").write_text(
+        '{"format": "bigsmall", "format_version": 1, "files": [{"source": "m.safetensors", "bs": "../m.bs"}]}')
+    with pytest.raises(bigsmall.CorruptError, match="unsafe path"):
+        bigsmall.info(evil)
+    with pytest.raises(bigsmall.CorruptError, match="unsafe path"):
+        bigsmall.StreamingLoader(evil)
+    with pytest.raises(bigsmall.Error):
+        bigsmall.info(tmp_path)  # a directory without an index
