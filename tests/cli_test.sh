@@ -73,6 +73,8 @@ check "no output left" -- test ! -e "$tmp/text.bs"
 head -c 5000 "$tmp/m.safetensors" >"$tmp/trunc.safetensors"
 expect 4 "truncated safetensors" -- "$bs" compress -q "$tmp/trunc.safetensors"
 expect 4 "not a .bs" -- "$bs" verify -q "$tmp/m.safetensors"
+expect 4 "compressing a .bs" -- "$bs" compress -q "$tmp/m.bs" -o "$tmp/mm.bs"
+check "says it is compressed already" -- grep -q "m.bs: already a bigsmall .bs file" "$tmp/err"
 cp "$tmp/m.bs" "$tmp/bad.bs"
 printf '\xff' | dd of="$tmp/bad.bs" bs=1 seek=5000 conv=notrunc status=none
 expect 5 "flipped byte" -- "$bs" verify -q "$tmp/bad.bs"

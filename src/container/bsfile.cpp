@@ -841,7 +841,11 @@ Status BsFile::verify(const DecompressOptions& opts) const {
 Status compress_file(const std::string& src, const std::string& dst, const CompressOptions& opts) {
   BS_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src));
   auto parsed = detail::parse_safetensors(in.data(), in.size());
-  if (!parsed) return parsed.status().with_context(src);
+  if (!parsed) {
+    if (in.size() >= 8 && std::memcmp(in.data(), detail::kMagic, 8) == 0)
+      return Status(Error::kNotSafetensors, src + ": already a bigsmall .bs file (decompress it, or compress the original)");
+    return parsed.status().with_context(src);
+  }
   const detail::StFile& st = parsed.value();
   std::vector<detail::Source> sources;
   for (const auto& t : st.tensors)
