@@ -61,7 +61,7 @@ const char* kUsage =
     "  decompress  FILE.bs -> FILE.safetensors; DIR.bs/ -> DIR/ (byte-identical originals)\n"
     "  verify      decode everything and check every checksum\n"
     "  info        per tensor: dtype, shape, codec, ratio, bits per weight, joint-model floor\n"
-    "  bench       ratio and compress/decompress speed at 1 thread and at all threads\n"
+    "  bench       ratio and compress/decompress speed at 1 thread and at all threads (DIR: each *.safetensors)\n"
     "\n"
     "options:\n"
     "  -o PATH     output path (one input only)\n"
@@ -419,7 +419,25 @@ int run_bench(const Args& a) {
   int rc = kExitOk;
   const int all = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int tmax = a.threads > 0 ? a.threads : all;
+  // A model directory stands for its *.safetensors files (shards included), each benched alone.
+  std::vector<std::string> inputs;
   for (const auto& p : a.paths) {
+    std::error_code ec;
+    if (!fs::is_directory(p, ec)) {
+      inputs.push_back(p);
+      continue;
+    }
+    std::vector<std::string> found;
+    for (fs::recursive_directory_iterator it(p, ec), end; !ec && it != end; it.increment(ec))
+      if (it->is_regular_file(ec) && it->path().extension() == ".safetensors") found.push_back(it->path().string());
+    if (found.empty()) {
+      std::fprintf(stderr, "bigsmall: %s: no .safetensors files in this directory\n", p.c_str());
+      rc = std::max(rc, static_cast<int>(kExitIo));
+    }
+    std::sort(found.begin(), found.end());
+    inputs.insert(inputs.end(), found.begin(), found.end());
+  }
+  for (const auto& p : inputs) {
     std::error_code ec;
     const std::string tmp = (fs::temp_directory_path(ec) / ("bigsmall-bench-" + std::to_string(getpid()) + ".bs")).string();
     const double raw = static_cast<double>(fs::file_size(p, ec));

@@ -58,6 +58,9 @@ expect 4 "info of a directory without an index" -- "$bs" info "$tmp/model"
 check "its error names the index" -- grep -q "bigsmall.index.json" "$tmp/err"
 expect 0 "decompress dir" -- "$bs" decompress -q "$tmp/model.bs" -o "$tmp/model2"
 check "dir restored" -- diff -r "$tmp/model" "$tmp/model2"
+expect 0 "bench dir" -- "$bs" bench --json -T 1 "$tmp/model"
+check "bench dir measures its safetensors file" -- grep -q 'model/model.safetensors", "threads": 1' "$tmp/out"
+expect 2 "bench dir without safetensors" -- "$bs" bench "$tmp/model.bs"
 
 # errors: one line naming the file, documented exit code, nothing left behind
 expect 1 "no arguments" -- "$bs"
