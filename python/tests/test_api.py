@@ -253,3 +253,30 @@ def test_info_of_files_and_directories(models, tmp_path):
         bigsmall.StreamingLoader(evil)
     with pytest.raises(bigsmall.Error):
         bigsmall.info(tmp_path)  # a directory without an index
+
+
+def test_sharded_model_directory(models, tmp_path):
+    """A checkpoint in shards with model.safetensors.index.json, as transformers writes large ones."""
+    import filecmp
+
+    from transformers import BertModel
+
+    orig, _ = models["bf16"]
+    ref = reference_model(orig, torch.bfloat16)
+    sharded = tmp_path / "sharded"
+    ref.save_pretrained(sharded, max_shard_size="10MB")
+    shards = sorted(n for n in os.listdir(sharded) if n.endswith(".safetensors"))
+    assert len(shards) >= 2 and os.path.exists(sharded / "model.safetensors.index.json")
+    comp = bigsmall.compress(sharded, tmp_path / "sharded.bs")
+    assert sorted(os.path.basename(p) for p in bigsmall._core.model_dir_files(comp)) == \
+        [n.replace(".safetensors", ".bs") for n in shards]
+    back = bigsmall.decompress(comp, tmp_path / "back")
+    assert sorted(os.listdir(back)) == sorted(os.listdir(sharded))
+    for n in os.listdir(sharded):
+        assert filecmp.cmp(sharded / n, os.path.join(back, n), shallow=False), n
+    with torch.no_grad():
+        want = ref(input_ids=TOKENS).last_hidden_state
+        for model in (bigsmall.from_pretrained(comp, BertModel, progress=False),
+                      bigsmall.StreamingLoader(comp).load_model(BertModel, progress=False)):
+            assert torch.equal(want, model(input_ids=TOKENS).last_hidden_state)
+    assert len(bigsmall.info(comp)["files"]) == len(shards)
