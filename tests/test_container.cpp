@@ -168,7 +168,22 @@ TEST(Container, WriteTensorsRestoresToTheSafetensorsLayout) {
   for (const auto& t : ts) views.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
   ASSERT_TRUE(write_tensors(d / "w.bs", views, {{"format", "pt"}}).is_ok());
   ASSERT_TRUE(decompress_file(d / "w.bs", d / "w.safetensors").is_ok());
-  EXPECT_EQ(read_file(d / "w.safetensors"), safetensors_bytes(ts));
+  // safetensors' writer lays tensors out by its dtype enum, highest first, then by name (its
+  // Python package writes the sample tensors in this order; python/tests checks against it).
+  const std::vector<std::string> order = {"step", "unicode \xc3\xa9 \"quoted\"", "empty", "model.norm.weight",
+                                          "model.embed.weight", "model.head.weight", "fp8", "mask"};
+  std::vector<Owned> laid_out;
+  for (const auto& name : order)
+    for (const auto& t : ts)
+      if (t.name == name) laid_out.push_back(t);
+  ASSERT_EQ(laid_out.size(), ts.size());
+  EXPECT_EQ(read_file(d / "w.safetensors"), safetensors_bytes(laid_out));
+  // Names must be unique, as in a safetensors header.
+  views.push_back(views[0]);
+  const Status dup = write_tensors(d / "dup.bs", views, {});
+  EXPECT_EQ(dup.code(), Error::kInvalidArgument);
+  EXPECT_NE(dup.message().find("given twice"), std::string::npos) << dup.message();
+  EXPECT_FALSE(fs::exists(d / "dup.bs"));
 }
 
 namespace {

@@ -93,8 +93,9 @@ struct TensorView {
 
 Status compress_file(const std::string& src, const std::string& dst, const CompressOptions& opts = {});
 Status decompress_file(const std::string& src, const std::string& dst, const DecompressOptions& opts = {});
-// Writes tensors (in the given order) as a .bs whose restore is the safetensors file that
-// safetensors itself would write for them.
+// Writes tensors as a .bs whose restore is the safetensors file that safetensors itself would
+// write for them: laid out as its writer lays them out (by dtype, widest first, then by name)
+// whatever the order given; names must be unique. Metadata is written in the order given.
 Status write_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
                      const std::vector<std::pair<std::string, std::string>>& metadata,
                      const CompressOptions& opts = {});

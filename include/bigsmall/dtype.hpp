@@ -18,6 +18,9 @@ struct DTypeInfo {
   uint8_t bits;           // storage bits per element (4 and 6 for packed sub-byte types)
   uint8_t exponent_bits;  // 0: no float model, the tensor goes through the byte coder
   uint8_t mantissa_bits;
+  // Position in safetensors' own dtype enum. Its writer lays tensors out by this, highest first,
+  // then by name; write_tensors does the same so that a restore gives safetensors' bytes.
+  uint8_t safetensors_rank;
 };
 
 const DTypeInfo& dtype_info(DType d);

@@ -280,3 +280,26 @@ def test_sharded_model_directory(models, tmp_path):
                       bigsmall.StreamingLoader(comp).load_model(BertModel, progress=False)):
             assert torch.equal(want, model(input_ids=TOKENS).last_hidden_state)
     assert len(bigsmall.info(comp)["files"]) == len(shards)
+
+
+def test_save_file_restores_to_what_safetensors_writes(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    t = {
+        "z.weight": torch.randn(40, 8, generator=g).to(torch.bfloat16),
+        "a.weight": torch.randn(40, 8, generator=g).to(torch.bfloat16),
+        "B.bias": torch.randn(8, generator=g),
+        "step": torch.tensor(7, dtype=torch.int64),
+        "mask": torch.rand(13, generator=g) > 0.5,
+        "f8": torch.randn(33, generator=g).to(torch.float8_e4m3fn),
+        "half": torch.randn(5, 3, generator=g).to(torch.float16),
+        "ids": torch.arange(12, dtype=torch.int32),
+        "u8": torch.arange(9, dtype=torch.uint8),
+        "empty": torch.empty(0, 3),
+        "d": torch.randn(4, dtype=torch.float64, generator=g),
+        "\u00e9t\u00e9": torch.randn(3, generator=g).to(torch.float16),
+    }
+    bt.save_file(t, tmp_path / "t.bs", metadata={"format": "pt"})
+    bigsmall.decompress(tmp_path / "t.bs", tmp_path / "t.safetensors")
+    st.save_file(t, str(tmp_path / "ref.safetensors"), metadata={"format": "pt"})
+    assert (tmp_path / "t.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    assert list(bt.load_file(tmp_path / "t.bs")) == list(st.load_file(str(tmp_path / "ref.safetensors")))

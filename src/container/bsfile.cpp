@@ -881,12 +881,26 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
     if (!need || *need != t.nbytes)
       return Status(Error::kInvalidArgument, "tensor '" + t.name + "': byte size does not match shape and dtype");
   }
-  const std::string header = detail::make_safetensors_header(tensors, metadata, &offsets);
+  // In the order safetensors' writer uses (dtype, highest rank first, then name, bytewise), so
+  // that the restored file is the one safetensors would write for these tensors.
+  std::vector<TensorView> laid_out(tensors);
+  std::stable_sort(laid_out.begin(), laid_out.end(), [](const TensorView& a, const TensorView& b) {
+    const int ra = dtype_info(a.dtype).safetensors_rank, rb = dtype_info(b.dtype).safetensors_rank;
+    return ra != rb ? ra > rb : a.name < b.name;
+  });
+  {
+    std::vector<std::string_view> names;
+    for (const auto& t : laid_out) names.push_back(t.name);
+    std::sort(names.begin(), names.end());
+    const auto dup = std::adjacent_find(names.begin(), names.end());
+    if (dup != names.end()) return Status(Error::kInvalidArgument, "tensor '" + std::string(*dup) + "' given twice");
+  }
+  const std::string header = detail::make_safetensors_header(laid_out, metadata, &offsets);
   if (header.size() > detail::kMaxHeaderBytes) return Status(Error::kLimit, "safetensors header would exceed 100 MB");
   std::vector<detail::Source> sources;
   uint64_t data_size = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const auto& t = tensors[i];
+  for (size_t i = 0; i < laid_out.size(); ++i) {
+    const auto& t = laid_out[i];
     sources.push_back({t.name, t.dtype, t.shape, t.data, t.nbytes, offsets[i]});
     data_size += t.nbytes;
   }
