@@ -102,6 +102,10 @@ def test_save_pretrained_round_trip(models, tmp_path):
     for k, v in ref.state_dict().items():
         if k in sd:
             assert torch.equal(v, sd[k]), k
+    # The restore is what transformers' own save_pretrained writes, byte for byte.
+    ref.save_pretrained(tmp_path / "hf")
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "hf" / name).read_bytes() == open(os.path.join(restored, name), "rb").read(), name
 
 
 def test_safe_open_reads_single_tensors(models):
