@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up and runs every test: the C++ suite (warnings as errors), the same suite under
-# AddressSanitizer + UndefinedBehaviorSanitizer, the CLI tests, the .bs fuzzer for 60 s, and the
+# AddressSanitizer + UndefinedBehaviorSanitizer, the CLI tests, the .bs fuzzer for 60 s, the input
+# fuzzer (safetensors files and directory indexes, round trips checked) for 30 s, and the
 # Python package's tests on a real transformer model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,10 +29,16 @@ cmake --build build-fuzz -j "$jobs"
 seeds=$(mktemp -d)
 work=$(mktemp -d)
 trap 'rm -rf "$seeds" "$work"' EXIT
-python3 fuzz/make_seeds.py tests/golden/golden-v1.bs "$seeds"
+mkdir -p "$seeds/bs" "$seeds/inputs" "$work/bs" "$work/inputs"
+python3 fuzz/make_seeds.py tests/golden/golden-v1.bs "$seeds/bs"
+python3 fuzz/make_input_seeds.py tests/golden/golden-v1.safetensors "$seeds/inputs"
+# Run in $work: the fuzzers keep their scratch files in the current directory.
 (cd "$work" && "$root/build-fuzz/fuzz_bs_reader" -max_total_time="${BIGSMALL_FUZZ_SECONDS:-60}" -rss_limit_mb=2048 \
-  -timeout=10 -print_final_stats=1 "$work" "$seeds" 2>&1 | tail -4)
-echo "fuzz: 1 passed, 0 failed"
+  -timeout=10 -print_final_stats=1 "$work/bs" "$seeds/bs" 2>&1 | tail -4)
+echo "== fuzz the safetensors reader, the encoders' round trip and directory indexes for ${BIGSMALL_FUZZ_INPUT_SECONDS:-30} s"
+(cd "$work" && "$root/build-fuzz/fuzz_inputs" -max_total_time="${BIGSMALL_FUZZ_INPUT_SECONDS:-30}" -rss_limit_mb=2048 \
+  -timeout=10 -print_final_stats=1 "$work/inputs" "$seeds/inputs" 2>&1 | tail -4)
+echo "fuzz: 2 passed, 0 failed"
 
 echo "== Python package (nanobind) and its tests on a real model"
 bash scripts/setup-python.sh
