@@ -61,7 +61,9 @@ const char* kUsage =
     "  decompress  FILE.bs -> FILE.safetensors; DIR.bs/ -> DIR/ (byte-identical originals)\n"
     "  verify      decode everything and check every checksum\n"
     "  info        per tensor: dtype, shape, codec, ratio, bits per weight, joint-model floor\n"
-    "  bench       ratio and compress/decompress speed at 1 thread and at all threads (DIR: each *.safetensors)\n"
+    "              (DIR.bs/: each .bs file of its index, then their sum)\n"
+    "  bench       ratio and compress/decompress speed at 1 thread and at all threads\n"
+    "              (DIR: each *.safetensors under it)\n"
     "\n"
     "options:\n"
     "  -o PATH     output path (one input only)\n"
@@ -358,7 +360,8 @@ void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotal
 
 // A compressed model directory: every .bs file of its index, then their sum. All are opened
 // before anything is printed, so that a damaged one leaves no half-printed JSON behind.
-int info_dir(const std::string& p, bool json) {
+int info_dir(const std::string& path, bool json) {
+  const std::string p = strip_slash(path);
   auto names = model_dir_files(p);
   if (!names) return report(names.status());
   std::vector<BsFile> files;
@@ -382,8 +385,11 @@ int info_dir(const std::string& p, bool json) {
     std::printf("\n], \"original_bytes\": %llu, \"file_bytes\": %llu, \"ratio\": %.6f, \"floor_bytes\": %llu}\n",
                 static_cast<unsigned long long>(tot.original), static_cast<unsigned long long>(tot.file), ratio,
                 static_cast<unsigned long long>(tot.floor_bits / 8));
+  } else if (files.empty()) {
+    std::printf("%s: its index names no compressed files\n", p.c_str());
   } else {
-    std::printf("\n%s: %zu .bs file%s, %zu tensors, %s -> %s (%.2f%%), joint floor %s; other files are copied as they are\n",
+    std::printf("\n%s: %zu .bs file%s, %zu tensors, %s -> %s (%.2f%%), joint floor %s (.bs files only: the "
+                "directory's other files are not counted)\n",
                 p.c_str(), files.size(), files.size() == 1 ? "" : "s", tot.tensors, human(static_cast<double>(tot.original)).c_str(),
                 human(static_cast<double>(tot.file)).c_str(), 100 * ratio, human(static_cast<double>(tot.floor_bits) / 8).c_str());
   }
@@ -428,11 +434,17 @@ int run_bench(const Args& a) {
       continue;
     }
     std::vector<std::string> found;
-    for (fs::recursive_directory_iterator it(p, ec), end; !ec && it != end; it.increment(ec))
+    for (fs::recursive_directory_iterator it(p, fs::directory_options::follow_directory_symlink, ec), end; !ec && it != end;
+         it.increment(ec))
       if (it->is_regular_file(ec) && it->path().extension() == ".safetensors") found.push_back(it->path().string());
+    if (ec) {
+      std::fprintf(stderr, "bigsmall: %s: cannot list directory: %s\n", p.c_str(), ec.message().c_str());
+      rc = std::max(rc, static_cast<int>(kExitIo));
+      continue;
+    }
     if (found.empty()) {
       std::fprintf(stderr, "bigsmall: %s: no .safetensors files in this directory\n", p.c_str());
-      rc = std::max(rc, static_cast<int>(kExitIo));
+      rc = std::max(rc, static_cast<int>(kExitBadInput));
     }
     std::sort(found.begin(), found.end());
     inputs.insert(inputs.end(), found.begin(), found.end());

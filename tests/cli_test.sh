@@ -70,11 +70,25 @@ check "one .bs per shard, index and subdirectory copied" -- test -f "$tmp/sharde
   -f "$tmp/sharded.bs/1_Pooling/config.json" -a ! -e "$tmp/sharded.bs/model-00001-of-00002.safetensors"
 expect 0 "info sharded dir" -- "$bs" info "$tmp/sharded.bs"
 check "info sums the shards" -- grep -q "sharded.bs: 2 .bs files, 16 tensors" "$tmp/out"
+expect 0 "info --json sharded dir, with a trailing slash" -- "$bs" info --json "$tmp/sharded.bs/"
+check "its totals are the sums over its files" -- python3 -c "
+import json, os
+d = json.load(open('$tmp/out')); f = d['files']
+assert d['path'] == '$tmp/sharded.bs' and len(f) == 2
+assert d['file_bytes'] == sum(x['file_bytes'] for x in f) == sum(os.path.getsize(x['path']) for x in f)
+assert d['original_bytes'] == sum(x['original_bytes'] for x in f) == 2 * os.path.getsize('$tmp/m.safetensors')
+assert d['floor_bytes'] >= sum(x['floor_bytes'] for x in f) - 1"
 expect 0 "decompress sharded dir" -- "$bs" decompress -q "$tmp/sharded.bs" -o "$tmp/sharded2"
 check "sharded dir restored byte for byte" -- diff -r "$tmp/sharded" "$tmp/sharded2"
 expect 0 "bench dir" -- "$bs" bench --json -T 1 "$tmp/model"
 check "bench dir measures its safetensors file" -- grep -q 'model/model.safetensors", "threads": 1' "$tmp/out"
-expect 2 "bench dir without safetensors" -- "$bs" bench "$tmp/model.bs"
+expect 4 "bench dir without safetensors" -- "$bs" bench "$tmp/model.bs"
+expect 4 "compressing a compressed directory" -- "$bs" compress -q "$tmp/model.bs" -o "$tmp/twice.bs"
+check "says it is compressed already" -- grep -q "model.bs: already a compressed model directory" "$tmp/err"
+check "and writes nothing" -- test ! -e "$tmp/twice.bs"
+mkdir -p "$tmp/dotidx" && echo '{"files": [{"source": "a.safetensors", "bs": "."}]}' >"$tmp/dotidx/bigsmall.index.json"
+expect 5 "an index naming the directory itself" -- "$bs" info "$tmp/dotidx"
+check "is refused as unsafe" -- grep -q "unsafe path '.'" "$tmp/err"
 
 # errors: one line naming the file, documented exit code, nothing left behind
 expect 1 "no arguments" -- "$bs"
@@ -92,6 +106,7 @@ expect 4 "truncated safetensors" -- "$bs" compress -q "$tmp/trunc.safetensors"
 expect 4 "not a .bs" -- "$bs" verify -q "$tmp/m.safetensors"
 expect 4 "compressing a .bs" -- "$bs" compress -q "$tmp/m.bs" -o "$tmp/mm.bs"
 check "says it is compressed already" -- grep -q "m.bs: already a bigsmall .bs file" "$tmp/err"
+check "and leaves no output" -- test ! -e "$tmp/mm.bs"
 cp "$tmp/m.bs" "$tmp/bad.bs"
 printf '\xff' | dd of="$tmp/bad.bs" bs=1 seek=5000 conv=notrunc status=none
 expect 5 "flipped byte" -- "$bs" verify -q "$tmp/bad.bs"

@@ -184,6 +184,10 @@ TEST(Container, WriteTensorsRestoresToTheSafetensorsLayout) {
   EXPECT_EQ(dup.code(), Error::kInvalidArgument);
   EXPECT_NE(dup.message().find("given twice"), std::string::npos) << dup.message();
   EXPECT_FALSE(fs::exists(d / "dup.bs"));
+  views.pop_back();
+  views.push_back({"__metadata__", DType::kU8, {1}, ts[0].bytes.data(), 1});
+  EXPECT_EQ(write_tensors(d / "meta.bs", views, {}).code(), Error::kInvalidArgument);
+  EXPECT_FALSE(fs::exists(d / "meta.bs"));
 }
 
 namespace {

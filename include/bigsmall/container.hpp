@@ -94,8 +94,9 @@ struct TensorView {
 Status compress_file(const std::string& src, const std::string& dst, const CompressOptions& opts = {});
 Status decompress_file(const std::string& src, const std::string& dst, const DecompressOptions& opts = {});
 // Writes tensors as a .bs whose restore is the safetensors file that safetensors itself would
-// write for them: laid out as its writer lays them out (by dtype, widest first, then by name)
-// whatever the order given; names must be unique. Metadata is written in the order given.
+// write for them: laid out as its writer lays them out (by its dtype enum, highest first, then
+// by name), whatever the order given; names must be unique and none may be "__metadata__".
+// Metadata is written in the order given (safetensors orders several keys at random).
 Status write_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
                      const std::vector<std::pair<std::string, std::string>>& metadata,
                      const CompressOptions& opts = {});
@@ -107,7 +108,8 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts = {});
 Status verify_path(const std::string& path, const DecompressOptions& opts = {});
 // The .bs files of a compressed model directory, as paths under it, in the order of its index
-// (every name checked to stay inside the directory).
+// (names with '..', '.' or an absolute path are refused; symbolic links are followed, as in a
+// Hugging Face cache snapshot).
 Result<std::vector<std::string>> model_dir_files(const std::string& dir);
 
 // Deletes the temporary files of outputs still being written. Async-signal-safe: for SIGINT

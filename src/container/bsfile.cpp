@@ -894,6 +894,9 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
     std::sort(names.begin(), names.end());
     const auto dup = std::adjacent_find(names.begin(), names.end());
     if (dup != names.end()) return Status(Error::kInvalidArgument, "tensor '" + std::string(*dup) + "' given twice");
+    // The header's metadata key: a tensor under that name makes a file no reader accepts.
+    if (std::binary_search(names.begin(), names.end(), std::string_view("__metadata__")))
+      return Status(Error::kInvalidArgument, "a tensor cannot be named '__metadata__'");
   }
   const std::string header = detail::make_safetensors_header(laid_out, metadata, &offsets);
   if (header.size() > detail::kMaxHeaderBytes) return Status(Error::kLimit, "safetensors header would exceed 100 MB");

@@ -74,12 +74,15 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
     const detail::Json* b = f.get("bs");
     if (!s || !b || s->kind != detail::Json::Kind::kString || b->kind != detail::Json::Kind::kString)
       return Status(Error::kCorrupt, p.string() + ": invalid file entry");
-    // Index entries are relative names inside the directory; nothing may escape it.
+    // Index entries are relative names of files inside the directory; nothing may escape it or
+    // name the directory itself.
     for (const std::string* name : {&s->str, &b->str}) {
       const fs::path rel(*name);
-      if (rel.empty() || rel.is_absolute() || std::any_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".."; }))
+      if (rel.empty() || rel.is_absolute() ||
+          std::any_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".." || c == "." || c.empty(); }))
         return Status(Error::kCorrupt, p.string() + ": unsafe path '" + *name + "'");
     }
+    if (!ends_with(b->str, ".bs")) return Status(Error::kCorrupt, p.string() + ": '" + b->str + "' is not a .bs name");
     out.push_back({s->str, b->str});
   }
   return out;
@@ -103,6 +106,9 @@ struct DirProgress {
 
 Status compress_dir(const std::string& src, const std::string& dst, const CompressOptions& opts) {
   const fs::path in(src), out(dst);
+  // Its .bs files would be copied as they are and its index dropped: no byte-identical restore.
+  if (detail::path_exists((in / kDirIndexName).string()))
+    return Status(Error::kNotSafetensors, src + ": already a compressed model directory (decompress it, or compress the original)");
   BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in));
   BS_RETURN_IF_ERROR(prepare_output_dir(out, opts.overwrite));
   DirProgress prog{opts.progress};
