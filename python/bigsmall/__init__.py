@@ -103,7 +103,7 @@ def info(path):
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        files = [info(p) for p in _core.model_dir_files(path)]
+        files = [_file_info(p) for p in _core.model_dir_files(path)]
         return {
             "path": path,
             "file_bytes": sum(f["file_bytes"] for f in files),
@@ -111,7 +111,11 @@ def info(path):
             "files": files,
             "tensors": [dict(t, file=f["path"]) for f in files for t in f["tensors"]],
         }
-    f = _core.File.open(path)
+    return _file_info(path)
+
+
+def _file_info(path):
+    f = _core.File.open(path)  # refuses anything but a .bs file, directories included
     return {
         "path": f.path,
         "file_bytes": f.file_size,

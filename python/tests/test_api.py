@@ -257,6 +257,13 @@ def test_info_of_files_and_directories(models, tmp_path):
         bigsmall.StreamingLoader(evil)
     with pytest.raises(bigsmall.Error):
         bigsmall.info(tmp_path)  # a directory without an index
+    (evil / "bigsmall.index.json").write_text('{"files": [{"source": "m.safetensors", "bs": "."}]}')
+    with pytest.raises(bigsmall.CorruptError, match="unsafe path"):
+        bigsmall.info(evil)  # the directory itself: refused, not recursed into
+    # A compressed directory is not compressed again (its index would be lost).
+    with pytest.raises(bigsmall.FormatError, match="already a compressed model directory"):
+        bigsmall.compress(comp, tmp_path / "twice.bs")
+    assert not os.path.exists(tmp_path / "twice.bs")
 
 
 def test_sharded_model_directory(models, tmp_path):
@@ -283,7 +290,11 @@ def test_sharded_model_directory(models, tmp_path):
         for model in (bigsmall.from_pretrained(comp, BertModel, progress=False),
                       bigsmall.StreamingLoader(comp).load_model(BertModel, progress=False)):
             assert torch.equal(want, model(input_ids=TOKENS).last_hidden_state)
-    assert len(bigsmall.info(comp)["files"]) == len(shards)
+    d = bigsmall.info(comp)
+    assert len(d["files"]) == len(shards)
+    assert d["file_bytes"] == sum(os.path.getsize(f["path"]) for f in d["files"])
+    assert d["original_bytes"] == sum(os.path.getsize(sharded / n) for n in shards)
+    assert len(d["tensors"]) == len(ref.state_dict()) and {t["file"] for t in d["tensors"]} == {f["path"] for f in d["files"]}
 
 
 def test_save_file_restores_to_what_safetensors_writes(tmp_path):
