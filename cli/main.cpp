@@ -106,19 +106,52 @@ std::string human(double bytes) {
 }
 
 // JSON string literal for names and paths (tensor names may hold quotes, backslashes, controls).
+// Length of the valid UTF-8 sequence at s[i], or 0 (overlong forms, surrogates and code points
+// past U+10FFFF are invalid too).
+size_t utf8_length(const std::string& s, size_t i) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned c = b(i);
+  size_t n;
+  unsigned lo = 0x80, hi = 0xBF;  // bounds of the second byte
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) n = 2;
+  else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (i + n > s.size() || b(i + 1) < lo || b(i + 1) > hi) return 0;
+  for (size_t k = 2; k < n; ++k)
+    if (b(i + k) < 0x80 || b(i + k) > 0xBF) return 0;
+  return n;
+}
+
+// A JSON string. Bytes that are not UTF-8 (file names may hold any) become U+FFFD, so that the
+// output always parses.
 std::string jq(const std::string& s) {
   std::string out = "\"";
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
+  for (size_t i = 0; i < s.size();) {
+    const auto u = static_cast<unsigned char>(s[i]);
+    if (u == '"' || u == '\\') {
       out += '\\';
-      out += c;
+      out += s[i++];
     } else if (u < 0x20) {
       char buf[8];
       std::snprintf(buf, sizeof buf, "\\u%04x", u);
       out += buf;
+      ++i;
+    } else if (const size_t n = utf8_length(s, i); n > 0) {
+      out.append(s, i, n);
+      i += n;
     } else {
-      out += c;
+      out += "\\ufffd";
+      ++i;
     }
   }
   return out + "\"";
@@ -348,7 +381,8 @@ void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotal
                 static_cast<unsigned long long>(f.original_size()), static_cast<unsigned long long>(f.file_size()), file_ratio,
                 static_cast<unsigned long long>(floor_bits / 8));
   } else {
-    std::printf("total: %zu tensors, %s -> %s file (%.2f%%); tensor data %s, joint floor %s\n", f.tensors().size(),
+    std::printf("total: %zu tensor%s, %s -> %s file (%.2f%%); tensor data %s, joint floor %s\n", f.tensors().size(),
+                f.tensors().size() == 1 ? "" : "s",
                 human(static_cast<double>(f.original_size())).c_str(), human(static_cast<double>(f.file_size())).c_str(),
                 100 * file_ratio, human(static_cast<double>(stored)).c_str(), human(static_cast<double>(floor_bits) / 8).c_str());
   }

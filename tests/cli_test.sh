@@ -90,6 +90,14 @@ mkdir -p "$tmp/dotidx" && echo '{"files": [{"source": "a.safetensors", "bs": "."
 expect 5 "an index naming the directory itself" -- "$bs" info "$tmp/dotidx"
 check "is refused as unsafe" -- grep -q "unsafe path '.'" "$tmp/err"
 
+# --json output parses whatever bytes a file name holds: non-UTF-8 bytes become U+FFFD
+nu="$tmp/nu$(printf '\xff')é"
+cp "$tmp/m.safetensors" "$nu.safetensors"
+expect 0 "compress a non-UTF-8 name" -- "$bs" compress -q "$nu.safetensors"
+expect 0 "info --json of it" -- "$bs" info --json "$nu.bs"
+check "its JSON parses, with the valid characters kept" -- python3 -c "
+import json; d = json.loads(open('$tmp/out', 'rb').read()); assert d['path'].endswith('nu\ufffd\u00e9.bs'), d['path']"
+
 # errors: one line naming the file, documented exit code, nothing left behind
 expect 1 "no arguments" -- "$bs"
 expect 1 "unknown command" -- "$bs" frobnicate x
