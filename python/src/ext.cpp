@@ -81,17 +81,23 @@ PyObject* make_error(nb::module_& m, const char* name, PyObject* bases, const ch
 using Bytes = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using ConstBytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
+// Always installed, with or without a Python callback: the core calls it between batches (at
+// most 64 MB apart) on the calling thread, where Python's pending signal handlers run, so that
+// Ctrl-C stops a long compress or decompress there. A KeyboardInterrupt, like any exception
+// from the callback, unwinds the core, which removes its unfinished output.
 ProgressFn progress_fn(nb::object cb) {
-  if (cb.is_none()) return nullptr;
   // The std::function is copied and destroyed while the GIL is released: the Python object is
   // shared through a pointer whose deleter takes the GIL, and calls take it too.
-  std::shared_ptr<nb::object> holder(new nb::object(std::move(cb)), [](nb::object* o) {
-    nb::gil_scoped_acquire gil;
-    delete o;
-  });
+  std::shared_ptr<nb::object> holder;
+  if (!cb.is_none())
+    holder.reset(new nb::object(std::move(cb)), [](nb::object* o) {
+      nb::gil_scoped_acquire gil;
+      delete o;
+    });
   return [holder](uint64_t done, uint64_t total) {
     nb::gil_scoped_acquire gil;
-    (*holder)(done, total);
+    if (PyErr_CheckSignals() != 0) throw nb::python_error();
+    if (holder) (*holder)(done, total);
   };
 }
 
@@ -245,6 +251,7 @@ NB_MODULE(_core, m) {
       [](const std::string& path, int threads) {
         DecompressOptions o;
         o.threads = threads;
+        o.progress = progress_fn(nb::none());  // no bar, but Ctrl-C is heard between batches
         run_released([&] { return verify_path(path, o); });
       },
       nb::arg("path"), nb::arg("threads") = 0);
@@ -274,6 +281,7 @@ NB_MODULE(_core, m) {
         CompressOptions o;
         o.threads = threads;
         o.overwrite = overwrite;
+        o.progress = progress_fn(nb::none());  // Ctrl-C is heard between batches
         run_released([&] { return write_tensors(dst, views, metadata, o); });
       },
       nb::arg("dst"), nb::arg("names_dtypes"), nb::arg("shapes"), nb::arg("buffers"), nb::arg("metadata"),

@@ -318,3 +318,34 @@ def test_save_file_restores_to_what_safetensors_writes(tmp_path):
     st.save_file(t, str(tmp_path / "ref.safetensors"), metadata={"format": "pt"})
     assert (tmp_path / "t.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
     assert list(bt.load_file(tmp_path / "t.bs")) == list(st.load_file(str(tmp_path / "ref.safetensors")))
+
+
+@pytest.mark.parametrize("op", ["compress", "decompress"])
+def test_ctrl_c_stops_the_core_and_leaves_nothing(models, tmp_path, op):
+    """SIGINT during a call without a progress bar: KeyboardInterrupt at the next batch, no output."""
+    import signal
+    import time
+
+    orig, comp = models["f32"]
+    src = os.path.join(orig, "model.safetensors") if op == "compress" else os.path.join(comp, "model.bs")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    dst = str(out_dir / ("m.bs" if op == "compress" else "m.safetensors"))
+    # No Python code runs in the child while the core works (a callback would hear the signal
+    # itself). Its temporary output appears when the core starts; at one thread the rest of the
+    # 90 MB model takes far longer than the signal takes to arrive.
+    code = f"""
+import bigsmall._core as c
+try:
+    c.{op}({src!r}, {dst!r}, 1, False, {"True, " if op == "decompress" else ""}False, None)
+    print("finished")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not os.listdir(out_dir) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.001)
+    p.send_signal(signal.SIGINT)
+    assert p.communicate(timeout=60)[0].strip() == "interrupted"
+    assert os.listdir(out_dir) == []
