@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "bigsmall/container.hpp"
+#include "bigsmall/utf8.hpp"
 
 namespace fs = std::filesystem;
 using namespace bigsmall;
@@ -106,32 +107,6 @@ std::string human(double bytes) {
 }
 
 // JSON string literal for names and paths (tensor names may hold quotes, backslashes, controls).
-// Length of the valid UTF-8 sequence at s[i], or 0 (overlong forms, surrogates and code points
-// past U+10FFFF are invalid too).
-size_t utf8_length(const std::string& s, size_t i) {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned c = b(i);
-  size_t n;
-  unsigned lo = 0x80, hi = 0xBF;  // bounds of the second byte
-  if (c < 0x80) return 1;
-  if (c >= 0xC2 && c <= 0xDF) n = 2;
-  else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size() || b(i + 1) < lo || b(i + 1) > hi) return 0;
-  for (size_t k = 2; k < n; ++k)
-    if (b(i + k) < 0x80 || b(i + k) > 0xBF) return 0;
-  return n;
-}
-
 // A JSON string. Bytes that are not UTF-8 (file names may hold any) become U+FFFD, so that the
 // output always parses.
 std::string jq(const std::string& s) {
@@ -146,7 +121,7 @@ std::string jq(const std::string& s) {
       std::snprintf(buf, sizeof buf, "\\u%04x", u);
       out += buf;
       ++i;
-    } else if (const size_t n = utf8_length(s, i); n > 0) {
+    } else if (const size_t n = utf8_sequence_length(s, i); n > 0) {
       out.append(s, i, n);
       i += n;
     } else {

@@ -2,9 +2,11 @@
 // promise that no failed run leaves a file under the final name.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <zstd.h>
 
 #include <csignal>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <random>
@@ -224,6 +226,12 @@ TEST(BadSafetensors, EachProblemHasItsError) {
   expect_rejected(with_header(R"({"a":{"dtype":"U8","shape":[18446744073709551615,2],"data_offsets":[0,2]}})"),
                   Error::kNotSafetensors, "shape overflow");
   expect_rejected(with_header(R"({"a":)"), Error::kNotSafetensors, "broken json");
+  // Headers are UTF-8 JSON (safetensors refuses anything else too): a stray byte, and an escaped
+  // low surrogate alone, which would decode to invalid UTF-8.
+  expect_rejected(with_header("{\"a\xff\":{\"dtype\":\"U8\",\"shape\":[16],\"data_offsets\":[0,16]}}"),
+                  Error::kNotSafetensors, "name not UTF-8");
+  expect_rejected(with_header(R"({"a\udc00":{"dtype":"U8","shape":[16],"data_offsets":[0,16]}})"), Error::kNotSafetensors,
+                  "lone low surrogate");
   std::vector<uint8_t> huge(16, 0);
   huge[7] = 0x7F;  // header length near 2^63
   expect_rejected(huge, Error::kNotSafetensors, "hostile header length");
@@ -277,6 +285,62 @@ TEST_F(DamagedBs, NewerVersionIsRefusedClearly) {
   const Status st = open_and_verify(bad);
   EXPECT_EQ(st.code(), Error::kUnsupportedVersion) << st.message();
   EXPECT_NE(st.message().find("newer"), std::string::npos);
+}
+
+// A file whose index is rewritten by `edit` (raw index bytes), with every checksum made right
+// again: what a hostile writer could produce.
+std::vector<uint8_t> with_index_edit(const std::vector<uint8_t>& bs, const std::function<void(std::vector<uint8_t>&)>& edit) {
+  uint64_t offset, stored, raw;
+  std::memcpy(&offset, bs.data() + 16, 8);
+  std::memcpy(&stored, bs.data() + 24, 8);
+  std::memcpy(&raw, bs.data() + 32, 8);
+  std::vector<uint8_t> index(raw);
+  EXPECT_EQ(ZSTD_decompress(index.data(), raw, bs.data() + offset, stored), raw);
+  edit(index);
+  std::vector<uint8_t> z(ZSTD_compressBound(index.size()));
+  z.resize(ZSTD_compress(z.data(), z.size(), index.data(), index.size(), 1));
+  std::vector<uint8_t> out(bs.begin(), bs.begin() + static_cast<long>(offset));
+  out.insert(out.end(), z.begin(), z.end());
+  const uint64_t zsize = z.size(), isize = index.size(), isum = detail::xxh3_64(z.data(), z.size());
+  std::memcpy(out.data() + 24, &zsize, 8);
+  std::memcpy(out.data() + 32, &isize, 8);
+  std::memcpy(out.data() + 40, &isum, 8);
+  const uint64_t hsum = detail::xxh3_64(out.data(), 56);
+  std::memcpy(out.data() + 56, &hsum, 8);
+  return out;
+}
+
+TEST_F(DamagedBs, NamesMustBeUtf8) {
+  // The name stands twice in the index: in the kept safetensors header, then in its tensor entry.
+  const std::string name = "model.norm.weight";
+  auto edit = [&](bool entry, uint8_t byte) {
+    return with_index_edit(good, [&](std::vector<uint8_t>& index) {
+      const auto at = entry ? std::find_end(index.begin(), index.end(), name.begin(), name.end())
+                            : std::search(index.begin(), index.end(), name.begin(), name.end());
+      ASSERT_NE(at, index.end());
+      *(at + 5) = byte;
+    });
+  };
+  // The rewrite itself is sound: the same edits with a valid byte still open and verify.
+  for (bool entry : {false, true}) {
+    const Status ok = open_and_verify(edit(entry, '_'));
+    EXPECT_TRUE(ok.is_ok()) << ok.message();
+  }
+  Status st = open_and_verify(edit(false, 0xFF));
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+  EXPECT_NE(st.message().find("safetensors header is not UTF-8"), std::string::npos) << st.message();
+  st = open_and_verify(edit(true, 0xFF));
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+  EXPECT_NE(st.message().find("tensor name is not UTF-8"), std::string::npos) << st.message();
+}
+
+TEST(Container, WriteTensorsRefusesNamesThatAreNotUtf8) {
+  TempDir d;
+  const std::vector<uint8_t> bytes(4, 1);
+  const Status st = write_tensors(d / "n.bs", {{"bad\xff", DType::kU8, {4}, bytes.data(), 4}}, {});
+  EXPECT_EQ(st.code(), Error::kInvalidArgument) << st.message();
+  EXPECT_FALSE(fs::exists(d / "n.bs"));
+  EXPECT_TRUE(write_tensors(d / "e.bs", {{"\xf0\x9f\x98\x80 ok", DType::kU8, {4}, bytes.data(), 4}}, {}).is_ok());
 }
 
 TEST_F(DamagedBs, NotABsFile) {

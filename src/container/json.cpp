@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "bigsmall/utf8.hpp"
+
 namespace bigsmall::detail {
 namespace {
 
@@ -125,6 +127,13 @@ class Parser {
       const char c = s_[i_++];
       if (c == '"') return Status::ok();
       if (static_cast<unsigned char>(c) < 0x20) return err("control character in string");
+      if (static_cast<unsigned char>(c) >= 0x80) {  // JSON text is UTF-8 (safetensors checks it too)
+        const size_t n = utf8_sequence_length(s_, i_ - 1);
+        if (n == 0) return err("string is not valid UTF-8");
+        out->append(s_.substr(i_ - 1, n));
+        i_ += n - 1;
+        continue;
+      }
       if (c != '\\') { out->push_back(c); continue; }
       if (i_ >= s_.size()) break;
       const char e = s_[i_++];
@@ -144,6 +153,8 @@ class Parser {
             uint32_t lo;
             if (!lit("\\u") || !hex4(&lo) || lo < 0xDC00 || lo >= 0xE000) return err("bad surrogate pair");
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          } else if (cp >= 0xDC00 && cp < 0xE000) {
+            return err("bad surrogate pair");  // a low surrogate alone would become invalid UTF-8
           }
           utf8(cp, out);
           break;
