@@ -52,8 +52,31 @@ PyObject* g_value = nullptr;     // invalid argument (also a ValueError)
     case Error::kInvalidArgument: cls = g_value; break;
     default: break;
   }
-  PyErr_SetString(cls, st.message().c_str());
+  // Messages name files, whose paths may hold any bytes: those that are not UTF-8 are shown
+  // escaped (\xff) rather than turning the error into a UnicodeDecodeError.
+  const std::string& m = st.message();
+  PyObject* text = PyUnicode_DecodeUTF8(m.data(), static_cast<Py_ssize_t>(m.size()), "backslashreplace");
+  if (text == nullptr) throw nb::python_error();
+  PyErr_SetObject(cls, text);
+  Py_DECREF(text);
   throw nb::python_error();
+}
+
+// A path as the operating system spells it: from str (bytes that are not UTF-8 arrive as
+// surrogate escapes, as os.fsdecode makes them), bytes or os.PathLike.
+std::string fs_path(nb::handle p) {
+  PyObject* b = nullptr;
+  if (!PyUnicode_FSConverter(p.ptr(), &b)) throw nb::python_error();
+  std::string out(PyBytes_AS_STRING(b), static_cast<size_t>(PyBytes_GET_SIZE(b)));
+  Py_DECREF(b);
+  return out;
+}
+
+// And back, as os.fsdecode would give it.
+nb::object fs_str(const std::string& s) {
+  PyObject* o = PyUnicode_DecodeFSDefaultAndSize(s.data(), static_cast<Py_ssize_t>(s.size()));
+  if (o == nullptr) throw nb::python_error();
+  return nb::steal(o);
 }
 
 void check(const Status& st) {
@@ -222,7 +245,8 @@ NB_MODULE(_core, m) {
 
   m.def(
       "compress",
-      [](const std::string& src, const std::string& dst, int threads, bool overwrite, bool dir, nb::object progress) {
+      [](nb::handle src_path, nb::handle dst_path, int threads, bool overwrite, bool dir, nb::object progress) {
+        const std::string src = fs_path(src_path), dst = fs_path(dst_path);
         CompressOptions o;
         o.threads = threads;
         o.overwrite = overwrite;
@@ -234,8 +258,9 @@ NB_MODULE(_core, m) {
 
   m.def(
       "decompress",
-      [](const std::string& src, const std::string& dst, int threads, bool overwrite, bool verify, bool dir,
+      [](nb::handle src_path, nb::handle dst_path, int threads, bool overwrite, bool verify, bool dir,
          nb::object progress) {
+        const std::string src = fs_path(src_path), dst = fs_path(dst_path);
         DecompressOptions o;
         o.threads = threads;
         o.overwrite = overwrite;
@@ -248,7 +273,8 @@ NB_MODULE(_core, m) {
 
   m.def(
       "verify",
-      [](const std::string& path, int threads) {
+      [](nb::handle path_arg, int threads) {
+        const std::string path = fs_path(path_arg);
         DecompressOptions o;
         o.threads = threads;
         o.progress = progress_fn(nb::none());  // no bar, but Ctrl-C is heard between batches
@@ -258,16 +284,19 @@ NB_MODULE(_core, m) {
 
   m.def(
       "model_dir_files",
-      [](const std::string& dir) {
+      [](nb::handle dir_arg) {
+        const std::string dir = fs_path(dir_arg);
         auto r = model_dir_files(dir);
         if (!r) raise(r.status());
-        return *r;
+        nb::list out;
+        for (const auto& f : *r) out.append(fs_str(f));
+        return out;
       },
       nb::arg("dir"), "The .bs files of a compressed model directory, in the order of its index.");
 
   m.def(
       "write_tensors",
-      [](const std::string& dst, const std::vector<std::pair<std::string, std::string>>& names_dtypes,
+      [](nb::handle dst_path, const std::vector<std::pair<std::string, std::string>>& names_dtypes,
          const std::vector<std::vector<uint64_t>>& shapes, std::vector<ConstBytes> datas,
          const std::vector<std::pair<std::string, std::string>>& metadata, int threads, bool overwrite) {
         if (names_dtypes.size() != shapes.size() || shapes.size() != datas.size())
@@ -282,6 +311,7 @@ NB_MODULE(_core, m) {
         o.threads = threads;
         o.overwrite = overwrite;
         o.progress = progress_fn(nb::none());  // Ctrl-C is heard between batches
+        const std::string dst = fs_path(dst_path);
         run_released([&] { return write_tensors(dst, views, metadata, o); });
       },
       nb::arg("dst"), nb::arg("names_dtypes"), nb::arg("shapes"), nb::arg("buffers"), nb::arg("metadata"),
@@ -290,7 +320,8 @@ NB_MODULE(_core, m) {
   nb::class_<PyFile>(m, "File")
       .def_static(
           "open",
-          [](const std::string& path) {
+          [](nb::handle path_arg) {
+            const std::string path = fs_path(path_arg);
             Result<BsFile> r = [&] {
               nb::gil_scoped_release release;
               return BsFile::open(path);
@@ -300,7 +331,7 @@ NB_MODULE(_core, m) {
             return p;
           },
           nb::arg("path"), nb::rv_policy::take_ownership)
-      .def_prop_ro("path", [](const PyFile& p) { return p.f.path(); })
+      .def_prop_ro("path", [](const PyFile& p) { return fs_str(p.f.path()); })
       .def_prop_ro("file_size", [](const PyFile& p) { return p.f.file_size(); })
       .def_prop_ro("original_size", [](const PyFile& p) { return p.f.original_size(); })
       .def_prop_ro("header", [](const PyFile& p) { return nb::bytes(p.f.safetensors_header().data(), p.f.safetensors_header().size()); })

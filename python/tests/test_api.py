@@ -349,3 +349,31 @@ except KeyboardInterrupt:
     p.send_signal(signal.SIGINT)
     assert p.communicate(timeout=60)[0].strip() == "interrupted"
     assert os.listdir(out_dir) == []
+
+
+def test_paths_that_are_not_utf8(models, tmp_path):
+    """File names may hold any bytes; Python spells those as surrogate escapes (os.fsdecode)."""
+    import shutil
+
+    from transformers import BertModel
+
+    orig, _ = models["bf16"]
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/m\xff\xe9")
+    shutil.copytree(orig, odd)
+    comp = bigsmall.compress(odd)
+    assert comp == odd + ".bs" and os.path.isdir(comp)
+    shard = os.path.join(comp, "model.bs")
+    assert bigsmall.info(comp)["files"][0]["path"] == shard and bigsmall.info(shard)["path"] == shard
+    a = st.load_file(os.path.join(orig, "model.safetensors"))
+    b = bt.load_file(shard)
+    assert all(torch.equal(a[k].view(-1).view(torch.uint8), b[k].view(-1).view(torch.uint8)) for k in a)
+    with bigsmall.safe_open(os.fsencode(shard)) as f:  # bytes paths work too
+        assert sorted(f.keys()) == sorted(a)
+    bigsmall.from_pretrained(comp, BertModel, progress=False)
+    back = bigsmall.decompress(comp, odd + ".restored")
+    assert open(os.path.join(back, "model.safetensors"), "rb").read() == open(os.path.join(orig, "model.safetensors"), "rb").read()
+    bt.save_file({"w": torch.ones(3)}, odd + ".one.bs")
+    assert torch.equal(bt.load_file(odd + ".one.bs")["w"], torch.ones(3))
+    # Errors naming such a file are bigsmall errors, the odd bytes shown escaped.
+    with pytest.raises(bigsmall.BigsmallIOError, match=r"\\xff"):
+        bt.load_file(odd + ".missing.bs")
