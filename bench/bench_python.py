@@ -6,7 +6,9 @@
    cache warm for both, medians of 7, same process: the real model (FP32 and a BF16 conversion)
    and the BF16 corpus files;
 3. StreamingLoader.load_model(device="cpu"): peak RSS above the final RSS (VmRSS sampled every
-   0.5 ms in a thread), against the largest block's decoded size.
+   0.5 ms in a thread), against the largest block's decoded size;
+4. a whole model load, as users meet it: bigsmall.from_pretrained of the compressed directory
+   against transformers' from_pretrained of the original (medians of 7, same process).
 
 Usage: .venv/bin/python bench/bench_python.py [--corpus DIR] [--markdown OUT.md]
 """
@@ -90,6 +92,14 @@ def main():
         t_bs = timed(lambda: bt.load_file(comp))
         lines.append(f"| {label} | {t_st * 1e3:.1f} | {t_bs * 1e3:.1f} | {t_bs / t_st:.2f}x |")
     comp_dir = bigsmall.compress(model_dir, os.path.join(work, "minilm.bs"))
+    from transformers import BertModel
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    t_hf = timed(lambda: BertModel.from_pretrained(model_dir))
+    t_bsm = timed(lambda: bigsmall.from_pretrained(comp_dir, BertModel, progress=False))
+    lines.append(f"\n- Model load, MiniLM-L6 FP32: transformers `from_pretrained` of the original {t_hf * 1e3:.0f} ms, "
+                 f"`bigsmall.from_pretrained` of the compressed directory {t_bsm * 1e3:.0f} ms ({t_bsm / t_hf:.2f}x)")
     r = json.loads(subprocess.run([sys.executable, __file__, "--rss-child", comp_dir], capture_output=True, text=True, check=True).stdout)
     f = bigsmall._core.File.open(os.path.join(comp_dir, "model.bs"))
     from bigsmall._models import _group_key
