@@ -97,6 +97,14 @@ expect 0 "compress a non-UTF-8 name" -- "$bs" compress -q "$nu.safetensors"
 expect 0 "info --json of it" -- "$bs" info --json "$nu.bs"
 check "its JSON parses, with the valid characters kept" -- python3 -c "
 import json; d = json.loads(open('$tmp/out', 'rb').read()); assert d['path'].endswith('nu\ufffd\u00e9.bs'), d['path']"
+# such a name inside a model directory goes into its index: it must restore
+mkdir -p "$tmp/nudir" && cp "$tmp/m.safetensors" "$tmp/nudir/model-$(printf '\xff').safetensors"
+expect 0 "compress a directory holding a non-UTF-8 name" -- "$bs" compress -q "$tmp/nudir"
+expect 0 "verify it" -- "$bs" verify -q "$tmp/nudir.bs"
+expect 0 "info --json of it" -- "$bs" info --json "$tmp/nudir.bs"
+check "its JSON parses" -- python3 -c "import json; json.loads(open('$tmp/out', 'rb').read())"
+expect 0 "decompress it" -- "$bs" decompress -q "$tmp/nudir.bs" -o "$tmp/nudir2"
+check "restored byte for byte" -- diff -r "$tmp/nudir" "$tmp/nudir2"
 
 # errors: one line naming the file, documented exit code, nothing left behind
 expect 1 "no arguments" -- "$bs"

@@ -418,8 +418,8 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, BsFile::I
   if (!r.ok() || hlen > r.remaining() || hlen > detail::kMaxHeaderBytes) return bad("safetensors header size");
   const uint8_t* h = r.take(hlen);
   im->st_header.assign(reinterpret_cast<const char*>(h), hlen);
-  // Names and the kept header are text (JSON): callers hand them on as strings.
-  if (!is_valid_utf8(im->st_header)) return bad("safetensors header is not UTF-8");
+  // Names and the kept header are UTF-8 in files this version writes; earlier writers passed
+  // other bytes through, and those files must keep decoding, so readers accept any bytes.
   im->data_start = 8 + hlen;
   if (im->original_size < im->data_start) return bad("original size smaller than its header");
   const uint64_t data_size = im->original_size - im->data_start;
@@ -429,7 +429,6 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, BsFile::I
   for (uint32_t t = 0; t < ntensors; ++t) {
     detail::Entry e;
     e.info.name = r.str16();
-    if (!is_valid_utf8(e.info.name)) return bad("tensor name is not UTF-8");
     const uint8_t dtype = r.u8(), codec = r.u8();
     e.coding.chunk_log2 = r.u8();
     e.coding.lanes_log2 = r.u8();
@@ -903,6 +902,9 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
       return Status(Error::kInvalidArgument, "a tensor cannot be named '__metadata__'");
     for (const auto& n : names)
       if (!is_valid_utf8(n)) return Status(Error::kInvalidArgument, "a tensor name is not UTF-8");
+  }
+  for (const auto& [key, value] : metadata) {
+    if (!is_valid_utf8(key) || !is_valid_utf8(value)) return Status(Error::kInvalidArgument, "metadata is not UTF-8");
   }
   const std::string header = detail::make_safetensors_header(laid_out, metadata, &offsets);
   if (header.size() > detail::kMaxHeaderBytes) return Status(Error::kLimit, "safetensors header would exceed 100 MB");

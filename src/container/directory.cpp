@@ -59,7 +59,7 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
   const fs::path p = dir / kDirIndexName;
   auto mf = detail::MappedFile::open(p.string());
   if (!mf) return Status(Error::kNotBigsmall, dir.string() + ": not a bigsmall model directory (no " + kDirIndexName + ")");
-  auto j = detail::parse_json(std::string_view(reinterpret_cast<const char*>(mf->data()), mf->size()));
+  auto j = detail::parse_json(std::string_view(reinterpret_cast<const char*>(mf->data()), mf->size()), /*raw_bytes=*/true);
   const detail::Json* files = j ? j->get("files") : nullptr;
   if (!files || files->kind != detail::Json::Kind::kArray) return Status(Error::kCorrupt, p.string() + ": invalid index");
   const detail::Json* format = j->get("format");

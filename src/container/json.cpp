@@ -13,7 +13,7 @@ constexpr int kMaxDepth = 64;
 
 class Parser {
  public:
-  explicit Parser(std::string_view s) : s_(s) {}
+  Parser(std::string_view s, bool raw_bytes) : s_(s), raw_bytes_(raw_bytes) {}
 
   Status parse(Json* out) {
     ws();
@@ -127,7 +127,7 @@ class Parser {
       const char c = s_[i_++];
       if (c == '"') return Status::ok();
       if (static_cast<unsigned char>(c) < 0x20) return err("control character in string");
-      if (static_cast<unsigned char>(c) >= 0x80) {  // JSON text is UTF-8 (safetensors checks it too)
+      if (static_cast<unsigned char>(c) >= 0x80 && !raw_bytes_) {  // JSON text is UTF-8 (safetensors checks it too)
         const size_t n = utf8_sequence_length(s_, i_ - 1);
         if (n == 0) return err("string is not valid UTF-8");
         out->append(s_.substr(i_ - 1, n));
@@ -199,6 +199,7 @@ class Parser {
   }
 
   std::string_view s_;
+  bool raw_bytes_;
   size_t i_ = 0;
   size_t nodes_ = 0;
   size_t budget_ = s_.size() / 4 + 4096;
@@ -206,9 +207,9 @@ class Parser {
 
 }  // namespace
 
-Result<Json> parse_json(std::string_view text) {
+Result<Json> parse_json(std::string_view text, bool raw_bytes) {
   Json j;
-  Parser p(text);
+  Parser p(text, raw_bytes);
   BS_RETURN_IF_ERROR(p.parse(&j));
   return j;
 }

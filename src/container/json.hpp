@@ -31,7 +31,9 @@ struct Json {
   }
 };
 
-Result<Json> parse_json(std::string_view text);
+// Strings must be well-formed UTF-8, as in any JSON text; bigsmall's own directory index is read
+// with raw_bytes: the file names it records are the operating system's bytes, which need not be.
+Result<Json> parse_json(std::string_view text, bool raw_bytes = false);
 std::string json_quote(std::string_view s);
 
 }  // namespace bigsmall::detail
