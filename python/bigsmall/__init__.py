@@ -64,9 +64,9 @@ def _default_output(src, compressing, is_dir):
 
 def compress(src, dst=None, threads=None, overwrite=False, progress=False):
     """Compress a .safetensors file or a model directory; returns the output path."""
-    src = os.fspath(src)
+    src = os.fsdecode(src)
     is_dir = os.path.isdir(src)
-    dst = os.fspath(dst) if dst is not None else _default_output(src, True, is_dir)
+    dst = os.fsdecode(dst) if dst is not None else _default_output(src, True, is_dir)
     cb, bar = _progress(progress, os.path.basename(src))
     try:
         _core.compress(src, dst, _threads(threads), overwrite, is_dir, cb)
@@ -78,9 +78,9 @@ def compress(src, dst=None, threads=None, overwrite=False, progress=False):
 
 def decompress(src, dst=None, threads=None, overwrite=False, verify=True, progress=False):
     """Restore the original .safetensors file (or model directory) byte for byte."""
-    src = os.fspath(src)
+    src = os.fsdecode(src)
     is_dir = os.path.isdir(src)
-    dst = os.fspath(dst) if dst is not None else _default_output(src, False, is_dir)
+    dst = os.fsdecode(dst) if dst is not None else _default_output(src, False, is_dir)
     cb, bar = _progress(progress, os.path.basename(src))
     try:
         _core.decompress(src, dst, _threads(threads), overwrite, verify, is_dir, cb)
@@ -92,7 +92,7 @@ def decompress(src, dst=None, threads=None, overwrite=False, verify=True, progre
 
 def verify(path, threads=None):
     """Decode everything and check every checksum; raises on the first problem."""
-    _core.verify(os.fspath(path), _threads(threads))
+    _core.verify(os.fsdecode(path), _threads(threads))
 
 
 def info(path):
@@ -101,7 +101,7 @@ def info(path):
     For a compressed model directory: the same for each of its .bs files under "files", their
     sums, and every tensor under "tensors" with the file it is in (its "file" entry).
     """
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     if os.path.isdir(path):
         files = [_file_info(p) for p in _core.model_dir_files(path)]
         return {
@@ -142,7 +142,7 @@ class safe_open:
         self._device = device
         self._threads = _threads(threads)
         self._verify = verify
-        self._file = _core.File.open(os.fspath(path))
+        self._file = _core.File.open(os.fsdecode(path))
         self._infos = self._file.tensors()
         self._index = {t["name"]: i for i, t in enumerate(self._infos)}
 

@@ -18,7 +18,7 @@ _LAYER = re.compile(r"^(.*?\.\d+)\.")
 
 
 def _resolve(path_or_repo_id):
-    p = os.fspath(path_or_repo_id)
+    p = os.fsdecode(path_or_repo_id)
     if os.path.isdir(p):
         return p
     if os.path.exists(p):
@@ -241,7 +241,7 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
 
 def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
     """Writes a model (config included) or a state dict straight to a compressed directory."""
-    out_dir = os.fspath(out_dir)
+    out_dir = os.fsdecode(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     if isinstance(model_or_state_dict, dict):
         state, model = model_or_state_dict, None

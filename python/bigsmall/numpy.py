@@ -36,7 +36,7 @@ def _decode(f, which, infos, threads=0, verify=True):
 
 
 def load_file(filename, threads=None, verify=True):
-    f = _core.File.open(os.fspath(filename))
+    f = _core.File.open(os.fsdecode(filename))
     infos = f.tensors()
     return {t["name"]: a for t, a in zip(infos, _decode(f, list(range(len(infos))), infos, _threads(threads), verify))}
 
@@ -53,7 +53,7 @@ def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
         shapes.append(list(a.shape))
         bufs.append(a.reshape(-1).view(np.uint8))
     meta = sorted((str(k), str(v)) for k, v in (metadata or {}).items())
-    _core.write_tensors(os.fspath(filename), names, shapes, bufs, meta, _threads(threads), overwrite)
+    _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, meta, _threads(threads), overwrite)
 
 
 __all__ = ["load_file", "save_file"]

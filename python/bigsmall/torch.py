@@ -61,7 +61,7 @@ def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
 
 def load_file(filename, device="cpu", threads=None, verify=True):
     """Load every tensor of a .bs file: a dict name -> tensor, like safetensors.torch.load_file."""
-    f = _core.File.open(os.fspath(filename))
+    f = _core.File.open(os.fsdecode(filename))
     infos = f.tensors()
     tensors = _decode(f, list(range(len(infos))), infos, device, _threads(threads), verify)
     return {t["name"]: x for t, x in zip(infos, tensors)}
@@ -86,7 +86,7 @@ def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
     """Write tensors straight to a .bs file (no safetensors file in between)."""
     names, shapes, bufs, _keep = _views(tensors)
     meta = sorted((str(k), str(v)) for k, v in (metadata or {}).items())
-    _core.write_tensors(os.fspath(filename), names, shapes, bufs, meta, _threads(threads), overwrite)
+    _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, meta, _threads(threads), overwrite)
 
 
 def dtype_name(dtype):

@@ -6,6 +6,8 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -104,23 +106,44 @@ PyObject* make_error(nb::module_& m, const char* name, PyObject* bases, const ch
 using Bytes = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using ConstBytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
-// Always installed, with or without a Python callback: the core calls it between batches (at
-// most 64 MB apart) on the calling thread, where Python's pending signal handlers run, so that
-// Ctrl-C stops a long compress or decompress there. A KeyboardInterrupt, like any exception
-// from the callback, unwinds the core, which removes its unfinished output.
+// threading.main_thread().ident, read once (with the GIL held).
+unsigned long main_thread_ident() {
+  static const unsigned long id = [] {
+    nb::object t = nb::module_::import_("threading").attr("main_thread")();
+    return nb::cast<unsigned long>(t.attr("ident"));
+  }();
+  return id;
+}
+
+// With a Python callback, it is called with the GIL between batches. Without one, a call made
+// on Python's main thread still gets a hook, so that Ctrl-C stops a long compress, decompress,
+// verify or save: between batches (a tensor larger than a batch is one step when restoring or
+// verifying) and at most every 100 ms, it takes the GIL and runs Python's pending signal
+// handlers. A KeyboardInterrupt, like any exception from the callback, unwinds the core, which
+// removes its unfinished output file. Other threads get no hook: signals are only handled on
+// the main thread, and taking the GIL there would only wait on other Python threads.
 ProgressFn progress_fn(nb::object cb) {
+  if (cb.is_none()) {
+    if (PyThread_get_thread_ident() != main_thread_ident()) return nullptr;
+    auto last = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
+    return [last](uint64_t, uint64_t) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now - *last < std::chrono::milliseconds(100)) return;
+      *last = now;
+      nb::gil_scoped_acquire gil;
+      if (PyErr_CheckSignals() != 0) throw nb::python_error();
+    };
+  }
   // The std::function is copied and destroyed while the GIL is released: the Python object is
   // shared through a pointer whose deleter takes the GIL, and calls take it too.
-  std::shared_ptr<nb::object> holder;
-  if (!cb.is_none())
-    holder.reset(new nb::object(std::move(cb)), [](nb::object* o) {
-      nb::gil_scoped_acquire gil;
-      delete o;
-    });
+  std::shared_ptr<nb::object> holder(new nb::object(std::move(cb)), [](nb::object* o) {
+    nb::gil_scoped_acquire gil;
+    delete o;
+  });
   return [holder](uint64_t done, uint64_t total) {
     nb::gil_scoped_acquire gil;
     if (PyErr_CheckSignals() != 0) throw nb::python_error();
-    if (holder) (*holder)(done, total);
+    (*holder)(done, total);
   };
 }
 
@@ -212,7 +235,11 @@ nb::list tensor_list(const BsFile& f) {
   nb::list out;
   for (const auto& t : f.tensors()) {
     nb::dict d;
-    d["name"] = t.name;
+    // Files written before names had to be UTF-8 may hold other bytes: they come through as
+    // surrogate escapes, as Python spells undecodable file names.
+    PyObject* name = PyUnicode_DecodeUTF8(t.name.data(), static_cast<Py_ssize_t>(t.name.size()), "surrogateescape");
+    if (name == nullptr) throw nb::python_error();
+    d["name"] = nb::steal(name);
     d["dtype"] = std::string(dtype_info(t.dtype).safetensors_name);
     d["shape"] = nb::cast(t.shape);
     d["nbytes"] = t.nbytes;
