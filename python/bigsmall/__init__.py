@@ -33,6 +33,23 @@ def _threads(threads):
     return 0 if threads is None else int(threads)
 
 
+def _text(s, what):
+    """A tensor name or metadata string as the header stores it: str, encodable as UTF-8 (JSON
+    and safetensors require it; a str may hold surrogate escapes that are not)."""
+    if not isinstance(s, str):
+        raise InvalidArgumentError(f"{what} {s!r} is not a str")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{what} {s!r} is not valid UTF-8 text") from None
+    return s
+
+
+def _header_metadata(metadata):
+    """Sorted (key, value) pairs; values that are not str are written as str() makes them."""
+    return sorted((_text(str(k), "metadata key"), _text(str(v), "metadata value")) for k, v in (metadata or {}).items())
+
+
 def _progress(enabled, desc):
     """A tqdm callback (done, total) when asked and tqdm is installed; None otherwise."""
     if not enabled:

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from . import _core
-from . import InvalidArgumentError, _threads
+from . import InvalidArgumentError, _header_metadata, _text, _threads
 
 _DTYPES = {
     "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
@@ -49,11 +49,10 @@ def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
         a = np.asarray(a, order="C")  # keeps 0-d arrays 0-d (ascontiguousarray would not)
         if a.dtype not in _NAMES:
             raise InvalidArgumentError(f"{name!r}: dtype {a.dtype} is not supported")
-        names.append((name, _NAMES[a.dtype]))
+        names.append((_text(name, "tensor name"), _NAMES[a.dtype]))
         shapes.append(list(a.shape))
         bufs.append(a.reshape(-1).view(np.uint8))
-    meta = sorted((str(k), str(v)) for k, v in (metadata or {}).items())
-    _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, meta, _threads(threads), overwrite)
+    _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, _header_metadata(metadata), _threads(threads), overwrite)
 
 
 __all__ = ["load_file", "save_file"]

@@ -6,7 +6,7 @@ import os
 import torch
 
 from . import _core
-from . import InvalidArgumentError, _metadata, _threads
+from . import InvalidArgumentError, _header_metadata, _metadata, _text, _threads
 
 _DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
@@ -76,7 +76,7 @@ def _views(tensors):
             raise InvalidArgumentError(f"{name!r}: dtype {t.dtype} is not supported")
         c = t.detach().to("cpu").contiguous()
         keep.append(c)
-        names.append((name, _NAMES[c.dtype]))
+        names.append((_text(name, "tensor name"), _NAMES[c.dtype]))
         shapes.append(list(c.shape))
         bufs.append(_byte_view(c))
     return names, shapes, bufs, keep
@@ -85,8 +85,7 @@ def _views(tensors):
 def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
     """Write tensors straight to a .bs file (no safetensors file in between)."""
     names, shapes, bufs, _keep = _views(tensors)
-    meta = sorted((str(k), str(v)) for k, v in (metadata or {}).items())
-    _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, meta, _threads(threads), overwrite)
+    _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, _header_metadata(metadata), _threads(threads), overwrite)
 
 
 def dtype_name(dtype):

@@ -396,3 +396,18 @@ def test_paths_that_are_not_utf8(models, tmp_path):
     # Errors naming such a file are bigsmall errors, the odd bytes shown escaped.
     with pytest.raises(bigsmall.BigsmallIOError, match=r"\\xff"):
         bt.load_file(odd + ".missing.bs")
+
+
+def test_names_and_metadata_must_be_text(tmp_path):
+    t = torch.ones(2)
+    for bad in ({"w\udcff": t}, {3: t}):
+        with pytest.raises(bigsmall.InvalidArgumentError, match="tensor name"):
+            bt.save_file(bad, tmp_path / "a.bs")
+    with pytest.raises(bigsmall.InvalidArgumentError, match="metadata value"):
+        bt.save_file({"w": t}, tmp_path / "a.bs", metadata={"k": "v\udcff"})
+    with pytest.raises(bigsmall.InvalidArgumentError, match="tensor name"):
+        bn.save_file({"w\udcff": np.ones(2)}, tmp_path / "a.bs")
+    assert not os.path.exists(tmp_path / "a.bs")
+    bt.save_file({"w": t}, tmp_path / "b.bs", metadata={"step": 5})  # values written as str() gives them
+    with bigsmall.safe_open(tmp_path / "b.bs") as f:
+        assert f.metadata() == {"step": "5"}
