@@ -1,17 +1,81 @@
 #!/usr/bin/env bash
-# The device check, one script: builds with CUDA, runs the GPU tests (bit-exact against the
-# reference decoder, damaged input), then times GPU decode on >= 2 GB of tiled corpus tensors
-# against a device-to-device copy. Needs CMake, nvcc, ninja or make, libzstd, libxxhash, gtest.
-# Usage: bench/gpu_check.sh [CORPUS_DIR] [GB]
-set -euo pipefail
+# The device check, one script, for a GPU machine (prepared with bench/make_devpack.sh on a
+# machine with nvcc; the GPU machine needs Python with torch, transformers, CMake and nvcc):
+#   1. the GPU tests, bit-exact against the reference decoder on every dtype, awkward sizes,
+#      special values, damaged input, and every tensor of the carried corpus files;
+#   2. gpu_bench: decode throughput on >= 2 GB of tiled BF16, F16 and F32 weights against a
+#      device-to-device copy;
+#   3. the Python package built there, its GPU tests, and loading to the GPU against
+#      safetensors.torch.load_file(device="cuda") of the originals (restored from the .bs files);
+#   4. DFloat11's own GPU decoder on the same BF16 weights, if its wheels were carried.
+# Logs and JSON go to $OUT (or ./gpu-check-out). Usage: bench/gpu_check.sh [GB]
+set -uo pipefail
 cd "$(dirname "$0")/.."
-corpus=${1:-../shared/corpus}
-gb=${2:-2}
-gen=""
-command -v ninja >/dev/null && gen="-G Ninja"
-cmake -S . -B build-gpu $gen -DCMAKE_BUILD_TYPE=Release -DBIGSMALL_GPU_BENCH=ON >/dev/null
-cmake --build build-gpu -j "$(nproc)"
-echo "== GPU tests"
-build-gpu/tests/bigsmall_tests --gtest_filter='Cuda*'
-echo "== GPU decode throughput"
-build-gpu/gpu_bench "$corpus" "$gb"
+pack=$PWD/.devpack
+out=${OUT:-$PWD/gpu-check-out}
+gb=${1:-2}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export LD_LIBRARY_PATH=$pack/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+step() { echo; echo "== [$(($(date +%s) - t0)) s] $*"; }
+status=()
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+"$py" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)"
+
+# The Python build takes a minute of CPU: it runs beside the C++ checks.
+step "building the Python package (background)"
+(
+  "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$pack"/whl/*.whl &&
+  PYTHONPATH=/tmp/site CMAKE_PREFIX_PATH=$pack "$py" -m pip install -q --no-build-isolation --no-deps --no-index \
+    -C cmake.define.BIGSMALL_CUDA_ARCHITECTURES=90-real -C build-dir=/tmp/bs-build . 
+) >"$out/pybuild.log" 2>&1 &
+pybuild=$!
+
+step "GPU tests (C++)"
+BIGSMALL_GPU_CORPUS=$pack/bs timeout 180 "$pack/bin/bigsmall_tests" --gtest_filter='Cuda*' 2>&1 | tee "$out/gtest.log" | tail -25
+status+=("gtest:${PIPESTATUS[0]}")
+
+step "gpu_bench ($gb GB per dtype)"
+timeout 240 "$pack/bin/gpu_bench" "$pack/bs" "$gb" 2>&1 | tee "$out/gpu_bench.log"
+status+=("gpu_bench:${PIPESTATUS[0]}")
+
+step "restoring the originals from .bs (CLI)"
+rm -rf /tmp/pairs /tmp/model.orig && mkdir -p /tmp/pairs
+for f in "$pack"/bs/*.bs; do
+  cp "$f" /tmp/pairs/ && "$pack/bin/bigsmall" decompress -q -f "$f" -o "/tmp/pairs/$(basename "${f%.bs}").safetensors"
+done
+"$pack/bin/bigsmall" decompress -q -f "$pack/model" -o /tmp/model.orig && ls /tmp/pairs | wc -l
+
+step "waiting for the Python build"
+wait $pybuild
+rc=$?
+status+=("pybuild:$rc")
+tail -5 "$out/pybuild.log"
+if [ $rc -eq 0 ]; then
+  step "Python GPU tests"
+  ( cd python/tests && BIGSMALL_TEST_MODEL=/tmp/model.orig timeout 180 "$py" -m pytest -q -p no:cacheprovider test_cuda.py \
+      -rs 2>&1 | tee "$out/pytest.log" | tail -15 )
+  status+=("pytest:${PIPESTATUS[0]}")
+  step "loading to the GPU: bigsmall vs safetensors"
+  timeout 180 "$py" bench/gpu_load_bench.py --pairs /tmp/pairs --model-bs "$pack/model" --model-orig /tmp/model.orig \
+    --json "$out/gpu_load.json" 2>"$out/gpu_load.err" | tee "$out/gpu_load.log"
+  status+=("load_bench:${PIPESTATUS[0]}")
+  tail -3 "$out/gpu_load.err"
+fi
+
+if [ -f bench/dfloat11_bench.py ] && ls "$pack"/whl/dfloat11-*.whl >/dev/null 2>&1; then
+  step "DFloat11's decoder on the same BF16 weights"
+  PYTHONPATH=/tmp/site timeout 150 "$py" bench/dfloat11_bench.py --bs-dir /tmp/pairs --gb "$gb" 2>"$out/dfloat11.err" |
+    tee "$out/dfloat11.json"
+  status+=("dfloat11:${PIPESTATUS[0]}")
+  tail -3 "$out/dfloat11.err"
+fi
+
+step "summary: ${status[*]}"
+grep -A6 '^| dtype' "$out/gpu_bench.log"
+grep -E '^\| all|^StreamingLoader|^bigsmall.from' "$out/gpu_load.log" 2>/dev/null
+cat "$out/dfloat11.json" 2>/dev/null

@@ -21,9 +21,11 @@ struct Job {
 };
 
 // Decodes the chunks of many tensors in one launch on a caller's stream. Tables are built on the
-// host and copied asynchronously; nothing inside waits for the device. Chunk checksums are
-// checked on the host bytes before launch (when verify); after the caller has synchronised the
-// stream, finish() reads the per-chunk status array and reports the first failure.
+// host and copied asynchronously with the chunk list in one allocation; nothing inside waits for
+// the device. Chunk checksums are checked on the host bytes before launch (when verify); after
+// the caller has synchronised the stream, finish() reads the per-chunk status array and reports
+// the first failure. A Decoder enqueues once and must be destroyed before its stream.
+// device_out must be aligned to the tensor's element size.
 class Decoder {
  public:
   Decoder();
@@ -32,6 +34,9 @@ class Decoder {
   Decoder& operator=(const Decoder&) = delete;
   Status enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool verify = true);
   Status finish();
+  // Tables go to shared memory when they fit (default); off decodes from global memory, for tests
+  // and benchmarks of that path.
+  void set_shared_tables(bool on);
 
  private:
   struct Impl;

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -184,6 +185,77 @@ void read_released(const BsFile& f, const std::vector<size_t>& which, const std:
 }
 
 #if BIGSMALL_HAVE_CUDA
+// Two pinned host buffers, kept for the life of the process: device-to-host reads of decoded
+// tensors for their checksums go through them, the copy of one piece overlapping the hashing of
+// the other. Pinned copies run at bus speed; a fresh pageable buffer per call cost more than the
+// decode itself.
+struct PinnedPair {
+  static constexpr size_t kPiece = size_t{8} << 20;
+  std::mutex mu;
+  uint8_t* buf[2] = {nullptr, nullptr};
+  cudaEvent_t done[2] = {nullptr, nullptr};
+  bool ready = false;
+
+  Status init() {
+    if (ready) return Status::ok();
+    for (int b = 0; b < 2; ++b) {
+      if (cudaMallocHost(&buf[b], kPiece) != cudaSuccess || cudaEventCreateWithFlags(&done[b], cudaEventDisableTiming) != cudaSuccess)
+        return Status(Error::kIo, "cannot allocate pinned host memory for checksums");
+    }
+    ready = true;
+    return Status::ok();
+  }
+};
+
+PinnedPair& pinned_pair() {
+  static PinnedPair* p = new PinnedPair;  // never freed: CUDA may be torn down before statics
+  return *p;
+}
+
+// XXH3-64 of each decoded tensor, read back piece by piece through the pinned pair (whose lock
+// the caller holds).
+Status hash_on_host(PinnedPair& pp, const BsFile& f, const std::vector<size_t>& which, const std::vector<uint64_t>& ptrs,
+                    cudaStream_t stream) {
+  BS_RETURN_IF_ERROR(pp.init());
+  struct Piece {
+    size_t k;
+    uint64_t off, n;
+  };
+  std::vector<Piece> pieces;
+  for (size_t k = 0; k < which.size(); ++k)
+    for (uint64_t off = 0, nb = f.tensors()[which[k]].nbytes; off < nb; off += PinnedPair::kPiece)
+      pieces.push_back({k, off, std::min<uint64_t>(PinnedPair::kPiece, nb - off)});
+  auto issue = [&](size_t p) {
+    const Piece& x = pieces[p];
+    const int b = static_cast<int>(p & 1);
+    if (cudaMemcpyAsync(pp.buf[b], reinterpret_cast<const uint8_t*>(ptrs[x.k]) + x.off, x.n, cudaMemcpyDeviceToHost, stream) != cudaSuccess ||
+        cudaEventRecord(pp.done[b], stream) != cudaSuccess)
+      return Status(Error::kIo, "copy from the device failed");
+    return Status::ok();
+  };
+  if (!pieces.empty()) BS_RETURN_IF_ERROR(issue(0));
+  std::unique_ptr<detail::Xxh3Stream> hash;
+  for (size_t p = 0; p < pieces.size(); ++p) {
+    if (p + 1 < pieces.size()) BS_RETURN_IF_ERROR(issue(p + 1));  // its buffer was hashed last round
+    if (cudaEventSynchronize(pp.done[p & 1]) != cudaSuccess) return Status(Error::kIo, "copy from the device failed");
+    const Piece& x = pieces[p];
+    if (x.off == 0) hash = std::make_unique<detail::Xxh3Stream>();
+    hash->update(pp.buf[p & 1], x.n);
+    const TensorInfo& t = f.tensors()[which[x.k]];
+    if (x.off + x.n == t.nbytes && hash->digest() != f.coding(which[x.k]).checksum)
+      return Status(Error::kCorrupt, "tensor '" + t.name + "': checksum mismatch after GPU decode");
+  }
+  return Status::ok();
+}
+
+Status verify_on_host(const BsFile& f, const std::vector<size_t>& which, const std::vector<uint64_t>& ptrs, cudaStream_t stream) {
+  PinnedPair& pp = pinned_pair();
+  std::lock_guard<std::mutex> lock(pp.mu);
+  const Status st = hash_on_host(pp, f, which, ptrs, stream);
+  if (!st.is_ok()) cudaStreamSynchronize(stream);  // no copy may still write into the pair once it is unlocked
+  return st;
+}
+
 // Compressed payloads go to the device once, then one launch decodes every chunk of every tensor
 // into the callers' device buffers. Synchronises the stream before returning.
 Status decode_on_device(const BsFile& f, const std::vector<size_t>& which, const std::vector<uint64_t>& ptrs,
@@ -191,8 +263,13 @@ Status decode_on_device(const BsFile& f, const std::vector<size_t>& which, const
   uint64_t total = 0;
   for (size_t i : which) total += f.tensors()[i].stored_bytes;
   uint8_t* staging = nullptr;
-  if (cudaMalloc(&staging, std::max<uint64_t>(1, total)) != cudaSuccess)
-    return Status(Error::kIo, "cannot allocate device memory for compressed data");
+  // Stream-ordered: no device-wide synchronisation on allocation or release.
+  const bool async_alloc = cudaMallocAsync(reinterpret_cast<void**>(&staging), std::max<uint64_t>(1, total), stream) == cudaSuccess;
+  if (!async_alloc) {
+    cudaGetLastError();
+    if (cudaMalloc(&staging, std::max<uint64_t>(1, total)) != cudaSuccess)
+      return Status(Error::kIo, "cannot allocate device memory for compressed data").with_context(f.path());
+  }
   std::vector<cuda::Job> jobs;
   uint64_t off = 0;
   Status st;
@@ -204,29 +281,16 @@ Status decode_on_device(const BsFile& f, const std::vector<size_t>& which, const
     jobs.push_back({&f.coding(i), f.payload(i), staging + off, reinterpret_cast<uint8_t*>(ptrs[k])});
     off += n;
   }
-  cuda::Decoder dec;
-  if (st.is_ok()) st = dec.enqueue(jobs, stream, verify);
-  const cudaError_t sync = cudaStreamSynchronize(stream);
-  if (st.is_ok() && sync != cudaSuccess) st = Status(Error::kIo, std::string("CUDA: ") + cudaGetErrorString(sync));
-  if (st.is_ok()) st = dec.finish();
-  cudaFree(staging);
-  // The decoded tensors' checksums, as on the CPU path: read back in bounded pieces.
-  if (st.is_ok() && verify) {
-    std::vector<uint8_t> piece(std::min<uint64_t>(64u << 20, std::max<uint64_t>(1, total * 4)));
-    for (size_t k = 0; k < which.size() && st.is_ok(); ++k) {
-      const TensorInfo& t = f.tensors()[which[k]];
-      detail::Xxh3Stream hash;
-      for (uint64_t off = 0; off < t.nbytes && st.is_ok(); off += piece.size()) {
-        const uint64_t n = std::min<uint64_t>(piece.size(), t.nbytes - off);
-        if (cudaMemcpy(piece.data(), reinterpret_cast<const uint8_t*>(ptrs[k]) + off, n, cudaMemcpyDeviceToHost) != cudaSuccess)
-          st = Status(Error::kIo, "copy from the device failed");
-        else
-          hash.update(piece.data(), n);
-      }
-      if (st.is_ok() && hash.digest() != f.coding(which[k]).checksum)
-        st = Status(Error::kCorrupt, "tensor '" + t.name + "': checksum mismatch after GPU decode");
-    }
+  {
+    cuda::Decoder dec;
+    if (st.is_ok()) st = dec.enqueue(jobs, stream, verify);
+    const cudaError_t sync = cudaStreamSynchronize(stream);
+    if (st.is_ok() && sync != cudaSuccess) st = Status(Error::kIo, std::string("CUDA: ") + cudaGetErrorString(sync));
+    if (st.is_ok()) st = dec.finish();  // the decoder's own finding names the chunk: it goes first
+    if (st.is_ok() && verify) st = verify_on_host(f, which, ptrs, stream);
   }
+  if (async_alloc) cudaFreeAsync(staging, stream);
+  else cudaFree(staging);
   return st.with_context(f.path());
 }
 #endif

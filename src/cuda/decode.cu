@@ -1,10 +1,13 @@
 // CUDA decoder for the .bs chunk format (doc/FORMAT.md). One warp decodes one chunk: thread l is
 // rANS lane l; lanes that renormalize take consecutive words at the prefix count of the needing
-// lanes below them (ballot + popc), which is exactly the order the CPU decoders read. Depends on
-// the common and entropy layers only.
+// lanes below them (ballot + popc), which is exactly the order the CPU decoders read. A block's
+// warps decode chunks of one tensor, so its decode tables are loaded once into shared memory; a
+// tensor whose tables do not fit is decoded from global memory by the same code. Depends on the
+// common and entropy layers only.
 #include <cuda_runtime.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -19,122 +22,278 @@ using detail::kRansL;
 
 enum : int { kOk = 0, kBadLayout = 1, kWordsEnd = 2, kStateCheck = 3, kUnusedWords = 4, kBadCodec = 5 };
 
+constexpr int kWarps = 8;                    // warps per block, each decoding its own chunks
+constexpr int kThreads = 32 * kWarps;
+constexpr uint32_t kSharedLimit = 160u << 10;  // larger tables stay in global memory
+
+// A tensor's decode tables live in one 16-byte aligned region; offsets are relative to it, so
+// the same descriptor serves a copy in shared memory and the original in global memory.
 struct ModelDesc {
-  const uint32_t* se_packed;  // freq << 16 | offset, per slot (or plane tables for codec bytes)
-  const uint16_t* se_sym;
-  const uint32_t* m_packed;   // all mantissa tables side by side
-  const uint16_t* m_sym;
-  const uint32_t* m_base;     // per sign+exponent symbol: first slot of its table
-  int se_prec, m_prec, man_bits, raw_bits, zero_bits, codec, unit;
-  int plane_prec[8];          // codec bytes: precision of each byte plane's table
-  uint32_t plane_base[8];     // codec bytes: first slot of each plane's table in se_packed
+  const uint8_t* tables;   // device (global) address of the region
+  uint32_t table_bytes;    // multiple of 16
+  uint32_t se_packed, se_sym, m_packed, m_sym, m_base;  // byte offsets into the region
+  uint32_t plane_packed[8], plane_sym[8];               // codec bytes: each plane's table
+  int plane_prec[8];
+  int codec, unit, se_prec, m_prec, man_bits, raw_bits, zero_bits;
 };
 
 struct ChunkDesc {
   const uint8_t* src;
   uint8_t* out;
-  uint64_t size;  // compressed bytes
-  uint64_t n;     // units
-  uint32_t model;
+  uint32_t size;  // compressed bytes
+  uint32_t n;     // units
   uint32_t mode;
   uint32_t lanes;
 };
 
-__device__ __forceinline__ uint32_t load_u32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) | (static_cast<uint32_t>(p[2]) << 16) |
-         (static_cast<uint32_t>(p[3]) << 24);
+// A block's work: chunks [first, first + count) of the chunk array, all of model `model`.
+struct BlockDesc {
+  uint32_t model, first, count, pad;
+};
+
+__device__ __forceinline__ uint32_t load_word(const uint8_t* words, uint64_t pos, bool aligned) {
+  if (aligned) return __ldg(reinterpret_cast<const uint16_t*>(words) + pos);
+  return static_cast<uint32_t>(__ldg(words + 2 * pos)) | (static_cast<uint32_t>(__ldg(words + 2 * pos + 1)) << 8);
 }
 
-// One rANS step for every lane of the warp; returns false (for all lanes) when words run out.
+// One rANS step for every lane of the warp; false (for all lanes) when the words run out.
 __device__ __forceinline__ bool warp_step(uint32_t& x, bool active, const uint32_t* packed, const uint16_t* sym,
-                                          uint32_t base, int prec, const uint8_t* words, uint64_t nwords,
-                                          uint64_t& wp, uint32_t* out_sym) {
+                                          uint32_t mask, int prec, const uint8_t* words, bool aligned, uint32_t nwords,
+                                          uint32_t& wp, uint32_t* out_sym) {
   const unsigned lane = threadIdx.x & 31;
   bool need = false;
   if (active) {
-    const uint32_t slot = base + (x & ((1u << prec) - 1));
-    const uint32_t e = __ldg(packed + slot);
-    *out_sym = __ldg(sym + slot);
+    const uint32_t slot = x & mask;
+    const uint32_t e = packed[slot];
+    *out_sym = sym[slot];
     x = (e >> 16) * (x >> prec) + (e & 0xffff);
     need = x < kRansL;
   }
-  const unsigned mask = __ballot_sync(0xffffffffu, need);
-  const uint64_t pos = wp + __popc(mask & ((1u << lane) - 1));
-  wp += __popc(mask);
+  const unsigned ballot = __ballot_sync(0xffffffffu, need);
+  const uint32_t pos = wp + __popc(ballot & ((1u << lane) - 1));
+  wp += __popc(ballot);
   if (wp > nwords) return false;
-  if (need) x = (x << 16) | (static_cast<uint32_t>(words[2 * pos]) | (static_cast<uint32_t>(words[2 * pos + 1]) << 8));
+  if (need) x = (x << 16) | load_word(words, pos, aligned);
   return true;
 }
 
-__global__ void decode_chunks(const ChunkDesc* chunks, const ModelDesc* models, int* status) {
-  const ChunkDesc c = chunks[blockIdx.x];
-  const ModelDesc& m = models[c.model];
+// `bits` (<= 57) bits of the raw plane starting at bit `bit`; `end` bounds what may be read.
+__device__ __forceinline__ uint64_t raw_field(const uint8_t* raw, const uint8_t* end, uint64_t bit, int bits) {
+  const uint8_t* p = raw + (bit >> 3);
+  const int sh = static_cast<int>(bit & 7);
+  const uint64_t mask = (uint64_t{1} << bits) - 1;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{7};
+  if (a + 16 <= reinterpret_cast<uintptr_t>(end)) {  // two aligned words hold the field
+    const uint64_t lo = __ldg(reinterpret_cast<const unsigned long long*>(a));
+    const uint64_t hi = __ldg(reinterpret_cast<const unsigned long long*>(a + 8));
+    const int s = static_cast<int>(reinterpret_cast<uintptr_t>(p) - a) * 8;
+    const uint64_t w = s ? (lo >> s) | (hi << (64 - s)) : lo;
+    return (w >> sh) & mask;
+  }
+  uint64_t w = 0;
+  const int nbytes = (sh + bits + 7) / 8;
+  for (int b = 0; b < nbytes && p + b < end; ++b) w |= static_cast<uint64_t>(__ldg(p + b)) << (8 * b);
+  return (w >> sh) & mask;
+}
+
+template <int kUnit>
+__device__ __forceinline__ void store_unit(uint8_t* out, uint64_t i, uint64_t v) {
+  if constexpr (kUnit == 1) out[i] = static_cast<uint8_t>(v);
+  else if constexpr (kUnit == 2) reinterpret_cast<uint16_t*>(out)[i] = static_cast<uint16_t>(v);
+  else if constexpr (kUnit == 4) reinterpret_cast<uint32_t*>(out)[i] = static_cast<uint32_t>(v);
+  else reinterpret_cast<uint64_t*>(out)[i] = v;
+}
+
+// Decodes one coded chunk; returns the status for lane 0 to write.
+template <int kUnit>
+__device__ __forceinline__ int decode_float_chunk(const ChunkDesc& c, const ModelDesc& m, const uint8_t* tab) {
   const unsigned lane = threadIdx.x & 31;
-  const uint64_t out_bytes = c.n * m.unit;
-  if (c.mode == 0) {  // stored
-    for (uint64_t i = lane; i < out_bytes; i += 32) c.out[i] = c.src[i];
-    if (lane == 0) status[blockIdx.x] = c.size == out_bytes ? kOk : kBadLayout;
-    return;
-  }
-  if (m.codec != 1 && m.codec != 2) {
-    if (lane == 0) status[blockIdx.x] = kBadCodec;
-    return;
-  }
   const uint32_t L = c.lanes;
-  const int rb = m.codec == 1 ? m.raw_bits : 0;
-  const uint64_t raw_bytes = (c.n * static_cast<uint64_t>(rb) + 7) / 8;
-  if (c.size < 4ull * L + raw_bytes || (c.size - 4ull * L - raw_bytes) % 2 != 0) {
-    if (lane == 0) status[blockIdx.x] = kBadLayout;
-    return;
-  }
+  const int rb = m.raw_bits;
+  const uint64_t raw_bytes = (static_cast<uint64_t>(c.n) * rb + 7) / 8;
+  if (c.size < 4ull * L + raw_bytes || (c.size - 4ull * L - raw_bytes) % 2 != 0) return kBadLayout;
   const uint8_t* raw = c.src + 4 * L;
   const uint8_t* words = raw + raw_bytes;
-  const uint64_t nwords = (c.size - 4ull * L - raw_bytes) / 2;
-  uint32_t x = lane < L ? load_u32(c.src + 4 * lane) : kRansL;
-  if (!__all_sync(0xffffffffu, lane >= L || x >= kRansL)) {  // states live in [2^16, 2^32)
-    if (lane == 0) status[blockIdx.x] = kStateCheck;
-    return;
+  const uint8_t* end = c.src + c.size;
+  const bool aligned = (reinterpret_cast<uintptr_t>(words) & 1) == 0;
+  const uint32_t nwords = static_cast<uint32_t>((c.size - 4ull * L - raw_bytes) / 2);
+  const uint32_t* se_packed = reinterpret_cast<const uint32_t*>(tab + m.se_packed);
+  const uint16_t* se_sym = reinterpret_cast<const uint16_t*>(tab + m.se_sym);
+  const uint32_t* m_packed = reinterpret_cast<const uint32_t*>(tab + m.m_packed);
+  const uint16_t* m_sym = reinterpret_cast<const uint16_t*>(tab + m.m_sym);
+  const uint32_t* m_base = reinterpret_cast<const uint32_t*>(tab + m.m_base);
+  const uint32_t se_mask = (1u << m.se_prec) - 1, m_mask = (1u << m.m_prec) - 1;
+  const int hi_shift = rb + m.zero_bits;
+  uint32_t x = kRansL;
+  if (lane < L) {
+    const uint8_t* s = c.src + 4 * lane;
+    x = static_cast<uint32_t>(__ldg(s)) | (static_cast<uint32_t>(__ldg(s + 1)) << 8) |
+        (static_cast<uint32_t>(__ldg(s + 2)) << 16) | (static_cast<uint32_t>(__ldg(s + 3)) << 24);
   }
-  bool ok = true;
-  uint64_t wp = 0;
-  for (uint64_t base = 0; base < c.n && __all_sync(0xffffffffu, ok); base += L) {
-    const uint64_t i = base + lane;
+  if (!__all_sync(0xffffffffu, x >= kRansL)) return kStateCheck;  // states live in [2^16, 2^32)
+  uint32_t wp = 0;
+  for (uint32_t base = 0; base < c.n; base += L) {
+    const uint32_t i = base + lane;
     const bool active = lane < L && i < c.n;
-    if (m.codec == 1) {
-      uint32_t se = 0, hi = 0;
-      ok = warp_step(x, active, m.se_packed, m.se_sym, 0, m.se_prec, words, nwords, wp, &se);
-      if (!__all_sync(0xffffffffu, ok)) break;
-      const uint32_t mbase = active ? __ldg(m.m_base + se) : 0;
-      ok = warp_step(x, active, m.m_packed, m.m_sym, mbase, m.m_prec, words, nwords, wp, &hi);
-      if (!__all_sync(0xffffffffu, ok)) break;
-      if (active) {
-        uint64_t v = (static_cast<uint64_t>(se) << m.man_bits) | (static_cast<uint64_t>(hi) << (rb + m.zero_bits));
-        if (rb) {
-          const uint64_t bit = i * static_cast<uint64_t>(rb);
-          uint64_t field = 0;
-          for (int b = 0; b < rb; ++b) field |= static_cast<uint64_t>((raw[(bit + b) >> 3] >> ((bit + b) & 7)) & 1) << b;
-          v |= field << m.zero_bits;
-        }
-        for (int b = 0; b < m.unit; ++b) c.out[i * m.unit + b] = static_cast<uint8_t>(v >> (8 * b));
-      }
-    } else {
-      for (int plane = 0; plane < m.unit; ++plane) {
-        uint32_t byte = 0;
-        ok = warp_step(x, active, m.se_packed, m.se_sym, m.plane_base[plane], m.plane_prec[plane], words, nwords, wp, &byte);
-        if (!__all_sync(0xffffffffu, ok)) break;
-        if (active) c.out[i * m.unit + plane] = static_cast<uint8_t>(byte);
-      }
+    uint32_t se = 0, hi = 0;
+    if (!warp_step(x, active, se_packed, se_sym, se_mask, m.se_prec, words, aligned, nwords, wp, &se)) return kWordsEnd;
+    const uint32_t* mt = m_packed + (active ? m_base[se] : 0);
+    const uint16_t* ms = m_sym + (active ? m_base[se] : 0);
+    if (!warp_step(x, active, mt, ms, m_mask, m.m_prec, words, aligned, nwords, wp, &hi)) return kWordsEnd;
+    if (active) {
+      uint64_t v = (static_cast<uint64_t>(se) << m.man_bits) | (static_cast<uint64_t>(hi) << hi_shift);
+      if (rb) v |= raw_field(raw, end, static_cast<uint64_t>(i) * rb, rb) << m.zero_bits;
+      store_unit<kUnit>(c.out, i, v);
     }
   }
-  const bool states_ok = lane >= L || x == kRansL;
-  const bool all_ok = __all_sync(0xffffffffu, ok && states_ok);
-  if (lane == 0) status[blockIdx.x] = !ok ? kWordsEnd : !all_ok ? kStateCheck : wp != nwords ? kUnusedWords : kOk;
+  if (!__all_sync(0xffffffffu, lane >= L || x == kRansL)) return kStateCheck;
+  return wp != nwords ? kUnusedWords : kOk;
+}
+
+__device__ __forceinline__ int decode_bytes_chunk(const ChunkDesc& c, const ModelDesc& m, const uint8_t* tab) {
+  const unsigned lane = threadIdx.x & 31;
+  const uint32_t L = c.lanes;
+  if (c.size < 4ull * L || (c.size - 4ull * L) % 2 != 0) return kBadLayout;
+  const uint8_t* words = c.src + 4 * L;
+  const bool aligned = (reinterpret_cast<uintptr_t>(words) & 1) == 0;
+  const uint32_t nwords = static_cast<uint32_t>((c.size - 4ull * L) / 2);
+  uint32_t x = kRansL;
+  if (lane < L) {
+    const uint8_t* s = c.src + 4 * lane;
+    x = static_cast<uint32_t>(__ldg(s)) | (static_cast<uint32_t>(__ldg(s + 1)) << 8) |
+        (static_cast<uint32_t>(__ldg(s + 2)) << 16) | (static_cast<uint32_t>(__ldg(s + 3)) << 24);
+  }
+  if (!__all_sync(0xffffffffu, x >= kRansL)) return kStateCheck;
+  uint32_t wp = 0;
+  for (uint32_t base = 0; base < c.n; base += L) {
+    const uint32_t i = base + lane;
+    const bool active = lane < L && i < c.n;
+    for (int plane = 0; plane < m.unit; ++plane) {
+      uint32_t byte = 0;
+      const uint32_t* pk = reinterpret_cast<const uint32_t*>(tab + m.plane_packed[plane]);
+      const uint16_t* sy = reinterpret_cast<const uint16_t*>(tab + m.plane_sym[plane]);
+      const int prec = m.plane_prec[plane];
+      if (!warp_step(x, active, pk, sy, (1u << prec) - 1, prec, words, aligned, nwords, wp, &byte)) return kWordsEnd;
+      if (active) c.out[static_cast<uint64_t>(i) * m.unit + plane] = static_cast<uint8_t>(byte);
+    }
+  }
+  if (!__all_sync(0xffffffffu, lane >= L || x == kRansL)) return kStateCheck;
+  return wp != nwords ? kUnusedWords : kOk;
+}
+
+__device__ __forceinline__ int copy_stored_chunk(const ChunkDesc& c, int unit) {
+  const unsigned lane = threadIdx.x & 31;
+  const uint64_t n = static_cast<uint64_t>(c.n) * unit;
+  if (c.size != n) return kBadLayout;
+  if (((reinterpret_cast<uintptr_t>(c.src) | reinterpret_cast<uintptr_t>(c.out)) & 15) == 0) {
+    const uint4* s = reinterpret_cast<const uint4*>(c.src);
+    uint4* d = reinterpret_cast<uint4*>(c.out);
+    for (uint64_t k = lane; k < n / 16; k += 32) d[k] = s[k];
+    for (uint64_t k = n / 16 * 16 + lane; k < n; k += 32) c.out[k] = c.src[k];
+  } else {
+    for (uint64_t k = lane; k < n; k += 32) c.out[k] = c.src[k];
+  }
+  return kOk;
+}
+
+__device__ __forceinline__ int decode_chunk(const ChunkDesc& c, const ModelDesc& m, const uint8_t* tab) {
+  if (c.mode == 0) return copy_stored_chunk(c, m.unit);
+  if (m.codec == 2) return decode_bytes_chunk(c, m, tab);
+  if (m.codec != 1) return kBadCodec;
+  switch (m.unit) {
+    case 1: return decode_float_chunk<1>(c, m, tab);
+    case 2: return decode_float_chunk<2>(c, m, tab);
+    case 4: return decode_float_chunk<4>(c, m, tab);
+    case 8: return decode_float_chunk<8>(c, m, tab);
+    default: return kBadCodec;
+  }
+}
+
+template <bool kShared>
+__global__ void __launch_bounds__(kThreads) decode_blocks(const BlockDesc* blocks, const ChunkDesc* chunks,
+                                                          const ModelDesc* models, int* status) {
+  extern __shared__ uint4 smem[];
+  const BlockDesc b = blocks[blockIdx.x];
+  const ModelDesc& m = models[b.model];
+  const uint8_t* tab = m.tables;
+  if constexpr (kShared) {
+    const uint4* g = reinterpret_cast<const uint4*>(m.tables);
+    for (uint32_t k = threadIdx.x; k < m.table_bytes / 16; k += blockDim.x) smem[k] = g[k];
+    __syncthreads();
+    tab = reinterpret_cast<const uint8_t*>(smem);
+  }
+  const unsigned warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  for (uint32_t k = warp; k < b.count; k += kWarps) {
+    const uint32_t idx = b.first + k;
+    const int s = decode_chunk(chunks[idx], m, tab);
+    if (lane == 0) status[idx] = s;
+  }
 }
 
 bool cuda_ok(cudaError_t e, Status* st, const char* what) {
   if (e == cudaSuccess) return true;
   static_cast<void>(*st = Status(Error::kIo, std::string("CUDA ") + what + ": " + cudaGetErrorString(e)));
   return false;
+}
+
+size_t align16(size_t n) { return (n + 15) & ~size_t{15}; }
+
+// Appends v's bytes to blob at a 16-byte boundary; returns the offset.
+template <typename T>
+uint32_t append(std::vector<uint8_t>& blob, const std::vector<T>& v, size_t region_start) {
+  const size_t off = align16(blob.size());
+  blob.resize(off + align16(v.size() * sizeof(T)), 0);
+  if (!v.empty()) std::memcpy(blob.data() + off, v.data(), v.size() * sizeof(T));
+  return static_cast<uint32_t>(off - region_start);
+}
+
+// Builds the decode tables of one tensor into blob; fills md's offsets and parameters.
+Status build_tables(const TensorCoding& c, const uint8_t* host_payload, std::vector<uint8_t>& blob, ModelDesc* md) {
+  const size_t start = align16(blob.size());
+  blob.resize(start, 0);
+  md->codec = static_cast<int>(c.codec);
+  md->unit = static_cast<int>(c.unit_bytes());
+  if (c.codec == Codec::kFloat) {
+    detail::FloatModel fm;
+    BS_RETURN_IF_ERROR(detail::read_float_model(host_payload, c.model_size, c.dtype, &fm));
+    std::vector<uint32_t> se_packed(size_t{1} << fm.se.precision), m_base;
+    std::vector<uint16_t> se_sym(se_packed.size());
+    detail::fill_decode_slots(fm.se, se_packed.data(), se_sym.data());
+    const size_t slots = size_t{1} << fm.mant_precision;
+    std::vector<uint32_t> m_packed((fm.mant.size() + 1) * slots);
+    std::vector<uint16_t> m_sym(m_packed.size());
+    detail::fill_decode_slots(fm.uniform_mant(), m_packed.data(), m_sym.data());
+    for (size_t k = 0; k < fm.mant.size(); ++k)
+      detail::fill_decode_slots(fm.mant[k], m_packed.data() + (k + 1) * slots, m_sym.data() + (k + 1) * slots);
+    for (uint16_t ctx : fm.ctx) m_base.push_back(static_cast<uint32_t>(ctx * slots));
+    md->se_packed = append(blob, se_packed, start);
+    md->se_sym = append(blob, se_sym, start);
+    md->m_packed = append(blob, m_packed, start);
+    md->m_sym = append(blob, m_sym, start);
+    md->m_base = append(blob, m_base, start);
+    md->se_prec = fm.se.precision;
+    md->m_prec = fm.mant_precision;
+    md->man_bits = fm.man_bits;
+    md->raw_bits = fm.raw_bits;
+    md->zero_bits = fm.zero_bits;
+    if (fm.raw_bits > 57) return Status(Error::kCorrupt, "raw bit field too wide for the GPU decoder");
+  } else if (c.codec == Codec::kBytes) {
+    detail::BytesModel bm;
+    BS_RETURN_IF_ERROR(detail::read_bytes_model(host_payload, c.model_size, c.unit_bytes(), &bm));
+    if (bm.planes.size() > 8) return Status(Error::kCorrupt, "more than 8 byte planes");
+    for (size_t p = 0; p < bm.planes.size(); ++p) {
+      std::vector<uint32_t> packed(size_t{1} << bm.planes[p].precision);
+      std::vector<uint16_t> sym(packed.size());
+      detail::fill_decode_slots(bm.planes[p], packed.data(), sym.data());
+      md->plane_packed[p] = append(blob, packed, start);
+      md->plane_sym[p] = append(blob, sym, start);
+      md->plane_prec[p] = bm.planes[p].precision;
+    }
+  }
+  blob.resize(align16(blob.size()), 0);
+  md->table_bytes = static_cast<uint32_t>(blob.size() - start);
+  md->tables = reinterpret_cast<const uint8_t*>(start);  // an offset until the blob has its device address
+  return Status::ok();
 }
 
 }  // namespace
@@ -145,131 +304,127 @@ bool available() {
 }
 
 struct Decoder::Impl {
-  std::vector<void*> device_allocs;
-  std::vector<std::vector<uint8_t>> host_keep;  // host sources of async copies
-  int* status = nullptr;
-  std::vector<int> host_status;
-  std::vector<std::string> labels;  // per chunk, for error messages
+  void* device = nullptr;  // one allocation: tables, descriptors, status
+  bool async_alloc = false;
   void* stream = nullptr;
+  std::vector<std::vector<uint8_t>> host_keep;  // zstd chunks decoded on the host
+  std::vector<int> host_status;
+  std::vector<std::pair<uint32_t, uint32_t>> labels;  // per chunk: tensor and chunk, for error messages
+  bool shared_tables = true;
 
   ~Impl() {
-    for (void* p : device_allocs) cudaFree(p);
-  }
-  template <typename T>
-  Result<const T*> upload(const std::vector<T>& v, Status* st) {
-    void* d = nullptr;
-    const size_t bytes = std::max<size_t>(1, v.size() * sizeof(T));
-    if (!cuda_ok(cudaMalloc(&d, bytes), st, "malloc")) return *st;
-    device_allocs.push_back(d);
-    host_keep.emplace_back(reinterpret_cast<const uint8_t*>(v.data()), reinterpret_cast<const uint8_t*>(v.data()) + v.size() * sizeof(T));
-    if (!v.empty() && !cuda_ok(cudaMemcpyAsync(d, host_keep.back().data(), v.size() * sizeof(T), cudaMemcpyHostToDevice,
-                                                static_cast<cudaStream_t>(stream)), st, "copy"))
-      return *st;
-    return static_cast<const T*>(d);
+    if (!device) return;
+    if (async_alloc) cudaFreeAsync(device, static_cast<cudaStream_t>(stream));
+    else cudaFree(device);
   }
 };
 
 Decoder::Decoder() : impl_(std::make_unique<Impl>()) {}
 Decoder::~Decoder() = default;
 
+void Decoder::set_shared_tables(bool on) { impl_->shared_tables = on; }
+
 Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool verify) {
   Impl& im = *impl_;
+  if (im.device) return Status(Error::kInvalidArgument, "a cuda::Decoder enqueues once");
   im.stream = cuda_stream;
+  const auto stream = static_cast<cudaStream_t>(cuda_stream);
   Status st;
+  std::vector<uint8_t> blob;
   std::vector<ModelDesc> models;
   std::vector<ChunkDesc> chunks;
+  std::vector<BlockDesc> shared_blocks, global_blocks;
+  uint32_t smem_max = 0;
   for (size_t t = 0; t < jobs.size(); ++t) {
     const Job& j = jobs[t];
     const TensorCoding& c = *j.coding;
     BS_RETURN_IF_ERROR(c.validate(c.payload_size()));
+    if (reinterpret_cast<uintptr_t>(j.device_out) % c.unit_bytes() != 0)
+      return Status(Error::kInvalidArgument, "tensor #" + std::to_string(t) + ": output not aligned to its element size");
     ModelDesc md{};
-    md.codec = static_cast<int>(c.codec);
-    md.unit = static_cast<int>(c.unit_bytes());
-    std::vector<uint32_t> se_packed, m_packed, m_base;
-    std::vector<uint16_t> se_sym, m_sym;
-    if (c.codec == Codec::kFloat) {
-      detail::FloatModel fm;
-      BS_RETURN_IF_ERROR(detail::read_float_model(j.host_payload, c.model_size, c.dtype, &fm));
-      se_packed.resize(size_t{1} << fm.se.precision);
-      se_sym.resize(se_packed.size());
-      detail::fill_decode_slots(fm.se, se_packed.data(), se_sym.data());
-      const size_t slots = size_t{1} << fm.mant_precision;
-      m_packed.resize((fm.mant.size() + 1) * slots);
-      m_sym.resize(m_packed.size());
-      detail::fill_decode_slots(fm.uniform_mant(), m_packed.data(), m_sym.data());
-      for (size_t k = 0; k < fm.mant.size(); ++k)
-        detail::fill_decode_slots(fm.mant[k], m_packed.data() + (k + 1) * slots, m_sym.data() + (k + 1) * slots);
-      for (uint16_t ctx : fm.ctx) m_base.push_back(static_cast<uint32_t>(ctx * slots));
-      md.se_prec = fm.se.precision;
-      md.m_prec = fm.mant_precision;
-      md.man_bits = fm.man_bits;
-      md.raw_bits = fm.raw_bits;
-      md.zero_bits = fm.zero_bits;
-    } else if (c.codec == Codec::kBytes) {
-      detail::BytesModel bm;
-      BS_RETURN_IF_ERROR(detail::read_bytes_model(j.host_payload, c.model_size, c.unit_bytes(), &bm));
-      for (size_t p = 0; p < bm.planes.size() && p < 8; ++p) {
-        md.plane_prec[p] = bm.planes[p].precision;
-        md.plane_base[p] = static_cast<uint32_t>(se_packed.size());
-        se_packed.resize(se_packed.size() + (size_t{1} << bm.planes[p].precision));
-        se_sym.resize(se_packed.size());
-        detail::fill_decode_slots(bm.planes[p], se_packed.data() + md.plane_base[p], se_sym.data() + md.plane_base[p]);
-      }
-    }
-    auto a = im.upload(se_packed, &st);
-    auto b = im.upload(se_sym, &st);
-    auto d = im.upload(m_packed, &st);
-    auto e = im.upload(m_sym, &st);
-    auto f = im.upload(m_base, &st);
-    if (!a || !b || !d || !e || !f) return st;
-    md.se_packed = a.value();
-    md.se_sym = b.value();
-    md.m_packed = d.value();
-    md.m_sym = e.value();
-    md.m_base = f.value();
+    BS_RETURN_IF_ERROR(build_tables(c, j.host_payload, blob, &md));
+    const uint32_t model = static_cast<uint32_t>(models.size());
     models.push_back(md);
+    const uint32_t first = static_cast<uint32_t>(chunks.size());
     for (size_t i = 0; i < c.chunks.size(); ++i) {
       const ChunkRef& ref = c.chunks[i];
       if (verify && detail::xxh3_32(j.host_payload + ref.offset, ref.size) != ref.checksum)
-        return Status(Error::kCorrupt, "chunk " + std::to_string(i) + ": checksum mismatch (compressed data damaged)");
-      ChunkDesc cd{};
-      cd.src = j.device_payload + ref.offset;
-      cd.out = j.device_out + c.chunk_out_offset(i);
-      cd.size = ref.size;
-      cd.n = c.chunk_out_size(i) / c.unit_bytes();
-      cd.model = static_cast<uint32_t>(t);
-      cd.mode = static_cast<uint32_t>(ref.mode);
-      cd.lanes = 1u << c.lanes_log2;
+        return Status(Error::kCorrupt, "tensor #" + std::to_string(t) + ", chunk " + std::to_string(i) +
+                                           ": checksum mismatch (compressed data damaged)");
+      uint8_t* out = j.device_out + c.chunk_out_offset(i);
       if (c.codec == Codec::kZstd && ref.mode == ChunkMode::kCoded) {
         // No zstd on the device: decode on the host and copy the result.
         std::vector<uint8_t> plain(c.chunk_out_size(i));
         const size_t r = ZSTD_decompress(plain.data(), plain.size(), j.host_payload + ref.offset, ref.size);
-        if (ZSTD_isError(r) || r != plain.size()) return Status(Error::kCorrupt, "chunk " + std::to_string(i) + ": zstd frame is damaged");
+        if (ZSTD_isError(r) || r != plain.size())
+          return Status(Error::kCorrupt, "tensor #" + std::to_string(t) + ", chunk " + std::to_string(i) + ": zstd frame is damaged");
         im.host_keep.push_back(std::move(plain));
-        if (!cuda_ok(cudaMemcpyAsync(cd.out, im.host_keep.back().data(), im.host_keep.back().size(), cudaMemcpyHostToDevice,
-                                     static_cast<cudaStream_t>(cuda_stream)), &st, "copy"))
+        if (!cuda_ok(cudaMemcpyAsync(out, im.host_keep.back().data(), im.host_keep.back().size(), cudaMemcpyHostToDevice, stream),
+                     &st, "copy"))
           return st;
         continue;
       }
+      ChunkDesc cd{};
+      cd.src = j.device_payload + ref.offset;
+      cd.out = out;
+      cd.size = ref.size;
+      cd.n = static_cast<uint32_t>(c.chunk_out_size(i) / c.unit_bytes());
+      cd.mode = static_cast<uint32_t>(ref.mode);
+      cd.lanes = 1u << c.lanes_log2;
       chunks.push_back(cd);
-      im.labels.push_back("tensor #" + std::to_string(t) + ", chunk " + std::to_string(i));
+      im.labels.emplace_back(static_cast<uint32_t>(t), static_cast<uint32_t>(i));
     }
+    const bool in_shared = im.shared_tables && md.table_bytes <= kSharedLimit;
+    if (in_shared) smem_max = std::max(smem_max, md.table_bytes);
+    for (uint32_t k = first; k < chunks.size(); k += kWarps)
+      (in_shared ? shared_blocks : global_blocks)
+          .push_back({model, k, std::min<uint32_t>(kWarps, static_cast<uint32_t>(chunks.size()) - k), 0});
   }
-  auto dm = im.upload(models, &st);
-  auto dc = im.upload(chunks, &st);
-  if (!dm || !dc) return st;
-  void* s = nullptr;
-  if (!cuda_ok(cudaMalloc(&s, std::max<size_t>(1, chunks.size()) * sizeof(int)), &st, "malloc")) return st;
-  im.device_allocs.push_back(s);
-  im.status = static_cast<int*>(s);
-  im.host_status.assign(chunks.size(), -1);
-  if (!chunks.empty()) {
-    decode_chunks<<<static_cast<unsigned>(chunks.size()), 32, 0, static_cast<cudaStream_t>(cuda_stream)>>>(dc.value(), dm.value(), im.status);
-    if (!cuda_ok(cudaGetLastError(), &st, "launch")) return st;
-    if (!cuda_ok(cudaMemcpyAsync(im.host_status.data(), im.status, chunks.size() * sizeof(int), cudaMemcpyDeviceToHost,
-                                 static_cast<cudaStream_t>(cuda_stream)), &st, "copy"))
+  // Layout of the one device allocation: tables | models | chunks | blocks | status.
+  const size_t models_off = align16(blob.size());
+  const size_t chunks_off = align16(models_off + models.size() * sizeof(ModelDesc));
+  const size_t blocks_off = align16(chunks_off + chunks.size() * sizeof(ChunkDesc));
+  const size_t nblocks = shared_blocks.size() + global_blocks.size();
+  const size_t status_off = align16(blocks_off + nblocks * sizeof(BlockDesc));
+  const size_t total = status_off + std::max<size_t>(1, chunks.size()) * sizeof(int);
+  cudaError_t e = cudaMallocAsync(&im.device, total, stream);
+  im.async_alloc = e == cudaSuccess;
+  if (!im.async_alloc) {
+    cudaGetLastError();  // memory pools unsupported here: a plain allocation does
+    if (!cuda_ok(cudaMalloc(&im.device, total), &st, "malloc")) return st;
+  }
+  auto* dev = static_cast<uint8_t*>(im.device);
+  for (ModelDesc& md : models) md.tables = dev + reinterpret_cast<uintptr_t>(md.tables);
+  blob.resize(status_off, 0);
+  std::memcpy(blob.data() + models_off, models.data(), models.size() * sizeof(ModelDesc));
+  std::memcpy(blob.data() + chunks_off, chunks.data(), chunks.size() * sizeof(ChunkDesc));
+  std::memcpy(blob.data() + blocks_off, shared_blocks.data(), shared_blocks.size() * sizeof(BlockDesc));
+  std::memcpy(blob.data() + blocks_off + shared_blocks.size() * sizeof(BlockDesc), global_blocks.data(),
+              global_blocks.size() * sizeof(BlockDesc));
+  if (!cuda_ok(cudaMemcpyAsync(dev, blob.data(), blob.size(), cudaMemcpyHostToDevice, stream), &st, "copy")) return st;
+  // Chunks nobody decodes read as "not decoded".
+  if (!cuda_ok(cudaMemsetAsync(dev + status_off, 0xff, std::max<size_t>(1, chunks.size()) * sizeof(int), stream), &st, "memset"))
+    return st;
+  auto* dmodels = reinterpret_cast<const ModelDesc*>(dev + models_off);
+  auto* dchunks = reinterpret_cast<const ChunkDesc*>(dev + chunks_off);
+  auto* dblocks = reinterpret_cast<const BlockDesc*>(dev + blocks_off);
+  auto* dstatus = reinterpret_cast<int*>(dev + status_off);
+  if (!shared_blocks.empty()) {
+    if (!cuda_ok(cudaFuncSetAttribute(decode_blocks<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_max)),
+                 &st, "shared memory"))
       return st;
+    decode_blocks<true><<<static_cast<unsigned>(shared_blocks.size()), kThreads, smem_max, stream>>>(dblocks, dchunks, dmodels, dstatus);
+    if (!cuda_ok(cudaGetLastError(), &st, "launch")) return st;
   }
+  if (!global_blocks.empty()) {
+    decode_blocks<false><<<static_cast<unsigned>(global_blocks.size()), kThreads, 0, stream>>>(dblocks + shared_blocks.size(), dchunks,
+                                                                                                dmodels, dstatus);
+    if (!cuda_ok(cudaGetLastError(), &st, "launch")) return st;
+  }
+  im.host_status.assign(chunks.size(), -1);
+  if (!chunks.empty() && !cuda_ok(cudaMemcpyAsync(im.host_status.data(), dstatus, chunks.size() * sizeof(int), cudaMemcpyDeviceToHost, stream),
+                                  &st, "copy"))
+    return st;
   return Status::ok();
 }
 
@@ -278,7 +433,9 @@ Status Decoder::finish() {
                                       "rANS state check failed", "unused rANS data", "codec not decodable on the GPU"};
   for (size_t k = 0; k < impl_->host_status.size(); ++k) {
     const int s = impl_->host_status[k];
-    if (s != kOk) return Status(Error::kCorrupt, impl_->labels[k] + ": " + (s >= 0 && s <= 5 ? kWhat[s] : "not decoded"));
+    if (s != kOk)
+      return Status(Error::kCorrupt, "tensor #" + std::to_string(impl_->labels[k].first) + ", chunk " +
+                                         std::to_string(impl_->labels[k].second) + ": " + (s >= 0 && s <= 5 ? kWhat[s] : "not decoded"));
   }
   return Status::ok();
 }

@@ -11,6 +11,7 @@ Decoder::~Decoder() = default;
 Status Decoder::enqueue(const std::vector<Job>&, void*, bool) {
   return Status(Error::kInvalidArgument, "bigsmall was built without CUDA");
 }
+void Decoder::set_shared_tables(bool) {}
 Status Decoder::finish() { return Status(Error::kInvalidArgument, "bigsmall was built without CUDA"); }
 
 }  // namespace bigsmall::cuda
