@@ -32,7 +32,7 @@ struct Input {
 // no alignment of the compressed bytes is assumed. `flip_at` damages one byte of input 0 (the
 // host and device copies alike, as a damaged file would be).
 void gpu_decode(const std::vector<Input>& in, bool shared, bool verify, Status* st, std::vector<std::vector<uint8_t>>* outs,
-                size_t flip_at = SIZE_MAX, size_t out_misalign = 0) {
+                size_t flip_at = SIZE_MAX, size_t out_misalign = 0, bool prefetch = true) {
   uint64_t total = 1, out_total = 0;
   std::vector<uint64_t> poff, ooff;
   for (const Input& x : in) {
@@ -55,6 +55,7 @@ void gpu_decode(const std::vector<Input>& in, bool shared, bool verify, Status* 
   {
     cuda::Decoder dec;
     dec.set_shared_tables(shared);
+    dec.set_prefetch(prefetch);
     std::vector<cuda::Job> jobs;
     for (size_t k = 0; k < in.size(); ++k)
       jobs.push_back({in[k].coding, host.data() + poff[k], dp + poff[k], dout + ooff[k] + out_misalign});
@@ -96,19 +97,21 @@ TEST(Cuda, MatchesReferenceOnEveryDtypeAwkwardSizesAndSpecialValues) {
       what.push_back(std::string(dtype_info(dt).safetensors_name) + " n=" + std::to_string(n));
     }
   }
-  for (bool shared : {true, false}) {
+  for (int mode = 0; mode < 4; ++mode) {
+    const bool shared = mode & 1, prefetch = mode & 2;
+    const std::string how = std::string(shared ? " shared" : " global") + (prefetch ? ", prefetch" : "");
     // One launch for all of them (many models in one grid), then each on its own.
     std::vector<Input> all;
     for (const auto& e : encs) all.push_back({&e.coding, e.payload.data(), e.payload.size()});
     Status st;
     std::vector<std::vector<uint8_t>> outs;
-    gpu_decode(all, shared, true, &st, &outs);
+    gpu_decode(all, shared, true, &st, &outs, SIZE_MAX, 0, prefetch);
     ASSERT_TRUE(st.is_ok()) << st.message();
-    for (size_t k = 0; k < encs.size(); ++k) EXPECT_EQ(outs[k], datas[k]) << what[k] << (shared ? " shared" : " global");
+    for (size_t k = 0; k < encs.size(); ++k) EXPECT_EQ(outs[k], datas[k]) << what[k] << how;
     for (size_t k = 0; k < encs.size(); ++k) {
-      gpu_decode({all[k]}, shared, true, &st, &outs);
+      gpu_decode({all[k]}, shared, true, &st, &outs, SIZE_MAX, 0, prefetch);
       ASSERT_TRUE(st.is_ok()) << what[k] << ": " << st.message();
-      EXPECT_EQ(outs[0], datas[k]) << what[k] << (shared ? " shared" : " global");
+      EXPECT_EQ(outs[0], datas[k]) << what[k] << how;
     }
   }
 #endif
@@ -187,13 +190,14 @@ TEST(Cuda, CorpusFilesMatchTheReferenceDecoder) {
       want.emplace_back(c.nbytes);
       ASSERT_TRUE(reference_decode_tensor(c, f->payload(i), c.payload_size(), want.back().data(), c.nbytes).is_ok());
     }
-    for (bool shared : {true, false}) {
+    for (int mode = 0; mode < 4; ++mode) {
+      const bool shared = mode & 1, prefetch = mode & 2;
       Status st;
       std::vector<std::vector<uint8_t>> outs;
-      gpu_decode(in, shared, true, &st, &outs);
+      gpu_decode(in, shared, true, &st, &outs, SIZE_MAX, 0, prefetch);
       ASSERT_TRUE(st.is_ok()) << entry.path() << ": " << st.message();
       for (size_t i = 0; i < in.size(); ++i)
-        EXPECT_EQ(outs[i], want[i]) << entry.path() << " tensor " << f->tensors()[i].name << (shared ? " shared" : " global");
+        EXPECT_EQ(outs[i], want[i]) << entry.path() << " tensor " << f->tensors()[i].name << " mode " << mode;
     }
     ++files;
   }

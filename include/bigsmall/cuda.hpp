@@ -37,6 +37,9 @@ class Decoder {
   // Tables go to shared memory when they fit (default); off decodes from global memory, for tests
   // and benchmarks of that path.
   void set_shared_tables(bool on);
+  // Prefetching of the compressed stream ahead of the decoding warps (default on); off for
+  // benchmarks of what it buys.
+  void set_prefetch(bool on);
 
  private:
   struct Impl;

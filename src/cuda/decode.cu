@@ -96,6 +96,21 @@ __device__ __forceinline__ uint64_t raw_field(const uint8_t* raw, const uint8_t*
   return (w >> sh) & mask;
 }
 
+// The chunk's words and raw plane are read front to back, a line at a time, and each first touch
+// of a line would stall the warp for a DRAM round trip: lanes 0-3 ask for lines ahead instead
+// (near ones into L1, far ones into L2), clamped to the chunk.
+template <bool kPrefetch>
+__device__ __forceinline__ void prefetch_ahead(const uint8_t* words_at, const uint8_t* raw_at, const uint8_t* end) {
+  if constexpr (kPrefetch) {
+    const unsigned lane = threadIdx.x & 31;
+    if (lane >= 4) return;
+    const uint8_t* p = (lane & 2 ? raw_at : words_at) + (lane & 1 ? 2048 : 256);
+    const size_t g = __cvta_generic_to_global(p < end ? p : end - 1);
+    if (lane & 1) asm volatile("prefetch.global.L2 [%0];" ::"l"(g));
+    else asm volatile("prefetch.global.L1 [%0];" ::"l"(g));
+  }
+}
+
 template <int kUnit>
 __device__ __forceinline__ void store_unit(uint8_t* out, uint64_t i, uint64_t v) {
   if constexpr (kUnit == 1) out[i] = static_cast<uint8_t>(v);
@@ -105,7 +120,7 @@ __device__ __forceinline__ void store_unit(uint8_t* out, uint64_t i, uint64_t v)
 }
 
 // Decodes one coded chunk; returns the status for lane 0 to write.
-template <int kUnit>
+template <int kUnit, bool kPrefetch>
 __device__ __forceinline__ int decode_float_chunk(const ChunkDesc& c, const ModelDesc& m, const uint8_t* tab) {
   const unsigned lane = threadIdx.x & 31;
   const uint32_t L = c.lanes;
@@ -135,6 +150,7 @@ __device__ __forceinline__ int decode_float_chunk(const ChunkDesc& c, const Mode
   for (uint32_t base = 0; base < c.n; base += L) {
     const uint32_t i = base + lane;
     const bool active = lane < L && i < c.n;
+    prefetch_ahead<kPrefetch>(words + 2 * wp, raw + (static_cast<uint64_t>(base) * rb >> 3), end);
     uint32_t se = 0, hi = 0;
     if (!warp_step(x, active, se_packed, se_sym, se_mask, m.se_prec, words, aligned, nwords, wp, &se)) return kWordsEnd;
     const uint32_t* mt = m_packed + (active ? m_base[se] : 0);
@@ -196,20 +212,21 @@ __device__ __forceinline__ int copy_stored_chunk(const ChunkDesc& c, int unit) {
   return kOk;
 }
 
+template <bool kPrefetch>
 __device__ __forceinline__ int decode_chunk(const ChunkDesc& c, const ModelDesc& m, const uint8_t* tab) {
   if (c.mode == 0) return copy_stored_chunk(c, m.unit);
   if (m.codec == 2) return decode_bytes_chunk(c, m, tab);
   if (m.codec != 1) return kBadCodec;
   switch (m.unit) {
-    case 1: return decode_float_chunk<1>(c, m, tab);
-    case 2: return decode_float_chunk<2>(c, m, tab);
-    case 4: return decode_float_chunk<4>(c, m, tab);
-    case 8: return decode_float_chunk<8>(c, m, tab);
+    case 1: return decode_float_chunk<1, kPrefetch>(c, m, tab);
+    case 2: return decode_float_chunk<2, kPrefetch>(c, m, tab);
+    case 4: return decode_float_chunk<4, kPrefetch>(c, m, tab);
+    case 8: return decode_float_chunk<8, kPrefetch>(c, m, tab);
     default: return kBadCodec;
   }
 }
 
-template <bool kShared>
+template <bool kShared, bool kPrefetch>
 __global__ void __launch_bounds__(kThreads) decode_blocks(const BlockDesc* blocks, const ChunkDesc* chunks,
                                                           const ModelDesc* models, int* status) {
   extern __shared__ uint4 smem[];
@@ -225,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) decode_blocks(const BlockDesc* block
   const unsigned warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   for (uint32_t k = warp; k < b.count; k += kWarps) {
     const uint32_t idx = b.first + k;
-    const int s = decode_chunk(chunks[idx], m, tab);
+    const int s = decode_chunk<kPrefetch>(chunks[idx], m, tab);
     if (lane == 0) status[idx] = s;
   }
 }
@@ -311,6 +328,7 @@ struct Decoder::Impl {
   std::vector<int> host_status;
   std::vector<std::pair<uint32_t, uint32_t>> labels;  // per chunk: tensor and chunk, for error messages
   bool shared_tables = true;
+  bool prefetch = true;
 
   ~Impl() {
     if (!device) return;
@@ -323,6 +341,23 @@ Decoder::Decoder() : impl_(std::make_unique<Impl>()) {}
 Decoder::~Decoder() = default;
 
 void Decoder::set_shared_tables(bool on) { impl_->shared_tables = on; }
+void Decoder::set_prefetch(bool on) { impl_->prefetch = on; }
+
+namespace {
+template <bool kShared>
+Status launch(bool prefetch, const std::vector<BlockDesc>& blocks, const BlockDesc* dblocks, const ChunkDesc* dchunks,
+              const ModelDesc* dmodels, int* dstatus, uint32_t smem, cudaStream_t stream) {
+  if (blocks.empty()) return Status::ok();
+  const auto kernel = prefetch ? decode_blocks<kShared, true> : decode_blocks<kShared, false>;
+  Status st;
+  if (smem > (48u << 10) &&
+      !cuda_ok(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), &st, "shared memory"))
+    return st;
+  kernel<<<static_cast<unsigned>(blocks.size()), kThreads, smem, stream>>>(dblocks, dchunks, dmodels, dstatus);
+  cuda_ok(cudaGetLastError(), &st, "launch");
+  return st;
+}
+}  // namespace
 
 Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool verify) {
   Impl& im = *impl_;
@@ -409,18 +444,9 @@ Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool ve
   auto* dchunks = reinterpret_cast<const ChunkDesc*>(dev + chunks_off);
   auto* dblocks = reinterpret_cast<const BlockDesc*>(dev + blocks_off);
   auto* dstatus = reinterpret_cast<int*>(dev + status_off);
-  if (!shared_blocks.empty()) {
-    if (!cuda_ok(cudaFuncSetAttribute(decode_blocks<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_max)),
-                 &st, "shared memory"))
-      return st;
-    decode_blocks<true><<<static_cast<unsigned>(shared_blocks.size()), kThreads, smem_max, stream>>>(dblocks, dchunks, dmodels, dstatus);
-    if (!cuda_ok(cudaGetLastError(), &st, "launch")) return st;
-  }
-  if (!global_blocks.empty()) {
-    decode_blocks<false><<<static_cast<unsigned>(global_blocks.size()), kThreads, 0, stream>>>(dblocks + shared_blocks.size(), dchunks,
-                                                                                                dmodels, dstatus);
-    if (!cuda_ok(cudaGetLastError(), &st, "launch")) return st;
-  }
+  BS_RETURN_IF_ERROR(launch<true>(im.prefetch, shared_blocks, dblocks, dchunks, dmodels, dstatus, smem_max, stream));
+  BS_RETURN_IF_ERROR(
+      launch<false>(im.prefetch, global_blocks, dblocks + shared_blocks.size(), dchunks, dmodels, dstatus, 0, stream));
   im.host_status.assign(chunks.size(), -1);
   if (!chunks.empty() && !cuda_ok(cudaMemcpyAsync(im.host_status.data(), dstatus, chunks.size() * sizeof(int), cudaMemcpyDeviceToHost, stream),
                                   &st, "copy"))
