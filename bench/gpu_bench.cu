@@ -2,12 +2,12 @@
 // against a device-to-device copy of the same output size (the ceiling), in one run.
 // Usage: gpu_bench DIR [GB]     DIR holds .safetensors or .bs files
 //
-// Three decode figures per dtype, medians of 5 after a warm-up:
+// Decode figures per dtype, medians of 5 after a warm-up:
 //   call:   one Decoder::enqueue as a user makes it (tables built on the host, uploaded, launch)
 //   device: the same work with the host part kept out of the clock (the stream is held by a gate
-//           kernel until enqueue has returned), tables in shared memory
-//   no prefetch: as device, without prefetching the compressed stream ahead of the warps
-//   global: as device, tables read from global memory (the fallback for oversize tables)
+//           kernel until enqueue has returned), default settings
+//   3/SM, 4/SM: as device, registers capped for 3 or 4 blocks of 16 warps per SM (default 2)
+//   shared: as device, tables copied to shared memory per block
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -62,7 +62,8 @@ std::vector<uint8_t> tiled(const std::string& dir, DType dt, uint64_t bytes, std
     if (!f) continue;
     for (size_t i = 0; i < f->tensors().size(); ++i) {
       const auto& t = f->tensors()[i];
-      if (t.dtype != dt || t.nbytes <= best.size()) continue;
+      // Float-coded tensors only: a zstd-routed one (few distinct values) decodes on the host.
+      if (t.dtype != dt || t.nbytes <= best.size() || f->coding(i).codec != Codec::kFloat) continue;
       best.resize(t.nbytes);
       if (!f->read_tensor(i, best.data(), best.size()).is_ok()) best.clear();
       else *from = e.path().filename().string() + ":" + t.name;
@@ -91,14 +92,14 @@ struct Gate {
 };
 
 // Seconds of one decode of `enc` into dout; `gated` keeps the host part out of the clock.
-double time_decode(const EncodedTensor& enc, const uint8_t* dp, uint8_t* dout, cudaStream_t s, bool shared, bool prefetch, bool gated,
+double time_decode(const EncodedTensor& enc, const uint8_t* dp, uint8_t* dout, cudaStream_t s, bool shared, int blocks, bool gated,
                    Gate& g) {
   cudaEvent_t a, b;
   CK(cudaEventCreate(&a));
   CK(cudaEventCreate(&b));
   cuda::Decoder dec;
   dec.set_shared_tables(shared);
-  dec.set_prefetch(prefetch);
+  dec.set_blocks_per_sm(blocks);
   std::thread opener;
   if (gated) {
     *reinterpret_cast<volatile int*>(g.host) = 0;
@@ -174,15 +175,16 @@ int main(int argc, char** argv) {
     cudaEvent_t a, b;
     CK(cudaEventCreate(&a));
     CK(cudaEventCreate(&b));
-    std::vector<double> tcall, tdev, tnopf, tglob, tcopy, th2d;
+    std::vector<double> tmode[5], tcopy, th2d;
     std::vector<uint8_t> back(data.size());
     bool exact = true;
     for (int rep = 0; rep < 6; ++rep) {
-      for (int mode = 0; mode < 4; ++mode) {
+      for (int mode = 0; mode < 5; ++mode) {
         CK(cudaMemsetAsync(dout, 0x5a, data.size(), s));  // poison: every byte must be written
-        const double t = time_decode(enc.value(), dp, dout, s, /*shared=*/mode != 3, /*prefetch=*/mode != 2, /*gated=*/mode != 0, g);
-        if (rep) (mode == 0 ? tcall : mode == 1 ? tdev : mode == 2 ? tnopf : tglob).push_back(t);
-        if (rep == 1) {
+        const int blocks = mode == 2 ? 3 : mode == 3 ? 4 : 2;
+        const double t = time_decode(enc.value(), dp, dout, s, /*shared=*/mode == 4, blocks, /*gated=*/mode != 0, g);
+        if (rep) tmode[mode].push_back(t);
+        if (rep == 1) {  // every mode's output checked once
           CK(cudaMemcpy(back.data(), dout, back.size(), cudaMemcpyDeviceToHost));
           exact = exact && back == data;
         }
@@ -204,9 +206,12 @@ int main(int argc, char** argv) {
     const double out_gb = static_cast<double>(data.size());
     const double copy_tbs = 2.0 * out_gb / median(tcopy) / 1e12;
     char row[512];
-    std::snprintf(row, sizeof row, "| %s | %.2f | %.4f | %.3f | %.3f | %.3f | %.3f | %.3f | %.2f | %.1f | %s |", name.c_str(),
-                  out_gb / 1e9, static_cast<double>(enc->payload.size()) / out_gb, out_gb / median(tcall) / 1e12,
-                  out_gb / median(tdev) / 1e12, out_gb / median(tnopf) / 1e12, out_gb / median(tglob) / 1e12, copy_tbs, (out_gb / median(tdev) / 1e12) / (copy_tbs / 2),
+    double best = 0;
+    for (int mode = 1; mode < 5; ++mode) best = std::max(best, out_gb / median(tmode[mode]) / 1e12);
+    std::snprintf(row, sizeof row, "| %s | %.2f | %.4f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.2f | %.1f | %s |", name.c_str(),
+                  out_gb / 1e9, static_cast<double>(enc->payload.size()) / out_gb, out_gb / median(tmode[0]) / 1e12,
+                  out_gb / median(tmode[1]) / 1e12, out_gb / median(tmode[2]) / 1e12, out_gb / median(tmode[3]) / 1e12,
+                  out_gb / median(tmode[4]) / 1e12, copy_tbs, best / (copy_tbs / 2),
                   enc->payload.size() / median(th2d) / 1e9, exact ? "yes" : "NO: OUTPUT DIFFERS");
     rows.push_back(row);
     CK(cudaFree(dp));
@@ -217,9 +222,9 @@ int main(int argc, char** argv) {
   }
   std::printf("\ndevice: %s, %d SMs\n\n", prop.name, prop.multiProcessorCount);
   std::printf(
-      "| dtype | output GB | ratio | decode TB/s, call | decode TB/s, device | device, no prefetch | device, global tables | "
-      "D2D copy TB/s (read+write) | device decode / copy output rate | H2D pinned GB/s of compressed | bit-exact |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+      "| dtype | output GB | ratio | decode TB/s, call | device | device, 3/SM | device, 4/SM | device, shared tables | "
+      "D2D copy TB/s (read+write) | best decode / copy output rate | H2D pinned GB/s of compressed | bit-exact (all modes) |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& r : rows) std::printf("%s\n", r.c_str());
   return 0;
 }

@@ -31,8 +31,9 @@ struct Input {
 // Decodes every input in one enqueue; payloads are packed back to back at odd offsets so that
 // no alignment of the compressed bytes is assumed. `flip_at` damages one byte of input 0 (the
 // host and device copies alike, as a damaged file would be).
-void gpu_decode(const std::vector<Input>& in, bool shared, bool verify, Status* st, std::vector<std::vector<uint8_t>>* outs,
-                size_t flip_at = SIZE_MAX, size_t out_misalign = 0, bool prefetch = true) {
+// mode: 0 shared tables, 1..3 global tables with 2..4 blocks per SM.
+void gpu_decode(const std::vector<Input>& in, int mode, bool verify, Status* st, std::vector<std::vector<uint8_t>>* outs,
+                size_t flip_at = SIZE_MAX, size_t out_misalign = 0) {
   uint64_t total = 1, out_total = 0;
   std::vector<uint64_t> poff, ooff;
   for (const Input& x : in) {
@@ -54,8 +55,8 @@ void gpu_decode(const std::vector<Input>& in, bool shared, bool verify, Status* 
   CUDA_CHECK(cudaStreamCreate(&s));
   {
     cuda::Decoder dec;
-    dec.set_shared_tables(shared);
-    dec.set_prefetch(prefetch);
+    dec.set_shared_tables(mode == 0);
+    dec.set_blocks_per_sm(mode + 1);
     std::vector<cuda::Job> jobs;
     for (size_t k = 0; k < in.size(); ++k)
       jobs.push_back({in[k].coding, host.data() + poff[k], dp + poff[k], dout + ooff[k] + out_misalign});
@@ -98,18 +99,17 @@ TEST(Cuda, MatchesReferenceOnEveryDtypeAwkwardSizesAndSpecialValues) {
     }
   }
   for (int mode = 0; mode < 4; ++mode) {
-    const bool shared = mode & 1, prefetch = mode & 2;
-    const std::string how = std::string(shared ? " shared" : " global") + (prefetch ? ", prefetch" : "");
+    const std::string how = " mode " + std::to_string(mode);
     // One launch for all of them (many models in one grid), then each on its own.
     std::vector<Input> all;
     for (const auto& e : encs) all.push_back({&e.coding, e.payload.data(), e.payload.size()});
     Status st;
     std::vector<std::vector<uint8_t>> outs;
-    gpu_decode(all, shared, true, &st, &outs, SIZE_MAX, 0, prefetch);
+    gpu_decode(all, mode, true, &st, &outs);
     ASSERT_TRUE(st.is_ok()) << st.message();
     for (size_t k = 0; k < encs.size(); ++k) EXPECT_EQ(outs[k], datas[k]) << what[k] << how;
     for (size_t k = 0; k < encs.size(); ++k) {
-      gpu_decode({all[k]}, shared, true, &st, &outs, SIZE_MAX, 0, prefetch);
+      gpu_decode({all[k]}, mode, true, &st, &outs);
       ASSERT_TRUE(st.is_ok()) << what[k] << ": " << st.message();
       EXPECT_EQ(outs[0], datas[k]) << what[k] << how;
     }
@@ -132,11 +132,11 @@ TEST(Cuda, DamagedChunksAreReportedNotDecodedWrongly) {
       // Without host checksums most damage is still caught on the device by the rANS state and
       // word-count checks; a flip in a raw mantissa bit cannot be, which is why callers check
       // the tensor checksum of what comes out.
-      gpu_decode({in}, true, /*verify=*/false, &st, &outs, at);
+      gpu_decode({in}, 1, /*verify=*/false, &st, &outs, at);
       ++total;
       if (!st.is_ok()) ++caught;
       // With checksums the damage is found before any launch.
-      gpu_decode({in}, true, /*verify=*/true, &st, &outs, at);
+      gpu_decode({in}, 1, /*verify=*/true, &st, &outs, at);
       EXPECT_FALSE(st.is_ok()) << "flip at " << at;
     }
     // Most of an F32 payload is the raw mantissa plane, which nothing but a checksum can check.
@@ -155,7 +155,7 @@ TEST(Cuda, MisalignedOutputIsAnError) {
   ASSERT_TRUE(e.is_ok());
   Status st;
   std::vector<std::vector<uint8_t>> outs;
-  gpu_decode({{&e->coding, e->payload.data(), e->payload.size()}}, true, true, &st, &outs, SIZE_MAX, 2);
+  gpu_decode({{&e->coding, e->payload.data(), e->payload.size()}}, 1, true, &st, &outs, SIZE_MAX, 2);
   EXPECT_EQ(st.code(), Error::kInvalidArgument) << st.message();
 #endif
 }
@@ -191,10 +191,9 @@ TEST(Cuda, CorpusFilesMatchTheReferenceDecoder) {
       ASSERT_TRUE(reference_decode_tensor(c, f->payload(i), c.payload_size(), want.back().data(), c.nbytes).is_ok());
     }
     for (int mode = 0; mode < 4; ++mode) {
-      const bool shared = mode & 1, prefetch = mode & 2;
       Status st;
       std::vector<std::vector<uint8_t>> outs;
-      gpu_decode(in, shared, true, &st, &outs, SIZE_MAX, 0, prefetch);
+      gpu_decode(in, mode, true, &st, &outs);
       ASSERT_TRUE(st.is_ok()) << entry.path() << ": " << st.message();
       for (size_t i = 0; i < in.size(); ++i)
         EXPECT_EQ(outs[i], want[i]) << entry.path() << " tensor " << f->tensors()[i].name << " mode " << mode;

@@ -22,19 +22,27 @@ using detail::kRansL;
 
 enum : int { kOk = 0, kBadLayout = 1, kWordsEnd = 2, kStateCheck = 3, kUnusedWords = 4, kBadCodec = 5 };
 
-constexpr int kWarps = 8;                    // warps per block, each decoding its own chunks
+// Each warp is one serial rANS chain whose table lookups wait on shared memory, so an SM needs
+// many warps in flight: 16 per block, and a block's tables are shared by all of them. Tables of
+// real BF16 tensors reach ~140 KB (one mantissa table per exponent), which allows one block per
+// SM; up to ~110 KB, two.
+constexpr int kWarps = 16;
 constexpr int kThreads = 32 * kWarps;
-constexpr uint32_t kSharedLimit = 160u << 10;  // larger tables stay in global memory
+constexpr uint32_t kSharedLimit = 200u << 10;  // larger tables stay in global memory
 
 // A tensor's decode tables live in one 16-byte aligned region; offsets are relative to it, so
-// the same descriptor serves a copy in shared memory and the original in global memory.
+// the same descriptor serves a copy in shared memory and the original in global memory. Every
+// table is a slot -> symbol array (2^precision entries, u8 where symbols fit) plus a symbol ->
+// (freq << 16 | cum) array: a few bytes per slot instead of six, which is what lets the tables
+// of large tensors fit in shared memory.
 struct ModelDesc {
   const uint8_t* tables;   // device (global) address of the region
   uint32_t table_bytes;    // multiple of 16
-  uint32_t se_packed, se_sym, m_packed, m_sym, m_base;  // byte offsets into the region
-  uint32_t plane_packed[8], plane_sym[8];               // codec bytes: each plane's table
+  uint32_t se_sym, se_fc, m_ctx, m_sym, m_fc;  // byte offsets into the region
+  uint32_t plane_sym[8], plane_fc[8];          // codec bytes: each plane's table (u8 symbols)
   int plane_prec[8];
-  int codec, unit, se_prec, m_prec, man_bits, raw_bits, zero_bits;
+  int codec, unit, se_prec, m_prec, hi_bits, man_bits, raw_bits, zero_bits;
+  int m_sym16;  // mantissa symbols stored as u16 (hi_bits > 8)
 };
 
 struct ChunkDesc {
@@ -56,17 +64,25 @@ __device__ __forceinline__ uint32_t load_word(const uint8_t* words, uint64_t pos
   return static_cast<uint32_t>(__ldg(words + 2 * pos)) | (static_cast<uint32_t>(__ldg(words + 2 * pos + 1)) << 8);
 }
 
+// A table entry: from shared memory, or from global memory through the read-only path.
+template <bool kShared, typename T>
+__device__ __forceinline__ uint32_t tab_load(const T* p) {
+  if constexpr (kShared) return *p;
+  else return __ldg(p);
+}
+
 // One rANS step for every lane of the warp; false (for all lanes) when the words run out.
-__device__ __forceinline__ bool warp_step(uint32_t& x, bool active, const uint32_t* packed, const uint16_t* sym,
-                                          uint32_t mask, int prec, const uint8_t* words, bool aligned, uint32_t nwords,
-                                          uint32_t& wp, uint32_t* out_sym) {
+template <bool kShared, typename Sym>
+__device__ __forceinline__ bool warp_step(uint32_t& x, bool active, const Sym* sym, const uint32_t* fc, uint32_t mask, int prec,
+                                          const uint8_t* words, bool aligned, uint32_t nwords, uint32_t& wp, uint32_t* out_sym) {
   const unsigned lane = threadIdx.x & 31;
   bool need = false;
   if (active) {
     const uint32_t slot = x & mask;
-    const uint32_t e = packed[slot];
-    *out_sym = sym[slot];
-    x = (e >> 16) * (x >> prec) + (e & 0xffff);
+    const uint32_t s = tab_load<kShared>(sym + slot);
+    const uint32_t e = tab_load<kShared>(fc + s);
+    *out_sym = s;
+    x = (e >> 16) * (x >> prec) + slot - (e & 0xffff);
     need = x < kRansL;
   }
   const unsigned ballot = __ballot_sync(0xffffffffu, need);
@@ -96,21 +112,6 @@ __device__ __forceinline__ uint64_t raw_field(const uint8_t* raw, const uint8_t*
   return (w >> sh) & mask;
 }
 
-// The chunk's words and raw plane are read front to back, a line at a time, and each first touch
-// of a line would stall the warp for a DRAM round trip: lanes 0-3 ask for lines ahead instead
-// (near ones into L1, far ones into L2), clamped to the chunk.
-template <bool kPrefetch>
-__device__ __forceinline__ void prefetch_ahead(const uint8_t* words_at, const uint8_t* raw_at, const uint8_t* end) {
-  if constexpr (kPrefetch) {
-    const unsigned lane = threadIdx.x & 31;
-    if (lane >= 4) return;
-    const uint8_t* p = (lane & 2 ? raw_at : words_at) + (lane & 1 ? 2048 : 256);
-    const size_t g = __cvta_generic_to_global(p < end ? p : end - 1);
-    if (lane & 1) asm volatile("prefetch.global.L2 [%0];" ::"l"(g));
-    else asm volatile("prefetch.global.L1 [%0];" ::"l"(g));
-  }
-}
-
 template <int kUnit>
 __device__ __forceinline__ void store_unit(uint8_t* out, uint64_t i, uint64_t v) {
   if constexpr (kUnit == 1) out[i] = static_cast<uint8_t>(v);
@@ -120,7 +121,7 @@ __device__ __forceinline__ void store_unit(uint8_t* out, uint64_t i, uint64_t v)
 }
 
 // Decodes one coded chunk; returns the status for lane 0 to write.
-template <int kUnit, bool kPrefetch>
+template <int kUnit, typename MSym, bool kShared>
 __device__ __forceinline__ int decode_float_chunk(const ChunkDesc& c, const ModelDesc& m, const uint8_t* tab) {
   const unsigned lane = threadIdx.x & 31;
   const uint32_t L = c.lanes;
@@ -132,11 +133,11 @@ __device__ __forceinline__ int decode_float_chunk(const ChunkDesc& c, const Mode
   const uint8_t* end = c.src + c.size;
   const bool aligned = (reinterpret_cast<uintptr_t>(words) & 1) == 0;
   const uint32_t nwords = static_cast<uint32_t>((c.size - 4ull * L - raw_bytes) / 2);
-  const uint32_t* se_packed = reinterpret_cast<const uint32_t*>(tab + m.se_packed);
   const uint16_t* se_sym = reinterpret_cast<const uint16_t*>(tab + m.se_sym);
-  const uint32_t* m_packed = reinterpret_cast<const uint32_t*>(tab + m.m_packed);
-  const uint16_t* m_sym = reinterpret_cast<const uint16_t*>(tab + m.m_sym);
-  const uint32_t* m_base = reinterpret_cast<const uint32_t*>(tab + m.m_base);
+  const uint32_t* se_fc = reinterpret_cast<const uint32_t*>(tab + m.se_fc);
+  const uint16_t* m_ctx = reinterpret_cast<const uint16_t*>(tab + m.m_ctx);
+  const MSym* m_sym = reinterpret_cast<const MSym*>(tab + m.m_sym);
+  const uint32_t* m_fc = reinterpret_cast<const uint32_t*>(tab + m.m_fc);
   const uint32_t se_mask = (1u << m.se_prec) - 1, m_mask = (1u << m.m_prec) - 1;
   const int hi_shift = rb + m.zero_bits;
   uint32_t x = kRansL;
@@ -150,12 +151,11 @@ __device__ __forceinline__ int decode_float_chunk(const ChunkDesc& c, const Mode
   for (uint32_t base = 0; base < c.n; base += L) {
     const uint32_t i = base + lane;
     const bool active = lane < L && i < c.n;
-    prefetch_ahead<kPrefetch>(words + 2 * wp, raw + (static_cast<uint64_t>(base) * rb >> 3), end);
     uint32_t se = 0, hi = 0;
-    if (!warp_step(x, active, se_packed, se_sym, se_mask, m.se_prec, words, aligned, nwords, wp, &se)) return kWordsEnd;
-    const uint32_t* mt = m_packed + (active ? m_base[se] : 0);
-    const uint16_t* ms = m_sym + (active ? m_base[se] : 0);
-    if (!warp_step(x, active, mt, ms, m_mask, m.m_prec, words, aligned, nwords, wp, &hi)) return kWordsEnd;
+    if (!warp_step<kShared>(x, active, se_sym, se_fc, se_mask, m.se_prec, words, aligned, nwords, wp, &se)) return kWordsEnd;
+    const uint32_t t = active ? tab_load<kShared>(m_ctx + se) : 0;  // 0: uniform, j: the j-th coded mantissa table
+    if (!warp_step<kShared>(x, active, m_sym + (t << m.m_prec), m_fc + (t << m.hi_bits), m_mask, m.m_prec, words, aligned, nwords, wp, &hi))
+      return kWordsEnd;
     if (active) {
       uint64_t v = (static_cast<uint64_t>(se) << m.man_bits) | (static_cast<uint64_t>(hi) << hi_shift);
       if (rb) v |= raw_field(raw, end, static_cast<uint64_t>(i) * rb, rb) << m.zero_bits;
@@ -166,6 +166,7 @@ __device__ __forceinline__ int decode_float_chunk(const ChunkDesc& c, const Mode
   return wp != nwords ? kUnusedWords : kOk;
 }
 
+template <bool kShared>
 __device__ __forceinline__ int decode_bytes_chunk(const ChunkDesc& c, const ModelDesc& m, const uint8_t* tab) {
   const unsigned lane = threadIdx.x & 31;
   const uint32_t L = c.lanes;
@@ -186,10 +187,10 @@ __device__ __forceinline__ int decode_bytes_chunk(const ChunkDesc& c, const Mode
     const bool active = lane < L && i < c.n;
     for (int plane = 0; plane < m.unit; ++plane) {
       uint32_t byte = 0;
-      const uint32_t* pk = reinterpret_cast<const uint32_t*>(tab + m.plane_packed[plane]);
-      const uint16_t* sy = reinterpret_cast<const uint16_t*>(tab + m.plane_sym[plane]);
+      const uint8_t* sy = tab + m.plane_sym[plane];
+      const uint32_t* fc = reinterpret_cast<const uint32_t*>(tab + m.plane_fc[plane]);
       const int prec = m.plane_prec[plane];
-      if (!warp_step(x, active, pk, sy, (1u << prec) - 1, prec, words, aligned, nwords, wp, &byte)) return kWordsEnd;
+      if (!warp_step<kShared>(x, active, sy, fc, (1u << prec) - 1, prec, words, aligned, nwords, wp, &byte)) return kWordsEnd;
       if (active) c.out[static_cast<uint64_t>(i) * m.unit + plane] = static_cast<uint8_t>(byte);
     }
   }
@@ -212,22 +213,27 @@ __device__ __forceinline__ int copy_stored_chunk(const ChunkDesc& c, int unit) {
   return kOk;
 }
 
-template <bool kPrefetch>
+template <int kUnit, bool kShared>
+__device__ __forceinline__ int decode_float(const ChunkDesc& c, const ModelDesc& m, const uint8_t* tab) {
+  return m.m_sym16 ? decode_float_chunk<kUnit, uint16_t, kShared>(c, m, tab) : decode_float_chunk<kUnit, uint8_t, kShared>(c, m, tab);
+}
+
+template <bool kShared>
 __device__ __forceinline__ int decode_chunk(const ChunkDesc& c, const ModelDesc& m, const uint8_t* tab) {
   if (c.mode == 0) return copy_stored_chunk(c, m.unit);
-  if (m.codec == 2) return decode_bytes_chunk(c, m, tab);
+  if (m.codec == 2) return decode_bytes_chunk<kShared>(c, m, tab);
   if (m.codec != 1) return kBadCodec;
   switch (m.unit) {
-    case 1: return decode_float_chunk<1, kPrefetch>(c, m, tab);
-    case 2: return decode_float_chunk<2, kPrefetch>(c, m, tab);
-    case 4: return decode_float_chunk<4, kPrefetch>(c, m, tab);
-    case 8: return decode_float_chunk<8, kPrefetch>(c, m, tab);
+    case 1: return decode_float<1, kShared>(c, m, tab);
+    case 2: return decode_float<2, kShared>(c, m, tab);
+    case 4: return decode_float<4, kShared>(c, m, tab);
+    case 8: return decode_float<8, kShared>(c, m, tab);
     default: return kBadCodec;
   }
 }
 
-template <bool kShared, bool kPrefetch>
-__global__ void __launch_bounds__(kThreads) decode_blocks(const BlockDesc* blocks, const ChunkDesc* chunks,
+template <bool kShared, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) decode_blocks(const BlockDesc* blocks, const ChunkDesc* chunks,
                                                           const ModelDesc* models, int* status) {
   extern __shared__ uint4 smem[];
   const BlockDesc b = blocks[blockIdx.x];
@@ -242,7 +248,7 @@ __global__ void __launch_bounds__(kThreads) decode_blocks(const BlockDesc* block
   const unsigned warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   for (uint32_t k = warp; k < b.count; k += kWarps) {
     const uint32_t idx = b.first + k;
-    const int s = decode_chunk<kPrefetch>(chunks[idx], m, tab);
+    const int s = decode_chunk<kShared>(chunks[idx], m, tab);
     if (lane == 0) status[idx] = s;
   }
 }
@@ -264,6 +270,27 @@ uint32_t append(std::vector<uint8_t>& blob, const std::vector<T>& v, size_t regi
   return static_cast<uint32_t>(off - region_start);
 }
 
+// Slot -> symbol and symbol -> (freq << 16 | cum) arrays of one table (freq and cum < 2^16 since
+// precisions are at most 15).
+template <typename Sym>
+void fill_tables(const detail::FreqTable& t, Sym* sym, uint32_t* fc) {
+  for (uint32_t s = 0; s < t.alphabet; ++s) {
+    fc[s] = (t.freq[s] << 16) | t.cum[s];
+    for (uint32_t j = 0; j < t.freq[s]; ++j) sym[t.cum[s] + j] = static_cast<Sym>(s);
+  }
+}
+
+template <typename Sym>
+void fill_mantissa(const detail::FloatModel& fm, std::vector<uint8_t>& blob, size_t start, ModelDesc* md) {
+  const size_t slots = size_t{1} << fm.mant_precision, syms = size_t{1} << fm.hi_bits;
+  std::vector<Sym> sym((fm.mant.size() + 1) * slots);
+  std::vector<uint32_t> fc((fm.mant.size() + 1) * syms);
+  fill_tables(fm.uniform_mant(), sym.data(), fc.data());
+  for (size_t k = 0; k < fm.mant.size(); ++k) fill_tables(fm.mant[k], sym.data() + (k + 1) * slots, fc.data() + (k + 1) * syms);
+  md->m_sym = append(blob, sym, start);
+  md->m_fc = append(blob, fc, start);
+}
+
 // Builds the decode tables of one tensor into blob; fills md's offsets and parameters.
 Status build_tables(const TensorCoding& c, const uint8_t* host_payload, std::vector<uint8_t>& blob, ModelDesc* md) {
   const size_t start = align16(blob.size());
@@ -273,37 +300,35 @@ Status build_tables(const TensorCoding& c, const uint8_t* host_payload, std::vec
   if (c.codec == Codec::kFloat) {
     detail::FloatModel fm;
     BS_RETURN_IF_ERROR(detail::read_float_model(host_payload, c.model_size, c.dtype, &fm));
-    std::vector<uint32_t> se_packed(size_t{1} << fm.se.precision), m_base;
-    std::vector<uint16_t> se_sym(se_packed.size());
-    detail::fill_decode_slots(fm.se, se_packed.data(), se_sym.data());
-    const size_t slots = size_t{1} << fm.mant_precision;
-    std::vector<uint32_t> m_packed((fm.mant.size() + 1) * slots);
-    std::vector<uint16_t> m_sym(m_packed.size());
-    detail::fill_decode_slots(fm.uniform_mant(), m_packed.data(), m_sym.data());
-    for (size_t k = 0; k < fm.mant.size(); ++k)
-      detail::fill_decode_slots(fm.mant[k], m_packed.data() + (k + 1) * slots, m_sym.data() + (k + 1) * slots);
-    for (uint16_t ctx : fm.ctx) m_base.push_back(static_cast<uint32_t>(ctx * slots));
-    md->se_packed = append(blob, se_packed, start);
+    if (fm.raw_bits > 57) return Status(Error::kCorrupt, "raw bit field too wide for the GPU decoder");
+    if (fm.se.precision > 15 || fm.mant_precision > 15 || fm.hi_bits > fm.mant_precision || fm.hi_bits > 16)
+      return Status(Error::kCorrupt, "table precision beyond the format's limits");
+    std::vector<uint16_t> se_sym(size_t{1} << fm.se.precision);
+    std::vector<uint32_t> se_fc(fm.se.alphabet);
+    fill_tables(fm.se, se_sym.data(), se_fc.data());
     md->se_sym = append(blob, se_sym, start);
-    md->m_packed = append(blob, m_packed, start);
-    md->m_sym = append(blob, m_sym, start);
-    md->m_base = append(blob, m_base, start);
+    md->se_fc = append(blob, se_fc, start);
+    md->m_ctx = append(blob, fm.ctx, start);
+    md->m_sym16 = fm.hi_bits > 8;
+    if (md->m_sym16) fill_mantissa<uint16_t>(fm, blob, start, md);
+    else fill_mantissa<uint8_t>(fm, blob, start, md);
     md->se_prec = fm.se.precision;
     md->m_prec = fm.mant_precision;
+    md->hi_bits = fm.hi_bits;
     md->man_bits = fm.man_bits;
     md->raw_bits = fm.raw_bits;
     md->zero_bits = fm.zero_bits;
-    if (fm.raw_bits > 57) return Status(Error::kCorrupt, "raw bit field too wide for the GPU decoder");
   } else if (c.codec == Codec::kBytes) {
     detail::BytesModel bm;
     BS_RETURN_IF_ERROR(detail::read_bytes_model(host_payload, c.model_size, c.unit_bytes(), &bm));
     if (bm.planes.size() > 8) return Status(Error::kCorrupt, "more than 8 byte planes");
     for (size_t p = 0; p < bm.planes.size(); ++p) {
-      std::vector<uint32_t> packed(size_t{1} << bm.planes[p].precision);
-      std::vector<uint16_t> sym(packed.size());
-      detail::fill_decode_slots(bm.planes[p], packed.data(), sym.data());
-      md->plane_packed[p] = append(blob, packed, start);
+      if (bm.planes[p].precision > 15 || bm.planes[p].alphabet > 256) return Status(Error::kCorrupt, "byte plane table out of range");
+      std::vector<uint8_t> sym(size_t{1} << bm.planes[p].precision);
+      std::vector<uint32_t> fc(256, 0);
+      fill_tables(bm.planes[p], sym.data(), fc.data());
       md->plane_sym[p] = append(blob, sym, start);
+      md->plane_fc[p] = append(blob, fc, start);
       md->plane_prec[p] = bm.planes[p].precision;
     }
   }
@@ -327,8 +352,8 @@ struct Decoder::Impl {
   std::vector<std::vector<uint8_t>> host_keep;  // zstd chunks decoded on the host
   std::vector<int> host_status;
   std::vector<std::pair<uint32_t, uint32_t>> labels;  // per chunk: tensor and chunk, for error messages
-  bool shared_tables = true;
-  bool prefetch = true;
+  bool shared_tables = false;
+  int blocks_per_sm = 2;
 
   ~Impl() {
     if (!device) return;
@@ -341,14 +366,18 @@ Decoder::Decoder() : impl_(std::make_unique<Impl>()) {}
 Decoder::~Decoder() = default;
 
 void Decoder::set_shared_tables(bool on) { impl_->shared_tables = on; }
-void Decoder::set_prefetch(bool on) { impl_->prefetch = on; }
+void Decoder::set_blocks_per_sm(int n) { impl_->blocks_per_sm = std::clamp(n, 2, 4); }
 
 namespace {
 template <bool kShared>
-Status launch(bool prefetch, const std::vector<BlockDesc>& blocks, const BlockDesc* dblocks, const ChunkDesc* dchunks,
+Status launch(int blocks_per_sm, const std::vector<BlockDesc>& blocks, const BlockDesc* dblocks, const ChunkDesc* dchunks,
               const ModelDesc* dmodels, int* dstatus, uint32_t smem, cudaStream_t stream) {
   if (blocks.empty()) return Status::ok();
-  const auto kernel = prefetch ? decode_blocks<kShared, true> : decode_blocks<kShared, false>;
+  // Registers are capped so that the SM holds blocks_per_sm blocks (shared tables: one block).
+  const auto kernel = kShared                ? decode_blocks<true, 1>
+                      : blocks_per_sm >= 4 ? decode_blocks<false, 4>
+                      : blocks_per_sm == 3 ? decode_blocks<false, 3>
+                                           : decode_blocks<false, 2>;
   Status st;
   if (smem > (48u << 10) &&
       !cuda_ok(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), &st, "shared memory"))
@@ -444,9 +473,9 @@ Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool ve
   auto* dchunks = reinterpret_cast<const ChunkDesc*>(dev + chunks_off);
   auto* dblocks = reinterpret_cast<const BlockDesc*>(dev + blocks_off);
   auto* dstatus = reinterpret_cast<int*>(dev + status_off);
-  BS_RETURN_IF_ERROR(launch<true>(im.prefetch, shared_blocks, dblocks, dchunks, dmodels, dstatus, smem_max, stream));
+  BS_RETURN_IF_ERROR(launch<true>(im.blocks_per_sm, shared_blocks, dblocks, dchunks, dmodels, dstatus, smem_max, stream));
   BS_RETURN_IF_ERROR(
-      launch<false>(im.prefetch, global_blocks, dblocks + shared_blocks.size(), dchunks, dmodels, dstatus, 0, stream));
+      launch<false>(im.blocks_per_sm, global_blocks, dblocks + shared_blocks.size(), dchunks, dmodels, dstatus, 0, stream));
   im.host_status.assign(chunks.size(), -1);
   if (!chunks.empty() && !cuda_ok(cudaMemcpyAsync(im.host_status.data(), dstatus, chunks.size() * sizeof(int), cudaMemcpyDeviceToHost, stream),
                                   &st, "copy"))

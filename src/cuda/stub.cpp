@@ -12,7 +12,7 @@ Status Decoder::enqueue(const std::vector<Job>&, void*, bool) {
   return Status(Error::kInvalidArgument, "bigsmall was built without CUDA");
 }
 void Decoder::set_shared_tables(bool) {}
-void Decoder::set_prefetch(bool) {}
+void Decoder::set_blocks_per_sm(int) {}
 Status Decoder::finish() { return Status(Error::kInvalidArgument, "bigsmall was built without CUDA"); }
 
 }  // namespace bigsmall::cuda
