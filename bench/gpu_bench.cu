@@ -113,7 +113,7 @@ double time_decode(const EncodedTensor& enc, const uint8_t* dp, uint8_t* dout, c
     });
   }
   CK(cudaEventRecord(a, s));
-  Status st = dec.enqueue({{&enc.coding, enc.payload.data(), dp, dout}}, s, false);
+  Status st = dec.enqueue({{&enc.coding, enc.payload.data(), enc.payload.size(), dp, dout}}, s, false);
   CK(cudaEventRecord(b, s));
   if (gated) opener.join();
   CK(cudaEventSynchronize(b));

@@ -16,6 +16,7 @@ bool available();
 struct Job {
   const TensorCoding* coding;     // geometry, chunk list and checksums
   const uint8_t* host_payload;    // model blob + chunks on the host (tables are built from it)
+  uint64_t payload_size;          // bytes at host_payload and device_payload; the coding is checked against it
   const uint8_t* device_payload;  // the same bytes already copied to device memory
   uint8_t* device_out;            // coding->nbytes bytes of device memory
 };
@@ -24,8 +25,11 @@ struct Job {
 // host and copied asynchronously with the chunk list in one allocation; nothing inside waits for
 // the device. Chunk checksums are checked on the host bytes before launch (when verify); after
 // the caller has synchronised the stream, finish() reads the per-chunk status array and reports
-// the first failure. A Decoder enqueues once and must be destroyed before its stream.
-// device_out must be aligned to the tensor's element size.
+// the first failure (or enqueue's). A Decoder enqueues once and must be destroyed before its
+// stream. device_out must be aligned to the tensor's element size. Not done here: the checksum
+// of each decoded tensor (XXH3-64 over the whole tensor does not split across the device), which
+// callers check on the host, as the Python package does; and the status copy-back goes to
+// pageable memory, so enqueue may return only once the kernels have run.
 class Decoder {
  public:
   Decoder();

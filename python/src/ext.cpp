@@ -278,7 +278,7 @@ Status decode_on_device(const BsFile& f, const std::vector<size_t>& which, const
     const uint64_t n = f.tensors()[i].stored_bytes;
     if (n && cudaMemcpyAsync(staging + off, f.payload(i), n, cudaMemcpyHostToDevice, stream) != cudaSuccess)
       st = Status(Error::kIo, "copy to the device failed");
-    jobs.push_back({&f.coding(i), f.payload(i), staging + off, reinterpret_cast<uint8_t*>(ptrs[k])});
+    jobs.push_back({&f.coding(i), f.payload(i), n, staging + off, reinterpret_cast<uint8_t*>(ptrs[k])});
     off += n;
   }
   {

@@ -300,6 +300,10 @@ Status build_tables(const TensorCoding& c, const uint8_t* host_payload, std::vec
   if (c.codec == Codec::kFloat) {
     detail::FloatModel fm;
     BS_RETURN_IF_ERROR(detail::read_float_model(host_payload, c.model_size, c.dtype, &fm));
+    // As the CPU decoder: tables far beyond what the tensor's data could pay for are a hostile
+    // file asking for memory.
+    const uint64_t slots = (uint64_t{fm.mant.size()} + 1) << fm.mant_precision;
+    if (slots > (uint64_t{1} << 16) + 64 * c.units()) return Status(Error::kCorrupt, "mantissa tables larger than the tensor they code");
     if (fm.raw_bits > 57) return Status(Error::kCorrupt, "raw bit field too wide for the GPU decoder");
     if (fm.se.precision > 15 || fm.mant_precision > 15 || fm.hi_bits > fm.mant_precision || fm.hi_bits > 16)
       return Status(Error::kCorrupt, "table precision beyond the format's limits");
@@ -331,6 +335,8 @@ Status build_tables(const TensorCoding& c, const uint8_t* host_payload, std::vec
       md->plane_fc[p] = append(blob, fc, start);
       md->plane_prec[p] = bm.planes[p].precision;
     }
+  } else if (c.model_size != 0) {
+    return Status(Error::kCorrupt, "model blob on a codec without a model");
   }
   blob.resize(align16(blob.size()), 0);
   md->table_bytes = static_cast<uint32_t>(blob.size() - start);
@@ -354,6 +360,10 @@ struct Decoder::Impl {
   std::vector<std::pair<uint32_t, uint32_t>> labels;  // per chunk: tensor and chunk, for error messages
   bool shared_tables = false;
   int blocks_per_sm = 2;
+  bool called = false;
+  Status enqueued = Status(Error::kInvalidArgument, "nothing was enqueued");
+
+  Status enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool verify);
 
   ~Impl() {
     if (!device) return;
@@ -390,7 +400,14 @@ Status launch(int blocks_per_sm, const std::vector<BlockDesc>& blocks, const Blo
 
 Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool verify) {
   Impl& im = *impl_;
-  if (im.device) return Status(Error::kInvalidArgument, "a cuda::Decoder enqueues once");
+  if (im.called) return Status(Error::kInvalidArgument, "a cuda::Decoder enqueues once");
+  im.called = true;
+  static_cast<void>(im.enqueued = im.enqueue(jobs, cuda_stream, verify));
+  return im.enqueued;
+}
+
+Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool verify) {
+  Impl& im = *this;
   im.stream = cuda_stream;
   const auto stream = static_cast<cudaStream_t>(cuda_stream);
   Status st;
@@ -399,10 +416,15 @@ Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool ve
   std::vector<ChunkDesc> chunks;
   std::vector<BlockDesc> shared_blocks, global_blocks;
   uint32_t smem_max = 0;
+  int device = 0, optin = 0;
+  if (!cuda_ok(cudaGetDevice(&device), &st, "device") ||
+      !cuda_ok(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), &st, "device"))
+    return st;
+  const uint32_t shared_limit = std::min<uint32_t>(kSharedLimit, static_cast<uint32_t>(optin));
   for (size_t t = 0; t < jobs.size(); ++t) {
     const Job& j = jobs[t];
     const TensorCoding& c = *j.coding;
-    BS_RETURN_IF_ERROR(c.validate(c.payload_size()));
+    BS_RETURN_IF_ERROR(c.validate(j.payload_size));
     if (reinterpret_cast<uintptr_t>(j.device_out) % c.unit_bytes() != 0)
       return Status(Error::kInvalidArgument, "tensor #" + std::to_string(t) + ": output not aligned to its element size");
     ModelDesc md{};
@@ -417,7 +439,10 @@ Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool ve
                                            ": checksum mismatch (compressed data damaged)");
       uint8_t* out = j.device_out + c.chunk_out_offset(i);
       if (c.codec == Codec::kZstd && ref.mode == ChunkMode::kCoded) {
-        // No zstd on the device: decode on the host and copy the result.
+        // No zstd on the device: decode on the host and copy the result. The frame must declare
+        // exactly the chunk's size, as the CPU decoder demands.
+        if (ZSTD_getFrameContentSize(j.host_payload + ref.offset, ref.size) != c.chunk_out_size(i))
+          return Status(Error::kCorrupt, "tensor #" + std::to_string(t) + ", chunk " + std::to_string(i) + ": zstd frame size mismatch");
         std::vector<uint8_t> plain(c.chunk_out_size(i));
         const size_t r = ZSTD_decompress(plain.data(), plain.size(), j.host_payload + ref.offset, ref.size);
         if (ZSTD_isError(r) || r != plain.size())
@@ -438,7 +463,7 @@ Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool ve
       chunks.push_back(cd);
       im.labels.emplace_back(static_cast<uint32_t>(t), static_cast<uint32_t>(i));
     }
-    const bool in_shared = im.shared_tables && md.table_bytes <= kSharedLimit;
+    const bool in_shared = im.shared_tables && md.table_bytes <= shared_limit;
     if (in_shared) smem_max = std::max(smem_max, md.table_bytes);
     for (uint32_t k = first; k < chunks.size(); k += kWarps)
       (in_shared ? shared_blocks : global_blocks)
@@ -460,11 +485,13 @@ Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool ve
   auto* dev = static_cast<uint8_t*>(im.device);
   for (ModelDesc& md : models) md.tables = dev + reinterpret_cast<uintptr_t>(md.tables);
   blob.resize(status_off, 0);
-  std::memcpy(blob.data() + models_off, models.data(), models.size() * sizeof(ModelDesc));
-  std::memcpy(blob.data() + chunks_off, chunks.data(), chunks.size() * sizeof(ChunkDesc));
-  std::memcpy(blob.data() + blocks_off, shared_blocks.data(), shared_blocks.size() * sizeof(BlockDesc));
-  std::memcpy(blob.data() + blocks_off + shared_blocks.size() * sizeof(BlockDesc), global_blocks.data(),
-              global_blocks.size() * sizeof(BlockDesc));
+  const auto put = [&blob](size_t off, const auto& v) {
+    if (!v.empty()) std::memcpy(blob.data() + off, v.data(), v.size() * sizeof(v[0]));
+  };
+  put(models_off, models);
+  put(chunks_off, chunks);
+  put(blocks_off, shared_blocks);
+  put(blocks_off + shared_blocks.size() * sizeof(BlockDesc), global_blocks);
   if (!cuda_ok(cudaMemcpyAsync(dev, blob.data(), blob.size(), cudaMemcpyHostToDevice, stream), &st, "copy")) return st;
   // Chunks nobody decodes read as "not decoded".
   if (!cuda_ok(cudaMemsetAsync(dev + status_off, 0xff, std::max<size_t>(1, chunks.size()) * sizeof(int), stream), &st, "memset"))
@@ -484,6 +511,7 @@ Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool ve
 }
 
 Status Decoder::finish() {
+  if (!impl_->enqueued.is_ok()) return impl_->enqueued;
   static const char* const kWhat[] = {"ok", "size does not match its layout", "rANS data ends early",
                                       "rANS state check failed", "unused rANS data", "codec not decodable on the GPU"};
   for (size_t k = 0; k < impl_->host_status.size(); ++k) {
