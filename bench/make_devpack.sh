@@ -39,8 +39,9 @@ st.save_file(sd, p, metadata={"format": "pt"})
 PY
 fi
 build-dev/bigsmall compress -q -f "$model" -o "$pack/model"
-# Python build requirements in the versions used here (the device's own may differ).
+# Python build requirements in the versions used here (the device's own may differ), and
+# DFloat11 with its Huffman library for bench/dfloat11_bench.py (cupy, torch and transformers
+# are on the device already).
 ( cd "$pack/whl" && python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_17_x86_64 --platform any nanobind==3.1.0 scikit-build-core==1.1.2 )
-[ -d .whl ] && cp .whl/*.whl "$pack/whl/" 2>/dev/null || true
+    --platform manylinux_2_17_x86_64 --platform any nanobind==3.1.0 scikit-build-core==1.1.2 dfloat11==0.5.0 dahuffman==0.4.2 )
 du -sh "$pack" && du -sh "$pack"/*
