@@ -75,6 +75,17 @@ if [ -f bench/dfloat11_bench.py ] && ls "$pack"/whl/dfloat11-*.whl >/dev/null 2>
   tail -3 "$out/dfloat11.err"
 fi
 
+# Where the decode kernel's warps wait (for the next round of tuning): one profiled launch of
+# the default kernel on a small tile, if Nsight Compute is there.
+if command -v ncu >/dev/null; then
+  step "ncu: stall reasons of one decode launch"
+  timeout 120 ncu --target-processes all -k regex:decode_blocks --launch-skip 1 --launch-count 1 \
+    --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
+    "$pack/bin/gpu_bench" "$pack/bs" 0.25 >"$out/ncu.txt" 2>&1
+  status+=("ncu:$?")
+  grep -E 'Stall|Warp Cycles|Achieved Occupancy|Memory Throughput|Duration|Registers' "$out/ncu.txt" | head -30
+fi
+
 step "summary: ${status[*]}"
 grep -A6 '^| dtype' "$out/gpu_bench.log"
 grep -E '^\| all|^StreamingLoader|^bigsmall.from' "$out/gpu_load.log" 2>/dev/null
