@@ -312,22 +312,58 @@ std::vector<uint8_t> with_index_edit(const std::vector<uint8_t>& bs, const std::
 
 TEST_F(DamagedBs, OtherBytesInNamesStillDecode) {
   // Writers before names had to be UTF-8 passed any bytes through from their input (the name
-  // stands twice in the index: in the kept safetensors header, then in its tensor entry); such
-  // files must keep decoding. The rewrite itself is checked by a valid edit first.
+  // stands twice in the index: in the kept safetensors header, then in its tensor entry, the
+  // same bytes in both); such files must keep decoding. The rewrite itself is checked by a valid
+  // edit first. A name changed in one place only is a file whose restore would disagree with
+  // what the readers see: verify and restore refuse it.
   const std::string name = "model.norm.weight";
-  auto edit = [&](bool entry, uint8_t byte) {
+  auto edit = [&](bool header, bool entry, uint8_t byte) {
     return with_index_edit(good, [&](std::vector<uint8_t>& index) {
-      const auto at = entry ? std::find_end(index.begin(), index.end(), name.begin(), name.end())
-                            : std::search(index.begin(), index.end(), name.begin(), name.end());
-      ASSERT_NE(at, index.end());
-      *(at + 5) = byte;
+      const auto first = std::search(index.begin(), index.end(), name.begin(), name.end());
+      const auto last = std::find_end(index.begin(), index.end(), name.begin(), name.end());
+      ASSERT_NE(first, index.end());
+      ASSERT_NE(first, last);
+      if (header) *(first + 5) = byte;
+      if (entry) *(last + 5) = byte;
     });
   };
-  for (uint8_t byte : {uint8_t{'_'}, uint8_t{0xFF}})
-    for (bool entry : {false, true}) {
-      const Status st = open_and_verify(edit(entry, byte));
-      EXPECT_TRUE(st.is_ok()) << int{byte} << " " << entry << ": " << st.message();
+  for (uint8_t byte : {uint8_t{'_'}, uint8_t{0xFF}}) {
+    Status st = open_and_verify(edit(true, true, byte));
+    EXPECT_TRUE(st.is_ok()) << int{byte} << ": " << st.message();
+    for (bool header : {false, true}) {
+      st = open_and_verify(edit(header, !header, byte));
+      EXPECT_EQ(st.code(), Error::kCorrupt) << int{byte} << " header " << header << ": " << st.message();
+      EXPECT_NE(st.message().find("index disagrees with the kept safetensors header"), std::string::npos) << st.message();
     }
+  }
+}
+
+TEST_F(DamagedBs, HeaderThatPlacesTensorsElsewhereIsRefusedOnRestore) {
+  // Two same-sized tensors swapped in the kept header only (checksums made right again): the
+  // readers would see one pairing and the restored file the other. Found by verify and by
+  // restore, which leaves no output behind.
+  TempDir t;
+  write_file(t / "two.safetensors", safetensors_bytes({{"aa", DType::kF32, {3}, bstest::weights(DType::kF32, 3, 1)},
+                                                        {"bb", DType::kF32, {3}, bstest::weights(DType::kF32, 3, 2)}}));
+  ASSERT_TRUE(compress_file(t / "two.safetensors", t / "two.bs").is_ok());
+  const auto swapped = with_index_edit(read_file(t / "two.bs"), [](std::vector<uint8_t>& index) {
+    const std::string a = "\"aa\"", b = "\"bb\"";
+    const auto pa = std::search(index.begin(), index.end(), a.begin(), a.end());
+    const auto pb = std::search(index.begin(), index.end(), b.begin(), b.end());
+    ASSERT_NE(pa, index.end());
+    ASSERT_NE(pb, index.end());
+    std::copy(b.begin(), b.end(), pa);  // the first occurrences are in the JSON header
+    std::copy(a.begin(), a.end(), pb);
+  });
+  write_file(t / "swapped.bs", swapped);
+  auto f = BsFile::open(t / "swapped.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  Status st = f->verify();
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+  EXPECT_NE(st.message().find("index disagrees with the kept safetensors header"), std::string::npos) << st.message();
+  st = decompress_file(t / "swapped.bs", t / "out.safetensors");
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+  EXPECT_FALSE(fs::exists(t / "out.safetensors"));
 }
 
 TEST(Container, WriteTensorsRefusesNamesThatAreNotUtf8) {

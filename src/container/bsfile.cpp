@@ -7,6 +7,7 @@
 #include <mutex>
 #include <cstdlib>
 #include <cstring>
+#include <unordered_map>
 #include <memory>
 #include <optional>
 #include <system_error>
@@ -651,8 +652,36 @@ Status for_each_batch(const BsFile::Impl& im, uint64_t limit, Fn&& fn) {
 }
 }  // namespace
 
+namespace {
+// The index and the kept safetensors header describe the same tensors: same names, dtypes,
+// shapes and places. Both are checksummed, so only a crafted file disagrees; restore writes the
+// header and places bytes by the index, and the readers go by the index, so a disagreement
+// would make the restored file say something else than load_file does.
+Status check_header_matches_index(const BsFile::Impl& im) {
+  const uint64_t hlen = im.st_header.size();
+  std::vector<uint8_t> buf(8 + hlen);
+  std::memcpy(buf.data(), &hlen, 8);
+  std::memcpy(buf.data() + 8, im.st_header.data(), hlen);
+  auto st = detail::parse_safetensors_header(buf.data(), buf.size(), im.original_size, /*raw_names=*/true);
+  if (!st) return Status(Error::kCorrupt, "the kept safetensors header is not valid: " + st.status().message());
+  auto bad = [](const std::string& what) { return Status(Error::kCorrupt, "index disagrees with the kept safetensors header: " + what); };
+  if (st->tensors.size() != im.entries.size()) return bad("they list different numbers of tensors");
+  std::unordered_map<std::string_view, const detail::Entry*> by_name;
+  for (const detail::Entry& e : im.entries) by_name.emplace(e.info.name, &e);
+  for (const auto& t : st->tensors) {
+    const auto it = by_name.find(t.name);
+    if (it == by_name.end()) return bad("tensor '" + t.name + "' is not in the index");
+    const detail::Entry& e = *it->second;
+    if (e.coding.dtype != t.dtype || e.info.shape != t.shape || e.data_begin != t.begin || e.coding.nbytes != t.end - t.begin)
+      return bad("tensor '" + t.name + "' has another dtype, shape or place");
+  }
+  return Status::ok();
+}
+}  // namespace
+
 Status BsFile::restore(const std::string& out_path, const DecompressOptions& opts) const {
   const Impl& im = *impl_;
+  BS_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
   BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(out_path, opts.overwrite));
   BS_ASSIGN_OR_RETURN(uint8_t* map, out.map(im.original_size));
   const uint64_t hlen = im.st_header.size();
@@ -810,6 +839,7 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
 
 Status BsFile::verify(const DecompressOptions& opts) const {
   const Impl& im = *impl_;
+  BS_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
   detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
   Scratch scratch;
   uint64_t scratch_size = 0;

@@ -7,19 +7,23 @@
 
 namespace bigsmall::detail {
 
-Result<StFile> parse_safetensors(const uint8_t* data, uint64_t size) {
+Result<StFile> parse_safetensors(const uint8_t* data, uint64_t size) { return parse_safetensors_header(data, size, size, false); }
+
+Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available, uint64_t size, bool raw_names) {
   auto bad = [](const std::string& what) { return Status(Error::kNotSafetensors, "not a safetensors file: " + what); };
-  if (size < 8) return Status(Error::kTruncated, "file too short for a safetensors header");
+  if (available > size) return Status(Error::kInvalidArgument, "more bytes available than the file has");
+  if (available < 8) return Status(Error::kTruncated, "file too short for a safetensors header");
   uint64_t n;
   std::memcpy(&n, data, 8);
   if (n > kMaxHeaderBytes) return bad("header length " + std::to_string(n) + " exceeds 100 MB");
-  if (n > size - 8) return Status(Error::kTruncated, "truncated: header needs " + std::to_string(n) + " bytes, file has " + std::to_string(size - 8));
+  if (n > available - 8)
+    return Status(Error::kTruncated, "truncated: header needs " + std::to_string(n) + " bytes, file has " + std::to_string(available - 8));
   StFile f;
   f.header.assign(reinterpret_cast<const char*>(data + 8), n);
   f.data_start = 8 + n;
   f.data_size = size - f.data_start;
   if (n == 0 || f.header[0] != '{') return bad("header is not a JSON object");
-  auto parsed = parse_json(f.header);
+  auto parsed = parse_json(f.header, raw_names);
   if (!parsed) return bad(parsed.status().message());
   const Json& root = parsed.value();
   if (root.kind != Json::Kind::kObject) return bad("header is not a JSON object");

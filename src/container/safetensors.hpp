@@ -27,6 +27,9 @@ struct StFile {
 
 // Problems are reported as kNotSafetensors / kTruncated / kUnknownDtype with a precise message.
 Result<StFile> parse_safetensors(const uint8_t* data, uint64_t size);
+// The same on the first `available` bytes (length + header at least) of a `size`-byte file;
+// raw_names: names need not be UTF-8 (headers kept in .bs files written before that rule).
+Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available, uint64_t size, bool raw_names);
 
 // The header safetensors would write for these tensors laid out in the given order.
 std::string make_safetensors_header(const std::vector<TensorView>& tensors,
