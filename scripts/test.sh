@@ -32,12 +32,22 @@ trap 'rm -rf "$seeds" "$work"' EXIT
 mkdir -p "$seeds/bs" "$seeds/inputs" "$work/bs" "$work/inputs"
 python3 fuzz/make_seeds.py tests/golden/golden-v1.bs "$seeds/bs"
 python3 fuzz/make_input_seeds.py tests/golden/golden-v1.safetensors "$seeds/inputs"
-# Run in $work: the fuzzers keep their scratch files in the current directory.
-(cd "$work" && "$root/build-fuzz/fuzz_bs_reader" -max_total_time="${BIGSMALL_FUZZ_SECONDS:-60}" -rss_limit_mb=2048 \
-  -timeout=10 -print_final_stats=1 "$work/bs" "$seeds/bs" 2>&1 | tail -4)
+# Run in $work: the fuzzers keep their scratch files in the current directory. On a failure the
+# reason and the stack are printed (the input is too large for a log; the fuzzer's mutation
+# line and the oracle's message are what it takes to reproduce it with a longer run).
+fuzz() {
+  local name=$1 seconds=$2 seed_dir=$3 log="$work/$1.log"
+  if ! (cd "$work" && "$root/build-fuzz/$name" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
+        -print_final_stats=1 "$work/$(basename "$seed_dir")" "$seed_dir" >"$log" 2>&1); then
+    grep -vE '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse|INITED|RELOAD)' "$log" | tail -60 || true
+    echo "fuzz: $name FAILED"
+    return 1
+  fi
+  tail -4 "$log"
+}
+fuzz fuzz_bs_reader "${BIGSMALL_FUZZ_SECONDS:-60}" "$seeds/bs"
 echo "== fuzz the safetensors reader, the encoders' round trip and directory indexes for ${BIGSMALL_FUZZ_INPUT_SECONDS:-30} s"
-(cd "$work" && "$root/build-fuzz/fuzz_inputs" -max_total_time="${BIGSMALL_FUZZ_INPUT_SECONDS:-30}" -rss_limit_mb=2048 \
-  -timeout=10 -print_final_stats=1 "$work/inputs" "$seeds/inputs" 2>&1 | tail -4)
+fuzz fuzz_inputs "${BIGSMALL_FUZZ_INPUT_SECONDS:-30}" "$seeds/inputs"
 echo "fuzz: 2 passed, 0 failed"
 
 echo "== Python package (nanobind) and its tests on a real model"

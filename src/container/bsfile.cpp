@@ -666,12 +666,16 @@ Status check_header_matches_index(const BsFile::Impl& im) {
   if (!st) return Status(Error::kCorrupt, "the kept safetensors header is not valid: " + st.status().message());
   auto bad = [](const std::string& what) { return Status(Error::kCorrupt, "index disagrees with the kept safetensors header: " + what); };
   if (st->tensors.size() != im.entries.size()) return bad("they list different numbers of tensors");
-  std::unordered_map<std::string_view, const detail::Entry*> by_name;
-  for (const detail::Entry& e : im.entries) by_name.emplace(e.info.name, &e);
+  // Compression refuses a name given twice now, but earlier versions took such headers and wrote
+  // both tensors; both lists are in data order, so the k-th of a name matches the k-th.
+  std::unordered_map<std::string_view, std::vector<const detail::Entry*>> by_name;
+  for (const detail::Entry& e : im.entries) by_name[e.info.name].push_back(&e);
+  std::unordered_map<std::string_view, size_t> taken;
   for (const auto& t : st->tensors) {
     const auto it = by_name.find(t.name);
-    if (it == by_name.end()) return bad("tensor '" + t.name + "' is not in the index");
-    const detail::Entry& e = *it->second;
+    size_t& k = taken[t.name];
+    if (it == by_name.end() || k >= it->second.size()) return bad("tensor '" + t.name + "' is not in the index");
+    const detail::Entry& e = *it->second[k++];
     if (e.coding.dtype != t.dtype || e.info.shape != t.shape || e.data_begin != t.begin || e.coding.nbytes != t.end - t.begin)
       return bad("tensor '" + t.name + "' has another dtype, shape or place");
   }

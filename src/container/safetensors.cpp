@@ -2,10 +2,24 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
+#include <string_view>
+#include <vector>
 
 #include "container/json.hpp"
 
 namespace bigsmall::detail {
+
+namespace {
+std::optional<std::string> first_duplicate_key(const Json& object) {
+  if (object.kind != Json::Kind::kObject) return std::nullopt;
+  std::vector<std::string_view> keys(object.keys.begin(), object.keys.end());
+  std::sort(keys.begin(), keys.end());
+  const auto dup = std::adjacent_find(keys.begin(), keys.end());
+  if (dup == keys.end()) return std::nullopt;
+  return std::string(*dup);
+}
+}  // namespace
 
 Result<StFile> parse_safetensors(const uint8_t* data, uint64_t size) { return parse_safetensors_header(data, size, size, false); }
 
@@ -27,6 +41,15 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
   if (!parsed) return bad(parsed.status().message());
   const Json& root = parsed.value();
   if (root.kind != Json::Kind::kObject) return bad("header is not a JSON object");
+  // A key given twice means one thing to one reader (the first) and another to the next (the
+  // last), so a new input must not have any. Headers kept in .bs files (raw_names) are exempt:
+  // earlier versions accepted them, and those files must keep decoding.
+  if (!raw_names) {
+    if (const auto dup = first_duplicate_key(root)) return bad("tensor '" + *dup + "' appears twice in the header");
+    for (size_t k = 0; k < root.keys.size(); ++k)
+      if (const auto dup = first_duplicate_key(root.values[k]))
+        return bad("'" + root.keys[k] + "' has the key '" + *dup + "' twice");
+  }
   for (size_t k = 0; k < root.keys.size(); ++k) {
     const std::string& name = root.keys[k];
     const Json& v = root.values[k];
