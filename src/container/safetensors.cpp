@@ -45,7 +45,7 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
   // last), so a new input must not have any. Headers kept in .bs files (raw_names) are exempt:
   // earlier versions accepted them, and those files must keep decoding.
   if (!raw_names) {
-    if (const auto dup = first_duplicate_key(root)) return bad("tensor '" + *dup + "' appears twice in the header");
+    if (const auto dup = first_duplicate_key(root)) return bad("'" + *dup + "' appears twice in the header");
     for (size_t k = 0; k < root.keys.size(); ++k)
       if (const auto dup = first_duplicate_key(root.values[k]))
         return bad("'" + root.keys[k] + "' has the key '" + *dup + "' twice");
