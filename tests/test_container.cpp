@@ -387,6 +387,85 @@ TEST_F(DamagedBs, NameGivenTwiceByAnEarlierWriterStillDecodes) {
   EXPECT_EQ(read_file(t / "out.safetensors"), original);
 }
 
+TEST_F(DamagedBs, LoneSurrogateInAnEarlierWritersNameStillDecodes) {
+  // Writers before names had to be UTF-8 kept "\udc00" in a header as it came and wrote the
+  // name's three bytes (ED B0 80) into its entry. Such a file verifies and restores as it was.
+  TempDir t;
+  write_file(t / "s.safetensors", safetensors_bytes({{"abcdef", DType::kF32, {3}, bstest::weights(DType::kF32, 3, 1)},
+                                                      {"zz", DType::kF32, {5}, bstest::weights(DType::kF32, 5, 2)}}));
+  ASSERT_TRUE(compress_file(t / "s.safetensors", t / "s.bs").is_ok());
+  const std::string name = "abcdef", escaped = "\\udc00", raw = "\xED\xB0\x80";
+  const auto old = with_index_edit(read_file(t / "s.bs"), [&](std::vector<uint8_t>& index) {
+    const auto in_header = std::search(index.begin(), index.end(), name.begin(), name.end());
+    ASSERT_NE(in_header, index.end());
+    std::copy(escaped.begin(), escaped.end(), in_header);  // same length: the header keeps its size
+    const auto in_entry = std::find_end(index.begin(), index.end(), name.begin(), name.end());
+    ASSERT_NE(in_entry, index.end());
+    ASSERT_EQ(*(in_entry - 2), name.size());  // the entry's u16 name length, little-endian
+    ASSERT_EQ(*(in_entry - 1), 0);
+    *(in_entry - 2) = static_cast<uint8_t>(raw.size());
+    const auto at = index.erase(in_entry, in_entry + static_cast<long>(name.size()));
+    index.insert(at, raw.begin(), raw.end());
+  });
+  write_file(t / "old.bs", old);
+  auto f = BsFile::open(t / "old.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  EXPECT_EQ(f->tensors()[0].name, raw);
+  const Status st = f->verify();
+  EXPECT_TRUE(st.is_ok()) << st.message();
+  ASSERT_TRUE(decompress_file(t / "old.bs", t / "out.safetensors").is_ok());
+  auto original = read_file(t / "s.safetensors");
+  const auto p = std::search(original.begin(), original.end(), name.begin(), name.end());
+  ASSERT_NE(p, original.end());
+  std::copy(escaped.begin(), escaped.end(), p);
+  EXPECT_EQ(read_file(t / "out.safetensors"), original);
+}
+
+TEST(KeptHeader, KeysGivenTwiceMustAgreeInFilesOfEarlierWriters) {
+  // In a header kept in a .bs file, a key given twice is read as its first value here and as its
+  // last by json.loads: accepted when they agree, refused when they do not. New inputs with
+  // either are refused.
+  auto parse = [](const std::string& header, bool kept) {
+    const auto bytes = with_header(header);
+    return detail::parse_safetensors_header(bytes.data(), bytes.size(), bytes.size(), kept).status();
+  };
+  const std::string tensor = R"("a":{"dtype":"U8","shape":[16],"data_offsets":[0,16])";
+  for (const auto& [header, agree] : std::vector<std::pair<std::string, bool>>{
+           {"{" + tensor + R"(,"dtype":"U8"}})", true},
+           {"{" + tensor + R"(,"dtype":"I8"}})", false},
+           {"{" + tensor + R"(,"shape":[16]}})", true},
+           {"{" + tensor + R"(,"shape":[2,8]}})", false},
+           {R"({"__metadata__":{"k":"1","k":"1"},)" + tensor + "}}", true},
+           {R"({"__metadata__":{"k":"1","k":"2"},)" + tensor + "}}", false},
+           {R"({"__metadata__":{"k":"1"},"__metadata__":{"k":"1"},)" + tensor + "}}", true},
+           {R"({"__metadata__":{"k":"1"},"__metadata__":{"k":"2"},)" + tensor + "}}", false}}) {
+    const Status kept = parse(header, true);
+    EXPECT_EQ(kept.is_ok(), agree) << header << ": " << kept.message();
+    if (!agree) {
+      EXPECT_NE(kept.message().find("twice with different values"), std::string::npos) << kept.message();
+    }
+    EXPECT_EQ(parse(header, false).code(), Error::kNotSafetensors) << header;
+  }
+  EXPECT_TRUE(parse("{" + tensor + "}}", false).is_ok());
+  // A lone low surrogate: refused in new inputs, kept as its three bytes in kept headers.
+  const std::string lone = R"({"a\udc00":{"dtype":"U8","shape":[16],"data_offsets":[0,16]}})";
+  EXPECT_EQ(parse(lone, false).code(), Error::kNotSafetensors);
+  const auto bytes = with_header(lone);
+  const auto kept = detail::parse_safetensors_header(bytes.data(), bytes.size(), bytes.size(), true);
+  ASSERT_TRUE(kept.is_ok()) << kept.status().message();
+  EXPECT_EQ(kept->tensors.at(0).name, "a\xED\xB0\x80");
+}
+
+TEST(Container, WriteTensorsRefusesMetadataKeysGivenTwice) {
+  // The restored header would give the key twice, which compress and safetensors refuse.
+  TempDir d;
+  const std::vector<uint8_t> bytes(4, 1);
+  const Status st = write_tensors(d / "m.bs", {{"w", DType::kU8, {4}, bytes.data(), 4}}, {{"k", "1"}, {"k", "2"}});
+  EXPECT_EQ(st.code(), Error::kInvalidArgument) << st.message();
+  EXPECT_NE(st.message().find("'k' given twice"), std::string::npos) << st.message();
+  EXPECT_FALSE(fs::exists(d / "m.bs"));
+}
+
 TEST_F(DamagedBs, HeaderThatPlacesTensorsElsewhereIsRefusedOnRestore) {
   // Two same-sized tensors swapped in the kept header only (checksums made right again): the
   // readers would see one pairing and the restored file the other. Found by verify and by

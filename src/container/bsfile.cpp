@@ -903,6 +903,16 @@ Status decompress_file(const std::string& src, const std::string& dst, const Dec
   return f.restore(dst, opts);
 }
 
+namespace {
+// The first string that occurs more than once (sorts its argument).
+std::optional<std::string> first_repeat(std::vector<std::string_view>& strings) {
+  std::sort(strings.begin(), strings.end());
+  const auto dup = std::adjacent_find(strings.begin(), strings.end());
+  if (dup == strings.end()) return std::nullopt;
+  return std::string(*dup);
+}
+}  // namespace
+
 Status write_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
                      const std::vector<std::pair<std::string, std::string>>& metadata, const CompressOptions& opts) {
   std::vector<uint64_t> offsets;
@@ -928,9 +938,7 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
   {
     std::vector<std::string_view> names;
     for (const auto& t : laid_out) names.push_back(t.name);
-    std::sort(names.begin(), names.end());
-    const auto dup = std::adjacent_find(names.begin(), names.end());
-    if (dup != names.end()) return Status(Error::kInvalidArgument, "tensor '" + std::string(*dup) + "' given twice");
+    if (const auto dup = first_repeat(names)) return Status(Error::kInvalidArgument, "tensor '" + *dup + "' given twice");
     // The header's metadata key: a tensor under that name makes a file no reader accepts.
     if (std::binary_search(names.begin(), names.end(), std::string_view("__metadata__")))
       return Status(Error::kInvalidArgument, "a tensor cannot be named '__metadata__'");
@@ -939,6 +947,12 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
   }
   for (const auto& [key, value] : metadata) {
     if (!is_valid_utf8(key) || !is_valid_utf8(value)) return Status(Error::kInvalidArgument, "metadata is not UTF-8");
+  }
+  {
+    std::vector<std::string_view> keys;
+    for (const auto& kv : metadata) keys.push_back(kv.first);
+    // The restored header would give the key twice, which compress (and safetensors) refuse.
+    if (const auto dup = first_repeat(keys)) return Status(Error::kInvalidArgument, "metadata key '" + *dup + "' given twice");
   }
   const std::string header = detail::make_safetensors_header(laid_out, metadata, &offsets);
   if (header.size() > detail::kMaxHeaderBytes) return Status(Error::kLimit, "safetensors header would exceed 100 MB");

@@ -153,8 +153,10 @@ class Parser {
             uint32_t lo;
             if (!lit("\\u") || !hex4(&lo) || lo < 0xDC00 || lo >= 0xE000) return err("bad surrogate pair");
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          } else if (cp >= 0xDC00 && cp < 0xE000) {
-            return err("bad surrogate pair");  // a low surrogate alone would become invalid UTF-8
+          } else if (cp >= 0xDC00 && cp < 0xE000 && !raw_bytes_) {
+            // A low surrogate alone would become invalid UTF-8. Raw mode keeps the three bytes
+            // writers before the UTF-8 rule stored for it, so their names still match.
+            return err("bad surrogate pair");
           }
           utf8(cp, out);
           break;
@@ -206,6 +208,17 @@ class Parser {
 };
 
 }  // namespace
+
+bool json_equal(const Json& a, const Json& b) {
+  if (a.kind != b.kind || a.b != b.b || a.is_uint != b.is_uint || a.u != b.u || a.str != b.str) return false;
+  if (a.kind == Json::Kind::kNumber && !a.is_uint && !(a.num == b.num)) return false;
+  if (a.arr.size() != b.arr.size() || a.keys != b.keys) return false;
+  for (size_t i = 0; i < a.arr.size(); ++i)
+    if (!json_equal(a.arr[i], b.arr[i])) return false;
+  for (size_t i = 0; i < a.values.size(); ++i)
+    if (!json_equal(a.values[i], b.values[i])) return false;
+  return true;
+}
 
 Result<Json> parse_json(std::string_view text, bool raw_bytes) {
   Json j;

@@ -35,5 +35,7 @@ struct Json {
 // with raw_bytes: the file names it records are the operating system's bytes, which need not be.
 Result<Json> parse_json(std::string_view text, bool raw_bytes = false);
 std::string json_quote(std::string_view s);
+// Same kind and same value, members in the same order (numbers compared as parsed).
+bool json_equal(const Json& a, const Json& b);
 
 }  // namespace bigsmall::detail

@@ -19,6 +19,17 @@ std::optional<std::string> first_duplicate_key(const Json& object) {
   if (dup == keys.end()) return std::nullopt;
   return std::string(*dup);
 }
+
+// A header kept from before duplicate keys were refused: this parser reads a key given twice as
+// its first value, json.loads as its last, so the values must agree. (A tensor name given twice
+// names two tensors, paired with the index in order: not a conflict.)
+std::optional<std::string> conflicting_duplicate(const Json& object) {
+  if (object.kind != Json::Kind::kObject) return std::nullopt;
+  for (size_t m = 0; m < object.keys.size(); ++m)
+    if (const Json* first = object.get(object.keys[m]); first != &object.values[m] && !json_equal(*first, object.values[m]))
+      return object.keys[m];
+  return std::nullopt;
+}
 }  // namespace
 
 Result<StFile> parse_safetensors(const uint8_t* data, uint64_t size) { return parse_safetensors_header(data, size, size, false); }
@@ -42,8 +53,9 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
   const Json& root = parsed.value();
   if (root.kind != Json::Kind::kObject) return bad("header is not a JSON object");
   // A key given twice means one thing to one reader (the first) and another to the next (the
-  // last), so a new input must not have any. Headers kept in .bs files (raw_names) are exempt:
-  // earlier versions accepted them, and those files must keep decoding.
+  // last), so a new input must not have any. Headers kept in .bs files (raw_names) may have
+  // them, as earlier versions accepted them and those files must keep decoding, but a key's
+  // values must then agree (checked below).
   if (!raw_names) {
     if (const auto dup = first_duplicate_key(root)) return bad("'" + *dup + "' appears twice in the header");
     for (size_t k = 0; k < root.keys.size(); ++k)
@@ -54,11 +66,17 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
     const std::string& name = root.keys[k];
     const Json& v = root.values[k];
     if (name == "__metadata__") {
+      if (raw_names && root.get(name) != &v && !json_equal(*root.get(name), v))
+        return bad("__metadata__ is given twice with different values");
+      if (raw_names)
+        if (const auto dup = conflicting_duplicate(v)) return bad("__metadata__ gives '" + *dup + "' twice with different values");
       if (v.kind != Json::Kind::kObject) return bad("__metadata__ is not an object");
       for (size_t m = 0; m < v.keys.size(); ++m)
         if (v.values[m].kind != Json::Kind::kString) return bad("__metadata__ value of '" + v.keys[m] + "' is not a string");
       continue;
     }
+    if (raw_names)
+      if (const auto dup = conflicting_duplicate(v)) return bad("'" + name + "' gives '" + *dup + "' twice with different values");
     const Json* dt = v.get("dtype");
     const Json* shape = v.get("shape");
     const Json* offs = v.get("data_offsets");
