@@ -5,6 +5,7 @@ the model's own parameters; nothing decompressed is written to disk.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -248,7 +249,14 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
     else:
         model = model_or_state_dict
         state = model.state_dict()
-        model.config.save_pretrained(out_dir)
+        # As transformers' save_pretrained does, the config names the class that saved it (so
+        # that from_pretrained without a class builds that one: GPT2LMHeadModel, not GPT2Model)
+        # and its dtype; on a copy, so the caller's model is not changed.
+        config = copy.deepcopy(model.config)
+        if getattr(model, "dtype", None) is not None:
+            config.dtype = str(model.dtype).split(".")[1]
+        config.architectures = [type(model).__name__]
+        config.save_pretrained(out_dir)
         gen = getattr(model, "generation_config", None)
         if gen is not None and getattr(model, "can_generate", lambda: False)():
             gen.save_pretrained(out_dir)

@@ -108,6 +108,29 @@ def test_save_pretrained_round_trip(models, tmp_path):
         assert (tmp_path / "hf" / name).read_bytes() == open(os.path.join(restored, name), "rb").read(), name
 
 
+def test_save_pretrained_of_a_model_with_tied_weights(tmp_path):
+    # A model built from a config (no `architectures` yet) with tied input and output
+    # embeddings: the saved config names its class, as transformers' own save_pretrained writes
+    # it, so from_pretrained without a class builds the same model, tied again, outputs exact.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    ref = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=500, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)).eval()
+    out = bigsmall.save_pretrained(ref, tmp_path / "saved")
+    assert ref.config.architectures is None  # the caller's model is left as it was
+    ref.save_pretrained(tmp_path / "hf")
+    assert (tmp_path / "hf" / "config.json").read_bytes() == open(os.path.join(out, "config.json"), "rb").read()
+    for load in (lambda: bigsmall.from_pretrained(out, progress=False),
+                 lambda: bigsmall.StreamingLoader(out).load_model(progress=False)):
+        model = load()
+        assert type(model) is GPT2LMHeadModel
+        assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+        ids = torch.tensor([[1, 2, 3, 4, 5]])
+        with torch.no_grad():
+            assert torch.equal(ref(ids).logits, model(ids).logits)
+
+
 def test_safe_open_reads_single_tensors(models):
     orig, comp = models["f16"]
     a = st.load_file(os.path.join(orig, "model.safetensors"))
