@@ -510,7 +510,14 @@ TEST(Container, WriteTensorsRefusesNamesThatAreNotUtf8) {
 }
 
 TEST_F(DamagedBs, NotABsFile) {
-  EXPECT_EQ(open_and_verify(read_file(d / "m.safetensors")).code(), Error::kNotBigsmall);
+  // A safetensors original handed to a reader is named as one; other bytes get the plain error.
+  Status st = open_and_verify(read_file(d / "m.safetensors"));
+  EXPECT_EQ(st.code(), Error::kNotBigsmall);
+  EXPECT_NE(st.message().find("but a safetensors file"), std::string::npos) << st.message();
+  const std::string text = "{\"looks\": \"like JSON but is not safetensors\"}";
+  st = open_and_verify(std::vector<uint8_t>(text.begin(), text.end()));
+  EXPECT_EQ(st.code(), Error::kNotBigsmall);
+  EXPECT_NE(st.message().find("(bad magic)"), std::string::npos) << st.message();
 }
 
 TEST_F(DamagedBs, FailedRestoreLeavesNothing) {

@@ -24,6 +24,10 @@ def _resolve(path_or_repo_id):
         return p
     if os.path.exists(p):
         raise InvalidArgumentError(f"{p}: expected a compressed model directory")
+    # A Hub repo id is "name" or "owner/name"; anything else can only be a missing local path,
+    # which huggingface_hub would report as a malformed repo id.
+    if os.path.isabs(p) or p.startswith((".", "~")) or p.count("/") > 1 or (os.sep != "/" and os.sep in p):
+        raise NotFoundError(f"{p}: no such directory")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:

@@ -74,6 +74,8 @@ def _views(tensors):
             raise InvalidArgumentError(f"{name!r} is not a torch.Tensor")
         if t.dtype not in _NAMES:
             raise InvalidArgumentError(f"{name!r}: dtype {t.dtype} is not supported")
+        if t.is_meta:
+            raise InvalidArgumentError(f"{name!r} is on the meta device: it has no data to save")
         c = t.detach().to("cpu").contiguous()
         keep.append(c)
         names.append((_text(name, "tensor name"), _NAMES[c.dtype]))

@@ -210,6 +210,16 @@ def test_errors_are_bigsmall_exceptions(models, tmp_path):
     with pytest.raises(bigsmall.Error):
         bigsmall.compress(str(notbs), str(tmp_path / "y.bs"))
     assert not os.path.exists(tmp_path / "y.bs")
+    # The likeliest mistakes, each named for what it is.
+    orig, _ = models["f32"]
+    with pytest.raises(bigsmall.FormatError, match="but a safetensors file"):
+        bt.load_file(os.path.join(orig, "model.safetensors"))
+    for missing in (str(tmp_path / "no-such-model"), "./no-such-model", "a/b/c"):
+        with pytest.raises(bigsmall.NotFoundError, match="no such directory"):
+            bigsmall.from_pretrained(missing, progress=False)
+    with pytest.raises(bigsmall.InvalidArgumentError, match="meta device"):
+        bt.save_file({"m": torch.empty(3, device="meta")}, tmp_path / "meta.bs")
+    assert not os.path.exists(tmp_path / "meta.bs")
 
 
 def test_import_does_not_load_torch():

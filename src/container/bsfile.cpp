@@ -520,7 +520,14 @@ Result<BsFile> BsFile::open(const std::string& path) {
   const uint8_t* p = impl->file.data();
   const uint64_t size = impl->file.size();
   auto fail = [&](Error e, const std::string& what) { return Status(e, path + ": " + what); };
-  if (size < 8 || std::memcmp(p, detail::kMagic, 8) != 0) return fail(Error::kNotBigsmall, "not a bigsmall .bs file (bad magic)");
+  if (size < 8 || std::memcmp(p, detail::kMagic, 8) != 0) {
+    // The likeliest mistake: an original handed to a .bs reader.
+    uint64_t header_len = 0;
+    if (size > 8) std::memcpy(&header_len, p, 8);
+    if (size > 8 && header_len <= size - 8 && p[8] == '{')
+      return fail(Error::kNotBigsmall, "not a bigsmall .bs file but a safetensors file (compress it first, or read it with safetensors)");
+    return fail(Error::kNotBigsmall, "not a bigsmall .bs file (bad magic)");
+  }
   if (size < detail::kHeaderSize) return fail(Error::kTruncated, "truncated: file ends inside the header");
   detail::ByteReader r(p + 8, detail::kHeaderSize - 8);
   detail::FileHeader h;
