@@ -691,6 +691,76 @@ TEST(Directory, ModelDirectoryRoundTrip) {
   EXPECT_FALSE(fs::exists(d / "restored/bigsmall.index.json"));
 }
 
+TEST(Directory, HubCacheSnapshotOfLinksCompressesItsFiles) {
+  // A Hugging Face cache snapshot: every file a link into ../../blobs under a hash name. The
+  // output names the files as the snapshot does, holds them all, and writes nothing outside
+  // itself (names were once resolved through the links: the output came out empty and the
+  // blobs were written to ../../blobs of the output).
+  TempDir d;
+  const fs::path blobs = d.path / "hub/models--x/blobs", snap = d.path / "hub/models--x/snapshots/rev";
+  fs::create_directories(blobs);
+  fs::create_directories(snap / "sub");
+  auto ts = sample_tensors();
+  write_file(blobs / "1111", safetensors_bytes({ts[0], ts[1]}));
+  write_file(blobs / "2222", std::string("{\"model_type\": \"llama\"}"));
+  write_file(blobs / "3333", bstest::random_bytes(100, 1));
+  fs::create_symlink("../../blobs/1111", snap / "model.safetensors");
+  fs::create_symlink("../../blobs/2222", snap / "config.json");
+  fs::create_symlink("../../../blobs/3333", snap / "sub/tok.bin");
+  fs::create_symlink("config.json", snap / "alias.json");  // a link to a file beside it
+  ASSERT_TRUE(compress_dir(snap.string(), d / "out/m.bs").is_ok());
+  std::vector<std::string> names;
+  for (const auto& e : fs::recursive_directory_iterator(d.path / "out"))
+    if (e.is_regular_file()) names.push_back(fs::relative(e.path(), d.path / "out").string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"m.bs/alias.json", "m.bs/bigsmall.index.json", "m.bs/config.json",
+                                             "m.bs/model.bs", "m.bs/sub/tok.bin"}));
+  ASSERT_TRUE(decompress_dir(d / "out/m.bs", d / "back").is_ok());
+  for (const char* name : {"model.safetensors", "config.json", "alias.json", "sub/tok.bin"})
+    EXPECT_EQ(read_file(snap / name), read_file(d.path / "back" / name)) << name;
+  EXPECT_EQ(std::distance(fs::directory_iterator(blobs), fs::directory_iterator()), 3);
+}
+
+TEST(Directory, FailuresLeaveNoOutputAndDashFKeepsOtherFiles) {
+  TempDir d;
+  const fs::path src = d.path / "model";
+  fs::create_directories(src);
+  auto ts = sample_tensors();
+  write_file(src / "a.safetensors", safetensors_bytes({ts[0]}));
+  write_file(src / "config.json", std::string("{}"));
+  auto no_temporaries = [&] {
+    for (const auto& e : fs::directory_iterator(d.path))
+      EXPECT_EQ(e.path().filename().string().find(".tmp-bigsmall"), std::string::npos) << e.path();
+  };
+  // A dangling link is named, not skipped; a bad shard after good files fails the whole
+  // directory: nothing stands under the output name either way.
+  fs::create_symlink("nowhere", src / "dangling");
+  Status st = compress_dir(src.string(), d / "m.bs");
+  EXPECT_EQ(st.code(), Error::kInvalidArgument) << st.message();
+  EXPECT_NE(st.message().find("dangling"), std::string::npos) << st.message();
+  fs::remove(src / "dangling");
+  write_file(src / "z.safetensors", std::string("not a safetensors file at all, just text"));
+  st = compress_dir(src.string(), d / "m.bs");
+  EXPECT_EQ(st.code(), Error::kNotSafetensors) << st.message();
+  EXPECT_FALSE(fs::exists(d / "m.bs"));
+  no_temporaries();
+  fs::remove(src / "z.safetensors");
+  ASSERT_TRUE(compress_dir(src.string(), d / "m.bs").is_ok());
+  // Without -f an existing output is refused before any work; with -f into a directory that
+  // holds other files, the output's files are replaced and the others stay.
+  EXPECT_EQ(decompress_dir(d / "m.bs", d / "m.bs").code(), Error::kIo);
+  fs::create_directories(d.path / "shared");
+  write_file(d / "shared/mine.txt", std::string("keep me"));
+  write_file(d / "shared/config.json", std::string("older"));
+  DecompressOptions force;
+  force.overwrite = true;
+  ASSERT_TRUE(decompress_dir(d / "m.bs", d / "shared", force).is_ok());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(read_file(d / "shared/mine.txt").data()), 7), "keep me");
+  EXPECT_EQ(read_file(d / "shared/config.json"), read_file(src / "config.json"));
+  EXPECT_EQ(read_file(d / "shared/a.safetensors"), read_file(src / "a.safetensors"));
+  no_temporaries();
+}
+
 TEST(Directory, HostileIndexCannotEscape) {
   TempDir d;
   fs::create_directories(d.path / "m.bs");

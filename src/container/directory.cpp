@@ -1,8 +1,12 @@
 // Model directories: *.safetensors become .bs files, everything else is copied byte for byte,
 // and bigsmall.index.json maps each .bs back to its original name.
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <string>
+#include <utility>
 
 #include "bigsmall/container.hpp"
 #include "container/fileio.hpp"
@@ -18,38 +22,102 @@ bool ends_with(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-Status copy_file(const fs::path& src, const fs::path& dst, bool overwrite) {
+// Into a directory being built: nothing there to overwrite.
+Status copy_into(const fs::path& src, const fs::path& dst) {
   BS_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src.string()));
-  BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), overwrite));
+  BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
   BS_RETURN_IF_ERROR(out.write(in.data(), in.size()));
   return out.commit();
 }
 
-Status write_text(const fs::path& dst, const std::string& text, bool overwrite) {
-  BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), overwrite));
+Status write_text(const fs::path& dst, const std::string& text) {
+  BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
   BS_RETURN_IF_ERROR(out.write(text.data(), text.size()));
   return out.commit();
 }
 
+// Every file under root, by its path relative to root as spelled there (links are not resolved
+// in names: a Hugging Face cache snapshot is all links into ../../blobs, and resolving them
+// would name files outside the directory). Links to files and directories are followed for their
+// contents; anything that is neither (a dangling link, a pipe) is an error, not a silent gap.
 Result<std::vector<fs::path>> list_files(const fs::path& root) {
+  constexpr int kMaxDepth = 64;  // links that loop back up would otherwise never end
   std::vector<fs::path> files;
   std::error_code ec;
   for (fs::recursive_directory_iterator it(root, fs::directory_options::follow_directory_symlink, ec), end; !ec && it != end;
        it.increment(ec)) {
-    if (it->is_regular_file(ec)) files.push_back(fs::relative(it->path(), root, ec));
+    if (it.depth() > kMaxDepth) return Status(Error::kLimit, it->path().string() + ": directories nest too deep (a link loop?)");
+    if (it->is_directory(ec)) continue;
+    if (!it->is_regular_file(ec))
+      return Status(Error::kInvalidArgument, it->path().string() + ": not a regular file or directory (a dangling link?)");
+    files.push_back(it->path().lexically_relative(root));
   }
   if (ec) return Status(Error::kIo, root.string() + ": cannot list directory: " + ec.message());
   std::sort(files.begin(), files.end());
   return files;
 }
 
-Status prepare_output_dir(const fs::path& dst, bool overwrite) {
-  std::error_code ec;
-  if (fs::exists(dst, ec) && !overwrite) return Status(Error::kIo, dst.string() + ": already exists (use -f to overwrite)");
-  fs::create_directories(dst, ec);
-  if (ec) return Status(Error::kIo, dst.string() + ": cannot create directory: " + ec.message());
-  return Status::ok();
-}
+// A directory output is built under a temporary sibling name and moved into place once
+// complete, so that a failure leaves nothing under the final name (nor, with -f, any file of
+// it changed). The temporary tree is removed whatever happens.
+class OutputDir {
+ public:
+  static Result<OutputDir> create(const fs::path& dst, bool overwrite) {
+    std::error_code ec;
+    OutputDir d;
+    d.final_ = dst.has_filename() ? dst : dst.parent_path();
+    if (fs::exists(fs::symlink_status(d.final_, ec)) && !overwrite)
+      return Status(Error::kIo, d.final_.string() + ": already exists (use -f to overwrite)");
+    if (d.final_.has_parent_path()) fs::create_directories(d.final_.parent_path(), ec);
+    static std::atomic<unsigned> counter{0};
+    const std::string tag = ".tmp-bigsmall-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+    std::string name = d.final_.filename().string();  // hidden: "." + name (appended in steps: GCC 12's -Wrestrict misfires on a + b + c)
+    name.insert(0, 1, '.');
+    name += tag;
+    const fs::path temp = d.final_.parent_path() / name;
+    if (!fs::create_directory(temp, ec) || ec)
+      return Status(Error::kIo, d.final_.string() + ": cannot create directory: " + (ec ? ec.message() : "it exists"));
+    d.temp_ = temp;
+    return d;
+  }
+  OutputDir() = default;
+  OutputDir(OutputDir&& o) noexcept : final_(std::move(o.final_)), temp_(std::exchange(o.temp_, {})) {}
+  OutputDir& operator=(OutputDir&&) = delete;
+  ~OutputDir() {
+    std::error_code ec;
+    if (!temp_.empty()) fs::remove_all(temp_, ec);
+  }
+  const fs::path& path() const { return temp_; }
+
+  // With -f over an existing directory, each new file is moved into it (replacing one of the
+  // same name) and nothing else there is touched: -o may name a directory that holds other
+  // work. Anything else under the final name (a file) is replaced.
+  Status commit() {
+    std::error_code ec;
+    if (fs::is_directory(final_, ec)) {
+      for (fs::recursive_directory_iterator it(temp_, ec), end; !ec && it != end; it.increment(ec)) {
+        if (it->is_directory(ec)) continue;
+        const fs::path target = final_ / it->path().lexically_relative(temp_);
+        fs::create_directories(target.parent_path(), ec);
+        if (!ec) fs::rename(it->path(), target, ec);
+        if (ec) return Status(Error::kIo, target.string() + ": cannot create: " + ec.message());
+      }
+      if (ec) return Status(Error::kIo, final_.string() + ": cannot fill: " + ec.message());
+      return Status::ok();  // the destructor removes the emptied temporary tree
+    }
+    // (The probes above leave ENOENT in ec when there is nothing under the final name.)
+    ec.clear();
+    if (fs::exists(fs::symlink_status(final_, ec))) fs::remove(final_, ec);
+    ec.clear();
+    fs::rename(temp_, final_, ec);
+    if (ec) return Status(Error::kIo, final_.string() + ": cannot create: " + ec.message());
+    temp_.clear();
+    return Status::ok();
+  }
+
+ private:
+  fs::path final_, temp_;
+};
 
 struct DirEntry {
   std::string source, bs;
@@ -105,12 +173,16 @@ struct DirProgress {
 }  // namespace
 
 Status compress_dir(const std::string& src, const std::string& dst, const CompressOptions& opts) {
-  const fs::path in(src), out(dst);
+  const fs::path in(src);
   // Its .bs files would be copied as they are and its index dropped: no byte-identical restore.
   if (detail::path_exists((in / kDirIndexName).string()))
     return Status(Error::kNotSafetensors, src + ": already a compressed model directory (decompress it, or compress the original)");
   BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in));
-  BS_RETURN_IF_ERROR(prepare_output_dir(out, opts.overwrite));
+  BS_ASSIGN_OR_RETURN(OutputDir out_dir, OutputDir::create(fs::path(dst), opts.overwrite));
+  const fs::path& out = out_dir.path();
+  // Files go into the new, empty temporary directory: nothing there to overwrite.
+  CompressOptions fo = opts;
+  fo.overwrite = false;
   DirProgress prog{opts.progress};
   std::error_code ec;
   for (const auto& f : files)
@@ -123,13 +195,12 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
     if (rel == kDirIndexName) continue;
     fs::create_directories((out / f).parent_path(), ec);
     if (!ends_with(rel, kStExt)) {
-      BS_RETURN_IF_ERROR(copy_file(in / f, out / f, opts.overwrite));
+      BS_RETURN_IF_ERROR(copy_into(in / f, out / f));
       continue;
     }
     const std::string bs_rel = rel.substr(0, rel.size() - kStExt.size()) + ".bs";
     if (std::binary_search(files.begin(), files.end(), fs::path(bs_rel)))
       return Status(Error::kInvalidArgument, (in / bs_rel).string() + ": would be overwritten by the compressed " + rel);
-    CompressOptions fo = opts;
     fo.progress = prog.for_file(fs::file_size(in / f, ec));
     BS_RETURN_IF_ERROR(compress_file((in / f).string(), (out / bs_rel).string(), fo));
     prog.base += fs::file_size(in / f, ec);
@@ -139,14 +210,16 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
     first = false;
   }
   index += "\n  ]\n}\n";
-  return write_text(out / kDirIndexName, index, opts.overwrite);
+  BS_RETURN_IF_ERROR(write_text(out / kDirIndexName, index));
+  return out_dir.commit();
 }
 
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
-  const fs::path in(src), out(dst);
+  const fs::path in(src);
   BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(in));
   BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in));
-  BS_RETURN_IF_ERROR(prepare_output_dir(out, opts.overwrite));
+  BS_ASSIGN_OR_RETURN(OutputDir out_dir, OutputDir::create(fs::path(dst), opts.overwrite));
+  const fs::path& out = out_dir.path();
   DirProgress prog{opts.progress};
   std::error_code ec;
   for (const auto& e : entries) prog.total += fs::file_size(in / e.bs, ec);
@@ -155,17 +228,18 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
     const bool is_bs = std::any_of(entries.begin(), entries.end(), [&](const DirEntry& e) { return e.bs == rel; });
     if (rel == kDirIndexName || is_bs) continue;
     fs::create_directories((out / f).parent_path(), ec);
-    BS_RETURN_IF_ERROR(copy_file(in / f, out / f, opts.overwrite));
+    BS_RETURN_IF_ERROR(copy_into(in / f, out / f));
   }
   for (const auto& e : entries) {
     fs::create_directories((out / e.source).parent_path(), ec);
     DecompressOptions fo = opts;
+    fo.overwrite = false;
     fo.progress = prog.for_file(fs::file_size(in / e.bs, ec));
     BS_RETURN_IF_ERROR(decompress_file((in / e.bs).string(), (out / e.source).string(), fo));
     prog.base += fs::file_size(in / e.bs, ec);
     if (opts.progress) opts.progress(prog.base, prog.total);
   }
-  return Status::ok();
+  return out_dir.commit();
 }
 
 Status verify_path(const std::string& path, const DecompressOptions& opts) {
