@@ -131,6 +131,14 @@ expect 5 "decompress of a damaged file" -- "$bs" decompress -q "$tmp/bad.bs" -o 
 check "no half-written output" -- test ! -e "$tmp/bad.safetensors"
 check "no temporary files" -- test -z "$(ls "$tmp" | grep tmp-bigsmall)"
 expect 2 "unwritable output" -- "$bs" compress -q "$tmp/m.safetensors" -o /proc/nope/m.bs
+cp "$tmp/m.safetensors" "$tmp/same.safetensors"
+expect 1 "output that is the input, even with -f" -- "$bs" compress -q -f "$tmp/same.safetensors" -o "$tmp/same.safetensors"
+check "says so" -- grep -q "output and input are the same" "$tmp/err"
+check "and leaves the input as it was" -- cmp -s "$tmp/m.safetensors" "$tmp/same.safetensors"
+mkdir -p "$tmp/halfdir" && cp "$tmp/m.safetensors" "$tmp/halfdir/a.safetensors" && cp "$tmp/text.safetensors" "$tmp/halfdir/b.safetensors"
+expect 4 "a directory with one bad shard" -- "$bs" compress -q "$tmp/halfdir"
+check "leaves no output directory" -- test ! -e "$tmp/halfdir.bs"
+check "nor a temporary one" -- test -z "$(ls -a "$tmp" | grep tmp-bigsmall)"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

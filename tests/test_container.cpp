@@ -691,6 +691,28 @@ TEST(Directory, ModelDirectoryRoundTrip) {
   EXPECT_FALSE(fs::exists(d / "restored/bigsmall.index.json"));
 }
 
+TEST(Container, OutputThatIsTheInputIsRefusedEvenWithOverwrite) {
+  // With -f the input would be replaced by its own compressed (or restored) bytes.
+  TempDir d;
+  write_file(d / "m.safetensors", safetensors_bytes(sample_tensors()));
+  const auto before = read_file(d / "m.safetensors");
+  CompressOptions co;
+  co.overwrite = true;
+  Status st = compress_file(d / "m.safetensors", d / "m.safetensors", co);
+  EXPECT_EQ(st.code(), Error::kInvalidArgument) << st.message();
+  EXPECT_NE(st.message().find("output and input are the same"), std::string::npos) << st.message();
+  EXPECT_EQ(read_file(d / "m.safetensors"), before);
+  fs::create_symlink("m.safetensors", d.path / "link.bs");  // the same file by another name
+  EXPECT_EQ(compress_file(d / "m.safetensors", d / "link.bs", co).code(), Error::kInvalidArgument);
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
+  DecompressOptions dop;
+  dop.overwrite = true;
+  EXPECT_EQ(decompress_file(d / "m.bs", d / "m.bs", dop).code(), Error::kInvalidArgument);
+  EXPECT_TRUE(verify_path(d / "m.bs").is_ok());
+  fs::create_directories(d.path / "dir");
+  EXPECT_EQ(compress_dir((d.path / "dir").string(), (d.path / "dir/").string(), co).code(), Error::kInvalidArgument);
+}
+
 TEST(Directory, HubCacheSnapshotOfLinksCompressesItsFiles) {
   // A Hugging Face cache snapshot: every file a link into ../../blobs under a hash name. The
   // output names the files as the snapshot does, holds them all, and writes nothing outside
@@ -748,7 +770,8 @@ TEST(Directory, FailuresLeaveNoOutputAndDashFKeepsOtherFiles) {
   ASSERT_TRUE(compress_dir(src.string(), d / "m.bs").is_ok());
   // Without -f an existing output is refused before any work; with -f into a directory that
   // holds other files, the output's files are replaced and the others stay.
-  EXPECT_EQ(decompress_dir(d / "m.bs", d / "m.bs").code(), Error::kIo);
+  fs::create_directories(d.path / "taken");
+  EXPECT_EQ(decompress_dir(d / "m.bs", d / "taken").code(), Error::kIo);
   fs::create_directories(d.path / "shared");
   write_file(d / "shared/mine.txt", std::string("keep me"));
   write_file(d / "shared/config.json", std::string("older"));

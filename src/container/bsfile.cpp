@@ -886,6 +886,7 @@ Status BsFile::verify(const DecompressOptions& opts) const {
 // ---- entry points --------------------------------------------------------------------------
 
 Status compress_file(const std::string& src, const std::string& dst, const CompressOptions& opts) {
+  BS_RETURN_IF_ERROR(detail::check_not_input(src, dst));
   BS_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src));
   auto parsed = detail::parse_safetensors(in.data(), in.size());
   if (!parsed) {
@@ -906,6 +907,7 @@ Status compress_file(const std::string& src, const std::string& dst, const Compr
 }
 
 Status decompress_file(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
+  BS_RETURN_IF_ERROR(detail::check_not_input(src, dst));
   BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(src));
   return f.restore(dst, opts);
 }

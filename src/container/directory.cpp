@@ -177,6 +177,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
   // Its .bs files would be copied as they are and its index dropped: no byte-identical restore.
   if (detail::path_exists((in / kDirIndexName).string()))
     return Status(Error::kNotSafetensors, src + ": already a compressed model directory (decompress it, or compress the original)");
+  BS_RETURN_IF_ERROR(detail::check_not_input(src, dst));
   BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in));
   BS_ASSIGN_OR_RETURN(OutputDir out_dir, OutputDir::create(fs::path(dst), opts.overwrite));
   const fs::path& out = out_dir.path();
@@ -217,6 +218,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
   const fs::path in(src);
   BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(in));
+  BS_RETURN_IF_ERROR(detail::check_not_input(src, dst));
   BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in));
   BS_ASSIGN_OR_RETURN(OutputDir out_dir, OutputDir::create(fs::path(dst), opts.overwrite));
   const fs::path& out = out_dir.path();

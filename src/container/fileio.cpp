@@ -31,6 +31,14 @@ bool path_exists(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0;
 }
 
+Status check_not_input(const std::string& src, const std::string& dst) {
+  struct stat in, out;
+  if (::stat(src.c_str(), &in) != 0 || ::stat(dst.c_str(), &out) != 0) return Status::ok();
+  if (in.st_dev == out.st_dev && in.st_ino == out.st_ino)
+    return Status(Error::kInvalidArgument, dst + ": output and input are the same (choose another output name)");
+  return Status::ok();
+}
+
 // ---- pending temporary outputs, for cleanup on SIGINT/SIGTERM --------------------------------
 namespace {
 constexpr int kSlots = 64;

@@ -76,5 +76,8 @@ void remove_pending_outputs();
 
 bool path_is_dir(const std::string& p);
 bool path_exists(const std::string& p);
+// Refuses an output that is its input (the same file or directory, by device and inode): with
+// -f the input would be replaced by its own compressed bytes.
+Status check_not_input(const std::string& src, const std::string& dst);
 
 }  // namespace bigsmall::detail
