@@ -784,6 +784,37 @@ TEST(Directory, FailuresLeaveNoOutputAndDashFKeepsOtherFiles) {
   no_temporaries();
 }
 
+TEST(Directory, SignalCleanupRemovesADirectoryBeingBuilt) {
+  // What the CLI's SIGINT handler calls, called here from inside the work (a progress report
+  // after the first shard): the hidden temporary directory goes with all it holds.
+  TempDir d;
+  const fs::path src = d.path / "model";
+  fs::create_directories(src / "sub");
+  auto ts = sample_tensors();
+  write_file(src / "a.safetensors", safetensors_bytes({ts[0]}));
+  write_file(src / "b.safetensors", safetensors_bytes({ts[1]}));
+  write_file(src / "sub/config.json", std::string("{}"));
+  auto entries_with = [&](const std::string& part) {
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(d.path)) n += e.path().filename().string().find(part) != std::string::npos;
+    return n;
+  };
+  int seen_before = -1, seen_after = -1;
+  CompressOptions co;
+  co.progress = [&](uint64_t done, uint64_t) {
+    if (done == 0 || seen_after >= 0) return;
+    seen_before = entries_with(".tmp-bigsmall");
+    remove_partial_outputs();
+    seen_after = entries_with(".tmp-bigsmall");
+  };
+  const Status st = compress_dir(src.string(), d / "m.bs", co);
+  EXPECT_FALSE(st.is_ok());  // its directory is gone: the work cannot finish
+  EXPECT_EQ(seen_before, 1);
+  EXPECT_EQ(seen_after, 0);
+  EXPECT_FALSE(fs::exists(d / "m.bs"));
+  EXPECT_EQ(entries_with(".tmp-bigsmall"), 0);
+}
+
 TEST(Directory, HostileIndexCannotEscape) {
   TempDir d;
   fs::create_directories(d.path / "m.bs");

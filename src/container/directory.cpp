@@ -75,8 +75,11 @@ class OutputDir {
     name.insert(0, 1, '.');
     name += tag;
     const fs::path temp = d.final_.parent_path() / name;
-    if (!fs::create_directory(temp, ec) || ec)
+    detail::register_pending_dir(temp.string());  // before it exists: a signal may come at any time
+    if (!fs::create_directory(temp, ec) || ec) {
+      detail::unregister_pending_dir(temp.string());
       return Status(Error::kIo, d.final_.string() + ": cannot create directory: " + (ec ? ec.message() : "it exists"));
+    }
     d.temp_ = temp;
     return d;
   }
@@ -85,7 +88,9 @@ class OutputDir {
   OutputDir& operator=(OutputDir&&) = delete;
   ~OutputDir() {
     std::error_code ec;
-    if (!temp_.empty()) fs::remove_all(temp_, ec);
+    if (temp_.empty()) return;
+    fs::remove_all(temp_, ec);
+    detail::unregister_pending_dir(temp_.string());
   }
   const fs::path& path() const { return temp_; }
 
@@ -111,6 +116,7 @@ class OutputDir {
     ec.clear();
     fs::rename(temp_, final_, ec);
     if (ec) return Status(Error::kIo, final_.string() + ": cannot create: " + ec.message());
+    detail::unregister_pending_dir(temp_.string());
     temp_.clear();
     return Status::ok();
   }

@@ -2,6 +2,7 @@
 
 #include "bigsmall/container.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/mman.h>
@@ -46,13 +47,15 @@ constexpr int kPathMax = 4096;
 // Slot states: 0 free, 1 being written or cleared (the handler skips it), 2 holds a path.
 char g_pending[kSlots][kPathMax];
 std::atomic<int> g_state[kSlots];
+bool g_is_dir[kSlots];  // written before the slot's state becomes 2
 
-int register_pending(const std::string& p) {
+int register_pending(const std::string& p, bool is_dir = false) {
   if (p.size() >= kPathMax) return -1;
   for (int i = 0; i < kSlots; ++i) {
     int expected = 0;
     if (g_state[i].compare_exchange_strong(expected, 1)) {
       std::memcpy(g_pending[i], p.c_str(), p.size() + 1);
+      g_is_dir[i] = is_dir;
       g_state[i].store(2);
       return i;
     }
@@ -68,11 +71,41 @@ void unregister_pending(const std::string& p) {
     }
   }
 }
+// Removes a directory tree with async-signal-safe calls only (no allocation, fixed buffers),
+// rescanning while a pass removes something (entries removed during a scan may hide others).
+// Returns whether `name` is gone.
+bool remove_tree(int parent, const char* name, int depth) {
+  const int fd = ::openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return ::unlinkat(parent, name, 0) == 0;
+  for (bool removed = true; removed && depth < 64;) {
+    removed = false;
+    ::lseek(fd, 0, SEEK_SET);
+    alignas(8) char buf[1024];
+    for (ssize_t n; (n = ::getdents64(fd, buf, sizeof buf)) > 0;) {
+      for (ssize_t off = 0; off < n;) {
+        const auto* d = reinterpret_cast<const struct dirent64*>(buf + off);
+        off += d->d_reclen;
+        if (std::strcmp(d->d_name, ".") == 0 || std::strcmp(d->d_name, "..") == 0) continue;
+        const bool dir = d->d_type == DT_DIR || (d->d_type == DT_UNKNOWN && ::unlinkat(fd, d->d_name, 0) != 0 && errno == EISDIR);
+        if (dir ? remove_tree(fd, d->d_name, depth + 1) : ::unlinkat(fd, d->d_name, 0) == 0 || errno == ENOENT) removed = true;
+      }
+    }
+  }
+  ::close(fd);
+  return ::unlinkat(parent, name, AT_REMOVEDIR) == 0;
+}
 }  // namespace
 
+void register_pending_dir(const std::string& p) { register_pending(p, true); }
+void unregister_pending_dir(const std::string& p) { unregister_pending(p); }
+
 void remove_pending_outputs() {
+  const int saved = errno;
   for (int i = 0; i < kSlots; ++i)
-    if (g_state[i].load() == 2) ::unlink(g_pending[i]);
+    if (g_state[i].load() == 2 && !g_is_dir[i]) ::unlink(g_pending[i]);
+  for (int i = 0; i < kSlots; ++i)
+    if (g_state[i].load() == 2 && g_is_dir[i]) remove_tree(AT_FDCWD, g_pending[i], 0);
+  errno = saved;
 }
 
 // ---- MappedFile ----------------------------------------------------------------------------

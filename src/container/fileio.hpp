@@ -73,6 +73,10 @@ class OutputFile {
 
 // Removes every temporary output still open: called from signal handlers (async-signal-safe).
 void remove_pending_outputs();
+// A directory being built under a temporary name: remove_pending_outputs removes it and all
+// it holds.
+void register_pending_dir(const std::string& p);
+void unregister_pending_dir(const std::string& p);
 
 bool path_is_dir(const std::string& p);
 bool path_exists(const std::string& p);
