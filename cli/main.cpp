@@ -181,7 +181,14 @@ std::string strip_slash(std::string p) {
 }
 
 std::string default_output(const std::string& cmd, const std::string& in, bool is_dir) {
-  const std::string p = strip_slash(in);
+  std::string p = strip_slash(in);
+  // "." or "..": name the output after the directory they are, beside it ("." gave "./..bs",
+  // inside the input).
+  if (const std::string last = fs::path(p).filename().string(); last == "." || last == "..") {
+    std::error_code ec;
+    const fs::path real = fs::weakly_canonical(p, ec);
+    if (!ec && real.has_filename()) p = real.string();
+  }
   if (cmd == "compress") {
     if (!is_dir && ends_with(p, ".safetensors")) return p.substr(0, p.size() - 12) + ".bs";
     return p + ".bs";

@@ -58,6 +58,10 @@ expect 4 "info of a directory without an index" -- "$bs" info "$tmp/model"
 check "its error names the index" -- grep -q "bigsmall.index.json" "$tmp/err"
 expect 0 "decompress dir" -- "$bs" decompress -q "$tmp/model.bs" -o "$tmp/model2"
 check "dir restored" -- diff -r "$tmp/model" "$tmp/model2"
+mkdir -p "$tmp/dot" && cp "$tmp/m.safetensors" "$tmp/dot/model.safetensors"
+bs_abs=$(cd "$(dirname "$bs")" && pwd)/$(basename "$bs")
+expect 0 "compress . inside a model directory" -- sh -c "cd '$tmp/dot' && '$bs_abs' compress -q ."
+check "writes the output beside it, named after it" -- test -f "$tmp/dot.bs/model.bs" -a ! -e "$tmp/dot/..bs"
 # shards with their index, and files in subdirectories
 mkdir -p "$tmp/sharded/1_Pooling"
 cp "$tmp/m.safetensors" "$tmp/sharded/model-00001-of-00002.safetensors"

@@ -1,5 +1,6 @@
 import filecmp
 import os
+import shutil
 import subprocess
 import sys
 
@@ -220,6 +221,16 @@ def test_errors_are_bigsmall_exceptions(models, tmp_path):
     with pytest.raises(bigsmall.InvalidArgumentError, match="meta device"):
         bt.save_file({"m": torch.empty(3, device="meta")}, tmp_path / "meta.bs")
     assert not os.path.exists(tmp_path / "meta.bs")
+
+
+def test_compressing_dot_names_the_output_after_the_directory(models, tmp_path, monkeypatch):
+    orig, _ = models["f32"]
+    d = tmp_path / "mymodel"
+    shutil.copytree(orig, d)
+    monkeypatch.chdir(d)
+    out = bigsmall.compress(".")
+    assert os.path.realpath(out) == str(tmp_path / "mymodel.bs") and not os.path.exists(d / "..bs")
+    bigsmall.verify(out)
 
 
 def test_import_does_not_load_torch():
