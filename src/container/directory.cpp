@@ -1,9 +1,13 @@
 // Model directories: *.safetensors become .bs files, everything else is copied byte for byte,
 // and bigsmall.index.json maps each .bs back to its original name.
+#include <fcntl.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <utility>
@@ -41,15 +45,19 @@ Status write_text(const fs::path& dst, const std::string& text) {
 // would name files outside the directory). Links to files and directories are followed for their
 // contents; anything that is neither (a dangling link, a pipe) is an error, not a silent gap.
 Result<std::vector<fs::path>> list_files(const fs::path& root) {
-  constexpr int kMaxDepth = 64;  // links that loop back up would otherwise never end
   std::vector<fs::path> files;
   std::error_code ec;
   for (fs::recursive_directory_iterator it(root, fs::directory_options::follow_directory_symlink, ec), end; !ec && it != end;
        it.increment(ec)) {
-    if (it.depth() > kMaxDepth) return Status(Error::kLimit, it->path().string() + ": directories nest too deep (a link loop?)");
-    if (it->is_directory(ec)) continue;
-    if (!it->is_regular_file(ec))
-      return Status(Error::kInvalidArgument, it->path().string() + ": not a regular file or directory (a dangling link?)");
+    if (it.depth() > detail::kMaxDirDepth)
+      return Status(Error::kLimit, it->path().string() + ": directories nest too deep (a link loop?)");
+    const fs::file_status st = it->status(ec);  // through links
+    if (std::error_code lec; ec && fs::is_symlink(it->symlink_status(lec)) && ec == std::errc::no_such_file_or_directory)
+      return Status(Error::kIo, it->path().string() + ": dangling link");
+    if (ec) return Status(Error::kIo, it->path().string() + ": " + ec.message());
+    if (fs::is_directory(st)) continue;
+    if (!fs::is_regular_file(st))
+      return Status(Error::kIo, it->path().string() + ": not a regular file or directory");
     files.push_back(it->path().lexically_relative(root));
   }
   if (ec) return Status(Error::kIo, root.string() + ": cannot list directory: " + ec.message());
@@ -58,33 +66,49 @@ Result<std::vector<fs::path>> list_files(const fs::path& root) {
 }
 
 // A directory output is built under a temporary sibling name and moved into place once
-// complete, so that a failure leaves nothing under the final name (nor, with -f, any file of
-// it changed). The temporary tree is removed whatever happens.
+// complete, so that a failure leaves nothing under the final name; with -f over an existing
+// directory, every target is checked before the first file moves. The temporary tree is
+// removed whatever happens (and by the signal cleanup on SIGINT/SIGTERM).
 class OutputDir {
  public:
-  static Result<OutputDir> create(const fs::path& dst, bool overwrite) {
+  static Result<OutputDir> create(const std::string& src, const std::string& dst, bool overwrite) {
     std::error_code ec;
     OutputDir d;
-    d.final_ = dst.has_filename() ? dst : dst.parent_path();
+    d.overwrite_ = overwrite;
+    fs::path final_path(dst);
+    if (!final_path.has_filename()) final_path = final_path.parent_path();
+    // Parents first, then the checks on the path as it now resolves: "nope/../x" names x only
+    // once nope exists.
+    if (final_path.has_parent_path()) fs::create_directories(final_path.parent_path(), ec);
+    ec.clear();
+    const fs::path resolved = fs::weakly_canonical(final_path, ec);
+    d.final_ = ec ? final_path : resolved;
+    BS_RETURN_IF_ERROR(detail::check_not_input(src, d.final_.string()));
     if (fs::exists(fs::symlink_status(d.final_, ec)) && !overwrite)
-      return Status(Error::kIo, d.final_.string() + ": already exists (use -f to overwrite)");
-    if (d.final_.has_parent_path()) fs::create_directories(d.final_.parent_path(), ec);
+      return Status(Error::kIo, dst + ": already exists (use -f to overwrite)");
+    // A name left by a killed run (no handler runs on SIGKILL) is skipped, not an error.
     static std::atomic<unsigned> counter{0};
-    const std::string tag = ".tmp-bigsmall-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-    std::string name = d.final_.filename().string();  // hidden: "." + name (appended in steps: GCC 12's -Wrestrict misfires on a + b + c)
-    name.insert(0, 1, '.');
-    name += tag;
-    const fs::path temp = d.final_.parent_path() / name;
-    detail::register_pending_dir(temp.string());  // before it exists: a signal may come at any time
-    if (!fs::create_directory(temp, ec) || ec) {
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      std::string name = d.final_.filename().string();  // hidden; built in steps (GCC 12's -Wrestrict misfires on a + b + c)
+      name.insert(0, 1, '.');
+      name += ".tmp-bigsmall-";
+      name += std::to_string(::getpid());
+      name += '-';
+      name += std::to_string(counter++);
+      const fs::path temp = d.final_.parent_path() / name;
+      detail::register_pending_dir(temp.string());  // before it exists: a signal may come at any time
+      if (fs::create_directory(temp, ec) && !ec) {
+        d.temp_ = temp;
+        return d;
+      }
       detail::unregister_pending_dir(temp.string());
-      return Status(Error::kIo, d.final_.string() + ": cannot create directory: " + (ec ? ec.message() : "it exists"));
+      if (ec) return Status(Error::kIo, dst + ": cannot create directory: " + ec.message());
     }
-    d.temp_ = temp;
-    return d;
+    return Status(Error::kIo, dst + ": cannot create a temporary directory beside it");
   }
   OutputDir() = default;
-  OutputDir(OutputDir&& o) noexcept : final_(std::move(o.final_)), temp_(std::exchange(o.temp_, {})) {}
+  OutputDir(OutputDir&& o) noexcept
+      : final_(std::move(o.final_)), temp_(std::exchange(o.temp_, {})), overwrite_(o.overwrite_) {}
   OutputDir& operator=(OutputDir&&) = delete;
   ~OutputDir() {
     std::error_code ec;
@@ -94,35 +118,79 @@ class OutputDir {
   }
   const fs::path& path() const { return temp_; }
 
-  // With -f over an existing directory, each new file is moved into it (replacing one of the
-  // same name) and nothing else there is touched: -o may name a directory that holds other
-  // work. Anything else under the final name (a file) is replaced.
   Status commit() {
     std::error_code ec;
-    if (fs::is_directory(final_, ec)) {
-      for (fs::recursive_directory_iterator it(temp_, ec), end; !ec && it != end; it.increment(ec)) {
-        if (it->is_directory(ec)) continue;
-        const fs::path target = final_ / it->path().lexically_relative(temp_);
-        fs::create_directories(target.parent_path(), ec);
-        if (!ec) fs::rename(it->path(), target, ec);
-        if (ec) return Status(Error::kIo, target.string() + ": cannot create: " + ec.message());
-      }
-      if (ec) return Status(Error::kIo, final_.string() + ": cannot fill: " + ec.message());
-      return Status::ok();  // the destructor removes the emptied temporary tree
+    if (overwrite_ && fs::is_directory(final_, ec)) return merge();
+    const std::string from = temp_.string(), to = final_.string();
+    // Without -f nothing may have appeared meanwhile: never replace, never merge.
+    if (!overwrite_) {
+      if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) != 0)
+        return errno == EEXIST ? Status(Error::kIo, to + ": already exists (use -f to overwrite)")
+                               : Status(Error::kIo, to + ": cannot create: " + std::strerror(errno));
+      return done();
     }
-    // (The probes above leave ENOENT in ec when there is nothing under the final name.)
-    ec.clear();
-    if (fs::exists(fs::symlink_status(final_, ec))) fs::remove(final_, ec);
-    ec.clear();
-    fs::rename(temp_, final_, ec);
-    if (ec) return Status(Error::kIo, final_.string() + ": cannot create: " + ec.message());
+    // -f over a file: swapped in one step, then the old file removed, so a failure loses nothing.
+    if (fs::exists(fs::symlink_status(final_, ec))) {
+      if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
+        ::unlink(from.c_str());  // now the old file
+        return done();
+      }
+      if (errno != EINVAL && errno != ENOSYS) return Status(Error::kIo, to + ": cannot replace: " + std::strerror(errno));
+      // A filesystem without the exchange: the old file is moved aside, and back on failure.
+      const std::string aside = from + ".old";
+      if (::rename(to.c_str(), aside.c_str()) != 0) return Status(Error::kIo, to + ": cannot replace: " + std::strerror(errno));
+      if (::rename(from.c_str(), to.c_str()) != 0) {
+        const int e = errno;
+        ::rename(aside.c_str(), to.c_str());
+        return Status(Error::kIo, to + ": cannot replace: " + std::strerror(e));
+      }
+      ::unlink(aside.c_str());
+      return done();
+    }
+    if (::rename(from.c_str(), to.c_str()) != 0) return Status(Error::kIo, to + ": cannot create: " + std::strerror(errno));
+    return done();
+  }
+
+ private:
+  Status done() {
     detail::unregister_pending_dir(temp_.string());
     temp_.clear();
     return Status::ok();
   }
 
- private:
+  // -f into an existing directory: each new file replaces one of the same name and nothing else
+  // there is touched (-o may name a directory that holds other work). Every target is checked
+  // first, and the directory index moves last, so that a refusal changes nothing and a failure
+  // partway leaves the old index describing the old files.
+  Status merge() {
+    std::error_code ec;
+    std::vector<fs::path> files;
+    for (fs::recursive_directory_iterator it(temp_, ec), end; !ec && it != end; it.increment(ec))
+      if (!it->is_directory(ec)) files.push_back(it->path().lexically_relative(temp_));
+    if (ec) return Status(Error::kIo, temp_.string() + ": cannot list: " + ec.message());
+    std::stable_partition(files.begin(), files.end(), [](const fs::path& f) { return f != kDirIndexName; });
+    for (const auto& f : files) {
+      fs::path at = final_;
+      for (auto part = f.begin(); part != f.end(); ++part) {
+        at /= *part;
+        const bool last = std::next(part) == f.end();
+        const fs::file_status st = fs::status(at, ec);
+        if (!fs::exists(st)) break;
+        if (last ? fs::is_directory(st) : !fs::is_directory(st))
+          return Status(Error::kIo, at.string() + (last ? ": is a directory, cannot replace it with a file" : ": is not a directory"));
+      }
+    }
+    for (const auto& f : files) {
+      const fs::path target = final_ / f;
+      fs::create_directories(target.parent_path(), ec);
+      if (!ec) fs::rename(temp_ / f, target, ec);
+      if (ec) return Status(Error::kIo, target.string() + ": cannot create: " + ec.message());
+    }
+    return Status::ok();  // the destructor removes the emptied temporary tree
+  }
+
   fs::path final_, temp_;
+  bool overwrite_ = false;
 };
 
 struct DirEntry {
@@ -183,9 +251,8 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
   // Its .bs files would be copied as they are and its index dropped: no byte-identical restore.
   if (detail::path_exists((in / kDirIndexName).string()))
     return Status(Error::kNotSafetensors, src + ": already a compressed model directory (decompress it, or compress the original)");
-  BS_RETURN_IF_ERROR(detail::check_not_input(src, dst));
   BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in));
-  BS_ASSIGN_OR_RETURN(OutputDir out_dir, OutputDir::create(fs::path(dst), opts.overwrite));
+  BS_ASSIGN_OR_RETURN(OutputDir out_dir, OutputDir::create(src, dst, opts.overwrite));
   const fs::path& out = out_dir.path();
   // Files go into the new, empty temporary directory: nothing there to overwrite.
   CompressOptions fo = opts;
@@ -224,9 +291,8 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
   const fs::path in(src);
   BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(in));
-  BS_RETURN_IF_ERROR(detail::check_not_input(src, dst));
   BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in));
-  BS_ASSIGN_OR_RETURN(OutputDir out_dir, OutputDir::create(fs::path(dst), opts.overwrite));
+  BS_ASSIGN_OR_RETURN(OutputDir out_dir, OutputDir::create(src, dst, opts.overwrite));
   const fs::path& out = out_dir.path();
   DirProgress prog{opts.progress};
   std::error_code ec;

@@ -77,7 +77,7 @@ void unregister_pending(const std::string& p) {
 bool remove_tree(int parent, const char* name, int depth) {
   const int fd = ::openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) return ::unlinkat(parent, name, 0) == 0;
-  for (bool removed = true; removed && depth < 64;) {
+  for (bool removed = true; removed && depth <= kMaxDirDepth + 1;) {
     removed = false;
     ::lseek(fd, 0, SEEK_SET);
     alignas(8) char buf[1024];
@@ -190,16 +190,19 @@ Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwr
   OutputFile f;
   f.final_ = final_path;
   f.overwrite_ = overwrite;
-  f.temp_ = final_path + ".tmp-bigsmall-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-  register_pending(f.temp_);
-  f.fd_ = ::open(f.temp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (f.fd_ < 0) {
+  // A name left by a killed run (no cleanup runs on SIGKILL; in a container the PID repeats) is
+  // skipped, not an error.
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    f.temp_ = final_path + ".tmp-bigsmall-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+    register_pending(f.temp_);
+    f.fd_ = ::open(f.temp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (f.fd_ >= 0) return f;
     const int e = errno;
     unregister_pending(f.temp_);
     f.temp_.clear();
-    return errno_status(final_path, "cannot create", e);
+    if (e != EEXIST) return errno_status(final_path, "cannot create", e);
   }
-  return f;
+  return Status(Error::kIo, final_path + ": cannot create a temporary file beside it");
 }
 
 Status OutputFile::pwrite(const void* p, uint64_t n, uint64_t offset) {

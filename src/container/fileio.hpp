@@ -73,6 +73,9 @@ class OutputFile {
 
 // Removes every temporary output still open: called from signal handlers (async-signal-safe).
 void remove_pending_outputs();
+// Deepest directory a model directory may hold (links that loop back up would otherwise never
+// end); the signal cleanup empties trees one level deeper than this.
+constexpr int kMaxDirDepth = 64;
 // A directory being built under a temporary name: remove_pending_outputs removes it and all
 // it holds.
 void register_pending_dir(const std::string& p);
