@@ -216,6 +216,12 @@ TEST(BadSafetensors, EachProblemHasItsError) {
   expect_rejected(std::vector<uint8_t>{'h', 'e', 'l', 'l', 'o'}, Error::kTruncated, "short");
   const std::string text = "this is just a text file that happens to be long enough";
   expect_rejected(std::vector<uint8_t>(text.begin(), text.end()), Error::kNotSafetensors, "text");
+  {
+    TempDir d;  // a text file is named as one, not by the huge "header length" its bytes make
+    write_file(d / "config.json", text);
+    const Status st = compress_file(d / "config.json", d / "c.bs");
+    EXPECT_NE(st.message().find("starts with text"), std::string::npos) << st.message();
+  }
   auto good = safetensors_bytes(sample_tensors());
   expect_rejected(std::vector<uint8_t>(good.begin(), good.end() - 100), Error::kTruncated, "truncated data");
   expect_rejected(std::vector<uint8_t>(good.begin(), good.begin() + 40), Error::kTruncated, "truncated header");

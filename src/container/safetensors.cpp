@@ -40,7 +40,12 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
   if (available < 8) return Status(Error::kTruncated, "file too short for a safetensors header");
   uint64_t n;
   std::memcpy(&n, data, 8);
-  if (n > kMaxHeaderBytes) return bad("header length " + std::to_string(n) + " exceeds 100 MB");
+  if (n > kMaxHeaderBytes) {
+    // A text file (config.json, a tokenizer) handed over by mistake: say that, not a number.
+    if (std::all_of(data, data + 8, [](uint8_t c) { return (c >= 0x20 && c < 0x7f) || c == '\n' || c == '\r' || c == '\t'; }))
+      return bad("it starts with text, not with a header length");
+    return bad("header length " + std::to_string(n) + " exceeds 100 MB");
+  }
   if (n > available - 8)
     return Status(Error::kTruncated, "truncated: header needs " + std::to_string(n) + " bytes, file has " + std::to_string(available - 8));
   StFile f;
