@@ -536,8 +536,10 @@ int main(int argc, char** argv) {
 }
 
 int run(int argc, char** argv) {
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
+  // A signal the parent set to be ignored stays ignored (a job started in the background by a
+  // shell script ignores SIGINT), as gzip and zstd do.
+  for (int sig : {SIGINT, SIGTERM})
+    if (std::signal(sig, on_signal) == SIG_IGN) std::signal(sig, SIG_IGN);
   Args a;
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) {

@@ -144,5 +144,22 @@ expect 4 "a directory with one bad shard" -- "$bs" compress -q "$tmp/halfdir"
 check "leaves no output directory" -- test ! -e "$tmp/halfdir.bs"
 check "nor a temporary one" -- test -z "$(ls -a "$tmp" | grep tmp-bigsmall)"
 
+# signals: SIGTERM mid-directory removes what was being built; a SIGINT ignored by the parent
+# (a background job of a script) stays ignored, as in gzip and zstd
+mkdir -p "$tmp/many"
+for i in $(seq 1500); do ln -s "$tmp/m.safetensors" "$tmp/many/$i.safetensors"; done
+started() { for _ in $(seq 400); do ls -a "$tmp" | grep -q "many.bs.tmp-bigsmall" && return 0; sleep 0.025; done; return 1; }
+"$bs" compress -q -T1 "$tmp/many" -o "$tmp/many.bs" &
+pid=$!
+started
+kill -INT "$pid"
+sleep 0.3
+check "an ignored SIGINT is left ignored" -- kill -0 "$pid"
+kill -TERM "$pid"
+wait "$pid"
+rc=$?
+check "SIGTERM mid-directory exits 128+15" -- test "$rc" -eq 143
+check "and leaves neither output nor temporary directory" -- test ! -e "$tmp/many.bs" -a -z "$(ls -a "$tmp" | grep tmp-bigsmall)"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
