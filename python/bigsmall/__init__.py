@@ -33,6 +33,24 @@ def _threads(threads):
     return 0 if threads is None else int(threads)
 
 
+# Decoded bytes per call into the core when loading: the core runs without the GIL, so Ctrl-C
+# is heard between calls (every ~0.1-0.3 s here); tensors of one call decode side by side.
+_LOAD_BATCH_BYTES = 256 << 20
+
+
+def _batches(sizes, limit=None):
+    """Index ranges [a, b) over `sizes`, each of at most `limit` bytes (a larger item alone)."""
+    limit = _LOAD_BATCH_BYTES if limit is None else limit
+    start, total = 0, 0
+    for k, n in enumerate(sizes):
+        if k > start and total + n > limit:
+            yield start, k
+            start, total = k, 0
+        total += n
+    if start < len(sizes):
+        yield start, len(sizes)
+
+
 def _text(s, what):
     """A tensor name or metadata string as the header stores it: str, encodable as UTF-8 (JSON
     and safetensors require it; a str may hold surrogate escapes that are not)."""

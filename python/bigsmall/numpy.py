@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from . import _core
-from . import InvalidArgumentError, _header_metadata, _text, _threads
+from . import InvalidArgumentError, _batches, _header_metadata, _text, _threads
 
 _DTYPES = {
     "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
@@ -30,8 +30,8 @@ def _decode(f, which, infos, threads=0, verify=True):
         outs.append(np.empty(t["shape"], dtype=dt))
     idx = [i for i, a in zip(which, outs) if a.size > 0]
     bufs = [a.reshape(-1).view(np.uint8) for a in outs if a.size > 0]
-    if idx:
-        f.read_into(idx, bufs, threads, verify)
+    for a, b in _batches([buf.size for buf in bufs]):
+        f.read_into(idx[a:b], bufs[a:b], threads, verify)
     return outs
 
 

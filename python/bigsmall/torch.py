@@ -6,7 +6,7 @@ import os
 import torch
 
 from . import _core
-from . import InvalidArgumentError, _header_metadata, _metadata, _text, _threads
+from . import InvalidArgumentError, _batches, _header_metadata, _metadata, _text, _threads
 
 _DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
@@ -51,9 +51,9 @@ def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
     # By address: every tensor here is a contiguous CPU tensor this package allocated (or the
     # model parameter StreamingLoader checked), alive for the call; the core checks each size.
     live = [(i, t) for i, t in zip(which, outs) if t.numel() > 0]
-    if live:
-        f._read_into_addresses([i for i, _ in live], [t.data_ptr() for _, t in live],
-                              [t.numel() * t.element_size() for _, t in live], threads, verify)
+    sizes = [t.numel() * t.element_size() for _, t in live]
+    for a, b in _batches(sizes):
+        f._read_into_addresses([i for i, _ in live[a:b]], [t.data_ptr() for _, t in live[a:b]], sizes[a:b], threads, verify)
     if dev.type != "cpu":
         outs = [t.to(dev, non_blocking=False) for t in outs]
     return outs

@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -405,6 +406,51 @@ except KeyboardInterrupt:
     out = p.communicate(timeout=60)[0].split()
     assert out[0] == "interrupted", out
     assert os.listdir(out_dir) == []
+
+
+def test_ctrl_c_stops_load_file(big_bf16):
+    """load_file decodes a file in calls of bounded size, so SIGINT is heard between them (not
+    only once the whole file is decoded): 8 tensors of 32 MB at one thread, in 32 MB calls.
+    The child times a whole warm load first; the interrupted one must stop within half that
+    (one call is an eighth of it; the signal comes 20 ms in)."""
+    import signal
+
+    code = f"""
+import time, bigsmall, bigsmall.torch as bt
+bigsmall._LOAD_BATCH_BYTES = 32 << 20
+for _ in range(2):
+    t = time.perf_counter()
+    bt.load_file({str(big_bf16[1])!r}, threads=1)
+print("start", time.perf_counter() - t, flush=True)
+t = time.perf_counter()
+try:
+    bt.load_file({str(big_bf16[1])!r}, threads=1)
+    print("finished", time.perf_counter() - t)
+except KeyboardInterrupt:
+    print("interrupted", time.perf_counter() - t)
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    first = p.stdout.readline().split()
+    assert first[0] == "start", first
+    time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    out = p.communicate(timeout=60)[0].split()
+    assert out[0] == "interrupted", out
+    assert float(out[1]) < float(first[1]) / 2, (first, out)
+
+
+def test_loads_in_bounded_calls_are_bit_exact(models, monkeypatch):
+    # Every tensor in a call of its own (limit 1 byte), and the batching itself.
+    assert list(bigsmall._batches([5, 5, 5, 20, 1], 10)) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert list(bigsmall._batches([], 10)) == []
+    monkeypatch.setattr(bigsmall, "_LOAD_BATCH_BYTES", 1)
+    orig, comp = models["f32"]
+    a = st.load_file(os.path.join(orig, "model.safetensors"))
+    b = bt.load_file(os.path.join(comp, "model.bs"))
+    c = bn.load_file(os.path.join(comp, "model.bs"))
+    assert sorted(a) == sorted(b) == sorted(c)
+    for k in a:
+        assert torch.equal(a[k], b[k]) and np.array_equal(a[k].numpy(), c[k]), k
 
 
 def test_paths_that_are_not_utf8(models, tmp_path):
