@@ -88,8 +88,13 @@ struct Args {
   int threads = 0;
 };
 
+// The scratch .bs file `bench` writes, complete between runs (so not a pending output of the
+// library): removed by the signal handler too. A fixed buffer: the handler may not allocate.
+char g_bench_scratch[4096];
+
 void on_signal(int sig) {
   remove_partial_outputs();
+  if (g_bench_scratch[0] != '\0') ::unlink(g_bench_scratch);
   std::signal(sig, SIG_DFL);
   std::raise(sig);
 }
@@ -468,6 +473,7 @@ int run_bench(const Args& a) {
   for (const auto& p : inputs) {
     std::error_code ec;
     const std::string tmp = (fs::temp_directory_path(ec) / ("bigsmall-bench-" + std::to_string(getpid()) + ".bs")).string();
+    if (tmp.size() < sizeof g_bench_scratch) std::memcpy(g_bench_scratch, tmp.c_str(), tmp.size() + 1);
     const double raw = static_cast<double>(fs::file_size(p, ec));
     struct Row { int threads; double comp, dec; };
     std::vector<Row> rows;

@@ -160,6 +160,15 @@ wait "$pid"
 rc=$?
 check "SIGTERM mid-directory exits 128+15" -- test "$rc" -eq 143
 check "and leaves neither output nor temporary directory" -- test ! -e "$tmp/many.bs" -a -z "$(ls -a "$tmp" | grep tmp-bigsmall)"
+# bench's scratch .bs (in TMPDIR) goes too, also between runs, when it is complete
+mkdir -p "$tmp/benchtmp" "$tmp/benchin"
+for i in 1 2 3 4 5 6 7 8; do cp "$tmp/m.safetensors" "$tmp/benchin/$i.safetensors"; done
+TMPDIR="$tmp/benchtmp" "$bs" bench "$tmp/benchin" >/dev/null &
+pid=$!
+for _ in $(seq 400); do ls "$tmp/benchtmp" | grep -q '\.bs$' && break; sleep 0.01; done
+kill -TERM "$pid"
+wait "$pid"
+check "SIGTERM during bench leaves no scratch file" -- test -z "$(ls "$tmp/benchtmp")"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
