@@ -91,10 +91,11 @@ struct Args {
 // The scratch .bs file `bench` writes, complete between runs (so not a pending output of the
 // library): removed by the signal handler too. A fixed buffer: the handler may not allocate.
 char g_bench_scratch[4096];
+volatile std::sig_atomic_t g_bench_scratch_set = 0;  // set once the path is whole
 
 void on_signal(int sig) {
   remove_partial_outputs();
-  if (g_bench_scratch[0] != '\0') ::unlink(g_bench_scratch);
+  if (g_bench_scratch_set) ::unlink(g_bench_scratch);
   std::signal(sig, SIG_DFL);
   std::raise(sig);
 }
@@ -188,11 +189,12 @@ std::string strip_slash(std::string p) {
 std::string default_output(const std::string& cmd, const std::string& in, bool is_dir) {
   std::string p = strip_slash(in);
   // "." or "..": name the output after the directory they are, beside it ("." gave "./..bs",
-  // inside the input).
+  // inside the input). Lexically, so that "link/." is named like "link", not like its target.
   if (const std::string last = fs::path(p).filename().string(); last == "." || last == "..") {
     std::error_code ec;
-    const fs::path real = fs::weakly_canonical(p, ec);
-    if (!ec && real.has_filename()) p = real.string();
+    fs::path whole = fs::absolute(p, ec).lexically_normal();
+    if (!whole.has_filename()) whole = whole.parent_path();  // "/a/b/." normalizes to "/a/b/"
+    if (!ec && whole.has_filename()) p = whole.string();
   }
   if (cmd == "compress") {
     if (!is_dir && ends_with(p, ".safetensors")) return p.substr(0, p.size() - 12) + ".bs";
@@ -473,7 +475,10 @@ int run_bench(const Args& a) {
   for (const auto& p : inputs) {
     std::error_code ec;
     const std::string tmp = (fs::temp_directory_path(ec) / ("bigsmall-bench-" + std::to_string(getpid()) + ".bs")).string();
-    if (tmp.size() < sizeof g_bench_scratch) std::memcpy(g_bench_scratch, tmp.c_str(), tmp.size() + 1);
+    if (!g_bench_scratch_set && tmp.size() < sizeof g_bench_scratch) {  // the same path for every input
+      std::memcpy(g_bench_scratch, tmp.c_str(), tmp.size() + 1);
+      g_bench_scratch_set = 1;
+    }
     const double raw = static_cast<double>(fs::file_size(p, ec));
     struct Row { int threads; double comp, dec; };
     std::vector<Row> rows;
@@ -544,8 +549,11 @@ int main(int argc, char** argv) {
 int run(int argc, char** argv) {
   // A signal the parent set to be ignored stays ignored (a job started in the background by a
   // shell script ignores SIGINT), as gzip and zstd do.
-  for (int sig : {SIGINT, SIGTERM})
-    if (std::signal(sig, on_signal) == SIG_IGN) std::signal(sig, SIG_IGN);
+  for (int sig : {SIGINT, SIGTERM}) {
+    struct sigaction old {};
+    if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+    std::signal(sig, on_signal);
+  }
   Args a;
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) {

@@ -89,7 +89,7 @@ def _progress(enabled, desc):
 def _default_output(src, compressing, is_dir):
     p = src.rstrip("/") or src
     if os.path.basename(p) in (".", ".."):  # name the output after the directory, beside it
-        p = os.path.realpath(p)
+        p = os.path.normpath(os.path.abspath(p))  # lexically: "link/." is named like "link"
     if compressing:
         if not is_dir and p.endswith(".safetensors"):
             return p[: -len(".safetensors")] + ".bs"

@@ -32,7 +32,12 @@ def _resolve(path_or_repo_id):
         from huggingface_hub import snapshot_download
     except ImportError as e:
         raise NotFoundError(f"{p}: no such directory, and huggingface_hub is not installed") from e
-    return snapshot_download(p)
+    try:
+        return snapshot_download(p)
+    except Exception as e:  # a name that is neither a directory here nor a Hub repo id
+        if type(e).__name__ == "HFValidationError":
+            raise NotFoundError(f"{p}: no such directory (nor a Hub repo id)") from e
+        raise
 
 
 def _shards(d):

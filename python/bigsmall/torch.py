@@ -33,8 +33,8 @@ def _empty(info, device="cpu"):
 
 
 def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
-    """Decodes tensors `which` of File f straight into new tensors (or `into`), in one call so
-    that chunks of all of them run in parallel. On a CUDA device with a CUDA build, the chunks
+    """Decodes tensors `which` of File f straight into new tensors (or `into`), in calls of up
+    to 256 MB (Ctrl-C is heard between them) in which chunks of all tensors run in parallel. On a CUDA device with a CUDA build, the chunks
     decode on the GPU into the tensors' device memory; otherwise on the CPU, then move."""
     dev = torch.device(device)
     if dev.type == "cuda" and into is None and _core.cuda_available():

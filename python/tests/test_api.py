@@ -216,7 +216,7 @@ def test_errors_are_bigsmall_exceptions(models, tmp_path):
     orig, _ = models["f32"]
     with pytest.raises(bigsmall.FormatError, match="but a safetensors file"):
         bt.load_file(os.path.join(orig, "model.safetensors"))
-    for missing in (str(tmp_path / "no-such-model"), "./no-such-model", "a/b/c"):
+    for missing in (str(tmp_path / "no-such-model"), "./no-such-model", "a/b/c", "nosuch/", "-x/y"):
         with pytest.raises(bigsmall.NotFoundError, match="no such directory"):
             bigsmall.from_pretrained(missing, progress=False)
     with pytest.raises(bigsmall.InvalidArgumentError, match="meta device"):
