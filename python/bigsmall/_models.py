@@ -256,7 +256,9 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
     if isinstance(model_or_state_dict, dict):
         state, model = model_or_state_dict, None
     else:
-        model = model_or_state_dict
+        # torch.compile's wrapper: its state dict prefixes every name with "_orig_mod." and its
+        # class is OptimizedModule; save the model inside, as transformers does.
+        model = getattr(model_or_state_dict, "_orig_mod", model_or_state_dict)
         state = model.state_dict()
         # As transformers' save_pretrained does, the config names the class that saved it (so
         # that from_pretrained without a class builds that one: GPT2LMHeadModel, not GPT2Model)

@@ -123,8 +123,12 @@ def test_save_pretrained_of_a_model_with_tied_weights(tmp_path):
     assert ref.config.architectures is None  # the caller's model is left as it was
     ref.save_pretrained(tmp_path / "hf")
     assert (tmp_path / "hf" / "config.json").read_bytes() == open(os.path.join(out, "config.json"), "rb").read()
+    # A torch.compile'd model (never called here, so nothing compiles) saves as the model inside.
+    compiled = bigsmall.save_pretrained(torch.compile(ref), tmp_path / "compiled")
+    assert open(os.path.join(compiled, "config.json"), "rb").read() == open(os.path.join(out, "config.json"), "rb").read()
     for load in (lambda: bigsmall.from_pretrained(out, progress=False),
-                 lambda: bigsmall.StreamingLoader(out).load_model(progress=False)):
+                 lambda: bigsmall.StreamingLoader(out).load_model(progress=False),
+                 lambda: bigsmall.from_pretrained(compiled, progress=False)):
         model = load()
         assert type(model) is GPT2LMHeadModel
         assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
