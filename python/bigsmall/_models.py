@@ -237,14 +237,20 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
                     progress=True, **kwargs):
     """A transformers model built from a compressed directory (or Hub repo id).
 
-    device_map: None/"cpu", a device ("cuda", "cuda:1", torch.device) or "auto" (the GPU when
-    there is one). torch_dtype / dtype: None or "auto" (the checkpoint's), a torch.dtype or its name.
+    device_map: None/"cpu", a device ("cuda", "cuda:1", torch.device), {"": device} or "auto"
+    (the GPU when there is one). torch_dtype / dtype: None or "auto" (the checkpoint's), a torch.dtype or its name.
     """
     dtype = _dtype_arg(kwargs.pop("dtype", torch_dtype))
     if device_map == "auto":
         device_map = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(device_map, dict):
-        raise InvalidArgumentError("device_map dictionaries are not supported; pass one device")
+        # {"": device} (the whole model on one device, as PEFT and accelerate scripts write it)
+        # is that device; maps that split a model across devices are not supported.
+        if set(device_map) != {""}:
+            raise InvalidArgumentError("device_map dictionaries that split the model are not supported; pass one device")
+        device_map = device_map[""]
+        if isinstance(device_map, int):
+            device_map = f"cuda:{device_map}"
     loader = StreamingLoader(path_or_repo_id, threads=threads)
     return loader.load_model(model_class, device=device_map or "cpu", dtype=dtype, progress=progress, **kwargs)
 
