@@ -48,7 +48,7 @@ void check(DType dt, const std::vector<uint8_t>& data, const char* what, int thr
 const DType kAll[] = {DType::kBool, DType::kU8, DType::kI8, DType::kF8_E5M2, DType::kF8_E4M3, DType::kF8_E8M0,
                       DType::kI16, DType::kU16, DType::kF16, DType::kBF16, DType::kI32, DType::kU32,
                       DType::kF32, DType::kF64, DType::kI64, DType::kU64, DType::kC64, DType::kF4,
-                      DType::kF6_E2M3, DType::kF6_E3M2};
+                      DType::kF6_E2M3, DType::kF6_E3M2, DType::kF8_E4M3FNUZ, DType::kF8_E5M2FNUZ};
 
 }  // namespace
 
@@ -76,7 +76,7 @@ INSTANTIATE_TEST_SUITE_P(All, EveryDtype, ::testing::ValuesIn(kAll),
                          [](const auto& p) { return std::string(dtype_info(p.param).safetensors_name); });
 INSTANTIATE_TEST_SUITE_P(All, FloatDtype,
                          ::testing::Values(DType::kF8_E5M2, DType::kF8_E4M3, DType::kF16, DType::kBF16, DType::kF32,
-                                           DType::kF64),
+                                           DType::kF64, DType::kF8_E4M3FNUZ, DType::kF8_E5M2FNUZ),
                          [](const auto& p) { return std::string(dtype_info(p.param).safetensors_name); });
 
 TEST(FloatCodec, WeightsUseTheFloatModelAndCompress) {

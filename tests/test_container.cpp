@@ -169,7 +169,7 @@ TEST(Container, WriteTensorsRestoresToTheSafetensorsLayout) {
   const auto ts = sample_tensors();
   std::vector<TensorView> views;
   for (const auto& t : ts) views.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
-  ASSERT_TRUE(write_tensors(d / "w.bs", views, {{"format", "pt"}}).is_ok());
+  ASSERT_TRUE(write_tensors(d / "w.bs", views, Metadata{{"format", "pt"}}).is_ok());
   ASSERT_TRUE(decompress_file(d / "w.bs", d / "w.safetensors").is_ok());
   // safetensors' writer lays tensors out by its dtype enum, highest first, then by name (its
   // Python package writes the sample tensors in this order; python/tests checks against it).
@@ -467,7 +467,7 @@ TEST(Container, WriteTensorsRefusesMetadataKeysGivenTwice) {
   // The restored header would give the key twice, which compress and safetensors refuse.
   TempDir d;
   const std::vector<uint8_t> bytes(4, 1);
-  const Status st = write_tensors(d / "m.bs", {{"w", DType::kU8, {4}, bytes.data(), 4}}, {{"k", "1"}, {"k", "2"}});
+  const Status st = write_tensors(d / "m.bs", {{"w", DType::kU8, {4}, bytes.data(), 4}}, Metadata{{"k", "1"}, {"k", "2"}});
   EXPECT_EQ(st.code(), Error::kInvalidArgument) << st.message();
   EXPECT_NE(st.message().find("'k' given twice"), std::string::npos) << st.message();
   EXPECT_FALSE(fs::exists(d / "m.bs"));
@@ -509,9 +509,9 @@ TEST(Container, WriteTensorsRefusesNamesThatAreNotUtf8) {
   EXPECT_FALSE(fs::exists(d / "n.bs"));
   EXPECT_TRUE(write_tensors(d / "e.bs", {{"\xf0\x9f\x98\x80 ok", DType::kU8, {4}, bytes.data(), 4}}, {}).is_ok());
   // Metadata goes into the same header.
-  EXPECT_EQ(write_tensors(d / "m.bs", {{"w", DType::kU8, {4}, bytes.data(), 4}}, {{"k", "v\xff"}}).code(),
+  EXPECT_EQ(write_tensors(d / "m.bs", {{"w", DType::kU8, {4}, bytes.data(), 4}}, Metadata{{"k", "v\xff"}}).code(),
             Error::kInvalidArgument);
-  EXPECT_EQ(write_tensors(d / "m.bs", {{"w", DType::kU8, {4}, bytes.data(), 4}}, {{"\xc0\xaf", "v"}}).code(),
+  EXPECT_EQ(write_tensors(d / "m.bs", {{"w", DType::kU8, {4}, bytes.data(), 4}}, Metadata{{"\xc0\xaf", "v"}}).code(),
             Error::kInvalidArgument);
   EXPECT_FALSE(fs::exists(d / "m.bs"));
 }

@@ -14,7 +14,7 @@
 namespace bigsmall {
 
 constexpr uint16_t kFormatVersionMajor = 1;
-constexpr uint16_t kFormatVersionMinor = 0;
+constexpr uint16_t kFormatVersionMinor = 1;
 
 // Called from worker threads' owner with bytes done so far and the total.
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
@@ -96,10 +96,11 @@ Status decompress_file(const std::string& src, const std::string& dst, const Dec
 // Writes tensors as a .bs whose restore is the safetensors file that safetensors itself would
 // write for them: laid out as its writer lays them out (by its dtype enum, highest first, then
 // by name), whatever the order given; names must be unique and none may be "__metadata__".
-// Metadata is written in the order given (safetensors orders several keys at random).
+// Metadata is written in the order given (safetensors orders several keys at random); nullopt
+// writes no "__metadata__" entry, an empty list an empty one (as safetensors does for {}).
+using Metadata = std::vector<std::pair<std::string, std::string>>;
 Status write_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
-                     const std::vector<std::pair<std::string, std::string>>& metadata,
-                     const CompressOptions& opts = {});
+                     const std::optional<Metadata>& metadata, const CompressOptions& opts = {});
 
 // Model directories: every *.safetensors becomes a .bs, every other file is copied, and
 // bigsmall.index.json records the mapping; decompress_dir restores the original directory.

@@ -8,7 +8,7 @@ namespace bigsmall {
 
 enum class DType : uint8_t {
   kBool = 0, kU8, kI8, kF8_E5M2, kF8_E4M3, kF8_E8M0, kI16, kU16, kF16, kBF16,
-  kI32, kU32, kF32, kF64, kI64, kU64, kC64, kF4, kF6_E2M3, kF6_E3M2,
+  kI32, kU32, kF32, kF64, kI64, kU64, kC64, kF4, kF6_E2M3, kF6_E3M2, kF8_E4M3FNUZ, kF8_E5M2FNUZ,
   kCount
 };
 

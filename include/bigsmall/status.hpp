@@ -36,15 +36,26 @@ class [[nodiscard]] Status {
   explicit operator bool() const { return is_ok(); }
   Error code() const { return code_; }
   const std::string& message() const { return message_; }
+  // The operating system's errno behind a kIo or kNoSpace error, 0 when there is none: lets the
+  // Python binding raise FileNotFoundError / PermissionError as Python's own calls would.
+  int sys_errno() const { return sys_errno_; }
+  Status with_errno(int e) const {
+    Status s = *this;
+    s.sys_errno_ = e;
+    return s;
+  }
   // Prefixes context (usually a file name) so the final one-line error names the file.
   Status with_context(const std::string& ctx) const {
     if (is_ok()) return *this;
-    return Status(code_, ctx + ": " + message_);
+    Status s(code_, ctx + ": " + message_);
+    s.sys_errno_ = sys_errno_;
+    return s;
   }
 
  private:
   Error code_ = Error::kOk;
   std::string message_;
+  int sys_errno_ = 0;
 };
 
 template <typename T>

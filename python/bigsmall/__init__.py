@@ -20,17 +20,33 @@ from ._core import (  # noqa: F401  (re-exported error hierarchy)
 )
 from ._core import IOError as BigsmallIOError  # noqa: F401
 
+# from_pretrained, save_pretrained and StreamingLoader are left out: `from bigsmall import *`
+# would import torch and transformers (seconds) to bind them.
 __all__ = [
-    "compress", "decompress", "verify", "info", "safe_open", "from_pretrained", "save_pretrained",
-    "StreamingLoader", "Error", "FormatError", "CorruptError", "VersionError", "NotFoundError",
-    "InvalidArgumentError", "BigsmallIOError",
+    "compress", "decompress", "verify", "info", "safe_open", "Error", "FormatError", "CorruptError",
+    "VersionError", "NotFoundError", "InvalidArgumentError", "BigsmallIOError",
 ]
+
+
+def _message_str(self):
+    # KeyError's str() is the repr of its key, which would quote the one-line message.
+    return str(self.args[0]) if len(self.args) == 1 else super(NotFoundError, self).__str__()
+
+
+NotFoundError.__str__ = _message_str
 __version__ = "0.1.0"
 FORMAT_VERSION = _core.FORMAT_VERSION
 
 
 def _threads(threads):
-    return 0 if threads is None else int(threads)
+    """None or 0: every core; more threads than chunks are never started, so large counts are capped."""
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise InvalidArgumentError(f"threads must be an int or None, not {threads!r}")
+    if threads < 0:
+        raise InvalidArgumentError(f"threads must be >= 0 (0 or None: every core), not {threads}")
+    return min(threads, 1 << 16)
 
 
 # Decoded bytes per call into the core when loading: the core runs without the GIL, so Ctrl-C
@@ -64,8 +80,13 @@ def _text(s, what):
 
 
 def _header_metadata(metadata):
-    """Sorted (key, value) pairs; values that are not str are written as str() makes them."""
-    return sorted((_text(str(k), "metadata key"), _text(str(v), "metadata value")) for k, v in (metadata or {}).items())
+    """Sorted (key, value) pairs, or None (no "__metadata__" entry). Keys and values must be str,
+    as safetensors requires; {} is written as an empty "__metadata__", as safetensors does."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise InvalidArgumentError(f"metadata must be a dict of str to str, not {type(metadata).__name__}")
+    return sorted((_text(k, "metadata key"), _text(v, f"metadata value of {k!r}")) for k, v in metadata.items())
 
 
 def _progress(enabled, desc):
@@ -163,7 +184,7 @@ def _file_info(path):
 
 def _metadata(header_bytes):
     meta = json.loads(header_bytes).get("__metadata__")
-    return dict(meta) if meta else None
+    return dict(meta) if meta is not None else None
 
 
 class safe_open:
@@ -176,10 +197,18 @@ class safe_open:
         if framework not in ("pt", "torch", "pytorch", "np", "numpy"):
             raise InvalidArgumentError(f"unsupported framework {framework!r} (use 'pt' or 'np')")
         self._framework = "pt" if framework in ("pt", "torch", "pytorch") else "np"
-        self._device = device
+        if self._framework == "pt":
+            from . import torch as bt
+
+            self._device = bt._device(device)  # a bad or absent device fails here, before any decode
+        elif device not in ("cpu", None):
+            raise InvalidArgumentError(f"framework 'np' decodes to the CPU only, not {device!r}")
+        else:
+            self._device = "cpu"
         self._threads = _threads(threads)
         self._verify = verify
-        self._file = _core.File.open(os.fsdecode(path))
+        self._path = os.fsdecode(path)
+        self._file = _core.File.open(self._path)
         self._infos = self._file.tensors()
         self._index = {t["name"]: i for i, t in enumerate(self._infos)}
 
@@ -187,39 +216,52 @@ class safe_open:
         return self
 
     def __exit__(self, *exc):
-        self._file = None
+        self._file = None  # slices taken before keep the file open
         return False
 
+    def _open_file(self):
+        if self._file is None:
+            raise InvalidArgumentError(f"{self._path}: file is closed")
+        return self._file
+
     def keys(self):
+        self._open_file()
         return sorted(self._index)  # as safetensors does
 
     def metadata(self):
-        return _metadata(self._file.header)
+        return _metadata(self._open_file().header)
 
     def _info(self, name):
+        f = self._open_file()
         i = self._index.get(name)
         if i is None:
-            raise NotFoundError(f"{self._file.path}: no tensor named {name!r}")
+            raise NotFoundError(f"{f.path}: no tensor named {name!r}")
         return i, self._infos[i]
 
-    def get_tensor(self, name):
-        i, t = self._info(name)
+    def _decode(self, f, i, t):
         if self._framework == "pt":
             from . import torch as bt
 
-            return bt._decode(self._file, [i], [t], self._device, self._threads, self._verify)[0]
+            return bt._decode(f, [i], [t], self._device, self._threads, self._verify)[0]
         from . import numpy as bn
 
-        return bn._decode(self._file, [i], [t], self._threads, self._verify)[0]
+        return bn._decode(f, [i], [t], self._threads, self._verify)[0]
+
+    def get_tensor(self, name):
+        i, t = self._info(name)
+        return self._decode(self._file, i, t)
 
     def get_slice(self, name):
-        return _Slice(self, name)
+        i, t = self._info(name)
+        return _Slice(self, self._file, i, t)
 
 
 class _Slice:
-    def __init__(self, f, name):
-        self._f, self._name = f, name
-        self._t = f._info(name)[1]
+    """A tensor of an open file, read when indexed. It keeps the file open, as safetensors'
+    slices keep working after their file's `with` block ends."""
+
+    def __init__(self, owner, file, i, t):
+        self._owner, self._file, self._i, self._t = owner, file, i, t
 
     def get_shape(self):
         return list(self._t["shape"])
@@ -229,7 +271,7 @@ class _Slice:
 
     def __getitem__(self, index):
         # The codec decodes whole chunks; the tensor is decoded, then sliced.
-        return self._f.get_tensor(self._name)[index]
+        return self._owner._decode(self._file, self._i, self._t)[index]
 
 
 def __getattr__(name):

@@ -100,12 +100,17 @@ class StreamingLoader:
     def load_model(self, model_class=None, device="cpu", dtype=None, progress=True, **config_kwargs):
         from transformers import AutoConfig, AutoModel
 
+        dev = bt._device(device)  # before any work: a device this machine lacks fails now
         config = AutoConfig.from_pretrained(self.path, **config_kwargs)
         cls = model_class or self._architecture(config) or AutoModel
         # Parameters are allocated but not initialised: their pages are only touched when the
         # decoder writes them, so host memory grows with the tensors actually loaded.
+        dtype = _dtype_arg(dtype)
         if dtype is None:
-            dtype = self._checkpoint_float_dtype()  # like transformers' dtype="auto"
+            # As transformers' dtype="auto" (its default since v5): the dtype config.json names,
+            # else the checkpoint's first float tensor's. Files list 4-byte dtypes before 2-byte
+            # ones, so one float32 norm would otherwise make a bfloat16 model float32.
+            dtype = _config_dtype(config) or self._checkpoint_float_dtype()
         # Built directly in the target dtype: a later model.to(dtype) would write every page.
         old_default = torch.get_default_dtype()
         try:
@@ -123,7 +128,6 @@ class StreamingLoader:
         cb, bar = _progress(progress, "loading")
         done = 0
         loaded = set()
-        dev = torch.device(device)
         # On a GPU with a CUDA build, chunks decode on the device straight into the tensors the
         # model keeps; host memory holds only the compressed bytes of one group at a time.
         gpu = dev.type == "cuda" and _core.cuda_available()
@@ -224,13 +228,26 @@ class StreamingLoader:
 
 
 def _dtype_arg(d):
-    if d is None or d == "auto":
+    if d is None or (isinstance(d, str) and d == "auto"):
         return None
-    if isinstance(d, str):
-        d = getattr(torch, d, None)
-    if not isinstance(d, torch.dtype):
+    dt = getattr(torch, d, None) if isinstance(d, str) else d
+    if not isinstance(dt, torch.dtype):
         raise InvalidArgumentError(f"unsupported dtype {d!r}")
-    return d
+    return dt
+
+
+def _config_dtype(config):
+    """The floating-point dtype a transformers config names (dtype, or torch_dtype before v4.56)."""
+    for attr in ("dtype", "torch_dtype"):
+        try:
+            d = getattr(config, attr, None)
+        except Exception:  # a deprecated alias may warn or raise
+            d = None
+        if isinstance(d, str):
+            d = getattr(torch, d, None)
+        if isinstance(d, torch.dtype) and d.is_floating_point:
+            return d
+    return None
 
 
 def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dtype=None, threads=None,

@@ -11,11 +11,16 @@ from . import InvalidArgumentError, _batches, _header_metadata, _text, _threads
 _DTYPES = {
     "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
     "U32": np.uint32, "I64": np.int64, "U64": np.uint64, "F16": np.float16, "F32": np.float32, "F64": np.float64,
+    "C64": np.complex64,
 }
 try:
     import ml_dtypes
 
-    _DTYPES.update({"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2})
+    for _name, _attr in (("BF16", "bfloat16"), ("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"),
+                         ("F8_E4M3FNUZ", "float8_e4m3fnuz"), ("F8_E5M2FNUZ", "float8_e5m2fnuz"),
+                         ("F8_E8M0", "float8_e8m0fnu")):
+        if hasattr(ml_dtypes, _attr):  # older ml_dtypes lack the newer formats
+            _DTYPES[_name] = getattr(ml_dtypes, _attr)
 except ImportError:
     pass
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
@@ -26,7 +31,8 @@ def _decode(f, which, infos, threads=0, verify=True):
     for t in infos:
         dt = _DTYPES.get(t["dtype"])
         if dt is None:
-            raise _core.FormatError(f"dtype {t['dtype']} has no numpy equivalent (install ml_dtypes for BF16/F8)")
+            hint = "; install ml_dtypes (pip install ml_dtypes) or use bigsmall.torch" if t["dtype"].startswith(("BF16", "F8")) else ""
+            raise InvalidArgumentError(f"{f.path}: tensor {t['name']!r} has dtype {t['dtype']}, which numpy lacks{hint}")
         outs.append(np.empty(t["shape"], dtype=dt))
     idx = [i for i, a in zip(which, outs) if a.size > 0]
     bufs = [a.reshape(-1).view(np.uint8) for a in outs if a.size > 0]
@@ -42,11 +48,15 @@ def load_file(filename, threads=None, verify=True):
 
 
 def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
+    if not isinstance(tensors, dict):
+        raise InvalidArgumentError(f"tensors must be a dict of name -> numpy array, not {type(tensors).__name__}")
     names, shapes, bufs = [], [], []
     for name, a in tensors.items():
         if not isinstance(a, (np.ndarray, np.generic)):
             raise InvalidArgumentError(f"{name!r} is not a numpy array")
         a = np.asarray(a, order="C")  # keeps 0-d arrays 0-d (ascontiguousarray would not)
+        if a.dtype.byteorder == ">":  # safetensors stores little-endian; so does its numpy writer
+            a = a.astype(a.dtype.newbyteorder("<"), order="C")
         if a.dtype not in _NAMES:
             raise InvalidArgumentError(f"{name!r}: dtype {a.dtype} is not supported")
         names.append((_text(name, "tensor name"), _NAMES[a.dtype]))

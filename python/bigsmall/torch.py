@@ -11,13 +11,37 @@ from . import InvalidArgumentError, _batches, _header_metadata, _metadata, _text
 _DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
     "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
-    "F64": torch.float64,
+    "F64": torch.float64, "C64": torch.complex64,
 }
 for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("U16", "uint16"),
-                     ("U32", "uint32"), ("U64", "uint64"), ("F8_E8M0", "float8_e8m0fnu")):
+                     ("U32", "uint32"), ("U64", "uint64"), ("F8_E8M0", "float8_e8m0fnu"),
+                     ("F8_E4M3FNUZ", "float8_e4m3fnuz"), ("F8_E5M2FNUZ", "float8_e5m2fnuz")):
     if hasattr(torch, _attr):
         _DTYPES[_name] = getattr(torch, _attr)
 _NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def _device(device):
+    """A torch.device to decode onto, checked before any work: unknown names, the meta device
+    and a CUDA device that this torch or machine lacks are refused."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InvalidArgumentError(f"device {device!r} is invalid: {e}") from None
+    if dev.type == "meta":
+        raise InvalidArgumentError("device 'meta' holds no data: decode to 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidArgumentError(f"device {device!r}: this torch has no CUDA device available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidArgumentError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA devices")
+    elif dev.type != "cpu":
+        # Other backends (mps, xpu, ...) get CPU-decoded tensors moved there, if torch has them.
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as e:
+            raise InvalidArgumentError(f"device {device!r} is not available: {e}") from None
+    return dev
 
 
 def _byte_view(t):
@@ -36,7 +60,7 @@ def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
     """Decodes tensors `which` of File f straight into new tensors (or `into`), in calls of up
     to 256 MB (Ctrl-C is heard between them) in which chunks of all tensors run in parallel. On a CUDA device with a CUDA build, the chunks
     decode on the GPU into the tensors' device memory; otherwise on the CPU, then move."""
-    dev = torch.device(device)
+    dev = _device(device)
     if dev.type == "cuda" and into is None and _core.cuda_available():
         with torch.cuda.device(dev):  # staging, launch and stream on the tensors' own device
             outs = [_empty(t, device=dev) for t in infos]
@@ -68,10 +92,14 @@ def load_file(filename, device="cpu", threads=None, verify=True):
 
 
 def _views(tensors):
+    if not isinstance(tensors, dict):
+        raise InvalidArgumentError(f"tensors must be a dict of name -> torch.Tensor, not {type(tensors).__name__}")
     names, shapes, bufs, keep = [], [], [], []
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise InvalidArgumentError(f"{name!r} is not a torch.Tensor")
+        if t.layout != torch.strided:
+            raise InvalidArgumentError(f"{name!r} is a {t.layout} tensor: save its dense form (.to_dense())")
         if t.dtype not in _NAMES:
             raise InvalidArgumentError(f"{name!r}: dtype {t.dtype} is not supported")
         if t.is_meta:

@@ -2,14 +2,17 @@
 // place where core Status values become Python exceptions.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <cerrno>
 #include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #if defined(__linux__)
@@ -38,6 +41,8 @@ PyObject* g_version = nullptr;   // newer format version
 PyObject* g_io = nullptr;        // I/O, disk full (also an OSError)
 PyObject* g_notfound = nullptr;  // tensor name missing (also a KeyError)
 PyObject* g_value = nullptr;     // invalid argument (also a ValueError)
+PyObject* g_file_not_found = nullptr;  // IOError that is also a FileNotFoundError
+PyObject* g_permission = nullptr;      // IOError that is also a PermissionError
 
 [[noreturn]] void raise(const Status& st) {
   PyObject* cls = g_error;
@@ -50,18 +55,34 @@ PyObject* g_value = nullptr;     // invalid argument (also a ValueError)
     case Error::kCorrupt: cls = g_corrupt; break;
     case Error::kUnsupportedVersion: cls = g_version; break;
     case Error::kIo:
-    case Error::kNoSpace: cls = g_io; break;
+    case Error::kNoSpace:
+      cls = st.sys_errno() == ENOENT ? g_file_not_found
+            : (st.sys_errno() == EACCES || st.sys_errno() == EPERM) ? g_permission
+                                                                     : g_io;
+      break;
     case Error::kNotFound: cls = g_notfound; break;
     case Error::kInvalidArgument: cls = g_value; break;
     default: break;
   }
   // Messages name files, whose paths may hold any bytes: those that are not UTF-8 are shown
   // escaped (\xff) rather than turning the error into a UnicodeDecodeError.
-  const std::string& m = st.message();
+  std::string m = st.message();
+  // The core speaks in the CLI's terms; here the option is an argument.
+  static constexpr std::string_view kCliHint = "(use -f to overwrite)";
+  if (const size_t at = m.find(kCliHint); at != std::string::npos) m.replace(at, kCliHint.size(), "(pass overwrite=True)");
   PyObject* text = PyUnicode_DecodeUTF8(m.data(), static_cast<Py_ssize_t>(m.size()), "backslashreplace");
   if (text == nullptr) throw nb::python_error();
-  PyErr_SetObject(cls, text);
+  PyObject* exc = PyObject_CallOneArg(cls, text);
   Py_DECREF(text);
+  if (exc == nullptr) throw nb::python_error();
+  // OSError's errno attribute, as Python's own file errors carry it.
+  if (st.sys_errno() != 0 && PyObject_IsInstance(exc, PyExc_OSError) == 1) {
+    PyObject* e = PyLong_FromLong(st.sys_errno());
+    if (e == nullptr || PyObject_SetAttrString(exc, "errno", e) != 0) PyErr_Clear();
+    Py_XDECREF(e);
+  }
+  PyErr_SetObject(cls, exc);
+  Py_DECREF(exc);
   throw nb::python_error();
 }
 
@@ -326,6 +347,12 @@ NB_MODULE(_core, m) {
     g_corrupt = make_error(m, "CorruptError", g_error, "Checksum mismatch or damaged data.");
     g_version = make_error(m, "VersionError", g_error, "File written by a newer bigsmall format version.");
     g_io = make_error(m, "IOError", nb::make_tuple(base, nb::handle(PyExc_OSError)).release().ptr(), "Read or write failed.");
+    g_file_not_found = make_error(m, "FileNotFoundError",
+                                  nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_FileNotFoundError)).release().ptr(),
+                                  "A file or directory does not exist.");
+    g_permission = make_error(m, "PermissionError",
+                              nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_PermissionError)).release().ptr(),
+                              "The operating system refused access.");
     g_notfound = make_error(m, "NotFoundError", nb::make_tuple(base, nb::handle(PyExc_KeyError)).release().ptr(),
                             "No tensor of that name.");
     g_value = make_error(m, "InvalidArgumentError", nb::make_tuple(base, nb::handle(PyExc_ValueError)).release().ptr(),
@@ -389,7 +416,7 @@ NB_MODULE(_core, m) {
       "write_tensors",
       [](nb::handle dst_path, const std::vector<std::pair<std::string, std::string>>& names_dtypes,
          const std::vector<std::vector<uint64_t>>& shapes, std::vector<ConstBytes> datas,
-         const std::vector<std::pair<std::string, std::string>>& metadata, int threads, bool overwrite) {
+         const std::optional<Metadata>& metadata, int threads, bool overwrite) {
         if (names_dtypes.size() != shapes.size() || shapes.size() != datas.size())
           raise(Status(Error::kInvalidArgument, "names, shapes and buffers differ in length"));
         std::vector<TensorView> views;

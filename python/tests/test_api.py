@@ -241,6 +241,8 @@ def test_compressing_dot_names_the_output_after_the_directory(models, tmp_path, 
 def test_import_does_not_load_torch():
     code = "import sys, bigsmall; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import sys; from bigsmall import *; assert 'torch' not in sys.modules, 'star import loaded torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_cli_is_installed(models, tmp_path):
@@ -505,6 +507,119 @@ def test_names_and_metadata_must_be_text(tmp_path):
     with pytest.raises(bigsmall.InvalidArgumentError, match="tensor name"):
         bn.save_file({"w\udcff": np.ones(2)}, tmp_path / "a.bs")
     assert not os.path.exists(tmp_path / "a.bs")
-    bt.save_file({"w": t}, tmp_path / "b.bs", metadata={"step": 5})  # values written as str() gives them
-    with bigsmall.safe_open(tmp_path / "b.bs") as f:
-        assert f.metadata() == {"step": "5"}
+    # Keys and values must be str, as safetensors requires (they used to be written as str() made them).
+    for bad in ({"step": 5}, {"cfg": {"lr": 0.1}}, {7: "x"}):
+        with pytest.raises(bigsmall.InvalidArgumentError, match="metadata"):
+            bt.save_file({"w": t}, tmp_path / "b.bs", metadata=bad)
+    with pytest.raises(bigsmall.InvalidArgumentError, match="metadata must be a dict"):
+        bt.save_file({"w": t}, tmp_path / "b.bs", metadata=[("k", "v")])
+    assert not os.path.exists(tmp_path / "b.bs")
+
+
+def test_save_file_matches_safetensors_on_every_dtype_metadata_and_escapes(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    t = {
+        "c": torch.randn(10, dtype=torch.complex64, generator=g),
+        "fnuz4": torch.randn(7, generator=g).to(torch.float8_e4m3fnuz),
+        "fnuz5": torch.randn(9, generator=g).to(torch.float8_e5m2fnuz),
+        "e8m0": torch.rand(4, generator=g).to(torch.float8_e8m0fnu),
+        "i16": torch.arange(3, dtype=torch.int16),
+        "u16": torch.tensor([0, 40000, 65535], dtype=torch.int32).to(torch.uint16),
+        "f8": torch.randn(5, generator=g).to(torch.float8_e4m3fn),
+        "line\nbreak\ttab\x01\x7f\u2028\"q\\/": torch.ones(2),
+    }
+    for meta in (None, {}, {"k": "\u00e9\n\t\b\f\r\x02"}):
+        bt.save_file(t, tmp_path / "t.bs", metadata=meta)
+        bigsmall.decompress(tmp_path / "t.bs", tmp_path / "t.safetensors", overwrite=True)
+        st.save_file(t, str(tmp_path / "ref.safetensors"), metadata=meta)
+        assert (tmp_path / "t.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes(), meta
+        with bigsmall.safe_open(tmp_path / "t.bs") as f:
+            assert f.metadata() == meta
+        # Compressing safetensors' own file gives the same tensors and metadata back.
+        bigsmall.compress(tmp_path / "ref.safetensors", tmp_path / "ref.bs", overwrite=True)
+        back = bt.load_file(tmp_path / "ref.bs")
+        for k, v in t.items():
+            assert back[k].dtype == v.dtype and torch.equal(back[k].view(torch.uint8), v.view(torch.uint8)), k
+        with bigsmall.safe_open(tmp_path / "ref.bs") as f:
+            assert f.metadata() == meta
+
+
+def test_numpy_dtypes(tmp_path):
+    a = {"c": (np.arange(6) + 1j).astype(np.complex64), "be": np.arange(5, dtype=">f4"), "bei": np.arange(4, dtype=">i8")}
+    bn.save_file(a, tmp_path / "n.bs")
+    back = bn.load_file(tmp_path / "n.bs")
+    assert back["c"].dtype == np.complex64 and np.array_equal(back["c"], a["c"])
+    # Big-endian arrays are stored little-endian, as safetensors' numpy writer stores them.
+    assert back["be"].dtype == np.dtype("<f4") and np.array_equal(back["be"], a["be"])
+    assert back["bei"].dtype == np.dtype("<i8") and np.array_equal(back["bei"], a["bei"])
+    bt.save_file({"b": torch.ones(3, dtype=torch.bfloat16)}, tmp_path / "b.bs")
+    try:
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        with pytest.raises(bigsmall.InvalidArgumentError, match="BF16.*ml_dtypes"):
+            bn.load_file(tmp_path / "b.bs")
+
+
+def test_errors_follow_python_conventions(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        bt.load_file(tmp_path / "nope.bs")
+    assert isinstance(e.value, bigsmall.Error) and e.value.errno == 2 and "nope.bs" in str(e.value)
+    with pytest.raises(FileNotFoundError):
+        bigsmall.compress(tmp_path / "nope.safetensors")
+    bt.save_file({"a": torch.ones(2)}, tmp_path / "m.bs")
+    with pytest.raises(bigsmall.BigsmallIOError, match=r"already exists \(pass overwrite=True\)"):
+        bt.save_file({"a": torch.ones(2)}, tmp_path / "m.bs", overwrite=False)
+    with pytest.raises(KeyError) as e:
+        bigsmall.safe_open(tmp_path / "m.bs").get_tensor("zz")
+    assert str(e.value) == f"{tmp_path / 'm.bs'}: no tensor named 'zz'"  # not quoted as a KeyError's key
+    bad_args = [
+        (lambda: bt.save_file([torch.ones(1)], tmp_path / "x.bs"), "must be a dict"),
+        (lambda: bn.save_file([np.ones(1)], tmp_path / "x.bs"), "must be a dict"),
+        (lambda: bt.save_file({"s": torch.ones(3).to_sparse()}, tmp_path / "x.bs"), "sparse"),
+        (lambda: bt.load_file(tmp_path / "m.bs", threads=-1), "threads"),
+        (lambda: bt.load_file(tmp_path / "m.bs", threads="2"), "threads"),
+        (lambda: bigsmall.safe_open(tmp_path / "m.bs", "pt", device="bogus"), "invalid"),
+        (lambda: bigsmall.safe_open(tmp_path / "m.bs", "pt", device="meta"), "meta"),
+        (lambda: bigsmall.safe_open(tmp_path / "m.bs", "np", device="cuda"), "CPU only"),
+    ]
+    if not torch.cuda.is_available():
+        bad_args.append((lambda: bt.load_file(tmp_path / "m.bs", device="cuda"), "no CUDA device"))
+    for call, match in bad_args:
+        with pytest.raises(bigsmall.InvalidArgumentError, match=match):
+            call()
+    assert not os.path.exists(tmp_path / "x.bs")
+    assert torch.equal(bt.load_file(tmp_path / "m.bs", threads=2**40)["a"], torch.ones(2))  # capped, not refused
+
+
+def test_safe_open_after_close(tmp_path):
+    bt.save_file({"v": torch.arange(6.0).reshape(3, 2)}, tmp_path / "g.bs")
+    with bigsmall.safe_open(tmp_path / "g.bs", "pt") as f:
+        s = f.get_slice("v")
+    assert torch.equal(s[1:], torch.tensor([[2.0, 3.0], [4.0, 5.0]]))  # slices outlive the block, as safetensors'
+    for call in (f.keys, f.metadata, lambda: f.get_tensor("v"), lambda: f.get_slice("v")):
+        with pytest.raises(bigsmall.InvalidArgumentError, match="file is closed"):
+            call()
+
+
+def test_model_dtype_follows_the_config(tmp_path):
+    """A bfloat16 model whose checkpoint keeps one float32 tensor (listed first: safetensors lays
+    4-byte dtypes out first) loads as bfloat16, as transformers loads it."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                      intermediate_size=64, vocab_size=100)
+    m = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    m.model.norm.weight.data = m.model.norm.weight.data.float()
+    m.save_pretrained(tmp_path / "hf")
+    c = bigsmall.compress(tmp_path / "hf")
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    got = bigsmall.from_pretrained(c, progress=False)
+    assert {p.dtype for p in got.parameters()} == {p.dtype for p in ref.parameters()} == {torch.bfloat16}
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        assert torch.equal(got(ids).logits, ref(ids).logits)
+    streamed = bigsmall.StreamingLoader(c).load_model(dtype="float16", progress=False)
+    assert {p.dtype for p in streamed.parameters()} == {torch.float16}
+    with pytest.raises(bigsmall.InvalidArgumentError, match="'nonsense'"):
+        bigsmall.from_pretrained(c, dtype="nonsense")

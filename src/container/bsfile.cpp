@@ -923,7 +923,8 @@ std::optional<std::string> first_repeat(std::vector<std::string_view>& strings) 
 }  // namespace
 
 Status write_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
-                     const std::vector<std::pair<std::string, std::string>>& metadata, const CompressOptions& opts) {
+                     const std::optional<Metadata>& metadata_or_none, const CompressOptions& opts) {
+  const Metadata metadata = metadata_or_none.value_or(Metadata{});
   std::vector<uint64_t> offsets;
   for (const auto& t : tensors) {
     if (t.shape.size() > 255) return Status(Error::kLimit, "tensor '" + t.name + "': more than 255 dimensions");
@@ -963,7 +964,7 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
     // The restored header would give the key twice, which compress (and safetensors) refuse.
     if (const auto dup = first_repeat(keys)) return Status(Error::kInvalidArgument, "metadata key '" + *dup + "' given twice");
   }
-  const std::string header = detail::make_safetensors_header(laid_out, metadata, &offsets);
+  const std::string header = detail::make_safetensors_header(laid_out, metadata_or_none, &offsets);
   if (header.size() > detail::kMaxHeaderBytes) return Status(Error::kLimit, "safetensors header would exceed 100 MB");
   std::vector<detail::Source> sources;
   uint64_t data_size = 0;

@@ -20,7 +20,7 @@ namespace bigsmall::detail {
 
 Status errno_status(const std::string& path, const std::string& what, int err) {
   const Error code = (err == ENOSPC || err == EDQUOT || err == EFBIG) ? Error::kNoSpace : Error::kIo;
-  return Status(code, path + ": " + what + ": " + std::strerror(err));
+  return Status(code, path + ": " + what + ": " + std::strerror(err)).with_errno(err);
 }
 
 bool path_is_dir(const std::string& p) {

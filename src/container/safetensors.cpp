@@ -128,15 +128,14 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
   return f;
 }
 
-std::string make_safetensors_header(const std::vector<TensorView>& tensors,
-                                    const std::vector<std::pair<std::string, std::string>>& metadata,
+std::string make_safetensors_header(const std::vector<TensorView>& tensors, const std::optional<Metadata>& metadata,
                                     std::vector<uint64_t>* offsets) {
   std::string h = "{";
-  if (!metadata.empty()) {
+  if (metadata) {
     h += "\"__metadata__\":{";
-    for (size_t i = 0; i < metadata.size(); ++i) {
+    for (size_t i = 0; i < metadata->size(); ++i) {
       if (i) h += ",";
-      h += json_quote(metadata[i].first) + ":" + json_quote(metadata[i].second);
+      h += json_quote((*metadata)[i].first) + ":" + json_quote((*metadata)[i].second);
     }
     h += "}";
   }

@@ -32,8 +32,7 @@ Result<StFile> parse_safetensors(const uint8_t* data, uint64_t size);
 Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available, uint64_t size, bool raw_names);
 
 // The header safetensors would write for these tensors laid out in the given order.
-std::string make_safetensors_header(const std::vector<TensorView>& tensors,
-                                    const std::vector<std::pair<std::string, std::string>>& metadata,
+std::string make_safetensors_header(const std::vector<TensorView>& tensors, const std::optional<Metadata>& metadata,
                                     std::vector<uint64_t>* offsets);
 
 }  // namespace bigsmall::detail
