@@ -90,7 +90,7 @@ expect 4 "bench dir without safetensors" -- "$bs" bench "$tmp/model.bs"
 expect 4 "compressing a compressed directory" -- "$bs" compress -q "$tmp/model.bs" -o "$tmp/twice.bs"
 check "says it is compressed already" -- grep -q "model.bs: already a compressed model directory" "$tmp/err"
 check "and writes nothing" -- test ! -e "$tmp/twice.bs"
-mkdir -p "$tmp/dotidx" && echo '{"files": [{"source": "a.safetensors", "bs": "."}]}' >"$tmp/dotidx/bigsmall.index.json"
+mkdir -p "$tmp/dotidx" && echo '{"format": "bigsmall", "files": [{"source": "a.safetensors", "bs": "."}]}' >"$tmp/dotidx/bigsmall.index.json"
 expect 5 "an index naming the directory itself" -- "$bs" info "$tmp/dotidx"
 check "is refused as unsafe" -- grep -q "unsafe path '.'" "$tmp/err"
 

@@ -79,6 +79,16 @@ INSTANTIATE_TEST_SUITE_P(All, FloatDtype,
                                            DType::kF64, DType::kF8_E4M3FNUZ, DType::kF8_E5M2FNUZ),
                          [](const auto& p) { return std::string(dtype_info(p.param).safetensors_name); });
 
+TEST(DTypes, ByteSizesNeverWrap) {
+  EXPECT_EQ(dtype_nbytes(DType::kF4, 3).value_or(0), 2u);
+  EXPECT_EQ(dtype_nbytes(DType::kF6_E2M3, 4).value_or(0), 3u);
+  // numel · bits fits 64 bits here, but numel · bits + 7 does not: once it wrapped to 0 bytes.
+  EXPECT_FALSE(dtype_nbytes(DType::kF4, (uint64_t{1} << 62) - 1).has_value());
+  EXPECT_FALSE(dtype_nbytes(DType::kF6_E3M2, 3074457345618258602ull).has_value());
+  EXPECT_FALSE(dtype_nbytes(DType::kU64, uint64_t{1} << 58).has_value());  // 2^64 bits
+  EXPECT_EQ(dtype_nbytes(DType::kU64, (uint64_t{1} << 58) - 1).value_or(0), ((uint64_t{1} << 58) - 1) * 8);
+}
+
 TEST(FloatCodec, WeightsUseTheFloatModelAndCompress) {
   for (DType dt : {DType::kBF16, DType::kF16, DType::kF32}) {
     auto d = bstest::weights(dt, 200000, 11, false);

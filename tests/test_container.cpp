@@ -328,6 +328,45 @@ std::vector<uint8_t> with_index_edit(const std::vector<uint8_t>& bs, const std::
   return out;
 }
 
+// The file with its stored index replaced by `stored` (declaring `raw` bytes), checksums made right.
+std::vector<uint8_t> with_stored_index(const std::vector<uint8_t>& bs, const std::vector<uint8_t>& stored, uint64_t raw) {
+  uint64_t offset;
+  std::memcpy(&offset, bs.data() + 16, 8);
+  std::vector<uint8_t> out(bs.begin(), bs.begin() + static_cast<long>(offset));
+  out.insert(out.end(), stored.begin(), stored.end());
+  const uint64_t zsize = stored.size(), isum = detail::xxh3_64(stored.data(), stored.size());
+  std::memcpy(out.data() + 24, &zsize, 8);
+  std::memcpy(out.data() + 32, &raw, 8);
+  std::memcpy(out.data() + 40, &isum, 8);
+  const uint64_t hsum = detail::xxh3_64(out.data(), 56);
+  std::memcpy(out.data() + 56, &hsum, 8);
+  return out;
+}
+
+TEST_F(DamagedBs, IndexMustBeExactlyOneFrameOfBoundedExpansion) {
+  uint64_t offset, stored, raw;
+  std::memcpy(&offset, good.data() + 16, 8);
+  std::memcpy(&stored, good.data() + 24, 8);
+  std::memcpy(&raw, good.data() + 32, 8);
+  std::vector<uint8_t> z(good.begin() + static_cast<long>(offset), good.end());
+  ASSERT_TRUE(open_and_verify(with_stored_index(good, z, raw)).is_ok());  // the rewrite itself is sound
+  // zstd decodes a frame followed by a skippable frame (or a second frame) without complaint:
+  // bytes no checksum of the format would cover.
+  std::vector<uint8_t> skippable = z;
+  for (uint8_t b : {0x50, 0x2A, 0x4D, 0x18, 4, 0, 0, 0, 1, 2, 3, 4}) skippable.push_back(b);
+  Status st = open_and_verify(with_stored_index(good, skippable, raw));
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+  EXPECT_NE(st.message().find("exactly one zstd frame"), std::string::npos) << st.message();
+  // 32 MiB of index from a few KB: what no writer makes, refused before it is decompressed.
+  std::vector<uint8_t> huge(32u << 20, 0);
+  std::vector<uint8_t> hz(ZSTD_compressBound(huge.size()));
+  hz.resize(ZSTD_compress(hz.data(), hz.size(), huge.data(), huge.size(), 1));
+  ASSERT_LT(hz.size() * 256, huge.size());
+  st = open_and_verify(with_stored_index(good, hz, huge.size()));
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+  EXPECT_NE(st.message().find("expands"), std::string::npos) << st.message();
+}
+
 TEST_F(DamagedBs, OtherBytesInNamesStillDecode) {
   // Writers before names had to be UTF-8 passed any bytes through from their input (the name
   // stands twice in the index: in the kept safetensors header, then in its tensor entry, the
@@ -874,11 +913,33 @@ TEST(Directory, SignalCleanupRemovesADirectoryBeingBuilt) {
   EXPECT_EQ(entries_with(".tmp-bigsmall"), 0);
 }
 
+TEST(Directory, IndexWithoutFormatOrWithRepeatedNamesIsRefused) {
+  TempDir d;
+  fs::create_directories(d.path / "src");
+  write_file(d / "src/model.safetensors", safetensors_bytes(sample_tensors()));
+  ASSERT_TRUE(compress_dir(d / "src", d / "m.bs").is_ok());
+  ASSERT_TRUE(verify_path(d / "m.bs").is_ok());
+  const std::string index = d / "m.bs/bigsmall.index.json";
+  write_file(index, std::string(R"({"format_version": 1, "files": [{"source": "model.safetensors", "bs": "model.bs"}]})"));
+  EXPECT_EQ(verify_path(d / "m.bs").code(), Error::kNotBigsmall);
+  // One small .bs listed many times would be verified or restored as many times.
+  write_file(index, std::string(R"({"format": "bigsmall", "files": [{"source": "model.safetensors", "bs": "model.bs"},)"
+                                R"( {"source": "copy.safetensors", "bs": "model.bs"}]})"));
+  Status st = verify_path(d / "m.bs");
+  EXPECT_EQ(st.code(), Error::kCorrupt);
+  EXPECT_NE(st.message().find("listed twice"), std::string::npos) << st.message();
+  write_file(index, std::string(R"({"format": "bigsmall", "files": [{"source": "model.safetensors", "bs": "model.bs"},)"
+                                R"( {"source": "model.safetensors", "bs": "other.bs"}]})"));
+  st = decompress_dir(d / "m.bs", d / "out");
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+  EXPECT_FALSE(fs::exists(d.path / "out"));
+}
+
 TEST(Directory, HostileIndexCannotEscape) {
   TempDir d;
   fs::create_directories(d.path / "m.bs");
   write_file(d / "m.bs/bigsmall.index.json",
-             std::string(R"({"files": [{"source": "../../etc/evil.safetensors", "bs": "x.bs"}]})"));
+             std::string(R"({"format": "bigsmall", "files": [{"source": "../../etc/evil.safetensors", "bs": "x.bs"}]})"));
   const Status st = decompress_dir(d / "m.bs", d / "out");
   EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
 }
@@ -967,6 +1028,33 @@ void expect_all_decode(const BsFile& f, const std::vector<Owned>& ts, std::initi
     ASSERT_TRUE(f.read_tensors(all, outs, o).is_ok());
     for (size_t i = 0; i < ts.size(); ++i) EXPECT_EQ(bufs[i], ts[i].bytes) << ts[i].name << " threads " << threads;
   }
+}
+
+TEST(Container, ManySmallTensorsDecodeAcrossTableWindows) {
+  // 300 small coded tensors may each ask for 2^16 + 64·units table slots: more than one window
+  // of decoders (decode.cpp), so a batch is decoded window by window; every tensor must come
+  // back, at one thread and at several.
+  TempDir d;
+  std::vector<Owned> ts;
+  for (int i = 0; i < 300; ++i) {
+    const DType dt = i % 3 == 0 ? DType::kF16 : (i % 3 == 1 ? DType::kBF16 : DType::kI16);
+    const uint64_t n = 200 + 37 * static_cast<uint64_t>(i % 7);
+    auto bytes = dt == DType::kI16 ? bstest::random_bytes(2 * n, static_cast<uint32_t>(i)) : bstest::weights(dt, n, static_cast<uint32_t>(i));
+    if (dt == DType::kI16)
+      for (size_t b = 1; b < bytes.size(); b += 2) bytes[b] &= 0x3;  // few high bytes: the byte coder pays
+    std::string name = "t";
+    name += std::to_string(1000 + i);
+    ts.push_back({name, dt, {n}, std::move(bytes)});
+  }
+  write_file(d / "m.safetensors", safetensors_bytes(ts));
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
+  auto f = BsFile::open(d / "m.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  int coded = 0;
+  for (const auto& t : f->tensors()) coded += t.codec == Codec::kFloat || t.codec == Codec::kBytes;
+  EXPECT_GT(coded, 200);
+  expect_all_decode(*f, ts, {1, 2, 3});
+  EXPECT_TRUE(f->verify().is_ok());
 }
 
 // A bit flipped in the first chunk of a random float tensor of d/m.bs is reported for that

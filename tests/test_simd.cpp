@@ -112,7 +112,7 @@ void expect_simd_equals_scalar(const std::vector<uint8_t>& data, detail::FloatMo
   auto simd = encode_tensor(DType::kBF16, data.data(), data.size(), eo);
   ASSERT_TRUE(simd.is_ok()) << simd.status().message();
   ASSERT_EQ(simd->coding.codec, Codec::kFloat);
-  ASSERT_TRUE(detail::read_float_model(simd->payload.data(), simd->coding.model_size, DType::kBF16, fm).is_ok());
+  ASSERT_TRUE(detail::read_float_model(simd->payload.data(), simd->coding.model_size, DType::kBF16, simd->coding.units(), fm).is_ok());
   Result<EncodedTensor> scalar = Status(Error::kInternal, "not run");
   {
     SimdOff off;
@@ -196,7 +196,7 @@ TEST(SimdFused, EveryLayoutAtFewLanesMatchesTheReference) {
         reached = true;
         if (want.mode == detail::kSePermute256) {
           detail::FloatModel fm;
-          ASSERT_TRUE(detail::read_float_model(enc->payload.data(), enc->coding.model_size, DType::kBF16, &fm).is_ok());
+          ASSERT_TRUE(detail::read_float_model(enc->payload.data(), enc->coding.model_size, DType::kBF16, enc->coding.units(), &fm).is_ok());
           const auto present = std::count_if(fm.se.freq.begin(), fm.se.freq.end(), [](uint32_t f) { return f != 0; });
           rows_past_192 |= present > 192;  // every one of the 8 table registers is read
         }

@@ -311,7 +311,7 @@ def test_info_of_files_and_directories(models, tmp_path):
         bigsmall.StreamingLoader(evil)
     with pytest.raises(bigsmall.Error):
         bigsmall.info(tmp_path)  # a directory without an index
-    (evil / "bigsmall.index.json").write_text('{"files": [{"source": "m.safetensors", "bs": "."}]}')
+    (evil / "bigsmall.index.json").write_text('{"format": "bigsmall", "files": [{"source": "m.safetensors", "bs": "."}]}')
     with pytest.raises(bigsmall.CorruptError, match="unsafe path"):
         bigsmall.info(evil)  # the directory itself: refused, not recursed into
     # A compressed directory is not compressed again (its index would be lost).

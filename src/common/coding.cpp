@@ -60,8 +60,15 @@ Status TensorCoding::validate(uint64_t payload_limit) const {
     if (c.mode != ChunkMode::kStored && c.mode != ChunkMode::kCoded) return bad("chunk mode");
     expected = c.offset + c.size;
   }
-  for (size_t i = 0; i < chunks.size(); ++i)
+  if ((codec == Codec::kStore || codec == Codec::kZstd) && model_size != 0) return bad("model on a codec without one");
+  // A coded chunk holds at least its lanes' states (rANS) or one byte of a zstd frame, so the
+  // chunk count is bounded by the file's size, whatever the (compressible) index declares.
+  const uint64_t min_coded = codec == Codec::kZstd ? 1 : uint64_t{4} << lanes_log2;
+  for (size_t i = 0; i < chunks.size(); ++i) {
     if (chunks[i].mode == ChunkMode::kStored && chunks[i].size != chunk_out_size(i)) return bad("stored chunk size");
+    if (chunks[i].mode == ChunkMode::kCoded && codec == Codec::kStore) return bad("coded chunk in a stored tensor");
+    if (chunks[i].mode == ChunkMode::kCoded && chunks[i].size < min_coded) return bad("coded chunk too short");
+  }
   return Status::ok();
 }
 

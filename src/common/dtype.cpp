@@ -51,7 +51,7 @@ std::optional<DType> dtype_from_name(std::string_view name) {
 
 std::optional<uint64_t> dtype_nbytes(DType d, uint64_t numel) {
   const uint64_t bits = dtype_info(d).bits;
-  if (numel > UINT64_MAX / bits) return std::nullopt;
+  if (numel > (UINT64_MAX - 7) / bits) return std::nullopt;  // the rounding below must not wrap either
   return (numel * bits + 7) / 8;
 }
 

@@ -32,6 +32,8 @@ constexpr uint8_t kMagic[8] = {0x89, 'B', 'S', 'M', 'L', '\r', '\n', 0x1A};
 constexpr uint64_t kHeaderSize = 64;
 constexpr uint64_t kPayloadAlign = 64;
 constexpr uint64_t kMaxIndexBytes = 1ull << 30;
+constexpr uint64_t kMaxIndexExpansion = 256;            // index_raw <= this many times index_stored,
+constexpr uint64_t kMaxIndexExpansionFloor = 16ull << 20;  // or this, whichever is larger (FORMAT.md)
 constexpr uint64_t kBatchBytes = 64ull << 20;  // bytes coded between writes (and progress updates)
 std::atomic<uint64_t> write_batch_bytes{kBatchBytes};  // kBatchBytes, or smaller in tests
 // The index is compressed after the last chunk, on one thread. Level 9 took 0.28-0.58 ms on the
@@ -553,6 +555,13 @@ Result<BsFile> BsFile::open(const std::string& path) {
   if (h.index_raw > detail::kMaxIndexBytes) return fail(Error::kLimit, "index larger than 1 GiB");
   const unsigned long long declared = ZSTD_getFrameContentSize(p + h.index_offset, h.index_stored);
   if (declared != h.index_raw) return fail(Error::kCorrupt, "index size mismatch");
+  if (ZSTD_findFrameCompressedSize(p + h.index_offset, h.index_stored) != h.index_stored)
+    return fail(Error::kCorrupt, "index is not exactly one zstd frame");
+  // An index is mostly names, offsets and checksums: zstd shrinks it a few times, never by
+  // hundreds, so a larger expansion is a small file asking for gigabytes of index structures.
+  if (h.index_raw > std::max(detail::kMaxIndexExpansionFloor, detail::kMaxIndexExpansion * h.index_stored))
+    return fail(Error::kCorrupt, "index expands to " + std::to_string(h.index_raw) + " bytes from " +
+                                     std::to_string(h.index_stored) + ": more than any writer makes");
   std::vector<uint8_t> idx(h.index_raw);
   const size_t zr = ZSTD_decompress(idx.data(), idx.size(), p + h.index_offset, h.index_stored);
   if (ZSTD_isError(zr) || zr != h.index_raw) return fail(Error::kCorrupt, "index cannot be decompressed");

@@ -206,7 +206,7 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
   if (!files || files->kind != detail::Json::Kind::kArray) return Status(Error::kCorrupt, p.string() + ": invalid index");
   const detail::Json* format = j->get("format");
   const detail::Json* version = j->get("format_version");
-  if (format && (format->kind != detail::Json::Kind::kString || format->str != "bigsmall"))
+  if (!format || format->kind != detail::Json::Kind::kString || format->str != "bigsmall")
     return Status(Error::kNotBigsmall, p.string() + ": not a bigsmall index");
   if (version && (!version->is_uint || version->u > kFormatVersionMajor))
     return Status(Error::kUnsupportedVersion, p.string() + ": index of a newer format version");
@@ -226,6 +226,15 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
     }
     if (!ends_with(b->str, ".bs")) return Status(Error::kCorrupt, p.string() + ": '" + b->str + "' is not a .bs name");
     out.push_back({s->str, b->str});
+  }
+  // A name listed twice would be restored or verified twice (a small index could ask for any
+  // amount of work) or one source written over another.
+  for (const auto field : {&DirEntry::source, &DirEntry::bs}) {
+    std::vector<std::string_view> names;
+    for (const auto& e : out) names.push_back(e.*field);
+    std::sort(names.begin(), names.end());
+    if (const auto dup = std::adjacent_find(names.begin(), names.end()); dup != names.end())
+      return Status(Error::kCorrupt, p.string() + ": '" + std::string(*dup) + "' is listed twice");
   }
   return out;
 }

@@ -299,11 +299,8 @@ Status build_tables(const TensorCoding& c, const uint8_t* host_payload, std::vec
   md->unit = static_cast<int>(c.unit_bytes());
   if (c.codec == Codec::kFloat) {
     detail::FloatModel fm;
-    BS_RETURN_IF_ERROR(detail::read_float_model(host_payload, c.model_size, c.dtype, &fm));
-    // As the CPU decoder: tables far beyond what the tensor's data could pay for are a hostile
-    // file asking for memory.
-    const uint64_t slots = (uint64_t{fm.mant.size()} + 1) << fm.mant_precision;
-    if (slots > (uint64_t{1} << 16) + 64 * c.units()) return Status(Error::kCorrupt, "mantissa tables larger than the tensor they code");
+    // read_float_model refuses tables far beyond what the tensor's data could pay for.
+    BS_RETURN_IF_ERROR(detail::read_float_model(host_payload, c.model_size, c.dtype, c.units(), &fm));
     if (fm.raw_bits > 57) return Status(Error::kCorrupt, "raw bit field too wide for the GPU decoder");
     if (fm.se.precision > 15 || fm.mant_precision > 15 || fm.hi_bits > fm.mant_precision || fm.hi_bits > 16)
       return Status(Error::kCorrupt, "table precision beyond the format's limits");
@@ -324,7 +321,7 @@ Status build_tables(const TensorCoding& c, const uint8_t* host_payload, std::vec
     md->zero_bits = fm.zero_bits;
   } else if (c.codec == Codec::kBytes) {
     detail::BytesModel bm;
-    BS_RETURN_IF_ERROR(detail::read_bytes_model(host_payload, c.model_size, c.unit_bytes(), &bm));
+    BS_RETURN_IF_ERROR(detail::read_bytes_model(host_payload, c.model_size, c.unit_bytes(), c.units(), &bm));
     if (bm.planes.size() > 8) return Status(Error::kCorrupt, "more than 8 byte planes");
     for (size_t p = 0; p < bm.planes.size(); ++p) {
       if (bm.planes[p].precision > 15 || bm.planes[p].alphabet > 256) return Status(Error::kCorrupt, "byte plane table out of range");
@@ -443,6 +440,8 @@ Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, b
         // exactly the chunk's size, as the CPU decoder demands.
         if (ZSTD_getFrameContentSize(j.host_payload + ref.offset, ref.size) != c.chunk_out_size(i))
           return Status(Error::kCorrupt, "tensor #" + std::to_string(t) + ", chunk " + std::to_string(i) + ": zstd frame size mismatch");
+        if (ZSTD_findFrameCompressedSize(j.host_payload + ref.offset, ref.size) != ref.size)
+          return Status(Error::kCorrupt, "tensor #" + std::to_string(t) + ", chunk " + std::to_string(i) + ": not exactly one zstd frame");
         std::vector<uint8_t> plain(c.chunk_out_size(i));
         const size_t r = ZSTD_decompress(plain.data(), plain.size(), j.host_payload + ref.offset, ref.size);
         if (ZSTD_isError(r) || r != plain.size())

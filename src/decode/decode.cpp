@@ -104,14 +104,9 @@ Status close_streams(size_t i, const ChunkStreams& s, uint32_t lanes) {
 Result<TensorDecoder> TensorDecoder::prepare(const TensorCoding& coding, const uint8_t* model, uint64_t model_size) {
   TensorDecoder d;
   d.coding_ = coding;
-  d.coding_.chunks.clear();
+  std::vector<ChunkRef>().swap(d.coding_.chunks);  // the decoder needs none; clear() would keep the memory
   if (coding.codec == Codec::kFloat) {
-    BS_RETURN_IF_ERROR(read_float_model(model, model_size, coding.dtype, &d.fm_));
-    // An encoder only builds a table when it costs less than the data it codes (at most about
-    // 48 slots per unit); anything far beyond is a hostile file asking for memory.
-    const uint64_t slots = (uint64_t{d.fm_.mant.size()} + 1) << d.fm_.mant_precision;
-    if (slots > (uint64_t{1} << 16) + 64 * coding.units())
-      return Status(Error::kCorrupt, "mantissa tables larger than the tensor they code");
+    BS_RETURN_IF_ERROR(read_float_model(model, model_size, coding.dtype, coding.units(), &d.fm_));
     const uint32_t unit = coding.unit_bytes();
     // Element indices times raw_bits must fit the 32-bit lanes: chunks hold at most 2^20 units.
     d.simd_ = (unit == 2 || unit == 4) && coding.lanes_log2 >= 2 && d.fm_.raw_bits <= 25 && coding.chunk_log2 <= 20 &&
@@ -129,7 +124,7 @@ Result<TensorDecoder> TensorDecoder::prepare(const TensorCoding& coding, const u
     }
   } else if (coding.codec == Codec::kBytes) {
     BytesModel bm;
-    BS_RETURN_IF_ERROR(read_bytes_model(model, model_size, coding.unit_bytes(), &bm));
+    BS_RETURN_IF_ERROR(read_bytes_model(model, model_size, coding.unit_bytes(), coding.units(), &bm));
     d.planes_.resize(bm.planes.size());
     for (size_t j = 0; j < bm.planes.size(); ++j) d.planes_[j].build(bm.planes[j]);
   } else if (model_size != 0) {
@@ -641,6 +636,9 @@ Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size
       // The frame must declare and produce exactly the chunk's size: no allocation from hostile headers.
       const unsigned long long declared = ZSTD_getFrameContentSize(chunk, size);
       if (declared != out_size) return corrupt_chunk(i, "zstd frame size mismatch");
+      // Exactly one frame (FORMAT.md): zstd would also accept further frames, skippable ones
+      // included, after it; bytes no check covers.
+      if (ZSTD_findFrameCompressedSize(chunk, size) != size) return corrupt_chunk(i, "not exactly one zstd frame");
       // One context per thread: ZSTD_decompress would set up a fresh one for every chunk.
       struct Ctx {
         ZSTD_DCtx* p = ZSTD_createDCtx();
@@ -715,7 +713,56 @@ size_t group_size(uint32_t kind) { return ((kind >> 8) & 0xff) <= 3 ? 4 : 2; }
 
 }  // namespace
 
+namespace {
+
+// The most decoder table slots a job may build (0 when it builds none), known before its model
+// is read: read_float_model / read_bytes_model refuse more.
+uint64_t table_slot_bound(const TensorCoding& c) {
+  if (c.codec != Codec::kFloat && c.codec != Codec::kBytes) return 0;
+  if (std::none_of(c.chunks.begin(), c.chunks.end(), [](const ChunkRef& r) { return r.mode == ChunkMode::kCoded; }))
+    return 0;
+  const uint64_t most = c.codec == Codec::kFloat
+                            ? ((uint64_t{2} << dtype_info(c.dtype).exponent_bits) + 2) << kMaxPrecision
+                            : uint64_t{c.unit_bytes()} << kMaxPrecision;
+  return std::min(most, max_table_slots(c.units()));
+}
+
+// Table slots whose decoders one window of jobs builds at once (about 10 bytes each). Jobs are
+// batched by decoded bytes; without this, a batch of many tiny tensors that each ask for the
+// largest tables their size allows would hold gigabytes of tables for kilobytes of output.
+constexpr uint64_t kWindowTableSlots = uint64_t{1} << 23;
+
+Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool);
+
+}  // namespace
+
 Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool) {
+  uint64_t total = 0;
+  for (const auto& j : jobs) {
+    // Every entry of the batch is checked before any work, so that a bad one late in a batch
+    // is not found after seconds of decoding the others.
+    BS_RETURN_IF_ERROR(j.coding->validate(j.payload_size).with_context(j.label));
+    total += table_slot_bound(*j.coding);
+  }
+  if (total <= kWindowTableSlots) return decode_window(jobs, verify, pool);
+  std::vector<DecodeJob> window;
+  uint64_t slots = 0;
+  for (const auto& j : jobs) {
+    const uint64_t s = table_slot_bound(*j.coding);
+    if (!window.empty() && slots + s > kWindowTableSlots) {
+      BS_RETURN_IF_ERROR(decode_window(window, verify, pool));
+      window.clear();
+      slots = 0;
+    }
+    window.push_back(j);
+    slots += s;
+  }
+  return decode_window(window, verify, pool);
+}
+
+namespace {
+
+Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool) {
   std::vector<TensorDecoder> decoders(jobs.size());
   std::vector<Status> errors(jobs.size());
   for (size_t t = 0; t < jobs.size(); ++t) {
@@ -726,8 +773,20 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
   }
   pool.parallel_for(jobs.size(), [&](size_t t) {
     const auto& chunks = jobs[t].coding->chunks;
-    if (std::none_of(chunks.begin(), chunks.end(), [](const ChunkRef& c) { return c.mode == ChunkMode::kCoded; }))
-      return;  // nothing to decode with tables: do not build them
+    if (std::none_of(chunks.begin(), chunks.end(), [](const ChunkRef& c) { return c.mode == ChunkMode::kCoded; })) {
+      // Nothing to decode with tables: do not build them. But a model an encoder wrote before
+      // every chunk came out stored is still read, so that no byte of the file escapes a check.
+      const TensorCoding& c = *jobs[t].coding;
+      if (c.model_size == 0) return;
+      if (c.codec == Codec::kFloat) {
+        FloatModel fm;
+        errors[t] = read_float_model(jobs[t].payload, c.model_size, c.dtype, c.units(), &fm);
+      } else if (c.codec == Codec::kBytes) {
+        BytesModel bm;
+        errors[t] = read_bytes_model(jobs[t].payload, c.model_size, c.unit_bytes(), c.units(), &bm);
+      }
+      return;
+    }
     auto d = TensorDecoder::prepare(*jobs[t].coding, jobs[t].payload, jobs[t].coding->model_size);
     if (d) decoders[t] = std::move(d.value());
     else errors[t] = d.status();
@@ -863,6 +922,8 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
   }
   return Status::ok();
 }
+
+}  // namespace
 
 }  // namespace bigsmall::detail
 

@@ -102,8 +102,8 @@ Status reference_decode_tensor(const TensorCoding& c, const uint8_t* payload, ui
   if (out_size < c.nbytes) return Status(Error::kInvalidArgument, "output buffer too small");
   detail::FloatModel fm;
   detail::BytesModel bm;
-  if (c.codec == Codec::kFloat) BS_RETURN_IF_ERROR(detail::read_float_model(payload, c.model_size, c.dtype, &fm));
-  if (c.codec == Codec::kBytes) BS_RETURN_IF_ERROR(detail::read_bytes_model(payload, c.model_size, c.unit_bytes(), &bm));
+  if (c.codec == Codec::kFloat) BS_RETURN_IF_ERROR(detail::read_float_model(payload, c.model_size, c.dtype, c.units(), &fm));
+  if (c.codec == Codec::kBytes) BS_RETURN_IF_ERROR(detail::read_bytes_model(payload, c.model_size, c.unit_bytes(), c.units(), &bm));
   for (size_t i = 0; i < c.chunks.size(); ++i) {
     const ChunkRef& ref = c.chunks[i];
     const uint8_t* p = payload + ref.offset;
@@ -115,6 +115,7 @@ Status reference_decode_tensor(const TensorCoding& c, const uint8_t* payload, ui
       std::memcpy(dst, p, out_n);
     } else if (c.codec == Codec::kZstd) {
       if (ZSTD_getFrameContentSize(p, ref.size) != out_n) return Status(Error::kCorrupt, "zstd frame size mismatch");
+      if (ZSTD_findFrameCompressedSize(p, ref.size) != ref.size) return Status(Error::kCorrupt, "not exactly one zstd frame");
       const size_t r = ZSTD_decompress(dst, out_n, p, ref.size);
       if (ZSTD_isError(r) || r != out_n) return Status(Error::kCorrupt, "zstd frame is damaged");
     } else if (c.codec == Codec::kFloat || c.codec == Codec::kBytes) {

@@ -551,8 +551,8 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
       mant_bits += uniform_bits;
     }
   }
-  // The decoder bounds table memory by the data (see TensorDecoder::prepare); stay inside it.
-  if (((uint64_t{fm->mant.size()} + 1) << fm->mant_precision) > (uint64_t{1} << 16) + 64 * n) {
+  // Decoders bound table memory by the data (max_table_slots); stay inside it.
+  if (((uint64_t{fm->mant.size()} + 1) << fm->mant_precision) > max_table_slots(n)) {
     fm->mant.clear();
     std::fill(fm->ctx.begin(), fm->ctx.end(), 0);
     mant_bits = static_cast<double>(n) * m_eff;

@@ -14,7 +14,7 @@ void write_float_model(const FloatModel& m, BitWriter& bw) {
     if (m.se.freq[s]) bw.ue(m.ctx[s]);
 }
 
-Status read_float_model(const uint8_t* p, size_t n, DType dtype, FloatModel* m) {
+Status read_float_model(const uint8_t* p, size_t n, DType dtype, uint64_t units, FloatModel* m) {
   const Status bad(Error::kCorrupt, "invalid float model");
   const DTypeInfo& info = dtype_info(dtype);
   if (!info.exponent_bits) return bad;
@@ -31,6 +31,8 @@ Status read_float_model(const uint8_t* p, size_t n, DType dtype, FloatModel* m) 
   BS_RETURN_IF_ERROR(read_table(br, m->se_alphabet(), &m->se));
   const uint32_t ntables = br.ue();
   if (!br.ok() || ntables > m->se_alphabet()) return bad;
+  if (((uint64_t{ntables} + 1) << m->mant_precision) > max_table_slots(units))
+    return Status(Error::kCorrupt, "mantissa tables larger than the tensor they code");
   m->mant.resize(ntables);
   for (auto& t : m->mant) {
     BS_RETURN_IF_ERROR(read_table(br, 1u << m->hi_bits, &t));
@@ -56,10 +58,15 @@ void write_bytes_model(const BytesModel& m, BitWriter& bw) {
   for (const auto& t : m.planes) write_table(t, bw);
 }
 
-Status read_bytes_model(const uint8_t* p, size_t n, uint32_t unit_bytes, BytesModel* m) {
+Status read_bytes_model(const uint8_t* p, size_t n, uint32_t unit_bytes, uint64_t units, BytesModel* m) {
   BitReader br(p, n);
   m->planes.resize(unit_bytes);
-  for (auto& t : m->planes) BS_RETURN_IF_ERROR(read_table(br, 256, &t));
+  uint64_t slots = 0;
+  for (auto& t : m->planes) {
+    BS_RETURN_IF_ERROR(read_table(br, 256, &t));
+    slots += uint64_t{1} << t.precision;
+    if (slots > max_table_slots(units)) return Status(Error::kCorrupt, "byte tables larger than the tensor they code");
+  }
   if (br.bytes_used() != n || !br.padding_is_zero()) return Status(Error::kCorrupt, "invalid byte model");
   return Status::ok();
 }

@@ -33,10 +33,17 @@ struct BytesModel {
   std::vector<FreqTable> planes;  // one per byte of the element, alphabet 256
 };
 
+// Decoder table slots a tensor of `units` units may ask for. Encoders build tables only where
+// they cost less than the data they code (about 48 slots per unit at most; bytes tables of at
+// most 8 · 2^12 slots), so anything beyond is a hostile file asking for memory, refused before
+// the tables are built. Writers check the same bound.
+inline uint64_t max_table_slots(uint64_t units) { return (uint64_t{1} << 16) + 64 * units; }
+
 void write_float_model(const FloatModel& m, BitWriter& bw);
-Status read_float_model(const uint8_t* p, size_t n, DType dtype, FloatModel* m);
+// `units`: the tensor's unit count, which bounds the mantissa tables (max_table_slots).
+Status read_float_model(const uint8_t* p, size_t n, DType dtype, uint64_t units, FloatModel* m);
 void write_bytes_model(const BytesModel& m, BitWriter& bw);
-Status read_bytes_model(const uint8_t* p, size_t n, uint32_t unit_bytes, BytesModel* m);
+Status read_bytes_model(const uint8_t* p, size_t n, uint32_t unit_bytes, uint64_t units, BytesModel* m);
 
 // Bytes of the raw-bit plane of a chunk of `n` elements.
 inline uint64_t raw_plane_bytes(uint64_t n, int raw_bits) { return (n * static_cast<uint64_t>(raw_bits) + 7) / 8; }
