@@ -305,29 +305,6 @@ TEST_F(DamagedBs, NewerVersionIsRefusedClearly) {
   EXPECT_NE(st.message().find("newer"), std::string::npos);
 }
 
-// A file whose index is rewritten by `edit` (raw index bytes), with every checksum made right
-// again: what a hostile writer could produce.
-std::vector<uint8_t> with_index_edit(const std::vector<uint8_t>& bs, const std::function<void(std::vector<uint8_t>&)>& edit) {
-  uint64_t offset, stored, raw;
-  std::memcpy(&offset, bs.data() + 16, 8);
-  std::memcpy(&stored, bs.data() + 24, 8);
-  std::memcpy(&raw, bs.data() + 32, 8);
-  std::vector<uint8_t> index(raw);
-  EXPECT_EQ(ZSTD_decompress(index.data(), raw, bs.data() + offset, stored), raw);
-  edit(index);
-  std::vector<uint8_t> z(ZSTD_compressBound(index.size()));
-  z.resize(ZSTD_compress(z.data(), z.size(), index.data(), index.size(), 1));
-  std::vector<uint8_t> out(bs.begin(), bs.begin() + static_cast<long>(offset));
-  out.insert(out.end(), z.begin(), z.end());
-  const uint64_t zsize = z.size(), isize = index.size(), isum = detail::xxh3_64(z.data(), z.size());
-  std::memcpy(out.data() + 24, &zsize, 8);
-  std::memcpy(out.data() + 32, &isize, 8);
-  std::memcpy(out.data() + 40, &isum, 8);
-  const uint64_t hsum = detail::xxh3_64(out.data(), 56);
-  std::memcpy(out.data() + 56, &hsum, 8);
-  return out;
-}
-
 // The file with its stored index replaced by `stored` (declaring `raw` bytes), checksums made right.
 std::vector<uint8_t> with_stored_index(const std::vector<uint8_t>& bs, const std::vector<uint8_t>& stored, uint64_t raw) {
   uint64_t offset;
@@ -341,6 +318,21 @@ std::vector<uint8_t> with_stored_index(const std::vector<uint8_t>& bs, const std
   const uint64_t hsum = detail::xxh3_64(out.data(), 56);
   std::memcpy(out.data() + 56, &hsum, 8);
   return out;
+}
+
+// A file whose index is rewritten by `edit` (raw index bytes), with every checksum made right
+// again: what a hostile writer could produce.
+std::vector<uint8_t> with_index_edit(const std::vector<uint8_t>& bs, const std::function<void(std::vector<uint8_t>&)>& edit) {
+  uint64_t offset, stored, raw;
+  std::memcpy(&offset, bs.data() + 16, 8);
+  std::memcpy(&stored, bs.data() + 24, 8);
+  std::memcpy(&raw, bs.data() + 32, 8);
+  std::vector<uint8_t> index(raw);
+  EXPECT_EQ(ZSTD_decompress(index.data(), raw, bs.data() + offset, stored), raw);
+  edit(index);
+  std::vector<uint8_t> z(ZSTD_compressBound(index.size()));
+  z.resize(ZSTD_compress(z.data(), z.size(), index.data(), index.size(), 1));
+  return with_stored_index(bs, z, index.size());
 }
 
 TEST_F(DamagedBs, IndexMustBeExactlyOneFrameOfBoundedExpansion) {
