@@ -93,11 +93,37 @@ struct Args {
 char g_bench_scratch[4096];
 volatile std::sig_atomic_t g_bench_scratch_set = 0;  // set once the path is whole
 
+// The input being read, for the SIGBUS message (same rules as the scratch path).
+char g_input[4096];
+volatile std::sig_atomic_t g_input_set = 0;
+
+void note_input(const std::string& path) {
+  g_input_set = 0;
+  std::snprintf(g_input, sizeof g_input, "%s", path.c_str());
+  g_input_set = 1;
+}
+
 void on_signal(int sig) {
   remove_partial_outputs();
   if (g_bench_scratch_set) ::unlink(g_bench_scratch);
   std::signal(sig, SIG_DFL);
   std::raise(sig);
+}
+
+// Inputs are read through memory maps: a file that another program truncates while it is read
+// faults on the pages past its new end. That is a bad input, not a crash: one line, exit 4,
+// nothing left behind. (Only async-signal-safe calls here.)
+void on_bus_error(int) {
+  remove_partial_outputs();
+  if (g_bench_scratch_set) ::unlink(g_bench_scratch);
+  auto put = [](const char* s) { (void)!::write(2, s, std::strlen(s)); };
+  put("bigsmall: ");
+  if (g_input_set) {
+    put(g_input);
+    put(": ");
+  }
+  put("a file shrank while it was read (changed by another program?)\n");
+  ::_exit(kExitBadInput);
 }
 
 std::string human(double bytes) {
@@ -251,6 +277,7 @@ int run_codec(const Args& a) {
   }
   int rc = kExitOk;
   for (const auto& in : a.paths) {
+    note_input(in);
     std::error_code ec;
     const bool is_dir = fs::is_directory(in, ec);
     if (!fs::exists(in, ec)) {
@@ -307,6 +334,7 @@ int run_codec(const Args& a) {
 int run_verify(const Args& a) {
   int rc = kExitOk;
   for (const auto& p : a.paths) {
+    note_input(p);
     Progress prog(!a.quiet, fs::path(strip_slash(p)).filename().string());
     DecompressOptions o;
     o.threads = a.threads;
@@ -422,6 +450,7 @@ int info_dir(const std::string& path, bool json) {
 int run_info(const Args& a) {
   int rc = kExitOk;
   for (const auto& p : a.paths) {
+    note_input(p);
     std::error_code ec;
     if (fs::is_directory(p, ec)) {
       rc = std::max(rc, info_dir(p, a.json));
@@ -473,6 +502,7 @@ int run_bench(const Args& a) {
     inputs.insert(inputs.end(), found.begin(), found.end());
   }
   for (const auto& p : inputs) {
+    note_input(p);
     std::error_code ec;
     const std::string tmp = (fs::temp_directory_path(ec) / ("bigsmall-bench-" + std::to_string(getpid()) + ".bs")).string();
     if (!g_bench_scratch_set && tmp.size() < sizeof g_bench_scratch) {  // the same path for every input
@@ -549,11 +579,13 @@ int main(int argc, char** argv) {
 int run(int argc, char** argv) {
   // A signal the parent set to be ignored stays ignored (a job started in the background by a
   // shell script ignores SIGINT), as gzip and zstd do.
-  for (int sig : {SIGINT, SIGTERM}) {
+  // Every signal whose default action ends the process removes the unfinished outputs first.
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGALRM, SIGUSR1, SIGUSR2, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF}) {
     struct sigaction old {};
     if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
     std::signal(sig, on_signal);
   }
+  std::signal(SIGBUS, on_bus_error);
   Args a;
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) {

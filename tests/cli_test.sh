@@ -170,5 +170,27 @@ kill -TERM "$pid"
 wait "$pid"
 check "SIGTERM during bench leaves no scratch file" -- test -z "$(ls "$tmp/benchtmp")"
 
+# other signals whose default action ends the process clean up as well (SIGHUP: a closed terminal)
+"$bs" compress -q -T1 "$tmp/many" -o "$tmp/many.bs" &
+pid=$!
+started
+kill -HUP "$pid"
+wait "$pid"
+rc=$?
+check "SIGHUP mid-directory exits 128+1" -- test "$rc" -eq 129
+check "and leaves neither output nor temporary directory" -- test ! -e "$tmp/many.bs" -a -z "$(ls -a "$tmp" | grep tmp-bigsmall)"
+
+# -f never turns a pipe (or device) into a regular file; through a link, the link's file is written
+mkfifo "$tmp/fifo"
+expect 2 "-f onto a named pipe" -- "$bs" compress -q -f -o "$tmp/fifo" "$tmp/m.safetensors"
+check "says it is not a regular file" -- grep -q "fifo: not a regular file" "$tmp/err"
+check "and leaves the pipe a pipe" -- test -p "$tmp/fifo"
+expect 2 "-f with a directory output onto a named pipe" -- "$bs" compress -q -f -o "$tmp/fifo" "$tmp/halfdir"
+check "leaves the pipe a pipe" -- test -p "$tmp/fifo"
+echo old >"$tmp/target.bs" && ln -s target.bs "$tmp/link.bs"
+expect 0 "-f onto a link" -- "$bs" compress -q -f -o "$tmp/link.bs" "$tmp/m.safetensors"
+check "keeps the link" -- test -L "$tmp/link.bs"
+expect 0 "and writes the file it points to" -- "$bs" verify -q "$tmp/target.bs"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

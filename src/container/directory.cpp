@@ -86,6 +86,10 @@ class OutputDir {
     BS_RETURN_IF_ERROR(detail::check_not_input(src, d.final_.string()));
     if (fs::exists(fs::symlink_status(d.final_, ec)) && !overwrite)
       return Status(Error::kIo, dst + ": already exists (use -f to overwrite)");
+    // -f swaps the finished directory in and removes what was there: never a device, pipe or
+    // socket (as root, -f -o /dev/null would have deleted /dev/null).
+    if (const auto st = fs::status(d.final_, ec); !ec && fs::exists(st) && !fs::is_directory(st) && !fs::is_regular_file(st))
+      return Status(Error::kIo, dst + ": not a regular file or directory (a device, pipe or socket)");
     // A name left by a killed run (no handler runs on SIGKILL) is skipped, not an error.
     static std::atomic<unsigned> counter{0};
     for (int attempt = 0; attempt < 100; ++attempt) {

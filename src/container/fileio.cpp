@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -183,17 +184,43 @@ OutputFile::~OutputFile() {
   }
 }
 
+namespace {
+// Where an output named `path` goes when -f lets it replace what is there: the file a link
+// points to (the link stays, as when a shell redirects through it), never a device, pipe or
+// socket, which the rename of a finished output would replace by a regular file (as root,
+// `-f -o /dev/null` would have replaced /dev/null).
+Result<std::string> overwrite_target(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return path;  // nothing there (or unreachable: create reports it)
+  std::string target = path;
+  if (S_ISLNK(st.st_mode)) {
+    char* resolved = ::realpath(path.c_str(), nullptr);
+    if (resolved == nullptr) return errno_status(path, "cannot follow link", errno);
+    target = resolved;
+    std::free(resolved);
+    if (::stat(target.c_str(), &st) != 0) return errno_status(path, "cannot follow link", errno);
+  }
+  if (S_ISDIR(st.st_mode)) return Status(Error::kIo, path + ": is a directory");
+  if (!S_ISREG(st.st_mode))
+    return Status(Error::kIo, path + ": not a regular file (a device, pipe or socket): bigsmall writes files; "
+                                     "`bigsmall verify` decodes without writing");
+  return target;
+}
+}  // namespace
+
 Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwrite) {
   if (!overwrite && path_exists(final_path))
     return Status(Error::kIo, final_path + ": already exists (use -f to overwrite)");
+  auto target = overwrite ? overwrite_target(final_path) : Result<std::string>(final_path);
+  if (!target) return target.status();
   static std::atomic<unsigned> counter{0};
   OutputFile f;
-  f.final_ = final_path;
+  f.final_ = *target;
   f.overwrite_ = overwrite;
   // A name left by a killed run (no cleanup runs on SIGKILL; in a container the PID repeats) is
   // skipped, not an error.
   for (int attempt = 0; attempt < 100; ++attempt) {
-    f.temp_ = final_path + ".tmp-bigsmall-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+    f.temp_ = f.final_ + ".tmp-bigsmall-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
     register_pending(f.temp_);
     f.fd_ = ::open(f.temp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (f.fd_ >= 0) return f;
