@@ -72,10 +72,11 @@ const char* kUsage =
     "  -T N, -TN   threads, at most one per chunk (default: all cores, as many as the work can use)\n"
     "  -q          quiet: errors only\n"
     "  -v          verbose: after compress/decompress, one line per tensor (codec, ratio, bits/weight)\n"
-    "  --json      machine-readable output on stdout\n"
+    "  --json      machine-readable output on stdout: one JSON object per input, one per line\n"
     "  --no-verify skip checksum verification when decompressing\n"
     "  --best      zstd level 19 for tensors with repeated structure (smaller, slower)\n"
-    "  -h, --help  this text;  -V, --version\n"
+    "  --          end of options (for paths that start with '-')\n\
+  -h, --help  this text;  -V, --version\n"
     "\n"
     "exit codes: 0 ok, 1 usage, 2 I/O error, 3 disk full, 4 invalid input (not safetensors/.bs,\n"
     "truncated, unknown dtype), 5 corrupt data (checksum mismatch), 6 newer format version, 70 internal\n";
@@ -380,9 +381,9 @@ void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotal
     stored += t.stored_bytes;
     floor_bits += t.floor_bits;
     if (json) {
-      std::printf("%s\n  {\"name\": %s, \"dtype\": \"%s\", \"shape\": %s, \"codec\": \"%s\", \"bytes\": %llu, "
+      std::printf("%s{\"name\": %s, \"dtype\": \"%s\", \"shape\": %s, \"codec\": \"%s\", \"bytes\": %llu, "
                   "\"stored_bytes\": %llu, \"ratio\": %.6f, \"bits_per_weight\": %.4f, \"floor_bits_per_weight\": %.4f}",
-                  first ? "" : ",", jq(t.name).c_str(), std::string(dtype_info(t.dtype).safetensors_name).c_str(),
+                  first ? "" : ", ", jq(t.name).c_str(), std::string(dtype_info(t.dtype).safetensors_name).c_str(),
                   shape_str(t.shape).c_str(), codec_name(t.codec), static_cast<unsigned long long>(t.nbytes),
                   static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
     } else {
@@ -394,7 +395,7 @@ void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotal
   }
   const double file_ratio = f.original_size() ? static_cast<double>(f.file_size()) / static_cast<double>(f.original_size()) : 0;
   if (json) {
-    std::printf("\n], \"original_bytes\": %llu, \"file_bytes\": %llu, \"ratio\": %.6f, \"floor_bytes\": %llu}",
+    std::printf("], \"original_bytes\": %llu, \"file_bytes\": %llu, \"ratio\": %.6f, \"floor_bytes\": %llu}",
                 static_cast<unsigned long long>(f.original_size()), static_cast<unsigned long long>(f.file_size()), file_ratio,
                 static_cast<unsigned long long>(floor_bits / 8));
   } else {
@@ -425,7 +426,7 @@ int info_dir(const std::string& path, bool json) {
   if (json) std::printf("{\"path\": %s, \"files\": [", jq(p).c_str());
   for (size_t i = 0; i < files.size(); ++i) {
     if (json) {
-      std::printf(i ? ",\n" : "\n");
+      if (i) std::printf(", ");
     } else {
       std::printf("%s%s:\n", i ? "\n" : "", (*names)[i].c_str());
     }
@@ -433,7 +434,7 @@ int info_dir(const std::string& path, bool json) {
   }
   const double ratio = tot.original ? static_cast<double>(tot.file) / static_cast<double>(tot.original) : 0;
   if (json) {
-    std::printf("\n], \"original_bytes\": %llu, \"file_bytes\": %llu, \"ratio\": %.6f, \"floor_bytes\": %llu}\n",
+    std::printf("], \"original_bytes\": %llu, \"file_bytes\": %llu, \"ratio\": %.6f, \"floor_bytes\": %llu}\n",
                 static_cast<unsigned long long>(tot.original), static_cast<unsigned long long>(tot.file), ratio,
                 static_cast<unsigned long long>(tot.floor_bits / 8));
   } else if (files.empty()) {
@@ -592,8 +593,14 @@ int run(int argc, char** argv) {
     std::fputs(kUsage, stderr);
     return kExitUsage;
   }
+  bool options_done = false;  // after "--", every argument is a command or path
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& s = args[i];
+    if (options_done || (s.size() > 1 && s[0] != '-') || s == "-") {
+      if (a.command.empty()) a.command = s;
+      else a.paths.push_back(s);
+      continue;
+    }
     auto need_value = [&](const char* opt) -> const std::string* {
       if (i + 1 >= args.size()) {
         std::fprintf(stderr, "bigsmall: %s needs a value\n", opt);
@@ -601,7 +608,9 @@ int run(int argc, char** argv) {
       }
       return &args[++i];
     };
-    if (s == "-h" || s == "--help") {
+    if (s == "--") {
+      options_done = true;
+    } else if (s == "-h" || s == "--help") {
       std::fputs(kUsage, stdout);
       return kExitOk;
     } else if (s == "-V" || s == "--version") {
@@ -610,6 +619,10 @@ int run(int argc, char** argv) {
     } else if (s == "-o") {
       const std::string* v = need_value("-o");
       if (!v) return kExitUsage;
+      if (!a.output.empty() && a.output != *v) {
+        std::fprintf(stderr, "bigsmall: -o given twice ('%s', '%s')\n", a.output.c_str(), v->c_str());
+        return kExitUsage;
+      }
       a.output = *v;
     } else if (s.rfind("-T", 0) == 0) {
       // -T N, or -TN as zstd and xz take it.
@@ -644,8 +657,23 @@ int run(int argc, char** argv) {
       a.paths.push_back(s);
     }
   }
+  static const char* const kCommands[] = {"compress", "decompress", "verify", "info", "bench"};
+  if (!a.command.empty() && std::find(std::begin(kCommands), std::end(kCommands), a.command) == std::end(kCommands)) {
+    std::fprintf(stderr, "bigsmall: unknown command '%s'\n%s", a.command.c_str(), kUsage);
+    return kExitUsage;
+  }
   if (a.paths.empty()) {
     std::fprintf(stderr, "bigsmall: %s\n%s", a.command.empty() ? "no command" : "no input path", kUsage);
+    return kExitUsage;
+  }
+  // Options that a command does not take are refused, not silently ignored.
+  const bool writes = a.command == "compress" || a.command == "decompress";
+  if (!writes && (!a.output.empty() || a.force)) {
+    std::fprintf(stderr, "bigsmall: %s writes no output: -o and -f do not apply\n", a.command.c_str());
+    return kExitUsage;
+  }
+  if (a.quiet && a.verbose) {
+    std::fprintf(stderr, "bigsmall: -q and -v contradict each other\n");
     return kExitUsage;
   }
   if (a.command == "compress" || a.command == "decompress") return run_codec(a);

@@ -192,5 +192,20 @@ expect 0 "-f onto a link" -- "$bs" compress -q -f -o "$tmp/link.bs" "$tmp/m.safe
 check "keeps the link" -- test -L "$tmp/link.bs"
 expect 0 "and writes the file it points to" -- "$bs" verify -q "$tmp/target.bs"
 
+# argument handling
+expect 0 "info --json of two files" -- "$bs" info --json "$tmp/m.bs" "$tmp/target.bs"
+check "is one JSON object per line" -- python3 -c "import json; ls=open('$tmp/out').read().splitlines(); assert len(ls)==2 and all(json.loads(l)['tensors'] for l in ls)"
+cp "$tmp/m.bs" "$tmp/-dash.bs"
+abs_bs=$(cd "$(dirname "$bs")" && pwd)/$(basename "$bs")
+cd "$tmp"
+expect 0 "-- before a path that starts with a dash" -- "$abs_bs" verify -q -- -dash.bs
+cd - >/dev/null
+expect 1 "an unknown command" -- "$bs" help "$tmp/m.bs"
+check "is named" -- grep -q "unknown command 'help'" "$tmp/err"
+expect 1 "-o for a command that writes nothing" -- "$bs" verify -o "$tmp/x" "$tmp/m.bs"
+expect 1 "-o given twice" -- "$bs" compress -o "$tmp/a.bs" -o "$tmp/b.bs" "$tmp/m.safetensors"
+check "writes nothing" -- test ! -e "$tmp/a.bs" -a ! -e "$tmp/b.bs"
+expect 1 "-q with -v" -- "$bs" verify -q -v "$tmp/m.bs"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

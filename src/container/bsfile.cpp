@@ -35,6 +35,9 @@ constexpr uint64_t kMaxIndexBytes = 1ull << 30;
 constexpr uint64_t kMaxIndexExpansion = 256;            // index_raw <= this many times index_stored,
 constexpr uint64_t kMaxIndexExpansionFloor = 16ull << 20;  // or this, whichever is larger (FORMAT.md)
 constexpr uint64_t kBatchBytes = 64ull << 20;  // bytes coded between writes (and progress updates)
+// Tensors per batch at most: each costs some kilobytes of coder state whatever its size, so a file
+// of 300k tiny tensors (one batch by bytes) took 3.7 GB to compress and 1.4 GB to restore.
+constexpr size_t kBatchTensors = 4096;
 std::atomic<uint64_t> write_batch_bytes{kBatchBytes};  // kBatchBytes, or smaller in tests
 // The index is compressed after the last chunk, on one thread. Level 9 took 0.28-0.58 ms on the
 // corpus files' indexes (10-48 KB), level 6 0.1-0.25 ms for at most 46 bytes more (0.003% of
@@ -263,7 +266,9 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
   for (size_t first = 0; first < sources.size();) {
     size_t last = first;
     uint64_t batch = 0;
-    while (last < sources.size() && (last == first || batch + sources[last].nbytes <= limit)) batch += sources[last++].nbytes;
+    while (last < sources.size() &&
+           (last == first || (batch + sources[last].nbytes <= limit && last - first < kBatchTensors)))
+      batch += sources[last++].nbytes;
     const size_t nb = last - first;
     // A tensor larger than a batch stands alone; its groups are prefaulted one at a time below:
     // mapping gigabytes in one call would read them all before any thread starts (or evict them
@@ -655,7 +660,7 @@ Status for_each_batch(const BsFile::Impl& im, uint64_t limit, Fn&& fn) {
   uint64_t bytes = 0;
   for (size_t i = 0; i < im.entries.size(); ++i) {
     const uint64_t nb = im.entries[i].coding.nbytes;
-    if (!batch.empty() && bytes + nb > limit) {
+    if (!batch.empty() && (bytes + nb > limit || batch.size() >= detail::kBatchTensors)) {
       BS_RETURN_IF_ERROR(fn(batch, bytes));
       batch.clear();
       bytes = 0;

@@ -116,8 +116,9 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
     t.end = offs->arr[1].u;
     if (t.begin > t.end) return bad("tensor '" + name + "' data_offsets are reversed");
     if (t.end > f.data_size)
-      return Status(Error::kTruncated, "truncated: tensor '" + name + "' ends at byte " + std::to_string(f.data_start + t.end) +
-                                           " of a " + std::to_string(size) + "-byte file");
+      // data_start + end may not fit 64 bits: the message counts within the data region.
+      return Status(Error::kTruncated, "truncated: tensor '" + name + "' ends at byte " + std::to_string(t.end) +
+                                           " of the data, which holds " + std::to_string(f.data_size) + " bytes");
     const auto nbytes = dtype_nbytes(t.dtype, numel);
     if (!nbytes || *nbytes != t.end - t.begin)
       return bad("tensor '" + name + "' occupies " + std::to_string(t.end - t.begin) + " bytes but its shape and dtype need " +

@@ -731,6 +731,9 @@ uint64_t table_slot_bound(const TensorCoding& c) {
 // batched by decoded bytes; without this, a batch of many tiny tensors that each ask for the
 // largest tables their size allows would hold gigabytes of tables for kilobytes of output.
 constexpr uint64_t kWindowTableSlots = uint64_t{1} << 23;
+// Jobs per window at most, for the per-job state (checksum streams, chunk lists) of a caller
+// that hands over a file of 300k tiny tensors in one call.
+constexpr size_t kWindowJobs = 4096;
 
 Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool);
 
@@ -744,12 +747,12 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
     BS_RETURN_IF_ERROR(j.coding->validate(j.payload_size).with_context(j.label));
     total += table_slot_bound(*j.coding);
   }
-  if (total <= kWindowTableSlots) return decode_window(jobs, verify, pool);
+  if (total <= kWindowTableSlots && jobs.size() <= kWindowJobs) return decode_window(jobs, verify, pool);
   std::vector<DecodeJob> window;
   uint64_t slots = 0;
   for (const auto& j : jobs) {
     const uint64_t s = table_slot_bound(*j.coding);
-    if (!window.empty() && slots + s > kWindowTableSlots) {
+    if (!window.empty() && (slots + s > kWindowTableSlots || window.size() >= kWindowJobs)) {
       BS_RETURN_IF_ERROR(decode_window(window, verify, pool));
       window.clear();
       slots = 0;
