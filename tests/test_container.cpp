@@ -1022,6 +1022,73 @@ void expect_all_decode(const BsFile& f, const std::vector<Owned>& ts, std::initi
   }
 }
 
+TEST(Container, ByteRangesDecodeOnlyTheirChunksAndMatchTheWholeTensor) {
+  // Tensors of every codec (float, bytes, zstd, store), several chunks long; ranges that start and end inside, at and
+  // around chunk boundaries must give the bytes of the whole tensor's decode.
+  TempDir d;
+  std::vector<Owned> ts;
+  ts.push_back({"bf16", DType::kBF16, {300000}, bstest::weights(DType::kBF16, 300000, 1)});
+  ts.push_back({"f32", DType::kF32, {70001}, bstest::weights(DType::kF32, 70001, 2)});
+  std::vector<uint8_t> ids(2500000);  // zstd and store tensors have chunks of 1 MiB
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<uint8_t>((i * 7) % 13);
+  ts.push_back({"ids", DType::kU8, {2500000}, ids});
+  ts.push_back({"noise", DType::kU8, {2200000}, bstest::random_bytes(2200000, 3)});
+  ts.push_back({"zeros", DType::kI32, {1500000}, std::vector<uint8_t>(6000000, 0)});
+  std::vector<uint8_t> small_ints = bstest::random_bytes(600000, 4);
+  for (size_t b = 1; b < small_ints.size(); b += 2) small_ints[b] &= 0x3;  // few high bytes: the byte coder
+  ts.push_back({"i16", DType::kI16, {300000}, small_ints});
+  write_file(d / "m.safetensors", safetensors_bytes(ts));
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
+  auto f = BsFile::open(d / "m.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  std::mt19937 rng(9);
+  int codecs_seen = 0;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const TensorCoding& c = f->coding(i);
+    codecs_seen |= 1 << static_cast<int>(c.codec);
+    const uint64_t n = c.nbytes, cb = c.chunk_units() * c.unit_bytes();
+    ASSERT_GT(c.chunks.size(), 1u) << ts[i].name;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges = {{0, n}, {0, 1}, {n - 1, 1}, {0, cb}, {cb, cb}, {cb - 1, 2},
+                                                         {cb + 1, cb - 2}, {cb - 1, cb + 2}, {1, n - 2}, {n, 0}};
+    for (int r = 0; r < 20; ++r) {
+      const uint64_t a = rng() % n;
+      ranges.push_back({a, rng() % (n - a + 1)});
+    }
+    for (auto [begin, size] : ranges) {
+      size = std::min(size, n - std::min(begin, n));  // {cb, cb} may pass the end of a short tensor
+      std::vector<uint8_t> got(size, 0xA5);
+      for (int threads : {1, 3}) {
+        DecodeOptions o;
+        o.threads = threads;
+        const Status st = f->read_tensor_range(i, begin, got.data(), size, o);
+        ASSERT_TRUE(st.is_ok()) << ts[i].name << " [" << begin << ", +" << size << "): " << st.message();
+        ASSERT_TRUE(std::equal(got.begin(), got.end(), ts[i].bytes.begin() + static_cast<long>(begin)))
+            << ts[i].name << " [" << begin << ", +" << size << ") threads " << threads;
+      }
+    }
+    uint8_t b;
+    EXPECT_EQ(f->read_tensor_range(i, n, &b, 1).code(), Error::kInvalidArgument);
+    EXPECT_EQ(f->read_tensor_range(i, UINT64_MAX, &b, 2).code(), Error::kInvalidArgument);
+  }
+  EXPECT_EQ(codecs_seen, 0xF) << "every codec: store, float, bytes, zstd";
+  // A damaged chunk in the range is reported; one outside it is not read at all.
+  auto bytes = read_file(d / "m.bs");
+  const TensorCoding& c = f->coding(0);
+  const uint8_t* chunk = f->payload(0) + c.chunks[1].offset;  // found in the file by its bytes
+  const auto at = std::search(bytes.begin(), bytes.end(), chunk, chunk + 64);
+  ASSERT_NE(at, bytes.end());
+  at[static_cast<long>(c.chunks[1].size / 2)] ^= 0x40;
+  write_file(d / "bad.bs", bytes);
+  auto bad = BsFile::open(d / "bad.bs");
+  ASSERT_TRUE(bad.is_ok());
+  const uint64_t cb = c.chunk_units() * c.unit_bytes();
+  std::vector<uint8_t> got(cb);
+  EXPECT_TRUE(bad->read_tensor_range(0, 0, got.data(), cb).is_ok());
+  const Status st = bad->read_tensor_range(0, cb, got.data(), cb);
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+  EXPECT_NE(st.message().find("chunk 1"), std::string::npos) << st.message();
+}
+
 TEST(Container, ManySmallTensorsDecodeAcrossTableWindows) {
   // 300 small coded tensors may each ask for 2^16 + 64·units table slots: more than one window
   // of decoders (decode.cpp), so a batch is decoded window by window; every tensor must come

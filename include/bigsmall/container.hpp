@@ -67,6 +67,12 @@ class BsFile {
   // Decodes several tensors with one pool, chunks of all of them in parallel.
   Status read_tensors(const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
                       const DecodeOptions& opts = {}) const;
+  // Decodes bytes [begin, begin + out_size) of tensor i into out, decoding only the chunks that
+  // hold them (a slice of a large tensor costs its own size, not the tensor's). With
+  // opts.verify, the checksum of every chunk read is checked; the tensor's checksum covers the
+  // whole tensor, so only read_tensor checks it.
+  Status read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_t out_size,
+                           const DecodeOptions& opts = {}) const;
   // Rebuilds the original safetensors file.
   Status restore(const std::string& out_path, const DecompressOptions& opts = {}) const;
   // Decodes everything and checks every checksum; the first problem found is returned.

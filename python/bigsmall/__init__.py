@@ -247,6 +247,27 @@ class safe_open:
 
         return bn._decode(f, [i], [t], self._threads, self._verify)[0]
 
+    def _decode_rows(self, f, i, t, r0, r1):
+        """Rows [r0, r1) of tensor i (along its first dimension): only the chunks holding them
+        are decoded, with their checksums checked."""
+        shape = [r1 - r0] + list(t["shape"][1:])
+        row_bytes = t["nbytes"] // t["shape"][0]
+        if self._framework == "pt":
+            from . import torch as bt
+
+            x = bt._empty(t, shape=shape)
+            if x.numel():
+                f.read_range_into(i, r0 * row_bytes, bt._byte_view(x), self._threads, self._verify)
+            return x if self._device.type == "cpu" else x.to(self._device)
+        import numpy as np
+
+        from . import numpy as bn
+
+        x = bn._empty(f, t, shape=shape)
+        if x.size:
+            f.read_range_into(i, r0 * row_bytes, x.reshape(-1).view(np.uint8), self._threads, self._verify)
+        return x
+
     def get_tensor(self, name):
         i, t = self._info(name)
         return self._decode(self._file, i, t)
@@ -270,8 +291,42 @@ class _Slice:
         return self._t["dtype"]
 
     def __getitem__(self, index):
-        # The codec decodes whole chunks; the tensor is decoded, then sliced.
-        return self._owner._decode(self._file, self._i, self._t)[index]
+        rows = _leading_rows(index, self._t["shape"])
+        if rows is None:  # whole tensor, or an index form left to the framework (and its errors)
+            return self._owner._decode(self._file, self._i, self._t)[index]
+        r0, r1, rest = rows
+        return self._owner._decode_rows(self._file, self._i, self._t, r0, r1)[rest]
+
+
+def _leading_rows(index, shape):
+    """(r0, r1, rest) when `index` selects rows [r0, r1) of the first dimension, fewer than all,
+    by an int or a slice of positive step (alone or first in a tuple), with `rest` the same index
+    relative to those rows; None otherwise. The rows are what tensor-parallel loaders read."""
+    if not shape or shape[0] == 0:
+        return None
+    first, tail = (index[0], index[1:]) if isinstance(index, tuple) and index else (index, None)
+    n = shape[0]
+    if isinstance(first, int) and not isinstance(first, bool):
+        if not -n <= first < n:
+            return None
+        r0 = first % n
+        r1, adjusted = r0 + 1, 0
+    elif isinstance(first, slice):
+        if first.step is not None and (not isinstance(first.step, int) or first.step <= 0):
+            return None
+        try:
+            sel = range(n)[first]
+        except TypeError:
+            return None
+        if len(sel) == 0:
+            return None
+        r0, r1 = sel.start, sel[-1] + 1
+        adjusted = slice(0, r1 - r0, sel.step)
+    else:
+        return None
+    if r0 == 0 and r1 == n:
+        return None  # the whole tensor: decoded whole, its own checksum checked
+    return r0, r1, adjusted if tail is None else (adjusted,) + tail
 
 
 def __getattr__(name):

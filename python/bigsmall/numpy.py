@@ -26,14 +26,16 @@ except ImportError:
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
+def _empty(f, t, shape=None):
+    dt = _DTYPES.get(t["dtype"])
+    if dt is None:
+        hint = "; install ml_dtypes (pip install ml_dtypes) or use bigsmall.torch" if t["dtype"].startswith(("BF16", "F8")) else ""
+        raise InvalidArgumentError(f"{f.path}: tensor {t['name']!r} has dtype {t['dtype']}, which numpy lacks{hint}")
+    return np.empty(t["shape"] if shape is None else shape, dtype=dt)
+
+
 def _decode(f, which, infos, threads=0, verify=True):
-    outs = []
-    for t in infos:
-        dt = _DTYPES.get(t["dtype"])
-        if dt is None:
-            hint = "; install ml_dtypes (pip install ml_dtypes) or use bigsmall.torch" if t["dtype"].startswith(("BF16", "F8")) else ""
-            raise InvalidArgumentError(f"{f.path}: tensor {t['name']!r} has dtype {t['dtype']}, which numpy lacks{hint}")
-        outs.append(np.empty(t["shape"], dtype=dt))
+    outs = [_empty(f, t) for t in infos]
     idx = [i for i, a in zip(which, outs) if a.size > 0]
     bufs = [a.reshape(-1).view(np.uint8) for a in outs if a.size > 0]
     for a, b in _batches([buf.size for buf in bufs]):

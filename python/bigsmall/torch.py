@@ -49,11 +49,11 @@ def _byte_view(t):
     return t.reshape(-1).view(torch.uint8).numpy()
 
 
-def _empty(info, device="cpu"):
+def _empty(info, device="cpu", shape=None):
     dt = _DTYPES.get(info["dtype"])
     if dt is None:
         raise _core.FormatError(f"dtype {info['dtype']} has no torch equivalent")
-    return torch.empty(info["shape"], dtype=dt, device=device)
+    return torch.empty(info["shape"] if shape is None else shape, dtype=dt, device=device)
 
 
 def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):

@@ -467,6 +467,18 @@ NB_MODULE(_core, m) {
             read_released(p.f, which, ptrs, threads, verify);
           },
           nb::arg("which"), nb::arg("outs").noconvert(), nb::arg("threads") = 0, nb::arg("verify") = true)
+      .def(
+          "read_range_into",
+          [](const PyFile& p, size_t i, uint64_t begin, Bytes out, int threads, bool verify) {
+            if (i >= p.f.tensors().size()) raise(Status(Error::kNotFound, "tensor index out of range"));
+            DecodeOptions o;
+            o.threads = threads;
+            o.verify = verify;
+            run_released([&] { return p.f.read_tensor_range(i, begin, out.data(), out.size(), o); });
+          },
+          nb::arg("i"), nb::arg("begin"), nb::arg("out").noconvert(), nb::arg("threads") = 0, nb::arg("verify") = true,
+          "Decodes bytes [begin, begin + len(out)) of tensor i, only the chunks that hold them (their checksums "
+          "are checked; the tensor's own checksum needs the whole tensor).")
       // Internal and unsafe (any address given is written to): for the package's own callers,
       // host buffers given by address and size (tensor.data_ptr() of contiguous tensors it
       // holds), which must stay alive and writable for the call. A numpy view per tensor cost

@@ -862,6 +862,60 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
 }
 }  // namespace
 
+Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_t out_size,
+                                 const DecodeOptions& opts) const {
+  if (i >= impl_->entries.size()) return Status(Error::kNotFound, "tensor index out of range");
+  const detail::Entry& e = impl_->entries[i];
+  const TensorCoding& c = e.coding;
+  const std::string label = path() + ": tensor '" + e.info.name + "'";
+  if (begin > c.nbytes || out_size > c.nbytes - begin)
+    return Status(Error::kInvalidArgument, label + ": byte range beyond the tensor's " + std::to_string(c.nbytes));
+  if (out_size == 0) return Status::ok();
+  BS_RETURN_IF_ERROR(c.validate(e.info.stored_bytes).with_context(label));
+  const uint8_t* payload = impl_->file.data() + e.payload_offset;
+  const uint64_t chunk_bytes = c.chunk_units() * c.unit_bytes();
+  const uint64_t end = begin + out_size;
+  const size_t first = static_cast<size_t>(begin / chunk_bytes), last = static_cast<size_t>((end - 1) / chunk_bytes);
+  std::optional<detail::TensorDecoder> dec;
+  for (size_t k = first; k <= last && !dec; ++k) {
+    if (c.chunks[k].mode != ChunkMode::kCoded) continue;
+    auto d = detail::TensorDecoder::prepare(c, payload, c.model_size);
+    if (!d) return d.status().with_context(label);
+    dec = std::move(d.value());
+  }
+  // Chunks cut by the range (at most the first and the last) decode into scratch, the others
+  // straight into out.
+  std::vector<uint8_t> edge[2];
+  std::vector<Status> errs(last - first + 1);
+  detail::ThreadPool pool(detail::threads_for(opts.threads, last - first + 1, out_size, detail::kDecodeBytesPerThread));
+  pool.parallel_for(last - first + 1, [&](size_t k) {
+    const size_t ci = first + k;
+    const ChunkRef& ref = c.chunks[ci];
+    const uint64_t lo = ci * chunk_bytes, n = c.chunk_out_size(ci);
+    const uint64_t from = std::max(lo, begin), to = std::min(lo + n, end);
+    if (opts.verify && detail::xxh3_32(payload + ref.offset, ref.size) != ref.checksum) {
+      errs[k] = Status(Error::kCorrupt, "chunk " + std::to_string(ci) + ": checksum mismatch (compressed data damaged)");
+      return;
+    }
+    if (ref.mode == ChunkMode::kStored) {  // validate() checked its size
+      std::memcpy(out + (from - begin), payload + ref.offset + (from - lo), to - from);
+      return;
+    }
+    const bool whole = from == lo && to == lo + n;
+    uint8_t* dst = out + (lo >= begin ? lo - begin : 0);
+    if (!whole) {
+      std::vector<uint8_t>& buf = edge[ci == first ? 0 : 1];
+      buf.resize(n);
+      dst = buf.data();
+    }
+    errs[k] = dec->decode_chunk(ci, payload + ref.offset, ref.size, ref.mode, dst);
+    if (errs[k].is_ok() && !whole) std::memcpy(out + (from - begin), dst + (from - lo), to - from);
+  });
+  for (const Status& st : errs)
+    if (!st.is_ok()) return st.with_context(label);
+  return Status::ok();
+}
+
 Status BsFile::verify(const DecompressOptions& opts) const {
   const Impl& im = *impl_;
   BS_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
