@@ -231,12 +231,22 @@ std::string default_output(const std::string& cmd, const std::string& in, bool i
   return "";
 }
 
-uint64_t path_bytes(const std::string& p) {
+// Bytes of a file, or of every file under a directory as compress reads it (links followed),
+// leaving out `skip` (an output directory inside its own input).
+uint64_t path_bytes(const std::string& p, const std::string& skip = {}) {
   std::error_code ec;
   if (!fs::is_directory(p, ec)) return fs::file_size(p, ec);
+  const fs::path skip_at = skip.empty() ? fs::path() : fs::weakly_canonical(skip, ec);
   uint64_t total = 0;
-  for (fs::recursive_directory_iterator it(p, ec), end; !ec && it != end; it.increment(ec))
-    if (it->is_regular_file(ec)) total += it->file_size(ec);
+  for (fs::recursive_directory_iterator it(p, fs::directory_options::follow_directory_symlink, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    std::error_code e2;
+    if (it->is_directory(e2)) {
+      if (!skip_at.empty() && fs::weakly_canonical(it->path(), e2) == skip_at) it.disable_recursion_pending();
+    } else if (it->is_regular_file(e2)) {
+      total += it->file_size(e2);
+    }
+  }
   return total;
 }
 
@@ -291,6 +301,7 @@ int run_codec(const Args& a) {
       continue;
     }
     Progress prog(!a.quiet, fs::path(strip_slash(in)).filename().string());
+    const uint64_t in_b = path_bytes(in, out);  // before the run: the output may lie inside the input
     const auto t0 = std::chrono::steady_clock::now();
     Status st;
     if (compress) {
@@ -315,7 +326,7 @@ int run_codec(const Args& a) {
     }
     const double t = seconds_since(t0);
     if (a.verbose && !a.json) print_tensors(compress ? out : in, is_dir);
-    const uint64_t in_b = path_bytes(in), out_b = path_bytes(out);
+    const uint64_t out_b = path_bytes(out);
     const uint64_t raw = compress ? in_b : out_b, packed = compress ? out_b : in_b;
     if (a.json) {
       std::printf("{\"input\": %s, \"output\": %s, \"original_bytes\": %llu, \"compressed_bytes\": %llu, "

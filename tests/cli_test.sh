@@ -207,5 +207,23 @@ expect 1 "-o given twice" -- "$bs" compress -o "$tmp/a.bs" -o "$tmp/b.bs" "$tmp/
 check "writes nothing" -- test ! -e "$tmp/a.bs" -a ! -e "$tmp/b.bs"
 expect 1 "-q with -v" -- "$bs" verify -q -v "$tmp/m.bs"
 
+# directories: permission bits and empty directories come back; totals count what compress
+# reads (links followed) and never the output, even inside the input
+mkdir -p "$tmp/perm/empty/deeper" "$tmp/elsewhere"
+cp "$tmp/m.safetensors" "$tmp/perm/m.safetensors" && cp "$tmp/m.safetensors" "$tmp/elsewhere/x.safetensors"
+printf '#!/bin/sh\necho hi\n' >"$tmp/perm/run.sh" && chmod 755 "$tmp/perm/run.sh"
+ln -s ../elsewhere "$tmp/perm/linked"
+expect 0 "compress a directory with a script, an empty directory and a linked one" -- "$bs" compress --json "$tmp/perm"
+check "original bytes count the linked directory" -- python3 -c "import json,os; d=json.load(open('$tmp/out')); assert d['original_bytes']==2*os.path.getsize('$tmp/m.safetensors')+os.path.getsize('$tmp/perm/run.sh'), d"
+expect 0 "and decompress it" -- "$bs" decompress -o "$tmp/perm.back" "$tmp/perm.bs"
+check "the script is still executable" -- test -x "$tmp/perm.back/run.sh"
+check "the empty directories are there" -- test -d "$tmp/perm.back/empty/deeper"
+cd "$tmp/perm"
+expect 0 "an output inside its input" -- "$abs_bs" compress --json -o inside.bs .
+expect 0 "again, with -f" -- "$abs_bs" compress --json -f -o inside.bs .
+cd - >/dev/null
+check "counts the input only" -- python3 -c "import json,os; d=json.load(open('$tmp/out')); assert d['original_bytes']==2*os.path.getsize('$tmp/m.safetensors')+os.path.getsize('$tmp/perm/run.sh'), d"
+check "and does not hold itself" -- test ! -e "$tmp/perm/inside.bs/inside.bs"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -31,6 +31,10 @@ Status copy_into(const fs::path& src, const fs::path& dst) {
   BS_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src.string()));
   BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
   BS_RETURN_IF_ERROR(out.write(in.data(), in.size()));
+  // Permission bits come along (a run.sh stays executable), as cp copies them.
+  std::error_code ec;
+  const fs::perms perms = fs::status(src, ec).permissions();
+  if (!ec) BS_RETURN_IF_ERROR(out.set_permissions(static_cast<unsigned>(perms) & 0777));
   return out.commit();
 }
 
@@ -44,9 +48,12 @@ Status write_text(const fs::path& dst, const std::string& text) {
 // in names: a Hugging Face cache snapshot is all links into ../../blobs, and resolving them
 // would name files outside the directory). Links to files and directories are followed for their
 // contents; anything that is neither (a dangling link, a pipe) is an error, not a silent gap.
-Result<std::vector<fs::path>> list_files(const fs::path& root) {
+// `dirs`, when given, receives every directory under root (empty ones come back too).
+Result<std::vector<fs::path>> list_files(const fs::path& root, const fs::path& skip_dir = {},
+                                         std::vector<fs::path>* dirs = nullptr) {
   std::vector<fs::path> files;
   std::error_code ec;
+  fs::path entered = root;  // the directory whose listing a failed increment was opening
   for (fs::recursive_directory_iterator it(root, fs::directory_options::follow_directory_symlink, ec), end; !ec && it != end;
        it.increment(ec)) {
     if (it.depth() > detail::kMaxDirDepth)
@@ -55,12 +62,21 @@ Result<std::vector<fs::path>> list_files(const fs::path& root) {
     if (std::error_code lec; ec && fs::is_symlink(it->symlink_status(lec)) && ec == std::errc::no_such_file_or_directory)
       return Status(Error::kIo, it->path().string() + ": dangling link");
     if (ec) return Status(Error::kIo, it->path().string() + ": " + ec.message());
-    if (fs::is_directory(st)) continue;
+    if (fs::is_directory(st)) {
+      std::error_code e2;
+      if (!skip_dir.empty() && fs::weakly_canonical(it->path(), e2) == skip_dir) {
+        it.disable_recursion_pending();  // the output, inside its own input
+        continue;
+      }
+      entered = it->path();
+      if (dirs) dirs->push_back(it->path().lexically_relative(root));
+      continue;
+    }
     if (!fs::is_regular_file(st))
       return Status(Error::kIo, it->path().string() + ": not a regular file or directory");
     files.push_back(it->path().lexically_relative(root));
   }
-  if (ec) return Status(Error::kIo, root.string() + ": cannot list directory: " + ec.message());
+  if (ec) return Status(Error::kIo, entered.string() + ": cannot list directory: " + ec.message());
   std::sort(files.begin(), files.end());
   return files;
 }
@@ -264,8 +280,16 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
   // Its .bs files would be copied as they are and its index dropped: no byte-identical restore.
   if (detail::path_exists((in / kDirIndexName).string()))
     return Status(Error::kNotSafetensors, src + ": already a compressed model directory (decompress it, or compress the original)");
-  BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in));
+  std::error_code canon_ec;
+  const fs::path dst_at = fs::weakly_canonical(dst, canon_ec);  // left out of the input if inside it
+  std::vector<fs::path> dirs;
+  BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in, canon_ec ? fs::path() : dst_at, &dirs));
   BS_ASSIGN_OR_RETURN(OutputDir out_dir, OutputDir::create(src, dst, opts.overwrite));
+  for (const auto& d : dirs) {  // empty directories come along too
+    std::error_code dir_ec;
+    fs::create_directories(out_dir.path() / d, dir_ec);
+    if (dir_ec) return Status(Error::kIo, (fs::path(dst) / d).string() + ": cannot create directory: " + dir_ec.message());
+  }
   const fs::path& out = out_dir.path();
   // Files go into the new, empty temporary directory: nothing there to overwrite.
   CompressOptions fo = opts;
@@ -304,8 +328,16 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
   const fs::path in(src);
   BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(in));
-  BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in));
+  std::error_code canon_ec;
+  const fs::path dst_at = fs::weakly_canonical(dst, canon_ec);  // left out of the input if inside it
+  std::vector<fs::path> dirs;
+  BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in, canon_ec ? fs::path() : dst_at, &dirs));
   BS_ASSIGN_OR_RETURN(OutputDir out_dir, OutputDir::create(src, dst, opts.overwrite));
+  for (const auto& d : dirs) {  // empty directories come along too
+    std::error_code dir_ec;
+    fs::create_directories(out_dir.path() / d, dir_ec);
+    if (dir_ec) return Status(Error::kIo, (fs::path(dst) / d).string() + ": cannot create directory: " + dir_ec.message());
+  }
   const fs::path& out = out_dir.path();
   DirProgress prog{opts.progress};
   std::error_code ec;

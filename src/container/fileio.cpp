@@ -208,6 +208,11 @@ Result<std::string> overwrite_target(const std::string& path) {
 }
 }  // namespace
 
+Status OutputFile::set_permissions(unsigned mode) {
+  if (::fchmod(fd_, static_cast<mode_t>(mode)) != 0) return errno_status(final_, "cannot set permissions", errno);
+  return Status::ok();
+}
+
 Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwrite) {
   if (!overwrite && path_exists(final_path))
     return Status(Error::kIo, final_path + ": already exists (use -f to overwrite)");

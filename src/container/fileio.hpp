@@ -58,6 +58,7 @@ class OutputFile {
   uint64_t size() const { return pos_; }
   // Reserves n bytes on disk (so a full disk fails here, not later) and maps them writable.
   Result<uint8_t*> map(uint64_t n);
+  Status set_permissions(unsigned mode);  // of the file being written (created 0644)
   Status commit(bool sync = true);  // flush (fsync when sync), close, rename over the final name
   const std::string& final_path() const { return final_; }
 
