@@ -250,6 +250,22 @@ uint64_t path_bytes(const std::string& p, const std::string& skip = {}) {
   return total;
 }
 
+// A name for a line of text: control characters (a tab or newline in a tensor name) escaped.
+std::string printable(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u != 0x7f) {
+      out.push_back(c);
+      continue;
+    }
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "\\x%02x", u);
+    out += buf;
+  }
+  return out;
+}
+
 // -v: one line per tensor of a .bs file (or of every .bs file in a compressed directory).
 void print_tensors(const std::string& bs_path, bool is_dir) {
   std::vector<std::string> files;
@@ -267,7 +283,7 @@ void print_tensors(const std::string& bs_path, bool is_dir) {
     for (const auto& t : bs->tensors()) {
       uint64_t numel = 1;
       for (auto d : t.shape) numel *= d;
-      std::fprintf(stderr, "  %s: %s %s %s -> %llu bytes (%.2f bits/weight)\n", t.name.c_str(),
+      std::fprintf(stderr, "  %s: %s %s %s -> %llu bytes (%.2f bits/weight)\n", printable(t.name).c_str(),
                    std::string(dtype_info(t.dtype).safetensors_name).c_str(), codec_name(t.codec),
                    human(static_cast<double>(t.nbytes)).c_str(), static_cast<unsigned long long>(t.stored_bytes),
                    numel ? 8.0 * static_cast<double>(t.stored_bytes) / static_cast<double>(numel) : 0.0);
@@ -398,7 +414,7 @@ void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotal
                   shape_str(t.shape).c_str(), codec_name(t.codec), static_cast<unsigned long long>(t.nbytes),
                   static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
     } else {
-      std::printf("%-48s %-8s %-18s %-6s %10llu %8.4f %7.3f %7.3f\n", t.name.c_str(),
+      std::printf("%-48s %-8s %-18s %-6s %10llu %8.4f %7.3f %7.3f\n", printable(t.name).c_str(),
                   std::string(dtype_info(t.dtype).safetensors_name).c_str(), shape_str(t.shape).c_str(), codec_name(t.codec),
                   static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
     }

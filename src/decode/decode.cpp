@@ -722,7 +722,8 @@ uint64_t table_slot_bound(const TensorCoding& c) {
   if (std::none_of(c.chunks.begin(), c.chunks.end(), [](const ChunkRef& r) { return r.mode == ChunkMode::kCoded; }))
     return 0;
   const uint64_t most = c.codec == Codec::kFloat
-                            ? ((uint64_t{2} << dtype_info(c.dtype).exponent_bits) + 2) << kMaxPrecision
+                            ? (uint64_t{1} << kMaxPrecision) +
+                                  (((uint64_t{2} << dtype_info(c.dtype).exponent_bits) + 1) << kMaxMantPrecision)
                             : uint64_t{c.unit_bytes()} << kMaxPrecision;
   return std::min(most, max_table_slots(c.units()));
 }
