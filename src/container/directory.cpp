@@ -38,6 +38,17 @@ Status copy_into(const fs::path& src, const fs::path& dst) {
   return out.commit();
 }
 
+// Errors inside a directory being built name its temporary path; the user knows the final one.
+Status in_final_names(const Status& st, const fs::path& temp, const std::string& dst) {
+  if (st.is_ok()) return st;
+  std::string m = st.message();
+  const std::string from = temp.string();
+  std::string to = dst;
+  while (to.size() > 1 && to.back() == '/') to.pop_back();
+  for (size_t at = m.find(from); at != std::string::npos; at = m.find(from, at + to.size())) m.replace(at, from.size(), to);
+  return Status(st.code(), m).with_errno(st.sys_errno());
+}
+
 Status write_text(const fs::path& dst, const std::string& text) {
   BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
   BS_RETURN_IF_ERROR(out.write(text.data(), text.size()));
@@ -306,14 +317,14 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
     if (rel == kDirIndexName) continue;
     fs::create_directories((out / f).parent_path(), ec);
     if (!ends_with(rel, kStExt)) {
-      BS_RETURN_IF_ERROR(copy_into(in / f, out / f));
+      BS_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
       continue;
     }
     const std::string bs_rel = rel.substr(0, rel.size() - kStExt.size()) + ".bs";
     if (std::binary_search(files.begin(), files.end(), fs::path(bs_rel)))
       return Status(Error::kInvalidArgument, (in / bs_rel).string() + ": would be overwritten by the compressed " + rel);
     fo.progress = prog.for_file(fs::file_size(in / f, ec));
-    BS_RETURN_IF_ERROR(compress_file((in / f).string(), (out / bs_rel).string(), fo));
+    BS_RETURN_IF_ERROR(in_final_names(compress_file((in / f).string(), (out / bs_rel).string(), fo), out, dst));
     prog.base += fs::file_size(in / f, ec);
     if (opts.progress) opts.progress(prog.base, prog.total);
     index += std::string(first ? "" : ",") + "\n    {\"source\": " + detail::json_quote(rel) +
@@ -321,7 +332,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
     first = false;
   }
   index += "\n  ]\n}\n";
-  BS_RETURN_IF_ERROR(write_text(out / kDirIndexName, index));
+  BS_RETURN_IF_ERROR(in_final_names(write_text(out / kDirIndexName, index), out, dst));
   return out_dir.commit();
 }
 
@@ -347,14 +358,14 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
     const bool is_bs = std::any_of(entries.begin(), entries.end(), [&](const DirEntry& e) { return e.bs == rel; });
     if (rel == kDirIndexName || is_bs) continue;
     fs::create_directories((out / f).parent_path(), ec);
-    BS_RETURN_IF_ERROR(copy_into(in / f, out / f));
+    BS_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
   }
   for (const auto& e : entries) {
     fs::create_directories((out / e.source).parent_path(), ec);
     DecompressOptions fo = opts;
     fo.overwrite = false;
     fo.progress = prog.for_file(fs::file_size(in / e.bs, ec));
-    BS_RETURN_IF_ERROR(decompress_file((in / e.bs).string(), (out / e.source).string(), fo));
+    BS_RETURN_IF_ERROR(in_final_names(decompress_file((in / e.bs).string(), (out / e.source).string(), fo), out, dst));
     prog.base += fs::file_size(in / e.bs, ec);
     if (opts.progress) opts.progress(prog.base, prog.total);
   }
