@@ -123,7 +123,7 @@ void on_bus_error(int) {
     put(g_input);
     put(": ");
   }
-  put("a file shrank while it was read (changed by another program?)\n");
+  put("a mapped file could not be read or written (truncated by another program, or a full disk?)\n");
   ::_exit(kExitBadInput);
 }
 
@@ -240,8 +240,13 @@ uint64_t path_bytes(const std::string& p, const std::string& skip = {}) {
   uint64_t total = 0;
   for (fs::recursive_directory_iterator it(p, fs::directory_options::follow_directory_symlink, ec), end; !ec && it != end;
        it.increment(ec)) {
+    // Links that loop (two links to "." double the walk at every level) end the count; the
+    // command's own listing reports them.
+    if (it.depth() > 64) break;
     std::error_code e2;
-    if (it->is_directory(e2)) {
+    const bool dir = it->is_directory(e2);
+    if (e2) break;  // ELOOP and the like: the listing that follows reports it
+    if (dir) {
       if (!skip_at.empty() && fs::weakly_canonical(it->path(), e2) == skip_at) it.disable_recursion_pending();
     } else if (it->is_regular_file(e2)) {
       total += it->file_size(e2);

@@ -225,5 +225,17 @@ cd - >/dev/null
 check "counts the input only" -- python3 -c "import json,os; d=json.load(open('$tmp/out')); assert d['original_bytes']==2*os.path.getsize('$tmp/m.safetensors')+os.path.getsize('$tmp/perm/run.sh'), d"
 check "and does not hold itself" -- test ! -e "$tmp/perm/inside.bs/inside.bs"
 
+# two links that loop fail at once (once, counting the input walked 2^40 directories)
+mkdir -p "$tmp/loop" && ln -s . "$tmp/loop/a" && ln -s . "$tmp/loop/b"
+expect 2 "a directory of looping links" -- timeout 20 "$bs" compress -q "$tmp/loop" -o "$tmp/loop.bs"
+# -f through a link to a file not there yet creates it, as a shell redirection would
+ln -s made.bs "$tmp/dangling.bs"
+expect 0 "-f onto a dangling link" -- "$bs" compress -q -f -o "$tmp/dangling.bs" "$tmp/m.safetensors"
+check "creates the file it names" -- test -L "$tmp/dangling.bs" -a -f "$tmp/made.bs"
+# copied files keep their permission bits less the umask, as cp copies them
+mkdir -p "$tmp/um" && cp "$tmp/m.safetensors" "$tmp/um/" && echo x >"$tmp/um/w.txt" && chmod 666 "$tmp/um/w.txt"
+expect 0 "compress with umask 022" -- sh -c "umask 022; exec \"$bs\" compress -q \"$tmp/um\""
+check "a world-writable file is not copied world-writable" -- test "$(stat -c %a "$tmp/um.bs/w.txt")" = 644
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

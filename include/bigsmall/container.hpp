@@ -68,9 +68,10 @@ class BsFile {
   Status read_tensors(const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
                       const DecodeOptions& opts = {}) const;
   // Decodes bytes [begin, begin + out_size) of tensor i into out, decoding only the chunks that
-  // hold them (a slice of a large tensor costs its own size, not the tensor's). With
-  // opts.verify, the checksum of every chunk read is checked; the tensor's checksum covers the
-  // whole tensor, so only read_tensor checks it.
+  // hold them (a slice of a large tensor costs its own size, not the tensor's memory). With
+  // opts.verify, the checksum of every chunk read is checked, and the first range read of a
+  // tensor with tables also decodes the whole tensor once (in bounded memory) to check its
+  // checksum: the tables have no checksum of their own, and damage there could decode wrongly.
   Status read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_t out_size,
                            const DecodeOptions& opts = {}) const;
   // Rebuilds the original safetensors file.

@@ -7,6 +7,7 @@ save_pretrained, StreamingLoader (these import torch and transformers when first
 from __future__ import annotations
 
 import json
+import operator
 import os
 
 from . import _core
@@ -42,8 +43,12 @@ def _threads(threads):
     """None or 0: every core; more threads than chunks are never started, so large counts are capped."""
     if threads is None:
         return 0
-    if isinstance(threads, bool) or not isinstance(threads, int):
-        raise InvalidArgumentError(f"threads must be an int or None, not {threads!r}")
+    try:
+        if isinstance(threads, bool):
+            raise TypeError
+        threads = operator.index(threads)  # int, numpy integers; not floats or strings
+    except TypeError:
+        raise InvalidArgumentError(f"threads must be an int or None, not {threads!r}") from None
     if threads < 0:
         raise InvalidArgumentError(f"threads must be >= 0 (0 or None: every core), not {threads}")
     return min(threads, 1 << 16)

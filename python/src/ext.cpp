@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -80,6 +81,7 @@ PyObject* g_permission = nullptr;      // IOError that is also a PermissionError
     PyObject* e = PyLong_FromLong(st.sys_errno());
     if (e == nullptr || PyObject_SetAttrString(exc, "errno", e) != 0) PyErr_Clear();
     Py_XDECREF(e);
+    // Not strerror or filename: with them, OSError's str() would drop the one-line message.
   }
   PyErr_SetObject(cls, exc);
   Py_DECREF(exc);

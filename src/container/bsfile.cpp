@@ -4,6 +4,7 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <cstdlib>
 #include <cstring>
@@ -32,8 +33,10 @@ constexpr uint8_t kMagic[8] = {0x89, 'B', 'S', 'M', 'L', '\r', '\n', 0x1A};
 constexpr uint64_t kHeaderSize = 64;
 constexpr uint64_t kPayloadAlign = 64;
 constexpr uint64_t kMaxIndexBytes = 1ull << 30;
-constexpr uint64_t kMaxIndexExpansion = 256;            // index_raw <= this many times index_stored,
-constexpr uint64_t kMaxIndexExpansionFloor = 16ull << 20;  // or this, whichever is larger (FORMAT.md)
+// Tensor entries an index may hold per byte of its stored (compressed) form, beyond the first
+// million: each names a tensor the kept header lists too, which no compressor shrinks to less
+// than a byte; a small file may not ask for gigabytes of entries (FORMAT.md).
+constexpr uint64_t kFreeTensorEntries = 1ull << 20;
 constexpr uint64_t kBatchBytes = 64ull << 20;  // bytes coded between writes (and progress updates)
 // Tensors per batch at most: each costs some kilobytes of coder state whatever its size, so a file
 // of 300k tiny tensors (one batch by bytes) took 3.7 GB to compress and 1.4 GB to restore.
@@ -407,6 +410,10 @@ struct BsFile::Impl {
   std::vector<TensorInfo> infos;
   std::vector<detail::Entry> entries;
   std::vector<detail::Filler> fillers;
+  // Tensors whose whole decode has been checked against their checksum since the file was opened:
+  // a byte range checks only its chunks' checksums, and the model (tables) that decodes them has
+  // none of its own, so the first checked range read of a tensor verifies the whole tensor.
+  std::unique_ptr<std::atomic<bool>[]> verified;
 };
 
 BsFile::BsFile() = default;
@@ -416,7 +423,7 @@ BsFile& BsFile::operator=(BsFile&&) noexcept = default;
 
 namespace {
 
-Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, BsFile::Impl* im) {
+Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, uint64_t stored, BsFile::Impl* im) {
   using detail::ByteReader;
   auto bad = [](const std::string& what) { return Status(Error::kCorrupt, "corrupt index: " + what); };
   ByteReader r(p, n);
@@ -433,6 +440,8 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, BsFile::I
   const uint64_t data_size = im->original_size - im->data_start;
   // Every field read below is checked before use; counts are bounded by the bytes left.
   if (ntensors > r.remaining() / 60 + 1) return bad("tensor count");
+  if (ntensors > detail::kFreeTensorEntries + stored)
+    return bad(std::to_string(ntensors) + " tensors in a " + std::to_string(stored) + "-byte index");
   std::vector<std::pair<uint64_t, uint64_t>> spans;
   for (uint32_t t = 0; t < ntensors; ++t) {
     detail::Entry e;
@@ -471,7 +480,9 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, BsFile::I
     if (e.payload_offset < detail::kHeaderSize || e.payload_offset > payload_end ||
         e.info.stored_bytes > payload_end - e.payload_offset)
       return bad("tensor '" + e.info.name + "' payload lies outside the file");
-    if (nchunks > r.remaining() / 9) return bad("chunk count");
+    // Every chunk holds at least one byte of the payload (FORMAT.md), so a count beyond the
+    // payload is refused before the list is allocated.
+    if (nchunks > r.remaining() / 9 || nchunks > e.info.stored_bytes) return bad("chunk count");
     uint64_t off = e.coding.model_size;
     e.coding.chunks.resize(nchunks);
     for (auto& c : e.coding.chunks) {
@@ -562,16 +573,12 @@ Result<BsFile> BsFile::open(const std::string& path) {
   if (declared != h.index_raw) return fail(Error::kCorrupt, "index size mismatch");
   if (ZSTD_findFrameCompressedSize(p + h.index_offset, h.index_stored) != h.index_stored)
     return fail(Error::kCorrupt, "index is not exactly one zstd frame");
-  // An index is mostly names, offsets and checksums: zstd shrinks it a few times, never by
-  // hundreds, so a larger expansion is a small file asking for gigabytes of index structures.
-  if (h.index_raw > std::max(detail::kMaxIndexExpansionFloor, detail::kMaxIndexExpansion * h.index_stored))
-    return fail(Error::kCorrupt, "index expands to " + std::to_string(h.index_raw) + " bytes from " +
-                                     std::to_string(h.index_stored) + ": more than any writer makes");
   std::vector<uint8_t> idx(h.index_raw);
   const size_t zr = ZSTD_decompress(idx.data(), idx.size(), p + h.index_offset, h.index_stored);
   if (ZSTD_isError(zr) || zr != h.index_raw) return fail(Error::kCorrupt, "index cannot be decompressed");
   impl->original_size = h.original_size;
-  Status st = parse_index(idx.data(), idx.size(), h.index_offset, impl.get());
+  Status st = parse_index(idx.data(), idx.size(), h.index_offset, h.index_stored, impl.get());
+  impl->verified.reset(new std::atomic<bool>[impl->entries.size()]());
   if (!st.is_ok()) return st.with_context(path);
   // Payloads may not overlap, and the alignment padding between them must be zero, so that no
   // byte of the file escapes every check.
@@ -879,6 +886,13 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
   std::optional<detail::TensorDecoder> dec;
   for (size_t k = first; k <= last && !dec; ++k) {
     if (c.chunks[k].mode != ChunkMode::kCoded) continue;
+    if (opts.verify && c.model_size > 0 && !impl_->verified[i].load(std::memory_order_acquire)) {
+      // Damage in the model could decode the chunks wrongly without failing a chunk checksum:
+      // once per tensor, the whole tensor is decoded (in bounded memory) and its checksum checked.
+      detail::ThreadPool whole(decode_threads(*impl_, {i}, opts.threads));
+      BS_RETURN_IF_ERROR(verify_large_tensor(*impl_, i, detail::kBatchBytes / 16, whole));
+      impl_->verified[i].store(true, std::memory_order_release);
+    }
     auto d = detail::TensorDecoder::prepare(c, payload, c.model_size);
     if (!d) return d.status().with_context(label);
     dec = std::move(d.value());

@@ -31,10 +31,10 @@ Status copy_into(const fs::path& src, const fs::path& dst) {
   BS_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src.string()));
   BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
   BS_RETURN_IF_ERROR(out.write(in.data(), in.size()));
-  // Permission bits come along (a run.sh stays executable), as cp copies them.
+  // Permission bits come along (a run.sh stays executable), less the umask, as cp copies them.
   std::error_code ec;
   const fs::perms perms = fs::status(src, ec).permissions();
-  if (!ec) BS_RETURN_IF_ERROR(out.set_permissions(static_cast<unsigned>(perms) & 0777));
+  if (!ec) BS_RETURN_IF_ERROR(out.set_permissions(static_cast<unsigned>(perms) & 0777 & ~detail::process_umask()));
   return out.commit();
 }
 

@@ -195,6 +195,16 @@ Result<std::string> overwrite_target(const std::string& path) {
   std::string target = path;
   if (S_ISLNK(st.st_mode)) {
     char* resolved = ::realpath(path.c_str(), nullptr);
+    if (resolved == nullptr && errno == ENOENT) {
+      // A link to a file not there yet: it is created, as a shell's redirection would.
+      char buf[4096];
+      const ssize_t n = ::readlink(path.c_str(), buf, sizeof buf - 1);
+      if (n <= 0) return errno_status(path, "cannot follow link", errno);
+      std::string to(buf, static_cast<size_t>(n));
+      const size_t slash = path.rfind('/');
+      if (to[0] != '/' && slash != std::string::npos) to = path.substr(0, slash + 1) + to;
+      return to;
+    }
     if (resolved == nullptr) return errno_status(path, "cannot follow link", errno);
     target = resolved;
     std::free(resolved);
@@ -207,6 +217,22 @@ Result<std::string> overwrite_target(const std::string& path) {
   return target;
 }
 }  // namespace
+
+unsigned process_umask() {
+  // Read, not set: umask() can only be read by changing it, which races with other threads
+  // creating files. Linux reports it in /proc/self/status; 022 where it does not.
+  static const unsigned mask = [] {
+    unsigned m = 022;
+    if (FILE* f = std::fopen("/proc/self/status", "r")) {
+      char line[256];
+      while (std::fgets(line, sizeof line, f))
+        if (std::sscanf(line, "Umask: %o", &m) == 1) break;
+      std::fclose(f);
+    }
+    return m;
+  }();
+  return mask;
+}
 
 Status OutputFile::set_permissions(unsigned mode) {
   if (::fchmod(fd_, static_cast<mode_t>(mode)) != 0) return errno_status(final_, "cannot set permissions", errno);

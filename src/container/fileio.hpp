@@ -10,6 +10,8 @@
 namespace bigsmall::detail {
 
 Status errno_status(const std::string& path, const std::string& what, int err);
+// The process umask (read once, without changing it).
+unsigned process_umask();
 
 // Tests only: the n-th OutputFile::write_pieces call from now on (1 = the next) fails as on a
 // full disk, once; 0 turns it off.

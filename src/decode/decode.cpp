@@ -725,7 +725,8 @@ uint64_t table_slot_bound(const TensorCoding& c) {
                             ? (uint64_t{1} << kMaxPrecision) +
                                   (((uint64_t{2} << dtype_info(c.dtype).exponent_bits) + 1) << kMaxMantPrecision)
                             : uint64_t{c.unit_bytes()} << kMaxPrecision;
-  return std::min(most, max_table_slots(c.units()));
+  // max_table_slots bounds the mantissa (or byte) tables; the se table adds up to 2^15.
+  return std::min(most, max_table_slots(c.units()) + (c.codec == Codec::kFloat ? uint64_t{1} << kMaxPrecision : 0));
 }
 
 // Table slots whose decoders one window of jobs builds at once (about 10 bytes each). Jobs are
