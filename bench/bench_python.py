@@ -8,11 +8,13 @@
 3. StreamingLoader.load_model(device="cpu"): peak RSS above the final RSS (VmRSS sampled every
    0.5 ms in a thread), against the largest block's decoded size;
 4. a whole model load, as users meet it: bigsmall.from_pretrained of the compressed directory
-   against transformers' from_pretrained of the original (medians of 7, same process).
+   against transformers' from_pretrained of the original (medians of 7, same process);
+5. row shards through get_slice, as tensor-parallel loaders read them: the largest tensor of the
+   BF16 model cut into 8 row ranges, against safetensors' get_slice (medians of 7, same process).
 
 Usage: .venv/bin/python bench/bench_python.py [--corpus DIR] [--markdown OUT.md]
 """
-import argparse, atexit, json, os, shutil, statistics, subprocess, sys, tempfile, threading, time
+import argparse, atexit, json, math, os, shutil, statistics, subprocess, sys, tempfile, threading, time
 from report import emit
 
 
@@ -58,6 +60,38 @@ def rss_child(comp):
     del model
 
 
+def slice_rows(path, comp, shards=8):
+    """Times 8 row shards of the file's largest tensor through get_slice."""
+    import safetensors
+    import bigsmall
+
+    bigsmall.compress(path, comp, overwrite=True)
+    with safetensors.safe_open(path, "pt") as f:
+        name = max(f.keys(), key=lambda k: math.prod(f.get_slice(k).get_shape()))
+        rows = f.get_slice(name).get_shape()[0]
+    step = -(-rows // shards)
+
+    def cut(opener, **kw):
+        with opener(**kw) as f:
+            s = f.get_slice(name)
+            return [s[k * step:(k + 1) * step] for k in range(shards)]
+
+    t_st = timed(lambda: cut(lambda: safetensors.safe_open(path, "pt")))
+    t_fresh = timed(lambda: cut(lambda: bigsmall.safe_open(comp, "pt")))
+    t_unchecked = timed(lambda: cut(lambda: bigsmall.safe_open(comp, "pt", verify=False)))
+    with bigsmall.safe_open(comp, "pt") as f:
+        s = f.get_slice(name)
+        s[0:1]  # the first checked read of the tensor verifies it whole, once per open file
+        t_open = timed(lambda: [s[k * step:(k + 1) * step] for k in range(shards)])
+        t_whole = timed(lambda: f.get_tensor(name))
+    return [
+        f"\n- get_slice, {shards} row shards of `{name}` {rows} rows (MiniLM-L6 BF16): safetensors "
+        f"{t_st * 1e3:.2f} ms; bigsmall, fresh safe_open (the first checked read verifies the whole tensor once) "
+        f"{t_fresh * 1e3:.2f} ms, with verify=False {t_unchecked * 1e3:.2f} ms, on an open file after that "
+        f"check {t_open * 1e3:.2f} ms; bigsmall get_tensor of the whole tensor {t_whole * 1e3:.2f} ms"
+    ]
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--rss-child":
         return rss_child(sys.argv[2])
@@ -91,6 +125,7 @@ def main():
         t_st = timed(lambda: st.load_file(path))
         t_bs = timed(lambda: bt.load_file(comp))
         lines.append(f"| {label} | {t_st * 1e3:.1f} | {t_bs * 1e3:.1f} | {t_bs / t_st:.2f}x |")
+    lines.extend(slice_rows(bf, os.path.join(work, "slices.bs")))
     comp_dir = bigsmall.compress(model_dir, os.path.join(work, "minilm.bs"))
     from transformers import BertModel
     from transformers.utils import logging as hf_logging

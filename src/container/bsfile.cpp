@@ -897,36 +897,35 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
     if (!d) return d.status().with_context(label);
     dec = std::move(d.value());
   }
-  // Chunks cut by the range (at most the first and the last) decode into scratch, the others
-  // straight into out.
-  std::vector<uint8_t> edge[2];
-  std::vector<Status> errs(last - first + 1);
   detail::ThreadPool pool(detail::threads_for(opts.threads, last - first + 1, out_size, detail::kDecodeBytesPerThread));
-  pool.parallel_for(last - first + 1, [&](size_t k) {
-    const size_t ci = first + k;
+  // Chunks wholly inside the range decode straight into out, side by side as whole tensors do;
+  // the (at most two) chunks the range cuts decode into scratch and are copied in part.
+  const size_t inner_begin = begin % chunk_bytes == 0 ? first : first + 1;
+  size_t inner_end = last + 1;
+  if (end % chunk_bytes != 0 && end != c.nbytes) inner_end = last;
+  if (inner_begin < inner_end) {
+    detail::DecodeJob job{&c, payload, e.info.stored_bytes, out + (inner_begin * chunk_bytes - begin), out_size, label};
+    job.chunk_begin = inner_begin;
+    job.chunk_end = inner_end;
+    BS_RETURN_IF_ERROR(detail::decode_tensors_on({job}, opts.verify, pool).with_context(path()));
+  }
+  std::vector<size_t> edges;
+  for (size_t ci : {first, last})
+    if ((ci < inner_begin || ci >= inner_end) && (edges.empty() || edges.back() != ci)) edges.push_back(ci);
+  for (size_t ci : edges) {
     const ChunkRef& ref = c.chunks[ci];
     const uint64_t lo = ci * chunk_bytes, n = c.chunk_out_size(ci);
     const uint64_t from = std::max(lo, begin), to = std::min(lo + n, end);
-    if (opts.verify && detail::xxh3_32(payload + ref.offset, ref.size) != ref.checksum) {
-      errs[k] = Status(Error::kCorrupt, "chunk " + std::to_string(ci) + ": checksum mismatch (compressed data damaged)");
-      return;
-    }
+    if (opts.verify && detail::xxh3_32(payload + ref.offset, ref.size) != ref.checksum)
+      return Status(Error::kCorrupt, label + ": chunk " + std::to_string(ci) + ": checksum mismatch (compressed data damaged)");
     if (ref.mode == ChunkMode::kStored) {  // validate() checked its size
       std::memcpy(out + (from - begin), payload + ref.offset + (from - lo), to - from);
-      return;
+    } else {
+      std::vector<uint8_t> scratch(n);
+      BS_RETURN_IF_ERROR(dec->decode_chunk(ci, payload + ref.offset, ref.size, ref.mode, scratch.data()).with_context(label));
+      std::memcpy(out + (from - begin), scratch.data() + (from - lo), to - from);
     }
-    const bool whole = from == lo && to == lo + n;
-    uint8_t* dst = out + (lo >= begin ? lo - begin : 0);
-    if (!whole) {
-      std::vector<uint8_t>& buf = edge[ci == first ? 0 : 1];
-      buf.resize(n);
-      dst = buf.data();
-    }
-    errs[k] = dec->decode_chunk(ci, payload + ref.offset, ref.size, ref.mode, dst);
-    if (errs[k].is_ok() && !whole) std::memcpy(out + (from - begin), dst + (from - lo), to - from);
-  });
-  for (const Status& st : errs)
-    if (!st.is_ok()) return st.with_context(label);
+  }
   return Status::ok();
 }
 

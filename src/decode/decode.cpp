@@ -773,7 +773,7 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
   for (size_t t = 0; t < jobs.size(); ++t) {
     const DecodeJob& j = jobs[t];
     Status st = j.coding->validate(j.payload_size);
-    if (st.is_ok() && j.out_size < j.coding->nbytes) st = Status(Error::kInvalidArgument, "output buffer too small");
+    if (st.is_ok() && j.out_size < j.bytes()) st = Status(Error::kInvalidArgument, "output buffer too small");
     if (!st.is_ok()) return st.with_context(j.label);
   }
   pool.parallel_for(jobs.size(), [&](size_t t) {
@@ -800,7 +800,7 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
     if (!errors[t].is_ok()) return errors[t].with_context(jobs[t].label);
   std::vector<std::pair<uint32_t, uint32_t>> work;  // (tensor, chunk)
   for (size_t t = 0; t < jobs.size(); ++t)
-    for (size_t c = 0; c < jobs[t].coding->chunks.size(); ++c)
+    for (size_t c = jobs[t].first_chunk(); c < jobs[t].last_chunk(); ++c)
       work.emplace_back(static_cast<uint32_t>(t), static_cast<uint32_t>(c));
   // Largest chunks first: a file of few chunks of uneven size (one zstd tensor, short last
   // chunks) then ends with the small ones spread over the threads, not with one straggler.
@@ -852,7 +852,11 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
   std::atomic<bool> failed{false};
   std::mutex mu;
   std::vector<TensorHash> hashes(verify ? jobs.size() : 0);
-  for (size_t t = 0; t < hashes.size(); ++t) hashes[t].init(jobs[t]);
+  for (size_t t = 0; t < hashes.size(); ++t)
+    if (jobs[t].whole()) hashes[t].init(jobs[t]);
+  auto chunk_hashed = [&](uint32_t t, size_t i) {
+    if (verify && jobs[t].whole()) hashes[t].chunk_done(i);
+  };
   auto fail = [&](uint32_t t, Status st) {
     std::lock_guard<std::mutex> lk(mu);
     if (errors[t].is_ok()) errors[t] = std::move(st);
@@ -874,7 +878,7 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
       const DecodeJob& j = jobs[t];
       const ChunkRef& ref = j.coding->chunks[i];
       const uint8_t* p = j.payload + ref.offset;
-      uint8_t* out = j.out + j.coding->chunk_out_offset(i);
+      uint8_t* out = j.chunk_out(i);
       Status st;
       if (verify && xxh3_32(p, ref.size) != ref.checksum) {
         st = corrupt_chunk(i, "checksum mismatch (compressed data damaged)");
@@ -894,7 +898,7 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
         }
       }
       if (!st.is_ok()) fail(t, std::move(st));
-      else if (verify) hashes[t].chunk_done(i);
+      else chunk_hashed(t, i);
     }
     if (opened == 0) return;
     const auto [t0, i0] = work[members[open[0]]];
@@ -912,7 +916,7 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
       const auto [t, i] = work[members[open[k]]];
       Status st = decoders[t].finish_float(i, streams[k], args[k].start, outs[k]);
       if (!st.is_ok()) fail(t, std::move(st));
-      else if (verify) hashes[t].chunk_done(i);
+      else chunk_hashed(t, i);
     }
   });
   for (size_t t = 0; t < jobs.size(); ++t)
@@ -920,7 +924,7 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
   if (failed) return Status(Error::kCorrupt, "decode failed");
   if (verify) {
     pool.parallel_for(jobs.size(), [&](size_t t) {
-      if (!hashes[t].matches()) errors[t] = Status(Error::kCorrupt, "checksum mismatch after decode");
+      if (jobs[t].whole() && !hashes[t].matches()) errors[t] = Status(Error::kCorrupt, "checksum mismatch after decode");
     });
     for (size_t t = 0; t < jobs.size(); ++t)
       if (!errors[t].is_ok()) return errors[t].with_context(jobs[t].label);

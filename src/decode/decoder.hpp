@@ -2,6 +2,7 @@
 // independently (any thread, any order) into the caller's buffer.
 #pragma once
 #include <array>
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -92,6 +93,19 @@ struct DecodeJob {
   uint8_t* out;
   uint64_t out_size;
   std::string label;  // prefixes errors, e.g. "tensor 'model.embed'"
+  // Only chunks [chunk_begin, chunk_end) are decoded, chunk_begin's bytes landing at out (a byte
+  // range of the tensor): their chunk checksums are checked, the tensor's checksum is not.
+  size_t chunk_begin = 0, chunk_end = SIZE_MAX;
+  size_t first_chunk() const { return chunk_begin; }
+  size_t last_chunk() const { return std::min(chunk_end, coding->chunks.size()); }  // one past
+  bool whole() const { return chunk_begin == 0 && last_chunk() == coding->chunks.size(); }
+  uint64_t bytes() const {  // decoded bytes of the chunks decoded
+    if (whole()) return coding->nbytes;
+    if (last_chunk() <= chunk_begin) return 0;
+    return coding->chunk_out_offset(last_chunk() - 1) + coding->chunk_out_size(last_chunk() - 1) -
+           coding->chunk_out_offset(chunk_begin);
+  }
+  uint8_t* chunk_out(size_t i) const { return out + (coding->chunk_out_offset(i) - coding->chunk_out_offset(chunk_begin)); }
 };
 
 // Validates, then decodes the chunks of all jobs in parallel; verifies chunk checksums before
