@@ -1114,9 +1114,14 @@ TEST(Container, HugelyCompressibleHeadersAndGapsStillDecode) {
 }
 
 TEST(Container, ManySmallTensorsDecodeAcrossTableWindows) {
-  // 300 small coded tensors may each ask for 2^16 + 64·units table slots: more than one window
-  // of decoders (decode.cpp), so a batch is decoded window by window; every tensor must come
-  // back, at one thread and at several.
+  // 300 small coded tensors may each ask for 2^16 + 64·units table slots, more than one window
+  // of decoders (decode.cpp) holds; their models ask for far fewer, and windows of 2^15 slots
+  // (for the test) make a batch decode in many windows: every tensor must come back, at one
+  // thread and at several.
+  struct SmallWindows {
+    SmallWindows() { detail::set_decode_window_slots_for_testing(uint64_t{1} << 15); }
+    ~SmallWindows() { detail::set_decode_window_slots_for_testing(0); }
+  } small_windows;
   TempDir d;
   std::vector<Owned> ts;
   for (int i = 0; i < 300; ++i) {

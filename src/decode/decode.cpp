@@ -729,10 +729,30 @@ uint64_t table_slot_bound(const TensorCoding& c) {
   return std::min(most, max_table_slots(c.units()) + (c.codec == Codec::kFloat ? uint64_t{1} << kMaxPrecision : 0));
 }
 
+// The slots job j's decoder will build, from its model (the bound where the model is invalid:
+// preparing the decoder reports that). Small tensors' bounds are loose (2^16 + 64 per unit,
+// where real models use a few thousand slots), so windows are cut by these.
+uint64_t table_slots(const DecodeJob& j) {
+  const TensorCoding& c = *j.coding;
+  const uint64_t bound = table_slot_bound(c);
+  if (bound == 0) return 0;
+  if (c.codec == Codec::kFloat) {
+    FloatModel fm;
+    if (!read_float_model(j.payload, c.model_size, c.dtype, c.units(), &fm).is_ok()) return bound;
+    return (uint64_t{1} << fm.se.precision) + ((uint64_t{fm.mant.size()} + 1) << fm.mant_precision);
+  }
+  BytesModel bm;
+  if (!read_bytes_model(j.payload, c.model_size, c.unit_bytes(), c.units(), &bm).is_ok()) return bound;
+  uint64_t slots = 0;
+  for (const auto& t : bm.planes) slots += uint64_t{1} << t.precision;
+  return slots;
+}
+
 // Table slots whose decoders one window of jobs builds at once (about 10 bytes each). Jobs are
 // batched by decoded bytes; without this, a batch of many tiny tensors that each ask for the
 // largest tables their size allows would hold gigabytes of tables for kilobytes of output.
 constexpr uint64_t kWindowTableSlots = uint64_t{1} << 23;
+std::atomic<uint64_t> window_table_slots{kWindowTableSlots};  // or smaller in tests
 // Jobs per window at most, for the per-job state (checksum streams, chunk lists) of a caller
 // that hands over a file of 300k tiny tensors in one call.
 constexpr size_t kWindowJobs = 4096;
@@ -740,6 +760,10 @@ constexpr size_t kWindowJobs = 4096;
 Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool);
 
 }  // namespace
+
+void set_decode_window_slots_for_testing(uint64_t slots) {
+  window_table_slots.store(slots ? slots : kWindowTableSlots, std::memory_order_relaxed);
+}
 
 Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool) {
   uint64_t total = 0;
@@ -749,12 +773,17 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
     BS_RETURN_IF_ERROR(j.coding->validate(j.payload_size).with_context(j.label));
     total += table_slot_bound(*j.coding);
   }
-  if (total <= kWindowTableSlots && jobs.size() <= kWindowJobs) return decode_window(jobs, verify, pool);
+  const uint64_t budget = window_table_slots.load(std::memory_order_relaxed);
+  if (total <= budget && jobs.size() <= kWindowJobs) return decode_window(jobs, verify, pool);
+  // Over the bound: the models say what the decoders will really build.
+  std::vector<uint64_t> need(jobs.size());
+  pool.parallel_for(jobs.size(), [&](size_t t) { need[t] = table_slots(jobs[t]); });
   std::vector<DecodeJob> window;
   uint64_t slots = 0;
-  for (const auto& j : jobs) {
-    const uint64_t s = table_slot_bound(*j.coding);
-    if (!window.empty() && (slots + s > kWindowTableSlots || window.size() >= kWindowJobs)) {
+  for (size_t t = 0; t < jobs.size(); ++t) {
+    const DecodeJob& j = jobs[t];
+    const uint64_t s = need[t];
+    if (!window.empty() && (slots + s > budget || window.size() >= kWindowJobs)) {
       BS_RETURN_IF_ERROR(decode_window(window, verify, pool));
       window.clear();
       slots = 0;

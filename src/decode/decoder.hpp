@@ -108,6 +108,10 @@ struct DecodeJob {
   uint8_t* chunk_out(size_t i) const { return out + (coding->chunk_out_offset(i) - coding->chunk_out_offset(chunk_begin)); }
 };
 
+// Decoder windows of at most `slots` table slots (0: the default), so that tests reach the
+// window boundaries with small files.
+void set_decode_window_slots_for_testing(uint64_t slots);
+
 // Validates, then decodes the chunks of all jobs in parallel; verifies chunk checksums before
 // decoding and tensor checksums after, when asked. Shared by decode_tensor and the container.
 class ThreadPool;
