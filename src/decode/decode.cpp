@@ -729,23 +729,15 @@ uint64_t table_slot_bound(const TensorCoding& c) {
   return std::min(most, max_table_slots(c.units()) + (c.codec == Codec::kFloat ? uint64_t{1} << kMaxPrecision : 0));
 }
 
-// The slots job j's decoder will build, from its model (the bound where the model is invalid:
-// preparing the decoder reports that). Small tensors' bounds are loose (2^16 + 64 per unit,
-// where real models use a few thousand slots), so windows are cut by these.
+// The slots job j's decoder will build, from its model's first fields (the bound where they are
+// invalid, or for byte models: preparing the decoder reports errors). Small tensors' bounds are
+// loose (2^16 + 64 per unit, where real models use a few thousand slots), so windows are cut by
+// these.
 uint64_t table_slots(const DecodeJob& j) {
   const TensorCoding& c = *j.coding;
   const uint64_t bound = table_slot_bound(c);
-  if (bound == 0) return 0;
-  if (c.codec == Codec::kFloat) {
-    FloatModel fm;
-    if (!read_float_model(j.payload, c.model_size, c.dtype, c.units(), &fm).is_ok()) return bound;
-    return (uint64_t{1} << fm.se.precision) + ((uint64_t{fm.mant.size()} + 1) << fm.mant_precision);
-  }
-  BytesModel bm;
-  if (!read_bytes_model(j.payload, c.model_size, c.unit_bytes(), c.units(), &bm).is_ok()) return bound;
-  uint64_t slots = 0;
-  for (const auto& t : bm.planes) slots += uint64_t{1} << t.precision;
-  return slots;
+  if (bound == 0 || c.codec != Codec::kFloat) return bound;
+  return std::min(bound, float_model_slots(j.payload, c.model_size, c.dtype).value_or(bound));
 }
 
 // Table slots whose decoders one window of jobs builds at once (about 10 bytes each). Jobs are

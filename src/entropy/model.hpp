@@ -1,6 +1,7 @@
 // The per-tensor models stored in the payload's model blob, shared by encoder and decoders.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "bigsmall/codec.hpp"
@@ -42,6 +43,9 @@ inline uint64_t max_table_slots(uint64_t units) { return (uint64_t{1} << 16) + 6
 void write_float_model(const FloatModel& m, BitWriter& bw);
 // `units`: the tensor's unit count, which bounds the mantissa tables (max_table_slots).
 Status read_float_model(const uint8_t* p, size_t n, DType dtype, uint64_t units, FloatModel* m);
+// The decoder table slots a float model asks for (se table and mantissa tables), read from its
+// first fields only (the mantissa tables themselves are not parsed); nullopt if they are invalid.
+std::optional<uint64_t> float_model_slots(const uint8_t* p, size_t n, DType dtype);
 void write_bytes_model(const BytesModel& m, BitWriter& bw);
 Status read_bytes_model(const uint8_t* p, size_t n, uint32_t unit_bytes, uint64_t units, BytesModel* m);
 
