@@ -237,16 +237,18 @@ def _dtype_arg(d):
 
 
 def _config_dtype(config):
-    """The floating-point dtype a transformers config names (dtype, or torch_dtype before v4.56)."""
-    for attr in ("dtype", "torch_dtype"):
-        try:
-            d = getattr(config, attr, None)
-        except Exception:  # a deprecated alias may warn or raise
-            d = None
-        if isinstance(d, str):
-            d = getattr(torch, d, None)
-        if isinstance(d, torch.dtype) and d.is_floating_point:
-            return d
+    """The floating-point dtype a transformers config names (dtype, or torch_dtype before v4.56),
+    read from its dict: the torch_dtype attribute logs a deprecation warning in transformers 5."""
+    try:
+        d = config.to_dict()
+    except Exception:  # a config without to_dict: no dtype to follow
+        return None
+    for key in ("dtype", "torch_dtype"):
+        v = d.get(key)
+        if isinstance(v, str):
+            v = getattr(torch, v, None)
+        if isinstance(v, torch.dtype) and v.is_floating_point:
+            return v
     return None
 
 
