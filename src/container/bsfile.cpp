@@ -883,35 +883,38 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
   const uint64_t chunk_bytes = c.chunk_units() * c.unit_bytes();
   const uint64_t end = begin + out_size;
   const size_t first = static_cast<size_t>(begin / chunk_bytes), last = static_cast<size_t>((end - 1) / chunk_bytes);
-  std::optional<detail::TensorDecoder> dec;
-  for (size_t k = first; k <= last && !dec; ++k) {
-    if (c.chunks[k].mode != ChunkMode::kCoded) continue;
-    if (opts.verify && c.model_size > 0 && !impl_->verified[i].load(std::memory_order_acquire)) {
-      // Damage in the model could decode the chunks wrongly without failing a chunk checksum:
-      // once per tensor, the whole tensor is decoded (in bounded memory) and its checksum checked.
-      detail::ThreadPool whole(decode_threads(*impl_, {i}, opts.threads));
-      BS_RETURN_IF_ERROR(verify_large_tensor(*impl_, i, detail::kBatchBytes / 16, whole));
-      impl_->verified[i].store(true, std::memory_order_release);
-    }
-    auto d = detail::TensorDecoder::prepare(c, payload, c.model_size);
-    if (!d) return d.status().with_context(label);
-    dec = std::move(d.value());
+  const auto coded = [&](size_t k) { return c.chunks[k].mode == ChunkMode::kCoded; };
+  bool any_coded = false;
+  for (size_t k = first; k <= last && !any_coded; ++k) any_coded = coded(k);
+  if (any_coded && opts.verify && c.model_size > 0 && !impl_->verified[i].load(std::memory_order_acquire)) {
+    // Damage in the model could decode the chunks wrongly without failing a chunk checksum:
+    // once per tensor, the whole tensor is decoded (in bounded memory) and its checksum checked.
+    detail::ThreadPool whole(decode_threads(*impl_, {i}, opts.threads));
+    BS_RETURN_IF_ERROR(verify_large_tensor(*impl_, i, detail::kBatchBytes / 16, whole));
+    impl_->verified[i].store(true, std::memory_order_release);
   }
-  detail::ThreadPool pool(detail::threads_for(opts.threads, last - first + 1, out_size, detail::kDecodeBytesPerThread));
   // Chunks wholly inside the range decode straight into out, side by side as whole tensors do;
   // the (at most two) chunks the range cuts decode into scratch and are copied in part.
   const size_t inner_begin = begin % chunk_bytes == 0 ? first : first + 1;
   size_t inner_end = last + 1;
   if (end % chunk_bytes != 0 && end != c.nbytes) inner_end = last;
   if (inner_begin < inner_end) {
-    detail::DecodeJob job{&c, payload, e.info.stored_bytes, out + (inner_begin * chunk_bytes - begin), out_size, label};
+    const uint64_t skip = inner_begin * chunk_bytes - begin;  // bytes of the first, cut chunk
+    detail::DecodeJob job{&c, payload, e.info.stored_bytes, out + skip, out_size - skip, "tensor '" + e.info.name + "'"};
     job.chunk_begin = inner_begin;
     job.chunk_end = inner_end;
+    detail::ThreadPool pool(detail::threads_for(opts.threads, inner_end - inner_begin, job.bytes(), detail::kDecodeBytesPerThread));
     BS_RETURN_IF_ERROR(detail::decode_tensors_on({job}, opts.verify, pool).with_context(path()));
   }
   std::vector<size_t> edges;
   for (size_t ci : {first, last})
     if ((ci < inner_begin || ci >= inner_end) && (edges.empty() || edges.back() != ci)) edges.push_back(ci);
+  std::optional<detail::TensorDecoder> dec;  // for the cut chunks, when coded
+  if (std::any_of(edges.begin(), edges.end(), coded)) {
+    auto d = detail::TensorDecoder::prepare(c, payload, c.model_size);
+    if (!d) return d.status().with_context(label);
+    dec = std::move(d.value());
+  }
   for (size_t ci : edges) {
     const ChunkRef& ref = c.chunks[ci];
     const uint64_t lo = ci * chunk_bytes, n = c.chunk_out_size(ci);

@@ -426,6 +426,55 @@ class TableMemory {
 
 void set_compact_rows_for_testing(bool on) { compact_rows.store(on, std::memory_order_relaxed); }
 
+namespace {
+// The fused layout build_fused picks for a model of these dimensions (mode 0: none, the unfused
+// tables), and its mantissa rows. Shared with the decoder-window estimate, which must count
+// what build_fused will allocate.
+struct FusedLayout {
+  int mode = 0;
+  size_t rows = 0;
+};
+
+FusedLayout fused_layout(int ps, int pm, int k, int se_bits, uint32_t count, size_t tables, uint64_t units) {
+  if (ps < 1 || pm < 1 || 2 * pm + k > 32) return {};
+  // Fused rows repeat a mantissa table for every se symbol that uses it (kSeInSe: for every se
+  // value): they get the same memory bound as the tables themselves, or a hostile model of a few
+  // bytes could ask for megabytes per tensor. Tensors past it decode with the unfused tables.
+  const uint64_t budget = max_table_slots(units);
+  const uint64_t slots = uint64_t{1} << pm;
+  auto fits = [&](uint64_t rows) { return rows * slots <= budget; };
+  const bool permute256 = 2 * ps + 8 <= 32 && count <= 256 &&
+                          se_bits + std::bit_width(tables) <= 16 && fits(tables + 1);
+  int mode;
+  if (k == 0 && 2 * ps + se_bits <= 32) mode = kSeOnly;
+  else if (2 * pm + se_bits + k <= 32 && 2 * ps + 8 <= 32 && count <= 256 && fits(count)) mode = kSeInMant;
+  else if (2 * ps + se_bits <= 32 && fits(uint64_t{1} << se_bits)) mode = kSeInSe;
+  else if (2 * ps + 8 <= 32 && count <= 64 && fits(count)) mode = kSePermute;
+  else if (permute256) mode = kSePermute256;
+  else return {};
+  // kSeInMant and kSeInSe compute a mantissa row per sign+exponent symbol, the 256-row layout
+  // one per mantissa table. Where the per-symbol rows hold more entries than the tensor has
+  // weights (a 14,400-weight F32 tensor of ppocrv4-rec has 223 symbols of 1,024-slot rows:
+  // 892 KB), building them costs more than the 256-row layout's slightly slower loop.
+  if ((mode == kSeInMant || mode == kSeInSe) && permute256 && (uint64_t{count} << pm) > units &&
+      compact_rows.load(std::memory_order_relaxed))
+    mode = kSePermute256;
+  const bool dense = mode != kSeInSe && mode != kSeOnly;
+  const size_t rows = mode == kSeOnly         ? 0
+                      : mode == kSePermute256 ? tables + 1
+                      : dense                 ? count
+                                              : (size_t{1} << se_bits);
+  return {mode, rows};
+}
+}  // namespace
+
+uint64_t float_decoder_slots(const FloatModelShape& m, int exp_bits, uint64_t units) {
+  const uint64_t se = uint64_t{1} << m.se_precision, unfused = (uint64_t{m.tables} + 1) << m.mant_precision;
+  const FusedLayout f = fused_layout(m.se_precision, m.mant_precision, m.hi_bits, 1 + exp_bits, m.present, m.tables, units);
+  // The unfused tables are built when no fused layout applies; count the larger either way.
+  return se + std::max<uint64_t>(unfused, f.mode ? uint64_t{f.rows} << m.mant_precision : 0);
+}
+
 bool TensorDecoder::build_fused() {
   // Ways to get the sign+exponent value with one lookup per symbol (see simd.hpp):
   //   kSeOnly:   no mantissa bits coded: the mantissa step is skipped, se as in kSeInSe;
@@ -445,33 +494,12 @@ bool TensorDecoder::build_fused() {
       total += se.freq[s];
     }
   if (total != (1u << ps)) return false;  // every slot must belong to a symbol (read_table guarantees it)
-  // Fused rows repeat a mantissa table for every se symbol that uses it (kSeInSe: for every se
-  // value): they get the same memory bound as the tables themselves, or a hostile model of a few
-  // bytes could ask for megabytes per tensor. Tensors past it decode with the unfused tables.
-  const uint64_t budget = (uint64_t{1} << 16) + 64 * coding_.units();
-  const size_t se_slots = size_t{1} << ps, slots = size_t{1} << pm;
-  auto fits = [&](uint64_t rows) { return rows * slots <= budget; };
-  const bool permute256 = 2 * ps + 8 <= 32 && count <= 256 && se_bits + std::bit_width(fm_.mant.size()) <= 16 &&
-                          fits(fm_.mant.size() + 1);
-  int mode;
-  if (k == 0 && 2 * ps + se_bits <= 32) mode = kSeOnly;
-  else if (2 * pm + se_bits + k <= 32 && 2 * ps + 8 <= 32 && count <= 256 && fits(count)) mode = kSeInMant;
-  else if (2 * ps + se_bits <= 32 && fits(uint64_t{1} << se_bits)) mode = kSeInSe;
-  else if (2 * ps + 8 <= 32 && count <= 64 && fits(count)) mode = kSePermute;
-  else if (permute256) mode = kSePermute256;
-  else return false;
-  // kSeInMant and kSeInSe compute a mantissa row per sign+exponent symbol, the 256-row layout
-  // one per mantissa table. Where the per-symbol rows hold more entries than the tensor has
-  // weights (a 14,400-weight F32 tensor of ppocrv4-rec has 223 symbols of 1,024-slot rows:
-  // 892 KB), building them costs more than the 256-row layout's slightly slower loop.
-  if ((mode == kSeInMant || mode == kSeInSe) && permute256 && (uint64_t{count} << pm) > coding_.units() &&
-      compact_rows.load(std::memory_order_relaxed))
-    mode = kSePermute256;
+  const FusedLayout layout = fused_layout(ps, pm, k, se_bits, count, fm_.mant.size(), coding_.units());
+  if (layout.mode == 0) return false;
+  const int mode = layout.mode;
   const bool dense = mode != kSeInSe && mode != kSeOnly;
-  const size_t rows = mode == kSeOnly         ? 0
-                      : mode == kSePermute256 ? fm_.mant.size() + 1
-                      : dense                 ? count
-                                              : (size_t{1} << se_bits);
+  const size_t rows = layout.rows;
+  const size_t se_slots = size_t{1} << ps, slots = size_t{1} << pm;
   // Rows of absent symbols (kSeInSe) are never written nor read: the allocation stays untouched.
   fused_ = TableMemory::get(se_slots + rows * slots);
   uint32_t* se_t = fused_.get();
@@ -737,7 +765,9 @@ uint64_t table_slots(const DecodeJob& j) {
   const TensorCoding& c = *j.coding;
   const uint64_t bound = table_slot_bound(c);
   if (bound == 0 || c.codec != Codec::kFloat) return bound;
-  return std::min(bound, float_model_slots(j.payload, c.model_size, c.dtype).value_or(bound));
+  const auto shape = float_model_shape(j.payload, c.model_size, c.dtype);
+  if (!shape) return bound;
+  return std::min(bound, float_decoder_slots(*shape, dtype_info(c.dtype).exponent_bits, c.units()));
 }
 
 // Table slots whose decoders one window of jobs builds at once (about 10 bytes each). Jobs are

@@ -108,6 +108,9 @@ struct DecodeJob {
   uint8_t* chunk_out(size_t i) const { return out + (coding->chunk_out_offset(i) - coding->chunk_out_offset(chunk_begin)); }
 };
 
+// The table slots a decoder of a float model of this shape builds, fused or not.
+uint64_t float_decoder_slots(const FloatModelShape& m, int exp_bits, uint64_t units);
+
 // Decoder windows of at most `slots` table slots (0: the default), so that tests reach the
 // window boundaries with small files.
 void set_decode_window_slots_for_testing(uint64_t slots);

@@ -54,17 +54,21 @@ Status read_float_model(const uint8_t* p, size_t n, DType dtype, uint64_t units,
   return Status::ok();
 }
 
-std::optional<uint64_t> float_model_slots(const uint8_t* p, size_t n, DType dtype) {
+std::optional<FloatModelShape> float_model_shape(const uint8_t* p, size_t n, DType dtype) {
   const DTypeInfo& info = dtype_info(dtype);
   if (!info.exponent_bits) return std::nullopt;
   BitReader br(p, n);
-  (void)br.get(4 + 6 + 6);  // hi_bits, raw_bits, zero_bits
-  const int mant_precision = static_cast<int>(br.get(4));
+  FloatModelShape m;
+  m.hi_bits = static_cast<int>(br.get(4));
+  (void)br.get(6 + 6);  // raw_bits, zero_bits
+  m.mant_precision = static_cast<int>(br.get(4));
   FreqTable se;
-  if (!read_table(br, 1u << (1 + info.exponent_bits), &se).is_ok()) return std::nullopt;
-  const uint32_t ntables = br.ue();
-  if (!br.ok() || mant_precision > kMaxMantPrecision || ntables > se.alphabet) return std::nullopt;
-  return (uint64_t{1} << se.precision) + ((uint64_t{ntables} + 1) << mant_precision);
+  if (!br.ok() || !read_table(br, 1u << (1 + info.exponent_bits), &se).is_ok()) return std::nullopt;
+  m.se_precision = se.precision;
+  for (uint32_t f : se.freq) m.present += f != 0;
+  m.tables = br.ue();
+  if (!br.ok() || m.hi_bits > 12 || m.mant_precision > kMaxMantPrecision || m.tables > se.alphabet) return std::nullopt;
+  return m;
 }
 
 void write_bytes_model(const BytesModel& m, BitWriter& bw) {

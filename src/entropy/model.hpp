@@ -43,9 +43,14 @@ inline uint64_t max_table_slots(uint64_t units) { return (uint64_t{1} << 16) + 6
 void write_float_model(const FloatModel& m, BitWriter& bw);
 // `units`: the tensor's unit count, which bounds the mantissa tables (max_table_slots).
 Status read_float_model(const uint8_t* p, size_t n, DType dtype, uint64_t units, FloatModel* m);
-// The decoder table slots a float model asks for (se table and mantissa tables), read from its
-// first fields only (the mantissa tables themselves are not parsed); nullopt if they are invalid.
-std::optional<uint64_t> float_model_slots(const uint8_t* p, size_t n, DType dtype);
+// A float model's dimensions, read from its first fields only (the mantissa tables themselves
+// are not parsed): what decoder table memory depends on. nullopt if the fields are invalid.
+struct FloatModelShape {
+  int se_precision = 0, mant_precision = 0, hi_bits = 0;
+  uint32_t present = 0;  // sign+exponent symbols with a nonzero frequency
+  uint32_t tables = 0;   // mantissa tables
+};
+std::optional<FloatModelShape> float_model_shape(const uint8_t* p, size_t n, DType dtype);
 void write_bytes_model(const BytesModel& m, BitWriter& bw);
 Status read_bytes_model(const uint8_t* p, size_t n, uint32_t unit_bytes, uint64_t units, BytesModel* m);
 
