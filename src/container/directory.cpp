@@ -286,21 +286,35 @@ struct DirProgress {
 
 }  // namespace
 
+// The files of input directory src (leaving out dst if it lies inside), and the output
+// directory, begun under its temporary name with every input directory, empty ones included.
+struct DirOutput {
+  std::vector<fs::path> files;
+  OutputDir out;
+};
+
+Result<DirOutput> start_dir_output(const std::string& src, const std::string& dst, bool overwrite) {
+  std::error_code canon_ec;
+  const fs::path dst_at = fs::weakly_canonical(dst, canon_ec);
+  std::vector<fs::path> dirs;
+  BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(fs::path(src), canon_ec ? fs::path() : dst_at, &dirs));
+  BS_ASSIGN_OR_RETURN(OutputDir out, OutputDir::create(src, dst, overwrite));
+  for (const auto& d : dirs) {
+    std::error_code ec;
+    fs::create_directories(out.path() / d, ec);
+    if (ec) return Status(Error::kIo, (fs::path(dst) / d).string() + ": cannot create directory: " + ec.message());
+  }
+  return DirOutput{std::move(files), std::move(out)};
+}
+
 Status compress_dir(const std::string& src, const std::string& dst, const CompressOptions& opts) {
   const fs::path in(src);
   // Its .bs files would be copied as they are and its index dropped: no byte-identical restore.
   if (detail::path_exists((in / kDirIndexName).string()))
     return Status(Error::kNotSafetensors, src + ": already a compressed model directory (decompress it, or compress the original)");
-  std::error_code canon_ec;
-  const fs::path dst_at = fs::weakly_canonical(dst, canon_ec);  // left out of the input if inside it
-  std::vector<fs::path> dirs;
-  BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in, canon_ec ? fs::path() : dst_at, &dirs));
-  BS_ASSIGN_OR_RETURN(OutputDir out_dir, OutputDir::create(src, dst, opts.overwrite));
-  for (const auto& d : dirs) {  // empty directories come along too
-    std::error_code dir_ec;
-    fs::create_directories(out_dir.path() / d, dir_ec);
-    if (dir_ec) return Status(Error::kIo, (fs::path(dst) / d).string() + ": cannot create directory: " + dir_ec.message());
-  }
+  BS_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
+  const std::vector<fs::path>& files = run.files;
+  OutputDir& out_dir = run.out;
   const fs::path& out = out_dir.path();
   // Files go into the new, empty temporary directory: nothing there to overwrite.
   CompressOptions fo = opts;
@@ -339,16 +353,9 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
   const fs::path in(src);
   BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(in));
-  std::error_code canon_ec;
-  const fs::path dst_at = fs::weakly_canonical(dst, canon_ec);  // left out of the input if inside it
-  std::vector<fs::path> dirs;
-  BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(in, canon_ec ? fs::path() : dst_at, &dirs));
-  BS_ASSIGN_OR_RETURN(OutputDir out_dir, OutputDir::create(src, dst, opts.overwrite));
-  for (const auto& d : dirs) {  // empty directories come along too
-    std::error_code dir_ec;
-    fs::create_directories(out_dir.path() / d, dir_ec);
-    if (dir_ec) return Status(Error::kIo, (fs::path(dst) / d).string() + ": cannot create directory: " + dir_ec.message());
-  }
+  BS_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
+  const std::vector<fs::path>& files = run.files;
+  OutputDir& out_dir = run.out;
   const fs::path& out = out_dir.path();
   DirProgress prog{opts.progress};
   std::error_code ec;

@@ -17,12 +17,12 @@ tensors = [
     ("c64.rotary", "C64", [64, 2], rng.normal(0, 1, 256).astype(np.float32).tobytes()),
     ("tab\tname\n", "F32", [3], np.array([1.0, -0.0, np.inf], np.float32).tobytes()),
 ]
-header, data, off = {"__metadata__": {}}, b"", 0
-for name, dtype, shape, raw in tensors:
-    header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + len(raw)]}
-    data += raw
-    off += len(raw)
-h = json.dumps(header, separators=(",", ":")).encode()
-h += b" " * ((8 - len(h) % 8) % 8)
+# Offsets are the running sums of the tensors' sizes, in the order listed.
+ends = np.cumsum([len(raw) for *_, raw in tensors]).tolist()
+header = {"__metadata__": {}}
+header.update({name: {"dtype": dtype, "shape": shape, "data_offsets": [end - len(raw), end]}
+               for (name, dtype, shape, raw), end in zip(tensors, ends)})
+text = json.dumps(header, separators=(",", ":")).encode()
+text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
 with open("golden-v1.1.safetensors", "wb") as f:
-    f.write(struct.pack("<Q", len(h)) + h + data)
+    f.write(struct.pack("<Q", len(text)) + text + b"".join(raw for *_, raw in tensors))
