@@ -16,6 +16,7 @@
 #include "common/checksum.hpp"
 #include "container/bsfile.hpp"
 #include "container/fileio.hpp"
+#include "container/json.hpp"
 #include "container/safetensors.hpp"
 #include "decode/decoder.hpp"
 #include "encode/encoder.hpp"
@@ -211,6 +212,78 @@ std::vector<uint8_t> with_header(const std::string& header, size_t data = 16) {
   return st;
 }
 }  // namespace
+
+TEST(Json, ValuesKindsAndOrderAreKept) {
+  using K = detail::JsonValue::Kind;
+  const std::string text =
+      R"({"b":[1,18446744073709551615,18446744073709551616,-2,0.5,true,false,null,"x\n\u00e9\ud83d\ude00"],)"
+      R"("a":{"k":{}, "k":[]},"e":[], "z":"last"})";
+  auto doc = detail::parse_json(text);
+  ASSERT_TRUE(doc.is_ok()) << doc.status().message();
+  const auto root = doc->root();
+  ASSERT_EQ(root.kind(), K::kObject);
+  ASSERT_EQ(root.size(), 4u);
+  std::vector<std::string_view> keys;
+  for (const auto& [k, v] : root.members()) keys.push_back(k);
+  EXPECT_EQ(keys, (std::vector<std::string_view>{"b", "a", "e", "z"}));
+  const auto b = root.get("b")->elements();
+  ASSERT_EQ(b.size(), 9u);
+  EXPECT_TRUE(b[0].is_uint() && b[0].uint() == 1);
+  EXPECT_TRUE(b[1].is_uint() && b[1].uint() == UINT64_MAX);
+  EXPECT_TRUE(!b[2].is_uint() && b[2].kind() == K::kNumber && b[2].number() == 18446744073709551616.0);
+  EXPECT_TRUE(!b[3].is_uint() && b[3].number() == -2.0);
+  EXPECT_EQ(b[4].number(), 0.5);
+  EXPECT_TRUE(b[5].kind() == K::kBool && b[5].boolean());
+  EXPECT_TRUE(b[6].kind() == K::kBool && !b[6].boolean());
+  EXPECT_EQ(b[7].kind(), K::kNull);
+  EXPECT_EQ(b[8].str(), "x\n\xc3\xa9\xf0\x9f\x98\x80");
+  // A key given twice: get finds the first; iteration sees both.
+  const auto a = *root.get("a");
+  EXPECT_EQ(a.size(), 2u);
+  EXPECT_EQ(a.get("k")->kind(), K::kObject);
+  EXPECT_EQ(a.members()[1].second.kind(), K::kArray);
+  EXPECT_EQ(root.get("e")->size(), 0u);
+  EXPECT_EQ(root.get("z")->str(), "last");
+  EXPECT_FALSE(root.get("missing").has_value());
+  EXPECT_FALSE(b[0].get("k").has_value());  // not an object
+  // Equality: same values in the same order; numbers as parsed.
+  auto same = detail::parse_json(R"({"b":[1e0]})");
+  auto other = detail::parse_json(R"({"b":[1.0]})");
+  auto integer = detail::parse_json(R"({"b":[1]})");
+  ASSERT_TRUE(same.is_ok() && other.is_ok() && integer.is_ok());
+  EXPECT_TRUE(detail::json_equal(same->root(), other->root()));
+  EXPECT_FALSE(detail::json_equal(same->root(), integer->root()));  // 1 is an integer, 1e0 is not
+  EXPECT_TRUE(detail::json_equal(root, doc->root()));
+  auto reordered = detail::parse_json(R"({"a":1,"b":2})");
+  auto ordered = detail::parse_json(R"({"b":2,"a":1})");
+  EXPECT_FALSE(detail::json_equal(reordered->root(), ordered->root()));
+}
+
+TEST(Json, DenseTinyValuesCostAFewBytesPerByteOfText) {
+  // A kept header is stored compressed, so a 9 KB .bs file can carry 100 MB of "[0,0,0,...]" or
+  // of tiny keys; what parsing it holds must stay a small multiple of the text.
+  std::string arrays = "{\"t\":[";
+  std::string keys = "{";
+  for (int i = 0; i < 1'000'000; ++i) {
+    arrays += i ? ",100" : "100";  // four bytes per value: the densest allowed
+    keys += i ? ",\"\":0" : "\"\":0";
+  }
+  arrays += "]}";
+  keys += "}";
+  for (const std::string* text : {&arrays, &keys}) {
+    auto doc = detail::parse_json(*text);
+    ASSERT_TRUE(doc.is_ok()) << doc.status().message();
+    // 16-byte nodes, vectors grown by doubling; a tree of std::string/std::vector nodes held ~50x.
+    EXPECT_LE(doc->memory_bytes(), 16 * text->size()) << text->substr(0, 10);
+  }
+  // Denser than four bytes per value is refused before it is held.
+  std::string dense = "[";
+  for (int i = 0; i < 100'000; ++i) dense += i ? ",[]" : "[]";
+  dense += "]";
+  auto doc = detail::parse_json(dense);
+  ASSERT_FALSE(doc.is_ok());
+  EXPECT_NE(doc.status().message().find("too many values"), std::string::npos);
+}
 
 TEST(BadSafetensors, EachProblemHasItsError) {
   expect_rejected(std::vector<uint8_t>{'h', 'e', 'l', 'l', 'o'}, Error::kTruncated, "short");

@@ -232,31 +232,34 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
   const fs::path p = dir / kDirIndexName;
   auto mf = detail::MappedFile::open(p.string());
   if (!mf) return Status(Error::kNotBigsmall, dir.string() + ": not a bigsmall model directory (no " + kDirIndexName + ")");
-  auto j = detail::parse_json(std::string_view(reinterpret_cast<const char*>(mf->data()), mf->size()), /*raw_bytes=*/true);
-  const detail::Json* files = j ? j->get("files") : nullptr;
-  if (!files || files->kind != detail::Json::Kind::kArray) return Status(Error::kCorrupt, p.string() + ": invalid index");
-  const detail::Json* format = j->get("format");
-  const detail::Json* version = j->get("format_version");
-  if (!format || format->kind != detail::Json::Kind::kString || format->str != "bigsmall")
+  auto doc = detail::parse_json(std::string_view(reinterpret_cast<const char*>(mf->data()), mf->size()), /*raw_bytes=*/true);
+  using Kind = detail::JsonValue::Kind;
+  const auto j = doc ? std::optional(doc->root()) : std::nullopt;
+  const auto files = j ? j->get("files") : std::nullopt;
+  if (!files || files->kind() != Kind::kArray) return Status(Error::kCorrupt, p.string() + ": invalid index");
+  const auto format = j->get("format");
+  const auto version = j->get("format_version");
+  if (!format || format->kind() != Kind::kString || format->str() != "bigsmall")
     return Status(Error::kNotBigsmall, p.string() + ": not a bigsmall index");
-  if (version && (!version->is_uint || version->u > kFormatVersionMajor))
+  if (version && (!version->is_uint() || version->uint() > kFormatVersionMajor))
     return Status(Error::kUnsupportedVersion, p.string() + ": index of a newer format version");
   std::vector<DirEntry> out;
-  for (const auto& f : files->arr) {
-    const detail::Json* s = f.get("source");
-    const detail::Json* b = f.get("bs");
-    if (!s || !b || s->kind != detail::Json::Kind::kString || b->kind != detail::Json::Kind::kString)
+  for (const detail::JsonValue f : *files) {
+    const auto s = f.get("source");
+    const auto b = f.get("bs");
+    if (!s || !b || s->kind() != Kind::kString || b->kind() != Kind::kString)
       return Status(Error::kCorrupt, p.string() + ": invalid file entry");
+    const std::string source(s->str()), bs(b->str());
     // Index entries are relative names of files inside the directory; nothing may escape it or
     // name the directory itself.
-    for (const std::string* name : {&s->str, &b->str}) {
+    for (const std::string* name : {&source, &bs}) {
       const fs::path rel(*name);
       if (rel.empty() || rel.is_absolute() ||
           std::any_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".." || c == "." || c.empty(); }))
         return Status(Error::kCorrupt, p.string() + ": unsafe path '" + *name + "'");
     }
-    if (!ends_with(b->str, ".bs")) return Status(Error::kCorrupt, p.string() + ": '" + b->str + "' is not a .bs name");
-    out.push_back({s->str, b->str});
+    if (!ends_with(bs, ".bs")) return Status(Error::kCorrupt, p.string() + ": '" + bs + "' is not a .bs name");
+    out.push_back({source, bs});
   }
   // A name listed twice would be restored or verified twice (a small index could ask for any
   // amount of work) or one source written over another.

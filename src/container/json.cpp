@@ -1,5 +1,6 @@
 #include "container/json.hpp"
 
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -8,22 +9,28 @@
 
 namespace bigsmall::detail {
 namespace {
-
 constexpr int kMaxDepth = 64;
 
-class Parser {
- public:
-  Parser(std::string_view s, bool raw_bytes) : s_(s), raw_bytes_(raw_bytes) {}
+}  // namespace
 
-  Status parse(Json* out) {
+class JsonParser {
+ public:
+  JsonParser(std::string_view s, bool raw_bytes, JsonDoc* doc) : s_(s), raw_bytes_(raw_bytes), doc_(doc) {}
+
+  Status parse() {
+    // Node fields hold string lengths and member counts in 32 bits.
+    if (s_.size() > UINT32_MAX) return Status(Error::kLimit, "JSON text larger than 4 GiB");
     ws();
-    BS_RETURN_IF_ERROR(value(out, 0));
+    BS_RETURN_IF_ERROR(value(0));
     ws();
     if (i_ != s_.size()) return err("trailing characters");
     return Status::ok();
   }
 
  private:
+  using Kind = JsonValue::Kind;
+  using Node = JsonDoc::Node;
+
   Status err(const std::string& what) const {
     return Status(Error::kNotSafetensors, "invalid JSON at byte " + std::to_string(i_) + ": " + what);
   }
@@ -35,58 +42,63 @@ class Parser {
     i_ += w.size();
     return true;
   }
-  Status value(Json* v, int depth) {
+  size_t push(Kind kind, uint8_t flags = 0, uint32_t count = 0, uint64_t x = 0) {
+    doc_->nodes_.push_back(Node{kind, flags, count, x});
+    return doc_->nodes_.size() - 1;
+  }
+  Status value(int depth) {
     if (depth > kMaxDepth) return err("nesting too deep");
-    // Each node costs far more memory than its text; a header of dense tiny arrays could
-    // otherwise need gigabytes. Real safetensors headers use 6 or more bytes per node.
-    if (++nodes_ > budget_) return err("too many values for the header's size");
+    // Even at 16 bytes a node costs more memory than its text; real safetensors headers use 6
+    // or more bytes per value.
+    if (++values_ > budget_) return err("too many values for the header's size");
     if (i_ >= s_.size()) return err("unexpected end");
     const char c = s_[i_];
-    if (c == '{') return object(v, depth);
-    if (c == '[') return array(v, depth);
-    if (c == '"') { v->kind = Json::Kind::kString; return string(&v->str); }
-    if (lit("true")) { v->kind = Json::Kind::kBool; v->b = true; return Status::ok(); }
-    if (lit("false")) { v->kind = Json::Kind::kBool; return Status::ok(); }
-    if (lit("null")) { v->kind = Json::Kind::kNull; return Status::ok(); }
-    return number(v);
+    if (c == '{') return object(depth);
+    if (c == '[') return array(depth);
+    if (c == '"') return string();
+    if (lit("true")) { push(Kind::kBool, 1); return Status::ok(); }
+    if (lit("false")) { push(Kind::kBool); return Status::ok(); }
+    if (lit("null")) { push(Kind::kNull); return Status::ok(); }
+    return number();
   }
-  Status object(Json* v, int depth) {
-    v->kind = Json::Kind::kObject;
+  // Closes the container at node n: its count, and where the value after it starts.
+  Status close(size_t n, uint64_t count) {
+    if (count > UINT32_MAX) return err("too many members");
+    doc_->nodes_[n].count = static_cast<uint32_t>(count);
+    doc_->nodes_[n].x = doc_->nodes_.size();
+    return Status::ok();
+  }
+  Status object(int depth) {
+    const size_t n = push(Kind::kObject);
     ++i_;
     ws();
-    if (i_ < s_.size() && s_[i_] == '}') { ++i_; return Status::ok(); }
-    for (;;) {
+    if (i_ < s_.size() && s_[i_] == '}') { ++i_; return close(n, 0); }
+    for (uint64_t count = 1;; ++count) {
       ws();
       if (i_ >= s_.size() || s_[i_] != '"') return err("expected a key");
-      std::string key;
-      BS_RETURN_IF_ERROR(string(&key));
+      BS_RETURN_IF_ERROR(string());
       ws();
       if (i_ >= s_.size() || s_[i_] != ':') return err("expected ':'");
       ++i_;
       ws();
-      Json child;
-      BS_RETURN_IF_ERROR(value(&child, depth + 1));
-      v->keys.push_back(std::move(key));
-      v->values.push_back(std::move(child));
+      BS_RETURN_IF_ERROR(value(depth + 1));
       ws();
       if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
-      if (i_ < s_.size() && s_[i_] == '}') { ++i_; return Status::ok(); }
+      if (i_ < s_.size() && s_[i_] == '}') { ++i_; return close(n, count); }
       return err("expected ',' or '}'");
     }
   }
-  Status array(Json* v, int depth) {
-    v->kind = Json::Kind::kArray;
+  Status array(int depth) {
+    const size_t n = push(Kind::kArray);
     ++i_;
     ws();
-    if (i_ < s_.size() && s_[i_] == ']') { ++i_; return Status::ok(); }
-    for (;;) {
+    if (i_ < s_.size() && s_[i_] == ']') { ++i_; return close(n, 0); }
+    for (uint64_t count = 1;; ++count) {
       ws();
-      Json child;
-      BS_RETURN_IF_ERROR(value(&child, depth + 1));
-      v->arr.push_back(std::move(child));
+      BS_RETURN_IF_ERROR(value(depth + 1));
       ws();
       if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
-      if (i_ < s_.size() && s_[i_] == ']') { ++i_; return Status::ok(); }
+      if (i_ < s_.size() && s_[i_] == ']') { ++i_; return close(n, count); }
       return err("expected ',' or ']'");
     }
   }
@@ -121,11 +133,16 @@ class Parser {
     *cp = v;
     return true;
   }
-  Status string(std::string* out) {
+  Status string() {
+    std::string* out = &doc_->strings_;
+    const size_t begin = out->size();
     ++i_;  // opening quote
     while (i_ < s_.size()) {
       const char c = s_[i_++];
-      if (c == '"') return Status::ok();
+      if (c == '"') {
+        push(Kind::kString, 0, static_cast<uint32_t>(out->size() - begin), begin);
+        return Status::ok();
+      }
       if (static_cast<unsigned char>(c) < 0x20) return err("control character in string");
       if (static_cast<unsigned char>(c) >= 0x80 && !raw_bytes_) {  // JSON text is UTF-8 (safetensors checks it too)
         const size_t n = utf8_sequence_length(s_, i_ - 1);
@@ -166,7 +183,7 @@ class Parser {
     }
     return err("unterminated string");
   }
-  Status number(Json* v) {
+  Status number() {
     const size_t start = i_;
     if (i_ < s_.size() && s_[i_] == '-') ++i_;
     bool digits = false, integral = true;
@@ -184,8 +201,6 @@ class Parser {
     }
     if (!digits) return err("unexpected character");
     const std::string text(s_.substr(start, i_ - start));
-    v->kind = Json::Kind::kNumber;
-    v->num = std::strtod(text.c_str(), nullptr);
     if (integral && text[0] != '-' && text.size() <= 20) {
       uint64_t u = 0;
       bool overflow = false;
@@ -194,39 +209,93 @@ class Parser {
         if (u > (UINT64_MAX - d) / 10) { overflow = true; break; }
         u = u * 10 + d;
       }
-      v->is_uint = !overflow;
-      v->u = u;
+      // Its double is the same as strtod's: both round the exact integer to nearest.
+      if (!overflow) { push(Kind::kNumber, 2, 0, u); return Status::ok(); }
     }
+    push(Kind::kNumber, 0, 0, std::bit_cast<uint64_t>(std::strtod(text.c_str(), nullptr)));
     return Status::ok();
   }
 
   std::string_view s_;
   bool raw_bytes_;
+  JsonDoc* doc_;
   size_t i_ = 0;
-  size_t nodes_ = 0;
+  size_t values_ = 0;
   size_t budget_ = s_.size() / 4 + 4096;
 };
 
-}  // namespace
+using Kind = JsonValue::Kind;
 
-bool json_equal(const Json& a, const Json& b) {
-  if (a.kind != b.kind || a.b != b.b || a.is_uint != b.is_uint || a.u != b.u || a.str != b.str) return false;
-  if (a.kind == Json::Kind::kNumber && !a.is_uint && !(a.num == b.num)) return false;
-  if (a.arr.size() != b.arr.size() || a.keys != b.keys) return false;
-  for (size_t i = 0; i < a.arr.size(); ++i)
-    if (!json_equal(a.arr[i], b.arr[i])) return false;
-  for (size_t i = 0; i < a.values.size(); ++i)
-    if (!json_equal(a.values[i], b.values[i])) return false;
+Kind JsonValue::kind() const { return doc_->nodes_[i_].kind; }
+bool JsonValue::boolean() const { return doc_->nodes_[i_].kind == Kind::kBool && (doc_->nodes_[i_].flags & 1); }
+bool JsonValue::is_uint() const { return doc_->nodes_[i_].kind == Kind::kNumber && (doc_->nodes_[i_].flags & 2); }
+uint64_t JsonValue::uint() const { return is_uint() ? doc_->nodes_[i_].x : 0; }
+double JsonValue::number() const {
+  if (kind() != Kind::kNumber) return 0;
+  return is_uint() ? static_cast<double>(doc_->nodes_[i_].x) : std::bit_cast<double>(doc_->nodes_[i_].x);
+}
+std::string_view JsonValue::str() const {
+  const auto& n = doc_->nodes_[i_];
+  if (n.kind != Kind::kString) return {};
+  return std::string_view(doc_->strings_).substr(n.x, n.count);
+}
+size_t JsonValue::size() const {
+  const auto& n = doc_->nodes_[i_];
+  return n.kind == Kind::kArray || n.kind == Kind::kObject ? n.count : 0;
+}
+JsonValue::Iterator JsonValue::begin() const {
+  const Kind k = kind();
+  if (k != Kind::kArray && k != Kind::kObject) return end();
+  return {doc_, i_ + 1, k == Kind::kObject};
+}
+JsonValue::Iterator JsonValue::end() const { return {doc_, doc_->next(i_), kind() == Kind::kObject}; }
+JsonValue::Iterator& JsonValue::Iterator::operator++() {
+  i_ = doc_->next(object_ ? i_ + 1 : i_);
+  return *this;
+}
+std::pair<std::string_view, JsonValue> JsonValue::Iterator::member() const {
+  return {JsonValue(doc_, i_).str(), JsonValue(doc_, i_ + 1)};
+}
+std::optional<JsonValue> JsonValue::get(std::string_view key) const {
+  if (kind() != Kind::kObject) return std::nullopt;
+  for (auto it = begin(); it != end(); ++it)
+    if (const auto [k, v] = it.member(); k == key) return v;
+  return std::nullopt;
+}
+std::vector<JsonValue> JsonValue::elements() const {
+  std::vector<JsonValue> out;
+  if (kind() != Kind::kArray) return out;
+  out.reserve(size());
+  for (auto it = begin(); it != end(); ++it) out.push_back(*it);
+  return out;
+}
+std::vector<std::pair<std::string_view, JsonValue>> JsonValue::members() const {
+  std::vector<std::pair<std::string_view, JsonValue>> out;
+  if (kind() != Kind::kObject) return out;
+  out.reserve(size());
+  for (auto it = begin(); it != end(); ++it) out.push_back(it.member());
+  return out;
+}
+
+bool json_equal(JsonValue a, JsonValue b) {
+  if (a.kind() != b.kind() || a.boolean() != b.boolean() || a.is_uint() != b.is_uint() || a.uint() != b.uint() ||
+      a.str() != b.str() || a.size() != b.size())
+    return false;
+  if (a.kind() == Kind::kNumber && !a.is_uint() && !(a.number() == b.number())) return false;
+  const bool object = a.kind() == Kind::kObject;
+  for (auto i = a.begin(), j = b.begin(); i != a.end(); ++i, ++j) {
+    if (object && i.member().first != j.member().first) return false;
+    if (!json_equal(object ? i.member().second : *i, object ? j.member().second : *j)) return false;
+  }
   return true;
 }
 
-Result<Json> parse_json(std::string_view text, bool raw_bytes) {
-  Json j;
-  Parser p(text, raw_bytes);
-  BS_RETURN_IF_ERROR(p.parse(&j));
-  return j;
+Result<JsonDoc> parse_json(std::string_view text, bool raw_bytes) {
+  JsonDoc doc;
+  JsonParser p(text, raw_bytes, &doc);
+  BS_RETURN_IF_ERROR(p.parse());
+  return doc;
 }
-
 std::string json_quote(std::string_view s) {
   std::string out = "\"";
   for (char c : s) {

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <optional>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "container/json.hpp"
@@ -11,9 +12,11 @@
 namespace bigsmall::detail {
 
 namespace {
-std::optional<std::string> first_duplicate_key(const Json& object) {
-  if (object.kind != Json::Kind::kObject) return std::nullopt;
-  std::vector<std::string_view> keys(object.keys.begin(), object.keys.end());
+std::optional<std::string> first_duplicate_key(JsonValue object) {
+  if (object.kind() != JsonValue::Kind::kObject) return std::nullopt;
+  std::vector<std::string_view> keys;
+  keys.reserve(object.size());
+  for (const auto& [key, value] : object.members()) keys.push_back(key);
   std::sort(keys.begin(), keys.end());
   const auto dup = std::adjacent_find(keys.begin(), keys.end());
   if (dup == keys.end()) return std::nullopt;
@@ -23,18 +26,17 @@ std::optional<std::string> first_duplicate_key(const Json& object) {
 // A header kept from before duplicate keys were refused: this parser reads a key given twice as
 // its first value, json.loads as its last, so the values must agree. (A tensor name given twice
 // names two tensors, paired with the index in order: not a conflict.)
-// Sorted, not by Json::get per key: a hostile header of k keys must cost k log k, not k^2.
-std::optional<std::string> conflicting_duplicate(const Json& object) {
-  if (object.kind != Json::Kind::kObject) return std::nullopt;
-  std::vector<size_t> order(object.keys.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return object.keys[a] < object.keys[b]; });
-  for (size_t i = 1, first = 0; i < order.size(); ++i) {
-    if (object.keys[order[i]] != object.keys[order[first]]) {
+// Sorted, not by JsonValue::get per key: a hostile header of k keys must cost k log k, not k^2.
+std::optional<std::string> conflicting_duplicate(JsonValue object) {
+  if (object.kind() != JsonValue::Kind::kObject) return std::nullopt;
+  auto members = object.members();
+  std::stable_sort(members.begin(), members.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (size_t i = 1, first = 0; i < members.size(); ++i) {
+    if (members[i].first != members[first].first) {
       first = i;
       continue;
     }
-    if (!json_equal(object.values[order[first]], object.values[order[i]])) return object.keys[order[i]];
+    if (!json_equal(members[first].second, members[i].second)) return std::string(members[i].first);
   }
   return std::nullopt;
 }
@@ -63,57 +65,60 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
   if (n == 0 || f.header[0] != '{') return bad("header is not a JSON object");
   auto parsed = parse_json(f.header, raw_names);
   if (!parsed) return bad(parsed.status().message());
-  const Json& root = parsed.value();
-  if (root.kind != Json::Kind::kObject) return bad("header is not a JSON object");
+  const JsonValue root = parsed->root();
+  if (root.kind() != JsonValue::Kind::kObject) return bad("header is not a JSON object");
   // A key given twice means one thing to one reader (the first) and another to the next (the
   // last), so a new input must not have any. Headers kept in .bs files (raw_names) may have
   // them, as earlier versions accepted them and those files must keep decoding, but a key's
   // values must then agree (checked below).
   if (!raw_names) {
     if (const auto dup = first_duplicate_key(root)) return bad("'" + *dup + "' appears twice in the header");
-    for (size_t k = 0; k < root.keys.size(); ++k)
-      if (const auto dup = first_duplicate_key(root.values[k]))
-        return bad("'" + root.keys[k] + "' has the key '" + *dup + "' twice");
+    for (auto it = root.begin(); it != root.end(); ++it)
+      if (const auto dup = first_duplicate_key(it.member().second))
+        return bad("'" + std::string(it.member().first) + "' has the key '" + *dup + "' twice");
   }
-  const Json* first_metadata = root.get("__metadata__");
-  for (size_t k = 0; k < root.keys.size(); ++k) {
-    const std::string& name = root.keys[k];
-    const Json& v = root.values[k];
+  const std::optional<JsonValue> first_metadata = root.get("__metadata__");
+  bool metadata_seen = false;
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    const std::string name(it.member().first);
+    const JsonValue v = it.member().second;
     if (name == "__metadata__") {
-      if (raw_names && first_metadata != &v && !json_equal(*first_metadata, v))
+      if (raw_names && std::exchange(metadata_seen, true) && !json_equal(*first_metadata, v))
         return bad("__metadata__ is given twice with different values");
       if (raw_names)
         if (const auto dup = conflicting_duplicate(v)) return bad("__metadata__ gives '" + *dup + "' twice with different values");
-      if (v.kind != Json::Kind::kObject) return bad("__metadata__ is not an object");
-      for (size_t m = 0; m < v.keys.size(); ++m)
-        if (v.values[m].kind != Json::Kind::kString) return bad("__metadata__ value of '" + v.keys[m] + "' is not a string");
+      if (v.kind() != JsonValue::Kind::kObject) return bad("__metadata__ is not an object");
+      for (auto m = v.begin(); m != v.end(); ++m)
+        if (m.member().second.kind() != JsonValue::Kind::kString)
+          return bad("__metadata__ value of '" + std::string(m.member().first) + "' is not a string");
       continue;
     }
     if (raw_names)
       if (const auto dup = conflicting_duplicate(v)) return bad("'" + name + "' gives '" + *dup + "' twice with different values");
-    const Json* dt = v.get("dtype");
-    const Json* shape = v.get("shape");
-    const Json* offs = v.get("data_offsets");
-    if (v.kind != Json::Kind::kObject || !dt || !shape || !offs || dt->kind != Json::Kind::kString ||
-        shape->kind != Json::Kind::kArray || offs->kind != Json::Kind::kArray || offs->arr.size() != 2)
+    const auto dt = v.get("dtype");
+    const auto shape = v.get("shape");
+    const auto offs = v.get("data_offsets");
+    if (v.kind() != JsonValue::Kind::kObject || !dt || !shape || !offs || dt->kind() != JsonValue::Kind::kString ||
+        shape->kind() != JsonValue::Kind::kArray || offs->kind() != JsonValue::Kind::kArray || offs->size() != 2)
       return bad("tensor '" + name + "' lacks dtype, shape or data_offsets");
     StTensor t;
     t.name = name;
-    const auto d = dtype_from_name(dt->str);
-    if (!d) return Status(Error::kUnknownDtype, "tensor '" + name + "' has unknown dtype '" + dt->str + "'");
+    const auto d = dtype_from_name(dt->str());
+    if (!d) return Status(Error::kUnknownDtype, "tensor '" + name + "' has unknown dtype '" + std::string(dt->str()) + "'");
     t.dtype = *d;
-    if (shape->arr.size() > 255) return Status(Error::kLimit, "tensor '" + name + "' has more than 255 dimensions");
+    if (shape->size() > 255) return Status(Error::kLimit, "tensor '" + name + "' has more than 255 dimensions");
     uint64_t numel = 1;
-    for (const auto& s : shape->arr) {
-      if (s.kind != Json::Kind::kNumber || !s.is_uint) return bad("tensor '" + name + "' has a bad shape");
-      if (s.u != 0 && numel > UINT64_MAX / s.u) return bad("tensor '" + name + "' shape overflows");
-      numel *= s.u;
-      t.shape.push_back(s.u);
+    for (const JsonValue s : *shape) {
+      if (!s.is_uint()) return bad("tensor '" + name + "' has a bad shape");
+      if (s.uint() != 0 && numel > UINT64_MAX / s.uint()) return bad("tensor '" + name + "' shape overflows");
+      numel *= s.uint();
+      t.shape.push_back(s.uint());
     }
-    for (const auto& o : offs->arr)
-      if (o.kind != Json::Kind::kNumber || !o.is_uint) return bad("tensor '" + name + "' has bad data_offsets");
-    t.begin = offs->arr[0].u;
-    t.end = offs->arr[1].u;
+    const auto offsets = offs->elements();
+    for (const JsonValue o : offsets)
+      if (!o.is_uint()) return bad("tensor '" + name + "' has bad data_offsets");
+    t.begin = offsets[0].uint();
+    t.end = offsets[1].uint();
     if (t.begin > t.end) return bad("tensor '" + name + "' data_offsets are reversed");
     if (t.end > f.data_size)
       // data_start + end may not fit 64 bits: the message counts within the data region.
