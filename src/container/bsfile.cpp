@@ -414,6 +414,11 @@ struct BsFile::Impl {
   // a byte range checks only its chunks' checksums, and the model (tables) that decodes them has
   // none of its own, so the first checked range read of a tensor verifies the whole tensor.
   std::unique_ptr<std::atomic<bool>[]> verified;
+  // The tables of the tensor last read by range: a tensor-parallel reader takes several slices
+  // of one tensor in a row, and building its tables cost each slice as much as a shard's decode.
+  std::mutex range_mu;
+  size_t range_tensor = SIZE_MAX;
+  std::shared_ptr<const detail::TensorDecoder> range_decoder;
 };
 
 BsFile::BsFile() = default;
@@ -895,39 +900,64 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
   }
   // Chunks wholly inside the range decode straight into out, side by side as whole tensors do;
   // the (at most two) chunks the range cuts decode into scratch and are copied in part.
+  std::shared_ptr<const detail::TensorDecoder> dec;  // built once, for the inner and the cut chunks
+  if (any_coded) {
+    std::lock_guard lock(impl_->range_mu);
+    if (impl_->range_tensor != i) {
+      auto d = detail::TensorDecoder::prepare(c, payload, c.model_size);
+      if (!d) return d.status().with_context(label);
+      impl_->range_decoder = std::make_shared<const detail::TensorDecoder>(std::move(d.value()));
+      impl_->range_tensor = i;
+    }
+    dec = impl_->range_decoder;
+  }
   const size_t inner_begin = begin % chunk_bytes == 0 ? first : first + 1;
   size_t inner_end = last + 1;
   if (end % chunk_bytes != 0 && end != c.nbytes) inner_end = last;
+  const std::string job_label = "tensor '" + e.info.name + "'";
+  std::vector<detail::DecodeJob> jobs;
+  uint64_t job_chunks = 0, job_bytes = 0;
+  auto add_job = [&](uint8_t* to, uint64_t size, size_t chunk_begin, size_t chunk_end) {
+    detail::DecodeJob job{&c, payload, e.info.stored_bytes, to, size, job_label};
+    job.chunk_begin = chunk_begin;
+    job.chunk_end = chunk_end;
+    job.decoder = dec.get();
+    jobs.push_back(job);
+    job_chunks += chunk_end - chunk_begin;
+    job_bytes += job.bytes();
+  };
   if (inner_begin < inner_end) {
     const uint64_t skip = inner_begin * chunk_bytes - begin;  // bytes of the first, cut chunk
-    detail::DecodeJob job{&c, payload, e.info.stored_bytes, out + skip, out_size - skip, "tensor '" + e.info.name + "'"};
-    job.chunk_begin = inner_begin;
-    job.chunk_end = inner_end;
-    detail::ThreadPool pool(detail::threads_for(opts.threads, inner_end - inner_begin, job.bytes(), detail::kDecodeBytesPerThread));
-    BS_RETURN_IF_ERROR(detail::decode_tensors_on({job}, opts.verify, pool).with_context(path()));
+    add_job(out + skip, out_size - skip, inner_begin, inner_end);
   }
+  // Coded chunks the range cuts are decoded whole into scratch, in the same call as the inner
+  // ones (side by side, on the same threads); stored ones are copied in part.
   std::vector<size_t> edges;
   for (size_t ci : {first, last})
     if ((ci < inner_begin || ci >= inner_end) && (edges.empty() || edges.back() != ci)) edges.push_back(ci);
-  std::optional<detail::TensorDecoder> dec;  // for the cut chunks, when coded
-  if (std::any_of(edges.begin(), edges.end(), coded)) {
-    auto d = detail::TensorDecoder::prepare(c, payload, c.model_size);
-    if (!d) return d.status().with_context(label);
-    dec = std::move(d.value());
-  }
+  std::vector<std::pair<size_t, std::vector<uint8_t>>> cut;  // (chunk, its decoded bytes)
+  cut.reserve(edges.size());
   for (size_t ci : edges) {
     const ChunkRef& ref = c.chunks[ci];
-    const uint64_t lo = ci * chunk_bytes, n = c.chunk_out_size(ci);
-    const uint64_t from = std::max(lo, begin), to = std::min(lo + n, end);
+    if (ref.mode != ChunkMode::kStored) {
+      auto& [chunk, bytes] = cut.emplace_back(ci, std::vector<uint8_t>(c.chunk_out_size(ci)));
+      add_job(bytes.data(), bytes.size(), chunk, chunk + 1);
+      continue;
+    }
     if (opts.verify && detail::xxh3_32(payload + ref.offset, ref.size) != ref.checksum)
       return Status(Error::kCorrupt, label + ": chunk " + std::to_string(ci) + ": checksum mismatch (compressed data damaged)");
-    if (ref.mode == ChunkMode::kStored) {  // validate() checked its size
-      std::memcpy(out + (from - begin), payload + ref.offset + (from - lo), to - from);
-    } else {
-      std::vector<uint8_t> scratch(n);
-      BS_RETURN_IF_ERROR(dec->decode_chunk(ci, payload + ref.offset, ref.size, ref.mode, scratch.data()).with_context(label));
-      std::memcpy(out + (from - begin), scratch.data() + (from - lo), to - from);
-    }
+    const uint64_t lo = ci * chunk_bytes;
+    const uint64_t from = std::max(lo, begin), to = std::min(lo + c.chunk_out_size(ci), end);
+    std::memcpy(out + (from - begin), payload + ref.offset + (from - lo), to - from);  // validate() checked its size
+  }
+  if (!jobs.empty()) {
+    detail::ThreadPool pool(detail::threads_for(opts.threads, job_chunks, job_bytes, detail::kDecodeBytesPerThread));
+    BS_RETURN_IF_ERROR(detail::decode_tensors_on(jobs, opts.verify, pool).with_context(path()));
+  }
+  for (const auto& [ci, bytes] : cut) {
+    const uint64_t lo = ci * chunk_bytes;
+    const uint64_t from = std::max(lo, begin), to = std::min(lo + bytes.size(), end);
+    std::memcpy(out + (from - begin), bytes.data() + (from - lo), to - from);
   }
   return Status::ok();
 }

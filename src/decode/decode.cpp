@@ -819,7 +819,8 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
 namespace {
 
 Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool) {
-  std::vector<TensorDecoder> decoders(jobs.size());
+  std::vector<TensorDecoder> owned(jobs.size());
+  std::vector<const TensorDecoder*> decoders(jobs.size());
   std::vector<Status> errors(jobs.size());
   for (size_t t = 0; t < jobs.size(); ++t) {
     const DecodeJob& j = jobs[t];
@@ -828,6 +829,8 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
     if (!st.is_ok()) return st.with_context(j.label);
   }
   pool.parallel_for(jobs.size(), [&](size_t t) {
+    decoders[t] = jobs[t].decoder ? jobs[t].decoder : &owned[t];
+    if (jobs[t].decoder) return;
     const auto& chunks = jobs[t].coding->chunks;
     if (std::none_of(chunks.begin(), chunks.end(), [](const ChunkRef& c) { return c.mode == ChunkMode::kCoded; })) {
       // Nothing to decode with tables: do not build them. But a model an encoder wrote before
@@ -844,7 +847,7 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
       return;
     }
     auto d = TensorDecoder::prepare(*jobs[t].coding, jobs[t].payload, jobs[t].coding->model_size);
-    if (d) decoders[t] = std::move(d.value());
+    if (d) owned[t] = std::move(d.value());
     else errors[t] = d.status();
   });
   for (size_t t = 0; t < jobs.size(); ++t)
@@ -877,7 +880,7 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
     std::vector<Pending> pending;
     for (uint32_t w = 0; w < work.size(); ++w) {
       const auto [t, i] = work[w];
-      const uint32_t kind = jobs[t].coding->chunks[i].mode == ChunkMode::kCoded ? decoders[t].group_kind() : 0;
+      const uint32_t kind = jobs[t].coding->chunks[i].mode == ChunkMode::kCoded ? decoders[t]->group_kind() : 0;
       size_t size = kind != 0 ? group_size(kind) : 1;
       while (size > 1 && jobs[t].coding->chunk_out_size(i) * size > max_group) size /= 2;
       if (size == 1) {
@@ -936,13 +939,13 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
       } else if (ref.mode == ChunkMode::kStored) {  // validate() checked its size
         std::memcpy(out, p, ref.size);
       } else if (members.size() == 1) {
-        st = decoders[t].decode_chunk(i, p, ref.size, ref.mode, out);
+        st = decoders[t]->decode_chunk(i, p, ref.size, ref.mode, out);
       } else {
-        st = decoders[t].open_float(i, p, ref.size, &streams[opened]);
+        st = decoders[t]->open_float(i, p, ref.size, &streams[opened]);
         if (st.is_ok()) {
           counts[opened] = j.coding->chunk_out_size(i) / j.coding->unit_bytes();
-          views[opened] = decoders[t].fused_view();
-          decoders[t].simd_args(streams[opened], counts[opened], &args[opened], &fused[opened]);
+          views[opened] = decoders[t]->fused_view();
+          decoders[t]->simd_args(streams[opened], counts[opened], &args[opened], &fused[opened]);
           outs[opened] = out;
           open[opened++] = static_cast<uint32_t>(m);
           continue;
@@ -954,7 +957,7 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
     if (opened == 0) return;
     const auto [t0, i0] = work[members[open[0]]];
     const TensorCoding& c0 = *jobs[t0].coding;
-    const uint32_t kind = decoders[t0].group_kind();
+    const uint32_t kind = decoders[t0]->group_kind();
     if (opened > 1 && (kind & kScalarGroup)) {
       decode_fused_single_group(static_cast<int>(c0.unit_bytes()), static_cast<int>((kind >> 16) & 0xf),
                                 (kind >> 20) & 1, views, streams, counts, static_cast<int>(opened), starts, outs);
@@ -965,7 +968,7 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
     }
     for (size_t k = 0; k < opened; ++k) {
       const auto [t, i] = work[members[open[k]]];
-      Status st = decoders[t].finish_float(i, streams[k], args[k].start, outs[k]);
+      Status st = decoders[t]->finish_float(i, streams[k], args[k].start, outs[k]);
       if (!st.is_ok()) fail(t, std::move(st));
       else chunk_hashed(t, i);
     }

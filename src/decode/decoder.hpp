@@ -96,6 +96,9 @@ struct DecodeJob {
   // Only chunks [chunk_begin, chunk_end) are decoded, chunk_begin's bytes landing at out (a byte
   // range of the tensor): their chunk checksums are checked, the tensor's checksum is not.
   size_t chunk_begin = 0, chunk_end = SIZE_MAX;
+  // Tables prepared earlier for this coding and payload (a file keeps them for repeated range
+  // reads of one tensor); built here when null.
+  const TensorDecoder* decoder = nullptr;
   size_t first_chunk() const { return chunk_begin; }
   size_t last_chunk() const { return std::min(chunk_end, coding->chunks.size()); }  // one past
   bool whole() const { return chunk_begin == 0 && last_chunk() == coding->chunks.size(); }
