@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import re
+import warnings
 
 import torch
 
@@ -18,22 +19,32 @@ from . import torch as bt
 _LAYER = re.compile(r"^(.*?\.\d+)\.")
 
 
-def _resolve(path_or_repo_id):
+# Keyword arguments of transformers' from_pretrained that choose what to download: they go to
+# huggingface_hub's snapshot_download as well as to AutoConfig.
+_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
+# Weights in formats other than .bs, which a Hub snapshot of a compressed model does not need.
+_OTHER_WEIGHTS = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.gguf",
+                  "*.tflite", "*.ot", "*.pb", "*.mlmodel"]
+
+
+def _resolve(path_or_repo_id, hub_kwargs=None):
     p = os.fsdecode(path_or_repo_id)
     if os.path.isdir(p):
         return p
     if os.path.exists(p):
         raise InvalidArgumentError(f"{p}: expected a compressed model directory")
     # A Hub repo id is "name" or "owner/name"; anything else can only be a missing local path,
-    # which huggingface_hub would report as a malformed repo id.
-    if os.path.isabs(p) or p.startswith((".", "~")) or p.count("/") > 1 or (os.sep != "/" and os.sep in p):
+    # which huggingface_hub would report as a malformed repo id. A name ending in .bs is what
+    # bigsmall names its outputs: a local path mistyped, not a repo to download.
+    if (os.path.isabs(p) or p.startswith((".", "~")) or p.count("/") > 1 or (os.sep != "/" and os.sep in p)
+            or p.endswith(".bs")):
         raise NotFoundError(f"{p}: no such directory")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:
         raise NotFoundError(f"{p}: no such directory, and huggingface_hub is not installed") from e
     try:
-        return snapshot_download(p)
+        return snapshot_download(p, ignore_patterns=_OTHER_WEIGHTS, **(hub_kwargs or {}))
     except Exception as e:  # a name that is neither a directory here nor a Hub repo id
         if type(e).__name__ == "HFValidationError":
             raise NotFoundError(f"{p}: no such directory (nor a Hub repo id)") from e
@@ -41,12 +52,34 @@ def _resolve(path_or_repo_id):
 
 
 def _shards(d):
+    """The .bs files holding the model's weights, chosen as transformers chooses among the
+    .safetensors files: the shards model.safetensors.index.json names, else model.safetensors,
+    else every .safetensors at the top. Files in subdirectories (an older checkpoint kept in
+    original/, a checkpoint-500/) are not the model's weights."""
     if os.path.exists(os.path.join(d, "bigsmall.index.json")):
-        return _core.model_dir_files(d)  # the core checks that no name leaves the directory
-    shards = sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".bs"))
-    if not shards:
+        files = _core.model_dir_files(d)  # the core checks that no name leaves the directory
+    else:
+        files = sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".bs"))
+    if not files:
         raise NotFoundError(f"{d}: no .bs files (not a bigsmall model directory)")
-    return shards
+    source = {os.path.relpath(f, d).replace(os.sep, "/")[:-3] + ".safetensors": f for f in files}
+    index = os.path.join(d, "model.safetensors.index.json")
+    if os.path.exists(index):
+        try:
+            with open(index, encoding="utf-8") as fh:
+                names = sorted(set(json.load(fh)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InvalidArgumentError(f"{index}: not a safetensors shard index ({e})") from None
+        lacking = [n for n in names if n not in source]
+        if lacking:
+            raise NotFoundError(f"{index} names {len(lacking)} shards this directory lacks, e.g. {lacking[0]!r}")
+        return [source[n] for n in names]
+    if "model.safetensors" in source:
+        return [source["model.safetensors"]]
+    top = [f for n, f in source.items() if "/" not in n]
+    if not top:
+        raise NotFoundError(f"{d}: no .bs files at the top of the directory (not a bigsmall model directory)")
+    return top
 
 
 def _group_key(name):
@@ -69,8 +102,11 @@ class StreamingLoader:
     >>> model = StreamingLoader("path/to/model.bs").load_model(BertModel)
     """
 
-    def __init__(self, path_or_repo_id, threads=None, verify=True):
-        self.path = _resolve(path_or_repo_id)
+    def __init__(self, path_or_repo_id, threads=None, verify=True, **hub_kwargs):
+        unknown = set(hub_kwargs) - set(_HUB_KWARGS)
+        if unknown:
+            raise TypeError(f"StreamingLoader got unexpected keyword arguments {sorted(unknown)}")
+        self.path = _resolve(path_or_repo_id, hub_kwargs)
         self.threads = _threads(threads)
         self.verify = verify
         self._files = [_core.File.open(s) for s in _shards(self.path)]
@@ -97,37 +133,20 @@ class StreamingLoader:
             for (_, t), x in zip(group, tensors):
                 yield t["name"], x
 
-    def load_model(self, model_class=None, device="cpu", dtype=None, progress=True, **config_kwargs):
-        from transformers import AutoConfig, AutoModel
-
+    def load_model(self, model_class=None, device="cpu", dtype=None, progress=True, **kwargs):
+        """model_class: a transformers model class (default: config.architectures, else AutoModel)
+        or a model already built (on the meta device too), which is loaded in place. kwargs go
+        as in transformers: config=..., else config attributes to the config and the rest to the
+        model's constructor. Checkpoint tensors the model lacks, and model tensors the checkpoint
+        lacks (initialised as transformers does), are reported as warnings."""
         dev = bt._device(device)  # before any work: a device this machine lacks fails now
-        config = AutoConfig.from_pretrained(self.path, **config_kwargs)
-        cls = model_class or self._architecture(config) or AutoModel
-        # Parameters are allocated but not initialised: their pages are only touched when the
-        # decoder writes them, so host memory grows with the tensors actually loaded.
-        dtype = _dtype_arg(dtype)
-        if dtype is None:
-            # As transformers' dtype="auto" (its default since v5): the dtype config.json names,
-            # else the checkpoint's first float tensor's. Files list 4-byte dtypes before 2-byte
-            # ones, so one float32 norm would otherwise make a bfloat16 model float32.
-            dtype = _config_dtype(config) or self._checkpoint_float_dtype()
-        # Built directly in the target dtype: a later model.to(dtype) would write every page.
-        old_default = torch.get_default_dtype()
-        try:
-            if dtype is not None and dtype.is_floating_point:
-                torch.set_default_dtype(dtype)
-            with _no_init():
-                model = cls.from_config(config) if hasattr(cls, "from_config") and cls.__name__.startswith("Auto") else cls(config)
-        finally:
-            torch.set_default_dtype(old_default)
-        if dtype is not None and any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
-            model = model.to(dtype)
+        model = self._build(model_class, _dtype_arg(dtype), kwargs)
         targets = model.state_dict(keep_vars=True)
         prefix = getattr(model, "base_model_prefix", "")
         total = sum(t["nbytes"] for f in self._files for t in f.tensors())
         cb, bar = _progress(progress, "loading")
         done = 0
-        loaded = set()
+        loaded, unexpected = set(), []
         # On a GPU with a CUDA build, chunks decode on the device straight into the tensors the
         # model keeps; host memory holds only the compressed bytes of one group at a time.
         gpu = dev.type == "cuda" and _core.cuda_available()
@@ -135,6 +154,7 @@ class StreamingLoader:
             for f, group in self._groups():
                 if gpu:
                     sel = [(i, t, self._target_name(t["name"], targets, prefix)) for i, t in group]
+                    unexpected += [t["name"] for _, t, n in sel if n is None]
                     sel = [(i, t, n) for i, t, n in sel if n is not None]
                     xs = bt._decode(f, [i for i, _, _ in sel], [t for _, t, _ in sel], dev, self.threads, self.verify)
                     with torch.no_grad():
@@ -152,7 +172,8 @@ class StreamingLoader:
                 for i, t in group:
                     name = self._target_name(t["name"], targets, prefix)
                     if name is None:
-                        continue  # checkpoint tensor the model does not use
+                        unexpected.append(t["name"])  # checkpoint tensor the model does not use
+                        continue
                     p = targets[name]
                     if list(p.shape) != list(t["shape"]):
                         raise InvalidArgumentError(f"{t['name']}: shape {t['shape']} in the checkpoint, {list(p.shape)} in the model")
@@ -181,14 +202,91 @@ class StreamingLoader:
         finally:
             if bar is not None:
                 bar.close()
-        if hasattr(model, "tie_weights"):
-            model.tie_weights()
-        missing = [n for n in targets if n not in loaded and not self._tied(model, n)]
-        if missing:
-            raise NotFoundError(f"{self.path}: checkpoint lacks {len(missing)} model tensors, e.g. {missing[:3]}")
+        self._finish(model, targets, loaded, unexpected)
         if dev.type != "cpu":
             model.to(dev)  # the remaining small buffers
         return model.eval()
+
+    def _build(self, model_class, dtype, kwargs):
+        """The model to load into, in its final dtype, its tensors allocated but not initialised:
+        their pages are only touched when the decoder writes them, so host memory grows with the
+        tensors actually loaded."""
+        if isinstance(model_class, torch.nn.Module):
+            if kwargs:
+                raise InvalidArgumentError(f"arguments {sorted(kwargs)} cannot apply to a model already built")
+            model = model_class
+            if any(t.is_meta for t in model.state_dict().values()):
+                model = model.to_empty(device="cpu")  # built on the meta device: give it memory
+            if dtype is not None and dtype.is_floating_point:
+                model = model.to(dtype)
+            return model
+        if model_class is not None and not isinstance(model_class, type):
+            raise InvalidArgumentError(f"model_class must be a model class or a model, not {model_class!r}")
+        for k in _UNSUPPORTED_KWARGS:
+            if k in kwargs:
+                raise InvalidArgumentError(f"{k}= is not supported by bigsmall's model loading")
+        for k in ("low_cpu_mem_usage", "use_safetensors"):  # what bigsmall always does
+            kwargs.pop(k, None)
+        from transformers import AutoConfig, AutoModel
+
+        config = kwargs.pop("config", None)
+        if config is None:
+            config, model_kwargs = AutoConfig.from_pretrained(self.path, return_unused_kwargs=True, **kwargs)
+        else:
+            # As transformers: with a config given, the other arguments go to the model.
+            if isinstance(config, (str, os.PathLike)):
+                config = AutoConfig.from_pretrained(config)
+            model_kwargs = kwargs
+        cls = model_class or self._architecture(config) or AutoModel
+        if dtype is None:
+            # As transformers' dtype="auto" (its default since v5): the dtype config.json names,
+            # else the checkpoint's first float tensor's. Files list 4-byte dtypes before 2-byte
+            # ones, so one float32 norm would otherwise make a bfloat16 model float32.
+            dtype = _config_dtype(config) or self._checkpoint_float_dtype()
+        # Built directly in the target dtype: a later model.to(dtype) would write every page.
+        old_default = torch.get_default_dtype()
+        try:
+            if dtype is not None and dtype.is_floating_point:
+                torch.set_default_dtype(dtype)
+            with _no_init():
+                if hasattr(cls, "from_config") and cls.__name__.startswith("Auto"):
+                    model = cls.from_config(config, **model_kwargs)
+                else:
+                    model = cls(config, **model_kwargs)
+        finally:
+            torch.set_default_dtype(old_default)
+        if dtype is not None and any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
+            model = model.to(dtype)
+        _keep_in_fp32(model, dtype)
+        return model
+
+    def _finish(self, model, targets, loaded, unexpected):
+        """Ties weights, initialises what the checkpoint lacks as transformers does, warns about
+        both kinds of mismatch, and takes the generation config saved beside the weights."""
+        for n in loaded:
+            targets[n]._is_hf_initialized = True  # transformers' initialisation skips these
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+        after = model.state_dict(keep_vars=True)
+        # Tied to a loaded tensor is loaded: decided by the tensors themselves, not by the class's
+        # _tied_weights_keys, which a config (tie_word_embeddings=False) can overrule.
+        loaded_ptrs = {after[n].data_ptr() for n in loaded if n in after and after[n].numel()}
+        missing = [n for n, t in after.items() if n not in loaded and not (t.numel() and t.data_ptr() in loaded_ptrs)]
+        name = type(model).__name__
+        if missing:
+            _initialize(model, after, missing)
+        missing, unexpected = _reported(model, missing, unexpected)
+        if missing:
+            warnings.warn(f"{name} tensors not in the checkpoint at {self.path}, newly initialised (train before "
+                          f"use): {missing[:10]}{' ...' if len(missing) > 10 else ''}", stacklevel=3)
+        if unexpected:
+            warnings.warn(f"{len(unexpected)} tensors of the checkpoint at {self.path} are not used by {name}: "
+                          f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}", stacklevel=3)
+        gen_path = os.path.join(self.path, "generation_config.json")
+        if os.path.exists(gen_path) and getattr(model, "can_generate", lambda: False)():
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(self.path)
 
     @staticmethod
     def _architecture(config):
@@ -219,12 +317,72 @@ class StreamingLoader:
             return name[len(prefix) + 1:]
         return None
 
-    @staticmethod
-    def _tied(model, name):
-        keys = getattr(model, "_tied_weights_keys", None) or []
-        if isinstance(keys, dict):
-            keys = list(keys)
-        return any(re.fullmatch(k.replace(".", r"\."), name) or k == name for k in keys)
+
+
+# Loading options of transformers' from_pretrained that bigsmall does not implement: refused by
+# name, not passed to the model's constructor as if they were model arguments.
+_UNSUPPORTED_KWARGS = ("ignore_mismatched_sizes", "output_loading_info", "quantization_config", "offload_folder",
+                       "offload_state_dict", "max_memory", "tp_plan", "key_mapping", "gguf_file", "variant",
+                       "from_tf", "from_flax", "state_dict", "subfolder", "trust_remote_code")
+
+
+def _reported(model, missing, unexpected):
+    """The mismatches worth a warning, by transformers' rules: the class's patterns of keys to
+    ignore, and position_ids / rotary inv_freq that older checkpoints kept as persistent buffers."""
+    buffers = [n for n, _ in model.named_buffers()]
+    ignore_unexpected = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])
+    if any(n.endswith("rotary_emb.inv_freq") for n in buffers):
+        ignore_unexpected.add(r"rotary_emb\.inv_freq")
+    if any(n.endswith("position_ids") for n in buffers):
+        ignore_unexpected.add(r"(^|\.)position_ids$")
+    ignore_missing = set(getattr(model, "_keys_to_ignore_on_load_missing", None) or [])
+
+    def keep(names, patterns):
+        if not patterns:
+            return names
+        regex = re.compile("|".join(f"({p})" for p in patterns))
+        return [n for n in names if not regex.search(n)]
+
+    return keep(missing, ignore_missing), keep(unexpected, ignore_unexpected)
+
+
+def _keep_in_fp32(model, dtype):
+    """As transformers: the modules a class keeps in float32 (T5's wo, which overflows in float16)
+    stay float32 when the model is float16 (_keep_in_fp32_modules) or float16 or bfloat16
+    (_keep_in_fp32_modules_strict); matched as transformers matches them, by search in the name."""
+    keep = set()
+    if dtype == torch.float16:
+        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    if dtype in (torch.float16, torch.bfloat16):
+        keep |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    if not keep:
+        return
+    pattern = re.compile("|".join(k.replace("*", ".*") for k in sorted(keep)))
+    for name, t in model.state_dict(keep_vars=True).items():
+        if t.is_floating_point() and pattern.search(name):
+            t.data = t.data.to(torch.float32)
+
+
+def _initialize(model, tensors, missing):
+    """Initialises the missing tensors with the model's own initialisation, as transformers does
+    for a new head; the loaded ones carry _is_hf_initialized and are left alone."""
+    if hasattr(model, "initialize_weights") and hasattr(model, "_initialize_weights"):  # transformers >= 5
+        missing = set(missing)
+        for n, t in tensors.items():
+            if n not in missing:
+                t._is_hf_initialized = True
+        for module in model.modules():
+            own = [*module.parameters(recurse=False), *(b for b in module.buffers(recurse=False) if b is not None)]
+            if own and all(getattr(t, "_is_hf_initialized", False) for t in own):
+                module._is_hf_initialized = True
+        model.initialize_weights()
+    else:  # transformers 4: each module that owns a missing tensor
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for owner in sorted({n.rsplit(".", 1)[0] if "." in n else "" for n in missing}):
+                model._init_weights(modules[owner])
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
 
 
 def _dtype_arg(d):
@@ -270,7 +428,8 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
         device_map = device_map[""]
         if isinstance(device_map, int):
             device_map = f"cuda:{device_map}"
-    loader = StreamingLoader(path_or_repo_id, threads=threads)
+    hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}  # AutoConfig takes them too
+    loader = StreamingLoader(path_or_repo_id, threads=threads, verify=kwargs.pop("verify", True), **hub)
     return loader.load_model(model_class, device=device_map or "cpu", dtype=dtype, progress=progress, **kwargs)
 
 

@@ -1,0 +1,174 @@
+"""from_pretrained and StreamingLoader against transformers on tiny models: which files hold the
+weights, how arguments are split between config and model, what the checkpoint lacks or has in
+excess, generation configs, float32-kept modules, and models passed in already built."""
+import warnings
+
+import pytest
+import torch
+
+import bigsmall
+
+
+def _bert_config(**kw):
+    from transformers import BertConfig
+
+    args = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100,
+                max_position_embeddings=64)
+    return BertConfig(**{**args, **kw})
+
+
+def _bert(tmp_path, name="hf", seed=0, **save_kw):
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    m = BertModel(_bert_config()).eval()
+    m.save_pretrained(tmp_path / name, **save_kw)
+    return m
+
+
+def _same_tensors(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+
+
+def _quiet_load(*args, **kw):
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        m = bigsmall.from_pretrained(*args, progress=False, **kw)
+    return m, [str(x.message) for x in w if x.category is UserWarning]
+
+
+def test_only_the_weights_transformers_would_load(tmp_path):
+    """A checkpoint kept in a subdirectory (original/, checkpoint-500/) is not the model's: it
+    once overwrote the real weights silently. Sharded checkpoints load the shards the index names."""
+    from transformers import BertModel
+
+    ref = _bert(tmp_path)
+    torch.manual_seed(1)
+    zeroed = BertModel(_bert_config())
+    for p in zeroed.parameters():
+        p.data.zero_()
+    zeroed.save_pretrained(tmp_path / "hf" / "original")
+    zeroed.save_pretrained(tmp_path / "hf" / "zz")
+    got, _ = _quiet_load(bigsmall.compress(tmp_path / "hf"), BertModel)
+    _same_tensors(got, BertModel.from_pretrained(tmp_path / "hf").eval())
+    assert torch.equal(got.embeddings.word_embeddings.weight, ref.embeddings.word_embeddings.weight)
+
+    _bert(tmp_path, "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    c = bigsmall.compress(tmp_path / "sharded")
+    _same_tensors(_quiet_load(c, BertModel)[0], BertModel.from_pretrained(tmp_path / "sharded").eval())
+    first = sorted((tmp_path / "sharded.bs").glob("model-*.bs"))[0]
+    first.rename(first.with_suffix(".bak"))
+    with pytest.raises((bigsmall.NotFoundError, FileNotFoundError), match=first.name):  # a shard is missing
+        bigsmall.from_pretrained(c, BertModel, progress=False)
+
+
+def test_arguments_go_where_transformers_sends_them(tmp_path):
+    from transformers import BertModel
+
+    _bert(tmp_path)
+    c = bigsmall.compress(tmp_path / "hf")
+    m, _ = _quiet_load(c, BertModel, add_pooling_layer=False)  # a constructor argument
+    ref = BertModel.from_pretrained(tmp_path / "hf", add_pooling_layer=False)
+    assert m.pooler is None and ref.pooler is None
+    m, _ = _quiet_load(c, BertModel, attn_implementation="eager", hidden_dropout_prob=0.25)  # config attributes
+    assert m.config.hidden_dropout_prob == 0.25 and m.config._attn_implementation == "eager"
+    with pytest.raises(TypeError, match="bogus"):
+        bigsmall.from_pretrained(c, BertModel, bogus=1, progress=False)
+    with pytest.raises(bigsmall.InvalidArgumentError, match="ignore_mismatched_sizes"):
+        bigsmall.from_pretrained(c, BertModel, ignore_mismatched_sizes=True, progress=False)
+    # config= is used as given; the checkpoint's two layers then include one the model lacks.
+    m, warned = _quiet_load(c, BertModel, config=_bert_config(num_hidden_layers=1))
+    assert len(m.encoder.layer) == 1
+    assert any("not used by BertModel" in w and "encoder.layer.1." in w for w in warned), warned
+    with pytest.raises(bigsmall.InvalidArgumentError, match="model class or a model"):
+        bigsmall.StreamingLoader(c).load_model("BertModel", progress=False)
+
+
+def test_a_new_head_is_initialised_and_reported(tmp_path):
+    """Fine-tuning starts from a checkpoint without the task head: transformers initialises the
+    head and says so; bigsmall once refused the load."""
+    from transformers import BertForSequenceClassification
+
+    _bert(tmp_path)
+    c = bigsmall.compress(tmp_path / "hf")
+    got, warned = _quiet_load(c, BertForSequenceClassification, num_labels=3)
+    ref = BertForSequenceClassification.from_pretrained(tmp_path / "hf", num_labels=3)
+    assert any("newly initialised" in w and "classifier.weight" in w for w in warned), warned
+    for k, v in ref.state_dict().items():
+        if not k.startswith("classifier"):
+            assert torch.equal(got.state_dict()[k], v), k
+    w = got.classifier.weight
+    assert torch.isfinite(w).all() and 0.01 < w.std().item() < 0.04  # initializer_range 0.02, not raw memory
+    assert torch.equal(got.classifier.bias, torch.zeros(3))
+
+
+def test_untied_by_config_is_initialised_not_left_raw(tmp_path):
+    """tie_word_embeddings=False on a checkpoint saved tied: lm_head is not in the file. It was
+    left as uninitialised memory (max |w| 9e-41) because the class lists it as tied."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    m = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=32))
+    m.save_pretrained(tmp_path / "hf")
+    c = bigsmall.compress(tmp_path / "hf")
+    got, warned = _quiet_load(c, tie_word_embeddings=False)
+    assert got.lm_head.weight.data_ptr() != got.transformer.wte.weight.data_ptr()
+    assert any("lm_head.weight" in w for w in warned), warned
+    assert 0.01 < got.lm_head.weight.std().item() < 0.04
+    tied, warned = _quiet_load(c)
+    assert tied.lm_head.weight.data_ptr() == tied.transformer.wte.weight.data_ptr() and not warned
+
+
+def test_generation_config_is_taken_from_the_directory(tmp_path):
+    from transformers import AutoModelForCausalLM, GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    m = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=32))
+    m.generation_config = GenerationConfig(eos_token_id=[7, 8], max_new_tokens=7, pad_token_id=0)
+    m.save_pretrained(tmp_path / "hf")
+    got, _ = _quiet_load(bigsmall.compress(tmp_path / "hf"))
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert got.generation_config.max_new_tokens == ref.generation_config.max_new_tokens == 7
+    assert got.generation_config.eos_token_id == ref.generation_config.eos_token_id == [7, 8]
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(got.generate(ids, do_sample=False), ref.generate(ids, do_sample=False))
+
+
+def test_float32_kept_modules_stay_float32(tmp_path):
+    """T5 keeps its feed-forward output (wo) in float32 under float16, where it overflows."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    m = T5ForConditionalGeneration(T5Config(d_model=32, d_ff=64, d_kv=8, num_layers=1, num_heads=2, vocab_size=100))
+    m.save_pretrained(tmp_path / "hf")
+    c = bigsmall.compress(tmp_path / "hf")
+    ref = T5ForConditionalGeneration.from_pretrained(tmp_path / "hf", dtype=torch.float16)
+    got, _ = _quiet_load(c, dtype=torch.float16)
+    dtypes = {k: v.dtype for k, v in got.state_dict().items()}
+    assert dtypes == {k: v.dtype for k, v in ref.state_dict().items()}
+    assert {dtypes[k] for k in dtypes if ".wo." in k} == {torch.float32}
+    _same_tensors(got, ref)
+
+
+def test_a_model_built_on_the_meta_device_is_loaded_in_place(tmp_path):
+    from transformers import BertModel
+
+    ref = _bert(tmp_path)
+    c = bigsmall.compress(tmp_path / "hf")
+    with torch.device("meta"):
+        empty = BertModel(_bert_config())
+    got = bigsmall.StreamingLoader(c).load_model(empty, progress=False)
+    _same_tensors(got, ref)
+    with pytest.raises(bigsmall.InvalidArgumentError, match="already built"):
+        bigsmall.StreamingLoader(c).load_model(BertModel(_bert_config()), num_labels=2, progress=False)
+
+
+def test_a_mistyped_local_name_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("typo.bs", "nodir/model.bs"):
+        with pytest.raises(bigsmall.NotFoundError, match="no such directory"):
+            bigsmall.from_pretrained(name, progress=False)
