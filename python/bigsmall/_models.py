@@ -464,10 +464,20 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
             continue
         seen.add(key)
         tensors[name] = t
+    # A model saved here before, in shards, leaves weights that are no longer this model's: as
+    # transformers' save_pretrained, remove them (only those the old indexes name), or
+    # from_pretrained would follow the old shard index to the old weights.
+    try:
+        stale = [f for f in _core.model_dir_files(out_dir) if os.path.basename(f) != "model.bs"]
+    except _core.Error:
+        stale = []  # no bigsmall index here
     bt.save_file(tensors, os.path.join(out_dir, "model.bs"), metadata={"format": "pt"}, threads=threads,
                  overwrite=overwrite)
     index = {"format": "bigsmall", "format_version": _core.FORMAT_VERSION[0],
              "files": [{"source": "model.safetensors", "bs": "model.bs"}]}
     with open(os.path.join(out_dir, "bigsmall.index.json"), "w") as f:
         json.dump(index, f, indent=2)
+    for f in stale + [os.path.join(out_dir, "model.safetensors.index.json")]:
+        if os.path.exists(f) and os.path.abspath(f) != os.path.abspath(os.path.join(out_dir, "model.bs")):
+            os.remove(f)
     return out_dir

@@ -172,3 +172,18 @@ def test_a_mistyped_local_name_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     for name in ("typo.bs", "nodir/model.bs"):
         with pytest.raises(bigsmall.NotFoundError, match="no such directory"):
             bigsmall.from_pretrained(name, progress=False)
+
+
+def test_save_pretrained_over_a_sharded_model_leaves_no_stale_weights(tmp_path):
+    """A directory that held a sharded model: its shard index would send from_pretrained to the
+    old shards. save_pretrained removes what the old indexes name, as transformers does."""
+    from transformers import BertModel
+
+    _bert(tmp_path, "sharded", max_shard_size="20KB")
+    out = bigsmall.compress(tmp_path / "sharded")
+    (tmp_path / "sharded.bs" / "notes.txt").write_text("mine")
+    new = _bert(tmp_path, "other", seed=5)
+    bigsmall.save_pretrained(new, out)
+    assert sorted(p.name for p in (tmp_path / "sharded.bs").iterdir()) == [
+        "bigsmall.index.json", "config.json", "model.bs", "notes.txt"]
+    _same_tensors(_quiet_load(out, BertModel)[0], new)
