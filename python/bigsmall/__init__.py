@@ -193,7 +193,8 @@ def _metadata(header_bytes):
 
 
 class safe_open:
-    """Open a .bs file like safetensors.safe_open: keys(), metadata(), get_tensor(), get_slice().
+    """Open a .bs file like safetensors.safe_open: keys(), offset_keys(), metadata(), get_tensor(),
+    get_tensors(), get_slice().
 
     Only the tensors asked for are read and decoded.
     """
@@ -233,8 +234,27 @@ class safe_open:
         self._open_file()
         return sorted(self._index)  # as safetensors does
 
+    def offset_keys(self):
+        """Names in the order of their data in the file, as safetensors' offset_keys."""
+        self._open_file()
+        return [t["name"] for t in self._infos]  # the index lists tensors in data order
+
     def metadata(self):
         return _metadata(self._open_file().header)
+
+    def get_tensors(self):
+        """Every tensor, keyed by name in offset_keys() order, decoded in one parallel call."""
+        f = self._open_file()
+        which = list(range(len(self._infos)))
+        if self._framework == "pt":
+            from . import torch as bt
+
+            xs = bt._decode(f, which, self._infos, self._device, self._threads, self._verify)
+        else:
+            from . import numpy as bn
+
+            xs = bn._decode(f, which, self._infos, self._threads, self._verify)
+        return {t["name"]: x for t, x in zip(self._infos, xs)}
 
     def _info(self, name):
         f = self._open_file()

@@ -389,8 +389,8 @@ def _dtype_arg(d):
     if d is None or (isinstance(d, str) and d == "auto"):
         return None
     dt = getattr(torch, d, None) if isinstance(d, str) else d
-    if not isinstance(dt, torch.dtype):
-        raise InvalidArgumentError(f"unsupported dtype {d!r}")
+    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+        raise InvalidArgumentError(f"unsupported dtype {d!r} (a model's dtype is a floating-point one)")
     return dt
 
 

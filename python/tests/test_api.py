@@ -153,6 +153,17 @@ def test_safe_open_reads_single_tensors(models):
     with bigsmall.safe_open(os.path.join(comp, "model.bs"), framework="np") as f:
         x = f.get_tensor("pooler.dense.bias")
         assert isinstance(x, np.ndarray) and np.array_equal(x, a["pooler.dense.bias"].numpy())
+    # offset_keys and get_tensors, as safetensors 0.8 has them: data order, every tensor.
+    from safetensors import safe_open as st_open
+
+    with st_open(os.path.join(orig, "model.safetensors"), framework="pt") as ref, \
+            bigsmall.safe_open(os.path.join(comp, "model.bs"), framework="pt") as f:
+        assert f.offset_keys() == ref.offset_keys() != sorted(ref.offset_keys())
+        got, want = f.get_tensors(), ref.get_tensors()
+        assert list(got) == list(want)
+        assert all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want)
+    with bigsmall.safe_open(os.path.join(comp, "model.bs"), framework="np") as f:
+        assert all(np.array_equal(v, a[k].numpy()) for k, v in f.get_tensors().items())
 
 
 def test_torch_and_numpy_save_load(tmp_path):
@@ -596,7 +607,7 @@ def test_safe_open_after_close(tmp_path):
     with bigsmall.safe_open(tmp_path / "g.bs", "pt") as f:
         s = f.get_slice("v")
     assert torch.equal(s[1:], torch.tensor([[2.0, 3.0], [4.0, 5.0]]))  # slices outlive the block, as safetensors'
-    for call in (f.keys, f.metadata, lambda: f.get_tensor("v"), lambda: f.get_slice("v")):
+    for call in (f.keys, f.offset_keys, f.metadata, f.get_tensors, lambda: f.get_tensor("v"), lambda: f.get_slice("v")):
         with pytest.raises(bigsmall.InvalidArgumentError, match="file is closed"):
             call()
 
@@ -623,6 +634,8 @@ def test_model_dtype_follows_the_config(tmp_path):
     assert {p.dtype for p in streamed.parameters()} == {torch.float16}
     with pytest.raises(bigsmall.InvalidArgumentError, match="'nonsense'"):
         bigsmall.from_pretrained(c, dtype="nonsense")
+    with pytest.raises(bigsmall.InvalidArgumentError, match="floating-point"):
+        bigsmall.from_pretrained(c, dtype=torch.int8)
 
 
 def test_get_slice_reads_only_the_rows_it_needs(tmp_path):
