@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up and runs every test: the C++ suite (warnings as errors), the same suite under
+# Sets up and runs every test: the C++ suite (warnings as errors), an install that a separate
+# CMake project finds and links, the same suite under
 # AddressSanitizer + UndefinedBehaviorSanitizer, the CLI tests, the .bs fuzzer for 60 s, the input
 # fuzzer (safetensors files and directory indexes, round trips checked) for 30 s, and the
 # Python package's tests on a real transformer model.
@@ -13,6 +14,8 @@ echo "== build (Release, -Werror; the CUDA decoder too when nvcc is found) and t
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBIGSMALL_WERROR=ON >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build -j "$jobs" --output-on-failure
+echo "== install, and build a separate project against it with find_package(bigsmall)"
+bash tests/install_test.sh build
 
 echo "== build with ASan + UBSan and test"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBIGSMALL_WERROR=ON -DBIGSMALL_SANITIZE=ON \
