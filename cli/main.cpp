@@ -231,13 +231,16 @@ std::string default_output(const std::string& cmd, const std::string& in, bool i
   return "";
 }
 
-// Bytes of a file, or of every file under a directory as compress reads it (links followed),
-// leaving out `skip` (an output directory inside its own input).
-uint64_t path_bytes(const std::string& p, const std::string& skip = {}) {
+// Calls fn(path, size) for a file, or for every file under a directory as compress reads it
+// (links followed), leaving out `skip` (an output directory inside its own input).
+template <class Fn>
+void for_each_file(const std::string& p, const std::string& skip, Fn fn) {
   std::error_code ec;
-  if (!fs::is_directory(p, ec)) return fs::file_size(p, ec);
+  if (!fs::is_directory(p, ec)) {
+    fn(fs::path(p), fs::file_size(p, ec));
+    return;
+  }
   const fs::path skip_at = skip.empty() ? fs::path() : fs::weakly_canonical(skip, ec);
-  uint64_t total = 0;
   for (fs::recursive_directory_iterator it(p, fs::directory_options::follow_directory_symlink, ec), end; !ec && it != end;
        it.increment(ec)) {
     // Links that loop (two links to "." double the walk at every level) end the count; the
@@ -249,9 +252,36 @@ uint64_t path_bytes(const std::string& p, const std::string& skip = {}) {
     if (dir) {
       if (!skip_at.empty() && fs::weakly_canonical(it->path(), e2) == skip_at) it.disable_recursion_pending();
     } else if (it->is_regular_file(e2)) {
-      total += it->file_size(e2);
+      fn(it->path(), it->file_size(e2));
     }
   }
+}
+
+uint64_t path_bytes(const std::string& p, const std::string& skip = {}) {
+  uint64_t total = 0;
+  for_each_file(p, skip, [&](const fs::path&, uint64_t size) { total += size; });
+  return total;
+}
+
+// Bytes a directory run wrote: the counterpart of each input file and the index, not every file
+// under the output (-f merges into a directory that may hold other files).
+uint64_t written_bytes(const std::string& in, const std::string& out, bool compress) {
+  std::error_code ec;
+  uint64_t total = compress ? fs::file_size(fs::path(out) / kDirIndexName, ec) : 0;
+  if (ec) total = 0;
+  for_each_file(in, out, [&](const fs::path& f, uint64_t) {
+    std::string rel = f.lexically_relative(in).generic_string();
+    if (rel == kDirIndexName) return;
+    if (compress && ends_with(rel, ".safetensors")) {
+      rel = rel.substr(0, rel.size() - std::string_view(".safetensors").size()) + ".bs";
+    } else if (!compress && ends_with(rel, ".bs")) {
+      const std::string source = rel.substr(0, rel.size() - 3) + ".safetensors";
+      if (fs::exists(fs::path(out) / source, ec)) rel = source;
+    }
+    std::error_code e2;
+    const uint64_t size = fs::file_size(fs::path(out) / rel, e2);
+    if (!e2) total += size;
+  });
   return total;
 }
 
@@ -347,7 +377,7 @@ int run_codec(const Args& a) {
     }
     const double t = seconds_since(t0);
     if (a.verbose && !a.json) print_tensors(compress ? out : in, is_dir);
-    const uint64_t out_b = path_bytes(out);
+    const uint64_t out_b = is_dir ? written_bytes(in, out, compress) : path_bytes(out);
     const uint64_t raw = compress ? in_b : out_b, packed = compress ? out_b : in_b;
     if (a.json) {
       std::printf("{\"input\": %s, \"output\": %s, \"original_bytes\": %llu, \"compressed_bytes\": %llu, "

@@ -58,6 +58,21 @@ expect 4 "info of a directory without an index" -- "$bs" info "$tmp/model"
 check "its error names the index" -- grep -q "bigsmall.index.json" "$tmp/err"
 expect 0 "decompress dir" -- "$bs" decompress -q "$tmp/model.bs" -o "$tmp/model2"
 check "dir restored" -- diff -r "$tmp/model" "$tmp/model2"
+# -f into a directory that holds other files: the summary counts what this run wrote, not them.
+head -c 3000000 /dev/urandom >"$tmp/model.bs/other.bin"
+expect 0 "compress -f dir into a directory with other files" -- "$bs" compress --json -f "$tmp/model" -o "$tmp/model.bs"
+check "its summary counts only what it wrote" -- python3 -c "
+import json, os; d = json.load(open('$tmp/out')); b = '$tmp/model.bs'
+want = sum(os.path.getsize(os.path.join(b, n)) for n in ('model.bs', 'config.json', 'bigsmall.index.json'))
+assert d['compressed_bytes'] == want and d['ratio'] < 1, (d, want)"
+rm -f "$tmp/model.bs/other.bin"
+head -c 3000000 /dev/urandom >"$tmp/model2/other.bin"
+expect 0 "decompress -f dir into a directory with other files" -- "$bs" decompress --json -f "$tmp/model.bs" -o "$tmp/model2"
+check "its summary counts only what it wrote" -- python3 -c "
+import json, os; d = json.load(open('$tmp/out')); b = '$tmp/model2'
+want = sum(os.path.getsize(os.path.join(b, n)) for n in ('model.safetensors', 'config.json'))
+assert d['original_bytes'] == want, (d, want)"
+rm -f "$tmp/model2/other.bin"
 mkdir -p "$tmp/dot" && cp "$tmp/m.safetensors" "$tmp/dot/model.safetensors"
 bs_abs=$(cd "$(dirname "$bs")" && pwd)/$(basename "$bs")
 expect 0 "compress . inside a model directory" -- sh -c "cd '$tmp/dot' && '$bs_abs' compress -q ."
