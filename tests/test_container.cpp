@@ -796,6 +796,38 @@ TEST(Directory, ModelDirectoryRoundTrip) {
   EXPECT_FALSE(fs::exists(d / "restored/bigsmall.index.json"));
 }
 
+TEST(Directory, NamesThatAreNotUtf8AreEscapedInTheIndexAndEarlierRawIndexesStillRead) {
+  TempDir d;
+  const fs::path src = d.path / "model";
+  fs::create_directories(src);
+  auto ts = sample_tensors();
+  write_file((src / "m\xe9.safetensors").string(), safetensors_bytes({ts[0]}));
+  write_file((src / "vocab\xff.txt").string(), std::string("tokens"));
+  ASSERT_TRUE(compress_dir(src.string(), d / "model.bs").is_ok());
+  const auto index = read_file(d.path / "model.bs" / kDirIndexName);
+  const std::string text(index.begin(), index.end());
+  EXPECT_NE(text.find("\"m\\udce9.safetensors\""), std::string::npos) << text;
+  for (size_t i = 0; i < text.size(); ++i)  // the index is UTF-8 text: json.load and jq read it
+    ASSERT_FALSE(static_cast<unsigned char>(text[i]) >= 0x80) << text;
+  // Writers before this wrote the name's bytes raw: such an index still restores the directory.
+  for (const bool raw : {false, true}) {
+    std::string t;
+    for (size_t i = 0; i < text.size();) {
+      if (raw && text.compare(i, 6, "\\udce9") == 0) {
+        t += '\xe9';
+        i += 6;
+      } else {
+        t += text[i++];
+      }
+    }
+    write_file((d.path / "model.bs" / kDirIndexName).string(), t);
+    const fs::path back = d.path / (raw ? "back_raw" : "back");
+    ASSERT_TRUE(decompress_dir(d / "model.bs", back).is_ok()) << raw;
+    EXPECT_EQ(read_file(back / "m\xe9.safetensors"), read_file(src / "m\xe9.safetensors"));
+    EXPECT_EQ(read_file(back / "vocab\xff.txt"), read_file(src / "vocab\xff.txt"));
+  }
+}
+
 TEST(Container, OutputThatIsTheInputIsRefusedEvenWithOverwrite) {
   // With -f the input would be replaced by its own compressed (or restored) bytes.
   TempDir d;

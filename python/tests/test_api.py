@@ -473,6 +473,29 @@ def test_loads_in_bounded_calls_are_bit_exact(models, monkeypatch):
         assert torch.equal(a[k], b[k]) and np.array_equal(a[k].numpy(), c[k]), k
 
 
+def test_directory_index_is_json_whatever_the_file_names(tmp_path):
+    """bigsmall.index.json records names that are not UTF-8 as surrogate escapes, so json.load
+    reads it and os.fsencode gives the names' bytes back; the directory restores unchanged."""
+    import json
+
+    src = os.fsencode(str(tmp_path / "src"))
+    os.makedirs(src)
+    st.save_file({"w": torch.arange(6.0)}, os.fsdecode(src + b"/m\xff\xe9.safetensors"))
+    with open(src + b"/vocab\xe9.txt", "wb") as f:
+        f.write(b"tokens")
+    comp = bigsmall.compress(src, progress=False)
+    with open(os.path.join(comp, "bigsmall.index.json"), "rb") as f:
+        raw = f.read()
+    raw.decode("utf-8")  # valid UTF-8 text
+    (entry,) = json.loads(raw)["files"]
+    assert os.fsencode(entry["source"]) == b"m\xff\xe9.safetensors" and os.fsencode(entry["bs"]) == b"m\xff\xe9.bs"
+    back = os.fsencode(bigsmall.decompress(comp, os.fsdecode(src) + ".restored", progress=False))
+    assert sorted(os.listdir(back)) == sorted(os.listdir(src))
+    for name in os.listdir(src):
+        with open(src + b"/" + name, "rb") as a, open(back + b"/" + name, "rb") as b:
+            assert a.read() == b.read()
+
+
 def test_paths_that_are_not_utf8(models, tmp_path):
     """File names may hold any bytes; Python spells those as surrogate escapes (os.fsdecode)."""
     import shutil

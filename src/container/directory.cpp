@@ -232,7 +232,7 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
   const fs::path p = dir / kDirIndexName;
   auto mf = detail::MappedFile::open(p.string());
   if (!mf) return Status(Error::kNotBigsmall, dir.string() + ": not a bigsmall model directory (no " + kDirIndexName + ")");
-  auto doc = detail::parse_json(std::string_view(reinterpret_cast<const char*>(mf->data()), mf->size()), /*raw_bytes=*/true);
+  auto doc = detail::parse_json(std::string_view(reinterpret_cast<const char*>(mf->data()), mf->size()), detail::JsonStrings::kFileNames);
   using Kind = detail::JsonValue::Kind;
   const auto j = doc ? std::optional(doc->root()) : std::nullopt;
   const auto files = j ? j->get("files") : std::nullopt;
@@ -344,8 +344,8 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
     BS_RETURN_IF_ERROR(in_final_names(compress_file((in / f).string(), (out / bs_rel).string(), fo), out, dst));
     prog.base += fs::file_size(in / f, ec);
     if (opts.progress) opts.progress(prog.base, prog.total);
-    index += std::string(first ? "" : ",") + "\n    {\"source\": " + detail::json_quote(rel) +
-             ", \"bs\": " + detail::json_quote(bs_rel) + ", \"size\": " + std::to_string(fs::file_size(in / f, ec)) + "}";
+    index += std::string(first ? "" : ",") + "\n    {\"source\": " + detail::json_quote(rel, /*file_name=*/true) +
+             ", \"bs\": " + detail::json_quote(bs_rel, /*file_name=*/true) + ", \"size\": " + std::to_string(fs::file_size(in / f, ec)) + "}";
     first = false;
   }
   index += "\n  ]\n}\n";

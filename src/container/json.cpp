@@ -15,7 +15,8 @@ constexpr int kMaxDepth = 64;
 
 class JsonParser {
  public:
-  JsonParser(std::string_view s, bool raw_bytes, JsonDoc* doc) : s_(s), raw_bytes_(raw_bytes), doc_(doc) {}
+  JsonParser(std::string_view s, JsonStrings strings, JsonDoc* doc)
+      : s_(s), raw_bytes_(strings != JsonStrings::kUtf8), file_names_(strings == JsonStrings::kFileNames), doc_(doc) {}
 
   Status parse() {
     // Node fields hold string lengths and member counts in 32 bits.
@@ -170,6 +171,9 @@ class JsonParser {
             uint32_t lo;
             if (!lit("\\u") || !hex4(&lo) || lo < 0xDC00 || lo >= 0xE000) return err("bad surrogate pair");
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          } else if (cp >= 0xDC80 && cp < 0xDD00 && file_names_) {
+            out->push_back(static_cast<char>(cp - 0xDC00));  // a byte of a name that is not UTF-8
+            break;
           } else if (cp >= 0xDC00 && cp < 0xE000 && !raw_bytes_) {
             // A low surrogate alone would become invalid UTF-8. Raw mode keeps the three bytes
             // writers before the UTF-8 rule stored for it, so their names still match.
@@ -218,6 +222,7 @@ class JsonParser {
 
   std::string_view s_;
   bool raw_bytes_;
+  bool file_names_;
   JsonDoc* doc_;
   size_t i_ = 0;
   size_t values_ = 0;
@@ -290,16 +295,32 @@ bool json_equal(JsonValue a, JsonValue b) {
   return true;
 }
 
-Result<JsonDoc> parse_json(std::string_view text, bool raw_bytes) {
+Result<JsonDoc> parse_json(std::string_view text, JsonStrings strings) {
   JsonDoc doc;
-  JsonParser p(text, raw_bytes, &doc);
+  JsonParser p(text, strings, &doc);
   BS_RETURN_IF_ERROR(p.parse());
   return doc;
 }
-std::string json_quote(std::string_view s) {
+
+std::string json_quote(std::string_view s, bool file_name) {
   std::string out = "\"";
-  for (char c : s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
     const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x80) {
+      const size_t n = utf8_sequence_length(s, i);
+      if (n > 0) {
+        out.append(s.substr(i, n));
+        i += n - 1;
+      } else if (file_name) {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\u%04x", 0xDC00 + u);
+        out += buf;
+      } else {
+        out.push_back(c);  // callers check UTF-8 where it is required
+      }
+      continue;
+    }
     // serde_json's escapes, so that headers written here are byte-identical to safetensors'.
     if (c == '"') out += "\\\"";
     else if (c == '\\') out += "\\\\";

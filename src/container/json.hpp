@@ -84,10 +84,18 @@ class JsonDoc {
   std::string strings_;
 };
 
-// Strings must be well-formed UTF-8, as in any JSON text; bigsmall's own directory index is read
-// with raw_bytes: the file names it records are the operating system's bytes, which need not be.
-Result<JsonDoc> parse_json(std::string_view text, bool raw_bytes = false);
-std::string json_quote(std::string_view s);
+enum class JsonStrings {
+  kUtf8,      // well-formed UTF-8, as in any JSON text
+  kAnyBytes,  // kept safetensors headers: earlier writers passed other bytes through, and stored
+              // an escaped lone surrogate as its three-byte encoding
+  kFileNames, // bigsmall.index.json: as kAnyBytes (earlier writers wrote names' bytes raw), and
+              // \udc80..\udcff stand for the single bytes 0x80..0xff of a name that is not UTF-8
+              // (Python's surrogateescape, which json.load and os.fsencode undo)
+};
+Result<JsonDoc> parse_json(std::string_view text, JsonStrings strings = JsonStrings::kUtf8);
+// A JSON string of s; with file_name, bytes that are not UTF-8 are written as \udc80..\udcff, so
+// that the text stays UTF-8 whatever bytes a file name has.
+std::string json_quote(std::string_view s, bool file_name = false);
 // Same kind and same value, members in the same order (numbers compared as parsed).
 bool json_equal(JsonValue a, JsonValue b);
 

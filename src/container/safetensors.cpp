@@ -63,7 +63,7 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
   f.data_start = 8 + n;
   f.data_size = size - f.data_start;
   if (n == 0 || f.header[0] != '{') return bad("header is not a JSON object");
-  auto parsed = parse_json(f.header, raw_names);
+  auto parsed = parse_json(f.header, raw_names ? JsonStrings::kAnyBytes : JsonStrings::kUtf8);
   if (!parsed) return bad(parsed.status().message());
   const JsonValue root = parsed->root();
   if (root.kind() != JsonValue::Kind::kObject) return bad("header is not a JSON object");
