@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -327,7 +328,9 @@ void print_tensors(const std::string& bs_path, bool is_dir) {
 }
 
 int report(const Status& st) {
-  std::fprintf(stderr, "bigsmall: %s\n", st.message().c_str());
+  // The library reports an existing output by errno; the option that replaces it is the CLI's.
+  const char* hint = st.sys_errno() == EEXIST ? " (use -f to overwrite)" : "";
+  std::fprintf(stderr, "bigsmall: %s%s\n", st.message().c_str(), hint);
   return exit_code(st.code());
 }
 

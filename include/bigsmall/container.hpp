@@ -24,7 +24,7 @@ struct CompressOptions {
   bool overwrite = false;
   bool sync = true;  // fsync before the output is renamed into place
   int zstd_level = 9;  // for tensors with repeated structure; 19 (--best) is smaller and slower
-  ProgressFn progress;
+  ProgressFn progress{};
 };
 
 struct DecompressOptions {
@@ -32,7 +32,7 @@ struct DecompressOptions {
   bool overwrite = false;
   bool sync = true;
   bool verify = true;  // chunk and tensor checksums
-  ProgressFn progress;
+  ProgressFn progress{};
 };
 
 struct TensorInfo {
@@ -46,6 +46,10 @@ struct TensorInfo {
   size_t chunks = 0;
 };
 
+// An open .bs file. The file is memory-mapped for the object's lifetime: another program that
+// truncates or rewrites it in place meanwhile makes reads fault (SIGBUS; the CLI catches that and
+// exits with a message). Const members may be called from several threads at once. A
+// default-constructed or moved-from BsFile is empty: only assignment and destruction are valid.
 class BsFile {
  public:
   // Validates header, index and every tensor entry; reads no tensor data.
@@ -64,9 +68,10 @@ class BsFile {
 
   // Decodes tensor i into out[0, tensors()[i].nbytes).
   Status read_tensor(size_t i, uint8_t* out, uint64_t out_size, const DecodeOptions& opts = {}) const;
-  // Decodes several tensors with one pool, chunks of all of them in parallel.
+  // Decodes tensors which[k] into outs[k][0, out_sizes[k]) with one pool, chunks of all of them
+  // in parallel; each out_sizes[k] must be at least the tensor's nbytes.
   Status read_tensors(const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
-                      const DecodeOptions& opts = {}) const;
+                      const std::vector<uint64_t>& out_sizes, const DecodeOptions& opts = {}) const;
   // Decodes bytes [begin, begin + out_size) of tensor i into out, decoding only the chunks that
   // hold them (a slice of a large tensor costs its own size, not the tensor's memory). With
   // opts.verify, the checksum of every chunk read is checked, and the first range read of a
@@ -79,7 +84,8 @@ class BsFile {
   // Decodes everything and checks every checksum; the first problem found is returned.
   Status verify(const DecompressOptions& opts = {}) const;
 
-  // Raw access for other decoders (GPU): coding and payload bytes of tensor i.
+  // Raw access for other decoders (GPU): coding and payload bytes of tensor i (i < tensors().size();
+  // the pointer lives as long as this object).
   const TensorCoding& coding(size_t i) const;
   const uint8_t* payload(size_t i) const;
 

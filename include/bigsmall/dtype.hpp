@@ -23,9 +23,11 @@ struct DTypeInfo {
   uint8_t safetensors_rank;
 };
 
+// Ids outside the enum (a cast from a hostile or stale value) get a row of 0 bits, named "?".
 const DTypeInfo& dtype_info(DType d);
+inline bool dtype_valid(DType d) { return static_cast<uint8_t>(d) < static_cast<uint8_t>(DType::kCount); }
 std::optional<DType> dtype_from_name(std::string_view safetensors_name);
-// Bytes taken by `numel` elements; nullopt on overflow.
+// Bytes taken by `numel` elements; nullopt on overflow or for an id outside the enum.
 std::optional<uint64_t> dtype_nbytes(DType d, uint64_t numel);
 inline bool has_float_model(DType d) { return dtype_info(d).exponent_bits != 0; }
 

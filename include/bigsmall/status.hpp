@@ -31,7 +31,7 @@ class [[nodiscard]] Status {
  public:
   Status() = default;
   Status(Error code, std::string message) : code_(code), message_(std::move(message)) {}
-  static Status ok() { return {}; }
+  static Status success() { return {}; }  // (not ok(): st.ok() would compile and mean nothing)
   bool is_ok() const { return code_ == Error::kOk; }
   explicit operator bool() const { return is_ok(); }
   Error code() const { return code_; }
@@ -58,6 +58,8 @@ class [[nodiscard]] Status {
   int sys_errno_ = 0;
 };
 
+// A value or the Status saying why there is none. value(), -> and * require is_ok(): on an error
+// they throw std::bad_variant_access (the library itself throws nothing).
 template <typename T>
 class [[nodiscard]] Result {
  public:
@@ -71,7 +73,7 @@ class [[nodiscard]] Result {
   T* operator->() { return &std::get<0>(v_); }
   const T* operator->() const { return &std::get<0>(v_); }
   T& operator*() { return value(); }
-  Status status() const { return is_ok() ? Status::ok() : std::get<1>(v_); }
+  Status status() const { return is_ok() ? Status::success() : std::get<1>(v_); }
 
  private:
   std::variant<T, Status> v_;

@@ -68,9 +68,7 @@ PyObject* g_permission = nullptr;      // IOError that is also a PermissionError
   // Messages name files, whose paths may hold any bytes: those that are not UTF-8 are shown
   // escaped (\xff) rather than turning the error into a UnicodeDecodeError.
   std::string m = st.message();
-  // The core speaks in the CLI's terms; here the option is an argument.
-  static constexpr std::string_view kCliHint = "(use -f to overwrite)";
-  if (const size_t at = m.find(kCliHint); at != std::string::npos) m.replace(at, kCliHint.size(), "(pass overwrite=True)");
+  if (st.sys_errno() == EEXIST) m += " (pass overwrite=True)";  // an existing output
   PyObject* text = PyUnicode_DecodeUTF8(m.data(), static_cast<Py_ssize_t>(m.size()), "backslashreplace");
   if (text == nullptr) throw nb::python_error();
   PyObject* exc = PyObject_CallOneArg(cls, text);
@@ -204,7 +202,9 @@ void read_released(const BsFile& f, const std::vector<size_t>& which, const std:
   DecodeOptions o;
   o.threads = threads;
   o.verify = verify;
-  run_released([&] { return f.read_tensors(which, ptrs, o); });
+  std::vector<uint64_t> sizes;  // callers checked each buffer against its tensor (check_buffer)
+  for (size_t i : which) sizes.push_back(f.tensors()[i].nbytes);
+  run_released([&] { return f.read_tensors(which, ptrs, sizes, o); });
 }
 
 #if BIGSMALL_HAVE_CUDA
@@ -220,13 +220,13 @@ struct PinnedPair {
   bool ready = false;
 
   Status init() {
-    if (ready) return Status::ok();
+    if (ready) return Status::success();
     for (int b = 0; b < 2; ++b) {
       if (cudaMallocHost(&buf[b], kPiece) != cudaSuccess || cudaEventCreateWithFlags(&done[b], cudaEventDisableTiming) != cudaSuccess)
         return Status(Error::kIo, "cannot allocate pinned host memory for checksums");
     }
     ready = true;
-    return Status::ok();
+    return Status::success();
   }
 };
 
@@ -254,7 +254,7 @@ Status hash_on_host(PinnedPair& pp, const BsFile& f, const std::vector<size_t>& 
     if (cudaMemcpyAsync(pp.buf[b], reinterpret_cast<const uint8_t*>(ptrs[x.k]) + x.off, x.n, cudaMemcpyDeviceToHost, stream) != cudaSuccess ||
         cudaEventRecord(pp.done[b], stream) != cudaSuccess)
       return Status(Error::kIo, "copy from the device failed");
-    return Status::ok();
+    return Status::success();
   };
   if (!pieces.empty()) BS_RETURN_IF_ERROR(issue(0));
   std::unique_ptr<detail::Xxh3Stream> hash;
@@ -268,7 +268,7 @@ Status hash_on_host(PinnedPair& pp, const BsFile& f, const std::vector<size_t>& 
     if (x.off + x.n == t.nbytes && hash->digest() != f.coding(which[x.k]).checksum)
       return Status(Error::kCorrupt, "tensor '" + t.name + "': checksum mismatch after GPU decode");
   }
-  return Status::ok();
+  return Status::success();
 }
 
 Status verify_on_host(const BsFile& f, const std::vector<size_t>& which, const std::vector<uint64_t>& ptrs, cudaStream_t stream) {

@@ -69,7 +69,7 @@ Status TensorCoding::validate(uint64_t payload_limit) const {
     if (chunks[i].mode == ChunkMode::kCoded && codec == Codec::kStore) return bad("coded chunk in a stored tensor");
     if (chunks[i].mode == ChunkMode::kCoded && chunks[i].size < min_coded) return bad("coded chunk too short");
   }
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace bigsmall

@@ -41,7 +41,10 @@ constexpr bool table_is_indexed_by_id() {
 static_assert(table_is_indexed_by_id(), "dtype table rows must follow the enum order");
 }  // namespace
 
-const DTypeInfo& dtype_info(DType d) { return kTable[static_cast<size_t>(d)]; }
+const DTypeInfo& dtype_info(DType d) {
+  static constexpr DTypeInfo kUnknown{DType::kCount, "?", 0, 0, 0, 0};
+  return dtype_valid(d) ? kTable[static_cast<size_t>(d)] : kUnknown;
+}
 
 std::optional<DType> dtype_from_name(std::string_view name) {
   for (const auto& row : kTable)
@@ -51,6 +54,7 @@ std::optional<DType> dtype_from_name(std::string_view name) {
 
 std::optional<uint64_t> dtype_nbytes(DType d, uint64_t numel) {
   const uint64_t bits = dtype_info(d).bits;
+  if (bits == 0) return std::nullopt;
   if (numel > (UINT64_MAX - 7) / bits) return std::nullopt;  // the rounding below must not wrap either
   return (numel * bits + 7) / 8;
 }

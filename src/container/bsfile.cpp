@@ -154,7 +154,7 @@ class BackgroundWriter {
             status_ = Status(Error::kInternal, std::string("write failed: ") + e.what());
           }
         });
-        return Status::ok();
+        return Status::success();
       } catch (const std::system_error&) {
         // No thread to be had: write here.
       }
@@ -166,7 +166,7 @@ class BackgroundWriter {
   Status wait() {
     if (thread_.joinable()) thread_.join();
     Status st = std::move(status_);
-    status_ = Status::ok();
+    status_ = Status::success();
     return st;
   }
 
@@ -530,7 +530,7 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, uint64_t 
     pos = s.second;
   }
   if (pos != data_size) return bad("data region is not covered exactly");
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace
@@ -622,8 +622,11 @@ Status read_many(const BsFile::Impl& im, const std::vector<size_t>& which, const
                  const std::vector<uint64_t>& out_sizes, bool verify, detail::ThreadPool& pool) {
   std::vector<detail::DecodeJob> jobs;
   for (size_t k = 0; k < which.size(); ++k) {
-    if (which[k] >= im.entries.size()) return Status(Error::kNotFound, "tensor index out of range");
+    if (which[k] >= im.entries.size())
+      return Status(Error::kNotFound, im.file.path() + ": tensor index " + std::to_string(which[k]) + " out of range");
     const detail::Entry& e = im.entries[which[k]];
+    if (outs[k] == nullptr && e.info.nbytes > 0)
+      return Status(Error::kInvalidArgument, im.file.path() + ": tensor '" + e.info.name + "': null output buffer");
     jobs.push_back({&e.coding, im.file.data() + e.payload_offset, e.info.stored_bytes, outs[k], out_sizes[k],
                     "tensor '" + e.info.name + "'"});
   }
@@ -653,14 +656,12 @@ Status BsFile::read_tensor(size_t i, uint8_t* out, uint64_t out_size, const Deco
 }
 
 Status BsFile::read_tensors(const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
-                            const DecodeOptions& opts) const {
-  if (which.size() != outs.size()) return Status(Error::kInvalidArgument, "one output buffer per tensor");
-  std::vector<uint64_t> sizes;
-  for (size_t k = 0; k < which.size(); ++k)
-    sizes.push_back(which[k] < impl_->infos.size() ? impl_->infos[which[k]].nbytes : 0);
-  if (which.empty()) return Status::ok();
+                            const std::vector<uint64_t>& out_sizes, const DecodeOptions& opts) const {
+  if (which.size() != outs.size() || which.size() != out_sizes.size())
+    return Status(Error::kInvalidArgument, path() + ": one output buffer and size per tensor");
+  if (which.empty()) return Status::success();
   detail::ThreadPool pool(decode_threads(*impl_, which, opts.threads));
-  return read_many(*impl_, which, outs, sizes, opts.verify, pool);
+  return read_many(*impl_, which, outs, out_sizes, opts.verify, pool);
 }
 
 namespace {
@@ -681,7 +682,7 @@ Status for_each_batch(const BsFile::Impl& im, uint64_t limit, Fn&& fn) {
     bytes += nb;
   }
   if (!batch.empty()) BS_RETURN_IF_ERROR(fn(batch, bytes));
-  return Status::ok();
+  return Status::success();
 }
 }  // namespace
 
@@ -712,12 +713,13 @@ Status check_header_matches_index(const BsFile::Impl& im) {
     if (e.coding.dtype != t.dtype || e.info.shape != t.shape || e.data_begin != t.begin || e.coding.nbytes != t.end - t.begin)
       return bad("tensor '" + t.name + "' has another dtype, shape or place");
   }
-  return Status::ok();
+  return Status::success();
 }
 }  // namespace
 
 Status BsFile::restore(const std::string& out_path, const DecompressOptions& opts) const {
   const Impl& im = *impl_;
+  BS_RETURN_IF_ERROR(detail::check_not_input(im.file.path(), out_path));  // -f must not replace the .bs itself
   BS_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
   BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(out_path, opts.overwrite));
   BS_ASSIGN_OR_RETURN(uint8_t* map, out.map(im.original_size));
@@ -739,7 +741,7 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
     BS_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, opts.verify, pool));
     done += bytes;
     if (opts.progress) opts.progress(done, total);
-    return Status::ok();
+    return Status::success();
   }));
   return out.commit(opts.sync);
 }
@@ -870,19 +872,21 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
     if (hashed != count) return Status(Error::kInternal, label + ": a decoded chunk was not hashed");
   }
   if (hash.digest() != c.checksum) return Status(Error::kCorrupt, label + ": checksum mismatch after decode");
-  return Status::ok();
+  return Status::success();
 }
 }  // namespace
 
 Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_t out_size,
                                  const DecodeOptions& opts) const {
-  if (i >= impl_->entries.size()) return Status(Error::kNotFound, "tensor index out of range");
+  if (i >= impl_->entries.size())
+    return Status(Error::kNotFound, path() + ": tensor index " + std::to_string(i) + " out of range");
+  if (out == nullptr && out_size > 0) return Status(Error::kInvalidArgument, path() + ": null output buffer");
   const detail::Entry& e = impl_->entries[i];
   const TensorCoding& c = e.coding;
   const std::string label = path() + ": tensor '" + e.info.name + "'";
   if (begin > c.nbytes || out_size > c.nbytes - begin)
     return Status(Error::kInvalidArgument, label + ": byte range beyond the tensor's " + std::to_string(c.nbytes));
-  if (out_size == 0) return Status::ok();
+  if (out_size == 0) return Status::success();
   BS_RETURN_IF_ERROR(c.validate(e.info.stored_bytes).with_context(label));
   const uint8_t* payload = impl_->file.data() + e.payload_offset;
   const uint64_t chunk_bytes = c.chunk_units() * c.unit_bytes();
@@ -959,7 +963,7 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
     const uint64_t from = std::max(lo, begin), to = std::min(lo + bytes.size(), end);
     std::memcpy(out + (from - begin), bytes.data() + (from - lo), to - from);
   }
-  return Status::ok();
+  return Status::success();
 }
 
 Status BsFile::verify(const DecompressOptions& opts) const {
@@ -993,7 +997,7 @@ Status BsFile::verify(const DecompressOptions& opts) const {
     }
     done += bytes;
     if (opts.progress) opts.progress(done, total);
-    return Status::ok();
+    return Status::success();
   });
 }
 
@@ -1039,8 +1043,12 @@ std::optional<std::string> first_repeat(std::vector<std::string_view>& strings) 
 Status write_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
                      const std::optional<Metadata>& metadata_or_none, const CompressOptions& opts) {
   const Metadata metadata = metadata_or_none.value_or(Metadata{});
+  if (dst.empty()) return Status(Error::kInvalidArgument, "empty output path");
   std::vector<uint64_t> offsets;
   for (const auto& t : tensors) {
+    if (!dtype_valid(t.dtype))
+      return Status(Error::kUnknownDtype, "tensor '" + t.name + "': unknown dtype id " + std::to_string(static_cast<int>(t.dtype)));
+    if (t.data == nullptr && t.nbytes != 0) return Status(Error::kInvalidArgument, "tensor '" + t.name + "': null data");
     if (t.shape.size() > 255) return Status(Error::kLimit, "tensor '" + t.name + "': more than 255 dimensions");
     uint64_t numel = 1;
     for (uint64_t d : t.shape) {

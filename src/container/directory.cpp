@@ -112,7 +112,7 @@ class OutputDir {
     d.final_ = ec ? final_path : resolved;
     BS_RETURN_IF_ERROR(detail::check_not_input(src, d.final_.string()));
     if (fs::exists(fs::symlink_status(d.final_, ec)) && !overwrite)
-      return Status(Error::kIo, dst + ": already exists (use -f to overwrite)");
+      return Status(Error::kIo, dst + ": already exists").with_errno(EEXIST);
     // -f swaps the finished directory in and removes what was there: never a device, pipe or
     // socket (as root, -f -o /dev/null would have deleted /dev/null).
     if (const auto st = fs::status(d.final_, ec); !ec && fs::exists(st) && !fs::is_directory(st) && !fs::is_regular_file(st))
@@ -156,7 +156,7 @@ class OutputDir {
     // Without -f nothing may have appeared meanwhile: never replace, never merge.
     if (!overwrite_) {
       if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) != 0)
-        return errno == EEXIST ? Status(Error::kIo, to + ": already exists (use -f to overwrite)")
+        return errno == EEXIST ? Status(Error::kIo, to + ": already exists").with_errno(EEXIST)
                                : Status(Error::kIo, to + ": cannot create: " + std::strerror(errno));
       return done();
     }
@@ -186,7 +186,7 @@ class OutputDir {
   Status done() {
     detail::unregister_pending_dir(temp_.string());
     temp_.clear();
-    return Status::ok();
+    return Status::success();
   }
 
   // -f into an existing directory: each new file replaces one of the same name and nothing else
@@ -217,7 +217,7 @@ class OutputDir {
       if (!ec) fs::rename(temp_ / f, target, ec);
       if (ec) return Status(Error::kIo, target.string() + ": cannot create: " + ec.message());
     }
-    return Status::ok();  // the destructor removes the emptied temporary tree
+    return Status::success();  // the destructor removes the emptied temporary tree
   }
 
   fs::path final_, temp_;
@@ -392,7 +392,7 @@ Status verify_path(const std::string& path, const DecompressOptions& opts) {
     BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(name));
     BS_RETURN_IF_ERROR(f.verify(opts));
   }
-  return Status::ok();
+  return Status::success();
 }
 
 Result<std::vector<std::string>> model_dir_files(const std::string& dir) {

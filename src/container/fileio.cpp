@@ -35,10 +35,10 @@ bool path_exists(const std::string& p) {
 
 Status check_not_input(const std::string& src, const std::string& dst) {
   struct stat in, out;
-  if (::stat(src.c_str(), &in) != 0 || ::stat(dst.c_str(), &out) != 0) return Status::ok();
+  if (::stat(src.c_str(), &in) != 0 || ::stat(dst.c_str(), &out) != 0) return Status::success();
   if (in.st_dev == out.st_dev && in.st_ino == out.st_ino)
     return Status(Error::kInvalidArgument, dst + ": output and input are the same (choose another output name)");
-  return Status::ok();
+  return Status::success();
 }
 
 // ---- pending temporary outputs, for cleanup on SIGINT/SIGTERM --------------------------------
@@ -236,12 +236,12 @@ unsigned process_umask() {
 
 Status OutputFile::set_permissions(unsigned mode) {
   if (::fchmod(fd_, static_cast<mode_t>(mode)) != 0) return errno_status(final_, "cannot set permissions", errno);
-  return Status::ok();
+  return Status::success();
 }
 
 Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwrite) {
   if (!overwrite && path_exists(final_path))
-    return Status(Error::kIo, final_path + ": already exists (use -f to overwrite)");
+    return Status(Error::kIo, final_path + ": already exists").with_errno(EEXIST);
   auto target = overwrite ? overwrite_target(final_path) : Result<std::string>(final_path);
   if (!target) return target.status();
   static std::atomic<unsigned> counter{0};
@@ -275,13 +275,13 @@ Status OutputFile::pwrite(const void* p, uint64_t n, uint64_t offset) {
     n -= static_cast<uint64_t>(w);
     offset += static_cast<uint64_t>(w);
   }
-  return Status::ok();
+  return Status::success();
 }
 
 Status OutputFile::write(const void* p, uint64_t n) {
   BS_RETURN_IF_ERROR(pwrite(p, n, pos_));
   pos_ += n;
-  return Status::ok();
+  return Status::success();
 }
 
 namespace {
@@ -330,7 +330,7 @@ Status OutputFile::write_pieces(const std::vector<Piece>& pieces) {
       }
     }
   }
-  return Status::ok();
+  return Status::success();
 }
 
 Result<uint8_t*> OutputFile::map(uint64_t n) {
@@ -368,15 +368,15 @@ Status OutputFile::commit(bool sync) {
   int r = overwrite_ ? ::rename(temp_.c_str(), final_.c_str())
                      : ::renameat2(AT_FDCWD, temp_.c_str(), AT_FDCWD, final_.c_str(), RENAME_NOREPLACE);
   if (r != 0 && !overwrite_ && errno == EINVAL) {  // file system without RENAME_NOREPLACE
-    if (path_exists(final_)) return Status(Error::kIo, final_ + ": already exists (use -f to overwrite)");
+    if (path_exists(final_)) return Status(Error::kIo, final_ + ": already exists").with_errno(EEXIST);
     r = ::rename(temp_.c_str(), final_.c_str());
   }
   if (r != 0 && !overwrite_ && errno == EEXIST)
-    return Status(Error::kIo, final_ + ": already exists (use -f to overwrite)");
+    return Status(Error::kIo, final_ + ": already exists").with_errno(EEXIST);
   if (r != 0) return errno_status(final_, "cannot rename into place", errno);
   unregister_pending(temp_);
   committed_ = true;
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace bigsmall::detail

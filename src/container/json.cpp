@@ -25,7 +25,7 @@ class JsonParser {
     BS_RETURN_IF_ERROR(value(0));
     ws();
     if (i_ != s_.size()) return err("trailing characters");
-    return Status::ok();
+    return Status::success();
   }
 
  private:
@@ -57,9 +57,9 @@ class JsonParser {
     if (c == '{') return object(depth);
     if (c == '[') return array(depth);
     if (c == '"') return string();
-    if (lit("true")) { push(Kind::kBool, 1); return Status::ok(); }
-    if (lit("false")) { push(Kind::kBool); return Status::ok(); }
-    if (lit("null")) { push(Kind::kNull); return Status::ok(); }
+    if (lit("true")) { push(Kind::kBool, 1); return Status::success(); }
+    if (lit("false")) { push(Kind::kBool); return Status::success(); }
+    if (lit("null")) { push(Kind::kNull); return Status::success(); }
     return number();
   }
   // Closes the container at node n: its count, and where the value after it starts.
@@ -67,7 +67,7 @@ class JsonParser {
     if (count > UINT32_MAX) return err("too many members");
     doc_->nodes_[n].count = static_cast<uint32_t>(count);
     doc_->nodes_[n].x = doc_->nodes_.size();
-    return Status::ok();
+    return Status::success();
   }
   Status object(int depth) {
     const size_t n = push(Kind::kObject);
@@ -142,7 +142,7 @@ class JsonParser {
       const char c = s_[i_++];
       if (c == '"') {
         push(Kind::kString, 0, static_cast<uint32_t>(out->size() - begin), begin);
-        return Status::ok();
+        return Status::success();
       }
       if (static_cast<unsigned char>(c) < 0x20) return err("control character in string");
       if (static_cast<unsigned char>(c) >= 0x80 && !raw_bytes_) {  // JSON text is UTF-8 (safetensors checks it too)
@@ -214,10 +214,10 @@ class JsonParser {
         u = u * 10 + d;
       }
       // Its double is the same as strtod's: both round the exact integer to nearest.
-      if (!overflow) { push(Kind::kNumber, 2, 0, u); return Status::ok(); }
+      if (!overflow) { push(Kind::kNumber, 2, 0, u); return Status::success(); }
     }
     push(Kind::kNumber, 0, 0, std::bit_cast<uint64_t>(std::strtod(text.c_str(), nullptr)));
-    return Status::ok();
+    return Status::success();
   }
 
   std::string_view s_;

@@ -338,7 +338,7 @@ Status build_tables(const TensorCoding& c, const uint8_t* host_payload, std::vec
   blob.resize(align16(blob.size()), 0);
   md->table_bytes = static_cast<uint32_t>(blob.size() - start);
   md->tables = reinterpret_cast<const uint8_t*>(start);  // an offset until the blob has its device address
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace
@@ -379,7 +379,7 @@ namespace {
 template <bool kShared>
 Status launch(int blocks_per_sm, const std::vector<BlockDesc>& blocks, const BlockDesc* dblocks, const ChunkDesc* dchunks,
               const ModelDesc* dmodels, int* dstatus, uint32_t smem, cudaStream_t stream) {
-  if (blocks.empty()) return Status::ok();
+  if (blocks.empty()) return Status::success();
   // Registers are capped so that the SM holds blocks_per_sm blocks (shared tables: one block).
   const auto kernel = kShared                ? decode_blocks<true, 1>
                       : blocks_per_sm >= 4 ? decode_blocks<false, 4>
@@ -506,7 +506,7 @@ Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, b
   if (!chunks.empty() && !cuda_ok(cudaMemcpyAsync(im.host_status.data(), dstatus, chunks.size() * sizeof(int), cudaMemcpyDeviceToHost, stream),
                                   &st, "copy"))
     return st;
-  return Status::ok();
+  return Status::success();
 }
 
 Status Decoder::finish() {
@@ -519,7 +519,7 @@ Status Decoder::finish() {
       return Status(Error::kCorrupt, "tensor #" + std::to_string(impl_->labels[k].first) + ", chunk " +
                                          std::to_string(impl_->labels[k].second) + ": " + (s >= 0 && s <= 5 ? kWhat[s] : "not decoded"));
   }
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace bigsmall::cuda

@@ -88,7 +88,7 @@ Status open_streams(size_t i, const uint8_t* chunk, uint64_t size, uint32_t lane
   s->raw_bytes = raw_bytes;
   s->wp = s->raw + raw_bytes;
   s->wend = chunk + size;
-  return Status::ok();
+  return Status::success();
 }
 
 Status close_streams(size_t i, const ChunkStreams& s, uint32_t lanes) {
@@ -96,7 +96,7 @@ Status close_streams(size_t i, const ChunkStreams& s, uint32_t lanes) {
   if (s.wp != s.wend) return corrupt_chunk(i, "unused rANS data");
   for (uint32_t l = 0; l < lanes; ++l)
     if (s.x[l] != kRansL) return corrupt_chunk(i, "rANS state check failed");
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace
@@ -636,7 +636,7 @@ Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size
   if (mode == ChunkMode::kStored) {
     if (size != out_size) return corrupt_chunk(i, "stored size mismatch");
     std::memcpy(out, chunk, out_size);
-    return Status::ok();
+    return Status::success();
   }
   const uint32_t unit = c.unit_bytes();
   const uint64_t n = out_size / unit;
@@ -676,7 +676,7 @@ Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size
       const size_t r = ctx.p ? ZSTD_decompressDCtx(ctx.p, out, out_size, chunk, size)
                              : ZSTD_decompress(out, out_size, chunk, size);
       if (ZSTD_isError(r) || r != out_size) return corrupt_chunk(i, "zstd frame is damaged");
-      return Status::ok();
+      return Status::success();
     }
     case Codec::kStore:
       break;
@@ -983,7 +983,7 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
     for (size_t t = 0; t < jobs.size(); ++t)
       if (!errors[t].is_ok()) return errors[t].with_context(jobs[t].label);
   }
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace

@@ -91,7 +91,7 @@ Status decode_coded_chunk(const TensorCoding& c, const detail::FloatModel* fm, c
   for (uint32_t l = 0; l < lanes; ++l)
     if (rs.state[l] != detail::kRansL) return bad;
   if (rs.next != rs.nwords) return bad;
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace
@@ -126,7 +126,7 @@ Status reference_decode_tensor(const TensorCoding& c, const uint8_t* payload, ui
     }
   }
   if (detail::xxh3_64(out, c.nbytes) != c.checksum) return Status(Error::kCorrupt, "tensor checksum mismatch");
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace bigsmall

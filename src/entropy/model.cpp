@@ -51,7 +51,7 @@ Status read_float_model(const uint8_t* p, size_t n, DType dtype, uint64_t units,
   for (uint32_t t = 1; t <= ntables; ++t)
     if (!used[t]) return bad;
   if (br.bytes_used() != n || !br.padding_is_zero()) return bad;
-  return Status::ok();
+  return Status::success();
 }
 
 std::optional<FloatModelShape> float_model_shape(const uint8_t* p, size_t n, DType dtype) {
@@ -85,7 +85,7 @@ Status read_bytes_model(const uint8_t* p, size_t n, uint32_t unit_bytes, uint64_
     if (slots > max_table_slots(units)) return Status(Error::kCorrupt, "byte tables larger than the tensor they code");
   }
   if (br.bytes_used() != n || !br.padding_is_zero()) return Status(Error::kCorrupt, "invalid byte model");
-  return Status::ok();
+  return Status::success();
 }
 
 }  // namespace bigsmall::detail

@@ -170,7 +170,7 @@ Status read_table(BitReader& br, uint32_t alphabet, FreqTable* out) {
     out->freq[syms[present - 1]] = static_cast<uint32_t>(target - sum);
   }
   out->rebuild_cum();
-  return Status::ok();
+  return Status::success();
 }
 
 
