@@ -140,6 +140,8 @@ class StreamingLoader:
         model's constructor. Checkpoint tensors the model lacks, and model tensors the checkpoint
         lacks (initialised as transformers does), are reported as warnings."""
         dev = bt._device(device)  # before any work: a device this machine lacks fails now
+        from_meta = isinstance(model_class, torch.nn.Module) and any(
+            t.is_meta for t in [*model_class.parameters(), *model_class.buffers()])
         model = self._build(model_class, _dtype_arg(dtype), kwargs)
         targets = model.state_dict(keep_vars=True)
         prefix = getattr(model, "base_model_prefix", "")
@@ -202,7 +204,7 @@ class StreamingLoader:
         finally:
             if bar is not None:
                 bar.close()
-        self._finish(model, targets, loaded, unexpected)
+        self._finish(model, targets, loaded, unexpected, from_meta)
         if dev.type != "cpu":
             model.to(dev)  # the remaining small buffers
         return model.eval()
@@ -260,20 +262,19 @@ class StreamingLoader:
         _keep_in_fp32(model, dtype)
         return model
 
-    def _finish(self, model, targets, loaded, unexpected):
+    def _finish(self, model, targets, loaded, unexpected, from_meta):
         """Ties weights, initialises what the checkpoint lacks as transformers does, warns about
         both kinds of mismatch, and takes the generation config saved beside the weights."""
         for n in loaded:
             targets[n]._is_hf_initialized = True  # transformers' initialisation skips these
-        if hasattr(model, "tie_weights"):
-            model.tie_weights()
+        _tie(model, [n for n in targets if n not in loaded])
         after = model.state_dict(keep_vars=True)
         # Tied to a loaded tensor is loaded: decided by the tensors themselves, not by the class's
         # _tied_weights_keys, which a config (tie_word_embeddings=False) can overrule.
         loaded_ptrs = {after[n].data_ptr() for n in loaded if n in after and after[n].numel()}
         missing = [n for n, t in after.items() if n not in loaded and not (t.numel() and t.data_ptr() in loaded_ptrs)]
         name = type(model).__name__
-        if missing:
+        if missing or from_meta:  # to_empty() left even the computed buffers (inv_freq) as garbage
             _initialize(model, after, missing)
         missing, unexpected = _reported(model, missing, unexpected)
         if missing:
@@ -363,26 +364,34 @@ def _keep_in_fp32(model, dtype):
             t.data = t.data.to(torch.float32)
 
 
+def _tie(model, missing):
+    """Ties as transformers 5 does after loading: towards whichever of a tied pair was loaded
+    (a checkpoint may hold lm_head.weight and not the embedding), and not at all when both were
+    loaded with different values. transformers 4 ties towards the input embedding."""
+    if not hasattr(model, "tie_weights"):
+        return
+    try:
+        model.tie_weights(missing_keys=set(missing), recompute_mapping=False)
+    except TypeError:
+        model.tie_weights()
+
+
 def _initialize(model, tensors, missing):
-    """Initialises the missing tensors with the model's own initialisation, as transformers does
-    for a new head; the loaded ones carry _is_hf_initialized and are left alone."""
-    if hasattr(model, "initialize_weights") and hasattr(model, "_initialize_weights"):  # transformers >= 5
+    """Initialises what was not loaded with the model's own initialisation, as transformers does
+    for a new head (and for computed buffers); the loaded tensors carry _is_hf_initialized, which
+    transformers 5's initialisation functions respect."""
+    if _transformers_major() >= 5:
         missing = set(missing)
         for n, t in tensors.items():
             if n not in missing:
                 t._is_hf_initialized = True
-        for module in model.modules():
-            own = [*module.parameters(recurse=False), *(b for b in module.buffers(recurse=False) if b is not None)]
-            if own and all(getattr(t, "_is_hf_initialized", False) for t in own):
-                module._is_hf_initialized = True
         model.initialize_weights()
-    else:  # transformers 4: each module that owns a missing tensor
+    else:  # transformers 4 writes .data directly: only the modules that own a missing tensor
         modules = dict(model.named_modules())
         with torch.no_grad():
             for owner in sorted({n.rsplit(".", 1)[0] if "." in n else "" for n in missing}):
                 model._init_weights(modules[owner])
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    _tie(model, missing)
 
 
 def _dtype_arg(d):
@@ -410,14 +419,30 @@ def _config_dtype(config):
     return None
 
 
+def _transformers_major():
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
 def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dtype=None, threads=None,
                     progress=True, **kwargs):
     """A transformers model built from a compressed directory (or Hub repo id).
 
+    bigsmall decodes the checkpoint's tensors (the shards transformers would read) into memory
+    and hands them to transformers' own from_pretrained as its state_dict, which uses them
+    without copying: key conversions, tied weights, new heads, float32-kept modules, dtype and
+    every keyword argument then behave exactly as transformers' loading of the original. Peak
+    memory is the model's size, as when decoding into the parameters.
+
     device_map: None/"cpu", a device ("cuda", "cuda:1", torch.device), {"": device} or "auto"
-    (the GPU when there is one). torch_dtype / dtype: None or "auto" (the checkpoint's), a torch.dtype or its name.
+    (the GPU when there is one); on a GPU the tensors are decoded there. torch_dtype / dtype: None
+    or "auto" (the config's), a torch.dtype or its name. verify=False skips checksums.
     """
+    from transformers import AutoConfig, GenerationConfig
+
     dtype = _dtype_arg(kwargs.pop("dtype", torch_dtype))
+    verify = kwargs.pop("verify", True)
     if device_map == "auto":
         device_map = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(device_map, dict):
@@ -428,9 +453,58 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
         device_map = device_map[""]
         if isinstance(device_map, int):
             device_map = f"cuda:{device_map}"
-    hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}  # AutoConfig takes them too
-    loader = StreamingLoader(path_or_repo_id, threads=threads, verify=kwargs.pop("verify", True), **hub)
-    return loader.load_model(model_class, device=device_map or "cpu", dtype=dtype, progress=progress, **kwargs)
+    dev = bt._device(device_map or "cpu")  # before any work: a device this machine lacks fails now
+    for k in ("state_dict", "gguf_file", "from_tf", "from_flax"):
+        if k in kwargs:
+            raise InvalidArgumentError(f"{k}= does not apply to a bigsmall checkpoint")
+    hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+    path = _resolve(path_or_repo_id, hub)
+    if model_class is not None and not isinstance(model_class, type):
+        raise InvalidArgumentError(f"model_class must be a model class, not {model_class!r}")
+    config = kwargs.pop("config", None)
+    if config is None or isinstance(config, (str, os.PathLike)):
+        # As transformers: config attributes among the keywords go to the config, the rest to the
+        # model; the class's own config class when it has one (CLIPVisionModel: CLIPVisionConfig).
+        auto = model_class is None or model_class.__name__.startswith("Auto")
+        config_cls = AutoConfig if auto else getattr(model_class, "config_class", None) or AutoConfig
+        config, kwargs = config_cls.from_pretrained(path if config is None else config, return_unused_kwargs=True,
+                                                    trust_remote_code=kwargs.pop("trust_remote_code", None), **kwargs)
+    cls = model_class or StreamingLoader._architecture(config)
+    if cls is None or cls.__name__.startswith("Auto"):
+        from transformers import AutoModel
+
+        mapping = getattr(cls or AutoModel, "_model_mapping")
+        try:
+            cls = mapping[type(config)]
+        except KeyError:
+            raise InvalidArgumentError(f"{path}: no {(cls or AutoModel).__name__} class for {type(config).__name__}; "
+                                       "pass model_class") from None
+    files = _shards(path)
+    decode_on = dev if dev.type == "cuda" and _core.cuda_available() else torch.device("cpu")
+    threads = _threads(threads)
+    opened = [_core.File.open(f) for f in files]
+    total = sum(t["nbytes"] for f in opened for t in f.tensors())
+    cb, bar = _progress(progress, "decoding")
+    state, done = {}, 0
+    try:
+        for f in opened:
+            infos = f.tensors()
+            for t, x in zip(infos, bt._decode(f, list(range(len(infos))), infos, decode_on, threads, verify)):
+                state[t["name"]] = x
+            done += sum(t["nbytes"] for t in infos)
+            if cb:
+                cb(done, total)
+    finally:
+        if bar is not None:
+            bar.close()
+    if dev.type != "cpu":
+        kwargs.setdefault("device_map", str(dev))
+    model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype or "auto", **kwargs)
+    del state
+    loaded = model[0] if isinstance(model, tuple) else model  # output_loading_info=True
+    if os.path.exists(os.path.join(path, "generation_config.json")) and getattr(loaded, "can_generate", lambda: False)():
+        loaded.generation_config = GenerationConfig.from_pretrained(path)
+    return model
 
 
 def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):

@@ -34,9 +34,14 @@ def _same_tensors(a, b):
 
 
 def _quiet_load(*args, **kw):
+    return bigsmall.from_pretrained(*args, progress=False, **kw), []
+
+
+def _streamed(path, *args, **kw):
+    """StreamingLoader's model and the warnings it gave (it reports mismatches itself)."""
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        m = bigsmall.from_pretrained(*args, progress=False, **kw)
+        m = bigsmall.StreamingLoader(path).load_model(*args, progress=False, **kw)
     return m, [str(x.message) for x in w if x.category is UserWarning]
 
 
@@ -76,16 +81,24 @@ def test_arguments_go_where_transformers_sends_them(tmp_path):
     assert m.pooler is None and ref.pooler is None
     m, _ = _quiet_load(c, BertModel, attn_implementation="eager", hidden_dropout_prob=0.25)  # config attributes
     assert m.config.hidden_dropout_prob == 0.25 and m.config._attn_implementation == "eager"
-    with pytest.raises(TypeError, match="bogus"):
-        bigsmall.from_pretrained(c, BertModel, bogus=1, progress=False)
+    s, _ = _streamed(c, BertModel, attn_implementation="eager", hidden_dropout_prob=0.25)
+    assert s.config.hidden_dropout_prob == 0.25 and s.config._attn_implementation == "eager"
+    for load in (bigsmall.from_pretrained, lambda *a, **k: bigsmall.StreamingLoader(a[0]).load_model(*a[1:], **k)):
+        with pytest.raises(TypeError, match="bogus"):
+            load(c, BertModel, bogus=1, progress=False)
     with pytest.raises(bigsmall.InvalidArgumentError, match="ignore_mismatched_sizes"):
-        bigsmall.from_pretrained(c, BertModel, ignore_mismatched_sizes=True, progress=False)
+        bigsmall.StreamingLoader(c).load_model(BertModel, ignore_mismatched_sizes=True, progress=False)
     # config= is used as given; the checkpoint's two layers then include one the model lacks.
-    m, warned = _quiet_load(c, BertModel, config=_bert_config(num_hidden_layers=1))
-    assert len(m.encoder.layer) == 1
+    cfg = _bert_config(num_hidden_layers=1)
+    m, _ = _quiet_load(c, BertModel, config=cfg)
+    _same_tensors(m, BertModel.from_pretrained(tmp_path / "hf", config=cfg))
+    s, warned = _streamed(c, BertModel, config=cfg)
+    _same_tensors(s, m)
     assert any("not used by BertModel" in w and "encoder.layer.1." in w for w in warned), warned
-    with pytest.raises(bigsmall.InvalidArgumentError, match="model class or a model"):
+    with pytest.raises(bigsmall.InvalidArgumentError, match="model class"):
         bigsmall.StreamingLoader(c).load_model("BertModel", progress=False)
+    with pytest.raises(bigsmall.InvalidArgumentError, match="model class"):
+        bigsmall.from_pretrained(c, "BertModel", progress=False)
 
 
 def test_a_new_head_is_initialised_and_reported(tmp_path):
@@ -95,15 +108,17 @@ def test_a_new_head_is_initialised_and_reported(tmp_path):
 
     _bert(tmp_path)
     c = bigsmall.compress(tmp_path / "hf")
-    got, warned = _quiet_load(c, BertForSequenceClassification, num_labels=3)
     ref = BertForSequenceClassification.from_pretrained(tmp_path / "hf", num_labels=3)
+    got, _ = _quiet_load(c, BertForSequenceClassification, num_labels=3)
+    streamed, warned = _streamed(c, BertForSequenceClassification, num_labels=3)
     assert any("newly initialised" in w and "classifier.weight" in w for w in warned), warned
-    for k, v in ref.state_dict().items():
-        if not k.startswith("classifier"):
-            assert torch.equal(got.state_dict()[k], v), k
-    w = got.classifier.weight
-    assert torch.isfinite(w).all() and 0.01 < w.std().item() < 0.04  # initializer_range 0.02, not raw memory
-    assert torch.equal(got.classifier.bias, torch.zeros(3))
+    for m in (got, streamed):
+        for k, v in ref.state_dict().items():
+            if not k.startswith("classifier"):
+                assert torch.equal(m.state_dict()[k], v), k
+        w = m.classifier.weight
+        assert torch.isfinite(w).all() and 0.01 < w.std().item() < 0.04  # initializer_range 0.02, not raw memory
+        assert torch.equal(m.classifier.bias, torch.zeros(3))
 
 
 def test_untied_by_config_is_initialised_not_left_raw(tmp_path):
@@ -115,12 +130,14 @@ def test_untied_by_config_is_initialised_not_left_raw(tmp_path):
     m = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=32))
     m.save_pretrained(tmp_path / "hf")
     c = bigsmall.compress(tmp_path / "hf")
-    got, warned = _quiet_load(c, tie_word_embeddings=False)
-    assert got.lm_head.weight.data_ptr() != got.transformer.wte.weight.data_ptr()
+    got, _ = _quiet_load(c, tie_word_embeddings=False)
+    streamed, warned = _streamed(c, tie_word_embeddings=False)
     assert any("lm_head.weight" in w for w in warned), warned
-    assert 0.01 < got.lm_head.weight.std().item() < 0.04
-    tied, warned = _quiet_load(c)
-    assert tied.lm_head.weight.data_ptr() == tied.transformer.wte.weight.data_ptr() and not warned
+    for m in (got, streamed):
+        assert m.lm_head.weight.data_ptr() != m.transformer.wte.weight.data_ptr()
+        assert 0.01 < m.lm_head.weight.std().item() < 0.04
+    for m, warned in (_quiet_load(c), _streamed(c)):
+        assert m.lm_head.weight.data_ptr() == m.transformer.wte.weight.data_ptr() and not warned
 
 
 def test_generation_config_is_taken_from_the_directory(tmp_path):
@@ -155,7 +172,9 @@ def test_float32_kept_modules_stay_float32(tmp_path):
 
 
 def test_a_model_built_on_the_meta_device_is_loaded_in_place(tmp_path):
-    from transformers import BertModel
+    """Its computed buffers (position_ids; a Llama's rotary inv_freq) are recomputed too:
+    to_empty() leaves them as raw memory, which once gave wrong logits silently."""
+    from transformers import BertModel, LlamaConfig, LlamaForCausalLM
 
     ref = _bert(tmp_path)
     c = bigsmall.compress(tmp_path / "hf")
@@ -163,6 +182,17 @@ def test_a_model_built_on_the_meta_device_is_loaded_in_place(tmp_path):
         empty = BertModel(_bert_config())
     got = bigsmall.StreamingLoader(c).load_model(empty, progress=False)
     _same_tensors(got, ref)
+    ids = torch.tensor([[1, 5, 9, 3]])
+    assert torch.equal(got(ids).last_hidden_state, ref(ids).last_hidden_state)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                      intermediate_size=64, vocab_size=100)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    ref = LlamaForCausalLM.from_pretrained(tmp_path / "llama").eval()
+    with torch.device("meta"):
+        empty = LlamaForCausalLM(cfg)
+    got = bigsmall.StreamingLoader(bigsmall.compress(tmp_path / "llama")).load_model(empty, progress=False)
+    assert torch.equal(got(ids).logits, ref(ids).logits)
     with pytest.raises(bigsmall.InvalidArgumentError, match="already built"):
         bigsmall.StreamingLoader(c).load_model(BertModel(_bert_config()), num_labels=2, progress=False)
 
@@ -187,3 +217,51 @@ def test_save_pretrained_over_a_sharded_model_leaves_no_stale_weights(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sharded.bs").iterdir()) == [
         "bigsmall.index.json", "config.json", "model.bs", "notes.txt"]
     _same_tensors(_quiet_load(out, BertModel)[0], new)
+
+
+def test_a_checkpoint_holding_only_the_tied_head_loads_the_embedding_from_it(tmp_path):
+    """safetensors' save_model keeps one name of a tied pair, the first in sort order:
+    lm_head.weight. The embedding is then tied from it, as transformers ties it; it was left as
+    raw memory without a warning."""
+    import safetensors.torch as st
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                      intermediate_size=64, vocab_size=100, tie_word_embeddings=True)
+    m = LlamaForCausalLM(cfg).eval()
+    (tmp_path / "hf").mkdir()
+    cfg.save_pretrained(tmp_path / "hf")
+    st.save_model(m, str(tmp_path / "hf" / "model.safetensors"))
+    assert "lm_head.weight" in st.load_file(str(tmp_path / "hf" / "model.safetensors"))
+    c = bigsmall.compress(tmp_path / "hf")
+    ids = torch.tensor([[1, 5, 9, 3]])
+    for got, _ in (_quiet_load(c, LlamaForCausalLM), _streamed(c, LlamaForCausalLM)):
+        assert torch.equal(got.model.embed_tokens.weight, m.model.embed_tokens.weight)
+        assert torch.equal(got(ids).logits, m(ids).logits)
+
+
+def test_key_conversions_and_config_classes_are_transformers_own(tmp_path):
+    """from_pretrained hands the tensors to transformers, so its renames (legacy LayerNorm
+    gamma/beta) and a class's own config class (CLIPVisionModel from a CLIP checkpoint) apply."""
+    import safetensors.torch as st
+    from transformers import BertModel, CLIPConfig, CLIPModel, CLIPVisionModel
+
+    ref = _bert(tmp_path)
+    sd = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+          for k, v in ref.state_dict().items()}
+    (tmp_path / "old").mkdir()
+    ref.config.save_pretrained(tmp_path / "old")
+    st.save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "old" / "model.safetensors"))
+    got, _ = _quiet_load(bigsmall.compress(tmp_path / "old"), BertModel)
+    _same_tensors(got, BertModel.from_pretrained(tmp_path / "old"))
+    _same_tensors(got, ref)
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, vocab_size=100, max_position_embeddings=16),
+                                vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                   num_attention_heads=2, image_size=32, patch_size=16),
+                                projection_dim=16))
+    clip.save_pretrained(tmp_path / "clip")
+    got, _ = _quiet_load(bigsmall.compress(tmp_path / "clip"), CLIPVisionModel)
+    _same_tensors(got, CLIPVisionModel.from_pretrained(tmp_path / "clip"))
