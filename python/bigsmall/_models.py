@@ -257,9 +257,11 @@ class StreamingLoader:
                     model = cls(config, **model_kwargs)
         finally:
             torch.set_default_dtype(old_default)
-        if dtype is not None and any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
-            model = model.to(dtype)
+        # Tensors a class makes float32 on purpose (DeepSeek-V3's router gate, rotary inv_freq) stay
+        # float32, as transformers leaves them: no model.to(dtype) here.
         _keep_in_fp32(model, dtype)
+        if dtype is not None and getattr(model, "config", None) is not None:
+            model.config.dtype = dtype  # as transformers records the dtype it loaded in
         return model
 
     def _finish(self, model, targets, loaded, unexpected, from_meta):
@@ -543,15 +545,17 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
     # from_pretrained would follow the old shard index to the old weights.
     try:
         stale = [f for f in _core.model_dir_files(out_dir) if os.path.basename(f) != "model.bs"]
+        if stale:  # a sharded bigsmall model: its shard index goes with its shards
+            stale.append(os.path.join(out_dir, "model.safetensors.index.json"))
     except _core.Error:
-        stale = []  # no bigsmall index here
+        stale = []  # not a bigsmall directory: its files are not ours to remove
     bt.save_file(tensors, os.path.join(out_dir, "model.bs"), metadata={"format": "pt"}, threads=threads,
                  overwrite=overwrite)
     index = {"format": "bigsmall", "format_version": _core.FORMAT_VERSION[0],
              "files": [{"source": "model.safetensors", "bs": "model.bs"}]}
     with open(os.path.join(out_dir, "bigsmall.index.json"), "w") as f:
         json.dump(index, f, indent=2)
-    for f in stale + [os.path.join(out_dir, "model.safetensors.index.json")]:
+    for f in stale:
         if os.path.exists(f) and os.path.abspath(f) != os.path.abspath(os.path.join(out_dir, "model.bs")):
             os.remove(f)
     return out_dir
