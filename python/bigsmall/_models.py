@@ -291,6 +291,28 @@ class StreamingLoader:
 
             model.generation_config = GenerationConfig.from_pretrained(self.path)
 
+    def _names_match(self, model):
+        """Whether every checkpoint tensor has its place in the model under its own name and every
+        model tensor is in the checkpoint or tied to one that is (tied here, towards the one
+        present): then loading is a plain copy of names, with nothing for transformers' key
+        conversions or initialisation to do. Decides before anything is decoded."""
+        targets = model.state_dict(keep_vars=True)
+        prefix = getattr(model, "base_model_prefix", "")
+        ignored = _ignored_unexpected(model)
+        placed = set()
+        for f in self._files:
+            for t in f.tensors():
+                n = self._target_name(t["name"], targets, prefix)
+                if n is None and ignored is not None and ignored.search(t["name"]):
+                    continue  # an old persistent buffer (position_ids) that transformers drops too
+                if n is None or list(targets[n].shape) != list(t["shape"]):
+                    return False
+                placed.add(n)
+        _tie(model, [n for n in targets if n not in placed])
+        after = model.state_dict(keep_vars=True)
+        ptrs = {after[n].data_ptr() for n in placed if n in after and after[n].numel()}
+        return all(n in placed or (t.numel() and t.data_ptr() in ptrs) for n, t in after.items())
+
     @staticmethod
     def _architecture(config):
         """The class named in config.architectures (what the checkpoint was saved from), if any."""
@@ -329,24 +351,26 @@ _UNSUPPORTED_KWARGS = ("ignore_mismatched_sizes", "output_loading_info", "quanti
                        "from_tf", "from_flax", "state_dict", "subfolder", "trust_remote_code")
 
 
-def _reported(model, missing, unexpected):
-    """The mismatches worth a warning, by transformers' rules: the class's patterns of keys to
-    ignore, and position_ids / rotary inv_freq that older checkpoints kept as persistent buffers."""
+def _ignored_unexpected(model):
+    """transformers' rule for checkpoint tensors that need no report: the class's patterns, and
+    position_ids / rotary inv_freq that older checkpoints kept as persistent buffers. A regex or
+    None."""
     buffers = [n for n, _ in model.named_buffers()]
-    ignore_unexpected = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])
+    patterns = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])
     if any(n.endswith("rotary_emb.inv_freq") for n in buffers):
-        ignore_unexpected.add(r"rotary_emb\.inv_freq")
+        patterns.add(r"rotary_emb\.inv_freq")
     if any(n.endswith("position_ids") for n in buffers):
-        ignore_unexpected.add(r"(^|\.)position_ids$")
+        patterns.add(r"(^|\.)position_ids$")
+    return re.compile("|".join(f"({p})" for p in sorted(patterns))) if patterns else None
+
+
+def _reported(model, missing, unexpected):
+    """The mismatches worth a warning, by transformers' rules."""
     ignore_missing = set(getattr(model, "_keys_to_ignore_on_load_missing", None) or [])
-
-    def keep(names, patterns):
-        if not patterns:
-            return names
-        regex = re.compile("|".join(f"({p})" for p in patterns))
-        return [n for n in names if not regex.search(n)]
-
-    return keep(missing, ignore_missing), keep(unexpected, ignore_unexpected)
+    missing_regex = re.compile("|".join(f"({p})" for p in ignore_missing)) if ignore_missing else None
+    unexpected_regex = _ignored_unexpected(model)
+    return ([n for n in missing if not (missing_regex and missing_regex.search(n))],
+            [n for n in unexpected if not (unexpected_regex and unexpected_regex.search(n))])
 
 
 def _keep_in_fp32(model, dtype):
@@ -441,7 +465,7 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
     (the GPU when there is one); on a GPU the tensors are decoded there. torch_dtype / dtype: None
     or "auto" (the config's), a torch.dtype or its name. verify=False skips checksums.
     """
-    from transformers import AutoConfig, GenerationConfig
+    from transformers import AutoConfig
 
     dtype = _dtype_arg(kwargs.pop("dtype", torch_dtype))
     verify = kwargs.pop("verify", True)
@@ -481,6 +505,16 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
         except KeyError:
             raise InvalidArgumentError(f"{path}: no {(cls or AutoModel).__name__} class for {type(config).__name__}; "
                                        "pass model_class") from None
+    if not kwargs:
+        # The common case, a checkpoint whose names are the model's own: decoded block by block
+        # straight into the parameters (no second copy, and host memory of one block on a GPU);
+        # twice as fast as building the model in transformers from a decoded state dict.
+        loader = StreamingLoader(path, threads=threads, verify=verify)
+        model = loader._build(cls, dtype, {"config": config})
+        if loader._names_match(model):
+            model = loader.load_model(model, device=dev, progress=progress)
+            return _with_generation_config(model, path)
+        del model, loader
     files = _shards(path)
     decode_on = dev if dev.type == "cuda" and _core.cuda_available() else torch.device("cpu")
     threads = _threads(threads)
@@ -503,9 +537,15 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
         kwargs.setdefault("device_map", str(dev))
     model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype or "auto", **kwargs)
     del state
-    loaded = model[0] if isinstance(model, tuple) else model  # output_loading_info=True
-    if os.path.exists(os.path.join(path, "generation_config.json")) and getattr(loaded, "can_generate", lambda: False)():
-        loaded.generation_config = GenerationConfig.from_pretrained(path)
+    _with_generation_config(model[0] if isinstance(model, tuple) else model, path)  # output_loading_info=True
+    return model
+
+
+def _with_generation_config(model, path):
+    if os.path.exists(os.path.join(path, "generation_config.json")) and getattr(model, "can_generate", lambda: False)():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(path)
     return model
 
 

@@ -265,3 +265,24 @@ def test_key_conversions_and_config_classes_are_transformers_own(tmp_path):
     clip.save_pretrained(tmp_path / "clip")
     got, _ = _quiet_load(bigsmall.compress(tmp_path / "clip"), CLIPVisionModel)
     _same_tensors(got, CLIPVisionModel.from_pretrained(tmp_path / "clip"))
+
+
+def test_tied_pair_both_in_the_checkpoint_with_different_values_stays_untied(tmp_path):
+    """As transformers: a config that ties the embeddings, a checkpoint holding both with
+    different values: both are kept, untied."""
+    import safetensors.torch as st
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                      intermediate_size=64, vocab_size=100, tie_word_embeddings=True)
+    sd = {k: v.clone().contiguous() for k, v in LlamaForCausalLM(cfg).state_dict().items()}
+    sd["lm_head.weight"] = torch.randn(100, 32)
+    (tmp_path / "hf").mkdir()
+    cfg.save_pretrained(tmp_path / "hf")
+    st.save_file(sd, str(tmp_path / "hf" / "model.safetensors"))
+    ref = LlamaForCausalLM.from_pretrained(tmp_path / "hf")
+    c = bigsmall.compress(tmp_path / "hf")
+    for got, _ in (_quiet_load(c, LlamaForCausalLM), _streamed(c, LlamaForCausalLM)):
+        assert got.lm_head.weight.data_ptr() != got.model.embed_tokens.weight.data_ptr()
+        _same_tensors(got, ref)
