@@ -20,7 +20,7 @@ using namespace bigsmall;
 
 namespace {
 
-constexpr const char* kVersion = "0.1.0";
+constexpr const char* kVersion = BIGSMALL_VERSION;  // the CMake project's
 
 // Exit codes (documented in README.md and --help).
 enum Exit : int {

@@ -7,10 +7,12 @@ src=$(cd "$(dirname "$0")" && pwd)/install
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cmake --install "$build" --prefix "$tmp/prefix" >/dev/null
-for f in include/bigsmall/container.hpp include/bigsmall/codec.hpp lib/cmake/bigsmall/bigsmallConfig.cmake bin/bigsmall; do
+for f in include/bigsmall/container.hpp include/bigsmall/codec.hpp bin/bigsmall; do
   [ -e "$tmp/prefix/$f" ] || { echo "install_test: $f not installed"; exit 1; }
 done
-cmake -S "$src" -B "$tmp/consumer" -G Ninja -DCMAKE_PREFIX_PATH="$tmp/prefix" >/dev/null
+config=$(find "$tmp/prefix" -name bigsmallConfig.cmake)  # lib/ or lib64/, as GNUInstallDirs chose
+[ -n "$config" ] || { echo "install_test: no bigsmallConfig.cmake installed"; exit 1; }
+cmake -S "$src" -B "$tmp/consumer" -DCMAKE_PREFIX_PATH="$tmp/prefix" >/dev/null
 cmake --build "$tmp/consumer" >/dev/null
 "$tmp/consumer/consumer" "$tmp/out.bs"
 "$tmp/consumer/consumer_cuda"

@@ -628,6 +628,20 @@ TEST(Container, CallerMistakesAreErrorsNotCrashes) {
   EXPECT_NE(missing.message().find(f->path()), std::string::npos) << missing.message();
   EXPECT_TRUE(f->read_tensors({0}, {out.data()}, {16}).is_ok());
   EXPECT_EQ(out, bytes);
+  auto enc = encode_tensor(DType::kU8, bytes.data(), bytes.size());
+  ASSERT_TRUE(enc.is_ok());
+  EXPECT_EQ(decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), nullptr, 16).code(), Error::kInvalidArgument);
+  EXPECT_EQ(decode_tensor(enc->coding, nullptr, enc->payload.size(), out.data(), 16).code(), Error::kInvalidArgument);
+  EXPECT_EQ(reference_decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), nullptr, 16).code(),
+            Error::kInvalidArgument);
+  // A NUL in a directory index's name would end the name the OS sees: "w.bs\0k.bs" opens w.bs.
+  fs::create_directories(d.path / "dir.bs");
+  fs::copy_file(d / "a.bs", d.path / "dir.bs" / "w.bs");
+  write_file((d.path / "dir.bs" / kDirIndexName).string(),
+             std::string(R"({"format": "bigsmall", "format_version": 1, "files": [{"source": "w.safetensors", "bs": "w.bs"},)"
+                         R"( {"source": "k.safetensors", "bs": "w.bs\u0000k.bs"}]})"));
+  const Status nul = verify_path((d.path / "dir.bs").string());
+  EXPECT_EQ(nul.code(), Error::kCorrupt) << nul.message();
   // An existing output is an error with EEXIST, so that callers need not parse the message.
   const Status exists = write_tensors(d / "a.bs", {{"a", DType::kU8, {16}, bytes.data(), 16}}, {});
   EXPECT_EQ(exists.sys_errno(), EEXIST) << exists.message();

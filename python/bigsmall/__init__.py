@@ -35,7 +35,7 @@ def _message_str(self):
 
 
 NotFoundError.__str__ = _message_str
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 FORMAT_VERSION = _core.FORMAT_VERSION
 
 

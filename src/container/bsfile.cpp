@@ -906,14 +906,18 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
   // the (at most two) chunks the range cuts decode into scratch and are copied in part.
   std::shared_ptr<const detail::TensorDecoder> dec;  // built once, for the inner and the cut chunks
   if (any_coded) {
-    std::lock_guard lock(impl_->range_mu);
-    if (impl_->range_tensor != i) {
+    {
+      std::lock_guard lock(impl_->range_mu);
+      if (impl_->range_tensor == i) dec = impl_->range_decoder;
+    }
+    if (!dec) {  // built outside the lock: readers of other tensors do not wait for these tables
       auto d = detail::TensorDecoder::prepare(c, payload, c.model_size);
       if (!d) return d.status().with_context(label);
-      impl_->range_decoder = std::make_shared<const detail::TensorDecoder>(std::move(d.value()));
+      dec = std::make_shared<const detail::TensorDecoder>(std::move(d.value()));
+      std::lock_guard lock(impl_->range_mu);
+      impl_->range_decoder = dec;
       impl_->range_tensor = i;
     }
-    dec = impl_->range_decoder;
   }
   const size_t inner_begin = begin % chunk_bytes == 0 ? first : first + 1;
   size_t inner_end = last + 1;

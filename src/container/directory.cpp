@@ -254,7 +254,9 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
     // name the directory itself.
     for (const std::string* name : {&source, &bs}) {
       const fs::path rel(*name);
-      if (rel.empty() || rel.is_absolute() ||
+      // A NUL ends the name the OS sees: "w.bs\0k.bs" would pass the checks here as a name of its
+      // own and open w.bs once more (any number of times, from a small index).
+      if (name->find('\0') != std::string::npos || rel.empty() || rel.is_absolute() ||
           std::any_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".." || c == "." || c.empty(); }))
         return Status(Error::kCorrupt, p.string() + ": unsafe path '" + *name + "'");
     }

@@ -994,6 +994,8 @@ namespace bigsmall {
 
 Status decode_tensor(const TensorCoding& coding, const uint8_t* payload, uint64_t payload_size, uint8_t* out,
                      uint64_t out_size, const DecodeOptions& opts) {
+  if ((out == nullptr && coding.nbytes > 0) || (payload == nullptr && payload_size > 0))
+    return Status(Error::kInvalidArgument, "null buffer");
   detail::ThreadPool pool(
       detail::threads_for(opts.threads, coding.chunks.size(), coding.nbytes, detail::kDecodeBytesPerThread));
   return detail::decode_tensors_on({{&coding, payload, payload_size, out, out_size, "tensor"}}, opts.verify, pool);

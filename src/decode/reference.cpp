@@ -98,6 +98,8 @@ Status decode_coded_chunk(const TensorCoding& c, const detail::FloatModel* fm, c
 
 Status reference_decode_tensor(const TensorCoding& c, const uint8_t* payload, uint64_t payload_size, uint8_t* out,
                                uint64_t out_size) {
+  if ((out == nullptr && c.nbytes > 0) || (payload == nullptr && payload_size > 0))
+    return Status(Error::kInvalidArgument, "null buffer");
   BS_RETURN_IF_ERROR(c.validate(payload_size));
   if (out_size < c.nbytes) return Status(Error::kInvalidArgument, "output buffer too small");
   detail::FloatModel fm;

@@ -426,6 +426,11 @@ def jeq(a, b):
     if a[0] != b[0]:
         return False
     if a[0] == "n":
+        # FORMAT.md: a non-negative integer that fits 64 bits equals only the same integer; any
+        # other number equals another such number of the same double value.
+        ia, ib = (t.isdigit() and int(t) < 2**64 for t in (a[1], b[1]))
+        if ia or ib:
+            return ia and ib and int(a[1]) == int(b[1])
         return float(a[1]) == float(b[1])
     if a[0] in ("s", "l"):
         return a[1] == b[1]
