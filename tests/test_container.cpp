@@ -267,8 +267,8 @@ TEST(Json, DenseTinyValuesCostAFewBytesPerByteOfText) {
   std::string arrays = "{\"t\":[";
   std::string keys = "{";
   for (int i = 0; i < 1'000'000; ++i) {
-    arrays += i ? ",100" : "100";  // four bytes per value: the densest allowed
-    keys += i ? ",\"\":0" : "\"\":0";
+    arrays += i ? ",10" : "10";  // three bytes per node: the densest allowed
+    keys += i ? ",\"\":\"\"" : "\"\":\"\"";  // a key and a value in six bytes
   }
   arrays += "]}";
   keys += "}";
@@ -278,13 +278,15 @@ TEST(Json, DenseTinyValuesCostAFewBytesPerByteOfText) {
     // 16-byte nodes, vectors grown by doubling; a tree of std::string/std::vector nodes held ~50x.
     EXPECT_LE(doc->memory_bytes(), 16 * text->size()) << text->substr(0, 10);
   }
-  // Denser than four bytes per value is refused before it is held.
-  std::string dense = "[";
-  for (int i = 0; i < 100'000; ++i) dense += i ? ",[]" : "[]";
-  dense += "]";
-  auto doc = detail::parse_json(dense);
-  ASSERT_FALSE(doc.is_ok());
-  EXPECT_NE(doc.status().message().find("too many values"), std::string::npos);
+  // Denser than three bytes per node, keys counted, is refused before it is held.
+  for (const char* unit : {",0", ",\"\":0"}) {
+    std::string dense = unit[1] == '0' ? "[0" : "{\"\":0";
+    for (int i = 0; i < 100'000; ++i) dense += unit;
+    dense += unit[1] == '0' ? "]" : "}";
+    auto doc = detail::parse_json(dense);
+    ASSERT_FALSE(doc.is_ok()) << unit;
+    EXPECT_NE(doc.status().message().find("too many values"), std::string::npos);
+  }
 }
 
 TEST(BadSafetensors, EachProblemHasItsError) {

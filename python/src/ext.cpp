@@ -44,6 +44,7 @@ PyObject* g_notfound = nullptr;  // tensor name missing (also a KeyError)
 PyObject* g_value = nullptr;     // invalid argument (also a ValueError)
 PyObject* g_file_not_found = nullptr;  // IOError that is also a FileNotFoundError
 PyObject* g_permission = nullptr;      // IOError that is also a PermissionError
+PyObject* g_file_exists = nullptr;     // IOError that is also a FileExistsError (output there, no overwrite)
 
 [[noreturn]] void raise(const Status& st) {
   PyObject* cls = g_error;
@@ -57,7 +58,8 @@ PyObject* g_permission = nullptr;      // IOError that is also a PermissionError
     case Error::kUnsupportedVersion: cls = g_version; break;
     case Error::kIo:
     case Error::kNoSpace:
-      cls = st.sys_errno() == ENOENT ? g_file_not_found
+      cls = st.sys_errno() == ENOENT   ? g_file_not_found
+            : st.sys_errno() == EEXIST ? g_file_exists
             : (st.sys_errno() == EACCES || st.sys_errno() == EPERM) ? g_permission
                                                                      : g_io;
       break;
@@ -355,6 +357,9 @@ NB_MODULE(_core, m) {
     g_permission = make_error(m, "PermissionError",
                               nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_PermissionError)).release().ptr(),
                               "The operating system refused access.");
+    g_file_exists = make_error(m, "FileExistsError",
+                               nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_FileExistsError)).release().ptr(),
+                               "The output exists and overwriting was not asked for.");
     g_notfound = make_error(m, "NotFoundError", nb::make_tuple(base, nb::handle(PyExc_KeyError)).release().ptr(),
                             "No tensor of that name.");
     g_value = make_error(m, "InvalidArgumentError", nb::make_tuple(base, nb::handle(PyExc_ValueError)).release().ptr(),

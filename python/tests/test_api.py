@@ -1,3 +1,4 @@
+import errno
 import filecmp
 import os
 import shutil
@@ -601,8 +602,9 @@ def test_errors_follow_python_conventions(tmp_path):
     with pytest.raises(FileNotFoundError):
         bigsmall.compress(tmp_path / "nope.safetensors")
     bt.save_file({"a": torch.ones(2)}, tmp_path / "m.bs")
-    with pytest.raises(bigsmall.BigsmallIOError, match=r"already exists \(pass overwrite=True\)"):
+    with pytest.raises(bigsmall.BigsmallIOError, match=r"already exists \(pass overwrite=True\)") as e:
         bt.save_file({"a": torch.ones(2)}, tmp_path / "m.bs", overwrite=False)
+    assert isinstance(e.value, FileExistsError) and e.value.errno == errno.EEXIST  # as Python's open(..., "x")
     with pytest.raises(KeyError) as e:
         bigsmall.safe_open(tmp_path / "m.bs").get_tensor("zz")
     assert str(e.value) == f"{tmp_path / 'm.bs'}: no tensor named 'zz'"  # not quoted as a KeyError's key
