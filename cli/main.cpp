@@ -14,13 +14,12 @@
 
 #include "bigsmall/container.hpp"
 #include "bigsmall/utf8.hpp"
+#include "bigsmall/version.hpp"
 
 namespace fs = std::filesystem;
 using namespace bigsmall;
 
 namespace {
-
-constexpr const char* kVersion = BIGSMALL_VERSION;  // the CMake project's
 
 // Exit codes (documented in README.md and --help).
 enum Exit : int {
@@ -679,7 +678,7 @@ int run(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       return kExitOk;
     } else if (s == "-V" || s == "--version") {
-      std::printf("bigsmall %s (format %u.%u)\n", kVersion, kFormatVersionMajor, kFormatVersionMinor);
+      std::printf("bigsmall %s (format %u.%u)\n", version_string(), kFormatVersionMajor, kFormatVersionMinor);
       return kExitOk;
     } else if (s == "-o") {
       const std::string* v = need_value("-o");

@@ -5,6 +5,7 @@
 
 #include "bigsmall/dtype.hpp"
 #include "bigsmall/status.hpp"
+#include "bigsmall/version.hpp"
 
 namespace bigsmall {
 

@@ -344,6 +344,7 @@ nb::list tensor_list(const BsFile& f) {
 
 NB_MODULE(_core, m) {
   m.doc() = "bigsmall core library (C++)";
+  m.attr("library_version") = bigsmall::version_string();
   g_error = make_error(m, "Error", PyExc_Exception, "Base class of every bigsmall error.");
   {
     nb::object base = nb::borrow(g_error);

@@ -717,11 +717,12 @@ def test_get_slice_reads_only_the_rows_it_needs(tmp_path):
 
 
 def test_one_version_everywhere():
-    """The package metadata (pyproject), bigsmall.__version__ and the CLI (CMake's project
-    version) say the same."""
+    """The package metadata (pyproject), bigsmall.__version__, the C++ library in the extension
+    and the CLI (both from include/bigsmall/version.hpp) say the same."""
     import importlib.metadata
 
     cli = os.path.join(os.path.dirname(sys.executable), "bigsmall")  # installed with the package
     out = subprocess.run([cli, "--version"], capture_output=True, text=True).stdout
     assert bigsmall.__version__ == importlib.metadata.version("bigsmall")
     assert out.split()[1] == bigsmall.__version__, out
+    assert bigsmall._core.library_version == bigsmall.__version__

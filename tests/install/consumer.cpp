@@ -48,7 +48,11 @@ int main(int argc, char** argv) {
                                reinterpret_cast<uint8_t*>(dec.data()), dec.size() * 2).is_ok())
     return 1;
   const bool same = back == w && dec == w;
-  std::printf("consumer: %s (%zu BF16 weights, %zu coded bytes)\n", same ? "ok" : "MISMATCH", w.size(),
-              enc->payload.size());
+  // The installed headers and the installed library are the same release.
+  const bool versions = bigsmall::version_number() == BIGSMALL_VERSION_NUMBER;
+  std::printf("consumer: %s (%zu BF16 weights, %zu coded bytes), library %s, headers %d\n",
+              same && versions ? "ok" : "MISMATCH", w.size(), enc->payload.size(), bigsmall::version_string(),
+              BIGSMALL_VERSION_NUMBER);
+  if (!versions) return 1;
   return same ? 0 : 1;
 }

@@ -1,0 +1,20 @@
+// The library's version. CMake reads its project version from these lines, so that the headers,
+// the library, the CLI and the CMake package cannot disagree; the Python package's version is
+// tested against them.
+#pragma once
+
+#define BIGSMALL_VERSION_MAJOR 0
+#define BIGSMALL_VERSION_MINOR 2
+#define BIGSMALL_VERSION_PATCH 0
+// One number that compares in order: 10000 * major + 100 * minor + patch (as ZSTD_VERSION_NUMBER).
+#define BIGSMALL_VERSION_NUMBER \
+  (BIGSMALL_VERSION_MAJOR * 10000 + BIGSMALL_VERSION_MINOR * 100 + BIGSMALL_VERSION_PATCH)
+
+namespace bigsmall {
+
+// The version of the library linked in ("0.2.0"), which may differ from the headers compiled
+// against when a program is linked to another build: compare with BIGSMALL_VERSION_NUMBER.
+const char* version_string();
+unsigned version_number();
+
+}  // namespace bigsmall
