@@ -1,6 +1,6 @@
-// The library's version. CMake reads its project version from these lines, so that the headers,
-// the library, the CLI and the CMake package cannot disagree; the Python package's version is
-// tested against them.
+// The version of bigsmall. CMake and pyproject.toml read it from these lines, so that the headers,
+// the library, the CLI, the CMake package and the Python package cannot disagree (a test checks
+// what each reports).
 #pragma once
 
 #define BIGSMALL_VERSION_MAJOR 0

@@ -35,7 +35,7 @@ def _message_str(self):
 
 
 NotFoundError.__str__ = _message_str
-__version__ = "0.2.0"
+__version__ = _core.library_version  # include/bigsmall/version.hpp, as the package metadata
 FORMAT_VERSION = _core.FORMAT_VERSION
 
 
