@@ -202,6 +202,10 @@ check "says it is not a regular file" -- grep -q "fifo: not a regular file" "$tm
 check "and leaves the pipe a pipe" -- test -p "$tmp/fifo"
 expect 2 "-f with a directory output onto a named pipe" -- "$bs" compress -q -f -o "$tmp/fifo" "$tmp/halfdir"
 check "leaves the pipe a pipe" -- test -p "$tmp/fifo"
+# a pipe as input is refused at once, not read (opening it would wait for a writer forever)
+expect 2 "compress of a named pipe" -- timeout 20 "$bs" compress -q -o "$tmp/fifo-in.bs" "$tmp/fifo"
+check "says it is not a regular file" -- grep -q "fifo: not a regular file" "$tmp/err"
+expect 2 "verify of a named pipe" -- timeout 20 "$bs" verify -q "$tmp/fifo"
 echo old >"$tmp/target.bs" && ln -s target.bs "$tmp/link.bs"
 expect 0 "-f onto a link" -- "$bs" compress -q -f -o "$tmp/link.bs" "$tmp/m.safetensors"
 check "keeps the link" -- test -L "$tmp/link.bs"

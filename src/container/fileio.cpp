@@ -122,7 +122,9 @@ MappedFile::~MappedFile() {
 }
 
 Result<MappedFile> MappedFile::open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // Non-blocking, so that a FIFO is refused below instead of waiting forever for a writer
+  // (regular files ignore the flag).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return errno_status(path, "cannot open", errno);
   struct stat st;
   if (::fstat(fd, &st) != 0) {
@@ -132,7 +134,7 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return Status(Error::kIo, path + ": not a regular file");
+    return Status(Error::kIo, path + (S_ISDIR(st.st_mode) ? ": is a directory" : ": not a regular file (a device, pipe or socket)"));
   }
   MappedFile m;
   m.path_ = path;
