@@ -846,6 +846,49 @@ TEST(Directory, ModelDirectoryRoundTrip) {
   EXPECT_FALSE(fs::exists(d / "restored/bigsmall.index.json"));
 }
 
+TEST(Directory, SwappedShardsAndWrongSizesAreRefusedAndSizeIsOptional) {
+  TempDir d;
+  const fs::path src = d.path / "model";
+  fs::create_directories(src);
+  auto ts = sample_tensors();
+  write_file((src / "a.safetensors").string(), safetensors_bytes({ts[0], ts[1], ts[2]}));
+  write_file((src / "b.safetensors").string(), safetensors_bytes({ts[3]}));
+  ASSERT_TRUE(compress_dir(src.string(), d / "m.bs").is_ok());
+  const std::vector<uint8_t> index_bytes = read_file(d / "m.bs/bigsmall.index.json");
+  const std::string index(index_bytes.begin(), index_bytes.end());
+  // Two .bs files swapped: each would restore under the other's name.
+  fs::rename(d / "m.bs/a.bs", d / "m.bs/t.bs");
+  fs::rename(d / "m.bs/b.bs", d / "m.bs/a.bs");
+  fs::rename(d / "m.bs/t.bs", d / "m.bs/b.bs");
+  Status st = verify_path(d / "m.bs");
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+  EXPECT_NE(st.message().find("a.bs: restores"), std::string::npos) << st.message();
+  st = decompress_dir(d / "m.bs", d / "back");
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+  EXPECT_FALSE(fs::exists(d / "back"));
+  fs::rename(d / "m.bs/a.bs", d / "m.bs/t.bs");
+  fs::rename(d / "m.bs/b.bs", d / "m.bs/a.bs");
+  fs::rename(d / "m.bs/t.bs", d / "m.bs/b.bs");
+  ASSERT_TRUE(verify_path(d / "m.bs").is_ok());
+  // A size that is not a byte count is a damaged index.
+  const size_t at = index.find("\"size\": ");
+  ASSERT_NE(at, std::string::npos);
+  const size_t end = index.find_first_of(",}", at);
+  for (const char* bad : {"-1", "1.5", "\"12\"", "null"}) {
+    write_file(d / "m.bs/bigsmall.index.json", index.substr(0, at) + "\"size\": " + bad + index.substr(end));
+    st = verify_path(d / "m.bs");
+    EXPECT_EQ(st.code(), Error::kCorrupt) << bad << ": " << st.message();
+  }
+  // Without sizes (as save_pretrained wrote them before 0.2.1) the files are still read.
+  std::string no_sizes = index;
+  for (size_t p; (p = no_sizes.find(", \"size\": ")) != std::string::npos;)
+    no_sizes.erase(p, no_sizes.find_first_of("}", p) - p);
+  write_file(d / "m.bs/bigsmall.index.json", no_sizes);
+  EXPECT_TRUE(verify_path(d / "m.bs").is_ok()) << no_sizes;
+  ASSERT_TRUE(decompress_dir(d / "m.bs", d / "back").is_ok());
+  EXPECT_EQ(read_file(d / "back/b.safetensors"), read_file((src / "b.safetensors").string()));
+}
+
 TEST(Directory, NamesThatAreNotUtf8AreEscapedInTheIndexAndEarlierRawIndexesStillRead) {
   TempDir d;
   const fs::path src = d.path / "model";

@@ -591,8 +591,9 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
         stale = []  # not a bigsmall directory: its files are not ours to remove
     bt.save_file(tensors, os.path.join(out_dir, "model.bs"), metadata={"format": "pt"}, threads=threads,
                  overwrite=overwrite)
+    restored_size = _core.File.open(os.path.join(out_dir, "model.bs")).original_size
     index = {"format": "bigsmall", "format_version": _core.FORMAT_VERSION[0],
-             "files": [{"source": "model.safetensors", "bs": "model.bs"}]}
+             "files": [{"source": "model.safetensors", "bs": "model.bs", "size": restored_size}]}
     with open(os.path.join(out_dir, "bigsmall.index.json"), "w") as f:
         json.dump(index, f, indent=2)
     for f in stale:

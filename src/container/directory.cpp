@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -226,7 +227,19 @@ class OutputDir {
 
 struct DirEntry {
   std::string source, bs;
+  std::optional<uint64_t> size;  // of the source; checked against the .bs before it is used
 };
+
+// A .bs of the directory whose header disagrees with its index entry: two .bs files swapped (or
+// one copied over another) would otherwise restore each under the other's name, and verify
+// would pass them both.
+Status check_entry(const fs::path& dir, const DirEntry& e, const BsFile& f) {
+  if (e.size && *e.size != f.original_size())
+    return Status(Error::kCorrupt, (dir / e.bs).string() + ": restores " + std::to_string(f.original_size()) +
+                                       " bytes, but " + kDirIndexName + " lists '" + e.source + "' as " +
+                                       std::to_string(*e.size) + " bytes (files swapped or replaced?)");
+  return Status::success();
+}
 
 Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
   const fs::path p = dir / kDirIndexName;
@@ -261,7 +274,12 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
         return Status(Error::kCorrupt, p.string() + ": unsafe path '" + *name + "'");
     }
     if (!ends_with(bs, ".bs")) return Status(Error::kCorrupt, p.string() + ": '" + bs + "' is not a .bs name");
-    out.push_back({source, bs});
+    std::optional<uint64_t> size;  // optional: indexes written by save_pretrained before 0.2.1 have none
+    if (const auto z = f.get("size")) {
+      if (!z->is_uint()) return Status(Error::kCorrupt, p.string() + ": size of '" + source + "' is not a byte count");
+      size = z->uint();
+    }
+    out.push_back({source, bs, size});
   }
   // A name listed twice would be restored or verified twice (a small index could ask for any
   // amount of work) or one source written over another.
@@ -377,7 +395,12 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
     DecompressOptions fo = opts;
     fo.overwrite = false;
     fo.progress = prog.for_file(fs::file_size(in / e.bs, ec));
-    BS_RETURN_IF_ERROR(in_final_names(decompress_file((in / e.bs).string(), (out / e.source).string(), fo), out, dst));
+    Status st = [&]() -> Status {
+      BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open((in / e.bs).string()));
+      BS_RETURN_IF_ERROR(check_entry(in, e, f));
+      return f.restore((out / e.source).string(), fo);
+    }();
+    BS_RETURN_IF_ERROR(in_final_names(std::move(st), out, dst));
     prog.base += fs::file_size(in / e.bs, ec);
     if (opts.progress) opts.progress(prog.base, prog.total);
   }
@@ -389,9 +412,10 @@ Status verify_path(const std::string& path, const DecompressOptions& opts) {
     BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(path));
     return f.verify(opts);
   }
-  BS_ASSIGN_OR_RETURN(std::vector<std::string> files, model_dir_files(path));
-  for (const auto& name : files) {
-    BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(name));
+  BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(path));
+  for (const auto& e : entries) {
+    BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open((fs::path(path) / e.bs).string()));
+    BS_RETURN_IF_ERROR(check_entry(path, e, f));
     BS_RETURN_IF_ERROR(f.verify(opts));
   }
   return Status::success();
