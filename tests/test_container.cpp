@@ -889,6 +889,43 @@ TEST(Directory, SwappedShardsAndWrongSizesAreRefusedAndSizeIsOptional) {
   EXPECT_EQ(read_file(d / "back/b.safetensors"), read_file((src / "b.safetensors").string()));
 }
 
+TEST(Output, OutputsTakeTheInputsPermissions) {
+  TempDir d;
+  const auto mode = [](const std::string& p) { return static_cast<unsigned>(fs::status(p).permissions()) & 0777; };
+  const unsigned umask = detail::process_umask();
+  write_file(d / "m.safetensors", safetensors_bytes(sample_tensors()));
+  for (unsigned m : {0600u, 0640u, 0644u}) {
+    fs::permissions(d / "m.safetensors", static_cast<fs::perms>(m));
+    CompressOptions co;
+    co.overwrite = true;
+    ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs", co).is_ok());
+    EXPECT_EQ(mode(d / "m.bs"), m & ~umask) << std::oct << m;
+    DecompressOptions dopts;
+    dopts.overwrite = true;
+    ASSERT_TRUE(decompress_file(d / "m.bs", d / "back.safetensors", dopts).is_ok());
+    EXPECT_EQ(mode(d / "back.safetensors"), m & ~umask) << std::oct << m;
+  }
+  // A private model directory stays private, compressed and restored; its files as well.
+  fs::create_directories(d / "model");
+  write_file(d / "model/model.safetensors", safetensors_bytes(sample_tensors()));
+  write_file(d / "model/config.json", std::string("{}"));
+  fs::permissions(d / "model/model.safetensors", fs::perms::owner_read | fs::perms::owner_write);
+  fs::permissions(d / "model", fs::perms::owner_all);
+  ASSERT_TRUE(compress_dir((d.path / "model").string(), d / "model.bs").is_ok());
+  EXPECT_EQ(mode(d / "model.bs"), 0700u);
+  EXPECT_EQ(mode(d / "model.bs/model.bs"), 0600u);
+  ASSERT_TRUE(decompress_dir(d / "model.bs", d / "back").is_ok());
+  EXPECT_EQ(mode(d / "back"), 0700u);
+  EXPECT_EQ(mode(d / "back/model.safetensors"), 0600u);
+  // A read-only input directory gives a read-only output, filled before it became one.
+  fs::permissions(d / "model", fs::perms::owner_read | fs::perms::owner_exec);
+  ASSERT_TRUE(compress_dir((d.path / "model").string(), d / "ro.bs").is_ok());
+  EXPECT_EQ(mode(d / "ro.bs"), 0500u);
+  EXPECT_TRUE(verify_path(d / "ro.bs").is_ok());
+  fs::permissions(d / "model", fs::perms::owner_all);
+  fs::permissions(d / "ro.bs", fs::perms::owner_all);
+}
+
 TEST(Directory, NamesThatAreNotUtf8AreEscapedInTheIndexAndEarlierRawIndexesStillRead) {
   TempDir d;
   const fs::path src = d.path / "model";

@@ -242,7 +242,7 @@ namespace {
 // a batch's pages can be mapped in one call.
 Status write_bs(const std::string& dst, const std::string& st_header, uint64_t original_size,
                 const std::vector<Source>& sources, std::vector<Filler> fillers, const CompressOptions& opts,
-                bool from_one_mapping) {
+                bool from_one_mapping, std::optional<unsigned> mode) {
   for (const auto& s : sources) {
     if (s.name.size() > UINT16_MAX) return Status(Error::kLimit, "tensor name longer than 65535 bytes");
     if (s.shape.size() > 255) return Status(Error::kLimit, "tensor '" + s.name + "': more than 255 dimensions");
@@ -399,6 +399,7 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
   BS_RETURN_IF_ERROR(out.write(stored.data(), stored.size()));
   const auto header = encode_header(h);
   BS_RETURN_IF_ERROR(out.pwrite(header.data(), header.size(), 0));
+  if (mode) BS_RETURN_IF_ERROR(out.set_permissions(*mode));
   return out.commit(opts.sync);
 }
 
@@ -748,6 +749,7 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
     if (opts.progress) opts.progress(done, total);
     return Status::success();
   }));
+  BS_RETURN_IF_ERROR(out.set_permissions(im.file.output_mode()));
   return out.commit(opts.sync);
 }
 
@@ -1028,7 +1030,7 @@ Status compress_file(const std::string& src, const std::string& dst, const Compr
   std::vector<detail::Filler> fillers;
   for (const auto& g : st.gaps)
     fillers.push_back({g.first, std::vector<uint8_t>(in.data() + st.data_start + g.first, in.data() + st.data_start + g.second)});
-  const Status written = detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts, true);
+  const Status written = detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts, true, in.output_mode());
   // Limits on what the input declares (name lengths, dimensions) name the input.
   return written.code() == Error::kLimit ? written.with_context(src) : written;
 }
@@ -1104,7 +1106,7 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
     sources.push_back({t.name, t.dtype, t.shape, t.data, t.nbytes, offsets[i]});
     data_size += t.nbytes;
   }
-  return detail::write_bs(dst, header, 8 + header.size() + data_size, sources, {}, opts, false);
+  return detail::write_bs(dst, header, 8 + header.size() + data_size, sources, {}, opts, false, std::nullopt);
 }
 
 }  // namespace bigsmall

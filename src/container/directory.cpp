@@ -1,6 +1,7 @@
 // Model directories: *.safetensors become .bs files, everything else is copied byte for byte,
 // and bigsmall.index.json maps each .bs back to its original name.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -131,6 +132,11 @@ class OutputDir {
       detail::register_pending_dir(temp.string());  // before it exists: a signal may come at any time
       if (fs::create_directory(temp, ec) && !ec) {
         d.temp_ = temp;
+        // The finished directory takes the input's permissions (less the umask), as each file
+        // does: a private model directory stays private. Set at commit, so that a read-only
+        // input does not make the directory being filled read-only.
+        const fs::perms perms = fs::status(src, ec).permissions();
+        if (!ec) d.mode_ = static_cast<unsigned>(perms) & 0777 & ~detail::process_umask();
         return d;
       }
       detail::unregister_pending_dir(temp.string());
@@ -140,7 +146,7 @@ class OutputDir {
   }
   OutputDir() = default;
   OutputDir(OutputDir&& o) noexcept
-      : final_(std::move(o.final_)), temp_(std::exchange(o.temp_, {})), overwrite_(o.overwrite_) {}
+      : final_(std::move(o.final_)), temp_(std::exchange(o.temp_, {})), overwrite_(o.overwrite_), mode_(o.mode_) {}
   OutputDir& operator=(OutputDir&&) = delete;
   ~OutputDir() {
     std::error_code ec;
@@ -152,8 +158,18 @@ class OutputDir {
 
   Status commit() {
     std::error_code ec;
-    if (overwrite_ && fs::is_directory(final_, ec)) return merge();
+    if (overwrite_ && fs::is_directory(final_, ec)) return merge();  // the directory there keeps its own
     const std::string from = temp_.string(), to = final_.string();
+    if (mode_ && ::chmod(from.c_str(), static_cast<mode_t>(*mode_)) != 0)
+      return Status(Error::kIo, to + ": cannot set permissions: " + std::strerror(errno));
+    Status st = move_into_place(from, to);
+    if (!st.is_ok() && mode_) ::chmod(from.c_str(), 0700);  // so that the destructor can empty it
+    return st;
+  }
+
+ private:
+  Status move_into_place(const std::string& from, const std::string& to) {
+    std::error_code ec;
     // Without -f nothing may have appeared meanwhile: never replace, never merge.
     if (!overwrite_) {
       if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) != 0)
@@ -183,7 +199,6 @@ class OutputDir {
     return done();
   }
 
- private:
   Status done() {
     detail::unregister_pending_dir(temp_.string());
     temp_.clear();
@@ -223,6 +238,7 @@ class OutputDir {
 
   fs::path final_, temp_;
   bool overwrite_ = false;
+  std::optional<unsigned> mode_;
 };
 
 struct DirEntry {

@@ -113,6 +113,7 @@ void remove_pending_outputs() {
 MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   std::swap(data_, o.data_);
   std::swap(size_, o.size_);
+  std::swap(mode_, o.mode_);
   std::swap(path_, o.path_);
   return *this;
 }
@@ -139,6 +140,7 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
   MappedFile m;
   m.path_ = path;
   m.size_ = static_cast<uint64_t>(st.st_size);
+  m.mode_ = static_cast<unsigned>(st.st_mode);
   if (m.size_ > 0) {
     void* p = ::mmap(nullptr, m.size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {

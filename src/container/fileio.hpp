@@ -27,10 +27,14 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Permission bits an output made from this file takes (as zstd and gzip give theirs): those of
+  // the file, less the umask, so that a private checkpoint does not come out world-readable.
+  unsigned output_mode() const { return mode_ & 0777 & ~process_umask(); }
 
  private:
   const uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
+  unsigned mode_ = 0644;
   std::string path_;
 };
 
