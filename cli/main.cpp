@@ -67,19 +67,24 @@ const char* kUsage =
     "              (DIR: each *.safetensors under it)\n"
     "\n"
     "options:\n"
-    "  -o PATH     output path (one input only)\n"
-    "  -f          overwrite existing outputs\n"
-    "  -T N, -TN   threads, at most one per chunk (default: all cores, as many as the work can use)\n"
-    "  -q          quiet: errors only\n"
-    "  -v          verbose: after compress/decompress, one line per tensor (codec, ratio, bits/weight)\n"
-    "  --json      machine-readable output on stdout: one JSON object per input, one per line\n"
-    "  --no-verify skip checksum verification when decompressing\n"
-    "  --best      zstd level 19 for tensors with repeated structure (smaller, slower)\n"
-    "  --          end of options (for paths that start with '-')\n\
-  -h, --help  this text;  -V, --version\n"
+    "  -o, --output PATH    output path (one input only; compress, decompress)\n"
+    "  -f, --force          overwrite existing outputs (compress, decompress)\n"
+    "  -T N, -TN, --threads N\n"
+    "                       threads, at most one per chunk (default: all cores, as many as the work\n"
+    "                       can use; not for info)\n"
+    "  -q, --quiet          errors only (not for info or bench)\n"
+    "  -v, --verbose        after compress/decompress, one line per tensor (codec, ratio, bits/weight)\n"
+    "  --json               machine-readable output on stdout: one JSON object per input, one per line\n"
+    "  --no-verify          skip checksum verification (decompress)\n"
+    "  --best               zstd level 19 for tensors with repeated structure (compress; smaller, slower)\n"
+    "  --                   end of options (for paths that start with '-')\n"
+    "  -h, --help           this text;  -V, --version\n"
+    "Short flags combine (-fq). Inputs and outputs are files: no stdin or stdout (random access\n"
+    "needs a seekable file; '-' is a file named '-').\n"
     "\n"
     "exit codes: 0 ok, 1 usage, 2 I/O error, 3 disk full, 4 invalid input (not safetensors/.bs,\n"
-    "truncated, unknown dtype), 5 corrupt data (checksum mismatch), 6 newer format version, 70 internal\n";
+    "truncated, unknown dtype), 5 corrupt data (checksum mismatch), 6 newer format version,\n"
+    "70 internal error, 128+N stopped by signal N (130: Ctrl-C)\n";
 
 struct Args {
   std::string command;
@@ -87,7 +92,42 @@ struct Args {
   std::string output;
   bool force = false, quiet = false, verbose = false, json = false, verify = true, best = false;
   int threads = 0;
+  bool threads_given = false;
 };
+
+// zstd's and xz's spellings in the one form the parser reads: --long=VALUE split in two, long
+// names of the short options, and short flags given together (-fq) one by one. Nothing after "--".
+std::vector<std::string> normalized_args(const std::vector<std::string>& in) {
+  static const std::pair<const char*, const char*> kLong[] = {
+      {"--force", "-f"}, {"--quiet", "-q"}, {"--verbose", "-v"}, {"--threads", "-T"}, {"--output", "-o"}};
+  std::vector<std::string> out;
+  bool done = false;
+  for (const std::string& s : in) {
+    if (done || s == "--") {
+      done = true;
+      out.push_back(s);
+      continue;
+    }
+    if (s.rfind("--", 0) == 0) {
+      const size_t eq = s.find('=');
+      const std::string name = s.substr(0, eq);
+      const auto it = std::find_if(std::begin(kLong), std::end(kLong), [&](const auto& l) { return name == l.first; });
+      if (it == std::end(kLong)) {
+        out.push_back(s);
+        continue;
+      }
+      out.push_back(it->second);
+      if (eq != std::string::npos) out.push_back(s.substr(eq + 1));
+      continue;
+    }
+    if (s.size() > 2 && s[0] == '-' && std::all_of(s.begin() + 1, s.end(), [](char c) { return c == 'f' || c == 'q' || c == 'v'; })) {
+      for (size_t i = 1; i < s.size(); ++i) out.push_back(std::string("-") + s[i]);
+      continue;
+    }
+    out.push_back(s);
+  }
+  return out;
+}
 
 // The scratch .bs file `bench` writes, complete between runs (so not a pending output of the
 // library): removed by the signal handler too. A fixed buffer: the handler may not allocate.
@@ -165,6 +205,22 @@ std::string jq(const std::string& s) {
   return out + "\"";
 }
 
+// A name for a line of text: control characters (a tab or newline in a tensor name) escaped.
+std::string printable(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u != 0x7f) {
+      out.push_back(c);
+      continue;
+    }
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "\\x%02x", u);
+    out += buf;
+  }
+  return out;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -172,7 +228,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 // A progress bar on stderr, only when stderr is a terminal and not -q.
 class Progress {
  public:
-  Progress(bool enabled, std::string label) : on_(enabled && isatty(2)), label_(std::move(label)) {}
+  Progress(bool enabled, const std::string& label) : on_(enabled && isatty(2)), label_(printable(label)) {}
   ProgressFn fn() {
     if (!on_) return nullptr;
     return [this](uint64_t done, uint64_t total) { draw(done, total); };
@@ -190,10 +246,12 @@ class Progress {
     const double frac = total ? static_cast<double>(done) / static_cast<double>(total) : 1.0;
     const int width = 24, fill = static_cast<int>(frac * width);
     const double rate = t > 0 ? static_cast<double>(done) / t : 0;
-    const double left = rate > 0 ? static_cast<double>(total - done) / rate : 0;
     std::string bar(static_cast<size_t>(fill), '=');
     bar.resize(width, ' ');
-    std::fprintf(stderr, "\r\033[K%s [%s] %3.0f%% %s/%s %s/s %.0fs left", label_.c_str(), bar.c_str(), frac * 100,
+    // Time left once there is a rate to go by; before the first bytes, none is known.
+    char left[32] = "--";
+    if (done > 0 && rate > 0) std::snprintf(left, sizeof left, "%.0fs", static_cast<double>(total - done) / rate);
+    std::fprintf(stderr, "\r\033[K%s [%s] %3.0f%% %s/%s %s/s %s left", label_.c_str(), bar.c_str(), frac * 100,
                  human(static_cast<double>(done)).c_str(), human(static_cast<double>(total)).c_str(), human(rate).c_str(), left);
     std::fflush(stderr);
   }
@@ -285,36 +343,20 @@ uint64_t written_bytes(const std::string& in, const std::string& out, bool compr
   return total;
 }
 
-// A name for a line of text: control characters (a tab or newline in a tensor name) escaped.
-std::string printable(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u >= 0x20 && u != 0x7f) {
-      out.push_back(c);
-      continue;
-    }
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "\\x%02x", u);
-    out += buf;
-  }
-  return out;
-}
 
 // -v: one line per tensor of a .bs file (or of every .bs file in a compressed directory).
 void print_tensors(const std::string& bs_path, bool is_dir) {
   std::vector<std::string> files;
-  std::error_code ec;
   if (is_dir) {
-    for (fs::recursive_directory_iterator it(bs_path, ec), end; !ec && it != end; it.increment(ec))
-      if (it->path().extension() == ".bs") files.push_back(it->path().string());
-    std::sort(files.begin(), files.end());
+    // The files its index lists (a .bs that was only copied along is not this run's output).
+    if (auto names = model_dir_files(bs_path)) files = std::move(*names);
   } else {
     files.push_back(bs_path);
   }
   for (const auto& f : files) {
     auto bs = BsFile::open(f);
     if (!bs) continue;
+    if (is_dir) std::fprintf(stderr, " %s:\n", printable(f).c_str());
     for (const auto& t : bs->tensors()) {
       uint64_t numel = 1;
       for (auto d : t.shape) numel *= d;
@@ -326,10 +368,20 @@ void print_tensors(const std::string& bs_path, bool is_dir) {
   }
 }
 
+bool g_force = false;  // -f was given
+
+// --json: an input that failed still gets its line, so that a script reads one per input.
+void print_json_error(const char* key, const std::string& path, const Status& st) {
+  std::printf("{\"%s\": %s, \"ok\": false, \"error\": %s, \"exit_code\": %d}\n", key, jq(path).c_str(),
+              jq(st.message()).c_str(), exit_code(st.code()));
+}
+
 int report(const Status& st) {
-  // The library reports an existing output by errno; the option that replaces it is the CLI's.
-  const char* hint = st.sys_errno() == EEXIST ? " (use -f to overwrite)" : "";
-  std::fprintf(stderr, "bigsmall: %s%s\n", st.message().c_str(), hint);
+  // The library reports an existing output by errno; the option that replaces it is the CLI's
+  // (with -f given, what is in the way is something -f does not replace, e.g. a directory).
+  const char* hint = st.sys_errno() == EEXIST && !g_force ? " (use -f to overwrite)" : "";
+  // One line, whatever the names in it hold (a newline in a file name).
+  std::fprintf(stderr, "bigsmall: %s%s\n", printable(st.message()).c_str(), hint);
   return exit_code(st.code());
 }
 
@@ -344,13 +396,17 @@ int run_codec(const Args& a) {
     note_input(in);
     std::error_code ec;
     const bool is_dir = fs::is_directory(in, ec);
+    auto fail = [&](const Status& st) {
+      if (a.json) print_json_error("input", in, st);
+      rc = std::max(rc, report(st));
+    };
     if (!fs::exists(in, ec)) {
-      rc = std::max(rc, report(Status(Error::kIo, in + ": no such file or directory")));
+      fail(Status(Error::kIo, in + ": no such file or directory"));
       continue;
     }
     const std::string out = a.output.empty() ? default_output(a.command, in, is_dir) : a.output;
     if (out.empty()) {
-      rc = std::max(rc, report(Status(Error::kInvalidArgument, in + ": name does not end in .bs; give the output with -o")));
+      fail(Status(Error::kInvalidArgument, in + ": name does not end in .bs; give the output with -o"));
       continue;
     }
     Progress prog(!a.quiet, fs::path(strip_slash(in)).filename().string());
@@ -374,6 +430,7 @@ int run_codec(const Args& a) {
     }
     prog.finish();
     if (!st.is_ok()) {
+      if (a.json) print_json_error("input", in, st);
       rc = std::max(rc, report(st));
       continue;
     }
@@ -382,12 +439,12 @@ int run_codec(const Args& a) {
     const uint64_t out_b = is_dir ? written_bytes(in, out, compress) : path_bytes(out);
     const uint64_t raw = compress ? in_b : out_b, packed = compress ? out_b : in_b;
     if (a.json) {
-      std::printf("{\"input\": %s, \"output\": %s, \"original_bytes\": %llu, \"compressed_bytes\": %llu, "
+      std::printf("{\"input\": %s, \"ok\": true, \"output\": %s, \"original_bytes\": %llu, \"compressed_bytes\": %llu, "
                   "\"ratio\": %.6f, \"seconds\": %.4f}\n",
                   jq(in).c_str(), jq(out).c_str(), static_cast<unsigned long long>(raw), static_cast<unsigned long long>(packed),
                   raw ? static_cast<double>(packed) / static_cast<double>(raw) : 0.0, t);
     } else if (!a.quiet) {
-      std::fprintf(stderr, "%s -> %s: %s -> %s (%.2f%%), %.2fs, %s/s\n", in.c_str(), out.c_str(),
+      std::fprintf(stderr, "%s -> %s: %s -> %s (%.2f%%), %.2fs, %s/s\n", printable(in).c_str(), printable(out).c_str(),
                    human(static_cast<double>(in_b)).c_str(), human(static_cast<double>(out_b)).c_str(),
                    raw ? 100.0 * static_cast<double>(packed) / static_cast<double>(raw) : 0.0, t,
                    human(t > 0 ? static_cast<double>(raw) / t : 0).c_str());
@@ -406,11 +463,14 @@ int run_verify(const Args& a) {
     o.progress = prog.fn();
     const Status st = verify_path(p, o);
     prog.finish();
-    if (a.json) std::printf("{\"path\": %s, \"ok\": %s}\n", jq(p).c_str(), st.is_ok() ? "true" : "false");
+    if (a.json) {
+      if (st.is_ok()) std::printf("{\"path\": %s, \"ok\": true}\n", jq(p).c_str());
+      else print_json_error("path", p, st);
+    }
     if (!st.is_ok()) {
       rc = std::max(rc, report(st));
     } else if (!a.quiet && !a.json) {
-      std::fprintf(stderr, "%s: OK\n", p.c_str());
+      std::fprintf(stderr, "%s: OK\n", printable(p).c_str());
     }
   }
   return rc;
@@ -478,12 +538,16 @@ void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotal
 // before anything is printed, so that a damaged one leaves no half-printed JSON behind.
 int info_dir(const std::string& path, bool json) {
   const std::string p = strip_slash(path);
+  auto fail = [&](const Status& st) {
+    if (json) print_json_error("path", path, st);
+    return report(st);
+  };
   auto names = model_dir_files(p);
-  if (!names) return report(names.status());
+  if (!names) return fail(names.status());
   std::vector<BsFile> files;
   for (const auto& n : *names) {
     auto f = BsFile::open(n);
-    if (!f) return report(f.status());
+    if (!f) return fail(f.status());
     files.push_back(std::move(*f));
   }
   InfoTotals tot;
@@ -492,7 +556,7 @@ int info_dir(const std::string& path, bool json) {
     if (json) {
       if (i) std::printf(", ");
     } else {
-      std::printf("%s%s:\n", i ? "\n" : "", (*names)[i].c_str());
+      std::printf("%s%s:\n", i ? "\n" : "", printable((*names)[i]).c_str());
     }
     print_file_info(files[i], (*names)[i], json, &tot);
   }
@@ -502,11 +566,11 @@ int info_dir(const std::string& path, bool json) {
                 static_cast<unsigned long long>(tot.original), static_cast<unsigned long long>(tot.file), ratio,
                 static_cast<unsigned long long>(tot.floor_bits / 8));
   } else if (files.empty()) {
-    std::printf("%s: its index names no compressed files\n", p.c_str());
+    std::printf("%s: its index names no compressed files\n", printable(p).c_str());
   } else {
     std::printf("\n%s: %zu .bs file%s, %zu tensors, %s -> %s (%.2f%%), joint floor %s (.bs files only: the "
                 "directory's other files are not counted)\n",
-                p.c_str(), files.size(), files.size() == 1 ? "" : "s", tot.tensors, human(static_cast<double>(tot.original)).c_str(),
+                printable(p).c_str(), files.size(), files.size() == 1 ? "" : "s", tot.tensors, human(static_cast<double>(tot.original)).c_str(),
                 human(static_cast<double>(tot.file)).c_str(), 100 * ratio, human(static_cast<double>(tot.floor_bits) / 8).c_str());
   }
   return kExitOk;
@@ -523,6 +587,7 @@ int run_info(const Args& a) {
     }
     auto f = BsFile::open(p);
     if (!f) {
+      if (a.json) print_json_error("path", p, f.status());
       rc = std::max(rc, report(f.status()));
       continue;
     }
@@ -633,7 +698,14 @@ int main(int argc, char** argv) {
   // The core returns errors as values; only allocation can throw (a file may declare tensors
   // larger than memory). Report it like any other error.
   try {
-    return run(argc, argv);
+    int rc = run(argc, argv);
+    // What info and --json print is the product: a full disk or closed pipe on stdout is an
+    // error, not a silent success.
+    if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+      std::fprintf(stderr, "bigsmall: stdout: write error: %s\n", std::strerror(errno));
+      rc = std::max(rc, static_cast<int>(errno == ENOSPC ? kExitNoSpace : kExitIo));
+    }
+    return rc;
   } catch (const std::bad_alloc&) {
     remove_partial_outputs();
     std::fprintf(stderr, "bigsmall: out of memory\n");
@@ -652,7 +724,7 @@ int run(int argc, char** argv) {
   }
   std::signal(SIGBUS, on_bus_error);
   Args a;
-  std::vector<std::string> args(argv + 1, argv + argc);
+  const std::vector<std::string> args = normalized_args(std::vector<std::string>(argv + 1, argv + argc));
   if (args.empty()) {
     std::fputs(kUsage, stderr);
     return kExitUsage;
@@ -683,6 +755,10 @@ int run(int argc, char** argv) {
     } else if (s == "-o") {
       const std::string* v = need_value("-o");
       if (!v) return kExitUsage;
+      if (v->empty()) {
+        std::fprintf(stderr, "bigsmall: -o needs a path, got ''\n");
+        return kExitUsage;
+      }
       if (!a.output.empty() && a.output != *v) {
         std::fprintf(stderr, "bigsmall: -o given twice ('%s', '%s')\n", a.output.c_str(), v->c_str());
         return kExitUsage;
@@ -695,11 +771,14 @@ int run(int argc, char** argv) {
       if (!v) return kExitUsage;
       char* end = nullptr;
       const long t = std::strtol(v->c_str(), &end, 10);
-      if (*end != '\0' || t < 0 || t > 4096) {
+      // Digits only: strtol alone takes "" as 0 and " +2" as 2.
+      const bool digits = !v->empty() && v->size() <= 4 && std::all_of(v->begin(), v->end(), [](char c) { return c >= '0' && c <= '9'; });
+      if (!digits || *end != '\0' || t < 0 || t > 4096) {
         std::fprintf(stderr, "bigsmall: -T takes a thread count, got '%s'\n", v->c_str());
         return kExitUsage;
       }
       a.threads = static_cast<int>(t);
+      a.threads_given = true;
     } else if (s == "-f") {
       a.force = true;
     } else if (s == "-q") {
@@ -736,6 +815,24 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "bigsmall: %s writes no output: -o and -f do not apply\n", a.command.c_str());
     return kExitUsage;
   }
+  const struct {
+    bool given;
+    const char* option;
+    bool applies;
+  } takes[] = {
+      {a.verbose, "-v", writes},
+      {a.best, "--best", a.command == "compress"},
+      {!a.verify, "--no-verify", a.command == "decompress"},
+      {a.threads_given, "-T", a.command != "info"},
+      {a.quiet, "-q", a.command != "info" && a.command != "bench"},  // their output is the product
+  };
+  for (const auto& t : takes) {
+    if (t.given && !t.applies) {
+      std::fprintf(stderr, "bigsmall: %s does not apply to %s\n", t.option, a.command.c_str());
+      return kExitUsage;
+    }
+  }
+  g_force = a.force;
   if (a.quiet && a.verbose) {
     std::fprintf(stderr, "bigsmall: -q and -v contradict each other\n");
     return kExitUsage;

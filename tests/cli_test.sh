@@ -225,6 +225,49 @@ expect 1 "-o for a command that writes nothing" -- "$bs" verify -o "$tmp/x" "$tm
 expect 1 "-o given twice" -- "$bs" compress -o "$tmp/a.bs" -o "$tmp/b.bs" "$tmp/m.safetensors"
 check "writes nothing" -- test ! -e "$tmp/a.bs" -a ! -e "$tmp/b.bs"
 expect 1 "-q with -v" -- "$bs" verify -q -v "$tmp/m.bs"
+# zstd's and xz's spellings: long names, --name=value, short flags together
+expect 0 "--force --quiet --threads=1 --output=PATH" -- "$bs" compress --force --quiet --threads=1 --output="$tmp/long.bs" "$tmp/m.safetensors"
+check "writes there" -- test -f "$tmp/long.bs"
+expect 0 "-fq" -- "$bs" compress -fq -o "$tmp/long.bs" "$tmp/m.safetensors"
+check "is quiet" -- test ! -s "$tmp/err"
+# options a command does not take are refused, not ignored
+expect 1 "verify -v" -- "$bs" verify -v "$tmp/m.bs"
+expect 1 "info -T 2" -- "$bs" info -T 2 "$tmp/m.bs"
+expect 1 "info -q" -- "$bs" info -q "$tmp/m.bs"
+expect 1 "decompress --best" -- "$bs" decompress --best -o "$tmp/x.safetensors" "$tmp/m.bs"
+expect 1 "compress --no-verify" -- "$bs" compress --no-verify -o "$tmp/x.bs" "$tmp/m.safetensors"
+check "names the option" -- grep -q "no-verify does not apply to compress" "$tmp/err"
+expect 1 "-T ''" -- "$bs" verify -T '' "$tmp/m.bs"
+expect 1 "-T ' +2'" -- "$bs" verify -T ' +2' "$tmp/m.bs"
+expect 1 "-o ''" -- "$bs" compress -o '' "$tmp/m.safetensors"
+# what info and --json print is the product: a full stdout is an error
+if [ -w /dev/full ]; then
+  expect 3 "info into a full disk" -- sh -c "exec \"$bs\" info \"$tmp/m.bs\" >/dev/full"
+  check "says so" -- grep -q "stdout: write error" "$tmp/err"
+fi
+# --json gives a line for an input that failed too
+expect 2 "compress --json of a missing file then a good one" -- "$bs" compress -f --json "$tmp/missing.safetensors" "$tmp/m.safetensors"
+check "one line per input, the failed one with its error" -- python3 -c "
+import json; ls=[json.loads(l) for l in open('$tmp/out').read().splitlines()]
+assert len(ls)==2 and ls[0]['ok'] is False and 'missing' in ls[0]['error'] and ls[0]['exit_code']==2 and ls[1]['ok'] is True, ls"
+expect 5 "verify --json of a damaged file" -- sh -c "cp \"$tmp/m.bs\" \"$tmp/dmg.bs\" && printf '\\377' | dd of=\"$tmp/dmg.bs\" bs=1 seek=200 conv=notrunc 2>/dev/null && exec \"$bs\" verify --json \"$tmp/dmg.bs\""
+check "carries the error" -- python3 -c "import json; d=json.loads(open('$tmp/out').read()); assert d['ok'] is False and d['error'], d"
+# every error is one line, whatever the file name holds
+expect 2 "an error about a name with a newline" -- "$bs" verify "$tmp/nl
+missing.bs"
+check "is one line" -- test "$(wc -l <"$tmp/err")" -eq 1
+# bytes appended to a .bs are named as such
+cat "$tmp/m.bs" >"$tmp/junk.bs" && echo junk >>"$tmp/junk.bs"
+expect 4 "a .bs with bytes appended" -- "$bs" verify "$tmp/junk.bs"
+check "says so" -- grep -q "5 bytes after the end of the index" "$tmp/err"
+# a directory named like a shard's .bs collides as a file of that name does (it got "already
+# exists (use -f to overwrite)", with -f too)
+mkdir -p "$tmp/col/a.bs" "$tmp/col2/a.bs" && echo x >"$tmp/col/a.bs/f" && cp "$tmp/m.safetensors" "$tmp/col/a.safetensors" &&
+  cp "$tmp/m.safetensors" "$tmp/col2/a.safetensors"
+expect 1 "compress -f of a directory holding a.safetensors and a directory a.bs" -- "$bs" compress -q -f "$tmp/col"
+check "names the collision" -- grep -q "col/a.bs: would be overwritten by the compressed a.safetensors" "$tmp/err"
+expect 1 "the same with an empty directory a.bs" -- "$bs" compress -q "$tmp/col2"
+check "names the collision" -- grep -q "col2/a.bs: would be overwritten" "$tmp/err"
 
 # directories: permission bits and empty directories come back; totals count what compress
 # reads (links followed) and never the output, even inside the input

@@ -575,6 +575,9 @@ Result<BsFile> BsFile::open(const std::string& path) {
   if (detail::xxh3_64(p, detail::kHeaderSize - 8) != hsum) return fail(Error::kCorrupt, "header checksum mismatch");
   if (h.major != kFormatVersionMajor) return fail(Error::kUnsupportedVersion, "unknown format version");
   if (h.flags != 0) return fail(Error::kCorrupt, "reserved header flags are not zero");
+  if (h.index_offset >= detail::kHeaderSize && h.index_offset <= size && h.index_stored < size - h.index_offset)
+    return fail(Error::kTruncated, std::to_string(size - h.index_offset - h.index_stored) +
+                                       " bytes after the end of the index (appended to, or two files joined?)");
   if (h.index_offset < detail::kHeaderSize || h.index_offset > size || h.index_stored != size - h.index_offset)
     return fail(Error::kTruncated, "truncated or damaged: index lies outside the file");
   if (detail::xxh3_64(p + h.index_offset, h.index_stored) != h.index_checksum)

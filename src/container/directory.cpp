@@ -374,7 +374,15 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
       continue;
     }
     const std::string bs_rel = rel.substr(0, rel.size() - kStExt.size()) + ".bs";
-    if (std::binary_search(files.begin(), files.end(), fs::path(bs_rel)))
+    // A file of that name, or a directory (its files listed under it; an empty one is already
+    // made in the output), is in the way.
+    const std::string under = bs_rel + "/";
+    if (std::any_of(files.begin(), files.end(),
+                    [&](const fs::path& g) {
+                      const std::string n = g.string();
+                      return n == bs_rel || n.compare(0, under.size(), under) == 0;
+                    }) ||
+        fs::exists(fs::symlink_status(out / bs_rel, ec)))
       return Status(Error::kInvalidArgument, (in / bs_rel).string() + ": would be overwritten by the compressed " + rel);
     fo.progress = prog.for_file(fs::file_size(in / f, ec));
     BS_RETURN_IF_ERROR(in_final_names(compress_file((in / f).string(), (out / bs_rel).string(), fo), out, dst));
