@@ -257,11 +257,13 @@ class safe_open:
         return {t["name"]: x for t, x in zip(self._infos, xs)}
 
     def _info(self, name):
+        """(file, i, info): the file read once, so that a close from another thread in between
+        leaves this call its file (as a slice keeps it) instead of None."""
         f = self._open_file()
         i = self._index.get(name)
         if i is None:
             raise NotFoundError(f"{f.path}: no tensor named {name!r}")
-        return i, self._infos[i]
+        return f, i, self._infos[i]
 
     def _decode(self, f, i, t):
         if self._framework == "pt":
@@ -294,12 +296,12 @@ class safe_open:
         return x
 
     def get_tensor(self, name):
-        i, t = self._info(name)
-        return self._decode(self._file, i, t)
+        f, i, t = self._info(name)
+        return self._decode(f, i, t)
 
     def get_slice(self, name):
-        i, t = self._info(name)
-        return _Slice(self, self._file, i, t)
+        f, i, t = self._info(name)
+        return _Slice(self, f, i, t)
 
 
 class _Slice:

@@ -27,7 +27,7 @@ def _device(device):
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise InvalidArgumentError(f"device {device!r} is invalid: {e}") from None
+        raise InvalidArgumentError(f"device {device!r} is invalid: {_first_line(e)}") from None
     if dev.type == "meta":
         raise InvalidArgumentError("device 'meta' holds no data: decode to 'cpu' or 'cuda'")
     if dev.type == "cuda":
@@ -40,8 +40,15 @@ def _device(device):
         try:
             torch.empty(0, device=dev)
         except (RuntimeError, AssertionError) as e:
-            raise InvalidArgumentError(f"device {device!r} is not available: {e}") from None
+            raise InvalidArgumentError(f"device {device!r} is not available: {_first_line(e)}") from None
     return dev
+
+
+def _first_line(e):
+    """torch's first line of an error says what is wrong; the rest can be pages of its
+    dispatcher's state, and bigsmall's errors are one line."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _byte_view(t):
@@ -104,7 +111,8 @@ def _views(tensors):
             raise InvalidArgumentError(f"{name!r}: dtype {t.dtype} is not supported")
         if t.is_meta:
             raise InvalidArgumentError(f"{name!r} is on the meta device: it has no data to save")
-        c = t.detach().to("cpu").contiguous()
+        # Conjugate and negative views are lazy bits on a tensor: the bytes must hold the values.
+        c = t.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
         keep.append(c)
         names.append((_text(name, "tensor name"), _NAMES[c.dtype]))
         shapes.append(list(c.shape))
