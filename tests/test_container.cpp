@@ -887,6 +887,12 @@ TEST(Directory, SwappedShardsAndWrongSizesAreRefusedAndSizeIsOptional) {
   EXPECT_TRUE(verify_path(d / "m.bs").is_ok()) << no_sizes;
   ASSERT_TRUE(decompress_dir(d / "m.bs", d / "back").is_ok());
   EXPECT_EQ(read_file(d / "back/b.safetensors"), read_file((src / "b.safetensors").string()));
+  // An entry may not restore a file under the index's own name.
+  std::string self = index;
+  self.replace(self.find("\"b.safetensors\""), std::string("\"b.safetensors\"").size(), "\"bigsmall.index.json\"");
+  write_file(d / "m.bs/bigsmall.index.json", self);
+  st = verify_path(d / "m.bs");
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
 }
 
 TEST(Output, OutputsTakeTheInputsPermissions) {

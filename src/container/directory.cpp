@@ -290,6 +290,9 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
         return Status(Error::kCorrupt, p.string() + ": unsafe path '" + *name + "'");
     }
     if (!ends_with(bs, ".bs")) return Status(Error::kCorrupt, p.string() + ": '" + bs + "' is not a .bs name");
+    // A restored file under the index's own name would make the restored directory look like a
+    // compressed one (and compress would refuse it).
+    if (fs::path(source) == kDirIndexName) return Status(Error::kCorrupt, p.string() + ": a file entry restores over '" + source + "'");
     std::optional<uint64_t> size;  // optional: indexes written by save_pretrained before 0.2.1 have none
     if (const auto z = f.get("size")) {
       if (!z->is_uint()) return Status(Error::kCorrupt, p.string() + ": size of '" + source + "' is not a byte count");
