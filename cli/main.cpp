@@ -101,23 +101,32 @@ std::vector<std::string> normalized_args(const std::vector<std::string>& in) {
   static const std::pair<const char*, const char*> kLong[] = {
       {"--force", "-f"}, {"--quiet", "-q"}, {"--verbose", "-v"}, {"--threads", "-T"}, {"--output", "-o"}};
   std::vector<std::string> out;
-  bool done = false;
+  bool done = false, value_next = false;
   for (const std::string& s : in) {
-    if (done || s == "--") {
+    if (done || value_next) {  // after "--", and the value of -o or -T ("-o -fq" names a file "-fq")
+      value_next = false;
+      out.push_back(s);
+      continue;
+    }
+    if (s == "--") {
       done = true;
       out.push_back(s);
       continue;
     }
+    if (s == "-o" || s == "-T") value_next = true;
     if (s.rfind("--", 0) == 0) {
       const size_t eq = s.find('=');
       const std::string name = s.substr(0, eq);
       const auto it = std::find_if(std::begin(kLong), std::end(kLong), [&](const auto& l) { return name == l.first; });
-      if (it == std::end(kLong)) {
+      const bool takes_value = it != std::end(kLong) && (it->second[1] == 'o' || it->second[1] == 'T');
+      // Unknown names, and =value on a flag (--force=yes), stay as they are: refused as unknown.
+      if (it == std::end(kLong) || (eq != std::string::npos && !takes_value)) {
         out.push_back(s);
         continue;
       }
       out.push_back(it->second);
       if (eq != std::string::npos) out.push_back(s.substr(eq + 1));
+      else value_next = takes_value;
       continue;
     }
     if (s.size() > 2 && s[0] == '-' && std::all_of(s.begin() + 1, s.end(), [](char c) { return c == 'f' || c == 'q' || c == 'v'; })) {
@@ -208,14 +217,20 @@ std::string jq(const std::string& s) {
 // A name for a line of text: control characters (a tab or newline in a tensor name) escaped.
 std::string printable(const std::string& s) {
   std::string out;
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u >= 0x20 && u != 0x7f) {
-      out.push_back(c);
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto u = static_cast<unsigned char>(s[i]);
+    // C1 controls (U+0080-U+009F, C2 80..C2 9F in UTF-8) act on terminals too (CSI).
+    const bool c1 = u == 0xc2 && i + 1 < s.size() && (static_cast<unsigned char>(s[i + 1]) & 0xe0) == 0x80;
+    if (u >= 0x20 && u != 0x7f && !c1) {
+      out.push_back(s[i]);
       continue;
     }
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "\\x%02x", u);
+    char buf[16];
+    if (c1) {
+      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned char>(s[++i]));
+    } else {
+      std::snprintf(buf, sizeof buf, "\\x%02x", u);
+    }
     out += buf;
   }
   return out;
@@ -620,13 +635,15 @@ int run_bench(const Args& a) {
          it.increment(ec))
       if (it->is_regular_file(ec) && it->path().extension() == ".safetensors") found.push_back(it->path().string());
     if (ec) {
-      std::fprintf(stderr, "bigsmall: %s: cannot list directory: %s\n", p.c_str(), ec.message().c_str());
-      rc = std::max(rc, static_cast<int>(kExitIo));
+      const Status st(Error::kIo, p + ": cannot list directory: " + ec.message());
+      if (a.json) print_json_error("file", p, st);
+      rc = std::max(rc, report(st));
       continue;
     }
     if (found.empty()) {
-      std::fprintf(stderr, "bigsmall: %s: no .safetensors files in this directory\n", p.c_str());
-      rc = std::max(rc, static_cast<int>(kExitBadInput));
+      const Status st(Error::kNotSafetensors, p + ": no .safetensors files in this directory");
+      if (a.json) print_json_error("file", p, st);
+      rc = std::max(rc, report(st));
     }
     std::sort(found.begin(), found.end());
     inputs.insert(inputs.end(), found.begin(), found.end());
@@ -643,47 +660,44 @@ int run_bench(const Args& a) {
     struct Row { int threads; double comp, dec; };
     std::vector<Row> rows;
     double ratio = 0;
+    // One compress-and-verify round; a failure ends this input (reported once), not the others.
+    auto round = [&](int threads, std::vector<double>* tc, std::vector<double>* td) -> Status {
+      CompressOptions co;
+      co.threads = threads;
+      co.overwrite = true;
+      co.sync = false;
+      fs::remove(tmp, ec);  // replacing the last run's output is not compression work
+      auto t0 = std::chrono::steady_clock::now();
+      BS_RETURN_IF_ERROR(compress_file(p, tmp, co));
+      tc->push_back(seconds_since(t0));
+      BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(tmp));
+      ratio = static_cast<double>(f.file_size()) / raw;
+      DecompressOptions dopt;
+      dopt.threads = threads;
+      t0 = std::chrono::steady_clock::now();
+      BS_RETURN_IF_ERROR(f.verify(dopt));
+      td->push_back(seconds_since(t0));
+      return Status::success();
+    };
+    Status st;
     for (int threads : {1, tmax}) {
-      if (!rows.empty() && threads == rows.back().threads) break;
+      if (!st.is_ok() || (!rows.empty() && threads == rows.back().threads)) break;
       std::vector<double> tc, td;
-      for (int rep = 0; rep < 5; ++rep) {  // medians of 5: this kind of machine is noisy
-        CompressOptions co;
-        co.threads = threads;
-        co.overwrite = true;
-        co.sync = false;
-        fs::remove(tmp, ec);  // replacing the last run's output is not compression work
-        auto t0 = std::chrono::steady_clock::now();
-        Status st = compress_file(p, tmp, co);
-        tc.push_back(seconds_since(t0));
-        if (!st.is_ok()) {
-          fs::remove(tmp, ec);
-          return report(st);
-        }
-        auto f = BsFile::open(tmp);
-        if (!f) {
-          fs::remove(tmp, ec);
-          return report(f.status());
-        }
-        ratio = static_cast<double>(f->file_size()) / raw;
-        DecompressOptions dopt;
-        dopt.threads = threads;
-        t0 = std::chrono::steady_clock::now();
-        st = f->verify(dopt);
-        td.push_back(seconds_since(t0));
-        if (!st.is_ok()) {
-          fs::remove(tmp, ec);
-          return report(st);
-        }
-      }
-      rows.push_back({threads, raw / median(tc), raw / median(td)});
+      for (int rep = 0; rep < 5 && st.is_ok(); ++rep) st = round(threads, &tc, &td);  // medians of 5: a noisy machine
+      if (st.is_ok()) rows.push_back({threads, raw / median(tc), raw / median(td)});
     }
     fs::remove(tmp, ec);
+    if (!st.is_ok()) {
+      if (a.json) print_json_error("file", p, st);
+      rc = std::max(rc, report(st));
+      continue;
+    }
     for (const auto& r : rows) {
       if (a.json)
         std::printf("{\"file\": %s, \"threads\": %d, \"ratio\": %.6f, \"compress_GBps\": %.4f, \"decompress_GBps\": %.4f}\n",
                     jq(p).c_str(), r.threads, ratio, r.comp / 1e9, r.dec / 1e9);
       else
-        std::printf("%s: ratio %.4f, %d thread%s: compress %.3f GB/s, decompress %.3f GB/s\n", p.c_str(), ratio, r.threads,
+        std::printf("%s: ratio %.4f, %d thread%s: compress %.3f GB/s, decompress %.3f GB/s\n", printable(p).c_str(), ratio, r.threads,
                     r.threads == 1 ? "" : "s", r.comp / 1e9, r.dec / 1e9);
     }
   }
@@ -760,7 +774,7 @@ int run(int argc, char** argv) {
         return kExitUsage;
       }
       if (!a.output.empty() && a.output != *v) {
-        std::fprintf(stderr, "bigsmall: -o given twice ('%s', '%s')\n", a.output.c_str(), v->c_str());
+        std::fprintf(stderr, "bigsmall: -o given twice ('%s', '%s')\n", printable(a.output).c_str(), printable(*v).c_str());
         return kExitUsage;
       }
       a.output = *v;
@@ -774,7 +788,7 @@ int run(int argc, char** argv) {
       // Digits only: strtol alone takes "" as 0 and " +2" as 2.
       const bool digits = !v->empty() && v->size() <= 4 && std::all_of(v->begin(), v->end(), [](char c) { return c >= '0' && c <= '9'; });
       if (!digits || *end != '\0' || t < 0 || t > 4096) {
-        std::fprintf(stderr, "bigsmall: -T takes a thread count, got '%s'\n", v->c_str());
+        std::fprintf(stderr, "bigsmall: -T takes a thread count, got '%s'\n", printable(*v).c_str());
         return kExitUsage;
       }
       a.threads = static_cast<int>(t);
@@ -792,7 +806,7 @@ int run(int argc, char** argv) {
     } else if (s == "--best") {
       a.best = true;
     } else if (s.size() > 1 && s[0] == '-') {
-      std::fprintf(stderr, "bigsmall: unknown option '%s'\n%s", s.c_str(), kUsage);
+      std::fprintf(stderr, "bigsmall: unknown option '%s'\n%s", printable(s).c_str(), kUsage);
       return kExitUsage;
     } else if (a.command.empty()) {
       a.command = s;
@@ -802,7 +816,7 @@ int run(int argc, char** argv) {
   }
   static const char* const kCommands[] = {"compress", "decompress", "verify", "info", "bench"};
   if (!a.command.empty() && std::find(std::begin(kCommands), std::end(kCommands), a.command) == std::end(kCommands)) {
-    std::fprintf(stderr, "bigsmall: unknown command '%s'\n%s", a.command.c_str(), kUsage);
+    std::fprintf(stderr, "bigsmall: unknown command '%s'\n%s", printable(a.command).c_str(), kUsage);
     return kExitUsage;
   }
   if (a.paths.empty()) {

@@ -230,6 +230,15 @@ expect 0 "--force --quiet --threads=1 --output=PATH" -- "$bs" compress --force -
 check "writes there" -- test -f "$tmp/long.bs"
 expect 0 "-fq" -- "$bs" compress -fq -o "$tmp/long.bs" "$tmp/m.safetensors"
 check "is quiet" -- test ! -s "$tmp/err"
+# the value of -o is a name, whatever it looks like
+cd "$tmp"
+expect 0 "-o --force" -- "$abs_bs" compress -q -o --force m.safetensors
+check "writes a file named --force" -- test -f "$tmp/--force"
+expect 0 "-o -fq" -- "$abs_bs" compress -o -fq m.safetensors
+check "writes a file named -fq, and is not quiet" -- test -f "$tmp/-fq" -a -s "$tmp/err"
+cd - >/dev/null
+expect 1 "--force=yes" -- "$bs" compress --force=yes "$tmp/m.safetensors"
+check "is an unknown option" -- grep -q "unknown option '--force=yes'" "$tmp/err"
 # options a command does not take are refused, not ignored
 expect 1 "verify -v" -- "$bs" verify -v "$tmp/m.bs"
 expect 1 "info -T 2" -- "$bs" info -T 2 "$tmp/m.bs"
@@ -250,6 +259,10 @@ expect 2 "compress --json of a missing file then a good one" -- "$bs" compress -
 check "one line per input, the failed one with its error" -- python3 -c "
 import json; ls=[json.loads(l) for l in open('$tmp/out').read().splitlines()]
 assert len(ls)==2 and ls[0]['ok'] is False and 'missing' in ls[0]['error'] and ls[0]['exit_code']==2 and ls[1]['ok'] is True, ls"
+expect 2 "bench --json of a missing file then a good one" -- "$bs" bench -T1 --json "$tmp/missing.safetensors" "$tmp/m.safetensors"
+check "a line for each" -- python3 -c "
+import json; ls=[json.loads(l) for l in open('$tmp/out').read().splitlines()]
+assert ls[0]['ok'] is False and ls[0]['exit_code']==2 and ls[1]['ratio'] > 0, ls"
 expect 5 "verify --json of a damaged file" -- sh -c "cp \"$tmp/m.bs\" \"$tmp/dmg.bs\" && printf '\\377' | dd of=\"$tmp/dmg.bs\" bs=1 seek=200 conv=notrunc 2>/dev/null && exec \"$bs\" verify --json \"$tmp/dmg.bs\""
 check "carries the error" -- python3 -c "import json; d=json.loads(open('$tmp/out').read()); assert d['ok'] is False and d['error'], d"
 # every error is one line, whatever the file name holds
