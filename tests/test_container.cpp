@@ -879,7 +879,7 @@ TEST(Directory, SwappedShardsAndWrongSizesAreRefusedAndSizeIsOptional) {
     st = verify_path(d / "m.bs");
     EXPECT_EQ(st.code(), Error::kCorrupt) << bad << ": " << st.message();
   }
-  // Without sizes (as save_pretrained wrote them before 0.2.1) the files are still read.
+  // Without sizes (as save_pretrained wrote them before 0.3.0) the files are still read.
   std::string no_sizes = index;
   for (size_t p; (p = no_sizes.find(", \"size\": ")) != std::string::npos;)
     no_sizes.erase(p, no_sizes.find_first_of("}", p) - p);
@@ -887,6 +887,30 @@ TEST(Directory, SwappedShardsAndWrongSizesAreRefusedAndSizeIsOptional) {
   EXPECT_TRUE(verify_path(d / "m.bs").is_ok()) << no_sizes;
   ASSERT_TRUE(decompress_dir(d / "m.bs", d / "back").is_ok());
   EXPECT_EQ(read_file(d / "back/b.safetensors"), read_file((src / "b.safetensors").string()));
+  // Shards of the same size swapped: the size cannot tell them apart, the .bs checksum does.
+  const fs::path eq = d.path / "eq";
+  fs::create_directories(eq);
+  write_file((eq / "x.safetensors").string(), safetensors_bytes({{"w", DType::kBF16, {4096}, bstest::weights(DType::kBF16, 4096, 7)}}));
+  write_file((eq / "y.safetensors").string(), safetensors_bytes({{"w", DType::kBF16, {4096}, bstest::weights(DType::kBF16, 4096, 8)}}));
+  ASSERT_EQ(fs::file_size(eq / "x.safetensors"), fs::file_size(eq / "y.safetensors"));
+  ASSERT_TRUE(compress_dir(eq.string(), d / "eq.bs").is_ok());
+  fs::rename(d / "eq.bs/x.bs", d / "eq.bs/t.bs");
+  fs::rename(d / "eq.bs/y.bs", d / "eq.bs/x.bs");
+  fs::rename(d / "eq.bs/t.bs", d / "eq.bs/y.bs");
+  st = verify_path(d / "eq.bs");
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+  EXPECT_NE(st.message().find("header checksum differs"), std::string::npos) << st.message();
+  EXPECT_EQ(decompress_dir(d / "eq.bs", d / "eq.back").code(), Error::kCorrupt);
+  EXPECT_EQ(model_dir_files(d / "eq.bs").status().code(), Error::kCorrupt);  // what the Python loaders list
+  EXPECT_FALSE(fs::exists(d / "eq.back"));
+  {
+    const std::vector<uint8_t> raw = read_file(d / "eq.bs/bigsmall.index.json");
+    std::string bad(raw.begin(), raw.end());
+    const size_t hex_at = bad.find("\"bs_checksum\": \"") + 16;
+    bad[hex_at] = bad[hex_at] == 'A' ? 'B' : 'A';  // upper case is not the form
+    write_file(d / "eq.bs/bigsmall.index.json", bad);
+    EXPECT_EQ(verify_path(d / "eq.bs").code(), Error::kCorrupt);
+  }
   // An entry may not restore a file under the index's own name.
   std::string self = index;
   self.replace(self.find("\"b.safetensors\""), std::string("\"b.safetensors\"").size(), "\"bigsmall.index.json\"");
@@ -923,13 +947,28 @@ TEST(Output, OutputsTakeTheInputsPermissions) {
   ASSERT_TRUE(decompress_dir(d / "model.bs", d / "back").is_ok());
   EXPECT_EQ(mode(d / "back"), 0700u);
   EXPECT_EQ(mode(d / "back/model.safetensors"), 0600u);
-  // A read-only input directory gives a read-only output, filled before it became one.
-  fs::permissions(d / "model", fs::perms::owner_read | fs::perms::owner_exec);
+  // A directory takes its input's group and other bits; its owner keeps every right, so that
+  // a read-only input does not give an output that -f cannot update.
+  fs::permissions(d / "model", static_cast<fs::perms>(0555));
   ASSERT_TRUE(compress_dir((d.path / "model").string(), d / "ro.bs").is_ok());
-  EXPECT_EQ(mode(d / "ro.bs"), 0500u);
-  EXPECT_TRUE(verify_path(d / "ro.bs").is_ok());
+  EXPECT_EQ(mode(d / "ro.bs"), 0755u & ~umask);
+  CompressOptions force;
+  force.overwrite = true;
+  EXPECT_TRUE(compress_dir((d.path / "model").string(), d / "ro.bs", force).is_ok());
   fs::permissions(d / "model", fs::perms::owner_all);
-  fs::permissions(d / "ro.bs", fs::perms::owner_all);
+  // While an output is written, its temporary file is private whatever the input's mode.
+  fs::permissions(d / "m.safetensors", static_cast<fs::perms>(0644));
+  std::vector<unsigned> temp_modes;
+  CompressOptions watch;
+  watch.overwrite = true;
+  watch.progress = [&](uint64_t, uint64_t) {
+    for (const auto& e : fs::directory_iterator(d.path))
+      if (e.path().filename().string().find(".tmp-bigsmall-") != std::string::npos) temp_modes.push_back(mode(e.path().string()));
+  };
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs", watch).is_ok());
+  ASSERT_FALSE(temp_modes.empty());
+  for (unsigned m : temp_modes) EXPECT_EQ(m, 0600u);
+  EXPECT_EQ(mode(d / "m.bs"), 0644u & ~umask);
 }
 
 TEST(Directory, NamesThatAreNotUtf8AreEscapedInTheIndexAndEarlierRawIndexesStillRead) {

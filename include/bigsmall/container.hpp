@@ -62,6 +62,10 @@ class BsFile {
   const std::string& path() const;
   uint64_t file_size() const;
   uint64_t original_size() const;                // size of the safetensors file it restores
+  // The header checksum (XXH3-64 of bytes [0, 56)): it covers the index checksum, which covers
+  // every chunk's and tensor's checksum, so it names this file's contents (directory indexes
+  // record it for each .bs).
+  uint64_t fingerprint() const;
   const std::string& safetensors_header() const;  // the original JSON header, byte for byte
   const std::vector<TensorInfo>& tensors() const;
   std::optional<size_t> find(std::string_view name) const;

@@ -591,9 +591,11 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
         stale = []  # not a bigsmall directory: its files are not ours to remove
     bt.save_file(tensors, os.path.join(out_dir, "model.bs"), metadata={"format": "pt"}, threads=threads,
                  overwrite=overwrite)
-    restored_size = _core.File.open(os.path.join(out_dir, "model.bs")).original_size
+    written = _core.File.open(os.path.join(out_dir, "model.bs"))
     index = {"format": "bigsmall", "format_version": _core.FORMAT_VERSION[0],
-             "files": [{"source": "model.safetensors", "bs": "model.bs", "size": restored_size}]}
+             "files": [{"source": "model.safetensors", "bs": "model.bs", "size": written.original_size,
+                        "bs_checksum": f"{written.fingerprint:016x}"}]}  # what readers check (FORMAT.md)
+    del written
     with open(os.path.join(out_dir, "bigsmall.index.json"), "w") as f:
         json.dump(index, f, indent=2)
     for f in stale:

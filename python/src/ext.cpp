@@ -460,6 +460,7 @@ NB_MODULE(_core, m) {
       .def_prop_ro("path", [](const PyFile& p) { return fs_str(p.f.path()); })
       .def_prop_ro("file_size", [](const PyFile& p) { return p.f.file_size(); })
       .def_prop_ro("original_size", [](const PyFile& p) { return p.f.original_size(); })
+      .def_prop_ro("fingerprint", [](const PyFile& p) { return p.f.fingerprint(); })
       .def_prop_ro("header", [](const PyFile& p) { return nb::bytes(p.f.safetensors_header().data(), p.f.safetensors_header().size()); })
       .def("tensors", [](const PyFile& p) { return tensor_list(p.f); })
       .def(

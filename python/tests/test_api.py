@@ -103,8 +103,10 @@ def test_save_pretrained_round_trip(models, tmp_path):
         assert torch.equal(ref(input_ids=TOKENS).last_hidden_state, model(input_ids=TOKENS).last_hidden_state)
     restored = bigsmall.decompress(out, str(tmp_path / "restored"))
     sd = st.load_file(os.path.join(restored, "model.safetensors"))  # safetensors reads what we restore
-    with open(os.path.join(out, "bigsmall.index.json")) as f:  # sizes that readers check, as the CLI writes
-        assert json.load(f)["files"][0]["size"] == os.path.getsize(os.path.join(restored, "model.safetensors"))
+    with open(os.path.join(out, "bigsmall.index.json")) as f:  # what readers check, as the CLI writes it
+        entry = json.load(f)["files"][0]
+    assert entry["size"] == os.path.getsize(os.path.join(restored, "model.safetensors"))
+    assert entry["bs_checksum"] == f"{bigsmall._core.File.open(os.path.join(out, 'model.bs')).fingerprint:016x}"
     for k, v in ref.state_dict().items():
         if k in sd:
             assert torch.equal(v, sd[k]), k

@@ -1,6 +1,8 @@
 // The .bs file: writer (from a safetensors file or from tensors in memory) and reader.
 // Byte layout and rules: doc/FORMAT.md.
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -37,7 +39,7 @@ constexpr uint64_t kMaxIndexBytes = 1ull << 30;
 // million: each names a tensor the kept header lists too, which no compressor shrinks to less
 // than a byte; a small file may not ask for gigabytes of entries (FORMAT.md).
 constexpr uint64_t kFreeTensorEntries = 1ull << 20;
-constexpr uint64_t kBatchBytes = 64ull << 20;  // bytes coded between writes (and progress updates)
+constexpr uint64_t kBatchBytes = 64ull << 20;  // input bytes planned together (groups below cut them for writing)
 // Tensors per batch at most: each costs some kilobytes of coder state whatever its size, so a file
 // of 300k tiny tensors (one batch by bytes) took 3.7 GB to compress and 1.4 GB to restore.
 constexpr size_t kBatchTensors = 4096;
@@ -204,10 +206,9 @@ struct Span {
   size_t c0, c1;
 };
 
-// A batch's chunks in file order, cut into groups of at most `limit` bytes of input each (a batch
-// of small tensors is one group; a tensor larger than a batch is spread over several): each
-// group is coded, then written while the next one is coded, so memory for coded chunks stays
-// at two groups whatever the size of a tensor.
+// A batch's chunks in file order, cut into groups of at most `limit` bytes of input each (a
+// group may end inside a tensor): each group is coded, then written while the next one is
+// coded, so memory for coded chunks stays at two groups whatever the size of a tensor.
 std::vector<std::vector<Span>> chunk_groups(const std::vector<std::unique_ptr<TensorEncoder>>& enc, uint64_t limit) {
   std::vector<std::vector<Span>> groups(1);
   uint64_t bytes = 0;
@@ -399,7 +400,7 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
   BS_RETURN_IF_ERROR(out.write(stored.data(), stored.size()));
   const auto header = encode_header(h);
   BS_RETURN_IF_ERROR(out.pwrite(header.data(), header.size(), 0));
-  if (mode) BS_RETURN_IF_ERROR(out.set_permissions(*mode));
+  if (mode) out.set_permissions(*mode);
   return out.commit(opts.sync);
 }
 
@@ -412,6 +413,7 @@ struct BsFile::Impl {
   detail::MappedFile file;
   std::string st_header;
   uint64_t original_size = 0;
+  uint64_t fingerprint = 0;
   uint64_t data_start = 0;
   std::vector<TensorInfo> infos;
   std::vector<detail::Entry> entries;
@@ -541,6 +543,41 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, uint64_t 
 
 }  // namespace
 
+namespace detail {
+Result<BsHeaderFacts> read_bs_header_facts(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return errno_status(path, "cannot open", errno);
+  uint8_t h[kHeaderSize];
+  ssize_t got = 0;
+  int err = 0;
+  while (got < static_cast<ssize_t>(kHeaderSize)) {
+    const ssize_t r = ::pread(fd, h + got, kHeaderSize - static_cast<size_t>(got), got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) err = errno;
+    if (r <= 0) break;
+    got += r;
+  }
+  ::close(fd);
+  if (err) return errno_status(path, "cannot read", err);
+  if (got < 8 || std::memcmp(h, kMagic, 8) != 0) return Status(Error::kNotBigsmall, path + ": not a bigsmall .bs file (bad magic)");
+  if (got < static_cast<ssize_t>(kHeaderSize)) return Status(Error::kTruncated, path + ": truncated: file ends inside the header");
+  ByteReader r(h + 8, kHeaderSize - 8);
+  const uint16_t major = r.u16();
+  r.u16();
+  r.u32();
+  r.u64();
+  r.u64();
+  r.u64();
+  r.u64();
+  BsHeaderFacts facts;
+  facts.original_size = r.u64();
+  facts.fingerprint = r.u64();
+  if (major > kFormatVersionMajor) return Status(Error::kUnsupportedVersion, path + ": format version " + std::to_string(major) + " is newer than this bigsmall reads");
+  if (xxh3_64(h, kHeaderSize - 8) != facts.fingerprint) return Status(Error::kCorrupt, path + ": header checksum mismatch");
+  return facts;
+}
+}  // namespace detail
+
 Result<BsFile> BsFile::open(const std::string& path) {
   auto impl = std::make_unique<Impl>();
   auto mf = detail::MappedFile::open(path);
@@ -591,6 +628,7 @@ Result<BsFile> BsFile::open(const std::string& path) {
   const size_t zr = ZSTD_decompress(idx.data(), idx.size(), p + h.index_offset, h.index_stored);
   if (ZSTD_isError(zr) || zr != h.index_raw) return fail(Error::kCorrupt, "index cannot be decompressed");
   impl->original_size = h.original_size;
+  impl->fingerprint = hsum;
   Status st = parse_index(idx.data(), idx.size(), h.index_offset, h.index_stored, impl.get());
   impl->verified.reset(new std::atomic<bool>[impl->entries.size()]());
   if (!st.is_ok()) return st.with_context(path);
@@ -615,6 +653,7 @@ Result<BsFile> BsFile::open(const std::string& path) {
 const std::string& BsFile::path() const { return impl_->file.path(); }
 uint64_t BsFile::file_size() const { return impl_->file.size(); }
 uint64_t BsFile::original_size() const { return impl_->original_size; }
+uint64_t BsFile::fingerprint() const { return impl_->fingerprint; }
 const std::string& BsFile::safetensors_header() const { return impl_->st_header; }
 const std::vector<TensorInfo>& BsFile::tensors() const { return impl_->infos; }
 const TensorCoding& BsFile::coding(size_t i) const { return impl_->entries[i].coding; }
@@ -752,7 +791,7 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
     if (opts.progress) opts.progress(done, total);
     return Status::success();
   }));
-  BS_RETURN_IF_ERROR(out.set_permissions(im.file.output_mode()));
+  out.set_permissions(im.file.output_mode());
   return out.commit(opts.sync);
 }
 

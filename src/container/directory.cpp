@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "bigsmall/container.hpp"
+#include "container/bsfile.hpp"
 #include "container/fileio.hpp"
 #include "container/json.hpp"
 
@@ -33,10 +34,7 @@ Status copy_into(const fs::path& src, const fs::path& dst) {
   BS_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src.string()));
   BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
   BS_RETURN_IF_ERROR(out.write(in.data(), in.size()));
-  // Permission bits come along (a run.sh stays executable), less the umask, as cp copies them.
-  std::error_code ec;
-  const fs::perms perms = fs::status(src, ec).permissions();
-  if (!ec) BS_RETURN_IF_ERROR(out.set_permissions(static_cast<unsigned>(perms) & 0777 & ~detail::process_umask()));
+  out.set_permissions(in.output_mode());  // a run.sh stays executable, as cp copies it
   return out.commit();
 }
 
@@ -130,15 +128,20 @@ class OutputDir {
       name += std::to_string(counter++);
       const fs::path temp = d.final_.parent_path() / name;
       detail::register_pending_dir(temp.string());  // before it exists: a signal may come at any time
-      if (fs::create_directory(temp, ec) && !ec) {
+      // Private while it is filled (0700): a reader must not get into a directory of private
+      // files before its mode is final.
+      if (::mkdir(temp.c_str(), 0700) == 0) {
         d.temp_ = temp;
-        // The finished directory takes the input's permissions (less the umask), as each file
-        // does: a private model directory stays private. Set at commit, so that a read-only
-        // input does not make the directory being filled read-only.
+        // The finished directory takes the group and other bits of the input (less the umask),
+        // as each file takes its input's: a private model directory stays private. The owner
+        // keeps every right, so that a read-only input does not give an output that -f cannot
+        // update (or that the cleanup cannot empty).
         const fs::perms perms = fs::status(src, ec).permissions();
-        if (!ec) d.mode_ = static_cast<unsigned>(perms) & 0777 & ~detail::process_umask();
+        d.mode_ = (ec ? 0777u : 0700u | (static_cast<unsigned>(perms) & 077u)) & ~detail::process_umask();
         return d;
       }
+      ec.assign(errno, std::generic_category());
+      if (ec == std::errc::file_exists) ec.clear();
       detail::unregister_pending_dir(temp.string());
       if (ec) return Status(Error::kIo, dst + ": cannot create directory: " + ec.message());
     }
@@ -243,17 +246,31 @@ class OutputDir {
 
 struct DirEntry {
   std::string source, bs;
-  std::optional<uint64_t> size;  // of the source; checked against the .bs before it is used
+  // What the index records of the .bs (both optional: indexes of earlier writers lack one or
+  // both), checked against its header before it is used.
+  std::optional<uint64_t> size;         // of the source
+  std::optional<uint64_t> bs_checksum;  // the .bs file's header checksum
 };
 
-// A .bs of the directory whose header disagrees with its index entry: two .bs files swapped (or
-// one copied over another) would otherwise restore each under the other's name, and verify
-// would pass them both.
-Status check_entry(const fs::path& dir, const DirEntry& e, const BsFile& f) {
-  if (e.size && *e.size != f.original_size())
-    return Status(Error::kCorrupt, (dir / e.bs).string() + ": restores " + std::to_string(f.original_size()) +
-                                       " bytes, but " + kDirIndexName + " lists '" + e.source + "' as " +
-                                       std::to_string(*e.size) + " bytes (files swapped or replaced?)");
+std::string hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+// A .bs of the directory that is not the one its index entry describes: two .bs files swapped
+// (or one copied over another) would otherwise restore each under the other's name, and
+// verify would pass them both.
+Status check_entry(const fs::path& dir, const DirEntry& e) {
+  const std::string path = (dir / e.bs).string();
+  BS_ASSIGN_OR_RETURN(detail::BsHeaderFacts facts, detail::read_bs_header_facts(path));
+  if (e.size && *e.size != facts.original_size)
+    return Status(Error::kCorrupt, path + ": restores " + std::to_string(facts.original_size) + " bytes, but " +
+                                       kDirIndexName + " lists '" + e.source + "' as " + std::to_string(*e.size) +
+                                       " bytes (files swapped or replaced?)");
+  if (e.bs_checksum && *e.bs_checksum != facts.fingerprint)
+    return Status(Error::kCorrupt, path + ": not the file " + kDirIndexName + " lists for '" + e.source +
+                                       "' (its header checksum differs: files swapped or replaced?)");
   return Status::success();
 }
 
@@ -293,12 +310,23 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
     // A restored file under the index's own name would make the restored directory look like a
     // compressed one (and compress would refuse it).
     if (fs::path(source) == kDirIndexName) return Status(Error::kCorrupt, p.string() + ": a file entry restores over '" + source + "'");
-    std::optional<uint64_t> size;  // optional: indexes written by save_pretrained before 0.2.1 have none
+    DirEntry entry{source, bs, std::nullopt, std::nullopt};
     if (const auto z = f.get("size")) {
       if (!z->is_uint()) return Status(Error::kCorrupt, p.string() + ": size of '" + source + "' is not a byte count");
-      size = z->uint();
+      entry.size = z->uint();
     }
-    out.push_back({source, bs, size});
+    if (const auto c = f.get("bs_checksum")) {
+      const std::string_view hex = c->kind() == Kind::kString ? c->str() : std::string_view();
+      uint64_t v = 0;
+      const bool ok = hex.size() == 16 && std::all_of(hex.begin(), hex.end(), [&](char ch) {
+                        const int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+                        v = v << 4 | static_cast<uint64_t>(d < 0 ? 0 : d);
+                        return d >= 0;
+                      });
+      if (!ok) return Status(Error::kCorrupt, p.string() + ": bs_checksum of '" + source + "' is not 16 lowercase hex digits");
+      entry.bs_checksum = v;
+    }
+    out.push_back(std::move(entry));
   }
   // A name listed twice would be restored or verified twice (a small index could ask for any
   // amount of work) or one source written over another.
@@ -391,8 +419,13 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
     BS_RETURN_IF_ERROR(in_final_names(compress_file((in / f).string(), (out / bs_rel).string(), fo), out, dst));
     prog.base += fs::file_size(in / f, ec);
     if (opts.progress) opts.progress(prog.base, prog.total);
+    // What the .bs just written says of itself, not a second look at the input (which may have
+    // changed meanwhile).
+    auto facts = detail::read_bs_header_facts((out / bs_rel).string());
+    BS_RETURN_IF_ERROR(in_final_names(facts.status(), out, dst));
     index += std::string(first ? "" : ",") + "\n    {\"source\": " + detail::json_quote(rel, /*file_name=*/true) +
-             ", \"bs\": " + detail::json_quote(bs_rel, /*file_name=*/true) + ", \"size\": " + std::to_string(fs::file_size(in / f, ec)) + "}";
+             ", \"bs\": " + detail::json_quote(bs_rel, /*file_name=*/true) +
+             ", \"size\": " + std::to_string(facts->original_size) + ", \"bs_checksum\": \"" + hex64(facts->fingerprint) + "\"}";
     first = false;
   }
   index += "\n  ]\n}\n";
@@ -422,12 +455,8 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
     DecompressOptions fo = opts;
     fo.overwrite = false;
     fo.progress = prog.for_file(fs::file_size(in / e.bs, ec));
-    Status st = [&]() -> Status {
-      BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open((in / e.bs).string()));
-      BS_RETURN_IF_ERROR(check_entry(in, e, f));
-      return f.restore((out / e.source).string(), fo);
-    }();
-    BS_RETURN_IF_ERROR(in_final_names(std::move(st), out, dst));
+    BS_RETURN_IF_ERROR(check_entry(in, e));
+    BS_RETURN_IF_ERROR(in_final_names(decompress_file((in / e.bs).string(), (out / e.source).string(), fo), out, dst));
     prog.base += fs::file_size(in / e.bs, ec);
     if (opts.progress) opts.progress(prog.base, prog.total);
   }
@@ -439,10 +468,9 @@ Status verify_path(const std::string& path, const DecompressOptions& opts) {
     BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(path));
     return f.verify(opts);
   }
-  BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(path));
-  for (const auto& e : entries) {
-    BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open((fs::path(path) / e.bs).string()));
-    BS_RETURN_IF_ERROR(check_entry(path, e, f));
+  BS_ASSIGN_OR_RETURN(std::vector<std::string> files, model_dir_files(path));  // each checked against the index
+  for (const auto& name : files) {
+    BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(name));
     BS_RETURN_IF_ERROR(f.verify(opts));
   }
   return Status::success();
@@ -452,7 +480,10 @@ Result<std::vector<std::string>> model_dir_files(const std::string& dir) {
   BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(dir));
   std::vector<std::string> out;
   out.reserve(entries.size());
-  for (const auto& e : entries) out.push_back((fs::path(dir) / e.bs).string());
+  for (const auto& e : entries) {
+    BS_RETURN_IF_ERROR(check_entry(dir, e));  // 64 bytes of each file: every reader gets the check
+    out.push_back((fs::path(dir) / e.bs).string());
+  }
   return out;
 }
 

@@ -176,6 +176,7 @@ OutputFile& OutputFile::operator=(OutputFile&& o) noexcept {
   std::swap(map_size_, o.map_size_);
   std::swap(committed_, o.committed_);
   std::swap(overwrite_, o.overwrite_);
+  std::swap(mode_, o.mode_);
   return *this;
 }
 
@@ -238,11 +239,6 @@ unsigned process_umask() {
   return mask;
 }
 
-Status OutputFile::set_permissions(unsigned mode) {
-  if (::fchmod(fd_, static_cast<mode_t>(mode)) != 0) return errno_status(final_, "cannot set permissions", errno);
-  return Status::success();
-}
-
 Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwrite) {
   if (!overwrite && path_exists(final_path))
     return Status(Error::kIo, final_path + ": already exists").with_errno(EEXIST);
@@ -252,12 +248,13 @@ Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwr
   OutputFile f;
   f.final_ = *target;
   f.overwrite_ = overwrite;
+  f.mode_ = 0644 & ~process_umask();
   // A name left by a killed run (no cleanup runs on SIGKILL; in a container the PID repeats) is
   // skipped, not an error.
   for (int attempt = 0; attempt < 100; ++attempt) {
     f.temp_ = f.final_ + ".tmp-bigsmall-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
     register_pending(f.temp_);
-    f.fd_ = ::open(f.temp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    f.fd_ = ::open(f.temp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (f.fd_ >= 0) return f;
     const int e = errno;
     unregister_pending(f.temp_);
@@ -362,6 +359,9 @@ Status OutputFile::commit(bool sync) {
     ::munmap(map_, map_size_);
     map_ = nullptr;
   }
+  // Best effort, as zstd's: a file system without Unix modes (vfat) refuses some chmods, and
+  // there the 0600 file is the most private it can be.
+  (void)::fchmod(fd_, static_cast<mode_t>(mode_));
   if (sync && ::fsync(fd_) != 0) return errno_status(final_, "cannot flush", errno);
   if (::close(fd_) != 0) {
     fd_ = -1;

@@ -64,7 +64,10 @@ class OutputFile {
   uint64_t size() const { return pos_; }
   // Reserves n bytes on disk (so a full disk fails here, not later) and maps them writable.
   Result<uint8_t*> map(uint64_t n);
-  Status set_permissions(unsigned mode);  // of the file being written (created 0644)
+  // The permission bits the file gets when committed (default 0644 less the umask). The
+  // temporary file is 0600 until then, so that a private input is never readable by others
+  // while it is written (a reader could keep the descriptor past a later chmod).
+  void set_permissions(unsigned mode) { mode_ = mode; }
   Status commit(bool sync = true);  // flush (fsync when sync), close, rename over the final name
   const std::string& final_path() const { return final_; }
 
@@ -76,6 +79,7 @@ class OutputFile {
   uint64_t map_size_ = 0;
   bool committed_ = false;
   bool overwrite_ = false;
+  unsigned mode_ = 0644;
 };
 
 // Removes every temporary output still open: called from signal handlers (async-signal-safe).
