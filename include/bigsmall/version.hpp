@@ -4,7 +4,7 @@
 #pragma once
 
 #define BIGSMALL_VERSION_MAJOR 0
-#define BIGSMALL_VERSION_MINOR 2
+#define BIGSMALL_VERSION_MINOR 3
 #define BIGSMALL_VERSION_PATCH 0
 // One number that compares in order: 10000 * major + 100 * minor + patch (as ZSTD_VERSION_NUMBER).
 #define BIGSMALL_VERSION_NUMBER \
@@ -12,7 +12,7 @@
 
 namespace bigsmall {
 
-// The version of the library linked in ("0.2.0"), which may differ from the headers compiled
+// The version of the library linked in ("0.3.0"), which may differ from the headers compiled
 // against when a program is linked to another build: compare with BIGSMALL_VERSION_NUMBER.
 const char* version_string();
 unsigned version_number();
