@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -75,9 +76,26 @@ void round_trip(const std::vector<uint8_t>& file) {
   if (read_bytes(back) != file) fail("the restored file differs from the input");
 }
 
+// A real .bs inside the directory (model.bs) and one beside it (outside.bs), so that entries the
+// index checks let through name files that exist: an entry escaping to ../outside.bs would be
+// listed, and caught below, instead of failing on a missing file.
+void place_bs_files(const fs::path& dir) {
+  static bool placed = false;
+  if (placed) return;
+  const std::vector<uint16_t> w = {0x3c00, 0xbc00, 0x3555, 0x0001, 0x7c00};
+  const std::vector<bigsmall::TensorView> ts = {
+      {"w", bigsmall::DType::kF16, {5}, reinterpret_cast<const uint8_t*>(w.data()), w.size() * 2}};
+  bigsmall::CompressOptions co;
+  co.overwrite = true;
+  for (const fs::path& p : {dir / "model.bs", dir.parent_path() / "outside.bs"})
+    if (!bigsmall::write_tensors(p.string(), ts, std::nullopt, co).is_ok()) fail("cannot write the .bs files");
+  placed = true;
+}
+
 void directory_index(const uint8_t* data, size_t size) {
   const fs::path dir = work_dir() / "model.bs";
   fs::create_directories(dir);
+  place_bs_files(dir);
   if (!write_bytes(dir / bigsmall::kDirIndexName, data, size)) return;
   auto files = bigsmall::model_dir_files(dir.string());
   if (!files) return;

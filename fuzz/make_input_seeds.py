@@ -10,5 +10,10 @@ data = open(src, "rb").read()
 open(os.path.join(out, "whole"), "wb").write(b"\x00" + data)
 n, = struct.unpack_from("<Q", data, 0)
 open(os.path.join(out, "header"), "wb").write(b"\x01" + struct.pack("<H", n) + data[8:])
-index = b'{"format": "bigsmall", "format_version": 1, "files": [{"source": "model.safetensors", "bs": "model.bs", "size": 1}]}'
+# fuzz_inputs places a real model.bs in the directory: an entry without size and bs_checksum
+# lists it, one with them must match it.
+index = b'{"format": "bigsmall", "format_version": 1, "files": [{"source": "model.safetensors", "bs": "model.bs"}]}'
 open(os.path.join(out, "index"), "wb").write(b"\x02" + index)
+checked = (b'{"format": "bigsmall", "format_version": 1, "files": [{"source": "model.safetensors", "bs": "model.bs", '
+           b'"size": 1, "bs_checksum": "0123456789abcdef"}]}')
+open(os.path.join(out, "index-checked"), "wb").write(b"\x02" + checked)
