@@ -139,9 +139,18 @@ std::vector<std::string> normalized_args(const std::vector<std::string>& in) {
 }
 
 // The scratch .bs file `bench` writes, complete between runs (so not a pending output of the
-// library): removed by the signal handler too. A fixed buffer: the handler may not allocate.
+// library), in a private directory of its own (mkdtemp: a predictable name in a shared /tmp
+// could be a link another user planted): both removed by the signal handlers too. Fixed
+// buffers: a handler may not allocate.
 char g_bench_scratch[4096];
-volatile std::sig_atomic_t g_bench_scratch_set = 0;  // set once the path is whole
+char g_bench_dir[4096];
+volatile std::sig_atomic_t g_bench_scratch_set = 0;  // set once both paths are whole
+
+void remove_bench_scratch() {  // async-signal-safe
+  if (!g_bench_scratch_set) return;
+  ::unlink(g_bench_scratch);
+  ::rmdir(g_bench_dir);
+}
 
 // The input being read, for the SIGBUS message (same rules as the scratch path).
 char g_input[4096];
@@ -155,7 +164,7 @@ void note_input(const std::string& path) {
 
 void on_signal(int sig) {
   remove_partial_outputs();
-  if (g_bench_scratch_set) ::unlink(g_bench_scratch);
+  remove_bench_scratch();
   std::signal(sig, SIG_DFL);
   std::raise(sig);
 }
@@ -165,7 +174,7 @@ void on_signal(int sig) {
 // nothing left behind. (Only async-signal-safe calls here.)
 void on_bus_error(int) {
   remove_partial_outputs();
-  if (g_bench_scratch_set) ::unlink(g_bench_scratch);
+  remove_bench_scratch();
   auto put = [](const char* s) { (void)!::write(2, s, std::strlen(s)); };
   put("bigsmall: ");
   if (g_input_set) {
@@ -221,7 +230,13 @@ std::string printable(const std::string& s) {
     const auto u = static_cast<unsigned char>(s[i]);
     // C1 controls (U+0080-U+009F, C2 80..C2 9F in UTF-8) act on terminals too (CSI).
     const bool c1 = u == 0xc2 && i + 1 < s.size() && (static_cast<unsigned char>(s[i + 1]) & 0xe0) == 0x80;
-    if (u >= 0x20 && u != 0x7f && !c1) {
+    if (u >= 0x80 && !c1) {  // a whole UTF-8 character, or a byte that is not one (a raw 0x9b is a CSI)
+      if (const size_t n = utf8_sequence_length(s, i); n > 0) {
+        out.append(s, i, n);
+        i += n - 1;
+        continue;
+      }
+    } else if (u >= 0x20 && u != 0x7f && !c1) {
       out.push_back(s[i]);
       continue;
     }
@@ -648,14 +663,22 @@ int run_bench(const Args& a) {
     std::sort(found.begin(), found.end());
     inputs.insert(inputs.end(), found.begin(), found.end());
   }
+  std::string tmp;  // the scratch file, the same for every input
+  if (!inputs.empty()) {
+    std::error_code ec;
+    std::string dir = (fs::temp_directory_path(ec) / "bigsmall-bench-XXXXXX").string();
+    if (dir.size() + 16 >= sizeof g_bench_dir || ::mkdtemp(dir.data()) == nullptr) {
+      std::fprintf(stderr, "bigsmall: %s: cannot create a scratch directory: %s\n", printable(dir).c_str(), std::strerror(errno));
+      return kExitIo;
+    }
+    tmp = dir + "/scratch.bs";
+    std::memcpy(g_bench_dir, dir.c_str(), dir.size() + 1);
+    std::memcpy(g_bench_scratch, tmp.c_str(), tmp.size() + 1);
+    g_bench_scratch_set = 1;
+  }
   for (const auto& p : inputs) {
     note_input(p);
     std::error_code ec;
-    const std::string tmp = (fs::temp_directory_path(ec) / ("bigsmall-bench-" + std::to_string(getpid()) + ".bs")).string();
-    if (!g_bench_scratch_set && tmp.size() < sizeof g_bench_scratch) {  // the same path for every input
-      std::memcpy(g_bench_scratch, tmp.c_str(), tmp.size() + 1);
-      g_bench_scratch_set = 1;
-    }
     const double raw = static_cast<double>(fs::file_size(p, ec));
     struct Row { int threads; double comp, dec; };
     std::vector<Row> rows;
@@ -694,13 +717,15 @@ int run_bench(const Args& a) {
     }
     for (const auto& r : rows) {
       if (a.json)
-        std::printf("{\"file\": %s, \"threads\": %d, \"ratio\": %.6f, \"compress_GBps\": %.4f, \"decompress_GBps\": %.4f}\n",
+        std::printf("{\"file\": %s, \"ok\": true, \"threads\": %d, \"ratio\": %.6f, \"compress_GBps\": %.4f, \"decompress_GBps\": %.4f}\n",
                     jq(p).c_str(), r.threads, ratio, r.comp / 1e9, r.dec / 1e9);
       else
         std::printf("%s: ratio %.4f, %d thread%s: compress %.3f GB/s, decompress %.3f GB/s\n", printable(p).c_str(), ratio, r.threads,
                     r.threads == 1 ? "" : "s", r.comp / 1e9, r.dec / 1e9);
     }
   }
+  remove_bench_scratch();
+  g_bench_scratch_set = 0;
   return rc;
 }
 

@@ -100,7 +100,7 @@ assert d['floor_bytes'] >= sum(x['floor_bytes'] for x in f) - 1"
 expect 0 "decompress sharded dir" -- "$bs" decompress -q "$tmp/sharded.bs" -o "$tmp/sharded2"
 check "sharded dir restored byte for byte" -- diff -r "$tmp/sharded" "$tmp/sharded2"
 expect 0 "bench dir" -- "$bs" bench --json -T 1 "$tmp/model"
-check "bench dir measures its safetensors file" -- grep -q 'model/model.safetensors", "threads": 1' "$tmp/out"
+check "bench dir measures its safetensors file" -- grep -q 'model/model.safetensors", "ok": true, "threads": 1' "$tmp/out"
 expect 4 "bench dir without safetensors" -- "$bs" bench "$tmp/model.bs"
 expect 4 "compressing a compressed directory" -- "$bs" compress -q "$tmp/model.bs" -o "$tmp/twice.bs"
 check "says it is compressed already" -- grep -q "model.bs: already a compressed model directory" "$tmp/err"
@@ -180,10 +180,16 @@ mkdir -p "$tmp/benchtmp" "$tmp/benchin"
 for i in 1 2 3 4 5 6 7 8; do cp "$tmp/m.safetensors" "$tmp/benchin/$i.safetensors"; done
 TMPDIR="$tmp/benchtmp" "$bs" bench "$tmp/benchin" >/dev/null &
 pid=$!
-for _ in $(seq 400); do ls "$tmp/benchtmp" | grep -q '\.bs$' && break; sleep 0.01; done
+for _ in $(seq 400); do find "$tmp/benchtmp" -name '*.bs' | grep -q . && break; sleep 0.01; done
+check "bench's scratch lies in a private directory of its own" -- test "$(stat -c %a "$tmp"/benchtmp/bigsmall-bench-*)" = 700
 kill -TERM "$pid"
 wait "$pid"
-check "SIGTERM during bench leaves no scratch file" -- test -z "$(ls "$tmp/benchtmp")"
+check "SIGTERM during bench leaves no scratch file or directory" -- test -z "$(ls "$tmp/benchtmp")"
+# a link planted where a predictable scratch name would be is never written through
+ln -s "$tmp/victim" "$tmp/benchtmp/bigsmall-bench-$$.bs"
+expect 0 "bench beside a planted link" -- env TMPDIR="$tmp/benchtmp" "$bs" bench -T1 "$tmp/m.safetensors"
+check "leaves its target alone and nothing behind" -- test ! -e "$tmp/victim" -a "$(ls "$tmp/benchtmp")" = "bigsmall-bench-$$.bs"
+rm "$tmp/benchtmp/bigsmall-bench-$$.bs"
 
 # other signals whose default action ends the process clean up as well (SIGHUP: a closed terminal)
 "$bs" compress -q -T1 "$tmp/many" -o "$tmp/many.bs" &
@@ -265,6 +271,11 @@ import json; ls=[json.loads(l) for l in open('$tmp/out').read().splitlines()]
 assert ls[0]['ok'] is False and ls[0]['exit_code']==2 and ls[1]['ratio'] > 0, ls"
 expect 5 "verify --json of a damaged file" -- sh -c "cp \"$tmp/m.bs\" \"$tmp/dmg.bs\" && printf '\\377' | dd of=\"$tmp/dmg.bs\" bs=1 seek=200 conv=notrunc 2>/dev/null && exec \"$bs\" verify --json \"$tmp/dmg.bs\""
 check "carries the error" -- python3 -c "import json; d=json.loads(open('$tmp/out').read()); assert d['ok'] is False and d['error'], d"
+# raw C1 bytes (0x9b is an 8-bit CSI) and UTF-8 C1 characters are escaped in error lines
+expect 1 "-o given twice, with a raw 0x9b byte" -- "$bs" compress -o "$(printf 'a\2331m')" -o b "$tmp/m.safetensors"
+check "escapes it" -- grep -q 'a\\x9b1m' "$tmp/err"
+expect 1 "-o given twice, with U+009B" -- "$bs" compress -o "$(printf 'a\302\2331m')" -o b "$tmp/m.safetensors"
+check "escapes it" -- grep -q 'a\\u009b1m' "$tmp/err"
 # every error is one line, whatever the file name holds
 expect 2 "an error about a name with a newline" -- "$bs" verify "$tmp/nl
 missing.bs"

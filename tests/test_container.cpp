@@ -1,6 +1,7 @@
 // The .bs container and model directories: round trips, damaged and hostile inputs, and the
 // promise that no failed run leaves a file under the final name.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/resource.h>
 #include <unistd.h>
 #include <zstd.h>
@@ -879,7 +880,14 @@ TEST(Directory, SwappedShardsAndWrongSizesAreRefusedAndSizeIsOptional) {
     st = verify_path(d / "m.bs");
     EXPECT_EQ(st.code(), Error::kCorrupt) << bad << ": " << st.message();
   }
-  // Without sizes (as save_pretrained wrote them before 0.3.0) the files are still read.
+  // Indexes of earlier writers: sizes without bs_checksum (the CLI before 0.3.0), neither
+  // (save_pretrained before 0.3.0). Their files are still read.
+  std::string sizes_only = index;
+  for (size_t p; (p = sizes_only.find(", \"bs_checksum\": ")) != std::string::npos;)
+    sizes_only.erase(p, sizes_only.find_first_of("}", p) - p);
+  write_file(d / "m.bs/bigsmall.index.json", sizes_only);
+  EXPECT_TRUE(verify_path(d / "m.bs").is_ok()) << sizes_only;
+  EXPECT_NE(sizes_only.find("\"size\": "), std::string::npos);
   std::string no_sizes = index;
   for (size_t p; (p = no_sizes.find(", \"size\": ")) != std::string::npos;)
     no_sizes.erase(p, no_sizes.find_first_of("}", p) - p);
@@ -969,6 +977,32 @@ TEST(Output, OutputsTakeTheInputsPermissions) {
   ASSERT_FALSE(temp_modes.empty());
   for (unsigned m : temp_modes) EXPECT_EQ(m, 0600u);
   EXPECT_EQ(mode(d / "m.bs"), 0644u & ~umask);
+  // A umask tightened between two outputs holds for the second (files without an input, too).
+  const std::vector<uint8_t> w(64, 1);
+  const std::vector<TensorView> one = {{"w", DType::kU8, {64}, w.data(), w.size()}};
+  const mode_t old_umask = ::umask(077);
+  const Status wrote = write_tensors(d / "private.bs", one, std::nullopt, {});
+  const Status copied = compress_file(d / "m.safetensors", d / "m2.bs", {});
+  ::umask(old_umask);
+  ASSERT_TRUE(wrote.is_ok() && copied.is_ok());
+  EXPECT_EQ(mode(d / "private.bs"), 0600u);
+  EXPECT_EQ(mode(d / "m2.bs"), 0600u);
+}
+
+TEST(Directory, ForceMergeBringsEmptyDirectoriesAndKeepsTheTargetsMode) {
+  TempDir d;
+  fs::create_directories(d.path / "src/empty/deeper");
+  write_file(d / "src/model.safetensors", safetensors_bytes(sample_tensors()));
+  fs::create_directories(d.path / "out");
+  fs::permissions(d.path / "out", static_cast<fs::perms>(0750));
+  write_file(d / "out/other.txt", std::string("kept"));
+  CompressOptions force;
+  force.overwrite = true;
+  ASSERT_TRUE(compress_dir((d.path / "src").string(), d / "out", force).is_ok());
+  EXPECT_TRUE(fs::is_directory(d.path / "out/empty/deeper"));
+  EXPECT_TRUE(fs::exists(d.path / "out/other.txt"));
+  EXPECT_EQ(static_cast<unsigned>(fs::status(d.path / "out").permissions()) & 0777, 0750u);
+  EXPECT_TRUE(verify_path(d / "out").is_ok());
 }
 
 TEST(Directory, NamesThatAreNotUtf8AreEscapedInTheIndexAndEarlierRawIndexesStillRead) {

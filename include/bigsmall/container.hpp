@@ -127,8 +127,10 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
 Status verify_path(const std::string& path, const DecompressOptions& opts = {});
 // The .bs files of a compressed model directory, as paths under it, in the order of its index
 // (names with '..', '.' or an absolute path are refused; symbolic links are followed, as in a
-// Hugging Face cache snapshot).
-Result<std::vector<std::string>> model_dir_files(const std::string& dir);
+// Hugging Face cache snapshot). With check_files, each file's header is read and checked against
+// its index entry (size and bs_checksum where the index has them): a missing, damaged, swapped
+// or replaced file is an error. Without, the index alone is read (to list what to remove).
+Result<std::vector<std::string>> model_dir_files(const std::string& dir, bool check_files = true);
 
 // Deletes the temporary files of outputs still being written. Async-signal-safe: for SIGINT
 // and SIGTERM handlers, so an interrupted run leaves nothing behind.

@@ -584,7 +584,8 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
     # transformers' save_pretrained, remove them (only those the old indexes name), or
     # from_pretrained would follow the old shard index to the old weights.
     try:
-        stale = [f for f in _core.model_dir_files(out_dir) if os.path.basename(f) != "model.bs"]
+        # Unchecked: a damaged or missing old shard is still one of the old model's.
+        stale = [f for f in _core.model_dir_files(out_dir, check=False) if os.path.basename(f) != "model.bs"]
         if stale:  # a sharded bigsmall model: its shard index goes with its shards
             stale.append(os.path.join(out_dir, "model.safetensors.index.json"))
     except _core.Error:

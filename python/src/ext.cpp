@@ -410,15 +410,17 @@ NB_MODULE(_core, m) {
 
   m.def(
       "model_dir_files",
-      [](nb::handle dir_arg) {
+      [](nb::handle dir_arg, bool check) {
         const std::string dir = fs_path(dir_arg);
-        auto r = model_dir_files(dir);
+        auto r = model_dir_files(dir, check);
         if (!r) raise(r.status());
         nb::list out;
         for (const auto& f : *r) out.append(fs_str(f));
         return out;
       },
-      nb::arg("dir"), "The .bs files of a compressed model directory, in the order of its index.");
+      nb::arg("dir"), nb::arg("check") = true,
+      "The .bs files of a compressed model directory, in the order of its index (check: each file's "
+      "header against its entry).");
 
   m.def(
       "write_tensors",

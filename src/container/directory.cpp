@@ -134,8 +134,8 @@ class OutputDir {
         d.temp_ = temp;
         // The finished directory takes the group and other bits of the input (less the umask),
         // as each file takes its input's: a private model directory stays private. The owner
-        // keeps every right, so that a read-only input does not give an output that -f cannot
-        // update (or that the cleanup cannot empty).
+        // gets every right the umask leaves, so that a read-only input does not give an output
+        // that -f cannot update (or that the cleanup cannot empty).
         const fs::perms perms = fs::status(src, ec).permissions();
         d.mode_ = (ec ? 0777u : 0700u | (static_cast<unsigned>(perms) & 077u)) & ~detail::process_umask();
         return d;
@@ -163,8 +163,8 @@ class OutputDir {
     std::error_code ec;
     if (overwrite_ && fs::is_directory(final_, ec)) return merge();  // the directory there keeps its own
     const std::string from = temp_.string(), to = final_.string();
-    if (mode_ && ::chmod(from.c_str(), static_cast<mode_t>(*mode_)) != 0)
-      return Status(Error::kIo, to + ": cannot set permissions: " + std::strerror(errno));
+    // Best effort, as for files: a file system without Unix modes (vfat) refuses some.
+    if (mode_) (void)::chmod(from.c_str(), static_cast<mode_t>(*mode_));
     Status st = move_into_place(from, to);
     if (!st.is_ok() && mode_) ::chmod(from.c_str(), 0700);  // so that the destructor can empty it
     return st;
@@ -214,9 +214,9 @@ class OutputDir {
   // partway leaves the old index describing the old files.
   Status merge() {
     std::error_code ec;
-    std::vector<fs::path> files;
+    std::vector<fs::path> files, dirs;
     for (fs::recursive_directory_iterator it(temp_, ec), end; !ec && it != end; it.increment(ec))
-      if (!it->is_directory(ec)) files.push_back(it->path().lexically_relative(temp_));
+      (it->is_directory(ec) ? dirs : files).push_back(it->path().lexically_relative(temp_));
     if (ec) return Status(Error::kIo, temp_.string() + ": cannot list: " + ec.message());
     std::stable_partition(files.begin(), files.end(), [](const fs::path& f) { return f != kDirIndexName; });
     for (const auto& f : files) {
@@ -235,6 +235,11 @@ class OutputDir {
       fs::create_directories(target.parent_path(), ec);
       if (!ec) fs::rename(temp_ / f, target, ec);
       if (ec) return Status(Error::kIo, target.string() + ": cannot create: " + ec.message());
+    }
+    // Empty directories of the input come along too (the others exist by now).
+    for (const auto& d : dirs) {
+      fs::create_directories(final_ / d, ec);
+      if (ec) return Status(Error::kIo, (final_ / d).string() + ": cannot create directory: " + ec.message());
     }
     return Status::success();  // the destructor removes the emptied temporary tree
   }
@@ -476,12 +481,12 @@ Status verify_path(const std::string& path, const DecompressOptions& opts) {
   return Status::success();
 }
 
-Result<std::vector<std::string>> model_dir_files(const std::string& dir) {
+Result<std::vector<std::string>> model_dir_files(const std::string& dir, bool check_files) {
   BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(dir));
   std::vector<std::string> out;
   out.reserve(entries.size());
   for (const auto& e : entries) {
-    BS_RETURN_IF_ERROR(check_entry(dir, e));  // 64 bytes of each file: every reader gets the check
+    if (check_files) BS_RETURN_IF_ERROR(check_entry(dir, e));  // 64 bytes of each file
     out.push_back((fs::path(dir) / e.bs).string());
   }
   return out;

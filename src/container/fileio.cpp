@@ -225,18 +225,17 @@ Result<std::string> overwrite_target(const std::string& path) {
 
 unsigned process_umask() {
   // Read, not set: umask() can only be read by changing it, which races with other threads
-  // creating files. Linux reports it in /proc/self/status; 022 where it does not.
-  static const unsigned mask = [] {
-    unsigned m = 022;
-    if (FILE* f = std::fopen("/proc/self/status", "r")) {
-      char line[256];
-      while (std::fgets(line, sizeof line, f))
-        if (std::sscanf(line, "Umask: %o", &m) == 1) break;
-      std::fclose(f);
-    }
-    return m;
-  }();
-  return mask;
+  // creating files. Linux reports it in /proc/self/status; read at each output, since a program
+  // may tighten it between two (as open() would honour). Where it cannot be read, 077: outputs
+  // come out private rather than readable by all.
+  unsigned m = 077;
+  if (FILE* f = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "Umask: %o", &m) == 1) break;
+    std::fclose(f);
+  }
+  return m;
 }
 
 Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwrite) {

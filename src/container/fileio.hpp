@@ -10,7 +10,7 @@
 namespace bigsmall::detail {
 
 Status errno_status(const std::string& path, const std::string& what, int err);
-// The process umask (read once, without changing it).
+// The process umask as it is now (read without changing it; 077 where it cannot be read).
 unsigned process_umask();
 
 // Tests only: the n-th OutputFile::write_pieces call from now on (1 = the next) fails as on a
