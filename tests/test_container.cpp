@@ -811,6 +811,23 @@ TEST(Output, FailedBackgroundWriteIsReportedAndLeavesNothing) {
   }
 }
 
+TEST(OpenFile, TruncatedWhileOpenIsAnErrorNotAFault) {
+  TempDir d;
+  auto f = compressed(d, sample_tensors());
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  const size_t big = *f->find("model.embed.weight");
+  std::vector<uint8_t> out(f->tensors()[big].nbytes);
+  ASSERT_TRUE(f->read_tensor(big, out.data(), out.size()).is_ok());
+  ASSERT_EQ(::truncate((d / "m.bs").c_str(), 100), 0);  // another program cuts the file in place
+  for (const Status& st : {f->read_tensor(big, out.data(), out.size()), f->verify(),
+                           f->read_tensor_range(big, 64, out.data(), 64),
+                           f->restore(d / "back.safetensors")}) {
+    EXPECT_EQ(st.code(), Error::kTruncated) << st.message();
+    EXPECT_NE(st.message().find("m.bs: truncated by another program while open"), std::string::npos) << st.message();
+  }
+  EXPECT_FALSE(fs::exists(d / "back.safetensors"));
+}
+
 TEST(Output, UnwritableDirectory) {
   TempDir d;
   write_file(d / "m.safetensors", safetensors_bytes(sample_tensors()));

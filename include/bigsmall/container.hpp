@@ -46,9 +46,11 @@ struct TensorInfo {
   size_t chunks = 0;
 };
 
-// An open .bs file. The file is memory-mapped for the object's lifetime: another program that
-// truncates or rewrites it in place meanwhile makes reads fault (SIGBUS; the CLI catches that and
-// exits with a message). Const members may be called from several threads at once. A
+// An open .bs file. The file is memory-mapped (and its descriptor held) for the object's
+// lifetime. Every read first checks that the file is not shorter than when it was opened
+// (Error::kTruncated if another program cut it in place); a truncation during a read still makes
+// it fault (SIGBUS; the CLI catches that and exits with a message). A file replaced by a rename
+// stays readable as it was. Const members may be called from several threads at once. A
 // default-constructed or moved-from BsFile is empty: only assignment and destruction are valid.
 class BsFile {
  public:

@@ -659,6 +659,18 @@ def test_a_close_from_another_thread_between_lookup_and_read(tmp_path):
     assert torch.equal(f2.get_slice("v")[2:4], torch.tensor([2.0, 3.0]))
 
 
+def test_a_file_truncated_while_open_raises_instead_of_crashing(tmp_path):
+    """Another program cutting an open .bs in place: the next read raises (the pages past the
+    new end would fault, SIGBUS, killing the interpreter)."""
+    bt.save_file({"w": torch.arange(50000, dtype=torch.float32)}, tmp_path / "t.bs")
+    f = bigsmall.safe_open(tmp_path / "t.bs")
+    s = f.get_slice("w")
+    os.truncate(tmp_path / "t.bs", 1000)
+    for call in (lambda: f.get_tensor("w"), lambda: s[10:20], lambda: f.get_tensors()):
+        with pytest.raises(bigsmall.Error, match="truncated by another program while open"):
+            call()
+
+
 def test_safe_open_after_close(tmp_path):
     bt.save_file({"v": torch.arange(6.0).reshape(3, 2)}, tmp_path / "g.bs")
     with bigsmall.safe_open(tmp_path / "g.bs", "pt") as f:

@@ -668,6 +668,7 @@ std::optional<size_t> BsFile::find(std::string_view name) const {
 namespace {
 Status read_many(const BsFile::Impl& im, const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
                  const std::vector<uint64_t>& out_sizes, bool verify, detail::ThreadPool& pool) {
+  BS_RETURN_IF_ERROR(im.file.check_not_truncated());
   std::vector<detail::DecodeJob> jobs;
   for (size_t k = 0; k < which.size(); ++k) {
     if (which[k] >= im.entries.size())
@@ -870,6 +871,7 @@ uint64_t verify_batch_bytes(int threads) {
 // A tensor larger than a batch is verified a group of chunks at a time with a streaming
 // checksum, so that verification needs bounded memory whatever a file declares.
 Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_bytes, detail::ThreadPool& pool) {
+  BS_RETURN_IF_ERROR(im.file.check_not_truncated());
   const detail::Entry& e = im.entries[t];
   const TensorCoding& c = e.coding;
   const std::string label = im.file.path() + ": tensor '" + e.info.name + "'";
@@ -937,6 +939,7 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
     return Status(Error::kInvalidArgument, label + ": byte range beyond the tensor's " + std::to_string(c.nbytes));
   if (out_size == 0) return Status::success();
   BS_RETURN_IF_ERROR(c.validate(e.info.stored_bytes).with_context(label));
+  BS_RETURN_IF_ERROR(impl_->file.check_not_truncated());
   const uint8_t* payload = impl_->file.data() + e.payload_offset;
   const uint64_t chunk_bytes = c.chunk_units() * c.unit_bytes();
   const uint64_t end = begin + out_size;
@@ -1021,6 +1024,7 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
 
 Status BsFile::verify(const DecompressOptions& opts) const {
   const Impl& im = *impl_;
+  BS_RETURN_IF_ERROR(im.file.check_not_truncated());
   BS_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
   detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
   Scratch scratch;

@@ -24,6 +24,11 @@ class MappedFile {
   MappedFile(MappedFile&& o) noexcept { *this = std::move(o); }
   MappedFile& operator=(MappedFile&& o) noexcept;
   ~MappedFile();
+  // An error if the file is now shorter than its mapping (another program truncated or
+  // rewrote it in place): reading the pages past its end would fault (SIGBUS). Checked before
+  // each read; a truncation during a read still faults. A file replaced by a rename is not this
+  // one any more: the mapping keeps the old one, which stays readable.
+  Status check_not_truncated() const;
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
   const std::string& path() const { return path_; }
@@ -35,6 +40,7 @@ class MappedFile {
   const uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
   unsigned mode_ = 0644;
+  int fd_ = -1;  // kept for check_not_truncated
   std::string path_;
 };
 
