@@ -691,14 +691,14 @@ int run_bench(const Args& a) {
       co.sync = false;
       fs::remove(tmp, ec);  // replacing the last run's output is not compression work
       auto t0 = std::chrono::steady_clock::now();
-      BS_RETURN_IF_ERROR(compress_file(p, tmp, co));
+      BIGSMALL_RETURN_IF_ERROR(compress_file(p, tmp, co));
       tc->push_back(seconds_since(t0));
-      BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(tmp));
+      BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(tmp));
       ratio = static_cast<double>(f.file_size()) / raw;
       DecompressOptions dopt;
       dopt.threads = threads;
       t0 = std::chrono::steady_clock::now();
-      BS_RETURN_IF_ERROR(f.verify(dopt));
+      BIGSMALL_RETURN_IF_ERROR(f.verify(dopt));
       td->push_back(seconds_since(t0));
       return Status::success();
     };

@@ -79,19 +79,21 @@ class [[nodiscard]] Result {
   std::variant<T, Status> v_;
 };
 
-#define BS_CONCAT_INNER(a, b) a##b
-#define BS_CONCAT(a, b) BS_CONCAT_INNER(a, b)
-#define BS_RETURN_IF_ERROR_IMPL(tmp, expr) \
-  do {                                     \
-    ::bigsmall::Status tmp = (expr);       \
-    if (!tmp.is_ok()) return tmp;          \
+#define BIGSMALL_CONCAT_INNER(a, b) a##b
+#define BIGSMALL_CONCAT(a, b) BIGSMALL_CONCAT_INNER(a, b)
+// Early returns for functions that return Status or Result<T> (prefixed: a public header's
+// macros share every includer's namespace).
+#define BIGSMALL_RETURN_IF_ERROR_IMPL(tmp, expr) \
+  do {                                           \
+    ::bigsmall::Status tmp = (expr);             \
+    if (!tmp.is_ok()) return tmp;                \
   } while (0)
-#define BS_RETURN_IF_ERROR(expr) BS_RETURN_IF_ERROR_IMPL(BS_CONCAT(bs_st_, __COUNTER__), expr)
+#define BIGSMALL_RETURN_IF_ERROR(expr) BIGSMALL_RETURN_IF_ERROR_IMPL(BIGSMALL_CONCAT(bs_st_, __COUNTER__), expr)
 
-#define BS_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
-  auto tmp = (expr);                             \
-  if (!tmp.is_ok()) return tmp.status();         \
+#define BIGSMALL_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
+  auto tmp = (expr);                                   \
+  if (!tmp.is_ok()) return tmp.status();               \
   lhs = std::move(tmp).value()
-#define BS_ASSIGN_OR_RETURN(lhs, expr) BS_ASSIGN_OR_RETURN_IMPL(BS_CONCAT(bs_r_, __COUNTER__), lhs, expr)
+#define BIGSMALL_ASSIGN_OR_RETURN(lhs, expr) BIGSMALL_ASSIGN_OR_RETURN_IMPL(BIGSMALL_CONCAT(bs_r_, __COUNTER__), lhs, expr)
 
 }  // namespace bigsmall

@@ -241,7 +241,7 @@ PinnedPair& pinned_pair() {
 // the caller holds).
 Status hash_on_host(PinnedPair& pp, const BsFile& f, const std::vector<size_t>& which, const std::vector<uint64_t>& ptrs,
                     cudaStream_t stream) {
-  BS_RETURN_IF_ERROR(pp.init());
+  BIGSMALL_RETURN_IF_ERROR(pp.init());
   struct Piece {
     size_t k;
     uint64_t off, n;
@@ -258,10 +258,10 @@ Status hash_on_host(PinnedPair& pp, const BsFile& f, const std::vector<size_t>& 
       return Status(Error::kIo, "copy from the device failed");
     return Status::success();
   };
-  if (!pieces.empty()) BS_RETURN_IF_ERROR(issue(0));
+  if (!pieces.empty()) BIGSMALL_RETURN_IF_ERROR(issue(0));
   std::unique_ptr<detail::Xxh3Stream> hash;
   for (size_t p = 0; p < pieces.size(); ++p) {
-    if (p + 1 < pieces.size()) BS_RETURN_IF_ERROR(issue(p + 1));  // its buffer was hashed last round
+    if (p + 1 < pieces.size()) BIGSMALL_RETURN_IF_ERROR(issue(p + 1));  // its buffer was hashed last round
     if (cudaEventSynchronize(pp.done[p & 1]) != cudaSuccess) return Status(Error::kIo, "copy from the device failed");
     const Piece& x = pieces[p];
     if (x.off == 0) hash = std::make_unique<detail::Xxh3Stream>();

@@ -150,7 +150,7 @@ class BackgroundWriter {
   // Starts writing the pieces, which must stay valid until wait() returns; `inline_write`
   // writes them on this thread (the last group: nothing left to overlap).
   Status start(std::vector<OutputFile::Piece> pieces, bool inline_write) {
-    BS_RETURN_IF_ERROR(wait());
+    BIGSMALL_RETURN_IF_ERROR(wait());
     pieces_ = std::move(pieces);
     if (!inline_write) {
       try {
@@ -248,9 +248,9 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
     if (s.name.size() > UINT16_MAX) return Status(Error::kLimit, "tensor name longer than 65535 bytes");
     if (s.shape.size() > 255) return Status(Error::kLimit, "tensor '" + s.name + "': more than 255 dimensions");
   }
-  BS_ASSIGN_OR_RETURN(OutputFile out, OutputFile::create(dst, opts.overwrite));
+  BIGSMALL_ASSIGN_OR_RETURN(OutputFile out, OutputFile::create(dst, opts.overwrite));
   const std::vector<uint8_t> placeholder(kHeaderSize, 0);
-  BS_RETURN_IF_ERROR(out.write(placeholder.data(), placeholder.size()));
+  BIGSMALL_RETURN_IF_ERROR(out.write(placeholder.data(), placeholder.size()));
   uint64_t input_bytes = 0;
   for (const auto& s : sources) input_bytes += s.nbytes;
   ThreadPool pool(threads_for(opts.threads, std::max<uint64_t>(1, sources.size() + input_bytes / kEncodeBytesPerThread),
@@ -376,14 +376,14 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
         }
       }
       const bool last_group = last == sources.size() && g + 1 == groups.size();
-      BS_RETURN_IF_ERROR(writer.start(std::move(pieces), last_group));
+      BIGSMALL_RETURN_IF_ERROR(writer.start(std::move(pieces), last_group));
       ++groups_started;
       done += input;
       if (opts.progress) opts.progress(done, total);
     }
     first = last;
   }
-  BS_RETURN_IF_ERROR(writer.wait());
+  BIGSMALL_RETURN_IF_ERROR(writer.wait());
   if (pos != out.size()) return Status(Error::kInternal, dst + ": payload offsets disagree with the bytes written");
   ByteWriter idx;
   write_index(idx, st_header, entries, fillers);
@@ -397,9 +397,9 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
   h.index_raw = idx.size();
   h.index_checksum = xxh3_64(stored.data(), stored.size());
   h.original_size = original_size;
-  BS_RETURN_IF_ERROR(out.write(stored.data(), stored.size()));
+  BIGSMALL_RETURN_IF_ERROR(out.write(stored.data(), stored.size()));
   const auto header = encode_header(h);
-  BS_RETURN_IF_ERROR(out.pwrite(header.data(), header.size(), 0));
+  BIGSMALL_RETURN_IF_ERROR(out.pwrite(header.data(), header.size(), 0));
   if (mode) out.set_permissions(*mode);
   return out.commit(opts.sync);
 }
@@ -668,7 +668,7 @@ std::optional<size_t> BsFile::find(std::string_view name) const {
 namespace {
 Status read_many(const BsFile::Impl& im, const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
                  const std::vector<uint64_t>& out_sizes, bool verify, detail::ThreadPool& pool) {
-  BS_RETURN_IF_ERROR(im.file.check_not_truncated());
+  BIGSMALL_RETURN_IF_ERROR(im.file.check_not_truncated());
   std::vector<detail::DecodeJob> jobs;
   for (size_t k = 0; k < which.size(); ++k) {
     if (which[k] >= im.entries.size())
@@ -723,14 +723,14 @@ Status for_each_batch(const BsFile::Impl& im, uint64_t limit, Fn&& fn) {
   for (size_t i = 0; i < im.entries.size(); ++i) {
     const uint64_t nb = im.entries[i].coding.nbytes;
     if (!batch.empty() && (bytes + nb > limit || batch.size() >= detail::kBatchTensors)) {
-      BS_RETURN_IF_ERROR(fn(batch, bytes));
+      BIGSMALL_RETURN_IF_ERROR(fn(batch, bytes));
       batch.clear();
       bytes = 0;
     }
     batch.push_back(i);
     bytes += nb;
   }
-  if (!batch.empty()) BS_RETURN_IF_ERROR(fn(batch, bytes));
+  if (!batch.empty()) BIGSMALL_RETURN_IF_ERROR(fn(batch, bytes));
   return Status::success();
 }
 }  // namespace
@@ -768,10 +768,10 @@ Status check_header_matches_index(const BsFile::Impl& im) {
 
 Status BsFile::restore(const std::string& out_path, const DecompressOptions& opts) const {
   const Impl& im = *impl_;
-  BS_RETURN_IF_ERROR(detail::check_not_input(im.file.path(), out_path));  // -f must not replace the .bs itself
-  BS_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
-  BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(out_path, opts.overwrite));
-  BS_ASSIGN_OR_RETURN(uint8_t* map, out.map(im.original_size));
+  BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(im.file.path(), out_path));  // -f must not replace the .bs itself
+  BIGSMALL_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
+  BIGSMALL_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(out_path, opts.overwrite));
+  BIGSMALL_ASSIGN_OR_RETURN(uint8_t* map, out.map(im.original_size));
   const uint64_t hlen = im.st_header.size();
   std::memcpy(map, &hlen, 8);
   std::memcpy(map + 8, im.st_header.data(), hlen);
@@ -780,14 +780,14 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
   uint64_t total = 0, done = 0;
   for (const auto& t : im.infos) total += t.nbytes;
   if (opts.progress) opts.progress(0, total);
-  BS_RETURN_IF_ERROR(for_each_batch(im, detail::kBatchBytes, [&](const std::vector<size_t>& batch, uint64_t bytes) {
+  BIGSMALL_RETURN_IF_ERROR(for_each_batch(im, detail::kBatchBytes, [&](const std::vector<size_t>& batch, uint64_t bytes) {
     std::vector<uint8_t*> outs;
     std::vector<uint64_t> sizes;
     for (size_t i : batch) {
       outs.push_back(map + im.data_start + im.entries[i].data_begin);
       sizes.push_back(im.entries[i].coding.nbytes);
     }
-    BS_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, opts.verify, pool));
+    BIGSMALL_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, opts.verify, pool));
     done += bytes;
     if (opts.progress) opts.progress(done, total);
     return Status::success();
@@ -871,11 +871,11 @@ uint64_t verify_batch_bytes(int threads) {
 // A tensor larger than a batch is verified a group of chunks at a time with a streaming
 // checksum, so that verification needs bounded memory whatever a file declares.
 Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_bytes, detail::ThreadPool& pool) {
-  BS_RETURN_IF_ERROR(im.file.check_not_truncated());
+  BIGSMALL_RETURN_IF_ERROR(im.file.check_not_truncated());
   const detail::Entry& e = im.entries[t];
   const TensorCoding& c = e.coding;
   const std::string label = im.file.path() + ": tensor '" + e.info.name + "'";
-  BS_RETURN_IF_ERROR(c.validate(e.info.stored_bytes).with_context(label));
+  BIGSMALL_RETURN_IF_ERROR(c.validate(e.info.stored_bytes).with_context(label));
   const uint8_t* payload = im.file.data() + e.payload_offset;
   // As in every other decode path, tables are built only for tensors with coded chunks.
   std::optional<detail::TensorDecoder> dec;
@@ -938,8 +938,8 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
   if (begin > c.nbytes || out_size > c.nbytes - begin)
     return Status(Error::kInvalidArgument, label + ": byte range beyond the tensor's " + std::to_string(c.nbytes));
   if (out_size == 0) return Status::success();
-  BS_RETURN_IF_ERROR(c.validate(e.info.stored_bytes).with_context(label));
-  BS_RETURN_IF_ERROR(impl_->file.check_not_truncated());
+  BIGSMALL_RETURN_IF_ERROR(c.validate(e.info.stored_bytes).with_context(label));
+  BIGSMALL_RETURN_IF_ERROR(impl_->file.check_not_truncated());
   const uint8_t* payload = impl_->file.data() + e.payload_offset;
   const uint64_t chunk_bytes = c.chunk_units() * c.unit_bytes();
   const uint64_t end = begin + out_size;
@@ -951,7 +951,7 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
     // Damage in the model could decode the chunks wrongly without failing a chunk checksum:
     // once per tensor, the whole tensor is decoded (in bounded memory) and its checksum checked.
     detail::ThreadPool whole(decode_threads(*impl_, {i}, opts.threads));
-    BS_RETURN_IF_ERROR(verify_large_tensor(*impl_, i, detail::kBatchBytes / 16, whole));
+    BIGSMALL_RETURN_IF_ERROR(verify_large_tensor(*impl_, i, detail::kBatchBytes / 16, whole));
     impl_->verified[i].store(true, std::memory_order_release);
   }
   // Chunks wholly inside the range decode straight into out, side by side as whole tensors do;
@@ -1012,7 +1012,7 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
   }
   if (!jobs.empty()) {
     detail::ThreadPool pool(detail::threads_for(opts.threads, job_chunks, job_bytes, detail::kDecodeBytesPerThread));
-    BS_RETURN_IF_ERROR(detail::decode_tensors_on(jobs, opts.verify, pool).with_context(path()));
+    BIGSMALL_RETURN_IF_ERROR(detail::decode_tensors_on(jobs, opts.verify, pool).with_context(path()));
   }
   for (const auto& [ci, bytes] : cut) {
     const uint64_t lo = ci * chunk_bytes;
@@ -1024,8 +1024,8 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
 
 Status BsFile::verify(const DecompressOptions& opts) const {
   const Impl& im = *impl_;
-  BS_RETURN_IF_ERROR(im.file.check_not_truncated());
-  BS_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
+  BIGSMALL_RETURN_IF_ERROR(im.file.check_not_truncated());
+  BIGSMALL_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
   detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
   Scratch scratch;
   uint64_t scratch_size = 0;
@@ -1035,7 +1035,7 @@ Status BsFile::verify(const DecompressOptions& opts) const {
   const uint64_t batch_bytes = verify_batch_bytes(pool.size());
   return for_each_batch(im, batch_bytes, [&](const std::vector<size_t>& batch, uint64_t bytes) {
     if (batch.size() == 1 && bytes > batch_bytes) {
-      BS_RETURN_IF_ERROR(verify_large_tensor(im, batch[0], batch_bytes, pool));
+      BIGSMALL_RETURN_IF_ERROR(verify_large_tensor(im, batch[0], batch_bytes, pool));
     } else {
       if (bytes > scratch_size) {
         scratch.reset();
@@ -1050,7 +1050,7 @@ Status BsFile::verify(const DecompressOptions& opts) const {
         sizes.push_back(im.entries[i].coding.nbytes);
         off += im.entries[i].coding.nbytes;
       }
-      BS_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, true, pool));
+      BIGSMALL_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, true, pool));
     }
     done += bytes;
     if (opts.progress) opts.progress(done, total);
@@ -1061,8 +1061,8 @@ Status BsFile::verify(const DecompressOptions& opts) const {
 // ---- entry points --------------------------------------------------------------------------
 
 Status compress_file(const std::string& src, const std::string& dst, const CompressOptions& opts) {
-  BS_RETURN_IF_ERROR(detail::check_not_input(src, dst));
-  BS_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src));
+  BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(src, dst));
+  BIGSMALL_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src));
   auto parsed = detail::parse_safetensors(in.data(), in.size());
   if (!parsed) {
     if (in.size() >= 8 && std::memcmp(in.data(), detail::kMagic, 8) == 0)
@@ -1082,8 +1082,8 @@ Status compress_file(const std::string& src, const std::string& dst, const Compr
 }
 
 Status decompress_file(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
-  BS_RETURN_IF_ERROR(detail::check_not_input(src, dst));
-  BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(src));
+  BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(src, dst));
+  BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(src));
   return f.restore(dst, opts);
 }
 

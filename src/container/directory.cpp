@@ -31,9 +31,9 @@ bool ends_with(const std::string& s, std::string_view suffix) {
 
 // Into a directory being built: nothing there to overwrite.
 Status copy_into(const fs::path& src, const fs::path& dst) {
-  BS_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src.string()));
-  BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
-  BS_RETURN_IF_ERROR(out.write(in.data(), in.size()));
+  BIGSMALL_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src.string()));
+  BIGSMALL_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
+  BIGSMALL_RETURN_IF_ERROR(out.write(in.data(), in.size()));
   out.set_permissions(in.output_mode());  // a run.sh stays executable, as cp copies it
   return out.commit();
 }
@@ -50,8 +50,8 @@ Status in_final_names(const Status& st, const fs::path& temp, const std::string&
 }
 
 Status write_text(const fs::path& dst, const std::string& text) {
-  BS_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
-  BS_RETURN_IF_ERROR(out.write(text.data(), text.size()));
+  BIGSMALL_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
+  BIGSMALL_RETURN_IF_ERROR(out.write(text.data(), text.size()));
   return out.commit();
 }
 
@@ -110,7 +110,7 @@ class OutputDir {
     ec.clear();
     const fs::path resolved = fs::weakly_canonical(final_path, ec);
     d.final_ = ec ? final_path : resolved;
-    BS_RETURN_IF_ERROR(detail::check_not_input(src, d.final_.string()));
+    BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(src, d.final_.string()));
     if (fs::exists(fs::symlink_status(d.final_, ec)) && !overwrite)
       return Status(Error::kIo, dst + ": already exists").with_errno(EEXIST);
     // -f swaps the finished directory in and removes what was there: never a device, pipe or
@@ -268,7 +268,7 @@ std::string hex64(uint64_t v) {
 // verify would pass them both.
 Status check_entry(const fs::path& dir, const DirEntry& e) {
   const std::string path = (dir / e.bs).string();
-  BS_ASSIGN_OR_RETURN(detail::BsHeaderFacts facts, detail::read_bs_header_facts(path));
+  BIGSMALL_ASSIGN_OR_RETURN(detail::BsHeaderFacts facts, detail::read_bs_header_facts(path));
   if (e.size && *e.size != facts.original_size)
     return Status(Error::kCorrupt, path + ": restores " + std::to_string(facts.original_size) + " bytes, but " +
                                        kDirIndexName + " lists '" + e.source + "' as " + std::to_string(*e.size) +
@@ -372,8 +372,8 @@ Result<DirOutput> start_dir_output(const std::string& src, const std::string& ds
   std::error_code canon_ec;
   const fs::path dst_at = fs::weakly_canonical(dst, canon_ec);
   std::vector<fs::path> dirs;
-  BS_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(fs::path(src), canon_ec ? fs::path() : dst_at, &dirs));
-  BS_ASSIGN_OR_RETURN(OutputDir out, OutputDir::create(src, dst, overwrite));
+  BIGSMALL_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(fs::path(src), canon_ec ? fs::path() : dst_at, &dirs));
+  BIGSMALL_ASSIGN_OR_RETURN(OutputDir out, OutputDir::create(src, dst, overwrite));
   for (const auto& d : dirs) {
     std::error_code ec;
     fs::create_directories(out.path() / d, ec);
@@ -387,7 +387,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
   // Its .bs files would be copied as they are and its index dropped: no byte-identical restore.
   if (detail::path_exists((in / kDirIndexName).string()))
     return Status(Error::kNotSafetensors, src + ": already a compressed model directory (decompress it, or compress the original)");
-  BS_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
+  BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
   const std::vector<fs::path>& files = run.files;
   OutputDir& out_dir = run.out;
   const fs::path& out = out_dir.path();
@@ -406,7 +406,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
     if (rel == kDirIndexName) continue;
     fs::create_directories((out / f).parent_path(), ec);
     if (!ends_with(rel, kStExt)) {
-      BS_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
+      BIGSMALL_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
       continue;
     }
     const std::string bs_rel = rel.substr(0, rel.size() - kStExt.size()) + ".bs";
@@ -421,27 +421,27 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
         fs::exists(fs::symlink_status(out / bs_rel, ec)))
       return Status(Error::kInvalidArgument, (in / bs_rel).string() + ": would be overwritten by the compressed " + rel);
     fo.progress = prog.for_file(fs::file_size(in / f, ec));
-    BS_RETURN_IF_ERROR(in_final_names(compress_file((in / f).string(), (out / bs_rel).string(), fo), out, dst));
+    BIGSMALL_RETURN_IF_ERROR(in_final_names(compress_file((in / f).string(), (out / bs_rel).string(), fo), out, dst));
     prog.base += fs::file_size(in / f, ec);
     if (opts.progress) opts.progress(prog.base, prog.total);
     // What the .bs just written says of itself, not a second look at the input (which may have
     // changed meanwhile).
     auto facts = detail::read_bs_header_facts((out / bs_rel).string());
-    BS_RETURN_IF_ERROR(in_final_names(facts.status(), out, dst));
+    BIGSMALL_RETURN_IF_ERROR(in_final_names(facts.status(), out, dst));
     index += std::string(first ? "" : ",") + "\n    {\"source\": " + detail::json_quote(rel, /*file_name=*/true) +
              ", \"bs\": " + detail::json_quote(bs_rel, /*file_name=*/true) +
              ", \"size\": " + std::to_string(facts->original_size) + ", \"bs_checksum\": \"" + hex64(facts->fingerprint) + "\"}";
     first = false;
   }
   index += "\n  ]\n}\n";
-  BS_RETURN_IF_ERROR(in_final_names(write_text(out / kDirIndexName, index), out, dst));
+  BIGSMALL_RETURN_IF_ERROR(in_final_names(write_text(out / kDirIndexName, index), out, dst));
   return out_dir.commit();
 }
 
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
   const fs::path in(src);
-  BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(in));
-  BS_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
+  BIGSMALL_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(in));
+  BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
   const std::vector<fs::path>& files = run.files;
   OutputDir& out_dir = run.out;
   const fs::path& out = out_dir.path();
@@ -453,15 +453,15 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
     const bool is_bs = std::any_of(entries.begin(), entries.end(), [&](const DirEntry& e) { return e.bs == rel; });
     if (rel == kDirIndexName || is_bs) continue;
     fs::create_directories((out / f).parent_path(), ec);
-    BS_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
+    BIGSMALL_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
   }
   for (const auto& e : entries) {
     fs::create_directories((out / e.source).parent_path(), ec);
     DecompressOptions fo = opts;
     fo.overwrite = false;
     fo.progress = prog.for_file(fs::file_size(in / e.bs, ec));
-    BS_RETURN_IF_ERROR(check_entry(in, e));
-    BS_RETURN_IF_ERROR(in_final_names(decompress_file((in / e.bs).string(), (out / e.source).string(), fo), out, dst));
+    BIGSMALL_RETURN_IF_ERROR(check_entry(in, e));
+    BIGSMALL_RETURN_IF_ERROR(in_final_names(decompress_file((in / e.bs).string(), (out / e.source).string(), fo), out, dst));
     prog.base += fs::file_size(in / e.bs, ec);
     if (opts.progress) opts.progress(prog.base, prog.total);
   }
@@ -470,23 +470,23 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
 
 Status verify_path(const std::string& path, const DecompressOptions& opts) {
   if (!detail::path_is_dir(path)) {
-    BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(path));
+    BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(path));
     return f.verify(opts);
   }
-  BS_ASSIGN_OR_RETURN(std::vector<std::string> files, model_dir_files(path));  // each checked against the index
+  BIGSMALL_ASSIGN_OR_RETURN(std::vector<std::string> files, model_dir_files(path));  // each checked against the index
   for (const auto& name : files) {
-    BS_ASSIGN_OR_RETURN(BsFile f, BsFile::open(name));
-    BS_RETURN_IF_ERROR(f.verify(opts));
+    BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(name));
+    BIGSMALL_RETURN_IF_ERROR(f.verify(opts));
   }
   return Status::success();
 }
 
 Result<std::vector<std::string>> model_dir_files(const std::string& dir, bool check_files) {
-  BS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(dir));
+  BIGSMALL_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(dir));
   std::vector<std::string> out;
   out.reserve(entries.size());
   for (const auto& e : entries) {
-    if (check_files) BS_RETURN_IF_ERROR(check_entry(dir, e));  // 64 bytes of each file
+    if (check_files) BIGSMALL_RETURN_IF_ERROR(check_entry(dir, e));  // 64 bytes of each file
     out.push_back((fs::path(dir) / e.bs).string());
   }
   return out;

@@ -288,7 +288,7 @@ Status OutputFile::pwrite(const void* p, uint64_t n, uint64_t offset) {
 }
 
 Status OutputFile::write(const void* p, uint64_t n) {
-  BS_RETURN_IF_ERROR(pwrite(p, n, pos_));
+  BIGSMALL_RETURN_IF_ERROR(pwrite(p, n, pos_));
   pos_ += n;
   return Status::success();
 }
@@ -315,7 +315,7 @@ Status OutputFile::write_pieces(const std::vector<Piece>& pieces) {
       if (pieces[next].n == 0) continue;
       if (pieces[next].n >= (1u << 30)) {  // a huge piece goes alone through pwrite's loop
         if (!iov.empty()) break;
-        BS_RETURN_IF_ERROR(write(pieces[next].p, pieces[next].n));
+        BIGSMALL_RETURN_IF_ERROR(write(pieces[next].p, pieces[next].n));
         continue;
       }
       if (want + pieces[next].n > (1u << 30)) break;
@@ -351,7 +351,7 @@ Result<uint8_t*> OutputFile::map(uint64_t n) {
     // SIGBUS while the mapping is written instead of this error.
     const std::vector<uint8_t> zeros(std::min<uint64_t>(n, 1u << 20), 0);
     for (uint64_t off = 0; off < n; off += zeros.size())
-      BS_RETURN_IF_ERROR(pwrite(zeros.data(), std::min<uint64_t>(zeros.size(), n - off), off));
+      BIGSMALL_RETURN_IF_ERROR(pwrite(zeros.data(), std::min<uint64_t>(zeros.size(), n - off), off));
   }
   void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
   if (p == MAP_FAILED) return errno_status(final_, "cannot map", errno);

@@ -22,7 +22,7 @@ class JsonParser {
     // Node fields hold string lengths and member counts in 32 bits.
     if (s_.size() > UINT32_MAX) return Status(Error::kLimit, "JSON text larger than 4 GiB");
     ws();
-    BS_RETURN_IF_ERROR(value(0));
+    BIGSMALL_RETURN_IF_ERROR(value(0));
     ws();
     if (i_ != s_.size()) return err("trailing characters");
     return Status::success();
@@ -78,12 +78,12 @@ class JsonParser {
       ws();
       if (i_ >= s_.size() || s_[i_] != '"') return err("expected a key");
       if (++values_ > budget_) return err("too many values for the header's size");  // keys are nodes too
-      BS_RETURN_IF_ERROR(string());
+      BIGSMALL_RETURN_IF_ERROR(string());
       ws();
       if (i_ >= s_.size() || s_[i_] != ':') return err("expected ':'");
       ++i_;
       ws();
-      BS_RETURN_IF_ERROR(value(depth + 1));
+      BIGSMALL_RETURN_IF_ERROR(value(depth + 1));
       ws();
       if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
       if (i_ < s_.size() && s_[i_] == '}') { ++i_; return close(n, count); }
@@ -97,7 +97,7 @@ class JsonParser {
     if (i_ < s_.size() && s_[i_] == ']') { ++i_; return close(n, 0); }
     for (uint64_t count = 1;; ++count) {
       ws();
-      BS_RETURN_IF_ERROR(value(depth + 1));
+      BIGSMALL_RETURN_IF_ERROR(value(depth + 1));
       ws();
       if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
       if (i_ < s_.size() && s_[i_] == ']') { ++i_; return close(n, count); }
@@ -299,7 +299,7 @@ bool json_equal(JsonValue a, JsonValue b) {
 Result<JsonDoc> parse_json(std::string_view text, JsonStrings strings) {
   JsonDoc doc;
   JsonParser p(text, strings, &doc);
-  BS_RETURN_IF_ERROR(p.parse());
+  BIGSMALL_RETURN_IF_ERROR(p.parse());
   return doc;
 }
 

@@ -300,7 +300,7 @@ Status build_tables(const TensorCoding& c, const uint8_t* host_payload, std::vec
   if (c.codec == Codec::kFloat) {
     detail::FloatModel fm;
     // read_float_model refuses tables far beyond what the tensor's data could pay for.
-    BS_RETURN_IF_ERROR(detail::read_float_model(host_payload, c.model_size, c.dtype, c.units(), &fm));
+    BIGSMALL_RETURN_IF_ERROR(detail::read_float_model(host_payload, c.model_size, c.dtype, c.units(), &fm));
     if (fm.raw_bits > 57) return Status(Error::kCorrupt, "raw bit field too wide for the GPU decoder");
     if (fm.se.precision > 15 || fm.mant_precision > 15 || fm.hi_bits > fm.mant_precision || fm.hi_bits > 16)
       return Status(Error::kCorrupt, "table precision beyond the format's limits");
@@ -321,7 +321,7 @@ Status build_tables(const TensorCoding& c, const uint8_t* host_payload, std::vec
     md->zero_bits = fm.zero_bits;
   } else if (c.codec == Codec::kBytes) {
     detail::BytesModel bm;
-    BS_RETURN_IF_ERROR(detail::read_bytes_model(host_payload, c.model_size, c.unit_bytes(), c.units(), &bm));
+    BIGSMALL_RETURN_IF_ERROR(detail::read_bytes_model(host_payload, c.model_size, c.unit_bytes(), c.units(), &bm));
     if (bm.planes.size() > 8) return Status(Error::kCorrupt, "more than 8 byte planes");
     for (size_t p = 0; p < bm.planes.size(); ++p) {
       if (bm.planes[p].precision > 15 || bm.planes[p].alphabet > 256) return Status(Error::kCorrupt, "byte plane table out of range");
@@ -421,11 +421,11 @@ Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, b
   for (size_t t = 0; t < jobs.size(); ++t) {
     const Job& j = jobs[t];
     const TensorCoding& c = *j.coding;
-    BS_RETURN_IF_ERROR(c.validate(j.payload_size));
+    BIGSMALL_RETURN_IF_ERROR(c.validate(j.payload_size));
     if (reinterpret_cast<uintptr_t>(j.device_out) % c.unit_bytes() != 0)
       return Status(Error::kInvalidArgument, "tensor #" + std::to_string(t) + ": output not aligned to its element size");
     ModelDesc md{};
-    BS_RETURN_IF_ERROR(build_tables(c, j.host_payload, blob, &md));
+    BIGSMALL_RETURN_IF_ERROR(build_tables(c, j.host_payload, blob, &md));
     const uint32_t model = static_cast<uint32_t>(models.size());
     models.push_back(md);
     const uint32_t first = static_cast<uint32_t>(chunks.size());
@@ -499,8 +499,8 @@ Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, b
   auto* dchunks = reinterpret_cast<const ChunkDesc*>(dev + chunks_off);
   auto* dblocks = reinterpret_cast<const BlockDesc*>(dev + blocks_off);
   auto* dstatus = reinterpret_cast<int*>(dev + status_off);
-  BS_RETURN_IF_ERROR(launch<true>(im.blocks_per_sm, shared_blocks, dblocks, dchunks, dmodels, dstatus, smem_max, stream));
-  BS_RETURN_IF_ERROR(
+  BIGSMALL_RETURN_IF_ERROR(launch<true>(im.blocks_per_sm, shared_blocks, dblocks, dchunks, dmodels, dstatus, smem_max, stream));
+  BIGSMALL_RETURN_IF_ERROR(
       launch<false>(im.blocks_per_sm, global_blocks, dblocks + shared_blocks.size(), dchunks, dmodels, dstatus, 0, stream));
   im.host_status.assign(chunks.size(), -1);
   if (!chunks.empty() && !cuda_ok(cudaMemcpyAsync(im.host_status.data(), dstatus, chunks.size() * sizeof(int), cudaMemcpyDeviceToHost, stream),

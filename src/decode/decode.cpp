@@ -106,7 +106,7 @@ Result<TensorDecoder> TensorDecoder::prepare(const TensorCoding& coding, const u
   d.coding_ = coding;
   std::vector<ChunkRef>().swap(d.coding_.chunks);  // the decoder needs none; clear() would keep the memory
   if (coding.codec == Codec::kFloat) {
-    BS_RETURN_IF_ERROR(read_float_model(model, model_size, coding.dtype, coding.units(), &d.fm_));
+    BIGSMALL_RETURN_IF_ERROR(read_float_model(model, model_size, coding.dtype, coding.units(), &d.fm_));
     const uint32_t unit = coding.unit_bytes();
     // Element indices times raw_bits must fit the 32-bit lanes: chunks hold at most 2^20 units.
     d.simd_ = (unit == 2 || unit == 4) && coding.lanes_log2 >= 2 && d.fm_.raw_bits <= 25 && coding.chunk_log2 <= 20 &&
@@ -124,7 +124,7 @@ Result<TensorDecoder> TensorDecoder::prepare(const TensorCoding& coding, const u
     }
   } else if (coding.codec == Codec::kBytes) {
     BytesModel bm;
-    BS_RETURN_IF_ERROR(read_bytes_model(model, model_size, coding.unit_bytes(), coding.units(), &bm));
+    BIGSMALL_RETURN_IF_ERROR(read_bytes_model(model, model_size, coding.unit_bytes(), coding.units(), &bm));
     d.planes_.resize(bm.planes.size());
     for (size_t j = 0; j < bm.planes.size(); ++j) d.planes_[j].build(bm.planes[j]);
   } else if (model_size != 0) {
@@ -644,10 +644,10 @@ Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size
   ChunkStreams s;
   switch (c.codec) {
     case Codec::kFloat:
-      BS_RETURN_IF_ERROR(open_float(i, chunk, size, &s));
+      BIGSMALL_RETURN_IF_ERROR(open_float(i, chunk, size, &s));
       return finish_float(i, s, 0, out);
     case Codec::kBytes: {
-      BS_RETURN_IF_ERROR(open_streams(i, chunk, size, lanes, 0, &s));
+      BIGSMALL_RETURN_IF_ERROR(open_streams(i, chunk, size, lanes, 0, &s));
       for (uint64_t base = 0; base < n; base += lanes) {
         const uint32_t active = static_cast<uint32_t>(std::min<uint64_t>(lanes, n - base));
         for (uint32_t j = 0; j < unit; ++j) {
@@ -792,7 +792,7 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
   for (const auto& j : jobs) {
     // Every entry of the batch is checked before any work, so that a bad one late in a batch
     // is not found after seconds of decoding the others.
-    BS_RETURN_IF_ERROR(j.coding->validate(j.payload_size).with_context(j.label));
+    BIGSMALL_RETURN_IF_ERROR(j.coding->validate(j.payload_size).with_context(j.label));
     total += table_slot_bound(*j.coding);
   }
   const uint64_t budget = window_table_slots.load(std::memory_order_relaxed);
@@ -806,7 +806,7 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
     const DecodeJob& j = jobs[t];
     const uint64_t s = need[t];
     if (!window.empty() && (slots + s > budget || window.size() >= kWindowJobs)) {
-      BS_RETURN_IF_ERROR(decode_window(window, verify, pool));
+      BIGSMALL_RETURN_IF_ERROR(decode_window(window, verify, pool));
       window.clear();
       slots = 0;
     }

@@ -100,12 +100,12 @@ Status reference_decode_tensor(const TensorCoding& c, const uint8_t* payload, ui
                                uint64_t out_size) {
   if ((out == nullptr && c.nbytes > 0) || (payload == nullptr && payload_size > 0))
     return Status(Error::kInvalidArgument, "null buffer");
-  BS_RETURN_IF_ERROR(c.validate(payload_size));
+  BIGSMALL_RETURN_IF_ERROR(c.validate(payload_size));
   if (out_size < c.nbytes) return Status(Error::kInvalidArgument, "output buffer too small");
   detail::FloatModel fm;
   detail::BytesModel bm;
-  if (c.codec == Codec::kFloat) BS_RETURN_IF_ERROR(detail::read_float_model(payload, c.model_size, c.dtype, c.units(), &fm));
-  if (c.codec == Codec::kBytes) BS_RETURN_IF_ERROR(detail::read_bytes_model(payload, c.model_size, c.unit_bytes(), c.units(), &bm));
+  if (c.codec == Codec::kFloat) BIGSMALL_RETURN_IF_ERROR(detail::read_float_model(payload, c.model_size, c.dtype, c.units(), &fm));
+  if (c.codec == Codec::kBytes) BIGSMALL_RETURN_IF_ERROR(detail::read_bytes_model(payload, c.model_size, c.unit_bytes(), c.units(), &bm));
   for (size_t i = 0; i < c.chunks.size(); ++i) {
     const ChunkRef& ref = c.chunks[i];
     const uint8_t* p = payload + ref.offset;
@@ -121,7 +121,7 @@ Status reference_decode_tensor(const TensorCoding& c, const uint8_t* payload, ui
       const size_t r = ZSTD_decompress(dst, out_n, p, ref.size);
       if (ZSTD_isError(r) || r != out_n) return Status(Error::kCorrupt, "zstd frame is damaged");
     } else if (c.codec == Codec::kFloat || c.codec == Codec::kBytes) {
-      BS_RETURN_IF_ERROR(decode_coded_chunk(c, c.codec == Codec::kFloat ? &fm : nullptr, &bm, p, ref.size,
+      BIGSMALL_RETURN_IF_ERROR(decode_coded_chunk(c, c.codec == Codec::kFloat ? &fm : nullptr, &bm, p, ref.size,
                                             out_n / c.unit_bytes(), dst));
     } else {
       return Status(Error::kCorrupt, "coded chunk in a stored tensor");

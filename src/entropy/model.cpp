@@ -28,14 +28,14 @@ Status read_float_model(const uint8_t* p, size_t n, DType dtype, uint64_t units,
   if (!br.ok() || m->hi_bits > 12 || m->hi_bits + m->raw_bits + m->zero_bits != m->man_bits ||
       m->mant_precision < m->hi_bits || m->mant_precision > kMaxMantPrecision)
     return bad;
-  BS_RETURN_IF_ERROR(read_table(br, m->se_alphabet(), &m->se));
+  BIGSMALL_RETURN_IF_ERROR(read_table(br, m->se_alphabet(), &m->se));
   const uint32_t ntables = br.ue();
   if (!br.ok() || ntables > m->se_alphabet()) return bad;
   if (((uint64_t{ntables} + 1) << m->mant_precision) > max_table_slots(units))
     return Status(Error::kCorrupt, "mantissa tables larger than the tensor they code");
   m->mant.resize(ntables);
   for (auto& t : m->mant) {
-    BS_RETURN_IF_ERROR(read_table(br, 1u << m->hi_bits, &t));
+    BIGSMALL_RETURN_IF_ERROR(read_table(br, 1u << m->hi_bits, &t));
     if (t.precision != m->mant_precision) return bad;
   }
   m->ctx.assign(m->se_alphabet(), 0);
@@ -80,7 +80,7 @@ Status read_bytes_model(const uint8_t* p, size_t n, uint32_t unit_bytes, uint64_
   m->planes.resize(unit_bytes);
   uint64_t slots = 0;
   for (auto& t : m->planes) {
-    BS_RETURN_IF_ERROR(read_table(br, 256, &t));
+    BIGSMALL_RETURN_IF_ERROR(read_table(br, 256, &t));
     slots += uint64_t{1} << t.precision;
     if (slots > max_table_slots(units)) return Status(Error::kCorrupt, "byte tables larger than the tensor they code");
   }
