@@ -46,8 +46,8 @@ struct TensorInfo {
   size_t chunks = 0;
 };
 
-// An open .bs file. The file is memory-mapped (and its descriptor held) for the object's
-// lifetime. Every read first checks that the file is not shorter than when it was opened
+// An open .bs file. The file is memory-mapped for the object's lifetime (no descriptor is
+// held). Every read first checks that the file is not shorter than when it was opened
 // (Error::kTruncated if another program cut it in place); a truncation during a read still makes
 // it fault (SIGBUS; the CLI catches that and exits with a message). A file replaced by a rename
 // stays readable as it was. Const members may be called from several threads at once. A

@@ -114,19 +114,21 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   std::swap(data_, o.data_);
   std::swap(size_, o.size_);
   std::swap(mode_, o.mode_);
-  std::swap(fd_, o.fd_);
+  std::swap(dev_, o.dev_);
+  std::swap(ino_, o.ino_);
   std::swap(path_, o.path_);
   return *this;
 }
 
 MappedFile::~MappedFile() {
   if (data_ && size_) ::munmap(const_cast<uint8_t*>(data_), size_);
-  if (fd_ >= 0) ::close(fd_);
 }
 
 Status MappedFile::check_not_truncated() const {
   struct stat st;
-  if (fd_ < 0 || ::fstat(fd_, &st) != 0 || static_cast<uint64_t>(st.st_size) >= size_) return Status::success();
+  if (path_.empty() || ::stat(path_.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_dev) != dev_ ||
+      static_cast<uint64_t>(st.st_ino) != ino_ || static_cast<uint64_t>(st.st_size) >= size_)
+    return Status::success();
   return Status(Error::kTruncated, path_ + ": truncated by another program while open (" + std::to_string(size_) +
                                        " bytes when opened, " + std::to_string(st.st_size) + " now)");
 }
@@ -159,7 +161,9 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
     }
     m.data_ = static_cast<const uint8_t*>(p);
   }
-  m.fd_ = fd;
+  m.dev_ = static_cast<uint64_t>(st.st_dev);
+  m.ino_ = static_cast<uint64_t>(st.st_ino);
+  ::close(fd);
   return m;
 }
 

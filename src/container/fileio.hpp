@@ -26,7 +26,8 @@ class MappedFile {
   ~MappedFile();
   // An error if the file is now shorter than its mapping (another program truncated or
   // rewrote it in place): reading the pages past its end would fault (SIGBUS). Checked before
-  // each read; a truncation during a read still faults. A file replaced by a rename is not this
+  // each read, by path (no descriptor is held: a model of thousands of shards would run out);
+  // a truncation during a read still faults. A file replaced by a rename or deleted is not this
   // one any more: the mapping keeps the old one, which stays readable.
   Status check_not_truncated() const;
   const uint8_t* data() const { return data_; }
@@ -40,7 +41,7 @@ class MappedFile {
   const uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
   unsigned mode_ = 0644;
-  int fd_ = -1;  // kept for check_not_truncated
+  uint64_t dev_ = 0, ino_ = 0;  // which file was mapped, for check_not_truncated
   std::string path_;
 };
 
