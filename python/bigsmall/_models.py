@@ -6,9 +6,12 @@ the model's own parameters; nothing decompressed is written to disk.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import re
+import shutil
+import tempfile
 import warnings
 
 import torch
@@ -51,9 +54,22 @@ def _resolve(path_or_repo_id, hub_kwargs=None):
         raise
 
 
+def _subfolder(root, subfolder):
+    """The model directory inside a repository, as transformers' subfolder= names it."""
+    if not subfolder:
+        return root
+    sub = os.fsdecode(subfolder)
+    if os.path.isabs(sub) or ".." in sub.replace(os.sep, "/").split("/"):
+        raise InvalidArgumentError(f"subfolder {sub!r} must be a relative path inside {root}")
+    d = os.path.join(root, sub)
+    if not os.path.isdir(d):
+        raise NotFoundError(f"{d}: no such directory (subfolder {sub!r} of {root})")
+    return d
+
+
 def _shards(d):
     """The .bs files holding the model's weights, chosen as transformers chooses among the
-    .safetensors files: the shards model.safetensors.index.json names, else model.safetensors,
+    .safetensors files: model.safetensors, else the shards model.safetensors.index.json names,
     else every .safetensors at the top. Files in subdirectories (an older checkpoint kept in
     original/, a checkpoint-500/) are not the model's weights."""
     if os.path.exists(os.path.join(d, "bigsmall.index.json")):
@@ -63,6 +79,8 @@ def _shards(d):
     if not files:
         raise NotFoundError(f"{d}: no .bs files (not a bigsmall model directory)")
     source = {os.path.relpath(f, d).replace(os.sep, "/")[:-3] + ".safetensors": f for f in files}
+    if "model.safetensors" in source:  # transformers, too, looks for it before a shard index
+        return [source["model.safetensors"]]
     index = os.path.join(d, "model.safetensors.index.json")
     if os.path.exists(index):
         try:
@@ -74,8 +92,6 @@ def _shards(d):
         if lacking:
             raise NotFoundError(f"{index} names {len(lacking)} shards this directory lacks, e.g. {lacking[0]!r}")
         return [source[n] for n in names]
-    if "model.safetensors" in source:
-        return [source["model.safetensors"]]
     top = [f for n, f in source.items() if "/" not in n]
     if not top:
         raise NotFoundError(f"{d}: no .bs files at the top of the directory (not a bigsmall model directory)")
@@ -102,11 +118,11 @@ class StreamingLoader:
     >>> model = StreamingLoader("path/to/model.bs").load_model(BertModel)
     """
 
-    def __init__(self, path_or_repo_id, threads=None, verify=True, **hub_kwargs):
+    def __init__(self, path_or_repo_id, threads=None, verify=True, subfolder=None, **hub_kwargs):
         unknown = set(hub_kwargs) - set(_HUB_KWARGS)
         if unknown:
             raise TypeError(f"StreamingLoader got unexpected keyword arguments {sorted(unknown)}")
-        self.path = _resolve(path_or_repo_id, hub_kwargs)
+        self.path = _subfolder(_resolve(path_or_repo_id, hub_kwargs), subfolder)
         self.threads = _threads(threads)
         self.verify = verify
         self._files = [_core.File.open(s) for s in _shards(self.path)]
@@ -139,6 +155,11 @@ class StreamingLoader:
         as in transformers: config=..., else config attributes to the config and the rest to the
         model's constructor. Checkpoint tensors the model lacks, and model tensors the checkpoint
         lacks (initialised as transformers does), are reported as warnings."""
+        if "torch_dtype" in kwargs:  # transformers' older name of dtype
+            torch_dtype = kwargs.pop("torch_dtype")
+            dtype = torch_dtype if dtype is None else dtype
+        if "device_map" in kwargs:
+            raise InvalidArgumentError("device_map= is from_pretrained's; load_model takes device=")
         dev = bt._device(device)  # before any work: a device this machine lacks fails now
         from_meta = isinstance(model_class, torch.nn.Module) and any(
             t.is_meta for t in [*model_class.parameters(), *model_class.buffers()])
@@ -221,6 +242,9 @@ class StreamingLoader:
                 model = model.to_empty(device="cpu")  # built on the meta device: give it memory
             if dtype is not None and dtype.is_floating_point:
                 model = model.to(dtype)
+                _keep_in_fp32(model, dtype)  # as for a class: T5's wo stays float32 in float16
+                if getattr(model, "config", None) is not None:
+                    model.config.dtype = dtype
             return model
         if model_class is not None and not isinstance(model_class, type):
             raise InvalidArgumentError(f"model_class must be a model class or a model, not {model_class!r}")
@@ -242,8 +266,9 @@ class StreamingLoader:
         cls = model_class or self._architecture(config) or AutoModel
         if dtype is None:
             # As transformers' dtype="auto" (its default since v5): the dtype config.json names,
-            # else the checkpoint's first float tensor's. Files list 4-byte dtypes before 2-byte
-            # ones, so one float32 norm would otherwise make a bfloat16 model float32.
+            # else that of the checkpoint's first float tensor in name order. (Files list 4-byte
+            # dtypes before 2-byte ones: in data order one float32 norm would make a bfloat16
+            # model float32.)
             dtype = _config_dtype(config) or self._checkpoint_float_dtype()
         # Built directly in the target dtype: a later model.to(dtype) would write every page.
         old_default = torch.get_default_dtype()
@@ -276,12 +301,24 @@ class StreamingLoader:
         loaded_ptrs = {after[n].data_ptr() for n in loaded if n in after and after[n].numel()}
         missing = [n for n, t in after.items() if n not in loaded and not (t.numel() and t.data_ptr() in loaded_ptrs)]
         name = type(model).__name__
-        if missing or from_meta:  # to_empty() left even the computed buffers (inv_freq) as garbage
+        if not hasattr(model, "initialize_weights") and not hasattr(model, "_init_weights"):
+            # A plain torch module has no initialisation to apply: built on the meta device, a
+            # tensor left unloaded would hold whatever the memory held (built on the CPU, it keeps
+            # the values its constructor gave it, as with load_state_dict(strict=False)).
+            unset = missing + [n for n, _ in model.named_buffers() if n not in after] if from_meta else []
+            if unset:
+                raise InvalidArgumentError(
+                    f"{self.path}: {type(model).__name__} is not a transformers model, and the checkpoint lacks "
+                    f"{len(unset)} of its tensors, which nothing can initialise: {unset[:10]}"
+                    f"{' ...' if len(unset) > 10 else ''}")
+        elif missing or from_meta:  # to_empty() left even the computed buffers (inv_freq) as garbage
             _initialize(model, after, missing)
         missing, unexpected = _reported(model, missing, unexpected)
         if missing:
-            warnings.warn(f"{name} tensors not in the checkpoint at {self.path}, newly initialised (train before "
-                          f"use): {missing[:10]}{' ...' if len(missing) > 10 else ''}", stacklevel=3)
+            how = ("newly initialised (train before use)" if hasattr(model, "initialize_weights") or
+                   hasattr(model, "_init_weights") else "left as the model was built")
+            warnings.warn(f"{name} tensors not in the checkpoint at {self.path}, {how}: "
+                          f"{missing[:10]}{' ...' if len(missing) > 10 else ''}", stacklevel=3)
         if unexpected:
             warnings.warn(f"{len(unexpected)} tensors of the checkpoint at {self.path} are not used by {name}: "
                           f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}", stacklevel=3)
@@ -308,7 +345,24 @@ class StreamingLoader:
                 if n is None or list(targets[n].shape) != list(t["shape"]):
                     return False
                 placed.add(n)
-        _tie(model, [n for n in targets if n not in placed])
+        tied = getattr(model, "all_tied_weights_keys", None)
+        if isinstance(tied, dict):
+            # transformers 5: decided from the declared pairs, without tying now. Its tie_weights
+            # compares the two tensors of a pair that the checkpoint holds both of, and unties
+            # them for good when they differ: before decoding, they would.
+            groups = {}
+            for target, source in tied.items():
+                groups.setdefault(source, {source}).add(target)
+            covered = set(placed)
+            for members in groups.values():
+                if members & placed:
+                    covered |= members
+            ptrs = {targets[n].data_ptr() for n in placed if targets[n].numel()}
+            if not all(n in covered or (t.numel() and t.data_ptr() in ptrs) for n, t in targets.items()):
+                return False
+            _untie_both_loaded(model, tied, placed)
+            return True
+        _tie(model, [n for n in targets if n not in placed])  # transformers 4 ties whatever the values
         after = model.state_dict(keep_vars=True)
         ptrs = {after[n].data_ptr() for n in placed if n in after and after[n].numel()}
         return all(n in placed or (t.numel() and t.data_ptr() in ptrs) for n, t in after.items())
@@ -325,11 +379,12 @@ class StreamingLoader:
         return None
 
     def _checkpoint_float_dtype(self):
-        for f in self._files:
-            for t in f.tensors():
-                dt = bt._DTYPES.get(t["dtype"])
-                if dt is not None and dt.is_floating_point and t["nbytes"] > 0:
-                    return dt
+        """The dtype of the checkpoint's first floating-point tensor in name order, as
+        transformers takes it (safetensors lists names sorted)."""
+        for _, dt in sorted((t["name"], bt._DTYPES.get(t["dtype"])) for f in self._files for t in f.tensors()
+                            if t["nbytes"] > 0):
+            if dt is not None and dt.is_floating_point:
+                return dt
         return None
 
     @staticmethod
@@ -346,7 +401,7 @@ class StreamingLoader:
 
 # Loading options of transformers' from_pretrained that bigsmall does not implement: refused by
 # name, not passed to the model's constructor as if they were model arguments.
-_UNSUPPORTED_KWARGS = ("ignore_mismatched_sizes", "output_loading_info", "quantization_config", "offload_folder",
+_UNSUPPORTED_KWARGS = ("weights_only", "ignore_mismatched_sizes", "output_loading_info", "quantization_config", "offload_folder",
                        "offload_state_dict", "max_memory", "tp_plan", "key_mapping", "gguf_file", "variant",
                        "from_tf", "from_flax", "state_dict", "subfolder", "trust_remote_code")
 
@@ -400,6 +455,20 @@ def _tie(model, missing):
         model.tie_weights(missing_keys=set(missing), recompute_mapping=False)
     except TypeError:
         model.tie_weights()
+
+
+def _untie_both_loaded(model, tied, placed):
+    """A tied pair whose two tensors the checkpoint both holds gets memory for each, as
+    transformers' loading gives it: decoded into one shared tensor, the second would overwrite
+    the first. Tied again after loading (_tie) when their values are equal, as transformers does."""
+    for target, source in tied.items():
+        if target not in placed or source not in placed:
+            continue
+        owner, _, leaf = target.rpartition(".")
+        module = model.get_submodule(owner)
+        p = getattr(module, leaf)
+        if isinstance(p, torch.nn.Parameter):
+            setattr(module, leaf, torch.nn.Parameter(torch.empty_like(p), requires_grad=p.requires_grad))
 
 
 def _initialize(model, tensors, missing):
@@ -480,11 +549,11 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
         if isinstance(device_map, int):
             device_map = f"cuda:{device_map}"
     dev = bt._device(device_map or "cpu")  # before any work: a device this machine lacks fails now
-    for k in ("state_dict", "gguf_file", "from_tf", "from_flax"):
+    for k in ("state_dict", "gguf_file", "from_tf", "from_flax", "variant"):
         if k in kwargs:
             raise InvalidArgumentError(f"{k}= does not apply to a bigsmall checkpoint")
     hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
-    path = _resolve(path_or_repo_id, hub)
+    path = _subfolder(_resolve(path_or_repo_id, hub), kwargs.pop("subfolder", None))
     if model_class is not None and not isinstance(model_class, type):
         raise InvalidArgumentError(f"model_class must be a model class, not {model_class!r}")
     config = kwargs.pop("config", None)
@@ -535,6 +604,9 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
             bar.close()
     if dev.type != "cpu":
         kwargs.setdefault("device_map", str(dev))
+    # In name order, as transformers reads a safetensors checkpoint: its dtype="auto" takes the
+    # first floating-point tensor's dtype.
+    state = {k: state[k] for k in sorted(state)}
     model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype or "auto", **kwargs)
     del state
     _with_generation_config(model[0] if isinstance(model, tuple) else model, path)  # output_loading_info=True
@@ -550,56 +622,128 @@ def _with_generation_config(model, path):
 
 
 def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
-    """Writes a model (config included) or a state dict straight to a compressed directory."""
+    """Writes a model (config included) or a state dict straight to a compressed directory.
+
+    A transformers model is saved as its own save_pretrained saves it: tied weights once (tensors
+    that share memory without being declared tied are refused, as transformers refuses them) and
+    weights under their checkpoint names (transformers 5's in-memory conversions, such as fused
+    MoE experts, reverted). A state dict or a plain torch module keeps every name, a tensor that
+    shares memory with another stored twice. Nothing is written when the call fails: the configs
+    are put in place only after the weights are, and with overwrite=False an existing output is
+    refused before anything is written."""
     out_dir = os.fsdecode(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     if isinstance(model_or_state_dict, dict):
-        state, model = model_or_state_dict, None
+        tensors, model = dict(model_or_state_dict), None
     else:
         # torch.compile's wrapper: its state dict prefixes every name with "_orig_mod." and its
         # class is OptimizedModule; save the model inside, as transformers does.
         model = getattr(model_or_state_dict, "_orig_mod", model_or_state_dict)
-        state = model.state_dict()
-        # As transformers' save_pretrained does, the config names the class that saved it (so
-        # that from_pretrained without a class builds that one: GPT2LMHeadModel, not GPT2Model)
-        # and its dtype; on a copy, so the caller's model is not changed.
-        config = copy.deepcopy(model.config)
-        if getattr(model, "dtype", None) is not None:
-            config.dtype = str(model.dtype).split(".")[1]
-        config.architectures = [type(model).__name__]
-        config.save_pretrained(out_dir)
-        gen = getattr(model, "generation_config", None)
-        if gen is not None and getattr(model, "can_generate", lambda: False)():
-            gen.save_pretrained(out_dir)
-    # Tied weights share storage: keep the first name, as transformers does.
-    seen, tensors = set(), {}
+        if not isinstance(model, torch.nn.Module):
+            raise InvalidArgumentError(f"save_pretrained takes a model or a state dict, not {type(model).__name__}")
+        tensors = _checkpoint_state(model)
+        if getattr(model, "config", None) is None:
+            model = None  # a plain module: weights only
+    outputs = ["model.bs", "bigsmall.index.json"]
+    if model is not None:
+        outputs.append("config.json")
+        if getattr(model, "generation_config", None) is not None and getattr(model, "can_generate", lambda: False)():
+            outputs.append("generation_config.json")
+    if not overwrite:
+        for name in outputs:
+            if os.path.lexists(os.path.join(out_dir, name)):
+                e = _core.FileExistsError(f"{os.path.join(out_dir, name)}: already exists (pass overwrite=True)")
+                e.errno = errno.EEXIST  # as the core's own refusal
+                raise e
+    created = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    staging = None
+    try:
+        if model is not None:
+            # Configs are written aside first (a failure there leaves the directory as it was)
+            # and moved in after the weights.
+            staging = tempfile.mkdtemp(prefix=".bigsmall-config-", dir=out_dir)
+            # As transformers' save_pretrained does, the config names the class that saved it (so
+            # that from_pretrained without a class builds that one: GPT2LMHeadModel, not
+            # GPT2Model) and its dtype; on a copy, so the caller's model is not changed.
+            config = copy.deepcopy(model.config)
+            if getattr(model, "dtype", None) is not None:
+                config.dtype = str(model.dtype).split(".")[1]
+            config.architectures = [type(model).__name__]
+            config.save_pretrained(staging)
+            if "generation_config.json" in outputs:
+                model.generation_config.save_pretrained(staging)
+        # A model saved here before, in shards, leaves weights that are no longer this model's: as
+        # transformers' save_pretrained, remove them (only those the old indexes name), or
+        # from_pretrained would follow the old shard index to the old weights.
+        try:
+            # Unchecked: a damaged or missing old shard is still one of the old model's.
+            stale = [f for f in _core.model_dir_files(out_dir, check=False) if os.path.basename(f) != "model.bs"]
+            if stale:  # a sharded bigsmall model: its shard index goes with its shards
+                stale.append(os.path.join(out_dir, "model.safetensors.index.json"))
+        except _core.Error:
+            stale = []  # not a bigsmall directory: its files are not ours to remove
+        bt.save_file(tensors, os.path.join(out_dir, "model.bs"), metadata={"format": "pt"}, threads=threads,
+                     overwrite=overwrite)
+        if staging is not None:
+            for name in os.listdir(staging):
+                os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+        written = _core.File.open(os.path.join(out_dir, "model.bs"))
+        index = {"format": "bigsmall", "format_version": _core.FORMAT_VERSION[0],
+                 "files": [{"source": "model.safetensors", "bs": "model.bs", "size": written.original_size,
+                            "bs_checksum": f"{written.fingerprint:016x}"}]}  # what readers check (FORMAT.md)
+        del written
+        tmp_index = os.path.join(out_dir, ".bigsmall.index.json.tmp")
+        with open(tmp_index, "w") as f:
+            json.dump(index, f, indent=2)
+        os.replace(tmp_index, os.path.join(out_dir, "bigsmall.index.json"))
+        for f in stale:
+            if os.path.exists(f) and os.path.abspath(f) != os.path.abspath(os.path.join(out_dir, "model.bs")):
+                os.remove(f)
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def _checkpoint_state(model):
+    """The tensors a checkpoint of `model` holds, as transformers' save_pretrained chooses them."""
+    state = model.state_dict()
+    try:
+        from transformers import PreTrainedModel
+        from transformers.core_model_loading import revert_weight_conversion
+        from transformers.modeling_utils import remove_tied_weights_from_state_dict
+    except ImportError:  # transformers 4, or none: declared ties only
+        PreTrainedModel = None
+    if PreTrainedModel is None or not isinstance(model, PreTrainedModel):
+        return _drop_declared_ties(model, state)
+    for k in getattr(model, "_keys_to_ignore_on_save", None) or []:
+        state.pop(k, None)
+    try:
+        state = remove_tied_weights_from_state_dict(state, model)
+    except RuntimeError as e:  # tensors sharing memory that the model does not declare tied
+        raise InvalidArgumentError(f"{type(model).__name__}: {bt._first_line(e)}") from None
+    return revert_weight_conversion(model, state)
+
+
+def _drop_declared_ties(model, state):
+    """Without transformers 5: a tensor is left out only when it shares memory with one kept
+    before it and its name matches the model's declared tied keys (transformers 4's
+    _tied_weights_keys patterns); anything else sharing memory is stored twice, so no weight is
+    lost."""
+    patterns = []
+    for prefix, sub in model.named_modules():
+        tied = getattr(sub, "_tied_weights_keys", None) or []
+        patterns += [(f"{re.escape(prefix)}\\." if prefix else "") + p for p in tied]
+    kept, seen = {}, set()
     for name, t in state.items():
         key = ((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
                if t.numel() else None)
-        if key is not None and key in seen:
+        if key is not None and key in seen and any(re.search(p, name) for p in patterns):
             continue
         seen.add(key)
-        tensors[name] = t
-    # A model saved here before, in shards, leaves weights that are no longer this model's: as
-    # transformers' save_pretrained, remove them (only those the old indexes name), or
-    # from_pretrained would follow the old shard index to the old weights.
-    try:
-        # Unchecked: a damaged or missing old shard is still one of the old model's.
-        stale = [f for f in _core.model_dir_files(out_dir, check=False) if os.path.basename(f) != "model.bs"]
-        if stale:  # a sharded bigsmall model: its shard index goes with its shards
-            stale.append(os.path.join(out_dir, "model.safetensors.index.json"))
-    except _core.Error:
-        stale = []  # not a bigsmall directory: its files are not ours to remove
-    bt.save_file(tensors, os.path.join(out_dir, "model.bs"), metadata={"format": "pt"}, threads=threads,
-                 overwrite=overwrite)
-    written = _core.File.open(os.path.join(out_dir, "model.bs"))
-    index = {"format": "bigsmall", "format_version": _core.FORMAT_VERSION[0],
-             "files": [{"source": "model.safetensors", "bs": "model.bs", "size": written.original_size,
-                        "bs_checksum": f"{written.fingerprint:016x}"}]}  # what readers check (FORMAT.md)
-    del written
-    with open(os.path.join(out_dir, "bigsmall.index.json"), "w") as f:
-        json.dump(index, f, indent=2)
-    for f in stale:
-        if os.path.exists(f) and os.path.abspath(f) != os.path.abspath(os.path.join(out_dir, "model.bs")):
-            os.remove(f)
-    return out_dir
+        kept[name] = t
+    return kept

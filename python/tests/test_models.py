@@ -286,3 +286,209 @@ def test_tied_pair_both_in_the_checkpoint_with_different_values_stays_untied(tmp
     for got, _ in (_quiet_load(c, LlamaForCausalLM), _streamed(c, LlamaForCausalLM)):
         assert got.lm_head.weight.data_ptr() != got.model.embed_tokens.weight.data_ptr()
         _same_tensors(got, ref)
+
+
+def _llama_config(**kw):
+    from transformers import LlamaConfig
+
+    args = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                intermediate_size=64, vocab_size=100)
+    return LlamaConfig(**{**args, **kw})
+
+
+def test_tied_pair_both_in_the_checkpoint_with_equal_values_is_tied(tmp_path):
+    """A checkpoint converted from a .bin state dict holds both tensors of a tied pair. transformers
+    ties them when equal; from_pretrained decided before decoding (comparing uninitialised
+    memory) and left them untied, T5's three embeddings as three copies."""
+    import safetensors.torch as st
+    from transformers import LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = _llama_config(tie_word_embeddings=True)
+    sd = {k: v.clone().contiguous() for k, v in LlamaForCausalLM(cfg).state_dict().items()}
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
+    (tmp_path / "hf").mkdir()
+    cfg.save_pretrained(tmp_path / "hf")
+    st.save_file(sd, str(tmp_path / "hf" / "model.safetensors"))
+    ref = LlamaForCausalLM.from_pretrained(tmp_path / "hf")
+    assert ref.lm_head.weight is ref.model.embed_tokens.weight
+    c = bigsmall.compress(tmp_path / "hf")
+    for got, _ in (_quiet_load(c, LlamaForCausalLM), _streamed(c, LlamaForCausalLM)):
+        assert got.lm_head.weight is got.model.embed_tokens.weight
+        assert torch.equal(got.lm_head.weight, sd["lm_head.weight"])
+    torch.manual_seed(0)
+    t5 = T5Config(num_layers=1, num_decoder_layers=1, d_model=32, d_ff=64, num_heads=2, d_kv=16, vocab_size=100)
+    T5ForConditionalGeneration(t5).save_pretrained(tmp_path / "t5")
+    sd = st.load_file(str(tmp_path / "t5" / "model.safetensors"))
+    for k in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+        sd[k] = sd["shared.weight"].clone()
+    st.save_file(sd, str(tmp_path / "t5" / "model.safetensors"), metadata={"format": "pt"})
+    got, _ = _quiet_load(bigsmall.compress(tmp_path / "t5"))
+    ref = T5ForConditionalGeneration.from_pretrained(tmp_path / "t5")
+    ptrs = lambda m: {m.shared.weight.data_ptr(), m.encoder.embed_tokens.weight.data_ptr(),  # noqa: E731
+                      m.decoder.embed_tokens.weight.data_ptr()}
+    assert len(ptrs(ref)) == 1 and len(ptrs(got)) == 1
+    _same_tensors(got, ref)
+
+
+def test_save_pretrained_writes_nothing_when_it_fails(tmp_path):
+    """overwrite=False wrote config.json before it refused model.bs: the directory then paired
+    one model's config with another's weights, and from_pretrained built the wrong model."""
+    from transformers import BertModel, GPT2Config, GPT2LMHeadModel
+
+    first = _bert(tmp_path)
+    out = tmp_path / "out.bs"
+    bigsmall.save_pretrained(first, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
+    with pytest.raises(FileExistsError, match="config.json|model.bs"):
+        bigsmall.save_pretrained(other, out, overwrite=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    _same_tensors(_quiet_load(out, BertModel)[0], first)
+    # A failure while writing the weights (a tensor without data) leaves an existing directory
+    # as it was and removes one it created.
+    bad = _bert(tmp_path, "b2", seed=3)
+    bad.pooler.dense.weight = torch.nn.Parameter(torch.empty(32, 32, device="meta"))
+    with pytest.raises(bigsmall.Error):
+        bigsmall.save_pretrained(bad, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    with pytest.raises(bigsmall.Error):
+        bigsmall.save_pretrained(bad, tmp_path / "new.bs")
+    assert not (tmp_path / "new.bs").exists()
+
+
+def test_save_pretrained_keeps_every_weight(tmp_path):
+    """Tensors sharing memory were deduplicated whatever the model declared: an undeclared
+    share (v_proj = k_proj) lost v_proj silently. A model refuses it, as transformers does; a
+    state dict or a plain module keeps every name."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(_llama_config(tie_word_embeddings=True))
+    bigsmall.save_pretrained(m, tmp_path / "tied.bs")
+    names = [t["name"] for t in bigsmall.info(str(tmp_path / "tied.bs"))["tensors"]]
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names  # declared: once
+    a = m.model.layers[0].self_attn
+    a.v_proj.weight = a.k_proj.weight
+    with pytest.raises(bigsmall.InvalidArgumentError, match="shared tensors"):
+        bigsmall.save_pretrained(m, tmp_path / "undeclared.bs")
+    assert not (tmp_path / "undeclared.bs").exists()
+    sd = m.state_dict()
+    bigsmall.save_pretrained(sd, tmp_path / "dict.bs")
+    back = bigsmall.torch.load_file(str(tmp_path / "dict.bs" / "model.bs"))
+    assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 4)
+            self.b = self.a  # shared, undeclared
+
+    bigsmall.save_pretrained(Net(), tmp_path / "net.bs")  # no config: weights only
+    assert sorted(bigsmall.torch.load_file(str(tmp_path / "net.bs" / "model.bs"))) == ["a.bias", "a.weight",
+                                                                                       "b.bias", "b.weight"]
+
+
+def test_save_pretrained_writes_the_checkpoint_names_transformers_writes(tmp_path):
+    """transformers 5 fuses Mixtral's experts in memory and unfuses them when it saves; the
+    decompressed directory must hold what transformers' save_pretrained writes."""
+    import safetensors.torch as st
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    m = MixtralForCausalLM(MixtralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, num_local_experts=2,
+                                         num_experts_per_tok=1, vocab_size=100))
+    m.save_pretrained(tmp_path / "hf")
+    bigsmall.save_pretrained(m, tmp_path / "bs")
+    bigsmall.decompress(str(tmp_path / "bs"), str(tmp_path / "restored"))
+    ref = st.load_file(str(tmp_path / "hf" / "model.safetensors"))
+    got = st.load_file(str(tmp_path / "restored" / "model.safetensors"))
+    assert sorted(got) == sorted(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_auto_dtype_is_the_first_float_tensor_in_name_order(tmp_path):
+    """A bfloat16 model with float32 norms and no dtype in config.json: transformers picks the
+    first float tensor in name order (bfloat16); bigsmall took data order, where 4-byte tensors
+    come first, and loaded the model in float32."""
+    import json
+
+    import safetensors.torch as st
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = _llama_config()
+    sd = {k: (v.float() if "norm" in k else v.to(torch.bfloat16)).contiguous()
+          for k, v in LlamaForCausalLM(cfg).state_dict().items()}
+    (tmp_path / "hf").mkdir()
+    cfg.save_pretrained(tmp_path / "hf")
+    conf = json.loads((tmp_path / "hf" / "config.json").read_text())
+    conf.pop("dtype", None)
+    conf.pop("torch_dtype", None)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(conf))
+    st.save_file(sd, str(tmp_path / "hf" / "model.safetensors"))
+    assert LlamaForCausalLM.from_pretrained(tmp_path / "hf").dtype == torch.bfloat16
+    c = bigsmall.compress(tmp_path / "hf")
+    assert _quiet_load(c)[0].dtype == torch.bfloat16
+    assert _quiet_load(c, attn_implementation="eager")[0].dtype == torch.bfloat16  # through transformers
+    assert _streamed(c)[0].dtype == torch.bfloat16
+
+
+def test_subfolder_is_the_model_directory(tmp_path):
+    """from_pretrained(subfolder=) read the config from the subfolder and the weights from the
+    top, a randomly initialised model without an error."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(_llama_config()).save_pretrained(tmp_path / "nest")
+    gpt = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
+    gpt.save_pretrained(tmp_path / "nest" / "text")
+    c = bigsmall.compress(tmp_path / "nest")
+    got, _ = _quiet_load(c, subfolder="text")
+    _same_tensors(got, GPT2LMHeadModel.from_pretrained(tmp_path / "nest", subfolder="text"))
+    _same_tensors(bigsmall.StreamingLoader(c, subfolder="text").load_model(progress=False), got)
+    with pytest.raises(bigsmall.NotFoundError, match="subfolder"):
+        _quiet_load(c, subfolder="nope")
+    with pytest.raises(bigsmall.InvalidArgumentError, match="variant"):
+        _quiet_load(c, variant="fp16")
+
+
+def test_a_model_directory_with_model_bs_ignores_an_old_shard_index(tmp_path):
+    """transformers looks for model.safetensors before a shard index; bigsmall followed a stale
+    index of a transformers checkpoint saved there before and failed on its missing shards."""
+    from transformers import BertModel
+
+    _bert(tmp_path, "out", max_shard_size="20KB")  # leaves model.safetensors.index.json
+    new = _bert(tmp_path, "other", seed=5)
+    bigsmall.save_pretrained(new, tmp_path / "out")
+    _same_tensors(_quiet_load(tmp_path / "out", BertModel)[0], new)
+
+
+def test_load_model_of_a_plain_module_and_its_arguments(tmp_path):
+    """A plain torch module: what the checkpoint lacks cannot be initialised (it crashed on
+    initialize_weights after loading); built on the CPU it keeps its constructor's values,
+    with a warning. Arguments from_pretrained takes are refused by name, not ignored."""
+    from transformers import BertModel
+
+    class Net(torch.nn.Module):
+        def __init__(self, extra=False):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 4)
+            if extra:
+                self.head = torch.nn.Linear(4, 2)
+
+    src = Net()
+    bigsmall.save_pretrained(src, tmp_path / "net.bs")
+    got, w = _streamed(tmp_path / "net.bs", Net(extra=True))
+    assert torch.equal(got.a.weight, src.a.weight) and any("left as the model was built" in m for m in w)
+    with pytest.raises(bigsmall.InvalidArgumentError, match="nothing can initialise"):
+        _streamed(tmp_path / "net.bs", Net(extra=True).to("meta"))
+    got, _ = _streamed(tmp_path / "net.bs", Net().to("meta"))
+    assert torch.equal(got.a.bias, src.a.bias)
+    _bert(tmp_path)
+    c = bigsmall.compress(tmp_path / "hf")
+    with pytest.raises(bigsmall.InvalidArgumentError, match="dtype"):
+        _streamed(c, BertModel, torch_dtype=torch.int8)
+    with pytest.raises(bigsmall.InvalidArgumentError, match="device_map"):
+        _streamed(c, BertModel, device_map="cpu")
+    assert _streamed(c, BertModel, torch_dtype=torch.float16)[0].dtype == torch.float16
