@@ -274,15 +274,15 @@ class safe_open:
 
         return bn._decode(f, [i], [t], self._threads, self._verify)[0]
 
-    def _decode_rows(self, f, i, t, r0, r1):
-        """Rows [r0, r1) of tensor i (along its first dimension): only the chunks holding them
-        are decoded, with their checksums checked."""
-        shape = [r1 - r0] + list(t["shape"][1:])
-        row_bytes = t["nbytes"] // t["shape"][0]
+    def _decode_rows(self, f, i, t, r0, r1, fshape):
+        """Rows [r0, r1) of tensor i (along the first dimension of its framework shape `fshape`):
+        only the chunks holding them are decoded, with their checksums checked."""
+        shape = [r1 - r0] + list(fshape[1:])
+        row_bytes = t["nbytes"] // fshape[0]
         if self._framework == "pt":
             from . import torch as bt
 
-            x = bt._empty(t, shape=shape)
+            x = bt._empty(t, shape=shape, path=f.path)
             if x.numel():
                 f.read_range_into(i, r0 * row_bytes, bt._byte_view(x), self._threads, self._verify)
             return x if self._device.type == "cpu" else x.to(self._device)
@@ -318,11 +318,28 @@ class _Slice:
         return self._t["dtype"]
 
     def __getitem__(self, index):
-        rows = _leading_rows(index, self._t["shape"])
+        shape = self._t["shape"]
+        if self._owner._framework == "pt":
+            from . import torch as bt
+
+            bt._torch_dtype(self._t, self._file.path)  # a dtype torch lacks is refused before any index error
+            shape = bt._torch_shape(self._t, self._file.path)
+            if self._t["dtype"] == "F4":  # indexed in values, as get_shape() counts them; torch's tensor in bytes
+                index = bt._f4_byte_index(index, self._t, self._file.path)
+        rows = _leading_rows(index, shape)
         if rows is None:  # whole tensor, or an index form left to the framework (and its errors)
-            return self._owner._decode(self._file, self._i, self._t)[index]
-        r0, r1, rest = rows
-        return self._owner._decode_rows(self._file, self._i, self._t, r0, r1)[rest]
+            x = self._owner._decode(self._file, self._i, self._t)[index]
+        else:
+            r0, r1, rest = rows
+            x = self._owner._decode_rows(self._file, self._i, self._t, r0, r1, shape)[rest]
+        if self._owner._framework == "np":
+            import numpy as np
+
+            if isinstance(x, np.generic):
+                # NumPy gives a scalar (np.float64, np.bool_) for an index that picks one
+                # element; safetensors' numpy slices are 0-d arrays then.
+                x = np.asarray(x)
+        return x
 
 
 def _leading_rows(index, shape):

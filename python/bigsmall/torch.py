@@ -1,6 +1,7 @@
 """safetensors.torch-style API over .bs files: load_file and save_file."""
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
@@ -19,6 +20,12 @@ for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), (
     if hasattr(torch, _attr):
         _DTYPES[_name] = getattr(torch, _attr)
 _NAMES = {v: k for k, v in _DTYPES.items()}
+# F4 (safetensors' name for torch.float4_e2m1fn_x2, torch 2.8+): two values a byte, the header's
+# shape counting values, the tensor's last dimension counting bytes (header [5, 6] <-> [5, 3]).
+# It is kept out of _DTYPES, whose shapes and dtypes the model loaders take as they are.
+_F4 = getattr(torch, "float4_e2m1fn_x2", None)
+if _F4 is not None:
+    _NAMES[_F4] = "F4"
 
 
 def _device(device):
@@ -56,11 +63,81 @@ def _byte_view(t):
     return t.reshape(-1).view(torch.uint8).numpy()
 
 
-def _empty(info, device="cpu", shape=None):
-    dt = _DTYPES.get(info["dtype"])
+def _torch_dtype(info, path=None):
+    """The torch dtype of a tensor of the file at `path`; refused (naming both) where this torch has none."""
+    dt = _F4 if info["dtype"] == "F4" else _DTYPES.get(info["dtype"])
     if dt is None:
-        raise _core.FormatError(f"dtype {info['dtype']} has no torch equivalent")
-    return torch.empty(info["shape"] if shape is None else shape, dtype=dt, device=device)
+        where = f"{path}: tensor" if path is not None else "tensor"
+        raise InvalidArgumentError(f"{where} {info['name']!r} has dtype {info['dtype']}, which torch "
+                                   f"{torch.__version__} has no dtype for")
+    return dt
+
+
+def _torch_shape(info, path=None):
+    """The shape of the tensor as torch holds it: the header's, except for F4, whose last
+    dimension torch counts in bytes (two values each), as safetensors loads it; an F4 tensor
+    whose values do not pair up in its last dimension (0-d, or odd) has no torch form."""
+    shape = list(info["shape"])
+    if info["dtype"] == "F4":
+        if not shape or shape[-1] % 2:
+            where = f"{path}: tensor" if path is not None else "tensor"
+            raise InvalidArgumentError(f"{where} {info['name']!r} is F4 of shape {shape}: torch's float4_e2m1fn_x2 "
+                                       "holds two values a byte along the last dimension, which must be even")
+        shape[-1] //= 2
+    return shape
+
+
+def _empty(info, device="cpu", shape=None, path=None):
+    """A new tensor for `info` (shape: the torch shape of part of it, or all of it by default)."""
+    dt = _torch_dtype(info, path)
+    return torch.empty(_torch_shape(info, path) if shape is None else shape, dtype=dt, device=device)
+
+
+def _f4_byte_index(index, info, path):
+    """An index of an F4 slice, over the values (the header's shape, which get_shape() reports, as
+    safetensors' slices are indexed), as the same index over the bytes of the float4_e2m1fn_x2
+    tensor: the last dimension's selection must be whole bytes (an even start, an even count,
+    step 1), as safetensors requires; ints, slices and one '...', as safetensors takes."""
+    shape = info["shape"]  # 1-D or more, its last dimension even: _torch_shape checked it
+    items = list(index) if isinstance(index, tuple) else [index]
+    for k, ix in enumerate(items):
+        if ix is Ellipsis or isinstance(ix, slice):
+            continue
+        try:
+            if isinstance(ix, bool):
+                raise TypeError
+            items[k] = operator.index(ix)
+        except TypeError:
+            raise InvalidArgumentError(f"{path}: tensor {info['name']!r} is F4: its slices take ints, slices and "
+                                       f"'...' (as safetensors'), not {ix!r}") from None
+    if items.count(Ellipsis) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")  # torch's words
+    if len(items) - items.count(Ellipsis) > len(shape):
+        raise IndexError(f"too many indices for tensor of dimension {len(shape)}")
+    if Ellipsis in items:
+        e = items.index(Ellipsis)
+        items[e:e + 1] = [slice(None)] * (len(shape) - len(items) + 1)
+    items += [slice(None)] * (len(shape) - len(items))
+    last, n = items[-1], shape[-1]
+    if isinstance(last, slice):
+        if last.step is not None and operator.index(last.step) <= 0:
+            raise ValueError("step must be greater than zero")  # torch's words
+        sel = range(n)[last]
+        if len(sel) == 0:
+            items[-1] = slice(0, 0)
+        elif sel.step == 1 and sel.start % 2 == 0 and len(sel) % 2 == 0:
+            items[-1] = slice(sel.start // 2, (sel.start + len(sel)) // 2)
+        else:
+            last = None
+    elif -n <= last < n:
+        last = None  # one value: half a byte
+    else:
+        raise IndexError(f"index {last} is out of bounds for dimension {len(shape) - 1} with size {n}")
+    if last is None:
+        raise InvalidArgumentError(f"{path}: tensor {info['name']!r} is F4 of shape {list(shape)}: index {index!r} "
+                                   "splits bytes (two values each) in the last dimension: select an even-aligned, "
+                                   "even-length run of it, as safetensors requires")
+    return tuple(items)
 
 
 def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
@@ -70,13 +147,13 @@ def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
     dev = _device(device)
     if dev.type == "cuda" and into is None and _core.cuda_available():
         with torch.cuda.device(dev):  # staging, launch and stream on the tensors' own device
-            outs = [_empty(t, device=dev) for t in infos]
+            outs = [_empty(t, device=dev, path=f.path) for t in infos]
             idx = [i for i, t in zip(which, outs) if t.numel() > 0]
             ptrs = [t.data_ptr() for t in outs if t.numel() > 0]
             if idx:
                 f.read_into_device(idx, ptrs, torch.cuda.current_stream(dev).cuda_stream, verify)
         return outs
-    outs = list(into) if into is not None else [_empty(t) for t in infos]
+    outs = list(into) if into is not None else [_empty(t, path=f.path) for t in infos]
     if into is not None and not all(t.device.type == "cpu" and t.is_contiguous() for t in outs):
         raise InvalidArgumentError("decoding needs contiguous CPU tensors")
     # By address: every tensor here is a contiguous CPU tensor this package allocated (or the
@@ -98,7 +175,7 @@ def load_file(filename, device="cpu", threads=None, verify=True):
     return {t["name"]: x for t, x in zip(infos, tensors)}
 
 
-def _views(tensors):
+def _views(tensors, filename=None):
     if not isinstance(tensors, dict):
         raise InvalidArgumentError(f"tensors must be a dict of name -> torch.Tensor, not {type(tensors).__name__}")
     names, shapes, bufs, keep = [], [], [], []
@@ -114,15 +191,22 @@ def _views(tensors):
         # Conjugate and negative views are lazy bits on a tensor: the bytes must hold the values.
         c = t.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
         keep.append(c)
+        shape = list(c.shape)
+        if c.dtype == _F4:  # the header counts F4 values, two a byte along the last dimension
+            if not shape:
+                where = f"{filename}: tensor" if filename is not None else "tensor"
+                raise InvalidArgumentError(f"{where} {name!r} is a 0-d float4_e2m1fn_x2 tensor: its two values "
+                                           "have no last dimension to be counted in, and safetensors refuses it too (save it as shape [1])")
+            shape[-1] *= 2
         names.append((_text(name, "tensor name"), _NAMES[c.dtype]))
-        shapes.append(list(c.shape))
+        shapes.append(shape)
         bufs.append(_byte_view(c))
     return names, shapes, bufs, keep
 
 
 def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
     """Write tensors straight to a .bs file (no safetensors file in between)."""
-    names, shapes, bufs, _keep = _views(tensors)
+    names, shapes, bufs, _keep = _views(tensors, os.fsdecode(filename))
     _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, _header_metadata(metadata), _threads(threads), overwrite)
 
 

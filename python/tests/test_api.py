@@ -770,3 +770,168 @@ def test_one_version_everywhere():
     assert bigsmall.__version__ == importlib.metadata.version("bigsmall")
     assert out.split()[1] == bigsmall.__version__, out
     assert bigsmall._core.library_version == bigsmall.__version__
+
+
+def write_safetensors(path, entries):
+    """A safetensors file made by hand (name -> (dtype, shape, bytes)): headers that
+    safetensors' own writer cannot produce."""
+    header, data = {}, b""
+    for name, (dtype, shape, raw) in entries.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h + data)
+
+
+F4 = getattr(torch, "float4_e2m1fn_x2", None)
+needs_f4 = pytest.mark.skipif(F4 is None, reason="torch.float4_e2m1fn_x2 needs torch 2.8+")
+
+
+def f4_tensor(g, *shape):
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=g).view(F4)
+
+
+@needs_f4
+def test_f4_saves_and_loads_as_safetensors_does(tmp_path):
+    """torch.float4_e2m1fn_x2 is F4, two values a byte: the header's last dimension counts
+    values, twice the tensor's (which counts bytes), as safetensors writes and reads it."""
+    from safetensors import safe_open as st_open
+
+    g = torch.Generator().manual_seed(4)
+    t = {"w": f4_tensor(g, 64, 33), "one": f4_tensor(g, 1), "cube": f4_tensor(g, 2, 3, 5), "rows0": f4_tensor(g, 0, 4),
+         "cols0": f4_tensor(g, 3, 0), "f": torch.randn(5, generator=g)}
+    bt.save_file(t, tmp_path / "t.bs", metadata={"format": "pt"})
+    bigsmall.decompress(tmp_path / "t.bs", tmp_path / "t.safetensors")
+    st.save_file(t, str(tmp_path / "ref.safetensors"), metadata={"format": "pt"})
+    assert (tmp_path / "t.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    assert bigsmall.info(tmp_path / "t.bs")["tensors"][[x["name"] for x in bigsmall.info(tmp_path / "t.bs")["tensors"]].index("w")]["shape"] == [64, 66]
+    # safetensors' own file, compressed, loads as safetensors loads it.
+    bigsmall.compress(tmp_path / "ref.safetensors", tmp_path / "ref.bs")
+    want = st.load_file(str(tmp_path / "ref.safetensors"))
+    for got in (bt.load_file(tmp_path / "ref.bs"), bt.load_file(tmp_path / "t.bs"),
+                bigsmall.safe_open(tmp_path / "ref.bs").get_tensors()):
+        assert sorted(got) == sorted(want)
+        for k in want:
+            assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+            assert torch.equal(got[k].view(torch.uint8), want[k].view(torch.uint8)), k
+    with st_open(str(tmp_path / "ref.safetensors"), "pt") as ref, bigsmall.safe_open(tmp_path / "ref.bs", "pt") as f:
+        for k in t:
+            a, b = ref.get_tensor(k), f.get_tensor(k)
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8)), k
+            assert f.get_slice(k).get_shape() == ref.get_slice(k).get_shape(), k  # values: [64, 66] for w
+            assert f.get_slice(k).get_dtype() == ref.get_slice(k).get_dtype(), k
+    # A 0-d float4_e2m1fn_x2 tensor has no F4 shape: safetensors refuses it, and so does bigsmall.
+    scalar = {"s": torch.tensor(7, dtype=torch.uint8).view(F4)}
+    with pytest.raises(Exception):
+        st.save_file(scalar, str(tmp_path / "s.safetensors"))
+    with pytest.raises(bigsmall.InvalidArgumentError, match=r"s\.bs: tensor 's' is a 0-d float4_e2m1fn_x2") as e:
+        bt.save_file(scalar, tmp_path / "s.bs")
+    assert "\n" not in str(e.value) and not os.path.exists(tmp_path / "s.bs")
+
+
+@needs_f4
+def test_tensors_torch_cannot_hold_are_refused_naming_file_and_tensor(tmp_path):
+    """F4 whose values do not pair up along the last dimension (safetensors refuses every one of
+    these too) and dtypes torch lacks: a one-line InvalidArgumentError naming the file and the
+    tensor, from load_file, get_tensor and slices alike; get_shape()/get_dtype() still answer."""
+    from safetensors import safe_open as st_open
+
+    cases = {"F4 [2, 1]": ("F4", [2, 1], b"\x07"), "F4 [0, 3]": ("F4", [0, 3], b""), "F4 [5, 5]": ("F4", [5, 5], bytes(13)),
+             "F4 []": ("F4", [], b"\x07"), "F6_E2M3": ("F6_E2M3", [4], bytes(3)), "F6_E3M2": ("F6_E3M2", [4], bytes(3))}
+    for k, (dtype, shape, raw) in enumerate(cases.values()):
+        src, comp = tmp_path / f"c{k}.safetensors", tmp_path / f"c{k}.bs"
+        write_safetensors(src, {"ok": ("F32", [2], bytes(8)), "bad": (dtype, shape, raw)})
+        bigsmall.compress(src, comp)  # a valid file: bigsmall keeps it byte for byte
+        with pytest.raises(Exception):  # noqa: B017 - safetensors' own error, whatever its class
+            with st_open(str(src), "pt") as ref:
+                ref.get_tensor("bad")
+        f = bigsmall.safe_open(comp)
+        assert f.get_slice("bad").get_shape() == shape and f.get_slice("bad").get_dtype() == dtype
+        assert torch.equal(f.get_tensor("ok"), torch.zeros(2))
+        for call in (lambda: bt.load_file(comp), lambda: f.get_tensor("bad"), lambda: f.get_tensors(),
+                     lambda: f.get_slice("bad")[:], lambda: f.get_slice("bad")[0]):
+            with pytest.raises(bigsmall.InvalidArgumentError, match=rf"c{k}\.bs: tensor 'bad' ") as e:
+                call()
+            assert "\n" not in str(e.value) and (dtype in str(e.value)), str(e.value)
+
+
+def f4_values(x):
+    """The F4 values of a float4_e2m1fn_x2 tensor as 4-bit codes in a uint8 array of the header's
+    shape (each byte's low half first), with each value's position in the file (its id)."""
+    b = x.view(torch.uint8).numpy()
+    codes = np.stack([b & 15, b >> 4], -1).reshape(b.shape[:-1] + (2 * b.shape[-1],))
+    return codes, np.arange(codes.size).reshape(codes.shape)
+
+
+@needs_f4
+def test_f4_slices_index_values_as_get_shape_counts_them(tmp_path):
+    """get_slice() of an F4 tensor is indexed in values, as get_shape() counts them (and as
+    safetensors' slicer takes them); the result is the float4_e2m1fn_x2 tensor of the bytes
+    selected. A selection that splits a byte is refused, as safetensors refuses it."""
+    from safetensors import safe_open as st_open
+
+    g = torch.Generator().manual_seed(12)
+    t = {"w": f4_tensor(g, 3000, 256), "v": f4_tensor(g, 8), "c": f4_tensor(g, 2, 3, 4)}
+    st.save_file(t, str(tmp_path / "f4.safetensors"))
+    bigsmall.compress(tmp_path / "f4.safetensors", tmp_path / "f4.bs")
+    forms = [slice(None), 0, -1, 5, slice(1, 3), slice(2, 9, 3), slice(-5, None), slice(100, 50), Ellipsis, (),
+             (slice(None), slice(0, 4)), (slice(None), slice(0, 3)), (slice(None), slice(1, 5)), (0, slice(2, 6)),
+             (slice(None), 3), (0, 0), (Ellipsis, slice(-4, None)), (Ellipsis, 1), (1, Ellipsis), (slice(None), slice(0, 8, 2)),
+             (slice(None), slice(4, 4)), (slice(None), slice(3, 3)), (slice(1, 2), slice(None), slice(2, 100)),
+             (0, 0, slice(2, 4)), (np.int64(1), slice(0, 2)), 10**6, (0, 0, 0, 0)]
+    with st_open(str(tmp_path / "f4.safetensors"), "pt") as ref, bigsmall.safe_open(tmp_path / "f4.bs", "pt") as f:
+        for name in t:
+            s, full = f.get_slice(name), ref.get_tensor(name)
+            assert s.get_shape() == ref.get_slice(name).get_shape() and s.get_dtype() == "F4"
+            codes, ids = f4_values(full)
+            for ix in forms:
+                try:
+                    sel = ids[ix]
+                except IndexError:
+                    with pytest.raises(IndexError):
+                        s[ix]
+                    continue
+                pairs = sel.reshape(sel.shape[:-1] + (sel.shape[-1] // 2, 2)) if sel.ndim and sel.shape[-1] % 2 == 0 else None
+                if pairs is None or not (np.all(pairs[..., 0] % 2 == 0) and np.all(pairs[..., 1] == pairs[..., 0] + 1)):
+                    with pytest.raises(bigsmall.InvalidArgumentError, match="splits bytes") as e:
+                        s[ix]
+                    assert "\n" not in str(e.value) and f"tensor {name!r}" in str(e.value), (name, ix)
+                    continue
+                got = s[ix]
+                want = codes[ix].reshape(pairs.shape)
+                want = torch.from_numpy(np.ascontiguousarray(want[..., 0] | (want[..., 1] << 4)))
+                assert got.dtype == F4 and got.shape == want.shape, (name, ix)
+                assert torch.equal(got.contiguous().view(torch.uint8), want), (name, ix)
+        with pytest.raises(bigsmall.InvalidArgumentError, match="ints, slices"):
+            f.get_slice("w")[None]
+    # The header's shape (get_shape()) is what tensor-parallel loaders split: half the values
+    # of each row are half the bytes.
+    with bigsmall.safe_open(tmp_path / "f4.bs") as f:
+        s = f.get_slice("w")
+        assert s.get_shape() == [3000, 512]
+        half = s.get_shape()[1] // 2  # 256 values, 128 bytes
+        assert torch.equal(s[:, half:].view(torch.uint8), t["w"][:, 128:].view(torch.uint8))
+        assert torch.equal(s[1000:1010].view(torch.uint8), t["w"][1000:1010].view(torch.uint8))
+
+
+def test_numpy_slices_of_one_element_are_0d_arrays(tmp_path):
+    """Where NumPy indexing gives a scalar (np.float64, np.bool_), safetensors' numpy slices
+    give a 0-d array; so do bigsmall's."""
+    import safetensors.numpy as sn
+    from safetensors import safe_open as st_open
+
+    a = {"v": np.arange(6, dtype=np.float64), "b": np.array([True, False, True]), "m": np.arange(12, dtype=np.int32).reshape(3, 4),
+         "s": np.array(2.5, dtype=np.float32)}
+    sn.save_file(a, str(tmp_path / "n.safetensors"))
+    bigsmall.compress(tmp_path / "n.safetensors", tmp_path / "n.bs")
+    forms = {"v": [(), 3, -1, (1,), (1, ...), (..., 2), np.int64(4), slice(1, 3), ...], "b": [0, -1, (2,), (..., 1)],
+             "m": [(0, 1), (2, 3), (-1, -1), (np.int64(0), 1), (1, ...), 1], "s": [(), ...]}
+    with st_open(str(tmp_path / "n.safetensors"), "np") as ref, bigsmall.safe_open(tmp_path / "n.bs", "np") as f:
+        for name, ixs in forms.items():
+            for ix in ixs:
+                want, got = ref.get_slice(name)[ix], f.get_slice(name)[ix]
+                assert type(got) is type(want) is np.ndarray, (name, ix, type(got))
+                assert got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want), (name, ix)
+        assert type(f.get_tensor("s")) is np.ndarray and f.get_tensor("s").shape == ()
