@@ -35,6 +35,29 @@ def _message_str(self):
 
 
 NotFoundError.__str__ = _message_str
+
+
+def _io_error_str(self):
+    # With strerror set, OSError's str() would be "[Errno N] strerror": keep the core's message.
+    return str(self.args[0]) if len(self.args) == 1 else OSError.__str__(self)
+
+
+def _rebuild_io_error(cls, message, errno, strerror):
+    e = cls(message)
+    e.errno, e.strerror = errno, strerror
+    return e
+
+
+def _io_error_reduce(self):
+    # OSError pickles its args only, and a one-argument OSError has no errno: a worker process's
+    # FileNotFoundError would arrive without it.
+    if len(self.args) != 1:
+        return OSError.__reduce__(self)
+    return _rebuild_io_error, (type(self), self.args[0], self.errno, self.strerror)
+
+
+BigsmallIOError.__str__ = _io_error_str
+BigsmallIOError.__reduce__ = _io_error_reduce
 __version__ = _core.library_version  # include/bigsmall/version.hpp, as the package metadata
 FORMAT_VERSION = _core.FORMAT_VERSION
 

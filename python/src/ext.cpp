@@ -81,7 +81,11 @@ PyObject* g_file_exists = nullptr;     // IOError that is also a FileExistsError
     PyObject* e = PyLong_FromLong(st.sys_errno());
     if (e == nullptr || PyObject_SetAttrString(exc, "errno", e) != 0) PyErr_Clear();
     Py_XDECREF(e);
-    // Not strerror or filename: with them, OSError's str() would drop the one-line message.
+    // strerror as Python's own errors carry it (the package keeps str() the one-line message;
+    // filename stays unset: the message names the file).
+    PyObject* text = PyUnicode_DecodeLocale(std::strerror(st.sys_errno()), "surrogateescape");
+    if (text == nullptr || PyObject_SetAttrString(exc, "strerror", text) != 0) PyErr_Clear();
+    Py_XDECREF(text);
   }
   PyErr_SetObject(cls, exc);
   Py_DECREF(exc);

@@ -2,6 +2,7 @@ import errno
 import filecmp
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -604,6 +605,10 @@ def test_errors_follow_python_conventions(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         bt.load_file(tmp_path / "nope.bs")
     assert isinstance(e.value, bigsmall.Error) and e.value.errno == 2 and "nope.bs" in str(e.value)
+    assert e.value.strerror == os.strerror(errno.ENOENT) and not str(e.value).startswith("[Errno")
+    # Through pickle (multiprocessing workers): errno was lost, a one-argument OSError has none.
+    back = pickle.loads(pickle.dumps(e.value))
+    assert type(back) is type(e.value) and back.errno == errno.ENOENT and str(back) == str(e.value)
     with pytest.raises(FileNotFoundError):
         bigsmall.compress(tmp_path / "nope.safetensors")
     bt.save_file({"a": torch.ones(2)}, tmp_path / "m.bs")
