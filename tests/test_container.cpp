@@ -1654,3 +1654,91 @@ TEST(Container, FloorBitsFollowTheJointModelDefinition) {
     EXPECT_NEAR(static_cast<double>(f->tensors()[i].floor_bits), want, 1.0 + want * 1e-9) << ts[i].name;
   }
 }
+
+TEST(Directory, AForcedMergeThatFailsPartwayLeavesTheOldDirectoryWhole) {
+  // -f into an existing directory moved the new files in one by one: a failure partway left a
+  // compressed model of old and new files under the old index (it no longer verified), and a
+  // restored one mixing two versions without a word.
+  TempDir d;
+  const fs::path src = d.path / "model";
+  fs::create_directories(src / "sub");
+  auto ts = sample_tensors();
+  write_file((src / "a.safetensors").string(), safetensors_bytes({ts[0], ts[1]}));
+  write_file((src / "sub" / "b.safetensors").string(), safetensors_bytes({ts[2]}));
+  write_file((src / "z.safetensors").string(), safetensors_bytes({ts[3]}));
+  ASSERT_TRUE(compress_dir(src.string(), d / "m.bs").is_ok());
+  ASSERT_TRUE(decompress_dir(d / "m.bs", d / "back").is_ok());
+  auto snapshot = [](const fs::path& dir) {
+    std::map<std::string, std::vector<uint8_t>> files;
+    for (const auto& e : fs::recursive_directory_iterator(dir))
+      if (e.is_regular_file()) files[fs::relative(e.path(), dir).string()] = read_file(e.path().string());
+    return files;
+  };
+  const auto old_bs = snapshot(d / "m.bs"), old_back = snapshot(d / "back");
+  // A second version of every shard, and a new file.
+  write_file((src / "a.safetensors").string(), safetensors_bytes({ts[1], ts[0]}));
+  write_file((src / "sub" / "b.safetensors").string(), safetensors_bytes({ts[2], ts[3]}));
+  write_file((src / "z.safetensors").string(), safetensors_bytes({ts[0]}));
+  fs::create_directories(src / "new");
+  write_file((src / "new" / "c.json").string(), std::string("{}"));
+  CompressOptions co;
+  co.overwrite = true;
+  DecompressOptions dop;
+  dop.overwrite = true;
+  for (int after : {1, 2, 3}) {
+    detail::fail_merge_after_for_testing(after);
+    Status st = compress_dir(src.string(), d / "m.bs", co);
+    EXPECT_EQ(st.code(), Error::kIo) << after;
+    EXPECT_EQ(snapshot(d / "m.bs"), old_bs) << after;  // hidden files moved aside included
+    EXPECT_FALSE(fs::exists(d.path / "m.bs" / "new")) << after;
+    EXPECT_TRUE(verify_path(d / "m.bs").is_ok()) << after;
+  }
+  ASSERT_TRUE(compress_dir(src.string(), d / "v2.bs").is_ok());
+  detail::fail_merge_after_for_testing(1);
+  EXPECT_EQ(decompress_dir(d / "v2.bs", d / "back", dop).code(), Error::kIo);
+  EXPECT_EQ(snapshot(d / "back"), old_back);
+  detail::fail_merge_after_for_testing(-1);
+  ASSERT_TRUE(compress_dir(src.string(), d / "m.bs", co).is_ok());
+  EXPECT_TRUE(verify_path(d / "m.bs").is_ok());
+  EXPECT_EQ(read_file((d.path / "m.bs" / "new" / "c.json").string()), read_file((src / "new" / "c.json").string()));
+  for (const auto& e : fs::recursive_directory_iterator(d / "m.bs"))
+    EXPECT_EQ(e.path().filename().string().find(".old-bigsmall-"), std::string::npos) << e.path();
+}
+
+TEST(Directory, AFileIsNotReplacedByADirectory) {
+  TempDir d;
+  const fs::path src = d.path / "model";
+  fs::create_directories(src);
+  write_file((src / "a.safetensors").string(), safetensors_bytes({sample_tensors()[0]}));
+  write_file((d.path / "out").string(), std::string("precious"));
+  CompressOptions co;
+  co.overwrite = true;
+  const Status st = compress_dir(src.string(), d / "out", co);
+  EXPECT_EQ(st.code(), Error::kIo);
+  EXPECT_NE(st.message().find("is a file"), std::string::npos) << st.message();
+  EXPECT_EQ(read_file((d.path / "out").string()), std::vector<uint8_t>({'p', 'r', 'e', 'c', 'i', 'o', 'u', 's'}));
+}
+
+TEST(Container, AnInputRewrittenWhileItIsReadIsRefused) {
+  // A file rewritten in place during compression gave an output matching neither version.
+  TempDir d;
+  const fs::path in = d.path / "in.safetensors";
+  write_file(in.string(), safetensors_bytes(sample_tensors()));
+  CompressOptions co;
+  bool touched = false;
+  co.progress = [&](uint64_t, uint64_t) {
+    if (touched) return;
+    touched = true;
+    std::FILE* f = std::fopen(in.c_str(), "r+b");  // same size, new bytes, new mtime
+    ASSERT_NE(f, nullptr);
+    std::fseek(f, -1, SEEK_END);
+    std::fputc('x', f);
+    std::fclose(f);
+  };
+  const Status st = compress_file(in.string(), (d.path / "out.bs").string(), co);
+  EXPECT_TRUE(touched);
+  EXPECT_EQ(st.code(), Error::kTruncated) << st.message();
+  EXPECT_NE(st.message().find("changed by another program"), std::string::npos) << st.message();
+  EXPECT_FALSE(fs::exists(d.path / "out.bs"));
+  EXPECT_TRUE(compress_file(in.string(), (d.path / "out.bs").string()).is_ok());
+}

@@ -240,10 +240,10 @@ void set_write_batch_bytes_for_testing(uint64_t bytes) {
 namespace {
 
 // from_one_mapping: every source lies in one mapping of the input file (compress_file), so that
-// a batch's pages can be mapped in one call.
+// a batch's pages can be mapped in one call. source_file: that file, checked unchanged before commit.
 Status write_bs(const std::string& dst, const std::string& st_header, uint64_t original_size,
                 const std::vector<Source>& sources, std::vector<Filler> fillers, const CompressOptions& opts,
-                bool from_one_mapping, std::optional<unsigned> mode) {
+                bool from_one_mapping, std::optional<unsigned> mode, const MappedFile* source_file) {
   for (const auto& s : sources) {
     if (s.name.size() > UINT16_MAX) return Status(Error::kLimit, "tensor name longer than 65535 bytes");
     if (s.shape.size() > 255) return Status(Error::kLimit, "tensor '" + s.name + "': more than 255 dimensions");
@@ -401,6 +401,7 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
   const auto header = encode_header(h);
   BIGSMALL_RETURN_IF_ERROR(out.pwrite(header.data(), header.size(), 0));
   if (mode) out.set_permissions(*mode);
+  if (source_file) BIGSMALL_RETURN_IF_ERROR(source_file->check_unchanged());
   return out.commit(opts.sync);
 }
 
@@ -1076,7 +1077,7 @@ Status compress_file(const std::string& src, const std::string& dst, const Compr
   std::vector<detail::Filler> fillers;
   for (const auto& g : st.gaps)
     fillers.push_back({g.first, std::vector<uint8_t>(in.data() + st.data_start + g.first, in.data() + st.data_start + g.second)});
-  const Status written = detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts, true, in.output_mode());
+  const Status written = detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts, true, in.output_mode(), &in);
   // Limits on what the input declares (name lengths, dimensions) name the input.
   return written.code() == Error::kLimit ? written.with_context(src) : written;
 }
@@ -1152,7 +1153,7 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
     sources.push_back({t.name, t.dtype, t.shape, t.data, t.nbytes, offsets[i]});
     data_size += t.nbytes;
   }
-  return detail::write_bs(dst, header, 8 + header.size() + data_size, sources, {}, opts, false, std::nullopt);
+  return detail::write_bs(dst, header, 8 + header.size() + data_size, sources, {}, opts, false, std::nullopt, nullptr);
 }
 
 }  // namespace bigsmall

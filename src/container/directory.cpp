@@ -22,6 +22,12 @@
 namespace bigsmall {
 namespace fs = std::filesystem;
 namespace {
+std::atomic<int> merge_failure_after{-1};
+}  // namespace
+
+void detail::fail_merge_after_for_testing(int n) { merge_failure_after.store(n); }
+
+namespace {
 
 constexpr std::string_view kStExt = ".safetensors";
 
@@ -35,6 +41,7 @@ Status copy_into(const fs::path& src, const fs::path& dst) {
   BIGSMALL_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
   BIGSMALL_RETURN_IF_ERROR(out.write(in.data(), in.size()));
   out.set_permissions(in.output_mode());  // a run.sh stays executable, as cp copies it
+  BIGSMALL_RETURN_IF_ERROR(in.check_unchanged());
   return out.commit();
 }
 
@@ -115,8 +122,12 @@ class OutputDir {
       return Status(Error::kIo, dst + ": already exists").with_errno(EEXIST);
     // -f swaps the finished directory in and removes what was there: never a device, pipe or
     // socket (as root, -f -o /dev/null would have deleted /dev/null).
-    if (const auto st = fs::status(d.final_, ec); !ec && fs::exists(st) && !fs::is_directory(st) && !fs::is_regular_file(st))
-      return Status(Error::kIo, dst + ": not a regular file or directory (a device, pipe or socket)");
+    if (const auto st = fs::status(d.final_, ec); !ec && fs::exists(st) && !fs::is_directory(st)) {
+      if (!fs::is_regular_file(st)) return Status(Error::kIo, dst + ": not a regular file or directory (a device, pipe or socket)");
+      // -f replaces a file with a file and merges into a directory; a file is not a directory's
+      // earlier version (as the merge refuses a directory where a file goes).
+      return Status(Error::kIo, dst + ": is a file, cannot replace it with a directory");
+    }
     // A name left by a killed run (no handler runs on SIGKILL) is skipped, not an error.
     static std::atomic<unsigned> counter{0};
     for (int attempt = 0; attempt < 100; ++attempt) {
@@ -210,8 +221,10 @@ class OutputDir {
 
   // -f into an existing directory: each new file replaces one of the same name and nothing else
   // there is touched (-o may name a directory that holds other work). Every target is checked
-  // first, and the directory index moves last, so that a refusal changes nothing and a failure
-  // partway leaves the old index describing the old files.
+  // first; then each file there is moved aside and the new one moved in, the directory index
+  // last. A failure partway moves every file back (a compressed model half replaced would no
+  // longer verify, and a restored one would mix two versions silently), and signals wait until
+  // the moves are done or undone (kill -9 aside: it can leave files moved aside behind).
   Status merge() {
     std::error_code ec;
     std::vector<fs::path> files, dirs;
@@ -230,17 +243,70 @@ class OutputDir {
           return Status(Error::kIo, at.string() + (last ? ": is a directory, cannot replace it with a file" : ": is not a directory"));
       }
     }
+    const detail::SignalsHeld held;
+    std::vector<fs::path> made;                            // directories created here, parents first
+    std::vector<std::pair<fs::path, fs::path>> placed;     // (target, where its old file waits, or empty)
+    auto undo = [&] {
+      std::error_code e;
+      for (auto it = placed.rbegin(); it != placed.rend(); ++it) {
+        fs::remove(it->first, e);
+        if (!it->second.empty()) fs::rename(it->second, it->first, e);
+      }
+      for (auto it = made.rbegin(); it != made.rend(); ++it) fs::remove(*it, e);  // only if empty
+    };
+    auto make_dirs = [&](const fs::path& dir) {
+      std::vector<fs::path> missing;
+      for (fs::path d = dir; !d.empty() && d != final_ && !fs::exists(fs::symlink_status(d, ec)); d = d.parent_path())
+        missing.push_back(d);
+      ec.clear();
+      for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+        if (!fs::create_directory(*it, ec) || ec) return false;
+        made.push_back(*it);
+      }
+      return true;
+    };
+    unsigned aside_counter = 0;
     for (const auto& f : files) {
       const fs::path target = final_ / f;
-      fs::create_directories(target.parent_path(), ec);
-      if (!ec) fs::rename(temp_ / f, target, ec);
-      if (ec) return Status(Error::kIo, target.string() + ": cannot create: " + ec.message());
+      if (!make_dirs(target.parent_path())) {
+        const std::string why = ec.message();
+        undo();
+        return Status(Error::kIo, target.parent_path().string() + ": cannot create directory: " + why);
+      }
+      fs::path aside;
+      if (fs::exists(fs::symlink_status(target, ec))) {
+        std::string name = target.filename().string();  // built in steps, as above
+        name.insert(0, 1, '.');
+        name += ".old-bigsmall-";
+        name += std::to_string(::getpid());
+        name += '-';
+        name += std::to_string(aside_counter++);
+        aside = target.parent_path() / name;
+        if (::rename(target.c_str(), aside.c_str()) != 0) {
+          const int e = errno;
+          undo();
+          return Status(Error::kIo, target.string() + ": cannot replace: " + std::strerror(e));
+        }
+      }
+      const bool injected = static_cast<int>(placed.size()) == merge_failure_after.load() && merge_failure_after.exchange(-1) >= 0;
+      if (injected || ::rename((temp_ / f).c_str(), target.c_str()) != 0) {
+        const int e = injected ? EIO : errno;
+        if (!aside.empty()) ::rename(aside.c_str(), target.c_str());
+        undo();
+        return Status(Error::kIo, target.string() + ": cannot create: " + std::strerror(e));
+      }
+      placed.emplace_back(target, aside);
     }
     // Empty directories of the input come along too (the others exist by now).
     for (const auto& d : dirs) {
-      fs::create_directories(final_ / d, ec);
-      if (ec) return Status(Error::kIo, (final_ / d).string() + ": cannot create directory: " + ec.message());
+      if (!make_dirs(final_ / d)) {
+        const std::string why = ec.message();
+        undo();
+        return Status(Error::kIo, (final_ / d).string() + ": cannot create directory: " + why);
+      }
     }
+    for (const auto& [target, aside] : placed)
+      if (!aside.empty()) fs::remove(aside, ec);  // the old files, now replaced
     return Status::success();  // the destructor removes the emptied temporary tree
   }
 

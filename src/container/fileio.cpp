@@ -3,6 +3,7 @@
 #include "bigsmall/container.hpp"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/mman.h>
@@ -100,8 +101,30 @@ bool remove_tree(int parent, const char* name, int depth) {
 void register_pending_dir(const std::string& p) { register_pending(p, true); }
 void unregister_pending_dir(const std::string& p) { unregister_pending(p); }
 
+namespace {
+std::atomic<int> g_held{0};  // SignalsHeld alive (on some thread)
+}  // namespace
+
+SignalsHeld::SignalsHeld() {
+  sigset_t all;
+  ::sigfillset(&all);
+  for (int sync : {SIGBUS, SIGSEGV, SIGFPE, SIGILL, SIGTRAP, SIGSYS}) ::sigdelset(&all, sync);  // faults stay faults
+  ::pthread_sigmask(SIG_BLOCK, &all, &old_);
+  g_held.fetch_add(1);
+}
+
+SignalsHeld::~SignalsHeld() {
+  g_held.fetch_sub(1);
+  ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);  // a signal that came meanwhile is handled now
+}
+
 void remove_pending_outputs() {
   const int saved = errno;
+  // Renames moving an output into place are running on another thread: let them finish.
+  for (int waited = 0; g_held.load() > 0 && waited < 10000; ++waited) {
+    const struct timespec ms{0, 1000000};
+    ::nanosleep(&ms, nullptr);
+  }
   for (int i = 0; i < kSlots; ++i)
     if (g_state[i].load() == 2 && !g_is_dir[i]) ::unlink(g_pending[i]);
   for (int i = 0; i < kSlots; ++i)
@@ -116,6 +139,8 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   std::swap(mode_, o.mode_);
   std::swap(dev_, o.dev_);
   std::swap(ino_, o.ino_);
+  std::swap(mtime_, o.mtime_);
+  std::swap(ctime_, o.ctime_);
   std::swap(path_, o.path_);
   return *this;
 }
@@ -131,6 +156,18 @@ Status MappedFile::check_not_truncated() const {
     return Status::success();
   return Status(Error::kTruncated, path_ + ": truncated by another program while open (" + std::to_string(size_) +
                                        " bytes when opened, " + std::to_string(st.st_size) + " now)");
+}
+
+Status MappedFile::check_unchanged() const {
+  struct stat st;
+  if (path_.empty()) return Status::success();
+  if (::stat(path_.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_dev) != dev_ ||
+      static_cast<uint64_t>(st.st_ino) != ino_)
+    return Status::success();  // renamed over or deleted: the mapping kept the file as opened
+  auto same = [](const struct timespec& a, const struct timespec& b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; };
+  if (static_cast<uint64_t>(st.st_size) != size_ || !same(st.st_mtim, mtime_) || !same(st.st_ctim, ctime_))
+    return Status(Error::kTruncated, path_ + ": changed by another program while it was read (nothing written; run again)");
+  return Status::success();
 }
 
 Result<MappedFile> MappedFile::open(const std::string& path) {
@@ -163,6 +200,8 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
   }
   m.dev_ = static_cast<uint64_t>(st.st_dev);
   m.ino_ = static_cast<uint64_t>(st.st_ino);
+  m.mtime_ = st.st_mtim;
+  m.ctime_ = st.st_ctim;
   ::close(fd);
   return m;
 }

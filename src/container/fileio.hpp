@@ -1,6 +1,9 @@
 // File access for the container: read-only mappings for inputs, and outputs that are written
 // under a temporary name and renamed into place only when complete.
 #pragma once
+#include <signal.h>
+#include <time.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -16,6 +19,9 @@ unsigned process_umask();
 // Tests only: the n-th OutputFile::write_pieces call from now on (1 = the next) fails as on a
 // full disk, once; 0 turns it off.
 void fail_write_pieces_for_testing(int n);
+// Tests only: a -f merge into an existing directory fails (as a refused rename) before it moves
+// its (n+1)-th file in, once; -1 turns it off.
+void fail_merge_after_for_testing(int n);
 
 class MappedFile {
  public:
@@ -30,6 +36,11 @@ class MappedFile {
   // a truncation during a read still faults. A file replaced by a rename or deleted is not this
   // one any more: the mapping keeps the old one, which stays readable.
   Status check_not_truncated() const;
+  // An error if another program changed the file since it was opened (size, modification or
+  // status-change time): a file rewritten in place while it was read would otherwise give an
+  // output that matches neither version (as tar's "file changed as we read it"). Checked after
+  // the last read, before the output is committed.
+  Status check_unchanged() const;
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
   const std::string& path() const { return path_; }
@@ -42,6 +53,7 @@ class MappedFile {
   uint64_t size_ = 0;
   unsigned mode_ = 0644;
   uint64_t dev_ = 0, ino_ = 0;  // which file was mapped, for check_not_truncated
+  struct timespec mtime_ {}, ctime_ {};  // as opened, for check_unchanged
   std::string path_;
 };
 
@@ -97,6 +109,20 @@ constexpr int kMaxDirDepth = 64;
 // A directory being built under a temporary name: remove_pending_outputs removes it and all
 // it holds.
 void register_pending_dir(const std::string& p);
+
+// While one lives, the signals that end the process are held off: masked on this thread, and a
+// cleanup handler (remove_pending_outputs) on another thread waits for it to end. For the few
+// renames that move an output into place, so that a signal cannot leave it half moved.
+class SignalsHeld {
+ public:
+  SignalsHeld();
+  ~SignalsHeld();
+  SignalsHeld(const SignalsHeld&) = delete;
+  SignalsHeld& operator=(const SignalsHeld&) = delete;
+
+ private:
+  sigset_t old_;
+};
 void unregister_pending_dir(const std::string& p);
 
 bool path_is_dir(const std::string& p);
