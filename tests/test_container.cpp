@@ -1742,3 +1742,30 @@ TEST(Container, AnInputRewrittenWhileItIsReadIsRefused) {
   EXPECT_FALSE(fs::exists(d.path / "out.bs"));
   EXPECT_TRUE(compress_file(in.string(), (d.path / "out.bs").string()).is_ok());
 }
+
+TEST(Directory, ForcedRecompressionRemovesShardsTheOldIndexListedAndFailuresRemoveMadeParents) {
+  // A model re-saved with fewer shards: the old .bs stayed in DIR.bs/ and every restore copied
+  // it into the model directory as a stray file.
+  TempDir d;
+  const fs::path src = d.path / "model";
+  fs::create_directories(src);
+  auto ts = sample_tensors();
+  write_file((src / "a.safetensors").string(), safetensors_bytes({ts[0]}));
+  write_file((src / "b.safetensors").string(), safetensors_bytes({ts[1]}));
+  write_file((src / "keep.bs.txt").string(), std::string("x"));
+  ASSERT_TRUE(compress_dir(src.string(), d / "m.bs").is_ok());
+  write_file(d / "m.bs/notes.txt", std::string("mine"));  // not the index's: left alone
+  fs::remove(src / "b.safetensors");
+  CompressOptions co;
+  co.overwrite = true;
+  ASSERT_TRUE(compress_dir(src.string(), d / "m.bs", co).is_ok());
+  EXPECT_FALSE(fs::exists(d.path / "m.bs" / "b.bs"));
+  EXPECT_TRUE(fs::exists(d.path / "m.bs" / "a.bs"));
+  EXPECT_TRUE(fs::exists(d.path / "m.bs" / "notes.txt"));
+  ASSERT_TRUE(decompress_dir(d / "m.bs", d / "back").is_ok());
+  EXPECT_FALSE(fs::exists(d.path / "back" / "b.bs"));
+  // A failed run leaves no parent directory it made for its output.
+  write_file((src / "bad.safetensors").string(), std::string("not safetensors at all"));
+  EXPECT_FALSE(compress_dir(src.string(), (d.path / "n1" / "n2" / "out.bs").string()).is_ok());
+  EXPECT_FALSE(fs::exists(d.path / "n1"));
+}

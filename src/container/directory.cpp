@@ -113,7 +113,12 @@ class OutputDir {
     if (!final_path.has_filename()) final_path = final_path.parent_path();
     // Parents first, then the checks on the path as it now resolves: "nope/../x" names x only
     // once nope exists.
-    if (final_path.has_parent_path()) fs::create_directories(final_path.parent_path(), ec);
+    if (final_path.has_parent_path()) {
+      // Those created here are removed again if the run fails (an empty a/b/ of -o a/b/out.bs).
+      for (fs::path p = final_path.parent_path(); !p.empty() && !fs::exists(fs::symlink_status(p, ec)); p = p.parent_path())
+        d.made_parents_.push_back(p);
+      fs::create_directories(final_path.parent_path(), ec);
+    }
     ec.clear();
     const fs::path resolved = fs::weakly_canonical(final_path, ec);
     d.final_ = ec ? final_path : resolved;
@@ -160,13 +165,16 @@ class OutputDir {
   }
   OutputDir() = default;
   OutputDir(OutputDir&& o) noexcept
-      : final_(std::move(o.final_)), temp_(std::exchange(o.temp_, {})), overwrite_(o.overwrite_), mode_(o.mode_) {}
+      : final_(std::move(o.final_)), temp_(std::exchange(o.temp_, {})), overwrite_(o.overwrite_), mode_(o.mode_),
+        made_parents_(std::exchange(o.made_parents_, {})) {}
   OutputDir& operator=(OutputDir&&) = delete;
   ~OutputDir() {
     std::error_code ec;
-    if (temp_.empty()) return;
-    fs::remove_all(temp_, ec);
-    detail::unregister_pending_dir(temp_.string());
+    if (!temp_.empty()) {
+      fs::remove_all(temp_, ec);
+      detail::unregister_pending_dir(temp_.string());
+    }
+    for (const auto& p : made_parents_) fs::remove(p, ec);  // not committed: innermost first, if empty
   }
   const fs::path& path() const { return temp_; }
 
@@ -216,6 +224,7 @@ class OutputDir {
   Status done() {
     detail::unregister_pending_dir(temp_.string());
     temp_.clear();
+    made_parents_.clear();
     return Status::success();
   }
 
@@ -313,6 +322,7 @@ class OutputDir {
   fs::path final_, temp_;
   bool overwrite_ = false;
   std::optional<unsigned> mode_;
+  std::vector<fs::path> made_parents_;  // created for this output, innermost first
 };
 
 struct DirEntry {
@@ -501,7 +511,25 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
   }
   index += "\n  ]\n}\n";
   BIGSMALL_RETURN_IF_ERROR(in_final_names(write_text(out / kDirIndexName, index), out, dst));
-  return out_dir.commit();
+  // -f over an earlier compressed directory: the .bs files its index listed that this run did
+  // not write are an older model's (a shard count that went down). Left there, they would be
+  // copied into every restore as stray files.
+  std::vector<std::string> stale;
+  if (opts.overwrite && detail::path_exists((fs::path(dst) / kDirIndexName).string())) {
+    if (auto old = read_dir_index(fs::path(dst))) {
+      for (const auto& e : *old) {
+        const bool rewritten = std::any_of(files.begin(), files.end(), [&](const fs::path& f) {
+          const std::string n = f.string();
+          return n == e.bs || (ends_with(n, kStExt) && n.substr(0, n.size() - kStExt.size()) + ".bs" == e.bs);
+        });
+        if (!rewritten) stale.push_back(e.bs);
+      }
+    }
+  }
+  BIGSMALL_RETURN_IF_ERROR(out_dir.commit());
+  for (const auto& bs : stale)
+    if (fs::is_regular_file(fs::symlink_status(fs::path(dst) / bs, ec))) fs::remove(fs::path(dst) / bs, ec);
+  return Status::success();
 }
 
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
