@@ -1769,3 +1769,28 @@ TEST(Directory, ForcedRecompressionRemovesShardsTheOldIndexListedAndFailuresRemo
   EXPECT_FALSE(compress_dir(src.string(), (d.path / "n1" / "n2" / "out.bs").string()).is_ok());
   EXPECT_FALSE(fs::exists(d.path / "n1"));
 }
+
+TEST(Directory, MessagesNameTheActualProblem) {
+  TempDir d;
+  // A header with whitespace or a BOM before '{': safetensors refuses it too; say why.
+  for (const std::string& lead : {std::string(" "), std::string("\xEF\xBB\xBF")}) {
+    std::string h = lead + "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}";
+    std::vector<uint8_t> bytes(8);
+    const uint64_t n = h.size();
+    std::memcpy(bytes.data(), &n, 8);
+    bytes.insert(bytes.end(), h.begin(), h.end());
+    bytes.push_back('x');
+    auto st = detail::parse_safetensors(bytes.data(), bytes.size());
+    ASSERT_FALSE(st);
+    EXPECT_NE(st.status().message().find(lead == " " ? "whitespace" : "byte-order mark"), std::string::npos)
+        << st.status().message();
+  }
+  // A file of the index's name that is not a bigsmall index: not "already compressed".
+  const fs::path src = d.path / "model";
+  fs::create_directories(src);
+  write_file((src / "a.safetensors").string(), safetensors_bytes({sample_tensors()[0]}));
+  write_file((src / "bigsmall.index.json").string(), std::string("{\"my\": \"own\"}"));
+  const Status st = compress_dir(src.string(), d / "m.bs");
+  EXPECT_EQ(st.code(), Error::kInvalidArgument) << st.message();
+  EXPECT_NE(st.message().find("rename it"), std::string::npos) << st.message();
+}

@@ -106,7 +106,7 @@ Result<std::vector<fs::path>> list_files(const fs::path& root, const fs::path& s
 class OutputDir {
  public:
   static Result<OutputDir> create(const std::string& src, const std::string& dst, bool overwrite) {
-    std::error_code ec;
+    std::error_code ec, ec2;
     OutputDir d;
     d.overwrite_ = overwrite;
     fs::path final_path(dst);
@@ -159,6 +159,10 @@ class OutputDir {
       ec.assign(errno, std::generic_category());
       if (ec == std::errc::file_exists) ec.clear();
       detail::unregister_pending_dir(temp.string());
+      if (ec == std::errc::permission_denied && fs::exists(fs::symlink_status(d.final_, ec2)))
+        return Status(Error::kIo, dst + ": cannot replace it: no right to create directories in " +
+                                      d.final_.parent_path().string() + " (outputs are built beside their final name, then renamed)")
+            .with_errno(EACCES);
       if (ec) return Status(Error::kIo, dst + ": cannot create directory: " + ec.message());
     }
     return Status(Error::kIo, dst + ": cannot create a temporary directory beside it");
@@ -461,8 +465,12 @@ Result<DirOutput> start_dir_output(const std::string& src, const std::string& ds
 Status compress_dir(const std::string& src, const std::string& dst, const CompressOptions& opts) {
   const fs::path in(src);
   // Its .bs files would be copied as they are and its index dropped: no byte-identical restore.
-  if (detail::path_exists((in / kDirIndexName).string()))
-    return Status(Error::kNotSafetensors, src + ": already a compressed model directory (decompress it, or compress the original)");
+  if (detail::path_exists((in / kDirIndexName).string())) {
+    if (read_dir_index(in))
+      return Status(Error::kNotSafetensors, src + ": already a compressed model directory (decompress it, or compress the original)");
+    return Status(Error::kInvalidArgument, (in / kDirIndexName).string() +
+                                               ": a file of the name bigsmall gives its index (rename it to compress this directory)");
+  }
   BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
   const std::vector<fs::path>& files = run.files;
   OutputDir& out_dir = run.out;

@@ -310,6 +310,14 @@ Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwr
     const int e = errno;
     unregister_pending(f.temp_);
     f.temp_.clear();
+    if (e == EACCES && path_exists(final_path)) {
+      // The output is written beside its final name and renamed: the directory, not the file
+      // there, refused.
+      const size_t slash = f.final_.rfind('/');
+      const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : f.final_.substr(0, slash);
+      return errno_status(final_path, "cannot replace it: no right to create files in " + dir +
+                                          " (outputs are written beside their final name, then renamed)", e);
+    }
     if (e != EEXIST) return errno_status(final_path, "cannot create", e);
   }
   return Status(Error::kIo, final_path + ": cannot create a temporary file beside it");

@@ -64,7 +64,14 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
   f.header.assign(reinterpret_cast<const char*>(data + 8), n);
   f.data_start = 8 + n;
   f.data_size = size - f.data_start;
-  if (n == 0 || f.header[0] != '{') return bad("header is not a JSON object");
+  if (n == 0 || f.header[0] != '{') {
+    // safetensors itself refuses these (InvalidHeaderStart): say why a JSON reader might not.
+    const auto c = static_cast<unsigned char>(n ? f.header[0] : 0);
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == 0xEF)
+      return bad(std::string("header starts with ") + (c == 0xEF ? "a byte-order mark" : "whitespace") +
+                 ", not '{' (as safetensors requires)");
+    return bad("header is not a JSON object");
+  }
   auto parsed = parse_json(f.header, raw_names ? JsonStrings::kAnyBytes : JsonStrings::kUtf8);
   if (!parsed) return bad(parsed.status().message());
   const JsonValue root = parsed->root();
