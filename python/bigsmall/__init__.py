@@ -107,14 +107,19 @@ def _text(s, what):
     return s
 
 
-def _header_metadata(metadata):
+def _header_metadata(metadata, filename=None):
     """Sorted (key, value) pairs, or None (no "__metadata__" entry). Keys and values must be str,
-    as safetensors requires; {} is written as an empty "__metadata__", as safetensors does."""
+    as safetensors requires; {} is written as an empty "__metadata__", as safetensors does. Errors
+    name the file being written."""
     if metadata is None:
         return None
+    where = f"{os.fsdecode(filename)}: " if filename is not None else ""
     if not isinstance(metadata, dict):
-        raise InvalidArgumentError(f"metadata must be a dict of str to str, not {type(metadata).__name__}")
-    return sorted((_text(k, "metadata key"), _text(v, f"metadata value of {k!r}")) for k, v in metadata.items())
+        raise InvalidArgumentError(f"{where}metadata must be a dict of str to str, not {type(metadata).__name__}")
+    try:
+        return sorted((_text(k, "metadata key"), _text(v, f"metadata value of {k!r}")) for k, v in metadata.items())
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"{where}{e}") from None
 
 
 def _progress(enabled, desc):

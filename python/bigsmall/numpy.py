@@ -64,7 +64,7 @@ def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
         names.append((_text(name, "tensor name"), _NAMES[a.dtype]))
         shapes.append(list(a.shape))
         bufs.append(a.reshape(-1).view(np.uint8))
-    _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, _header_metadata(metadata), _threads(threads), overwrite)
+    _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, _header_metadata(metadata, filename), _threads(threads), overwrite)
 
 
 __all__ = ["load_file", "save_file"]

@@ -207,7 +207,7 @@ def _views(tensors, filename=None):
 def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
     """Write tensors straight to a .bs file (no safetensors file in between)."""
     names, shapes, bufs, _keep = _views(tensors, os.fsdecode(filename))
-    _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, _header_metadata(metadata), _threads(threads), overwrite)
+    _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, _header_metadata(metadata, filename), _threads(threads), overwrite)
 
 
 def dtype_name(dtype):

@@ -543,8 +543,10 @@ def test_names_and_metadata_must_be_text(tmp_path):
     for bad in ({"w\udcff": t}, {3: t}):
         with pytest.raises(bigsmall.InvalidArgumentError, match="tensor name"):
             bt.save_file(bad, tmp_path / "a.bs")
-    with pytest.raises(bigsmall.InvalidArgumentError, match="metadata value"):
+    with pytest.raises(bigsmall.InvalidArgumentError, match="a.bs: metadata value"):  # naming the file
         bt.save_file({"w": t}, tmp_path / "a.bs", metadata={"k": "v\udcff"})
+    with pytest.raises(bigsmall.InvalidArgumentError, match="a.bs: metadata value of 'k' 1 is not a str"):
+        bn.save_file({"w": np.ones(2)}, tmp_path / "a.bs", metadata={"k": 1})
     with pytest.raises(bigsmall.InvalidArgumentError, match="tensor name"):
         bn.save_file({"w\udcff": np.ones(2)}, tmp_path / "a.bs")
     assert not os.path.exists(tmp_path / "a.bs")
