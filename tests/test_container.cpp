@@ -1238,6 +1238,17 @@ TEST(Directory, SignalCleanupRemovesADirectoryBeingBuilt) {
   EXPECT_EQ(seen_after, 0);
   EXPECT_FALSE(fs::exists(d / "m.bs"));
   EXPECT_EQ(entries_with(".tmp-bigsmall"), 0);
+  // The cleanup closed outputs for the rest of the process (a signal handler's way out): a -f
+  // merge now fails instead of moving files while the process ends.
+  detail::reopen_outputs_for_testing();
+  ASSERT_TRUE(compress_dir(src.string(), d / "m.bs").is_ok());
+  CompressOptions force;
+  force.overwrite = true;
+  detail::remove_pending_outputs();
+  const Status closed = compress_dir(src.string(), d / "m.bs", force);
+  EXPECT_NE(closed.message().find("being stopped"), std::string::npos) << closed.message();
+  detail::reopen_outputs_for_testing();
+  EXPECT_TRUE(compress_dir(src.string(), d / "m.bs", force).is_ok());
 }
 
 TEST(Directory, IndexWithoutFormatOrWithRepeatedNamesIsRefused) {
@@ -1793,4 +1804,18 @@ TEST(Directory, MessagesNameTheActualProblem) {
   const Status st = compress_dir(src.string(), d / "m.bs");
   EXPECT_EQ(st.code(), Error::kInvalidArgument) << st.message();
   EXPECT_NE(st.message().find("rename it"), std::string::npos) << st.message();
+}
+
+TEST(Json, NewInputFollowsJsonNumbersKeptHeadersReadAsBefore) {
+  // safetensors refuses 02, 1. and 1e; bigsmall took them and kept them in .bs files, which
+  // must keep decoding.
+  for (const char* text : {"[02]", "[-01]", "[1.]", "[1e]", "[1e+]", "[0.5e]"}) {
+    EXPECT_FALSE(detail::parse_json(text, detail::JsonStrings::kUtf8)) << text;
+    EXPECT_TRUE(detail::parse_json(text, detail::JsonStrings::kAnyBytes)) << text;
+  }
+  for (const char* text : {"[0]", "[-0]", "[10]", "[0.5]", "[1e5]", "[1E-2]", "[-0.0e+1]"})
+    EXPECT_TRUE(detail::parse_json(text, detail::JsonStrings::kUtf8)) << text;
+  auto kept = detail::parse_json("[02]", detail::JsonStrings::kAnyBytes);
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(kept->root().elements()[0].uint(), 2u);
 }

@@ -135,7 +135,9 @@ Status verify_path(const std::string& path, const DecompressOptions& opts = {});
 Result<std::vector<std::string>> model_dir_files(const std::string& dir, bool check_files = true);
 
 // Deletes the temporary files of outputs still being written. Async-signal-safe: for SIGINT
-// and SIGTERM handlers, so an interrupted run leaves nothing behind.
+// and SIGTERM handlers, so an interrupted run leaves nothing behind. Meant for the way out: a
+// -f merge into an existing directory that another thread is running is let finish first, and
+// none starts afterwards in this process (it fails).
 void remove_partial_outputs();
 
 }  // namespace bigsmall

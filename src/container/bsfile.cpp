@@ -878,9 +878,12 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
   const std::string label = im.file.path() + ": tensor '" + e.info.name + "'";
   BIGSMALL_RETURN_IF_ERROR(c.validate(e.info.stored_bytes).with_context(label));
   const uint8_t* payload = im.file.data() + e.payload_offset;
-  // As in every other decode path, tables are built only for tensors with coded chunks.
+  // As in every other decode path, tables are needed only for tensors with coded chunks; but a
+  // model an encoder wrote before every chunk came out stored is read and checked all the same
+  // (as a whole decode does), so that verify and decompress agree on such a file.
   std::optional<detail::TensorDecoder> dec;
-  if (std::any_of(c.chunks.begin(), c.chunks.end(), [](const ChunkRef& r) { return r.mode == ChunkMode::kCoded; })) {
+  if (c.model_size > 0 ||
+      std::any_of(c.chunks.begin(), c.chunks.end(), [](const ChunkRef& r) { return r.mode == ChunkMode::kCoded; })) {
     auto d = detail::TensorDecoder::prepare(c, payload, c.model_size);
     if (!d) return d.status().with_context(label);
     dec = std::move(d.value());

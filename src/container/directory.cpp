@@ -257,6 +257,8 @@ class OutputDir {
       }
     }
     const detail::SignalsHeld held;
+    if (held.outputs_closed())  // a cleanup (signal) removed the outputs: the process is ending
+      return Status(Error::kIo, final_.string() + ": not updated: the run is being stopped");
     std::vector<fs::path> made;                            // directories created here, parents first
     std::vector<std::pair<fs::path, fs::path>> placed;     // (target, where its old file waits, or empty)
     auto undo = [&] {

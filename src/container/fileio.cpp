@@ -102,7 +102,8 @@ void register_pending_dir(const std::string& p) { register_pending(p, true); }
 void unregister_pending_dir(const std::string& p) { unregister_pending(p); }
 
 namespace {
-std::atomic<int> g_held{0};  // SignalsHeld alive (on some thread)
+std::atomic<int> g_held{0};       // SignalsHeld alive (on some thread)
+std::atomic<bool> g_dying{false};  // a cleanup handler has begun: no hold may start now
 }  // namespace
 
 SignalsHeld::SignalsHeld() {
@@ -111,15 +112,25 @@ SignalsHeld::SignalsHeld() {
   for (int sync : {SIGBUS, SIGSEGV, SIGFPE, SIGILL, SIGTRAP, SIGSYS}) ::sigdelset(&all, sync);  // faults stay faults
   ::pthread_sigmask(SIG_BLOCK, &all, &old_);
   g_held.fetch_add(1);
+  // A handler on another thread that looked before this hold began is removing the outputs and
+  // will end the process: moving files now would race it. (Both sides write, then read the
+  // other's flag, sequentially consistent: one of them sees the other.)
+  if (g_dying.load()) {
+    g_held.fetch_sub(1);
+    closed_ = true;
+  }
 }
 
 SignalsHeld::~SignalsHeld() {
-  g_held.fetch_sub(1);
+  if (!closed_) g_held.fetch_sub(1);
   ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);  // a signal that came meanwhile is handled now
 }
 
+void reopen_outputs_for_testing() { g_dying.store(false); }
+
 void remove_pending_outputs() {
   const int saved = errno;
+  g_dying.store(true);
   // Renames moving an output into place are running on another thread: let them finish.
   for (int waited = 0; g_held.load() > 0 && waited < 10000; ++waited) {
     const struct timespec ms{0, 1000000};

@@ -22,6 +22,8 @@ void fail_write_pieces_for_testing(int n);
 // Tests only: a -f merge into an existing directory fails (as a refused rename) before it moves
 // its (n+1)-th file in, once; -1 turns it off.
 void fail_merge_after_for_testing(int n);
+// Tests only: outputs open again after a remove_pending_outputs (which closes them for good).
+void reopen_outputs_for_testing();
 
 class MappedFile {
  public:
@@ -112,16 +114,19 @@ void register_pending_dir(const std::string& p);
 
 // While one lives, the signals that end the process are held off: masked on this thread, and a
 // cleanup handler (remove_pending_outputs) on another thread waits for it to end. For the few
-// renames that move an output into place, so that a signal cannot leave it half moved.
+// renames that move an output into place, so that a signal cannot leave it half moved. Once a
+// cleanup has begun, outputs are closed: a hold begun later says so, and nothing may be moved.
 class SignalsHeld {
  public:
   SignalsHeld();
   ~SignalsHeld();
   SignalsHeld(const SignalsHeld&) = delete;
   SignalsHeld& operator=(const SignalsHeld&) = delete;
+  bool outputs_closed() const { return closed_; }
 
  private:
   sigset_t old_;
+  bool closed_ = false;
 };
 void unregister_pending_dir(const std::string& p);
 

@@ -188,23 +188,34 @@ class JsonParser {
     }
     return err("unterminated string");
   }
+  // New input (UTF-8 mode) must be JSON's number grammar, as safetensors' parser requires; text
+  // kept in .bs files is read as earlier versions read it, which also took leading zeros and a
+  // '.' or exponent without digits after it (FORMAT.md).
   Status number() {
     const size_t start = i_;
+    auto digit_run = [&] {
+      const size_t from = i_;
+      while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
+      return i_ - from;
+    };
     if (i_ < s_.size() && s_[i_] == '-') ++i_;
-    bool digits = false, integral = true;
-    while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') { ++i_; digits = true; }
+    bool integral = true;
+    const size_t int_start = i_;
+    const size_t int_digits = digit_run();
+    const bool strict = !raw_bytes_;
+    if (strict && int_digits > 1 && s_[int_start] == '0') return err("number with a leading zero");
     if (i_ < s_.size() && s_[i_] == '.') {
       integral = false;
       ++i_;
-      while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
+      if (digit_run() == 0 && strict) return err("number without digits after '.'");
     }
     if (i_ < s_.size() && (s_[i_] == 'e' || s_[i_] == 'E')) {
       integral = false;
       ++i_;
       if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
-      while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
+      if (digit_run() == 0 && strict) return err("number without exponent digits");
     }
-    if (!digits) return err("unexpected character");
+    if (int_digits == 0) return err("unexpected character");
     const std::string text(s_.substr(start, i_ - start));
     if (integral && text[0] != '-' && text.size() <= 20) {
       uint64_t u = 0;
