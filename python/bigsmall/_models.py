@@ -166,6 +166,11 @@ class StreamingLoader:
         model = self._build(model_class, _dtype_arg(dtype), kwargs)
         targets = model.state_dict(keep_vars=True)
         prefix = getattr(model, "base_model_prefix", "")
+        tied = getattr(model, "all_tied_weights_keys", None)
+        if isinstance(tied, dict):  # a pair the checkpoint holds twice: decoded into one tensor, one copy would be lost
+            placed = {self._target_name(t["name"], targets, prefix) for f in self._files for t in f.tensors()}
+            _untie_both_loaded(model, tied, placed - {None})
+            targets = model.state_dict(keep_vars=True)
         total = sum(t["nbytes"] for f in self._files for t in f.tensors())
         cb, bar = _progress(progress, "loading")
         done = 0
@@ -379,11 +384,22 @@ class StreamingLoader:
         return None
 
     def _checkpoint_float_dtype(self):
-        """The dtype of the checkpoint's first floating-point tensor in name order, as
-        transformers takes it (safetensors lists names sorted)."""
-        for _, dt in sorted((t["name"], bt._DTYPES.get(t["dtype"])) for f in self._files for t in f.tensors()
-                            if t["nbytes"] > 0):
-            if dt is not None and dt.is_floating_point:
+        """The dtype transformers' dtype="auto" takes from a checkpoint whose config names none:
+        a shard index's metadata "dtype", else the first floating-point tensor of the first file
+        in name order (safetensors lists names sorted), float8 and float4 skipped (torch cannot
+        build a model in them)."""
+        index = os.path.join(self.path, "model.safetensors.index.json")
+        if len(self._files) > 1 and os.path.exists(index):
+            try:
+                with open(index, encoding="utf-8") as fh:
+                    d = (json.load(fh).get("metadata") or {}).get("dtype")
+                dt = getattr(torch, d, None) if isinstance(d, str) else None
+                if isinstance(dt, torch.dtype):
+                    return dt
+            except (ValueError, AttributeError):
+                pass  # _shards read the same index: nothing to add here
+        for _, dt in sorted((t["name"], bt._DTYPES.get(t["dtype"])) for t in self._files[0].tensors()):
+            if dt is not None and dt.is_floating_point and "float8_" not in str(dt) and "float4_" not in str(dt):
                 return dt
         return None
 
@@ -467,7 +483,11 @@ def _untie_both_loaded(model, tied, placed):
         owner, _, leaf = target.rpartition(".")
         module = model.get_submodule(owner)
         p = getattr(module, leaf)
-        if isinstance(p, torch.nn.Parameter):
+        try:
+            shared = p.data_ptr() == model.get_parameter(source).data_ptr()
+        except AttributeError:  # not a parameter: nothing tied to untie
+            shared = False
+        if isinstance(p, torch.nn.Parameter) and shared and p.numel():
             setattr(module, leaf, torch.nn.Parameter(torch.empty_like(p), requires_grad=p.requires_grad))
 
 
@@ -652,16 +672,20 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
         for name in outputs:
             if os.path.lexists(os.path.join(out_dir, name)):
                 e = _core.FileExistsError(f"{os.path.join(out_dir, name)}: already exists (pass overwrite=True)")
-                e.errno = errno.EEXIST  # as the core's own refusal
+                e.errno, e.strerror = errno.EEXIST, os.strerror(errno.EEXIST)  # as the core's own refusal
                 raise e
-    created = not os.path.isdir(out_dir)
+    made = []  # directories this call creates, innermost first: removed again if it fails
+    d = os.path.abspath(out_dir)
+    while not os.path.isdir(d):
+        made.append(d)
+        d = os.path.dirname(d)
     os.makedirs(out_dir, exist_ok=True)
     staging = None
     try:
+        # Everything is written aside first (weights, configs, index), then moved in, index last:
+        # a failure while writing leaves the directory as it was.
+        staging = tempfile.mkdtemp(prefix=".bigsmall-save-", dir=out_dir)
         if model is not None:
-            # Configs are written aside first (a failure there leaves the directory as it was)
-            # and moved in after the weights.
-            staging = tempfile.mkdtemp(prefix=".bigsmall-config-", dir=out_dir)
             # As transformers' save_pretrained does, the config names the class that saved it (so
             # that from_pretrained without a class builds that one: GPT2LMHeadModel, not
             # GPT2Model) and its dtype; on a copy, so the caller's model is not changed.
@@ -682,26 +706,30 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
                 stale.append(os.path.join(out_dir, "model.safetensors.index.json"))
         except _core.Error:
             stale = []  # not a bigsmall directory: its files are not ours to remove
-        bt.save_file(tensors, os.path.join(out_dir, "model.bs"), metadata={"format": "pt"}, threads=threads,
-                     overwrite=overwrite)
-        if staging is not None:
-            for name in os.listdir(staging):
-                os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
-        written = _core.File.open(os.path.join(out_dir, "model.bs"))
+        staged_bs = os.path.join(staging, "model.bs")
+        bt.save_file(tensors, staged_bs, metadata={"format": "pt"}, threads=threads)
+        written = _core.File.open(staged_bs)
         index = {"format": "bigsmall", "format_version": _core.FORMAT_VERSION[0],
                  "files": [{"source": "model.safetensors", "bs": "model.bs", "size": written.original_size,
                             "bs_checksum": f"{written.fingerprint:016x}"}]}  # what readers check (FORMAT.md)
         del written
-        tmp_index = os.path.join(out_dir, ".bigsmall.index.json.tmp")
-        with open(tmp_index, "w") as f:
+        with open(os.path.join(staging, "bigsmall.index.json"), "w") as f:
             json.dump(index, f, indent=2)
-        os.replace(tmp_index, os.path.join(out_dir, "bigsmall.index.json"))
+        order = ["model.bs"] + sorted(set(os.listdir(staging)) - {"model.bs", "bigsmall.index.json"})
+        for name in order + ["bigsmall.index.json"]:
+            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
         for f in stale:
             if os.path.exists(f) and os.path.abspath(f) != os.path.abspath(os.path.join(out_dir, "model.bs")):
                 os.remove(f)
     except BaseException:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging = None
+        for d in made:
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
         raise
     finally:
         if staging is not None:

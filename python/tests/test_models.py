@@ -331,7 +331,7 @@ def test_tied_pair_both_in_the_checkpoint_with_equal_values_is_tied(tmp_path):
     _same_tensors(got, ref)
 
 
-def test_save_pretrained_writes_nothing_when_it_fails(tmp_path):
+def test_save_pretrained_writes_nothing_when_it_fails(tmp_path, monkeypatch):
     """overwrite=False wrote config.json before it refused model.bs: the directory then paired
     one model's config with another's weights, and from_pretrained built the wrong model."""
     from transformers import BertModel, GPT2Config, GPT2LMHeadModel
@@ -353,8 +353,18 @@ def test_save_pretrained_writes_nothing_when_it_fails(tmp_path):
         bigsmall.save_pretrained(bad, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     with pytest.raises(bigsmall.Error):
-        bigsmall.save_pretrained(bad, tmp_path / "new.bs")
-    assert not (tmp_path / "new.bs").exists()
+        bigsmall.save_pretrained(bad, tmp_path / "new" / "sub.bs")
+    assert not (tmp_path / "new").exists()  # nor the parent it made
+    # A failure after the weights are written (the index: a full disk) changes nothing either.
+    import json as json_module
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json_module, "dump", full_disk)
+    with pytest.raises(OSError):
+        bigsmall.save_pretrained(other, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no staging left either
 
 
 def test_save_pretrained_keeps_every_weight(tmp_path):
@@ -492,3 +502,36 @@ def test_load_model_of_a_plain_module_and_its_arguments(tmp_path):
     with pytest.raises(bigsmall.InvalidArgumentError, match="device_map"):
         _streamed(c, BertModel, device_map="cpu")
     assert _streamed(c, BertModel, torch_dtype=torch.float16)[0].dtype == torch.float16
+
+
+def test_auto_dtype_skips_float8_and_a_tied_pair_stored_twice_loads_into_a_built_model(tmp_path):
+    """A float8 scale tensor sorting first made dtype='auto' float8 (torch cannot build a model in
+    it: TypeError); transformers skips float8/float4. A model built on the CPU (tied at
+    construction) got both tensors of a pair the checkpoint holds twice, with different values,
+    decoded into its one shared tensor."""
+    import safetensors.torch as st
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in GPT2LMHeadModel(cfg).state_dict().items()}
+    sd["a.weight_scale"] = torch.ones(4).to(torch.float8_e4m3fn)
+    sd["lm_head.weight"] = torch.randn(100, 32).to(torch.bfloat16)
+    (tmp_path / "hf").mkdir()
+    cfg.save_pretrained(tmp_path / "hf")
+    conf = (tmp_path / "hf" / "config.json")
+    import json
+
+    c = json.loads(conf.read_text())
+    c.pop("dtype", None)
+    c.pop("torch_dtype", None)
+    conf.write_text(json.dumps(c))
+    st.save_file(sd, str(tmp_path / "hf" / "model.safetensors"))
+    ref = GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
+    assert ref.dtype == torch.bfloat16
+    comp = bigsmall.compress(tmp_path / "hf")
+    for got in (_quiet_load(comp, GPT2LMHeadModel)[0], _streamed(comp, GPT2LMHeadModel)[0],
+                _streamed(comp, GPT2LMHeadModel(cfg).to(torch.bfloat16))[0]):
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got.lm_head.weight, sd["lm_head.weight"])
+        assert torch.equal(got.transformer.wte.weight, sd["transformer.wte.weight"])
