@@ -52,6 +52,11 @@ def zipnn_bench(path, reps):
     try:
         import zipnn  # noqa: F401
     except ImportError:
+        if zipnn_bench.warned:
+            return None
+        zipnn_bench.warned = True
+        print("bench.py: zipnn is not installed for this Python (pip install zipnn, or run with .venv/bin/python): "
+              "its columns are left out", file=sys.stderr)
         return None
     import zipnn
     data = open(path, "rb").read()
@@ -65,6 +70,9 @@ def zipnn_bench(path, reps):
         size = len(c)
     n = len(data) / 1e6
     return size / len(data), n / statistics.median(tc), n / statistics.median(td), ok
+
+
+zipnn_bench.warned = False
 
 
 def bigsmall_bench(bs, path):
@@ -84,12 +92,15 @@ def roundtrip(bs, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     here = os.path.dirname(os.path.abspath(__file__))
-    ap.add_argument("--corpus", default=os.path.join(here, "..", "..", "shared", "corpus"))
+    ap.add_argument("--corpus", default=os.environ.get("BIGSMALL_CORPUS_DIR") or os.path.join(here, "..", "..", "shared", "corpus"),
+                    help="folder of .safetensors files with MANIFEST.md (default: $BIGSMALL_CORPUS_DIR, else ../shared/corpus)")
     ap.add_argument("--bigsmall", default=os.path.join(here, "..", "build", "bigsmall"))
     ap.add_argument("--markdown", help="write the tables to this file")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--rounds", type=int, default=3, help="measurement rounds per file (default 3)")
     a = ap.parse_args()
+    if not os.path.exists(os.path.join(a.corpus, "MANIFEST.md")):
+        sys.exit(f"bench.py: no corpus at {a.corpus} (MANIFEST.md missing): pass --corpus DIR or set BIGSMALL_CORPUS_DIR")
     reps = 2 if a.quick else 5
     fl = floors(a.corpus)
     files = sorted(f for f in os.listdir(a.corpus) if f.endswith(".safetensors"))

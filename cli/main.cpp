@@ -876,6 +876,10 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "bigsmall: -q and -v contradict each other\n");
     return kExitUsage;
   }
+  if (a.json && a.verbose) {  // it would be dropped: --json prints one object per input
+    std::fprintf(stderr, "bigsmall: -v does not apply with --json (use `bigsmall info --json` for each tensor)\n");
+    return kExitUsage;
+  }
   if (a.command == "compress" || a.command == "decompress") return run_codec(a);
   if (a.command == "verify") return run_verify(a);
   if (a.command == "info") return run_info(a);

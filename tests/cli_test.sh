@@ -231,6 +231,7 @@ expect 1 "-o for a command that writes nothing" -- "$bs" verify -o "$tmp/x" "$tm
 expect 1 "-o given twice" -- "$bs" compress -o "$tmp/a.bs" -o "$tmp/b.bs" "$tmp/m.safetensors"
 check "writes nothing" -- test ! -e "$tmp/a.bs" -a ! -e "$tmp/b.bs"
 expect 1 "-q with -v" -- "$bs" verify -q -v "$tmp/m.bs"
+expect 1 "-v with --json (it would be dropped)" -- "$bs" compress -v --json -f "$tmp/m.safetensors" -o "$tmp/vj.bs"
 # zstd's and xz's spellings: long names, --name=value, short flags together
 expect 0 "--force --quiet --threads=1 --output=PATH" -- "$bs" compress --force --quiet --threads=1 --output="$tmp/long.bs" "$tmp/m.safetensors"
 check "writes there" -- test -f "$tmp/long.bs"
