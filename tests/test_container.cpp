@@ -1833,9 +1833,10 @@ TEST(Directory, ForcedRestoreOverAnEarlierShardedModelRemovesItsShardIndexAndSha
   write_file((v1 / "model-00002-of-00002.safetensors").string(), safetensors_bytes({ts[1]}));
   write_file((v1 / "model.safetensors.index.json").string(),
              std::string("{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", "
-                         "\"b\": \"model-00002-of-00002.safetensors\", \"c\": \"../outside.txt\"}}"));
+                         "\"b\": \"model-00002-of-00002.safetensors\", \"c\": \"../outside.safetensors\", "
+                         "\"d\": \"notes.txt\"}}"));
   write_file((v2 / "model.safetensors").string(), safetensors_bytes({ts[0], ts[1]}));
-  write_file((d.path / "outside.txt").string(), std::string("not the model's"));
+  write_file((d.path / "outside.safetensors").string(), std::string("not the model's"));
   ASSERT_TRUE(compress_dir(v1.string(), d / "v1.bs").is_ok());
   ASSERT_TRUE(compress_dir(v2.string(), d / "v2.bs").is_ok());
   ASSERT_TRUE(decompress_dir(d / "v1.bs", d / "out").is_ok());
@@ -1847,7 +1848,7 @@ TEST(Directory, ForcedRestoreOverAnEarlierShardedModelRemovesItsShardIndexAndSha
   for (const auto& e : fs::directory_iterator(d.path / "out")) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   EXPECT_EQ(names, (std::vector<std::string>{"model.safetensors", "notes.txt"}));
-  EXPECT_TRUE(fs::exists(d.path / "outside.txt"));  // named with "..": not the directory's
+  EXPECT_TRUE(fs::exists(d.path / "outside.safetensors"));  // named with "..": not the directory's
   // The same for a compressed directory: its copy of the earlier shard index goes.
   CompressOptions co;
   co.overwrite = true;

@@ -454,8 +454,10 @@ std::vector<fs::path> earlier_model_leftovers(const fs::path& dir, const std::ve
   names.erase(std::unique(names.begin(), names.end()), names.end());
   for (const auto& n : names) {
     const fs::path rel(n);
-    // Only names inside the directory, as an index of this directory's own shards gives them.
-    if (n.empty() || rel.is_absolute() || std::any_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".."; }))
+    // Only shard files inside the directory, as an index of this directory's own shards names
+    // them: nothing else a damaged or foreign index names.
+    if (!ends_with(n, kStExt) || rel.is_absolute() ||
+        std::any_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".."; }))
       continue;
     if (!is_written(n) && fs::is_regular_file(fs::symlink_status(dir / rel, ec))) out.push_back(rel);
   }
