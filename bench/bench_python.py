@@ -3,13 +3,13 @@
 
 1. import time of `bigsmall` (fresh interpreter, median of 7) and whether torch got imported;
 2. bigsmall.torch.load_file of a .bs against safetensors.torch.load_file of the original, page
-   cache warm for both, medians of 7, same process: the real model (FP32 and a BF16 conversion)
+   cache warm for both, medians of 9 run alternately, same process: the real model (FP32 and a BF16 conversion)
    and the BF16 corpus files; and the same loads followed by a first read of every byte of every
    tensor (what a forward pass does), since safetensors hands out its mapping without reading it;
 3. StreamingLoader.load_model(device="cpu"): peak RSS above the final RSS (VmRSS sampled every
    0.5 ms in a thread), against the largest block's decoded size;
 4. a whole model load, as users meet it: bigsmall.from_pretrained of the compressed directory
-   against transformers' from_pretrained of the original (medians of 7, same process);
+   against transformers' from_pretrained of the original (medians of 9, run alternately);
 5. row shards through get_slice, as tensor-parallel loaders read them: the largest tensor of the
    BF16 model cut into 8 row ranges, against safetensors' get_slice (medians of 7, same process).
 
@@ -31,6 +31,17 @@ def timed(fn, reps=7):
     for _ in range(reps):
         t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
     return statistics.median(ts)
+
+
+def timed_pair(fa, fb, reps=9):
+    """Medians of fa and fb run alternately: on a VM whose speed drifts by tens of percent over
+    seconds, two blocks of runs one after the other compare two moments, not two loaders."""
+    fa(), fb()  # warm the page cache and allocator
+    ta, tb = [], []
+    for _ in range(reps):
+        t = time.perf_counter(); fa(); ta.append(time.perf_counter() - t)
+        t = time.perf_counter(); fb(); tb.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def rss_child(comp):
@@ -132,10 +143,8 @@ def main():
     for label, path in files:
         comp = os.path.join(work, "x.bs")
         bigsmall.compress(path, comp, overwrite=True)
-        t_st = timed(lambda: st.load_file(path))
-        t_bs = timed(lambda: bt.load_file(comp))
-        u_st = timed(lambda: read_all(st.load_file(path)))
-        u_bs = timed(lambda: read_all(bt.load_file(comp)))
+        t_st, t_bs = timed_pair(lambda: st.load_file(path), lambda: bt.load_file(comp))
+        u_st, u_bs = timed_pair(lambda: read_all(st.load_file(path)), lambda: read_all(bt.load_file(comp)))
         lines.append(f"| {label} | {t_st * 1e3:.1f} | {t_bs * 1e3:.1f} | {t_bs / t_st:.2f}x | {u_st * 1e3:.1f} | "
                      f"{u_bs * 1e3:.1f} | {u_bs / u_st:.2f}x |")
     lines.extend(slice_rows(bf, os.path.join(work, "slices.bs")))
@@ -144,8 +153,8 @@ def main():
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    t_hf = timed(lambda: BertModel.from_pretrained(model_dir))
-    t_bsm = timed(lambda: bigsmall.from_pretrained(comp_dir, BertModel, progress=False))
+    t_hf, t_bsm = timed_pair(lambda: BertModel.from_pretrained(model_dir),
+                             lambda: bigsmall.from_pretrained(comp_dir, BertModel, progress=False))
     lines.append(f"\n- Model load, MiniLM-L6 FP32: transformers `from_pretrained` of the original {t_hf * 1e3:.0f} ms, "
                  f"`bigsmall.from_pretrained` of the compressed directory {t_bsm * 1e3:.0f} ms ({t_bsm / t_hf:.2f}x)")
     r = json.loads(subprocess.run([sys.executable, __file__, "--rss-child", comp_dir], capture_output=True, text=True, check=True).stdout)
