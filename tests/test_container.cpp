@@ -1820,39 +1820,40 @@ TEST(Json, NewInputFollowsJsonNumbersKeptHeadersReadAsBefore) {
   EXPECT_EQ(kept->root().elements()[0].uint(), 2u);
 }
 
-TEST(Directory, ForcedRestoreOverAnEarlierShardedModelRemovesItsShardIndexAndShards) {
-  // A model restored with -f over an earlier copy that was sharded: the earlier
-  // model.safetensors.index.json stayed and named the old shards, which loaders that follow it
-  // would load instead of the new model.safetensors.
+TEST(Directory, ForcedOutputsRemoveOnlyTheirOwnLeftoversAndNeverThroughLinks) {
+  // compress -f over an earlier DIR.bs/ removes that model's copy of a shard index the run does
+  // not write (restored, it would send loaders that follow it to shards the restore lacks). A
+  // restore with -f leaves every other file of the directory alone: the directory may hold the
+  // user's own model (an adapter restored beside a base model must not remove the base).
   TempDir d;
   auto ts = sample_tensors();
   const fs::path v1 = d.path / "v1", v2 = d.path / "v2";
-  fs::create_directories(v1);
+  fs::create_directories(v1 / "sub");
   fs::create_directories(v2);
   write_file((v1 / "model-00001-of-00002.safetensors").string(), safetensors_bytes({ts[0]}));
   write_file((v1 / "model-00002-of-00002.safetensors").string(), safetensors_bytes({ts[1]}));
+  write_file((v1 / "sub" / "x.safetensors").string(), safetensors_bytes({ts[2]}));
   write_file((v1 / "model.safetensors.index.json").string(),
              std::string("{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", "
-                         "\"b\": \"model-00002-of-00002.safetensors\", \"c\": \"../outside.safetensors\", "
-                         "\"d\": \"notes.txt\"}}"));
+                         "\"b\": \"model-00002-of-00002.safetensors\"}}"));
   write_file((v2 / "model.safetensors").string(), safetensors_bytes({ts[0], ts[1]}));
-  write_file((d.path / "outside.safetensors").string(), std::string("not the model's"));
   ASSERT_TRUE(compress_dir(v1.string(), d / "v1.bs").is_ok());
   ASSERT_TRUE(compress_dir(v2.string(), d / "v2.bs").is_ok());
   ASSERT_TRUE(decompress_dir(d / "v1.bs", d / "out").is_ok());
-  write_file((d.path / "out" / "notes.txt").string(), std::string("mine"));
   DecompressOptions dop;
   dop.overwrite = true;
   ASSERT_TRUE(decompress_dir(d / "v2.bs", d / "out", dop).is_ok());
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(d.path / "out")) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  EXPECT_EQ(names, (std::vector<std::string>{"model.safetensors", "notes.txt"}));
-  EXPECT_TRUE(fs::exists(d.path / "outside.safetensors"));  // named with "..": not the directory's
-  // The same for a compressed directory: its copy of the earlier shard index goes.
+  for (const char* kept : {"model.safetensors.index.json", "model-00001-of-00002.safetensors", "model.safetensors"})
+    EXPECT_TRUE(fs::exists(d.path / "out" / kept)) << kept;
+  // A linked subdirectory of DIR.bs/ does not lead a removal out of it.
+  fs::create_directories(d.path / "elsewhere");
+  write_file((d.path / "elsewhere" / "x.bs").string(), std::string("precious"));
+  fs::remove_all(d.path / "v1.bs" / "sub");
+  fs::create_directory_symlink(d.path / "elsewhere", d.path / "v1.bs" / "sub");
   CompressOptions co;
   co.overwrite = true;
   ASSERT_TRUE(compress_dir(v2.string(), d / "v1.bs", co).is_ok());
+  EXPECT_TRUE(fs::exists(d.path / "elsewhere" / "x.bs"));
   EXPECT_FALSE(fs::exists(d.path / "v1.bs" / "model.safetensors.index.json"));
   EXPECT_FALSE(fs::exists(d.path / "v1.bs" / "model-00001-of-00002.bs"));
   EXPECT_TRUE(verify_path(d / "v1.bs").is_ok());

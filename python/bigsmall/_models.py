@@ -389,7 +389,9 @@ class StreamingLoader:
         in name order (safetensors lists names sorted), float8 and float4 skipped (torch cannot
         build a model in them)."""
         index = os.path.join(self.path, "model.safetensors.index.json")
-        if len(self._files) > 1 and os.path.exists(index):
+        # As _shards chose: the shards a shard index names, not model.safetensors.
+        sharded = len(self._files) > 1 or os.path.basename(self._files[0].path) != "model.bs"
+        if sharded and os.path.exists(index):
             try:
                 with open(index, encoding="utf-8") as fh:
                     d = (json.load(fh).get("metadata") or {}).get("dtype")
@@ -674,11 +676,10 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
                 e = _core.FileExistsError(f"{os.path.join(out_dir, name)}: already exists (pass overwrite=True)")
                 e.errno, e.strerror = errno.EEXIST, os.strerror(errno.EEXIST)  # as the core's own refusal
                 raise e
-    made = []  # directories this call creates, innermost first: removed again if it fails
-    d = os.path.abspath(out_dir)
-    while not os.path.isdir(d):
-        made.append(d)
-        d = os.path.dirname(d)
+    # Directories this call creates, innermost first, removed again if it fails: every prefix of
+    # the path as written (makedirs creates "nope" of "nope/../x" too).
+    parts = out_dir.split(os.sep)
+    made = [p for p in (os.sep.join(parts[:i]) for i in range(len(parts), 0, -1)) if p and not os.path.isdir(p)]
     os.makedirs(out_dir, exist_ok=True)
     staging = None
     try:
@@ -716,8 +717,7 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
         with open(os.path.join(staging, "bigsmall.index.json"), "w") as f:
             json.dump(index, f, indent=2)
         order = ["model.bs"] + sorted(set(os.listdir(staging)) - {"model.bs", "bigsmall.index.json"})
-        for name in order + ["bigsmall.index.json"]:
-            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+        _move_in(staging, out_dir, order + ["bigsmall.index.json"], overwrite)
         for f in stale:
             if os.path.exists(f) and os.path.abspath(f) != os.path.abspath(os.path.join(out_dir, "model.bs")):
                 os.remove(f)
@@ -729,12 +729,67 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
             try:
                 os.rmdir(d)
             except OSError:
-                break
+                pass  # not empty, or a spelling of a directory already gone
         raise
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _move_in(staging, out_dir, names, overwrite):
+    """Moves the staged files into out_dir, all or none: every target is checked first, each file
+    there is moved aside, and a failure (or Ctrl-C) partway puts everything back. Without
+    overwrite a file that appeared meanwhile is refused, not replaced."""
+    for name in names:
+        target = os.path.join(out_dir, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            raise _core.InvalidArgumentError(f"{target}: is a directory, cannot replace it with a file")
+    done = []  # (target, where its old file waits, or None)
+    try:
+        for k, name in enumerate(names):
+            src, target = os.path.join(staging, name), os.path.join(out_dir, name)
+            if not overwrite:
+                try:
+                    os.link(src, target)  # refused if another writer got there first
+                except FileExistsError:
+                    e = _core.FileExistsError(f"{target}: already exists (pass overwrite=True)")
+                    e.errno, e.strerror = errno.EEXIST, os.strerror(errno.EEXIST)
+                    raise e from None
+                except OSError:  # no hard links here (vfat): check, then move
+                    if os.path.lexists(target):
+                        raise
+                    os.replace(src, target)
+                else:
+                    os.unlink(src)
+                done.append((target, None))
+                continue
+            aside = None
+            if os.path.lexists(target):
+                aside = os.path.join(out_dir, f".{name}.old-bigsmall-{os.getpid()}-{k}")
+                os.replace(target, aside)
+            try:
+                os.replace(src, target)
+            except BaseException:
+                if aside is not None:
+                    os.replace(aside, target)
+                raise
+            done.append((target, aside))
+    except BaseException:
+        for target, aside in reversed(done):
+            try:
+                os.unlink(target)
+                if aside is not None:
+                    os.replace(aside, target)
+            except OSError:
+                pass
+        raise
+    for _, aside in done:
+        if aside is not None:
+            try:
+                os.unlink(aside)
+            except OSError:
+                pass
 
 
 def _checkpoint_state(model):

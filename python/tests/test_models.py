@@ -33,6 +33,16 @@ def _same_tensors(a, b):
         assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
 
 
+def _drop_config_dtype(d):
+    """config.json without dtype / torch_dtype: transformers' dtype="auto" then asks the weights."""
+    import json
+
+    conf = json.loads((d / "config.json").read_text())
+    conf.pop("dtype", None)
+    conf.pop("torch_dtype", None)
+    (d / "config.json").write_text(json.dumps(conf))
+
+
 def _quiet_load(*args, **kw):
     return bigsmall.from_pretrained(*args, progress=False, **kw), []
 
@@ -421,8 +431,6 @@ def test_auto_dtype_is_the_first_float_tensor_in_name_order(tmp_path):
     """A bfloat16 model with float32 norms and no dtype in config.json: transformers picks the
     first float tensor in name order (bfloat16); bigsmall took data order, where 4-byte tensors
     come first, and loaded the model in float32."""
-    import json
-
     import safetensors.torch as st
     from transformers import LlamaForCausalLM
 
@@ -432,10 +440,7 @@ def test_auto_dtype_is_the_first_float_tensor_in_name_order(tmp_path):
           for k, v in LlamaForCausalLM(cfg).state_dict().items()}
     (tmp_path / "hf").mkdir()
     cfg.save_pretrained(tmp_path / "hf")
-    conf = json.loads((tmp_path / "hf" / "config.json").read_text())
-    conf.pop("dtype", None)
-    conf.pop("torch_dtype", None)
-    (tmp_path / "hf" / "config.json").write_text(json.dumps(conf))
+    _drop_config_dtype(tmp_path / "hf")
     st.save_file(sd, str(tmp_path / "hf" / "model.safetensors"))
     assert LlamaForCausalLM.from_pretrained(tmp_path / "hf").dtype == torch.bfloat16
     c = bigsmall.compress(tmp_path / "hf")
@@ -519,13 +524,7 @@ def test_auto_dtype_skips_float8_and_a_tied_pair_stored_twice_loads_into_a_built
     sd["lm_head.weight"] = torch.randn(100, 32).to(torch.bfloat16)
     (tmp_path / "hf").mkdir()
     cfg.save_pretrained(tmp_path / "hf")
-    conf = (tmp_path / "hf" / "config.json")
-    import json
-
-    c = json.loads(conf.read_text())
-    c.pop("dtype", None)
-    c.pop("torch_dtype", None)
-    conf.write_text(json.dumps(c))
+    _drop_config_dtype(tmp_path / "hf")
     st.save_file(sd, str(tmp_path / "hf" / "model.safetensors"))
     ref = GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
     assert ref.dtype == torch.bfloat16
@@ -535,3 +534,74 @@ def test_auto_dtype_skips_float8_and_a_tied_pair_stored_twice_loads_into_a_built
         assert got.dtype == torch.bfloat16
         assert torch.equal(got.lm_head.weight, sd["lm_head.weight"])
         assert torch.equal(got.transformer.wte.weight, sd["transformer.wte.weight"])
+
+
+def test_save_pretrained_moves_in_all_or_nothing_and_keeps_overwrite_false(tmp_path, monkeypatch):
+    """A failure while the staged files moved in left the new weights and config under the old
+    index (the directory no longer loaded); a file that appeared during an overwrite=False save
+    was replaced; parents made for "nope/../x" stayed after a failure."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    m1 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
+    m2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100))
+    out = tmp_path / "sp"
+    bigsmall.save_pretrained(m1, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_replace, calls = bigsmall._models.os.replace, []
+
+    def fail_third(a, b):  # the third move in: after model.bs and config.json
+        calls.append(b)
+        if len(calls) == 5:  # 2 files moved aside and in, then the third target
+            raise OSError(5, "Input/output error")
+        return real_replace(a, b)
+
+    monkeypatch.setattr(bigsmall._models.os, "replace", fail_third)
+    with pytest.raises(OSError):
+        bigsmall.save_pretrained(m2, out)
+    monkeypatch.setattr(bigsmall._models.os, "replace", real_replace)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    _same_tensors(_quiet_load(out, GPT2LMHeadModel)[0], m1)
+    # overwrite=False: a model.bs written by someone else meanwhile is not replaced.
+    fresh = tmp_path / "fresh"
+    real_save = bigsmall.torch.save_file
+
+    def racing_save(tensors, filename, **kw):
+        real_save(tensors, filename, **kw)
+        (fresh / "model.bs").write_bytes(b"someone else's")
+
+    monkeypatch.setattr(bigsmall._models.bt, "save_file", racing_save)
+    with pytest.raises(FileExistsError):
+        bigsmall.save_pretrained(m1, fresh, overwrite=False)
+    assert (fresh / "model.bs").read_bytes() == b"someone else's"
+    assert not (fresh / "config.json").exists()
+    monkeypatch.setattr(bigsmall._models.bt, "save_file", real_save)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(bigsmall.Error):
+        bigsmall.save_pretrained({"a": torch.ones(2), "b": "not a tensor"}, "nope/../x")
+    assert not (tmp_path / "nope").exists() and not (tmp_path / "x").exists()
+
+
+def test_auto_dtype_follows_the_shard_index_of_a_single_shard(tmp_path):
+    """transformers takes a shard index's metadata dtype whenever the checkpoint is sharded, one
+    shard included; bigsmall read it only for two or more."""
+    import json
+
+    import safetensors.torch as st
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in GPT2LMHeadModel(cfg).state_dict().items()
+          if k != "lm_head.weight"}
+    (tmp_path / "hf").mkdir()
+    cfg.save_pretrained(tmp_path / "hf")
+    _drop_config_dtype(tmp_path / "hf")
+    shard = "model-00001-of-00001.safetensors"
+    st.save_file(sd, str(tmp_path / "hf" / shard))
+    (tmp_path / "hf" / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"dtype": "float16"}, "weight_map": {k: shard for k in sd}}))
+    assert GPT2LMHeadModel.from_pretrained(tmp_path / "hf").dtype == torch.float16
+    c = bigsmall.compress(tmp_path / "hf")
+    assert _quiet_load(c, GPT2LMHeadModel)[0].dtype == torch.float16
+    assert _streamed(c, GPT2LMHeadModel)[0].dtype == torch.float16

@@ -427,47 +427,41 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
   return out;
 }
 
-// -f over an earlier model: a safetensors shard index this run does not write would send loaders
-// that follow it (vLLM filters shards by it) to the earlier model's weights; with it go the shards
-// it names that this run does not write (`shards`: in a restored directory; a compressed one
-// holds .bs files, which its own index accounts for). transformers' save_pretrained, too,
-// removes an earlier model's shards. Paths relative to dir, removed after the commit.
-std::vector<fs::path> earlier_model_leftovers(const fs::path& dir, const std::vector<std::string>& written, bool shards) {
-  constexpr std::string_view kShardIndex = "model.safetensors.index.json";
-  std::vector<fs::path> out;
+// A path inside dir that reaches its file through real directories only: a name of an index
+// (even a damaged one) must not lead a removal through a link out of dir, nor be spelled so that
+// it names another file than the one compared (".", "..", empty parts, NUL).
+bool plain_inside(const fs::path& dir, const std::string& rel) {
+  if (rel.empty() || rel.find('\0') != std::string::npos) return false;
+  const fs::path r(rel);
+  if (r.is_absolute()) return false;
   std::error_code ec;
-  const fs::path idx = dir / kShardIndex;
-  if (!fs::is_regular_file(fs::symlink_status(idx, ec))) return out;
-  auto is_written = [&](std::string_view n) { return std::find(written.begin(), written.end(), n) != written.end(); };
-  if (!is_written(kShardIndex)) out.emplace_back(kShardIndex);
-  if (!shards) return out;
-  auto mf = detail::MappedFile::open(idx.string());
-  if (!mf) return out;
-  auto doc = detail::parse_json(std::string_view(reinterpret_cast<const char*>(mf->data()), mf->size()),
-                                detail::JsonStrings::kFileNames);
-  const auto map = doc ? doc->root().get("weight_map") : std::nullopt;
-  if (!map || map->kind() != detail::JsonValue::Kind::kObject) return out;
-  std::vector<std::string> names;
-  for (auto it = map->begin(); it != map->end(); ++it)
-    if (it.member().second.kind() == detail::JsonValue::Kind::kString) names.emplace_back(it.member().second.str());
-  std::sort(names.begin(), names.end());
-  names.erase(std::unique(names.begin(), names.end()), names.end());
-  for (const auto& n : names) {
-    const fs::path rel(n);
-    // Only shard files inside the directory, as an index of this directory's own shards names
-    // them: nothing else a damaged or foreign index names.
-    if (!ends_with(n, kStExt) || rel.is_absolute() ||
-        std::any_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".."; }))
-      continue;
-    if (!is_written(n) && fs::is_regular_file(fs::symlink_status(dir / rel, ec))) out.push_back(rel);
+  fs::path at = dir;
+  size_t parts = 0, n = static_cast<size_t>(std::distance(r.begin(), r.end()));
+  for (const auto& c : r) {
+    const std::string part = c.string();
+    if (part.empty() || part == "." || part == "..") return false;
+    at /= c;
+    if (++parts < n) {
+      const fs::file_status st = fs::symlink_status(at, ec);
+      if (ec || fs::is_symlink(st) || !fs::is_directory(st)) return false;
+    }
   }
-  return out;
+  return fs::is_regular_file(fs::symlink_status(at, ec));
 }
 
-void remove_leftovers(const fs::path& dir, const std::vector<fs::path>& rels) {
+// compress -f over an earlier DIR.bs/: the copy of an earlier model's safetensors shard index
+// that this run does not write would, restored, send loaders that follow it (vLLM filters shards
+// by it) to shards the restore does not have.
+std::vector<std::string> earlier_shard_index(const std::vector<std::string>& written) {
+  constexpr std::string_view kShardIndex = "model.safetensors.index.json";
+  if (std::find(written.begin(), written.end(), kShardIndex) != written.end()) return {};
+  return {std::string(kShardIndex)};
+}
+
+void remove_leftovers(const fs::path& dir, const std::vector<std::string>& rels) {
   std::error_code ec;
   for (const auto& r : rels)
-    if (fs::is_regular_file(fs::symlink_status(dir / r, ec))) fs::remove(dir / r, ec);
+    if (plain_inside(dir, r)) fs::remove(dir / r, ec);
 }
 
 // Progress over several files: each file reports its own bytes; this adds what came before.
@@ -567,7 +561,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
   // -f over an earlier compressed directory: the .bs files its index listed that this run did
   // not write are an older model's (a shard count that went down). Left there, they would be
   // copied into every restore as stray files.
-  std::vector<fs::path> stale;
+  std::vector<std::string> stale;
   if (opts.overwrite && detail::path_exists((fs::path(dst) / kDirIndexName).string())) {
     std::vector<std::string> written;
     for (const auto& f : files) {
@@ -578,7 +572,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
       for (const auto& e : *old)
         if (std::find(written.begin(), written.end(), e.bs) == written.end()) stale.emplace_back(e.bs);
     }
-    const auto copied_index = earlier_model_leftovers(fs::path(dst), written, /*shards=*/false);
+    const auto copied_index = earlier_shard_index(written);
     stale.insert(stale.end(), copied_index.begin(), copied_index.end());
   }
   BIGSMALL_RETURN_IF_ERROR(out_dir.commit());
@@ -613,20 +607,7 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
     prog.base += fs::file_size(in / e.bs, ec);
     if (opts.progress) opts.progress(prog.base, prog.total);
   }
-  std::vector<fs::path> stale;
-  if (opts.overwrite && fs::is_directory(fs::path(dst), ec)) {
-    std::vector<std::string> written;
-    for (const auto& f : files) {
-      const std::string n = f.string();
-      const bool is_bs = std::any_of(entries.begin(), entries.end(), [&](const DirEntry& e) { return e.bs == n; });
-      if (n != kDirIndexName && !is_bs) written.push_back(n);
-    }
-    for (const auto& e : entries) written.push_back(e.source);
-    stale = earlier_model_leftovers(fs::path(dst), written, /*shards=*/true);
-  }
-  BIGSMALL_RETURN_IF_ERROR(out_dir.commit());
-  remove_leftovers(fs::path(dst), stale);
-  return Status::success();
+  return out_dir.commit();
 }
 
 Status verify_path(const std::string& path, const DecompressOptions& opts) {
