@@ -123,19 +123,20 @@ def _header_metadata(metadata, filename=None):
 
 
 def _progress(enabled, desc):
-    """A tqdm callback (done, total) when asked and tqdm is installed; None otherwise."""
+    """A tqdm callback (done, total) when asked and tqdm is installed; None otherwise. The bar
+    appears only once the work has taken half a second: a load that ends sooner leaves no trace
+    on the terminal or in a notebook."""
     if not enabled:
         return None, None
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None, None
-    bar = tqdm(total=0, unit="B", unit_scale=True, desc=desc)
+    bar = tqdm(total=0, unit="B", unit_scale=True, desc=desc, delay=0.5)
 
     def cb(done, total):
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)  # unlike refresh(), update() keeps the delay and tqdm's rate limit
 
     return cb, bar
 

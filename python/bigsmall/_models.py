@@ -104,6 +104,23 @@ def _group_key(name):
     return m.group(1) if m else name.rsplit(".", 1)[0]
 
 
+def _shape_or_none(info):
+    """The tensor's shape as torch holds it (F4's last dimension in bytes), or None where torch
+    has no form for it (then no model tensor matches it)."""
+    try:
+        return bt._torch_shape(info)
+    except InvalidArgumentError:
+        return None
+
+
+def _check_shape(target, info, f):
+    """Refuses a checkpoint tensor whose shape, as torch holds it, differs from its place in the model."""
+    want = bt._torch_shape(info, f.path)
+    if list(target.shape) != want:
+        shape = info["shape"] if want == list(info["shape"]) else f"{info['shape']} ({want} as torch holds {info['dtype']})"
+        raise InvalidArgumentError(f"{f.path}: {info['name']}: shape {shape} in the checkpoint, {list(target.shape)} in the model")
+
+
 def _no_init():
     try:
         from transformers.initialization import no_init_weights
@@ -188,8 +205,7 @@ class StreamingLoader:
                     with torch.no_grad():
                         for (_, t, n), x in zip(sel, xs):
                             p = targets[n]
-                            if list(p.shape) != list(t["shape"]):
-                                raise InvalidArgumentError(f"{t['name']}: shape {t['shape']} in the checkpoint, {list(p.shape)} in the model")
+                            _check_shape(p, t, f)
                             p.data = x if x.dtype == p.dtype else x.to(p.dtype)
                             loaded.add(n)
                     done += sum(t["nbytes"] for _, t in group)
@@ -203,9 +219,8 @@ class StreamingLoader:
                         unexpected.append(t["name"])  # checkpoint tensor the model does not use
                         continue
                     p = targets[name]
-                    if list(p.shape) != list(t["shape"]):
-                        raise InvalidArgumentError(f"{t['name']}: shape {t['shape']} in the checkpoint, {list(p.shape)} in the model")
-                    if p.device.type == "cpu" and p.dtype == bt._DTYPES.get(t["dtype"]) and p.is_contiguous():
+                    _check_shape(p, t, f)
+                    if p.device.type == "cpu" and p.dtype == bt._torch_dtype(t, f.path) and p.is_contiguous():
                         direct_idx.append(i)
                         direct_out.append(p.data)  # decode straight into the parameter
                     else:
@@ -347,7 +362,7 @@ class StreamingLoader:
                 n = self._target_name(t["name"], targets, prefix)
                 if n is None and ignored is not None and ignored.search(t["name"]):
                     continue  # an old persistent buffer (position_ids) that transformers drops too
-                if n is None or list(targets[n].shape) != list(t["shape"]):
+                if n is None or list(targets[n].shape) != _shape_or_none(t):
                     return False
                 placed.add(n)
         tied = getattr(model, "all_tied_weights_keys", None)

@@ -838,6 +838,51 @@ def test_f4_saves_and_loads_as_safetensors_does(tmp_path):
     assert "\n" not in str(e.value) and not os.path.exists(tmp_path / "s.bs")
 
 
+class _F4Module(torch.nn.Module):
+    def __init__(self, cols=3):
+        super().__init__()
+        self.register_buffer("q", torch.zeros(4, cols, dtype=torch.uint8).view(F4))
+        self.lin = torch.nn.Linear(3, 2)
+
+
+@needs_f4
+def test_streaming_loader_places_f4_tensors(tmp_path):
+    """A float4_e2m1fn_x2 buffer of shape [4, 3] is F4 [4, 6] in the checkpoint: the loader compares
+    shapes as torch holds them (it refused every F4 tensor), and still refuses a real mismatch."""
+    g = torch.Generator().manual_seed(5)
+    m = _F4Module()
+    m.q.view(torch.uint8).copy_(torch.randint(0, 256, (4, 3), dtype=torch.uint8, generator=g))
+    bigsmall.save_pretrained(m, tmp_path / "out")
+    got = bigsmall.StreamingLoader(tmp_path / "out").load_model(_F4Module(), progress=False)
+    assert got.q.dtype == F4 and torch.equal(got.q.view(torch.uint8), m.q.view(torch.uint8))
+    assert torch.equal(got.lin.weight, m.lin.weight)
+    with pytest.raises(bigsmall.InvalidArgumentError, match=r"model\.bs: q: shape \[4, 6\] \(\[4, 3\] as torch holds F4\) "
+                       r"in the checkpoint, \[4, 5\] in the model"):
+        bigsmall.StreamingLoader(tmp_path / "out").load_model(_F4Module(cols=5), progress=False)
+
+
+def test_progress_bar_stays_off_the_terminal_for_short_work(tmp_path, capfd):
+    """progress=True shows a bar only once the work has taken half a second (tqdm's delay): a
+    short load or compression writes nothing."""
+    pytest.importorskip("tqdm")
+    bt.save_file({"w": torch.randn(64, 64)}, tmp_path / "w.bs")
+    capfd.readouterr()
+    bigsmall.decompress(tmp_path / "w.bs", tmp_path / "w.safetensors", progress=True)
+    bigsmall.compress(tmp_path / "w.safetensors", tmp_path / "w2.bs", progress=True)
+    lin = torch.nn.Linear(8, 8)
+    bigsmall.save_pretrained(lin, tmp_path / "m")
+    got = bigsmall.StreamingLoader(tmp_path / "m").load_model(torch.nn.Linear(8, 8), progress=True)
+    assert torch.equal(got.weight, lin.weight)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    cb, bar = bigsmall._progress(True, "slow")
+    cb(0, 100)
+    time.sleep(0.6)
+    cb(100, 100)
+    bar.close()
+    assert "slow: 100%" in capfd.readouterr().err
+
+
 @needs_f4
 def test_tensors_torch_cannot_hold_are_refused_naming_file_and_tensor(tmp_path):
     """F4 whose values do not pair up along the last dimension (safetensors refuses every one of
