@@ -119,3 +119,20 @@ TEST(ThreadPool, DefaultThreadCountFollowsTheWork) {
   EXPECT_EQ(threads_for(5, 0, 0, per), 1);
   EXPECT_EQ(threads_for(1, 100, uint64_t{1} << 40, per), 1);
 }
+
+TEST(ThreadPool, ThreadsTheSystemRefusesLeaveASmallerPool) {
+  // A process at its task limit: std::thread throws. The pool keeps the threads it started (a
+  // throw out of the constructor would destroy them joinable: std::terminate) and every item runs.
+  struct Limit {
+    explicit Limit(int n) { bigsmall::detail::limit_thread_starts_for_testing(n); }
+    ~Limit() { bigsmall::detail::limit_thread_starts_for_testing(-1); }
+  };
+  for (int started : {0, 1, 3}) {
+    Limit limit(started);
+    ThreadPool pool(8);
+    EXPECT_EQ(pool.size(), started + 1);
+    std::atomic<int> n{0};
+    pool.parallel_for(100, [&](size_t) { n.fetch_add(1); });
+    EXPECT_EQ(n.load(), 100);
+  }
+}

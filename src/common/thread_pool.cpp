@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <system_error>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -28,6 +30,7 @@ void spin_until(Done done) {
 }
 
 std::atomic<bool> threads_by_size{true};
+std::atomic<int64_t> thread_starts_left_for_testing{INT64_MAX / 2};
 
 }  // namespace
 
@@ -39,6 +42,10 @@ int default_thread_count() {
     return c == 0 ? 1 : static_cast<int>(c);
   }();
   return n;
+}
+
+void limit_thread_starts_for_testing(int64_t n) {
+  thread_starts_left_for_testing.store(n < 0 ? INT64_MAX / 2 : n, std::memory_order_relaxed);
 }
 
 void set_threads_by_size_for_testing(bool by_size) { threads_by_size.store(by_size, std::memory_order_relaxed); }
@@ -53,7 +60,18 @@ int threads_for(int requested, uint64_t items, uint64_t bytes, uint64_t min_byte
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = default_thread_count();
   spin_ = threads <= default_thread_count();
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  // A thread the system refuses (a process or container at its task limit) leaves the pool
+  // smaller, not the call failed: the caller works too, so one thread still does everything. (An
+  // exception here would destroy the joinable threads already started: std::terminate.)
+  for (int i = 1; i < threads; ++i) {
+    try {
+      if (thread_starts_left_for_testing.fetch_sub(1, std::memory_order_relaxed) <= 0)
+        throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));  // as std::thread throws
+      workers_.emplace_back([this] { worker_loop(); });
+    } catch (const std::system_error&) {
+      break;
+    }
+  }
 }
 
 ThreadPool::~ThreadPool() {

@@ -63,6 +63,10 @@ int threads_for(int requested, uint64_t items, uint64_t bytes, uint64_t min_byte
 // a suite of small files still runs its multi-threaded paths; true restores the rule.
 void set_threads_by_size_for_testing(bool by_size);
 
+// Tests only: the next n thread starts succeed, later ones fail as a system at its task limit
+// makes them fail (n < 0: no limit again).
+void limit_thread_starts_for_testing(int64_t n);
+
 // Bytes of output that make a decode thread worth starting (~0.2 ms of work), and of input that
 // make a compression thread worth it.
 constexpr uint64_t kDecodeBytesPerThread = 256 << 10;
