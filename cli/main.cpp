@@ -30,6 +30,7 @@ enum Exit : int {
   kExitBadInput = 4,
   kExitCorrupt = 5,
   kExitVersion = 6,
+  kExitNoMemory = 7,
   kExitInternal = 70,
 };
 
@@ -47,6 +48,7 @@ int exit_code(Error e) {
     case Error::kNotFound: return kExitBadInput;
     case Error::kCorrupt: return kExitCorrupt;
     case Error::kUnsupportedVersion: return kExitVersion;
+    case Error::kOutOfMemory: return kExitNoMemory;
     case Error::kInternal: return kExitInternal;
   }
   return kExitInternal;
@@ -84,7 +86,7 @@ const char* kUsage =
     "\n"
     "exit codes: 0 ok, 1 usage, 2 I/O error, 3 disk full, 4 invalid input (not safetensors/.bs,\n"
     "truncated, unknown dtype), 5 corrupt data (checksum mismatch), 6 newer format version,\n"
-    "70 internal error, 128+N stopped by signal N (130: Ctrl-C)\n";
+    "7 out of memory, 70 internal error, 128+N stopped by signal N (130: Ctrl-C)\n";
 
 struct Args {
   std::string command;
@@ -734,8 +736,8 @@ int run_bench(const Args& a) {
 int run(int argc, char** argv);
 
 int main(int argc, char** argv) {
-  // The core returns errors as values; only allocation can throw (a file may declare tensors
-  // larger than memory). Report it like any other error.
+  // The core returns errors as values, a failed allocation included; one here, in the CLI's own
+  // code, is reported the same way.
   try {
     int rc = run(argc, argv);
     // What info and --json print is the product: a full disk or closed pipe on stdout is an
@@ -748,7 +750,7 @@ int main(int argc, char** argv) {
   } catch (const std::bad_alloc&) {
     remove_partial_outputs();
     std::fprintf(stderr, "bigsmall: out of memory\n");
-    return kExitInternal;
+    return kExitNoMemory;
   }
 }
 

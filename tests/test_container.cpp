@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -17,6 +18,7 @@
 
 #include "bigsmall/container.hpp"
 #include "common/checksum.hpp"
+#include "common/guard.hpp"
 #include "container/bsfile.hpp"
 #include "container/fileio.hpp"
 #include "container/json.hpp"
@@ -411,6 +413,79 @@ std::vector<uint8_t> with_index_edit(const std::vector<uint8_t>& bs, const std::
   std::vector<uint8_t> z(ZSTD_compressBound(index.size()));
   z.resize(ZSTD_compress(z.data(), z.size(), index.data(), index.size(), 1));
   return with_stored_index(bs, z, index.size());
+}
+
+// A zstd frame of `raw` zero bytes, made without holding them.
+std::vector<uint8_t> zero_frame(uint64_t raw) {
+  ZSTD_CCtx* z = ZSTD_createCCtx();
+  EXPECT_EQ(ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(z, raw)), 0u);
+  const std::vector<uint8_t> zeros(1 << 20, 0);
+  std::vector<uint8_t> out, buf(ZSTD_CStreamOutSize());
+  for (uint64_t left = raw;;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(left, zeros.size()));
+    left -= n;
+    ZSTD_inBuffer in{zeros.data(), n, 0};
+    for (bool done = false; !done;) {
+      ZSTD_outBuffer o{buf.data(), buf.size(), 0};
+      const size_t r = ZSTD_compressStream2(z, &o, &in, left ? ZSTD_e_continue : ZSTD_e_end);
+      EXPECT_EQ(ZSTD_isError(r), 0u);
+      out.insert(out.end(), buf.begin(), buf.begin() + static_cast<long>(o.pos));
+      done = left ? in.pos == in.size : r == 0;
+    }
+    if (!left) break;
+  }
+  ZSTD_freeCCtx(z);
+  return out;
+}
+
+// The virtual memory this process has mapped, from /proc (0 where it cannot be read).
+uint64_t mapped_bytes() {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("VmSize:", 0) == 0) return std::stoull(line.substr(7)) << 10;
+  return 0;
+}
+
+TEST_F(DamagedBs, AllocationFailureIsAnErrorValue) {
+  // An index may declare up to 1 GiB; a machine with less memory to give must answer with
+  // kOutOfMemory naming the file, not throw std::bad_alloc through the API (or abort). A child
+  // process, its address space capped well below what the index asks, opens such a file.
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer reserves terabytes of address space: RLIMIT_AS cannot cap it";
+#else
+  constexpr uint64_t kDeclared = uint64_t{512} << 20;
+  write_file(d / "big.bs", with_stored_index(good, zero_frame(kDeclared), kDeclared));
+  const std::string path = d / "big.bs";
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    struct rlimit lim {};
+    lim.rlim_cur = lim.rlim_max = mapped_bytes() + (uint64_t{128} << 20);
+    if (mapped_bytes() == 0 || ::setrlimit(RLIMIT_AS, &lim) != 0) ::_exit(100);
+    auto f = BsFile::open(path);
+    const bool named = !f.is_ok() && f.status().message().rfind(path + ": ", 0) == 0;
+    ::_exit(f.is_ok() ? 101 : named ? static_cast<int>(f.status().code()) : 102);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), static_cast<int>(Error::kOutOfMemory));
+#endif
+}
+
+TEST(Errors, GuardTurnsTheCoresOwnExceptionsIntoValues) {
+  const Status oom = detail::guarded("f.bs", []() -> Status { throw std::bad_alloc(); });
+  EXPECT_EQ(oom.code(), Error::kOutOfMemory);
+  EXPECT_EQ(oom.message(), "f.bs: out of memory");
+  const Result<int> big = detail::guarded("", []() -> Result<int> { return std::vector<int>(SIZE_MAX / 2).size() > 0 ? 1 : 0; });
+  EXPECT_EQ(big.status().code(), Error::kOutOfMemory);
+  const Status sys = detail::guarded("f.bs", []() -> Status {
+    throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));
+  });
+  EXPECT_EQ(sys.code(), Error::kInternal);
+  // A caller's callback (Python's KeyboardInterrupt) is not the core's: it passes through.
+  EXPECT_THROW((void)detail::guarded("f.bs", []() -> Status { throw std::runtime_error("stop"); }), std::runtime_error);
+  EXPECT_EQ(std::string(error_name(Error::kOutOfMemory)), "out of memory");
 }
 
 TEST_F(DamagedBs, IndexMustBeExactlyOneFrame) {

@@ -23,6 +23,7 @@ enum class Error : int {
   kLimit = 10,            // a declared size exceeds a hard cap
   kNotFound = 11,         // tensor name not present
   kInternal = 12,
+  kOutOfMemory = 13,      // an allocation failed (a file may declare tensors larger than memory)
 };
 
 const char* error_name(Error e);
@@ -59,7 +60,9 @@ class [[nodiscard]] Status {
 };
 
 // A value or the Status saying why there is none. value(), -> and * require is_ok(): on an error
-// they throw std::bad_variant_access (the library itself throws nothing).
+// they throw std::bad_variant_access. The library's own calls throw nothing (a failed allocation
+// is kOutOfMemory); an exception thrown by a caller's callback (a progress function) passes
+// through them to the caller.
 template <typename T>
 class [[nodiscard]] Result {
  public:

@@ -17,6 +17,7 @@ from ._core import (  # noqa: F401  (re-exported error hierarchy)
     FormatError,
     InvalidArgumentError,
     NotFoundError,
+    OutOfMemoryError,
     VersionError,
 )
 from ._core import IOError as BigsmallIOError  # noqa: F401
@@ -25,7 +26,7 @@ from ._core import IOError as BigsmallIOError  # noqa: F401
 # would import torch and transformers (seconds) to bind them.
 __all__ = [
     "compress", "decompress", "verify", "info", "safe_open", "Error", "FormatError", "CorruptError",
-    "VersionError", "NotFoundError", "InvalidArgumentError", "BigsmallIOError",
+    "VersionError", "NotFoundError", "InvalidArgumentError", "BigsmallIOError", "OutOfMemoryError",
 ]
 
 

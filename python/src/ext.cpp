@@ -42,6 +42,7 @@ PyObject* g_version = nullptr;   // newer format version
 PyObject* g_io = nullptr;        // I/O, disk full (also an OSError)
 PyObject* g_notfound = nullptr;  // tensor name missing (also a KeyError)
 PyObject* g_value = nullptr;     // invalid argument (also a ValueError)
+PyObject* g_memory = nullptr;    // an allocation failed (also a MemoryError)
 PyObject* g_file_not_found = nullptr;  // IOError that is also a FileNotFoundError
 PyObject* g_permission = nullptr;      // IOError that is also a PermissionError
 PyObject* g_file_exists = nullptr;     // IOError that is also a FileExistsError (output there, no overwrite)
@@ -65,6 +66,7 @@ PyObject* g_file_exists = nullptr;     // IOError that is also a FileExistsError
       break;
     case Error::kNotFound: cls = g_notfound; break;
     case Error::kInvalidArgument: cls = g_value; break;
+    case Error::kOutOfMemory: cls = g_memory; break;
     default: break;
   }
   // Messages name files, whose paths may hold any bytes: those that are not UTF-8 are shown
@@ -369,6 +371,8 @@ NB_MODULE(_core, m) {
                             "No tensor of that name.");
     g_value = make_error(m, "InvalidArgumentError", nb::make_tuple(base, nb::handle(PyExc_ValueError)).release().ptr(),
                          "Invalid argument.");
+    g_memory = make_error(m, "OutOfMemoryError", nb::make_tuple(base, nb::handle(PyExc_MemoryError)).release().ptr(),
+                          "An allocation failed: the data asks for more memory than there is.");
   }
   m.attr("FORMAT_VERSION") = nb::make_tuple(kFormatVersionMajor, kFormatVersionMinor);
   m.def("cuda_available", [] { return cuda::available(); }, "Built with CUDA and a GPU is present.");

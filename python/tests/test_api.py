@@ -215,6 +215,42 @@ def test_decoding_by_address_checks_sizes_and_buffers(tmp_path):
         bt._decode(f, [0], [None], "cpu", into=[torch.empty(33, 64, dtype=torch.bfloat16).t()])
 
 
+def test_out_of_memory_is_an_error_of_its_own(tmp_path):
+    """A .bs index may declare up to 1 GiB. A process that cannot allocate what a file asks for
+    gets bigsmall.OutOfMemoryError (also a MemoryError) naming the file, not a crash: here a
+    child process whose address space is capped far below the 512 MiB its index declares."""
+    import xxhash
+    import zstandard
+
+    bt.save_file({"w": torch.randn(4, 4)}, tmp_path / "w.bs")
+    b = bytearray((tmp_path / "w.bs").read_bytes())
+    raw = 512 << 20
+    z = zstandard.ZstdCompressor().compressobj(size=raw)
+    frame = b"".join(z.compress(bytes(1 << 20)) for _ in range(raw >> 20)) + z.flush()
+    del b[int.from_bytes(b[16:24], "little"):]
+    b += frame
+    b[24:32] = len(frame).to_bytes(8, "little")
+    b[32:40] = raw.to_bytes(8, "little")
+    b[40:48] = xxhash.xxh3_64_intdigest(frame).to_bytes(8, "little")
+    b[56:64] = xxhash.xxh3_64_intdigest(bytes(b[:56])).to_bytes(8, "little")
+    big = tmp_path / "big.bs"
+    big.write_bytes(bytes(b))
+    child = """
+import resource, sys
+import bigsmall
+vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) << 10
+resource.setrlimit(resource.RLIMIT_AS, (vm + (128 << 20), vm + (128 << 20)))
+try:
+    bigsmall.verify(sys.argv[1])
+except bigsmall.OutOfMemoryError as e:
+    assert isinstance(e, MemoryError) and isinstance(e, bigsmall.Error), type(e).__mro__
+    assert str(e) == sys.argv[1] + ": out of memory", str(e)
+    print("refused")
+"""
+    r = subprocess.run([sys.executable, "-c", child, str(big)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "refused", (r.returncode, r.stdout, r.stderr[-2000:])
+
+
 def test_errors_are_bigsmall_exceptions(models, tmp_path):
     _, comp = models["f32"]
     data = bytearray(open(os.path.join(comp, "model.bs"), "rb").read())

@@ -19,7 +19,7 @@ const char* error_name(Error e) {
   static const char* const kNames[] = {"ok", "invalid argument", "io error", "no space left",
                                        "not safetensors", "not a .bs file", "unsupported version",
                                        "corrupt", "truncated", "unknown dtype", "limit exceeded",
-                                       "not found", "internal error"};
+                                       "not found", "internal error", "out of memory"};
   const int i = static_cast<int>(e);
   return i >= 0 && i < static_cast<int>(std::size(kNames)) ? kNames[i] : "unknown error";
 }

@@ -26,6 +26,7 @@
 #include "container/safetensors.hpp"
 #include "decode/decoder.hpp"
 #include "encode/encoder.hpp"
+#include "common/guard.hpp"
 
 namespace bigsmall {
 namespace detail {
@@ -155,10 +156,10 @@ class BackgroundWriter {
     if (!inline_write) {
       try {
         thread_ = std::thread([this] {
-          try {
-            status_ = out_.write_pieces(pieces_);
-          } catch (const std::exception& e) {  // no exception may leave a thread
-            status_ = Status(Error::kInternal, std::string("write failed: ") + e.what());
+          try {  // no exception may leave a thread
+            status_ = guarded(out_.final_path(), [&] { return out_.write_pieces(pieces_); });
+          } catch (const std::exception& e) {
+            status_ = Status(Error::kInternal, out_.final_path() + ": write failed: " + e.what());
           }
         });
         return Status::success();
@@ -580,75 +581,77 @@ Result<BsHeaderFacts> read_bs_header_facts(const std::string& path) {
 }  // namespace detail
 
 Result<BsFile> BsFile::open(const std::string& path) {
-  auto impl = std::make_unique<Impl>();
-  auto mf = detail::MappedFile::open(path);
-  if (!mf) return mf.status();
-  impl->file = std::move(mf.value());
-  const uint8_t* p = impl->file.data();
-  const uint64_t size = impl->file.size();
-  auto fail = [&](Error e, const std::string& what) { return Status(e, path + ": " + what); };
-  if (size < 8 || std::memcmp(p, detail::kMagic, 8) != 0) {
-    // The likeliest mistake: an original handed to a .bs reader.
-    uint64_t header_len = 0;
-    if (size > 8) std::memcpy(&header_len, p, 8);
-    if (size > 8 && header_len <= size - 8 && p[8] == '{')
-      return fail(Error::kNotBigsmall, "not a bigsmall .bs file but a safetensors file (compress it first, or read it with safetensors)");
-    return fail(Error::kNotBigsmall, "not a bigsmall .bs file (bad magic)");
-  }
-  if (size < detail::kHeaderSize) return fail(Error::kTruncated, "truncated: file ends inside the header");
-  detail::ByteReader r(p + 8, detail::kHeaderSize - 8);
-  detail::FileHeader h;
-  h.major = r.u16();
-  h.minor = r.u16();
-  h.flags = r.u32();
-  h.index_offset = r.u64();
-  h.index_stored = r.u64();
-  h.index_raw = r.u64();
-  h.index_checksum = r.u64();
-  h.original_size = r.u64();
-  const uint64_t hsum = r.u64();
-  if (h.major > kFormatVersionMajor)
-    return fail(Error::kUnsupportedVersion, "format version " + std::to_string(h.major) + "." + std::to_string(h.minor) +
-                                                " is newer than this bigsmall reads (" + std::to_string(kFormatVersionMajor) + ".x)");
-  if (detail::xxh3_64(p, detail::kHeaderSize - 8) != hsum) return fail(Error::kCorrupt, "header checksum mismatch");
-  if (h.major != kFormatVersionMajor) return fail(Error::kUnsupportedVersion, "unknown format version");
-  if (h.flags != 0) return fail(Error::kCorrupt, "reserved header flags are not zero");
-  if (h.index_offset >= detail::kHeaderSize && h.index_offset <= size && h.index_stored < size - h.index_offset)
-    return fail(Error::kTruncated, std::to_string(size - h.index_offset - h.index_stored) +
-                                       " bytes after the end of the index (appended to, or two files joined?)");
-  if (h.index_offset < detail::kHeaderSize || h.index_offset > size || h.index_stored != size - h.index_offset)
-    return fail(Error::kTruncated, "truncated or damaged: index lies outside the file");
-  if (detail::xxh3_64(p + h.index_offset, h.index_stored) != h.index_checksum)
-    return fail(Error::kCorrupt, "index checksum mismatch");
-  if (h.index_raw > detail::kMaxIndexBytes) return fail(Error::kLimit, "index larger than 1 GiB");
-  const unsigned long long declared = ZSTD_getFrameContentSize(p + h.index_offset, h.index_stored);
-  if (declared != h.index_raw) return fail(Error::kCorrupt, "index size mismatch");
-  if (ZSTD_findFrameCompressedSize(p + h.index_offset, h.index_stored) != h.index_stored)
-    return fail(Error::kCorrupt, "index is not exactly one zstd frame");
-  std::vector<uint8_t> idx(h.index_raw);
-  const size_t zr = ZSTD_decompress(idx.data(), idx.size(), p + h.index_offset, h.index_stored);
-  if (ZSTD_isError(zr) || zr != h.index_raw) return fail(Error::kCorrupt, "index cannot be decompressed");
-  impl->original_size = h.original_size;
-  impl->fingerprint = hsum;
-  Status st = parse_index(idx.data(), idx.size(), h.index_offset, h.index_stored, impl.get());
-  impl->verified.reset(new std::atomic<bool>[impl->entries.size()]());
-  if (!st.is_ok()) return st.with_context(path);
-  // Payloads may not overlap, and the alignment padding between them must be zero, so that no
-  // byte of the file escapes every check.
-  std::vector<std::pair<uint64_t, uint64_t>> spans;
-  for (const auto& e : impl->entries) spans.push_back({e.payload_offset, e.payload_offset + e.info.stored_bytes});
-  std::sort(spans.begin(), spans.end());
-  uint64_t pos = detail::kHeaderSize;
-  for (size_t k = 0; k <= spans.size(); ++k) {
-    const uint64_t next = k < spans.size() ? spans[k].first : h.index_offset;
-    if (next < pos) return fail(Error::kCorrupt, "tensor payloads overlap");
-    for (uint64_t b = pos; b < next; ++b)
-      if (p[b] != 0) return fail(Error::kCorrupt, "non-zero padding at byte " + std::to_string(b));
-    if (k < spans.size()) pos = spans[k].second;
-  }
-  BsFile f;
-  f.impl_ = std::move(impl);
-  return f;
+  return detail::guarded(path, [&]() -> Result<BsFile> {
+    auto impl = std::make_unique<Impl>();
+    auto mf = detail::MappedFile::open(path);
+    if (!mf) return mf.status();
+    impl->file = std::move(mf.value());
+    const uint8_t* p = impl->file.data();
+    const uint64_t size = impl->file.size();
+    auto fail = [&](Error e, const std::string& what) { return Status(e, path + ": " + what); };
+    if (size < 8 || std::memcmp(p, detail::kMagic, 8) != 0) {
+      // The likeliest mistake: an original handed to a .bs reader.
+      uint64_t header_len = 0;
+      if (size > 8) std::memcpy(&header_len, p, 8);
+      if (size > 8 && header_len <= size - 8 && p[8] == '{')
+        return fail(Error::kNotBigsmall, "not a bigsmall .bs file but a safetensors file (compress it first, or read it with safetensors)");
+      return fail(Error::kNotBigsmall, "not a bigsmall .bs file (bad magic)");
+    }
+    if (size < detail::kHeaderSize) return fail(Error::kTruncated, "truncated: file ends inside the header");
+    detail::ByteReader r(p + 8, detail::kHeaderSize - 8);
+    detail::FileHeader h;
+    h.major = r.u16();
+    h.minor = r.u16();
+    h.flags = r.u32();
+    h.index_offset = r.u64();
+    h.index_stored = r.u64();
+    h.index_raw = r.u64();
+    h.index_checksum = r.u64();
+    h.original_size = r.u64();
+    const uint64_t hsum = r.u64();
+    if (h.major > kFormatVersionMajor)
+      return fail(Error::kUnsupportedVersion, "format version " + std::to_string(h.major) + "." + std::to_string(h.minor) +
+                                                  " is newer than this bigsmall reads (" + std::to_string(kFormatVersionMajor) + ".x)");
+    if (detail::xxh3_64(p, detail::kHeaderSize - 8) != hsum) return fail(Error::kCorrupt, "header checksum mismatch");
+    if (h.major != kFormatVersionMajor) return fail(Error::kUnsupportedVersion, "unknown format version");
+    if (h.flags != 0) return fail(Error::kCorrupt, "reserved header flags are not zero");
+    if (h.index_offset >= detail::kHeaderSize && h.index_offset <= size && h.index_stored < size - h.index_offset)
+      return fail(Error::kTruncated, std::to_string(size - h.index_offset - h.index_stored) +
+                                         " bytes after the end of the index (appended to, or two files joined?)");
+    if (h.index_offset < detail::kHeaderSize || h.index_offset > size || h.index_stored != size - h.index_offset)
+      return fail(Error::kTruncated, "truncated or damaged: index lies outside the file");
+    if (detail::xxh3_64(p + h.index_offset, h.index_stored) != h.index_checksum)
+      return fail(Error::kCorrupt, "index checksum mismatch");
+    if (h.index_raw > detail::kMaxIndexBytes) return fail(Error::kLimit, "index larger than 1 GiB");
+    const unsigned long long declared = ZSTD_getFrameContentSize(p + h.index_offset, h.index_stored);
+    if (declared != h.index_raw) return fail(Error::kCorrupt, "index size mismatch");
+    if (ZSTD_findFrameCompressedSize(p + h.index_offset, h.index_stored) != h.index_stored)
+      return fail(Error::kCorrupt, "index is not exactly one zstd frame");
+    std::vector<uint8_t> idx(h.index_raw);
+    const size_t zr = ZSTD_decompress(idx.data(), idx.size(), p + h.index_offset, h.index_stored);
+    if (ZSTD_isError(zr) || zr != h.index_raw) return fail(Error::kCorrupt, "index cannot be decompressed");
+    impl->original_size = h.original_size;
+    impl->fingerprint = hsum;
+    Status st = parse_index(idx.data(), idx.size(), h.index_offset, h.index_stored, impl.get());
+    impl->verified.reset(new std::atomic<bool>[impl->entries.size()]());
+    if (!st.is_ok()) return st.with_context(path);
+    // Payloads may not overlap, and the alignment padding between them must be zero, so that no
+    // byte of the file escapes every check.
+    std::vector<std::pair<uint64_t, uint64_t>> spans;
+    for (const auto& e : impl->entries) spans.push_back({e.payload_offset, e.payload_offset + e.info.stored_bytes});
+    std::sort(spans.begin(), spans.end());
+    uint64_t pos = detail::kHeaderSize;
+    for (size_t k = 0; k <= spans.size(); ++k) {
+      const uint64_t next = k < spans.size() ? spans[k].first : h.index_offset;
+      if (next < pos) return fail(Error::kCorrupt, "tensor payloads overlap");
+      for (uint64_t b = pos; b < next; ++b)
+        if (p[b] != 0) return fail(Error::kCorrupt, "non-zero padding at byte " + std::to_string(b));
+      if (k < spans.size()) pos = spans[k].second;
+    }
+    BsFile f;
+    f.impl_ = std::move(impl);
+    return f;
+  });
 }
 
 const std::string& BsFile::path() const { return impl_->file.path(); }
@@ -701,17 +704,21 @@ int decode_threads(const BsFile::Impl& im, const std::vector<size_t>& which, int
 }  // namespace
 
 Status BsFile::read_tensor(size_t i, uint8_t* out, uint64_t out_size, const DecodeOptions& opts) const {
-  detail::ThreadPool pool(decode_threads(*impl_, {i}, opts.threads));
-  return read_many(*impl_, {i}, {out}, {out_size}, opts.verify, pool);
+  return detail::guarded(path(), [&]() -> Status {
+    detail::ThreadPool pool(decode_threads(*impl_, {i}, opts.threads));
+    return read_many(*impl_, {i}, {out}, {out_size}, opts.verify, pool);
+  });
 }
 
 Status BsFile::read_tensors(const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
                             const std::vector<uint64_t>& out_sizes, const DecodeOptions& opts) const {
-  if (which.size() != outs.size() || which.size() != out_sizes.size())
-    return Status(Error::kInvalidArgument, path() + ": one output buffer and size per tensor");
-  if (which.empty()) return Status::success();
-  detail::ThreadPool pool(decode_threads(*impl_, which, opts.threads));
-  return read_many(*impl_, which, outs, out_sizes, opts.verify, pool);
+  return detail::guarded(path(), [&]() -> Status {
+    if (which.size() != outs.size() || which.size() != out_sizes.size())
+      return Status(Error::kInvalidArgument, path() + ": one output buffer and size per tensor");
+    if (which.empty()) return Status::success();
+    detail::ThreadPool pool(decode_threads(*impl_, which, opts.threads));
+    return read_many(*impl_, which, outs, out_sizes, opts.verify, pool);
+  });
 }
 
 namespace {
@@ -768,33 +775,35 @@ Status check_header_matches_index(const BsFile::Impl& im) {
 }  // namespace
 
 Status BsFile::restore(const std::string& out_path, const DecompressOptions& opts) const {
-  const Impl& im = *impl_;
-  BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(im.file.path(), out_path));  // -f must not replace the .bs itself
-  BIGSMALL_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
-  BIGSMALL_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(out_path, opts.overwrite));
-  BIGSMALL_ASSIGN_OR_RETURN(uint8_t* map, out.map(im.original_size));
-  const uint64_t hlen = im.st_header.size();
-  std::memcpy(map, &hlen, 8);
-  std::memcpy(map + 8, im.st_header.data(), hlen);
-  for (const auto& f : im.fillers) std::memcpy(map + im.data_start + f.begin, f.bytes.data(), f.bytes.size());
-  detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
-  uint64_t total = 0, done = 0;
-  for (const auto& t : im.infos) total += t.nbytes;
-  if (opts.progress) opts.progress(0, total);
-  BIGSMALL_RETURN_IF_ERROR(for_each_batch(im, detail::kBatchBytes, [&](const std::vector<size_t>& batch, uint64_t bytes) {
-    std::vector<uint8_t*> outs;
-    std::vector<uint64_t> sizes;
-    for (size_t i : batch) {
-      outs.push_back(map + im.data_start + im.entries[i].data_begin);
-      sizes.push_back(im.entries[i].coding.nbytes);
-    }
-    BIGSMALL_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, opts.verify, pool));
-    done += bytes;
-    if (opts.progress) opts.progress(done, total);
-    return Status::success();
-  }));
-  out.set_permissions(im.file.output_mode());
-  return out.commit(opts.sync);
+  return detail::guarded(path(), [&]() -> Status {
+    const Impl& im = *impl_;
+    BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(im.file.path(), out_path));  // -f must not replace the .bs itself
+    BIGSMALL_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
+    BIGSMALL_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(out_path, opts.overwrite));
+    BIGSMALL_ASSIGN_OR_RETURN(uint8_t* map, out.map(im.original_size));
+    const uint64_t hlen = im.st_header.size();
+    std::memcpy(map, &hlen, 8);
+    std::memcpy(map + 8, im.st_header.data(), hlen);
+    for (const auto& f : im.fillers) std::memcpy(map + im.data_start + f.begin, f.bytes.data(), f.bytes.size());
+    detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
+    uint64_t total = 0, done = 0;
+    for (const auto& t : im.infos) total += t.nbytes;
+    if (opts.progress) opts.progress(0, total);
+    BIGSMALL_RETURN_IF_ERROR(for_each_batch(im, detail::kBatchBytes, [&](const std::vector<size_t>& batch, uint64_t bytes) {
+      std::vector<uint8_t*> outs;
+      std::vector<uint64_t> sizes;
+      for (size_t i : batch) {
+        outs.push_back(map + im.data_start + im.entries[i].data_begin);
+        sizes.push_back(im.entries[i].coding.nbytes);
+      }
+      BIGSMALL_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, opts.verify, pool));
+      done += bytes;
+      if (opts.progress) opts.progress(done, total);
+      return Status::success();
+    }));
+    out.set_permissions(im.file.output_mode());
+    return out.commit(opts.sync);
+  });
 }
 
 namespace {
@@ -933,162 +942,170 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
 
 Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_t out_size,
                                  const DecodeOptions& opts) const {
-  if (i >= impl_->entries.size())
-    return Status(Error::kNotFound, path() + ": tensor index " + std::to_string(i) + " out of range");
-  if (out == nullptr && out_size > 0) return Status(Error::kInvalidArgument, path() + ": null output buffer");
-  const detail::Entry& e = impl_->entries[i];
-  const TensorCoding& c = e.coding;
-  const std::string label = path() + ": tensor '" + e.info.name + "'";
-  if (begin > c.nbytes || out_size > c.nbytes - begin)
-    return Status(Error::kInvalidArgument, label + ": byte range beyond the tensor's " + std::to_string(c.nbytes));
-  if (out_size == 0) return Status::success();
-  BIGSMALL_RETURN_IF_ERROR(c.validate(e.info.stored_bytes).with_context(label));
-  BIGSMALL_RETURN_IF_ERROR(impl_->file.check_not_truncated());
-  const uint8_t* payload = impl_->file.data() + e.payload_offset;
-  const uint64_t chunk_bytes = c.chunk_units() * c.unit_bytes();
-  const uint64_t end = begin + out_size;
-  const size_t first = static_cast<size_t>(begin / chunk_bytes), last = static_cast<size_t>((end - 1) / chunk_bytes);
-  const auto coded = [&](size_t k) { return c.chunks[k].mode == ChunkMode::kCoded; };
-  bool any_coded = false;
-  for (size_t k = first; k <= last && !any_coded; ++k) any_coded = coded(k);
-  if (any_coded && opts.verify && c.model_size > 0 && !impl_->verified[i].load(std::memory_order_acquire)) {
-    // Damage in the model could decode the chunks wrongly without failing a chunk checksum:
-    // once per tensor, the whole tensor is decoded (in bounded memory) and its checksum checked.
-    detail::ThreadPool whole(decode_threads(*impl_, {i}, opts.threads));
-    BIGSMALL_RETURN_IF_ERROR(verify_large_tensor(*impl_, i, detail::kBatchBytes / 16, whole));
-    impl_->verified[i].store(true, std::memory_order_release);
-  }
-  // Chunks wholly inside the range decode straight into out, side by side as whole tensors do;
-  // the (at most two) chunks the range cuts decode into scratch and are copied in part.
-  std::shared_ptr<const detail::TensorDecoder> dec;  // built once, for the inner and the cut chunks
-  if (any_coded) {
-    {
-      std::lock_guard lock(impl_->range_mu);
-      if (impl_->range_tensor == i) dec = impl_->range_decoder;
+  return detail::guarded(path(), [&]() -> Status {
+    if (i >= impl_->entries.size())
+      return Status(Error::kNotFound, path() + ": tensor index " + std::to_string(i) + " out of range");
+    if (out == nullptr && out_size > 0) return Status(Error::kInvalidArgument, path() + ": null output buffer");
+    const detail::Entry& e = impl_->entries[i];
+    const TensorCoding& c = e.coding;
+    const std::string label = path() + ": tensor '" + e.info.name + "'";
+    if (begin > c.nbytes || out_size > c.nbytes - begin)
+      return Status(Error::kInvalidArgument, label + ": byte range beyond the tensor's " + std::to_string(c.nbytes));
+    if (out_size == 0) return Status::success();
+    BIGSMALL_RETURN_IF_ERROR(c.validate(e.info.stored_bytes).with_context(label));
+    BIGSMALL_RETURN_IF_ERROR(impl_->file.check_not_truncated());
+    const uint8_t* payload = impl_->file.data() + e.payload_offset;
+    const uint64_t chunk_bytes = c.chunk_units() * c.unit_bytes();
+    const uint64_t end = begin + out_size;
+    const size_t first = static_cast<size_t>(begin / chunk_bytes), last = static_cast<size_t>((end - 1) / chunk_bytes);
+    const auto coded = [&](size_t k) { return c.chunks[k].mode == ChunkMode::kCoded; };
+    bool any_coded = false;
+    for (size_t k = first; k <= last && !any_coded; ++k) any_coded = coded(k);
+    if (any_coded && opts.verify && c.model_size > 0 && !impl_->verified[i].load(std::memory_order_acquire)) {
+      // Damage in the model could decode the chunks wrongly without failing a chunk checksum:
+      // once per tensor, the whole tensor is decoded (in bounded memory) and its checksum checked.
+      detail::ThreadPool whole(decode_threads(*impl_, {i}, opts.threads));
+      BIGSMALL_RETURN_IF_ERROR(verify_large_tensor(*impl_, i, detail::kBatchBytes / 16, whole));
+      impl_->verified[i].store(true, std::memory_order_release);
     }
-    if (!dec) {  // built outside the lock: readers of other tensors do not wait for these tables
-      auto d = detail::TensorDecoder::prepare(c, payload, c.model_size);
-      if (!d) return d.status().with_context(label);
-      dec = std::make_shared<const detail::TensorDecoder>(std::move(d.value()));
-      std::lock_guard lock(impl_->range_mu);
-      impl_->range_decoder = dec;
-      impl_->range_tensor = i;
+    // Chunks wholly inside the range decode straight into out, side by side as whole tensors do;
+    // the (at most two) chunks the range cuts decode into scratch and are copied in part.
+    std::shared_ptr<const detail::TensorDecoder> dec;  // built once, for the inner and the cut chunks
+    if (any_coded) {
+      {
+        std::lock_guard lock(impl_->range_mu);
+        if (impl_->range_tensor == i) dec = impl_->range_decoder;
+      }
+      if (!dec) {  // built outside the lock: readers of other tensors do not wait for these tables
+        auto d = detail::TensorDecoder::prepare(c, payload, c.model_size);
+        if (!d) return d.status().with_context(label);
+        dec = std::make_shared<const detail::TensorDecoder>(std::move(d.value()));
+        std::lock_guard lock(impl_->range_mu);
+        impl_->range_decoder = dec;
+        impl_->range_tensor = i;
+      }
     }
-  }
-  const size_t inner_begin = begin % chunk_bytes == 0 ? first : first + 1;
-  size_t inner_end = last + 1;
-  if (end % chunk_bytes != 0 && end != c.nbytes) inner_end = last;
-  const std::string job_label = "tensor '" + e.info.name + "'";
-  std::vector<detail::DecodeJob> jobs;
-  uint64_t job_chunks = 0, job_bytes = 0;
-  auto add_job = [&](uint8_t* to, uint64_t size, size_t chunk_begin, size_t chunk_end) {
-    detail::DecodeJob job{&c, payload, e.info.stored_bytes, to, size, job_label};
-    job.chunk_begin = chunk_begin;
-    job.chunk_end = chunk_end;
-    job.decoder = dec.get();
-    jobs.push_back(job);
-    job_chunks += chunk_end - chunk_begin;
-    job_bytes += job.bytes();
-  };
-  if (inner_begin < inner_end) {
-    const uint64_t skip = inner_begin * chunk_bytes - begin;  // bytes of the first, cut chunk
-    add_job(out + skip, out_size - skip, inner_begin, inner_end);
-  }
-  // Coded chunks the range cuts are decoded whole into scratch, in the same call as the inner
-  // ones (side by side, on the same threads); stored ones are copied in part.
-  std::vector<size_t> edges;
-  for (size_t ci : {first, last})
-    if ((ci < inner_begin || ci >= inner_end) && (edges.empty() || edges.back() != ci)) edges.push_back(ci);
-  std::vector<std::pair<size_t, std::vector<uint8_t>>> cut;  // (chunk, its decoded bytes)
-  cut.reserve(edges.size());
-  for (size_t ci : edges) {
-    const ChunkRef& ref = c.chunks[ci];
-    if (ref.mode != ChunkMode::kStored) {
-      auto& [chunk, bytes] = cut.emplace_back(ci, std::vector<uint8_t>(c.chunk_out_size(ci)));
-      add_job(bytes.data(), bytes.size(), chunk, chunk + 1);
-      continue;
+    const size_t inner_begin = begin % chunk_bytes == 0 ? first : first + 1;
+    size_t inner_end = last + 1;
+    if (end % chunk_bytes != 0 && end != c.nbytes) inner_end = last;
+    const std::string job_label = "tensor '" + e.info.name + "'";
+    std::vector<detail::DecodeJob> jobs;
+    uint64_t job_chunks = 0, job_bytes = 0;
+    auto add_job = [&](uint8_t* to, uint64_t size, size_t chunk_begin, size_t chunk_end) {
+      detail::DecodeJob job{&c, payload, e.info.stored_bytes, to, size, job_label};
+      job.chunk_begin = chunk_begin;
+      job.chunk_end = chunk_end;
+      job.decoder = dec.get();
+      jobs.push_back(job);
+      job_chunks += chunk_end - chunk_begin;
+      job_bytes += job.bytes();
+    };
+    if (inner_begin < inner_end) {
+      const uint64_t skip = inner_begin * chunk_bytes - begin;  // bytes of the first, cut chunk
+      add_job(out + skip, out_size - skip, inner_begin, inner_end);
     }
-    if (opts.verify && detail::xxh3_32(payload + ref.offset, ref.size) != ref.checksum)
-      return Status(Error::kCorrupt, label + ": chunk " + std::to_string(ci) + ": checksum mismatch (compressed data damaged)");
-    const uint64_t lo = ci * chunk_bytes;
-    const uint64_t from = std::max(lo, begin), to = std::min(lo + c.chunk_out_size(ci), end);
-    std::memcpy(out + (from - begin), payload + ref.offset + (from - lo), to - from);  // validate() checked its size
-  }
-  if (!jobs.empty()) {
-    detail::ThreadPool pool(detail::threads_for(opts.threads, job_chunks, job_bytes, detail::kDecodeBytesPerThread));
-    BIGSMALL_RETURN_IF_ERROR(detail::decode_tensors_on(jobs, opts.verify, pool).with_context(path()));
-  }
-  for (const auto& [ci, bytes] : cut) {
-    const uint64_t lo = ci * chunk_bytes;
-    const uint64_t from = std::max(lo, begin), to = std::min(lo + bytes.size(), end);
-    std::memcpy(out + (from - begin), bytes.data() + (from - lo), to - from);
-  }
-  return Status::success();
+    // Coded chunks the range cuts are decoded whole into scratch, in the same call as the inner
+    // ones (side by side, on the same threads); stored ones are copied in part.
+    std::vector<size_t> edges;
+    for (size_t ci : {first, last})
+      if ((ci < inner_begin || ci >= inner_end) && (edges.empty() || edges.back() != ci)) edges.push_back(ci);
+    std::vector<std::pair<size_t, std::vector<uint8_t>>> cut;  // (chunk, its decoded bytes)
+    cut.reserve(edges.size());
+    for (size_t ci : edges) {
+      const ChunkRef& ref = c.chunks[ci];
+      if (ref.mode != ChunkMode::kStored) {
+        auto& [chunk, bytes] = cut.emplace_back(ci, std::vector<uint8_t>(c.chunk_out_size(ci)));
+        add_job(bytes.data(), bytes.size(), chunk, chunk + 1);
+        continue;
+      }
+      if (opts.verify && detail::xxh3_32(payload + ref.offset, ref.size) != ref.checksum)
+        return Status(Error::kCorrupt, label + ": chunk " + std::to_string(ci) + ": checksum mismatch (compressed data damaged)");
+      const uint64_t lo = ci * chunk_bytes;
+      const uint64_t from = std::max(lo, begin), to = std::min(lo + c.chunk_out_size(ci), end);
+      std::memcpy(out + (from - begin), payload + ref.offset + (from - lo), to - from);  // validate() checked its size
+    }
+    if (!jobs.empty()) {
+      detail::ThreadPool pool(detail::threads_for(opts.threads, job_chunks, job_bytes, detail::kDecodeBytesPerThread));
+      BIGSMALL_RETURN_IF_ERROR(detail::decode_tensors_on(jobs, opts.verify, pool).with_context(path()));
+    }
+    for (const auto& [ci, bytes] : cut) {
+      const uint64_t lo = ci * chunk_bytes;
+      const uint64_t from = std::max(lo, begin), to = std::min(lo + bytes.size(), end);
+      std::memcpy(out + (from - begin), bytes.data() + (from - lo), to - from);
+    }
+    return Status::success();
+  });
 }
 
 Status BsFile::verify(const DecompressOptions& opts) const {
-  const Impl& im = *impl_;
-  BIGSMALL_RETURN_IF_ERROR(im.file.check_not_truncated());
-  BIGSMALL_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
-  detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
-  Scratch scratch;
-  uint64_t scratch_size = 0;
-  uint64_t total = 0, done = 0;
-  for (const auto& t : im.infos) total += t.nbytes;
-  if (opts.progress) opts.progress(0, total);
-  const uint64_t batch_bytes = verify_batch_bytes(pool.size());
-  return for_each_batch(im, batch_bytes, [&](const std::vector<size_t>& batch, uint64_t bytes) {
-    if (batch.size() == 1 && bytes > batch_bytes) {
-      BIGSMALL_RETURN_IF_ERROR(verify_large_tensor(im, batch[0], batch_bytes, pool));
-    } else {
-      if (bytes > scratch_size) {
-        scratch.reset();
-        scratch = scratch_buffer(bytes);
-        scratch_size = bytes;
+  return detail::guarded(path(), [&]() -> Status {
+    const Impl& im = *impl_;
+    BIGSMALL_RETURN_IF_ERROR(im.file.check_not_truncated());
+    BIGSMALL_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
+    detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
+    Scratch scratch;
+    uint64_t scratch_size = 0;
+    uint64_t total = 0, done = 0;
+    for (const auto& t : im.infos) total += t.nbytes;
+    if (opts.progress) opts.progress(0, total);
+    const uint64_t batch_bytes = verify_batch_bytes(pool.size());
+    return for_each_batch(im, batch_bytes, [&](const std::vector<size_t>& batch, uint64_t bytes) {
+      if (batch.size() == 1 && bytes > batch_bytes) {
+        BIGSMALL_RETURN_IF_ERROR(verify_large_tensor(im, batch[0], batch_bytes, pool));
+      } else {
+        if (bytes > scratch_size) {
+          scratch.reset();
+          scratch = scratch_buffer(bytes);
+          scratch_size = bytes;
+        }
+        std::vector<uint8_t*> outs;
+        std::vector<uint64_t> sizes;
+        uint64_t off = 0;
+        for (size_t i : batch) {
+          outs.push_back(scratch.get() + off);
+          sizes.push_back(im.entries[i].coding.nbytes);
+          off += im.entries[i].coding.nbytes;
+        }
+        BIGSMALL_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, true, pool));
       }
-      std::vector<uint8_t*> outs;
-      std::vector<uint64_t> sizes;
-      uint64_t off = 0;
-      for (size_t i : batch) {
-        outs.push_back(scratch.get() + off);
-        sizes.push_back(im.entries[i].coding.nbytes);
-        off += im.entries[i].coding.nbytes;
-      }
-      BIGSMALL_RETURN_IF_ERROR(read_many(im, batch, outs, sizes, true, pool));
-    }
-    done += bytes;
-    if (opts.progress) opts.progress(done, total);
-    return Status::success();
+      done += bytes;
+      if (opts.progress) opts.progress(done, total);
+      return Status::success();
+    });
   });
 }
 
 // ---- entry points --------------------------------------------------------------------------
 
 Status compress_file(const std::string& src, const std::string& dst, const CompressOptions& opts) {
-  BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(src, dst));
-  BIGSMALL_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src));
-  auto parsed = detail::parse_safetensors(in.data(), in.size());
-  if (!parsed) {
-    if (in.size() >= 8 && std::memcmp(in.data(), detail::kMagic, 8) == 0)
-      return Status(Error::kNotSafetensors, src + ": already a bigsmall .bs file (decompress it, or compress the original)");
-    return parsed.status().with_context(src);
-  }
-  const detail::StFile& st = parsed.value();
-  std::vector<detail::Source> sources;
-  for (const auto& t : st.tensors)
-    sources.push_back({t.name, t.dtype, t.shape, in.data() + st.data_start + t.begin, t.end - t.begin, t.begin});
-  std::vector<detail::Filler> fillers;
-  for (const auto& g : st.gaps)
-    fillers.push_back({g.first, std::vector<uint8_t>(in.data() + st.data_start + g.first, in.data() + st.data_start + g.second)});
-  const Status written = detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts, true, in.output_mode(), &in);
-  // Limits on what the input declares (name lengths, dimensions) name the input.
-  return written.code() == Error::kLimit ? written.with_context(src) : written;
+  return detail::guarded(src, [&]() -> Status {
+    BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(src, dst));
+    BIGSMALL_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src));
+    auto parsed = detail::parse_safetensors(in.data(), in.size());
+    if (!parsed) {
+      if (in.size() >= 8 && std::memcmp(in.data(), detail::kMagic, 8) == 0)
+        return Status(Error::kNotSafetensors, src + ": already a bigsmall .bs file (decompress it, or compress the original)");
+      return parsed.status().with_context(src);
+    }
+    const detail::StFile& st = parsed.value();
+    std::vector<detail::Source> sources;
+    for (const auto& t : st.tensors)
+      sources.push_back({t.name, t.dtype, t.shape, in.data() + st.data_start + t.begin, t.end - t.begin, t.begin});
+    std::vector<detail::Filler> fillers;
+    for (const auto& g : st.gaps)
+      fillers.push_back({g.first, std::vector<uint8_t>(in.data() + st.data_start + g.first, in.data() + st.data_start + g.second)});
+    const Status written = detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts, true, in.output_mode(), &in);
+    // Limits on what the input declares (name lengths, dimensions) name the input.
+    return written.code() == Error::kLimit ? written.with_context(src) : written;
+  });
 }
 
 Status decompress_file(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
-  BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(src, dst));
-  BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(src));
-  return f.restore(dst, opts);
+  return detail::guarded(src, [&]() -> Status {
+    BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(src, dst));
+    BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(src));
+    return f.restore(dst, opts);
+  });
 }
 
 namespace {
@@ -1103,60 +1120,62 @@ std::optional<std::string> first_repeat(std::vector<std::string_view>& strings) 
 
 Status write_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
                      const std::optional<Metadata>& metadata_or_none, const CompressOptions& opts) {
-  const Metadata metadata = metadata_or_none.value_or(Metadata{});
-  if (dst.empty()) return Status(Error::kInvalidArgument, "empty output path");
-  std::vector<uint64_t> offsets;
-  for (const auto& t : tensors) {
-    if (!dtype_valid(t.dtype))
-      return Status(Error::kUnknownDtype, "tensor '" + t.name + "': unknown dtype id " + std::to_string(static_cast<int>(t.dtype)));
-    if (t.data == nullptr && t.nbytes != 0) return Status(Error::kInvalidArgument, "tensor '" + t.name + "': null data");
-    if (t.shape.size() > 255) return Status(Error::kLimit, "tensor '" + t.name + "': more than 255 dimensions");
-    uint64_t numel = 1;
-    for (uint64_t d : t.shape) {
-      if (d != 0 && numel > UINT64_MAX / d)
-        return Status(Error::kInvalidArgument, "tensor '" + t.name + "': shape overflows 64 bits");
-      numel *= d;
+  return detail::guarded(dst, [&]() -> Status {
+    const Metadata metadata = metadata_or_none.value_or(Metadata{});
+    if (dst.empty()) return Status(Error::kInvalidArgument, "empty output path");
+    std::vector<uint64_t> offsets;
+    for (const auto& t : tensors) {
+      if (!dtype_valid(t.dtype))
+        return Status(Error::kUnknownDtype, "tensor '" + t.name + "': unknown dtype id " + std::to_string(static_cast<int>(t.dtype)));
+      if (t.data == nullptr && t.nbytes != 0) return Status(Error::kInvalidArgument, "tensor '" + t.name + "': null data");
+      if (t.shape.size() > 255) return Status(Error::kLimit, "tensor '" + t.name + "': more than 255 dimensions");
+      uint64_t numel = 1;
+      for (uint64_t d : t.shape) {
+        if (d != 0 && numel > UINT64_MAX / d)
+          return Status(Error::kInvalidArgument, "tensor '" + t.name + "': shape overflows 64 bits");
+        numel *= d;
+      }
+      const auto need = dtype_nbytes(t.dtype, numel);
+      if (!need || *need != t.nbytes)
+        return Status(Error::kInvalidArgument, "tensor '" + t.name + "': byte size does not match shape and dtype");
     }
-    const auto need = dtype_nbytes(t.dtype, numel);
-    if (!need || *need != t.nbytes)
-      return Status(Error::kInvalidArgument, "tensor '" + t.name + "': byte size does not match shape and dtype");
-  }
-  // In the order safetensors' writer uses (dtype, highest rank first, then name, bytewise), so
-  // that the restored file is the one safetensors would write for these tensors.
-  std::vector<TensorView> laid_out(tensors);
-  std::stable_sort(laid_out.begin(), laid_out.end(), [](const TensorView& a, const TensorView& b) {
-    const int ra = dtype_info(a.dtype).safetensors_rank, rb = dtype_info(b.dtype).safetensors_rank;
-    return ra != rb ? ra > rb : a.name < b.name;
+    // In the order safetensors' writer uses (dtype, highest rank first, then name, bytewise), so
+    // that the restored file is the one safetensors would write for these tensors.
+    std::vector<TensorView> laid_out(tensors);
+    std::stable_sort(laid_out.begin(), laid_out.end(), [](const TensorView& a, const TensorView& b) {
+      const int ra = dtype_info(a.dtype).safetensors_rank, rb = dtype_info(b.dtype).safetensors_rank;
+      return ra != rb ? ra > rb : a.name < b.name;
+    });
+    {
+      std::vector<std::string_view> names;
+      for (const auto& t : laid_out) names.push_back(t.name);
+      if (const auto dup = first_repeat(names)) return Status(Error::kInvalidArgument, "tensor '" + *dup + "' given twice");
+      // The header's metadata key: a tensor under that name makes a file no reader accepts.
+      if (std::binary_search(names.begin(), names.end(), std::string_view("__metadata__")))
+        return Status(Error::kInvalidArgument, "a tensor cannot be named '__metadata__'");
+      for (const auto& n : names)
+        if (!is_valid_utf8(n)) return Status(Error::kInvalidArgument, "a tensor name is not UTF-8");
+    }
+    for (const auto& [key, value] : metadata) {
+      if (!is_valid_utf8(key) || !is_valid_utf8(value)) return Status(Error::kInvalidArgument, "metadata is not UTF-8");
+    }
+    {
+      std::vector<std::string_view> keys;
+      for (const auto& kv : metadata) keys.push_back(kv.first);
+      // The restored header would give the key twice, which compress (and safetensors) refuse.
+      if (const auto dup = first_repeat(keys)) return Status(Error::kInvalidArgument, "metadata key '" + *dup + "' given twice");
+    }
+    const std::string header = detail::make_safetensors_header(laid_out, metadata_or_none, &offsets);
+    if (header.size() > detail::kMaxHeaderBytes) return Status(Error::kLimit, "safetensors header would exceed 100 MB");
+    std::vector<detail::Source> sources;
+    uint64_t data_size = 0;
+    for (size_t i = 0; i < laid_out.size(); ++i) {
+      const auto& t = laid_out[i];
+      sources.push_back({t.name, t.dtype, t.shape, t.data, t.nbytes, offsets[i]});
+      data_size += t.nbytes;
+    }
+    return detail::write_bs(dst, header, 8 + header.size() + data_size, sources, {}, opts, false, std::nullopt, nullptr);
   });
-  {
-    std::vector<std::string_view> names;
-    for (const auto& t : laid_out) names.push_back(t.name);
-    if (const auto dup = first_repeat(names)) return Status(Error::kInvalidArgument, "tensor '" + *dup + "' given twice");
-    // The header's metadata key: a tensor under that name makes a file no reader accepts.
-    if (std::binary_search(names.begin(), names.end(), std::string_view("__metadata__")))
-      return Status(Error::kInvalidArgument, "a tensor cannot be named '__metadata__'");
-    for (const auto& n : names)
-      if (!is_valid_utf8(n)) return Status(Error::kInvalidArgument, "a tensor name is not UTF-8");
-  }
-  for (const auto& [key, value] : metadata) {
-    if (!is_valid_utf8(key) || !is_valid_utf8(value)) return Status(Error::kInvalidArgument, "metadata is not UTF-8");
-  }
-  {
-    std::vector<std::string_view> keys;
-    for (const auto& kv : metadata) keys.push_back(kv.first);
-    // The restored header would give the key twice, which compress (and safetensors) refuse.
-    if (const auto dup = first_repeat(keys)) return Status(Error::kInvalidArgument, "metadata key '" + *dup + "' given twice");
-  }
-  const std::string header = detail::make_safetensors_header(laid_out, metadata_or_none, &offsets);
-  if (header.size() > detail::kMaxHeaderBytes) return Status(Error::kLimit, "safetensors header would exceed 100 MB");
-  std::vector<detail::Source> sources;
-  uint64_t data_size = 0;
-  for (size_t i = 0; i < laid_out.size(); ++i) {
-    const auto& t = laid_out[i];
-    sources.push_back({t.name, t.dtype, t.shape, t.data, t.nbytes, offsets[i]});
-    data_size += t.nbytes;
-  }
-  return detail::write_bs(dst, header, 8 + header.size() + data_size, sources, {}, opts, false, std::nullopt, nullptr);
 }
 
 }  // namespace bigsmall

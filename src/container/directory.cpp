@@ -18,6 +18,7 @@
 #include "container/bsfile.hpp"
 #include "container/fileio.hpp"
 #include "container/json.hpp"
+#include "common/guard.hpp"
 
 namespace bigsmall {
 namespace fs = std::filesystem;
@@ -502,136 +503,144 @@ Result<DirOutput> start_dir_output(const std::string& src, const std::string& ds
 }
 
 Status compress_dir(const std::string& src, const std::string& dst, const CompressOptions& opts) {
-  const fs::path in(src);
-  // Its .bs files would be copied as they are and its index dropped: no byte-identical restore.
-  if (detail::path_exists((in / kDirIndexName).string())) {
-    if (read_dir_index(in))
-      return Status(Error::kNotSafetensors, src + ": already a compressed model directory (decompress it, or compress the original)");
-    return Status(Error::kInvalidArgument, (in / kDirIndexName).string() +
-                                               ": a file of the name bigsmall gives its index (rename it to compress this directory)");
-  }
-  BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
-  const std::vector<fs::path>& files = run.files;
-  OutputDir& out_dir = run.out;
-  const fs::path& out = out_dir.path();
-  // Files go into the new, empty temporary directory: nothing there to overwrite.
-  CompressOptions fo = opts;
-  fo.overwrite = false;
-  DirProgress prog{opts.progress};
-  std::error_code ec;
-  for (const auto& f : files)
-    if (ends_with(f.string(), kStExt)) prog.total += fs::file_size(in / f, ec);
-  std::string index = "{\n  \"format\": \"bigsmall\",\n  \"format_version\": " + std::to_string(kFormatVersionMajor) +
-                      ",\n  \"files\": [";
-  bool first = true;
-  for (const auto& f : files) {
-    const std::string rel = f.string();
-    if (rel == kDirIndexName) continue;
-    fs::create_directories((out / f).parent_path(), ec);
-    if (!ends_with(rel, kStExt)) {
-      BIGSMALL_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
-      continue;
+  return detail::guarded(src, [&]() -> Status {
+    const fs::path in(src);
+    // Its .bs files would be copied as they are and its index dropped: no byte-identical restore.
+    if (detail::path_exists((in / kDirIndexName).string())) {
+      if (read_dir_index(in))
+        return Status(Error::kNotSafetensors, src + ": already a compressed model directory (decompress it, or compress the original)");
+      return Status(Error::kInvalidArgument, (in / kDirIndexName).string() +
+                                                 ": a file of the name bigsmall gives its index (rename it to compress this directory)");
     }
-    const std::string bs_rel = rel.substr(0, rel.size() - kStExt.size()) + ".bs";
-    // A file of that name, or a directory (its files listed under it; an empty one is already
-    // made in the output), is in the way.
-    const std::string under = bs_rel + "/";
-    if (std::any_of(files.begin(), files.end(),
-                    [&](const fs::path& g) {
-                      const std::string n = g.string();
-                      return n == bs_rel || n.compare(0, under.size(), under) == 0;
-                    }) ||
-        fs::exists(fs::symlink_status(out / bs_rel, ec)))
-      return Status(Error::kInvalidArgument, (in / bs_rel).string() + ": would be overwritten by the compressed " + rel);
-    fo.progress = prog.for_file(fs::file_size(in / f, ec));
-    BIGSMALL_RETURN_IF_ERROR(in_final_names(compress_file((in / f).string(), (out / bs_rel).string(), fo), out, dst));
-    prog.base += fs::file_size(in / f, ec);
-    if (opts.progress) opts.progress(prog.base, prog.total);
-    // What the .bs just written says of itself, not a second look at the input (which may have
-    // changed meanwhile).
-    auto facts = detail::read_bs_header_facts((out / bs_rel).string());
-    BIGSMALL_RETURN_IF_ERROR(in_final_names(facts.status(), out, dst));
-    index += std::string(first ? "" : ",") + "\n    {\"source\": " + detail::json_quote(rel, /*file_name=*/true) +
-             ", \"bs\": " + detail::json_quote(bs_rel, /*file_name=*/true) +
-             ", \"size\": " + std::to_string(facts->original_size) + ", \"bs_checksum\": \"" + hex64(facts->fingerprint) + "\"}";
-    first = false;
-  }
-  index += "\n  ]\n}\n";
-  BIGSMALL_RETURN_IF_ERROR(in_final_names(write_text(out / kDirIndexName, index), out, dst));
-  // -f over an earlier compressed directory: the .bs files its index listed that this run did
-  // not write are an older model's (a shard count that went down). Left there, they would be
-  // copied into every restore as stray files.
-  std::vector<std::string> stale;
-  if (opts.overwrite && detail::path_exists((fs::path(dst) / kDirIndexName).string())) {
-    std::vector<std::string> written;
+    BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
+    const std::vector<fs::path>& files = run.files;
+    OutputDir& out_dir = run.out;
+    const fs::path& out = out_dir.path();
+    // Files go into the new, empty temporary directory: nothing there to overwrite.
+    CompressOptions fo = opts;
+    fo.overwrite = false;
+    DirProgress prog{opts.progress};
+    std::error_code ec;
+    for (const auto& f : files)
+      if (ends_with(f.string(), kStExt)) prog.total += fs::file_size(in / f, ec);
+    std::string index = "{\n  \"format\": \"bigsmall\",\n  \"format_version\": " + std::to_string(kFormatVersionMajor) +
+                        ",\n  \"files\": [";
+    bool first = true;
     for (const auto& f : files) {
-      const std::string n = f.string();
-      written.push_back(ends_with(n, kStExt) ? n.substr(0, n.size() - kStExt.size()) + ".bs" : n);
+      const std::string rel = f.string();
+      if (rel == kDirIndexName) continue;
+      fs::create_directories((out / f).parent_path(), ec);
+      if (!ends_with(rel, kStExt)) {
+        BIGSMALL_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
+        continue;
+      }
+      const std::string bs_rel = rel.substr(0, rel.size() - kStExt.size()) + ".bs";
+      // A file of that name, or a directory (its files listed under it; an empty one is already
+      // made in the output), is in the way.
+      const std::string under = bs_rel + "/";
+      if (std::any_of(files.begin(), files.end(),
+                      [&](const fs::path& g) {
+                        const std::string n = g.string();
+                        return n == bs_rel || n.compare(0, under.size(), under) == 0;
+                      }) ||
+          fs::exists(fs::symlink_status(out / bs_rel, ec)))
+        return Status(Error::kInvalidArgument, (in / bs_rel).string() + ": would be overwritten by the compressed " + rel);
+      fo.progress = prog.for_file(fs::file_size(in / f, ec));
+      BIGSMALL_RETURN_IF_ERROR(in_final_names(compress_file((in / f).string(), (out / bs_rel).string(), fo), out, dst));
+      prog.base += fs::file_size(in / f, ec);
+      if (opts.progress) opts.progress(prog.base, prog.total);
+      // What the .bs just written says of itself, not a second look at the input (which may have
+      // changed meanwhile).
+      auto facts = detail::read_bs_header_facts((out / bs_rel).string());
+      BIGSMALL_RETURN_IF_ERROR(in_final_names(facts.status(), out, dst));
+      index += std::string(first ? "" : ",") + "\n    {\"source\": " + detail::json_quote(rel, /*file_name=*/true) +
+               ", \"bs\": " + detail::json_quote(bs_rel, /*file_name=*/true) +
+               ", \"size\": " + std::to_string(facts->original_size) + ", \"bs_checksum\": \"" + hex64(facts->fingerprint) + "\"}";
+      first = false;
     }
-    if (auto old = read_dir_index(fs::path(dst))) {
-      for (const auto& e : *old)
-        if (std::find(written.begin(), written.end(), e.bs) == written.end()) stale.emplace_back(e.bs);
+    index += "\n  ]\n}\n";
+    BIGSMALL_RETURN_IF_ERROR(in_final_names(write_text(out / kDirIndexName, index), out, dst));
+    // -f over an earlier compressed directory: the .bs files its index listed that this run did
+    // not write are an older model's (a shard count that went down). Left there, they would be
+    // copied into every restore as stray files.
+    std::vector<std::string> stale;
+    if (opts.overwrite && detail::path_exists((fs::path(dst) / kDirIndexName).string())) {
+      std::vector<std::string> written;
+      for (const auto& f : files) {
+        const std::string n = f.string();
+        written.push_back(ends_with(n, kStExt) ? n.substr(0, n.size() - kStExt.size()) + ".bs" : n);
+      }
+      if (auto old = read_dir_index(fs::path(dst))) {
+        for (const auto& e : *old)
+          if (std::find(written.begin(), written.end(), e.bs) == written.end()) stale.emplace_back(e.bs);
+      }
+      const auto copied_index = earlier_shard_index(written);
+      stale.insert(stale.end(), copied_index.begin(), copied_index.end());
     }
-    const auto copied_index = earlier_shard_index(written);
-    stale.insert(stale.end(), copied_index.begin(), copied_index.end());
-  }
-  BIGSMALL_RETURN_IF_ERROR(out_dir.commit());
-  remove_leftovers(fs::path(dst), stale);
-  return Status::success();
+    BIGSMALL_RETURN_IF_ERROR(out_dir.commit());
+    remove_leftovers(fs::path(dst), stale);
+    return Status::success();
+  });
 }
 
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
-  const fs::path in(src);
-  BIGSMALL_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(in));
-  BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
-  const std::vector<fs::path>& files = run.files;
-  OutputDir& out_dir = run.out;
-  const fs::path& out = out_dir.path();
-  DirProgress prog{opts.progress};
-  std::error_code ec;
-  for (const auto& e : entries) prog.total += fs::file_size(in / e.bs, ec);
-  for (const auto& f : files) {
-    const std::string rel = f.string();
-    const bool is_bs = std::any_of(entries.begin(), entries.end(), [&](const DirEntry& e) { return e.bs == rel; });
-    if (rel == kDirIndexName || is_bs) continue;
-    fs::create_directories((out / f).parent_path(), ec);
-    BIGSMALL_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
-  }
-  for (const auto& e : entries) {
-    fs::create_directories((out / e.source).parent_path(), ec);
-    DecompressOptions fo = opts;
-    fo.overwrite = false;
-    fo.progress = prog.for_file(fs::file_size(in / e.bs, ec));
-    BIGSMALL_RETURN_IF_ERROR(check_entry(in, e));
-    BIGSMALL_RETURN_IF_ERROR(in_final_names(decompress_file((in / e.bs).string(), (out / e.source).string(), fo), out, dst));
-    prog.base += fs::file_size(in / e.bs, ec);
-    if (opts.progress) opts.progress(prog.base, prog.total);
-  }
-  return out_dir.commit();
+  return detail::guarded(src, [&]() -> Status {
+    const fs::path in(src);
+    BIGSMALL_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(in));
+    BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
+    const std::vector<fs::path>& files = run.files;
+    OutputDir& out_dir = run.out;
+    const fs::path& out = out_dir.path();
+    DirProgress prog{opts.progress};
+    std::error_code ec;
+    for (const auto& e : entries) prog.total += fs::file_size(in / e.bs, ec);
+    for (const auto& f : files) {
+      const std::string rel = f.string();
+      const bool is_bs = std::any_of(entries.begin(), entries.end(), [&](const DirEntry& e) { return e.bs == rel; });
+      if (rel == kDirIndexName || is_bs) continue;
+      fs::create_directories((out / f).parent_path(), ec);
+      BIGSMALL_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
+    }
+    for (const auto& e : entries) {
+      fs::create_directories((out / e.source).parent_path(), ec);
+      DecompressOptions fo = opts;
+      fo.overwrite = false;
+      fo.progress = prog.for_file(fs::file_size(in / e.bs, ec));
+      BIGSMALL_RETURN_IF_ERROR(check_entry(in, e));
+      BIGSMALL_RETURN_IF_ERROR(in_final_names(decompress_file((in / e.bs).string(), (out / e.source).string(), fo), out, dst));
+      prog.base += fs::file_size(in / e.bs, ec);
+      if (opts.progress) opts.progress(prog.base, prog.total);
+    }
+    return out_dir.commit();
+  });
 }
 
 Status verify_path(const std::string& path, const DecompressOptions& opts) {
-  if (!detail::path_is_dir(path)) {
-    BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(path));
-    return f.verify(opts);
-  }
-  BIGSMALL_ASSIGN_OR_RETURN(std::vector<std::string> files, model_dir_files(path));  // each checked against the index
-  for (const auto& name : files) {
-    BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(name));
-    BIGSMALL_RETURN_IF_ERROR(f.verify(opts));
-  }
-  return Status::success();
+  return detail::guarded(path, [&]() -> Status {
+    if (!detail::path_is_dir(path)) {
+      BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(path));
+      return f.verify(opts);
+    }
+    BIGSMALL_ASSIGN_OR_RETURN(std::vector<std::string> files, model_dir_files(path));  // each checked against the index
+    for (const auto& name : files) {
+      BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(name));
+      BIGSMALL_RETURN_IF_ERROR(f.verify(opts));
+    }
+    return Status::success();
+  });
 }
 
 Result<std::vector<std::string>> model_dir_files(const std::string& dir, bool check_files) {
-  BIGSMALL_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(dir));
-  std::vector<std::string> out;
-  out.reserve(entries.size());
-  for (const auto& e : entries) {
-    if (check_files) BIGSMALL_RETURN_IF_ERROR(check_entry(dir, e));  // 64 bytes of each file
-    out.push_back((fs::path(dir) / e.bs).string());
-  }
-  return out;
+  return detail::guarded(dir, [&]() -> Result<std::vector<std::string>> {
+    BIGSMALL_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(dir));
+    std::vector<std::string> out;
+    out.reserve(entries.size());
+    for (const auto& e : entries) {
+      if (check_files) BIGSMALL_RETURN_IF_ERROR(check_entry(dir, e));  // 64 bytes of each file
+      out.push_back((fs::path(dir) / e.bs).string());
+    }
+    return out;
+  });
 }
 
 }  // namespace bigsmall

@@ -21,7 +21,9 @@
 namespace bigsmall::detail {
 
 Status errno_status(const std::string& path, const std::string& what, int err) {
-  const Error code = (err == ENOSPC || err == EDQUOT || err == EFBIG) ? Error::kNoSpace : Error::kIo;
+  const Error code = (err == ENOSPC || err == EDQUOT || err == EFBIG) ? Error::kNoSpace
+                     : err == ENOMEM                                 ? Error::kOutOfMemory  // a mapping larger than memory allows
+                                                                     : Error::kIo;
   return Status(code, path + ": " + what + ": " + std::strerror(err)).with_errno(err);
 }
 

@@ -14,6 +14,7 @@
 #include "bigsmall/cuda.hpp"
 #include "common/checksum.hpp"
 #include "entropy/model.hpp"
+#include "common/guard.hpp"
 
 namespace bigsmall::cuda {
 namespace {
@@ -396,11 +397,13 @@ Status launch(int blocks_per_sm, const std::vector<BlockDesc>& blocks, const Blo
 }  // namespace
 
 Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool verify) {
-  Impl& im = *impl_;
-  if (im.called) return Status(Error::kInvalidArgument, "a cuda::Decoder enqueues once");
-  im.called = true;
-  static_cast<void>(im.enqueued = im.enqueue(jobs, cuda_stream, verify));
-  return im.enqueued;
+  return detail::guarded(std::string(), [&]() -> Status {
+    Impl& im = *impl_;
+    if (im.called) return Status(Error::kInvalidArgument, "a cuda::Decoder enqueues once");
+    im.called = true;
+    static_cast<void>(im.enqueued = im.enqueue(jobs, cuda_stream, verify));
+    return im.enqueued;
+  });
 }
 
 Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool verify) {
@@ -510,16 +513,18 @@ Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, b
 }
 
 Status Decoder::finish() {
-  if (!impl_->enqueued.is_ok()) return impl_->enqueued;
-  static const char* const kWhat[] = {"ok", "size does not match its layout", "rANS data ends early",
-                                      "rANS state check failed", "unused rANS data", "codec not decodable on the GPU"};
-  for (size_t k = 0; k < impl_->host_status.size(); ++k) {
-    const int s = impl_->host_status[k];
-    if (s != kOk)
-      return Status(Error::kCorrupt, "tensor #" + std::to_string(impl_->labels[k].first) + ", chunk " +
-                                         std::to_string(impl_->labels[k].second) + ": " + (s >= 0 && s <= 5 ? kWhat[s] : "not decoded"));
-  }
-  return Status::success();
+  return detail::guarded(std::string(), [&]() -> Status {
+    if (!impl_->enqueued.is_ok()) return impl_->enqueued;
+    static const char* const kWhat[] = {"ok", "size does not match its layout", "rANS data ends early",
+                                        "rANS state check failed", "unused rANS data", "codec not decodable on the GPU"};
+    for (size_t k = 0; k < impl_->host_status.size(); ++k) {
+      const int s = impl_->host_status[k];
+      if (s != kOk)
+        return Status(Error::kCorrupt, "tensor #" + std::to_string(impl_->labels[k].first) + ", chunk " +
+                                           std::to_string(impl_->labels[k].second) + ": " + (s >= 0 && s <= 5 ? kWhat[s] : "not decoded"));
+    }
+    return Status::success();
+  });
 }
 
 }  // namespace bigsmall::cuda

@@ -15,6 +15,7 @@
 #include "common/thread_pool.hpp"
 #include "decode/decoder.hpp"
 #include "decode/simd.hpp"
+#include "common/guard.hpp"
 
 namespace bigsmall::detail {
 namespace {
@@ -994,11 +995,13 @@ namespace bigsmall {
 
 Status decode_tensor(const TensorCoding& coding, const uint8_t* payload, uint64_t payload_size, uint8_t* out,
                      uint64_t out_size, const DecodeOptions& opts) {
-  if ((out == nullptr && coding.nbytes > 0) || (payload == nullptr && payload_size > 0))
-    return Status(Error::kInvalidArgument, "null buffer");
-  detail::ThreadPool pool(
-      detail::threads_for(opts.threads, coding.chunks.size(), coding.nbytes, detail::kDecodeBytesPerThread));
-  return detail::decode_tensors_on({{&coding, payload, payload_size, out, out_size, "tensor"}}, opts.verify, pool);
+  return detail::guarded(std::string(), [&]() -> Status {
+    if ((out == nullptr && coding.nbytes > 0) || (payload == nullptr && payload_size > 0))
+      return Status(Error::kInvalidArgument, "null buffer");
+    detail::ThreadPool pool(
+        detail::threads_for(opts.threads, coding.chunks.size(), coding.nbytes, detail::kDecodeBytesPerThread));
+    return detail::decode_tensors_on({{&coding, payload, payload_size, out, out_size, "tensor"}}, opts.verify, pool);
+  });
 }
 
 }  // namespace bigsmall

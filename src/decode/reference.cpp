@@ -8,6 +8,7 @@
 #include "bigsmall/codec.hpp"
 #include "common/checksum.hpp"
 #include "entropy/model.hpp"
+#include "common/guard.hpp"
 
 namespace bigsmall {
 namespace {
@@ -98,37 +99,39 @@ Status decode_coded_chunk(const TensorCoding& c, const detail::FloatModel* fm, c
 
 Status reference_decode_tensor(const TensorCoding& c, const uint8_t* payload, uint64_t payload_size, uint8_t* out,
                                uint64_t out_size) {
-  if ((out == nullptr && c.nbytes > 0) || (payload == nullptr && payload_size > 0))
-    return Status(Error::kInvalidArgument, "null buffer");
-  BIGSMALL_RETURN_IF_ERROR(c.validate(payload_size));
-  if (out_size < c.nbytes) return Status(Error::kInvalidArgument, "output buffer too small");
-  detail::FloatModel fm;
-  detail::BytesModel bm;
-  if (c.codec == Codec::kFloat) BIGSMALL_RETURN_IF_ERROR(detail::read_float_model(payload, c.model_size, c.dtype, c.units(), &fm));
-  if (c.codec == Codec::kBytes) BIGSMALL_RETURN_IF_ERROR(detail::read_bytes_model(payload, c.model_size, c.unit_bytes(), c.units(), &bm));
-  for (size_t i = 0; i < c.chunks.size(); ++i) {
-    const ChunkRef& ref = c.chunks[i];
-    const uint8_t* p = payload + ref.offset;
-    uint8_t* dst = out + c.chunk_out_offset(i);
-    const uint64_t out_n = c.chunk_out_size(i);
-    if (detail::xxh3_32(p, ref.size) != ref.checksum)
-      return Status(Error::kCorrupt, "chunk " + std::to_string(i) + ": checksum mismatch");
-    if (ref.mode == ChunkMode::kStored) {
-      std::memcpy(dst, p, out_n);
-    } else if (c.codec == Codec::kZstd) {
-      if (ZSTD_getFrameContentSize(p, ref.size) != out_n) return Status(Error::kCorrupt, "zstd frame size mismatch");
-      if (ZSTD_findFrameCompressedSize(p, ref.size) != ref.size) return Status(Error::kCorrupt, "not exactly one zstd frame");
-      const size_t r = ZSTD_decompress(dst, out_n, p, ref.size);
-      if (ZSTD_isError(r) || r != out_n) return Status(Error::kCorrupt, "zstd frame is damaged");
-    } else if (c.codec == Codec::kFloat || c.codec == Codec::kBytes) {
-      BIGSMALL_RETURN_IF_ERROR(decode_coded_chunk(c, c.codec == Codec::kFloat ? &fm : nullptr, &bm, p, ref.size,
-                                            out_n / c.unit_bytes(), dst));
-    } else {
-      return Status(Error::kCorrupt, "coded chunk in a stored tensor");
+  return detail::guarded(std::string(), [&]() -> Status {
+    if ((out == nullptr && c.nbytes > 0) || (payload == nullptr && payload_size > 0))
+      return Status(Error::kInvalidArgument, "null buffer");
+    BIGSMALL_RETURN_IF_ERROR(c.validate(payload_size));
+    if (out_size < c.nbytes) return Status(Error::kInvalidArgument, "output buffer too small");
+    detail::FloatModel fm;
+    detail::BytesModel bm;
+    if (c.codec == Codec::kFloat) BIGSMALL_RETURN_IF_ERROR(detail::read_float_model(payload, c.model_size, c.dtype, c.units(), &fm));
+    if (c.codec == Codec::kBytes) BIGSMALL_RETURN_IF_ERROR(detail::read_bytes_model(payload, c.model_size, c.unit_bytes(), c.units(), &bm));
+    for (size_t i = 0; i < c.chunks.size(); ++i) {
+      const ChunkRef& ref = c.chunks[i];
+      const uint8_t* p = payload + ref.offset;
+      uint8_t* dst = out + c.chunk_out_offset(i);
+      const uint64_t out_n = c.chunk_out_size(i);
+      if (detail::xxh3_32(p, ref.size) != ref.checksum)
+        return Status(Error::kCorrupt, "chunk " + std::to_string(i) + ": checksum mismatch");
+      if (ref.mode == ChunkMode::kStored) {
+        std::memcpy(dst, p, out_n);
+      } else if (c.codec == Codec::kZstd) {
+        if (ZSTD_getFrameContentSize(p, ref.size) != out_n) return Status(Error::kCorrupt, "zstd frame size mismatch");
+        if (ZSTD_findFrameCompressedSize(p, ref.size) != ref.size) return Status(Error::kCorrupt, "not exactly one zstd frame");
+        const size_t r = ZSTD_decompress(dst, out_n, p, ref.size);
+        if (ZSTD_isError(r) || r != out_n) return Status(Error::kCorrupt, "zstd frame is damaged");
+      } else if (c.codec == Codec::kFloat || c.codec == Codec::kBytes) {
+        BIGSMALL_RETURN_IF_ERROR(decode_coded_chunk(c, c.codec == Codec::kFloat ? &fm : nullptr, &bm, p, ref.size,
+                                              out_n / c.unit_bytes(), dst));
+      } else {
+        return Status(Error::kCorrupt, "coded chunk in a stored tensor");
+      }
     }
-  }
-  if (detail::xxh3_64(out, c.nbytes) != c.checksum) return Status(Error::kCorrupt, "tensor checksum mismatch");
-  return Status::success();
+    if (detail::xxh3_64(out, c.nbytes) != c.checksum) return Status(Error::kCorrupt, "tensor checksum mismatch");
+    return Status::success();
+  });
 }
 
 }  // namespace bigsmall

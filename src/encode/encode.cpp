@@ -12,6 +12,7 @@
 #include "encode/encoder.hpp"
 #include "encode/simd_enc.hpp"
 #include "entropy/model.hpp"
+#include "common/guard.hpp"
 
 namespace bigsmall::detail {
 namespace {
@@ -986,23 +987,25 @@ uint64_t TensorEncoder::finish(const std::vector<CodedChunk>& coded) {
 namespace bigsmall {
 
 Result<EncodedTensor> encode_tensor(DType dtype, const uint8_t* data, uint64_t nbytes, const EncodeOptions& opts) {
-  if (static_cast<int>(dtype) >= static_cast<int>(DType::kCount)) return Status(Error::kUnknownDtype, "unknown dtype");
-  if (nbytes % (dtype_info(dtype).bits >= 8 ? dtype_info(dtype).bits / 8 : 1) != 0)
-    return Status(Error::kInvalidArgument, "tensor size is not a whole number of elements");
-  if (nbytes > 0 && data == nullptr) return Status(Error::kInvalidArgument, "null data");
-  detail::ThreadPool pool(detail::threads_for(opts.threads, 1 + nbytes / detail::kEncodeBytesPerThread, nbytes,
-                                              detail::kEncodeBytesPerThread));
-  auto te = detail::TensorEncoder::plan(dtype, data, nbytes, opts, &pool);
-  const size_t n = te.chunk_count();
-  std::vector<detail::ByteBuffer> chunks(n);
-  std::vector<detail::TensorEncoder::CodedChunk> coded(n);
-  pool.parallel_for(n, [&](size_t i) { coded[i] = te.encode_chunk(i, &chunks[i]); });
-  EncodedTensor out;
-  out.payload.reserve(te.finish(coded));
-  out.payload.assign(te.model_blob().begin(), te.model_blob().end());
-  for (const auto& c : chunks) out.payload.insert(out.payload.end(), c.data(), c.data() + c.size());
-  out.coding = te.coding();
-  return out;
+  return detail::guarded(std::string(), [&]() -> Result<EncodedTensor> {
+    if (static_cast<int>(dtype) >= static_cast<int>(DType::kCount)) return Status(Error::kUnknownDtype, "unknown dtype");
+    if (nbytes % (dtype_info(dtype).bits >= 8 ? dtype_info(dtype).bits / 8 : 1) != 0)
+      return Status(Error::kInvalidArgument, "tensor size is not a whole number of elements");
+    if (nbytes > 0 && data == nullptr) return Status(Error::kInvalidArgument, "null data");
+    detail::ThreadPool pool(detail::threads_for(opts.threads, 1 + nbytes / detail::kEncodeBytesPerThread, nbytes,
+                                                detail::kEncodeBytesPerThread));
+    auto te = detail::TensorEncoder::plan(dtype, data, nbytes, opts, &pool);
+    const size_t n = te.chunk_count();
+    std::vector<detail::ByteBuffer> chunks(n);
+    std::vector<detail::TensorEncoder::CodedChunk> coded(n);
+    pool.parallel_for(n, [&](size_t i) { coded[i] = te.encode_chunk(i, &chunks[i]); });
+    EncodedTensor out;
+    out.payload.reserve(te.finish(coded));
+    out.payload.assign(te.model_blob().begin(), te.model_blob().end());
+    for (const auto& c : chunks) out.payload.insert(out.payload.end(), c.data(), c.data() + c.size());
+    out.coding = te.coding();
+    return out;
+  });
 }
 
 }  // namespace bigsmall
