@@ -60,7 +60,8 @@ void gpu_decode(const std::vector<Input>& in, int mode, bool verify, Status* st,
     dec.set_blocks_per_sm(mode + 1);
     std::vector<cuda::Job> jobs;
     for (size_t k = 0; k < in.size(); ++k)
-      jobs.push_back({in[k].coding, host.data() + poff[k], in[k].payload_size, dp + poff[k], dout + ooff[k] + out_misalign});
+      jobs.push_back({in[k].coding, host.data() + poff[k], in[k].payload_size, dp + poff[k], dout + ooff[k] + out_misalign,
+                      in[k].coding->nbytes});
     *st = dec.enqueue(jobs, s, verify);
     CUDA_CHECK(cudaStreamSynchronize(s));
     if (st->is_ok()) *st = dec.finish();
@@ -177,6 +178,39 @@ TEST(Cuda, MisalignedOutputIsAnError) {
 #endif
 }
 
+TEST(Cuda, JobsAreCheckedBeforeAnythingReachesTheDevice) {
+  // No device needed: a job's buffers are checked against its coding first, so a buffer too
+  // small for the tensor is refused before any launch could write past its end.
+#if BIGSMALL_HAVE_CUDA
+  const auto data = bstest::weights(DType::kF32, 1000, 9);
+  auto e = encode_tensor(DType::kF32, data.data(), data.size());
+  ASSERT_TRUE(e.is_ok());
+  alignas(64) static uint8_t fake_device[8192];  // never written: every job below is refused
+  const cuda::Job good{&e->coding, e->payload.data(), e->payload.size(), fake_device, fake_device, data.size()};
+  auto refused = [&](cuda::Job j, const std::string& why) {
+    cuda::Decoder dec;
+    const Status st = dec.enqueue({good, j}, nullptr, true);
+    EXPECT_EQ(st.code(), Error::kInvalidArgument) << why;
+    EXPECT_NE(st.message().find("tensor #1: " + why), std::string::npos) << st.message();
+  };
+  cuda::Job small = good;
+  small.device_out_size = data.size() - 1;
+  refused(small, "output buffer has 3999 bytes, tensor has 4000");
+  cuda::Job null_out = good;
+  null_out.device_out = nullptr;
+  refused(null_out, "output buffer has");
+  cuda::Job no_coding = good;
+  no_coding.coding = nullptr;
+  refused(no_coding, "no coding");
+  cuda::Job short_payload = good;
+  short_payload.payload_size = 3;
+  cuda::Decoder dec;
+  EXPECT_NE(dec.enqueue({short_payload}, nullptr, true).code(), Error::kOk);
+#else
+  GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
 // Every tensor of every real checkpoint: BIGSMALL_GPU_CORPUS (a folder of .bs or .safetensors
 // files, for the device machine, which has no ../shared) or the corpus beside the checkout.
 TEST(Cuda, CorpusFilesMatchTheReferenceDecoder) {
@@ -203,9 +237,10 @@ TEST(Cuda, CorpusFilesMatchTheReferenceDecoder) {
     std::vector<std::vector<uint8_t>> want;
     for (size_t i = 0; i < f->tensors().size(); ++i) {
       const TensorCoding& c = f->coding(i);
-      in.push_back({&c, f->payload(i), c.payload_size()});
+      const uint64_t stored = f->tensors()[i].stored_bytes;
+      in.push_back({&c, f->payload(i), stored});
       want.emplace_back(c.nbytes);
-      ASSERT_TRUE(reference_decode_tensor(c, f->payload(i), c.payload_size(), want.back().data(), c.nbytes).is_ok());
+      ASSERT_TRUE(reference_decode_tensor(c, f->payload(i), stored, want.back().data(), c.nbytes).is_ok());
     }
     for (int mode = 0; mode < 4; ++mode) {
       Status st;

@@ -18,7 +18,8 @@ struct Job {
   const uint8_t* host_payload;    // model blob + chunks on the host (tables are built from it)
   uint64_t payload_size;          // bytes at host_payload and device_payload; the coding is checked against it
   const uint8_t* device_payload;  // the same bytes already copied to device memory
-  uint8_t* device_out;            // coding->nbytes bytes of device memory
+  uint8_t* device_out;            // device memory the tensor is decoded into
+  uint64_t device_out_size;       // bytes at device_out: at least coding->nbytes, checked before launch
 };
 
 // Decodes the chunks of many tensors in one launch on a caller's stream. Tables are built on the

@@ -148,10 +148,10 @@ def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
     if dev.type == "cuda" and into is None and _core.cuda_available():
         with torch.cuda.device(dev):  # staging, launch and stream on the tensors' own device
             outs = [_empty(t, device=dev, path=f.path) for t in infos]
-            idx = [i for i, t in zip(which, outs) if t.numel() > 0]
-            ptrs = [t.data_ptr() for t in outs if t.numel() > 0]
-            if idx:
-                f.read_into_device(idx, ptrs, torch.cuda.current_stream(dev).cuda_stream, verify)
+            live = [(i, t) for i, t in zip(which, outs) if t.numel() > 0]
+            if live:
+                f.read_into_device([i for i, _ in live], [t.data_ptr() for _, t in live],
+                                   [t.numel() * t.element_size() for _, t in live], torch.cuda.current_stream(dev).cuda_stream, verify)
         return outs
     outs = list(into) if into is not None else [_empty(t, path=f.path) for t in infos]
     if into is not None and not all(t.device.type == "cpu" and t.is_contiguous() for t in outs):

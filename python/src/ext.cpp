@@ -290,7 +290,7 @@ Status verify_on_host(const BsFile& f, const std::vector<size_t>& which, const s
 // Compressed payloads go to the device once, then one launch decodes every chunk of every tensor
 // into the callers' device buffers. Synchronises the stream before returning.
 Status decode_on_device(const BsFile& f, const std::vector<size_t>& which, const std::vector<uint64_t>& ptrs,
-                        cudaStream_t stream, bool verify) {
+                        const std::vector<uint64_t>& sizes, cudaStream_t stream, bool verify) {
   uint64_t total = 0;
   for (size_t i : which) total += f.tensors()[i].stored_bytes;
   uint8_t* staging = nullptr;
@@ -309,7 +309,7 @@ Status decode_on_device(const BsFile& f, const std::vector<size_t>& which, const
     const uint64_t n = f.tensors()[i].stored_bytes;
     if (n && cudaMemcpyAsync(staging + off, f.payload(i), n, cudaMemcpyHostToDevice, stream) != cudaSuccess)
       st = Status(Error::kIo, "copy to the device failed");
-    jobs.push_back({&f.coding(i), f.payload(i), n, staging + off, reinterpret_cast<uint8_t*>(ptrs[k])});
+    jobs.push_back({&f.coding(i), f.payload(i), n, staging + off, reinterpret_cast<uint8_t*>(ptrs[k]), sizes[k]});
     off += n;
   }
   {
@@ -520,17 +520,18 @@ NB_MODULE(_core, m) {
           nb::arg("which"), nb::arg("addresses"), nb::arg("sizes"), nb::arg("threads") = 0, nb::arg("verify") = true)
       .def(
           "read_into_device",
-          [](const PyFile& p, std::vector<size_t> which, std::vector<uint64_t> device_ptrs, uint64_t stream, bool verify) {
-            if (which.size() != device_ptrs.size()) raise(Status(Error::kInvalidArgument, "one buffer per tensor"));
-            for (size_t i : which)
-              if (i >= p.f.tensors().size()) raise(Status(Error::kNotFound, "tensor index out of range"));
+          [](const PyFile& p, std::vector<size_t> which, std::vector<uint64_t> device_ptrs, std::vector<uint64_t> sizes,
+             uint64_t stream, bool verify) {
+            if (which.size() != device_ptrs.size() || which.size() != sizes.size())
+              raise(Status(Error::kInvalidArgument, "one buffer and size per tensor"));
+            for (size_t k = 0; k < which.size(); ++k) check_buffer(p.f, which[k], sizes[k]);
 #if BIGSMALL_HAVE_CUDA
-            run_released([&] { return decode_on_device(p.f, which, device_ptrs, reinterpret_cast<cudaStream_t>(stream), verify); });
+            run_released([&] { return decode_on_device(p.f, which, device_ptrs, sizes, reinterpret_cast<cudaStream_t>(stream), verify); });
 #else
             (void)stream;
             (void)verify;
             raise(Status(Error::kInvalidArgument, "bigsmall was built without CUDA"));
 #endif
           },
-          nb::arg("which"), nb::arg("device_ptrs"), nb::arg("stream"), nb::arg("verify") = true);
+          nb::arg("which"), nb::arg("device_ptrs"), nb::arg("sizes"), nb::arg("stream"), nb::arg("verify") = true);
 }

@@ -210,6 +210,11 @@ def test_decoding_by_address_checks_sizes_and_buffers(tmp_path):
         f._read_into_addresses([1], [out.data_ptr()], [out.numel() * 2])
     f._read_into_addresses([0], [out.data_ptr()], [out.numel() * 2])
     assert torch.equal(out.view(torch.uint8), w.view(torch.uint8))
+    # Device buffers are checked the same way, before anything reaches a device (none here).
+    with pytest.raises(bigsmall.InvalidArgumentError, match="has 4222 bytes, tensor has 4224"):
+        f.read_into_device([0], [0x10000], [out.numel() * 2 - 2], 0)
+    with pytest.raises(bigsmall.InvalidArgumentError, match="one buffer and size per tensor"):
+        f.read_into_device([0], [0x10000], [], 0)
     # A tensor to decode into must be contiguous, on the CPU.
     with pytest.raises(bigsmall.InvalidArgumentError, match="contiguous CPU"):
         bt._decode(f, [0], [None], "cpu", into=[torch.empty(33, 64, dtype=torch.bfloat16).t()])

@@ -13,8 +13,8 @@
 
 #include "bigsmall/cuda.hpp"
 #include "common/checksum.hpp"
-#include "entropy/model.hpp"
 #include "common/guard.hpp"
+#include "entropy/model.hpp"
 
 namespace bigsmall::cuda {
 namespace {
@@ -221,9 +221,9 @@ __device__ __forceinline__ int decode_float(const ChunkDesc& c, const ModelDesc&
 
 template <bool kShared>
 __device__ __forceinline__ int decode_chunk(const ChunkDesc& c, const ModelDesc& m, const uint8_t* tab) {
-  if (c.mode == 0) return copy_stored_chunk(c, m.unit);
-  if (m.codec == 2) return decode_bytes_chunk<kShared>(c, m, tab);
-  if (m.codec != 1) return kBadCodec;
+  if (c.mode == static_cast<uint32_t>(ChunkMode::kStored)) return copy_stored_chunk(c, m.unit);
+  if (m.codec == static_cast<int>(Codec::kBytes)) return decode_bytes_chunk<kShared>(c, m, tab);
+  if (m.codec != static_cast<int>(Codec::kFloat)) return kBadCodec;
   switch (m.unit) {
     case 1: return decode_float<1, kShared>(c, m, tab);
     case 2: return decode_float<2, kShared>(c, m, tab);
@@ -406,6 +406,24 @@ Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool ve
   });
 }
 
+namespace {
+// A job's buffers against its coding: sizes, nulls and alignment.
+Status check_job(const Job& j, size_t t) {
+  const std::string label = "tensor #" + std::to_string(t);
+  if (j.coding == nullptr) return Status(Error::kInvalidArgument, label + ": no coding");
+  const TensorCoding& c = *j.coding;
+  BIGSMALL_RETURN_IF_ERROR(c.validate(j.payload_size).with_context(label));
+  if ((j.host_payload == nullptr || j.device_payload == nullptr) && j.payload_size > 0)
+    return Status(Error::kInvalidArgument, label + ": null payload");
+  if (j.device_out_size < c.nbytes || (j.device_out == nullptr && c.nbytes > 0))
+    return Status(Error::kInvalidArgument, label + ": output buffer has " + std::to_string(j.device_out_size) +
+                                               " bytes, tensor has " + std::to_string(c.nbytes));
+  if (reinterpret_cast<uintptr_t>(j.device_out) % c.unit_bytes() != 0)
+    return Status(Error::kInvalidArgument, label + ": output not aligned to its element size");
+  return Status::success();
+}
+}  // namespace
+
 Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool verify) {
   Impl& im = *this;
   im.stream = cuda_stream;
@@ -416,6 +434,8 @@ Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, b
   std::vector<ChunkDesc> chunks;
   std::vector<BlockDesc> shared_blocks, global_blocks;
   uint32_t smem_max = 0;
+  // Every job is checked before anything reaches the device (a wrong size would be written past).
+  for (size_t t = 0; t < jobs.size(); ++t) BIGSMALL_RETURN_IF_ERROR(check_job(jobs[t], t));
   int device = 0, optin = 0;
   if (!cuda_ok(cudaGetDevice(&device), &st, "device") ||
       !cuda_ok(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), &st, "device"))
@@ -424,9 +444,6 @@ Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, b
   for (size_t t = 0; t < jobs.size(); ++t) {
     const Job& j = jobs[t];
     const TensorCoding& c = *j.coding;
-    BIGSMALL_RETURN_IF_ERROR(c.validate(j.payload_size));
-    if (reinterpret_cast<uintptr_t>(j.device_out) % c.unit_bytes() != 0)
-      return Status(Error::kInvalidArgument, "tensor #" + std::to_string(t) + ": output not aligned to its element size");
     ModelDesc md{};
     BIGSMALL_RETURN_IF_ERROR(build_tables(c, j.host_payload, blob, &md));
     const uint32_t model = static_cast<uint32_t>(models.size());
