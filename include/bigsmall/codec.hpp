@@ -41,11 +41,10 @@ struct TensorCoding {
   uint32_t unit_bytes() const;  // bytes per coded element
   uint64_t units() const { return nbytes / unit_bytes(); }
   uint64_t chunk_units() const { return uint64_t{1} << chunk_log2; }
-  uint64_t chunk_count() const { return (units() + chunk_units() - 1) / chunk_units(); }
+  uint64_t chunk_count() const { return units() / chunk_units() + (units() % chunk_units() != 0); }  // no wrap near 2^64
   // Byte range of chunk i in the decoded tensor.
   uint64_t chunk_out_offset(size_t i) const { return i * chunk_units() * unit_bytes(); }
   uint64_t chunk_out_size(size_t i) const;
-  uint64_t payload_size() const;
   // Structural checks on values read from a file, before anything is allocated or decoded.
   Status validate(uint64_t payload_size_limit) const;
 };

@@ -30,5 +30,7 @@ std::optional<DType> dtype_from_name(std::string_view safetensors_name);
 // Bytes taken by `numel` elements; nullopt on overflow or for an id outside the enum.
 std::optional<uint64_t> dtype_nbytes(DType d, uint64_t numel);
 inline bool has_float_model(DType d) { return dtype_info(d).exponent_bits != 0; }
+// Bytes of the unit the coders see: a whole element, or one byte of packed sub-byte elements.
+inline uint32_t dtype_unit_bytes(DType d) { return dtype_info(d).bits >= 8 ? dtype_info(d).bits / 8u : 1u; }
 
 }  // namespace bigsmall

@@ -35,7 +35,6 @@ class ByteReader {
   ByteReader(const uint8_t* p, size_t n) : p_(p), n_(n) {}
   bool ok() const { return ok_; }
   size_t remaining() const { return n_ - pos_; }
-  size_t pos() const { return pos_; }
   uint8_t u8() { uint8_t v = 0; get(&v, 1); return v; }
   uint16_t u16() { uint16_t v = 0; get(&v, 2); return v; }
   uint32_t u32() { uint32_t v = 0; get(&v, 4); return v; }

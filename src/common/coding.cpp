@@ -24,22 +24,12 @@ const char* error_name(Error e) {
   return i >= 0 && i < static_cast<int>(std::size(kNames)) ? kNames[i] : "unknown error";
 }
 
-uint32_t TensorCoding::unit_bytes() const {
-  // Float codecs see whole elements; sub-byte packed dtypes are coded byte by byte.
-  const uint32_t bits = dtype_info(dtype).bits;
-  return bits >= 8 ? bits / 8 : 1;
-}
+uint32_t TensorCoding::unit_bytes() const { return dtype_unit_bytes(dtype); }
 
 uint64_t TensorCoding::chunk_out_size(size_t i) const {
   const uint64_t start = chunk_out_offset(i);
   const uint64_t full = chunk_units() * unit_bytes();
   return nbytes - start < full ? nbytes - start : full;
-}
-
-uint64_t TensorCoding::payload_size() const {
-  uint64_t end = model_size;
-  for (const auto& c : chunks) end = std::max(end, c.offset + c.size);
-  return end;
 }
 
 Status TensorCoding::validate(uint64_t payload_limit) const {

@@ -17,16 +17,16 @@
 #include <thread>
 
 #include "bigsmall/container.hpp"
-#include "container/bsfile.hpp"
+#include "bigsmall/utf8.hpp"
 #include "common/bytes.hpp"
 #include "common/checksum.hpp"
+#include "common/guard.hpp"
 #include "common/thread_pool.hpp"
-#include "bigsmall/utf8.hpp"
+#include "container/bsfile.hpp"
 #include "container/fileio.hpp"
 #include "container/safetensors.hpp"
 #include "decode/decoder.hpp"
 #include "encode/encoder.hpp"
-#include "common/guard.hpp"
 
 namespace bigsmall {
 namespace detail {

@@ -15,10 +15,10 @@
 #include <utility>
 
 #include "bigsmall/container.hpp"
+#include "common/guard.hpp"
 #include "container/bsfile.hpp"
 #include "container/fileio.hpp"
 #include "container/json.hpp"
-#include "common/guard.hpp"
 
 namespace bigsmall {
 namespace fs = std::filesystem;

@@ -12,10 +12,10 @@
 
 #include "common/checksum.hpp"
 #include "common/cpu.hpp"
+#include "common/guard.hpp"
 #include "common/thread_pool.hpp"
 #include "decode/decoder.hpp"
 #include "decode/simd.hpp"
-#include "common/guard.hpp"
 
 namespace bigsmall::detail {
 namespace {
@@ -49,21 +49,14 @@ inline bool renorm_checked(uint32_t& x, const uint8_t*& wp, const uint8_t* wend)
   return true;
 }
 
-// One rANS decode step for lane state x. Checked: the word stream may run out this round, so
-// test before reading. Unchecked: read a word unconditionally and select without a branch (the
-// renormalization outcome is data-dependent and mispredicts about every third step).
-template <bool Checked>
-inline bool step(uint32_t& x, const DecodeTable& t, const uint8_t*& wp, const uint8_t* wend, uint32_t* sym) {
+// One rANS decode step for lane state x where the word stream may run out (the last rounds of a
+// chunk): false when it does. (The bulk of a chunk renormalizes with renorm_branchless.)
+inline bool step_checked(uint32_t& x, const DecodeTable& t, const uint8_t*& wp, const uint8_t* wend, uint32_t* sym) {
   const uint32_t slot = x & t.mask;
   const uint32_t e = t.packed[slot];
   *sym = t.sym[slot];
   x = (e >> 16) * (x >> t.precision) + (e & 0xffff);
-  if constexpr (Checked) {
-    if (!renorm_checked(x, wp, wend)) return false;
-  } else {
-    renorm_branchless(x, wp);
-  }
-  return true;
+  return renorm_checked(x, wp, wend);
 }
 
 inline uint64_t read_raw(const uint8_t* plane, uint64_t plane_bytes, uint64_t bitpos, int bits) {
@@ -177,7 +170,7 @@ bool decode_float_rounds(const FloatModel& m, const DecodeTable& se_t, const Fla
       }
     } else {
       for (uint32_t l = 0; l < active; ++l)
-        if (!step<true>(s.x[l], se_t, s.wp, s.wend, &se_sym[l])) return false;
+        if (!step_checked(s.x[l], se_t, s.wp, s.wend, &se_sym[l])) return false;
       for (uint32_t l = 0; l < active; ++l) {
         uint32_t x = s.x[l];
         const uint32_t slot = m_base[se_sym[l]] + (x & m_mask);
@@ -654,7 +647,7 @@ Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size
         for (uint32_t j = 0; j < unit; ++j) {
           for (uint32_t l = 0; l < active; ++l) {
             uint32_t b;
-            if (!step<true>(s.x[l], planes_[j], s.wp, s.wend, &b)) return corrupt_chunk(i, "rANS data ends early");
+            if (!step_checked(s.x[l], planes_[j], s.wp, s.wend, &b)) return corrupt_chunk(i, "rANS data ends early");
             out[(base + l) * unit + j] = static_cast<uint8_t>(b);
           }
         }

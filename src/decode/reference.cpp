@@ -7,8 +7,8 @@
 
 #include "bigsmall/codec.hpp"
 #include "common/checksum.hpp"
-#include "entropy/model.hpp"
 #include "common/guard.hpp"
+#include "entropy/model.hpp"
 
 namespace bigsmall {
 namespace {
@@ -72,7 +72,7 @@ Status decode_coded_chunk(const TensorCoding& c, const detail::FloatModel* fm, c
   for (uint64_t base = 0; base < n; base += lanes) {
     const uint64_t active = std::min<uint64_t>(lanes, n - base);
     if (fm) {
-      std::vector<uint32_t> se(active);
+      uint32_t se[detail::kLanesMax];  // validate() bounds lanes by 2^5
       for (uint32_t l = 0; l < active; ++l) se[l] = rs.decode(l, fm->se);
       for (uint32_t l = 0; l < active && rs.ok; ++l) {
         const uint16_t ctx = fm->ctx[se[l]];

@@ -8,11 +8,11 @@
 
 #include "common/checksum.hpp"
 #include "common/cpu.hpp"
+#include "common/guard.hpp"
 #include "common/thread_pool.hpp"
 #include "encode/encoder.hpp"
 #include "encode/simd_enc.hpp"
 #include "entropy/model.hpp"
-#include "common/guard.hpp"
 
 namespace bigsmall::detail {
 namespace {
@@ -989,7 +989,7 @@ namespace bigsmall {
 Result<EncodedTensor> encode_tensor(DType dtype, const uint8_t* data, uint64_t nbytes, const EncodeOptions& opts) {
   return detail::guarded(std::string(), [&]() -> Result<EncodedTensor> {
     if (static_cast<int>(dtype) >= static_cast<int>(DType::kCount)) return Status(Error::kUnknownDtype, "unknown dtype");
-    if (nbytes % (dtype_info(dtype).bits >= 8 ? dtype_info(dtype).bits / 8 : 1) != 0)
+    if (nbytes % dtype_unit_bytes(dtype) != 0)
       return Status(Error::kInvalidArgument, "tensor size is not a whole number of elements");
     if (nbytes > 0 && data == nullptr) return Status(Error::kInvalidArgument, "null data");
     detail::ThreadPool pool(detail::threads_for(opts.threads, 1 + nbytes / detail::kEncodeBytesPerThread, nbytes,

@@ -44,7 +44,6 @@ class TensorEncoder {
   // Fills coding().chunks from every chunk's CodedChunk and returns the payload size:
   // model_blob() followed by the chunks in order, which the caller writes out.
   uint64_t finish(const std::vector<CodedChunk>& coded);
-  double estimated_bits() const { return estimated_bits_; }
   // Information content under the joint model (raw size for tensors without a float model).
   double floor_bits() const { return floor_bits_; }
 
