@@ -1,6 +1,7 @@
 // Tensor-level codec: one tensor's bytes in, a model blob plus independent chunks out.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "bigsmall/dtype.hpp"
@@ -70,6 +71,22 @@ Result<EncodedTensor> encode_tensor(DType dtype, const uint8_t* data, uint64_t n
 // Decodes into out[0, coding.nbytes): the caller owns the buffer.
 Status decode_tensor(const TensorCoding& coding, const uint8_t* payload, uint64_t payload_size,
                      uint8_t* out, uint64_t out_size, const DecodeOptions& opts = {});
+// TensorCoding::checksum of bytes taken piece by piece, in order: for decoders outside the
+// library, such as the GPU path, which hashes each tensor as it copies it back from the device.
+class TensorChecksum {
+ public:
+  TensorChecksum();
+  ~TensorChecksum();
+  TensorChecksum(const TensorChecksum&) = delete;
+  TensorChecksum& operator=(const TensorChecksum&) = delete;
+  void update(const uint8_t* data, uint64_t size);
+  uint64_t digest() const;  // of everything given so far
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
 // Slow, readable decoder used as the test oracle for the fast paths (CPU and GPU).
 Status reference_decode_tensor(const TensorCoding& coding, const uint8_t* payload,
                                uint64_t payload_size, uint8_t* out, uint64_t out_size);

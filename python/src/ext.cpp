@@ -26,7 +26,6 @@
 #if BIGSMALL_HAVE_CUDA
 #include <cuda_runtime.h>
 
-#include "common/checksum.hpp"
 #endif
 
 namespace nb = nanobind;
@@ -265,12 +264,12 @@ Status hash_on_host(PinnedPair& pp, const BsFile& f, const std::vector<size_t>& 
     return Status::success();
   };
   if (!pieces.empty()) BIGSMALL_RETURN_IF_ERROR(issue(0));
-  std::unique_ptr<detail::Xxh3Stream> hash;
+  std::unique_ptr<TensorChecksum> hash;
   for (size_t p = 0; p < pieces.size(); ++p) {
     if (p + 1 < pieces.size()) BIGSMALL_RETURN_IF_ERROR(issue(p + 1));  // its buffer was hashed last round
     if (cudaEventSynchronize(pp.done[p & 1]) != cudaSuccess) return Status(Error::kIo, "copy from the device failed");
     const Piece& x = pieces[p];
-    if (x.off == 0) hash = std::make_unique<detail::Xxh3Stream>();
+    if (x.off == 0) hash = std::make_unique<TensorChecksum>();
     hash->update(pp.buf[p & 1], x.n);
     const TensorInfo& t = f.tensors()[which[x.k]];
     if (x.off + x.n == t.nbytes && hash->digest() != f.coding(which[x.k]).checksum)

@@ -2,6 +2,11 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
+#include <memory>
+
+#include "bigsmall/codec.hpp"
+
 // Where the library has it (CMake checks: BIGSMALL_XXH_DISPATCH), its runtime-dispatched XXH3
 // (AVX2 or AVX-512 where the CPU has them; the same digests): the plain entry points of an x86
 // build are SSE2, 11 GB/s here against 44, which made checksums a tenth of a decode.
@@ -24,3 +29,21 @@ void Xxh3Stream::update(const void* data, size_t size) {
 }
 uint64_t Xxh3Stream::digest() const { return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_)); }
 }  // namespace bigsmall::detail
+
+namespace bigsmall {
+struct TensorChecksum::State {
+  detail::Xxh3Stream stream;
+};
+TensorChecksum::TensorChecksum() : state_(std::make_unique<State>()) {}
+TensorChecksum::~TensorChecksum() = default;
+void TensorChecksum::update(const uint8_t* data, uint64_t size) {
+  // XXH3's update takes size_t: feed pieces that fit it on every platform.
+  while (size > 0) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(size, uint64_t{1} << 30));
+    state_->stream.update(data, n);
+    data += n;
+    size -= n;
+  }
+}
+uint64_t TensorChecksum::digest() const { return state_->stream.digest(); }
+}  // namespace bigsmall
