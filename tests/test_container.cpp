@@ -649,10 +649,11 @@ TEST(Container, WriteTensorsRefusesMetadataKeysGivenTwice) {
   EXPECT_FALSE(fs::exists(d / "m.bs"));
 }
 
-TEST_F(DamagedBs, HeaderThatPlacesTensorsElsewhereIsRefusedOnRestore) {
+TEST_F(DamagedBs, HeaderThatPlacesTensorsElsewhereIsRefusedOnOpen) {
   // Two same-sized tensors swapped in the kept header only (checksums made right again): the
-  // readers would see one pairing and the restored file the other. Found by verify and by
-  // restore, which leaves no output behind.
+  // readers would see one pairing and the restored file the other. Refused when the file is
+  // opened, so that no reader (load_file, get_tensor, a slice) hands out what verify and restore
+  // refuse, and a restore leaves no output behind.
   TempDir t;
   write_file(t / "two.safetensors", safetensors_bytes({{"aa", DType::kF32, {3}, bstest::weights(DType::kF32, 3, 1)},
                                                         {"bb", DType::kF32, {3}, bstest::weights(DType::kF32, 3, 2)}}));
@@ -668,10 +669,29 @@ TEST_F(DamagedBs, HeaderThatPlacesTensorsElsewhereIsRefusedOnRestore) {
   });
   write_file(t / "swapped.bs", swapped);
   auto f = BsFile::open(t / "swapped.bs");
-  ASSERT_TRUE(f.is_ok()) << f.status().message();
-  Status st = f->verify();
+  ASSERT_FALSE(f.is_ok());
+  Status st = f.status();
   EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
   EXPECT_NE(st.message().find("index disagrees with the kept safetensors header"), std::string::npos) << st.message();
+  EXPECT_EQ(verify_path(t / "swapped.bs").code(), Error::kCorrupt);
+  // The index's own dtype changed (U32 read as I32: every value above 2^31 comes out negative).
+  write_file(t / "u32.safetensors", safetensors_bytes({{"u", DType::kU32, {4}, std::vector<uint8_t>(16, 0xc0)}}));
+  ASSERT_TRUE(compress_file(t / "u32.safetensors", t / "u32.bs").is_ok());
+  auto id = BsFile::open(t / "u32.bs");
+  ASSERT_TRUE(id.is_ok());
+  const uint8_t u32 = static_cast<uint8_t>(DType::kU32), i32 = static_cast<uint8_t>(DType::kI32);
+  const auto retyped = with_index_edit(read_file(t / "u32.bs"), [&](std::vector<uint8_t>& index) {
+    // The entry follows the kept header: "u" (u16 length, then the name), then its dtype byte.
+    const std::string name = std::string("\x01\x00u", 3);
+    const auto at = std::search(index.begin() + 16, index.end(), name.begin(), name.end());
+    ASSERT_NE(at, index.end());
+    ASSERT_EQ(at[3], u32);
+    at[3] = i32;
+  });
+  write_file(t / "i32.bs", retyped);
+  auto g = BsFile::open(t / "i32.bs");
+  ASSERT_FALSE(g.is_ok());
+  EXPECT_NE(g.status().message().find("tensor 'u' has another dtype, shape or place"), std::string::npos) << g.status().message();
   st = decompress_file(t / "swapped.bs", t / "out.safetensors");
   EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
   EXPECT_FALSE(fs::exists(t / "out.safetensors"));

@@ -580,6 +580,35 @@ Result<BsHeaderFacts> read_bs_header_facts(const std::string& path) {
 }
 }  // namespace detail
 
+namespace {
+// The index must describe the tensors the kept header does (name, dtype, shape, place): readers
+// hand out what the index says, restores write the header, and the two must not disagree.
+Status check_header_matches_index(const BsFile::Impl& im) {
+  const uint64_t hlen = im.st_header.size();
+  std::vector<uint8_t> buf(8 + hlen);
+  std::memcpy(buf.data(), &hlen, 8);
+  std::memcpy(buf.data() + 8, im.st_header.data(), hlen);
+  auto st = detail::parse_safetensors_header(buf.data(), buf.size(), im.original_size, /*raw_names=*/true);
+  if (!st) return Status(Error::kCorrupt, "the kept safetensors header is not valid: " + st.status().message());
+  auto bad = [](const std::string& what) { return Status(Error::kCorrupt, "index disagrees with the kept safetensors header: " + what); };
+  if (st->tensors.size() != im.entries.size()) return bad("they list different numbers of tensors");
+  // Compression refuses a name given twice now, but earlier versions took such headers and wrote
+  // both tensors; both lists are in data order, so the k-th of a name matches the k-th.
+  std::unordered_map<std::string_view, std::vector<const detail::Entry*>> by_name;
+  for (const detail::Entry& e : im.entries) by_name[e.info.name].push_back(&e);
+  std::unordered_map<std::string_view, size_t> taken;
+  for (const auto& t : st->tensors) {
+    const auto it = by_name.find(t.name);
+    size_t& k = taken[t.name];
+    if (it == by_name.end() || k >= it->second.size()) return bad("tensor '" + t.name + "' is not in the index");
+    const detail::Entry& e = *it->second[k++];
+    if (e.coding.dtype != t.dtype || e.info.shape != t.shape || e.data_begin != t.begin || e.coding.nbytes != t.end - t.begin)
+      return bad("tensor '" + t.name + "' has another dtype, shape or place");
+  }
+  return Status::success();
+}
+}  // namespace
+
 Result<BsFile> BsFile::open(const std::string& path) {
   return detail::guarded(path, [&]() -> Result<BsFile> {
     auto impl = std::make_unique<Impl>();
@@ -648,6 +677,7 @@ Result<BsFile> BsFile::open(const std::string& path) {
         if (p[b] != 0) return fail(Error::kCorrupt, "non-zero padding at byte " + std::to_string(b));
       if (k < spans.size()) pos = spans[k].second;
     }
+    if (Status agree = check_header_matches_index(*impl); !agree.is_ok()) return agree.with_context(path);
     BsFile f;
     f.impl_ = std::move(impl);
     return f;
@@ -748,37 +778,12 @@ namespace {
 // shapes and places. Both are checksummed, so only a crafted file disagrees; restore writes the
 // header and places bytes by the index, and the readers go by the index, so a disagreement
 // would make the restored file say something else than load_file does.
-Status check_header_matches_index(const BsFile::Impl& im) {
-  const uint64_t hlen = im.st_header.size();
-  std::vector<uint8_t> buf(8 + hlen);
-  std::memcpy(buf.data(), &hlen, 8);
-  std::memcpy(buf.data() + 8, im.st_header.data(), hlen);
-  auto st = detail::parse_safetensors_header(buf.data(), buf.size(), im.original_size, /*raw_names=*/true);
-  if (!st) return Status(Error::kCorrupt, "the kept safetensors header is not valid: " + st.status().message());
-  auto bad = [](const std::string& what) { return Status(Error::kCorrupt, "index disagrees with the kept safetensors header: " + what); };
-  if (st->tensors.size() != im.entries.size()) return bad("they list different numbers of tensors");
-  // Compression refuses a name given twice now, but earlier versions took such headers and wrote
-  // both tensors; both lists are in data order, so the k-th of a name matches the k-th.
-  std::unordered_map<std::string_view, std::vector<const detail::Entry*>> by_name;
-  for (const detail::Entry& e : im.entries) by_name[e.info.name].push_back(&e);
-  std::unordered_map<std::string_view, size_t> taken;
-  for (const auto& t : st->tensors) {
-    const auto it = by_name.find(t.name);
-    size_t& k = taken[t.name];
-    if (it == by_name.end() || k >= it->second.size()) return bad("tensor '" + t.name + "' is not in the index");
-    const detail::Entry& e = *it->second[k++];
-    if (e.coding.dtype != t.dtype || e.info.shape != t.shape || e.data_begin != t.begin || e.coding.nbytes != t.end - t.begin)
-      return bad("tensor '" + t.name + "' has another dtype, shape or place");
-  }
-  return Status::success();
-}
 }  // namespace
 
 Status BsFile::restore(const std::string& out_path, const DecompressOptions& opts) const {
   return detail::guarded(path(), [&]() -> Status {
     const Impl& im = *impl_;
     BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(im.file.path(), out_path));  // -f must not replace the .bs itself
-    BIGSMALL_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
     BIGSMALL_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(out_path, opts.overwrite));
     BIGSMALL_ASSIGN_OR_RETURN(uint8_t* map, out.map(im.original_size));
     const uint64_t hlen = im.st_header.size();
@@ -1041,7 +1046,6 @@ Status BsFile::verify(const DecompressOptions& opts) const {
   return detail::guarded(path(), [&]() -> Status {
     const Impl& im = *impl_;
     BIGSMALL_RETURN_IF_ERROR(im.file.check_not_truncated());
-    BIGSMALL_RETURN_IF_ERROR(check_header_matches_index(im).with_context(im.file.path()));
     detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
     Scratch scratch;
     uint64_t scratch_size = 0;
