@@ -46,6 +46,9 @@ struct TensorInfo {
   size_t chunks = 0;
 };
 
+// A safetensors header's "__metadata__": string keys and values, in order.
+using Metadata = std::vector<std::pair<std::string, std::string>>;
+
 // An open .bs file. The file is memory-mapped for the object's lifetime (no descriptor is
 // held). Every read first checks that the file is not shorter than when it was opened
 // (Error::kTruncated if another program cut it in place); a truncation during a read still makes
@@ -69,6 +72,7 @@ class BsFile {
   // record it for each .bs).
   uint64_t fingerprint() const;
   const std::string& safetensors_header() const;  // the original JSON header, byte for byte
+  const std::optional<Metadata>& metadata() const;  // its __metadata__ (nullopt: none), unescaped
   const std::vector<TensorInfo>& tensors() const;
   std::optional<size_t> find(std::string_view name) const;
 
@@ -117,7 +121,6 @@ Status decompress_file(const std::string& src, const std::string& dst, const Dec
 // by name), whatever the order given; names must be unique and none may be "__metadata__".
 // Metadata is written in the order given (safetensors orders several keys at random); nullopt
 // writes no "__metadata__" entry, an empty list an empty one (as safetensors does for {}).
-using Metadata = std::vector<std::pair<std::string, std::string>>;
 Status write_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
                      const std::optional<Metadata>& metadata, const CompressOptions& opts = {});
 

@@ -6,7 +6,6 @@ save_pretrained, StreamingLoader (these import torch and transformers when first
 """
 from __future__ import annotations
 
-import json
 import operator
 import os
 
@@ -217,11 +216,6 @@ def _file_info(path):
     }
 
 
-def _metadata(header_bytes):
-    meta = json.loads(header_bytes).get("__metadata__")
-    return dict(meta) if meta is not None else None
-
-
 class safe_open:
     """Open a .bs file like safetensors.safe_open: keys(), offset_keys(), metadata(), get_tensor(),
     get_tensors(), get_slice().
@@ -270,7 +264,7 @@ class safe_open:
         return [t["name"] for t in self._infos]  # the index lists tensors in data order
 
     def metadata(self):
-        return _metadata(self._open_file().header)
+        return self._open_file().metadata
 
     def get_tensors(self):
         """Every tensor, keyed by name in offset_keys() order, decoded in one parallel call."""

@@ -7,7 +7,7 @@ import os
 import torch
 
 from . import _core
-from . import InvalidArgumentError, _batches, _header_metadata, _metadata, _text, _threads
+from . import InvalidArgumentError, _batches, _header_metadata, _text, _threads
 
 _DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,

@@ -471,6 +471,22 @@ NB_MODULE(_core, m) {
       .def_prop_ro("original_size", [](const PyFile& p) { return p.f.original_size(); })
       .def_prop_ro("fingerprint", [](const PyFile& p) { return p.f.fingerprint(); })
       .def_prop_ro("header", [](const PyFile& p) { return nb::bytes(p.f.safetensors_header().data(), p.f.safetensors_header().size()); })
+      .def_prop_ro(
+          "metadata",
+          [](const PyFile& p) -> nb::object {
+            // The core's reading of the kept header, which accepts what Python's json refuses in
+            // files of earlier writers; bytes that are not UTF-8 come back as surrogate escapes.
+            if (!p.f.metadata()) return nb::none();
+            nb::dict d;
+            auto text = [](const std::string& s) {
+              PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "surrogateescape");
+              if (o == nullptr) throw nb::python_error();
+              return nb::steal(o);
+            };
+            for (const auto& [k, v] : *p.f.metadata()) d[text(k)] = text(v);
+            return d;
+          },
+          "The kept header's __metadata__ as a dict of str (None when it has none).")
       .def("tensors", [](const PyFile& p) { return tensor_list(p.f); })
       .def(
           "read_into",

@@ -220,6 +220,47 @@ def test_decoding_by_address_checks_sizes_and_buffers(tmp_path):
         bt._decode(f, [0], [None], "cpu", into=[torch.empty(33, 64, dtype=torch.bfloat16).t()])
 
 
+def _with_kept_header(bs_path, edit):
+    """The .bs at bs_path with its kept safetensors header rewritten by `edit` (bytes -> bytes)
+    and every checksum made right again: what an earlier writer or a hostile one could leave."""
+    import xxhash
+    import zstandard
+
+    b = bytearray(open(bs_path, "rb").read())
+    at = int.from_bytes(b[16:24], "little")
+    index = zstandard.ZstdDecompressor().decompress(bytes(b[at:]))
+    n = int.from_bytes(index[8:16], "little")
+    header = edit(index[16:16 + n])
+    header += b" " * (-len(header) % 8)
+    index = index[:8] + len(header).to_bytes(8, "little") + header + index[16 + n:]
+    frame = zstandard.ZstdCompressor().compress(index)
+    original = int.from_bytes(b[48:56], "little") + len(header) - n
+    b = b[:at] + frame
+    b[24:56] = b"".join(x.to_bytes(8, "little") for x in (len(frame), len(index), xxhash.xxh3_64_intdigest(frame), original))
+    b[56:64] = xxhash.xxh3_64_intdigest(bytes(b[:56])).to_bytes(8, "little")
+    with open(bs_path, "wb") as f:
+        f.write(bytes(b))
+
+
+def test_metadata_reads_every_header_the_core_accepts(tmp_path):
+    """metadata() is the core's reading of the kept header: files of earlier writers with bytes
+    that are not UTF-8 or a number Python's json refuses ([04]) load, and so does their metadata
+    (it raised UnicodeDecodeError / JSONDecodeError, which are not bigsmall errors)."""
+    t = {"t": torch.arange(4, dtype=torch.uint8)}
+    for name, edit, want in (
+            ("ff", lambda h: h.replace(b'"k":"v"', b'"k":"\xff\\u00e9"'), {"k": "\udcff\u00e9", "z": "2"}),
+            ("zero", lambda h: h.replace(b'"shape":[4]', b'"shape":[04]'), {"k": "v", "z": "2"})):
+        p = tmp_path / f"{name}.bs"
+        bt.save_file(t, p, metadata={"k": "v", "z": "2"})
+        _with_kept_header(p, edit)
+        bigsmall.verify(p)
+        with bigsmall.safe_open(p, framework="pt") as f:
+            assert f.metadata() == want, name
+            assert torch.equal(f.get_tensor("t"), t["t"])
+    bt.save_file(t, tmp_path / "none.bs")
+    assert bigsmall.safe_open(tmp_path / "none.bs").metadata() is None
+
+
 def test_out_of_memory_is_an_error_of_its_own(tmp_path):
     """A .bs index may declare up to 1 GiB. A process that cannot allocate what a file asks for
     gets bigsmall.OutOfMemoryError (also a MemoryError) naming the file, not a crash: here a

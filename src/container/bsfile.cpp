@@ -420,6 +420,7 @@ struct BsFile::Impl {
   std::vector<TensorInfo> infos;
   std::vector<detail::Entry> entries;
   std::vector<detail::Filler> fillers;
+  std::optional<Metadata> metadata;  // the kept header's __metadata__
   // Tensors whose whole decode has been checked against their checksum since the file was opened:
   // a byte range checks only its chunks' checksums, and the model (tables) that decodes them has
   // none of its own, so the first checked range read of a tensor verifies the whole tensor.
@@ -583,7 +584,7 @@ Result<BsHeaderFacts> read_bs_header_facts(const std::string& path) {
 namespace {
 // The index must describe the tensors the kept header does (name, dtype, shape, place): readers
 // hand out what the index says, restores write the header, and the two must not disagree.
-Status check_header_matches_index(const BsFile::Impl& im) {
+Status check_header_matches_index(BsFile::Impl& im) {
   const uint64_t hlen = im.st_header.size();
   std::vector<uint8_t> buf(8 + hlen);
   std::memcpy(buf.data(), &hlen, 8);
@@ -605,6 +606,7 @@ Status check_header_matches_index(const BsFile::Impl& im) {
     if (e.coding.dtype != t.dtype || e.info.shape != t.shape || e.data_begin != t.begin || e.coding.nbytes != t.end - t.begin)
       return bad("tensor '" + t.name + "' has another dtype, shape or place");
   }
+  im.metadata = std::move(st->metadata);
   return Status::success();
 }
 }  // namespace
@@ -689,6 +691,7 @@ uint64_t BsFile::file_size() const { return impl_->file.size(); }
 uint64_t BsFile::original_size() const { return impl_->original_size; }
 uint64_t BsFile::fingerprint() const { return impl_->fingerprint; }
 const std::string& BsFile::safetensors_header() const { return impl_->st_header; }
+const std::optional<Metadata>& BsFile::metadata() const { return impl_->metadata; }
 const std::vector<TensorInfo>& BsFile::tensors() const { return impl_->infos; }
 const TensorCoding& BsFile::coding(size_t i) const { return impl_->entries[i].coding; }
 const uint8_t* BsFile::payload(size_t i) const { return impl_->file.data() + impl_->entries[i].payload_offset; }

@@ -100,6 +100,14 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
       for (auto m = v.begin(); m != v.end(); ++m)
         if (m.member().second.kind() != JsonValue::Kind::kString)
           return bad("__metadata__ value of '" + std::string(m.member().first) + "' is not a string");
+      if (!f.metadata) {
+        f.metadata.emplace();
+        for (auto m = v.begin(); m != v.end(); ++m) {
+          const auto [key, value] = m.member();
+          const bool seen = std::any_of(f.metadata->begin(), f.metadata->end(), [&](const auto& kv) { return kv.first == key; });
+          if (!seen) f.metadata->emplace_back(std::string(key), std::string(value.str()));
+        }
+      }
       continue;
     }
     if (raw_names)

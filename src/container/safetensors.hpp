@@ -1,6 +1,7 @@
 // safetensors files: parsing with full validation, and writing the header safetensors would.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@ struct StFile {
   uint64_t data_size = 0;
   std::vector<StTensor> tensors;  // sorted by begin
   std::vector<std::pair<uint64_t, uint64_t>> gaps;  // [begin, end) of data bytes no tensor covers
+  std::optional<Metadata> metadata;  // __metadata__, its keys in header order (a key given twice: once)
 };
 
 // Problems are reported as kNotSafetensors / kTruncated / kUnknownDtype with a precise message.
