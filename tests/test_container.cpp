@@ -8,6 +8,7 @@
 #include <zstd.h>
 
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <functional>
@@ -1211,6 +1212,36 @@ TEST(Directory, HubCacheSnapshotOfLinksCompressesItsFiles) {
   EXPECT_EQ(std::distance(fs::directory_iterator(blobs), fs::directory_iterator()), 3);
 }
 
+TEST(Directory, LinksFanningOutAreRefusedNotWalkedExponentially) {
+  // Directories each holding two links to the next: no loop, shallow, but the last is reached
+  // 2^levels times (20 levels: a million paths, hours of copying from a few bytes). An alias of
+  // a directory (reached twice) is still followed and copied, as before.
+  TempDir d;
+  const fs::path src = d.path / "model";
+  fs::create_directories(src / "d0");
+  write_file(src / "config.json", std::string("{}"));
+  fs::create_directory_symlink("d0", src / "alias");
+  write_file(src / "d0/tok.bin", bstest::random_bytes(10, 1));
+  ASSERT_TRUE(compress_dir(src.string(), d / "ok.bs").is_ok());
+  EXPECT_EQ(read_file(d / "ok.bs/alias/tok.bin"), read_file((src / "d0/tok.bin").string()));
+  auto level = [](int i) {  // (string concatenation here trips GCC 12's false -Wrestrict)
+    char name[16];
+    std::snprintf(name, sizeof name, "d%d", i);
+    return fs::path(name);
+  };
+  for (int i = 0; i < 20; ++i) {
+    fs::create_directories(src / level(i + 1));
+    for (const char* l : {"a", "b"}) fs::create_directory_symlink(fs::path("..") / level(i + 1), src / level(i) / l);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const Status st = compress_dir(src.string(), d / "fan.bs");
+  EXPECT_EQ(st.code(), Error::kIo) << st.message();
+  EXPECT_EQ(st.sys_errno(), ELOOP);
+  EXPECT_NE(st.message().find("reached through links by more than 4 paths"), std::string::npos) << st.message();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20));
+  EXPECT_FALSE(fs::exists(d.path / "fan.bs"));
+}
+
 TEST(Directory, FailuresLeaveNoOutputAndDashFKeepsOtherFiles) {
   TempDir d;
   const fs::path src = d.path / "model";
@@ -1357,10 +1388,25 @@ TEST(Directory, IndexWithoutFormatOrWithRepeatedNamesIsRefused) {
   EXPECT_EQ(verify_path(d / "m.bs").code(), Error::kNotBigsmall);
   // One small .bs listed many times would be verified or restored as many times.
   write_file(index, std::string(R"({"format": "bigsmall", "files": [{"source": "model.safetensors", "bs": "model.bs"},)"
-                                R"( {"source": "copy.safetensors", "bs": "model.bs"}]})"));
+                                R"( {"source": "model.safetensors", "bs": "model.bs"}]})"));
   Status st = verify_path(d / "m.bs");
   EXPECT_EQ(st.code(), Error::kCorrupt);
   EXPECT_NE(st.message().find("listed twice"), std::string::npos) << st.message();
+  // A source that is not its .bs file's name (one flipped bit: "/odel") would restore a file
+  // under a name the original never had, or over a kept file.
+  for (const char* source : {"copy.safetensors", "/odel.safetensors", "model.safetensorr", "config.json"}) {
+    write_file(index, std::string(R"({"format": "bigsmall", "files": [{"source": ")") + source + R"(", "bs": "model.bs"}]})");
+    st = verify_path(d / "m.bs");
+    EXPECT_EQ(st.code(), Error::kCorrupt) << source;
+    EXPECT_NE(st.message().find("bigsmall.index.json"), std::string::npos) << st.message();
+  }
+  // A key given twice is read as its first value here and its last by Python's json.
+  write_file(index, std::string(R"({"format": "bigsmall", "files": [], "files": [{"source": "model.safetensors", "bs": "model.bs"}]})"));
+  st = verify_path(d / "m.bs");
+  EXPECT_EQ(st.code(), Error::kCorrupt);
+  EXPECT_NE(st.message().find("key 'files' given twice"), std::string::npos) << st.message();
+  write_file(index, std::string(R"({"format": "bigsmall", "files": [{"source": "model.safetensors", "bs": "model.bs", "bs": "x.bs"}]})"));
+  EXPECT_EQ(verify_path(d / "m.bs").code(), Error::kCorrupt);
   write_file(index, std::string(R"({"format": "bigsmall", "files": [{"source": "model.safetensors", "bs": "model.bs"},)"
                                 R"( {"source": "model.safetensors", "bs": "other.bs"}]})"));
   st = decompress_dir(d / "m.bs", d / "out");

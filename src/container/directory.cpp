@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -68,11 +69,17 @@ Status write_text(const fs::path& dst, const std::string& text) {
 // would name files outside the directory). Links to files and directories are followed for their
 // contents; anything that is neither (a dangling link, a pipe) is an error, not a silent gap.
 // `dirs`, when given, receives every directory under root (empty ones come back too).
+constexpr int kMaxDirPaths = 4;
+
 Result<std::vector<fs::path>> list_files(const fs::path& root, const fs::path& skip_dir = {},
                                          std::vector<fs::path>* dirs = nullptr) {
   std::vector<fs::path> files;
   std::error_code ec;
   fs::path entered = root;  // the directory whose listing a failed increment was opening
+  // Links are followed (a Hugging Face snapshot is made of them), so one directory can be reached
+  // by several paths, and directories holding two links to the next reach the last 2^depth
+  // times: a small directory would cost hours. An alias or two is fine; more is refused.
+  std::map<std::pair<dev_t, ino_t>, int> reached;
   for (fs::recursive_directory_iterator it(root, fs::directory_options::follow_directory_symlink, ec), end; !ec && it != end;
        it.increment(ec)) {
     if (it.depth() > detail::kMaxDirDepth)
@@ -87,6 +94,10 @@ Result<std::vector<fs::path>> list_files(const fs::path& root, const fs::path& s
         it.disable_recursion_pending();  // the output, inside its own input
         continue;
       }
+      if (struct stat sb; ::stat(it->path().c_str(), &sb) == 0 && ++reached[{sb.st_dev, sb.st_ino}] > kMaxDirPaths)
+        return Status(Error::kIo, it->path().string() + ": this directory is reached through links by more than " +
+                                      std::to_string(kMaxDirPaths) + " paths (a link loop, or links fanning out)")
+            .with_errno(ELOOP);  // as the system reports a loop of links
       entered = it->path();
       if (dirs) dirs->push_back(it->path().lexically_relative(root));
       continue;
@@ -371,6 +382,12 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
   const auto j = doc ? std::optional(doc->root()) : std::nullopt;
   const auto files = j ? j->get("files") : std::nullopt;
   if (!files || files->kind() != Kind::kArray) return Status(Error::kCorrupt, p.string() + ": invalid index");
+  // bigsmall writes every key once: one given twice (read here as its first value, by Python's
+  // json as its last) is damage, or an index made to be read two ways.
+  auto twice = [&](const std::string& key) { return Status(Error::kCorrupt, p.string() + ": key '" + key + "' given twice"); };
+  if (const auto dup = detail::first_duplicate_key(*j)) return twice(*dup);
+  for (const detail::JsonValue f : *files)
+    if (const auto dup = detail::first_duplicate_key(f)) return twice(*dup);
   const auto format = j->get("format");
   const auto version = j->get("format_version");
   if (!format || format->kind() != Kind::kString || format->str() != "bigsmall")
@@ -395,6 +412,12 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
         return Status(Error::kCorrupt, p.string() + ": unsafe path '" + *name + "'");
     }
     if (!ends_with(bs, ".bs")) return Status(Error::kCorrupt, p.string() + ": '" + bs + "' is not a .bs name");
+    // Every writer names the .bs after its source; a name that does not follow is damage, which
+    // would otherwise restore a file under a name the original directory never had.
+    const std::string expected = bs.substr(0, bs.size() - 3) + ".safetensors";
+    if (source != expected)
+      return Status(Error::kCorrupt, p.string() + ": '" + bs + "' is listed as the .bs of '" + source + "', not of '" + expected +
+                                         "' (a damaged index?)");
     // A restored file under the index's own name would make the restored directory look like a
     // compressed one (and compress would refuse it).
     if (fs::path(source) == kDirIndexName) return Status(Error::kCorrupt, p.string() + ": a file entry restores over '" + source + "'");

@@ -1,5 +1,6 @@
 #include "container/json.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdio>
@@ -292,6 +293,17 @@ std::vector<std::pair<std::string_view, JsonValue>> JsonValue::members() const {
   out.reserve(size());
   for (auto it = begin(); it != end(); ++it) out.push_back(it.member());
   return out;
+}
+
+std::optional<std::string> first_duplicate_key(JsonValue object) {
+  if (object.kind() != JsonValue::Kind::kObject) return std::nullopt;
+  std::vector<std::string_view> keys;
+  keys.reserve(object.size());
+  for (const auto& [key, value] : object.members()) keys.push_back(key);
+  std::sort(keys.begin(), keys.end());
+  const auto dup = std::adjacent_find(keys.begin(), keys.end());
+  if (dup == keys.end()) return std::nullopt;
+  return std::string(*dup);
 }
 
 bool json_equal(JsonValue a, JsonValue b) {

@@ -98,5 +98,7 @@ Result<JsonDoc> parse_json(std::string_view text, JsonStrings strings = JsonStri
 std::string json_quote(std::string_view s, bool file_name = false);
 // Same kind and same value, members in the same order (numbers compared as parsed).
 bool json_equal(JsonValue a, JsonValue b);
+// A key an object gives more than once (this parser reads its first value, json.loads its last).
+std::optional<std::string> first_duplicate_key(JsonValue object);
 
 }  // namespace bigsmall::detail

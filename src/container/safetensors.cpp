@@ -12,16 +12,6 @@
 namespace bigsmall::detail {
 
 namespace {
-std::optional<std::string> first_duplicate_key(JsonValue object) {
-  if (object.kind() != JsonValue::Kind::kObject) return std::nullopt;
-  std::vector<std::string_view> keys;
-  keys.reserve(object.size());
-  for (const auto& [key, value] : object.members()) keys.push_back(key);
-  std::sort(keys.begin(), keys.end());
-  const auto dup = std::adjacent_find(keys.begin(), keys.end());
-  if (dup == keys.end()) return std::nullopt;
-  return std::string(*dup);
-}
 
 // A header kept from before duplicate keys were refused: this parser reads a key given twice as
 // its first value, json.loads as its last, so the values must agree. (A tensor name given twice
