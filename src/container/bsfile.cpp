@@ -547,6 +547,16 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, uint64_t 
 }  // namespace
 
 namespace detail {
+// A major version above ours is named before the header checksum is trusted (a newer version may
+// lay its header out otherwise), but one flipped bit of a 1.x file reads as version 17 or 257:
+// where the checksum, taken as 1.x takes it, fails, say that the header may be damaged instead.
+std::string newer_version(uint16_t major, uint16_t minor, bool checksum_matches) {
+  std::string m = "format version " + std::to_string(major) + "." + std::to_string(minor) + " is newer than this bigsmall reads (" +
+                  std::to_string(kFormatVersionMajor) + ".x)";
+  if (!checksum_matches) m += ", or the header is damaged (its checksum does not match)";
+  return m;
+}
+
 Result<BsHeaderFacts> read_bs_header_facts(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return errno_status(path, "cannot open", errno);
@@ -566,7 +576,7 @@ Result<BsHeaderFacts> read_bs_header_facts(const std::string& path) {
   if (got < static_cast<ssize_t>(kHeaderSize)) return Status(Error::kTruncated, path + ": truncated: file ends inside the header");
   ByteReader r(h + 8, kHeaderSize - 8);
   const uint16_t major = r.u16();
-  r.u16();
+  const uint16_t minor = r.u16();
   r.u32();
   r.u64();
   r.u64();
@@ -575,8 +585,9 @@ Result<BsHeaderFacts> read_bs_header_facts(const std::string& path) {
   BsHeaderFacts facts;
   facts.original_size = r.u64();
   facts.fingerprint = r.u64();
-  if (major > kFormatVersionMajor) return Status(Error::kUnsupportedVersion, path + ": format version " + std::to_string(major) + " is newer than this bigsmall reads");
-  if (xxh3_64(h, kHeaderSize - 8) != facts.fingerprint) return Status(Error::kCorrupt, path + ": header checksum mismatch");
+  const bool sum_ok = xxh3_64(h, kHeaderSize - 8) == facts.fingerprint;
+  if (major > kFormatVersionMajor) return Status(Error::kUnsupportedVersion, path + ": " + newer_version(major, minor, sum_ok));
+  if (!sum_ok) return Status(Error::kCorrupt, path + ": header checksum mismatch");
   return facts;
 }
 }  // namespace detail
@@ -640,10 +651,9 @@ Result<BsFile> BsFile::open(const std::string& path) {
     h.index_checksum = r.u64();
     h.original_size = r.u64();
     const uint64_t hsum = r.u64();
-    if (h.major > kFormatVersionMajor)
-      return fail(Error::kUnsupportedVersion, "format version " + std::to_string(h.major) + "." + std::to_string(h.minor) +
-                                                  " is newer than this bigsmall reads (" + std::to_string(kFormatVersionMajor) + ".x)");
-    if (detail::xxh3_64(p, detail::kHeaderSize - 8) != hsum) return fail(Error::kCorrupt, "header checksum mismatch");
+    const bool sum_ok = detail::xxh3_64(p, detail::kHeaderSize - 8) == hsum;
+    if (h.major > kFormatVersionMajor) return fail(Error::kUnsupportedVersion, detail::newer_version(h.major, h.minor, sum_ok));
+    if (!sum_ok) return fail(Error::kCorrupt, "header checksum mismatch");
     if (h.major != kFormatVersionMajor) return fail(Error::kUnsupportedVersion, "unknown format version");
     if (h.flags != 0) return fail(Error::kCorrupt, "reserved header flags are not zero");
     if (h.index_offset >= detail::kHeaderSize && h.index_offset <= size && h.index_stored < size - h.index_offset)

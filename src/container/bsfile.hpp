@@ -18,5 +18,7 @@ struct BsHeaderFacts {
   uint64_t fingerprint = 0;  // the header checksum
 };
 Result<BsHeaderFacts> read_bs_header_facts(const std::string& path);
+// The error message for a file of a major version above this reader's.
+std::string newer_version(uint16_t major, uint16_t minor, bool checksum_matches);
 
 }  // namespace bigsmall::detail
