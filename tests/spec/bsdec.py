@@ -373,11 +373,13 @@ class J:
                 elif e == 0x75:
                     u = int(self.b[self.i:self.i + 4], 16)
                     self.i += 4
-                    if 0xD800 <= u < 0xDC00 and self.b[self.i:self.i + 2] == b"\\u":
-                        u2 = int(self.b[self.i + 2:self.i + 6], 16)
-                        if 0xDC00 <= u2 < 0xE000:
-                            self.i += 6
-                            u = 0x10000 + ((u - 0xD800) << 10) + (u2 - 0xDC00)
+                    if 0xD800 <= u < 0xDC00:
+                        # FORMAT.md: a high surrogate must be followed by an escaped low one
+                        u2 = int(self.b[self.i + 2:self.i + 6], 16) if self.b[self.i:self.i + 2] == b"\\u" else -1
+                        if not 0xDC00 <= u2 < 0xE000:
+                            raise FormatError("json: bad surrogate pair")
+                        self.i += 6
+                        u = 0x10000 + ((u - 0xD800) << 10) + (u2 - 0xDC00)
                     out += chr(u).encode("utf-8", "surrogatepass")
                 else:
                     raise FormatError("json: bad escape")
