@@ -4,6 +4,7 @@
 #include <cstring>
 #include <optional>
 #include <string_view>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -91,11 +92,15 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
         if (m.member().second.kind() != JsonValue::Kind::kString)
           return bad("__metadata__ value of '" + std::string(m.member().first) + "' is not a string");
       if (!f.metadata) {
+        // In order; a key given twice (kept headers only, equal values: checked above) once.
+        // Linear, as every step here: a header of k keys must not cost k^2.
         f.metadata.emplace();
+        f.metadata->reserve(v.size());
+        const bool dups = first_duplicate_key(v).has_value();
+        std::unordered_set<std::string_view> seen;
         for (auto m = v.begin(); m != v.end(); ++m) {
           const auto [key, value] = m.member();
-          const bool seen = std::any_of(f.metadata->begin(), f.metadata->end(), [&](const auto& kv) { return kv.first == key; });
-          if (!seen) f.metadata->emplace_back(std::string(key), std::string(value.str()));
+          if (!dups || seen.insert(key).second) f.metadata->emplace_back(std::string(key), std::string(value.str()));
         }
       }
       continue;
