@@ -62,7 +62,8 @@ class [[nodiscard]] Status {
 // A value or the Status saying why there is none. value(), -> and * require is_ok(): on an error
 // they throw std::bad_variant_access. The library's own calls throw nothing (a failed allocation
 // is kOutOfMemory); an exception thrown by a caller's callback (a progress function) passes
-// through them to the caller.
+// through them to the caller, except std::bad_alloc, std::length_error and std::system_error,
+// which become kOutOfMemory and kInternal as the library's own do.
 template <typename T>
 class [[nodiscard]] Result {
  public:

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <new>
 
 #include "bigsmall/codec.hpp"
 
@@ -22,7 +23,10 @@
 namespace bigsmall::detail {
 uint64_t xxh3_64(const void* data, size_t size) { return BS_XXH3_64(data, size); }
 
-Xxh3Stream::Xxh3Stream() : state_(XXH3_createState()) { XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_)); }
+Xxh3Stream::Xxh3Stream() : state_(XXH3_createState()) {
+  if (state_ == nullptr) throw std::bad_alloc();  // a value at the public entry point (guarded)
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
+}
 Xxh3Stream::~Xxh3Stream() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
 void Xxh3Stream::update(const void* data, size_t size) {
   BS_XXH3_UPDATE(static_cast<XXH3_state_t*>(state_), data, size);

@@ -11,7 +11,8 @@ namespace bigsmall::detail {
 // Runs the body of a public entry point, turning the exceptions the core itself can raise into
 // values: a failed allocation (a file may declare tensors larger than this machine's memory)
 // and a refused thread outside the pool. Anything else, such as the exception of a caller's
-// progress callback (Python's KeyboardInterrupt), passes through to the caller unchanged.
+// progress callback (Python's KeyboardInterrupt), passes through to the caller unchanged; a
+// callback's own bad_alloc or system_error cannot be told apart and becomes a value too.
 // `where` names the file, or is empty.
 template <typename Fn>
 auto guarded(const std::string& where, Fn&& fn) -> decltype(fn()) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <new>
 #include <system_error>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -60,15 +61,23 @@ int threads_for(int requested, uint64_t items, uint64_t bytes, uint64_t min_byte
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = default_thread_count();
   spin_ = threads <= default_thread_count();
-  // A thread the system refuses (a process or container at its task limit) leaves the pool
-  // smaller, not the call failed: the caller works too, so one thread still does everything. (An
-  // exception here would destroy the joinable threads already started: std::terminate.)
+  // A thread the system refuses (a process or container at its task limit, or no memory for its
+  // stack or state) leaves the pool smaller, not the call failed: the caller works too, so one
+  // thread still does everything. (An exception here would destroy the joinable threads already
+  // started: std::terminate.)
+  try {
+    workers_.reserve(static_cast<size_t>(threads - 1));
+  } catch (const std::bad_alloc&) {
+    return;
+  }
   for (int i = 1; i < threads; ++i) {
     try {
       if (thread_starts_left_for_testing.fetch_sub(1, std::memory_order_relaxed) <= 0)
         throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));  // as std::thread throws
       workers_.emplace_back([this] { worker_loop(); });
     } catch (const std::system_error&) {
+      break;
+    } catch (const std::bad_alloc&) {
       break;
     }
   }
