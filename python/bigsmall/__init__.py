@@ -122,23 +122,36 @@ def _header_metadata(metadata, filename=None):
         raise InvalidArgumentError(f"{where}{e}") from None
 
 
+class _Progress:
+    """A progress callback (done, total) drawing a tqdm bar, made at the first report, when the
+    total is known (a notebook's widget keeps the length it was made with); callers report
+    (0, total) as they start. The bar appears only once the work has taken half a second: work
+    that ends sooner leaves no trace on the terminal or in a notebook."""
+
+    def __init__(self, tqdm, desc):
+        self._tqdm, self._desc, self._bar = tqdm, desc, None
+
+    def __call__(self, done, total):
+        if self._bar is None:
+            self._bar = self._tqdm(total=total, unit="B", unit_scale=True, desc=self._desc, delay=0.5)
+        self._bar.total = total
+        self._bar.update(done - self._bar.n)  # unlike refresh(), update() keeps the delay and tqdm's rate limit
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+
+
 def _progress(enabled, desc):
-    """A tqdm callback (done, total) when asked and tqdm is installed; None otherwise. The bar
-    appears only once the work has taken half a second: a load that ends sooner leaves no trace
-    on the terminal or in a notebook."""
+    """(callback, closer) when asked and tqdm is installed (one _Progress); (None, None) otherwise."""
     if not enabled:
         return None, None
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None, None
-    bar = tqdm(total=0, unit="B", unit_scale=True, desc=desc, delay=0.5)
-
-    def cb(done, total):
-        bar.total = total
-        bar.update(done - bar.n)  # unlike refresh(), update() keeps the delay and tqdm's rate limit
-
-    return cb, bar
+    p = _Progress(tqdm, desc)
+    return p, p
 
 
 def _default_output(src, compressing, is_dir):

@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from . import _core, _progress, _threads, InvalidArgumentError, NotFoundError
+from . import _batches, _core, _progress, _threads, InvalidArgumentError, NotFoundError
 from . import torch as bt
 
 _LAYER = re.compile(r"^(.*?\.\d+)\.")
@@ -190,6 +190,8 @@ class StreamingLoader:
             targets = model.state_dict(keep_vars=True)
         total = sum(t["nbytes"] for f in self._files for t in f.tensors())
         cb, bar = _progress(progress, "loading")
+        if cb:
+            cb(0, total)
         done = 0
         loaded, unexpected = set(), []
         # On a GPU with a CUDA build, chunks decode on the device straight into the tensors the
@@ -629,13 +631,19 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
     cb, bar = _progress(progress, "decoding")
     state, done = {}, 0
     try:
+        if cb:
+            cb(0, total)
         for f in opened:
             infos = f.tensors()
-            for t, x in zip(infos, bt._decode(f, list(range(len(infos))), infos, decode_on, threads, verify)):
-                state[t["name"]] = x
-            done += sum(t["nbytes"] for t in infos)
-            if cb:
-                cb(done, total)
+            # In batches, so that the bar of a one-file model moves (and shows at all: it waits
+            # half a second, then draws at the next report).
+            for a, b in _batches([t["nbytes"] for t in infos]):
+                part = infos[a:b]
+                for t, x in zip(part, bt._decode(f, list(range(a, b)), part, decode_on, threads, verify)):
+                    state[t["name"]] = x
+                done += sum(t["nbytes"] for t in part)
+                if cb:
+                    cb(done, total)
     finally:
         if bar is not None:
             bar.close()

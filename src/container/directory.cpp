@@ -95,8 +95,8 @@ Result<std::vector<fs::path>> list_files(const fs::path& root, const fs::path& s
         continue;
       }
       if (struct stat sb; ::stat(it->path().c_str(), &sb) == 0 && ++reached[{sb.st_dev, sb.st_ino}] > kMaxDirPaths)
-        return Status(Error::kIo, it->path().string() + ": this directory is reached through links by more than " +
-                                      std::to_string(kMaxDirPaths) + " paths (a link loop, or links fanning out)")
+        return Status(Error::kIo, it->path().string() + ": links make this directory reachable by more than " +
+                                      std::to_string(kMaxDirPaths) + " paths, its own included (a link loop, or links fanning out)")
             .with_errno(ELOOP);  // as the system reports a loop of links
       entered = it->path();
       if (dirs) dirs->push_back(it->path().lexically_relative(root));
