@@ -261,6 +261,18 @@ def test_metadata_reads_every_header_the_core_accepts(tmp_path):
     assert bigsmall.safe_open(tmp_path / "none.bs").metadata() is None
 
 
+def test_a_header_that_contradicts_the_index_is_refused_by_every_loader(tmp_path):
+    """The kept header says I32 where the index says U32 (checksums made right again): every
+    loader refuses the file as verify does; they used to hand out the index's tensor."""
+    p = tmp_path / "u.bs"
+    bigsmall.numpy.save_file({"u": np.arange(500, dtype=np.uint32) * 9000000}, p)
+    _with_kept_header(p, lambda h: h.replace(b'"dtype":"U32"', b'"dtype":"I32"'))
+    for load in (lambda: bt.load_file(p), lambda: bigsmall.numpy.load_file(p), lambda: bigsmall.safe_open(p).get_tensor("u"),
+                 lambda: bigsmall.verify(p), lambda: bigsmall.info(p)):
+        with pytest.raises(bigsmall.CorruptError, match=r"u\.bs: index disagrees with the kept safetensors header"):
+            load()
+
+
 def test_out_of_memory_is_an_error_of_its_own(tmp_path):
     """A .bs index may declare up to 1 GiB. A process that cannot allocate what a file asks for
     gets bigsmall.OutOfMemoryError (also a MemoryError) naming the file, not a crash: here a
