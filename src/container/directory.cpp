@@ -64,12 +64,14 @@ Status write_text(const fs::path& dst, const std::string& text) {
   return out.commit();
 }
 
+// Paths by which links may make one directory reachable in a walk, its own included.
+constexpr int kMaxDirPaths = 4;
+
 // Every file under root, by its path relative to root as spelled there (links are not resolved
 // in names: a Hugging Face cache snapshot is all links into ../../blobs, and resolving them
 // would name files outside the directory). Links to files and directories are followed for their
 // contents; anything that is neither (a dangling link, a pipe) is an error, not a silent gap.
 // `dirs`, when given, receives every directory under root (empty ones come back too).
-constexpr int kMaxDirPaths = 4;
 
 Result<std::vector<fs::path>> list_files(const fs::path& root, const fs::path& skip_dir = {},
                                          std::vector<fs::path>* dirs = nullptr) {
