@@ -297,6 +297,17 @@ std::vector<std::pair<std::string_view, JsonValue>> JsonValue::members() const {
 
 std::optional<std::string> first_duplicate_key(JsonValue object) {
   if (object.kind() != JsonValue::Kind::kObject) return std::nullopt;
+  if (object.size() <= 8) {  // a tensor's three keys: compared in place, nothing allocated
+    std::string_view keys[8];
+    size_t n = 0;
+    for (auto m = object.begin(); m != object.end(); ++m) {
+      const std::string_view key = m.member().first;
+      for (size_t i = 0; i < n; ++i)
+        if (keys[i] == key) return std::string(key);
+      keys[n++] = key;
+    }
+    return std::nullopt;
+  }
   std::vector<std::string_view> keys;
   keys.reserve(object.size());
   for (const auto& [key, value] : object.members()) keys.push_back(key);

@@ -126,11 +126,14 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
       numel *= s.uint();
       t.shape.push_back(s.uint());
     }
-    const auto offsets = offs->elements();
-    for (const JsonValue o : offsets)
+    uint64_t ends[2];
+    size_t k = 0;
+    for (const JsonValue o : *offs) {
       if (!o.is_uint()) return bad("tensor '" + name + "' has bad data_offsets");
-    t.begin = offsets[0].uint();
-    t.end = offsets[1].uint();
+      ends[k++] = o.uint();
+    }
+    t.begin = ends[0];
+    t.end = ends[1];
     if (t.begin > t.end) return bad("tensor '" + name + "' data_offsets are reversed");
     if (t.end > f.data_size)
       // data_start + end may not fit 64 bits: the message counts within the data region.
