@@ -419,7 +419,13 @@ struct BsFile::Impl {
   uint64_t data_start = 0;
   std::vector<TensorInfo> infos;
   std::vector<detail::Entry> entries;
-  std::vector<detail::Filler> fillers;
+  // Fillers as views of the decompressed index, kept for them (a copy would double what a file
+  // of one large filler, allowed up to the index's 1 GiB, costs to open).
+  struct FillerView {
+    uint64_t begin, at, size;  // data-region offset; offset and size in `index`
+  };
+  std::vector<FillerView> fillers;
+  std::vector<uint8_t> index;  // held only when a filler has bytes
   std::optional<Metadata> metadata;  // the kept header's __metadata__
   // Tensors whose whole decode has been checked against their checksum since the file was opened:
   // a byte range checks only its chunks' checksums, and the model (tables) that decodes them has
@@ -522,15 +528,13 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, uint64_t 
   }
   if (nfillers > r.remaining() / 16 + 1) return bad("filler count");
   for (uint32_t f = 0; f < nfillers; ++f) {
-    detail::Filler fl;
-    fl.begin = r.u64();
+    const uint64_t begin = r.u64();
     const uint64_t size = r.u64();
     if (!r.ok() || size > r.remaining()) return bad("truncated filler");
     const uint8_t* b = r.take(size);
-    fl.bytes.assign(b, b + size);
-    if (fl.begin > data_size || size > data_size - fl.begin) return bad("filler outside the data region");
-    if (size) spans.push_back({fl.begin, fl.begin + size});
-    im->fillers.push_back(std::move(fl));
+    if (begin > data_size || size > data_size - begin) return bad("filler outside the data region");
+    if (size) spans.push_back({begin, begin + size});
+    im->fillers.push_back({begin, static_cast<uint64_t>(b - p), size});
   }
   if (r.remaining() != 0) return bad("trailing bytes");
   // Tensors and fillers must tile the data region exactly: restore writes every byte once.
@@ -676,6 +680,8 @@ Result<BsFile> BsFile::open(const std::string& path) {
     Status st = parse_index(idx.data(), idx.size(), h.index_offset, h.index_stored, impl.get());
     impl->verified.reset(new std::atomic<bool>[impl->entries.size()]());
     if (!st.is_ok()) return st.with_context(path);
+    if (std::any_of(impl->fillers.begin(), impl->fillers.end(), [](const auto& fl) { return fl.size > 0; }))
+      impl->index = std::move(idx);
     // Payloads may not overlap, and the alignment padding between them must be zero, so that no
     // byte of the file escapes every check.
     std::vector<std::pair<uint64_t, uint64_t>> spans;
@@ -802,7 +808,8 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
     const uint64_t hlen = im.st_header.size();
     std::memcpy(map, &hlen, 8);
     std::memcpy(map + 8, im.st_header.data(), hlen);
-    for (const auto& f : im.fillers) std::memcpy(map + im.data_start + f.begin, f.bytes.data(), f.bytes.size());
+    for (const auto& f : im.fillers)
+      if (f.size) std::memcpy(map + im.data_start + f.begin, im.index.data() + f.at, f.size);
     detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
     uint64_t total = 0, done = 0;
     for (const auto& t : im.infos) total += t.nbytes;
