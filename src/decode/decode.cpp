@@ -812,24 +812,17 @@ Status decode_tensors_on(const std::vector<DecodeJob>& jobs, bool verify, Thread
 
 namespace {
 
-Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool) {
-  std::vector<TensorDecoder> owned(jobs.size());
-  std::vector<const TensorDecoder*> decoders(jobs.size());
+// Each job's tables, built in parallel (or the caller's, when the job brings them). A job with
+// no coded chunk builds none, but a model an encoder wrote before every chunk came out stored is
+// still read, so that no byte of the file escapes a check.
+Status prepare_decoders(const std::vector<DecodeJob>& jobs, ThreadPool& pool, std::vector<TensorDecoder>& owned,
+                        std::vector<const TensorDecoder*>& decoders) {
   std::vector<Status> errors(jobs.size());
-  for (size_t t = 0; t < jobs.size(); ++t) {
-    const DecodeJob& j = jobs[t];
-    Status st = j.coding->validate(j.payload_size);
-    if (st.is_ok() && j.out_size < j.bytes()) st = Status(Error::kInvalidArgument, "output buffer too small");
-    if (!st.is_ok()) return st.with_context(j.label);
-  }
   pool.parallel_for(jobs.size(), [&](size_t t) {
     decoders[t] = jobs[t].decoder ? jobs[t].decoder : &owned[t];
     if (jobs[t].decoder) return;
-    const auto& chunks = jobs[t].coding->chunks;
-    if (std::none_of(chunks.begin(), chunks.end(), [](const ChunkRef& c) { return c.mode == ChunkMode::kCoded; })) {
-      // Nothing to decode with tables: do not build them. But a model an encoder wrote before
-      // every chunk came out stored is still read, so that no byte of the file escapes a check.
-      const TensorCoding& c = *jobs[t].coding;
+    const TensorCoding& c = *jobs[t].coding;
+    if (std::none_of(c.chunks.begin(), c.chunks.end(), [](const ChunkRef& r) { return r.mode == ChunkMode::kCoded; })) {
       if (c.model_size == 0) return;
       if (c.codec == Codec::kFloat) {
         FloatModel fm;
@@ -840,79 +833,122 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
       }
       return;
     }
-    auto d = TensorDecoder::prepare(*jobs[t].coding, jobs[t].payload, jobs[t].coding->model_size);
+    auto d = TensorDecoder::prepare(c, jobs[t].payload, c.model_size);
     if (d) owned[t] = std::move(d.value());
     else errors[t] = d.status();
   });
   for (size_t t = 0; t < jobs.size(); ++t)
     if (!errors[t].is_ok()) return errors[t].with_context(jobs[t].label);
-  std::vector<std::pair<uint32_t, uint32_t>> work;  // (tensor, chunk)
+  return Status::success();
+}
+
+using WorkItem = std::pair<uint32_t, uint32_t>;  // (job, chunk)
+
+// Every chunk to decode, largest first: a file of few chunks of uneven size (one zstd tensor,
+// short last chunks) then ends with the small ones spread over the threads, not with one
+// straggler.
+std::vector<WorkItem> list_work(const std::vector<DecodeJob>& jobs) {
+  std::vector<WorkItem> work;
   for (size_t t = 0; t < jobs.size(); ++t)
     for (size_t c = jobs[t].first_chunk(); c < jobs[t].last_chunk(); ++c)
       work.emplace_back(static_cast<uint32_t>(t), static_cast<uint32_t>(c));
-  // Largest chunks first: a file of few chunks of uneven size (one zstd tensor, short last
-  // chunks) then ends with the small ones spread over the threads, not with one straggler.
-  std::stable_sort(work.begin(), work.end(), [&](const auto& a, const auto& b) {
+  std::stable_sort(work.begin(), work.end(), [&](const WorkItem& a, const WorkItem& b) {
     return jobs[a.first].coding->chunk_out_size(a.second) > jobs[b.first].coding->chunk_out_size(b.second);
   });
-  // Coded float chunks of the same kind are decoded side by side, K at a time (simd.hpp says
-  // why); neighbours in the size order have similar lengths, so little runs alone at the end.
-  // With several threads, a group may hold at most a quarter of a thread's share, or a file of
-  // few large chunks would leave threads idle.
-  std::vector<std::vector<uint32_t>> groups;  // indices into work
-  {
-    uint64_t total = 0;
-    for (const auto& [t, i] : work) total += jobs[t].coding->chunk_out_size(i);
-    const uint64_t max_group = pool.size() == 1 ? UINT64_MAX : total / (4 * static_cast<uint64_t>(pool.size()));
-    // (kind, group size, members). Chunks too large for a group of 4 go in pairs, which keep
-    // most of the gain: alone, a chunk of 8 lanes decodes at half the speed.
-    struct Pending {
-      uint32_t kind;
-      size_t size;
-      std::vector<uint32_t> members;
-    };
-    std::vector<Pending> pending;
-    for (uint32_t w = 0; w < work.size(); ++w) {
-      const auto [t, i] = work[w];
-      const uint32_t kind = jobs[t].coding->chunks[i].mode == ChunkMode::kCoded ? decoders[t]->group_kind() : 0;
-      size_t size = kind != 0 ? group_size(kind) : 1;
-      while (size > 1 && jobs[t].coding->chunk_out_size(i) * size > max_group) size /= 2;
-      if (size == 1) {
-        groups.push_back({w});
-        continue;
-      }
-      auto it = std::find_if(pending.begin(), pending.end(), [&](const Pending& p) { return p.kind == kind && p.size == size; });
-      if (it == pending.end()) it = pending.insert(pending.end(), {kind, size, {}});
-      it->members.push_back(w);
-      if (it->members.size() == size) {
-        groups.push_back(std::move(it->members));
-        pending.erase(it);
-      }
+  return work;
+}
+
+// Coded float chunks of the same kind are decoded side by side, K at a time (simd.hpp says why);
+// neighbours in the size order have similar lengths, so little runs alone at the end. With
+// several threads, a group may hold at most a quarter of a thread's share, or a file of few large
+// chunks would leave threads idle. Chunks too large for a group of 4 go in pairs, which keep most
+// of the gain: alone, a chunk of 8 lanes decodes at half the speed. Groups hold indices into work.
+std::vector<std::vector<uint32_t>> group_work(const std::vector<DecodeJob>& jobs,
+                                              const std::vector<const TensorDecoder*>& decoders,
+                                              const std::vector<WorkItem>& work, int threads) {
+  uint64_t total = 0;
+  for (const auto& [t, i] : work) total += jobs[t].coding->chunk_out_size(i);
+  const uint64_t max_group = threads == 1 ? UINT64_MAX : total / (4 * static_cast<uint64_t>(threads));
+  struct Pending {
+    uint32_t kind;
+    size_t size;
+    std::vector<uint32_t> members;
+  };
+  std::vector<Pending> pending;
+  std::vector<std::vector<uint32_t>> groups;
+  for (uint32_t w = 0; w < work.size(); ++w) {
+    const auto [t, i] = work[w];
+    const uint32_t kind = jobs[t].coding->chunks[i].mode == ChunkMode::kCoded ? decoders[t]->group_kind() : 0;
+    size_t size = kind != 0 ? group_size(kind) : 1;
+    while (size > 1 && jobs[t].coding->chunk_out_size(i) * size > max_group) size /= 2;
+    if (size == 1) {
+      groups.push_back({w});
+      continue;
     }
-    for (auto& p : pending) {
-      while (p.members.size() > 2) {  // kernels take 2 or 4 chunks
-        groups.push_back({p.members.back()});
-        p.members.pop_back();
-      }
-      groups.push_back(std::move(p.members));
+    auto it = std::find_if(pending.begin(), pending.end(), [&](const Pending& p) { return p.kind == kind && p.size == size; });
+    if (it == pending.end()) it = pending.insert(pending.end(), {kind, size, {}});
+    it->members.push_back(w);
+    if (it->members.size() == size) {
+      groups.push_back(std::move(it->members));
+      pending.erase(it);
     }
   }
-  std::atomic<bool> failed{false};
-  std::mutex mu;
-  std::vector<TensorHash> hashes(verify ? jobs.size() : 0);
-  for (size_t t = 0; t < hashes.size(); ++t)
-    if (jobs[t].whole()) hashes[t].init(jobs[t]);
-  auto chunk_hashed = [&](uint32_t t, size_t i) {
-    if (verify && jobs[t].whole()) hashes[t].chunk_done(i);
-  };
-  auto fail = [&](uint32_t t, Status st) {
-    std::lock_guard<std::mutex> lk(mu);
-    if (errors[t].is_ok()) errors[t] = std::move(st);
-    failed = true;
-  };
-  pool.parallel_for(groups.size(), [&](size_t g) {
-    if (failed.load(std::memory_order_relaxed)) return;
-    const std::vector<uint32_t>& members = groups[g];
+  for (auto& p : pending) {
+    while (p.members.size() > 2) {  // kernels take 2 or 4 chunks
+      groups.push_back({p.members.back()});
+      p.members.pop_back();
+    }
+    groups.push_back(std::move(p.members));
+  }
+  return groups;
+}
+
+// One window's decode: groups of chunks on the pool's threads, each tensor's checksum computed as
+// its chunks complete, the first error per tensor kept.
+class WindowDecode {
+ public:
+  WindowDecode(const std::vector<DecodeJob>& jobs, const std::vector<const TensorDecoder*>& decoders,
+               const std::vector<WorkItem>& work, bool verify)
+      : jobs_(jobs), decoders_(decoders), work_(work), verify_(verify), errors_(jobs.size()),
+        hashes_(verify ? jobs.size() : 0) {
+    for (size_t t = 0; t < hashes_.size(); ++t)
+      if (jobs[t].whole()) hashes_[t].init(jobs[t]);
+  }
+
+  Status run(const std::vector<std::vector<uint32_t>>& groups, ThreadPool& pool) {
+    pool.parallel_for(groups.size(), [&](size_t g) {
+      if (!failed_.load(std::memory_order_relaxed)) decode_group(groups[g]);
+    });
+    BIGSMALL_RETURN_IF_ERROR(first_error());
+    if (failed_) return Status(Error::kCorrupt, "decode failed");
+    if (verify_) {
+      pool.parallel_for(jobs_.size(), [&](size_t t) {
+        if (jobs_[t].whole() && !hashes_[t].matches()) errors_[t] = Status(Error::kCorrupt, "checksum mismatch after decode");
+      });
+      BIGSMALL_RETURN_IF_ERROR(first_error());
+    }
+    return Status::success();
+  }
+
+ private:
+  Status first_error() const {
+    for (size_t t = 0; t < jobs_.size(); ++t)
+      if (!errors_[t].is_ok()) return errors_[t].with_context(jobs_[t].label);
+    return Status::success();
+  }
+  void fail(uint32_t t, Status st) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (errors_[t].is_ok()) errors_[t] = std::move(st);
+    failed_ = true;
+  }
+  void chunk_done(uint32_t t, size_t i, Status st) {
+    if (!st.is_ok()) fail(t, std::move(st));
+    else if (verify_ && jobs_[t].whole()) hashes_[t].chunk_done(i);
+  }
+
+  // Stored chunks, lone chunks and failures are finished at once; coded float chunks of a group
+  // are opened here and decoded together by one multi-chunk kernel, each then finished alone.
+  void decode_group(const std::vector<uint32_t>& members) {
     ChunkStreams streams[kGroupMax];
     SimdFloatArgs args[kGroupMax];
     SimdFusedArgs fused[kGroupMax];
@@ -922,36 +958,35 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
     FusedView views[kGroupMax];
     size_t opened = 0;
     for (size_t m = 0; m < members.size(); ++m) {
-      const auto [t, i] = work[members[m]];
-      const DecodeJob& j = jobs[t];
+      const auto [t, i] = work_[members[m]];
+      const DecodeJob& j = jobs_[t];
       const ChunkRef& ref = j.coding->chunks[i];
       const uint8_t* p = j.payload + ref.offset;
       uint8_t* out = j.chunk_out(i);
       Status st;
-      if (verify && xxh3_32(p, ref.size) != ref.checksum) {
+      if (verify_ && xxh3_32(p, ref.size) != ref.checksum) {
         st = corrupt_chunk(i, "checksum mismatch (compressed data damaged)");
       } else if (ref.mode == ChunkMode::kStored) {  // validate() checked its size
         std::memcpy(out, p, ref.size);
       } else if (members.size() == 1) {
-        st = decoders[t]->decode_chunk(i, p, ref.size, ref.mode, out);
+        st = decoders_[t]->decode_chunk(i, p, ref.size, ref.mode, out);
       } else {
-        st = decoders[t]->open_float(i, p, ref.size, &streams[opened]);
+        st = decoders_[t]->open_float(i, p, ref.size, &streams[opened]);
         if (st.is_ok()) {
           counts[opened] = j.coding->chunk_out_size(i) / j.coding->unit_bytes();
-          views[opened] = decoders[t]->fused_view();
-          decoders[t]->simd_args(streams[opened], counts[opened], &args[opened], &fused[opened]);
+          views[opened] = decoders_[t]->fused_view();
+          decoders_[t]->simd_args(streams[opened], counts[opened], &args[opened], &fused[opened]);
           outs[opened] = out;
           open[opened++] = static_cast<uint32_t>(m);
           continue;
         }
       }
-      if (!st.is_ok()) fail(t, std::move(st));
-      else chunk_hashed(t, i);
+      chunk_done(t, i, std::move(st));
     }
     if (opened == 0) return;
-    const auto [t0, i0] = work[members[open[0]]];
-    const TensorCoding& c0 = *jobs[t0].coding;
-    const uint32_t kind = decoders[t0]->group_kind();
+    const auto [t0, i0] = work_[members[open[0]]];
+    const TensorCoding& c0 = *jobs_[t0].coding;
+    const uint32_t kind = decoders_[t0]->group_kind();
     if (opened > 1 && (kind & kScalarGroup)) {
       decode_fused_single_group(static_cast<int>(c0.unit_bytes()), static_cast<int>((kind >> 16) & 0xf),
                                 (kind >> 20) & 1, views, streams, counts, static_cast<int>(opened), starts, outs);
@@ -961,23 +996,33 @@ Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool
                                                    static_cast<int>(c0.unit_bytes()), 1 << c0.lanes_log2, outs);
     }
     for (size_t k = 0; k < opened; ++k) {
-      const auto [t, i] = work[members[open[k]]];
-      Status st = decoders[t]->finish_float(i, streams[k], args[k].start, outs[k]);
-      if (!st.is_ok()) fail(t, std::move(st));
-      else chunk_hashed(t, i);
+      const auto [t, i] = work_[members[open[k]]];
+      chunk_done(t, i, decoders_[t]->finish_float(i, streams[k], args[k].start, outs[k]));
     }
-  });
-  for (size_t t = 0; t < jobs.size(); ++t)
-    if (!errors[t].is_ok()) return errors[t].with_context(jobs[t].label);
-  if (failed) return Status(Error::kCorrupt, "decode failed");
-  if (verify) {
-    pool.parallel_for(jobs.size(), [&](size_t t) {
-      if (jobs[t].whole() && !hashes[t].matches()) errors[t] = Status(Error::kCorrupt, "checksum mismatch after decode");
-    });
-    for (size_t t = 0; t < jobs.size(); ++t)
-      if (!errors[t].is_ok()) return errors[t].with_context(jobs[t].label);
   }
-  return Status::success();
+
+  const std::vector<DecodeJob>& jobs_;
+  const std::vector<const TensorDecoder*>& decoders_;
+  const std::vector<WorkItem>& work_;
+  const bool verify_;
+  std::vector<Status> errors_;
+  std::vector<TensorHash> hashes_;
+  std::atomic<bool> failed_{false};
+  std::mutex mu_;
+};
+
+Status decode_window(const std::vector<DecodeJob>& jobs, bool verify, ThreadPool& pool) {
+  for (const DecodeJob& j : jobs) {
+    Status st = j.coding->validate(j.payload_size);
+    if (st.is_ok() && j.out_size < j.bytes()) st = Status(Error::kInvalidArgument, "output buffer too small");
+    if (!st.is_ok()) return st.with_context(j.label);
+  }
+  std::vector<TensorDecoder> owned(jobs.size());
+  std::vector<const TensorDecoder*> decoders(jobs.size());
+  BIGSMALL_RETURN_IF_ERROR(prepare_decoders(jobs, pool, owned, decoders));
+  const std::vector<WorkItem> work = list_work(jobs);
+  WindowDecode window(jobs, decoders, work, verify);
+  return window.run(group_work(jobs, decoders, work, pool.size()), pool);
 }
 
 }  // namespace
