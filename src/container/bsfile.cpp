@@ -240,152 +240,200 @@ void set_write_batch_bytes_for_testing(uint64_t bytes) {
 
 namespace {
 
-// from_one_mapping: every source lies in one mapping of the input file (compress_file), so that
-// a batch's pages can be mapped in one call. source_file: that file, checked unchanged before commit.
-Status write_bs(const std::string& dst, const std::string& st_header, uint64_t original_size,
-                const std::vector<Source>& sources, std::vector<Filler> fillers, const CompressOptions& opts,
-                bool from_one_mapping, std::optional<unsigned> mode, const MappedFile* source_file) {
+// Codes the tensors' payloads into `out` after its header's place: batches of tensors are
+// planned together, then their chunks coded a group at a time, each group written in the
+// background while the next one is coded. from_one_mapping: every source lies in one mapping of
+// the input file (compress_file), so that a batch's pages can be mapped in one call.
+class PayloadWriter {
+ public:
+  PayloadWriter(OutputFile& out, const std::vector<Source>& sources, const CompressOptions& opts, bool from_one_mapping)
+      : out_(out), sources_(sources), opts_(opts), from_one_mapping_(from_one_mapping),
+        pool_(threads_for(opts.threads, std::max<uint64_t>(1, sources.size() + input_bytes(sources) / kEncodeBytesPerThread),
+                          input_bytes(sources), kEncodeBytesPerThread)),
+        total_(input_bytes(sources)), limit_(write_batch_bytes.load(std::memory_order_relaxed)), writer_(out) {
+    eo_.zstd_level = opts.zstd_level;
+  }
+
+  // Writes the header's placeholder and every payload; the index entries, in file order.
+  Result<std::vector<Entry>> run() {
+    BIGSMALL_RETURN_IF_ERROR(out_.write(placeholder_.data(), placeholder_.size()));
+    pos_ = out_.size();
+    if (opts_.progress) opts_.progress(0, total_);
+    entries_.reserve(sources_.size());
+    for (size_t first = 0; first < sources_.size();) {
+      size_t last = first;
+      uint64_t batch = 0;
+      while (last < sources_.size() &&
+             (last == first || (batch + sources_[last].nbytes <= limit_ && last - first < kBatchTensors)))
+        batch += sources_[last++].nbytes;
+      if (batch <= limit_) prefault_batch(first, last, batch);
+      plan_batch(first, last);
+      const std::vector<std::vector<Span>> groups = chunk_groups(enc_, std::min(limit_, kGroupBytes));
+      for (size_t g = 0; g < groups.size(); ++g) {
+        const bool last_group = last == sources_.size() && g + 1 == groups.size();
+        BIGSMALL_RETURN_IF_ERROR(code_group(groups[g], first, batch > limit_, last_group));
+      }
+      first = last;
+    }
+    BIGSMALL_RETURN_IF_ERROR(writer_.wait());
+    if (pos_ != out_.size()) return Status(Error::kInternal, out_.final_path() + ": payload offsets disagree with the bytes written");
+    return std::move(entries_);
+  }
+
+ private:
+  static uint64_t input_bytes(const std::vector<Source>& sources) {
+    uint64_t n = 0;
+    for (const auto& s : sources) n += s.nbytes;
+    return n;
+  }
+
+  // One call for the batch where its tensors lie together in the input (they do in a safetensors
+  // file's mapping): one madvise per tensor cost more than mapping the pages. Tensors from
+  // separate buffers (write_tensors) get a call each. A tensor larger than a batch is not
+  // prefaulted here but a group at a time (code_group): mapping gigabytes in one call would read
+  // them all before any thread starts (or evict them again on a small machine).
+  void prefault_batch(size_t first, size_t last, uint64_t batch) const {
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (size_t i = first; i < last; ++i) {
+      lo = std::min(lo, reinterpret_cast<uintptr_t>(sources_[i].data));
+      hi = std::max(hi, reinterpret_cast<uintptr_t>(sources_[i].data) + sources_[i].nbytes);
+    }
+    if (from_one_mapping_ && hi - lo <= batch + 4096 * (last - first)) {
+      populate(reinterpret_cast<const void*>(lo), hi - lo);
+    } else {
+      for (size_t i = first; i < last; ++i) populate(sources_[i].data, sources_[i].nbytes);
+    }
+  }
+
+  // Encoders for the batch, largest tensors planned first so that the threads finish together;
+  // a batch of one tensor shares its threads with its planning.
+  void plan_batch(size_t first, size_t last) {
+    const size_t nb = last - first;
+    enc_before_ = std::move(enc_);  // a group of the batch before may still be writing their models
+    enc_.clear();
+    enc_.resize(nb);
+    if (nb == 1) {
+      const Source& s = sources_[first];
+      enc_[0] = std::make_unique<TensorEncoder>(TensorEncoder::plan(s.dtype, s.data, s.nbytes, eo_, &pool_));
+    } else {
+      std::vector<size_t> order(nb);
+      for (size_t i = 0; i < nb; ++i) order[i] = i;
+      std::stable_sort(order.begin(), order.end(),
+                       [&](size_t a, size_t b) { return sources_[first + a].nbytes > sources_[first + b].nbytes; });
+      pool_.parallel_for(nb, [&](size_t k) {
+        const Source& s = sources_[first + order[k]];
+        enc_[order[k]] = std::make_unique<TensorEncoder>(TensorEncoder::plan(s.dtype, s.data, s.nbytes, eo_));
+      });
+    }
+    coded_.assign(nb, {});
+    for (size_t i = 0; i < nb; ++i) coded_[i].resize(enc_[i]->chunk_count());
+  }
+
+  // Codes one group's chunks on the pool, then hands them (with the models and padding of the
+  // tensors that start in it) to the background writer.
+  Status code_group(const std::vector<Span>& spans, size_t first, bool prefault, bool last_group) {
+    std::vector<ByteBuffer>& bufs = chunk_bufs_[groups_started_ % 2];
+    std::vector<std::pair<uint32_t, uint32_t>> work;  // (span, chunk)
+    std::vector<size_t> slot0(spans.size() + 1, 0);    // first buffer of each span
+    uint64_t input = 0;
+    for (size_t k = 0; k < spans.size(); ++k) {
+      const Span& sp = spans[k];
+      slot0[k + 1] = slot0[k] + (sp.c1 - sp.c0);
+      for (size_t c = sp.c0; c < sp.c1; ++c) {
+        work.emplace_back(static_cast<uint32_t>(k), static_cast<uint32_t>(c));
+        input += enc_[sp.i]->coding().chunk_out_size(c);
+      }
+    }
+    if (prefault && !spans.empty() && spans[0].c1 > spans[0].c0) {
+      const Span& sp = spans[0];
+      populate(sources_[first + sp.i].data + enc_[sp.i]->coding().chunk_out_offset(sp.c0), input);
+    }
+    // Buffers are reused by position, so a slot keeps the largest chunk that ever landed in it:
+    // release those far larger than what they last held, and those this group does not use, so
+    // that memory stays bounded by two groups however tensors of different sizes alternate.
+    // (This set's last write ended when the group before this one started.) Fresh buffers would
+    // cost a page fault per 4 KiB, a visible share of compression.
+    for (size_t b = 0; b < bufs.size(); ++b)
+      if (b >= slot0.back() || bufs[b].capacity() > 2 * bufs[b].size() + (64u << 10)) bufs[b].release();
+    bufs.resize(slot0.back());
+    // Largest chunks first, so that the threads finish together.
+    std::stable_sort(work.begin(), work.end(), [&](const auto& a, const auto& b) {
+      return enc_[spans[a.first].i]->coding().chunk_out_size(a.second) >
+             enc_[spans[b.first].i]->coding().chunk_out_size(b.second);
+    });
+    pool_.parallel_for(work.size(), [&](size_t w) {
+      const auto [k, c] = work[w];
+      const Span& sp = spans[k];
+      coded_[sp.i][c] = enc_[sp.i]->encode_chunk(c, &bufs[slot0[k] + (c - sp.c0)]);
+    });
+    std::vector<OutputFile::Piece> pieces;
+    for (size_t k = 0; k < spans.size(); ++k) {
+      const Span& sp = spans[k];
+      TensorEncoder& te = *enc_[sp.i];
+      if (sp.c0 == 0) {  // the tensor's payload starts: alignment, then its model
+        const uint64_t pad = (kPayloadAlign - pos_ % kPayloadAlign) % kPayloadAlign;
+        pieces.push_back({placeholder_.data(), pad});
+        pos_ += pad;
+        entries_.push_back(entry(sources_[first + sp.i], te, pos_));
+        pieces.push_back({te.model_blob().data(), te.model_blob().size()});
+        pos_ += te.model_blob().size();
+      }
+      for (size_t c = sp.c0; c < sp.c1; ++c) {
+        const ByteBuffer& b = bufs[slot0[k] + (c - sp.c0)];
+        pieces.push_back({b.data(), b.size()});
+        pos_ += b.size();
+      }
+      if (sp.c1 == te.chunk_count()) {  // every chunk coded (its spans come in order, after it none)
+        entries_.back().info.stored_bytes = te.finish(coded_[sp.i]);
+        entries_.back().coding = te.coding();
+      }
+    }
+    BIGSMALL_RETURN_IF_ERROR(writer_.start(std::move(pieces), last_group));
+    ++groups_started_;
+    done_ += input;
+    if (opts_.progress) opts_.progress(done_, total_);
+    return Status::success();
+  }
+
+  OutputFile& out_;
+  const std::vector<Source>& sources_;
+  const CompressOptions& opts_;
+  const bool from_one_mapping_;
+  const std::vector<uint8_t> placeholder_ = std::vector<uint8_t>(kHeaderSize, 0);  // the header's place; padding
+  ThreadPool pool_;
+  EncodeOptions eo_;
+  const uint64_t total_;
+  const uint64_t limit_;
+  uint64_t done_ = 0;
+  uint64_t pos_ = 0;  // where the next piece lands once every group started is written
+  uint64_t groups_started_ = 0;
+  std::vector<Entry> entries_;
+  std::vector<ByteBuffer> chunk_bufs_[2];  // one set being written while the other is filled
+  std::vector<std::unique_ptr<TensorEncoder>> enc_, enc_before_;
+  std::vector<std::vector<TensorEncoder::CodedChunk>> coded_;
+  // Last, so that it is destroyed first: its write in flight reads the buffers and models above.
+  BackgroundWriter writer_;
+};
+
+Status check_sources(const std::vector<Source>& sources) {
   for (const auto& s : sources) {
     if (s.name.size() > UINT16_MAX) return Status(Error::kLimit, "tensor name longer than 65535 bytes");
     if (s.shape.size() > 255) return Status(Error::kLimit, "tensor '" + s.name + "': more than 255 dimensions");
   }
+  return Status::success();
+}
+
+// source_file: the input file, checked unchanged before commit.
+Status write_bs(const std::string& dst, const std::string& st_header, uint64_t original_size,
+                const std::vector<Source>& sources, std::vector<Filler> fillers, const CompressOptions& opts,
+                bool from_one_mapping, std::optional<unsigned> mode, const MappedFile* source_file) {
+  BIGSMALL_RETURN_IF_ERROR(check_sources(sources));
   BIGSMALL_ASSIGN_OR_RETURN(OutputFile out, OutputFile::create(dst, opts.overwrite));
-  const std::vector<uint8_t> placeholder(kHeaderSize, 0);
-  BIGSMALL_RETURN_IF_ERROR(out.write(placeholder.data(), placeholder.size()));
-  uint64_t input_bytes = 0;
-  for (const auto& s : sources) input_bytes += s.nbytes;
-  ThreadPool pool(threads_for(opts.threads, std::max<uint64_t>(1, sources.size() + input_bytes / kEncodeBytesPerThread),
-                              input_bytes, kEncodeBytesPerThread));
-  EncodeOptions eo;
-  eo.zstd_level = opts.zstd_level;
-  uint64_t total = 0, done = 0;
-  for (const auto& s : sources) total += s.nbytes;
-  if (opts.progress) opts.progress(0, total);
   std::vector<Entry> entries;
-  entries.reserve(sources.size());
-  // Coded chunks land in buffers kept from group to group (fresh ones cost a page fault per 4 KiB,
-  // a visible share of compression); two sets, one being written while the other is filled.
-  std::vector<ByteBuffer> chunk_bufs[2];
-  uint64_t groups_started = 0;
-  uint64_t pos = out.size();  // where the next piece lands once every group started is written
-  // The encoders of this batch and of the one before, whose model blobs a group in flight may
-  // still be writing. Declared before the writer, so that it is joined before they go.
-  std::vector<std::unique_ptr<TensorEncoder>> enc, enc_before;
-  BackgroundWriter writer(out);
-  const uint64_t limit = write_batch_bytes.load(std::memory_order_relaxed);
-  for (size_t first = 0; first < sources.size();) {
-    size_t last = first;
-    uint64_t batch = 0;
-    while (last < sources.size() &&
-           (last == first || (batch + sources[last].nbytes <= limit && last - first < kBatchTensors)))
-      batch += sources[last++].nbytes;
-    const size_t nb = last - first;
-    // A tensor larger than a batch stands alone; its groups are prefaulted one at a time below:
-    // mapping gigabytes in one call would read them all before any thread starts (or evict them
-    // again on a small machine).
-    if (batch <= limit) {
-      // One call for the batch where its tensors lie together in the input (they do in a
-      // safetensors file's mapping): one madvise per tensor cost more than mapping the pages.
-      // Tensors from separate buffers (write_tensors) get a call each.
-      uintptr_t lo = UINTPTR_MAX, hi = 0;
-      for (size_t i = first; i < last; ++i) {
-        lo = std::min(lo, reinterpret_cast<uintptr_t>(sources[i].data));
-        hi = std::max(hi, reinterpret_cast<uintptr_t>(sources[i].data) + sources[i].nbytes);
-      }
-      if (from_one_mapping && hi - lo <= batch + 4096 * (last - first)) {
-        populate(reinterpret_cast<const void*>(lo), hi - lo);
-      } else {
-        for (size_t i = first; i < last; ++i) populate(sources[i].data, sources[i].nbytes);
-      }
-    }
-    enc_before = std::move(enc);
-    enc.clear();
-    enc.resize(nb);
-    // Largest tensors planned first, so that the threads finish together.
-    std::vector<size_t> order(nb);
-    for (size_t i = 0; i < nb; ++i) order[i] = i;
-    std::stable_sort(order.begin(), order.end(),
-                     [&](size_t a, size_t b) { return sources[first + a].nbytes > sources[first + b].nbytes; });
-    if (nb == 1) {  // a batch of one tensor: its threads share its planning
-      const Source& s = sources[first];
-      enc[0] = std::make_unique<TensorEncoder>(TensorEncoder::plan(s.dtype, s.data, s.nbytes, eo, &pool));
-    } else {
-      pool.parallel_for(nb, [&](size_t k) {
-        const size_t i = order[k];
-        const Source& s = sources[first + i];
-        enc[i] = std::make_unique<TensorEncoder>(TensorEncoder::plan(s.dtype, s.data, s.nbytes, eo));
-      });
-    }
-    std::vector<std::vector<TensorEncoder::CodedChunk>> coded(nb);
-    for (size_t i = 0; i < nb; ++i) coded[i].resize(enc[i]->chunk_count());
-    const std::vector<std::vector<Span>> groups = chunk_groups(enc, std::min(limit, kGroupBytes));
-    for (size_t g = 0; g < groups.size(); ++g) {
-      const std::vector<Span>& spans = groups[g];
-      std::vector<ByteBuffer>& bufs = chunk_bufs[groups_started % 2];
-      std::vector<std::pair<uint32_t, uint32_t>> work;  // (tensor, chunk)
-      std::vector<size_t> slot0(spans.size() + 1, 0);    // first buffer of each span
-      uint64_t input = 0;
-      for (size_t k = 0; k < spans.size(); ++k) {
-        const Span& sp = spans[k];
-        slot0[k + 1] = slot0[k] + (sp.c1 - sp.c0);
-        for (size_t c = sp.c0; c < sp.c1; ++c) {
-          work.emplace_back(static_cast<uint32_t>(k), static_cast<uint32_t>(c));
-          input += enc[sp.i]->coding().chunk_out_size(c);
-        }
-      }
-      if (batch > limit && !spans.empty() && spans[0].c1 > spans[0].c0) {
-        const Span& sp = spans[0];
-        populate(sources[first + sp.i].data + enc[sp.i]->coding().chunk_out_offset(sp.c0), input);
-      }
-      // Buffers are reused by position, so a slot keeps the largest chunk that ever landed in it:
-      // release those far larger than what they last held, and those this group does not use, so
-      // that memory stays bounded by two groups however tensors of different sizes alternate.
-      // (This set's last write ended when the group before this one started.)
-      for (size_t b = 0; b < bufs.size(); ++b)
-        if (b >= slot0.back() || bufs[b].capacity() > 2 * bufs[b].size() + (64u << 10)) bufs[b].release();
-      bufs.resize(slot0.back());
-      // Largest chunks first, so that the threads finish together.
-      std::stable_sort(work.begin(), work.end(), [&](const auto& a, const auto& b) {
-        return enc[spans[a.first].i]->coding().chunk_out_size(a.second) >
-               enc[spans[b.first].i]->coding().chunk_out_size(b.second);
-      });
-      pool.parallel_for(work.size(), [&](size_t w) {
-        const auto [k, c] = work[w];
-        const Span& sp = spans[k];
-        coded[sp.i][c] = enc[sp.i]->encode_chunk(c, &bufs[slot0[k] + (c - sp.c0)]);
-      });
-      std::vector<OutputFile::Piece> pieces;
-      for (size_t k = 0; k < spans.size(); ++k) {
-        const Span& sp = spans[k];
-        TensorEncoder& te = *enc[sp.i];
-        if (sp.c0 == 0) {  // the tensor's payload starts: alignment, then its model
-          const uint64_t pad = (kPayloadAlign - pos % kPayloadAlign) % kPayloadAlign;
-          pieces.push_back({placeholder.data(), pad});
-          pos += pad;
-          entries.push_back(entry(sources[first + sp.i], te, pos));
-          pieces.push_back({te.model_blob().data(), te.model_blob().size()});
-          pos += te.model_blob().size();
-        }
-        for (size_t c = sp.c0; c < sp.c1; ++c) {
-          const ByteBuffer& b = bufs[slot0[k] + (c - sp.c0)];
-          pieces.push_back({b.data(), b.size()});
-          pos += b.size();
-        }
-        if (sp.c1 == te.chunk_count()) {  // every chunk coded (its spans come in order, after it none)
-          entries.back().info.stored_bytes = te.finish(coded[sp.i]);
-          entries.back().coding = te.coding();
-        }
-      }
-      const bool last_group = last == sources.size() && g + 1 == groups.size();
-      BIGSMALL_RETURN_IF_ERROR(writer.start(std::move(pieces), last_group));
-      ++groups_started;
-      done += input;
-      if (opts.progress) opts.progress(done, total);
-    }
-    first = last;
+  {
+    PayloadWriter payloads(out, sources, opts, from_one_mapping);
+    BIGSMALL_ASSIGN_OR_RETURN(entries, payloads.run());
   }
-  BIGSMALL_RETURN_IF_ERROR(writer.wait());
-  if (pos != out.size()) return Status(Error::kInternal, dst + ": payload offsets disagree with the bytes written");
   ByteWriter idx;
   write_index(idx, st_header, entries, fillers);
   std::vector<uint8_t> stored(ZSTD_compressBound(idx.size()));
