@@ -401,6 +401,73 @@ void dense_rows(C* bins, const std::vector<uint32_t>& rows, int kfull, int kmax,
   }
 }
 
+// The width k of the conditioned mantissa field and the grouping of rows that share a table: a
+// cheap screen (every row on its own table) over a few widths picks the ones that get the greedy
+// merge. at[k] holds every row's counts of its top k mantissa bits.
+std::pair<Grouping, int> choose_grouping(const std::vector<std::vector<uint64_t>>& at, const std::vector<uint64_t>& row_n,
+                                         int kmax, uint64_t n, int m_eff) {
+  const size_t rows = row_n.size();
+  std::vector<int> cand;
+  for (int k : {kmax, kmax - 1, kmax - 2, kmax - 4, 0})
+    if (k >= 0 && std::find(cand.begin(), cand.end(), k) == cand.end()) cand.push_back(k);
+  std::vector<std::pair<double, int>> screened;
+  for (int k : cand) {
+    double bits = static_cast<double>(n) * (m_eff - k);
+    for (size_t r = 0; r < rows; ++r) bits += mantissa_group_cost(&at[k][r << k], row_n[r], k).bits;
+    screened.push_back({bits, k});
+  }
+  std::sort(screened.begin(), screened.end());
+  double best_bits = INFINITY;
+  Grouping best;
+  int best_k = 0;
+  for (size_t c = 0; c < std::min<size_t>(kMergeCandidates, screened.size()); ++c) {
+    const int k = screened[c].second;
+    Grouping g = group_rows(at[k].data(), row_n.data(), rows, k);
+    const double bits = g.bits + static_cast<double>(n) * (m_eff - k);
+    if (bits < best_bits) {
+      best_bits = bits;
+      best = std::move(g);
+      best_k = k;
+    }
+  }
+  return {std::move(best), best_k};
+}
+
+// Exact tables for the chosen groups (fm->hi_bits wide, at fm->mant_precision); a group whose
+// exact table loses to uniform coding drops it. Returns the mantissa's coded bits.
+double mantissa_tables(const Grouping& best, const std::vector<uint32_t>& rows, uint32_t A, uint64_t n, int m_eff,
+                       FloatModel* fm) {
+  const int k = fm->hi_bits;
+  fm->mant.clear();
+  fm->ctx.assign(A, 0);
+  double mant_bits = static_cast<double>(n) * (m_eff - k);
+  const size_t w = size_t{1} << k;
+  for (size_t g = 0; g < best.first.size(); ++g) {
+    const uint64_t* counts = &best.counts[g * w];
+    FreqTable t;
+    double bits = INFINITY;
+    if (!best.uniform[g] && normalize(counts, static_cast<uint32_t>(w), fm->mant_precision, &t)) {
+      bits = coded_bits(counts, t) + static_cast<double>(table_bits(t)) + 2;
+    }
+    const double uniform_bits = static_cast<double>(best.n[g]) * k;
+    const size_t end = g + 1 < best.first.size() ? best.first[g + 1] : rows.size();
+    if (bits < uniform_bits) {
+      fm->mant.push_back(std::move(t));
+      for (size_t r = best.first[g]; r < end; ++r) fm->ctx[rows[r]] = static_cast<uint16_t>(fm->mant.size());
+      mant_bits += bits;
+    } else {
+      mant_bits += uniform_bits;
+    }
+  }
+  // Decoders bound table memory by the data (max_table_slots); stay inside it.
+  if (((uint64_t{fm->mant.size()} + 1) << fm->mant_precision) > max_table_slots(n)) {
+    fm->mant.clear();
+    std::fill(fm->ctx.begin(), fm->ctx.end(), 0);
+    mant_bits = static_cast<double>(n) * m_eff;
+  }
+  return mant_bits;
+}
+
 template <typename T>
 double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatModel* fm, double* floor_bits,
                   ThreadPool* pool) {
@@ -495,33 +562,9 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
   FreqTable se;
   const uint32_t present = static_cast<uint32_t>(rows.size());
   const double se_bits = best_table(se_hist.data(), A, std::max(1, ceil_log2(present)), 12, &se);
-
-  double best_bits = INFINITY;
-  Grouping best;
-  int best_k = 0;
-  std::vector<int> cand;
-  for (int k : {kmax, kmax - 1, kmax - 2, kmax - 4, 0})
-    if (k >= 0 && std::find(cand.begin(), cand.end(), k) == cand.end()) cand.push_back(k);
-  // A cheap screen (every row on its own table) picks the k that gets the greedy merge.
   std::vector<uint64_t> row_n(rows.size());
   for (size_t r = 0; r < rows.size(); ++r) row_n[r] = se_hist[rows[r]];
-  std::vector<std::pair<double, int>> screened;
-  for (int k : cand) {
-    double bits = static_cast<double>(n) * (m_eff - k);
-    for (size_t r = 0; r < rows.size(); ++r) bits += mantissa_group_cost(&at[k][r << k], row_n[r], k).bits;
-    screened.push_back({bits, k});
-  }
-  std::sort(screened.begin(), screened.end());
-  for (size_t c = 0; c < std::min<size_t>(kMergeCandidates, screened.size()); ++c) {
-    const int k = screened[c].second;
-    Grouping g = group_rows(at[k].data(), row_n.data(), rows.size(), k);
-    const double bits = g.bits + static_cast<double>(n) * (m_eff - k);
-    if (bits < best_bits) {
-      best_bits = bits;
-      best = std::move(g);
-      best_k = k;
-    }
-  }
+  auto [best, best_k] = choose_grouping(at, row_n, kmax, n, m_eff);
 
   fm->exp_bits = eb;
   fm->man_bits = mb;
@@ -530,34 +573,7 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
   fm->zero_bits = z;
   fm->mant_precision = mant_precision_for(best_k);
   fm->se = std::move(se);
-  fm->mant.clear();
-  fm->ctx.assign(A, 0);
-  // Exact tables for the chosen groups; a group whose exact table loses to uniform coding drops it.
-  double mant_bits = static_cast<double>(n) * (m_eff - best_k);
-  const size_t w = size_t{1} << best_k;
-  for (size_t g = 0; g < best.first.size(); ++g) {
-    const uint64_t* counts = &best.counts[g * w];
-    FreqTable t;
-    double bits = INFINITY;
-    if (!best.uniform[g] && normalize(counts, static_cast<uint32_t>(w), fm->mant_precision, &t)) {
-      bits = coded_bits(counts, t) + static_cast<double>(table_bits(t)) + 2;
-    }
-    const double uniform_bits = static_cast<double>(best.n[g]) * best_k;
-    const size_t end = g + 1 < best.first.size() ? best.first[g + 1] : rows.size();
-    if (bits < uniform_bits) {
-      fm->mant.push_back(std::move(t));
-      for (size_t r = best.first[g]; r < end; ++r) fm->ctx[rows[r]] = static_cast<uint16_t>(fm->mant.size());
-      mant_bits += bits;
-    } else {
-      mant_bits += uniform_bits;
-    }
-  }
-  // Decoders bound table memory by the data (max_table_slots); stay inside it.
-  if (((uint64_t{fm->mant.size()} + 1) << fm->mant_precision) > max_table_slots(n)) {
-    fm->mant.clear();
-    std::fill(fm->ctx.begin(), fm->ctx.end(), 0);
-    mant_bits = static_cast<double>(n) * m_eff;
-  }
+  const double mant_bits = mantissa_tables(best, rows, A, n, m_eff, fm);
   if (ks.keys.capacity() > KeyScratch::kKept) ks = KeyStats{};  // as KeyScratch::trim
   return se_bits + mant_bits;
 }
