@@ -303,6 +303,13 @@ std::string strip_slash(std::string p) {
   return p;
 }
 
+// /dev/stdin, /proc/self/fd/3: an output named after them would land in /dev or /proc.
+bool in_system_tree(const std::string& in) {
+  std::error_code ec;
+  const std::string whole = fs::absolute(in, ec).lexically_normal().string();
+  return !ec && (whole.starts_with("/dev/") || whole.starts_with("/proc/"));
+}
+
 std::string default_output(const std::string& cmd, const std::string& in, bool is_dir) {
   std::string p = strip_slash(in);
   // "." or "..": name the output after the directory they are, beside it ("." gave "./..bs",
@@ -434,6 +441,10 @@ int run_codec(const Args& a) {
     };
     if (!fs::exists(in, ec)) {
       fail(Status(Error::kIo, in + ": no such file or directory"));
+      continue;
+    }
+    if (a.output.empty() && in_system_tree(in)) {
+      fail(Status(Error::kInvalidArgument, in + ": a device or process path has no directory for the output; give the output with -o"));
       continue;
     }
     const std::string out = a.output.empty() ? default_output(a.command, in, is_dir) : a.output;

@@ -324,5 +324,48 @@ mkdir -p "$tmp/um" && cp "$tmp/m.safetensors" "$tmp/um/" && echo x >"$tmp/um/w.t
 expect 0 "compress with umask 022" -- sh -c "umask 022; exec \"$bs\" compress -q \"$tmp/um\""
 check "a world-writable file is not copied world-writable" -- test "$(stat -c %a "$tmp/um.bs/w.txt")" = 644
 
+
+# -f into a directory that holds the input would replace inputs by files of the input's own
+# subfolders (anc/src/config.json by src/src/config.json); refused, nothing touched
+mkdir -p "$tmp/anc/src/src"
+cp "$tmp/m.safetensors" "$tmp/anc/src/model.safetensors" && echo outer >"$tmp/anc/src/config.json"
+cp "$tmp/m.safetensors" "$tmp/anc/src/src/model.safetensors" && echo nested >"$tmp/anc/src/src/config.json"
+expect 1 "compress -f into a directory holding the input" -- "$bs" compress -q -f -o "$tmp/anc" "$tmp/anc/src"
+check "says so" -- grep -q "the output directory holds the input" "$tmp/err"
+check "and leaves the inputs as they were" -- test "$(cat "$tmp/anc/src/config.json")" = outer -a ! -e "$tmp/anc/src/model.bs"
+expect 0 "compress of that directory elsewhere" -- "$bs" compress -q -o "$tmp/ancz.bs" "$tmp/anc/src"
+mkdir -p "$tmp/holder" && mv "$tmp/ancz.bs" "$tmp/holder/"
+expect 1 "decompress -f into the directory holding the .bs" -- "$bs" decompress -q -f -o "$tmp/holder" "$tmp/holder/ancz.bs"
+check "and the .bs directory verifies still" -- "$bs" verify -q "$tmp/holder/ancz.bs"
+
+# a name that fits must not fail for its longer temporary name (255 bytes a name)
+long=$(printf "z%.0s" $(seq 240))
+expect 0 "an output name of 253 bytes" -- "$bs" compress -q -o "$tmp/$long.bs" "$tmp/m.safetensors"
+check "is written under it, with nothing else left" -- test -f "$tmp/$long.bs" -a -z "$(ls -a "$tmp" | grep tmp-bigsmall)"
+mkdir -p "$tmp/longdir" && cp "$tmp/m.safetensors" "$tmp/longdir/$long.safetensors" && echo x >"$tmp/longdir/c$long"
+expect 0 "a directory of long names" -- "$bs" compress -q "$tmp/longdir"
+expect 0 "and back" -- "$bs" decompress -q -o "$tmp/longdir.out" "$tmp/longdir.bs"
+check "byte-identical" -- diff -r "$tmp/longdir" "$tmp/longdir.out"
+
+# -o's parents that cannot be made name the one that failed, and why
+if [ "$(id -u)" != 0 ]; then
+  mkdir -p "$tmp/ro" && chmod 555 "$tmp/ro"
+  expect 2 "-o under a read-only directory" -- "$bs" compress -q -o "$tmp/ro/new/x.bs" "$tmp/halfdir"
+  check "names the directory and the reason" -- grep -q "ro/new: cannot create directory: Permission denied" "$tmp/err"
+  chmod 755 "$tmp/ro"
+fi
+# parents made for -o go when a signal ends the run
+"$bs" compress -q -T1 "$tmp/many" -o "$tmp/made/parent/many.bs" &
+pid=$!
+for _ in $(seq 400); do ls -a "$tmp/made/parent" 2>/dev/null | grep -q "tmp-bigsmall" && break; sleep 0.025; done
+kill -TERM "$pid"
+wait "$pid"
+check "SIGTERM removes the parents -o made" -- test ! -e "$tmp/made"
+
+# an input with no directory of its own (/dev/stdin) needs -o: its name would land in /dev
+expect 1 "compress /dev/stdin without -o" -- sh -c "\"$bs\" compress -q /dev/stdin <\"$tmp/m.safetensors\""
+check "asks for -o" -- grep -q "give the output with -o" "$tmp/err"
+expect 0 "compress /dev/stdin -o" -- sh -c "\"$bs\" compress -q -o \"$tmp/stdin.bs\" /dev/stdin <\"$tmp/m.safetensors\""
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

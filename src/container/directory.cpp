@@ -117,6 +117,23 @@ Result<std::vector<fs::path>> list_files(const fs::path& root, const fs::path& s
 // complete, so that a failure leaves nothing under the final name; with -f over an existing
 // directory, every target is checked before the first file moves. The temporary tree is
 // removed whatever happens (and by the signal cleanup on SIGINT/SIGTERM).
+// -f merges into an existing directory: one that holds the input (-o .. of a model, or the
+// directory of a DIR.bs being restored) would get, under the input's own names, files of the
+// input's subfolders, and lose inputs to them.
+Status check_output_not_around(const std::string& src, const fs::path& out, const std::string& dst) {
+  struct stat o;
+  if (::stat(out.c_str(), &o) != 0 || !S_ISDIR(o.st_mode)) return Status::success();
+  std::error_code ec;
+  fs::path p = fs::canonical(src, ec);
+  if (ec) return Status::success();  // reading the input reports it
+  for (;; p = p.parent_path()) {
+    struct stat s;
+    if (::stat(p.c_str(), &s) == 0 && s.st_dev == o.st_dev && s.st_ino == o.st_ino)
+      return Status(Error::kInvalidArgument, dst + ": the output directory holds the input " + src + " (choose an output outside it)");
+    if (p == p.parent_path()) return Status::success();
+  }
+}
+
 class OutputDir {
  public:
   static Result<OutputDir> create(const std::string& src, const std::string& dst, bool overwrite) {
@@ -131,12 +148,22 @@ class OutputDir {
       // Those created here are removed again if the run fails (an empty a/b/ of -o a/b/out.bs).
       for (fs::path p = final_path.parent_path(); !p.empty() && !fs::exists(fs::symlink_status(p, ec)); p = p.parent_path())
         d.made_parents_.push_back(p);
+      for (const auto& p : d.made_parents_) detail::register_made_parent(p.string());
       fs::create_directories(final_path.parent_path(), ec);
+      if (ec) {  // name the one that could not be made (the deepest's ENOENT would hide why)
+        for (auto p = d.made_parents_.rbegin(); p != d.made_parents_.rend(); ++p) {
+          if (fs::exists(fs::symlink_status(*p, ec2))) continue;
+          if (::mkdir(p->c_str(), 0777) != 0) return Status(Error::kIo, p->string() + ": cannot create directory: " + std::strerror(errno)).with_errno(errno);
+          break;
+        }
+        return Status(Error::kIo, dst + ": cannot create directory: " + ec.message()).with_errno(ec.value());
+      }
     }
     ec.clear();
     const fs::path resolved = fs::weakly_canonical(final_path, ec);
     d.final_ = ec ? final_path : resolved;
     BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(src, d.final_.string()));
+    BIGSMALL_RETURN_IF_ERROR(check_output_not_around(src, d.final_, dst));
     if (fs::exists(fs::symlink_status(d.final_, ec)) && !overwrite)
       return Status(Error::kIo, dst + ": already exists").with_errno(EEXIST);
     // -f swaps the finished directory in and removes what was there: never a device, pipe or
@@ -150,13 +177,7 @@ class OutputDir {
     // A name left by a killed run (no handler runs on SIGKILL) is skipped, not an error.
     static std::atomic<unsigned> counter{0};
     for (int attempt = 0; attempt < 100; ++attempt) {
-      std::string name = d.final_.filename().string();  // hidden; built in steps (GCC 12's -Wrestrict misfires on a + b + c)
-      name.insert(0, 1, '.');
-      name += ".tmp-bigsmall-";
-      name += std::to_string(::getpid());
-      name += '-';
-      name += std::to_string(counter++);
-      const fs::path temp = d.final_.parent_path() / name;
+      const fs::path temp = detail::temp_beside(d.final_.string(), detail::temp_suffix(counter++), true);
       detail::register_pending_dir(temp.string());  // before it exists: a signal may come at any time
       // Private while it is filled (0700): a reader must not get into a directory of private
       // files before its mode is final.
@@ -192,7 +213,10 @@ class OutputDir {
       fs::remove_all(temp_, ec);
       detail::unregister_pending_dir(temp_.string());
     }
-    for (const auto& p : made_parents_) fs::remove(p, ec);  // not committed: innermost first, if empty
+    for (const auto& p : made_parents_) {  // not committed: innermost first, if empty
+      fs::remove(p, ec);
+      detail::unregister_made_parent(p.string());
+    }
   }
   const fs::path& path() const { return temp_; }
 
@@ -242,6 +266,7 @@ class OutputDir {
   Status done() {
     detail::unregister_pending_dir(temp_.string());
     temp_.clear();
+    for (const auto& p : made_parents_) detail::unregister_made_parent(p.string());
     made_parents_.clear();
     return Status::success();
   }
@@ -304,13 +329,11 @@ class OutputDir {
       }
       fs::path aside;
       if (fs::exists(fs::symlink_status(target, ec))) {
-        std::string name = target.filename().string();  // built in steps, as above
-        name.insert(0, 1, '.');
-        name += ".old-bigsmall-";
-        name += std::to_string(::getpid());
-        name += '-';
-        name += std::to_string(aside_counter++);
-        aside = target.parent_path() / name;
+        std::string suffix = ".old-bigsmall-";  // built in steps (GCC 12's -Wrestrict misfires on a + b + c)
+        suffix += std::to_string(::getpid());
+        suffix += '-';
+        suffix += std::to_string(aside_counter++);
+        aside = detail::temp_beside(target.string(), suffix, true);
         if (::rename(target.c_str(), aside.c_str()) != 0) {
           const int e = errno;
           undo();

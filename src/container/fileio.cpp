@@ -51,15 +51,16 @@ constexpr int kPathMax = 4096;
 // Slot states: 0 free, 1 being written or cleared (the handler skips it), 2 holds a path.
 char g_pending[kSlots][kPathMax];
 std::atomic<int> g_state[kSlots];
-bool g_is_dir[kSlots];  // written before the slot's state becomes 2
+enum class Pending : uint8_t { kFile, kDir, kMadeParent };
+Pending g_kind[kSlots];  // written before the slot's state becomes 2
 
-int register_pending(const std::string& p, bool is_dir = false) {
+int register_pending(const std::string& p, Pending kind = Pending::kFile) {
   if (p.size() >= kPathMax) return -1;
   for (int i = 0; i < kSlots; ++i) {
     int expected = 0;
     if (g_state[i].compare_exchange_strong(expected, 1)) {
       std::memcpy(g_pending[i], p.c_str(), p.size() + 1);
-      g_is_dir[i] = is_dir;
+      g_kind[i] = kind;
       g_state[i].store(2);
       return i;
     }
@@ -100,8 +101,10 @@ bool remove_tree(int parent, const char* name, int depth) {
 }
 }  // namespace
 
-void register_pending_dir(const std::string& p) { register_pending(p, true); }
+void register_pending_dir(const std::string& p) { register_pending(p, Pending::kDir); }
 void unregister_pending_dir(const std::string& p) { unregister_pending(p); }
+void register_made_parent(const std::string& p) { register_pending(p, Pending::kMadeParent); }
+void unregister_made_parent(const std::string& p) { unregister_pending(p); }
 
 namespace {
 std::atomic<int> g_held{0};       // SignalsHeld alive (on some thread)
@@ -139,9 +142,16 @@ void remove_pending_outputs() {
     ::nanosleep(&ms, nullptr);
   }
   for (int i = 0; i < kSlots; ++i)
-    if (g_state[i].load() == 2 && !g_is_dir[i]) ::unlink(g_pending[i]);
+    if (g_state[i].load() == 2 && g_kind[i] == Pending::kFile) ::unlink(g_pending[i]);
   for (int i = 0; i < kSlots; ++i)
-    if (g_state[i].load() == 2 && g_is_dir[i]) remove_tree(AT_FDCWD, g_pending[i], 0);
+    if (g_state[i].load() == 2 && g_kind[i] == Pending::kDir) remove_tree(AT_FDCWD, g_pending[i], 0);
+  // Parents made for an output, if empty now; a parent goes once its children have gone, in
+  // whatever slots they are.
+  for (bool removed = true; removed;) {
+    removed = false;
+    for (int i = 0; i < kSlots; ++i)
+      if (g_state[i].load() == 2 && g_kind[i] == Pending::kMadeParent && ::rmdir(g_pending[i]) == 0) removed = true;
+  }
   errno = saved;
 }
 
@@ -288,6 +298,33 @@ Result<std::string> overwrite_target(const std::string& path) {
 }
 }  // namespace
 
+std::string temp_suffix(unsigned n) {
+  std::string s = ".tmp-bigsmall-";  // in steps: GCC 12's -Wrestrict misfires on a + b + c
+  s += std::to_string(::getpid());
+  s += '-';
+  s += std::to_string(n);
+  return s;
+}
+
+std::string temp_beside(const std::string& path, const std::string& suffix, bool hidden) {
+  constexpr size_t kNameMax = 255;  // bytes in one name on Linux file systems
+  const size_t slash = path.rfind('/');
+  const size_t start = slash == std::string::npos ? 0 : slash + 1;
+  std::string name = path.substr(start);
+  constexpr size_t kAside = 4;  // ".old", added where a file system cannot exchange two names
+  const size_t room = kNameMax - kAside - suffix.size() - (hidden ? 1 : 0);
+  if (name.size() > room) {
+    size_t cut = room;
+    while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) --cut;  // whole UTF-8 characters
+    name.resize(cut);
+  }
+  std::string out = path.substr(0, start);
+  if (hidden) out += '.';
+  out += name;
+  out += suffix;
+  return out;
+}
+
 unsigned process_umask() {
   // Read, not set: umask() can only be read by changing it, which races with other threads
   // creating files. Linux reports it in /proc/self/status; read at each output, since a program
@@ -316,7 +353,7 @@ Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwr
   // A name left by a killed run (no cleanup runs on SIGKILL; in a container the PID repeats) is
   // skipped, not an error.
   for (int attempt = 0; attempt < 100; ++attempt) {
-    f.temp_ = f.final_ + ".tmp-bigsmall-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+    f.temp_ = temp_beside(f.final_, temp_suffix(counter++), false);
     register_pending(f.temp_);
     f.fd_ = ::open(f.temp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (f.fd_ >= 0) return f;

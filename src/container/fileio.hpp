@@ -129,6 +129,16 @@ class SignalsHeld {
   bool closed_ = false;
 };
 void unregister_pending_dir(const std::string& p);
+// A parent directory created for an output: remove_pending_outputs removes it if it is empty.
+void register_made_parent(const std::string& p);
+void unregister_made_parent(const std::string& p);
+
+// A temporary name beside `path`: its name (after a dot when hidden) and `suffix`, the name cut
+// at a character boundary where the whole would pass the 255 bytes a name may have (an output
+// whose own name fits must not fail for its temporary one).
+std::string temp_beside(const std::string& path, const std::string& suffix, bool hidden);
+// ".tmp-bigsmall-PID-N".
+std::string temp_suffix(unsigned n);
 
 bool path_is_dir(const std::string& p);
 bool path_exists(const std::string& p);
