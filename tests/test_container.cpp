@@ -148,6 +148,21 @@ TEST(Container, GapsAndTrailingBytesAreKept) {
   EXPECT_EQ(read_file(d / "g2.safetensors"), st);
 }
 
+// Bytes outside tensors are kept in the index, which readers cap at 1 GiB: a file with more is
+// refused before anything is copied or written (it used to give a .bs no reader would open).
+TEST(Container, MoreBytesOutsideTensorsThanAnIndexHoldsAreRefused) {
+  TempDir d;
+  const std::string header = R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})";
+  std::vector<uint8_t> st = header_bytes(header);
+  st.resize(st.size() + 16, 0x3f);
+  write_file(d / "big.safetensors", st);
+  fs::resize_file(d / "big.safetensors", st.size() + (uint64_t{1} << 30) + 1);  // sparse trailing bytes
+  Status s = compress_file(d / "big.safetensors", d / "big.bs");
+  EXPECT_EQ(s.code(), Error::kLimit) << s.message();
+  EXPECT_NE(s.message().find("more than the 1 GiB a .bs index may hold"), std::string::npos) << s.message();
+  EXPECT_FALSE(fs::exists(d / "big.bs"));
+}
+
 // Compression hands a batch's pieces (padding, models, chunks) to the file in one go: more than
 // one system call's worth of them, empty ones among them, must land in order.
 TEST(Container, PiecesLandInOrder) {
@@ -416,6 +431,17 @@ TEST_F(DamagedBs, NewerVersionIsRefusedClearly) {
   EXPECT_EQ(st.code(), Error::kUnsupportedVersion) << st.message();
   EXPECT_NE(st.message().find("version 17.1 is newer than this bigsmall reads (1.x), or the header is damaged"), std::string::npos)
       << st.message();
+}
+
+TEST_F(DamagedBs, VersionZeroIsDamageNotANewerVersion) {
+  auto bad = good;
+  bad[8] = 0;
+  bad[9] = 0;  // major version 0, which no bigsmall wrote
+  const uint64_t sum = detail::xxh3_64(bad.data(), 56);
+  std::memcpy(bad.data() + 56, &sum, 8);
+  Status st = open_and_verify(bad);
+  EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
+  EXPECT_NE(st.message().find("format version 0.1 was never written by bigsmall"), std::string::npos) << st.message();
 }
 
 // The file with its stored index replaced by `stored` (declaring `raw` bytes), checksums made right.

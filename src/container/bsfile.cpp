@@ -436,6 +436,8 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
   }
   ByteWriter idx;
   write_index(idx, st_header, entries, fillers);
+  if (idx.size() > kMaxIndexBytes)  // readers refuse such a file: never commit one
+    return Status(Error::kLimit, dst + ": index of " + std::to_string(idx.size()) + " bytes, more than the 1 GiB a .bs index may hold");
   std::vector<uint8_t> stored(ZSTD_compressBound(idx.size()));
   const size_t zr = ZSTD_compress(stored.data(), stored.size(), idx.buf().data(), idx.size(), kIndexZstdLevel);
   if (ZSTD_isError(zr)) return Status(Error::kInternal, dst + ": index compression failed");
@@ -706,7 +708,8 @@ Result<BsFile> BsFile::open(const std::string& path) {
     const bool sum_ok = detail::xxh3_64(p, detail::kHeaderSize - 8) == hsum;
     if (h.major > kFormatVersionMajor) return fail(Error::kUnsupportedVersion, detail::newer_version(h.major, h.minor, sum_ok));
     if (!sum_ok) return fail(Error::kCorrupt, "header checksum mismatch");
-    if (h.major != kFormatVersionMajor) return fail(Error::kUnsupportedVersion, "unknown format version");
+    if (h.major != kFormatVersionMajor)  // no bigsmall ever wrote a version 0.x
+      return fail(Error::kCorrupt, "format version " + std::to_string(h.major) + "." + std::to_string(h.minor) + " was never written by bigsmall (damaged header?)");
     if (h.flags != 0) return fail(Error::kCorrupt, "reserved header flags are not zero");
     if (h.index_offset >= detail::kHeaderSize && h.index_offset <= size && h.index_stored < size - h.index_offset)
       return fail(Error::kTruncated, std::to_string(size - h.index_offset - h.index_stored) +
@@ -1163,6 +1166,13 @@ Status compress_file(const std::string& src, const std::string& dst, const Compr
     std::vector<detail::Source> sources;
     for (const auto& t : st.tensors)
       sources.push_back({t.name, t.dtype, t.shape, in.data() + st.data_start + t.begin, t.end - t.begin, t.begin});
+    // The kept header and the bytes outside tensors live in the index, which readers cap; refuse
+    // before copying them (write_bs checks the finished index too).
+    uint64_t outside = 0;
+    for (const auto& g : st.gaps) outside += g.second - g.first;
+    if (outside + st.header.size() > detail::kMaxIndexBytes)
+      return Status(Error::kLimit, src + ": " + std::to_string(outside) + " bytes outside its tensors and a " +
+                                       std::to_string(st.header.size()) + "-byte header: more than the 1 GiB a .bs index may hold");
     std::vector<detail::Filler> fillers;
     for (const auto& g : st.gaps)
       fillers.push_back({g.first, std::vector<uint8_t>(in.data() + st.data_start + g.first, in.data() + st.data_start + g.second)});
