@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <random>
 #include <string>
 
 #include "bigsmall/codec.hpp"
@@ -369,4 +370,26 @@ TEST(TensorChecksum, PiecesInOrderGiveTheTensorsChecksum) {
   auto e = encode_tensor(DType::kU8, reinterpret_cast<const uint8_t*>("y"), 1);
   ASSERT_TRUE(e.is_ok());
   EXPECT_NE(other.digest(), e->coding.checksum);
+}
+
+// FORMAT.md: a float or bytes tensor whose chunks are all stored may have no model (model_size
+// 0). The fast decoder took such a tensor; the reference decoder (the oracle) refused it.
+TEST(Reference, FloatAndBytesTensorsWithoutAModelDecodeAsStored) {
+  std::vector<uint8_t> data(4 * 3000);
+  std::mt19937 rng(7);
+  for (auto& b : data) b = static_cast<uint8_t>(rng());
+  for (Codec codec : {Codec::kFloat, Codec::kBytes}) {
+    auto enc = encode_tensor(DType::kF32, data.data(), data.size());
+    ASSERT_TRUE(enc.is_ok()) << enc.status().message();
+    ASSERT_EQ(enc->coding.model_size, 0u);  // random bits: stored
+    for (const ChunkRef& c : enc->coding.chunks) ASSERT_EQ(c.mode, ChunkMode::kStored);
+    TensorCoding coding = enc->coding;
+    coding.codec = codec;
+    std::vector<uint8_t> fast(data.size()), ref(data.size());
+    ASSERT_TRUE(decode_tensor(coding, enc->payload.data(), enc->payload.size(), fast.data(), fast.size()).is_ok());
+    const Status st = reference_decode_tensor(coding, enc->payload.data(), enc->payload.size(), ref.data(), ref.size());
+    ASSERT_TRUE(st.is_ok()) << st.message();
+    EXPECT_EQ(fast, data);
+    EXPECT_EQ(ref, data);
+  }
 }

@@ -296,9 +296,15 @@ void fill_mantissa(const detail::FloatModel& fm, std::vector<uint8_t>& blob, siz
 Status build_tables(const TensorCoding& c, const uint8_t* host_payload, std::vector<uint8_t>& blob, ModelDesc* md) {
   const size_t start = align16(blob.size());
   blob.resize(start, 0);
-  md->codec = static_cast<int>(c.codec);
   md->unit = static_cast<int>(c.unit_bytes());
-  if (c.codec == Codec::kFloat) {
+  // A float or bytes tensor whose chunks are all stored may have no model (model_size 0): it
+  // needs no tables and decodes as a stored tensor. A model it has is read (and checked).
+  const bool modelless = c.model_size == 0 && std::none_of(c.chunks.begin(), c.chunks.end(),
+                                                           [](const ChunkRef& r) { return r.mode == ChunkMode::kCoded; });
+  md->codec = static_cast<int>(modelless ? Codec::kStore : c.codec);
+  if (modelless) {
+    // nothing to build
+  } else if (c.codec == Codec::kFloat) {
     detail::FloatModel fm;
     // read_float_model refuses tables far beyond what the tensor's data could pay for.
     BIGSMALL_RETURN_IF_ERROR(detail::read_float_model(host_payload, c.model_size, c.dtype, c.units(), &fm));

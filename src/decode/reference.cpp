@@ -2,6 +2,7 @@
 // the fast decoders and is the oracle they are tested against, bit for bit.
 #include <zstd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -106,8 +107,12 @@ Status reference_decode_tensor(const TensorCoding& c, const uint8_t* payload, ui
     if (out_size < c.nbytes) return Status(Error::kInvalidArgument, "output buffer too small");
     detail::FloatModel fm;
     detail::BytesModel bm;
-    if (c.codec == Codec::kFloat) BIGSMALL_RETURN_IF_ERROR(detail::read_float_model(payload, c.model_size, c.dtype, c.units(), &fm));
-    if (c.codec == Codec::kBytes) BIGSMALL_RETURN_IF_ERROR(detail::read_bytes_model(payload, c.model_size, c.unit_bytes(), c.units(), &bm));
+    // A tensor whose chunks are all stored may have no model (model_size 0); one it has is read.
+    const bool any_coded = std::any_of(c.chunks.begin(), c.chunks.end(), [](const ChunkRef& r) { return r.mode == ChunkMode::kCoded; });
+    if (c.model_size > 0 || any_coded) {
+      if (c.codec == Codec::kFloat) BIGSMALL_RETURN_IF_ERROR(detail::read_float_model(payload, c.model_size, c.dtype, c.units(), &fm));
+      if (c.codec == Codec::kBytes) BIGSMALL_RETURN_IF_ERROR(detail::read_bytes_model(payload, c.model_size, c.unit_bytes(), c.units(), &bm));
+    }
     for (size_t i = 0; i < c.chunks.size(); ++i) {
       const ChunkRef& ref = c.chunks[i];
       const uint8_t* p = payload + ref.offset;

@@ -661,9 +661,11 @@ class BsFile:
         name, bits, E, M, ub = DTYPES[e.dtype]
         p = self.f[e.payload_offset:e.payload_offset + e.payload_size]
         model = None
-        if e.codec == 1:
+        # A tensor whose chunks are all stored may have no model (model_size 0).
+        has_model = e.model_size > 0 or any(mode == 1 for _, _, mode in e.chunks)
+        if e.codec == 1 and has_model:
             model = FloatModel(p[:e.model_size], E, M, e.units)
-        elif e.codec == 2:
+        elif e.codec == 2 and has_model:
             model = BytesModel(p[:e.model_size], ub, e.units)
         C = 1 << e.chunk_log2
         L = 1 << e.lanes_log2
