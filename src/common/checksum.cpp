@@ -1,5 +1,6 @@
 #include "common/checksum.hpp"
 
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t's layout, for states kept inline
 #include <xxhash.h>
 
 #include <algorithm>
@@ -23,31 +24,38 @@
 namespace bigsmall::detail {
 uint64_t xxh3_64(const void* data, size_t size) { return BS_XXH3_64(data, size); }
 
-Xxh3Stream::Xxh3Stream() : state_(XXH3_createState()) {
-  if (state_ == nullptr) throw std::bad_alloc();  // a value at the public entry point (guarded)
-  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
+namespace {
+XXH3_state_t* init_state(unsigned char* storage) {
+  auto* s = reinterpret_cast<XXH3_state_t*>(storage);
+  XXH3_INITSTATE(s);
+  XXH3_64bits_reset(s);
+  return s;
 }
-Xxh3Stream::~Xxh3Stream() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
-void Xxh3Stream::update(const void* data, size_t size) {
-  BS_XXH3_UPDATE(static_cast<XXH3_state_t*>(state_), data, size);
+}  // namespace
+
+Xxh3Stream::Xxh3Stream() {
+  static_assert(sizeof(XXH3_state_t) <= sizeof(state_) && alignof(XXH3_state_t) <= 64);
+  init_state(state_);
 }
-uint64_t Xxh3Stream::digest() const { return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_)); }
+Xxh3Stream::~Xxh3Stream() = default;
+void Xxh3Stream::update(const void* data, size_t size) { BS_XXH3_UPDATE(reinterpret_cast<XXH3_state_t*>(state_), data, size); }
+uint64_t Xxh3Stream::digest() const { return XXH3_64bits_digest(reinterpret_cast<const XXH3_state_t*>(state_)); }
 }  // namespace bigsmall::detail
 
 namespace bigsmall {
-struct TensorChecksum::State {
-  detail::Xxh3Stream stream;
-};
-TensorChecksum::TensorChecksum() : state_(std::make_unique<State>()) {}
+TensorChecksum::TensorChecksum() {
+  static_assert(sizeof(XXH3_state_t) <= sizeof(state_) && alignof(XXH3_state_t) <= 64);
+  detail::init_state(state_);
+}
 TensorChecksum::~TensorChecksum() = default;
 void TensorChecksum::update(const uint8_t* data, uint64_t size) {
   // XXH3's update takes size_t: feed pieces that fit it on every platform.
   while (size > 0) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(size, uint64_t{1} << 30));
-    state_->stream.update(data, n);
+    BS_XXH3_UPDATE(reinterpret_cast<XXH3_state_t*>(state_), data, n);
     data += n;
     size -= n;
   }
 }
-uint64_t TensorChecksum::digest() const { return state_->stream.digest(); }
+uint64_t TensorChecksum::digest() const { return XXH3_64bits_digest(reinterpret_cast<const XXH3_state_t*>(state_)); }
 }  // namespace bigsmall
