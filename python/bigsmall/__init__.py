@@ -6,6 +6,7 @@ save_pretrained, StreamingLoader (these import torch and transformers when first
 """
 from __future__ import annotations
 
+import errno
 import operator
 import os
 
@@ -20,6 +21,9 @@ from ._core import (  # noqa: F401  (re-exported error hierarchy)
     VersionError,
 )
 from ._core import IOError as BigsmallIOError  # noqa: F401
+# The IOError subclasses that are also the builtin OSError subclasses of the same name. Not in
+# __all__: `from bigsmall import *` would shadow the builtins.
+from ._core import FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError  # noqa: F401,A004
 
 # from_pretrained, save_pretrained and StreamingLoader are left out: `from bigsmall import *`
 # would import torch and transformers (seconds) to bind them.
@@ -29,9 +33,26 @@ __all__ = [
 ]
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+_CONTROLS.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
+
+
+def _one_line(text):
+    """Messages name files, and a name may hold a newline or an escape sequence: shown escaped,
+    as the CLI shows them, so that every message is one line (args keep the raw text)."""
+    return str(text).translate(_CONTROLS)
+
+
+def _error_str(self):
+    return _one_line(self.args[0]) if len(self.args) == 1 else Exception.__str__(self)
+
+
+Error.__str__ = _error_str
+
+
 def _message_str(self):
     # KeyError's str() is the repr of its key, which would quote the one-line message.
-    return str(self.args[0]) if len(self.args) == 1 else super(NotFoundError, self).__str__()
+    return _one_line(self.args[0]) if len(self.args) == 1 else super(NotFoundError, self).__str__()
 
 
 NotFoundError.__str__ = _message_str
@@ -39,7 +60,7 @@ NotFoundError.__str__ = _message_str
 
 def _io_error_str(self):
     # With strerror set, OSError's str() would be "[Errno N] strerror": keep the core's message.
-    return str(self.args[0]) if len(self.args) == 1 else OSError.__str__(self)
+    return _one_line(self.args[0]) if len(self.args) == 1 else OSError.__str__(self)
 
 
 def _rebuild_io_error(cls, message, errno, strerror):
@@ -77,6 +98,43 @@ def _threads(threads):
     return min(threads, 1 << 16)
 
 
+def _flag(value, name):
+    """A yes/no argument: a bool, a numpy bool or the ints 0 and 1. Anything else (None above
+    all, which would read as False and turn checks off) is refused before any work."""
+    if isinstance(value, bool):
+        return value
+    if getattr(getattr(value, "dtype", None), "kind", None) == "b" and getattr(value, "shape", None) == ():
+        return bool(value)
+    try:
+        v = operator.index(value)
+    except TypeError:
+        v = None
+    if v in (0, 1):
+        return bool(v)
+    raise InvalidArgumentError(f"{name} must be True or False, not {value!r}")
+
+
+def _missing(message):
+    """A FileNotFoundError (and a bigsmall IOError) for a model directory or weights file that is
+    not there, as transformers raises an OSError for them."""
+    e = FileNotFoundError(message)
+    e.errno, e.strerror = errno.ENOENT, os.strerror(errno.ENOENT)
+    return e
+
+
+def _os_error(e, path):
+    """An OSError from Python's own file calls as the bigsmall error of its kind (one line,
+    naming the path), keeping errno."""
+    cls = {errno.ENOENT: FileNotFoundError, errno.EEXIST: FileExistsError, errno.EISDIR: IsADirectoryError,
+           errno.EACCES: PermissionError, errno.EPERM: PermissionError}.get(e.errno, BigsmallIOError)
+    why = e.strerror or str(e)
+    if e.errno == errno.EEXIST:
+        why = "exists and is not a directory"
+    err = cls(f"{path}: {why}")
+    err.errno, err.strerror = e.errno, e.strerror
+    return err
+
+
 # Decoded bytes per call into the core when loading: the core runs without the GIL, so Ctrl-C
 # is heard between calls (every ~0.1-0.3 s here); tensors of one call decode side by side.
 _LOAD_BATCH_BYTES = 256 << 20
@@ -105,6 +163,27 @@ def _text(s, what):
     except UnicodeEncodeError:
         raise InvalidArgumentError(f"{what} {s!r} is not valid UTF-8 text") from None
     return s
+
+
+def _save_target(filename):
+    """The path a save_file writes. A name ending in .safetensors gets a warning: the bytes are
+    .bs (safetensors readers refuse them as "header too large"), an easy slip when an import of
+    safetensors.torch is swapped for bigsmall.torch."""
+    path = os.fsdecode(filename)
+    if path.endswith(".safetensors"):
+        import warnings
+
+        warnings.warn(f"{path}: bigsmall writes the .bs format, not safetensors (name it .bs; "
+                      "bigsmall.decompress restores a .safetensors file)", stacklevel=3)
+    return path
+
+
+def _with_file(path, fn, *args):
+    """fn(*args), its InvalidArgumentErrors prefixed with the file being written."""
+    try:
+        return fn(*args)
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"{path}: {e.args[0]}") from None
 
 
 def _header_metadata(metadata, filename=None):
@@ -174,7 +253,7 @@ def compress(src, dst=None, threads=None, overwrite=False, progress=False):
     dst = os.fsdecode(dst) if dst is not None else _default_output(src, True, is_dir)
     cb, bar = _progress(progress, os.path.basename(src))
     try:
-        _core.compress(src, dst, _threads(threads), overwrite, is_dir, cb)
+        _core.compress(src, dst, _threads(threads), _flag(overwrite, "overwrite"), is_dir, cb)
     finally:
         if bar is not None:
             bar.close()
@@ -188,7 +267,7 @@ def decompress(src, dst=None, threads=None, overwrite=False, verify=True, progre
     dst = os.fsdecode(dst) if dst is not None else _default_output(src, False, is_dir)
     cb, bar = _progress(progress, os.path.basename(src))
     try:
-        _core.decompress(src, dst, _threads(threads), overwrite, verify, is_dir, cb)
+        _core.decompress(src, dst, _threads(threads), _flag(overwrite, "overwrite"), _flag(verify, "verify"), is_dir, cb)
     finally:
         if bar is not None:
             bar.close()
@@ -249,7 +328,7 @@ class safe_open:
         else:
             self._device = "cpu"
         self._threads = _threads(threads)
-        self._verify = verify
+        self._verify = _flag(verify, "verify")
         self._path = os.fsdecode(path)
         self._file = _core.File.open(self._path)
         self._infos = self._file.tensors()

@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from . import _batches, _core, _progress, _threads, InvalidArgumentError, NotFoundError
+from . import _batches, _core, _flag, _missing, _os_error, _progress, _threads, InvalidArgumentError
 from . import torch as bt
 
 _LAYER = re.compile(r"^(.*?\.\d+)\.")
@@ -41,16 +41,16 @@ def _resolve(path_or_repo_id, hub_kwargs=None):
     # bigsmall names its outputs: a local path mistyped, not a repo to download.
     if (os.path.isabs(p) or p.startswith((".", "~")) or p.count("/") > 1 or (os.sep != "/" and os.sep in p)
             or p.endswith(".bs")):
-        raise NotFoundError(f"{p}: no such directory")
+        raise _missing(f"{p}: no such directory")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:
-        raise NotFoundError(f"{p}: no such directory, and huggingface_hub is not installed") from e
+        raise _missing(f"{p}: no such directory, and huggingface_hub is not installed") from e
     try:
         return snapshot_download(p, ignore_patterns=_OTHER_WEIGHTS, **(hub_kwargs or {}))
     except Exception as e:  # a name that is neither a directory here nor a Hub repo id
         if type(e).__name__ == "HFValidationError":
-            raise NotFoundError(f"{p}: no such directory (nor a Hub repo id)") from e
+            raise _missing(f"{p}: no such directory (nor a Hub repo id)") from e
         raise
 
 
@@ -63,7 +63,7 @@ def _subfolder(root, subfolder):
         raise InvalidArgumentError(f"subfolder {sub!r} must be a relative path inside {root}")
     d = os.path.join(root, sub)
     if not os.path.isdir(d):
-        raise NotFoundError(f"{d}: no such directory (subfolder {sub!r} of {root})")
+        raise _missing(f"{d}: no such directory (subfolder {sub!r} of {root})")
     return d
 
 
@@ -77,7 +77,7 @@ def _shards(d):
     else:
         files = sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".bs"))
     if not files:
-        raise NotFoundError(f"{d}: no .bs files (not a bigsmall model directory)")
+        raise _missing(f"{d}: no .bs files (not a bigsmall model directory)")
     source = {os.path.relpath(f, d).replace(os.sep, "/")[:-3] + ".safetensors": f for f in files}
     if "model.safetensors" in source:  # transformers, too, looks for it before a shard index
         return [source["model.safetensors"]]
@@ -90,11 +90,11 @@ def _shards(d):
             raise InvalidArgumentError(f"{index}: not a safetensors shard index ({e})") from None
         lacking = [n for n in names if n not in source]
         if lacking:
-            raise NotFoundError(f"{index} names {len(lacking)} shards this directory lacks, e.g. {lacking[0]!r}")
+            raise _missing(f"{index} names {len(lacking)} shards this directory lacks, e.g. {lacking[0]!r}")
         return [source[n] for n in names]
     top = [f for n, f in source.items() if "/" not in n]
     if not top:
-        raise NotFoundError(f"{d}: no .bs files at the top of the directory (not a bigsmall model directory)")
+        raise _missing(f"{d}: no .bs files at the top of the directory (not a bigsmall model directory)")
     return top
 
 
@@ -139,9 +139,9 @@ class StreamingLoader:
         unknown = set(hub_kwargs) - set(_HUB_KWARGS)
         if unknown:
             raise TypeError(f"StreamingLoader got unexpected keyword arguments {sorted(unknown)}")
-        self.path = _subfolder(_resolve(path_or_repo_id, hub_kwargs), subfolder)
         self.threads = _threads(threads)
-        self.verify = verify
+        self.verify = _flag(verify, "verify")
+        self.path = _subfolder(_resolve(path_or_repo_id, hub_kwargs), subfolder)
         self._files = [_core.File.open(s) for s in _shards(self.path)]
 
     def _groups(self):
@@ -576,7 +576,7 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
     from transformers import AutoConfig
 
     dtype = _dtype_arg(kwargs.pop("dtype", torch_dtype))
-    verify = kwargs.pop("verify", True)
+    verify = _flag(kwargs.pop("verify", True), "verify")
     if device_map == "auto":
         device_map = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(device_map, dict):
@@ -677,6 +677,7 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
     are put in place only after the weights are, and with overwrite=False an existing output is
     refused before anything is written."""
     out_dir = os.fsdecode(out_dir)
+    overwrite = _flag(overwrite, "overwrite")
     if isinstance(model_or_state_dict, dict):
         tensors, model = dict(model_or_state_dict), None
     else:
@@ -703,7 +704,10 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
     # the path as written (makedirs creates "nope" of "nope/../x" too).
     parts = out_dir.split(os.sep)
     made = [p for p in (os.sep.join(parts[:i]) for i in range(len(parts), 0, -1)) if p and not os.path.isdir(p)]
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise _os_error(e, out_dir) from None
     staging = None
     try:
         # Everything is written aside first (weights, configs, index), then moved in, index last:
@@ -744,6 +748,7 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
         for f in stale:
             if os.path.exists(f) and os.path.abspath(f) != os.path.abspath(os.path.join(out_dir, "model.bs")):
                 os.remove(f)
+        _warn_other_weights(out_dir)
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -758,6 +763,17 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _warn_other_weights(out_dir):
+    """Weights of another format left in out_dir are not removed (they may be another model's),
+    but transformers' own from_pretrained of the directory would load them, not model.bs."""
+    others = sorted(n for n in os.listdir(out_dir)
+                    if n.endswith((".safetensors", ".bin", ".pt", ".pth")) and (n.startswith(("model", "pytorch_model"))))
+    if others:
+        warnings.warn(f"{out_dir} also holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}: transformers' "
+                      "from_pretrained of this directory would load those, not the model.bs just written "
+                      "(bigsmall.from_pretrained reads model.bs)", stacklevel=3)
 
 
 def _move_in(staging, out_dir, names, overwrite):

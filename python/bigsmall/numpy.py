@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from . import _core
-from . import InvalidArgumentError, _batches, _header_metadata, _text, _threads
+from . import InvalidArgumentError, _batches, _flag, _header_metadata, _save_target, _text, _threads, _with_file
 
 _DTYPES = {
     "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
@@ -44,12 +44,19 @@ def _decode(f, which, infos, threads=0, verify=True):
 
 
 def load_file(filename, threads=None, verify=True):
+    verify = _flag(verify, "verify")
     f = _core.File.open(os.fsdecode(filename))
     infos = f.tensors()
     return {t["name"]: a for t, a in zip(infos, _decode(f, list(range(len(infos))), infos, _threads(threads), verify))}
 
 
 def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
+    path = _save_target(filename)
+    names, shapes, bufs = _with_file(path, _arrays, tensors)
+    _core.write_tensors(path, names, shapes, bufs, _header_metadata(metadata, path), _threads(threads), _flag(overwrite, "overwrite"))
+
+
+def _arrays(tensors):
     if not isinstance(tensors, dict):
         raise InvalidArgumentError(f"tensors must be a dict of name -> numpy array, not {type(tensors).__name__}")
     names, shapes, bufs = [], [], []
@@ -64,7 +71,7 @@ def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
         names.append((_text(name, "tensor name"), _NAMES[a.dtype]))
         shapes.append(list(a.shape))
         bufs.append(a.reshape(-1).view(np.uint8))
-    _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, _header_metadata(metadata, filename), _threads(threads), overwrite)
+    return names, shapes, bufs
 
 
 __all__ = ["load_file", "save_file"]

@@ -7,7 +7,7 @@ import os
 import torch
 
 from . import _core
-from . import InvalidArgumentError, _batches, _header_metadata, _text, _threads
+from . import InvalidArgumentError, _batches, _flag, _header_metadata, _save_target, _text, _threads, _with_file
 
 _DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
@@ -31,6 +31,8 @@ if _F4 is not None:
 def _device(device):
     """A torch.device to decode onto, checked before any work: unknown names, the meta device
     and a CUDA device that this torch or machine lacks are refused."""
+    if device is None:  # as safetensors takes it
+        device = "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -169,13 +171,14 @@ def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
 
 def load_file(filename, device="cpu", threads=None, verify=True):
     """Load every tensor of a .bs file: a dict name -> tensor, like safetensors.torch.load_file."""
+    verify = _flag(verify, "verify")
     f = _core.File.open(os.fsdecode(filename))
     infos = f.tensors()
     tensors = _decode(f, list(range(len(infos))), infos, device, _threads(threads), verify)
     return {t["name"]: x for t, x in zip(infos, tensors)}
 
 
-def _views(tensors, filename=None):
+def _views(tensors):
     if not isinstance(tensors, dict):
         raise InvalidArgumentError(f"tensors must be a dict of name -> torch.Tensor, not {type(tensors).__name__}")
     names, shapes, bufs, keep = [], [], [], []
@@ -194,8 +197,7 @@ def _views(tensors, filename=None):
         shape = list(c.shape)
         if c.dtype == _F4:  # the header counts F4 values, two a byte along the last dimension
             if not shape:
-                where = f"{filename}: tensor" if filename is not None else "tensor"
-                raise InvalidArgumentError(f"{where} {name!r} is a 0-d float4_e2m1fn_x2 tensor: its two values "
+                raise InvalidArgumentError(f"tensor {name!r} is a 0-d float4_e2m1fn_x2 tensor: its two values "
                                            "have no last dimension to be counted in, and safetensors refuses it too (save it as shape [1])")
             shape[-1] *= 2
         names.append((_text(name, "tensor name"), _NAMES[c.dtype]))
@@ -206,8 +208,9 @@ def _views(tensors, filename=None):
 
 def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
     """Write tensors straight to a .bs file (no safetensors file in between)."""
-    names, shapes, bufs, _keep = _views(tensors, os.fsdecode(filename))
-    _core.write_tensors(os.fsdecode(filename), names, shapes, bufs, _header_metadata(metadata, filename), _threads(threads), overwrite)
+    path = _save_target(filename)
+    names, shapes, bufs, _keep = _with_file(path, _views, tensors)
+    _core.write_tensors(path, names, shapes, bufs, _header_metadata(metadata, path), _threads(threads), _flag(overwrite, "overwrite"))
 
 
 def dtype_name(dtype):

@@ -45,6 +45,7 @@ PyObject* g_memory = nullptr;    // an allocation failed (also a MemoryError)
 PyObject* g_file_not_found = nullptr;  // IOError that is also a FileNotFoundError
 PyObject* g_permission = nullptr;      // IOError that is also a PermissionError
 PyObject* g_file_exists = nullptr;     // IOError that is also a FileExistsError (output there, no overwrite)
+PyObject* g_is_a_directory = nullptr;  // IOError that is also an IsADirectoryError
 
 [[noreturn]] void raise(const Status& st) {
   PyObject* cls = g_error;
@@ -60,6 +61,7 @@ PyObject* g_file_exists = nullptr;     // IOError that is also a FileExistsError
     case Error::kNoSpace:
       cls = st.sys_errno() == ENOENT   ? g_file_not_found
             : st.sys_errno() == EEXIST ? g_file_exists
+            : st.sys_errno() == EISDIR ? g_is_a_directory
             : (st.sys_errno() == EACCES || st.sys_errno() == EPERM) ? g_permission
                                                                      : g_io;
       break;
@@ -366,6 +368,9 @@ NB_MODULE(_core, m) {
     g_file_exists = make_error(m, "FileExistsError",
                                nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_FileExistsError)).release().ptr(),
                                "The output exists and overwriting was not asked for.");
+    g_is_a_directory = make_error(m, "IsADirectoryError",
+                                  nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_IsADirectoryError)).release().ptr(),
+                                  "A directory where a file was expected.");
     g_notfound = make_error(m, "NotFoundError", nb::make_tuple(base, nb::handle(PyExc_KeyError)).release().ptr(),
                             "No tensor of that name.");
     g_value = make_error(m, "InvalidArgumentError", nb::make_tuple(base, nb::handle(PyExc_ValueError)).release().ptr(),

@@ -333,8 +333,11 @@ def test_errors_are_bigsmall_exceptions(models, tmp_path):
     with pytest.raises(bigsmall.FormatError, match="but a safetensors file"):
         bt.load_file(os.path.join(orig, "model.safetensors"))
     for missing in (str(tmp_path / "no-such-model"), "./no-such-model", "a/b/c", "nosuch/", "-x/y"):
-        with pytest.raises(bigsmall.NotFoundError, match="no such directory"):
+        # An OSError, as transformers raises for it (not a KeyError, bigsmall's missing tensor).
+        with pytest.raises(bigsmall.FileNotFoundError, match="no such directory") as e:
             bigsmall.from_pretrained(missing, progress=False)
+        assert isinstance(e.value, FileNotFoundError) and e.value.errno == errno.ENOENT
+        assert not isinstance(e.value, KeyError)
     with pytest.raises(bigsmall.InvalidArgumentError, match="meta device"):
         bt.save_file({"m": torch.empty(3, device="meta")}, tmp_path / "meta.bs")
     assert not os.path.exists(tmp_path / "meta.bs")
@@ -1081,3 +1084,57 @@ def test_numpy_slices_of_one_element_are_0d_arrays(tmp_path):
                 assert type(got) is type(want) is np.ndarray, (name, ix, type(got))
                 assert got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want), (name, ix)
         assert type(f.get_tensor("s")) is np.ndarray and f.get_tensor("s").shape == ()
+
+
+def test_arguments_as_safetensors_takes_them_and_clear_refusals(tmp_path):
+    p = tmp_path / "a.bs"
+    bt.save_file({"w": torch.arange(6, dtype=torch.float32)}, p)
+    # device=None is the CPU, as safetensors takes it
+    assert bt.load_file(p, device=None)["w"].device.type == "cpu"
+    with bigsmall.safe_open(p, framework="pt", device=None) as f:
+        assert f.get_tensor("w").device.type == "cpu"
+    # Yes/no arguments: bools, numpy bools, 0 and 1; None (which would read as False and turn the
+    # checks off) and other values are refused before any work, as bigsmall errors.
+    for ok in (True, False, np.bool_(True), 0, 1):
+        assert torch.equal(bt.load_file(p, verify=ok)["w"], torch.arange(6, dtype=torch.float32))
+    for bad in (None, "yes", 2, 0.0):
+        with pytest.raises(bigsmall.InvalidArgumentError, match="verify must be True or False"):
+            bt.load_file(p, verify=bad)
+        with pytest.raises(bigsmall.InvalidArgumentError, match="verify must be True or False"):
+            bigsmall.safe_open(p, verify=bad)
+        with pytest.raises(bigsmall.InvalidArgumentError, match="verify must be True or False"):
+            bn.load_file(p, verify=bad)
+        with pytest.raises(bigsmall.InvalidArgumentError, match="overwrite must be True or False"):
+            bt.save_file({"w": torch.ones(1)}, tmp_path / "b.bs", overwrite=bad)
+        with pytest.raises(bigsmall.InvalidArgumentError, match="verify must be True or False"):
+            bigsmall.StreamingLoader(tmp_path / "nowhere.bs", verify=bad)
+    assert not os.path.exists(tmp_path / "b.bs")
+
+
+def test_messages_name_the_file_and_stay_on_one_line(tmp_path):
+    with pytest.raises(bigsmall.InvalidArgumentError, match=r"x\.bs: 'a' is not a torch.Tensor"):
+        bt.save_file({"a": 1}, tmp_path / "x.bs")
+    with pytest.raises(bigsmall.InvalidArgumentError, match=r"x\.bs: tensor name 1 is not a str"):
+        bn.save_file({1: np.ones(2)}, tmp_path / "x.bs")
+    with pytest.raises(bigsmall.FileNotFoundError) as e:
+        bt.load_file(tmp_path / "no\nfile\x1b.bs")
+    assert "\n" not in str(e.value) and "\x1b" not in str(e.value) and "no\\nfile\\x1b.bs" in str(e.value)
+    # a directory where a file is expected is an IsADirectoryError, as open() raises
+    with pytest.raises(bigsmall.IsADirectoryError) as e:
+        bt.load_file(tmp_path)
+    assert isinstance(e.value, IsADirectoryError) and e.value.errno == errno.EISDIR
+    # save_pretrained into a path that is a file: a bigsmall error naming it
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(bigsmall.Error, match="afile: exists and is not a directory"):
+        bigsmall.save_pretrained({"w": torch.ones(2)}, tmp_path / "afile")
+
+
+def test_swapped_imports_and_stale_weights_are_warned_about(tmp_path):
+    with pytest.warns(UserWarning, match="bigsmall writes the .bs format, not safetensors"):
+        bt.save_file({"w": torch.ones(2)}, tmp_path / "model.safetensors")
+    d = tmp_path / "m"
+    d.mkdir()
+    st.save_file({"w": torch.zeros(2)}, d / "model.safetensors")
+    with pytest.warns(UserWarning, match="transformers' from_pretrained of this directory would load those"):
+        bigsmall.save_pretrained({"w": torch.ones(2)}, d)
+    assert (d / "model.safetensors").exists()  # another format's weights are not removed

@@ -206,7 +206,8 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return Status(Error::kIo, path + (S_ISDIR(st.st_mode) ? ": is a directory" : ": not a regular file (a device, pipe or socket)"));
+    return S_ISDIR(st.st_mode) ? Status(Error::kIo, path + ": is a directory").with_errno(EISDIR)
+                               : Status(Error::kIo, path + ": not a regular file (a device, pipe or socket)");
   }
   MappedFile m;
   m.path_ = path;
@@ -290,7 +291,7 @@ Result<std::string> overwrite_target(const std::string& path) {
     std::free(resolved);
     if (::stat(target.c_str(), &st) != 0) return errno_status(path, "cannot follow link", errno);
   }
-  if (S_ISDIR(st.st_mode)) return Status(Error::kIo, path + ": is a directory");
+  if (S_ISDIR(st.st_mode)) return Status(Error::kIo, path + ": is a directory").with_errno(EISDIR);
   if (!S_ISREG(st.st_mode))
     return Status(Error::kIo, path + ": not a regular file (a device, pipe or socket): bigsmall writes files; "
                                      "`bigsmall verify` decodes without writing");
