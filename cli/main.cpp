@@ -164,9 +164,18 @@ void note_input(const std::string& path) {
   g_input_set = 1;
 }
 
+// Set while a progress bar stands on the terminal's last line: a handler that ends the run
+// clears it first, so that its message (or the shell's prompt) starts on a clean line.
+volatile std::sig_atomic_t g_bar_drawn = 0;
+
+void clear_bar() {  // async-signal-safe
+  if (g_bar_drawn) (void)!::write(2, "\r\033[K", 4);
+}
+
 void on_signal(int sig) {
   remove_partial_outputs();
   remove_bench_scratch();
+  clear_bar();
   std::signal(sig, SIG_DFL);
   std::raise(sig);
 }
@@ -174,12 +183,17 @@ void on_signal(int sig) {
 // Inputs are read through memory maps: a file that another program truncates while it is read
 // faults on the pages past its new end. That is a bad input, not a crash: one line, exit 4,
 // nothing left behind. (Only async-signal-safe calls here.)
-void on_bus_error(int) {
+void on_bus_error(int, siginfo_t* info, void*) {
   remove_partial_outputs();
   remove_bench_scratch();
+  clear_bar();
   auto put = [](const char* s) { (void)!::write(2, s, std::strlen(s)); };
   put("bigsmall: ");
-  if (g_input_set) {
+  // The file mapped where the fault is (a shard of a directory being compressed), else the input.
+  if (const char* mapped = bigsmall::mapped_input_at(info->si_addr)) {
+    put(mapped);
+    put(": ");
+  } else if (g_input_set) {
     put(g_input);
     put(": ");
   }
@@ -267,6 +281,7 @@ class Progress {
   }
   void finish() {
     if (on_ && drawn_) std::fprintf(stderr, "\r\033[K");
+    g_bar_drawn = 0;
   }
 
  private:
@@ -275,6 +290,7 @@ class Progress {
     if (done < total && t - last_ < 0.1) return;
     last_ = t;
     drawn_ = true;
+    g_bar_drawn = 1;
     const double frac = total ? static_cast<double>(done) / static_cast<double>(total) : 1.0;
     const int width = 24, fill = static_cast<int>(frac * width);
     const double rate = t > 0 ? static_cast<double>(done) / t : 0;
@@ -774,7 +790,13 @@ int run(int argc, char** argv) {
     if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
     std::signal(sig, on_signal);
   }
-  std::signal(SIGBUS, on_bus_error);
+  {
+    struct sigaction bus {};
+    bus.sa_sigaction = on_bus_error;
+    bus.sa_flags = SA_SIGINFO;
+    ::sigemptyset(&bus.sa_mask);
+    ::sigaction(SIGBUS, &bus, nullptr);
+  }
   Args a;
   const std::vector<std::string> args = normalized_args(std::vector<std::string>(argv + 1, argv + argc));
   if (args.empty()) {

@@ -367,5 +367,26 @@ expect 1 "compress /dev/stdin without -o" -- sh -c "\"$bs\" compress -q /dev/std
 check "asks for -o" -- grep -q "give the output with -o" "$tmp/err"
 expect 0 "compress /dev/stdin -o" -- sh -c "\"$bs\" compress -q -o \"$tmp/stdin.bs\" /dev/stdin <\"$tmp/m.safetensors\""
 
+
+# an input truncated by another program while it is read: exit 4, the message names the file
+# (a shard inside a directory, not the directory), nothing is left behind
+mkdir -p "$tmp/trunc"
+python3 - "$tmp/trunc/big.safetensors" <<'PY'
+import json, os, struct, sys
+n = 96 << 20
+h = json.dumps({"w": {"dtype": "BF16", "shape": [n // 2], "data_offsets": [0, n]}}).encode()
+h += b" " * (-len(h) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h)
+    block = os.urandom(1 << 20)
+    for _ in range(n >> 20):
+        f.write(block)
+PY
+(sleep 0.3; truncate -s 1000000 "$tmp/trunc/big.safetensors") &
+expect 4 "a shard truncated while it is read" -- "$bs" compress -q -T1 "$tmp/trunc"
+wait
+check "names the shard" -- grep -q "trunc/big.safetensors: " "$tmp/err"
+check "and leaves no output" -- test ! -e "$tmp/trunc.bs" -a -z "$(ls -a "$tmp" | grep tmp-bigsmall)"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -142,5 +142,8 @@ Result<std::vector<std::string>> model_dir_files(const std::string& dir, bool ch
 // -f merge into an existing directory that another thread is running is let finish first, and
 // none starts afterwards in this process (it fails).
 void remove_partial_outputs();
+// For SIGBUS handlers: the path of the input file the library has mapped at `addr` (a fault
+// there means another program truncated the file while it was read), or null. Async-signal-safe.
+const char* mapped_input_at(const void* addr);
 
 }  // namespace bigsmall

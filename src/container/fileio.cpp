@@ -155,6 +155,41 @@ void remove_pending_outputs() {
   errno = saved;
 }
 
+// ---- mapped inputs, for naming the file in a SIGBUS message ---------------------------------
+namespace {
+// Slot states as for pending outputs: 0 free, 1 being written or cleared, 2 holds a mapping.
+struct MapSlot {
+  std::atomic<int> state{0};
+  uintptr_t begin = 0, end = 0;
+  char path[kPathMax];
+};
+MapSlot g_maps[kSlots];
+
+void register_mapping(const uint8_t* p, uint64_t n, const std::string& path) {
+  if (p == nullptr || path.size() >= kPathMax) return;
+  for (auto& m : g_maps) {
+    int expected = 0;
+    if (m.state.compare_exchange_strong(expected, 1)) {
+      m.begin = reinterpret_cast<uintptr_t>(p);
+      m.end = m.begin + n;
+      std::memcpy(m.path, path.c_str(), path.size() + 1);
+      m.state.store(2);
+      return;
+    }
+  }
+}
+void unregister_mapping(const uint8_t* p) {
+  if (p == nullptr) return;
+  for (auto& m : g_maps) {
+    int expected = 2;
+    if (m.state.load() == 2 && m.begin == reinterpret_cast<uintptr_t>(p) && m.state.compare_exchange_strong(expected, 1)) {
+      m.state.store(0);
+      return;
+    }
+  }
+}
+}  // namespace
+
 // ---- MappedFile ----------------------------------------------------------------------------
 MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   std::swap(data_, o.data_);
@@ -169,6 +204,7 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
 }
 
 MappedFile::~MappedFile() {
+  unregister_mapping(data_);
   if (data_ && size_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
@@ -221,6 +257,7 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
       return errno_status(path, "cannot map", e);
     }
     m.data_ = static_cast<const uint8_t*>(p);
+    register_mapping(m.data_, m.size_, path);
   }
   m.dev_ = static_cast<uint64_t>(st.st_dev);
   m.ino_ = static_cast<uint64_t>(st.st_ino);
@@ -497,4 +534,11 @@ Status OutputFile::commit(bool sync) {
 
 namespace bigsmall {
 void remove_partial_outputs() { detail::remove_pending_outputs(); }
+
+const char* mapped_input_at(const void* addr) {
+  const auto a = reinterpret_cast<uintptr_t>(addr);
+  for (auto& m : detail::g_maps)
+    if (m.state.load() == 2 && a >= m.begin && a < m.end) return m.path;
+  return nullptr;
+}
 }  // namespace bigsmall
