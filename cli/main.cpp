@@ -310,6 +310,16 @@ class Progress {
   bool drawn_ = false;
 };
 
+// Output size as a share of the input's: two decimals, or two significant digits below 0.01%
+// (a 4 GB tensor of zeros comes out at 0.0041%, not 0.00%); an empty input has no share.
+std::string percent(uint64_t out, uint64_t in) {
+  if (in == 0) return "empty input";
+  const double p = 100.0 * static_cast<double>(out) / static_cast<double>(in);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, p >= 0.01 ? "%.2f%%" : "%.2g%%", p);
+  return buf;
+}
+
 bool ends_with(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
 }
@@ -415,9 +425,9 @@ void print_tensors(const std::string& bs_path, bool is_dir) {
     for (const auto& t : bs->tensors()) {
       uint64_t numel = 1;
       for (auto d : t.shape) numel *= d;
-      std::fprintf(stderr, "  %s: %s %s %s -> %llu bytes (%.2f bits/weight)\n", printable(t.name).c_str(),
+      std::fprintf(stderr, "  %s: %s %s %s -> %s (%.2f bits/weight)\n", printable(t.name).c_str(),
                    std::string(dtype_info(t.dtype).safetensors_name).c_str(), codec_name(t.codec),
-                   human(static_cast<double>(t.nbytes)).c_str(), static_cast<unsigned long long>(t.stored_bytes),
+                   human(static_cast<double>(t.nbytes)).c_str(), human(static_cast<double>(t.stored_bytes)).c_str(),
                    numel ? 8.0 * static_cast<double>(t.stored_bytes) / static_cast<double>(numel) : 0.0);
     }
   }
@@ -503,9 +513,9 @@ int run_codec(const Args& a) {
                   jq(in).c_str(), jq(out).c_str(), static_cast<unsigned long long>(raw), static_cast<unsigned long long>(packed),
                   raw ? static_cast<double>(packed) / static_cast<double>(raw) : 0.0, t);
     } else if (!a.quiet) {
-      std::fprintf(stderr, "%s -> %s: %s -> %s (%.2f%%), %.2fs, %s/s\n", printable(in).c_str(), printable(out).c_str(),
+      std::fprintf(stderr, "%s -> %s: %s -> %s (%s), %.2fs, %s/s\n", printable(in).c_str(), printable(out).c_str(),
                    human(static_cast<double>(in_b)).c_str(), human(static_cast<double>(out_b)).c_str(),
-                   raw ? 100.0 * static_cast<double>(packed) / static_cast<double>(raw) : 0.0, t,
+                   percent(packed, raw).c_str(), t,
                    human(t > 0 ? static_cast<double>(raw) / t : 0).c_str());
     }
   }
@@ -552,7 +562,7 @@ struct InfoTotals {
 // One .bs file: its table, or its JSON object without a trailing newline.
 void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotals* tot) {
   uint64_t stored = 0, floor_bits = 0;
-  if (json) std::printf("{\"path\": %s, \"tensors\": [", jq(p).c_str());
+  if (json) std::printf("{\"path\": %s, \"ok\": true, \"tensors\": [", jq(p).c_str());
   else std::printf("%-48s %-8s %-18s %-6s %10s %8s %7s %7s\n", "tensor", "dtype", "shape", "codec", "stored", "ratio", "bits/w", "floor");
   bool first = true;
   for (const auto& t : f.tensors()) {
@@ -582,10 +592,10 @@ void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotal
                 static_cast<unsigned long long>(f.original_size()), static_cast<unsigned long long>(f.file_size()), file_ratio,
                 static_cast<unsigned long long>(floor_bits / 8));
   } else {
-    std::printf("total: %zu tensor%s, %s -> %s file (%.2f%%); tensor data %s, joint floor %s\n", f.tensors().size(),
+    std::printf("total: %zu tensor%s, %s -> %s file (%s); tensor data %s, joint floor %s\n", f.tensors().size(),
                 f.tensors().size() == 1 ? "" : "s",
                 human(static_cast<double>(f.original_size())).c_str(), human(static_cast<double>(f.file_size())).c_str(),
-                100 * file_ratio, human(static_cast<double>(stored)).c_str(), human(static_cast<double>(floor_bits) / 8).c_str());
+                percent(f.file_size(), f.original_size()).c_str(), human(static_cast<double>(stored)).c_str(), human(static_cast<double>(floor_bits) / 8).c_str());
   }
   tot->original += f.original_size();
   tot->file += f.file_size();
@@ -610,7 +620,7 @@ int info_dir(const std::string& path, bool json) {
     files.push_back(std::move(*f));
   }
   InfoTotals tot;
-  if (json) std::printf("{\"path\": %s, \"files\": [", jq(p).c_str());
+  if (json) std::printf("{\"path\": %s, \"ok\": true, \"files\": [", jq(p).c_str());
   for (size_t i = 0; i < files.size(); ++i) {
     if (json) {
       if (i) std::printf(", ");
@@ -627,10 +637,10 @@ int info_dir(const std::string& path, bool json) {
   } else if (files.empty()) {
     std::printf("%s: its index names no compressed files\n", printable(p).c_str());
   } else {
-    std::printf("\n%s: %zu .bs file%s, %zu tensors, %s -> %s (%.2f%%), joint floor %s (.bs files only: the "
+    std::printf("\n%s: %zu .bs file%s, %zu tensors, %s -> %s (%s), joint floor %s (.bs files only: the "
                 "directory's other files are not counted)\n",
                 printable(p).c_str(), files.size(), files.size() == 1 ? "" : "s", tot.tensors, human(static_cast<double>(tot.original)).c_str(),
-                human(static_cast<double>(tot.file)).c_str(), 100 * ratio, human(static_cast<double>(tot.floor_bits) / 8).c_str());
+                human(static_cast<double>(tot.file)).c_str(), percent(tot.file, tot.original).c_str(), human(static_cast<double>(tot.floor_bits) / 8).c_str());
   }
   return kExitOk;
 }
