@@ -1,4 +1,5 @@
 // bigsmall: command line front end over the public API. Only this file maps errors to exit codes.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -329,6 +330,17 @@ std::string strip_slash(std::string p) {
   return p;
 }
 
+// Why stat() failed on an input, as a user reads it: "s.safetensors/" is not a directory, a
+// link may point nowhere or loop.
+std::string why_unreachable(const std::string& path, int err) {
+  struct stat st;
+  if (err == ENOENT && ::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) return "dangling link (its target does not exist)";
+  if (err == ENOENT) return "no such file or directory";
+  if (err == ENOTDIR) return "not a directory (a part of the path is a file)";
+  if (err == ELOOP) return "too many levels of links (a link loop?)";
+  return std::string("cannot access: ") + std::strerror(err);
+}
+
 // /dev/stdin, /proc/self/fd/3: an output named after them would land in /dev or /proc.
 bool in_system_tree(const std::string& in) {
   std::error_code ec;
@@ -465,8 +477,8 @@ int run_codec(const Args& a) {
       if (a.json) print_json_error("input", in, st);
       rc = std::max(rc, report(st));
     };
-    if (!fs::exists(in, ec)) {
-      fail(Status(Error::kIo, in + ": no such file or directory"));
+    if (struct stat st; ::stat(in.c_str(), &st) != 0) {
+      fail(Status(Error::kIo, in + ": " + why_unreachable(in, errno)));
       continue;
     }
     if (a.output.empty() && in_system_tree(in)) {

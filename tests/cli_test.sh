@@ -388,5 +388,19 @@ wait
 check "names the shard" -- grep -q "trunc/big.safetensors: " "$tmp/err"
 check "and leaves no output" -- test ! -e "$tmp/trunc.bs" -a -z "$(ls -a "$tmp" | grep tmp-bigsmall)"
 
+
+# a compressed directory that also holds a file where one of its .bs restores to was changed
+# after compression: said so (it read "already exists (use -f ...)", with -f too)
+mkdir -p "$tmp/cc" && cp "$tmp/m.safetensors" "$tmp/cc/model.safetensors"
+"$bs" compress -q "$tmp/cc" && echo junk >"$tmp/cc.bs/model.safetensors"
+expect 5 "decompress of a directory holding a file where a .bs restores to" -- "$bs" decompress -q -f "$tmp/cc.bs" -o "$tmp/cc.out"
+check "names the file and what collides" -- grep -q "cc.bs/model.safetensors: a file of the name model.bs restores to" "$tmp/err"
+# inputs that cannot be reached say why
+expect 2 "a file given with a trailing slash" -- "$bs" compress -q "$tmp/m.safetensors/"
+check "says it is not a directory" -- grep -q "not a directory" "$tmp/err"
+ln -s "$tmp/nowhere" "$tmp/dangling.safetensors"
+expect 2 "a dangling link" -- "$bs" compress -q "$tmp/dangling.safetensors"
+check "says so" -- grep -q "dangling link" "$tmp/err"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -13,6 +13,8 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "bigsmall/container.hpp"
@@ -571,6 +573,17 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
     std::error_code ec;
     for (const auto& f : files)
       if (ends_with(f.string(), kStExt)) prog.total += fs::file_size(in / f, ec);
+    // Whether a file of the input is named bs_rel or lies under a directory of that name; by
+    // binary search in the sorted names (a scan per shard was files x shards).
+    std::vector<std::string> names;
+    for (const auto& f : files) names.push_back(f.string());
+    std::sort(names.begin(), names.end());
+    auto in_the_way = [&](const std::string& bs_rel) {
+      if (std::binary_search(names.begin(), names.end(), bs_rel)) return true;
+      const std::string under = bs_rel + "/";
+      const auto it = std::lower_bound(names.begin(), names.end(), under);
+      return it != names.end() && it->compare(0, under.size(), under) == 0;
+    };
     std::string index = "{\n  \"format\": \"bigsmall\",\n  \"format_version\": " + std::to_string(kFormatVersionMajor) +
                         ",\n  \"files\": [";
     bool first = true;
@@ -585,13 +598,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
       const std::string bs_rel = rel.substr(0, rel.size() - kStExt.size()) + ".bs";
       // A file of that name, or a directory (its files listed under it; an empty one is already
       // made in the output), is in the way.
-      const std::string under = bs_rel + "/";
-      if (std::any_of(files.begin(), files.end(),
-                      [&](const fs::path& g) {
-                        const std::string n = g.string();
-                        return n == bs_rel || n.compare(0, under.size(), under) == 0;
-                      }) ||
-          fs::exists(fs::symlink_status(out / bs_rel, ec)))
+      if (in_the_way(bs_rel) || fs::exists(fs::symlink_status(out / bs_rel, ec)))
         return Status(Error::kInvalidArgument, (in / bs_rel).string() + ": would be overwritten by the compressed " + rel);
       fo.progress = prog.for_file(fs::file_size(in / f, ec));
       BIGSMALL_RETURN_IF_ERROR(in_final_names(compress_file((in / f).string(), (out / bs_rel).string(), fo), out, dst));
@@ -619,8 +626,9 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
         written.push_back(ends_with(n, kStExt) ? n.substr(0, n.size() - kStExt.size()) + ".bs" : n);
       }
       if (auto old = read_dir_index(fs::path(dst))) {
+        const std::unordered_set<std::string> now(written.begin(), written.end());
         for (const auto& e : *old)
-          if (std::find(written.begin(), written.end(), e.bs) == written.end()) stale.emplace_back(e.bs);
+          if (!now.count(e.bs)) stale.emplace_back(e.bs);
       }
       const auto copied_index = earlier_shard_index(written);
       stale.insert(stale.end(), copied_index.begin(), copied_index.end());
@@ -642,10 +650,18 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
     DirProgress prog{opts.progress};
     std::error_code ec;
     for (const auto& e : entries) prog.total += fs::file_size(in / e.bs, ec);
+    std::unordered_map<std::string, const DirEntry*> by_bs, by_source;  // (a set per name: not files x entries)
+    for (const auto& e : entries) {
+      by_bs.emplace(e.bs, &e);
+      by_source.emplace(e.source, &e);
+    }
     for (const auto& f : files) {
       const std::string rel = f.string();
-      const bool is_bs = std::any_of(entries.begin(), entries.end(), [&](const DirEntry& e) { return e.bs == rel; });
-      if (rel == kDirIndexName || is_bs) continue;
+      if (rel == kDirIndexName || by_bs.count(rel)) continue;
+      // A copied file where a .bs restores to: compress never writes such a directory.
+      if (const auto it = by_source.find(rel); it != by_source.end())
+        return Status(Error::kCorrupt, (in / f).string() + ": a file of the name " + it->second->bs +
+                                           " restores to (the directory was changed after compression?)");
       fs::create_directories((out / f).parent_path(), ec);
       BIGSMALL_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
     }
