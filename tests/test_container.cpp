@@ -341,6 +341,16 @@ TEST(BadSafetensors, EachProblemHasItsError) {
     const Status st = compress_file(d / "config.json", d / "c.bs");
     EXPECT_NE(st.message().find("starts with text"), std::string::npos) << st.message();
   }
+  {
+    TempDir d;  // what a clone without git-lfs, or a download cut short, leaves
+    write_file(d / "lfs.safetensors", std::string("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n"));
+    Status st = compress_file(d / "lfs.safetensors", d / "l.bs");
+    EXPECT_NE(st.message().find("a Git LFS pointer, not the weights"), std::string::npos) << st.message();
+    write_file(d / "empty.safetensors", std::string());
+    st = compress_file(d / "empty.safetensors", d / "e.bs");
+    EXPECT_EQ(st.code(), Error::kTruncated);
+    EXPECT_NE(st.message().find("empty file"), std::string::npos) << st.message();
+  }
   auto good = safetensors_bytes(sample_tensors());
   expect_rejected(std::vector<uint8_t>(good.begin(), good.end() - 100), Error::kTruncated, "truncated data");
   expect_rejected(std::vector<uint8_t>(good.begin(), good.begin() + 40), Error::kTruncated, "truncated header");

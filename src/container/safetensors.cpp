@@ -40,13 +40,19 @@ Result<StFile> parse_safetensors(const uint8_t* data, uint64_t size) { return pa
 Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available, uint64_t size, bool raw_names) {
   auto bad = [](const std::string& what) { return Status(Error::kNotSafetensors, "not a safetensors file: " + what); };
   if (available > size) return Status(Error::kInvalidArgument, "more bytes available than the file has");
+  if (size == 0) return Status(Error::kTruncated, "empty file, not a safetensors file (an interrupted download?)");
   if (available < 8) return Status(Error::kTruncated, "file too short for a safetensors header");
   uint64_t n;
   std::memcpy(&n, data, 8);
   if (n > kMaxHeaderBytes) {
     // A text file (config.json, a tokenizer) handed over by mistake: say that, not a number.
-    if (std::all_of(data, data + 8, [](uint8_t c) { return (c >= 0x20 && c < 0x7f) || c == '\n' || c == '\r' || c == '\t'; }))
+    if (std::all_of(data, data + 8, [](uint8_t c) { return (c >= 0x20 && c < 0x7f) || c == '\n' || c == '\r' || c == '\t'; })) {
+      // A clone without git-lfs holds pointers where the weights should be.
+      constexpr std::string_view kLfs = "version https://git-lfs";
+      if (available >= kLfs.size() && std::memcmp(data, kLfs.data(), kLfs.size()) == 0)
+        return bad("a Git LFS pointer, not the weights (fetch them with `git lfs pull`)");
       return bad("it starts with text, not with a header length");
+    }
     return bad("header length " + std::to_string(n) + " exceeds 100 MB");
   }
   if (n > available - 8)
