@@ -213,8 +213,82 @@ def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
     _core.write_tensors(path, names, shapes, bufs, _header_metadata(metadata, path), _threads(threads), _flag(overwrite, "overwrite"))
 
 
+def _shared_groups(state_dict):
+    """Names whose tensors share memory (the same storage on the same device), sorted."""
+    groups = {}
+    for name, t in state_dict.items():
+        if t.device.type == "meta":
+            continue
+        storage = t.untyped_storage()
+        if storage.data_ptr() == 0 or storage.nbytes() == 0:
+            continue
+        groups.setdefault((t.device, storage.data_ptr(), storage.nbytes()), []).append(name)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def _covers_its_storage(t):
+    storage = t.untyped_storage()
+    return t.data_ptr() == storage.data_ptr() and t.numel() * t.element_size() == storage.nbytes()
+
+
+def _duplicate_names(state_dict, preferred=()):
+    """For each group of names sharing memory, the name kept (one whose tensor covers the whole
+    storage: the first such among `preferred`, else the first in order) -> the names dropped;
+    the choice safetensors' save_model and load_model make, so that files load either way."""
+    preferred = set(preferred)
+    drops = {}
+    for group in _shared_groups(state_dict):
+        whole = [n for n in group if _covers_its_storage(state_dict[n])]
+        if not whole:
+            raise InvalidArgumentError(f"tensors {group} share memory and none of them covers all of it: "
+                                       "save a copy (.clone()) of the part you need")
+        keep = min(set(whole) & preferred or whole)
+        drops[keep] = [n for n in group if n != keep]
+    return drops
+
+
+def save_model(model, filename, metadata=None, force_contiguous=False, threads=None, overwrite=True):
+    """Save a torch module's state dict as safetensors.torch.save_model does: tensors that share
+    memory (tied weights) are stored once, each dropped name recorded in the metadata as
+    name -> kept name (keys the caller gave are left as given). force_contiguous is accepted for
+    compatibility: every tensor is stored contiguous."""
+    state = model.state_dict()
+    metadata = dict(metadata) if metadata is not None else None
+    for keep, dropped in _with_file(os.fsdecode(filename), _duplicate_names, state).items():
+        for name in dropped:
+            if metadata is None:
+                metadata = {}
+            metadata.setdefault(name, keep)
+            del state[name]
+    save_file(state, filename, metadata=metadata, threads=threads, overwrite=overwrite)
+
+
+def load_model(model, filename, strict=True, device="cpu", threads=None, verify=True):
+    """Load a file written by save_model (or save_file) into a module, as
+    safetensors.torch.load_model does: names the file leaves out because they share memory with a
+    kept one are not missing. Returns (missing, unexpected); with strict, either raises."""
+    state = load_file(filename, device=device, threads=threads, verify=verify)
+    drops = _duplicate_names(model.state_dict(), preferred=state.keys())
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = set(missing)
+    for dropped in drops.values():
+        for name in dropped:
+            if name in missing:
+                missing.remove(name)
+            else:
+                unexpected.append(name)
+    if strict and (missing or unexpected):
+        parts = [f"Error(s) in loading state_dict for {type(model).__name__}:"]
+        if missing:
+            parts.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in sorted(missing)))
+        if unexpected:
+            parts.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in sorted(unexpected)))
+        raise RuntimeError("\n    ".join(parts))
+    return missing, unexpected
+
+
 def dtype_name(dtype):
     return _NAMES[dtype]
 
 
-__all__ = ["load_file", "save_file"]
+__all__ = ["load_file", "save_file", "load_model", "save_model"]

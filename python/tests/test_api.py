@@ -1138,3 +1138,34 @@ def test_swapped_imports_and_stale_weights_are_warned_about(tmp_path):
     with pytest.warns(UserWarning, match="transformers' from_pretrained of this directory would load those"):
         bigsmall.save_pretrained({"w": torch.ones(2)}, d)
     assert (d / "model.safetensors").exists()  # another format's weights are not removed
+
+
+def test_save_model_and_load_model_as_safetensors(tmp_path):
+    """Tied weights are stored once, under the name safetensors keeps, with the same metadata;
+    bigsmall's file and safetensors' file compressed load into a fresh model alike."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=8)
+    model = GPT2LMHeadModel(cfg).eval()
+    bt.save_model(model, tmp_path / "m.bs", metadata={"format": "pt"})
+    st.save_model(model, tmp_path / "m.safetensors", metadata={"format": "pt"})
+    with bigsmall.safe_open(tmp_path / "m.bs") as a, st.safe_open(tmp_path / "m.safetensors", framework="pt") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        assert a.metadata() == b.metadata()
+        for k in a.keys():
+            assert torch.equal(a.get_tensor(k), b.get_tensor(k))
+    # bigsmall's file, and safetensors' file compressed, load alike
+    for path in (tmp_path / "m.bs", bigsmall.compress(tmp_path / "m.safetensors", tmp_path / "c.bs")):
+        fresh = GPT2LMHeadModel(cfg).eval()
+        missing, unexpected = bt.load_model(fresh, path)
+        assert not missing and not unexpected
+        for (k, v), (k2, v2) in zip(model.state_dict().items(), fresh.state_dict().items()):
+            assert k == k2 and torch.equal(v, v2)
+        assert fresh.lm_head.weight.data_ptr() == fresh.transformer.wte.weight.data_ptr()  # still tied
+    # what the file lacks is missing, and strict says so
+    bt.save_file({"transformer.wte.weight": model.transformer.wte.weight}, tmp_path / "part.bs")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        bt.load_model(GPT2LMHeadModel(cfg), tmp_path / "part.bs")
+    missing, _ = bt.load_model(GPT2LMHeadModel(cfg), tmp_path / "part.bs", strict=False)
+    assert "transformer.h.0.attn.c_attn.weight" in missing
