@@ -55,6 +55,10 @@ int exit_code(Error e) {
   return kExitInternal;
 }
 
+// After a usage error: its one line, then where the rest is (as xz and GNU tools do), not the
+// whole help.
+const char* kHelpHint = "Try 'bigsmall --help' for more information.\n";
+
 const char* kUsage =
     "usage: bigsmall COMMAND [options] PATH...\n"
     "\n"
@@ -888,7 +892,7 @@ int run(int argc, char** argv) {
     } else if (s == "--best") {
       a.best = true;
     } else if (s.size() > 1 && s[0] == '-') {
-      std::fprintf(stderr, "bigsmall: unknown option '%s'\n%s", printable(s).c_str(), kUsage);
+      std::fprintf(stderr, "bigsmall: unknown option '%s'\n%s", printable(s).c_str(), kHelpHint);
       return kExitUsage;
     } else if (a.command.empty()) {
       a.command = s;
@@ -898,11 +902,11 @@ int run(int argc, char** argv) {
   }
   static const char* const kCommands[] = {"compress", "decompress", "verify", "info", "bench"};
   if (!a.command.empty() && std::find(std::begin(kCommands), std::end(kCommands), a.command) == std::end(kCommands)) {
-    std::fprintf(stderr, "bigsmall: unknown command '%s'\n%s", printable(a.command).c_str(), kUsage);
+    std::fprintf(stderr, "bigsmall: unknown command '%s'\n%s", printable(a.command).c_str(), kHelpHint);
     return kExitUsage;
   }
   if (a.paths.empty()) {
-    std::fprintf(stderr, "bigsmall: %s\n%s", a.command.empty() ? "no command" : "no input path", kUsage);
+    std::fprintf(stderr, "bigsmall: %s\n%s", a.command.empty() ? "no command" : "no input path", kHelpHint);
     return kExitUsage;
   }
   // Options that a command does not take are refused, not silently ignored.
@@ -941,6 +945,6 @@ int run(int argc, char** argv) {
   if (a.command == "verify") return run_verify(a);
   if (a.command == "info") return run_info(a);
   if (a.command == "bench") return run_bench(a);
-  std::fprintf(stderr, "bigsmall: unknown command '%s'\n%s", a.command.c_str(), kUsage);
+  std::fprintf(stderr, "bigsmall: unknown command '%s'\n%s", printable(a.command).c_str(), kHelpHint);
   return kExitUsage;
 }

@@ -402,5 +402,10 @@ ln -s "$tmp/nowhere" "$tmp/dangling.safetensors"
 expect 2 "a dangling link" -- "$bs" compress -q "$tmp/dangling.safetensors"
 check "says so" -- grep -q "dangling link" "$tmp/err"
 
+
+# a usage error is its one line and a pointer to --help, not the whole help
+expect 1 "unknown option" -- "$bs" compress --bogus "$tmp/m.safetensors"
+check "one line and the hint" -- test "$(wc -l <"$tmp/err")" -eq 2 -a "$(tail -1 "$tmp/err")" = "Try 'bigsmall --help' for more information."
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
