@@ -575,6 +575,14 @@ struct InfoTotals {
   size_t tensors = 0;
 };
 
+// s followed by spaces up to `width` characters (printf pads bytes: a name with multi-byte
+// characters pushed its row's columns left).
+std::string padded(std::string s, size_t width) {
+  const size_t chars = static_cast<size_t>(std::count_if(s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+  if (chars < width) s.append(width - chars, ' ');
+  return s;
+}
+
 // One .bs file: its table, or its JSON object without a trailing newline.
 void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotals* tot) {
   uint64_t stored = 0, floor_bits = 0;
@@ -596,7 +604,7 @@ void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotal
                   shape_str(t.shape).c_str(), codec_name(t.codec), static_cast<unsigned long long>(t.nbytes),
                   static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
     } else {
-      std::printf("%-48s %-8s %-18s %-6s %10llu %8.4f %7.3f %7.3f\n", printable(t.name).c_str(),
+      std::printf("%s %-8s %-18s %-6s %10llu %8.4f %7.3f %7.3f\n", padded(printable(t.name), 48).c_str(),
                   std::string(dtype_info(t.dtype).safetensors_name).c_str(), shape_str(t.shape).c_str(), codec_name(t.codec),
                   static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
     }
