@@ -345,11 +345,14 @@ std::string why_unreachable(const std::string& path, int err) {
   return std::string("cannot access: ") + std::strerror(err);
 }
 
-// /dev/stdin, /proc/self/fd/3: an output named after them would land in /dev or /proc.
+// /dev/stdin, /proc/self/fd/3: an output named after them would land in /dev or /proc (but a
+// file in /dev/shm, a tmpfs, is an ordinary file in a directory of its own).
 bool in_system_tree(const std::string& in) {
   std::error_code ec;
-  const std::string whole = fs::absolute(in, ec).lexically_normal().string();
-  return !ec && (whole.starts_with("/dev/") || whole.starts_with("/proc/"));
+  const fs::path whole = fs::absolute(in, ec).lexically_normal();
+  if (ec) return false;
+  const std::string dir = whole.parent_path().string();
+  return dir == "/dev" || dir == "/dev/fd" || dir == "/proc" || dir.starts_with("/proc/");
 }
 
 std::string default_output(const std::string& cmd, const std::string& in, bool is_dir) {

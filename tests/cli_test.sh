@@ -331,12 +331,14 @@ mkdir -p "$tmp/anc/src/src"
 cp "$tmp/m.safetensors" "$tmp/anc/src/model.safetensors" && echo outer >"$tmp/anc/src/config.json"
 cp "$tmp/m.safetensors" "$tmp/anc/src/src/model.safetensors" && echo nested >"$tmp/anc/src/src/config.json"
 expect 1 "compress -f into a directory holding the input" -- "$bs" compress -q -f -o "$tmp/anc" "$tmp/anc/src"
-check "says so" -- grep -q "the output directory holds the input" "$tmp/err"
+check "says so" -- grep -q "would replace a file of the input" "$tmp/err"
 check "and leaves the inputs as they were" -- test "$(cat "$tmp/anc/src/config.json")" = outer -a ! -e "$tmp/anc/src/model.bs"
 expect 0 "compress of that directory elsewhere" -- "$bs" compress -q -o "$tmp/ancz.bs" "$tmp/anc/src"
 mkdir -p "$tmp/holder" && mv "$tmp/ancz.bs" "$tmp/holder/"
-expect 1 "decompress -f into the directory holding the .bs" -- "$bs" decompress -q -f -o "$tmp/holder" "$tmp/holder/ancz.bs"
-check "and the .bs directory verifies still" -- "$bs" verify -q "$tmp/holder/ancz.bs"
+# restoring into the directory that holds the .bs directory touches nothing of it (allowed)
+expect 0 "decompress -f into the directory holding the .bs" -- "$bs" decompress -q -f -o "$tmp/holder" "$tmp/holder/ancz.bs"
+check "restores there, and the .bs directory verifies still" -- test -f "$tmp/holder/model.safetensors" -a -f "$tmp/holder/src/config.json"
+expect 0 "verify" -- "$bs" verify -q "$tmp/holder/ancz.bs"
 
 # a name that fits must not fail for its longer temporary name (255 bytes a name)
 long=$(printf "z%.0s" $(seq 240))
@@ -406,6 +408,24 @@ check "says so" -- grep -q "dangling link" "$tmp/err"
 # a usage error is its one line and a pointer to --help, not the whole help
 expect 1 "unknown option" -- "$bs" compress --bogus "$tmp/m.safetensors"
 check "one line and the hint" -- test "$(wc -l <"$tmp/err")" -eq 2 -a "$(tail -1 "$tmp/err")" = "Try 'bigsmall --help' for more information."
+
+
+# -o through "..": only the parents this run made are removed when it fails, never one that was
+# there, and never a file
+mkdir -p "$tmp/keep" && echo precious >"$tmp/afile"
+expect 2 "-o through a file" -- "$bs" compress -q -o "$tmp/nodir/../afile/x/out.bs" "$tmp/halfdir"
+check "names the part that cannot be made" -- grep -q "afile/x: cannot create directory: Not a directory" "$tmp/err"
+check "and leaves the file" -- test "$(cat "$tmp/afile")" = precious
+expect 4 "a failing run with -o through .." -- "$bs" compress -q -o "$tmp/nodir2/../keep/x/out.bs" "$tmp/halfdir"
+check "leaves the directory that was there" -- test -d "$tmp/keep" -a ! -e "$tmp/keep/x" -a ! -e "$tmp/nodir2"
+# a file in /dev/shm (a tmpfs) is a file like any other: its output goes beside it
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+  shm=$(mktemp -d /dev/shm/bigsmall-test.XXXXXX)
+  cp "$tmp/m.safetensors" "$shm/m.safetensors"
+  expect 0 "compress in /dev/shm without -o" -- "$bs" compress -q "$shm/m.safetensors"
+  check "writes beside it" -- test -f "$shm/m.bs"
+  rm -rf "$shm"
+fi
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

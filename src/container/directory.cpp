@@ -115,27 +115,27 @@ Result<std::vector<fs::path>> list_files(const fs::path& root, const fs::path& s
   return files;
 }
 
+// Where -f merges into an existing directory that holds the input (-o .. of a model, or the
+// directory of a DIR.bs being restored): the input's path relative to it, so that the merge can
+// refuse a file that would land on the input or inside it. Empty when the output does not hold
+// the input (compared by device and inode up the input's real path).
+fs::path input_inside(const std::string& src, const fs::path& out) {
+  struct stat o;
+  if (::stat(out.c_str(), &o) != 0 || !S_ISDIR(o.st_mode)) return {};
+  std::error_code ec;
+  const fs::path in = fs::canonical(src, ec);
+  if (ec) return {};  // reading the input reports it
+  for (fs::path p = in;; p = p.parent_path()) {
+    struct stat s;
+    if (::stat(p.c_str(), &s) == 0 && s.st_dev == o.st_dev && s.st_ino == o.st_ino) return in.lexically_relative(p);
+    if (p == p.parent_path()) return {};
+  }
+}
+
 // A directory output is built under a temporary sibling name and moved into place once
 // complete, so that a failure leaves nothing under the final name; with -f over an existing
 // directory, every target is checked before the first file moves. The temporary tree is
 // removed whatever happens (and by the signal cleanup on SIGINT/SIGTERM).
-// -f merges into an existing directory: one that holds the input (-o .. of a model, or the
-// directory of a DIR.bs being restored) would get, under the input's own names, files of the
-// input's subfolders, and lose inputs to them.
-Status check_output_not_around(const std::string& src, const fs::path& out, const std::string& dst) {
-  struct stat o;
-  if (::stat(out.c_str(), &o) != 0 || !S_ISDIR(o.st_mode)) return Status::success();
-  std::error_code ec;
-  fs::path p = fs::canonical(src, ec);
-  if (ec) return Status::success();  // reading the input reports it
-  for (;; p = p.parent_path()) {
-    struct stat s;
-    if (::stat(p.c_str(), &s) == 0 && s.st_dev == o.st_dev && s.st_ino == o.st_ino)
-      return Status(Error::kInvalidArgument, dst + ": the output directory holds the input " + src + " (choose an output outside it)");
-    if (p == p.parent_path()) return Status::success();
-  }
-}
-
 class OutputDir {
  public:
   static Result<OutputDir> create(const std::string& src, const std::string& dst, bool overwrite) {
@@ -146,26 +146,25 @@ class OutputDir {
     if (!final_path.has_filename()) final_path = final_path.parent_path();
     // Parents first, then the checks on the path as it now resolves: "nope/../x" names x only
     // once nope exists.
-    if (final_path.has_parent_path()) {
-      // Those created here are removed again if the run fails (an empty a/b/ of -o a/b/out.bs).
-      for (fs::path p = final_path.parent_path(); !p.empty() && !fs::exists(fs::symlink_status(p, ec)); p = p.parent_path())
-        d.made_parents_.push_back(p);
-      for (const auto& p : d.made_parents_) detail::register_made_parent(p.string());
-      fs::create_directories(final_path.parent_path(), ec);
-      if (ec) {  // name the one that could not be made (the deepest's ENOENT would hide why)
-        for (auto p = d.made_parents_.rbegin(); p != d.made_parents_.rend(); ++p) {
-          if (fs::exists(fs::symlink_status(*p, ec2))) continue;
-          if (::mkdir(p->c_str(), 0777) != 0) return Status(Error::kIo, p->string() + ": cannot create directory: " + std::strerror(errno)).with_errno(errno);
-          break;
-        }
-        return Status(Error::kIo, dst + ": cannot create directory: " + ec.message()).with_errno(ec.value());
+    // Made one at a time, so that only those this run made are removed again if it fails (an
+    // empty a/b/ of -o a/b/out.bs), never one that was there ("nodir/../keep/x": keep is not
+    // ours), and a part that cannot be made is named with its reason.
+    fs::path built;
+    for (const auto& part : final_path.parent_path()) {
+      built /= part;
+      if (part == built.root_path() || part == built.root_name()) continue;
+      if (::mkdir(built.c_str(), 0777) == 0) {
+        d.made_parents_.insert(d.made_parents_.begin(), built);  // innermost first
+        detail::register_made_parent(built.string());
+      } else if (errno != EEXIST) {
+        return Status(Error::kIo, built.string() + ": cannot create directory: " + std::strerror(errno)).with_errno(errno);
       }
     }
-    ec.clear();
     const fs::path resolved = fs::weakly_canonical(final_path, ec);
     d.final_ = ec ? final_path : resolved;
     BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(src, d.final_.string()));
-    BIGSMALL_RETURN_IF_ERROR(check_output_not_around(src, d.final_, dst));
+    d.src_ = src;
+    d.input_rel_ = input_inside(src, d.final_);
     if (fs::exists(fs::symlink_status(d.final_, ec)) && !overwrite)
       return Status(Error::kIo, dst + ": already exists").with_errno(EEXIST);
     // -f swaps the finished directory in and removes what was there: never a device, pipe or
@@ -207,7 +206,7 @@ class OutputDir {
   OutputDir() = default;
   OutputDir(OutputDir&& o) noexcept
       : final_(std::move(o.final_)), temp_(std::exchange(o.temp_, {})), overwrite_(o.overwrite_), mode_(o.mode_),
-        made_parents_(std::exchange(o.made_parents_, {})) {}
+        made_parents_(std::exchange(o.made_parents_, {})), src_(std::move(o.src_)), input_rel_(std::move(o.input_rel_)) {}
   OutputDir& operator=(OutputDir&&) = delete;
   ~OutputDir() {
     std::error_code ec;
@@ -216,7 +215,7 @@ class OutputDir {
       detail::unregister_pending_dir(temp_.string());
     }
     for (const auto& p : made_parents_) {  // not committed: innermost first, if empty
-      fs::remove(p, ec);
+      ::rmdir(p.c_str());
       detail::unregister_made_parent(p.string());
     }
   }
@@ -286,6 +285,16 @@ class OutputDir {
       (it->is_directory(ec) ? dirs : files).push_back(it->path().lexically_relative(temp_));
     if (ec) return Status(Error::kIo, temp_.string() + ": cannot list: " + ec.message());
     std::stable_partition(files.begin(), files.end(), [](const fs::path& f) { return f != kDirIndexName; });
+    for (const auto& f : files) {  // the output holds the input: nothing may land on it or in it
+      if (input_rel_.empty()) break;
+      auto fi = f.begin();
+      auto ri = input_rel_.begin();
+      for (; fi != f.end() && ri != input_rel_.end() && *fi == *ri; ++fi, ++ri) {
+      }
+      if (ri == input_rel_.end())
+        return Status(Error::kInvalidArgument, (final_ / f).string() + ": would replace a file of the input " + src_ +
+                                                   " (the output directory holds it; choose an output outside it)");
+    }
     for (const auto& f : files) {
       fs::path at = final_;
       for (auto part = f.begin(); part != f.end(); ++part) {
@@ -368,6 +377,8 @@ class OutputDir {
   bool overwrite_ = false;
   std::optional<unsigned> mode_;
   std::vector<fs::path> made_parents_;  // created for this output, innermost first
+  std::string src_;
+  fs::path input_rel_;  // the input's place inside the output, when -f merges into a directory holding it
 };
 
 struct DirEntry {

@@ -49,14 +49,17 @@ namespace {
 constexpr int kSlots = 64;
 constexpr int kPathMax = 4096;
 // Slot states: 0 free, 1 being written or cleared (the handler skips it), 2 holds a path.
-char g_pending[kSlots][kPathMax];
-std::atomic<int> g_state[kSlots];
+// Outputs take the first kSlots, parents made for them the next kSlots: a deep -o path must not
+// take the slots of the outputs themselves.
+char g_pending[2 * kSlots][kPathMax];
+std::atomic<int> g_state[2 * kSlots];
 enum class Pending : uint8_t { kFile, kDir, kMadeParent };
-Pending g_kind[kSlots];  // written before the slot's state becomes 2
+Pending g_kind[2 * kSlots];  // written before the slot's state becomes 2
 
 int register_pending(const std::string& p, Pending kind = Pending::kFile) {
   if (p.size() >= kPathMax) return -1;
-  for (int i = 0; i < kSlots; ++i) {
+  const int first = kind == Pending::kMadeParent ? kSlots : 0;
+  for (int i = first; i < first + kSlots; ++i) {
     int expected = 0;
     if (g_state[i].compare_exchange_strong(expected, 1)) {
       std::memcpy(g_pending[i], p.c_str(), p.size() + 1);
@@ -68,7 +71,7 @@ int register_pending(const std::string& p, Pending kind = Pending::kFile) {
   return -1;
 }
 void unregister_pending(const std::string& p) {
-  for (int i = 0; i < kSlots; ++i) {
+  for (int i = 0; i < 2 * kSlots; ++i) {
     int expected = 2;
     if (g_state[i].load() == 2 && p == g_pending[i] && g_state[i].compare_exchange_strong(expected, 1)) {
       g_state[i].store(0);
@@ -149,7 +152,7 @@ void remove_pending_outputs() {
   // whatever slots they are.
   for (bool removed = true; removed;) {
     removed = false;
-    for (int i = 0; i < kSlots; ++i)
+    for (int i = kSlots; i < 2 * kSlots; ++i)
       if (g_state[i].load() == 2 && g_kind[i] == Pending::kMadeParent && ::rmdir(g_pending[i]) == 0) removed = true;
   }
   errno = saved;
