@@ -6,6 +6,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <type_traits>
 
 #include "bigsmall/codec.hpp"
 #include "common/bytes.hpp"
@@ -361,10 +362,12 @@ TEST(TensorChecksum, PiecesInOrderGiveTheTensorsChecksum) {
       if (piece > 4096 && n > 4096 && piece < 65536) continue;
       if (piece == 1 && n > 5000) continue;  // byte by byte is slow under the sanitizers
       TensorChecksum sum;
+      ASSERT_TRUE(sum.ok());
       for (uint64_t off = 0; off < n; off += piece) sum.update(data.data() + off, std::min(piece, n - off));
       EXPECT_EQ(sum.digest(), e->coding.checksum) << n << " in pieces of " << piece;
     }
   }
+  static_assert(std::is_nothrow_default_constructible_v<TensorChecksum>);  // errors are values: see ok()
   TensorChecksum other;
   other.update(reinterpret_cast<const uint8_t*>("x"), 1);
   auto e = encode_tensor(DType::kU8, reinterpret_cast<const uint8_t*>("y"), 1);

@@ -73,18 +73,21 @@ Status decode_tensor(const TensorCoding& coding, const uint8_t* payload, uint64_
                      uint8_t* out, uint64_t out_size, const DecodeOptions& opts = {});
 // TensorCoding::checksum of bytes taken piece by piece, in order: for decoders outside the
 // library, such as the GPU path, which hashes each tensor as it copies it back from the device.
-// Allocates nothing and throws nothing.
+// Throws nothing: check ok() after constructing one.
 class TensorChecksum {
  public:
-  TensorChecksum();
+  TensorChecksum() noexcept;
   ~TensorChecksum();
   TensorChecksum(const TensorChecksum&) = delete;
   TensorChecksum& operator=(const TensorChecksum&) = delete;
+  // False when its state could not be allocated (out of memory): update() then does nothing
+  // and digest() means nothing.
+  bool ok() const { return state_ != nullptr; }
   void update(const uint8_t* data, uint64_t size);
   uint64_t digest() const;  // of everything given so far
 
  private:
-  alignas(64) unsigned char state_[640];  // the hash's state, kept inline
+  void* state_;
 };
 
 // Slow, readable decoder used as the test oracle for the fast paths (CPU and GPU).

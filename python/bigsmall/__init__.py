@@ -23,7 +23,13 @@ from ._core import (  # noqa: F401  (re-exported error hierarchy)
 from ._core import IOError as BigsmallIOError  # noqa: F401
 # The IOError subclasses that are also the builtin OSError subclasses of the same name. Not in
 # __all__: `from bigsmall import *` would shadow the builtins.
-from ._core import FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError  # noqa: F401,A004
+from ._core import (  # noqa: F401,A004
+    FileExistsError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 # from_pretrained, save_pretrained and StreamingLoader are left out: `from bigsmall import *`
 # would import torch and transformers (seconds) to bind them.
@@ -33,13 +39,17 @@ __all__ = [
 ]
 
 
-_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
-_CONTROLS.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
+# C0 and C1 controls (C1's CSI acts on terminals too), the Unicode line and paragraph
+# separators, and the surrogates that stand for bytes of a name that are not UTF-8.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+_CONTROLS.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+_CONTROLS.update({c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)})  # os.fsdecode's escapes of bytes
 
 
 def _one_line(text):
-    """Messages name files, and a name may hold a newline or an escape sequence: shown escaped,
-    as the CLI shows them, so that every message is one line (args keep the raw text)."""
+    """Messages name files, and a name may hold a newline, an escape sequence or bytes that are
+    not UTF-8: shown escaped, as the CLI shows them, so that every message is one printable line
+    (args keep the raw text)."""
     return str(text).translate(_CONTROLS)
 
 
@@ -126,7 +136,8 @@ def _os_error(e, path):
     """An OSError from Python's own file calls as the bigsmall error of its kind (one line,
     naming the path), keeping errno."""
     cls = {errno.ENOENT: FileNotFoundError, errno.EEXIST: FileExistsError, errno.EISDIR: IsADirectoryError,
-           errno.EACCES: PermissionError, errno.EPERM: PermissionError}.get(e.errno, BigsmallIOError)
+           errno.ENOTDIR: NotADirectoryError, errno.EACCES: PermissionError,
+           errno.EPERM: PermissionError}.get(e.errno, BigsmallIOError)
     why = e.strerror or str(e)
     if e.errno == errno.EEXIST:
         why = "exists and is not a directory"
@@ -165,16 +176,16 @@ def _text(s, what):
     return s
 
 
-def _save_target(filename):
+def _save_target(filename, stacklevel=3):
     """The path a save_file writes. A name ending in .safetensors gets a warning: the bytes are
     .bs (safetensors readers refuse them as "header too large"), an easy slip when an import of
-    safetensors.torch is swapped for bigsmall.torch."""
+    safetensors.torch is swapped for bigsmall.torch. stacklevel: that of the user's call."""
     path = os.fsdecode(filename)
     if path.endswith(".safetensors"):
         import warnings
 
-        warnings.warn(f"{path}: bigsmall writes the .bs format, not safetensors (name it .bs; "
-                      "bigsmall.decompress restores a .safetensors file)", stacklevel=3)
+        warnings.warn(_one_line(f"{path}: bigsmall writes the .bs format, not safetensors (name it .bs; "
+                                "bigsmall.decompress restores a .safetensors file)"), stacklevel=stacklevel)
     return path
 
 

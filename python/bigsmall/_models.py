@@ -748,7 +748,6 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
         for f in stale:
             if os.path.exists(f) and os.path.abspath(f) != os.path.abspath(os.path.join(out_dir, "model.bs")):
                 os.remove(f)
-        _warn_other_weights(out_dir)
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -762,14 +761,18 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+    _warn_other_weights(out_dir)  # once all is in place: a warning turned error must not undo a save
     return out_dir
+
+
+# The weight files transformers' from_pretrained loads from a directory (no variant).
+_TRANSFORMERS_WEIGHTS = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
 
 
 def _warn_other_weights(out_dir):
     """Weights of another format left in out_dir are not removed (they may be another model's),
     but transformers' own from_pretrained of the directory would load them, not model.bs."""
-    others = sorted(n for n in os.listdir(out_dir)
-                    if n.endswith((".safetensors", ".bin", ".pt", ".pth")) and (n.startswith(("model", "pytorch_model"))))
+    others = sorted(n for n in os.listdir(out_dir) if _TRANSFORMERS_WEIGHTS.fullmatch(n))
     if others:
         warnings.warn(f"{out_dir} also holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}: transformers' "
                       "from_pretrained of this directory would load those, not the model.bs just written "

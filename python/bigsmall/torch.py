@@ -208,9 +208,13 @@ def _views(tensors):
 
 def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
     """Write tensors straight to a .bs file (no safetensors file in between)."""
-    path = _save_target(filename)
+    _write(tensors, _save_target(filename), metadata, threads, overwrite)
+
+
+def _write(tensors, path, metadata, threads, overwrite):
     names, shapes, bufs, _keep = _with_file(path, _views, tensors)
     _core.write_tensors(path, names, shapes, bufs, _header_metadata(metadata, path), _threads(threads), _flag(overwrite, "overwrite"))
+
 
 
 def _shared_groups(state_dict):
@@ -240,8 +244,8 @@ def _duplicate_names(state_dict, preferred=()):
     for group in _shared_groups(state_dict):
         whole = [n for n in group if _covers_its_storage(state_dict[n])]
         if not whole:
-            raise InvalidArgumentError(f"tensors {group} share memory and none of them covers all of it: "
-                                       "save a copy (.clone()) of the part you need")
+            raise InvalidArgumentError(f"the model's tensors {group} share memory and none of them covers all of it, "
+                                       "so no one name stands for the others")
         keep = min(set(whole) & preferred or whole)
         drops[keep] = [n for n in group if n != keep]
     return drops
@@ -252,30 +256,36 @@ def save_model(model, filename, metadata=None, force_contiguous=False, threads=N
     memory (tied weights) are stored once, each dropped name recorded in the metadata as
     name -> kept name (keys the caller gave are left as given). force_contiguous is accepted for
     compatibility: every tensor is stored contiguous."""
+    path = _save_target(filename)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidArgumentError(f"{path}: metadata must be a dict of str to str, not {type(metadata).__name__}")
     state = model.state_dict()
-    metadata = dict(metadata) if metadata is not None else None
-    for keep, dropped in _with_file(os.fsdecode(filename), _duplicate_names, state).items():
+    metadata = dict(metadata) if metadata is not None else None  # the caller's dict is left as it is
+    for keep, dropped in _with_file(path, _duplicate_names, state).items():
         for name in dropped:
             if metadata is None:
                 metadata = {}
             metadata.setdefault(name, keep)
             del state[name]
-    save_file(state, filename, metadata=metadata, threads=threads, overwrite=overwrite)
+    _write(state, path, metadata, threads, overwrite)
 
 
 def load_model(model, filename, strict=True, device="cpu", threads=None, verify=True):
     """Load a file written by save_model (or save_file) into a module, as
     safetensors.torch.load_model does: names the file leaves out because they share memory with a
     kept one are not missing. Returns (missing, unexpected); with strict, either raises."""
-    state = load_file(filename, device=device, threads=threads, verify=verify)
-    drops = _duplicate_names(model.state_dict(), preferred=state.keys())
+    strict = _flag(strict, "strict")
+    path = os.fsdecode(filename)
+    names = [t["name"] for t in _core.File.open(path).tensors()]  # before anything is decoded
+    drops = _with_file(path, _duplicate_names, model.state_dict(), names)
+    state = load_file(path, device=device, threads=threads, verify=verify)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = set(missing)
     for dropped in drops.values():
         for name in dropped:
             if name in missing:
                 missing.remove(name)
-            else:
+            elif name not in state:  # safetensors' rule; a name the file holds too (save_file of a tied model) loaded fine
                 unexpected.append(name)
     if strict and (missing or unexpected):
         parts = [f"Error(s) in loading state_dict for {type(model).__name__}:"]

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -46,6 +47,7 @@ PyObject* g_file_not_found = nullptr;  // IOError that is also a FileNotFoundErr
 PyObject* g_permission = nullptr;      // IOError that is also a PermissionError
 PyObject* g_file_exists = nullptr;     // IOError that is also a FileExistsError (output there, no overwrite)
 PyObject* g_is_a_directory = nullptr;  // IOError that is also an IsADirectoryError
+PyObject* g_not_a_directory = nullptr; // IOError that is also a NotADirectoryError
 
 [[noreturn]] void raise(const Status& st) {
   PyObject* cls = g_error;
@@ -62,6 +64,7 @@ PyObject* g_is_a_directory = nullptr;  // IOError that is also an IsADirectoryEr
       cls = st.sys_errno() == ENOENT   ? g_file_not_found
             : st.sys_errno() == EEXIST ? g_file_exists
             : st.sys_errno() == EISDIR ? g_is_a_directory
+            : st.sys_errno() == ENOTDIR ? g_not_a_directory
             : (st.sys_errno() == EACCES || st.sys_errno() == EPERM) ? g_permission
                                                                      : g_io;
       break;
@@ -266,12 +269,16 @@ Status hash_on_host(PinnedPair& pp, const BsFile& f, const std::vector<size_t>& 
     return Status::success();
   };
   if (!pieces.empty()) BIGSMALL_RETURN_IF_ERROR(issue(0));
-  std::unique_ptr<TensorChecksum> hash;
+  std::optional<TensorChecksum> hash;
   for (size_t p = 0; p < pieces.size(); ++p) {
     if (p + 1 < pieces.size()) BIGSMALL_RETURN_IF_ERROR(issue(p + 1));  // its buffer was hashed last round
     if (cudaEventSynchronize(pp.done[p & 1]) != cudaSuccess) return Status(Error::kIo, "copy from the device failed");
     const Piece& x = pieces[p];
-    if (x.off == 0) hash = std::make_unique<TensorChecksum>();
+    if (x.off == 0) {
+      hash.reset();
+      hash.emplace();
+      if (!hash->ok()) return Status(Error::kOutOfMemory, "out of memory for a checksum state");
+    }
     hash->update(pp.buf[p & 1], x.n);
     const TensorInfo& t = f.tensors()[which[x.k]];
     if (x.off + x.n == t.nbytes && hash->digest() != f.coding(which[x.k]).checksum)
@@ -371,6 +378,9 @@ NB_MODULE(_core, m) {
     g_is_a_directory = make_error(m, "IsADirectoryError",
                                   nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_IsADirectoryError)).release().ptr(),
                                   "A directory where a file was expected.");
+    g_not_a_directory = make_error(m, "NotADirectoryError",
+                                   nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_NotADirectoryError)).release().ptr(),
+                                   "A file where a directory was expected.");
     g_notfound = make_error(m, "NotFoundError", nb::make_tuple(base, nb::handle(PyExc_KeyError)).release().ptr(),
                             "No tensor of that name.");
     g_value = make_error(m, "InvalidArgumentError", nb::make_tuple(base, nb::handle(PyExc_ValueError)).release().ptr(),

@@ -1169,3 +1169,44 @@ def test_save_model_and_load_model_as_safetensors(tmp_path):
         bt.load_model(GPT2LMHeadModel(cfg), tmp_path / "part.bs")
     missing, _ = bt.load_model(GPT2LMHeadModel(cfg), tmp_path / "part.bs", strict=False)
     assert "transformer.h.0.attn.c_attn.weight" in missing
+
+
+def test_load_model_edge_cases(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=8)
+    model = GPT2LMHeadModel(cfg).eval()
+    # save_file keeps both names of a tied weight (safetensors' save_file refuses them): such a
+    # file loads with nothing missing or unexpected
+    bt.save_file(model.state_dict(), tmp_path / "both.bs")
+    assert bt.load_model(GPT2LMHeadModel(cfg), tmp_path / "both.bs") == (set(), [])
+    # metadata must be a dict, as save_file requires; the caller's dict is not changed
+    with pytest.raises(bigsmall.InvalidArgumentError, match=r"m\.bs: metadata must be a dict"):
+        bt.save_model(model, tmp_path / "m.bs", metadata=[("a", "b")])
+    meta = {"format": "pt"}
+    bt.save_model(model, tmp_path / "m.bs", metadata=meta)
+    assert meta == {"format": "pt"}
+    with pytest.raises(bigsmall.InvalidArgumentError, match="strict must be True or False"):
+        bt.load_model(GPT2LMHeadModel(cfg), tmp_path / "m.bs", strict=None)
+
+
+def test_more_messages_and_classes(tmp_path):
+    # C1 controls (CSI), line separators and bytes that are not UTF-8 are escaped too
+    with pytest.raises(bigsmall.FileNotFoundError) as e:
+        bt.load_file(os.fsdecode(bytes(tmp_path / "c1") + b"\xc2\x9b31m\xe2\x80\xa8\xff.bs"))
+    text = str(e.value)
+    assert len(text.splitlines()) == 1 and "\x9b" not in text and "\udcff" not in text and "\\xff" in text
+    # a file where a directory is expected is a NotADirectoryError, as os.makedirs raises
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(bigsmall.NotADirectoryError):
+        bigsmall.save_pretrained({"w": torch.ones(2)}, tmp_path / "afile" / "sub")
+    # only the weight files transformers would load earn the warning
+    d = tmp_path / "trainer"
+    d.mkdir()
+    (d / "model_args.pt").write_bytes(b"x")
+    (d / "model.fp16.safetensors").write_bytes(b"x")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bigsmall.save_pretrained({"w": torch.ones(2)}, d)

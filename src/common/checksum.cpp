@@ -1,6 +1,5 @@
 #include "common/checksum.hpp"
 
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t's layout, for states kept inline
 #include <xxhash.h>
 
 #include <algorithm>
@@ -24,38 +23,35 @@
 namespace bigsmall::detail {
 uint64_t xxh3_64(const void* data, size_t size) { return BS_XXH3_64(data, size); }
 
-namespace {
-XXH3_state_t* init_state(unsigned char* storage) {
-  auto* s = reinterpret_cast<XXH3_state_t*>(storage);
-  XXH3_INITSTATE(s);
-  XXH3_64bits_reset(s);
-  return s;
+Xxh3Stream::Xxh3Stream() : state_(XXH3_createState()) {
+  if (state_ == nullptr) throw std::bad_alloc();  // a value at the public entry point (guarded)
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
 }
-}  // namespace
-
-Xxh3Stream::Xxh3Stream() {
-  static_assert(sizeof(XXH3_state_t) <= sizeof(state_) && alignof(XXH3_state_t) <= 64);
-  init_state(state_);
+Xxh3Stream::~Xxh3Stream() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+void Xxh3Stream::update(const void* data, size_t size) {
+  BS_XXH3_UPDATE(static_cast<XXH3_state_t*>(state_), data, size);
 }
-Xxh3Stream::~Xxh3Stream() = default;
-void Xxh3Stream::update(const void* data, size_t size) { BS_XXH3_UPDATE(reinterpret_cast<XXH3_state_t*>(state_), data, size); }
-uint64_t Xxh3Stream::digest() const { return XXH3_64bits_digest(reinterpret_cast<const XXH3_state_t*>(state_)); }
+uint64_t Xxh3Stream::digest() const { return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_)); }
 }  // namespace bigsmall::detail
 
 namespace bigsmall {
-TensorChecksum::TensorChecksum() {
-  static_assert(sizeof(XXH3_state_t) <= sizeof(state_) && alignof(XXH3_state_t) <= 64);
-  detail::init_state(state_);
+// The state is XXH3's own allocation: its layout belongs to the libxxhash this runs with (kept
+// inline, it would follow the header this was built with, which a shared library may not match).
+TensorChecksum::TensorChecksum() noexcept : state_(XXH3_createState()) {
+  if (state_ != nullptr) XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
 }
-TensorChecksum::~TensorChecksum() = default;
+TensorChecksum::~TensorChecksum() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
 void TensorChecksum::update(const uint8_t* data, uint64_t size) {
+  if (state_ == nullptr) return;
   // XXH3's update takes size_t: feed pieces that fit it on every platform.
   while (size > 0) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(size, uint64_t{1} << 30));
-    BS_XXH3_UPDATE(reinterpret_cast<XXH3_state_t*>(state_), data, n);
+    BS_XXH3_UPDATE(static_cast<XXH3_state_t*>(state_), data, n);
     data += n;
     size -= n;
   }
 }
-uint64_t TensorChecksum::digest() const { return XXH3_64bits_digest(reinterpret_cast<const XXH3_state_t*>(state_)); }
+uint64_t TensorChecksum::digest() const {
+  return state_ != nullptr ? XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_)) : 0;
+}
 }  // namespace bigsmall
