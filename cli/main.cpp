@@ -251,6 +251,13 @@ std::string printable(const std::string& s) {
     const auto u = static_cast<unsigned char>(s[i]);
     // C1 controls (U+0080-U+009F, C2 80..C2 9F in UTF-8) act on terminals too (CSI).
     const bool c1 = u == 0xc2 && i + 1 < s.size() && (static_cast<unsigned char>(s[i + 1]) & 0xe0) == 0x80;
+    // U+2028 and U+2029 (E2 80 A8/A9) end lines in some terminals and editors.
+    if (u == 0xe2 && i + 2 < s.size() && static_cast<unsigned char>(s[i + 1]) == 0x80 &&
+        (static_cast<unsigned char>(s[i + 2]) == 0xa8 || static_cast<unsigned char>(s[i + 2]) == 0xa9)) {
+      out += static_cast<unsigned char>(s[i + 2]) == 0xa8 ? "\\u2028" : "\\u2029";
+      i += 2;
+      continue;
+    }
     if (u >= 0x80 && !c1) {  // a whole UTF-8 character, or a byte that is not one (a raw 0x9b is a CSI)
       if (const size_t n = utf8_sequence_length(s, i); n > 0) {
         out.append(s, i, n);
@@ -590,7 +597,7 @@ std::string padded(std::string s, size_t width) {
 void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotals* tot) {
   uint64_t stored = 0, floor_bits = 0;
   if (json) std::printf("{\"path\": %s, \"ok\": true, \"tensors\": [", jq(p).c_str());
-  else std::printf("%-48s %-8s %-18s %-6s %10s %8s %7s %7s\n", "tensor", "dtype", "shape", "codec", "stored", "ratio", "bits/w", "floor");
+  else std::printf("%-48s %-11s %-18s %-6s %10s %8s %7s %7s\n", "tensor", "dtype", "shape", "codec", "stored", "ratio", "bits/w", "floor");
   bool first = true;
   for (const auto& t : f.tensors()) {
     uint64_t numel = 1;
@@ -607,7 +614,7 @@ void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotal
                   shape_str(t.shape).c_str(), codec_name(t.codec), static_cast<unsigned long long>(t.nbytes),
                   static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
     } else {
-      std::printf("%s %-8s %-18s %-6s %10llu %8.4f %7.3f %7.3f\n", padded(printable(t.name), 48).c_str(),
+      std::printf("%s %-11s %-18s %-6s %10llu %8.4f %7.3f %7.3f\n", padded(printable(t.name), 48).c_str(),
                   std::string(dtype_info(t.dtype).safetensors_name).c_str(), shape_str(t.shape).c_str(), codec_name(t.codec),
                   static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
     }
@@ -732,7 +739,14 @@ int run_bench(const Args& a) {
   std::string tmp;  // the scratch file, the same for every input
   if (!inputs.empty()) {
     std::error_code ec;
-    std::string dir = (fs::temp_directory_path(ec) / "bigsmall-bench-XXXXXX").string();
+    const fs::path tmpdir = fs::temp_directory_path(ec);
+    if (ec) {  // a TMPDIR that is not a directory: not the current one instead
+      const char* env = std::getenv("TMPDIR");
+      std::fprintf(stderr, "bigsmall: TMPDIR=%s: not a usable directory for bench's scratch file (%s)\n",
+                   printable(env ? env : "").c_str(), ec.message().c_str());
+      return kExitIo;
+    }
+    std::string dir = (tmpdir / "bigsmall-bench-XXXXXX").string();
     if (dir.size() + 16 >= sizeof g_bench_dir || ::mkdtemp(dir.data()) == nullptr) {
       std::fprintf(stderr, "bigsmall: %s: cannot create a scratch directory: %s\n", printable(dir).c_str(), std::strerror(errno));
       return kExitIo;

@@ -427,5 +427,11 @@ if [ -d /dev/shm ] && [ -w /dev/shm ]; then
   rm -rf "$shm"
 fi
 
+
+# bench with a TMPDIR that is not a directory says so, and writes nothing in the current one
+expect 2 "bench with an unusable TMPDIR" -- sh -c "cd \"$tmp\" && TMPDIR=\"$tmp/no-such-dir\" \"$bs\" bench -T1 m.safetensors"
+check "names TMPDIR" -- grep -q "TMPDIR=.*not a usable directory" "$tmp/err"
+check "and leaves no scratch directory here" -- test -z "$(ls "$tmp" | grep bigsmall-bench)"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -41,8 +41,9 @@ __all__ = [
 
 # C0 and C1 controls (C1's CSI acts on terminals too), the Unicode line and paragraph
 # separators, and the surrogates that stand for bytes of a name that are not UTF-8.
-_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
-_CONTROLS.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+# Spelled as the CLI spells them: \x0a for C0 controls and DEL, \u009b for C1 ones.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+_CONTROLS.update({c: f"\\u{c:04x}" for c in [*range(0x80, 0xA0), 0x2028, 0x2029]})
 _CONTROLS.update({c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)})  # os.fsdecode's escapes of bytes
 
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from . import _core
-from . import InvalidArgumentError, _batches, _flag, _header_metadata, _save_target, _text, _threads, _with_file
+from . import InvalidArgumentError, OutOfMemoryError, _batches, _flag, _header_metadata, _save_target, _text, _threads, _with_file
 
 _DTYPES = {
     "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
@@ -31,7 +31,10 @@ def _empty(f, t, shape=None):
     if dt is None:
         hint = "; install ml_dtypes (pip install ml_dtypes) or use bigsmall.torch" if t["dtype"].startswith(("BF16", "F8")) else ""
         raise InvalidArgumentError(f"{f.path}: tensor {t['name']!r} has dtype {t['dtype']}, which numpy lacks{hint}")
-    return np.empty(t["shape"] if shape is None else shape, dtype=dt)
+    try:
+        return np.empty(t["shape"] if shape is None else shape, dtype=dt)
+    except MemoryError as e:
+        raise OutOfMemoryError(f"{f.path}: tensor {t['name']!r}: cannot allocate {t['nbytes']} bytes ({e})") from None
 
 
 def _decode(f, which, infos, threads=0, verify=True):

@@ -7,7 +7,7 @@ import os
 import torch
 
 from . import _core
-from . import InvalidArgumentError, _batches, _flag, _header_metadata, _save_target, _text, _threads, _with_file
+from . import InvalidArgumentError, OutOfMemoryError, _batches, _flag, _header_metadata, _save_target, _text, _threads, _with_file
 
 _DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
@@ -92,7 +92,14 @@ def _torch_shape(info, path=None):
 def _empty(info, device="cpu", shape=None, path=None):
     """A new tensor for `info` (shape: the torch shape of part of it, or all of it by default)."""
     dt = _torch_dtype(info, path)
-    return torch.empty(_torch_shape(info, path) if shape is None else shape, dtype=dt, device=device)
+    try:
+        return torch.empty(_torch_shape(info, path) if shape is None else shape, dtype=dt, device=device)
+    except (RuntimeError, MemoryError) as e:  # torch's CPU allocator raises RuntimeError, CUDA's OutOfMemoryError
+        if isinstance(e, MemoryError) or "allocate" in str(e) or "out of memory" in str(e).lower():
+            where = f"{path}: " if path is not None else ""
+            raise OutOfMemoryError(f"{where}tensor {info['name']!r}: cannot allocate {info['nbytes']} bytes "
+                                   f"on {device} ({_first_line(e)})") from None
+        raise
 
 
 def _f4_byte_index(index, info, path):

@@ -1118,7 +1118,7 @@ def test_messages_name_the_file_and_stay_on_one_line(tmp_path):
         bn.save_file({1: np.ones(2)}, tmp_path / "x.bs")
     with pytest.raises(bigsmall.FileNotFoundError) as e:
         bt.load_file(tmp_path / "no\nfile\x1b.bs")
-    assert "\n" not in str(e.value) and "\x1b" not in str(e.value) and "no\\nfile\\x1b.bs" in str(e.value)
+    assert "\n" not in str(e.value) and "\x1b" not in str(e.value) and "no\\x0afile\\x1b.bs" in str(e.value)
     # a directory where a file is expected is an IsADirectoryError, as open() raises
     with pytest.raises(bigsmall.IsADirectoryError) as e:
         bt.load_file(tmp_path)
@@ -1210,3 +1210,24 @@ def test_more_messages_and_classes(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bigsmall.save_pretrained({"w": torch.ones(2)}, d)
+
+
+def test_a_tensor_larger_than_memory_is_an_out_of_memory_error(tmp_path):
+    """The tensors load_file allocates (torch's or numpy's) count too: torch's allocator raised
+    its own RuntimeError."""
+    bt.save_file({"w": torch.zeros(64 << 20, dtype=torch.uint8)}, tmp_path / "z.bs")  # 64 MiB of zeros: tiny on disk
+    child = """
+import resource, sys
+import torch, numpy
+import bigsmall, bigsmall.torch as bt, bigsmall.numpy as bn
+vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) << 10
+resource.setrlimit(resource.RLIMIT_AS, (vm + (32 << 20), vm + (32 << 20)))
+for load in (bt.load_file, bn.load_file):
+    try:
+        load(sys.argv[1])
+    except bigsmall.OutOfMemoryError as e:
+        assert isinstance(e, MemoryError) and "z.bs: tensor 'w': cannot allocate 67108864 bytes" in str(e), str(e)
+        print("refused")
+"""
+    r = subprocess.run([sys.executable, "-c", child, str(tmp_path / "z.bs")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ["refused", "refused"], (r.returncode, r.stdout, r.stderr[-2000:])
