@@ -429,7 +429,8 @@ fi
 
 
 # bench with a TMPDIR that is not a directory says so, and writes nothing in the current one
-expect 2 "bench with an unusable TMPDIR" -- sh -c "cd \"$tmp\" && TMPDIR=\"$tmp/no-such-dir\" \"$bs\" bench -T1 m.safetensors"
+abs_bs=$(cd "$(dirname "$bs")" && pwd)/$(basename "$bs")
+expect 2 "bench with an unusable TMPDIR" -- sh -c "cd \"$tmp\" && TMPDIR=\"$tmp/no-such-dir\" \"$abs_bs\" bench -T1 m.safetensors"
 check "names TMPDIR" -- grep -q "TMPDIR=.*not a usable directory" "$tmp/err"
 check "and leaves no scratch directory here" -- test -z "$(ls "$tmp" | grep bigsmall-bench)"
 
