@@ -219,8 +219,9 @@ std::string human(double bytes) {
 }
 
 // JSON string literal for names and paths (tensor names may hold quotes, backslashes, controls).
-// A JSON string. Bytes that are not UTF-8 (file names may hold any) become U+FFFD, so that the
-// output always parses.
+// A JSON string. Bytes that are not UTF-8 (file names may hold any) become \udc80-\udcff, the
+// escapes Python's surrogateescape gives them (as the directory index writes them): the output
+// always parses, and os.fsencode() of the string is the path again.
 std::string jq(const std::string& s) {
   std::string out = "\"";
   for (size_t i = 0; i < s.size();) {
@@ -236,8 +237,10 @@ std::string jq(const std::string& s) {
     } else if (const size_t n = utf8_sequence_length(s, i); n > 0) {
       out.append(s, i, n);
       i += n;
-    } else {
-      out += "\\ufffd";
+    } else {  // a byte of a name that is not UTF-8: Python's surrogate escape (os.fsencode restores it)
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", 0xDC00 + u);
+      out += buf;
       ++i;
     }
   }
