@@ -920,7 +920,12 @@ int run(int argc, char** argv) {
     } else if (s == "--best") {
       a.best = true;
     } else if (s.size() > 1 && s[0] == '-') {
-      std::fprintf(stderr, "bigsmall: unknown option '%s'\n%s", printable(s).c_str(), kHelpHint);
+      // In a cluster of short flags (-fqz), name the letter that is not one.
+      const size_t bad = s.size() > 2 && s[1] != '-' ? s.find_first_not_of("fqv", 1) : std::string::npos;
+      if (bad != std::string::npos && bad > 1)
+        std::fprintf(stderr, "bigsmall: unknown option '-%s' in '%s'\n%s", printable(s.substr(bad, 1)).c_str(), printable(s).c_str(), kHelpHint);
+      else
+        std::fprintf(stderr, "bigsmall: unknown option '%s'\n%s", printable(s).c_str(), kHelpHint);
       return kExitUsage;
     } else if (a.command.empty()) {
       a.command = s;

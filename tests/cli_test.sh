@@ -441,5 +441,8 @@ mkdir -p "$tmp/nonutf" && cp "$tmp/m.safetensors" "$tmp/nonutf/$(printf 'a\377')
 expect 0 "compress --json of a name that is not UTF-8" -- sh -c "\"$abs_bs\" compress --json \"$tmp/nonutf/\"*.safetensors"
 check "gives the path back" -- python3 -c "import json,os,sys; d=json.load(open('$tmp/out')); sys.exit(0 if os.path.exists(os.fsencode(d['input'])) else 1)"
 
+expect 1 "an unknown letter among short flags" -- "$bs" compress -fqz "$tmp/m.safetensors"
+check "names the letter" -- grep -q "unknown option '-z' in '-fqz'" "$tmp/err"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
