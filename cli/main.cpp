@@ -219,9 +219,8 @@ std::string human(double bytes) {
 }
 
 // JSON string literal for names and paths (tensor names may hold quotes, backslashes, controls).
-// A JSON string. Bytes that are not UTF-8 (file names may hold any) become \udc80-\udcff, the
-// escapes Python's surrogateescape gives them (as the directory index writes them): the output
-// always parses, and os.fsencode() of the string is the path again.
+// A JSON string. Bytes that are not UTF-8 (file names may hold any) become U+FFFD, so that the
+// output always parses.
 std::string jq(const std::string& s) {
   std::string out = "\"";
   for (size_t i = 0; i < s.size();) {
@@ -237,10 +236,8 @@ std::string jq(const std::string& s) {
     } else if (const size_t n = utf8_sequence_length(s, i); n > 0) {
       out.append(s, i, n);
       i += n;
-    } else {  // a byte of a name that is not UTF-8: Python's surrogate escape (os.fsencode restores it)
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", 0xDC00 + u);
-      out += buf;
+    } else {
+      out += "\\ufffd";
       ++i;
     }
   }
@@ -742,11 +739,20 @@ int run_bench(const Args& a) {
   std::string tmp;  // the scratch file, the same for every input
   if (!inputs.empty()) {
     std::error_code ec;
-    const fs::path tmpdir = fs::temp_directory_path(ec);
-    if (ec) {  // a TMPDIR that is not a directory: not the current one instead
-      const char* env = std::getenv("TMPDIR");
-      std::fprintf(stderr, "bigsmall: TMPDIR=%s: not a usable directory for bench's scratch file (%s)\n",
-                   printable(env ? env : "").c_str(), ec.message().c_str());
+    // The first of TMPDIR, TMP, TEMP, TEMPDIR that is set and not empty (an empty one reads as
+    // unset, as mktemp and Python take it), else /tmp; one that is not a directory is an error
+    // naming it (the scratch directory must not land in the current one).
+    const char* var = nullptr;
+    fs::path tmpdir = "/tmp";
+    for (const char* name : {"TMPDIR", "TMP", "TEMP", "TEMPDIR"})
+      if (const char* v = std::getenv(name); v != nullptr && *v != '\0') {
+        var = name;
+        tmpdir = v;
+        break;
+      }
+    if (!fs::is_directory(tmpdir, ec)) {
+      std::fprintf(stderr, "bigsmall: %s%s%s: not a usable directory for bench's scratch file\n", var ? var : "",
+                   var ? "=" : "", printable(tmpdir.string()).c_str());
       return kExitIo;
     }
     std::string dir = (tmpdir / "bigsmall-bench-XXXXXX").string();
@@ -921,8 +927,12 @@ int run(int argc, char** argv) {
       a.best = true;
     } else if (s.size() > 1 && s[0] == '-') {
       // In a cluster of short flags (-fqz), name the letter that is not one.
+      // (Only f, q and v group; a letter of another option, -, or a non-ASCII byte there gets the
+      // whole argument named, as the cluster is then not one of flags at all.)
       const size_t bad = s.size() > 2 && s[1] != '-' ? s.find_first_not_of("fqv", 1) : std::string::npos;
-      if (bad != std::string::npos && bad > 1)
+      const bool letter = bad != std::string::npos && std::isalpha(static_cast<unsigned char>(s[bad])) &&
+                          std::string_view("ToVh").find(s[bad]) == std::string_view::npos;
+      if (letter && bad > 1)
         std::fprintf(stderr, "bigsmall: unknown option '-%s' in '%s'\n%s", printable(s.substr(bad, 1)).c_str(), printable(s).c_str(), kHelpHint);
       else
         std::fprintf(stderr, "bigsmall: unknown option '%s'\n%s", printable(s).c_str(), kHelpHint);

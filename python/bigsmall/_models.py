@@ -563,11 +563,13 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
                     progress=True, **kwargs):
     """A transformers model built from a compressed directory (or Hub repo id).
 
-    bigsmall decodes the checkpoint's tensors (the shards transformers would read) into memory
-    and hands them to transformers' own from_pretrained as its state_dict, which uses them
-    without copying: key conversions, tied weights, new heads, float32-kept modules, dtype and
-    every keyword argument then behave exactly as transformers' loading of the original. Peak
-    memory is the model's size, as when decoding into the parameters.
+    When no keyword argument is left for the model and the checkpoint's names are the model's
+    own, the tensors (the shards transformers would read) are decoded block by block straight
+    into the parameters (StreamingLoader). Otherwise bigsmall decodes them into memory and hands
+    them to transformers' own from_pretrained as its state_dict, which uses them without
+    copying: key conversions, tied weights, new heads, float32-kept modules, dtype and every
+    keyword argument then behave exactly as transformers' loading of the original. Peak memory
+    is the model's size, as when decoding into the parameters.
 
     device_map: None/"cpu", a device ("cuda", "cuda:1", torch.device), {"": device} or "auto"
     (the GPU when there is one); on a GPU the tensors are decoded there. torch_dtype / dtype: None

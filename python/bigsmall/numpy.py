@@ -31,10 +31,12 @@ def _empty(f, t, shape=None):
     if dt is None:
         hint = "; install ml_dtypes (pip install ml_dtypes) or use bigsmall.torch" if t["dtype"].startswith(("BF16", "F8")) else ""
         raise InvalidArgumentError(f"{f.path}: tensor {t['name']!r} has dtype {t['dtype']}, which numpy lacks{hint}")
+    shape = t["shape"] if shape is None else shape
     try:
-        return np.empty(t["shape"] if shape is None else shape, dtype=dt)
+        return np.empty(shape, dtype=dt)
     except MemoryError as e:
-        raise OutOfMemoryError(f"{f.path}: tensor {t['name']!r}: cannot allocate {t['nbytes']} bytes ({e})") from None
+        nbytes = int(np.prod(shape, dtype=np.uint64)) * np.dtype(dt).itemsize
+        raise OutOfMemoryError(f"{f.path}: tensor {t['name']!r}: cannot allocate {nbytes} bytes ({e})") from None
 
 
 def _decode(f, which, infos, threads=0, verify=True):

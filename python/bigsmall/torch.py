@@ -1,6 +1,7 @@
 """safetensors.torch-style API over .bs files: load_file and save_file."""
 from __future__ import annotations
 
+import math
 import operator
 import os
 
@@ -92,12 +93,14 @@ def _torch_shape(info, path=None):
 def _empty(info, device="cpu", shape=None, path=None):
     """A new tensor for `info` (shape: the torch shape of part of it, or all of it by default)."""
     dt = _torch_dtype(info, path)
+    shape = _torch_shape(info, path) if shape is None else shape
     try:
-        return torch.empty(_torch_shape(info, path) if shape is None else shape, dtype=dt, device=device)
+        return torch.empty(shape, dtype=dt, device=device)
     except (RuntimeError, MemoryError) as e:  # torch's CPU allocator raises RuntimeError, CUDA's OutOfMemoryError
         if isinstance(e, MemoryError) or "allocate" in str(e) or "out of memory" in str(e).lower():
             where = f"{path}: " if path is not None else ""
-            raise OutOfMemoryError(f"{where}tensor {info['name']!r}: cannot allocate {info['nbytes']} bytes "
+            nbytes = math.prod(shape) * torch.empty(0, dtype=dt).element_size()
+            raise OutOfMemoryError(f"{where}tensor {info['name']!r}: cannot allocate {nbytes} bytes "
                                    f"on {device} ({_first_line(e)})") from None
         raise
 
