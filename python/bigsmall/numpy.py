@@ -37,6 +37,8 @@ def _empty(f, t, shape=None):
     except MemoryError as e:
         nbytes = int(np.prod(shape, dtype=np.uint64)) * np.dtype(dt).itemsize
         raise OutOfMemoryError(f"{f.path}: tensor {t['name']!r}: cannot allocate {nbytes} bytes ({e})") from None
+    except ValueError as e:  # a shape numpy cannot represent ([0, 2**62, 2**62] is valid safetensors)
+        raise InvalidArgumentError(f"{f.path}: tensor {t['name']!r}: numpy cannot make an array of shape {list(shape)} ({e})") from None
 
 
 def _decode(f, which, infos, threads=0, verify=True):

@@ -102,6 +102,10 @@ def _empty(info, device="cpu", shape=None, path=None):
             nbytes = math.prod(shape) * torch.empty(0, dtype=dt).element_size()
             raise OutOfMemoryError(f"{where}tensor {info['name']!r}: cannot allocate {nbytes} bytes "
                                    f"on {device} ({_first_line(e)})") from None
+        if isinstance(e, RuntimeError):  # a shape torch cannot represent ([0, 2**62, 2**62] is valid safetensors)
+            where = f"{path}: " if path is not None else ""
+            raise InvalidArgumentError(f"{where}tensor {info['name']!r}: torch cannot make a tensor of shape "
+                                       f"{list(shape)} ({_first_line(e)})") from None
         raise
 
 

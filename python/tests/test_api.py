@@ -1231,3 +1231,16 @@ for load in (bt.load_file, bn.load_file):
 """
     r = subprocess.run([sys.executable, "-c", child, str(tmp_path / "z.bs")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.split() == ["refused", "refused"], (r.returncode, r.stdout, r.stderr[-2000:])
+
+
+def test_a_shape_the_framework_cannot_represent_is_a_bigsmall_error(tmp_path):
+    """[0, 2**62, 2**62] holds no bytes and is valid safetensors; torch and numpy cannot make it."""
+    import struct
+
+    header = json.dumps({"z": {"dtype": "F32", "shape": [0, 2**62, 2**62], "data_offsets": [0, 0]}}).encode()
+    (tmp_path / "z.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    bigsmall.compress(tmp_path / "z.safetensors", tmp_path / "z.bs")
+    with pytest.raises(bigsmall.InvalidArgumentError, match=r"z\.bs: tensor 'z': torch cannot make a tensor of shape"):
+        bt.load_file(tmp_path / "z.bs")
+    with pytest.raises(bigsmall.InvalidArgumentError, match=r"z\.bs: tensor 'z': numpy cannot make an array of shape"):
+        bn.load_file(tmp_path / "z.bs")
