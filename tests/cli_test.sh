@@ -371,22 +371,29 @@ expect 0 "compress /dev/stdin -o" -- sh -c "\"$bs\" compress -q -o \"$tmp/stdin.
 
 
 # an input truncated by another program while it is read: exit 4, the message names the file
-# (a shard inside a directory, not the directory), nothing is left behind
+# (a shard inside a directory, not the directory), nothing is left behind. Weight-like values
+# (random bytes would be stored at memory speed and done before the truncation), truncated once
+# the shard's output has begun.
 mkdir -p "$tmp/trunc"
 python3 - "$tmp/trunc/big.safetensors" <<'PY'
-import json, os, struct, sys
+import json, random, struct, sys
+random.seed(1)
+block = b"".join(struct.pack("<f", random.gauss(0, 0.02))[2:] for _ in range(1 << 19))  # 1 MiB of BF16
 n = 96 << 20
 h = json.dumps({"w": {"dtype": "BF16", "shape": [n // 2], "data_offsets": [0, n]}}).encode()
 h += b" " * (-len(h) % 8)
 with open(sys.argv[1], "wb") as f:
     f.write(struct.pack("<Q", len(h)) + h)
-    block = os.urandom(1 << 20)
     for _ in range(n >> 20):
         f.write(block)
 PY
-(sleep 0.3; truncate -s 1000000 "$tmp/trunc/big.safetensors") &
-expect 4 "a shard truncated while it is read" -- "$bs" compress -q -T1 "$tmp/trunc"
-wait
+"$bs" compress -q -T1 "$tmp/trunc" >"$tmp/out" 2>"$tmp/err" &
+pid=$!
+for _ in $(seq 1000); do ls "$tmp"/.trunc.bs.tmp-bigsmall-*/big.bs.tmp-bigsmall-* >/dev/null 2>&1 && break; sleep 0.01; done
+truncate -s 1000000 "$tmp/trunc/big.safetensors"
+wait "$pid"
+rc=$?
+check "a shard truncated while it is read exits 4" -- test "$rc" -eq 4
 check "names the shard" -- grep -q "trunc/big.safetensors: " "$tmp/err"
 check "and leaves no output" -- test ! -e "$tmp/trunc.bs" -a -z "$(ls -a "$tmp" | grep tmp-bigsmall)"
 

@@ -1475,6 +1475,12 @@ TEST(Directory, IndexWithoutFormatOrWithRepeatedNamesIsRefused) {
   EXPECT_NE(st.message().find("key 'files' given twice"), std::string::npos) << st.message();
   write_file(index, std::string(R"({"format": "bigsmall", "files": [{"source": "model.safetensors", "bs": "model.bs", "bs": "x.bs"}]})"));
   EXPECT_EQ(verify_path(d / "m.bs").code(), Error::kCorrupt);
+  // in any object, nested ones included (FORMAT.md)
+  write_file(index, std::string(R"({"format": "bigsmall", "files": [{"source": "model.safetensors", "bs": "model.bs"}],)"
+                                R"( "later": [{"x": {"k": 1, "k": 2}}]})"));
+  st = verify_path(d / "m.bs");
+  EXPECT_EQ(st.code(), Error::kCorrupt);
+  EXPECT_NE(st.message().find("key 'k' given twice"), std::string::npos) << st.message();
   write_file(index, std::string(R"({"format": "bigsmall", "files": [{"source": "model.safetensors", "bs": "model.bs"},)"
                                 R"( {"source": "model.safetensors", "bs": "other.bs"}]})"));
   st = decompress_dir(d / "m.bs", d / "out");

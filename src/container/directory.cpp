@@ -411,6 +411,24 @@ Status check_entry(const fs::path& dir, const DirEntry& e) {
   return Status::success();
 }
 
+// FORMAT.md: no object of the index gives a key twice (the root, a `files` entry, or any other
+// object a later writer may add); a walk with its own stack, as deep as the parser lets it be.
+std::optional<std::string> duplicate_key_anywhere(detail::JsonValue root) {
+  using Kind = detail::JsonValue::Kind;
+  std::vector<detail::JsonValue> todo{root};
+  while (!todo.empty()) {
+    const detail::JsonValue v = todo.back();
+    todo.pop_back();
+    if (v.kind() == Kind::kObject) {
+      if (auto dup = detail::first_duplicate_key(v)) return dup;
+      for (auto it = v.begin(); it != v.end(); ++it) todo.push_back(it.member().second);
+    } else if (v.kind() == Kind::kArray) {
+      for (const detail::JsonValue e : v) todo.push_back(e);
+    }
+  }
+  return std::nullopt;
+}
+
 Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
   const fs::path p = dir / kDirIndexName;
   auto mf = detail::MappedFile::open(p.string());
@@ -423,9 +441,7 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
   // bigsmall writes every key once: one given twice (read here as its first value, by Python's
   // json as its last) is damage, or an index made to be read two ways.
   auto twice = [&](const std::string& key) { return Status(Error::kCorrupt, p.string() + ": key '" + key + "' given twice"); };
-  if (const auto dup = detail::first_duplicate_key(*j)) return twice(*dup);
-  for (const detail::JsonValue f : *files)
-    if (const auto dup = detail::first_duplicate_key(f)) return twice(*dup);
+  if (const auto dup = duplicate_key_anywhere(*j)) return twice(*dup);
   const auto format = j->get("format");
   const auto version = j->get("format_version");
   if (!format || format->kind() != Kind::kString || format->str() != "bigsmall")
