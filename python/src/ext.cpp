@@ -361,32 +361,22 @@ NB_MODULE(_core, m) {
   m.attr("library_version") = bigsmall::version_string();
   g_error = make_error(m, "Error", PyExc_Exception, "Base class of every bigsmall error.");
   {
-    nb::object base = nb::borrow(g_error);
     g_format = make_error(m, "FormatError", g_error, "Input is not a valid safetensors or .bs file.");
     g_corrupt = make_error(m, "CorruptError", g_error, "Checksum mismatch or damaged data.");
     g_version = make_error(m, "VersionError", g_error, "File written by a newer bigsmall format version.");
-    g_io = make_error(m, "IOError", nb::make_tuple(base, nb::handle(PyExc_OSError)).release().ptr(), "Read or write failed.");
-    g_file_not_found = make_error(m, "FileNotFoundError",
-                                  nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_FileNotFoundError)).release().ptr(),
-                                  "A file or directory does not exist.");
-    g_permission = make_error(m, "PermissionError",
-                              nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_PermissionError)).release().ptr(),
-                              "The operating system refused access.");
-    g_file_exists = make_error(m, "FileExistsError",
-                               nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_FileExistsError)).release().ptr(),
-                               "The output exists and overwriting was not asked for.");
-    g_is_a_directory = make_error(m, "IsADirectoryError",
-                                  nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_IsADirectoryError)).release().ptr(),
-                                  "A directory where a file was expected.");
-    g_not_a_directory = make_error(m, "NotADirectoryError",
-                                   nb::make_tuple(nb::handle(g_io), nb::handle(PyExc_NotADirectoryError)).release().ptr(),
-                                   "A file where a directory was expected.");
-    g_notfound = make_error(m, "NotFoundError", nb::make_tuple(base, nb::handle(PyExc_KeyError)).release().ptr(),
-                            "No tensor of that name.");
-    g_value = make_error(m, "InvalidArgumentError", nb::make_tuple(base, nb::handle(PyExc_ValueError)).release().ptr(),
-                         "Invalid argument.");
-    g_memory = make_error(m, "OutOfMemoryError", nb::make_tuple(base, nb::handle(PyExc_MemoryError)).release().ptr(),
-                          "An allocation failed: the data asks for more memory than there is.");
+    // Each error is also the builtin exception Python code already catches for its kind.
+    auto both = [&](const char* name, PyObject* ours, PyObject* builtin, const char* doc) {
+      return make_error(m, name, nb::make_tuple(nb::handle(ours), nb::handle(builtin)).release().ptr(), doc);
+    };
+    g_io = both("IOError", g_error, PyExc_OSError, "Read or write failed.");
+    g_file_not_found = both("FileNotFoundError", g_io, PyExc_FileNotFoundError, "A file or directory does not exist.");
+    g_permission = both("PermissionError", g_io, PyExc_PermissionError, "The operating system refused access.");
+    g_file_exists = both("FileExistsError", g_io, PyExc_FileExistsError, "The output exists and overwriting was not asked for.");
+    g_is_a_directory = both("IsADirectoryError", g_io, PyExc_IsADirectoryError, "A directory where a file was expected.");
+    g_not_a_directory = both("NotADirectoryError", g_io, PyExc_NotADirectoryError, "A file where a directory was expected.");
+    g_notfound = both("NotFoundError", g_error, PyExc_KeyError, "No tensor of that name.");
+    g_value = both("InvalidArgumentError", g_error, PyExc_ValueError, "Invalid argument.");
+    g_memory = both("OutOfMemoryError", g_error, PyExc_MemoryError, "An allocation failed: the data asks for more memory than there is.");
   }
   m.attr("FORMAT_VERSION") = nb::make_tuple(kFormatVersionMajor, kFormatVersionMinor);
   m.def("cuda_available", [] { return cuda::available(); }, "Built with CUDA and a GPU is present.");
