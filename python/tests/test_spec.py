@@ -83,3 +83,93 @@ def test_the_spec_decoder_catches_a_flipped_payload_byte(tmp_path):
     (tmp_path / "bad.bs").write_bytes(bytes(data))
     with pytest.raises(bsdec.CorruptError):
         bsdec.BsFile(str(tmp_path / "bad.bs")).restore()
+
+
+def _rewrite(data, index=None, st_header=None, original_size_delta=0):
+    """A .bs file with its index (and the header fields that follow it) rewritten, checksums
+    fixed, so that only the rule under test is broken."""
+    import xxhash
+    import zstandard
+
+    off, stored = struct.unpack_from("<QQ", data, 16)
+    idx = bytearray(zstandard.ZstdDecompressor().decompress(bytes(data[off:])))
+    if st_header is not None:
+        n = struct.unpack_from("<Q", idx, 8)[0]
+        idx[16:16 + n] = st_header
+        struct.pack_into("<Q", idx, 8, len(st_header))
+    if index is not None:
+        idx = index(idx)
+    z = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(idx))
+    out = bytearray(data[:off]) + z
+    original = struct.unpack_from("<Q", data, 48)[0] + original_size_delta
+    struct.pack_into("<QQQQQ", out, 16, off, len(z), len(idx), xxhash.xxh3_64_intdigest(z), original)
+    struct.pack_into("<Q", out, 56, xxhash.xxh3_64_intdigest(bytes(out[:56])))
+    return bytes(out)
+
+
+def _entry_payload_field(idx, k):
+    """Offset in the index of tensor entry k's payload_offset (FORMAT.md, tensor entry)."""
+    n = struct.unpack_from("<Q", idx, 8)[0]
+    o = 16 + n
+    for i in range(k + 1):
+        nl = struct.unpack_from("<H", idx, o)[0]
+        ndim = idx[o + 2 + nl + 4]
+        field = o + 2 + nl + 8 + 8 * ndim + 16
+        chunks = struct.unpack_from("<I", idx, field + 32 + 4)[0]
+        if i == k:
+            return field
+        o = field + 40 + 9 * chunks
+
+
+def _overlap(idx):
+    first = _entry_payload_field(idx, 0)
+    struct.pack_into("<Q", idx, _entry_payload_field(idx, 1), struct.unpack_from("<Q", idx, first)[0])
+    return idx
+
+
+def _far_empty_filler(idx):
+    struct.pack_into("<I", idx, 4, struct.unpack_from("<I", idx, 4)[0] + 1)
+    return idx + struct.pack("<QQ", 1 << 40, 0)
+
+
+# Files FORMAT.md calls invalid that an earlier bsdec.py accepted (the CLI refused each): both the
+# library and the spec decoder must refuse them, for the reason under test.
+@pytest.mark.parametrize("case", ["gap_byte", "overlap", "leading_space", "metadata_number", "deep", "far_filler"])
+def test_files_the_spec_calls_invalid_are_refused_by_both_decoders(tmp_path, case):
+    src = tmp_path / "w.safetensors"
+    w = np.random.default_rng(3).normal(0, 0.02, 3000)
+    _safetensors(src, [("a", "BF16", [3000], _bf16(w)), ("b", "BF16", [3000], _bf16(w[::-1]))],
+                 metadata={"x": "ab"})
+    bigsmall.compress(str(src), str(tmp_path / "w.bs"))
+    data = (tmp_path / "w.bs").read_bytes()
+    st = bytes(bsdec.BsFile(str(tmp_path / "w.bs")).st_header)
+    if case == "gap_byte":
+        bs = bsdec.BsFile(str(tmp_path / "w.bs"))
+        covered = set()
+        for e in bs.entries:
+            covered.update(range(e.payload_offset, e.payload_offset + e.payload_size))
+        index_off = struct.unpack_from("<Q", data, 16)[0]
+        gap = next(b for b in range(64, index_off) if b not in covered)  # 64-byte alignment leaves one
+        bad = bytearray(data)
+        bad[gap] = 7
+        bad, why = bytes(bad), "padding"
+    elif case == "overlap":
+        bad, why = _rewrite(data, index=_overlap), "overlap"
+    elif case == "leading_space":
+        assert st.endswith(b" ")
+        bad, why = _rewrite(data, st_header=b" " + st[:-1]), "whitespace|start"
+    elif case == "metadata_number":
+        assert b'"x":"ab"' in st
+        bad, why = _rewrite(data, st_header=st.replace(b'"x":"ab"', b'"x":1234')), "not a string"
+    elif case == "deep":
+        deep = b'"a":{"deep":' + b"[" * 70 + b"]" * 70 + b","
+        assert st.count(b'"a":{') == 1
+        grown = st.replace(b'"a":{', deep, 1)
+        bad, why = _rewrite(data, st_header=grown, original_size_delta=len(grown) - len(st)), "nesting too deep"
+    else:
+        bad, why = _rewrite(data, index=_far_empty_filler), "filler outside"
+    (tmp_path / "bad.bs").write_bytes(bad)
+    with pytest.raises((bsdec.FormatError, bsdec.CorruptError), match=why):
+        bsdec.BsFile(str(tmp_path / "bad.bs")).restore()
+    with pytest.raises(bigsmall.Error, match=why):
+        bigsmall.verify(str(tmp_path / "bad.bs"))

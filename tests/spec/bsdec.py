@@ -318,15 +318,29 @@ class J:
 
     WS = b" \t\r\n"
 
+    MAX_DEPTH = 64
+
     def __init__(self, b):
         self.b = b
         self.i = 0
+        self.depth = 0
+        # FORMAT.md: at most N/3 + 4096 values, object keys counted, N the text's length
+        self.budget = len(b) // 3 + 4096
+
+    def count(self):
+        self.budget -= 1
+        if self.budget < 0:
+            raise FormatError("json: too many values for the header's size")
 
     def ws(self):
         while self.i < len(self.b) and self.b[self.i] in self.WS:
             self.i += 1
 
     def value(self):
+        # FORMAT.md: no value lies inside more than 64 objects and arrays
+        if self.depth > self.MAX_DEPTH:
+            raise FormatError("json: nesting too deep")
+        self.count()
         self.ws()
         if self.i >= len(self.b):
             raise FormatError("json: unexpected end")
@@ -390,6 +404,13 @@ class J:
                 self.i += 1
 
     def _seq(self, close, item, tag):
+        self.depth += 1
+        try:
+            return self._items(close, item, tag)
+        finally:
+            self.depth -= 1
+
+    def _items(self, close, item, tag):
         self.i += 1
         items = []
         self.ws()
@@ -410,6 +431,7 @@ class J:
         self.ws()
         if self.b[self.i] != 0x22:
             raise FormatError("json: expected key")
+        self.count()
         k = self.string()
         self.ws()
         if self.b[self.i] != 0x3A:
@@ -452,6 +474,9 @@ def uniq_obj(pairs, what):
 
 
 def parse_st_header(hb):
+    # FORMAT.md: one JSON object starting at the first byte (whitespace may only follow it)
+    if hb[:1] != b"{":
+        raise FormatError("st_header does not start with '{'")
     p = J(hb)
     root = p.value()
     p.ws()
@@ -466,6 +491,9 @@ def parse_st_header(hb):
             if v[0] != "o":
                 raise FormatError("__metadata__ not an object")
             uniq_obj(v[1], "__metadata__")
+            # FORMAT.md: __metadata__ is an object whose values are all strings
+            if any(x[0] != "s" for _k, x in v[1]):
+                raise FormatError("__metadata__ value not a string")
             continue
         if v[0] != "o":
             raise FormatError("tensor %r not an object" % k)
@@ -526,6 +554,19 @@ class BsFile:
             raise FormatError("index too big")
         idx = zstd_one_frame(stored, index_raw, "index")
         self.parse_index(idx, index_off, index_stored)
+        self.check_payload_layout(index_off)
+
+    def check_payload_layout(self, index_off):
+        # FORMAT.md: payloads do not overlap (an empty one may sit at another's start or end, not
+        # strictly inside it) and every byte from 64 to index_offset that no payload covers is zero.
+        spans = sorted((e.payload_offset, e.payload_offset + e.payload_size) for e in self.entries)
+        pos = 64
+        for beg, end in spans + [(index_off, index_off)]:
+            if beg < pos:
+                raise CorruptError("tensor payloads overlap")
+            if any(self.f[pos:beg]):
+                raise CorruptError("non-zero padding between payloads")
+            pos = end
 
     def parse_index(self, b, index_off, index_stored):
         o = 0
@@ -633,6 +674,10 @@ class BsFile:
         for e in self.entries:
             if e.data_begin > self.data_size:
                 raise FormatError("empty tensor outside data region")
+        # FORMAT.md: every filler, empty ones included, lies inside the data region
+        for beg, bb in self.fillers:
+            if beg > self.data_size or len(bb) > self.data_size - beg:
+                raise FormatError("filler outside data region")
         self.check_header_matches()
 
     def check_header_matches(self):
