@@ -134,6 +134,11 @@ TEST(Container, RandomAccessReadsOneTensor) {
     EXPECT_EQ(out, t.bytes) << t.name;
   }
   EXPECT_FALSE(f->find("nope").has_value());
+  EXPECT_TRUE(f->is_open());
+  BsFile moved = std::move(*f);
+  EXPECT_FALSE(f->is_open());  // moved from: empty, and it can say so
+  EXPECT_TRUE(moved.is_open());
+  EXPECT_FALSE(BsFile().is_open());
 }
 
 TEST(Container, GapsAndTrailingBytesAreKept) {
@@ -557,6 +562,23 @@ TEST(Errors, GuardTurnsTheCoresOwnExceptionsIntoValues) {
   EXPECT_EQ(std::string(error_name(Error::kOutOfMemory)), "out of memory");
 }
 
+TEST(Errors, AResultWithoutAValueIsNeverOk) {
+  // A success Status given where a Result is returned said ok and held nothing:
+  // BIGSMALL_ASSIGN_OR_RETURN then returned success without producing its value.
+  const Result<int> none = Status::success();
+  EXPECT_FALSE(none.is_ok());
+  EXPECT_EQ(none.status().code(), Error::kInternal);
+  auto use = [](Result<int> r) -> Status {
+    BIGSMALL_ASSIGN_OR_RETURN(const int v, std::move(r));
+    return v == 3 ? Status::success() : Status(Error::kInvalidArgument, "wrong value");
+  };
+  EXPECT_EQ(use(Status::success()).code(), Error::kInternal);
+  EXPECT_TRUE(use(3).is_ok());
+  const Result<std::string> c = std::string("abc");  // * on a const Result, as -> and value()
+  EXPECT_EQ(*c, "abc");
+  EXPECT_EQ(*Result<std::string>(std::string("xyz")), "xyz");
+}
+
 TEST_F(DamagedBs, IndexMustBeExactlyOneFrame) {
   uint64_t offset, stored, raw;
   std::memcpy(&offset, good.data() + 16, 8);
@@ -631,6 +653,8 @@ TEST_F(DamagedBs, NameGivenTwiceByAnEarlierWriterStillDecodes) {
   ASSERT_EQ(f->tensors().size(), 2u);
   EXPECT_EQ(f->tensors()[0].name, "aa");
   EXPECT_EQ(f->tensors()[1].name, "aa");
+  EXPECT_EQ(f->find("aa"), std::optional<size_t>(0));  // the first in index order
+  EXPECT_FALSE(f->find("ab").has_value());
   const Status st = f->verify();
   EXPECT_TRUE(st.is_ok()) << st.message();
   ASSERT_TRUE(decompress_file(t / "twice.bs", t / "out.safetensors").is_ok());
@@ -1000,6 +1024,25 @@ TEST(OpenFile, TruncatedWhileOpenIsAnErrorNotAFault) {
   EXPECT_TRUE(g->read_tensor(big, out.data(), out.size()).is_ok());
   fs::remove(d / "m.bs");
   EXPECT_TRUE(g->verify().is_ok());
+}
+
+// The check stats the file the program opened, even when it was opened by a relative name and the
+// program has changed directory since (it stated the name in the new directory, found nothing and
+// let the read fault: SIGBUS).
+TEST(OpenFile, TruncatedWhileOpenIsFoundAfterTheWorkingDirectoryChanges) {
+  TempDir d;
+  ASSERT_TRUE(compressed(d, sample_tensors()).is_ok());
+  const fs::path before = fs::current_path();
+  fs::current_path(d.path);
+  auto f = BsFile::open("m.bs");
+  fs::current_path(before);
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  const size_t big = *f->find("model.embed.weight");
+  std::vector<uint8_t> out(f->tensors()[big].nbytes);
+  ASSERT_EQ(::truncate((d / "m.bs").c_str(), 100), 0);
+  const Status st = f->read_tensor(big, out.data(), out.size());
+  EXPECT_EQ(st.code(), Error::kTruncated) << st.message();
+  EXPECT_EQ(st.message().rfind("m.bs: truncated by another program while open", 0), 0u) << st.message();
 }
 
 TEST(Output, UnwritableDirectory) {

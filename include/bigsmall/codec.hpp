@@ -56,13 +56,14 @@ struct EncodedTensor {
 };
 
 struct EncodeOptions {
-  int threads = 0;            // <= 0: all cores, as many as the work can use; N: at most N
+  int threads = 0;            // <= 0: all cores, as many as the work can use; N: at most N (not capped
+                              // at the core count: more threads than cores only add switching)
   int zstd_level = 9;         // for tensors routed to zstd (19: smaller, several times slower)
   bool allow_zstd = true;
 };
 
 struct DecodeOptions {
-  int threads = 0;
+  int threads = 0;            // <= 0: all cores, as many as the work can use; N: at most N and one per chunk
   bool verify = true;         // check chunk and tensor checksums
 };
 

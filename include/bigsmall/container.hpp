@@ -28,7 +28,7 @@ struct CompressOptions {
 };
 
 struct DecompressOptions {
-  int threads = 0;
+  int threads = 0;  // <= 0: all cores, as many as the work can use; N: at most N and one per chunk
   bool overwrite = false;
   bool sync = true;
   bool verify = true;  // chunk and tensor checksums
@@ -54,7 +54,8 @@ using Metadata = std::vector<std::pair<std::string, std::string>>;
 // (Error::kTruncated if another program cut it in place); a truncation during a read still makes
 // it fault (SIGBUS; the CLI catches that and exits with a message). A file replaced by a rename
 // stays readable as it was. Const members may be called from several threads at once. A
-// default-constructed or moved-from BsFile is empty: only assignment and destruction are valid.
+// default-constructed or moved-from BsFile is empty (is_open() false): only is_open(), assignment
+// and destruction are valid.
 class BsFile {
  public:
   // Validates header, index and every tensor entry; reads no tensor data.
@@ -64,6 +65,7 @@ class BsFile {
   BsFile(BsFile&&) noexcept;
   BsFile& operator=(BsFile&&) noexcept;
 
+  bool is_open() const { return impl_ != nullptr; }
   const std::string& path() const;
   uint64_t file_size() const;
   uint64_t original_size() const;                // size of the safetensors file it restores
@@ -74,6 +76,7 @@ class BsFile {
   const std::string& safetensors_header() const;  // the original JSON header, byte for byte
   const std::optional<Metadata>& metadata() const;  // its __metadata__ (nullopt: none), unescaped
   const std::vector<TensorInfo>& tensors() const;
+  // The first tensor of that name (in index order); O(log n).
   std::optional<size_t> find(std::string_view name) const;
 
   // Decodes tensor i into out[0, tensors()[i].nbytes).
@@ -114,6 +117,9 @@ struct TensorView {
   uint64_t nbytes = 0;
 };
 
+// Outputs are written under a temporary name and renamed into place; they take the input's
+// permission bits less the umask (as zstd and gzip do: a private checkpoint stays private, and a
+// read-only input gives a read-only output).
 Status compress_file(const std::string& src, const std::string& dst, const CompressOptions& opts = {});
 Status decompress_file(const std::string& src, const std::string& dst, const DecompressOptions& opts = {});
 // Writes tensors as a .bs whose restore is the safetensors file that safetensors itself would

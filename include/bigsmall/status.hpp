@@ -8,7 +8,9 @@
 
 namespace bigsmall {
 
-// Stable numbering: these values are part of the CLI's exit-code contract and the Python API.
+// Stable numbering: callers may store and compare these values, and the Python binding's
+// exception classes follow them. They are not exit codes: the CLI maps them onto its own
+// (bigsmall --help; kCorrupt, for one, exits 5).
 enum class Error : int {
   kOk = 0,
   kInvalidArgument = 1,   // caller passed something unusable
@@ -68,7 +70,12 @@ template <typename T>
 class [[nodiscard]] Result {
  public:
   Result(T value) : v_(std::move(value)) {}
-  Result(Status status) : v_(std::move(status)) {}
+  // A Status with no value must be an error: a success Status here would make a Result that
+  // says ok and holds nothing (BIGSMALL_ASSIGN_OR_RETURN would then return success without ever
+  // producing its value), so it becomes kInternal.
+  Result(Status status)
+      : v_(status.is_ok() ? Status(Error::kInternal, "a Result was made from a success Status, with no value")
+                          : std::move(status)) {}
   bool is_ok() const { return v_.index() == 0; }
   explicit operator bool() const { return is_ok(); }
   T& value() & { return std::get<0>(v_); }
@@ -76,7 +83,9 @@ class [[nodiscard]] Result {
   const T& value() const& { return std::get<0>(v_); }
   T* operator->() { return &std::get<0>(v_); }
   const T* operator->() const { return &std::get<0>(v_); }
-  T& operator*() { return value(); }
+  T& operator*() & { return value(); }
+  T&& operator*() && { return std::move(*this).value(); }
+  const T& operator*() const& { return value(); }
   Status status() const { return is_ok() ? Status::success() : std::get<1>(v_); }
 
  private:

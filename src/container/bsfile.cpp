@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <numeric>
 #include <cstdlib>
 #include <cstring>
 #include <unordered_map>
@@ -469,6 +470,7 @@ struct BsFile::Impl {
   uint64_t data_start = 0;
   std::vector<TensorInfo> infos;
   std::vector<detail::Entry> entries;
+  std::vector<size_t> by_name;  // tensor indices sorted by (name, index), for find()
   // Fillers as views of the decompressed index, kept for them (a copy would double what a file
   // of one large filler, allowed up to the index's 1 GiB, costs to open).
   struct FillerView {
@@ -747,6 +749,10 @@ Result<BsFile> BsFile::open(const std::string& path) {
       if (k < spans.size()) pos = spans[k].second;
     }
     if (Status agree = check_header_matches_index(*impl); !agree.is_ok()) return agree.with_context(path);
+    impl->by_name.resize(impl->infos.size());
+    std::iota(impl->by_name.begin(), impl->by_name.end(), size_t{0});
+    std::stable_sort(impl->by_name.begin(), impl->by_name.end(),
+                     [&](size_t a, size_t b) { return impl->infos[a].name < impl->infos[b].name; });
     BsFile f;
     f.impl_ = std::move(impl);
     return f;
@@ -764,9 +770,11 @@ const TensorCoding& BsFile::coding(size_t i) const { return impl_->entries[i].co
 const uint8_t* BsFile::payload(size_t i) const { return impl_->file.data() + impl_->entries[i].payload_offset; }
 
 std::optional<size_t> BsFile::find(std::string_view name) const {
-  for (size_t i = 0; i < impl_->infos.size(); ++i)
-    if (impl_->infos[i].name == name) return i;
-  return std::nullopt;
+  const auto& infos = impl_->infos;
+  const auto it = std::lower_bound(impl_->by_name.begin(), impl_->by_name.end(), name,
+                                   [&](size_t i, std::string_view n) { return infos[i].name < n; });
+  if (it == impl_->by_name.end() || infos[*it].name != name) return std::nullopt;
+  return *it;
 }
 
 namespace {

@@ -194,6 +194,22 @@ void unregister_mapping(const uint8_t* p) {
 }  // namespace
 
 // ---- MappedFile ----------------------------------------------------------------------------
+namespace {
+// `path` prefixed with the working directory when it is relative; as given when that cannot be
+// had (a deleted working directory: the check then stats the name as given, as before).
+std::string absolute_path(const std::string& path) {
+  if (path.empty() || path[0] == '/') return path;
+  std::vector<char> buf(4096);
+  while (::getcwd(buf.data(), buf.size()) == nullptr) {
+    if (errno != ERANGE || buf.size() > (1u << 20)) return path;
+    buf.resize(buf.size() * 2);
+  }
+  std::string out(buf.data());
+  if (out.empty() || out.back() != '/') out += '/';
+  return out + path;
+}
+}  // namespace
+
 MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   std::swap(data_, o.data_);
   std::swap(size_, o.size_);
@@ -203,6 +219,7 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   std::swap(mtime_, o.mtime_);
   std::swap(ctime_, o.ctime_);
   std::swap(path_, o.path_);
+  std::swap(stat_path_, o.stat_path_);
   return *this;
 }
 
@@ -213,7 +230,7 @@ MappedFile::~MappedFile() {
 
 Status MappedFile::check_not_truncated() const {
   struct stat st;
-  if (path_.empty() || ::stat(path_.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_dev) != dev_ ||
+  if (stat_path_.empty() || ::stat(stat_path_.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_dev) != dev_ ||
       static_cast<uint64_t>(st.st_ino) != ino_ || static_cast<uint64_t>(st.st_size) >= size_)
     return Status::success();
   return Status(Error::kTruncated, path_ + ": truncated by another program while open (" + std::to_string(size_) +
@@ -222,8 +239,8 @@ Status MappedFile::check_not_truncated() const {
 
 Status MappedFile::check_unchanged() const {
   struct stat st;
-  if (path_.empty()) return Status::success();
-  if (::stat(path_.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_dev) != dev_ ||
+  if (stat_path_.empty()) return Status::success();
+  if (::stat(stat_path_.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_dev) != dev_ ||
       static_cast<uint64_t>(st.st_ino) != ino_)
     return Status::success();  // renamed over or deleted: the mapping kept the file as opened
   auto same = [](const struct timespec& a, const struct timespec& b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; };
@@ -250,6 +267,7 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
   }
   MappedFile m;
   m.path_ = path;
+  m.stat_path_ = absolute_path(path);
   m.size_ = static_cast<uint64_t>(st.st_size);
   m.mode_ = static_cast<unsigned>(st.st_mode);
   if (m.size_ > 0) {

@@ -57,6 +57,10 @@ class MappedFile {
   uint64_t dev_ = 0, ino_ = 0;  // which file was mapped, for check_not_truncated
   struct timespec mtime_ {}, ctime_ {};  // as opened, for check_unchanged
   std::string path_;
+  // path_ made absolute at open, for the checks: a program that changes its working directory
+  // after opening a file by a relative name must still have that file checked (with path_ the
+  // check would stat another file, or none, and let a read fault on a truncated mapping).
+  std::string stat_path_;
 };
 
 // Maps the pages of [p, p + n) of a file mapping in one call (advice: ignored where the kernel
