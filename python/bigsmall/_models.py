@@ -75,7 +75,13 @@ def _shards(d):
     if os.path.exists(os.path.join(d, "bigsmall.index.json")):
         files = _core.model_dir_files(d)  # the core checks that no name leaves the directory
     else:
-        files = sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".bs"))
+        names = os.listdir(d)
+        files = sorted(os.path.join(d, n) for n in names if n.endswith(".bs"))
+        if files and any(n.endswith(".safetensors") for n in names):
+            # transformers would load the .safetensors weights of this directory: say which ones
+            # this load takes, in case the two are different models.
+            warnings.warn(f"{d} holds .safetensors weights as well as .bs files; bigsmall loads the .bs files",
+                          stacklevel=3)
     if not files:
         raise _missing(f"{d}: no .bs files (not a bigsmall model directory)")
     source = {os.path.relpath(f, d).replace(os.sep, "/")[:-3] + ".safetensors": f for f in files}
@@ -143,6 +149,9 @@ class StreamingLoader:
         self.verify = _flag(verify, "verify")
         self.path = _subfolder(_resolve(path_or_repo_id, hub_kwargs), subfolder)
         self._files = [_core.File.open(s) for s in _shards(self.path)]
+        # What transformers records as the model's name_or_path: the argument as given (a repo
+        # id stays a repo id), which tokenizers, pipelines and PEFT read back.
+        self.name_or_path = _name_or_path(path_or_repo_id)
 
     def _groups(self):
         """(file, [(index, info), ...]) per group, in index order."""
@@ -183,6 +192,7 @@ class StreamingLoader:
         model = self._build(model_class, _dtype_arg(dtype), kwargs)
         targets = model.state_dict(keep_vars=True)
         prefix = getattr(model, "base_model_prefix", "")
+        self._refuse_if_nothing_fits(model, targets, prefix)
         tied = getattr(model, "all_tied_weights_keys", None)
         if isinstance(tied, dict):  # a pair the checkpoint holds twice: decoded into one tensor, one copy would be lost
             placed = {self._target_name(t["name"], targets, prefix) for f in self._files for t in f.tensors()}
@@ -263,7 +273,14 @@ class StreamingLoader:
             if any(t.is_meta for t in model.state_dict().values()):
                 model = model.to_empty(device="cpu")  # built on the meta device: give it memory
             if dtype is not None and dtype.is_floating_point:
+                # Buffers the model computes itself (not in its state dict: rotary inv_freq) keep
+                # their dtype, as a class built in that dtype keeps the float32 ones: cast, they
+                # would change the outputs.
+                computed = [(m, n, b) for m in model.modules() for n, b in m._buffers.items()
+                            if b is not None and n in m._non_persistent_buffers_set]
                 model = model.to(dtype)
+                for m, n, b in computed:
+                    m._buffers[n] = b
                 _keep_in_fp32(model, dtype)  # as for a class: T5's wo stays float32 in float16
                 if getattr(model, "config", None) is not None:
                     model.config.dtype = dtype
@@ -275,16 +292,10 @@ class StreamingLoader:
                 raise InvalidArgumentError(f"{k}= is not supported by bigsmall's model loading")
         for k in ("low_cpu_mem_usage", "use_safetensors"):  # what bigsmall always does
             kwargs.pop(k, None)
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
-        config = kwargs.pop("config", None)
-        if config is None:
-            config, model_kwargs = AutoConfig.from_pretrained(self.path, return_unused_kwargs=True, **kwargs)
-        else:
-            # As transformers: with a config given, the other arguments go to the model.
-            if isinstance(config, (str, os.PathLike)):
-                config = AutoConfig.from_pretrained(config)
-            model_kwargs = kwargs
+        config, model_kwargs = _config_for(self.path, model_class, kwargs)
+        config.name_or_path = self.name_or_path  # as transformers' from_pretrained sets it
         cls = model_class or self._architecture(config) or AutoModel
         if dtype is None:
             # As transformers' dtype="auto" (its default since v5): the dtype config.json names,
@@ -349,6 +360,18 @@ class StreamingLoader:
             from transformers import GenerationConfig
 
             model.generation_config = GenerationConfig.from_pretrained(self.path)
+
+    def _refuse_if_nothing_fits(self, model, targets, prefix):
+        """A checkpoint none of whose tensors has a place in the model would give a model of
+        initial values with nothing but warnings. Names transformers renames on loading
+        (CLIPVisionModel from a CLIP checkpoint: vision_model.* to *) are the usual cause, and
+        from_pretrained applies those renames."""
+        names = [t["name"] for f in self._files for t in f.tensors()]
+        if not names or not targets or any(self._target_name(n, targets, prefix) is not None for n in names):
+            return
+        raise InvalidArgumentError(
+            f"{self.path}: none of the checkpoint's {len(names)} tensors has a place in {type(model).__name__} "
+            f"(e.g. {names[0]!r}); if transformers renames them on loading, bigsmall.from_pretrained does too")
 
     def _names_match(self, model):
         """Whether every checkpoint tensor has its place in the model under its own name and every
@@ -438,7 +461,7 @@ class StreamingLoader:
 # name, not passed to the model's constructor as if they were model arguments.
 _UNSUPPORTED_KWARGS = ("weights_only", "ignore_mismatched_sizes", "output_loading_info", "quantization_config", "offload_folder",
                        "offload_state_dict", "max_memory", "tp_plan", "key_mapping", "gguf_file", "variant",
-                       "from_tf", "from_flax", "state_dict", "subfolder", "trust_remote_code")
+                       "from_tf", "from_flax", "state_dict", "subfolder")
 
 
 def _ignored_unexpected(model):
@@ -532,9 +555,35 @@ def _dtype_arg(d):
     if d is None or (isinstance(d, str) and d == "auto"):
         return None
     dt = getattr(torch, d, None) if isinstance(d, str) else d
-    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
-        raise InvalidArgumentError(f"unsupported dtype {d!r} (a model's dtype is a floating-point one)")
-    return dt
+    if isinstance(dt, torch.dtype) and dt.is_floating_point:
+        return dt
+    if isinstance(d, str) and d.startswith("torch.") and isinstance(getattr(torch, d[6:], None), torch.dtype):
+        raise InvalidArgumentError(f"dtype {d!r} is a string: give the dtype itself ({d}) or its name ({d[6:]!r})")
+    raise InvalidArgumentError(f"unsupported dtype {d!r}: give a floating-point torch.dtype (torch.bfloat16) or its name ('bfloat16')")
+
+
+def _name_or_path(path_or_repo_id):
+    return os.fsdecode(path_or_repo_id) if isinstance(path_or_repo_id, (str, bytes, os.PathLike)) else str(path_or_repo_id)
+
+
+def _config_for(path, model_class, kwargs):
+    """The config transformers' from_pretrained builds, and the keywords left for the model: with
+    config= a config, that one and every other keyword for the model; else config attributes
+    among the keywords go to the config read from `path` (or from config= a path), by the class's
+    own config class when it has one (CLIPVisionModel: CLIPVisionConfig from a CLIP checkpoint)."""
+    config = kwargs.pop("config", None)
+    if config is not None and not isinstance(config, (str, bytes, os.PathLike)):
+        return config, kwargs
+    source = path if config is None else os.fsdecode(config)
+    if config is None and not os.path.isfile(os.path.join(path, "config.json")):
+        raise _missing(f"{path}: no config.json (the model's configuration, which compression copies "
+                       "from the original directory; pass config= to give one)")
+    from transformers import AutoConfig
+
+    auto = model_class is None or isinstance(model_class, torch.nn.Module) or model_class.__name__.startswith("Auto")
+    config_cls = AutoConfig if auto else getattr(model_class, "config_class", None) or AutoConfig
+    return config_cls.from_pretrained(source, return_unused_kwargs=True,
+                                      trust_remote_code=kwargs.pop("trust_remote_code", None), **kwargs)
 
 
 def _config_dtype(config):
@@ -575,7 +624,7 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
     (the GPU when there is one); on a GPU the tensors are decoded there. torch_dtype / dtype: None
     or "auto" (the config's), a torch.dtype or its name. verify=False skips checksums.
     """
-    from transformers import AutoConfig
+    import transformers  # noqa: F401  (without it nothing below can work: fail before any)
 
     dtype = _dtype_arg(kwargs.pop("dtype", torch_dtype))
     verify = _flag(kwargs.pop("verify", True), "verify")
@@ -597,14 +646,9 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
     path = _subfolder(_resolve(path_or_repo_id, hub), kwargs.pop("subfolder", None))
     if model_class is not None and not isinstance(model_class, type):
         raise InvalidArgumentError(f"model_class must be a model class, not {model_class!r}")
-    config = kwargs.pop("config", None)
-    if config is None or isinstance(config, (str, os.PathLike)):
-        # As transformers: config attributes among the keywords go to the config, the rest to the
-        # model; the class's own config class when it has one (CLIPVisionModel: CLIPVisionConfig).
-        auto = model_class is None or model_class.__name__.startswith("Auto")
-        config_cls = AutoConfig if auto else getattr(model_class, "config_class", None) or AutoConfig
-        config, kwargs = config_cls.from_pretrained(path if config is None else config, return_unused_kwargs=True,
-                                                    trust_remote_code=kwargs.pop("trust_remote_code", None), **kwargs)
+    config, kwargs = _config_for(path, model_class, kwargs)
+    name = _name_or_path(path_or_repo_id)
+    config.name_or_path = name  # as transformers' from_pretrained sets it
     cls = model_class or StreamingLoader._architecture(config)
     if cls is None or cls.__name__.startswith("Auto"):
         from transformers import AutoModel
@@ -620,6 +664,7 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
         # straight into the parameters (no second copy, and host memory of one block on a GPU);
         # twice as fast as building the model in transformers from a decoded state dict.
         loader = StreamingLoader(path, threads=threads, verify=verify)
+        loader.name_or_path = name
         model = loader._build(cls, dtype, {"config": config})
         if loader._names_match(model):
             model = loader.load_model(model, device=dev, progress=progress)
@@ -656,7 +701,9 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
     state = {k: state[k] for k in sorted(state)}
     model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype or "auto", **kwargs)
     del state
-    _with_generation_config(model[0] if isinstance(model, tuple) else model, path)  # output_loading_info=True
+    built = model[0] if isinstance(model, tuple) else model  # output_loading_info=True
+    built.config.name_or_path = built.name_or_path = name  # given None, transformers recorded "None"
+    _with_generation_config(built, path)
     return model
 
 

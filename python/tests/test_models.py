@@ -275,6 +275,12 @@ def test_key_conversions_and_config_classes_are_transformers_own(tmp_path):
     clip.save_pretrained(tmp_path / "clip")
     got, _ = _quiet_load(bigsmall.compress(tmp_path / "clip"), CLIPVisionModel)
     _same_tensors(got, CLIPVisionModel.from_pretrained(tmp_path / "clip"))
+    # The streaming loader takes the class's config class too (it asked AutoConfig, got a
+    # CLIPConfig and failed on its missing hidden_size); it does not apply transformers' renames
+    # (vision_model.* to *), and a model none of whose tensors would be loaded is refused, not
+    # handed back as initial values with warnings.
+    with pytest.raises(bigsmall.InvalidArgumentError, match="none of the checkpoint's .* tensors has a place in CLIPVisionModel"):
+        bigsmall.StreamingLoader(tmp_path / "clip.bs").load_model(CLIPVisionModel, progress=False)
 
 
 def test_tied_pair_both_in_the_checkpoint_with_different_values_stays_untied(tmp_path):
@@ -607,3 +613,62 @@ def test_auto_dtype_follows_the_shard_index_of_a_single_shard(tmp_path):
     c = bigsmall.compress(tmp_path / "hf")
     assert _quiet_load(c, GPT2LMHeadModel)[0].dtype == torch.float16
     assert _streamed(c, GPT2LMHeadModel)[0].dtype == torch.float16
+
+
+def test_name_or_path_is_what_was_given_as_transformers_records_it(tmp_path):
+    """Tokenizers, pipelines and PEFT read model.name_or_path back; a concrete class's config
+    class does not set it, so it was empty (and "None" after the fallback through transformers)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(_llama_config()).save_pretrained(tmp_path / "hf")
+    d = str(bigsmall.compress(tmp_path / "hf"))
+    for got in (_quiet_load(d, LlamaForCausalLM)[0], _quiet_load(d)[0],
+                _quiet_load(d, LlamaForCausalLM, attn_implementation="eager")[0],  # through transformers
+                _streamed(d, LlamaForCausalLM)[0], _streamed(d)[0]):
+        assert got.name_or_path == d and got.config.name_or_path == d
+
+
+def test_a_built_model_loaded_with_a_dtype_keeps_the_buffers_it_computes(tmp_path):
+    """dtype= on a model passed in built cast its rotary inv_freq too (model.to(dtype)), which a
+    class built in that dtype keeps float32, as transformers does: the logits differed."""
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(_llama_config()).save_pretrained(tmp_path / "hf")
+    d = bigsmall.compress(tmp_path / "hf")
+    built = LlamaForCausalLM(AutoConfig.from_pretrained(tmp_path / "hf"))
+    got, _ = _streamed(d, built, dtype=torch.bfloat16)
+    ref = LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.bfloat16).eval()
+    assert got.model.rotary_emb.inv_freq.dtype == torch.float32
+    _same_tensors(got, ref)
+    ids = torch.arange(40).reshape(2, 20) % 100
+    with torch.no_grad():
+        assert torch.equal(got(ids).logits, ref(ids).logits)
+
+
+def test_a_directory_without_config_and_a_dtype_given_as_text_are_named(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(_llama_config()).save_pretrained(tmp_path / "hf")
+    d = bigsmall.compress(tmp_path / "hf")
+    with pytest.raises(bigsmall.InvalidArgumentError, match=r"give the dtype itself \(torch.bfloat16\) or its name"):
+        bigsmall.from_pretrained(d, dtype="torch.bfloat16", progress=False)
+    (tmp_path / "hf.bs" / "config.json").unlink()
+    for load in (lambda: bigsmall.from_pretrained(d, progress=False),
+                 lambda: bigsmall.StreamingLoader(d).load_model(LlamaForCausalLM, progress=False)):
+        with pytest.raises(bigsmall.FileNotFoundError, match="no config.json"):
+            load()
+
+
+def test_a_directory_of_both_kinds_of_weights_says_which_it_loads(tmp_path):
+    """transformers loads the .safetensors file of such a directory and bigsmall the .bs: when
+    they are different models, the user must be told which one came back."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(_llama_config()).save_pretrained(tmp_path / "hf")
+    bigsmall.compress(tmp_path / "hf" / "model.safetensors")
+    with pytest.warns(UserWarning, match="holds .safetensors weights as well as .bs files"):
+        bigsmall.from_pretrained(tmp_path / "hf", progress=False)
