@@ -132,6 +132,11 @@ TEST(Container, RandomAccessReadsOneTensor) {
     std::vector<uint8_t> out(t.bytes.size());
     ASSERT_TRUE(f->read_tensor(*i, out.data(), out.size()).is_ok());
     EXPECT_EQ(out, t.bytes) << t.name;
+    // data_begin places the tensor in the original file, as its safetensors header does.
+    const auto original = read_file(d / "m.safetensors");
+    const uint64_t at = 8 + f->safetensors_header().size() + f->tensors()[*i].data_begin;
+    ASSERT_LE(at + t.bytes.size(), original.size());
+    EXPECT_TRUE(std::equal(t.bytes.begin(), t.bytes.end(), original.begin() + static_cast<std::ptrdiff_t>(at))) << t.name;
   }
   EXPECT_FALSE(f->find("nope").has_value());
   EXPECT_TRUE(f->is_open());
@@ -1043,6 +1048,17 @@ TEST(OpenFile, TruncatedWhileOpenIsFoundAfterTheWorkingDirectoryChanges) {
   const Status st = f->read_tensor(big, out.data(), out.size());
   EXPECT_EQ(st.code(), Error::kTruncated) << st.message();
   EXPECT_EQ(st.message().rfind("m.bs: truncated by another program while open", 0), 0u) << st.message();
+  // The working directory renamed while the program stays in it: the absolute name leads
+  // nowhere, the name as given still does (as it would when the absolute one is too long).
+  fs::create_directories(d / "a");
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "a/n.bs").is_ok());
+  fs::current_path(d / "a");
+  auto g = BsFile::open("n.bs");
+  fs::rename(d / "a", d / "b");
+  ASSERT_EQ(::truncate((d / "b/n.bs").c_str(), 100), 0);
+  const Status moved = g.is_ok() ? g->read_tensor(big, out.data(), out.size()) : g.status();
+  fs::current_path(before);
+  EXPECT_EQ(moved.code(), Error::kTruncated) << moved.message();
 }
 
 TEST(Output, UnwritableDirectory) {
@@ -1497,6 +1513,18 @@ TEST(Directory, IndexWithoutFormatOrWithRepeatedNamesIsRefused) {
   const std::string index = d / "m.bs/bigsmall.index.json";
   write_file(index, std::string(R"({"format_version": 1, "files": [{"source": "model.safetensors", "bs": "model.bs"}]})"));
   EXPECT_EQ(verify_path(d / "m.bs").code(), Error::kNotBigsmall);
+  // format_version is optional; present, a non-negative integer (a string is damage, not a
+  // newer version), and one above the reader's is a newer version.
+  const std::pair<const char*, Error> versions[] = {{"", Error::kOk},
+                                                    {R"("format_version": 1, )", Error::kOk},
+                                                    {R"("format_version": "1", )", Error::kCorrupt},
+                                                    {R"("format_version": 2, )", Error::kUnsupportedVersion}};
+  for (const auto& [version, want] : versions) {
+    write_file(index, std::string(R"({"format": "bigsmall", )") + version +
+                          R"("files": [{"source": "model.safetensors", "bs": "model.bs"}]})");
+    const Status vs = verify_path(d / "m.bs");
+    EXPECT_EQ(vs.code(), want) << version << ": " << vs.message();
+  }
   // One small .bs listed many times would be verified or restored as many times.
   write_file(index, std::string(R"({"format": "bigsmall", "files": [{"source": "model.safetensors", "bs": "model.bs"},)"
                                 R"( {"source": "model.safetensors", "bs": "model.bs"}]})"));

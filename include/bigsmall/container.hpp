@@ -40,6 +40,9 @@ struct TensorInfo {
   DType dtype = DType::kU8;
   std::vector<uint64_t> shape;
   uint64_t nbytes = 0;         // decoded size
+  // Where the tensor's bytes lie in the original file: safetensors' data_offsets[0], an offset in
+  // the data region, which starts at 8 + safetensors_header().size().
+  uint64_t data_begin = 0;
   uint64_t stored_bytes = 0;   // payload size in the .bs file
   uint64_t floor_bits = 0;     // information content under the joint (sign+exponent, mantissa|exponent) model
   Codec codec = Codec::kStore;

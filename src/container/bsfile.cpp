@@ -198,6 +198,7 @@ Entry entry(const Source& s, const TensorEncoder& te, uint64_t payload_offset) {
   e.info.codec = te.coding().codec;
   e.info.chunks = te.chunk_count();
   e.data_begin = s.data_begin;
+  e.info.data_begin = s.data_begin;
   e.payload_offset = payload_offset;
   return e;
 }
@@ -539,6 +540,7 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, uint64_t 
       e.info.shape.push_back(dim);
     }
     e.data_begin = r.u64();
+    e.info.data_begin = e.data_begin;
     e.coding.nbytes = r.u64();
     e.payload_offset = r.u64();
     e.info.stored_bytes = r.u64();

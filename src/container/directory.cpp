@@ -446,7 +446,9 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
   const auto version = j->get("format_version");
   if (!format || format->kind() != Kind::kString || format->str() != "bigsmall")
     return Status(Error::kNotBigsmall, p.string() + ": not a bigsmall index");
-  if (version && (!version->is_uint() || version->uint() > kFormatVersionMajor))
+  if (version && !version->is_uint())
+    return Status(Error::kCorrupt, p.string() + ": format_version is not a non-negative integer");
+  if (version && version->uint() > kFormatVersionMajor)
     return Status(Error::kUnsupportedVersion, p.string() + ": index of a newer format version");
   std::vector<DirEntry> out;
   for (const detail::JsonValue f : *files) {

@@ -228,21 +228,26 @@ MappedFile::~MappedFile() {
   if (data_ && size_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
+bool MappedFile::stat_self(struct stat* st) const {
+  // By the absolute name first (the working directory may have changed since the open), then by
+  // the name as given (the absolute one may be too long for stat, or its directory renamed).
+  for (const std::string* p : {&stat_path_, &path_})
+    if (!p->empty() && ::stat(p->c_str(), st) == 0 && static_cast<uint64_t>(st->st_dev) == dev_ &&
+        static_cast<uint64_t>(st->st_ino) == ino_)
+      return true;
+  return false;  // renamed over or deleted: the mapping keeps the file as it was opened
+}
+
 Status MappedFile::check_not_truncated() const {
   struct stat st;
-  if (stat_path_.empty() || ::stat(stat_path_.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_dev) != dev_ ||
-      static_cast<uint64_t>(st.st_ino) != ino_ || static_cast<uint64_t>(st.st_size) >= size_)
-    return Status::success();
+  if (!stat_self(&st) || static_cast<uint64_t>(st.st_size) >= size_) return Status::success();
   return Status(Error::kTruncated, path_ + ": truncated by another program while open (" + std::to_string(size_) +
                                        " bytes when opened, " + std::to_string(st.st_size) + " now)");
 }
 
 Status MappedFile::check_unchanged() const {
   struct stat st;
-  if (stat_path_.empty()) return Status::success();
-  if (::stat(stat_path_.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_dev) != dev_ ||
-      static_cast<uint64_t>(st.st_ino) != ino_)
-    return Status::success();  // renamed over or deleted: the mapping kept the file as opened
+  if (!stat_self(&st)) return Status::success();  // renamed over or deleted: the mapping kept the file as opened
   auto same = [](const struct timespec& a, const struct timespec& b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; };
   if (static_cast<uint64_t>(st.st_size) != size_ || !same(st.st_mtim, mtime_) || !same(st.st_ctim, ctime_))
     return Status(Error::kTruncated, path_ + ": changed by another program while it was read (nothing written; run again)");

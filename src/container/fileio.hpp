@@ -2,6 +2,7 @@
 // under a temporary name and renamed into place only when complete.
 #pragma once
 #include <signal.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <cstdint>
@@ -61,6 +62,8 @@ class MappedFile {
   // after opening a file by a relative name must still have that file checked (with path_ the
   // check would stat another file, or none, and let a read fault on a truncated mapping).
   std::string stat_path_;
+  // The status of the file this maps, found by name; false when no name leads to it any more.
+  bool stat_self(struct stat* st) const;
 };
 
 // Maps the pages of [p, p + n) of a file mapping in one call (advice: ignored where the kernel
