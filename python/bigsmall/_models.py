@@ -75,13 +75,7 @@ def _shards(d):
     if os.path.exists(os.path.join(d, "bigsmall.index.json")):
         files = _core.model_dir_files(d)  # the core checks that no name leaves the directory
     else:
-        names = os.listdir(d)
-        files = sorted(os.path.join(d, n) for n in names if n.endswith(".bs"))
-        if files and any(n.endswith(".safetensors") for n in names):
-            # transformers would load the .safetensors weights of this directory: say which ones
-            # this load takes, in case the two are different models.
-            warnings.warn(f"{d} holds .safetensors weights as well as .bs files; bigsmall loads the .bs files",
-                          stacklevel=3)
+        files = sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".bs"))
     if not files:
         raise _missing(f"{d}: no .bs files (not a bigsmall model directory)")
     source = {os.path.relpath(f, d).replace(os.sep, "/")[:-3] + ".safetensors": f for f in files}
@@ -102,6 +96,18 @@ def _shards(d):
     if not top:
         raise _missing(f"{d}: no .bs files at the top of the directory (not a bigsmall model directory)")
     return top
+
+
+def _warn_if_mixed(d):
+    """A directory holding the safetensors weights transformers would load beside .bs files
+    (without a bigsmall index, which makes it a compressed directory): say which this load takes,
+    in case the two are different models. For the caller of from_pretrained or StreamingLoader."""
+    if os.path.exists(os.path.join(d, "bigsmall.index.json")):
+        return
+    names = set(os.listdir(d))
+    if ({"model.safetensors", "model.safetensors.index.json"} & names) and any(n.endswith(".bs") for n in names):
+        warnings.warn(f"{d} holds the safetensors weights transformers would load as well as .bs files; "
+                      "bigsmall loads the .bs files", stacklevel=3)
 
 
 def _group_key(name):
@@ -145,13 +151,26 @@ class StreamingLoader:
         unknown = set(hub_kwargs) - set(_HUB_KWARGS)
         if unknown:
             raise TypeError(f"StreamingLoader got unexpected keyword arguments {sorted(unknown)}")
-        self.threads = _threads(threads)
-        self.verify = _flag(verify, "verify")
-        self.path = _subfolder(_resolve(path_or_repo_id, hub_kwargs), subfolder)
-        self._files = [_core.File.open(s) for s in _shards(self.path)]
+        threads, verify = _threads(threads), _flag(verify, "verify")  # refused before any work
+        self._open(_subfolder(_resolve(path_or_repo_id, hub_kwargs), subfolder), threads, verify)
+        _warn_if_mixed(self.path)
         # What transformers records as the model's name_or_path: the argument as given (a repo
         # id stays a repo id), which tokenizers, pipelines and PEFT read back.
         self.name_or_path = _name_or_path(path_or_repo_id)
+
+    @classmethod
+    def _of(cls, path, threads, verify, name_or_path):
+        """from_pretrained's loader, which has given its caller any warning already."""
+        loader = cls.__new__(cls)
+        loader._open(path, threads, verify)
+        loader.name_or_path = name_or_path
+        return loader
+
+    def _open(self, path, threads, verify):
+        self.threads = _threads(threads)
+        self.verify = _flag(verify, "verify")
+        self.path = path
+        self._files = [_core.File.open(s) for s in _shards(self.path)]
 
     def _groups(self):
         """(file, [(index, info), ...]) per group, in index order."""
@@ -273,13 +292,14 @@ class StreamingLoader:
             if any(t.is_meta for t in model.state_dict().values()):
                 model = model.to_empty(device="cpu")  # built on the meta device: give it memory
             if dtype is not None and dtype.is_floating_point:
-                # Buffers the model computes itself (not in its state dict: rotary inv_freq) keep
-                # their dtype, as a class built in that dtype keeps the float32 ones: cast, they
-                # would change the outputs.
-                computed = [(m, n, b) for m in model.modules() for n, b in m._buffers.items()
-                            if b is not None and n in m._non_persistent_buffers_set]
+                # Rotary frequencies, which transformers computes in float32 whatever the dtype
+                # a class is built in, keep their dtype: cast, they change the outputs. Other
+                # buffers are cast with the weights, as a class built in that dtype makes them
+                # (a position table left float32 would not run against bfloat16 weights).
+                rotary = [(m, n, b) for m in model.modules() for n, b in m._buffers.items()
+                          if b is not None and n in _ROTARY_BUFFERS and n in m._non_persistent_buffers_set]
                 model = model.to(dtype)
-                for m, n, b in computed:
+                for m, n, b in rotary:
                     m._buffers[n] = b
                 _keep_in_fp32(model, dtype)  # as for a class: T5's wo stays float32 in float16
                 if getattr(model, "config", None) is not None:
@@ -292,6 +312,10 @@ class StreamingLoader:
                 raise InvalidArgumentError(f"{k}= is not supported by bigsmall's model loading")
         for k in ("low_cpu_mem_usage", "use_safetensors"):  # what bigsmall always does
             kwargs.pop(k, None)
+        if kwargs.get("trust_remote_code"):
+            raise InvalidArgumentError("trust_remote_code=True is not supported by StreamingLoader.load_model "
+                                       "(a model whose code comes with the checkpoint): build the model and pass it in")
+        kwargs.pop("trust_remote_code", None)  # False or None: nothing to trust
         from transformers import AutoModel
 
         config, model_kwargs = _config_for(self.path, model_class, kwargs)
@@ -486,6 +510,9 @@ def _reported(model, missing, unexpected):
             [n for n in unexpected if not (unexpected_regex and unexpected_regex.search(n))])
 
 
+_ROTARY_BUFFERS = ("inv_freq", "original_inv_freq")
+
+
 def _keep_in_fp32(model, dtype):
     """As transformers: the modules a class keeps in float32 (T5's wo, which overflows in float16)
     stay float32 when the model is float16 (_keep_in_fp32_modules) or float16 or bfloat16
@@ -573,14 +600,14 @@ def _config_for(path, model_class, kwargs):
     own config class when it has one (CLIPVisionModel: CLIPVisionConfig from a CLIP checkpoint)."""
     config = kwargs.pop("config", None)
     if config is not None and not isinstance(config, (str, bytes, os.PathLike)):
-        return config, kwargs
+        return copy.deepcopy(config), kwargs  # as transformers: the caller's object is not changed
     source = path if config is None else os.fsdecode(config)
     if config is None and not os.path.isfile(os.path.join(path, "config.json")):
         raise _missing(f"{path}: no config.json (the model's configuration, which compression copies "
                        "from the original directory; pass config= to give one)")
     from transformers import AutoConfig
 
-    auto = model_class is None or isinstance(model_class, torch.nn.Module) or model_class.__name__.startswith("Auto")
+    auto = model_class is None or model_class.__name__.startswith("Auto")
     config_cls = AutoConfig if auto else getattr(model_class, "config_class", None) or AutoConfig
     return config_cls.from_pretrained(source, return_unused_kwargs=True,
                                       trust_remote_code=kwargs.pop("trust_remote_code", None), **kwargs)
@@ -646,6 +673,7 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
     path = _subfolder(_resolve(path_or_repo_id, hub), kwargs.pop("subfolder", None))
     if model_class is not None and not isinstance(model_class, type):
         raise InvalidArgumentError(f"model_class must be a model class, not {model_class!r}")
+    _warn_if_mixed(path)
     config, kwargs = _config_for(path, model_class, kwargs)
     name = _name_or_path(path_or_repo_id)
     config.name_or_path = name  # as transformers' from_pretrained sets it
@@ -663,8 +691,7 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
         # The common case, a checkpoint whose names are the model's own: decoded block by block
         # straight into the parameters (no second copy, and host memory of one block on a GPU);
         # twice as fast as building the model in transformers from a decoded state dict.
-        loader = StreamingLoader(path, threads=threads, verify=verify)
-        loader.name_or_path = name
+        loader = StreamingLoader._of(path, threads, verify, name)
         model = loader._build(cls, dtype, {"config": config})
         if loader._names_match(model):
             model = loader.load_model(model, device=dev, progress=progress)

@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -415,6 +416,11 @@ def test_info_of_files_and_directories(models, tmp_path):
     assert d["file_bytes"] == one["file_bytes"] > 0 and d["original_bytes"] == one["original_bytes"]
     assert [t["name"] for t in d["tensors"]] == [t["name"] for t in one["tensors"]]
     assert all(t["file"] == one["path"] for t in d["tensors"])
+    # data_offsets as the original file's safetensors header gives them
+    with open(os.path.join(models["bf16"][0], "model.safetensors"), "rb") as fh:
+        header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+    assert {t["name"]: list(t["data_offsets"]) for t in one["tensors"]} == \
+        {k: v["data_offsets"] for k, v in header.items() if k != "__metadata__"}
     # An index naming a file outside its directory is refused, by info and by the loaders.
     evil = tmp_path / "evil"
     evil.mkdir()

@@ -646,6 +646,25 @@ def test_a_built_model_loaded_with_a_dtype_keeps_the_buffers_it_computes(tmp_pat
     with torch.no_grad():
         assert torch.equal(got(ids).logits, ref(ids).logits)
 
+    # Other computed buffers go with the weights, as a class built in that dtype makes them: a
+    # position table left float32 does not run against bfloat16 weights.
+    class Positional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8)
+            self.register_buffer("pe", torch.linspace(0, 1, 8), persistent=False)
+
+        def forward(self, x):
+            return self.proj(x + self.pe)
+
+    torch.manual_seed(0)
+    bigsmall.torch.save_model(Positional(), str(tmp_path / "p.bs"))
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p.bs").rename(tmp_path / "p" / "model.bs")
+    plain, _ = _streamed(tmp_path / "p", Positional(), dtype=torch.bfloat16)
+    assert plain.pe.dtype == torch.bfloat16
+    plain(torch.ones(2, 8, dtype=torch.bfloat16))
+
 
 def test_a_directory_without_config_and_a_dtype_given_as_text_are_named(tmp_path):
     from transformers import LlamaForCausalLM
@@ -670,5 +689,32 @@ def test_a_directory_of_both_kinds_of_weights_says_which_it_loads(tmp_path):
     torch.manual_seed(0)
     LlamaForCausalLM(_llama_config()).save_pretrained(tmp_path / "hf")
     bigsmall.compress(tmp_path / "hf" / "model.safetensors")
-    with pytest.warns(UserWarning, match="holds .safetensors weights as well as .bs files"):
-        bigsmall.from_pretrained(tmp_path / "hf", progress=False)
+    for load in (lambda: bigsmall.from_pretrained(tmp_path / "hf", progress=False),
+                 lambda: bigsmall.from_pretrained(tmp_path / "hf", attn_implementation="eager", progress=False),
+                 lambda: bigsmall.StreamingLoader(tmp_path / "hf")):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            load()
+        said = [x for x in w if "bigsmall loads the .bs files" in str(x.message)]
+        assert len(said) == 1 and said[0].filename == __file__, [(str(x.message), x.filename) for x in w]
+    # Other .safetensors files (a PEFT adapter) are not weights transformers would load instead.
+    (tmp_path / "hf" / "model.safetensors").rename(tmp_path / "adapter_model.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bigsmall.StreamingLoader(tmp_path / "hf")
+
+
+def test_remote_code_and_a_given_config_as_transformers_takes_them(tmp_path):
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(_llama_config()).save_pretrained(tmp_path / "hf")
+    d = bigsmall.compress(tmp_path / "hf")
+    _streamed(d, LlamaForCausalLM, trust_remote_code=False)  # nothing to trust: as without it
+    with pytest.raises(bigsmall.InvalidArgumentError, match="trust_remote_code=True is not supported"):
+        bigsmall.StreamingLoader(d).load_model(LlamaForCausalLM, trust_remote_code=True, progress=False)
+    config = AutoConfig.from_pretrained(tmp_path / "hf")
+    before = config.to_dict()
+    bigsmall.from_pretrained(d, config=config, dtype=torch.bfloat16, progress=False)
+    _streamed(d, LlamaForCausalLM, config=config)
+    assert config.to_dict() == before  # copied, as transformers copies it, not changed in place
