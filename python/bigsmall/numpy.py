@@ -43,8 +43,8 @@ def _empty(f, t, shape=None):
 
 def _decode(f, which, infos, threads=0, verify=True):
     outs = [_empty(f, t) for t in infos]
-    idx = [i for i, a in zip(which, outs) if a.size > 0]
-    bufs = [a.reshape(-1).view(np.uint8) for a in outs if a.size > 0]
+    idx = list(which)  # empty tensors too: the core checks their model and checksum
+    bufs = [a.reshape(-1).view(np.uint8) for a in outs]
     for a, b in _batches([buf.size for buf in bufs]):
         f.read_into(idx[a:b], bufs[a:b], threads, verify)
     return outs

@@ -174,7 +174,8 @@ def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
         raise InvalidArgumentError("decoding needs contiguous CPU tensors")
     # By address: every tensor here is a contiguous CPU tensor this package allocated (or the
     # model parameter StreamingLoader checked), alive for the call; the core checks each size.
-    live = [(i, t) for i, t in zip(which, outs) if t.numel() > 0]
+    # Empty tensors too: the core checks their model and checksum as it does for the others.
+    live = list(zip(which, outs))
     sizes = [t.numel() * t.element_size() for _, t in live]
     for a, b in _batches(sizes):
         f._read_into_addresses([i for i, _ in live[a:b]], [t.data_ptr() for _, t in live[a:b]], sizes[a:b], threads, verify)

@@ -173,3 +173,32 @@ def test_files_the_spec_calls_invalid_are_refused_by_both_decoders(tmp_path, cas
         bsdec.BsFile(str(tmp_path / "bad.bs")).restore()
     with pytest.raises(bigsmall.Error, match=why):
         bigsmall.verify(str(tmp_path / "bad.bs"))
+
+
+def test_an_empty_tensor_is_checked_on_load_too(tmp_path):
+    """The loaders skipped empty tensors, so a damaged entry of one (its checksum here; a model it
+    should not have likewise) loaded without a word, while verify refused the file."""
+    import bigsmall.torch as bt
+
+    src = tmp_path / "w.safetensors"
+    w = np.random.default_rng(5).normal(0, 0.02, 3000)
+    _safetensors(src, [("a", "F32", [3000], w.astype(np.float32).tobytes()), ("e", "F32", [0, 5], b"")])
+    bigsmall.compress(str(src), str(tmp_path / "w.bs"))
+    k = [e.name for e in bsdec.BsFile(str(tmp_path / "w.bs")).entries].index(b"e")
+
+    def damage(idx):
+        at = _entry_payload_field(idx, k) + 24  # payload_offset, payload_size, floor_bits, checksum
+        idx[at] ^= 1
+        return idx
+
+    (tmp_path / "bad.bs").write_bytes(_rewrite((tmp_path / "w.bs").read_bytes(), index=damage))
+    with pytest.raises(bigsmall.CorruptError):
+        bigsmall.verify(str(tmp_path / "bad.bs"))
+    import bigsmall.numpy as bn
+
+    for load in (bt.load_file, bn.load_file):
+        with pytest.raises(bigsmall.CorruptError):
+            load(str(tmp_path / "bad.bs"))
+        assert load(str(tmp_path / "bad.bs"), verify=False)["e"].shape == (0, 5)
+    with bigsmall.safe_open(str(tmp_path / "bad.bs"), framework="pt") as f, pytest.raises(bigsmall.CorruptError):
+        f.get_tensor("e")
