@@ -256,7 +256,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) decode_blocks(const Bloc
 
 bool cuda_ok(cudaError_t e, Status* st, const char* what) {
   if (e == cudaSuccess) return true;
-  static_cast<void>(*st = Status(Error::kIo, std::string("CUDA ") + what + ": " + cudaGetErrorString(e)));
+  // Device memory running out is what the rest of the library calls it (the CLI's exit 7,
+  // Python's OutOfMemoryError), not an I/O error.
+  const Error code = e == cudaErrorMemoryAllocation ? Error::kOutOfMemory : Error::kIo;
+  static_cast<void>(*st = Status(code, std::string("CUDA ") + what + ": " + cudaGetErrorString(e)));
   return false;
 }
 
