@@ -1386,6 +1386,7 @@ TEST(Directory, FailuresLeaveNoOutputAndDashFKeepsOtherFiles) {
   Status st = compress_dir(src.string(), d / "m.bs");
   EXPECT_EQ(st.code(), Error::kIo) << st.message();
   EXPECT_NE(st.message().find("dangling link"), std::string::npos) << st.message();
+  EXPECT_EQ(st.sys_errno(), ENOENT);  // Python's FileNotFoundError, as for a missing shard
   fs::remove(src / "dangling");
   write_file(src / "z.safetensors", std::string("not a safetensors file at all, just text"));
   st = compress_dir(src.string(), d / "m.bs");
@@ -1513,6 +1514,13 @@ TEST(Directory, IndexWithoutFormatOrWithRepeatedNamesIsRefused) {
   const std::string index = d / "m.bs/bigsmall.index.json";
   write_file(index, std::string(R"({"format_version": 1, "files": [{"source": "model.safetensors", "bs": "model.bs"}]})"));
   EXPECT_EQ(verify_path(d / "m.bs").code(), Error::kNotBigsmall);
+  // An index that is there but cannot be read is named for what it is, not "no index".
+  fs::remove(index);
+  fs::create_directory(index);
+  const Status dir_index = verify_path(d / "m.bs");
+  EXPECT_EQ(dir_index.code(), Error::kIo) << dir_index.message();
+  EXPECT_NE(dir_index.message().find("bigsmall.index.json: is a directory"), std::string::npos) << dir_index.message();
+  fs::remove(index);
   // format_version is optional; present, a non-negative integer (a string is damage, not a
   // newer version), and one above the reader's is a newer version.
   const std::pair<const char*, Error> versions[] = {{"", Error::kOk},

@@ -90,7 +90,7 @@ Result<std::vector<fs::path>> list_files(const fs::path& root, const fs::path& s
       return Status(Error::kLimit, it->path().string() + ": directories nest too deep (a link loop?)");
     const fs::file_status st = it->status(ec);  // through links
     if (std::error_code lec; ec && fs::is_symlink(it->symlink_status(lec)) && ec == std::errc::no_such_file_or_directory)
-      return Status(Error::kIo, it->path().string() + ": dangling link");
+      return Status(Error::kIo, it->path().string() + ": dangling link (its target does not exist)").with_errno(ENOENT);
     if (ec) return Status(Error::kIo, it->path().string() + ": " + ec.message());
     if (fs::is_directory(st)) {
       std::error_code e2;
@@ -432,6 +432,9 @@ std::optional<std::string> duplicate_key_anywhere(detail::JsonValue root) {
 Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
   const fs::path p = dir / kDirIndexName;
   auto mf = detail::MappedFile::open(p.string());
+  // Only a missing index means "not a compressed directory"; one that cannot be read (a
+  // directory of that name, no permission) is named for what it is.
+  if (!mf && mf.status().sys_errno() != ENOENT) return mf.status();
   if (!mf) return Status(Error::kNotBigsmall, dir.string() + ": not a bigsmall model directory (no " + kDirIndexName + ")");
   auto doc = detail::parse_json(std::string_view(reinterpret_cast<const char*>(mf->data()), mf->size()), detail::JsonStrings::kFileNames);
   using Kind = detail::JsonValue::Kind;
