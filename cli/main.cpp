@@ -608,10 +608,11 @@ void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotal
     stored += t.stored_bytes;
     floor_bits += t.floor_bits;
     if (json) {
-      std::printf("%s{\"name\": %s, \"dtype\": \"%s\", \"shape\": %s, \"codec\": \"%s\", \"bytes\": %llu, "
-                  "\"stored_bytes\": %llu, \"ratio\": %.6f, \"bits_per_weight\": %.4f, \"floor_bits_per_weight\": %.4f}",
+      std::printf("%s{\"name\": %s, \"dtype\": \"%s\", \"shape\": %s, \"data_offsets\": [%llu, %llu], \"codec\": \"%s\", "
+                  "\"bytes\": %llu, \"stored_bytes\": %llu, \"ratio\": %.6f, \"bits_per_weight\": %.4f, \"floor_bits_per_weight\": %.4f}",
                   first ? "" : ", ", jq(t.name).c_str(), std::string(dtype_info(t.dtype).safetensors_name).c_str(),
-                  shape_str(t.shape).c_str(), codec_name(t.codec), static_cast<unsigned long long>(t.nbytes),
+                  shape_str(t.shape).c_str(), static_cast<unsigned long long>(t.data_begin),
+                  static_cast<unsigned long long>(t.data_begin + t.nbytes), codec_name(t.codec), static_cast<unsigned long long>(t.nbytes),
                   static_cast<unsigned long long>(t.stored_bytes), ratio, bpw, fpw);
     } else {
       std::printf("%s %-11s %-18s %-6s %10llu %8.4f %7.3f %7.3f\n", padded(printable(t.name), 48).c_str(),

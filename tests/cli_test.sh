@@ -32,6 +32,11 @@ expect 0 "info" -- "$bs" info "$tmp/m.bs"
 check "info lists tensors" -- grep -q "bf16.weight" "$tmp/out"
 expect 0 "info --json" -- "$bs" info --json "$tmp/m.bs"
 check "info json parses" -- python3 -c "import json,sys; d=json.load(open('$tmp/out')); assert len(d['tensors'])==8" 
+check "info json: data_offsets as the original header gives them" -- python3 -c "
+import json, struct
+d = json.load(open('$tmp/out'))
+f = open('$tmp/m.safetensors', 'rb'); h = json.loads(f.read(struct.unpack('<Q', f.read(8))[0]))
+assert {t['name']: t['data_offsets'] for t in d['tensors']} == {k: v['data_offsets'] for k, v in h.items() if k != '__metadata__'}"
 expect 0 "decompress" -- "$bs" decompress -q "$tmp/m.bs" -o "$tmp/r.safetensors"
 check "byte-identical" -- cmp -s "$tmp/m.safetensors" "$tmp/r.safetensors"
 expect 0 "compress --json" -- "$bs" compress --json -f -T 1 "$tmp/m.safetensors" -o "$tmp/j.bs"
