@@ -105,7 +105,19 @@ def _warn_if_mixed(d):
     if os.path.exists(os.path.join(d, "bigsmall.index.json")):
         return
     names = set(os.listdir(d))
-    if ({"model.safetensors", "model.safetensors.index.json"} & names) and any(n.endswith(".bs") for n in names):
+    if not any(n.endswith(".bs") for n in names):
+        return
+    weights = "model.safetensors" in names
+    if not weights and "model.safetensors.index.json" in names:
+        # The shard index alone is no weights: shards compressed one by one keep it, and bigsmall
+        # needs it to find their .bs files. Weights are there when a shard it names is.
+        try:
+            with open(os.path.join(d, "model.safetensors.index.json"), encoding="utf-8") as fh:
+                shards = set(json.load(fh)["weight_map"].values())
+            weights = any(os.path.isfile(os.path.join(d, n)) for n in shards if isinstance(n, str))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            weights = False  # _shards names a broken index
+    if weights:
         warnings.warn(f"{d} holds the safetensors weights transformers would load as well as .bs files; "
                       "bigsmall loads the .bs files", stacklevel=3)
 
@@ -292,12 +304,13 @@ class StreamingLoader:
             if any(t.is_meta for t in model.state_dict().values()):
                 model = model.to_empty(device="cpu")  # built on the meta device: give it memory
             if dtype is not None and dtype.is_floating_point:
-                # Rotary frequencies, which transformers computes in float32 whatever the dtype
+                # Rotary frequencies (inv_freq, original_inv_freq, Gemma 3's
+                # sliding_attention_inv_freq ...), which transformers computes in float32 whatever the dtype
                 # a class is built in, keep their dtype: cast, they change the outputs. Other
                 # buffers are cast with the weights, as a class built in that dtype makes them
                 # (a position table left float32 would not run against bfloat16 weights).
                 rotary = [(m, n, b) for m in model.modules() for n, b in m._buffers.items()
-                          if b is not None and n in _ROTARY_BUFFERS and n in m._non_persistent_buffers_set]
+                          if b is not None and n.endswith("inv_freq") and n in m._non_persistent_buffers_set]
                 model = model.to(dtype)
                 for m, n, b in rotary:
                     m._buffers[n] = b
@@ -508,9 +521,6 @@ def _reported(model, missing, unexpected):
     unexpected_regex = _ignored_unexpected(model)
     return ([n for n in missing if not (missing_regex and missing_regex.search(n))],
             [n for n in unexpected if not (unexpected_regex and unexpected_regex.search(n))])
-
-
-_ROTARY_BUFFERS = ("inv_freq", "original_inv_freq")
 
 
 def _keep_in_fp32(model, dtype):

@@ -346,7 +346,10 @@ nb::list tensor_list(const BsFile& f) {
     d["dtype"] = std::string(dtype_info(t.dtype).safetensors_name);
     d["shape"] = nb::cast(t.shape);
     d["nbytes"] = t.nbytes;
-    d["data_offsets"] = nb::make_tuple(t.data_begin, t.data_begin + t.nbytes);  // as in the safetensors header
+    nb::list offsets;  // a list, as in the safetensors header
+    offsets.append(t.data_begin);
+    offsets.append(t.data_begin + t.nbytes);
+    d["data_offsets"] = offsets;
     d["stored_bytes"] = t.stored_bytes;
     d["floor_bits"] = t.floor_bits;
     d["codec"] = std::string(codec_name(t.codec));

@@ -645,6 +645,20 @@ def test_a_built_model_loaded_with_a_dtype_keeps_the_buffers_it_computes(tmp_pat
     ids = torch.arange(40).reshape(2, 20) % 100
     with torch.no_grad():
         assert torch.equal(got(ids).logits, ref(ids).logits)
+    # Gemma 3 names its frequencies per attention type (sliding_attention_inv_freq, ...): the rule
+    # is the name's ending, not the two plain names.
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    gemma = Gemma3TextConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                             intermediate_size=64, vocab_size=100, head_dim=32, sliding_window=4)
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(gemma).save_pretrained(tmp_path / "g")
+    got, _ = _streamed(bigsmall.compress(tmp_path / "g"), Gemma3ForCausalLM(gemma), dtype=torch.bfloat16)
+    ref = Gemma3ForCausalLM.from_pretrained(tmp_path / "g", dtype=torch.bfloat16).eval()
+    freqs = {n: b.dtype for n, b in got.named_buffers() if n.endswith("inv_freq")}
+    assert freqs and freqs == {n: b.dtype for n, b in ref.named_buffers() if n.endswith("inv_freq")}
+    with torch.no_grad():
+        assert torch.equal(got(ids[:, :12]).logits, ref(ids[:, :12]).logits)
 
     # Other computed buffers go with the weights, as a class built in that dtype makes them: a
     # position table left float32 does not run against bfloat16 weights.
@@ -702,6 +716,21 @@ def test_a_directory_of_both_kinds_of_weights_says_which_it_loads(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bigsmall.StreamingLoader(tmp_path / "hf")
+    # Nor is a shard index whose shards were compressed one by one and removed: bigsmall needs
+    # it to find their .bs files, and transformers has nothing to load.
+    torch.manual_seed(0)
+    LlamaForCausalLM(_llama_config()).save_pretrained(tmp_path / "sh", max_shard_size="20KB")
+    shards = sorted((tmp_path / "sh").glob("model-*.safetensors"))
+    assert len(shards) > 1
+    for shard in shards:
+        bigsmall.compress(shard)
+        shard.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bigsmall.StreamingLoader(tmp_path / "sh")
+    shards[0].write_bytes(b"")  # one shard is there again: transformers would read it
+    with pytest.warns(UserWarning, match="bigsmall loads the .bs files"):
+        bigsmall.StreamingLoader(tmp_path / "sh")
 
 
 def test_remote_code_and_a_given_config_as_transformers_takes_them(tmp_path):
