@@ -211,7 +211,10 @@ class StreamingLoader:
         or a model already built (on the meta device too), which is loaded in place. kwargs go
         as in transformers: config=..., else config attributes to the config and the rest to the
         model's constructor. Checkpoint tensors the model lacks, and model tensors the checkpoint
-        lacks (initialised as transformers does), are reported as warnings."""
+        lacks (initialised as transformers does), are reported as warnings; with
+        output_loading_info=True they also come back as transformers gives them:
+        (model, {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"})."""
+        info_wanted = _flag(kwargs.pop("output_loading_info", False), "output_loading_info")
         if "torch_dtype" in kwargs:  # transformers' older name of dtype
             torch_dtype = kwargs.pop("torch_dtype")
             dtype = torch_dtype if dtype is None else dtype
@@ -288,9 +291,14 @@ class StreamingLoader:
         finally:
             if bar is not None:
                 bar.close()
-        self._finish(model, targets, loaded, unexpected, from_meta)
+        missing, unexpected = self._finish(model, targets, loaded, unexpected, from_meta)
         if dev.type != "cpu":
             model.to(dev)  # the remaining small buffers
+        if info_wanted:
+            # transformers' shape: sets of names, mismatched pairs (bigsmall refuses a mismatched
+            # shape instead of reinitialising it) and messages (none: problems raise).
+            return model.eval(), {"missing_keys": set(missing), "unexpected_keys": set(unexpected),
+                                  "mismatched_keys": set(), "error_msgs": []}
         return model.eval()
 
     def _build(self, model_class, dtype, kwargs):
@@ -397,6 +405,7 @@ class StreamingLoader:
             from transformers import GenerationConfig
 
             model.generation_config = GenerationConfig.from_pretrained(self.path)
+        return missing, unexpected
 
     def _refuse_if_nothing_fits(self, model, targets, prefix):
         """A checkpoint none of whose tensors has a place in the model would give a model of
@@ -496,7 +505,7 @@ class StreamingLoader:
 
 # Loading options of transformers' from_pretrained that bigsmall does not implement: refused by
 # name, not passed to the model's constructor as if they were model arguments.
-_UNSUPPORTED_KWARGS = ("weights_only", "ignore_mismatched_sizes", "output_loading_info", "quantization_config", "offload_folder",
+_UNSUPPORTED_KWARGS = ("weights_only", "ignore_mismatched_sizes", "quantization_config", "offload_folder",
                        "offload_state_dict", "max_memory", "tp_plan", "key_mapping", "gguf_file", "variant",
                        "from_tf", "from_flax", "state_dict", "subfolder")
 

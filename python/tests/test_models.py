@@ -747,3 +747,19 @@ def test_remote_code_and_a_given_config_as_transformers_takes_them(tmp_path):
     bigsmall.from_pretrained(d, config=config, dtype=torch.bfloat16, progress=False)
     _streamed(d, LlamaForCausalLM, config=config)
     assert config.to_dict() == before  # copied, as transformers copies it, not changed in place
+
+
+def test_load_model_gives_the_loading_info_transformers_gives(tmp_path):
+    """output_loading_info=True was refused by load_model (from_pretrained took it)."""
+    from transformers import BertForMaskedLM
+
+    _bert(tmp_path)
+    d = bigsmall.compress(tmp_path / "hf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the same lists, reported as warnings as well
+        got, info = bigsmall.StreamingLoader(d).load_model(BertForMaskedLM, output_loading_info=True, progress=False)
+        _, ref = BertForMaskedLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
+        plain = bigsmall.StreamingLoader(d).load_model(BertForMaskedLM, output_loading_info=False, progress=False)
+    assert info == {k: ref[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
+    assert info["missing_keys"] and info["unexpected_keys"]  # a head model from a base checkpoint
+    assert isinstance(got, BertForMaskedLM) and isinstance(plain, BertForMaskedLM)
