@@ -92,8 +92,8 @@ struct Gate {
 };
 
 // Seconds of one decode of `enc` into dout; `gated` keeps the host part out of the clock.
-double time_decode(const EncodedTensor& enc, const uint8_t* dp, uint8_t* dout, cudaStream_t s, bool shared, int blocks, bool gated,
-                   Gate& g) {
+double time_decode(const EncodedTensor& enc, const uint8_t* dp, uint8_t* dout, uint64_t dout_size, cudaStream_t s,
+                   bool shared, int blocks, bool gated, Gate& g) {
   cudaEvent_t a, b;
   CK(cudaEventCreate(&a));
   CK(cudaEventCreate(&b));
@@ -113,7 +113,7 @@ double time_decode(const EncodedTensor& enc, const uint8_t* dp, uint8_t* dout, c
     });
   }
   CK(cudaEventRecord(a, s));
-  Status st = dec.enqueue({{&enc.coding, enc.payload.data(), enc.payload.size(), dp, dout}}, s, false);
+  Status st = dec.enqueue({{&enc.coding, enc.payload.data(), enc.payload.size(), dp, dout, dout_size}}, s, false);
   CK(cudaEventRecord(b, s));
   if (gated) opener.join();
   CK(cudaEventSynchronize(b));
@@ -182,7 +182,7 @@ int main(int argc, char** argv) {
       for (int mode = 0; mode < 5; ++mode) {
         CK(cudaMemsetAsync(dout, 0x5a, data.size(), s));  // poison: every byte must be written
         const int blocks = mode == 2 ? 3 : mode == 3 ? 4 : 2;
-        const double t = time_decode(enc.value(), dp, dout, s, /*shared=*/mode == 4, blocks, /*gated=*/mode != 0, g);
+        const double t = time_decode(enc.value(), dp, dout, data.size(), s, /*shared=*/mode == 4, blocks, /*gated=*/mode != 0, g);
         if (rep) tmode[mode].push_back(t);
         if (rep == 1) {  // every mode's output checked once
           CK(cudaMemcpy(back.data(), dout, back.size(), cudaMemcpyDeviceToHost));

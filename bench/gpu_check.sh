@@ -7,7 +7,8 @@
 #      device-to-device copy;
 #   3. the Python package built there, its GPU tests, and loading to the GPU against
 #      safetensors.torch.load_file(device="cuda") of the originals (restored from the .bs files);
-#   4. DFloat11's own GPU decoder on the same BF16 weights, if its wheels were carried.
+#   4. DFloat11's own GPU decoder on the same BF16 weights, if its wheels were carried;
+#   5. the GPU tests under compute-sanitizer (memcheck), and an Nsight Compute profile.
 # Logs and JSON go to $OUT (or ./gpu-check-out). Usage: bench/gpu_check.sh [GB]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -75,6 +76,17 @@ if [ -f bench/dfloat11_bench.py ] && ls "$pack"/whl/dfloat11-*.whl >/dev/null 2>
   tail -3 "$out/dfloat11.err"
 fi
 
+# Out-of-bounds accesses and uninitialised reads that a bit-exact result can hide (a read past a
+# chunk that happens to hit mapped memory): the GPU tests once more under compute-sanitizer, the
+# corpus test left out for time.
+if command -v compute-sanitizer >/dev/null; then
+  step "compute-sanitizer memcheck of the GPU tests"
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$pack/bin/bigsmall_tests" \
+    --gtest_filter='Cuda*:-*Corpus*' >"$out/memcheck.txt" 2>&1
+  status+=("memcheck:$?")
+  grep -E 'ERROR SUMMARY|PASSED|FAILED|Invalid' "$out/memcheck.txt" | head -12
+fi
+
 # Where the decode kernel's warps wait (for the next round of tuning): one profiled launch of
 # the default kernel on a small tile, if Nsight Compute is there.
 if command -v ncu >/dev/null; then
@@ -90,3 +102,8 @@ step "summary: ${status[*]}"
 grep -A6 '^| dtype' "$out/gpu_bench.log"
 grep -E '^\| all|^StreamingLoader|^bigsmall.from' "$out/gpu_load.log" 2>/dev/null
 cat "$out/dfloat11.json" 2>/dev/null
+
+# The device tool brings back at most 8 files: the logs travel as one archive.
+if [ -n "${OUT:-}" ]; then
+  tar czf /tmp/gpu-check-logs.tgz -C "$out" . && find "$out" -mindepth 1 -delete && mv /tmp/gpu-check-logs.tgz "$out/"
+fi
