@@ -8,7 +8,8 @@
 #   3. the Python package built there, its GPU tests, and loading to the GPU against
 #      safetensors.torch.load_file(device="cuda") of the originals (restored from the .bs files);
 #   4. DFloat11's own GPU decoder on the same BF16 weights, if its wheels were carried;
-#   5. the GPU tests under compute-sanitizer (memcheck), and an Nsight Compute profile.
+#   5. the GPU tests under compute-sanitizer (memcheck), and an Nsight Compute profile;
+#   6. damaged .bs files (bench/gpu_mutation.py) decoded on the GPU and the CPU: same answers.
 # Logs and JSON go to $OUT (or ./gpu-check-out). Usage: bench/gpu_check.sh [GB]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +62,10 @@ if [ $rc -eq 0 ]; then
   ( cd python/tests && BIGSMALL_TEST_MODEL=/tmp/model.orig timeout 180 "$py" -m pytest -q -p no:cacheprovider test_cuda.py \
       -rs 2>&1 | tee "$out/pytest.log" | tail -15 )
   status+=("pytest:${PIPESTATUS[0]}")
+  step "damaged files: the GPU decoder against the CPU decoder (60 s)"
+  timeout 120 "$py" bench/gpu_mutation.py --bs-dir "$pack/bs" --seconds 60 --json "$out/mutation.json" 2>&1 |
+    tee "$out/mutation.log" | tail -12
+  status+=("mutation:${PIPESTATUS[0]}")
   step "loading to the GPU: bigsmall vs safetensors"
   timeout 180 "$py" bench/gpu_load_bench.py --pairs /tmp/pairs --model-bs "$pack/model" --model-orig /tmp/model.orig \
     --json "$out/gpu_load.json" 2>"$out/gpu_load.err" | tee "$out/gpu_load.log"
