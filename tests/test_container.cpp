@@ -525,6 +525,31 @@ uint64_t mapped_bytes() {
   return 0;
 }
 
+TEST_F(DamagedBs, EntriesSharingOnePayloadAreRefusedAsTheyAreRead) {
+  // A zstd index of a few KB can repeat one tensor's entry until its chunk lists take gigabytes
+  // (a 178 KB file took 3.2 GB before it was refused for overlapping payloads). Payloads cannot
+  // add up to more than the file holds: the second copy is refused, before its list is built.
+  TempDir t;
+  write_file(t / "one.safetensors", safetensors_bytes({{"w", DType::kBF16, {300000}, bstest::weights(DType::kBF16, 300000, 9)}}));
+  ASSERT_TRUE(compress_file(t / "one.safetensors", t / "one.bs").is_ok());
+  const auto copies = with_index_edit(read_file(t / "one.bs"), [](std::vector<uint8_t>& index) {
+    uint32_t fillers;
+    uint64_t hlen;
+    std::memcpy(&fillers, index.data() + 4, 4);
+    std::memcpy(&hlen, index.data() + 8, 8);
+    ASSERT_EQ(fillers, 0u);
+    const std::vector<uint8_t> entry(index.begin() + 16 + static_cast<long>(hlen), index.end());
+    for (int k = 1; k < 1000; ++k) index.insert(index.end(), entry.begin(), entry.end());
+    const uint32_t count = 1000;
+    std::memcpy(index.data(), &count, 4);
+  });
+  write_file(t / "copies.bs", copies);
+  auto f = BsFile::open(t / "copies.bs");
+  ASSERT_FALSE(f.is_ok());
+  EXPECT_EQ(f.status().code(), Error::kCorrupt);
+  EXPECT_NE(f.status().message().find("payloads add up to more than the file holds"), std::string::npos) << f.status().message();
+}
+
 TEST_F(DamagedBs, AllocationFailureIsAnErrorValue) {
   // An index may declare up to 1 GiB; a machine with less memory to give must answer with
   // kOutOfMemory naming the file, not throw std::bad_alloc through the API (or abort). A child

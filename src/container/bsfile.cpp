@@ -518,6 +518,10 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, uint64_t 
   if (ntensors > detail::kFreeTensorEntries + stored)
     return bad(std::to_string(ntensors) + " tensors in a " + std::to_string(stored) + "-byte index");
   std::vector<std::pair<uint64_t, uint64_t>> spans;
+  // Payloads may not overlap (checked once all are read), so together they fit between the file
+  // header and the index. Checked as each is read: chunk lists are allocated per payload byte,
+  // and a zstd index of a few KB can repeat one payload's entry until its lists take gigabytes.
+  uint64_t claimed = 0;
   for (uint32_t t = 0; t < ntensors; ++t) {
     detail::Entry e;
     e.info.name = r.str16();
@@ -556,6 +560,8 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, uint64_t 
     if (e.payload_offset < detail::kHeaderSize || e.payload_offset > payload_end ||
         e.info.stored_bytes > payload_end - e.payload_offset)
       return bad("tensor '" + e.info.name + "' payload lies outside the file");
+    claimed += e.info.stored_bytes;  // no overflow: each is at most payload_end
+    if (claimed > payload_end - detail::kHeaderSize) return bad("payloads add up to more than the file holds");
     // Every chunk holds at least one byte of the payload (FORMAT.md), so a count beyond the
     // payload is refused before the list is allocated.
     if (nchunks > r.remaining() / 9 || nchunks > e.info.stored_bytes) return bad("chunk count");
