@@ -483,6 +483,17 @@ int run_codec(const Args& a) {
     return kExitUsage;
   }
   int rc = kExitOk;
+  // Outputs this run wrote, by identity, with the input each came from: two inputs can map to one
+  // output name ("x.safetensors" and "x" both to "x.bs"), and with -f the second replaced the
+  // first's output without a word.
+  struct Written {
+    dev_t dev;
+    ino_t ino;
+    dev_t in_dev;
+    ino_t in_ino;
+    std::string in;
+  };
+  std::vector<Written> written;
   for (const auto& in : a.paths) {
     note_input(in);
     std::error_code ec;
@@ -491,7 +502,8 @@ int run_codec(const Args& a) {
       if (a.json) print_json_error("input", in, st);
       rc = std::max(rc, report(st));
     };
-    if (struct stat st; ::stat(in.c_str(), &st) != 0) {
+    struct stat in_st;
+    if (::stat(in.c_str(), &in_st) != 0) {
       fail(Status(Error::kIo, in + ": " + why_unreachable(in, errno)));
       continue;
     }
@@ -503,6 +515,15 @@ int run_codec(const Args& a) {
     if (out.empty()) {
       fail(Status(Error::kInvalidArgument, in + ": name does not end in .bs; give the output with -o"));
       continue;
+    }
+    if (struct stat out_st; ::stat(out.c_str(), &out_st) == 0) {
+      const auto same = std::find_if(written.begin(), written.end(), [&](const Written& w) {
+        return w.dev == out_st.st_dev && w.ino == out_st.st_ino && (w.in_dev != in_st.st_dev || w.in_ino != in_st.st_ino);
+      });
+      if (same != written.end()) {
+        fail(Status(Error::kInvalidArgument, out + ": already written from " + same->in + " in this run; give the output with -o"));
+        continue;
+      }
     }
     Progress prog(!a.quiet, fs::path(strip_slash(in)).filename().string());
     const uint64_t in_b = path_bytes(in, out);  // before the run: the output may lie inside the input
@@ -530,6 +551,8 @@ int run_codec(const Args& a) {
       continue;
     }
     const double t = seconds_since(t0);
+    if (struct stat out_st; ::stat(out.c_str(), &out_st) == 0)
+      written.push_back({out_st.st_dev, out_st.st_ino, in_st.st_dev, in_st.st_ino, in});
     if (a.verbose && !a.json) print_tensors(compress ? out : in, is_dir);
     const uint64_t out_b = is_dir ? written_bytes(in, out, compress) : path_bytes(out);
     const uint64_t raw = compress ? in_b : out_b, packed = compress ? out_b : in_b;
@@ -719,16 +742,14 @@ int run_bench(const Args& a) {
       inputs.push_back(p);
       continue;
     }
-    std::vector<std::string> found;
-    for (fs::recursive_directory_iterator it(p, fs::directory_options::follow_directory_symlink, ec), end; !ec && it != end;
-         it.increment(ec))
-      if (it->is_regular_file(ec) && it->path().extension() == ".safetensors") found.push_back(it->path().string());
-    if (ec) {
-      const Status st(Error::kIo, p + ": cannot list directory: " + ec.message());
-      if (a.json) print_json_error("file", p, st);
-      rc = std::max(rc, report(st));
+    // compress's own walk: a link loop is refused, not walked for ever.
+    Result<std::vector<std::string>> listed = model_dir_safetensors(p);
+    if (!listed) {
+      if (a.json) print_json_error("file", p, listed.status());
+      rc = std::max(rc, report(listed.status()));
       continue;
     }
+    std::vector<std::string> found = std::move(listed.value());
     if (found.empty()) {
       const Status st(Error::kNotSafetensors, p + ": no .safetensors files in this directory");
       if (a.json) print_json_error("file", p, st);

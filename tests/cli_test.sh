@@ -456,5 +456,32 @@ expect 0 "bench with TMPDIR empty" -- env TMPDIR= "$bs" bench -T1 "$tmp/m.safete
 expect 2 "bench with an unusable TMP and no TMPDIR" -- env -u TMPDIR TMP="$tmp/no-such-dir" "$bs" bench -T1 "$tmp/m.safetensors"
 check "names TMP" -- grep -q "TMP=.*no-such-dir: not a usable directory" "$tmp/err"
 
+# two inputs whose outputs share a name: the second must not replace the first's, -f or not
+mkdir -p "$tmp/twin" && cp "$tmp/m.safetensors" "$tmp/twin/x.safetensors" && cp "$tmp/m.safetensors" "$tmp/twin/x"
+printf 'x' | dd of="$tmp/twin/x" bs=1 seek=20000 conv=notrunc 2>/dev/null  # another tensor value: another x.bs
+expect 1 "two inputs, one output name" -- "$bs" compress -q -f "$tmp/twin/x.safetensors" "$tmp/twin/x"
+check "names the output and the input that wrote it" -- grep -q "x.bs: already written from .*x.safetensors in this run" "$tmp/err"
+expect 0 "and x.bs is still x.safetensors's" -- "$bs" decompress -q "$tmp/twin/x.bs" -o "$tmp/twin/back.safetensors"
+check "byte-identical to x.safetensors" -- cmp -s "$tmp/twin/x.safetensors" "$tmp/twin/back.safetensors"
+expect 0 "the same input twice is no conflict" -- "$bs" compress -q -f "$tmp/twin/x.safetensors" "$tmp/twin/./x.safetensors"
+
+# bench walks a directory as compress does: links that loop are refused, not walked for ever
+mkdir -p "$tmp/linkloop" && cp "$tmp/m.safetensors" "$tmp/linkloop/model.safetensors" && ln -s . "$tmp/linkloop/a" && ln -s . "$tmp/linkloop/b"
+expect 2 "bench of a directory whose links loop" -- timeout 60 "$bs" bench -T1 "$tmp/linkloop"
+check "says so" -- grep -q "reachable by more than" "$tmp/err"
+
+# -f into an existing directory never writes through a link to a directory there
+mkdir -p "$tmp/lm/sub" "$tmp/lt" "$tmp/outside" && cp "$tmp/m.safetensors" "$tmp/lm/model.safetensors" && echo x >"$tmp/lm/sub/a.txt"
+ln -s ../outside "$tmp/lt/sub"
+expect 0 "compress a model with a subdirectory" -- "$bs" compress -q "$tmp/lm"
+expect 2 "decompress -f where that subdirectory is a link" -- "$bs" decompress -q -f "$tmp/lm.bs" -o "$tmp/lt"
+check "names the link" -- grep -q "lt/sub: is a link to a directory" "$tmp/err"
+check "nothing written where it points, nothing left in the output" -- test -z "$(ls "$tmp/outside")" -a "$(ls "$tmp/lt")" = sub
+
+# a restore inside the compressed directory would become part of it
+expect 1 "decompress DIR.bs -o DIR.bs/sub" -- "$bs" decompress -q "$tmp/lm.bs" -o "$tmp/lm.bs/restored"
+check "says why, and writes nothing there" -- grep -q "lies inside the compressed directory" "$tmp/err"
+check "nothing written" -- test ! -e "$tmp/lm.bs/restored"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

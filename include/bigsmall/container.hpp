@@ -145,6 +145,9 @@ Status verify_path(const std::string& path, const DecompressOptions& opts = {});
 // its index entry (size and bs_checksum where the index has them): a missing, damaged, swapped
 // or replaced file is an error. Without, the index alone is read (to list what to remove).
 Result<std::vector<std::string>> model_dir_files(const std::string& dir, bool check_files = true);
+// The *.safetensors files compress_dir would compress, as paths under dir, sorted: the same walk
+// (links followed; a link loop, a dangling link or a pipe is an error).
+Result<std::vector<std::string>> model_dir_safetensors(const std::string& dir);
 
 // Deletes the temporary files of outputs still being written. Async-signal-safe: for SIGINT
 // and SIGTERM handlers, so an interrupted run leaves nothing behind. Meant for the way out: a

@@ -304,6 +304,10 @@ class OutputDir {
         if (!fs::exists(st)) break;
         if (last ? fs::is_directory(st) : !fs::is_directory(st))
           return Status(Error::kIo, at.string() + (last ? ": is a directory, cannot replace it with a file" : ": is not a directory"));
+        // A link there is replaced where a file goes, but a directory's files would go through
+        // it, wherever it points (outside the output, say).
+        if (!last && fs::is_symlink(fs::symlink_status(at, ec)))
+          return Status(Error::kIo, at.string() + ": is a link to a directory; not writing through it (remove it, or choose another output)");
       }
     }
     const detail::SignalsHeld held;
@@ -675,6 +679,16 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
   return detail::guarded(src, [&]() -> Status {
     const fs::path in(src);
     BIGSMALL_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(in));
+    // Compress skips its output inside its input; a restore there would become part of the
+    // compressed directory, copied along by every later restore.
+    std::error_code e1, e2;
+    const fs::path src_at = fs::canonical(in, e1), dst_at = fs::weakly_canonical(dst, e2);
+    if (!e1 && !e2) {
+      const auto [s_end, d_end] = std::mismatch(src_at.begin(), src_at.end(), dst_at.begin(), dst_at.end());
+      if (s_end == src_at.end() && d_end != dst_at.end())
+        return Status(Error::kInvalidArgument, dst + ": lies inside the compressed directory " + src +
+                                                   " (it would become part of it); choose an output outside it");
+    }
     BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
     const std::vector<fs::path>& files = run.files;
     OutputDir& out_dir = run.out;
@@ -723,6 +737,16 @@ Status verify_path(const std::string& path, const DecompressOptions& opts) {
       BIGSMALL_RETURN_IF_ERROR(f.verify(opts));
     }
     return Status::success();
+  });
+}
+
+Result<std::vector<std::string>> model_dir_safetensors(const std::string& dir) {
+  return detail::guarded(dir, [&]() -> Result<std::vector<std::string>> {
+    BIGSMALL_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(fs::path(dir)));
+    std::vector<std::string> out;
+    for (const auto& f : files)
+      if (ends_with(f.string(), kStExt)) out.push_back((fs::path(dir) / f).string());
+    return out;
   });
 }
 
