@@ -483,5 +483,37 @@ expect 1 "decompress DIR.bs -o DIR.bs/sub" -- "$bs" decompress -q "$tmp/lm.bs" -
 check "says why, and writes nothing there" -- grep -q "lies inside the compressed directory" "$tmp/err"
 check "nothing written" -- test ! -e "$tmp/lm.bs/restored"
 
+# files copied along are listed with their checksums: verify and decompress check them
+mkdir -p "$tmp/cm/sub" && cp "$tmp/m.safetensors" "$tmp/cm/model.safetensors" && echo '{"a":1}' >"$tmp/cm/config.json" && : >"$tmp/cm/sub/empty.txt"
+expect 0 "compress a model with copied files" -- "$bs" compress -q "$tmp/cm"
+check "the index lists them" -- python3 -c "
+import json; d = json.load(open('$tmp/cm.bs/bigsmall.index.json'))
+assert sorted(c['path'] for c in d['copied']) == ['config.json', 'sub/empty.txt'], d"
+cp -r "$tmp/cm.bs" "$tmp/cm1.bs" && echo '{"a":2}' >"$tmp/cm1.bs/config.json"
+expect 5 "verify: a copied file changed after compression" -- "$bs" verify -q "$tmp/cm1.bs"
+check "names it" -- grep -q "cm1.bs/config.json: changed after compression" "$tmp/err"
+expect 5 "decompress refuses it too" -- "$bs" decompress -q "$tmp/cm1.bs" -o "$tmp/cm1"
+check "and leaves nothing" -- test ! -e "$tmp/cm1"
+expect 0 "decompress --no-verify restores it as it is" -- "$bs" decompress -q --no-verify "$tmp/cm1.bs" -o "$tmp/cm1"
+cp -r "$tmp/cm.bs" "$tmp/cm2.bs" && rm "$tmp/cm2.bs/sub/empty.txt"
+expect 5 "verify: a copied file missing" -- "$bs" verify -q "$tmp/cm2.bs"
+expect 5 "decompress: a copied file missing" -- "$bs" decompress -q "$tmp/cm2.bs" -o "$tmp/cm2"
+cp -r "$tmp/cm.bs" "$tmp/cm3.bs" && echo extra >"$tmp/cm3.bs/added.txt"
+expect 0 "a file added to the compressed directory: verify passes" -- "$bs" verify -q "$tmp/cm3.bs"
+expect 0 "and the restore is the model as compressed" -- "$bs" decompress -q "$tmp/cm3.bs" -o "$tmp/cm3"
+check "without the added file" -- diff -r "$tmp/cm" "$tmp/cm3"
+cp -r "$tmp/cm.bs" "$tmp/cm4.bs" && ln -s nowhere "$tmp/cm4.bs/dangling"
+expect 2 "verify refuses what decompress refuses (a dangling link)" -- "$bs" verify -q "$tmp/cm4.bs"
+expect 2 "as decompress does" -- "$bs" decompress -q "$tmp/cm4.bs" -o "$tmp/cm4"
+
+for bad in '"../escape", "size": 1, "checksum": "0000000000000000"' '"config.json", "size": 1, "checksum": "00"' \
+           '"model.bs", "size": 1, "checksum": "0000000000000000"'; do
+  rm -rf "$tmp/cm5.bs" && cp -r "$tmp/cm.bs" "$tmp/cm5.bs"
+  python3 -c "
+import json, sys; p = '$tmp/cm5.bs/bigsmall.index.json'; d = json.load(open(p))
+d['copied'] = [json.loads('{\"path\": ' + sys.argv[1] + '}')]; json.dump(d, open(p, 'w'))" "$bad"
+  expect 5 "an index whose copied entry is invalid: $bad" -- "$bs" verify -q "$tmp/cm5.bs"
+done
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "bigsmall/container.hpp"
+#include "common/checksum.hpp"
 #include "common/guard.hpp"
 #include "container/bsfile.hpp"
 #include "container/fileio.hpp"
@@ -40,11 +41,20 @@ bool ends_with(const std::string& s, std::string_view suffix) {
 }
 
 // Into a directory being built: nothing there to overwrite.
-Status copy_into(const fs::path& src, const fs::path& dst) {
+// A file copied along with a model (config, tokenizer): its size and XXH3-64, as the directory
+// index records them (FORMAT.md, `copied`).
+struct CopiedFile {
+  std::string path;
+  uint64_t size = 0, checksum = 0;
+};
+
+// Copies src to dst; `copied`, when given, receives the size and checksum of the bytes copied.
+Status copy_into(const fs::path& src, const fs::path& dst, CopiedFile* copied = nullptr) {
   BIGSMALL_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src.string()));
   BIGSMALL_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
   BIGSMALL_RETURN_IF_ERROR(out.write(in.data(), in.size()));
   out.set_permissions(in.output_mode());  // a run.sh stays executable, as cp copies it
+  if (copied) *copied = {copied->path, in.size(), detail::xxh3_64(in.data(), in.size())};
   BIGSMALL_RETURN_IF_ERROR(in.check_unchanged());
   return out.commit();
 }
@@ -433,7 +443,78 @@ std::optional<std::string> duplicate_key_anywhere(detail::JsonValue root) {
   return std::nullopt;
 }
 
+// 16 lowercase hex digits, as the index writes checksums.
+std::optional<uint64_t> parse_hex64(std::string_view hex) {
+  uint64_t v = 0;
+  if (hex.size() != 16) return std::nullopt;
+  for (const char ch : hex) {
+    const int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+    if (d < 0) return std::nullopt;
+    v = v << 4 | static_cast<uint64_t>(d);
+  }
+  return v;
+}
+
+// A relative name inside the directory: nothing may escape it or name the directory itself. A
+// NUL ends the name the OS sees: "w.bs\0k.bs" would pass the checks here as a name of its own
+// and open w.bs once more (any number of times, from a small index).
+bool safe_relative(const std::string& name) {
+  const fs::path rel(name);
+  return name.find('\0') == std::string::npos && !rel.empty() && !rel.is_absolute() &&
+         std::none_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".." || c == "." || c.empty(); });
+}
+
+struct DirIndex {
+  std::vector<DirEntry> files;
+  // Every file copied along, where the index lists them (writers since 2026-11-28): restored
+  // and verified by their checksums; other files of the directory are not part of the model.
+  std::optional<std::vector<CopiedFile>> copied;
+};
+
+Result<DirIndex> read_dir_index_full(const fs::path& dir);
+
 Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
+  BIGSMALL_ASSIGN_OR_RETURN(DirIndex index, read_dir_index_full(dir));
+  return std::move(index.files);
+}
+
+// The `copied` list of an index, checked: safe names, each once, none a .bs or source of `files`
+// or the index itself, sizes and checksums well formed.
+Result<std::vector<CopiedFile>> read_copied(const detail::JsonValue& list, const fs::path& p, const std::vector<DirEntry>& files) {
+  using Kind = detail::JsonValue::Kind;
+  if (list.kind() != Kind::kArray) return Status(Error::kCorrupt, p.string() + ": copied is not a list");
+  std::vector<CopiedFile> out;
+  for (const detail::JsonValue c : list) {
+    const auto name = c.get("path");
+    const auto size = c.get("size");
+    const auto sum = c.get("checksum");
+    if (!name || name->kind() != Kind::kString || !size || !size->is_uint() || !sum || sum->kind() != Kind::kString)
+      return Status(Error::kCorrupt, p.string() + ": invalid copied entry");
+    const std::string path(name->str());
+    if (!safe_relative(path)) return Status(Error::kCorrupt, p.string() + ": unsafe path '" + path + "'");
+    const auto v = parse_hex64(sum->str());
+    if (!v) return Status(Error::kCorrupt, p.string() + ": checksum of '" + path + "' is not 16 lowercase hex digits");
+    out.push_back({path, size->uint(), *v});
+  }
+  std::vector<std::string_view> names;
+  for (const auto& c : out) names.push_back(c.path);
+  for (const auto& e : files) names.insert(names.end(), {e.bs, e.source});
+  names.push_back(kDirIndexName);
+  std::sort(names.begin(), names.end());
+  if (const auto dup = std::adjacent_find(names.begin(), names.end()); dup != names.end())
+    return Status(Error::kCorrupt, p.string() + ": '" + std::string(*dup) + "' is listed twice");
+  return out;
+}
+
+// A copied file against its entry in the index; `at` is where it is now.
+Status check_copied(const fs::path& at, const CopiedFile& c, uint64_t size, uint64_t checksum) {
+  if (size != c.size || checksum != c.checksum)
+    return Status(Error::kCorrupt, at.string() + ": changed after compression (" + kDirIndexName + " lists it as " +
+                                       std::to_string(c.size) + " bytes with another checksum)");
+  return Status::success();
+}
+
+Result<DirIndex> read_dir_index_full(const fs::path& dir) {
   const fs::path p = dir / kDirIndexName;
   auto mf = detail::MappedFile::open(p.string());
   // Only a missing index means "not a compressed directory"; one that cannot be read (a
@@ -466,14 +547,8 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
     const std::string source(s->str()), bs(b->str());
     // Index entries are relative names of files inside the directory; nothing may escape it or
     // name the directory itself.
-    for (const std::string* name : {&source, &bs}) {
-      const fs::path rel(*name);
-      // A NUL ends the name the OS sees: "w.bs\0k.bs" would pass the checks here as a name of its
-      // own and open w.bs once more (any number of times, from a small index).
-      if (name->find('\0') != std::string::npos || rel.empty() || rel.is_absolute() ||
-          std::any_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".." || c == "." || c.empty(); }))
-        return Status(Error::kCorrupt, p.string() + ": unsafe path '" + *name + "'");
-    }
+    for (const std::string* name : {&source, &bs})
+      if (!safe_relative(*name)) return Status(Error::kCorrupt, p.string() + ": unsafe path '" + *name + "'");
     if (!ends_with(bs, ".bs")) return Status(Error::kCorrupt, p.string() + ": '" + bs + "' is not a .bs name");
     // Every writer names the .bs after its source; a name that does not follow is damage, which
     // would otherwise restore a file under a name the original directory never had.
@@ -490,14 +565,8 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
       entry.size = z->uint();
     }
     if (const auto c = f.get("bs_checksum")) {
-      const std::string_view hex = c->kind() == Kind::kString ? c->str() : std::string_view();
-      uint64_t v = 0;
-      const bool ok = hex.size() == 16 && std::all_of(hex.begin(), hex.end(), [&](char ch) {
-                        const int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
-                        v = v << 4 | static_cast<uint64_t>(d < 0 ? 0 : d);
-                        return d >= 0;
-                      });
-      if (!ok) return Status(Error::kCorrupt, p.string() + ": bs_checksum of '" + source + "' is not 16 lowercase hex digits");
+      const auto v = c->kind() == Kind::kString ? parse_hex64(c->str()) : std::nullopt;
+      if (!v) return Status(Error::kCorrupt, p.string() + ": bs_checksum of '" + source + "' is not 16 lowercase hex digits");
       entry.bs_checksum = v;
     }
     out.push_back(std::move(entry));
@@ -511,7 +580,12 @@ Result<std::vector<DirEntry>> read_dir_index(const fs::path& dir) {
     if (const auto dup = std::adjacent_find(names.begin(), names.end()); dup != names.end())
       return Status(Error::kCorrupt, p.string() + ": '" + std::string(*dup) + "' is listed twice");
   }
-  return out;
+  DirIndex index{std::move(out), std::nullopt};
+  if (const auto copied = j->get("copied")) {
+    BIGSMALL_ASSIGN_OR_RETURN(std::vector<CopiedFile> list, read_copied(*copied, p, index.files));
+    index.copied = std::move(list);
+  }
+  return index;
 }
 
 // A path inside dir that reaches its file through real directories only: a name of an index
@@ -622,13 +696,17 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
     };
     std::string index = "{\n  \"format\": \"bigsmall\",\n  \"format_version\": " + std::to_string(kFormatVersionMajor) +
                         ",\n  \"files\": [";
+    std::string copied_list;  // the index's `copied`: each file copied along, so that verify covers it
     bool first = true;
     for (const auto& f : files) {
       const std::string rel = f.string();
       if (rel == kDirIndexName) continue;
       fs::create_directories((out / f).parent_path(), ec);
       if (!ends_with(rel, kStExt)) {
-        BIGSMALL_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
+        CopiedFile c{rel};
+        BIGSMALL_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f, &c), out, dst));
+        copied_list += std::string(copied_list.empty() ? "" : ",") + "\n    {\"path\": " + detail::json_quote(rel, /*file_name=*/true) +
+                       ", \"size\": " + std::to_string(c.size) + ", \"checksum\": \"" + hex64(c.checksum) + "\"}";
         continue;
       }
       const std::string bs_rel = rel.substr(0, rel.size() - kStExt.size()) + ".bs";
@@ -649,7 +727,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
                ", \"size\": " + std::to_string(facts->original_size) + ", \"bs_checksum\": \"" + hex64(facts->fingerprint) + "\"}";
       first = false;
     }
-    index += "\n  ]\n}\n";
+    index += "\n  ],\n  \"copied\": [" + copied_list + (copied_list.empty() ? "]" : "\n  ]") + "\n}\n";
     BIGSMALL_RETURN_IF_ERROR(in_final_names(write_text(out / kDirIndexName, index), out, dst));
     // -f over an earlier compressed directory: the .bs files its index listed that this run did
     // not write are an older model's (a shard count that went down). Left there, they would be
@@ -678,7 +756,8 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
   return detail::guarded(src, [&]() -> Status {
     const fs::path in(src);
-    BIGSMALL_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(in));
+    BIGSMALL_ASSIGN_OR_RETURN(DirIndex index, read_dir_index_full(in));
+    const std::vector<DirEntry>& entries = index.files;
     // Compress skips its output inside its input; a restore there would become part of the
     // compressed directory, copied along by every later restore.
     std::error_code e1, e2;
@@ -701,6 +780,9 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
       by_bs.emplace(e.bs, &e);
       by_source.emplace(e.source, &e);
     }
+    std::unordered_map<std::string, const CopiedFile*> listed;
+    if (index.copied)
+      for (const auto& c : *index.copied) listed.emplace(c.path, &c);
     for (const auto& f : files) {
       const std::string rel = f.string();
       if (rel == kDirIndexName || by_bs.count(rel)) continue;
@@ -708,9 +790,19 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
       if (const auto it = by_source.find(rel); it != by_source.end())
         return Status(Error::kCorrupt, (in / f).string() + ": a file of the name " + it->second->bs +
                                            " restores to (the directory was changed after compression?)");
+      // Where the index lists what was copied, a file it does not list is not part of the model
+      // (one left by an earlier -f merge, or added since): not restored.
+      const auto it = listed.find(rel);
+      if (index.copied && it == listed.end()) continue;
       fs::create_directories((out / f).parent_path(), ec);
-      BIGSMALL_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f), out, dst));
+      CopiedFile got{rel};
+      BIGSMALL_RETURN_IF_ERROR(in_final_names(copy_into(in / f, out / f, &got), out, dst));
+      if (index.copied && opts.verify) BIGSMALL_RETURN_IF_ERROR(check_copied(in / f, *it->second, got.size, got.checksum));
+      if (index.copied) listed.erase(it);
     }
+    if (!listed.empty())  // listed, but not a file of the directory
+      return Status(Error::kCorrupt, (in / listed.begin()->first).string() + ": missing (" + kDirIndexName + " lists it)")
+          .with_errno(ENOENT);
     for (const auto& e : entries) {
       fs::create_directories((out / e.source).parent_path(), ec);
       DecompressOptions fo = opts;
@@ -732,6 +824,24 @@ Status verify_path(const std::string& path, const DecompressOptions& opts) {
       return f.verify(opts);
     }
     BIGSMALL_ASSIGN_OR_RETURN(std::vector<std::string> files, model_dir_files(path));  // each checked against the index
+    // The walk a restore makes: what it would refuse (a dangling link, a pipe, links that loop),
+    // verify refuses too.
+    BIGSMALL_ASSIGN_OR_RETURN(std::vector<fs::path> present, list_files(fs::path(path)));
+    BIGSMALL_ASSIGN_OR_RETURN(DirIndex index, read_dir_index_full(fs::path(path)));
+    if (index.copied) {
+      const std::unordered_set<std::string> there = [&] {
+        std::unordered_set<std::string> s;
+        for (const auto& f : present) s.insert(f.string());
+        return s;
+      }();
+      for (const auto& c : *index.copied) {
+        const fs::path at = fs::path(path) / c.path;
+        if (!there.count(c.path))
+          return Status(Error::kCorrupt, at.string() + ": missing (" + kDirIndexName + " lists it)").with_errno(ENOENT);
+        BIGSMALL_ASSIGN_OR_RETURN(detail::MappedFile m, detail::MappedFile::open(at.string()));
+        BIGSMALL_RETURN_IF_ERROR(check_copied(at, c, m.size(), detail::xxh3_64(m.data(), m.size())));
+      }
+    }
     for (const auto& name : files) {
       BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(name));
       BIGSMALL_RETURN_IF_ERROR(f.verify(opts));
