@@ -386,7 +386,8 @@ template <class Fn>
 void for_each_file(const std::string& p, const std::string& skip, Fn fn) {
   std::error_code ec;
   if (!fs::is_directory(p, ec)) {
-    fn(fs::path(p), fs::file_size(p, ec));
+    const uintmax_t size = fs::file_size(p, ec);
+    fn(fs::path(p), ec ? 0 : size);  // -1 on error would wrap a total
     return;
   }
   const fs::path skip_at = skip.empty() ? fs::path() : fs::weakly_canonical(skip, ec);
@@ -401,7 +402,8 @@ void for_each_file(const std::string& p, const std::string& skip, Fn fn) {
     if (dir) {
       if (!skip_at.empty() && fs::weakly_canonical(it->path(), e2) == skip_at) it.disable_recursion_pending();
     } else if (it->is_regular_file(e2)) {
-      fn(it->path(), it->file_size(e2));
+      const uintmax_t size = it->file_size(e2);
+      fn(it->path(), e2 ? 0 : size);
     }
   }
 }

@@ -515,5 +515,15 @@ d['copied'] = [json.loads('{\"path\": ' + sys.argv[1] + '}')]; json.dump(d, open
   expect 5 "an index whose copied entry is invalid: $bad" -- "$bs" verify -q "$tmp/cm5.bs"
 done
 
+# outputs take their input's modification time, as zstd's do (make and rsync -u see the model's age)
+mkdir -p "$tmp/mt/d" && cp "$tmp/m.safetensors" "$tmp/mt/a.safetensors" && cp "$tmp/m.safetensors" "$tmp/mt/d/model.safetensors"
+echo '{}' >"$tmp/mt/d/config.json" && touch -d 2020-01-02T03:04:05 "$tmp/mt/a.safetensors" "$tmp/mt/d/config.json"
+expect 0 "compress a file from 2020" -- "$bs" compress -q "$tmp/mt/a.safetensors"
+check "its .bs is from 2020 too" -- test "$(stat -c %Y "$tmp/mt/a.bs")" = "$(stat -c %Y "$tmp/mt/a.safetensors")"
+expect 0 "decompress it" -- "$bs" decompress -q "$tmp/mt/a.bs" -o "$tmp/mt/r.safetensors"
+check "the restored file is from 2020" -- test "$(stat -c %Y "$tmp/mt/r.safetensors")" = "$(stat -c %Y "$tmp/mt/a.safetensors")"
+expect 0 "a directory round trip" -- sh -c "\"$bs\" compress -q \"$tmp/mt/d\" && \"$bs\" decompress -q \"$tmp/mt/d.bs\" -o \"$tmp/mt/d2\""
+check "a copied file keeps its time both ways" -- test "$(stat -c %Y "$tmp/mt/d2/config.json")" = "$(stat -c %Y "$tmp/mt/d/config.json")"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

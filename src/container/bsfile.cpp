@@ -454,6 +454,7 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
   const auto header = encode_header(h);
   BIGSMALL_RETURN_IF_ERROR(out.pwrite(header.data(), header.size(), 0));
   if (mode) out.set_permissions(*mode);
+  if (source_file) out.set_mtime(source_file->mtime());
   if (source_file) BIGSMALL_RETURN_IF_ERROR(source_file->check_unchanged());
   return out.commit(opts.sync);
 }
@@ -859,13 +860,6 @@ Status for_each_batch(const BsFile::Impl& im, uint64_t limit, Fn&& fn) {
 }
 }  // namespace
 
-namespace {
-// The index and the kept safetensors header describe the same tensors: same names, dtypes,
-// shapes and places. Both are checksummed, so only a crafted file disagrees; restore writes the
-// header and places bytes by the index, and the readers go by the index, so a disagreement
-// would make the restored file say something else than load_file does.
-}  // namespace
-
 Status BsFile::restore(const std::string& out_path, const DecompressOptions& opts) const {
   return detail::guarded(path(), [&]() -> Status {
     const Impl& im = *impl_;
@@ -894,6 +888,7 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
       return Status::success();
     }));
     out.set_permissions(im.file.output_mode());
+    out.set_mtime(im.file.mtime());
     return out.commit(opts.sync);
   });
 }

@@ -41,6 +41,14 @@ bool ends_with(const std::string& s, std::string_view suffix) {
 }
 
 // Into a directory being built: nothing there to overwrite.
+// A file's size for progress reports: 0 where it cannot be read (file_size gives -1, which a
+// total would wrap on; the read itself reports the error).
+uint64_t bytes_of(const fs::path& p) {
+  std::error_code ec;
+  const uintmax_t n = fs::file_size(p, ec);
+  return ec ? 0 : n;
+}
+
 // A file copied along with a model (config, tokenizer): its size and XXH3-64, as the directory
 // index records them (FORMAT.md, `copied`).
 struct CopiedFile {
@@ -54,6 +62,7 @@ Status copy_into(const fs::path& src, const fs::path& dst, CopiedFile* copied = 
   BIGSMALL_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
   BIGSMALL_RETURN_IF_ERROR(out.write(in.data(), in.size()));
   out.set_permissions(in.output_mode());  // a run.sh stays executable, as cp copies it
+  out.set_mtime(in.mtime());
   if (copied) *copied = {copied->path, in.size(), detail::xxh3_64(in.data(), in.size())};
   BIGSMALL_RETURN_IF_ERROR(in.check_unchanged());
   return out.commit();
@@ -682,7 +691,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
     DirProgress prog{opts.progress};
     std::error_code ec;
     for (const auto& f : files)
-      if (ends_with(f.string(), kStExt)) prog.total += fs::file_size(in / f, ec);
+      if (ends_with(f.string(), kStExt)) prog.total += bytes_of(in / f);
     // Whether a file of the input is named bs_rel or lies under a directory of that name; by
     // binary search in the sorted names (a scan per shard was files x shards).
     std::vector<std::string> names;
@@ -714,9 +723,9 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
       // made in the output), is in the way.
       if (in_the_way(bs_rel) || fs::exists(fs::symlink_status(out / bs_rel, ec)))
         return Status(Error::kInvalidArgument, (in / bs_rel).string() + ": would be overwritten by the compressed " + rel);
-      fo.progress = prog.for_file(fs::file_size(in / f, ec));
+      fo.progress = prog.for_file(bytes_of(in / f));
       BIGSMALL_RETURN_IF_ERROR(in_final_names(compress_file((in / f).string(), (out / bs_rel).string(), fo), out, dst));
-      prog.base += fs::file_size(in / f, ec);
+      prog.base += bytes_of(in / f);
       if (opts.progress) opts.progress(prog.base, prog.total);
       // What the .bs just written says of itself, not a second look at the input (which may have
       // changed meanwhile).
@@ -774,7 +783,7 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
     const fs::path& out = out_dir.path();
     DirProgress prog{opts.progress};
     std::error_code ec;
-    for (const auto& e : entries) prog.total += fs::file_size(in / e.bs, ec);
+    for (const auto& e : entries) prog.total += bytes_of(in / e.bs);
     std::unordered_map<std::string, const DirEntry*> by_bs, by_source;  // (a set per name: not files x entries)
     for (const auto& e : entries) {
       by_bs.emplace(e.bs, &e);
@@ -807,10 +816,10 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
       fs::create_directories((out / e.source).parent_path(), ec);
       DecompressOptions fo = opts;
       fo.overwrite = false;
-      fo.progress = prog.for_file(fs::file_size(in / e.bs, ec));
+      fo.progress = prog.for_file(bytes_of(in / e.bs));
       BIGSMALL_RETURN_IF_ERROR(check_entry(in, e));
       BIGSMALL_RETURN_IF_ERROR(in_final_names(decompress_file((in / e.bs).string(), (out / e.source).string(), fo), out, dst));
-      prog.base += fs::file_size(in / e.bs, ec);
+      prog.base += bytes_of(in / e.bs);
       if (opts.progress) opts.progress(prog.base, prog.total);
     }
     return out_dir.commit();

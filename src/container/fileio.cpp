@@ -316,6 +316,8 @@ OutputFile& OutputFile::operator=(OutputFile&& o) noexcept {
   std::swap(committed_, o.committed_);
   std::swap(overwrite_, o.overwrite_);
   std::swap(mode_, o.mode_);
+  std::swap(mtime_, o.mtime_);
+  std::swap(has_mtime_, o.has_mtime_);
   return *this;
 }
 
@@ -535,6 +537,11 @@ Status OutputFile::commit(bool sync) {
   // Best effort, as zstd's: a file system without Unix modes (vfat) refuses some chmods, and
   // there the 0600 file is the most private it can be.
   (void)::fchmod(fd_, static_cast<mode_t>(mode_));
+  // After the last write (the mapping is gone): a later write would set the time again.
+  if (has_mtime_) {
+    const struct timespec times[2] = {{0, UTIME_OMIT}, mtime_};
+    (void)::futimens(fd_, times);
+  }
   if (sync && ::fsync(fd_) != 0) return errno_status(final_, "cannot flush", errno);
   if (::close(fd_) != 0) {
     fd_ = -1;

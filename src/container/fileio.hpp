@@ -50,6 +50,8 @@ class MappedFile {
   // Permission bits an output made from this file takes (as zstd and gzip give theirs): those of
   // the file, less the umask, so that a private checkpoint does not come out world-readable.
   unsigned output_mode() const { return mode_ & 0777 & ~process_umask(); }
+  // Modification time as opened: an output made from this file takes it, as zstd's and gzip's do.
+  const struct timespec& mtime() const { return mtime_; }
 
  private:
   const uint8_t* data_ = nullptr;
@@ -96,6 +98,12 @@ class OutputFile {
   // temporary file is 0600 until then, so that a private input is never readable by others
   // while it is written (a reader could keep the descriptor past a later chmod).
   void set_permissions(unsigned mode) { mode_ = mode; }
+  // The modification time the file gets when committed (default: when it was written): that of
+  // the input it restores or compresses, so that make, rsync -u and the like see the model's age.
+  void set_mtime(const struct timespec& t) {
+    mtime_ = t;
+    has_mtime_ = true;
+  }
   Status commit(bool sync = true);  // flush (fsync when sync), close, rename over the final name
   const std::string& final_path() const { return final_; }
 
@@ -108,6 +116,8 @@ class OutputFile {
   bool committed_ = false;
   bool overwrite_ = false;
   unsigned mode_ = 0644;
+  struct timespec mtime_ {};
+  bool has_mtime_ = false;
 };
 
 // Removes every temporary output still open: called from signal handlers (async-signal-safe).

@@ -65,7 +65,7 @@ class TensorDecoder {
   FusedView fused_view() const;
 
  private:
-  TensorCoding coding_;  // chunk list not copied: only geometry is needed
+  TensorCoding coding_;  // geometry only: prepare drops the chunk list it copies
   FloatModel fm_;
   DecodeTable se_;
   FlatTables mant_;

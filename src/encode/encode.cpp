@@ -144,8 +144,6 @@ struct EncoderState {
 
 namespace {
 
-// freq | cum << 16 and floor(2^32 / freq) per symbol (2^32 - 1 for freq 1: the kernel's one
-// correction step makes either exact).
 // floor(2^32 / freq), 2^32 - 1 for freq 1 (the SIMD encoder's quotient is then corrected).
 uint64_t simd_rcp(uint32_t freq) {
   return freq <= 1 ? 0xFFFFFFFFu : (uint64_t{1} << 32) / freq;
