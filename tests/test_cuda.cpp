@@ -33,8 +33,9 @@ struct Input {
 // no alignment of the compressed bytes is assumed. `flip_at` damages one byte of input 0 (the
 // host and device copies alike, as a damaged file would be).
 // mode: 0 shared tables, 1..3 global tables with 2..4 blocks per SM.
+// window: the decoder's table bytes per launch (0: its default).
 void gpu_decode(const std::vector<Input>& in, int mode, bool verify, Status* st, std::vector<std::vector<uint8_t>>* outs,
-                size_t flip_at = SIZE_MAX, size_t out_misalign = 0) {
+                size_t flip_at = SIZE_MAX, size_t out_misalign = 0, size_t window = 0) {
   uint64_t total = 1, out_total = 0;
   std::vector<uint64_t> poff, ooff;
   for (const Input& x : in) {
@@ -58,6 +59,7 @@ void gpu_decode(const std::vector<Input>& in, int mode, bool verify, Status* st,
     cuda::Decoder dec;
     dec.set_shared_tables(mode == 0);
     dec.set_blocks_per_sm(mode + 1);
+    dec.set_window_table_bytes(window);
     std::vector<cuda::Job> jobs;
     for (size_t k = 0; k < in.size(); ++k)
       jobs.push_back({in[k].coding, host.data() + poff[k], in[k].payload_size, dp + poff[k], dout + ooff[k] + out_misalign,
@@ -132,6 +134,61 @@ TEST(Cuda, MatchesReferenceOnEveryDtypeAwkwardSizesAndSpecialValues) {
       EXPECT_EQ(outs[0], datas[k]) << what[k] << how;
     }
   }
+#endif
+}
+
+TEST(Cuda, TensorsDecodeAcrossTableWindows) {
+  // A launch takes tensors until their tables pass the window's bytes; with a window of one byte
+  // every tensor is its own launch, each releasing its tables while the status array spans them
+  // all. Float, byte-coded and zstd tensors (decoded on the host) alike.
+  if (!cuda::available()) GTEST_SKIP() << "no CUDA device";
+#if BIGSMALL_HAVE_CUDA
+  std::vector<std::vector<uint8_t>> datas;
+  std::vector<EncodedTensor> encs;
+  const auto add = [&](DType dt, std::vector<uint8_t> data) {
+    auto e = encode_tensor(dt, data.data(), data.size());
+    ASSERT_TRUE(e.is_ok()) << e.status().message();
+    datas.push_back(std::move(data));
+    encs.push_back(std::move(e.value()));
+  };
+  uint32_t seed = 40;
+  for (DType dt : {DType::kBF16, DType::kF16, DType::kF32})
+    for (uint64_t n : {uint64_t{3000}, uint64_t{65537}, uint64_t{200001}}) add(dt, bstest::weights(dt, n, ++seed));
+  add(DType::kI32, skewed_bytes(4 * 9000, 7));
+  std::vector<uint8_t> tiled(4 * 100000);
+  for (size_t k = 0; k < tiled.size(); ++k) tiled[k] = static_cast<uint8_t>(k % 400 / 4);
+  add(DType::kF32, tiled);
+  ASSERT_EQ(encs.back().coding.codec, Codec::kZstd);
+  std::vector<Input> all;
+  for (const auto& e : encs) all.push_back({&e.coding, e.payload.data(), e.payload.size()});
+  for (size_t window : {size_t{1}, size_t{100000}, size_t{0}}) {
+    for (int mode : {0, 1}) {
+      Status st;
+      std::vector<std::vector<uint8_t>> outs;
+      gpu_decode(all, mode, true, &st, &outs, SIZE_MAX, 0, window);
+      ASSERT_TRUE(st.is_ok()) << "window " << window << ": " << st.message();
+      for (size_t k = 0; k < encs.size(); ++k) EXPECT_EQ(outs[k], datas[k]) << "tensor " << k << ", window " << window << ", mode " << mode;
+    }
+  }
+  // Damage in tensor 0 (a 200001-weight BF16 tensor), checksums off: one launch per tensor must
+  // find what one launch for all finds (each window writes its own part of the status array).
+  std::vector<Input> damaged(all.begin() + 2, all.end());
+  const TensorCoding& c0 = *damaged[0].coding;
+  int caught = 0;
+  for (int k = 0; k < 24; ++k) {
+    const size_t at = c0.model_size + (damaged[0].payload_size - c0.model_size) * k / 24;
+    Status one, many;
+    std::vector<std::vector<uint8_t>> out_one, out_many;
+    gpu_decode(damaged, 1, false, &one, &out_one, at, 0, 0);
+    gpu_decode(damaged, 1, false, &many, &out_many, at, 0, 1);
+    EXPECT_EQ(one.code(), many.code()) << "flip at " << at << ": " << one.message() << " / " << many.message();
+    EXPECT_EQ(one.message(), many.message());
+    if (one.is_ok() && many.is_ok()) {
+      EXPECT_EQ(out_one, out_many) << "flip at " << at;
+    }
+    caught += !one.is_ok();
+  }
+  EXPECT_GT(caught, 0) << "no flip caught: the comparison above proves nothing";
 #endif
 }
 

@@ -2,6 +2,7 @@
 // Available when the library is built with CUDA (BIGSMALL_CUDA); otherwise available() is false
 // and every call returns an error.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -22,8 +23,9 @@ struct Job {
   uint64_t device_out_size;       // bytes at device_out: at least coding->nbytes, checked before launch
 };
 
-// Decodes the chunks of many tensors in one launch on a caller's stream. Tables are built on the
-// host and copied asynchronously with the chunk list in one allocation; nothing inside waits for
+// Decodes the chunks of many tensors in one launch on a caller's stream (several launches when
+// their tables exceed set_window_table_bytes). Tables are built on the host and copied with the
+// chunk list in one allocation per launch, released in stream order; nothing inside waits for
 // the device. Chunk checksums are checked on the host bytes before launch (when verify); after
 // the caller has synchronised the stream, finish() reads the per-chunk status array and reports
 // the first failure (or enqueue's). A Decoder enqueues once and must be destroyed before its
@@ -45,6 +47,9 @@ class Decoder {
   void set_shared_tables(bool on);
   // Blocks of 16 warps an SM should hold, 2 to 4 (registers are capped to allow it).
   void set_blocks_per_sm(int n);
+  // Host bytes of decode tables built before a launch (default 64 MiB; 0: the default): more
+  // tensors than that take several launches, so that host memory stays bounded.
+  void set_window_table_bytes(size_t bytes);
 
  private:
   struct Impl;

@@ -168,6 +168,11 @@ def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
             if live:
                 f.read_into_device([i for i, _ in live], [t.data_ptr() for _, t in live],
                                    [t.numel() * t.element_size() for _, t in live], torch.cuda.current_stream(dev).cuda_stream, verify)
+            # Empty tensors have no chunks to launch, but their entries are checked (model,
+            # checksum) as on the CPU: a damaged one must not load on the GPU alone.
+            empty = [i for i, t in zip(which, outs) if t.numel() == 0]
+            if empty:
+                f._read_into_addresses(empty, [0] * len(empty), [0] * len(empty), threads, verify)
         return outs
     outs = list(into) if into is not None else [_empty(t, path=f.path) for t in infos]
     if into is not None and not all(t.device.type == "cpu" and t.is_contiguous() for t in outs):

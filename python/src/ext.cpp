@@ -234,8 +234,12 @@ struct PinnedPair {
   Status init() {
     if (ready) return Status::success();
     for (int b = 0; b < 2; ++b) {
-      if (cudaMallocHost(&buf[b], kPiece) != cudaSuccess || cudaEventCreateWithFlags(&done[b], cudaEventDisableTiming) != cudaSuccess)
-        return Status(Error::kIo, "cannot allocate pinned host memory for checksums");
+      // What a failed try allocated is kept for the next (a retry would leak it).
+      if ((buf[b] == nullptr && cudaMallocHost(&buf[b], kPiece) != cudaSuccess) ||
+          (done[b] == nullptr && cudaEventCreateWithFlags(&done[b], cudaEventDisableTiming) != cudaSuccess)) {
+        cudaGetLastError();
+        return Status(Error::kOutOfMemory, "cannot allocate pinned host memory for checksums");
+      }
     }
     ready = true;
     return Status::success();
@@ -306,8 +310,8 @@ Status decode_on_device(const BsFile& f, const std::vector<size_t>& which, const
   const bool async_alloc = cudaMallocAsync(reinterpret_cast<void**>(&staging), std::max<uint64_t>(1, total), stream) == cudaSuccess;
   if (!async_alloc) {
     cudaGetLastError();
-    if (cudaMalloc(&staging, std::max<uint64_t>(1, total)) != cudaSuccess)
-      return Status(Error::kIo, "cannot allocate device memory for compressed data").with_context(f.path());
+    if (cudaMalloc(&staging, std::max<uint64_t>(1, total)) != cudaSuccess && (cudaGetLastError(), true))
+      return Status(Error::kOutOfMemory, "cannot allocate device memory for compressed data").with_context(f.path());
   }
   std::vector<cuda::Job> jobs;
   uint64_t off = 0;

@@ -45,3 +45,30 @@ def test_corrupt_file_raises_on_gpu(models, tmp_path):
     (tmp_path / "bad.bs").write_bytes(bytes(data))
     with pytest.raises(bigsmall.CorruptError):
         bt.load_file(tmp_path / "bad.bs", device="cuda")
+
+
+@needs_gpu
+def test_damaged_empty_tensor_is_refused_on_gpu(tmp_path):
+    """Empty tensors launch nothing on the GPU; their entries were not checked there at all, so a
+    file that the CPU loaders and verify refuse loaded on the GPU without a word."""
+    import numpy as np
+    from test_spec import _entry_payload_field, _rewrite, _safetensors, bsdec
+
+    src = tmp_path / "w.safetensors"
+    w = np.random.default_rng(5).normal(0, 0.02, 3000).astype(np.float32)
+    _safetensors(src, [("a", "F32", [3000], w.tobytes()), ("e", "F32", [0, 5], b"")])
+    bigsmall.compress(str(src), str(tmp_path / "w.bs"))
+    names = [e.name for e in bsdec.BsFile(str(tmp_path / "w.bs")).entries]
+
+    def damage(idx):
+        idx[_entry_payload_field(idx, names.index(b"e")) + 24] ^= 1  # the entry's checksum
+        return idx
+
+    (tmp_path / "bad.bs").write_bytes(_rewrite((tmp_path / "w.bs").read_bytes(), index=damage))
+    with pytest.raises(bigsmall.CorruptError):
+        bt.load_file(tmp_path / "bad.bs")
+    with pytest.raises(bigsmall.CorruptError):
+        bt.load_file(tmp_path / "bad.bs", device="cuda")
+    out = bt.load_file(tmp_path / "bad.bs", device="cuda", verify=False)
+    assert out["e"].shape == (0, 5) and out["e"].is_cuda
+    assert torch.equal(out["a"].cpu(), torch.from_numpy(w))

@@ -1,9 +1,9 @@
 // CUDA decoder for the .bs chunk format (doc/FORMAT.md). One warp decodes one chunk: thread l is
 // rANS lane l; lanes that renormalize take consecutive words at the prefix count of the needing
 // lanes below them (ballot + popc), which is exactly the order the CPU decoders read. A block's
-// warps decode chunks of one tensor, so its decode tables are loaded once into shared memory; a
-// tensor whose tables do not fit is decoded from global memory by the same code. Depends on the
-// common and entropy layers only.
+// warps decode chunks of one tensor and read its decode tables from global memory through L1
+// (or, when asked, from a copy in shared memory where they fit: measured slower on an H200).
+// Depends on the common and entropy layers only.
 #include <cuda_runtime.h>
 #include <zstd.h>
 
@@ -23,10 +23,10 @@ using detail::kRansL;
 
 enum : int { kOk = 0, kBadLayout = 1, kWordsEnd = 2, kStateCheck = 3, kUnusedWords = 4, kBadCodec = 5 };
 
-// Each warp is one serial rANS chain whose table lookups wait on shared memory, so an SM needs
-// many warps in flight: 16 per block, and a block's tables are shared by all of them. Tables of
-// real BF16 tensors reach ~140 KB (one mantissa table per exponent), which allows one block per
-// SM; up to ~110 KB, two.
+// Each warp is one serial rANS chain whose table lookups wait on L1 (Nsight Compute: 56% of a
+// warp's cycles), so an SM needs many warps in flight: 16 per block, sharing the tensor's
+// tables. Tables of real BF16 tensors reach ~140 KB (one mantissa table per exponent); in shared
+// memory that allows one block per SM, up to ~110 KB two.
 constexpr int kWarps = 16;
 constexpr int kThreads = 32 * kWarps;
 constexpr uint32_t kSharedLimit = 200u << 10;  // larger tables stay in global memory
@@ -358,32 +358,66 @@ bool available() {
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
+// Host memory for the tables of one launch. Tables are built on the host per tensor; a file of
+// many tiny tensors that each ask for the largest tables their size allows (2^16 + 64 slots per
+// unit) would otherwise need gigabytes of tables for kilobytes of output, as the CPU decoder's
+// windows of table slots prevent there. Real tensors' tables are ~140 KB at most.
+constexpr size_t kWindowTableBytes = size_t{64} << 20;
+
 struct Decoder::Impl {
-  void* device = nullptr;  // one allocation: tables, descriptors, status
+  // Device memory: the status array (one int per device chunk) lives until destruction; each
+  // window's tables and descriptors are freed in stream order after its launch (or, where memory
+  // pools are unsupported, kept here until destruction).
+  void* status = nullptr;
+  std::vector<void*> windows;
   bool async_alloc = false;
   void* stream = nullptr;
-  std::vector<std::vector<uint8_t>> host_keep;  // zstd chunks decoded on the host
   std::vector<int> host_status;
   std::vector<std::pair<uint32_t, uint32_t>> labels;  // per chunk: tensor and chunk, for error messages
   bool shared_tables = false;
   int blocks_per_sm = 2;
+  size_t window_table_bytes = kWindowTableBytes;
   bool called = false;
   Status enqueued = Status(Error::kInvalidArgument, "nothing was enqueued");
 
   Status enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool verify);
+  Status allocate(void** p, size_t bytes, cudaStream_t s);
+  void release(void* p, cudaStream_t s) const;
 
   ~Impl() {
-    if (!device) return;
-    if (async_alloc) cudaFreeAsync(device, static_cast<cudaStream_t>(stream));
-    else cudaFree(device);
+    const auto s = static_cast<cudaStream_t>(stream);
+    for (void* w : windows) release(w, s);
+    if (status) release(status, s);
   }
 };
+
+// Stream-ordered where the device has memory pools, so that nothing waits for the device; the
+// first allocation decides, so that every release matches its allocation.
+Status Decoder::Impl::allocate(void** p, size_t bytes, cudaStream_t s) {
+  Status st;
+  if (status == nullptr) {  // the first: the status array
+    async_alloc = cudaMallocAsync(p, bytes, s) == cudaSuccess;
+    if (async_alloc) return st;
+    cudaGetLastError();  // memory pools unsupported here: plain allocations do
+  } else if (async_alloc) {
+    cuda_ok(cudaMallocAsync(p, bytes, s), &st, "malloc");
+    return st;
+  }
+  cuda_ok(cudaMalloc(p, bytes), &st, "malloc");
+  return st;
+}
+
+void Decoder::Impl::release(void* p, cudaStream_t s) const {
+  if (async_alloc) cudaFreeAsync(p, s);
+  else cudaFree(p);
+}
 
 Decoder::Decoder() : impl_(std::make_unique<Impl>()) {}
 Decoder::~Decoder() = default;
 
 void Decoder::set_shared_tables(bool on) { impl_->shared_tables = on; }
 void Decoder::set_blocks_per_sm(int n) { impl_->blocks_per_sm = std::clamp(n, 2, 4); }
+void Decoder::set_window_table_bytes(size_t bytes) { impl_->window_table_bytes = bytes ? bytes : kWindowTableBytes; }
 
 namespace {
 template <bool kShared>
@@ -433,107 +467,137 @@ Status check_job(const Job& j, size_t t) {
 }
 }  // namespace
 
+namespace {
+// The tensors of one launch: their tables and descriptors, laid out for one device allocation.
+struct Window {
+  std::vector<uint8_t> blob;  // tables, then (at flush) models | chunks | blocks
+  std::vector<ModelDesc> models;
+  std::vector<ChunkDesc> chunks;
+  std::vector<BlockDesc> shared_blocks, global_blocks;
+  uint32_t smem_max = 0;
+  size_t chunk_base = 0;  // index of chunks[0] in the status array
+};
+
+// Decodes a zstd-coded chunk on the host (there is no zstd on the device) and copies it up. The
+// frame must declare exactly the chunk's size, as the CPU decoder demands. The host buffer is
+// reused: a copy from pageable memory returns once the bytes are staged.
+Status upload_zstd_chunk(const Job& j, size_t t, size_t i, std::vector<uint8_t>& plain, cudaStream_t stream) {
+  const TensorCoding& c = *j.coding;
+  const ChunkRef& ref = c.chunks[i];
+  const std::string label = "tensor #" + std::to_string(t) + ", chunk " + std::to_string(i);
+  if (ZSTD_getFrameContentSize(j.host_payload + ref.offset, ref.size) != c.chunk_out_size(i))
+    return Status(Error::kCorrupt, label + ": zstd frame size mismatch");
+  if (ZSTD_findFrameCompressedSize(j.host_payload + ref.offset, ref.size) != ref.size)
+    return Status(Error::kCorrupt, label + ": not exactly one zstd frame");
+  plain.resize(c.chunk_out_size(i));
+  const size_t r = ZSTD_decompress(plain.data(), plain.size(), j.host_payload + ref.offset, ref.size);
+  if (ZSTD_isError(r) || r != plain.size()) return Status(Error::kCorrupt, label + ": zstd frame is damaged");
+  Status st;
+  cuda_ok(cudaMemcpyAsync(j.device_out + c.chunk_out_offset(i), plain.data(), plain.size(), cudaMemcpyHostToDevice, stream), &st,
+          "copy");
+  return st;
+}
+}  // namespace
+
 Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool verify) {
   Impl& im = *this;
   im.stream = cuda_stream;
   const auto stream = static_cast<cudaStream_t>(cuda_stream);
   Status st;
-  std::vector<uint8_t> blob;
-  std::vector<ModelDesc> models;
-  std::vector<ChunkDesc> chunks;
-  std::vector<BlockDesc> shared_blocks, global_blocks;
-  uint32_t smem_max = 0;
   // Every job is checked before anything reaches the device (a wrong size would be written past).
-  for (size_t t = 0; t < jobs.size(); ++t) BIGSMALL_RETURN_IF_ERROR(check_job(jobs[t], t));
+  size_t chunk_total = 0;
+  for (size_t t = 0; t < jobs.size(); ++t) {
+    BIGSMALL_RETURN_IF_ERROR(check_job(jobs[t], t));
+    chunk_total += jobs[t].coding->chunks.size();
+  }
   int device = 0, optin = 0;
   if (!cuda_ok(cudaGetDevice(&device), &st, "device") ||
       !cuda_ok(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), &st, "device"))
     return st;
   const uint32_t shared_limit = std::min<uint32_t>(kSharedLimit, static_cast<uint32_t>(optin));
+  const size_t status_bytes = std::max<size_t>(1, chunk_total) * sizeof(int);
+  BIGSMALL_RETURN_IF_ERROR(im.allocate(&im.status, status_bytes, stream));
+  // Chunks nobody decodes read as "not decoded".
+  if (!cuda_ok(cudaMemsetAsync(im.status, 0xff, status_bytes, stream), &st, "memset")) return st;
+  auto* dstatus = static_cast<int*>(im.status);
+
+  // Layout of a window's allocation: tables | models | chunks | blocks.
+  const auto flush = [&](Window& w) -> Status {
+    const size_t models_off = align16(w.blob.size());
+    const size_t chunks_off = align16(models_off + w.models.size() * sizeof(ModelDesc));
+    const size_t blocks_off = align16(chunks_off + w.chunks.size() * sizeof(ChunkDesc));
+    const size_t total = blocks_off + (w.shared_blocks.size() + w.global_blocks.size()) * sizeof(BlockDesc);
+    void* mem = nullptr;
+    BIGSMALL_RETURN_IF_ERROR(im.allocate(&mem, std::max<size_t>(16, total), stream));
+    if (!im.async_alloc) im.windows.push_back(mem);
+    auto* dev = static_cast<uint8_t*>(mem);
+    for (ModelDesc& md : w.models) md.tables = dev + reinterpret_cast<uintptr_t>(md.tables);
+    w.blob.resize(total, 0);
+    const auto put = [&w](size_t off, const auto& v) {
+      if (!v.empty()) std::memcpy(w.blob.data() + off, v.data(), v.size() * sizeof(v[0]));
+    };
+    put(models_off, w.models);
+    put(chunks_off, w.chunks);
+    put(blocks_off, w.shared_blocks);
+    put(blocks_off + w.shared_blocks.size() * sizeof(BlockDesc), w.global_blocks);
+    Status s;
+    if (!cuda_ok(cudaMemcpyAsync(dev, w.blob.data(), total, cudaMemcpyHostToDevice, stream), &s, "copy")) return s;
+    auto* dmodels = reinterpret_cast<const ModelDesc*>(dev + models_off);
+    auto* dchunks = reinterpret_cast<const ChunkDesc*>(dev + chunks_off);
+    auto* dblocks = reinterpret_cast<const BlockDesc*>(dev + blocks_off);
+    static_cast<void>(
+        s = launch<true>(im.blocks_per_sm, w.shared_blocks, dblocks, dchunks, dmodels, dstatus + w.chunk_base, w.smem_max, stream));
+    if (s.is_ok())
+      static_cast<void>(s = launch<false>(im.blocks_per_sm, w.global_blocks, dblocks + w.shared_blocks.size(), dchunks, dmodels,
+                                          dstatus + w.chunk_base, 0, stream));
+    if (im.async_alloc) im.release(mem, stream);  // after the launches, in stream order
+    const size_t next_base = w.chunk_base + w.chunks.size();
+    w = Window{};
+    w.chunk_base = next_base;
+    return s;
+  };
+
+  Window w;
+  std::vector<uint8_t> plain;
   for (size_t t = 0; t < jobs.size(); ++t) {
     const Job& j = jobs[t];
     const TensorCoding& c = *j.coding;
     ModelDesc md{};
-    BIGSMALL_RETURN_IF_ERROR(build_tables(c, j.host_payload, blob, &md));
-    const uint32_t model = static_cast<uint32_t>(models.size());
-    models.push_back(md);
-    const uint32_t first = static_cast<uint32_t>(chunks.size());
+    BIGSMALL_RETURN_IF_ERROR(build_tables(c, j.host_payload, w.blob, &md));
+    const uint32_t model = static_cast<uint32_t>(w.models.size());
+    w.models.push_back(md);
+    const uint32_t first = static_cast<uint32_t>(w.chunks.size());
     for (size_t i = 0; i < c.chunks.size(); ++i) {
       const ChunkRef& ref = c.chunks[i];
       if (verify && detail::xxh3_32(j.host_payload + ref.offset, ref.size) != ref.checksum)
         return Status(Error::kCorrupt, "tensor #" + std::to_string(t) + ", chunk " + std::to_string(i) +
                                            ": checksum mismatch (compressed data damaged)");
-      uint8_t* out = j.device_out + c.chunk_out_offset(i);
       if (c.codec == Codec::kZstd && ref.mode == ChunkMode::kCoded) {
-        // No zstd on the device: decode on the host and copy the result. The frame must declare
-        // exactly the chunk's size, as the CPU decoder demands.
-        if (ZSTD_getFrameContentSize(j.host_payload + ref.offset, ref.size) != c.chunk_out_size(i))
-          return Status(Error::kCorrupt, "tensor #" + std::to_string(t) + ", chunk " + std::to_string(i) + ": zstd frame size mismatch");
-        if (ZSTD_findFrameCompressedSize(j.host_payload + ref.offset, ref.size) != ref.size)
-          return Status(Error::kCorrupt, "tensor #" + std::to_string(t) + ", chunk " + std::to_string(i) + ": not exactly one zstd frame");
-        std::vector<uint8_t> plain(c.chunk_out_size(i));
-        const size_t r = ZSTD_decompress(plain.data(), plain.size(), j.host_payload + ref.offset, ref.size);
-        if (ZSTD_isError(r) || r != plain.size())
-          return Status(Error::kCorrupt, "tensor #" + std::to_string(t) + ", chunk " + std::to_string(i) + ": zstd frame is damaged");
-        im.host_keep.push_back(std::move(plain));
-        if (!cuda_ok(cudaMemcpyAsync(out, im.host_keep.back().data(), im.host_keep.back().size(), cudaMemcpyHostToDevice, stream),
-                     &st, "copy"))
-          return st;
+        BIGSMALL_RETURN_IF_ERROR(upload_zstd_chunk(j, t, i, plain, stream));
         continue;
       }
       ChunkDesc cd{};
       cd.src = j.device_payload + ref.offset;
-      cd.out = out;
+      cd.out = j.device_out + c.chunk_out_offset(i);
       cd.size = ref.size;
       cd.n = static_cast<uint32_t>(c.chunk_out_size(i) / c.unit_bytes());
       cd.mode = static_cast<uint32_t>(ref.mode);
       cd.lanes = 1u << c.lanes_log2;
-      chunks.push_back(cd);
+      w.chunks.push_back(cd);
       im.labels.emplace_back(static_cast<uint32_t>(t), static_cast<uint32_t>(i));
     }
     const bool in_shared = im.shared_tables && md.table_bytes <= shared_limit;
-    if (in_shared) smem_max = std::max(smem_max, md.table_bytes);
-    for (uint32_t k = first; k < chunks.size(); k += kWarps)
-      (in_shared ? shared_blocks : global_blocks)
-          .push_back({model, k, std::min<uint32_t>(kWarps, static_cast<uint32_t>(chunks.size()) - k), 0});
+    if (in_shared) w.smem_max = std::max(w.smem_max, md.table_bytes);
+    for (uint32_t k = first; k < w.chunks.size(); k += kWarps)
+      (in_shared ? w.shared_blocks : w.global_blocks)
+          .push_back({model, k, std::min<uint32_t>(kWarps, static_cast<uint32_t>(w.chunks.size()) - k), 0});
+    if (w.blob.size() >= im.window_table_bytes) BIGSMALL_RETURN_IF_ERROR(flush(w));
   }
-  // Layout of the one device allocation: tables | models | chunks | blocks | status.
-  const size_t models_off = align16(blob.size());
-  const size_t chunks_off = align16(models_off + models.size() * sizeof(ModelDesc));
-  const size_t blocks_off = align16(chunks_off + chunks.size() * sizeof(ChunkDesc));
-  const size_t nblocks = shared_blocks.size() + global_blocks.size();
-  const size_t status_off = align16(blocks_off + nblocks * sizeof(BlockDesc));
-  const size_t total = status_off + std::max<size_t>(1, chunks.size()) * sizeof(int);
-  cudaError_t e = cudaMallocAsync(&im.device, total, stream);
-  im.async_alloc = e == cudaSuccess;
-  if (!im.async_alloc) {
-    cudaGetLastError();  // memory pools unsupported here: a plain allocation does
-    if (!cuda_ok(cudaMalloc(&im.device, total), &st, "malloc")) return st;
-  }
-  auto* dev = static_cast<uint8_t*>(im.device);
-  for (ModelDesc& md : models) md.tables = dev + reinterpret_cast<uintptr_t>(md.tables);
-  blob.resize(status_off, 0);
-  const auto put = [&blob](size_t off, const auto& v) {
-    if (!v.empty()) std::memcpy(blob.data() + off, v.data(), v.size() * sizeof(v[0]));
-  };
-  put(models_off, models);
-  put(chunks_off, chunks);
-  put(blocks_off, shared_blocks);
-  put(blocks_off + shared_blocks.size() * sizeof(BlockDesc), global_blocks);
-  if (!cuda_ok(cudaMemcpyAsync(dev, blob.data(), blob.size(), cudaMemcpyHostToDevice, stream), &st, "copy")) return st;
-  // Chunks nobody decodes read as "not decoded".
-  if (!cuda_ok(cudaMemsetAsync(dev + status_off, 0xff, std::max<size_t>(1, chunks.size()) * sizeof(int), stream), &st, "memset"))
-    return st;
-  auto* dmodels = reinterpret_cast<const ModelDesc*>(dev + models_off);
-  auto* dchunks = reinterpret_cast<const ChunkDesc*>(dev + chunks_off);
-  auto* dblocks = reinterpret_cast<const BlockDesc*>(dev + blocks_off);
-  auto* dstatus = reinterpret_cast<int*>(dev + status_off);
-  BIGSMALL_RETURN_IF_ERROR(launch<true>(im.blocks_per_sm, shared_blocks, dblocks, dchunks, dmodels, dstatus, smem_max, stream));
-  BIGSMALL_RETURN_IF_ERROR(
-      launch<false>(im.blocks_per_sm, global_blocks, dblocks + shared_blocks.size(), dchunks, dmodels, dstatus, 0, stream));
-  im.host_status.assign(chunks.size(), -1);
-  if (!chunks.empty() && !cuda_ok(cudaMemcpyAsync(im.host_status.data(), dstatus, chunks.size() * sizeof(int), cudaMemcpyDeviceToHost, stream),
-                                  &st, "copy"))
+  if (!w.models.empty()) BIGSMALL_RETURN_IF_ERROR(flush(w));
+  im.host_status.assign(im.labels.size(), -1);
+  if (!im.labels.empty() &&
+      !cuda_ok(cudaMemcpyAsync(im.host_status.data(), dstatus, im.labels.size() * sizeof(int), cudaMemcpyDeviceToHost, stream), &st,
+               "copy"))
     return st;
   return Status::success();
 }

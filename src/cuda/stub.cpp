@@ -13,6 +13,7 @@ Status Decoder::enqueue(const std::vector<Job>&, void*, bool) {
 }
 void Decoder::set_shared_tables(bool) {}
 void Decoder::set_blocks_per_sm(int) {}
+void Decoder::set_window_table_bytes(size_t) {}
 Status Decoder::finish() { return Status(Error::kInvalidArgument, "bigsmall was built without CUDA"); }
 
 }  // namespace bigsmall::cuda
