@@ -83,6 +83,7 @@ const char* kUsage =
     "  -v, --verbose        after compress/decompress, one line per tensor (codec, ratio, bits/weight)\n"
     "  --json               machine-readable output on stdout: one JSON object per input, one per line\n"
     "  --no-verify          skip checksum verification (decompress)\n"
+    "  -k, --keep           keep the input (always done; accepted as zstd and xz take it)\n"
     "  --best               zstd level 19 for tensors with repeated structure (compress; smaller, slower)\n"
     "  --                   end of options (for paths that start with '-')\n"
     "  -h, --help           this text;  -V, --version\n"
@@ -97,7 +98,7 @@ struct Args {
   std::string command;
   std::vector<std::string> paths;
   std::string output;
-  bool force = false, quiet = false, verbose = false, json = false, verify = true, best = false;
+  bool force = false, quiet = false, verbose = false, json = false, verify = true, best = false, keep = false;
   int threads = 0;
   bool threads_given = false;
 };
@@ -106,7 +107,7 @@ struct Args {
 // names of the short options, and short flags given together (-fq) one by one. Nothing after "--".
 std::vector<std::string> normalized_args(const std::vector<std::string>& in) {
   static const std::pair<const char*, const char*> kLong[] = {
-      {"--force", "-f"}, {"--quiet", "-q"}, {"--verbose", "-v"}, {"--threads", "-T"}, {"--output", "-o"}};
+      {"--force", "-f"}, {"--quiet", "-q"}, {"--verbose", "-v"}, {"--threads", "-T"}, {"--output", "-o"}, {"--keep", "-k"}};
   std::vector<std::string> out;
   bool done = false, value_next = false;
   for (const std::string& s : in) {
@@ -136,7 +137,7 @@ std::vector<std::string> normalized_args(const std::vector<std::string>& in) {
       else value_next = takes_value;
       continue;
     }
-    if (s.size() > 2 && s[0] == '-' && std::all_of(s.begin() + 1, s.end(), [](char c) { return c == 'f' || c == 'q' || c == 'v'; })) {
+    if (s.size() > 2 && s[0] == '-' && std::all_of(s.begin() + 1, s.end(), [](char c) { return c == 'f' || c == 'q' || c == 'v' || c == 'k'; })) {
       for (size_t i = 1; i < s.size(); ++i) out.push_back(std::string("-") + s[i]);
       continue;
     }
@@ -941,6 +942,8 @@ int run(int argc, char** argv) {
       a.force = true;
     } else if (s == "-q") {
       a.quiet = true;
+    } else if (s == "-k") {
+      a.keep = true;  // the input is always kept: accepted, as zstd and xz users type it
     } else if (s == "-v") {
       a.verbose = true;
     } else if (s == "--json") {
@@ -953,7 +956,7 @@ int run(int argc, char** argv) {
       // In a cluster of short flags (-fqz), name the letter that is not one.
       // (Only f, q and v group; a letter of another option, -, or a non-ASCII byte there gets the
       // whole argument named, as the cluster is then not one of flags at all.)
-      const size_t bad = s.size() > 2 && s[1] != '-' ? s.find_first_not_of("fqv", 1) : std::string::npos;
+      const size_t bad = s.size() > 2 && s[1] != '-' ? s.find_first_not_of("fqvk", 1) : std::string::npos;
       const bool letter = bad != std::string::npos && std::isalpha(static_cast<unsigned char>(s[bad])) &&
                           std::string_view("ToVh").find(s[bad]) == std::string_view::npos;
       if (letter && bad > 1)
@@ -988,6 +991,7 @@ int run(int argc, char** argv) {
     bool applies;
   } takes[] = {
       {a.verbose, "-v", writes},
+      {a.keep, "-k", writes},
       {a.best, "--best", a.command == "compress"},
       {!a.verify, "--no-verify", a.command == "decompress"},
       {a.threads_given, "-T", a.command != "info"},

@@ -525,5 +525,23 @@ check "the restored file is from 2020" -- test "$(stat -c %Y "$tmp/mt/r.safetens
 expect 0 "a directory round trip" -- sh -c "\"$bs\" compress -q \"$tmp/mt/d\" && \"$bs\" decompress -q \"$tmp/mt/d.bs\" -o \"$tmp/mt/d2\""
 check "a copied file keeps its time both ways" -- test "$(stat -c %Y "$tmp/mt/d2/config.json")" = "$(stat -c %Y "$tmp/mt/d/config.json")"
 
+# -k as zstd users type it: accepted, and the input stays
+expect 0 "compress -kfq" -- "$bs" compress -kfq "$tmp/m.safetensors" -o "$tmp/k.bs"
+check "the input is there" -- test -f "$tmp/m.safetensors" -a -f "$tmp/k.bs"
+expect 1 "-k does not apply to verify" -- "$bs" verify -k "$tmp/k.bs"
+# an output that is a directory is named as one at once, -f or not
+mkdir -p "$tmp/odir"
+expect 2 "compress -o DIR" -- "$bs" compress -q "$tmp/m.safetensors" -o "$tmp/odir"
+check "says it is a directory (not 'use -f')" -- grep -q "odir: is a directory$" "$tmp/err"
+
+# as root, outputs keep their input's owner, as zstd's do (checked where this runs as root)
+if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
+  cp "$tmp/m.safetensors" "$tmp/own.safetensors" && chown nobody "$tmp/own.safetensors"
+  expect 0 "compress a file someone else owns" -- "$bs" compress -q "$tmp/own.safetensors"
+  check "the .bs is theirs" -- test "$(stat -c %U "$tmp/own.bs")" = nobody
+  expect 0 "and back" -- "$bs" decompress -q "$tmp/own.bs" -o "$tmp/own2.safetensors"
+  check "the restored file is theirs" -- test "$(stat -c %U "$tmp/own2.safetensors")" = nobody
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

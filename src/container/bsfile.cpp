@@ -454,7 +454,10 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
   const auto header = encode_header(h);
   BIGSMALL_RETURN_IF_ERROR(out.pwrite(header.data(), header.size(), 0));
   if (mode) out.set_permissions(*mode);
-  if (source_file) out.set_mtime(source_file->mtime());
+  if (source_file) {
+    out.set_mtime(source_file->mtime());
+    out.set_owner(source_file->uid(), source_file->gid());
+  }
   if (source_file) BIGSMALL_RETURN_IF_ERROR(source_file->check_unchanged());
   return out.commit(opts.sync);
 }
@@ -887,8 +890,7 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
       if (opts.progress) opts.progress(done, total);
       return Status::success();
     }));
-    out.set_permissions(im.file.output_mode());
-    out.set_mtime(im.file.mtime());
+    out.take_attributes(im.file);
     return out.commit(opts.sync);
   });
 }

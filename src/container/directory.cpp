@@ -61,8 +61,7 @@ Status copy_into(const fs::path& src, const fs::path& dst, CopiedFile* copied = 
   BIGSMALL_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src.string()));
   BIGSMALL_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(dst.string(), false));
   BIGSMALL_RETURN_IF_ERROR(out.write(in.data(), in.size()));
-  out.set_permissions(in.output_mode());  // a run.sh stays executable, as cp copies it
-  out.set_mtime(in.mtime());
+  out.take_attributes(in);  // a run.sh stays executable, as cp copies it
   if (copied) *copied = {copied->path, in.size(), detail::xxh3_64(in.data(), in.size())};
   BIGSMALL_RETURN_IF_ERROR(in.check_unchanged());
   return out.commit();

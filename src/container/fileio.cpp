@@ -218,6 +218,8 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   std::swap(ino_, o.ino_);
   std::swap(mtime_, o.mtime_);
   std::swap(ctime_, o.ctime_);
+  std::swap(uid_, o.uid_);
+  std::swap(gid_, o.gid_);
   std::swap(path_, o.path_);
   std::swap(stat_path_, o.stat_path_);
   return *this;
@@ -289,6 +291,8 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
   m.ino_ = static_cast<uint64_t>(st.st_ino);
   m.mtime_ = st.st_mtim;
   m.ctime_ = st.st_ctim;
+  m.uid_ = st.st_uid;
+  m.gid_ = st.st_gid;
   ::close(fd);
   return m;
 }
@@ -318,6 +322,9 @@ OutputFile& OutputFile::operator=(OutputFile&& o) noexcept {
   std::swap(mode_, o.mode_);
   std::swap(mtime_, o.mtime_);
   std::swap(has_mtime_, o.has_mtime_);
+  std::swap(uid_, o.uid_);
+  std::swap(gid_, o.gid_);
+  std::swap(has_owner_, o.has_owner_);
   return *this;
 }
 
@@ -407,6 +414,8 @@ unsigned process_umask() {
 }
 
 Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwrite) {
+  // A directory there is never replaced by a file: said at once, not "use -f" (which then fails).
+  if (path_is_dir(final_path)) return Status(Error::kIo, final_path + ": is a directory").with_errno(EISDIR);
   if (!overwrite && path_exists(final_path))
     return Status(Error::kIo, final_path + ": already exists").with_errno(EEXIST);
   auto target = overwrite ? overwrite_target(final_path) : Result<std::string>(final_path);
@@ -536,6 +545,9 @@ Status OutputFile::commit(bool sync) {
   }
   // Best effort, as zstd's: a file system without Unix modes (vfat) refuses some chmods, and
   // there the 0600 file is the most private it can be.
+  // Owner first: a chown clears set-id bits that the chmod then sets as asked. Only root can
+  // give a file away; others' outputs are theirs.
+  if (has_owner_ && ::geteuid() == 0) (void)::fchown(fd_, uid_, gid_);
   (void)::fchmod(fd_, static_cast<mode_t>(mode_));
   // After the last write (the mapping is gone): a later write would set the time again.
   if (has_mtime_) {

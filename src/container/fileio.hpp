@@ -52,6 +52,8 @@ class MappedFile {
   unsigned output_mode() const { return mode_ & 0777 & ~process_umask(); }
   // Modification time as opened: an output made from this file takes it, as zstd's and gzip's do.
   const struct timespec& mtime() const { return mtime_; }
+  uid_t uid() const { return uid_; }
+  gid_t gid() const { return gid_; }
 
  private:
   const uint8_t* data_ = nullptr;
@@ -59,6 +61,8 @@ class MappedFile {
   unsigned mode_ = 0644;
   uint64_t dev_ = 0, ino_ = 0;  // which file was mapped, for check_not_truncated
   struct timespec mtime_ {}, ctime_ {};  // as opened, for check_unchanged
+  uid_t uid_ = 0;
+  gid_t gid_ = 0;
   std::string path_;
   // path_ made absolute at open, for the checks: a program that changes its working directory
   // after opening a file by a relative name must still have that file checked (with path_ the
@@ -104,6 +108,19 @@ class OutputFile {
     mtime_ = t;
     has_mtime_ = true;
   }
+  // The input's owner and group: taken when running as root (as zstd's outputs take them), so
+  // that weights compressed in a root container stay their owner's.
+  void set_owner(uid_t uid, gid_t gid) {
+    uid_ = uid;
+    gid_ = gid;
+    has_owner_ = true;
+  }
+  // All three from the file an output is made from.
+  void take_attributes(const MappedFile& from) {
+    set_permissions(from.output_mode());
+    set_mtime(from.mtime());
+    set_owner(from.uid(), from.gid());
+  }
   Status commit(bool sync = true);  // flush (fsync when sync), close, rename over the final name
   const std::string& final_path() const { return final_; }
 
@@ -118,6 +135,9 @@ class OutputFile {
   unsigned mode_ = 0644;
   struct timespec mtime_ {};
   bool has_mtime_ = false;
+  uid_t uid_ = 0;
+  gid_t gid_ = 0;
+  bool has_owner_ = false;
 };
 
 // Removes every temporary output still open: called from signal handlers (async-signal-safe).
