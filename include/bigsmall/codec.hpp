@@ -4,51 +4,12 @@
 #include <memory>
 #include <vector>
 
+#include "bigsmall/coding.hpp"
 #include "bigsmall/dtype.hpp"
 #include "bigsmall/status.hpp"
 #include "bigsmall/version.hpp"
 
 namespace bigsmall {
-
-// Stored in the .bs index; values are frozen by doc/FORMAT.md.
-enum class Codec : uint8_t {
-  kStore = 0,  // bytes as they are
-  kFloat = 1,  // (sign, exponent) symbol + mantissa conditioned on it, rANS
-  kBytes = 2,  // one rANS table per byte position of the element
-  kZstd = 3,   // libzstd frames, for tensors with repeated structure
-};
-const char* codec_name(Codec c);
-
-enum class ChunkMode : uint8_t { kStored = 0, kCoded = 1 };
-
-struct ChunkRef {
-  uint64_t offset = 0;    // from the start of the tensor payload
-  uint32_t size = 0;      // compressed bytes
-  uint32_t checksum = 0;  // low 32 bits of XXH3-64 of the compressed bytes
-  ChunkMode mode = ChunkMode::kStored;
-};
-
-// Everything a decoder needs besides the payload bytes.
-struct TensorCoding {
-  DType dtype = DType::kU8;
-  Codec codec = Codec::kStore;
-  uint64_t nbytes = 0;       // decoded size
-  uint8_t chunk_log2 = 16;   // elements per chunk = 2^chunk_log2
-  uint8_t lanes_log2 = 5;    // interleaved rANS states per chunk = 2^lanes_log2
-  uint32_t model_size = 0;   // bytes of tables at the start of the payload
-  uint64_t checksum = 0;     // XXH3-64 of the decoded bytes
-  std::vector<ChunkRef> chunks;
-
-  uint32_t unit_bytes() const;  // bytes per coded element
-  uint64_t units() const { return nbytes / unit_bytes(); }
-  uint64_t chunk_units() const { return uint64_t{1} << chunk_log2; }
-  uint64_t chunk_count() const { return units() / chunk_units() + (units() % chunk_units() != 0); }  // no wrap near 2^64
-  // Byte range of chunk i in the decoded tensor.
-  uint64_t chunk_out_offset(size_t i) const { return i * chunk_units() * unit_bytes(); }
-  uint64_t chunk_out_size(size_t i) const;
-  // Structural checks on values read from a file, before anything is allocated or decoded.
-  Status validate(uint64_t payload_size_limit) const;
-};
 
 struct EncodedTensor {
   TensorCoding coding;
@@ -72,25 +33,6 @@ Result<EncodedTensor> encode_tensor(DType dtype, const uint8_t* data, uint64_t n
 // Decodes into out[0, coding.nbytes): the caller owns the buffer.
 Status decode_tensor(const TensorCoding& coding, const uint8_t* payload, uint64_t payload_size,
                      uint8_t* out, uint64_t out_size, const DecodeOptions& opts = {});
-// TensorCoding::checksum of bytes taken piece by piece, in order: for decoders outside the
-// library, such as the GPU path, which hashes each tensor as it copies it back from the device.
-// Throws nothing: check ok() after constructing one.
-class TensorChecksum {
- public:
-  TensorChecksum() noexcept;
-  ~TensorChecksum();
-  TensorChecksum(const TensorChecksum&) = delete;
-  TensorChecksum& operator=(const TensorChecksum&) = delete;
-  // False when its state could not be allocated (out of memory): update() then does nothing
-  // and digest() means nothing.
-  bool ok() const { return state_ != nullptr; }
-  void update(const uint8_t* data, uint64_t size);
-  uint64_t digest() const;  // of everything given so far
-
- private:
-  void* state_;
-};
-
 // Slow, readable decoder used as the test oracle for the fast paths (CPU and GPU).
 Status reference_decode_tensor(const TensorCoding& coding, const uint8_t* payload,
                                uint64_t payload_size, uint8_t* out, uint64_t out_size);

@@ -6,7 +6,7 @@
 #include <memory>
 #include <new>
 
-#include "bigsmall/codec.hpp"
+#include "bigsmall/coding.hpp"
 
 // Where the library has it (CMake checks: BIGSMALL_XXH_DISPATCH), its runtime-dispatched XXH3
 // (AVX2 or AVX-512 where the CPU has them; the same digests): the plain entry points of an x86

@@ -1,7 +1,7 @@
 // TensorCoding helpers: the geometry of chunks, and validation of values read from files.
 #include <string>
 
-#include "bigsmall/codec.hpp"
+#include "bigsmall/coding.hpp"
 
 namespace bigsmall {
 

@@ -4,7 +4,8 @@
 #include <optional>
 #include <vector>
 
-#include "bigsmall/codec.hpp"
+#include "bigsmall/dtype.hpp"
+#include "bigsmall/status.hpp"
 #include "entropy/table.hpp"
 
 namespace bigsmall::detail {
