@@ -5,13 +5,16 @@ the model's own parameters; nothing decompressed is written to disk.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
+import threading
 import warnings
 
 import torch
@@ -819,16 +822,6 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
             config.save_pretrained(staging)
             if "generation_config.json" in outputs:
                 model.generation_config.save_pretrained(staging)
-        # A model saved here before, in shards, leaves weights that are no longer this model's: as
-        # transformers' save_pretrained, remove them (only those the old indexes name), or
-        # from_pretrained would follow the old shard index to the old weights.
-        try:
-            # Unchecked: a damaged or missing old shard is still one of the old model's.
-            stale = [f for f in _core.model_dir_files(out_dir, check=False) if os.path.basename(f) != "model.bs"]
-            if stale:  # a sharded bigsmall model: its shard index goes with its shards
-                stale.append(os.path.join(out_dir, "model.safetensors.index.json"))
-        except _core.Error:
-            stale = []  # not a bigsmall directory: its files are not ours to remove
         staged_bs = os.path.join(staging, "model.bs")
         bt.save_file(tensors, staged_bs, metadata={"format": "pt"}, threads=threads)
         written = _core.File.open(staged_bs)
@@ -839,10 +832,23 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
         with open(os.path.join(staging, "bigsmall.index.json"), "w") as f:
             json.dump(index, f, indent=2)
         order = ["model.bs"] + sorted(set(os.listdir(staging)) - {"model.bs", "bigsmall.index.json"})
-        _move_in(staging, out_dir, order + ["bigsmall.index.json"], overwrite)
-        for f in stale:
-            if os.path.exists(f) and os.path.abspath(f) != os.path.abspath(os.path.join(out_dir, "model.bs")):
-                os.remove(f)
+        # Saves into one directory from several threads or processes take turns here: interleaved,
+        # their moves left one's model.bs beside another's index, or an index alone.
+        with _dir_lock(out_dir):
+            # A model saved here before, in shards, leaves weights that are no longer this model's:
+            # as transformers' save_pretrained, remove them (only those the old indexes name), or
+            # from_pretrained would follow the old shard index to the old weights.
+            try:
+                # Unchecked: a damaged or missing old shard is still one of the old model's.
+                stale = [f for f in _core.model_dir_files(out_dir, check=False) if os.path.basename(f) != "model.bs"]
+                if stale:  # a sharded bigsmall model: its shard index goes with its shards
+                    stale.append(os.path.join(out_dir, "model.safetensors.index.json"))
+            except _core.Error:
+                stale = []  # not a bigsmall directory: its files are not ours to remove
+            _move_in(staging, out_dir, order + ["bigsmall.index.json"], overwrite)
+            for f in stale:
+                if os.path.exists(f) and os.path.abspath(f) != os.path.abspath(os.path.join(out_dir, "model.bs")):
+                    os.remove(f)
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -874,6 +880,21 @@ def _warn_other_weights(out_dir):
                       "(bigsmall.from_pretrained reads model.bs)", stacklevel=3)
 
 
+@contextlib.contextmanager
+def _dir_lock(out_dir):
+    """An exclusive flock on the directory itself (no lock file is left in it): writers in other
+    threads and processes wait; each open of the directory is its own lock holder."""
+    try:
+        fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _os_error(e, out_dir) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits with the GIL released; Ctrl-C is heard
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _move_in(staging, out_dir, names, overwrite):
     """Moves the staged files into out_dir, all or none: every target is checked first, each file
     there is moved aside, and a failure (or Ctrl-C) partway puts everything back. Without
@@ -903,7 +924,7 @@ def _move_in(staging, out_dir, names, overwrite):
                 continue
             aside = None
             if os.path.lexists(target):
-                aside = os.path.join(out_dir, f".{name}.old-bigsmall-{os.getpid()}-{k}")
+                aside = os.path.join(out_dir, f".{name}.old-bigsmall-{os.getpid()}-{threading.get_ident()}-{k}")
                 os.replace(target, aside)
             try:
                 os.replace(src, target)

@@ -19,6 +19,7 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 #include "bigsmall/container.hpp"
@@ -140,12 +141,17 @@ PyObject* make_error(nb::module_& m, const char* name, PyObject* bases, const ch
 using Bytes = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using ConstBytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
-// threading.main_thread().ident, read once (with the GIL held).
+// threading.main_thread().ident (with the GIL held), read once per process: a child forked from
+// another thread has that thread as its main one (a multiprocessing worker started by a
+// launcher thread), and with the parent's ident it got no Ctrl-C hook at all.
 unsigned long main_thread_ident() {
-  static const unsigned long id = [] {
+  static pid_t pid = 0;
+  static unsigned long id = 0;
+  if (const pid_t now = ::getpid(); now != pid) {
     nb::object t = nb::module_::import_("threading").attr("main_thread")();
-    return nb::cast<unsigned long>(t.attr("ident"));
-  }();
+    id = nb::cast<unsigned long>(t.attr("ident"));
+    pid = now;
+  }
   return id;
 }
 

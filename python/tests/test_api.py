@@ -538,6 +538,46 @@ except KeyboardInterrupt:
     assert os.listdir(out_dir) == []
 
 
+def test_ctrl_c_reaches_a_child_forked_from_another_thread(big_bf16, tmp_path):
+    """A child forked from a thread other than the main one (a multiprocessing worker started
+    by a launcher thread) has that thread as its main thread. The extension read the main
+    thread's ident once per process lifetime, so after a call in the parent the child got no
+    Ctrl-C hook: its compress ran to the end and left its output."""
+    import signal
+    import time
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    dst = str(out_dir / "m.bs")
+    code = f"""
+import os, threading, numpy as np, bigsmall._core as c, bigsmall.numpy as bn
+bn.save_file({{"a": np.zeros(4, np.float32)}}, {str(tmp_path / "prime.bs")!r})  # a call on the main thread
+def launch():
+    pid = os.fork()
+    if pid == 0:
+        try:
+            c.compress({str(big_bf16[0])!r}, {dst!r}, 1, False, False, None)
+            print("finished", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        os._exit(0)
+    print(pid, flush=True)
+    os.waitpid(pid, 0)
+t = threading.Thread(target=launch)
+t.start()
+t.join()
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(p.stdout.readline())
+    deadline = time.time() + 60
+    while not os.listdir(out_dir) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.001)
+    os.kill(child, signal.SIGINT)
+    out = p.communicate(timeout=60)[0].split()
+    assert out == ["interrupted"], out
+    assert os.listdir(out_dir) == []
+
+
 def test_ctrl_c_stops_load_file(big_bf16):
     """load_file decodes a file in calls of bounded size, so SIGINT is heard between them (not
     only once the whole file is decoded): 8 tensors of 32 MB at one thread, in 32 MB calls.

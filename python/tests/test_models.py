@@ -1,6 +1,7 @@
 """from_pretrained and StreamingLoader against transformers on tiny models: which files hold the
 weights, how arguments are split between config and model, what the checkpoint lacks or has in
 excess, generation configs, float32-kept modules, and models passed in already built."""
+import os
 import warnings
 
 import pytest
@@ -345,6 +346,35 @@ def test_tied_pair_both_in_the_checkpoint_with_equal_values_is_tied(tmp_path):
                       m.decoder.embed_tokens.weight.data_ptr()}
     assert len(ptrs(ref)) == 1 and len(ptrs(got)) == 1
     _same_tensors(got, ref)
+
+
+def test_save_pretrained_from_several_threads_into_one_directory(tmp_path):
+    """Writers into one directory take turns: interleaved, their moves failed with a bare
+    FileNotFoundError or left one writer's model.bs beside another's index (or an index alone)."""
+    import threading
+
+    g = torch.Generator().manual_seed(3)
+    sds = [{f"w{j}": torch.randn(64, 64, generator=g).to(torch.bfloat16) for j in range(6)} for _ in range(4)]
+    out = str(tmp_path / "m")
+    for _ in range(6):
+        errors = []
+
+        def save(sd):
+            try:
+                bigsmall.save_pretrained(sd, out, overwrite=True)
+            except Exception as e:  # noqa: BLE001 - every one is a failure here
+                errors.append(e)
+
+        ts = [threading.Thread(target=save, args=(sd,)) for sd in sds]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert errors == []
+        bigsmall._core.model_dir_files(out)  # each .bs against the index: one writer's whole output
+        got = bigsmall.torch.load_file(os.path.join(out, "model.bs"))
+        assert any(all(torch.equal(got[k], sd[k]) for k in sd) for sd in sds)
+        assert sorted(os.listdir(out)) == ["bigsmall.index.json", "model.bs"]
 
 
 def test_save_pretrained_writes_nothing_when_it_fails(tmp_path, monkeypatch):
