@@ -477,6 +477,9 @@ expect 0 "compress a model with a subdirectory" -- "$bs" compress -q "$tmp/lm"
 expect 2 "decompress -f where that subdirectory is a link" -- "$bs" decompress -q -f "$tmp/lm.bs" -o "$tmp/lt"
 check "names the link" -- grep -q "lt/sub: is a link to a directory" "$tmp/err"
 check "nothing written where it points, nothing left in the output" -- test -z "$(ls "$tmp/outside")" -a "$(ls "$tmp/lt")" = sub
+mkdir -p "$tmp/lm2/e/f" "$tmp/lt2" "$tmp/outside2" && cp "$tmp/m.safetensors" "$tmp/lm2/model.safetensors" && ln -s ../outside2 "$tmp/lt2/e"
+expect 2 "compress -f where an empty directory's parent is a link" -- "$bs" compress -q -f "$tmp/lm2" -o "$tmp/lt2"
+check "nothing made where it points" -- test -z "$(ls "$tmp/outside2")"
 
 # a restore inside the compressed directory would become part of it
 expect 1 "decompress DIR.bs -o DIR.bs/sub" -- "$bs" decompress -q "$tmp/lm.bs" -o "$tmp/lm.bs/restored"
@@ -496,8 +499,22 @@ expect 5 "decompress refuses it too" -- "$bs" decompress -q "$tmp/cm1.bs" -o "$t
 check "and leaves nothing" -- test ! -e "$tmp/cm1"
 expect 0 "decompress --no-verify restores it as it is" -- "$bs" decompress -q --no-verify "$tmp/cm1.bs" -o "$tmp/cm1"
 cp -r "$tmp/cm.bs" "$tmp/cm2.bs" && rm "$tmp/cm2.bs/sub/empty.txt"
-expect 5 "verify: a copied file missing" -- "$bs" verify -q "$tmp/cm2.bs"
-expect 5 "decompress: a copied file missing" -- "$bs" decompress -q "$tmp/cm2.bs" -o "$tmp/cm2"
+expect 2 "verify: a copied file missing (an I/O error, as a missing .bs is)" -- "$bs" verify -q "$tmp/cm2.bs"
+check "names it" -- grep -q "cm2.bs/sub/empty.txt: missing (bigsmall.index.json lists it)" "$tmp/err"
+expect 2 "decompress: a copied file missing" -- "$bs" decompress -q "$tmp/cm2.bs" -o "$tmp/cm2"
+expect 0 "decompress --no-verify restores the rest" -- "$bs" decompress -q --no-verify "$tmp/cm2.bs" -o "$tmp/cm2"
+check "without the missing file" -- test -f "$tmp/cm2/model.safetensors" -a -f "$tmp/cm2/config.json" -a ! -e "$tmp/cm2/sub/empty.txt"
+cp -r "$tmp/cm.bs" "$tmp/cm6.bs" && echo junk >"$tmp/cm6.bs/model.safetensors"
+expect 5 "verify: a file where a .bs restores to (as decompress refuses it)" -- "$bs" verify -q "$tmp/cm6.bs"
+expect 5 "decompress refuses it" -- "$bs" decompress -q "$tmp/cm6.bs" -o "$tmp/cm6"
+# compress -f over an earlier DIR.bs removes the files that run copied and this one does not
+mkdir -p "$tmp/v1" && cp "$tmp/m.safetensors" "$tmp/v1/model.safetensors" && echo a >"$tmp/v1/generation_config.json" && echo b >"$tmp/v1/keep.json"
+mkdir -p "$tmp/v2" && cp "$tmp/m.safetensors" "$tmp/v2/model.safetensors" && echo c >"$tmp/v2/keep.json"
+expect 0 "compress v1" -- "$bs" compress -q "$tmp/v1" -o "$tmp/vv.bs"
+echo mine >"$tmp/vv.bs/notes.txt"
+expect 0 "compress -f v2 over it" -- "$bs" compress -q -f "$tmp/v2" -o "$tmp/vv.bs"
+check "v1's generation config is gone, v2's file is there, the user's own file stays" -- \
+  test ! -e "$tmp/vv.bs/generation_config.json" -a "$(cat "$tmp/vv.bs/keep.json")" = c -a -f "$tmp/vv.bs/notes.txt"
 cp -r "$tmp/cm.bs" "$tmp/cm3.bs" && echo extra >"$tmp/cm3.bs/added.txt"
 expect 0 "a file added to the compressed directory: verify passes" -- "$bs" verify -q "$tmp/cm3.bs"
 expect 0 "and the restore is the model as compressed" -- "$bs" decompress -q "$tmp/cm3.bs" -o "$tmp/cm3"
@@ -507,7 +524,7 @@ expect 2 "verify refuses what decompress refuses (a dangling link)" -- "$bs" ver
 expect 2 "as decompress does" -- "$bs" decompress -q "$tmp/cm4.bs" -o "$tmp/cm4"
 
 for bad in '"../escape", "size": 1, "checksum": "0000000000000000"' '"config.json", "size": 1, "checksum": "00"' \
-           '"model.bs", "size": 1, "checksum": "0000000000000000"'; do
+           '"model.bs", "size": 1, "checksum": "0000000000000000"' '"sub//empty.txt", "size": 0, "checksum": "2d06800538d394c2"'; do
   rm -rf "$tmp/cm5.bs" && cp -r "$tmp/cm.bs" "$tmp/cm5.bs"
   python3 -c "
 import json, sys; p = '$tmp/cm5.bs/bigsmall.index.json'; d = json.load(open(p))

@@ -168,6 +168,7 @@ class StreamingLoader:
             raise TypeError(f"StreamingLoader got unexpected keyword arguments {sorted(unknown)}")
         threads, verify = _threads(threads), _flag(verify, "verify")  # refused before any work
         self._open(_subfolder(_resolve(path_or_repo_id, hub_kwargs), subfolder), threads, verify)
+        _check_copied(self.path, verify)
         _warn_if_mixed(self.path)
         # What transformers records as the model's name_or_path: the argument as given (a repo
         # id stays a repo id), which tokenizers, pipelines and PEFT read back.
@@ -696,6 +697,7 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
     if model_class is not None and not isinstance(model_class, type):
         raise InvalidArgumentError(f"model_class must be a model class, not {model_class!r}")
     _warn_if_mixed(path)
+    _check_copied(path, verify)
     config, kwargs = _config_for(path, model_class, kwargs)
     name = _name_or_path(path_or_repo_id)
     config.name_or_path = name  # as transformers' from_pretrained sets it
@@ -880,6 +882,31 @@ def _warn_other_weights(out_dir):
                       "(bigsmall.from_pretrained reads model.bs)", stacklevel=3)
 
 
+def _check_copied(path, verify):
+    """The config and other files a compressed directory copied along are read from it as they
+    are (by transformers, by this package): checked against the index, as the weights are."""
+    if verify and os.path.isdir(path) and os.path.isfile(os.path.join(path, "bigsmall.index.json")):
+        # A listed file that is missing is left to whatever needs it to name ("no config.json").
+        _core.verify_copied_files(path, missing_ok=True)
+
+
+_held_locks = set()  # descriptors of directory locks this process holds
+
+
+def _close_inherited_locks():
+    # A child forked while a save held a lock shares the lock (it belongs to the open file, not
+    # the process): it would keep every later save into that directory waiting while it lives.
+    for fd in list(_held_locks):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 @contextlib.contextmanager
 def _dir_lock(out_dir):
     """An exclusive flock on the directory itself (no lock file is left in it): writers in other
@@ -888,10 +915,12 @@ def _dir_lock(out_dir):
         fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise _os_error(e, out_dir) from None
+    _held_locks.add(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # waits with the GIL released; Ctrl-C is heard
         yield
     finally:
+        _held_locks.discard(fd)
         os.close(fd)  # releases the lock
 
 

@@ -239,12 +239,19 @@ struct PinnedPair {
 
   Status init() {
     if (ready) return Status::success();
+    // What a failed try allocated is kept for the next (a retry would leak it); what failed is
+    // set back to null (a failed call does not promise to leave it so).
+    const Status oom(Error::kOutOfMemory, "cannot allocate pinned host memory for checksums");
     for (int b = 0; b < 2; ++b) {
-      // What a failed try allocated is kept for the next (a retry would leak it).
-      if ((buf[b] == nullptr && cudaMallocHost(&buf[b], kPiece) != cudaSuccess) ||
-          (done[b] == nullptr && cudaEventCreateWithFlags(&done[b], cudaEventDisableTiming) != cudaSuccess)) {
+      if (buf[b] == nullptr && cudaMallocHost(&buf[b], kPiece) != cudaSuccess) {
+        buf[b] = nullptr;
         cudaGetLastError();
-        return Status(Error::kOutOfMemory, "cannot allocate pinned host memory for checksums");
+        return oom;
+      }
+      if (done[b] == nullptr && cudaEventCreateWithFlags(&done[b], cudaEventDisableTiming) != cudaSuccess) {
+        done[b] = nullptr;
+        cudaGetLastError();
+        return oom;
       }
     }
     ready = true;
@@ -433,6 +440,15 @@ NB_MODULE(_core, m) {
         run_released([&] { return verify_path(path, o); });
       },
       nb::arg("path"), nb::arg("threads") = 0);
+
+  m.def(
+      "verify_copied_files",
+      [](nb::handle dir_arg, bool missing_ok) {
+        const std::string dir = fs_path(dir_arg);
+        run_released([&] { return verify_copied_files(dir, missing_ok); });
+      },
+      nb::arg("dir"), nb::arg("missing_ok") = false,
+      "The files a compressed model directory copied along, against its index's checksums.");
 
   m.def(
       "model_dir_files",

@@ -93,6 +93,30 @@ def test_streaming_loader_matches_transformers_exactly(models, tag):
     assert sorted(names) == sorted(a)
 
 
+def test_a_config_changed_after_compression_is_refused_by_the_loaders(models, tmp_path):
+    """The index lists the files copied along with their checksums; the loaders read config.json
+    from the compressed directory itself, and checked only the weights."""
+    import shutil
+
+    from transformers import BertModel
+
+    _, comp = models["bf16"]
+    bad = tmp_path / "bad.bs"
+    shutil.copytree(comp, bad)
+    (bad / "config.json").write_text((bad / "config.json").read_text() + " ")
+    with pytest.raises(bigsmall.CorruptError, match="config.json: changed after compression"):
+        bigsmall.from_pretrained(bad, model_class=BertModel, progress=False)
+    with pytest.raises(bigsmall.CorruptError, match="config.json: changed after compression"):
+        bigsmall.StreamingLoader(bad)
+    with pytest.raises(bigsmall.CorruptError):
+        bigsmall.verify(bad)
+    bigsmall.from_pretrained(bad, model_class=BertModel, progress=False, verify=False)  # opted out
+    bigsmall.StreamingLoader(bad, verify=False).load_model(BertModel, progress=False)
+    (bad / "config.json").unlink()
+    with pytest.raises(bigsmall.FileNotFoundError, match="config.json: missing"):
+        bigsmall.verify(bad)
+
+
 def test_save_pretrained_round_trip(models, tmp_path):
     from transformers import BertModel
 

@@ -377,6 +377,42 @@ def test_save_pretrained_from_several_threads_into_one_directory(tmp_path):
         assert sorted(os.listdir(out)) == ["bigsmall.index.json", "model.bs"]
 
 
+def test_a_child_forked_during_a_save_does_not_hold_the_directory(tmp_path, monkeypatch):
+    """The lock on a directory being saved into belongs to the open directory, which a child
+    forked meanwhile (a DataLoader worker beside a checkpoint thread) inherits: every later save
+    into that directory waited for the child to exit."""
+    import threading
+    import time
+
+    import bigsmall._models as bm
+
+    sd = {"w": torch.ones(8, 8)}
+    out = str(tmp_path / "m")
+    slow_move = bm._move_in
+
+    def move_in(*a, **k):
+        time.sleep(0.5)
+        return slow_move(*a, **k)
+
+    monkeypatch.setattr(bm, "_move_in", move_in)
+    saver = threading.Thread(target=bigsmall.save_pretrained, args=(sd, out), kwargs={"overwrite": True})
+    saver.start()
+    time.sleep(0.25)  # the saver holds the lock now
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(20)
+        os._exit(0)
+    try:
+        saver.join()
+        monkeypatch.setattr(bm, "_move_in", slow_move)
+        t = time.perf_counter()
+        bigsmall.save_pretrained(sd, out, overwrite=True)
+        assert time.perf_counter() - t < 5
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
 def test_save_pretrained_writes_nothing_when_it_fails(tmp_path, monkeypatch):
     """overwrite=False wrote config.json before it refused model.bs: the directory then paired
     one model's config with another's weights, and from_pretrained built the wrong model."""

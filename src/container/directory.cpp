@@ -328,6 +328,14 @@ class OutputDir {
           return Status(Error::kIo, at.string() + ": is a link to a directory; not writing through it (remove it, or choose another output)");
       }
     }
+    for (const auto& d : dirs) {  // empty directories of the input are made there too
+      fs::path at = final_;
+      for (const auto& part : d) {
+        at /= part;
+        if (fs::is_symlink(fs::symlink_status(at, ec)))
+          return Status(Error::kIo, at.string() + ": is a link to a directory; not writing through it (remove it, or choose another output)");
+      }
+    }
     const detail::SignalsHeld held;
     if (held.outputs_closed())  // a cleanup (signal) removed the outputs: the process is ending
       return Status(Error::kIo, final_.string() + ": not updated: the run is being stopped");
@@ -499,7 +507,9 @@ Result<std::vector<CopiedFile>> read_copied(const detail::JsonValue& list, const
     if (!name || name->kind() != Kind::kString || !size || !size->is_uint() || !sum || sum->kind() != Kind::kString)
       return Status(Error::kCorrupt, p.string() + ": invalid copied entry");
     const std::string path(name->str());
-    if (!safe_relative(path)) return Status(Error::kCorrupt, p.string() + ": unsafe path '" + path + "'");
+    // Also in normal form ("a//b" names a/b to the system but not to the duplicate check).
+    if (!safe_relative(path) || fs::path(path).lexically_normal().string() != path)
+      return Status(Error::kCorrupt, p.string() + ": unsafe path '" + path + "'");
     const auto v = parse_hex64(sum->str());
     if (!v) return Status(Error::kCorrupt, p.string() + ": checksum of '" + path + "' is not 16 lowercase hex digits");
     out.push_back({path, size->uint(), *v});
@@ -512,6 +522,17 @@ Result<std::vector<CopiedFile>> read_copied(const detail::JsonValue& list, const
   if (const auto dup = std::adjacent_find(names.begin(), names.end()); dup != names.end())
     return Status(Error::kCorrupt, p.string() + ": '" + std::string(*dup) + "' is listed twice");
   return out;
+}
+
+// A file of a compressed directory where one of its .bs files restores to: compress never writes
+// such a directory.
+Status file_at_source(const fs::path& at, const DirEntry& e) {
+  return Status(Error::kCorrupt, at.string() + ": a file of the name " + e.bs + " restores to (the directory was changed after compression?)");
+}
+
+// A file the index lists as copied that is not there: an I/O error naming it, as a missing .bs is.
+Status copied_missing(const fs::path& at) {
+  return Status(Error::kIo, at.string() + ": missing (" + kDirIndexName + " lists it)").with_errno(ENOENT);
 }
 
 // A copied file against its entry in the index; `at` is where it is now.
@@ -747,10 +768,15 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
         const std::string n = f.string();
         written.push_back(ends_with(n, kStExt) ? n.substr(0, n.size() - kStExt.size()) + ".bs" : n);
       }
-      if (auto old = read_dir_index(fs::path(dst))) {
+      if (auto old = read_dir_index_full(fs::path(dst))) {
         const std::unordered_set<std::string> now(written.begin(), written.end());
-        for (const auto& e : *old)
+        for (const auto& e : old->files)
           if (!now.count(e.bs)) stale.emplace_back(e.bs);
+        // Files the earlier run copied that this one did not: a restore leaves them out, but
+        // loaders reading the directory itself (a generation_config.json) would take them.
+        if (old->copied)
+          for (const auto& c : *old->copied)
+            if (!now.count(c.path)) stale.emplace_back(c.path);
       }
       const auto copied_index = earlier_shard_index(written);
       stale.insert(stale.end(), copied_index.begin(), copied_index.end());
@@ -794,10 +820,7 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
     for (const auto& f : files) {
       const std::string rel = f.string();
       if (rel == kDirIndexName || by_bs.count(rel)) continue;
-      // A copied file where a .bs restores to: compress never writes such a directory.
-      if (const auto it = by_source.find(rel); it != by_source.end())
-        return Status(Error::kCorrupt, (in / f).string() + ": a file of the name " + it->second->bs +
-                                           " restores to (the directory was changed after compression?)");
+      if (const auto it = by_source.find(rel); it != by_source.end()) return file_at_source(in / f, *it->second);
       // Where the index lists what was copied, a file it does not list is not part of the model
       // (one left by an earlier -f merge, or added since): not restored.
       const auto it = listed.find(rel);
@@ -808,9 +831,8 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
       if (index.copied && opts.verify) BIGSMALL_RETURN_IF_ERROR(check_copied(in / f, *it->second, got.size, got.checksum));
       if (index.copied) listed.erase(it);
     }
-    if (!listed.empty())  // listed, but not a file of the directory
-      return Status(Error::kCorrupt, (in / listed.begin()->first).string() + ": missing (" + kDirIndexName + " lists it)")
-          .with_errno(ENOENT);
+    if (!listed.empty() && opts.verify)  // listed, but not a file of the directory
+      return copied_missing(in / listed.begin()->first);
     for (const auto& e : entries) {
       fs::create_directories((out / e.source).parent_path(), ec);
       DecompressOptions fo = opts;
@@ -835,24 +857,33 @@ Status verify_path(const std::string& path, const DecompressOptions& opts) {
     // The walk a restore makes: what it would refuse (a dangling link, a pipe, links that loop),
     // verify refuses too.
     BIGSMALL_ASSIGN_OR_RETURN(std::vector<fs::path> present, list_files(fs::path(path)));
-    BIGSMALL_ASSIGN_OR_RETURN(DirIndex index, read_dir_index_full(fs::path(path)));
-    if (index.copied) {
-      const std::unordered_set<std::string> there = [&] {
-        std::unordered_set<std::string> s;
-        for (const auto& f : present) s.insert(f.string());
-        return s;
-      }();
-      for (const auto& c : *index.copied) {
-        const fs::path at = fs::path(path) / c.path;
-        if (!there.count(c.path))
-          return Status(Error::kCorrupt, at.string() + ": missing (" + kDirIndexName + " lists it)").with_errno(ENOENT);
-        BIGSMALL_ASSIGN_OR_RETURN(detail::MappedFile m, detail::MappedFile::open(at.string()));
-        BIGSMALL_RETURN_IF_ERROR(check_copied(at, c, m.size(), detail::xxh3_64(m.data(), m.size())));
-      }
-    }
+    BIGSMALL_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(fs::path(path)));
+    std::unordered_map<std::string, const DirEntry*> by_source;
+    for (const auto& e : entries) by_source.emplace(e.source, &e);
+    for (const auto& f : present)
+      if (const auto it = by_source.find(f.string()); it != by_source.end()) return file_at_source(fs::path(path) / f, *it->second);
+    BIGSMALL_RETURN_IF_ERROR(verify_copied_files(path));
     for (const auto& name : files) {
       BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(name));
       BIGSMALL_RETURN_IF_ERROR(f.verify(opts));
+    }
+    return Status::success();
+  });
+}
+
+Status verify_copied_files(const std::string& dir, bool missing_ok) {
+  return detail::guarded(dir, [&]() -> Status {
+    BIGSMALL_ASSIGN_OR_RETURN(DirIndex index, read_dir_index_full(fs::path(dir)));
+    if (!index.copied) return Status::success();  // an index of an earlier writer: nothing to check
+    for (const auto& c : *index.copied) {
+      const fs::path at = fs::path(dir) / c.path;
+      auto m = detail::MappedFile::open(at.string());
+      if (!m && m.status().sys_errno() == ENOENT) {
+        if (missing_ok) continue;
+        return copied_missing(at);
+      }
+      if (!m) return m.status();
+      BIGSMALL_RETURN_IF_ERROR(check_copied(at, c, m->size(), detail::xxh3_64(m->data(), m->size())));
     }
     return Status::success();
   });

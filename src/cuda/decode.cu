@@ -399,11 +399,12 @@ Status Decoder::Impl::allocate(void** p, size_t bytes, cudaStream_t s) {
     async_alloc = cudaMallocAsync(p, bytes, s) == cudaSuccess;
     if (async_alloc) return st;
     cudaGetLastError();  // memory pools unsupported here: plain allocations do
+    *p = nullptr;        // (a failed call does not promise to leave it so)
   } else if (async_alloc) {
-    cuda_ok(cudaMallocAsync(p, bytes, s), &st, "malloc");
+    if (!cuda_ok(cudaMallocAsync(p, bytes, s), &st, "malloc")) *p = nullptr;
     return st;
   }
-  cuda_ok(cudaMalloc(p, bytes), &st, "malloc");
+  if (!cuda_ok(cudaMalloc(p, bytes), &st, "malloc")) *p = nullptr;
   return st;
 }
 
@@ -541,7 +542,10 @@ Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, b
     put(blocks_off, w.shared_blocks);
     put(blocks_off + w.shared_blocks.size() * sizeof(BlockDesc), w.global_blocks);
     Status s;
-    if (!cuda_ok(cudaMemcpyAsync(dev, w.blob.data(), total, cudaMemcpyHostToDevice, stream), &s, "copy")) return s;
+    if (!cuda_ok(cudaMemcpyAsync(dev, w.blob.data(), total, cudaMemcpyHostToDevice, stream), &s, "copy")) {
+      if (im.async_alloc) im.release(mem, stream);  // (kept in windows otherwise)
+      return s;
+    }
     auto* dmodels = reinterpret_cast<const ModelDesc*>(dev + models_off);
     auto* dchunks = reinterpret_cast<const ChunkDesc*>(dev + chunks_off);
     auto* dblocks = reinterpret_cast<const BlockDesc*>(dev + blocks_off);
