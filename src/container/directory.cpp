@@ -208,9 +208,6 @@ class OutputDir {
         // that -f cannot update (or that the cleanup cannot empty).
         const fs::perms perms = fs::status(src, ec).permissions();
         d.mode_ = (ec ? 0777u : 0700u | (static_cast<unsigned>(perms) & 077u)) & ~detail::process_umask();
-        // Run as root, the directories made here and the index take the input directory's
-        // owner, as its files take theirs: its owner must be able to update or remove them.
-        if (struct stat sb; ::geteuid() == 0 && ::stat(src.c_str(), &sb) == 0) d.owner_ = std::make_pair(sb.st_uid, sb.st_gid);
         return d;
       }
       ec.assign(errno, std::generic_category());
@@ -227,8 +224,7 @@ class OutputDir {
   OutputDir() = default;
   OutputDir(OutputDir&& o) noexcept
       : final_(std::move(o.final_)), temp_(std::exchange(o.temp_, {})), overwrite_(o.overwrite_), mode_(o.mode_),
-        owner_(o.owner_), made_parents_(std::exchange(o.made_parents_, {})), src_(std::move(o.src_)),
-        input_rel_(std::move(o.input_rel_)) {}
+        made_parents_(std::exchange(o.made_parents_, {})), src_(std::move(o.src_)), input_rel_(std::move(o.input_rel_)) {}
   OutputDir& operator=(OutputDir&&) = delete;
   ~OutputDir() {
     std::error_code ec;
@@ -245,12 +241,6 @@ class OutputDir {
 
   Status commit() {
     std::error_code ec;
-    if (owner_) {
-      give_away(temp_);
-      for (fs::recursive_directory_iterator it(temp_, ec), end; !ec && it != end; it.increment(ec))
-        if (it->is_directory(ec) || it->path().filename() == kDirIndexName) give_away(it->path());
-      ec.clear();
-    }
     if (overwrite_ && fs::is_directory(final_, ec)) return merge();  // the directory there keeps its own
     const std::string from = temp_.string(), to = final_.string();
     // Best effort, as for files: a file system without Unix modes (vfat) refuses some.
@@ -366,7 +356,6 @@ class OutputDir {
       ec.clear();
       for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
         if (!fs::create_directory(*it, ec) || ec) return false;
-        if (owner_) give_away(*it);
         made.push_back(*it);
       }
       return true;
@@ -417,8 +406,6 @@ class OutputDir {
   fs::path final_, temp_;
   bool overwrite_ = false;
   std::optional<unsigned> mode_;
-  std::optional<std::pair<uid_t, gid_t>> owner_;  // when run as root: the input directory's
-  void give_away(const fs::path& p) const { (void)::lchown(p.c_str(), owner_->first, owner_->second); }
   std::vector<fs::path> made_parents_;  // created for this output, innermost first
   std::string src_;
   fs::path input_rel_;  // the input's place inside the output, when -f merges into a directory holding it
