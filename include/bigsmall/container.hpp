@@ -149,10 +149,11 @@ Result<std::vector<std::string>> model_dir_files(const std::string& dir, bool ch
 // (links followed; a link loop, a dangling link or a pipe is an error).
 Result<std::vector<std::string>> model_dir_safetensors(const std::string& dir);
 // The files a compressed model directory copied along (config, tokenizer), against the sizes and
-// checksums its index lists (success when it lists none: an earlier writer's index). For loaders
-// that read such files from the directory itself (missing_ok: a listed file that is not there is
-// left to the loader that needs it to name); verify_path does this and more.
-Status verify_copied_files(const std::string& dir, bool missing_ok = false);
+// checksums its index lists (success when it lists none: an earlier writer's index); `only`, when
+// not empty, names the paths (as the index spells them) to check. For loaders that read such
+// files from the directory itself (missing_ok: a listed file that is not there is left to the
+// loader that needs it to name); verify_path checks them all and more.
+Status verify_copied_files(const std::string& dir, const std::vector<std::string>& only = {}, bool missing_ok = false);
 
 // Deletes the temporary files of outputs still being written. Async-signal-safe: for SIGINT
 // and SIGTERM handlers, so an interrupted run leaves nothing behind. Meant for the way out: a

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+import posixpath
 import re
 import shutil
 import tempfile
@@ -167,8 +168,9 @@ class StreamingLoader:
         if unknown:
             raise TypeError(f"StreamingLoader got unexpected keyword arguments {sorted(unknown)}")
         threads, verify = _threads(threads), _flag(verify, "verify")  # refused before any work
-        self._open(_subfolder(_resolve(path_or_repo_id, hub_kwargs), subfolder), threads, verify)
-        _check_copied(self.path, verify)
+        root = _resolve(path_or_repo_id, hub_kwargs)
+        self._open(_subfolder(root, subfolder), threads, verify)
+        _check_copied(root, subfolder, verify)
         _warn_if_mixed(self.path)
         # What transformers records as the model's name_or_path: the argument as given (a repo
         # id stays a repo id), which tokenizers, pipelines and PEFT read back.
@@ -693,11 +695,12 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
         if k in kwargs:
             raise InvalidArgumentError(f"{k}= does not apply to a bigsmall checkpoint")
     hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
-    path = _subfolder(_resolve(path_or_repo_id, hub), kwargs.pop("subfolder", None))
+    root, subfolder = _resolve(path_or_repo_id, hub), kwargs.pop("subfolder", None)
+    path = _subfolder(root, subfolder)
     if model_class is not None and not isinstance(model_class, type):
         raise InvalidArgumentError(f"model_class must be a model class, not {model_class!r}")
     _warn_if_mixed(path)
-    _check_copied(path, verify)
+    _check_copied(root, subfolder, verify)
     config, kwargs = _config_for(path, model_class, kwargs)
     name = _name_or_path(path_or_repo_id)
     config.name_or_path = name  # as transformers' from_pretrained sets it
@@ -882,12 +885,24 @@ def _warn_other_weights(out_dir):
                       "(bigsmall.from_pretrained reads model.bs)", stacklevel=3)
 
 
-def _check_copied(path, verify):
-    """The config and other files a compressed directory copied along are read from it as they
-    are (by transformers, by this package): checked against the index, as the weights are."""
-    if verify and os.path.isdir(path) and os.path.isfile(os.path.join(path, "bigsmall.index.json")):
-        # A listed file that is missing is left to whatever needs it to name ("no config.json").
-        _core.verify_copied_files(path, missing_ok=True)
+# The files of a model directory the loaders read besides the weights.
+_LOADER_FILES = ("config.json", "generation_config.json")
+
+
+def _check_copied(root, subfolder, verify):
+    """The configs a compressed directory copied along are read from it as they are (by
+    transformers, by this package): checked against the index, as the weights are. Only those:
+    a model card edited since does not stop a load. The index is the repository's (root), also
+    for a model in its subfolder."""
+    if not verify or not os.path.isdir(root):
+        return
+    sub = posixpath.normpath(os.fsdecode(subfolder or ".").replace(os.sep, "/"))
+    sub = "" if sub == "." else sub
+    if not os.path.isfile(os.path.join(root, "bigsmall.index.json")):
+        return
+    names = [f"{sub}/{n}" if sub else n for n in _LOADER_FILES]
+    # A listed file that is missing is left to whatever needs it to name ("no config.json").
+    _core.verify_copied_files(root, names, missing_ok=True)
 
 
 _held_locks = set()  # descriptors of directory locks this process holds

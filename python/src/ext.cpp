@@ -443,11 +443,11 @@ NB_MODULE(_core, m) {
 
   m.def(
       "verify_copied_files",
-      [](nb::handle dir_arg, bool missing_ok) {
+      [](nb::handle dir_arg, const std::vector<std::string>& only, bool missing_ok) {
         const std::string dir = fs_path(dir_arg);
-        run_released([&] { return verify_copied_files(dir, missing_ok); });
+        run_released([&] { return verify_copied_files(dir, only, missing_ok); });
       },
-      nb::arg("dir"), nb::arg("missing_ok") = false,
+      nb::arg("dir"), nb::arg("only") = std::vector<std::string>(), nb::arg("missing_ok") = false,
       "The files a compressed model directory copied along, against its index's checksums.");
 
   m.def(

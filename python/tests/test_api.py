@@ -117,6 +117,28 @@ def test_a_config_changed_after_compression_is_refused_by_the_loaders(models, tm
         bigsmall.verify(bad)
 
 
+def test_the_loaders_check_the_configs_they_read_also_in_a_subfolder(models, tmp_path):
+    """A model in a repository's subfolder is checked against the repository's index; files the
+    loaders do not read (a model card edited since) do not stop a load."""
+    import shutil
+
+    from transformers import BertModel
+
+    orig, _ = models["bf16"]
+    shutil.copytree(orig, tmp_path / "repo" / "sub")
+    (tmp_path / "repo" / "README.md").write_text("card")
+    bigsmall.compress(tmp_path / "repo")
+    comp = tmp_path / "repo.bs"
+    (comp / "README.md").write_text("card, edited on the Hub")
+    bigsmall.StreamingLoader(comp, subfolder="sub").load_model(BertModel, progress=False)
+    (comp / "sub" / "config.json").write_text((comp / "sub" / "config.json").read_text() + " ")
+    for load in (lambda: bigsmall.StreamingLoader(comp, subfolder="sub"),
+                 lambda: bigsmall.StreamingLoader(comp, subfolder="./sub/"),
+                 lambda: bigsmall.from_pretrained(comp, model_class=BertModel, subfolder="sub", progress=False)):
+        with pytest.raises(bigsmall.CorruptError, match="sub/config.json: changed after compression"):
+            load()
+
+
 def test_save_pretrained_round_trip(models, tmp_path):
     from transformers import BertModel
 

@@ -474,10 +474,13 @@ std::optional<uint64_t> parse_hex64(std::string_view hex) {
 // A relative name inside the directory: nothing may escape it or name the directory itself. A
 // NUL ends the name the OS sees: "w.bs\0k.bs" would pass the checks here as a name of its own
 // and open w.bs once more (any number of times, from a small index).
+// In normal form too ("a//b" or "a/" name a/b and a to the system but not to duplicate checks);
+// every writer wrote names so.
 bool safe_relative(const std::string& name) {
   const fs::path rel(name);
   return name.find('\0') == std::string::npos && !rel.empty() && !rel.is_absolute() &&
-         std::none_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".." || c == "." || c.empty(); });
+         std::none_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".." || c == "." || c.empty(); }) &&
+         rel.lexically_normal().string() == name;
 }
 
 struct DirIndex {
@@ -507,8 +510,7 @@ Result<std::vector<CopiedFile>> read_copied(const detail::JsonValue& list, const
     if (!name || name->kind() != Kind::kString || !size || !size->is_uint() || !sum || sum->kind() != Kind::kString)
       return Status(Error::kCorrupt, p.string() + ": invalid copied entry");
     const std::string path(name->str());
-    // Also in normal form ("a//b" names a/b to the system but not to the duplicate check).
-    if (!safe_relative(path) || fs::path(path).lexically_normal().string() != path)
+    if (!safe_relative(path))
       return Status(Error::kCorrupt, p.string() + ": unsafe path '" + path + "'");
     const auto v = parse_hex64(sum->str());
     if (!v) return Status(Error::kCorrupt, p.string() + ": checksum of '" + path + "' is not 16 lowercase hex digits");
@@ -524,10 +526,15 @@ Result<std::vector<CopiedFile>> read_copied(const detail::JsonValue& list, const
   return out;
 }
 
-// A file of a compressed directory where one of its .bs files restores to: compress never writes
-// such a directory.
-Status file_at_source(const fs::path& at, const DirEntry& e) {
-  return Status(Error::kCorrupt, at.string() + ": a file of the name " + e.bs + " restores to (the directory was changed after compression?)");
+// Anything in a compressed directory where one of its .bs files restores to (a file, a
+// directory): compress never writes such a directory, and a restore could not place the file.
+Status check_sources_free(const fs::path& dir, const std::vector<DirEntry>& entries) {
+  std::error_code ec;
+  for (const auto& e : entries)
+    if (fs::exists(fs::symlink_status(dir / e.source, ec)))
+      return Status(Error::kCorrupt, (dir / e.source).string() + ": a file of the name " + e.bs +
+                                         " restores to (the directory was changed after compression?)");
+  return Status::success();
 }
 
 // A file the index lists as copied that is not there: an I/O error naming it, as a missing .bs is.
@@ -648,10 +655,25 @@ std::vector<std::string> earlier_shard_index(const std::vector<std::string>& wri
   return {std::string(kShardIndex)};
 }
 
-void remove_leftovers(const fs::path& dir, const std::vector<std::string>& rels) {
+// Removes the files rels of dir that are plain files inside it, never one of the input src (a run
+// whose input lies inside its output: compress -f DIR.bs/model -o DIR.bs).
+void remove_leftovers(const fs::path& dir, const std::vector<std::string>& rels, const std::string& src) {
   std::error_code ec;
-  for (const auto& r : rels)
-    if (plain_inside(dir, r)) fs::remove(dir / r, ec);
+  const fs::path input = fs::weakly_canonical(src, ec);
+  for (const auto& r : rels) {
+    if (!plain_inside(dir, r)) continue;
+    const fs::path at = fs::weakly_canonical(dir / r, ec);
+    if (ec) continue;
+    const auto [i_end, a_end] = std::mismatch(input.begin(), input.end(), at.begin(), at.end());
+    if (i_end == input.end()) continue;  // the input itself, or inside it
+    fs::remove(dir / r, ec);
+  }
+}
+
+// Whether the file at `at` is still what the index says was copied there.
+bool unchanged_copy(const fs::path& at, const CopiedFile& c) {
+  auto m = detail::MappedFile::open(at.string());
+  return m && m->size() == c.size && detail::xxh3_64(m->data(), m->size()) == c.checksum;
 }
 
 // Progress over several files: each file reports its own bytes; this adds what came before.
@@ -774,15 +796,16 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
           if (!now.count(e.bs)) stale.emplace_back(e.bs);
         // Files the earlier run copied that this one did not: a restore leaves them out, but
         // loaders reading the directory itself (a generation_config.json) would take them.
+        // Only those still as that run copied them: one the user has edited since is theirs.
         if (old->copied)
           for (const auto& c : *old->copied)
-            if (!now.count(c.path)) stale.emplace_back(c.path);
+            if (!now.count(c.path) && unchanged_copy(fs::path(dst) / c.path, c)) stale.emplace_back(c.path);
       }
       const auto copied_index = earlier_shard_index(written);
       stale.insert(stale.end(), copied_index.begin(), copied_index.end());
     }
     BIGSMALL_RETURN_IF_ERROR(out_dir.commit());
-    remove_leftovers(fs::path(dst), stale);
+    remove_leftovers(fs::path(dst), stale, src);
     return Status::success();
   });
 }
@@ -802,6 +825,7 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
         return Status(Error::kInvalidArgument, dst + ": lies inside the compressed directory " + src +
                                                    " (it would become part of it); choose an output outside it");
     }
+    BIGSMALL_RETURN_IF_ERROR(check_sources_free(in, entries));
     BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
     const std::vector<fs::path>& files = run.files;
     OutputDir& out_dir = run.out;
@@ -809,10 +833,9 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
     DirProgress prog{opts.progress};
     std::error_code ec;
     for (const auto& e : entries) prog.total += bytes_of(in / e.bs);
-    std::unordered_map<std::string, const DirEntry*> by_bs, by_source;  // (a set per name: not files x entries)
+    std::unordered_map<std::string, const DirEntry*> by_bs;  // (a set per name: not files x entries)
     for (const auto& e : entries) {
       by_bs.emplace(e.bs, &e);
-      by_source.emplace(e.source, &e);
     }
     std::unordered_map<std::string, const CopiedFile*> listed;
     if (index.copied)
@@ -820,7 +843,6 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
     for (const auto& f : files) {
       const std::string rel = f.string();
       if (rel == kDirIndexName || by_bs.count(rel)) continue;
-      if (const auto it = by_source.find(rel); it != by_source.end()) return file_at_source(in / f, *it->second);
       // Where the index lists what was copied, a file it does not list is not part of the model
       // (one left by an earlier -f merge, or added since): not restored.
       const auto it = listed.find(rel);
@@ -856,12 +878,9 @@ Status verify_path(const std::string& path, const DecompressOptions& opts) {
     BIGSMALL_ASSIGN_OR_RETURN(std::vector<std::string> files, model_dir_files(path));  // each checked against the index
     // The walk a restore makes: what it would refuse (a dangling link, a pipe, links that loop),
     // verify refuses too.
-    BIGSMALL_ASSIGN_OR_RETURN(std::vector<fs::path> present, list_files(fs::path(path)));
+    BIGSMALL_RETURN_IF_ERROR(list_files(fs::path(path)).status());
     BIGSMALL_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(fs::path(path)));
-    std::unordered_map<std::string, const DirEntry*> by_source;
-    for (const auto& e : entries) by_source.emplace(e.source, &e);
-    for (const auto& f : present)
-      if (const auto it = by_source.find(f.string()); it != by_source.end()) return file_at_source(fs::path(path) / f, *it->second);
+    BIGSMALL_RETURN_IF_ERROR(check_sources_free(fs::path(path), entries));
     BIGSMALL_RETURN_IF_ERROR(verify_copied_files(path));
     for (const auto& name : files) {
       BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(name));
@@ -871,11 +890,12 @@ Status verify_path(const std::string& path, const DecompressOptions& opts) {
   });
 }
 
-Status verify_copied_files(const std::string& dir, bool missing_ok) {
+Status verify_copied_files(const std::string& dir, const std::vector<std::string>& only, bool missing_ok) {
   return detail::guarded(dir, [&]() -> Status {
     BIGSMALL_ASSIGN_OR_RETURN(DirIndex index, read_dir_index_full(fs::path(dir)));
     if (!index.copied) return Status::success();  // an index of an earlier writer: nothing to check
     for (const auto& c : *index.copied) {
+      if (!only.empty() && std::find(only.begin(), only.end(), c.path) == only.end()) continue;
       const fs::path at = fs::path(dir) / c.path;
       auto m = detail::MappedFile::open(at.string());
       if (!m && m.status().sys_errno() == ENOENT) {
