@@ -244,13 +244,22 @@ class OutputDir {
     if (overwrite_ && fs::is_directory(final_, ec)) return merge();  // the directory there keeps its own
     const std::string from = temp_.string(), to = final_.string();
     // Best effort, as for files: a file system without Unix modes (vfat) refuses some.
-    if (mode_) (void)::chmod(from.c_str(), static_cast<mode_t>(*mode_));
+    if (mode_) chmod_no_follow(from, *mode_);
     Status st = move_into_place(from, to);
-    if (!st.is_ok() && mode_) ::chmod(from.c_str(), 0700);  // so that the destructor can empty it
+    if (!st.is_ok() && mode_) chmod_no_follow(from, 0700);  // so that the destructor can empty it
     return st;
   }
 
  private:
+  // Through a descriptor of the directory itself: where others may write in the output's parent,
+  // a link put in the temporary directory's place must not have its target's mode changed.
+  static void chmod_no_follow(const std::string& dir, unsigned mode) {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return;
+    (void)::fchmod(fd, static_cast<mode_t>(mode));
+    ::close(fd);
+  }
+
   Status move_into_place(const std::string& from, const std::string& to) {
     std::error_code ec;
     // Without -f nothing may have appeared meanwhile: never replace, never merge.
