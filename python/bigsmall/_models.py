@@ -886,7 +886,7 @@ def _warn_other_weights(out_dir):
 
 
 # The files of a model directory the loaders read besides the weights.
-_LOADER_FILES = ("config.json", "generation_config.json")
+_LOADER_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 
 
 def _check_copied(root, subfolder, verify):
@@ -898,11 +898,13 @@ def _check_copied(root, subfolder, verify):
         return
     sub = posixpath.normpath(os.fsdecode(subfolder or ".").replace(os.sep, "/"))
     sub = "" if sub == "." else sub
-    if not os.path.isfile(os.path.join(root, "bigsmall.index.json")):
-        return
-    names = [f"{sub}/{n}" if sub else n for n in _LOADER_FILES]
-    # A listed file that is missing is left to whatever needs it to name ("no config.json").
-    _core.verify_copied_files(root, names, missing_ok=True)
+    # The nearest index: the model directory's own (a subfolder compressed by itself), else the
+    # repository's. A listed file that is missing is left to whatever needs it to name ("no
+    # config.json").
+    if sub and os.path.isfile(os.path.join(root, sub, "bigsmall.index.json")):
+        _core.verify_copied_files(os.path.join(root, sub), list(_LOADER_FILES), missing_ok=True)
+    elif os.path.isfile(os.path.join(root, "bigsmall.index.json")):
+        _core.verify_copied_files(root, [f"{sub}/{n}" if sub else n for n in _LOADER_FILES], missing_ok=True)
 
 
 _held_locks = set()  # descriptors of directory locks this process holds

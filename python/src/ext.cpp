@@ -443,11 +443,13 @@ NB_MODULE(_core, m) {
 
   m.def(
       "verify_copied_files",
-      [](nb::handle dir_arg, const std::vector<std::string>& only, bool missing_ok) {
+      [](nb::handle dir_arg, nb::list only_arg, bool missing_ok) {
         const std::string dir = fs_path(dir_arg);
+        std::vector<std::string> only;  // file names: bytes that are not UTF-8 come as os.fsdecode gives them
+        for (nb::handle n : only_arg) only.push_back(fs_path(n));
         run_released([&] { return verify_copied_files(dir, only, missing_ok); });
       },
-      nb::arg("dir"), nb::arg("only") = std::vector<std::string>(), nb::arg("missing_ok") = false,
+      nb::arg("dir"), nb::arg("only") = nb::list(), nb::arg("missing_ok") = false,
       "The files a compressed model directory copied along, against its index's checksums.");
 
   m.def(

@@ -137,6 +137,22 @@ def test_the_loaders_check_the_configs_they_read_also_in_a_subfolder(models, tmp
                  lambda: bigsmall.from_pretrained(comp, model_class=BertModel, subfolder="sub", progress=False)):
         with pytest.raises(bigsmall.CorruptError, match="sub/config.json: changed after compression"):
             load()
+    # A subfolder compressed by itself has its own index, which is the one checked.
+    bigsmall.compress(orig, tmp_path / "repo2" / "sub")
+    sub2 = tmp_path / "repo2" / "sub"
+    (sub2 / "config.json").write_text((sub2 / "config.json").read_text() + " ")
+    for load in (lambda: bigsmall.StreamingLoader(tmp_path / "repo2", subfolder="sub"),
+                 lambda: bigsmall.StreamingLoader(sub2)):
+        with pytest.raises(bigsmall.CorruptError, match="config.json: changed after compression"):
+            load()
+    # A subfolder whose name is not UTF-8 is checked like any other.
+    odd = os.fsdecode(b"s\xe9")
+    shutil.copytree(orig, tmp_path / "repo3" / odd)
+    bigsmall.compress(tmp_path / "repo3")
+    bigsmall.StreamingLoader(tmp_path / "repo3.bs", subfolder=odd).load_model(BertModel, progress=False)
+    (tmp_path / "repo3.bs" / odd / "config.json").write_text("{}")
+    with pytest.raises(bigsmall.CorruptError, match="changed after compression"):
+        bigsmall.StreamingLoader(tmp_path / "repo3.bs", subfolder=odd)
 
 
 def test_save_pretrained_round_trip(models, tmp_path):

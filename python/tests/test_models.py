@@ -377,6 +377,27 @@ def test_save_pretrained_from_several_threads_into_one_directory(tmp_path):
         assert sorted(os.listdir(out)) == ["bigsmall.index.json", "model.bs"]
 
 
+def test_a_shard_index_changed_after_compression_is_refused(tmp_path):
+    """The loaders choose shards by the copied model.safetensors.index.json: one edited to drop a
+    shard loaded with those weights missing (randomly initialised), without a word."""
+    import json
+
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(_llama_config()).save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    d = bigsmall.compress(tmp_path / "hf")
+    p = os.path.join(d, "model.safetensors.index.json")
+    index = json.load(open(p))
+    last = sorted(set(index["weight_map"].values()))[-1]
+    index["weight_map"] = {k: v for k, v in index["weight_map"].items() if v != last}
+    json.dump(index, open(p, "w"))
+    for load in (lambda: bigsmall.from_pretrained(d, progress=False),
+                 lambda: bigsmall.StreamingLoader(d)):
+        with pytest.raises(bigsmall.CorruptError, match="model.safetensors.index.json: changed after compression"):
+            load()
+
+
 def test_a_child_forked_during_a_save_does_not_hold_the_directory(tmp_path, monkeypatch):
     """The lock on a directory being saved into belongs to the open directory, which a child
     forked meanwhile (a DataLoader worker beside a checkpoint thread) inherits: every later save

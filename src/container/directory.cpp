@@ -255,9 +255,13 @@ class OutputDir {
   // a link put in the temporary directory's place must not have its target's mode changed.
   static void chmod_no_follow(const std::string& dir, unsigned mode) {
     const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) return;
-    (void)::fchmod(fd, static_cast<mode_t>(mode));
-    ::close(fd);
+    if (fd >= 0) {
+      (void)::fchmod(fd, static_cast<mode_t>(mode));
+      ::close(fd);
+      return;
+    }
+    // Unreadable to its owner (a umask without the owner's read bit): by name, if no link is there.
+    if (struct stat sb; ::lstat(dir.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode)) (void)::chmod(dir.c_str(), static_cast<mode_t>(mode));
   }
 
   Status move_into_place(const std::string& from, const std::string& to) {
@@ -834,8 +838,8 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
         return Status(Error::kInvalidArgument, dst + ": lies inside the compressed directory " + src +
                                                    " (it would become part of it); choose an output outside it");
     }
+    BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));  // walks the input first, as verify does
     BIGSMALL_RETURN_IF_ERROR(check_sources_free(in, entries));
-    BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
     const std::vector<fs::path>& files = run.files;
     OutputDir& out_dir = run.out;
     const fs::path& out = out_dir.path();
