@@ -170,7 +170,7 @@ class StreamingLoader:
         threads, verify = _threads(threads), _flag(verify, "verify")  # refused before any work
         root = _resolve(path_or_repo_id, hub_kwargs)
         self._open(_subfolder(root, subfolder), threads, verify)
-        _check_copied(root, subfolder, verify)
+        _check_copied(self.path, verify)
         _warn_if_mixed(self.path)
         # What transformers records as the model's name_or_path: the argument as given (a repo
         # id stays a repo id), which tokenizers, pipelines and PEFT read back.
@@ -700,7 +700,7 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
     if model_class is not None and not isinstance(model_class, type):
         raise InvalidArgumentError(f"model_class must be a model class, not {model_class!r}")
     _warn_if_mixed(path)
-    _check_copied(root, subfolder, verify)
+    _check_copied(path, verify)
     config, kwargs = _config_for(path, model_class, kwargs)
     name = _name_or_path(path_or_repo_id)
     config.name_or_path = name  # as transformers' from_pretrained sets it
@@ -889,22 +889,24 @@ def _warn_other_weights(out_dir):
 _LOADER_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 
 
-def _check_copied(root, subfolder, verify):
+def _check_copied(model_dir, verify):
     """The configs a compressed directory copied along are read from it as they are (by
     transformers, by this package): checked against the index, as the weights are. Only those:
-    a model card edited since does not stop a load. The index is the repository's (root), also
-    for a model in its subfolder."""
-    if not verify or not os.path.isdir(root):
+    a model card edited since does not stop a load. Every index on the way up lists them, each
+    by its path from there: the model directory's own (compressed by itself), a repository's
+    (a subfolder, or the model directory given inside it), one in between."""
+    if not verify:
         return
-    sub = posixpath.normpath(os.fsdecode(subfolder or ".").replace(os.sep, "/"))
-    sub = "" if sub == "." else sub
-    # The nearest index: the model directory's own (a subfolder compressed by itself), else the
-    # repository's. A listed file that is missing is left to whatever needs it to name ("no
-    # config.json").
-    if sub and os.path.isfile(os.path.join(root, sub, "bigsmall.index.json")):
-        _core.verify_copied_files(os.path.join(root, sub), list(_LOADER_FILES), missing_ok=True)
-    elif os.path.isfile(os.path.join(root, "bigsmall.index.json")):
-        _core.verify_copied_files(root, [f"{sub}/{n}" if sub else n for n in _LOADER_FILES], missing_ok=True)
+    d, rel = os.path.abspath(model_dir), ""
+    while True:
+        if os.path.isfile(os.path.join(d, "bigsmall.index.json")):
+            # A listed file that is missing is left to whatever needs it to name ("no config.json").
+            _core.verify_copied_files(d, [posixpath.join(rel, n) if rel else n for n in _LOADER_FILES], missing_ok=True)
+        parent = os.path.dirname(d)
+        if parent == d:
+            return
+        rel = posixpath.join(os.path.basename(d), rel) if rel else os.path.basename(d)
+        d = parent
 
 
 _held_locks = set()  # descriptors of directory locks this process holds

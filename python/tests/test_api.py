@@ -134,10 +134,20 @@ def test_the_loaders_check_the_configs_they_read_also_in_a_subfolder(models, tmp
     (comp / "sub" / "config.json").write_text((comp / "sub" / "config.json").read_text() + " ")
     for load in (lambda: bigsmall.StreamingLoader(comp, subfolder="sub"),
                  lambda: bigsmall.StreamingLoader(comp, subfolder="./sub/"),
+                 lambda: bigsmall.StreamingLoader(comp / "sub"),  # the model directory given inside the repository
                  lambda: bigsmall.from_pretrained(comp, model_class=BertModel, subfolder="sub", progress=False)):
         with pytest.raises(bigsmall.CorruptError, match="sub/config.json: changed after compression"):
             load()
-    # A subfolder compressed by itself has its own index, which is the one checked.
+    # An index nearer the model that lists no copied files (save_pretrained writes none) does not
+    # hide the repository's.
+    (comp / "sub" / "config.json").write_text((comp / "sub" / "config.json").read_text()[:-1])
+    model = bigsmall.StreamingLoader(comp, subfolder="sub").load_model(BertModel, progress=False)
+    bigsmall.save_pretrained(model, tmp_path / "repo4" / "sub")
+    bigsmall.compress(tmp_path / "repo4")
+    (tmp_path / "repo4.bs" / "sub" / "config.json").write_text("{}")
+    with pytest.raises(bigsmall.CorruptError, match="sub/config.json: changed after compression"):
+        bigsmall.StreamingLoader(tmp_path / "repo4.bs", subfolder="sub")
+    # A subfolder compressed by itself has its own index, which is checked.
     bigsmall.compress(orig, tmp_path / "repo2" / "sub")
     sub2 = tmp_path / "repo2" / "sub"
     (sub2 / "config.json").write_text((sub2 / "config.json").read_text() + " ")
