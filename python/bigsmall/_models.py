@@ -231,12 +231,11 @@ class StreamingLoader:
             t.is_meta for t in [*model_class.parameters(), *model_class.buffers()])
         model = self._build(model_class, _dtype_arg(dtype), kwargs)
         targets = model.state_dict(keep_vars=True)
-        prefix = getattr(model, "base_model_prefix", "")
-        self._refuse_if_nothing_fits(model, targets, prefix)
+        place = self._placements(model, targets)
+        self._refuse_if_nothing_fits(model, targets, place)
         tied = getattr(model, "all_tied_weights_keys", None)
         if isinstance(tied, dict):  # a pair the checkpoint holds twice: decoded into one tensor, one copy would be lost
-            placed = {self._target_name(t["name"], targets, prefix) for f in self._files for t in f.tensors()}
-            _untie_both_loaded(model, tied, placed - {None})
+            _untie_both_loaded(model, tied, set(place.values()) - {None})
             targets = model.state_dict(keep_vars=True)
         total = sum(t["nbytes"] for f in self._files for t in f.tensors())
         cb, bar = _progress(progress, "loading")
@@ -250,7 +249,7 @@ class StreamingLoader:
         try:
             for f, group in self._groups():
                 if gpu:
-                    sel = [(i, t, self._target_name(t["name"], targets, prefix)) for i, t in group]
+                    sel = [(i, t, place[t["name"]]) for i, t in group]
                     unexpected += [t["name"] for _, t, n in sel if n is None]
                     sel = [(i, t, n) for i, t, n in sel if n is not None]
                     xs = bt._decode(f, [i for i, _, _ in sel], [t for _, t, _ in sel], dev, self.threads, self.verify)
@@ -266,7 +265,7 @@ class StreamingLoader:
                     continue
                 direct_idx, direct_out, other = [], [], []
                 for i, t in group:
-                    name = self._target_name(t["name"], targets, prefix)
+                    name = place[t["name"]]
                     if name is None:
                         unexpected.append(t["name"])  # checkpoint tensor the model does not use
                         continue
@@ -288,7 +287,7 @@ class StreamingLoader:
                 if dev.type != "cpu":
                     with torch.no_grad():
                         for i, t in group:
-                            name = self._target_name(t["name"], targets, prefix)
+                            name = place[t["name"]]
                             if name is not None:
                                 targets[name].data = targets[name].data.to(dev)
                 done += sum(t["nbytes"] for _, t in group)
@@ -297,7 +296,8 @@ class StreamingLoader:
         finally:
             if bar is not None:
                 bar.close()
-        missing, unexpected = self._finish(model, targets, loaded, unexpected, from_meta)
+        prebuilt = isinstance(model_class, torch.nn.Module) and not from_meta
+        missing, unexpected = self._finish(model, targets, loaded, unexpected, from_meta, prebuilt)
         if dev.type != "cpu":
             model.to(dev)  # the remaining small buffers
         if info_wanted:
@@ -373,9 +373,11 @@ class StreamingLoader:
             model.config.dtype = dtype  # as transformers records the dtype it loaded in
         return model
 
-    def _finish(self, model, targets, loaded, unexpected, from_meta):
+    def _finish(self, model, targets, loaded, unexpected, from_meta, prebuilt=False):
         """Ties weights, initialises what the checkpoint lacks as transformers does, warns about
-        both kinds of mismatch, and takes the generation config saved beside the weights."""
+        both kinds of mismatch, and takes the generation config saved beside the weights. A
+        model handed in already built with memory (prebuilt) keeps the values it has where the
+        checkpoint has none, as load_state_dict(strict=False) leaves them."""
         for n in loaded:
             targets[n]._is_hf_initialized = True  # transformers' initialisation skips these
         _tie(model, [n for n in targets if n not in loaded])
@@ -395,12 +397,14 @@ class StreamingLoader:
                     f"{self.path}: {type(model).__name__} is not a transformers model, and the checkpoint lacks "
                     f"{len(unset)} of its tensors, which nothing can initialise: {unset[:10]}"
                     f"{' ...' if len(unset) > 10 else ''}")
-        elif missing or from_meta:  # to_empty() left even the computed buffers (inv_freq) as garbage
+        elif (missing and not prebuilt) or from_meta:  # to_empty() left even the computed buffers (inv_freq) as garbage
             _initialize(model, after, missing)
+        elif missing:
+            _tie(model, missing)
         missing, unexpected = _reported(model, missing, unexpected)
         if missing:
-            how = ("newly initialised (train before use)" if hasattr(model, "initialize_weights") or
-                   hasattr(model, "_init_weights") else "left as the model was built")
+            how = ("newly initialised (train before use)" if not prebuilt and (hasattr(model, "initialize_weights") or
+                   hasattr(model, "_init_weights")) else "left as the model was built")
             warnings.warn(f"{name} tensors not in the checkpoint at {self.path}, {how}: "
                           f"{missing[:10]}{' ...' if len(missing) > 10 else ''}", stacklevel=3)
         if unexpected:
@@ -413,13 +417,42 @@ class StreamingLoader:
             model.generation_config = GenerationConfig.from_pretrained(self.path)
         return missing, unexpected
 
-    def _refuse_if_nothing_fits(self, model, targets, prefix):
+    def _placements(self, model, targets):
+        """Checkpoint name -> the model tensor it loads into (None: unused), found as transformers
+        finds it: its renames for the model's class and the legacy ones (LayerNorm.gamma ->
+        LayerNorm.weight), then the base-model prefix added or dropped. Tensors that transformers
+        merges or splits on loading (Mixtral's per-expert weights into one tensor per layer) have
+        no single place to be decoded into: refused before anything is decoded, rather than the
+        model loaded with those weights at their initial values and a warning."""
+        prefix = getattr(model, "base_model_prefix", "")
+        rename = _key_renamer(model, targets, prefix)
+        place, converted = {}, []
+        for f in self._files:
+            for t in f.tensors():
+                name = t["name"]
+                direct = self._target_name(name, targets, prefix)
+                renamed, converter = rename(name) if rename else (name, None)
+                if renamed not in targets and direct is not None:
+                    renamed, converter = direct, None  # as transformers: a name that fits is not renamed away
+                if renamed in targets and converter is not None:
+                    converted.append((name, renamed))
+                place[name] = renamed if renamed in targets else direct
+        if converted:
+            (name, renamed), more = converted[0], len(converted) - 1
+            raise InvalidArgumentError(
+                f"{self.path}: {type(model).__name__} takes {len(converted)} checkpoint tensors through transformers' "
+                f"weight conversions (tensors merged or split on loading: {name!r} into {renamed!r}"
+                f"{f' and {more} more' if more else ''}), which StreamingLoader.load_model does not apply; "
+                f"bigsmall.from_pretrained does")
+        return place
+
+    def _refuse_if_nothing_fits(self, model, targets, place):
         """A checkpoint none of whose tensors has a place in the model would give a model of
         initial values with nothing but warnings. Names transformers renames on loading
         (CLIPVisionModel from a CLIP checkpoint: vision_model.* to *) are the usual cause, and
         from_pretrained applies those renames."""
-        names = [t["name"] for f in self._files for t in f.tensors()]
-        if not names or not targets or any(self._target_name(n, targets, prefix) is not None for n in names):
+        names = list(place)
+        if not names or not targets or any(n is not None for n in place.values()):
             return
         raise InvalidArgumentError(
             f"{self.path}: none of the checkpoint's {len(names)} tensors has a place in {type(model).__name__} "
@@ -514,6 +547,22 @@ class StreamingLoader:
 _UNSUPPORTED_KWARGS = ("weights_only", "ignore_mismatched_sizes", "quantization_config", "offload_folder",
                        "offload_state_dict", "max_memory", "tp_plan", "key_mapping", "gguf_file", "variant",
                        "from_tf", "from_flax", "state_dict", "subfolder")
+
+
+def _key_renamer(model, targets, prefix):
+    """transformers' renaming of checkpoint names for this model: a function name -> (new name,
+    converter pattern or None), or None where this transformers has none. transformers 5: the
+    model's conversion mapping (legacy renames included); transformers 4: its legacy renames."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:
+        fix = getattr(model, "_fix_state_dict_key_on_load", None)
+        return (lambda name: (fix(name)[0], None)) if callable(fix) else None
+    mapping = get_model_conversion_mapping(model)
+    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    return lambda name: rename_source_key(name, renamings, converters, prefix or None, targets)
 
 
 def _ignored_unexpected(model):

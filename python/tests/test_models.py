@@ -253,20 +253,32 @@ def test_a_checkpoint_holding_only_the_tied_head_loads_the_embedding_from_it(tmp
 
 
 def test_key_conversions_and_config_classes_are_transformers_own(tmp_path):
-    """from_pretrained hands the tensors to transformers, so its renames (legacy LayerNorm
-    gamma/beta) and a class's own config class (CLIPVisionModel from a CLIP checkpoint) apply."""
+    """transformers' renames (legacy LayerNorm gamma/beta; CLIP's vision_model.* for
+    CLIPVisionModel) and a class's own config class apply in from_pretrained, which hands the
+    tensors to transformers, and in the streaming loader, which finds each tensor's place by
+    transformers' own renaming (it left the renamed LayerNorms at their initial values, with a
+    warning, and refused the CLIP checkpoint)."""
     import safetensors.torch as st
     from transformers import BertModel, CLIPConfig, CLIPModel, CLIPVisionModel
 
     ref = _bert(tmp_path)
+    with torch.no_grad():  # away from their initial values, which a loader that skips them keeps
+        for n, t in ref.named_parameters():
+            if "LayerNorm" in n:
+                t.normal_()
     sd = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
           for k, v in ref.state_dict().items()}
+    assert any("gamma" in k for k in sd)
     (tmp_path / "old").mkdir()
     ref.config.save_pretrained(tmp_path / "old")
     st.save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "old" / "model.safetensors"))
-    got, _ = _quiet_load(bigsmall.compress(tmp_path / "old"), BertModel)
+    c = bigsmall.compress(tmp_path / "old")
+    got, _ = _quiet_load(c, BertModel)
     _same_tensors(got, BertModel.from_pretrained(tmp_path / "old"))
     _same_tensors(got, ref)
+    streamed, warned = _streamed(c, BertModel)
+    _same_tensors(streamed, ref)
+    assert warned == []
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                  num_attention_heads=2, vocab_size=100, max_position_embeddings=16),
@@ -274,14 +286,45 @@ def test_key_conversions_and_config_classes_are_transformers_own(tmp_path):
                                                    num_attention_heads=2, image_size=32, patch_size=16),
                                 projection_dim=16))
     clip.save_pretrained(tmp_path / "clip")
+    want = CLIPVisionModel.from_pretrained(tmp_path / "clip")
     got, _ = _quiet_load(bigsmall.compress(tmp_path / "clip"), CLIPVisionModel)
-    _same_tensors(got, CLIPVisionModel.from_pretrained(tmp_path / "clip"))
-    # The streaming loader takes the class's config class too (it asked AutoConfig, got a
-    # CLIPConfig and failed on its missing hidden_size); it does not apply transformers' renames
-    # (vision_model.* to *), and a model none of whose tensors would be loaded is refused, not
-    # handed back as initial values with warnings.
-    with pytest.raises(bigsmall.InvalidArgumentError, match="none of the checkpoint's .* tensors has a place in CLIPVisionModel"):
-        bigsmall.StreamingLoader(tmp_path / "clip.bs").load_model(CLIPVisionModel, progress=False)
+    _same_tensors(got, want)
+    streamed, warned = _streamed(tmp_path / "clip.bs", CLIPVisionModel)
+    _same_tensors(streamed, want)
+    assert len(warned) == 1 and "not used by CLIPVisionModel" in warned[0]  # the text tower, as transformers reports
+
+
+def test_streaming_refuses_what_transformers_merges_on_loading(tmp_path):
+    """Mixtral's checkpoint holds one tensor per expert, which transformers 5 merges into one per
+    layer on loading: no single place to decode into. The streaming loader loaded the rest and
+    left every expert at its initial value with a warning; it refuses before decoding anything,
+    and from_pretrained, through transformers, loads it."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    if bigsmall._models._transformers_major() < 5:
+        pytest.skip("transformers 4 keeps Mixtral's experts as stored")
+    torch.manual_seed(0)
+    m = MixtralForCausalLM(MixtralConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                                         num_local_experts=4, num_experts_per_tok=2))
+    m.save_pretrained(tmp_path / "mx")
+    c = bigsmall.compress(tmp_path / "mx")
+    with pytest.raises(bigsmall.InvalidArgumentError, match="weight conversions .* bigsmall.from_pretrained does"):
+        bigsmall.StreamingLoader(c).load_model(MixtralForCausalLM, progress=False)
+    got, _ = _quiet_load(c, MixtralForCausalLM)
+    _same_tensors(got, MixtralForCausalLM.from_pretrained(tmp_path / "mx"))
+
+
+def test_streaming_refuses_a_checkpoint_of_another_model(tmp_path):
+    """None of the checkpoint's tensors has a place in the model: refused, not handed back as
+    initial values with warnings."""
+    from transformers import GPT2Config, GPT2Model
+
+    _bert(tmp_path)
+    c = bigsmall.compress(tmp_path / "hf")
+    with pytest.raises(bigsmall.InvalidArgumentError, match="none of the checkpoint's .* tensors has a place in GPT2Model"):
+        bigsmall.StreamingLoader(c).load_model(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=100)),
+                                               progress=False)
 
 
 def test_tied_pair_both_in_the_checkpoint_with_different_values_stays_untied(tmp_path):
@@ -850,3 +893,21 @@ def test_load_model_gives_the_loading_info_transformers_gives(tmp_path):
     assert info == {k: ref[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
     assert info["missing_keys"] and info["unexpected_keys"]  # a head model from a base checkpoint
     assert isinstance(got, BertForMaskedLM) and isinstance(plain, BertForMaskedLM)
+
+
+def test_a_model_built_with_memory_keeps_its_own_values_where_the_checkpoint_has_none(tmp_path):
+    """load_model(model) on a model already built on the CPU: a head the checkpoint lacks keeps
+    the caller's values (as load_state_dict(strict=False)), and the warning says so (it said
+    "newly initialised" while transformers 5 had left them, and transformers 4 reinitialised them)."""
+    from transformers import BertForSequenceClassification
+
+    ref = _bert(tmp_path)
+    c = bigsmall.compress(tmp_path / "hf")
+    m = BertForSequenceClassification(_bert_config())
+    with torch.no_grad():
+        m.classifier.weight.fill_(1.0)
+        m.classifier.bias.fill_(0.5)
+    got, warned = _streamed(c, m)
+    assert bool((got.classifier.weight == 1).all()) and bool((got.classifier.bias == 0.5).all())
+    assert len(warned) == 1 and "left as the model was built" in warned[0] and "classifier.weight" in warned[0]
+    _same_tensors(got.bert, ref)
