@@ -245,6 +245,21 @@ std::string jq(const std::string& s) {
   return out + "\"";
 }
 
+// A code point that changes how a terminal shows the text around it: line separators
+// (U+2028/9 end lines in some terminals and editors) and bidirectional controls (U+202E shows
+// "gpj.exe" as "exe.jpg": a name could pose as another on screen).
+bool hides_text(uint32_t cp) {
+  return cp == 0x2028 || cp == 0x2029 || cp == 0x061c || cp == 0x200e || cp == 0x200f || (cp >= 0x202a && cp <= 0x202e) ||
+         (cp >= 0x2066 && cp <= 0x2069);
+}
+
+uint32_t code_point(std::string_view s, size_t i, size_t n) {
+  static constexpr uint8_t kLead[5] = {0, 0x7f, 0x1f, 0x0f, 0x07};
+  uint32_t cp = static_cast<unsigned char>(s[i]) & kLead[n];
+  for (size_t k = 1; k < n; ++k) cp = cp << 6 | (static_cast<unsigned char>(s[i + k]) & 0x3f);
+  return cp;
+}
+
 // A name for a line of text: control characters (a tab or newline in a tensor name) escaped.
 std::string printable(const std::string& s) {
   std::string out;
@@ -252,16 +267,15 @@ std::string printable(const std::string& s) {
     const auto u = static_cast<unsigned char>(s[i]);
     // C1 controls (U+0080-U+009F, C2 80..C2 9F in UTF-8) act on terminals too (CSI).
     const bool c1 = u == 0xc2 && i + 1 < s.size() && (static_cast<unsigned char>(s[i + 1]) & 0xe0) == 0x80;
-    // U+2028 and U+2029 (E2 80 A8/A9) end lines in some terminals and editors.
-    if (u == 0xe2 && i + 2 < s.size() && static_cast<unsigned char>(s[i + 1]) == 0x80 &&
-        (static_cast<unsigned char>(s[i + 2]) == 0xa8 || static_cast<unsigned char>(s[i + 2]) == 0xa9)) {
-      out += static_cast<unsigned char>(s[i + 2]) == 0xa8 ? "\\u2028" : "\\u2029";
-      i += 2;
-      continue;
-    }
     if (u >= 0x80 && !c1) {  // a whole UTF-8 character, or a byte that is not one (a raw 0x9b is a CSI)
       if (const size_t n = utf8_sequence_length(s, i); n > 0) {
-        out.append(s, i, n);
+        if (const uint32_t cp = code_point(s, i, n); hides_text(cp)) {
+          char buf[16];
+          std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
+          out += buf;
+        } else {
+          out.append(s, i, n);
+        }
         i += n - 1;
         continue;
       }
@@ -278,6 +292,17 @@ std::string printable(const std::string& s) {
     out += buf;
   }
   return out;
+}
+
+// An error line stays a line when a hostile header gives a tensor a name of megabytes: its
+// middle is left out, keeping the file at the start and the problem at the end.
+std::string elided(const std::string& s) {
+  constexpr size_t kKeep = 1024;
+  if (s.size() <= 2 * kKeep + 64) return s;
+  size_t a = kKeep, b = s.size() - kKeep;
+  while (a > 0 && (static_cast<unsigned char>(s[a]) & 0xc0) == 0x80) --a;  // whole characters
+  while (b < s.size() && (static_cast<unsigned char>(s[b]) & 0xc0) == 0x80) ++b;
+  return s.substr(0, a) + " [... " + std::to_string(b - a) + " bytes left out ...] " + s.substr(b);
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -475,7 +500,7 @@ int report(const Status& st) {
   // (with -f given, what is in the way is something -f does not replace, e.g. a directory).
   const char* hint = st.sys_errno() == EEXIST && !g_force ? " (use -f to overwrite)" : "";
   // One line, whatever the names in it hold (a newline in a file name).
-  std::fprintf(stderr, "bigsmall: %s%s\n", printable(st.message()).c_str(), hint);
+  std::fprintf(stderr, "bigsmall: %s%s\n", printable(elided(st.message())).c_str(), hint);
   return exit_code(st.code());
 }
 

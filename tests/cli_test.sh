@@ -282,6 +282,25 @@ expect 1 "-o given twice, with a raw 0x9b byte" -- "$bs" compress -o "$(printf '
 check "escapes it" -- grep -q 'a\\x9b1m' "$tmp/err"
 expect 1 "-o given twice, with U+009B" -- "$bs" compress -o "$(printf 'a\302\2331m')" -o b "$tmp/m.safetensors"
 check "escapes it" -- grep -q 'a\\u009b1m' "$tmp/err"
+# bidirectional controls are escaped too: U+202E would show 'a<RLO>gpj.exe' as 'aexe.jpg'
+expect 1 "-o given twice, with U+202E" -- "$bs" compress -o "$(printf 'a\342\200\256gpj.exe')" -o b "$tmp/m.safetensors"
+check "escapes it" -- grep -q 'a\\u202egpj.exe' "$tmp/err"
+# a tensor name of 200 KB in a header: the error line keeps the file and the problem, not the name
+python3 -c "
+import struct; h = b'{\"' + b'y' * 200000 + b'\":{\"shape\":[64],\"data_offsets\":[0,256]}}'
+open('$tmp/longname.safetensors', 'wb').write(struct.pack('<Q', len(h)) + h + bytes(256))"
+expect 4 "a header with a 200 KB tensor name and no dtype" -- "$bs" compress -q "$tmp/longname.safetensors"
+check "a short line, file first, problem last" -- sh -c "test \$(wc -c <\"$tmp/err\") -lt 3000 && grep -q '^bigsmall: .*longname.safetensors: .*bytes left out.* lacks dtype, shape or data_offsets\$' \"$tmp/err\""
+# valid JSON past bigsmall's own caps is not called invalid JSON or "not a safetensors file"
+python3 -c "
+import json, struct; h = json.dumps({'a': {'dtype': 'U8', 'shape': [1], 'data_offsets': [0, 1], 'x': [0] * 20000}}, separators=(',', ':')).encode()
+open('$tmp/dense.safetensors', 'wb').write(struct.pack('<Q', len(h)) + h + bytes(1))
+h = b' {\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}'
+open('$tmp/lead.safetensors', 'wb').write(struct.pack('<Q', len(h)) + h + bytes(1))"
+expect 4 "a header denser than bigsmall takes" -- "$bs" compress -q "$tmp/dense.safetensors"
+check "names bigsmall's cap" -- sh -c "grep -q 'header has too many values for its size (bigsmall takes at most' \"$tmp/err\" && ! grep -q 'invalid JSON\|not a safetensors file' \"$tmp/err\""
+expect 4 "a header with whitespace before '{'" -- "$bs" compress -q "$tmp/lead.safetensors"
+check "says bigsmall does not take it (some safetensors versions read it)" -- sh -c "grep -q \"bigsmall takes only headers that start with '{'\" \"$tmp/err\" && ! grep -q 'as safetensors requires' \"$tmp/err\""
 # every error is one line, whatever the file name holds
 expect 2 "an error about a name with a newline" -- "$bs" verify "$tmp/nl
 missing.bs"

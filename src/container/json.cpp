@@ -36,6 +36,12 @@ class JsonParser {
   Status err(const std::string& what) const {
     return Status(Error::kNotSafetensors, "invalid JSON at byte " + std::to_string(i_) + ": " + what);
   }
+  // Valid JSON past bigsmall's own cap (FORMAT.md): not called invalid, and the cap is named.
+  Status over_budget() const {
+    return Status(Error::kLimit, "header has too many values for its size (bigsmall takes at most " +
+                                     std::to_string(budget_) + " keys and values in " + std::to_string(s_.size()) +
+                                     " bytes)");
+  }
   void ws() {
     while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
   }
@@ -52,7 +58,7 @@ class JsonParser {
     if (depth > kMaxDepth) return err("nesting too deep");
     // Even at 16 bytes a node costs more memory than its text. Real safetensors headers use 3.5 or
     // more bytes per node, keys counted (a tensor of rank 8 with a one-letter name: 3.6).
-    if (++values_ > budget_) return err("too many values for the header's size");
+    if (++values_ > budget_) return over_budget();
     if (i_ >= s_.size()) return err("unexpected end");
     const char c = s_[i_];
     if (c == '{') return object(depth);
@@ -78,7 +84,7 @@ class JsonParser {
     for (uint64_t count = 1;; ++count) {
       ws();
       if (i_ >= s_.size() || s_[i_] != '"') return err("expected a key");
-      if (++values_ > budget_) return err("too many values for the header's size");  // keys are nodes too
+      if (++values_ > budget_) return over_budget();  // keys are nodes too
       BIGSMALL_RETURN_IF_ERROR(string());
       ws();
       if (i_ >= s_.size() || s_[i_] != ':') return err("expected ':'");

@@ -62,15 +62,17 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
   f.data_start = 8 + n;
   f.data_size = size - f.data_start;
   if (n == 0 || f.header[0] != '{') {
-    // safetensors itself refuses these (InvalidHeaderStart): say why a JSON reader might not.
+    // FORMAT.md keeps headers that start with '{', as every safetensors writer makes them (some
+    // safetensors versions also read a header after whitespace): say why a JSON reader might
+    // take what bigsmall does not.
     const auto c = static_cast<unsigned char>(n ? f.header[0] : 0);
     if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == 0xEF)
-      return bad(std::string("header starts with ") + (c == 0xEF ? "a byte-order mark" : "whitespace") +
-                 ", not '{' (as safetensors requires)");
+      return Status(Error::kLimit, std::string("header starts with ") + (c == 0xEF ? "a byte-order mark" : "whitespace") +
+                                       ", not '{' as safetensors writes it: bigsmall takes only headers that start with '{'");
     return bad("header is not a JSON object");
   }
   auto parsed = parse_json(f.header, raw_names ? JsonStrings::kAnyBytes : JsonStrings::kUtf8);
-  if (!parsed) return bad(parsed.status().message());
+  if (!parsed) return parsed.status().code() == Error::kLimit ? parsed.status() : bad(parsed.status().message());
   const JsonValue root = parsed->root();
   if (root.kind() != JsonValue::Kind::kObject) return bad("header is not a JSON object");
   // A key given twice means one thing to one reader (the first) and another to the next (the
