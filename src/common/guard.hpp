@@ -14,19 +14,28 @@ namespace bigsmall::detail {
 // progress callback (Python's KeyboardInterrupt), passes through to the caller unchanged; a
 // callback's own bad_alloc or system_error cannot be told apart and becomes a value too.
 // `where` names the file, or is empty.
+// An error built where memory has just run out: its message may not get the memory it needs,
+// and an exception thrown from a handler (or out of a thread) ends the process, so it falls back
+// to a message short enough to live inside the string object itself, which allocates nothing.
+inline Status error_in_low_memory(Error code, const std::string& where, const char* what, const char* detail = "") noexcept {
+  try {
+    std::string m = where.empty() ? std::string() : where + ": ";
+    return Status(code, m.append(what).append(detail));
+  } catch (...) {
+    return Status(code, std::string(code == Error::kOutOfMemory ? "out of memory" : "internal"));
+  }
+}
+
 template <typename Fn>
 auto guarded(const std::string& where, Fn&& fn) -> decltype(fn()) {
-  const auto error = [&](Error code, const std::string& what) {
-    return Status(code, where.empty() ? what : where + ": " + what);
-  };
   try {
     return fn();
   } catch (const std::bad_alloc&) {
-    return error(Error::kOutOfMemory, "out of memory");
+    return error_in_low_memory(Error::kOutOfMemory, where, "out of memory");
   } catch (const std::length_error&) {
-    return error(Error::kOutOfMemory, "out of memory (a size beyond what can be allocated)");
+    return error_in_low_memory(Error::kOutOfMemory, where, "out of memory (a size beyond what can be allocated)");
   } catch (const std::system_error& e) {
-    return error(Error::kInternal, std::string("system error: ") + e.what());
+    return error_in_low_memory(Error::kInternal, where, "system error: ", e.what());
   }
 }
 

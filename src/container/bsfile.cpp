@@ -160,7 +160,9 @@ class BackgroundWriter {
           try {  // no exception may leave a thread
             status_ = guarded(out_.final_path(), [&] { return out_.write_pieces(pieces_); });
           } catch (const std::exception& e) {
-            status_ = Status(Error::kInternal, out_.final_path() + ": write failed: " + e.what());
+            status_ = error_in_low_memory(Error::kInternal, out_.final_path(), "write failed: ", e.what());
+          } catch (...) {
+            status_ = error_in_low_memory(Error::kInternal, out_.final_path(), "write failed");
           }
         });
         return Status::success();
