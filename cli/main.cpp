@@ -80,7 +80,7 @@ const char* kUsage =
     "                       threads, at most one per chunk (default: all cores, as many as the work\n"
     "                       can use; not for info)\n"
     "  -q, --quiet          errors only (not for info or bench)\n"
-    "  -v, --verbose        after compress/decompress, one line per tensor (codec, ratio, bits/weight)\n"
+    "  -v, --verbose        after compress/decompress, one line per tensor (dtype, codec, sizes, bits/weight)\n"
     "  --json               machine-readable output on stdout: one JSON object per input, one per line\n"
     "  --no-verify          skip checksum verification (decompress)\n"
     "  -k, --keep           keep the input (always done; accepted as zstd and xz take it)\n"
@@ -137,9 +137,20 @@ std::vector<std::string> normalized_args(const std::vector<std::string>& in) {
       else value_next = takes_value;
       continue;
     }
-    if (s.size() > 2 && s[0] == '-' && std::all_of(s.begin() + 1, s.end(), [](char c) { return c == 'f' || c == 'q' || c == 'v' || c == 'k'; })) {
-      for (size_t i = 1; i < s.size(); ++i) out.push_back(std::string("-") + s[i]);
-      continue;
+    // Short flags together, as getopt takes them: -fq, and -fqT2 or -fqo OUT (an option that
+    // takes a value ends the cluster; the rest of the argument, else the next one, is its value).
+    if (s.size() > 2 && s[0] == '-' && s[1] != '-') {
+      size_t j = 1;
+      while (j < s.size() && std::string_view("fqvk").find(s[j]) != std::string_view::npos) ++j;
+      if (j > 1 && (j == s.size() || s[j] == 'T' || s[j] == 'o')) {
+        for (size_t k = 1; k < j; ++k) out.push_back(std::string("-") + s[k]);
+        if (j < s.size()) {
+          out.push_back(std::string("-") + s[j]);
+          if (j + 1 < s.size()) out.push_back(s.substr(j + 1));
+          else value_next = true;
+        }
+        continue;
+      }
     }
     out.push_back(s);
   }
@@ -300,8 +311,9 @@ std::string elided(const std::string& s) {
   constexpr size_t kKeep = 1024;
   if (s.size() <= 2 * kKeep + 64) return s;
   size_t a = kKeep, b = s.size() - kKeep;
-  while (a > 0 && (static_cast<unsigned char>(s[a]) & 0xc0) == 0x80) --a;  // whole characters
-  while (b < s.size() && (static_cast<unsigned char>(s[b]) & 0xc0) == 0x80) ++b;
+  // Whole characters: a cut moves past at most 3 continuation bytes (more are no character).
+  for (int k = 0; k < 3 && (static_cast<unsigned char>(s[a]) & 0xc0) == 0x80; ++k) --a;
+  for (int k = 0; k < 3 && b < s.size() && (static_cast<unsigned char>(s[b]) & 0xc0) == 0x80; ++k) ++b;
   return s.substr(0, a) + " [... " + std::to_string(b - a) + " bytes left out ...] " + s.substr(b);
 }
 

@@ -282,6 +282,11 @@ expect 1 "-o given twice, with a raw 0x9b byte" -- "$bs" compress -o "$(printf '
 check "escapes it" -- grep -q 'a\\x9b1m' "$tmp/err"
 expect 1 "-o given twice, with U+009B" -- "$bs" compress -o "$(printf 'a\302\2331m')" -o b "$tmp/m.safetensors"
 check "escapes it" -- grep -q 'a\\u009b1m' "$tmp/err"
+# short flags together end with an option that takes a value, as getopt takes them
+expect 0 "-fqT2 (flags, then -T with its value attached)" -- "$bs" compress -fqT2 "$tmp/m.safetensors" -o "$tmp/bundle.bs"
+expect 0 "-fqo OUT (flags, then -o with the next argument)" -- "$bs" compress -fqo "$tmp/bundle2.bs" "$tmp/m.safetensors"
+check "both wrote their outputs" -- cmp -s "$tmp/bundle.bs" "$tmp/bundle2.bs"
+expect 1 "-fqT with no value" -- "$bs" compress -fqT
 # bidirectional controls are escaped too: U+202E would show 'a<RLO>gpj.exe' as 'aexe.jpg'
 expect 1 "-o given twice, with U+202E" -- "$bs" compress -o "$(printf 'a\342\200\256gpj.exe')" -o b "$tmp/m.safetensors"
 check "escapes it" -- grep -q 'a\\u202egpj.exe' "$tmp/err"
@@ -291,6 +296,9 @@ import struct; h = b'{\"' + b'y' * 200000 + b'\":{\"shape\":[64],\"data_offsets\
 open('$tmp/longname.safetensors', 'wb').write(struct.pack('<Q', len(h)) + h + bytes(256))"
 expect 4 "a header with a 200 KB tensor name and no dtype" -- "$bs" compress -q "$tmp/longname.safetensors"
 check "a short line, file first, problem last" -- sh -c "test \$(wc -c <\"$tmp/err\") -lt 3000 && grep -q '^bigsmall: .*longname.safetensors: .*bytes left out.* lacks dtype, shape or data_offsets\$' \"$tmp/err\""
+# a name of 3,000 continuation bytes: the elided error line still names what it is about
+expect 2 "a missing file named by 3,000 stray UTF-8 continuation bytes" -- "$bs" verify "$tmp/$(python3 -c "import sys; sys.stdout.buffer.write(b'\\x80' * 3000)")"
+check "the line keeps the first kilobyte of the name (it backed up to the name's start)" -- grep -q "^bigsmall: $tmp/\\\\x80\\\\x80" "$tmp/err"
 # valid JSON past bigsmall's own caps is not called invalid JSON or "not a safetensors file"
 python3 -c "
 import json, struct; h = json.dumps({'a': {'dtype': 'U8', 'shape': [1], 'data_offsets': [0, 1], 'x': [0] * 20000}}, separators=(',', ':')).encode()
@@ -468,8 +476,10 @@ check "and leaves no scratch directory here" -- test -z "$(ls "$tmp" | grep bigs
 
 expect 1 "an unknown letter among short flags" -- "$bs" compress -fqz "$tmp/m.safetensors"
 check "names the letter" -- grep -q "unknown option '-z' in '-fqz'" "$tmp/err"
-expect 1 "an option that takes a value, in a cluster" -- "$bs" compress -vT2 "$tmp/m.safetensors"
-check "names the whole argument, not -T as unknown" -- grep -q "unknown option '-vT2'$" "$tmp/err"
+expect 0 "an option that takes a value ends a cluster (-vT2: -v -T 2, as getopt)" -- "$bs" compress -fvT2 "$tmp/m.safetensors" -o "$tmp/cluster.bs"
+check "-v took effect" -- grep -q "bf16.weight: BF16 float" "$tmp/err"
+expect 1 "a cluster with -T in the middle (-Tq is -T with the value q)" -- "$bs" compress -fTq "$tmp/m.safetensors"
+check "says -T takes a thread count" -- grep -q "\-T takes a thread count, got 'q'" "$tmp/err"
 # an empty TMPDIR reads as unset (/tmp), as mktemp and Python take it
 expect 0 "bench with TMPDIR empty" -- env TMPDIR= "$bs" bench -T1 "$tmp/m.safetensors"
 expect 2 "bench with an unusable TMP and no TMPDIR" -- env -u TMPDIR TMP="$tmp/no-such-dir" "$bs" bench -T1 "$tmp/m.safetensors"

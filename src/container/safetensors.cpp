@@ -62,13 +62,14 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
   f.data_start = 8 + n;
   f.data_size = size - f.data_start;
   if (n == 0 || f.header[0] != '{') {
-    // FORMAT.md keeps headers that start with '{', as every safetensors writer makes them (some
-    // safetensors versions also read a header after whitespace): say why a JSON reader might
-    // take what bigsmall does not.
+    // FORMAT.md keeps headers that start with '{', as every safetensors writer makes them: say
+    // why a JSON reader might take what bigsmall does not. safetensors refuses a byte-order mark
+    // too; some of its versions read a header after whitespace, which bigsmall does not.
     const auto c = static_cast<unsigned char>(n ? f.header[0] : 0);
-    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == 0xEF)
-      return Status(Error::kLimit, std::string("header starts with ") + (c == 0xEF ? "a byte-order mark" : "whitespace") +
-                                       ", not '{' as safetensors writes it: bigsmall takes only headers that start with '{'");
+    if (c == 0xEF) return bad("header starts with a byte-order mark, not '{'");
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
+      return Status(Error::kLimit, "header starts with whitespace, not '{' as safetensors writes it: bigsmall takes only "
+                                   "headers that start with '{'");
     return bad("header is not a JSON object");
   }
   auto parsed = parse_json(f.header, raw_names ? JsonStrings::kAnyBytes : JsonStrings::kUtf8);
