@@ -40,10 +40,12 @@ __all__ = [
 
 
 # C0 and C1 controls (C1's CSI acts on terminals too), the Unicode line and paragraph
-# separators, and the surrogates that stand for bytes of a name that are not UTF-8.
+# separators, the bidirectional controls (U+202E shows "gpj.exe" as "exe.jpg": a name could
+# pose as another), and the surrogates that stand for bytes of a name that are not UTF-8.
 # Spelled as the CLI spells them: \x0a for C0 controls and DEL, \u009b for C1 ones.
 _CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
-_CONTROLS.update({c: f"\\u{c:04x}" for c in [*range(0x80, 0xA0), 0x2028, 0x2029]})
+_CONTROLS.update({c: f"\\u{c:04x}" for c in [*range(0x80, 0xA0), 0x2028, 0x2029, 0x061C, 0x200E, 0x200F,
+                                                 *range(0x202A, 0x202F), *range(0x2066, 0x206A)]})
 _CONTROLS.update({c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)})  # os.fsdecode's escapes of bytes
 
 
@@ -512,3 +514,4 @@ def __getattr__(name):
 
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'bigsmall' has no attribute {name!r}")
+

@@ -231,7 +231,7 @@ class StreamingLoader:
             t.is_meta for t in [*model_class.parameters(), *model_class.buffers()])
         model = self._build(model_class, _dtype_arg(dtype), kwargs)
         targets = model.state_dict(keep_vars=True)
-        place = self._placements(model, targets)
+        place, shown = self._placements(model, targets)
         self._refuse_if_nothing_fits(model, targets, place)
         tied = getattr(model, "all_tied_weights_keys", None)
         if isinstance(tied, dict):  # a pair the checkpoint holds twice: decoded into one tensor, one copy would be lost
@@ -250,7 +250,7 @@ class StreamingLoader:
             for f, group in self._groups():
                 if gpu:
                     sel = [(i, t, place[t["name"]]) for i, t in group]
-                    unexpected += [t["name"] for _, t, n in sel if n is None]
+                    unexpected += [shown[t["name"]] for _, t, n in sel if n is None and shown[t["name"]] is not None]
                     sel = [(i, t, n) for i, t, n in sel if n is not None]
                     xs = bt._decode(f, [i for i, _, _ in sel], [t for _, t, _ in sel], dev, self.threads, self.verify)
                     with torch.no_grad():
@@ -267,7 +267,8 @@ class StreamingLoader:
                 for i, t in group:
                     name = place[t["name"]]
                     if name is None:
-                        unexpected.append(t["name"])  # checkpoint tensor the model does not use
+                        if shown[t["name"]] is not None:  # None: another name for a tensor loaded already
+                            unexpected.append(shown[t["name"]])  # checkpoint tensor the model does not use
                         continue
                     p = targets[name]
                     _check_shape(p, t, f)
@@ -418,25 +419,34 @@ class StreamingLoader:
         return missing, unexpected
 
     def _placements(self, model, targets):
-        """Checkpoint name -> the model tensor it loads into (None: unused), found as transformers
-        finds it: its renames for the model's class and the legacy ones (LayerNorm.gamma ->
-        LayerNorm.weight), then the base-model prefix added or dropped. Tensors that transformers
-        merges or splits on loading (Mixtral's per-expert weights into one tensor per layer) have
-        no single place to be decoded into: refused before anything is decoded, rather than the
-        model loaded with those weights at their initial values and a warning."""
+        """Checkpoint name -> the model tensor it loads into (None: unused), and checkpoint name ->
+        the name an unused tensor is reported under, both found as transformers finds them: its
+        renames for the model's class and the legacy ones (LayerNorm.gamma -> LayerNorm.weight),
+        then the base-model prefix added or dropped. Where several checkpoint tensors would land
+        in one model tensor (x.gamma and x.weight; bert.x and x), the first in transformers' order
+        of names takes it and the others are left out with a warning (transformers leaves them
+        out silently; they are not its unexpected keys): two decoded into one tensor at once
+        would tear it. Tensors that transformers merges or splits on loading (Mixtral's per-expert
+        weights into one tensor per layer) have no single place to be decoded into: refused
+        before anything is decoded, rather than the model loaded with those weights at their
+        initial values and a warning."""
         prefix = getattr(model, "base_model_prefix", "")
         rename = _key_renamer(model, targets, prefix)
-        place, converted = {}, []
-        for f in self._files:
-            for t in f.tensors():
-                name = t["name"]
-                direct = self._target_name(name, targets, prefix)
-                renamed, converter = rename(name) if rename else (name, None)
-                if renamed not in targets and direct is not None:
-                    renamed, converter = direct, None  # as transformers: a name that fits is not renamed away
-                if renamed in targets and converter is not None:
-                    converted.append((name, renamed))
-                place[name] = renamed if renamed in targets else direct
+        place, shown, taken, converted, dropped = {}, {}, set(), [], []
+        for name in _in_transformers_order(t["name"] for f in self._files for t in f.tensors()):
+            direct = self._target_name(name, targets, prefix)
+            renamed, converter = rename(name) if rename else (name, None)
+            if renamed not in targets and direct is not None:
+                renamed, converter = direct, None  # as transformers: a name that fits is not renamed away
+            if renamed in targets and converter is not None:
+                converted.append((name, renamed))
+            target = renamed if renamed in targets else direct
+            shown[name] = renamed
+            if target is not None and target in taken:
+                dropped.append((name, target))
+                target = shown[name] = None
+            taken.add(target)
+            place[name] = target
         if converted:
             (name, renamed), more = converted[0], len(converted) - 1
             raise InvalidArgumentError(
@@ -444,7 +454,12 @@ class StreamingLoader:
                 f"weight conversions (tensors merged or split on loading: {name!r} into {renamed!r}"
                 f"{f' and {more} more' if more else ''}), which StreamingLoader.load_model does not apply; "
                 f"bigsmall.from_pretrained does")
-        return place
+        if dropped:
+            warnings.warn(f"{len(dropped)} tensors of the checkpoint at {self.path} name a tensor of {type(model).__name__} "
+                          f"that an earlier one loads (the first in transformers' order is loaded, as transformers "
+                          f"does): {[f'{n} -> {t}' for n, t in dropped[:5]]}{' ...' if len(dropped) > 5 else ''}",
+                          stacklevel=3)
+        return place, shown
 
     def _refuse_if_nothing_fits(self, model, targets, place):
         """A checkpoint none of whose tensors has a place in the model would give a model of
@@ -549,16 +564,41 @@ _UNSUPPORTED_KWARGS = ("weights_only", "ignore_mismatched_sizes", "quantization_
                        "from_tf", "from_flax", "state_dict", "subfolder")
 
 
+def _in_transformers_order(names):
+    """Checkpoint names in the order transformers' loading takes them (numbers in names compared
+    as numbers), which decides which of two names for one tensor wins."""
+    names = list(names)
+    try:
+        from transformers.core_model_loading import dot_natural_key
+    except ImportError:
+        return sorted(names)
+    return sorted(names, key=dot_natural_key)
+
+
 def _key_renamer(model, targets, prefix):
     """transformers' renaming of checkpoint names for this model: a function name -> (new name,
-    converter pattern or None), or None where this transformers has none. transformers 5: the
-    model's conversion mapping (legacy renames included); transformers 4: its legacy renames."""
+    converter pattern or None), or None where there is none: a model that is not a transformers
+    model (a plain torch module, even one holding transformers models) is loaded by its own
+    names. transformers 5: the model's conversion mapping (legacy renames included);
+    transformers 4: its legacy renames."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return None
+    if not isinstance(model, PreTrainedModel):
+        return None
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
     except ImportError:
         fix = getattr(model, "_fix_state_dict_key_on_load", None)
-        return (lambda name: (fix(name)[0], None)) if callable(fix) else None
+        if not callable(fix):
+            return None
+
+        def legacy(name):
+            fixed = fix(name)  # (name, changed) in most versions, the name alone in some overrides
+            return (fixed[0] if isinstance(fixed, tuple) else fixed), None
+        return legacy
     mapping = get_model_conversion_mapping(model)
     renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
     converters = [m for m in mapping if isinstance(m, WeightConverter)]

@@ -1,4 +1,4 @@
-"""safetensors.numpy-style API over .bs files. BF16 needs the ml_dtypes package."""
+"""safetensors.numpy-style API over .bs files. BF16 and the FP8 dtypes need the ml_dtypes package."""
 from __future__ import annotations
 
 import os
@@ -51,6 +51,7 @@ def _decode(f, which, infos, threads=0, verify=True):
 
 
 def load_file(filename, threads=None, verify=True):
+    """Load every tensor of a .bs file: a dict name -> numpy array, like safetensors.numpy.load_file."""
     verify = _flag(verify, "verify")
     f = _core.File.open(os.fsdecode(filename))
     infos = f.tensors()
@@ -58,6 +59,7 @@ def load_file(filename, threads=None, verify=True):
 
 
 def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
+    """Write a dict name -> numpy array straight to a .bs file (no safetensors file in between)."""
     path = _save_target(filename)
     names, shapes, bufs = _with_file(path, _arrays, tensors)
     _core.write_tensors(path, names, shapes, bufs, _header_metadata(metadata, path), _threads(threads), _flag(overwrite, "overwrite"))

@@ -1237,6 +1237,10 @@ def test_messages_name_the_file_and_stay_on_one_line(tmp_path):
     with pytest.raises(bigsmall.FileNotFoundError) as e:
         bt.load_file(tmp_path / "no\nfile\x1b.bs")
     assert "\n" not in str(e.value) and "\x1b" not in str(e.value) and "no\\x0afile\\x1b.bs" in str(e.value)
+    # bidirectional controls too, as the CLI escapes them: U+202E would show "a<RLO>gpj.exe" as "aexe.jpg"
+    with pytest.raises(bigsmall.FileNotFoundError) as e:
+        bt.load_file(tmp_path / "a\u202egpj.bs")
+    assert "\u202e" not in str(e.value) and "a\\u202egpj.bs" in str(e.value)
     # a directory where a file is expected is an IsADirectoryError, as open() raises
     with pytest.raises(bigsmall.IsADirectoryError) as e:
         bt.load_file(tmp_path)

@@ -911,3 +911,81 @@ def test_a_model_built_with_memory_keeps_its_own_values_where_the_checkpoint_has
     assert bool((got.classifier.weight == 1).all()) and bool((got.classifier.bias == 0.5).all())
     assert len(warned) == 1 and "left as the model was built" in warned[0] and "classifier.weight" in warned[0]
     _same_tensors(got.bert, ref)
+
+
+def test_two_checkpoint_names_for_one_tensor_load_as_transformers_loads_them(tmp_path):
+    """A checkpoint holding both LayerNorm.gamma and LayerNorm.weight: both renamed into one
+    parameter, they were decoded into it at once (a torn tensor or a false checksum error on
+    large ones). The first in transformers' order of names is loaded, as transformers loads
+    it, and the other reported unused, under the name transformers reports."""
+    import safetensors.torch as st
+    from transformers import BertModel
+
+    ref = _bert(tmp_path)
+    sd = {k: v.clone().contiguous() for k, v in ref.state_dict().items()}
+    sd["embeddings.LayerNorm.gamma"] = torch.full_like(sd["embeddings.LayerNorm.weight"], 3.0)
+    (tmp_path / "two").mkdir()
+    ref.config.save_pretrained(tmp_path / "two")
+    st.save_file(sd, str(tmp_path / "two" / "model.safetensors"))
+    want, info = BertModel.from_pretrained(tmp_path / "two", output_loading_info=True)
+    assert torch.equal(want.embeddings.LayerNorm.weight, sd["embeddings.LayerNorm.gamma"])
+    c = bigsmall.compress(tmp_path / "two")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        got, got_info = bigsmall.StreamingLoader(c).load_model(BertModel, progress=False, output_loading_info=True)
+    _same_tensors(got, want)
+    assert any("embeddings.LayerNorm.weight -> embeddings.LayerNorm.weight" in str(x.message) for x in w)
+    assert got_info["unexpected_keys"] == set(info["unexpected_keys"])
+    assert got_info["missing_keys"] == set(info["missing_keys"])
+
+
+def test_unused_renamed_tensors_are_reported_under_transformers_names(tmp_path):
+    """BertModel from a BertForMaskedLM checkpoint with legacy gamma/beta names: the head's
+    tensors are unused, and output_loading_info names them as transformers does (renamed)."""
+    import safetensors.torch as st
+    from transformers import BertForMaskedLM, BertModel
+
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(_bert_config())
+    sd = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v.contiguous()
+          for k, v in mlm.state_dict().items() if k not in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")}
+    (tmp_path / "mlm").mkdir()
+    mlm.config.save_pretrained(tmp_path / "mlm")
+    st.save_file(sd, str(tmp_path / "mlm" / "model.safetensors"))
+    want, info = BertModel.from_pretrained(tmp_path / "mlm", output_loading_info=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got, got_info = bigsmall.StreamingLoader(bigsmall.compress(tmp_path / "mlm")).load_model(
+            BertModel, progress=False, output_loading_info=True)
+    a, b = got.state_dict(), want.state_dict()
+    assert info["missing_keys"] and got_info["missing_keys"] == set(info["missing_keys"])  # the pooler: initialised, not compared
+    assert all(torch.equal(a[k], b[k]) for k in b if k not in info["missing_keys"])
+    assert any("gamma" not in k and "LayerNorm" in k for k in info["unexpected_keys"])
+    assert got_info["unexpected_keys"] == set(info["unexpected_keys"])
+
+
+def test_a_plain_module_holding_a_transformers_model_loads_by_its_own_names(tmp_path):
+    """A torch module that holds a transformers model (here a Mixtral, whose class has weight
+    conversions) is not a transformers model: it loads its own state dict's names, as
+    load_state_dict does (asking transformers for its conversions failed with AttributeError)."""
+    import safetensors.torch as st
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = MixtralForCausalLM(MixtralConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                                                       num_local_experts=4, num_experts_per_tok=2))
+
+    torch.manual_seed(0)
+    src = Wrapper()
+    st.save_file({k: v.contiguous() for k, v in src.state_dict().items() if k != "lm.lm_head.weight" or
+                  v.data_ptr() != src.state_dict()["lm.model.embed_tokens.weight"].data_ptr()},
+                 str(tmp_path / "w.safetensors"))
+    (tmp_path / "wd").mkdir()
+    os.replace(tmp_path / "w.safetensors", tmp_path / "wd" / "model.safetensors")
+    torch.manual_seed(1)
+    dst = Wrapper()
+    got, _ = _streamed(bigsmall.compress(tmp_path / "wd"), dst)
+    _same_tensors(got, src)
