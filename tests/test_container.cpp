@@ -218,6 +218,7 @@ TEST(Container, WriteTensorsRestoresToTheSafetensorsLayout) {
   const Status dup = write_tensors(d / "dup.bs", views, {});
   EXPECT_EQ(dup.code(), Error::kInvalidArgument);
   EXPECT_NE(dup.message().find("given twice"), std::string::npos) << dup.message();
+  EXPECT_EQ(dup.message().rfind(std::string(d / "dup.bs") + ": ", 0), 0u) << "names the output: " << dup.message();
   EXPECT_FALSE(fs::exists(d / "dup.bs"));
   views.pop_back();
   views.push_back({"__metadata__", DType::kU8, {1}, ts[0].bytes.data(), 1});
@@ -1012,6 +1013,41 @@ struct SharedKeyCounts {
 // next is coded) and planned by every thread, small tensors planned side by side after it (on
 // threads whose key bins the shared count used), empty tensors between them: the file must not
 // depend on how it was cut or on the thread count.
+// Packed 4- and 6-bit values that end inside a byte make a header safetensors refuses ("slice
+// does not end up at a byte boundary"): the restore would not be readable (found by a C++ API
+// audit). Whole bytes of them are written.
+TEST(Writer, SubByteTensorsMustFillWholeBytes) {
+  TempDir d;
+  const uint8_t bytes[3] = {0x12, 0x34, 0x56};
+  for (const auto& [dt, n, nbytes, ok] : {std::tuple{DType::kF4, 3u, 2u, false}, std::tuple{DType::kF4, 4u, 2u, true},
+                                           std::tuple{DType::kF6_E2M3, 1u, 1u, false}, std::tuple{DType::kF6_E3M2, 4u, 3u, true}}) {
+    SCOPED_TRACE(std::string(dtype_info(dt).safetensors_name) + " x" + std::to_string(n));
+    const Status st = write_tensors(d / "s.bs", {{"a", dt, {n}, bytes, nbytes}}, std::nullopt, CompressOptions{.overwrite = true});
+    EXPECT_EQ(st.is_ok(), ok) << st.message();
+    if (!ok) {
+      EXPECT_EQ(st.code(), Error::kInvalidArgument);
+      EXPECT_NE(st.message().find("end inside a byte"), std::string::npos) << st.message();
+    }
+  }
+}
+
+// An empty BsFile (default-constructed, moved from) answers with values, not a crash.
+TEST(OpenFile, AnEmptyBsFileIsAnErrorValueNotACrash) {
+  BsFile none;
+  EXPECT_FALSE(none.is_open());
+  EXPECT_TRUE(none.tensors().empty());
+  EXPECT_EQ(none.path(), "");
+  EXPECT_FALSE(none.find("x").has_value());
+  uint8_t buf[4];
+  EXPECT_EQ(none.read_tensor(0, buf, 4).code(), Error::kInvalidArgument);
+  EXPECT_EQ(none.read_tensors({0}, {buf}, {4}).code(), Error::kInvalidArgument);
+  EXPECT_EQ(none.read_tensor_range(0, 0, buf, 4).code(), Error::kInvalidArgument);
+  EXPECT_EQ(none.verify().code(), Error::kInvalidArgument);
+  TempDir d;
+  EXPECT_EQ(none.restore(d / "x.safetensors").code(), Error::kInvalidArgument);
+  EXPECT_FALSE(fs::exists(d / "x.safetensors"));
+}
+
 TEST(Writer, OutputDoesNotDependOnBatching) {
   TempDir d;
   auto ts = sample_tensors();

@@ -57,8 +57,9 @@ using Metadata = std::vector<std::pair<std::string, std::string>>;
 // (Error::kTruncated if another program cut it in place); a truncation during a read still makes
 // it fault (SIGBUS; the CLI catches that and exits with a message). A file replaced by a rename
 // stays readable as it was. Const members may be called from several threads at once. A
-// default-constructed or moved-from BsFile is empty (is_open() false): only is_open(), assignment
-// and destruction are valid.
+// default-constructed or moved-from BsFile is empty (is_open() false): it lists no tensors, its
+// path is empty, and its reads, restore and verify return kInvalidArgument; coding(i) and
+// payload(i) need an open file and i < tensors().size().
 class BsFile {
  public:
   // Validates header, index and every tensor entry; reads no tensor data.

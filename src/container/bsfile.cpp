@@ -773,17 +773,27 @@ Result<BsFile> BsFile::open(const std::string& path) {
   });
 }
 
-const std::string& BsFile::path() const { return impl_->file.path(); }
-uint64_t BsFile::file_size() const { return impl_->file.size(); }
-uint64_t BsFile::original_size() const { return impl_->original_size; }
-uint64_t BsFile::fingerprint() const { return impl_->fingerprint; }
-const std::string& BsFile::safetensors_header() const { return impl_->st_header; }
-const std::optional<Metadata>& BsFile::metadata() const { return impl_->metadata; }
-const std::vector<TensorInfo>& BsFile::tensors() const { return impl_->infos; }
+// An empty BsFile (default-constructed or moved from) answers as a file with nothing in it, and
+// its Status calls with kInvalidArgument: a caller's slip is an error value, not a crash.
+namespace {
+const std::string kNoPath;
+const std::optional<Metadata> kNoMetadata;
+const std::vector<TensorInfo> kNoTensors;
+Status not_open() { return Status(Error::kInvalidArgument, "no .bs file open (an empty or moved-from BsFile)"); }
+}  // namespace
+
+const std::string& BsFile::path() const { return impl_ ? impl_->file.path() : kNoPath; }
+uint64_t BsFile::file_size() const { return impl_ ? impl_->file.size() : 0; }
+uint64_t BsFile::original_size() const { return impl_ ? impl_->original_size : 0; }
+uint64_t BsFile::fingerprint() const { return impl_ ? impl_->fingerprint : 0; }
+const std::string& BsFile::safetensors_header() const { return impl_ ? impl_->st_header : kNoPath; }
+const std::optional<Metadata>& BsFile::metadata() const { return impl_ ? impl_->metadata : kNoMetadata; }
+const std::vector<TensorInfo>& BsFile::tensors() const { return impl_ ? impl_->infos : kNoTensors; }
 const TensorCoding& BsFile::coding(size_t i) const { return impl_->entries[i].coding; }
 const uint8_t* BsFile::payload(size_t i) const { return impl_->file.data() + impl_->entries[i].payload_offset; }
 
 std::optional<size_t> BsFile::find(std::string_view name) const {
+  if (!impl_) return std::nullopt;
   const auto& infos = impl_->infos;
   const auto it = std::lower_bound(impl_->by_name.begin(), impl_->by_name.end(), name,
                                    [&](size_t i, std::string_view n) { return infos[i].name < n; });
@@ -826,6 +836,7 @@ int decode_threads(const BsFile::Impl& im, const std::vector<size_t>& which, int
 }  // namespace
 
 Status BsFile::read_tensor(size_t i, uint8_t* out, uint64_t out_size, const DecodeOptions& opts) const {
+  if (!impl_) return not_open();
   return detail::guarded(path(), [&]() -> Status {
     detail::ThreadPool pool(decode_threads(*impl_, {i}, opts.threads));
     return read_many(*impl_, {i}, {out}, {out_size}, opts.verify, pool);
@@ -834,6 +845,7 @@ Status BsFile::read_tensor(size_t i, uint8_t* out, uint64_t out_size, const Deco
 
 Status BsFile::read_tensors(const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
                             const std::vector<uint64_t>& out_sizes, const DecodeOptions& opts) const {
+  if (!impl_) return not_open();
   return detail::guarded(path(), [&]() -> Status {
     if (which.size() != outs.size() || which.size() != out_sizes.size())
       return Status(Error::kInvalidArgument, path() + ": one output buffer and size per tensor");
@@ -866,6 +878,7 @@ Status for_each_batch(const BsFile::Impl& im, uint64_t limit, Fn&& fn) {
 }  // namespace
 
 Status BsFile::restore(const std::string& out_path, const DecompressOptions& opts) const {
+  if (!impl_) return not_open();
   return detail::guarded(path(), [&]() -> Status {
     const Impl& im = *impl_;
     BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(im.file.path(), out_path));  // -f must not replace the .bs itself
@@ -1033,6 +1046,7 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
 
 Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_t out_size,
                                  const DecodeOptions& opts) const {
+  if (!impl_) return not_open();
   return detail::guarded(path(), [&]() -> Status {
     if (i >= impl_->entries.size())
       return Status(Error::kNotFound, path() + ": tensor index " + std::to_string(i) + " out of range");
@@ -1129,6 +1143,7 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
 }
 
 Status BsFile::verify(const DecompressOptions& opts) const {
+  if (!impl_) return not_open();
   return detail::guarded(path(), [&]() -> Status {
     const Impl& im = *impl_;
     BIGSMALL_RETURN_IF_ERROR(im.file.check_not_truncated());
@@ -1221,20 +1236,26 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
     const Metadata metadata = metadata_or_none.value_or(Metadata{});
     if (dst.empty()) return Status(Error::kInvalidArgument, "empty output path");
     std::vector<uint64_t> offsets;
+    const auto bad = [&](Error e, const TensorView& t, const std::string& what) {
+      return Status(e, dst + ": tensor '" + t.name + "': " + what);
+    };
     for (const auto& t : tensors) {
-      if (!dtype_valid(t.dtype))
-        return Status(Error::kUnknownDtype, "tensor '" + t.name + "': unknown dtype id " + std::to_string(static_cast<int>(t.dtype)));
-      if (t.data == nullptr && t.nbytes != 0) return Status(Error::kInvalidArgument, "tensor '" + t.name + "': null data");
-      if (t.shape.size() > 255) return Status(Error::kLimit, "tensor '" + t.name + "': more than 255 dimensions");
+      if (!dtype_valid(t.dtype)) return bad(Error::kUnknownDtype, t, "unknown dtype id " + std::to_string(static_cast<int>(t.dtype)));
+      if (t.data == nullptr && t.nbytes != 0) return bad(Error::kInvalidArgument, t, "null data");
+      if (t.shape.size() > 255) return bad(Error::kLimit, t, "more than 255 dimensions");
       uint64_t numel = 1;
       for (uint64_t d : t.shape) {
-        if (d != 0 && numel > UINT64_MAX / d)
-          return Status(Error::kInvalidArgument, "tensor '" + t.name + "': shape overflows 64 bits");
+        if (d != 0 && numel > UINT64_MAX / d) return bad(Error::kInvalidArgument, t, "shape overflows 64 bits");
         numel *= d;
       }
       const auto need = dtype_nbytes(t.dtype, numel);
-      if (!need || *need != t.nbytes)
-        return Status(Error::kInvalidArgument, "tensor '" + t.name + "': byte size does not match shape and dtype");
+      if (!need || *need != t.nbytes) return bad(Error::kInvalidArgument, t, "byte size does not match shape and dtype");
+      // Packed sub-byte values must fill whole bytes: safetensors refuses a tensor that ends
+      // inside a byte, so the file this would restore to could not be read.
+      if (const unsigned bits = dtype_info(t.dtype).bits; bits < 8 && (numel % 8) * bits % 8 != 0)
+        return bad(Error::kInvalidArgument, t,
+                   std::to_string(numel) + " " + std::string(dtype_info(t.dtype).safetensors_name) +
+                       " values end inside a byte (safetensors refuses such tensors)");
     }
     // In the order safetensors' writer uses (dtype, highest rank first, then name, bytewise), so
     // that the restored file is the one safetensors would write for these tensors.
@@ -1246,24 +1267,24 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
     {
       std::vector<std::string_view> names;
       for (const auto& t : laid_out) names.push_back(t.name);
-      if (const auto dup = first_repeat(names)) return Status(Error::kInvalidArgument, "tensor '" + *dup + "' given twice");
+      if (const auto dup = first_repeat(names)) return Status(Error::kInvalidArgument, dst + ": tensor '" + *dup + "' given twice");
       // The header's metadata key: a tensor under that name makes a file no reader accepts.
       if (std::binary_search(names.begin(), names.end(), std::string_view("__metadata__")))
-        return Status(Error::kInvalidArgument, "a tensor cannot be named '__metadata__'");
+        return Status(Error::kInvalidArgument, dst + ": a tensor cannot be named '__metadata__'");
       for (const auto& n : names)
-        if (!is_valid_utf8(n)) return Status(Error::kInvalidArgument, "a tensor name is not UTF-8");
+        if (!is_valid_utf8(n)) return Status(Error::kInvalidArgument, dst + ": a tensor name is not UTF-8");
     }
     for (const auto& [key, value] : metadata) {
-      if (!is_valid_utf8(key) || !is_valid_utf8(value)) return Status(Error::kInvalidArgument, "metadata is not UTF-8");
+      if (!is_valid_utf8(key) || !is_valid_utf8(value)) return Status(Error::kInvalidArgument, dst + ": metadata is not UTF-8");
     }
     {
       std::vector<std::string_view> keys;
       for (const auto& kv : metadata) keys.push_back(kv.first);
       // The restored header would give the key twice, which compress (and safetensors) refuse.
-      if (const auto dup = first_repeat(keys)) return Status(Error::kInvalidArgument, "metadata key '" + *dup + "' given twice");
+      if (const auto dup = first_repeat(keys)) return Status(Error::kInvalidArgument, dst + ": metadata key '" + *dup + "' given twice");
     }
     const std::string header = detail::make_safetensors_header(laid_out, metadata_or_none, &offsets);
-    if (header.size() > detail::kMaxHeaderBytes) return Status(Error::kLimit, "safetensors header would exceed 100 MB");
+    if (header.size() > detail::kMaxHeaderBytes) return Status(Error::kLimit, dst + ": safetensors header would exceed 100 MB");
     std::vector<detail::Source> sources;
     uint64_t data_size = 0;
     for (size_t i = 0; i < laid_out.size(); ++i) {
