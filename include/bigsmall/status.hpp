@@ -47,7 +47,10 @@ class [[nodiscard]] Status {
     s.sys_errno_ = e;
     return s;
   }
-  // Prefixes context (usually a file name) so the final one-line error names the file.
+  // Prefixes context (usually a file name) so the final error names the file. Messages carry
+  // file and tensor names as they are, control characters included (a name read from a hostile
+  // file may hold a newline or a terminal escape): escape them before printing to a terminal or
+  // a log, as the CLI and the Python binding do.
   Status with_context(const std::string& ctx) const {
     if (is_ok()) return *this;
     Status s(code_, ctx + ": " + message_);
