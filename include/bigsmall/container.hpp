@@ -151,7 +151,8 @@ Result<std::vector<std::string>> model_dir_files(const std::string& dir, bool ch
 Result<std::vector<std::string>> model_dir_safetensors(const std::string& dir);
 // The files a compressed model directory copied along (config, tokenizer), against the sizes and
 // checksums its index lists (success when it lists none: an earlier writer's index); `only`, when
-// not empty, names the paths (as the index spells them) to check. For loaders that read such
+// not empty, names the paths (as the index spells them) to check, and a name the list does not
+// hold is not checked (a file added after compression is not the index's to vouch for). For loaders that read such
 // files from the directory itself (missing_ok: a listed file that is not there is left to the
 // loader that needs it to name); verify_path checks them all and more.
 Status verify_copied_files(const std::string& dir, const std::vector<std::string>& only = {}, bool missing_ok = false);
