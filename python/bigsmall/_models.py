@@ -243,11 +243,15 @@ class StreamingLoader:
             cb(0, total)
         done = 0
         loaded, unexpected = set(), []
+        # A name in two shards is read from the last, whose copy transformers' merged state dict
+        # keeps; the earlier copy is not decoded (nor checked against the model, nor reported).
+        last = {t["name"]: f for f in self._files for t in f.tensors()}
         # On a GPU with a CUDA build, chunks decode on the device straight into the tensors the
         # model keeps; host memory holds only the compressed bytes of one group at a time.
         gpu = dev.type == "cuda" and _core.cuda_available()
         try:
-            for f, group in self._groups():
+            for f, whole in self._groups():
+                group = [(i, t) for i, t in whole if last[t["name"]] is f]
                 if gpu:
                     sel = [(i, t, place[t["name"]]) for i, t in group]
                     unexpected += [shown[t["name"]] for _, t, n in sel if n is None and shown[t["name"]] is not None]
@@ -259,7 +263,7 @@ class StreamingLoader:
                             _check_shape(p, t, f)
                             p.data = x if x.dtype == p.dtype else x.to(p.dtype)
                             loaded.add(n)
-                    done += sum(t["nbytes"] for _, t in group)
+                    done += sum(t["nbytes"] for _, t in whole)
                     if cb:
                         cb(done, total)
                     continue
@@ -291,13 +295,16 @@ class StreamingLoader:
                             name = place[t["name"]]
                             if name is not None:
                                 targets[name].data = targets[name].data.to(dev)
-                done += sum(t["nbytes"] for _, t in group)
+                done += sum(t["nbytes"] for _, t in whole)
                 if cb:
                     cb(done, total)
         finally:
             if bar is not None:
                 bar.close()
-        prebuilt = isinstance(model_class, torch.nn.Module) and not from_meta
+        # A model the caller built keeps its values where the checkpoint has none; one built here
+        # (also by from_pretrained) has no values yet.
+        built_here = model.__dict__.pop("_bigsmall_uninitialised", False)
+        prebuilt = isinstance(model_class, torch.nn.Module) and not from_meta and not built_here
         missing, unexpected = self._finish(model, targets, loaded, unexpected, from_meta, prebuilt)
         if dev.type != "cpu":
             model.to(dev)  # the remaining small buffers
@@ -367,6 +374,9 @@ class StreamingLoader:
                     model = cls(config, **model_kwargs)
         finally:
             torch.set_default_dtype(old_default)
+        # Its memory holds whatever it held: a tensor the checkpoint lacks must be initialised,
+        # also when from_pretrained hands this model to load_model as one already built.
+        model._bigsmall_uninitialised = True
         # Tensors a class makes float32 on purpose (DeepSeek-V3's router gate, rotary inv_freq) stay
         # float32, as transformers leaves them: no model.to(dtype) here.
         _keep_in_fp32(model, dtype)
@@ -409,7 +419,8 @@ class StreamingLoader:
             warnings.warn(f"{name} tensors not in the checkpoint at {self.path}, {how}: "
                           f"{missing[:10]}{' ...' if len(missing) > 10 else ''}", stacklevel=3)
         if unexpected:
-            warnings.warn(f"{len(unexpected)} tensors of the checkpoint at {self.path} are not used by {name}: "
+            some, are = ("1 tensor", "is") if len(unexpected) == 1 else (f"{len(unexpected)} tensors", "are")
+            warnings.warn(f"{some} of the checkpoint at {self.path} {are} not used by {name}: "
                           f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}", stacklevel=3)
         gen_path = os.path.join(self.path, "generation_config.json")
         if os.path.exists(gen_path) and getattr(model, "can_generate", lambda: False)():
@@ -433,7 +444,9 @@ class StreamingLoader:
         prefix = getattr(model, "base_model_prefix", "")
         rename = _key_renamer(model, targets, prefix)
         place, shown, taken, converted, dropped = {}, {}, set(), [], []
-        for name in _in_transformers_order(t["name"] for f in self._files for t in f.tensors()):
+        # Each name once: a name in two shards is one tensor (loaded from the later shard, as in
+        # transformers' merged state dict), not two names competing for one target.
+        for name in _in_transformers_order(dict.fromkeys(t["name"] for f in self._files for t in f.tensors())):
             direct = self._target_name(name, targets, prefix)
             renamed, converter = rename(name) if rename else (name, None)
             if renamed not in targets and direct is not None:
@@ -917,7 +930,14 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
             if "generation_config.json" in outputs:
                 model.generation_config.save_pretrained(staging)
         staged_bs = os.path.join(staging, "model.bs")
-        bt.save_file(tensors, staged_bs, metadata={"format": "pt"}, threads=threads)
+        try:
+            bt.save_file(tensors, staged_bs, metadata={"format": "pt"}, threads=threads)
+        except _core.Error as e:
+            # Named by where the weights go, not by the staging file the user never gave (gone
+            # once this call returns).
+            if e.args and isinstance(e.args[0], str):
+                e.args = (e.args[0].replace(staged_bs, os.path.join(out_dir, "model.bs")),) + e.args[1:]
+            raise
         written = _core.File.open(staged_bs)
         index = {"format": "bigsmall", "format_version": _core.FORMAT_VERSION[0],
                  "files": [{"source": "model.safetensors", "bs": "model.bs", "size": written.original_size,

@@ -989,3 +989,79 @@ def test_a_plain_module_holding_a_transformers_model_loads_by_its_own_names(tmp_
     dst = Wrapper()
     got, _ = _streamed(bigsmall.compress(tmp_path / "wd"), dst)
     _same_tensors(got, src)
+
+
+def test_a_tensor_in_two_shards_loads_from_the_later_as_transformers_does(tmp_path):
+    """A sharded checkpoint whose second shard repeats a tensor of the first: transformers'
+    merged state dict keeps the later copy. The streaming loader took the two copies for two
+    names competing for one tensor, loaded neither, and from_pretrained handed back the
+    tensor's uninitialised memory (found by a review)."""
+    import json
+
+    import safetensors.torch as st
+    from transformers import BertModel
+
+    ref = _bert(tmp_path)
+    sd = {k: v.clone().contiguous() for k, v in ref.state_dict().items()}
+    name = "encoder.layer.0.output.dense.weight"
+    names = sorted(sd)
+    half = len(names) // 2
+    first = {k: sd[k] for k in names[:half] if k != name} | {name: sd[name]}
+    second = {k: sd[k] for k in names[half:] if k != name} | {name: torch.full_like(sd[name], 7.0)}
+    d = tmp_path / "sh"
+    d.mkdir()
+    ref.config.save_pretrained(d)
+    st.save_file(first, str(d / "model-00001-of-00002.safetensors"))
+    st.save_file(second, str(d / "model-00002-of-00002.safetensors"))
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in first} | {k: "model-00002-of-00002.safetensors" for k in second}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    want = BertModel.from_pretrained(d)
+    assert bool((want.state_dict()[name] == 7.0).all())
+    c = bigsmall.compress(d)
+    got, _ = _quiet_load(c, BertModel)
+    _same_tensors(got, want)
+    streamed, warned = _streamed(c, BertModel)
+    _same_tensors(streamed, want)
+    assert warned == []
+    # A tensor the model does not use, in both shards: reported once, as one name.
+    extra = torch.ones(3)
+    st.save_file(first | {"extra.w": extra}, str(d / "model-00001-of-00002.safetensors"))
+    st.save_file(second | {"extra.w": extra}, str(d / "model-00002-of-00002.safetensors"))
+    c = bigsmall.compress(d, overwrite=True)
+    streamed, warned = _streamed(c, BertModel)
+    _same_tensors(streamed, want)
+    assert len(warned) == 1 and warned[0].count("extra.w") == 1 and "1 tensor of" in warned[0], warned
+
+
+def test_save_pretrained_errors_name_the_output_not_its_staging_file(tmp_path):
+    with pytest.raises(bigsmall.InvalidArgumentError) as e:
+        bigsmall.save_pretrained({"__metadata__": torch.ones(2)}, tmp_path / "out")
+    assert str(tmp_path / "out" / "model.bs") in str(e.value) and ".bigsmall-save-" not in str(e.value)
+
+
+def test_a_model_the_loader_built_gets_its_missing_tensors_initialised(tmp_path):
+    """from_pretrained builds the model through the loader and hands it to load_model as a module.
+    Such a model holds uninitialised memory (here NaN stands for it): a tensor the checkpoint
+    lacks is initialised, not "left as the model was built" as for a model the caller built."""
+    import safetensors.torch as st
+    from transformers import BertModel
+
+    ref = _bert(tmp_path)
+    sd = {k: v.contiguous() for k, v in ref.state_dict().items() if not k.startswith("pooler.")}
+    (tmp_path / "np").mkdir()
+    ref.config.save_pretrained(tmp_path / "np")
+    st.save_file(sd, str(tmp_path / "np" / "model.safetensors"))
+    loader = bigsmall.StreamingLoader(bigsmall.compress(tmp_path / "np"))
+    m = loader._build(BertModel, None, {"config": ref.config})
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(float("nan"))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        got = loader.load_model(m, progress=False)
+    said = [str(x.message) for x in w if x.category is UserWarning]
+    assert not torch.isnan(got.pooler.dense.bias).any() and not torch.isnan(got.pooler.dense.weight).any()
+    assert any("newly initialised" in s and "pooler.dense.bias" in s for s in said), said
+    assert not hasattr(got, "_bigsmall_uninitialised")
+    a, b = got.state_dict(), ref.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in sd)
