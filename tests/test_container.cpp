@@ -2216,6 +2216,19 @@ TEST(Directory, MessagesNameTheActualProblem) {
     ASSERT_FALSE(st);
     EXPECT_NE(st.status().message().find(lead == " " ? "whitespace" : "byte-order mark"), std::string::npos)
         << st.status().message();
+    EXPECT_EQ(st.status().code(), lead == " " ? Error::kLimit : Error::kNotSafetensors) << st.status().message();
+  }
+  // A lone 0xEF is not a byte-order mark; call it what it is.
+  {
+    const std::string h = "\xEF{}";
+    std::vector<uint8_t> bytes(8);
+    const uint64_t n = h.size();
+    std::memcpy(bytes.data(), &n, 8);
+    bytes.insert(bytes.end(), h.begin(), h.end());
+    auto st = detail::parse_safetensors(bytes.data(), bytes.size());
+    ASSERT_FALSE(st);
+    EXPECT_EQ(st.status().message().find("byte-order mark"), std::string::npos) << st.status().message();
+    EXPECT_EQ(st.status().code(), Error::kNotSafetensors) << st.status().message();
   }
   // A file of the index's name that is not a bigsmall index: not "already compressed".
   const fs::path src = d.path / "model";

@@ -66,7 +66,7 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
     // why a JSON reader might take what bigsmall does not. safetensors refuses a byte-order mark
     // too; some of its versions read a header after whitespace, which bigsmall does not.
     const auto c = static_cast<unsigned char>(n ? f.header[0] : 0);
-    if (c == 0xEF) return bad("header starts with a byte-order mark, not '{'");
+    if (f.header.starts_with("\xEF\xBB\xBF")) return bad("header starts with a byte-order mark, not '{'");
     if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
       return Status(Error::kLimit, "header starts with whitespace, not '{' as safetensors writes it: bigsmall takes only "
                                    "headers that start with '{'");
