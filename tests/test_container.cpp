@@ -226,6 +226,39 @@ TEST(Container, WriteTensorsRestoresToTheSafetensorsLayout) {
   EXPECT_FALSE(fs::exists(d / "meta.bs"));
 }
 
+TEST(Container, ZstdLevelsOutsideZstdsAreRefusedNotClamped) {
+  // zstd clamps a level past its range without a word; the caller would not get what it asked.
+  TempDir d;
+  const auto ts = sample_tensors();
+  write_file(d / "m.safetensors", safetensors_bytes(ts));
+  fs::create_directories(d / "dir");
+  write_file(d / "dir/model.safetensors", safetensors_bytes(ts));
+  std::vector<TensorView> views;
+  for (const auto& t : ts) views.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
+  for (const int level : {ZSTD_maxCLevel() + 1, ZSTD_minCLevel() - 1, 1000}) {
+    CompressOptions o;
+    o.zstd_level = level;
+    for (const Status& st : {compress_file(d / "m.safetensors", d / "m.bs", o), write_tensors(d / "w.bs", views, {}, o),
+                             compress_dir(d / "dir", d / "dir.bs", o)}) {
+      EXPECT_EQ(st.code(), Error::kInvalidArgument) << level << ": " << st.message();
+      EXPECT_NE(st.message().find("zstd_level " + std::to_string(level)), std::string::npos) << st.message();
+      EXPECT_EQ(st.message().rfind(d.path.string(), 0), 0u) << "names the file: " << st.message();
+    }
+    EncodeOptions eo;
+    eo.zstd_level = level;
+    EXPECT_EQ(encode_tensor(DType::kBF16, ts[0].bytes.data(), ts[0].bytes.size() & ~size_t{1}, eo).status().code(),
+              Error::kInvalidArgument);
+    EXPECT_FALSE(fs::exists(d / "m.bs") || fs::exists(d / "w.bs") || fs::exists(d / "dir.bs"));
+  }
+  // zstd's own extremes are taken.
+  for (const int level : {ZSTD_maxCLevel(), 1, 0, -5, ZSTD_minCLevel()}) {
+    CompressOptions o;
+    o.zstd_level = level;
+    o.overwrite = true;
+    EXPECT_TRUE(compress_file(d / "m.safetensors", d / "m.bs", o).is_ok()) << level;
+  }
+}
+
 namespace {
 void expect_rejected(const std::vector<uint8_t>& input, Error want, const char* what) {
   TempDir d;

@@ -19,7 +19,8 @@ struct EncodedTensor {
 struct EncodeOptions {
   int threads = 0;            // <= 0: all cores, as many as the work can use; N: at most N (not capped
                               // at the core count: more threads than cores only add switching)
-  int zstd_level = 9;         // for tensors routed to zstd (19: smaller, several times slower)
+  int zstd_level = 9;         // for tensors routed to zstd (19: smaller, several times slower); a level
+                              // outside zstd's (-131072 to 22 in zstd 1.5) is kInvalidArgument
   bool allow_zstd = true;
 };
 

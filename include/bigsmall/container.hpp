@@ -23,7 +23,8 @@ struct CompressOptions {
   int threads = 0;  // <= 0: all cores, as many as the work can use; N: at most N
   bool overwrite = false;
   bool sync = true;  // fsync before the output is renamed into place
-  int zstd_level = 9;  // for tensors with repeated structure; 19 (--best) is smaller and slower
+  int zstd_level = 9;  // for tensors with repeated structure; 19 (--best) is smaller and slower;
+                       // a level outside zstd's (-131072 to 22 in zstd 1.5) is kInvalidArgument
   ProgressFn progress{};
 };
 

@@ -1184,6 +1184,7 @@ Status BsFile::verify(const DecompressOptions& opts) const {
 
 Status compress_file(const std::string& src, const std::string& dst, const CompressOptions& opts) {
   return detail::guarded(src, [&]() -> Status {
+    BIGSMALL_RETURN_IF_ERROR(detail::check_zstd_level(opts.zstd_level).with_context(src));
     BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(src, dst));
     BIGSMALL_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src));
     auto parsed = detail::parse_safetensors(in.data(), in.size());
@@ -1235,6 +1236,7 @@ Status write_tensors(const std::string& dst, const std::vector<TensorView>& tens
   return detail::guarded(dst, [&]() -> Status {
     const Metadata metadata = metadata_or_none.value_or(Metadata{});
     if (dst.empty()) return Status(Error::kInvalidArgument, "empty output path");
+    BIGSMALL_RETURN_IF_ERROR(detail::check_zstd_level(opts.zstd_level).with_context(dst));
     std::vector<uint64_t> offsets;
     const auto bad = [&](Error e, const TensorView& t, const std::string& what) {
       return Status(e, dst + ": tensor '" + t.name + "': " + what);

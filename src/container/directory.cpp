@@ -23,6 +23,7 @@
 #include "container/bsfile.hpp"
 #include "container/fileio.hpp"
 #include "container/json.hpp"
+#include "encode/encoder.hpp"
 
 namespace bigsmall {
 namespace fs = std::filesystem;
@@ -728,6 +729,7 @@ Result<DirOutput> start_dir_output(const std::string& src, const std::string& ds
 
 Status compress_dir(const std::string& src, const std::string& dst, const CompressOptions& opts) {
   return detail::guarded(src, [&]() -> Status {
+    BIGSMALL_RETURN_IF_ERROR(detail::check_zstd_level(opts.zstd_level).with_context(src));
     const fs::path in(src);
     // Its .bs files would be copied as they are and its index dropped: no byte-identical restore.
     if (detail::path_exists((in / kDirIndexName).string())) {

@@ -589,6 +589,16 @@ double plan_bytes(const uint8_t* data, uint64_t nbytes, uint32_t unit, BytesMode
   return bits;
 }
 
+}  // namespace
+
+Status check_zstd_level(int level) {
+  if (level >= ZSTD_minCLevel() && level <= ZSTD_maxCLevel()) return Status::success();
+  return Status(Error::kInvalidArgument, "zstd_level " + std::to_string(level) + " is outside zstd's levels (" +
+                                             std::to_string(ZSTD_minCLevel()) + " to " + std::to_string(ZSTD_maxCLevel()) + ")");
+}
+
+namespace {
+
 // Compression contexts kept per thread: ZSTD_compress would allocate and initialize a fresh one
 // on every call, which costs more than compressing a small tensor. The level-1 probes and the
 // real levels get a context each, so that neither keeps resizing the other's workspace.
@@ -1006,6 +1016,7 @@ Result<EncodedTensor> encode_tensor(DType dtype, const uint8_t* data, uint64_t n
     if (nbytes % dtype_unit_bytes(dtype) != 0)
       return Status(Error::kInvalidArgument, "tensor size is not a whole number of elements");
     if (nbytes > 0 && data == nullptr) return Status(Error::kInvalidArgument, "null data");
+    BIGSMALL_RETURN_IF_ERROR(detail::check_zstd_level(opts.zstd_level));
     detail::ThreadPool pool(detail::threads_for(opts.threads, 1 + nbytes / detail::kEncodeBytesPerThread, nbytes,
                                                 detail::kEncodeBytesPerThread));
     auto te = detail::TensorEncoder::plan(dtype, data, nbytes, opts, &pool);

@@ -19,6 +19,10 @@ void set_key_slab_for_testing(uint64_t elements);
 // by all its threads (0 restores 2^24).
 void set_split_count_for_testing(uint64_t elements);
 
+// An option zstd would clamp silently (a level past its range) is refused instead: the caller
+// asked for something it would not get.
+Status check_zstd_level(int level);
+
 class TensorEncoder {
  public:
   // Chooses codec, model and chunk geometry from the data (one or two passes over it). With a
