@@ -557,9 +557,19 @@ int run_codec(const Args& a) {
       continue;
     }
     if (struct stat out_st; ::stat(out.c_str(), &out_st) == 0) {
-      const auto same = std::find_if(written.begin(), written.end(), [&](const Written& w) {
-        return w.dev == out_st.st_dev && w.ino == out_st.st_ino && (w.in_dev != in_st.st_dev || w.in_ino != in_st.st_ino);
-      });
+      const auto same = std::find_if(written.begin(), written.end(),
+                                     [&](const Written& w) { return w.dev == out_st.st_dev && w.ino == out_st.st_ino; });
+      const bool same_input = same != written.end() && same->in_dev == in_st.st_dev && same->in_ino == in_st.st_ino;
+      if (same_input) {
+        // One input given twice (as "x" and "./x"), to the output it already made: once is the
+        // job; a second pass would report that output as existing, or with -f redo it. A link
+        // under another name has an output of its own and is not this case.
+        if (!a.quiet && !a.json) std::fprintf(stderr, "bigsmall: %s: given more than once; done once\n", printable(in).c_str());
+        if (a.json)
+          std::printf("{\"input\": %s, \"ok\": true, \"output\": %s, \"note\": \"given more than once; done once\"}\n",
+                      jq(in).c_str(), jq(out).c_str());
+        continue;
+      }
       if (same != written.end()) {
         fail(Status(Error::kInvalidArgument, out + ": already written from " + same->in + " in this run; give the output with -o"));
         continue;

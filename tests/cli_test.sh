@@ -493,6 +493,16 @@ check "names the output and the input that wrote it" -- grep -q "x.bs: already w
 expect 0 "and x.bs is still x.safetensors's" -- "$bs" decompress -q "$tmp/twin/x.bs" -o "$tmp/twin/back.safetensors"
 check "byte-identical to x.safetensors" -- cmp -s "$tmp/twin/x.safetensors" "$tmp/twin/back.safetensors"
 expect 0 "the same input twice is no conflict" -- "$bs" compress -q -f "$tmp/twin/x.safetensors" "$tmp/twin/./x.safetensors"
+rm -f "$tmp/twin/x.bs"
+expect 0 "the same input twice without -f: done once, not 'already exists'" -- "$bs" compress "$tmp/twin/x.safetensors" "$tmp/twin/./x.safetensors"
+check "says it was given twice" -- grep -q "twin/./x.safetensors: given more than once; done once" "$tmp/err"
+check "and wrote x.bs" -- test -f "$tmp/twin/x.bs"
+expect 0 "--json: still one line per input" -- "$bs" compress --json -f "$tmp/twin/x.safetensors" "$tmp/twin/./x.safetensors"
+check "two lines, the second a note" -- test "$(wc -l < "$tmp/out")" = 2 -a -n "$(grep 'given more than once' "$tmp/out")"
+# a link under another name is another input with an output of its own, not the same input twice
+ln -f "$tmp/twin/x.safetensors" "$tmp/twin/hard.safetensors" && ln -sf x.safetensors "$tmp/twin/soft.safetensors"
+expect 0 "a hard and a soft link beside their target" -- "$bs" compress -q -f "$tmp/twin/x.safetensors" "$tmp/twin/hard.safetensors" "$tmp/twin/soft.safetensors"
+check "each has its own output" -- test -f "$tmp/twin/hard.bs" -a -f "$tmp/twin/soft.bs"
 
 # bench walks a directory as compress does: links that loop are refused, not walked for ever
 mkdir -p "$tmp/linkloop" && cp "$tmp/m.safetensors" "$tmp/linkloop/model.safetensors" && ln -s . "$tmp/linkloop/a" && ln -s . "$tmp/linkloop/b"
