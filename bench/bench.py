@@ -159,8 +159,9 @@ def main():
         out.append("\n\\* over the floor `bigsmall info` gives (the file is not in the folder's MANIFEST.md); it "
                    "counts tensors under 1,024 weights at their entropy, so it is lower than the MANIFEST's floor\n")
     if "bs16" in totals:
-        out.append(f"\nBF16 + F16 files together: bigsmall / sum of joint floors = {totals['bs16'] / totals['floor16']:.4f}. "
-                   f"All files: bigsmall {totals['bs'] / totals['orig']:.4f}, zstd -19 {totals['z19'] / totals['orig']:.4f}.\n")
+        out.append(f"\nBF16 + F16 files together: bigsmall / sum of joint floors = {totals['bs16'] / totals['floor16']:.4f}.")
+    if totals["orig"]:
+        out.append(f"\nAll files: bigsmall {totals['bs'] / totals['orig']:.4f}, zstd -19 {totals['z19'] / totals['orig']:.4f}.\n")
     out.append("### Speed (MB/s of original bytes, median; 1 thread unless noted)\n")
     out.append("| file | bigsmall comp | bigsmall decomp | bigsmall comp, all threads | bigsmall decomp, all threads | "
                "zstd -3 comp | zstd -3 decomp | zstd -19 decomp | ZipNN comp | ZipNN decomp | decomp vs ZipNN | decomp vs zstd-19 -d | "
