@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -258,33 +259,56 @@ TEST(FloatCodec, NarrowExponentRangeTakesEveryDecoderPath) {
 }
 
 TEST(FloatCodec, FewLaneChunksMatchTheReference) {
-  // Tensors of 2K-16K elements get 4 or 8 lanes, which have SIMD kernels of their own;
-  // awkward sizes leave partial last rounds for the checked scalar loop.
+  // Tensors of 256-2K elements get 4 lanes and 2K-32K 16, which have SIMD kernels of their own;
+  // files of earlier encoders also hold 4 lanes at 2K-8K and 8 lanes at 8K-16K. Awkward sizes
+  // leave partial last rounds for the checked scalar loop.
   std::mt19937 rng(18);
-  for (DType dt : {DType::kBF16, DType::kF16, DType::kF32}) {
-    for (uint64_t n : {uint64_t{2049}, uint64_t{4096}, uint64_t{5003}, uint64_t{8192}, uint64_t{8199}, uint64_t{12345},
-                       uint64_t{16383}}) {
-      check(dt, bstest::weights(dt, n, static_cast<uint32_t>(n)), "few lanes weights", 1);
-      check(dt, narrow_exponent_range(dt, n, rng), "few lanes narrow exponent range", 1);
+  for (const bool earlier : {false, true}) {
+    std::optional<bstest::LanesBySizeOnly> rule;
+    if (earlier) rule.emplace();
+    for (DType dt : {DType::kBF16, DType::kF16, DType::kF32}) {
+      for (uint64_t n : {uint64_t{256}, uint64_t{259}, uint64_t{1000}, uint64_t{2047}, uint64_t{2049}, uint64_t{4096},
+                         uint64_t{5003}, uint64_t{8192}, uint64_t{8199}, uint64_t{12345}, uint64_t{16383}}) {
+        check(dt, bstest::weights(dt, n, static_cast<uint32_t>(n)), "few lanes weights", 1);
+        check(dt, narrow_exponent_range(dt, n, rng), "few lanes narrow exponent range", 1);
+      }
     }
   }
 }
 
-TEST(FloatCodec, TensorsOf2KWeightsGetTheNarrowestSimdWidth) {
-  // 2 lanes would leave 2K-4K weight tensors to the scalar loop (the SIMD kernels start at 4).
-  for (uint64_t n : {uint64_t{2048}, uint64_t{3001}, uint64_t{4095}}) {
+TEST(FloatCodec, LanesFollowTensorSize) {
+  // Lanes share a word pointer: few of them decode as one dependency chain, so small tensors get
+  // a SIMD register's worth (16) from 2K units and the narrowest kernel's 4 from 256; each lane
+  // costs 4 bytes of final state, so tensors under 256 units keep one.
+  const std::pair<uint64_t, int> want[] = {{100, 0},   {255, 0},   {256, 2},   {2047, 2},  {2048, 4},
+                                           {3001, 4},  {8192, 4},  {32767, 4}, {32768, 5}, {100000, 5}};
+  for (const auto& [n, lanes_log2] : want) {
+    auto d = bstest::weights(DType::kBF16, n, 21, false);
+    EncodeOptions eo;
+    eo.allow_zstd = false;
+    auto enc = encode_tensor(DType::kBF16, d.data(), d.size(), eo);
+    ASSERT_TRUE(enc.is_ok());
+    ASSERT_EQ(enc->coding.codec, Codec::kFloat) << n;
+    EXPECT_EQ(enc->coding.lanes_log2, lanes_log2) << n;
+  }
+  // The earlier rule, which the tests of kernels for 8 lanes use: 2 lanes would have left 2K-4K
+  // weight tensors to the scalar loop (the SIMD kernels start at 4).
+  bstest::LanesBySizeOnly earlier;
+  for (const auto& [n, lanes_log2] : {std::pair<uint64_t, int>{1000, 0}, {2048, 2}, {4095, 2}, {8192, 3}, {16384, 4}}) {
     auto d = bstest::weights(DType::kBF16, n, 21, false);
     auto enc = encode_tensor(DType::kBF16, d.data(), d.size());
     ASSERT_TRUE(enc.is_ok());
-    ASSERT_EQ(enc->coding.codec, Codec::kFloat);
-    EXPECT_EQ(enc->coding.lanes_log2, 2) << n;
+    EXPECT_EQ(enc->coding.lanes_log2, lanes_log2) << n;
   }
 }
 
 TEST(Corruption, FewLaneChunksStayInBounds) {
   std::mt19937 rng(19);
   for (DType dt : {DType::kBF16, DType::kF32}) {
-    for (uint64_t n : {uint64_t{5003}, uint64_t{12345}}) {
+    // 4 and 16 lanes, then 4 and 8 as earlier encoders wrote them.
+    for (uint64_t n : {uint64_t{1003}, uint64_t{5003}, uint64_t{5003 + 1}, uint64_t{12345}}) {
+      std::optional<bstest::LanesBySizeOnly> earlier;
+      if (n == 5003 + 1 || n == 12345) earlier.emplace();
       auto d = bstest::weights(dt, n, 20);
       auto enc = encode_tensor(dt, d.data(), d.size());
       ASSERT_TRUE(enc.is_ok());

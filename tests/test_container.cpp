@@ -14,6 +14,7 @@
 #include <functional>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -1786,11 +1787,13 @@ TEST(Hostile, ReviewedAttackFilesFailCleanly) {
 namespace {
 // Many tensors of each few-lane kind, of uneven lengths: the decoder runs the coded chunks of
 // same-kind tensors side by side, 4 (1, 4 and 8 lanes) or 2 (16 and 32 lanes) at a time.
+void chunks_side_by_side_match_the_originals();
 std::vector<Owned> same_kind_tensors() {
   std::vector<Owned> t;
   uint32_t seed = 100;
   for (DType dt : {DType::kBF16, DType::kF16, DType::kF32})
-    for (uint64_t n : {uint64_t{700}, uint64_t{1000}, uint64_t{1301}, uint64_t{1500}, uint64_t{1800}, uint64_t{2047},
+    for (uint64_t n : {uint64_t{90}, uint64_t{130}, uint64_t{170}, uint64_t{211}, uint64_t{255}, uint64_t{700},
+                       uint64_t{1000}, uint64_t{1301}, uint64_t{1500}, uint64_t{1800}, uint64_t{2047},
                        uint64_t{2500}, uint64_t{3001}, uint64_t{4100}, uint64_t{5003}, uint64_t{6000}, uint64_t{9000},
                        uint64_t{10007}, uint64_t{12345}, uint64_t{14000}, uint64_t{20000}, uint64_t{24001},
                        uint64_t{70000}, uint64_t{150001}}) {
@@ -2015,6 +2018,18 @@ void expect_damage_named(const TempDir& d, const BsFile& f, const std::vector<Ow
 }  // namespace
 
 TEST(Container, ChunksDecodedSideBySideMatchTheOriginals) {
+  // Lanes as today's encoder gives them, then as earlier encoders did (1 lane up to 2K units).
+  for (const bool earlier : {false, true}) {
+    SCOPED_TRACE(earlier ? "lanes of earlier encoders" : "lanes of today's encoder");
+    std::optional<bstest::LanesBySizeOnly> rule;
+    if (earlier) rule.emplace();
+    chunks_side_by_side_match_the_originals();
+    if (HasFatalFailure()) return;
+  }
+}
+
+namespace {
+void chunks_side_by_side_match_the_originals() {
   TempDir d;
   const auto ts = same_kind_tensors();
   auto f = compressed(d, ts);
@@ -2043,10 +2058,12 @@ TEST(Container, ChunksDecodedSideBySideMatchTheOriginals) {
   // when checksums are off.
   expect_damage_named(d, *f, ts, 1, 40, 7);
 }
+}  // namespace
 
 TEST(Container, FewLaneChunksTooLargeForGroupsOfFourDecodeInPairs) {
-  // 49 one-chunk tensors of 8 lanes (as stories260k's): at 4 and 8 threads a group of four of
-  // them exceeds a quarter of a thread's share, so they decode in pairs.
+  // 49 one-chunk tensors of 8 lanes (as stories260k's, written by earlier encoders): at 4 and 8
+  // threads a group of four of them exceeds a quarter of a thread's share, so they decode in pairs.
+  bstest::LanesBySizeOnly earlier;
   TempDir d;
   std::vector<Owned> ts;
   for (uint32_t k = 0; k < 49; ++k)

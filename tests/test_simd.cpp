@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <random>
 
 #include "bigsmall/codec.hpp"
@@ -26,9 +27,10 @@ struct SimdOff {
   ~SimdOff() { detail::set_simd_allowed(true); }
 };
 
-// Tensors of 8K+ units get 8 lanes, 16K+ 16 lanes, 32K+ 32 lanes; odd sizes leave a partial
-// last round, and 2^16+ units span chunks.
-const uint64_t kSizes[] = {8192, 8192 + 5, 16384 + 3, 32768 + 31, 65536, 65536 * 2 + 17};
+// Tensors of 2K+ units get 16 lanes, 32K+ 32 lanes (and from earlier encoders, 8K+ 8 lanes:
+// kEarlierSize); odd sizes leave a partial last round, and 2^16+ units span chunks.
+const uint64_t kEarlierSize = 8192 + 5;
+const uint64_t kSizes[] = {2048 + 3, 8192, kEarlierSize, 16384 + 3, 32768 + 31, 65536, 65536 * 2 + 17};
 
 class SimdDtype : public ::testing::TestWithParam<DType> {};
 
@@ -37,6 +39,8 @@ TEST_P(SimdDtype, EncoderMatchesScalarByteForByte) {
   const DType dt = GetParam();
   for (uint64_t n : kSizes) {
     SCOPED_TRACE("n=" + std::to_string(n));
+    std::optional<bstest::LanesBySizeOnly> earlier;
+    if (n == kEarlierSize) earlier.emplace();
     auto data = bstest::weights(dt, n, static_cast<uint32_t>(n));
     // Special values among the weights: NaN payloads, infinities, -0, subnormals.
     const size_t w = dtype_info(dt).bits / 8;
@@ -172,15 +176,25 @@ TEST(SimdFused, EveryLayoutAtFewLanesMatchesTheReference) {
   } all_layouts;
   struct Want {
     int lanes, mode;
+    bool earlier;  // lanes as earlier encoders gave them (4 from 2K units, 8 from 8K), as old files hold
   };
-  const Want wants[] = {{4, detail::kSePermute},    {8, detail::kSePermute},    {8, detail::kSeInSe},
-                        {8, detail::kSeInMant},     {8, detail::kSePermute256}, {32, detail::kSePermute256},
-                        {4, detail::kSeOnly},       {8, detail::kSeOnly},       {32, detail::kSeOnly}};
+  const Want wants[] = {{4, detail::kSePermute, false},     {16, detail::kSePermute, false},
+                        {16, detail::kSeInSe, false},       {16, detail::kSeInMant, false},
+                        {16, detail::kSePermute256, false}, {32, detail::kSePermute256, false},
+                        {4, detail::kSeOnly, false},        {16, detail::kSeOnly, false},
+                        {32, detail::kSeOnly, false},       {4, detail::kSePermute, true},
+                        {8, detail::kSePermute, true},      {8, detail::kSeInSe, true},
+                        {8, detail::kSeInMant, true},       {8, detail::kSePermute256, true},
+                        {4, detail::kSeOnly, true},         {8, detail::kSeOnly, true}};
   for (const Want& want : wants) {
-    SCOPED_TRACE("lanes " + std::to_string(want.lanes) + " layout " + std::to_string(want.mode));
+    SCOPED_TRACE("lanes " + std::to_string(want.lanes) + " layout " + std::to_string(want.mode) +
+                 (want.earlier ? " (earlier encoders)" : ""));
+    std::optional<bstest::LanesBySizeOnly> rule;
+    if (want.earlier) rule.emplace();
     bool reached = false, rows_past_192 = want.mode != detail::kSePermute256 || want.lanes != 32;
-    for (uint64_t n : {uint64_t{5000}, uint64_t{10000}, uint64_t{14000}, uint64_t{70001}}) {
+    for (uint64_t n : {uint64_t{1500}, uint64_t{5000}, uint64_t{10000}, uint64_t{14000}, uint64_t{70001}}) {
       if ((n > 20000) != (want.lanes == 32)) continue;
+      if ((n < 2048) != (want.lanes == 4 && !want.earlier)) continue;
       for (int rare : {0, 30, 40, 48, 56, 80, 110, 125, -1}) {
         std::vector<uint8_t> data = rare < 0 ? raw_mantissa_weights(n)
                                     : rare   ? codebook_weights(n, rare)

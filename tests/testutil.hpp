@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "bigsmall/dtype.hpp"
+#include "encode/encoder.hpp"
 
 namespace bstest {
 
@@ -74,5 +75,14 @@ inline std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {
   for (auto& b : out) b = static_cast<uint8_t>(rng());
   return out;
 }
+
+// While it lives, the encoder gives lanes as encoders before the twentieth session did (8 lanes
+// for 8K-16K units, 4 for 2K-8K, 1 below): files written then use the kernels for those counts.
+struct LanesBySizeOnly {
+  LanesBySizeOnly() { bigsmall::detail::set_lanes_by_size_only_for_testing(true); }
+  ~LanesBySizeOnly() { bigsmall::detail::set_lanes_by_size_only_for_testing(false); }
+  LanesBySizeOnly(const LanesBySizeOnly&) = delete;
+  LanesBySizeOnly& operator=(const LanesBySizeOnly&) = delete;
+};
 
 }  // namespace bstest

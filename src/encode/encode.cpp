@@ -30,14 +30,22 @@ T load(const uint8_t* p) {
 int ceil_log2(uint64_t v) { return v <= 1 ? 0 : static_cast<int>(std::bit_width(v - 1)); }
 
 // Lanes: 32 for large tensors (GPU warps, SIMD); fewer for small ones, whose 4-byte final
-// states would otherwise be a visible share of the output. From 2048 units on at least 4: the
-// SIMD decoder's narrowest kernel, where 2 lanes would decode one element at a time for 8 more
-// bytes of states (under 0.3% of such a tensor).
+// states would otherwise be a visible share of the output. A chunk's lanes share one word
+// pointer, so a chunk of few lanes decodes as one long dependency chain: 16 lanes from 2048
+// units (one 512-bit register) and 4 from 256 (the narrowest SIMD kernel) decode
+// efficientpose.bf16 10% and stories260k.bf16 43% faster than lanes sized at 1024 units each,
+// for 0.07% and 0.39% larger files (BENCHMARKS.md, twentieth session).
 constexpr int kMaxLanesLog2 = 5;
+std::atomic<bool> lanes_by_size_only{false};  // tests: the rule of the encoders before it
 int choose_lanes_log2(uint64_t units) {
-  int l = 0;
-  while (l < kMaxLanesLog2 && (units >> (l + 1)) >= 1024) ++l;
-  return l == 1 ? 2 : l;
+  if (lanes_by_size_only.load(std::memory_order_relaxed)) {
+    int l = 0;
+    while (l < kMaxLanesLog2 && (units >> (l + 1)) >= 1024) ++l;
+    return l == 1 ? 2 : l;
+  }
+  if (units >= (uint64_t{1024} << kMaxLanesLog2)) return kMaxLanesLog2;
+  if (units >= 2048) return 4;
+  return units >= 256 ? 2 : 0;
 }
 
 constexpr size_t kMergeCandidates = 1;  // k values (best screened first) that get the greedy merge
@@ -983,6 +991,8 @@ TensorEncoder::CodedChunk TensorEncoder::encode_chunk(size_t i, ByteBuffer* out)
   }
   return {mode, static_cast<uint32_t>(out->size()), xxh3_32(out->data(), out->size())};
 }
+
+void set_lanes_by_size_only_for_testing(bool on) { lanes_by_size_only.store(on, std::memory_order_relaxed); }
 
 void set_split_count_for_testing(uint64_t elements) {
   split_count_elements.store(elements ? elements : kSplitCount, std::memory_order_relaxed);

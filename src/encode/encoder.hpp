@@ -15,6 +15,10 @@ class ThreadPool;
 // Tests only: the planner counts at most this many elements per pass into 32-bit bins (2^31;
 // 0 restores it), so that the path for larger tensors runs on small data.
 void set_key_slab_for_testing(uint64_t elements);
+// Tests only: lanes as encoders before the twentieth session chose them (one per 1024 units,
+// rounded down to a power of two, 4 from 2048 units), so that the 8-lane kernels that files of
+// that time need stay reached; false restores today's rule.
+void set_lanes_by_size_only_for_testing(bool on);
 // Tests only: tensors of at least this many elements planned with a pool have their keys counted
 // by all its threads (0 restores 2^24).
 void set_split_count_for_testing(uint64_t elements);
