@@ -1,6 +1,6 @@
 // Single-thread decode and encode speed per weight by tensor size, through the public API, with
 // a memcpy of the same bytes as the baseline measured in the same process. Tensor size sets the
-// lane count (4 lanes below 2Ki elements, 16 below 32Ki, 32 above), so this shows where the
+// lane count (1 lane below 256 elements, 4 below 2Ki, 16 below 32Ki, 32 above), so this shows where the
 // small tensors of the corpus files lose speed. Each size is decoded repeatedly from a warm
 // cache, so these are kernel speeds, not file speeds (bench.py measures those). Weights: the
 // real values of one tensor of a .bs file, repeated, or (without a file) Gaussian weights

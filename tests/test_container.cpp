@@ -2046,7 +2046,7 @@ void chunks_side_by_side_match_the_originals() {
   if (!kinds.empty()) {  // zero without AVX-512: then this checks the one-chunk path only
     bool few = false, wide = false, single = false;
     for (const auto& [k, n] : kinds) {
-      few |= ((k >> 8) & 0xff) <= 3 && n >= 4;
+      few |= !(k & (1u << 24)) && ((k >> 8) & 0xff) <= 3 && n >= 4;  // 4 or 8 lanes, not the scalar group
       wide |= ((k >> 8) & 0xff) >= 4 && n >= 2;
       single |= (k & (1u << 24)) && n >= 4;  // single-lane chunks: the scalar side-by-side loop
     }
@@ -2061,7 +2061,7 @@ void chunks_side_by_side_match_the_originals() {
 }  // namespace
 
 TEST(Container, FewLaneChunksTooLargeForGroupsOfFourDecodeInPairs) {
-  // 49 one-chunk tensors of 8 lanes (as stories260k's, written by earlier encoders): at 4 and 8
+  // 49 one-chunk tensors of 8 lanes (as the 15 of stories260k that earlier encoders wrote): at 4 and 8
   // threads a group of four of them exceeds a quarter of a thread's share, so they decode in pairs.
   bstest::LanesBySizeOnly earlier;
   TempDir d;

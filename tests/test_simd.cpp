@@ -135,6 +135,8 @@ TEST(SimdEncoder, NoMantissaBitsMatchesScalarByteForByte) {
   if (!detail::cpu_has_avx512_vbmi()) GTEST_SKIP() << "this CPU has no AVX-512 VBMI2: only the scalar coder runs";
   for (uint64_t n : kSizes) {
     SCOPED_TRACE("n=" + std::to_string(n));
+    std::optional<bstest::LanesBySizeOnly> earlier;  // 8 lanes, as earlier encoders wrote them
+    if (n == kEarlierSize) earlier.emplace();
     detail::FloatModel fm;
     expect_simd_equals_scalar(raw_mantissa_weights(n), &fm);
     if (HasFatalFailure()) return;

@@ -862,7 +862,7 @@ std::vector<WorkItem> list_work(const std::vector<DecodeJob>& jobs) {
 // neighbours in the size order have similar lengths, so little runs alone at the end. With
 // several threads, a group may hold at most a quarter of a thread's share, or a file of few large
 // chunks would leave threads idle. Chunks too large for a group of 4 go in pairs, which keep most
-// of the gain: alone, a chunk of 8 lanes decodes at half the speed. Groups hold indices into work.
+// of the gain: alone, a chunk of 8 lanes (as earlier encoders wrote them) decodes at half the speed. Groups hold indices into work.
 std::vector<std::vector<uint32_t>> group_work(const std::vector<DecodeJob>& jobs,
                                               const std::vector<const TensorDecoder*>& decoders,
                                               const std::vector<WorkItem>& work, int threads) {

@@ -33,8 +33,8 @@ int ceil_log2(uint64_t v) { return v <= 1 ? 0 : static_cast<int>(std::bit_width(
 // states would otherwise be a visible share of the output. A chunk's lanes share one word
 // pointer, so a chunk of few lanes decodes as one long dependency chain: 16 lanes from 2048
 // units (one 512-bit register) and 4 from 256 (the narrowest SIMD kernel) decode
-// efficientpose.bf16 10% and stories260k.bf16 43% faster than lanes sized at 1024 units each,
-// for 0.07% and 0.39% larger files (BENCHMARKS.md, twentieth session).
+// efficientpose.bf16 1.06x and stories260k.bf16 1.36x as fast as one lane per 1024 units did,
+// for 0.07% and 0.39% larger files (BENCHMARKS.md, twentieth session's A/B table).
 constexpr int kMaxLanesLog2 = 5;
 std::atomic<bool> lanes_by_size_only{false};  // tests: the rule of the encoders before it
 int choose_lanes_log2(uint64_t units) {
