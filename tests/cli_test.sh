@@ -182,7 +182,9 @@ check "SIGTERM mid-directory exits 128+15" -- test "$rc" -eq 143
 check "and leaves neither output nor temporary directory" -- test ! -e "$tmp/many.bs" -a -z "$(ls -a "$tmp" | grep tmp-bigsmall)"
 # bench's scratch .bs (in TMPDIR) goes too, also between runs, when it is complete
 mkdir -p "$tmp/benchtmp" "$tmp/benchin"
-for i in 1 2 3 4 5 6 7 8; do cp "$tmp/m.safetensors" "$tmp/benchin/$i.safetensors"; done
+# Enough inputs that bench (~20 ms a file here) is still running when the checks below look at
+# its scratch directory: with 8 it sometimes finished between the look and the stat.
+for i in $(seq 300); do ln "$tmp/m.safetensors" "$tmp/benchin/$i.safetensors"; done
 TMPDIR="$tmp/benchtmp" "$bs" bench "$tmp/benchin" >/dev/null &
 pid=$!
 for _ in $(seq 400); do find "$tmp/benchtmp" -name '*.bs' | grep -q . && break; sleep 0.01; done
