@@ -227,6 +227,93 @@ TEST(Container, WriteTensorsRestoresToTheSafetensorsLayout) {
   EXPECT_FALSE(fs::exists(d / "meta.bs"));
 }
 
+TEST(Container, InMemoryWriteIsTheFileByteForByte) {
+  // Over 4 MiB of input: coded in several groups, so the in-memory output grows through several
+  // writes (and the header is written last, at offset 0), as a file does.
+  TempDir d;
+  auto ts = sample_tensors();
+  ts.push_back({"big", DType::kBF16, {3, 1 << 20}, bstest::weights(DType::kBF16, 3 << 20, 7)});
+  std::vector<TensorView> views;
+  for (const auto& t : ts) views.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
+  for (const int threads : {1, 2}) {
+    CompressOptions o;
+    o.threads = threads;
+    o.overwrite = true;
+    ASSERT_TRUE(write_tensors(d / "w.bs", views, Metadata{{"format", "pt"}}, o).is_ok());
+    auto mem = write_tensors_to_memory(views, Metadata{{"format", "pt"}}, o);
+    ASSERT_TRUE(mem.is_ok()) << mem.status().message();
+    EXPECT_EQ(*mem, read_file(d / "w.bs")) << threads << " threads";
+  }
+  // Errors name the output as "<memory>".
+  views.push_back(views[0]);
+  const auto dup = write_tensors_to_memory(views, {});
+  EXPECT_EQ(dup.status().code(), Error::kInvalidArgument);
+  EXPECT_EQ(dup.status().message().rfind("<memory>: ", 0), 0u) << dup.status().message();
+  views.pop_back();
+  CompressOptions bad;
+  bad.zstd_level = 1000;
+  EXPECT_EQ(write_tensors_to_memory(views, {}, bad).status().code(), Error::kInvalidArgument);
+  // A failing write (as a full disk would fail a file) is an error, not a short result.
+  detail::fail_write_pieces_for_testing(1);
+  const auto failed = write_tensors_to_memory(views, {});
+  detail::fail_write_pieces_for_testing(0);
+  EXPECT_FALSE(failed.is_ok());
+}
+
+TEST(Container, OpenMemoryReadsAsTheFileDoes) {
+  TempDir d;
+  const auto ts = sample_tensors();
+  std::vector<TensorView> views;
+  for (const auto& t : ts) views.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
+  auto mem = write_tensors_to_memory(views, Metadata{{"format", "pt"}});
+  ASSERT_TRUE(mem.is_ok());
+  const std::vector<uint8_t> bytes = *mem;
+  auto f = BsFile::open_memory(bytes.data(), bytes.size(), "received.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  EXPECT_EQ(f->path(), "received.bs");
+  EXPECT_EQ(f->file_size(), bytes.size());
+  ASSERT_EQ(f->tensors().size(), ts.size());
+  for (const auto& t : ts) {
+    const auto i = f->find(t.name);
+    ASSERT_TRUE(i.has_value()) << t.name;
+    std::vector<uint8_t> out(t.bytes.size());
+    ASSERT_TRUE(f->read_tensor(*i, out.data(), out.size()).is_ok()) << t.name;
+    EXPECT_EQ(out, t.bytes) << t.name;
+  }
+  EXPECT_TRUE(f->verify().is_ok());
+  ASSERT_TRUE(f->restore(d / "r.safetensors").is_ok());
+  // Bytes in memory have no date to pass on: the restored file is dated now, not 1970.
+  const auto age = fs::file_time_type::clock::now() - fs::last_write_time(d / "r.safetensors");
+  EXPECT_LT(std::chrono::duration_cast<std::chrono::hours>(age).count(), 1);
+  write_file(d / "m.bs", bytes);
+  ASSERT_TRUE(decompress_file(d / "m.bs", d / "m.safetensors").is_ok());
+  EXPECT_EQ(read_file(d / "r.safetensors"), read_file(d / "m.safetensors"));
+  // A moved BsFile keeps reading the same bytes.
+  BsFile moved = std::move(*f);
+  EXPECT_TRUE(moved.verify().is_ok());
+
+  // Damaged bytes get the file's errors, named by the label.
+  std::vector<uint8_t> flipped = bytes;
+  const auto big = *moved.find("model.embed.weight");
+  // In the middle of the tensor's coded chunks (the payload lies in the bytes given: not copied).
+  const auto at = static_cast<size_t>(moved.payload(big) - bytes.data()) + moved.coding(big).model_size +
+                  moved.tensors()[big].stored_bytes / 2;
+  flipped[at] ^= 0x10;
+  auto g = BsFile::open_memory(flipped.data(), flipped.size(), "received.bs");
+  ASSERT_TRUE(g.is_ok()) << g.status().message();
+  const Status v = g->verify();
+  EXPECT_EQ(v.code(), Error::kCorrupt) << v.message();
+  EXPECT_EQ(v.message().rfind("received.bs: ", 0), 0u) << v.message();
+  EXPECT_EQ(BsFile::open_memory(bytes.data(), bytes.size() - 1).status().code(), Error::kTruncated);
+  EXPECT_EQ(BsFile::open_memory(nullptr, 0).status().code(), Error::kNotBigsmall);
+  EXPECT_EQ(BsFile::open_memory(nullptr, 10).status().code(), Error::kInvalidArgument);
+  const auto st = safetensors_bytes(ts);
+  const auto not_bs = BsFile::open_memory(st.data(), st.size());
+  EXPECT_EQ(not_bs.status().code(), Error::kNotBigsmall);
+  EXPECT_NE(not_bs.status().message().find("<memory>: not a bigsmall .bs file but a safetensors file"), std::string::npos)
+      << not_bs.status().message();
+}
+
 TEST(Container, ZstdLevelsOutsideZstdsAreRefusedNotClamped) {
   // zstd clamps a level past its range without a word; the caller would not get what it asked.
   TempDir d;

@@ -54,7 +54,7 @@ struct TensorInfo {
 using Metadata = std::vector<std::pair<std::string, std::string>>;
 
 // An open .bs file. The file is memory-mapped for the object's lifetime (no descriptor is
-// held). Every read first checks that the file is not shorter than when it was opened
+// held; open_memory reads the caller's bytes instead). Every read first checks that the file is not shorter than when it was opened
 // (Error::kTruncated if another program cut it in place); a truncation during a read still makes
 // it fault (SIGBUS; the CLI catches that and exits with a message). A file replaced by a rename
 // stays readable as it was. Const members may be called from several threads at once. A
@@ -65,6 +65,10 @@ class BsFile {
  public:
   // Validates header, index and every tensor entry; reads no tensor data.
   static Result<BsFile> open(const std::string& path);
+  // The same for a .bs held in memory (received over a network, say). The bytes are read in
+  // place, not copied: they must stay alive and unchanged while the BsFile (or a move of it)
+  // lives. `label` stands for the file name in messages and path().
+  static Result<BsFile> open_memory(const uint8_t* data, uint64_t size, const std::string& label = "<memory>");
   BsFile();
   ~BsFile();
   BsFile(BsFile&&) noexcept;
@@ -134,6 +138,11 @@ Status decompress_file(const std::string& src, const std::string& dst, const Dec
 // writes no "__metadata__" entry, an empty list an empty one (as safetensors does for {}).
 Status write_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
                      const std::optional<Metadata>& metadata, const CompressOptions& opts = {});
+// The same .bs, byte for byte, returned in memory instead of written to a file (messages name it
+// "<memory>"; opts.overwrite and opts.sync do not apply).
+Result<std::vector<uint8_t>> write_tensors_to_memory(const std::vector<TensorView>& tensors,
+                                                     const std::optional<Metadata>& metadata,
+                                                     const CompressOptions& opts = {});
 
 // Model directories: every *.safetensors becomes a .bs, every other file is copied, and
 // bigsmall.index.json records the mapping; decompress_dir restores the original directory.

@@ -192,6 +192,21 @@ def _save_target(filename, stacklevel=3):
     return path
 
 
+_MEMORY = "<memory>"  # how errors name a .bs given or returned as bytes
+
+
+def _bs_bytes(data):
+    """The bytes of a .bs given in memory: bytes as they are (read in place), other buffers
+    (bytearray, memoryview, a numpy array, strided or not) copied once in C order, so that later
+    changes to them cannot change what is decoded."""
+    if isinstance(data, bytes):
+        return data
+    try:
+        return memoryview(data).tobytes()
+    except TypeError:
+        raise InvalidArgumentError(f"data must be bytes (a .bs file's contents), not {type(data).__name__}") from None
+
+
 def _with_file(path, fn, *args):
     """fn(*args), its InvalidArgumentErrors prefixed with the file being written."""
     try:

@@ -1,4 +1,5 @@
-"""safetensors.numpy-style API over .bs files. BF16 and the FP8 dtypes need the ml_dtypes package."""
+"""safetensors.numpy-style API over .bs files (load_file and save_file, load and save for bytes).
+BF16 and the FP8 dtypes need the ml_dtypes package."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,8 @@ import os
 import numpy as np
 
 from . import _core
-from . import InvalidArgumentError, OutOfMemoryError, _batches, _flag, _header_metadata, _save_target, _text, _threads, _with_file
+from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _batches, _bs_bytes, _flag, _header_metadata, _save_target,
+               _text, _threads, _with_file)
 
 _DTYPES = {
     "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
@@ -65,6 +67,22 @@ def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
     _core.write_tensors(path, names, shapes, bufs, _header_metadata(metadata, path), _threads(threads), _flag(overwrite, "overwrite"))
 
 
+def load(data, threads=None, verify=True):
+    """Load every tensor of a .bs held in memory (bytes, as save returns them): a dict name ->
+    numpy array, like safetensors.numpy.load."""
+    verify = _flag(verify, "verify")
+    f = _core.File.from_bytes(_bs_bytes(data), _MEMORY)
+    infos = f.tensors()
+    return {t["name"]: a for t, a in zip(infos, _decode(f, list(range(len(infos))), infos, _threads(threads), verify))}
+
+
+def save(tensors, metadata=None, threads=None):
+    """The .bs that save_file would write for a dict name -> numpy array, as bytes (like
+    safetensors.numpy.save)."""
+    names, shapes, bufs = _with_file(_MEMORY, _arrays, tensors)
+    return _core.write_tensors_bytes(names, shapes, bufs, _header_metadata(metadata, _MEMORY), _threads(threads))
+
+
 def _arrays(tensors):
     if not isinstance(tensors, dict):
         raise InvalidArgumentError(f"tensors must be a dict of name -> numpy array, not {type(tensors).__name__}")
@@ -83,4 +101,4 @@ def _arrays(tensors):
     return names, shapes, bufs
 
 
-__all__ = ["load_file", "save_file"]
+__all__ = ["load_file", "save_file", "load", "save"]

@@ -1,4 +1,5 @@
-"""safetensors.torch-style API over .bs files: load_file and save_file."""
+"""safetensors.torch-style API over .bs files: load_file and save_file, load and save (bytes),
+load_model and save_model."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,8 @@ import os
 import torch
 
 from . import _core
-from . import InvalidArgumentError, OutOfMemoryError, _batches, _flag, _header_metadata, _save_target, _text, _threads, _with_file
+from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _batches, _bs_bytes, _flag, _header_metadata, _save_target,
+               _text, _threads, _with_file)
 
 _DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
@@ -198,6 +200,22 @@ def load_file(filename, device="cpu", threads=None, verify=True):
     return {t["name"]: x for t, x in zip(infos, tensors)}
 
 
+def load(data, device="cpu", threads=None, verify=True):
+    """Load every tensor of a .bs held in memory (bytes, as save returns them): a dict name ->
+    tensor, like safetensors.torch.load."""
+    verify = _flag(verify, "verify")
+    f = _core.File.from_bytes(_bs_bytes(data), _MEMORY)
+    infos = f.tensors()
+    tensors = _decode(f, list(range(len(infos))), infos, device, _threads(threads), verify)
+    return {t["name"]: x for t, x in zip(infos, tensors)}
+
+
+def save(tensors, metadata=None, threads=None):
+    """The .bs that save_file would write for tensors, as bytes (like safetensors.torch.save)."""
+    names, shapes, bufs, _keep = _with_file(_MEMORY, _views, tensors)
+    return _core.write_tensors_bytes(names, shapes, bufs, _header_metadata(metadata, _MEMORY), _threads(threads))
+
+
 def _views(tensors):
     if not isinstance(tensors, dict):
         raise InvalidArgumentError(f"tensors must be a dict of name -> torch.Tensor, not {type(tensors).__name__}")
@@ -321,4 +339,4 @@ def dtype_name(dtype):
     return _NAMES[dtype]
 
 
-__all__ = ["load_file", "save_file", "load_model", "save_model"]
+__all__ = ["load_file", "save_file", "load", "save", "load_model", "save_model"]

@@ -188,6 +188,7 @@ ProgressFn progress_fn(nb::object cb) {
 }
 
 struct PyFile {
+  nb::object bytes;  // the bytes object a File.from_bytes reads in place: declared first, so it outlives f
   BsFile f;
 };
 
@@ -351,6 +352,19 @@ Status decode_on_device(const BsFile& f, const std::vector<size_t>& which, const
 }
 #endif
 
+std::vector<TensorView> tensor_views(const std::vector<std::pair<std::string, std::string>>& names_dtypes,
+                                     const std::vector<std::vector<uint64_t>>& shapes, const std::vector<ConstBytes>& datas) {
+  if (names_dtypes.size() != shapes.size() || shapes.size() != datas.size())
+    raise(Status(Error::kInvalidArgument, "names, shapes and buffers differ in length"));
+  std::vector<TensorView> views;
+  for (size_t i = 0; i < datas.size(); ++i) {
+    const auto dt = dtype_from_name(names_dtypes[i].second);
+    if (!dt) raise(Status(Error::kUnknownDtype, "unknown dtype '" + names_dtypes[i].second + "'"));
+    views.push_back({names_dtypes[i].first, *dt, shapes[i], datas[i].data(), datas[i].size()});
+  }
+  return views;
+}
+
 nb::list tensor_list(const BsFile& f) {
   nb::list out;
   for (const auto& t : f.tensors()) {
@@ -471,14 +485,7 @@ NB_MODULE(_core, m) {
       [](nb::handle dst_path, const std::vector<std::pair<std::string, std::string>>& names_dtypes,
          const std::vector<std::vector<uint64_t>>& shapes, std::vector<ConstBytes> datas,
          const std::optional<Metadata>& metadata, int threads, bool overwrite) {
-        if (names_dtypes.size() != shapes.size() || shapes.size() != datas.size())
-          raise(Status(Error::kInvalidArgument, "names, shapes and buffers differ in length"));
-        std::vector<TensorView> views;
-        for (size_t i = 0; i < datas.size(); ++i) {
-          const auto dt = dtype_from_name(names_dtypes[i].second);
-          if (!dt) raise(Status(Error::kUnknownDtype, "unknown dtype '" + names_dtypes[i].second + "'"));
-          views.push_back({names_dtypes[i].first, *dt, shapes[i], datas[i].data(), datas[i].size()});
-        }
+        const std::vector<TensorView> views = tensor_views(names_dtypes, shapes, datas);
         CompressOptions o;
         o.threads = threads;
         o.overwrite = overwrite;
@@ -488,6 +495,30 @@ NB_MODULE(_core, m) {
       },
       nb::arg("dst"), nb::arg("names_dtypes"), nb::arg("shapes"), nb::arg("buffers"), nb::arg("metadata"),
       nb::arg("threads") = 0, nb::arg("overwrite") = false);
+
+  m.def(
+      "write_tensors_bytes",
+      [](const std::vector<std::pair<std::string, std::string>>& names_dtypes,
+         const std::vector<std::vector<uint64_t>>& shapes, std::vector<ConstBytes> datas,
+         const std::optional<Metadata>& metadata, int threads) {
+        const std::vector<TensorView> views = tensor_views(names_dtypes, shapes, datas);
+        CompressOptions o;
+        o.threads = threads;
+        o.progress = progress_fn(nb::none());  // Ctrl-C is heard between batches
+        Result<std::vector<uint8_t>> r = Status(Error::kInternal, "not run");
+        run_released([&] {
+          r = write_tensors_to_memory(views, metadata, o);
+          return r.status();
+        });
+        PyObject* out = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(r->data()), static_cast<Py_ssize_t>(r->size()));
+        if (out == nullptr) {
+          PyErr_Clear();
+          raise(Status(Error::kOutOfMemory, "<memory>: cannot allocate " + std::to_string(r->size()) + " bytes for the result"));
+        }
+        return nb::steal<nb::bytes>(out);
+      },
+      nb::arg("names_dtypes"), nb::arg("shapes"), nb::arg("buffers"), nb::arg("metadata"), nb::arg("threads") = 0,
+      "The .bs that write_tensors would write, as bytes.");
 
   nb::class_<PyFile>(m, "File")
       .def_static(
@@ -499,10 +530,24 @@ NB_MODULE(_core, m) {
               return BsFile::open(path);
             }();
             if (!r) raise(r.status());
-            auto* p = new PyFile{std::move(r.value())};
+            auto* p = new PyFile{nb::object(), std::move(r.value())};
             return p;
           },
           nb::arg("path"), nb::rv_policy::take_ownership)
+      .def_static(
+          "from_bytes",
+          [](nb::bytes data, const std::string& label) {
+            // Read in place: bytes objects are immutable, and the File holds a reference to it.
+            const auto* p = reinterpret_cast<const uint8_t*>(data.c_str());
+            const uint64_t n = data.size();
+            Result<BsFile> r = [&] {
+              nb::gil_scoped_release release;
+              return BsFile::open_memory(p, n, label);
+            }();
+            if (!r) raise(r.status());
+            return new PyFile{data, std::move(r.value())};
+          },
+          nb::arg("data"), nb::arg("label") = "<memory>", nb::rv_policy::take_ownership)
       .def_prop_ro("path", [](const PyFile& p) { return fs_str(p.f.path()); })
       .def_prop_ro("file_size", [](const PyFile& p) { return p.f.file_size(); })
       .def_prop_ro("original_size", [](const PyFile& p) { return p.f.original_size(); })

@@ -567,6 +567,55 @@ def test_save_file_restores_to_what_safetensors_writes(tmp_path):
     assert list(bt.load_file(tmp_path / "t.bs")) == list(st.load_file(str(tmp_path / "ref.safetensors")))
 
 
+def test_save_and_load_in_memory_as_safetensors_does(tmp_path):
+    g = torch.Generator().manual_seed(4)
+    t = {
+        "w": torch.randn(300, 257, generator=g).to(torch.bfloat16),
+        "h": torch.randn(70, 3, generator=g).half(),
+        "ids": torch.arange(100, dtype=torch.int64),
+        "empty": torch.empty(0, 3),
+        "f8": torch.randn(33, generator=g).to(torch.float8_e4m3fn),
+    }
+    data = bt.save(t, metadata={"format": "pt"})
+    assert isinstance(data, bytes)
+    bt.save_file(t, tmp_path / "t.bs", metadata={"format": "pt"})
+    assert data == (tmp_path / "t.bs").read_bytes()  # the same .bs, byte for byte
+    # ... which restores to the bytes safetensors.torch.save gives.
+    bigsmall.decompress(tmp_path / "t.bs", tmp_path / "t.safetensors")
+    assert (tmp_path / "t.safetensors").read_bytes() == st.save(t, metadata={"format": "pt"})
+    in_file_order = list(st.load_file(str(tmp_path / "t.safetensors")))
+    strided = np.zeros(2 * len(data), dtype=np.uint8)
+    strided[::2] = np.frombuffer(data, dtype=np.uint8)
+    for given in (data, bytearray(data), memoryview(data), np.frombuffer(data, dtype=np.uint8), strided[::2]):
+        back = bt.load(given)
+        assert list(back) == in_file_order
+        for k, v in t.items():
+            assert back[k].dtype == v.dtype and back[k].shape == v.shape
+            assert torch.equal(back[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
+    arrays = {"a": np.random.default_rng(2).normal(size=(40, 50)).astype(np.float32), "b": np.arange(9, dtype=np.int16)}
+    ndata = bn.save(arrays, metadata={"k": "v"})
+    bn.save_file(arrays, tmp_path / "n.bs", metadata={"k": "v"})
+    assert ndata == (tmp_path / "n.bs").read_bytes()
+    nb = bn.load(ndata)
+    assert all(np.array_equal(nb[k], arrays[k]) and nb[k].dtype == arrays[k].dtype for k in arrays)
+
+    # Errors: the core's, naming the bytes "<memory>".
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2] ^= 0x10  # inside the coded "w"
+    with pytest.raises(bigsmall.CorruptError, match="^<memory>: "):
+        bt.load(bytes(damaged))
+    with pytest.raises(bigsmall.FormatError, match="^<memory>: not a bigsmall .bs file but a safetensors file"):
+        bt.load(st.save(t))
+    with pytest.raises(bigsmall.Error, match="^<memory>: truncated"):
+        bn.load(ndata[:-1])
+    with pytest.raises(bigsmall.InvalidArgumentError, match="data must be bytes"):
+        bt.load(str(tmp_path / "t.bs"))
+    with pytest.raises(bigsmall.InvalidArgumentError, match="^<memory>: tensor name 1 is not a str"):
+        bt.save({1: t["w"]})
+    with pytest.raises(bigsmall.InvalidArgumentError, match="^<memory>: metadata"):
+        bn.save(arrays, metadata={"k": 1})
+
+
 @pytest.fixture(scope="module")
 def big_bf16(tmp_path_factory):
     """A 256 MB BF16 checkpoint and its .bs: long enough at one thread (about a second either

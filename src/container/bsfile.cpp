@@ -427,12 +427,11 @@ Status check_sources(const std::vector<Source>& sources) {
   return Status::success();
 }
 
-// source_file: the input file, checked unchanged before commit.
-Status write_bs(const std::string& dst, const std::string& st_header, uint64_t original_size,
-                const std::vector<Source>& sources, std::vector<Filler> fillers, const CompressOptions& opts,
-                bool from_one_mapping, std::optional<unsigned> mode, const MappedFile* source_file) {
-  BIGSMALL_RETURN_IF_ERROR(check_sources(sources));
-  BIGSMALL_ASSIGN_OR_RETURN(OutputFile out, OutputFile::create(dst, opts.overwrite));
+// The whole .bs into `out` (a file not yet committed, or memory).
+Status write_bs_to(OutputFile& out, const std::string& st_header, uint64_t original_size,
+                   const std::vector<Source>& sources, std::vector<Filler> fillers, const CompressOptions& opts,
+                   bool from_one_mapping) {
+  const std::string& dst = out.final_path();
   std::vector<Entry> entries;
   {
     PayloadWriter payloads(out, sources, opts, from_one_mapping);
@@ -454,7 +453,16 @@ Status write_bs(const std::string& dst, const std::string& st_header, uint64_t o
   h.original_size = original_size;
   BIGSMALL_RETURN_IF_ERROR(out.write(stored.data(), stored.size()));
   const auto header = encode_header(h);
-  BIGSMALL_RETURN_IF_ERROR(out.pwrite(header.data(), header.size(), 0));
+  return out.pwrite(header.data(), header.size(), 0);
+}
+
+// source_file: the input file, checked unchanged before commit.
+Status write_bs(const std::string& dst, const std::string& st_header, uint64_t original_size,
+                const std::vector<Source>& sources, std::vector<Filler> fillers, const CompressOptions& opts,
+                bool from_one_mapping, std::optional<unsigned> mode, const MappedFile* source_file) {
+  BIGSMALL_RETURN_IF_ERROR(check_sources(sources));
+  BIGSMALL_ASSIGN_OR_RETURN(OutputFile out, OutputFile::create(dst, opts.overwrite));
+  BIGSMALL_RETURN_IF_ERROR(write_bs_to(out, st_header, original_size, sources, std::move(fillers), opts, from_one_mapping));
   if (mode) out.set_permissions(*mode);
   if (source_file) {
     out.set_mtime(source_file->mtime());
@@ -692,86 +700,108 @@ Status check_header_matches_index(BsFile::Impl& im) {
 }
 }  // namespace
 
+namespace {
+// Validates header, index and every entry of the .bs in `file` (a mapping or borrowed bytes).
+Status open_mapped(detail::MappedFile file, std::unique_ptr<BsFile::Impl>* out);
+}  // namespace
+
 Result<BsFile> BsFile::open(const std::string& path) {
   return detail::guarded(path, [&]() -> Result<BsFile> {
-    auto impl = std::make_unique<Impl>();
     auto mf = detail::MappedFile::open(path);
     if (!mf) return mf.status();
-    impl->file = std::move(mf.value());
-    const uint8_t* p = impl->file.data();
-    const uint64_t size = impl->file.size();
-    auto fail = [&](Error e, const std::string& what) { return Status(e, path + ": " + what); };
-    if (size < 8 || std::memcmp(p, detail::kMagic, 8) != 0) {
-      // The likeliest mistake: an original handed to a .bs reader.
-      uint64_t header_len = 0;
-      if (size > 8) std::memcpy(&header_len, p, 8);
-      if (size > 8 && header_len <= size - 8 && p[8] == '{')
-        return fail(Error::kNotBigsmall, "not a bigsmall .bs file but a safetensors file (compress it first, or read it with safetensors)");
-      return fail(Error::kNotBigsmall, "not a bigsmall .bs file (bad magic)");
-    }
-    if (size < detail::kHeaderSize) return fail(Error::kTruncated, "truncated: file ends inside the header");
-    detail::ByteReader r(p + 8, detail::kHeaderSize - 8);
-    detail::FileHeader h;
-    h.major = r.u16();
-    h.minor = r.u16();
-    h.flags = r.u32();
-    h.index_offset = r.u64();
-    h.index_stored = r.u64();
-    h.index_raw = r.u64();
-    h.index_checksum = r.u64();
-    h.original_size = r.u64();
-    const uint64_t hsum = r.u64();
-    const bool sum_ok = detail::xxh3_64(p, detail::kHeaderSize - 8) == hsum;
-    if (h.major > kFormatVersionMajor) return fail(Error::kUnsupportedVersion, detail::newer_version(h.major, h.minor, sum_ok));
-    if (!sum_ok) return fail(Error::kCorrupt, "header checksum mismatch");
-    if (h.major != kFormatVersionMajor)  // no bigsmall ever wrote a version 0.x
-      return fail(Error::kCorrupt, "format version " + std::to_string(h.major) + "." + std::to_string(h.minor) + " was never written by bigsmall (damaged header?)");
-    if (h.flags != 0) return fail(Error::kCorrupt, "reserved header flags are not zero");
-    if (h.index_offset >= detail::kHeaderSize && h.index_offset <= size && h.index_stored < size - h.index_offset)
-      return fail(Error::kTruncated, std::to_string(size - h.index_offset - h.index_stored) +
-                                         " bytes after the end of the index (appended to, or two files joined?)");
-    if (h.index_offset < detail::kHeaderSize || h.index_offset > size || h.index_stored != size - h.index_offset)
-      return fail(Error::kTruncated, "truncated or damaged: index lies outside the file");
-    if (detail::xxh3_64(p + h.index_offset, h.index_stored) != h.index_checksum)
-      return fail(Error::kCorrupt, "index checksum mismatch");
-    if (h.index_raw > detail::kMaxIndexBytes) return fail(Error::kLimit, "index larger than 1 GiB");
-    const unsigned long long declared = ZSTD_getFrameContentSize(p + h.index_offset, h.index_stored);
-    if (declared != h.index_raw) return fail(Error::kCorrupt, "index size mismatch");
-    if (ZSTD_findFrameCompressedSize(p + h.index_offset, h.index_stored) != h.index_stored)
-      return fail(Error::kCorrupt, "index is not exactly one zstd frame");
-    std::vector<uint8_t> idx(h.index_raw);
-    const size_t zr = ZSTD_decompress(idx.data(), idx.size(), p + h.index_offset, h.index_stored);
-    if (ZSTD_isError(zr) || zr != h.index_raw) return fail(Error::kCorrupt, "index cannot be decompressed");
-    impl->original_size = h.original_size;
-    impl->fingerprint = hsum;
-    Status st = parse_index(idx.data(), idx.size(), h.index_offset, h.index_stored, impl.get());
-    impl->verified.reset(new std::atomic<bool>[impl->entries.size()]());
-    if (!st.is_ok()) return st.with_context(path);
-    if (std::any_of(impl->fillers.begin(), impl->fillers.end(), [](const auto& fl) { return fl.size > 0; }))
-      impl->index = std::move(idx);
-    // Payloads may not overlap, and the alignment padding between them must be zero, so that no
-    // byte of the file escapes every check.
-    std::vector<std::pair<uint64_t, uint64_t>> spans;
-    for (const auto& e : impl->entries) spans.push_back({e.payload_offset, e.payload_offset + e.info.stored_bytes});
-    std::sort(spans.begin(), spans.end());
-    uint64_t pos = detail::kHeaderSize;
-    for (size_t k = 0; k <= spans.size(); ++k) {
-      const uint64_t next = k < spans.size() ? spans[k].first : h.index_offset;
-      if (next < pos) return fail(Error::kCorrupt, "tensor payloads overlap");
-      for (uint64_t b = pos; b < next; ++b)
-        if (p[b] != 0) return fail(Error::kCorrupt, "non-zero padding at byte " + std::to_string(b));
-      if (k < spans.size()) pos = spans[k].second;
-    }
-    if (Status agree = check_header_matches_index(*impl); !agree.is_ok()) return agree.with_context(path);
-    impl->by_name.resize(impl->infos.size());
-    std::iota(impl->by_name.begin(), impl->by_name.end(), size_t{0});
-    std::stable_sort(impl->by_name.begin(), impl->by_name.end(),
-                     [&](size_t a, size_t b) { return impl->infos[a].name < impl->infos[b].name; });
     BsFile f;
-    f.impl_ = std::move(impl);
+    BIGSMALL_RETURN_IF_ERROR(open_mapped(std::move(mf.value()), &f.impl_));
     return f;
   });
 }
+
+Result<BsFile> BsFile::open_memory(const uint8_t* data, uint64_t size, const std::string& label) {
+  return detail::guarded(label, [&]() -> Result<BsFile> {
+    if (data == nullptr && size > 0) return Status(Error::kInvalidArgument, label + ": null data");
+    BsFile f;
+    BIGSMALL_RETURN_IF_ERROR(open_mapped(detail::MappedFile::borrow(data, size, label), &f.impl_));
+    return f;
+  });
+}
+
+namespace {
+Status open_mapped(detail::MappedFile file, std::unique_ptr<BsFile::Impl>* out) {
+  auto impl = std::make_unique<BsFile::Impl>();
+  impl->file = std::move(file);
+  const std::string& path = impl->file.path();
+  const uint8_t* p = impl->file.data();
+  const uint64_t size = impl->file.size();
+  auto fail = [&](Error e, const std::string& what) { return Status(e, path + ": " + what); };
+  if (size < 8 || std::memcmp(p, detail::kMagic, 8) != 0) {
+    // The likeliest mistake: an original handed to a .bs reader.
+    uint64_t header_len = 0;
+    if (size > 8) std::memcpy(&header_len, p, 8);
+    if (size > 8 && header_len <= size - 8 && p[8] == '{')
+      return fail(Error::kNotBigsmall, "not a bigsmall .bs file but a safetensors file (compress it first, or read it with safetensors)");
+    return fail(Error::kNotBigsmall, "not a bigsmall .bs file (bad magic)");
+  }
+  if (size < detail::kHeaderSize) return fail(Error::kTruncated, "truncated: file ends inside the header");
+  detail::ByteReader r(p + 8, detail::kHeaderSize - 8);
+  detail::FileHeader h;
+  h.major = r.u16();
+  h.minor = r.u16();
+  h.flags = r.u32();
+  h.index_offset = r.u64();
+  h.index_stored = r.u64();
+  h.index_raw = r.u64();
+  h.index_checksum = r.u64();
+  h.original_size = r.u64();
+  const uint64_t hsum = r.u64();
+  const bool sum_ok = detail::xxh3_64(p, detail::kHeaderSize - 8) == hsum;
+  if (h.major > kFormatVersionMajor) return fail(Error::kUnsupportedVersion, detail::newer_version(h.major, h.minor, sum_ok));
+  if (!sum_ok) return fail(Error::kCorrupt, "header checksum mismatch");
+  if (h.major != kFormatVersionMajor)  // no bigsmall ever wrote a version 0.x
+    return fail(Error::kCorrupt, "format version " + std::to_string(h.major) + "." + std::to_string(h.minor) + " was never written by bigsmall (damaged header?)");
+  if (h.flags != 0) return fail(Error::kCorrupt, "reserved header flags are not zero");
+  if (h.index_offset >= detail::kHeaderSize && h.index_offset <= size && h.index_stored < size - h.index_offset)
+    return fail(Error::kTruncated, std::to_string(size - h.index_offset - h.index_stored) +
+                                       " bytes after the end of the index (appended to, or two files joined?)");
+  if (h.index_offset < detail::kHeaderSize || h.index_offset > size || h.index_stored != size - h.index_offset)
+    return fail(Error::kTruncated, "truncated or damaged: index lies outside the file");
+  if (detail::xxh3_64(p + h.index_offset, h.index_stored) != h.index_checksum)
+    return fail(Error::kCorrupt, "index checksum mismatch");
+  if (h.index_raw > detail::kMaxIndexBytes) return fail(Error::kLimit, "index larger than 1 GiB");
+  const unsigned long long declared = ZSTD_getFrameContentSize(p + h.index_offset, h.index_stored);
+  if (declared != h.index_raw) return fail(Error::kCorrupt, "index size mismatch");
+  if (ZSTD_findFrameCompressedSize(p + h.index_offset, h.index_stored) != h.index_stored)
+    return fail(Error::kCorrupt, "index is not exactly one zstd frame");
+  std::vector<uint8_t> idx(h.index_raw);
+  const size_t zr = ZSTD_decompress(idx.data(), idx.size(), p + h.index_offset, h.index_stored);
+  if (ZSTD_isError(zr) || zr != h.index_raw) return fail(Error::kCorrupt, "index cannot be decompressed");
+  impl->original_size = h.original_size;
+  impl->fingerprint = hsum;
+  Status st = parse_index(idx.data(), idx.size(), h.index_offset, h.index_stored, impl.get());
+  impl->verified.reset(new std::atomic<bool>[impl->entries.size()]());
+  if (!st.is_ok()) return st.with_context(path);
+  if (std::any_of(impl->fillers.begin(), impl->fillers.end(), [](const auto& fl) { return fl.size > 0; }))
+    impl->index = std::move(idx);
+  // Payloads may not overlap, and the alignment padding between them must be zero, so that no
+  // byte of the file escapes every check.
+  std::vector<std::pair<uint64_t, uint64_t>> spans;
+  for (const auto& e : impl->entries) spans.push_back({e.payload_offset, e.payload_offset + e.info.stored_bytes});
+  std::sort(spans.begin(), spans.end());
+  uint64_t pos = detail::kHeaderSize;
+  for (size_t k = 0; k <= spans.size(); ++k) {
+    const uint64_t next = k < spans.size() ? spans[k].first : h.index_offset;
+    if (next < pos) return fail(Error::kCorrupt, "tensor payloads overlap");
+    for (uint64_t b = pos; b < next; ++b)
+      if (p[b] != 0) return fail(Error::kCorrupt, "non-zero padding at byte " + std::to_string(b));
+    if (k < spans.size()) pos = spans[k].second;
+  }
+  if (Status agree = check_header_matches_index(*impl); !agree.is_ok()) return agree.with_context(path);
+  impl->by_name.resize(impl->infos.size());
+  std::iota(impl->by_name.begin(), impl->by_name.end(), size_t{0});
+  std::stable_sort(impl->by_name.begin(), impl->by_name.end(),
+                   [&](size_t a, size_t b) { return impl->infos[a].name < impl->infos[b].name; });
+  *out = std::move(impl);
+  return Status::success();
+}
+}  // namespace
 
 // An empty BsFile (default-constructed or moved from) answers as a file with nothing in it, and
 // its Status calls with kInvalidArgument: a caller's slip is an error value, not a crash.
@@ -881,7 +911,8 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
   if (!impl_) return not_open();
   return detail::guarded(path(), [&]() -> Status {
     const Impl& im = *impl_;
-    BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(im.file.path(), out_path));  // -f must not replace the .bs itself
+    if (!im.file.borrowed())  // -f must not replace the .bs itself
+      BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(im.file.path(), out_path));
     BIGSMALL_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(out_path, opts.overwrite));
     BIGSMALL_ASSIGN_OR_RETURN(uint8_t* map, out.map(im.original_size));
     const uint64_t hlen = im.st_header.size();
@@ -905,7 +936,7 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
       if (opts.progress) opts.progress(done, total);
       return Status::success();
     }));
-    out.take_attributes(im.file);
+    if (!im.file.borrowed()) out.take_attributes(im.file);  // bytes in memory have no date or owner to pass on
     return out.commit(opts.sync);
   });
 }
@@ -1229,72 +1260,108 @@ std::optional<std::string> first_repeat(std::vector<std::string_view>& strings) 
   if (dup == strings.end()) return std::nullopt;
   return std::string(*dup);
 }
+
+// The tensors checked and laid out as safetensors' writer lays them out: the safetensors header
+// and the sources in file order. `dst` names the output in messages.
+Status lay_out_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
+                       const std::optional<Metadata>& metadata_or_none, std::string* header_out,
+                       std::vector<detail::Source>* sources_out, uint64_t* original_size) {
+  const Metadata metadata = metadata_or_none.value_or(Metadata{});
+  std::vector<uint64_t> offsets;
+  const auto bad = [&](Error e, const TensorView& t, const std::string& what) {
+    return Status(e, dst + ": tensor '" + t.name + "': " + what);
+  };
+  for (const auto& t : tensors) {
+    if (!dtype_valid(t.dtype)) return bad(Error::kUnknownDtype, t, "unknown dtype id " + std::to_string(static_cast<int>(t.dtype)));
+    if (t.data == nullptr && t.nbytes != 0) return bad(Error::kInvalidArgument, t, "null data");
+    if (t.shape.size() > 255) return bad(Error::kLimit, t, "more than 255 dimensions");
+    uint64_t numel = 1;
+    for (uint64_t d : t.shape) {
+      if (d != 0 && numel > UINT64_MAX / d) return bad(Error::kInvalidArgument, t, "shape overflows 64 bits");
+      numel *= d;
+    }
+    const auto need = dtype_nbytes(t.dtype, numel);
+    if (!need || *need != t.nbytes) return bad(Error::kInvalidArgument, t, "byte size does not match shape and dtype");
+    // Packed sub-byte values must fill whole bytes: safetensors refuses a tensor that ends
+    // inside a byte, so the file this would restore to could not be read.
+    if (const unsigned bits = dtype_info(t.dtype).bits; bits < 8 && (numel % 8) * bits % 8 != 0)
+      return bad(Error::kInvalidArgument, t,
+                 std::to_string(numel) + " " + std::string(dtype_info(t.dtype).safetensors_name) +
+                     " values end inside a byte (safetensors refuses such tensors)");
+  }
+  // In the order safetensors' writer uses (dtype, highest rank first, then name, bytewise), so
+  // that the restored file is the one safetensors would write for these tensors.
+  std::vector<TensorView> laid_out(tensors);
+  std::stable_sort(laid_out.begin(), laid_out.end(), [](const TensorView& a, const TensorView& b) {
+    const int ra = dtype_info(a.dtype).safetensors_rank, rb = dtype_info(b.dtype).safetensors_rank;
+    return ra != rb ? ra > rb : a.name < b.name;
+  });
+  {
+    std::vector<std::string_view> names;
+    for (const auto& t : laid_out) names.push_back(t.name);
+    if (const auto dup = first_repeat(names)) return Status(Error::kInvalidArgument, dst + ": tensor '" + *dup + "' given twice");
+    // The header's metadata key: a tensor under that name makes a file no reader accepts.
+    if (std::binary_search(names.begin(), names.end(), std::string_view("__metadata__")))
+      return Status(Error::kInvalidArgument, dst + ": a tensor cannot be named '__metadata__'");
+    for (const auto& n : names)
+      if (!is_valid_utf8(n)) return Status(Error::kInvalidArgument, dst + ": a tensor name is not UTF-8");
+  }
+  for (const auto& [key, value] : metadata) {
+    if (!is_valid_utf8(key) || !is_valid_utf8(value)) return Status(Error::kInvalidArgument, dst + ": metadata is not UTF-8");
+  }
+  {
+    std::vector<std::string_view> keys;
+    for (const auto& kv : metadata) keys.push_back(kv.first);
+    // The restored header would give the key twice, which compress (and safetensors) refuse.
+    if (const auto dup = first_repeat(keys)) return Status(Error::kInvalidArgument, dst + ": metadata key '" + *dup + "' given twice");
+  }
+  std::string header = detail::make_safetensors_header(laid_out, metadata_or_none, &offsets);
+  if (header.size() > detail::kMaxHeaderBytes) return Status(Error::kLimit, dst + ": safetensors header would exceed 100 MB");
+  std::vector<detail::Source>& sources = *sources_out;
+  sources.clear();
+  uint64_t data_size = 0;
+  for (size_t i = 0; i < laid_out.size(); ++i) {
+    const auto& t = laid_out[i];
+    sources.push_back({t.name, t.dtype, t.shape, t.data, t.nbytes, offsets[i]});
+    data_size += t.nbytes;
+  }
+  *original_size = 8 + header.size() + data_size;
+  *header_out = std::move(header);
+  return Status::success();
+}
+
+constexpr const char* kMemoryLabel = "<memory>";
 }  // namespace
 
 Status write_tensors(const std::string& dst, const std::vector<TensorView>& tensors,
-                     const std::optional<Metadata>& metadata_or_none, const CompressOptions& opts) {
+                     const std::optional<Metadata>& metadata, const CompressOptions& opts) {
   return detail::guarded(dst, [&]() -> Status {
-    const Metadata metadata = metadata_or_none.value_or(Metadata{});
     if (dst.empty()) return Status(Error::kInvalidArgument, "empty output path");
     BIGSMALL_RETURN_IF_ERROR(detail::check_zstd_level(opts.zstd_level).with_context(dst));
-    std::vector<uint64_t> offsets;
-    const auto bad = [&](Error e, const TensorView& t, const std::string& what) {
-      return Status(e, dst + ": tensor '" + t.name + "': " + what);
-    };
-    for (const auto& t : tensors) {
-      if (!dtype_valid(t.dtype)) return bad(Error::kUnknownDtype, t, "unknown dtype id " + std::to_string(static_cast<int>(t.dtype)));
-      if (t.data == nullptr && t.nbytes != 0) return bad(Error::kInvalidArgument, t, "null data");
-      if (t.shape.size() > 255) return bad(Error::kLimit, t, "more than 255 dimensions");
-      uint64_t numel = 1;
-      for (uint64_t d : t.shape) {
-        if (d != 0 && numel > UINT64_MAX / d) return bad(Error::kInvalidArgument, t, "shape overflows 64 bits");
-        numel *= d;
-      }
-      const auto need = dtype_nbytes(t.dtype, numel);
-      if (!need || *need != t.nbytes) return bad(Error::kInvalidArgument, t, "byte size does not match shape and dtype");
-      // Packed sub-byte values must fill whole bytes: safetensors refuses a tensor that ends
-      // inside a byte, so the file this would restore to could not be read.
-      if (const unsigned bits = dtype_info(t.dtype).bits; bits < 8 && (numel % 8) * bits % 8 != 0)
-        return bad(Error::kInvalidArgument, t,
-                   std::to_string(numel) + " " + std::string(dtype_info(t.dtype).safetensors_name) +
-                       " values end inside a byte (safetensors refuses such tensors)");
-    }
-    // In the order safetensors' writer uses (dtype, highest rank first, then name, bytewise), so
-    // that the restored file is the one safetensors would write for these tensors.
-    std::vector<TensorView> laid_out(tensors);
-    std::stable_sort(laid_out.begin(), laid_out.end(), [](const TensorView& a, const TensorView& b) {
-      const int ra = dtype_info(a.dtype).safetensors_rank, rb = dtype_info(b.dtype).safetensors_rank;
-      return ra != rb ? ra > rb : a.name < b.name;
-    });
-    {
-      std::vector<std::string_view> names;
-      for (const auto& t : laid_out) names.push_back(t.name);
-      if (const auto dup = first_repeat(names)) return Status(Error::kInvalidArgument, dst + ": tensor '" + *dup + "' given twice");
-      // The header's metadata key: a tensor under that name makes a file no reader accepts.
-      if (std::binary_search(names.begin(), names.end(), std::string_view("__metadata__")))
-        return Status(Error::kInvalidArgument, dst + ": a tensor cannot be named '__metadata__'");
-      for (const auto& n : names)
-        if (!is_valid_utf8(n)) return Status(Error::kInvalidArgument, dst + ": a tensor name is not UTF-8");
-    }
-    for (const auto& [key, value] : metadata) {
-      if (!is_valid_utf8(key) || !is_valid_utf8(value)) return Status(Error::kInvalidArgument, dst + ": metadata is not UTF-8");
-    }
-    {
-      std::vector<std::string_view> keys;
-      for (const auto& kv : metadata) keys.push_back(kv.first);
-      // The restored header would give the key twice, which compress (and safetensors) refuse.
-      if (const auto dup = first_repeat(keys)) return Status(Error::kInvalidArgument, dst + ": metadata key '" + *dup + "' given twice");
-    }
-    const std::string header = detail::make_safetensors_header(laid_out, metadata_or_none, &offsets);
-    if (header.size() > detail::kMaxHeaderBytes) return Status(Error::kLimit, dst + ": safetensors header would exceed 100 MB");
+    std::string header;
     std::vector<detail::Source> sources;
-    uint64_t data_size = 0;
-    for (size_t i = 0; i < laid_out.size(); ++i) {
-      const auto& t = laid_out[i];
-      sources.push_back({t.name, t.dtype, t.shape, t.data, t.nbytes, offsets[i]});
-      data_size += t.nbytes;
-    }
-    return detail::write_bs(dst, header, 8 + header.size() + data_size, sources, {}, opts, false, std::nullopt, nullptr);
+    uint64_t original_size = 0;
+    BIGSMALL_RETURN_IF_ERROR(lay_out_tensors(dst, tensors, metadata, &header, &sources, &original_size));
+    return detail::write_bs(dst, header, original_size, sources, {}, opts, false, std::nullopt, nullptr);
+  });
+}
+
+Result<std::vector<uint8_t>> write_tensors_to_memory(const std::vector<TensorView>& tensors,
+                                                     const std::optional<Metadata>& metadata, const CompressOptions& opts) {
+  return detail::guarded(kMemoryLabel, [&]() -> Result<std::vector<uint8_t>> {
+    BIGSMALL_RETURN_IF_ERROR(detail::check_zstd_level(opts.zstd_level).with_context(kMemoryLabel));
+    std::string header;
+    std::vector<detail::Source> sources;
+    uint64_t original_size = 0;
+    BIGSMALL_RETURN_IF_ERROR(lay_out_tensors(kMemoryLabel, tensors, metadata, &header, &sources, &original_size));
+    BIGSMALL_RETURN_IF_ERROR(detail::check_sources(sources).with_context(kMemoryLabel));
+    detail::OutputFile out = detail::OutputFile::in_memory(kMemoryLabel);
+    // A .bs is at most about its input's size (chunks that do not shrink are stored) plus header
+    // and index; the index bound is generous, and pages never written are never committed.
+    out.reserve_memory(original_size + (uint64_t{1} << 20) + original_size / 64);
+    BIGSMALL_RETURN_IF_ERROR(detail::write_bs_to(out, header, original_size, sources, {}, opts, false));
+    BIGSMALL_RETURN_IF_ERROR(out.commit());
+    return out.take_memory();
   });
 }
 

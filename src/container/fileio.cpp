@@ -213,6 +213,7 @@ std::string absolute_path(const std::string& path) {
 MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   std::swap(data_, o.data_);
   std::swap(size_, o.size_);
+  std::swap(borrowed_, o.borrowed_);
   std::swap(mode_, o.mode_);
   std::swap(dev_, o.dev_);
   std::swap(ino_, o.ino_);
@@ -226,6 +227,7 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
 }
 
 MappedFile::~MappedFile() {
+  if (borrowed_) return;
   unregister_mapping(data_);
   if (data_ && size_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
@@ -242,18 +244,27 @@ bool MappedFile::stat_self(struct stat* st) const {
 
 Status MappedFile::check_not_truncated() const {
   struct stat st;
-  if (!stat_self(&st) || static_cast<uint64_t>(st.st_size) >= size_) return Status::success();
+  if (borrowed_ || !stat_self(&st) || static_cast<uint64_t>(st.st_size) >= size_) return Status::success();
   return Status(Error::kTruncated, path_ + ": truncated by another program while open (" + std::to_string(size_) +
                                        " bytes when opened, " + std::to_string(st.st_size) + " now)");
 }
 
 Status MappedFile::check_unchanged() const {
   struct stat st;
-  if (!stat_self(&st)) return Status::success();  // renamed over or deleted: the mapping kept the file as opened
+  if (borrowed_ || !stat_self(&st)) return Status::success();  // renamed over or deleted: the mapping kept the file as opened
   auto same = [](const struct timespec& a, const struct timespec& b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; };
   if (static_cast<uint64_t>(st.st_size) != size_ || !same(st.st_mtim, mtime_) || !same(st.st_ctim, ctime_))
     return Status(Error::kTruncated, path_ + ": changed by another program while it was read (nothing written; run again)");
   return Status::success();
+}
+
+MappedFile MappedFile::borrow(const uint8_t* data, uint64_t size, std::string label) {
+  MappedFile m;
+  m.data_ = data;
+  m.size_ = size;
+  m.borrowed_ = true;
+  m.path_ = std::move(label);
+  return m;
 }
 
 Result<MappedFile> MappedFile::open(const std::string& path) {
@@ -312,6 +323,8 @@ void populate(const void* p, uint64_t n, bool for_write) {
 // ---- OutputFile ----------------------------------------------------------------------------
 OutputFile& OutputFile::operator=(OutputFile&& o) noexcept {
   std::swap(fd_, o.fd_);
+  std::swap(in_memory_, o.in_memory_);
+  std::swap(memory_, o.memory_);
   std::swap(final_, o.final_);
   std::swap(temp_, o.temp_);
   std::swap(pos_, o.pos_);
@@ -448,8 +461,27 @@ Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwr
   return Status(Error::kIo, final_path + ": cannot create a temporary file beside it");
 }
 
+OutputFile OutputFile::in_memory(std::string label) {
+  OutputFile o;
+  o.in_memory_ = true;
+  o.final_ = std::move(label);
+  return o;
+}
+
 Status OutputFile::pwrite(const void* p, uint64_t n, uint64_t offset) {
   const auto* b = static_cast<const uint8_t*>(p);
+  if (in_memory_) {
+    if (n == 0) return Status::success();
+    if (n > memory_.max_size() || offset > memory_.max_size() - n)
+      return Status(Error::kOutOfMemory, final_ + ": output too large for memory");
+    if (memory_.size() < offset + n) {
+      // Doubling, as push_back would: a write per coded group must not copy all before it.
+      if (memory_.capacity() < offset + n) memory_.reserve(std::max<uint64_t>(offset + n, 2 * memory_.capacity()));
+      memory_.resize(offset + n);
+    }
+    std::memcpy(memory_.data() + offset, b, n);
+    return Status::success();
+  }
   while (n > 0) {
     const ssize_t w = ::pwrite(fd_, b, n > (1u << 30) ? (1u << 30) : n, static_cast<off_t>(offset));
     if (w < 0) {
@@ -479,6 +511,10 @@ Status OutputFile::write_pieces(const std::vector<Piece>& pieces) {
   if (write_pieces_until_failure.load(std::memory_order_relaxed) > 0 &&
       write_pieces_until_failure.fetch_sub(1, std::memory_order_relaxed) == 1)
     return errno_status(final_, "write failed", ENOSPC);
+  if (in_memory_) {
+    for (const Piece& piece : pieces) BIGSMALL_RETURN_IF_ERROR(write(piece.p, piece.n));
+    return Status::success();
+  }
   constexpr size_t kMaxIov = 1024;  // IOV_MAX on Linux
   std::vector<iovec> iov;
   iov.reserve(std::min(pieces.size(), kMaxIov));
@@ -520,6 +556,7 @@ Status OutputFile::write_pieces(const std::vector<Piece>& pieces) {
 
 Result<uint8_t*> OutputFile::map(uint64_t n) {
   if (n == 0) return static_cast<uint8_t*>(nullptr);
+  if (in_memory_) return Status(Error::kInternal, final_ + ": an in-memory output cannot be mapped");
   const int r = ::posix_fallocate(fd_, 0, static_cast<off_t>(n));
   if (r != 0 && r != EOPNOTSUPP && r != EINVAL) return errno_status(final_, "cannot reserve space", r);
   if (r != 0) {
@@ -538,6 +575,10 @@ Result<uint8_t*> OutputFile::map(uint64_t n) {
 }
 
 Status OutputFile::commit(bool sync) {
+  if (in_memory_) {
+    committed_ = true;
+    return Status::success();
+  }
   if (map_) {
     if (sync && ::msync(map_, map_size_, MS_SYNC) != 0) return errno_status(final_, "cannot flush", errno);
     ::munmap(map_, map_size_);

@@ -29,6 +29,11 @@ void reopen_outputs_for_testing();
 class MappedFile {
  public:
   static Result<MappedFile> open(const std::string& path);
+  // Bytes the caller holds, read in place as if they were a file's mapping (not copied: they must
+  // stay alive and unchanged for this object's life). `label` stands for the file name in
+  // messages; the file checks below have no file to look at and pass.
+  static MappedFile borrow(const uint8_t* data, uint64_t size, std::string label);
+  bool borrowed() const { return borrowed_; }
   MappedFile() = default;
   MappedFile(MappedFile&& o) noexcept { *this = std::move(o); }
   MappedFile& operator=(MappedFile&& o) noexcept;
@@ -58,6 +63,7 @@ class MappedFile {
  private:
   const uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
+  bool borrowed_ = false;  // data_ is the caller's, not a mapping of ours
   unsigned mode_ = 0644;
   uint64_t dev_ = 0, ino_ = 0;  // which file was mapped, for check_not_truncated
   struct timespec mtime_ {}, ctime_ {};  // as opened, for check_unchanged
@@ -81,6 +87,15 @@ class OutputFile {
  public:
   // Fails if final_path exists and overwrite is false.
   static Result<OutputFile> create(const std::string& final_path, bool overwrite);
+  // An output that collects its bytes in memory (no file, no temporary name); `label` names it in
+  // messages. commit() only marks it done; take_memory() hands the bytes over.
+  static OutputFile in_memory(std::string label);
+  std::vector<uint8_t> take_memory() { return std::move(memory_); }
+  // Room for n bytes of an in-memory output up front: growth by doubling would end with up to
+  // twice the output reserved (pages never written cost nothing).
+  void reserve_memory(uint64_t n) {
+    if (in_memory_ && n <= memory_.max_size()) memory_.reserve(n);
+  }
   OutputFile() = default;
   OutputFile(OutputFile&& o) noexcept { *this = std::move(o); }
   OutputFile& operator=(OutputFile&& o) noexcept;
@@ -126,6 +141,8 @@ class OutputFile {
 
  private:
   int fd_ = -1;
+  bool in_memory_ = false;
+  std::vector<uint8_t> memory_;  // the bytes of an in-memory output
   std::string final_, temp_;
   uint64_t pos_ = 0;
   uint8_t* map_ = nullptr;
