@@ -543,11 +543,15 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
       if (se_hist[(s << eb) | e]) rows.push_back((s << eb) | e);
   std::vector<int32_t> row_of(A, -1);
   for (size_t r = 0; r < rows.size(); ++r) row_of[rows[r]] = static_cast<int32_t>(r);
-  // at[k]: every row's counts of its top k mantissa bits, each width folded from the next wider.
-  std::vector<std::vector<uint64_t>> at(static_cast<size_t>(kmax) + 1);
-  at[kmax].assign(rows.size() << kmax, 0);
+  // at[k]: every row's counts of its top k mantissa bits (rows << k entries; the vectors may be
+  // longer), each width folded from the next wider. Kept per thread: fresh for every tensor, an
+  // F16 tensor's counts (rows x 2^10 x 8 bytes) were zeroed and page-faulted in each time.
+  thread_local std::vector<std::vector<uint64_t>> at;
+  if (at.size() < static_cast<size_t>(kmax) + 1) at.resize(static_cast<size_t>(kmax) + 1);
+  for (int k = kmax; k >= 0; --k)
+    if (at[k].size() < (rows.size() << k)) at[k].resize(rows.size() << k);
   if (dense.bins) {
-    dense_rows(key_scratch.bins.data(), rows, kfull, kmax, at[kmax].data());
+    dense_rows(key_scratch.bins.data(), rows, kfull, kmax, at[kmax].data());  // writes every entry
     key_scratch.trim();
     guard.armed = false;
   } else if (dense.wide) {
@@ -555,14 +559,15 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
     key_scratch.trim();
     guard.armed = false;
   } else {
+    std::fill_n(at[kmax].begin(), rows.size() << kmax, uint64_t{0});
     for (size_t i = 0; i < ks.keys.size(); ++i)
       at[kmax][(static_cast<size_t>(row_of[ks.keys[i] >> kfull]) << kmax) + ((ks.keys[i] & kmask) >> (kfull - kmax))] +=
           ks.counts[i];
   }
   for (int k = kmax - 1; k >= 0; --k) {
-    const std::vector<uint64_t>& wide = at[k + 1];
-    at[k].resize(rows.size() << k);
-    for (size_t j = 0; j < at[k].size(); ++j) at[k][j] = wide[2 * j] + wide[2 * j + 1];
+    const uint64_t* wide = at[k + 1].data();
+    uint64_t* narrow = at[k].data();
+    for (size_t j = 0; j < (rows.size() << k); ++j) narrow[j] = wide[2 * j] + wide[2 * j + 1];
   }
 
   FreqTable se;
@@ -581,19 +586,61 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
   fm->se = std::move(se);
   const double mant_bits = mantissa_tables(best, rows, A, n, m_eff, fm);
   if (ks.keys.capacity() > KeyScratch::kKept) ks = KeyStats{};  // as KeyScratch::trim
+  // F64's 4096 rows x 2^8 counts: not kept on every thread of a long-lived process.
+  if (at[kmax].capacity() > KeyScratch::kKept * 2) std::vector<std::vector<uint64_t>>().swap(at);
   return se_bits + mant_bits;
 }
 
-double plan_bytes(const uint8_t* data, uint64_t nbytes, uint32_t unit, BytesModel* bm) {
-  std::vector<std::vector<uint64_t>> hist(unit, std::vector<uint64_t>(256, 0));
-  for (uint64_t i = 0; i < nbytes; ++i) ++hist[i % unit][data[i]];
+// Adds each byte position's histogram of the elements to hist (unit x 256): byte positions known
+// at compile time (not a modulo per byte), and four sets of counts taking turns, so that runs of
+// one byte value (the exponent byte of most weights) do not chain increments of one counter.
+template <uint32_t kUnit>
+void count_planes(const uint8_t* data, uint64_t n_units, uint64_t* hist) {
+  constexpr uint32_t kSets = 4;
+  std::vector<uint64_t> part(size_t{kSets} * kUnit * 256, 0);
+  uint64_t i = 0;
+  for (; i + kSets <= n_units; i += kSets)
+    for (uint32_t s = 0; s < kSets; ++s)
+      for (uint32_t j = 0; j < kUnit; ++j) ++part[(s * kUnit + j) * 256 + data[(i + s) * kUnit + j]];
+  for (; i < n_units; ++i)
+    for (uint32_t j = 0; j < kUnit; ++j) ++part[j * 256 + data[i * kUnit + j]];
+  for (uint32_t s = 0; s < kSets; ++s)
+    for (size_t v = 0; v < size_t{kUnit} * 256; ++v) hist[v] += part[s * kUnit * 256 + v];
+}
+
+// The bytes coder's bits (tables included) and its model in bm. Where the planes' estimated cost
+// (estimate_table_bits, as candidate groupings are screened) is over 2% above `bound`, the bits
+// of a coder it would have to beat, that estimate (above bound, so never chosen) and no model:
+// exact tables for planes that lose cost more than the counting (F16 files: the bytes coder is
+// planned for half their tensors and chosen for one).
+double plan_bytes(const uint8_t* data, uint64_t nbytes, uint32_t unit, double bound, BytesModel* bm) {
+  std::vector<uint64_t> hist(size_t{unit} * 256, 0);
+  const uint64_t n_units = nbytes / unit;
+  switch (unit) {
+    case 1: count_planes<1>(data, n_units, hist.data()); break;
+    case 2: count_planes<2>(data, n_units, hist.data()); break;
+    case 4: count_planes<4>(data, n_units, hist.data()); break;
+    case 8: count_planes<8>(data, n_units, hist.data()); break;
+    default:
+      for (uint64_t i = 0; i < n_units * unit; ++i) ++hist[(i % unit) * 256 + data[i]];
+      break;
+  }
+  for (uint64_t i = n_units * unit; i < nbytes; ++i) ++hist[(i % unit) * 256 + data[i]];  // none: whole elements
+  std::vector<int> lo(unit);
+  double estimate = 0;
+  for (uint32_t j = 0; j < unit; ++j) {
+    const uint64_t* h = hist.data() + size_t{j} * 256;
+    uint32_t present = 0;
+    for (uint32_t v = 0; v < 256; ++v) present += h[v] != 0;
+    lo[j] = std::max(1, ceil_log2(present));
+    double plane = INFINITY;
+    for (int p = lo[j]; p <= 12; ++p) plane = std::min(plane, estimate_table_bits(h, 256, p));
+    estimate += plane;
+  }
+  if (estimate > 1.02 * bound) return estimate;
   double bits = 0;
   bm->planes.resize(unit);
-  for (uint32_t j = 0; j < unit; ++j) {
-    uint32_t present = 0;
-    for (uint64_t c : hist[j]) present += c != 0;
-    bits += best_table(hist[j].data(), 256, std::max(1, ceil_log2(present)), 12, &bm->planes[j]);
-  }
+  for (uint32_t j = 0; j < unit; ++j) bits += best_table(hist.data() + size_t{j} * 256, 256, lo[j], 12, &bm->planes[j]);
   return bits;
 }
 
@@ -850,7 +897,10 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
     float_bits += chunk_overhead;
   }
   double bytes_bits = INFINITY;
-  if (!(float_bits < 0.92 * te.estimated_bits_)) bytes_bits = plan_bytes(data, nbytes, unit, &st.bm) + chunk_overhead;
+  if (!(float_bits < 0.92 * te.estimated_bits_)) {
+    const double bound = std::min(float_bits, te.estimated_bits_) - chunk_overhead;
+    bytes_bits = plan_bytes(data, nbytes, unit, bound, &st.bm) + chunk_overhead;
+  }
   // A fast zstd probe flags tensors with repeated structure; only when it comes close to the
   // entropy coder is the real level tried (level 1 misses long-range repeats that level 19 finds,
   // e.g. an STFT basis: 0.80 at level 1, 0.23 at level 19). The trial compresses the first zstd
