@@ -11,7 +11,10 @@
 4. a whole model load, as users meet it: bigsmall.from_pretrained of the compressed directory
    against transformers' from_pretrained of the original (medians of 9, run alternately);
 5. row shards through get_slice, as tensor-parallel loaders read them: the largest tensor of the
-   BF16 model cut into 8 row ranges, against safetensors' get_slice (medians of 7, same process).
+   BF16 model cut into 8 row ranges, against safetensors' get_slice (medians of 7, same process);
+6. checkpoints held in memory: bigsmall.torch.load of a .bs's bytes against safetensors.torch.load
+   of the original's bytes (both read every byte: neither maps a file), and save against save,
+   medians of 9 run alternately, on the same files as 2.
 
 Usage: .venv/bin/python bench/bench_python.py [--corpus DIR] [--markdown OUT.md]
 """
@@ -147,6 +150,17 @@ def main():
         u_st, u_bs = timed_pair(lambda: read_all(st.load_file(path)), lambda: read_all(bt.load_file(comp)))
         lines.append(f"| {label} | {t_st * 1e3:.1f} | {t_bs * 1e3:.1f} | {t_bs / t_st:.2f}x | {u_st * 1e3:.1f} | "
                      f"{u_bs * 1e3:.1f} | {u_bs / u_st:.2f}x |")
+    lines.append("\n| file | safetensors.torch.load of bytes (ms) | bigsmall.torch.load of bytes (ms) | bigsmall / safetensors time "
+                 "| safetensors.torch.save (ms) | bigsmall.torch.save (ms) | ratio | bytes, safetensors | bytes, bigsmall |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for label, path in files:
+        sd = st.load_file(path)
+        st_bytes, bs_bytes = st.save(sd), bt.save(sd)
+        assert all(torch.equal(v.reshape(-1).view(torch.uint8), sd[k].reshape(-1).view(torch.uint8)) for k, v in bt.load(bs_bytes).items())
+        l_st, l_bs = timed_pair(lambda: st.load(st_bytes), lambda: bt.load(bs_bytes))
+        s_st, s_bs = timed_pair(lambda: st.save(sd), lambda: bt.save(sd))
+        lines.append(f"| {label} | {l_st * 1e3:.1f} | {l_bs * 1e3:.1f} | {l_bs / l_st:.2f}x | {s_st * 1e3:.1f} | {s_bs * 1e3:.1f} | "
+                     f"{s_bs / s_st:.2f}x | {len(st_bytes):,} | {len(bs_bytes):,} |")
     lines.extend(slice_rows(bf, os.path.join(work, "slices.bs")))
     comp_dir = bigsmall.compress(model_dir, os.path.join(work, "minilm.bs"))
     from transformers import BertModel
