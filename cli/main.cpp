@@ -595,6 +595,8 @@ int run_codec(const Args& a) {
       st = is_dir ? decompress_dir(in, out, o) : decompress_file(in, out, o);
     }
     prog.finish();
+    for (const auto& gone : take_removed_temporaries())
+      if (!a.quiet && !a.json) std::fprintf(stderr, "bigsmall: removed %s, left by a run that was killed\n", printable(gone).c_str());
     if (!st.is_ok()) {
       if (a.json) print_json_error("input", in, st);
       rc = std::max(rc, report(st));

@@ -1,6 +1,8 @@
 // The .bs container and model directories: round trips, damaged and hostile inputs, and the
 // promise that no failed run leaves a file under the final name.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -1701,13 +1703,146 @@ TEST(Directory, LeftoversOfAKilledRunDoNotBlockTheNext) {
   write_file(src / "a.safetensors", safetensors_bytes({sample_tensors()[0]}));
   const std::string pid = std::to_string(::getpid());
   for (int k = 0; k < 10; ++k) {
-    fs::create_directories(d.path / (".m.bs.tmp-bigsmall-" + pid + "-" + std::to_string(k)));
-    write_file(d / ("f.bs.tmp-bigsmall-" + pid + "-" + std::to_string(k)), std::string("left"));
+    fs::create_directories(d.path / (".m.bs.tmp-bigsmall-L" + pid + "-" + std::to_string(k)));
+    write_file(d / ("f.bs.tmp-bigsmall-L" + pid + "-" + std::to_string(k)), std::string("left"));
   }
   const Status st = compress_dir(src.string(), (d.path / "m.bs").string());
   EXPECT_TRUE(st.is_ok()) << st.message();
   EXPECT_TRUE(compress_file(src / "a.safetensors", d / "f.bs").is_ok());
   EXPECT_TRUE(verify_path(d / "f.bs").is_ok());
+}
+
+TEST(Directory, TemporariesOfRunsKilledBeyondCleanupAreRemovedByTheNext) {
+  // SIGKILL (the OOM killer) runs no cleanup: a run killed while writing leaves its hidden
+  // temporary output, gigabytes for a large model. The next run writing beside it removes it,
+  // because no live run holds its lock; a live run's, one too new to judge, another user's, an
+  // earlier bigsmall's (unlocked: it may be live), a moved-aside original (".old") and names of
+  // other shapes are left alone.
+  TempDir d;
+  const fs::path src = d.path / "model";
+  fs::create_directories(src);
+  const auto ts = sample_tensors();
+  write_file(src / "a.safetensors", safetensors_bytes(ts));
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // stops for good inside the work, its temporary directory half built
+    ::close(ready[0]);
+    CompressOptions o;
+    o.progress = [&](uint64_t done, uint64_t) {
+      if (done == 0) return;
+      (void)!::write(ready[1], "x", 1);
+      for (;;) ::pause();
+    };
+    (void)compress_dir(src.string(), (d.path / "killed.bs").string(), o);
+    ::_exit(1);
+  }
+  ::close(ready[1]);  // a child that ends without reporting gives end-of-file, not a hang
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  };
+  {
+    Reap reap{child};
+    char c;
+    ASSERT_EQ(::read(ready[0], &c, 1), 1) << "the child ended before its first progress report";
+  }
+  ::close(ready[0]);
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(d.path))
+    if (e.path().filename().string().find(".tmp-bigsmall-") != std::string::npos) left.push_back(e.path().filename().string());
+  ASSERT_EQ(left.size(), 1u) << "the killed run's temporary directory";
+  EXPECT_FALSE(fs::is_empty(d.path / left[0]));
+
+  // Beside it: a live run's (locked here, as every writer locks its own), and others to keep.
+  write_file(d / ".live.bs.tmp-bigsmall-L7-0", std::string("being written"));
+  const int live = ::open((d / ".live.bs.tmp-bigsmall-L7-0").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(live, 0);
+  ASSERT_EQ(::flock(live, LOCK_EX | LOCK_NB), 0);
+  const std::vector<std::string> kept = {".live.bs.tmp-bigsmall-L7-0", ".m.bs.tmp-bigsmall-L7-1.old", "m.bs.tmp-bigsmall-L",
+                                         ".tmp-bigsmall-L7-2", "x.tmp-bigsmall-L7-a", ".earlier.bs.tmp-bigsmall-7-3"};
+  for (size_t k = 1; k < kept.size(); ++k) write_file(d / kept[k], std::string("keep"));
+  write_file(d / "stale.bs.tmp-bigsmall-L8-0", std::string("left by a killed run"));
+  // Too new to judge (the lock is taken just after the file is made): kept at the default age.
+  detail::set_stale_age_for_testing(-1);
+  (void)take_removed_temporaries();
+  ASSERT_TRUE(compress_file(src / "a.safetensors", d / "one.bs").is_ok());
+  EXPECT_TRUE(take_removed_temporaries().empty());
+  EXPECT_TRUE(fs::exists(d.path / left[0]));
+  // Old enough now (age 0 for the test).
+  detail::set_stale_age_for_testing(0);
+  ASSERT_TRUE(compress_file(src / "a.safetensors", d / "two.bs").is_ok());
+  std::vector<std::string> removed = take_removed_temporaries();
+  std::sort(removed.begin(), removed.end());
+  std::vector<std::string> expected = {d / left[0], d / "stale.bs.tmp-bigsmall-L8-0"};
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(removed, expected);
+  EXPECT_FALSE(fs::exists(d.path / left[0]));
+  EXPECT_FALSE(fs::exists(d / "stale.bs.tmp-bigsmall-L8-0"));
+  for (const auto& k : kept) EXPECT_TRUE(fs::exists(d / k)) << k;
+  ::close(live);
+  // A directory is looked at once per process: the live one, unlocked now, stays until the next.
+  ASSERT_TRUE(compress_file(src / "a.safetensors", d / "three.bs").is_ok());
+  EXPECT_TRUE(fs::exists(d / kept[0]));
+  // A file this process reads is never removed, whatever its name (salvaging a killed run's).
+  const fs::path salvage = d.path / ".salvage.bs.tmp-bigsmall-L9-1";
+  fs::copy_file(d / "one.bs", salvage);
+  {
+    auto open = BsFile::open(salvage.string());
+    ASSERT_TRUE(open.is_ok());
+    detail::set_stale_age_for_testing(0);
+    ASSERT_TRUE(open->restore(d / "salvaged.safetensors").is_ok());
+    EXPECT_TRUE(fs::exists(salvage));
+    EXPECT_FALSE(fs::exists(d / kept[0])) << "unlocked now, and looked at again";
+  }
+  // Another user's is never touched (as root, a file given away stands for one).
+  if (::geteuid() == 0) {
+    write_file(d / "theirs.bs.tmp-bigsmall-L9-0", std::string("theirs"));
+    ASSERT_EQ(::chown((d / "theirs.bs.tmp-bigsmall-L9-0").c_str(), 65534, 65534), 0);
+    detail::set_stale_age_for_testing(0);
+    ASSERT_TRUE(compress_file(src / "a.safetensors", d / "four.bs").is_ok());
+    EXPECT_TRUE(fs::exists(d / "theirs.bs.tmp-bigsmall-L9-0"));
+  }
+  // A directory output looks too (its first output there).
+  TempDir e;
+  write_file(e / ".x.bs.tmp-bigsmall-L10-0", std::string("left"));
+  detail::set_stale_age_for_testing(0);
+  ASSERT_TRUE(compress_dir(src.string(), e / "m.bs").is_ok());
+  EXPECT_FALSE(fs::exists(e / ".x.bs.tmp-bigsmall-L10-0"));
+  detail::set_stale_age_for_testing(-1);
+  (void)take_removed_temporaries();
+}
+
+TEST(Directory, RunsHoldTheirTemporaryOutputsLocked) {
+  // What keeps a live run's temporary output from being taken for one left behind.
+  TempDir d;
+  const fs::path src = d.path / "model";
+  fs::create_directories(src);
+  write_file(src / "a.safetensors", safetensors_bytes(sample_tensors()));
+  int checked = 0;
+  auto try_lock_temporaries = [&](const fs::path& dir) {
+    for (const auto& e : fs::directory_iterator(dir)) {
+      if (e.path().filename().string().find(".tmp-bigsmall-") == std::string::npos) continue;
+      const int fd = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC);
+      ASSERT_GE(fd, 0) << e.path();
+      EXPECT_NE(::flock(fd, LOCK_EX | LOCK_NB), 0) << e.path() << " is not locked by the run writing it";
+      ::close(fd);
+      ++checked;
+    }
+  };
+  CompressOptions o;
+  o.progress = [&](uint64_t done, uint64_t) {
+    if (done > 0 && checked == 0) try_lock_temporaries(d.path);
+  };
+  ASSERT_TRUE(compress_file(src / "a.safetensors", d / "f.bs", o).is_ok());
+  EXPECT_EQ(checked, 1) << "the file being written";
+  checked = 0;
+  ASSERT_TRUE(compress_dir(src.string(), d / "m.bs", o).is_ok());
+  EXPECT_EQ(checked, 1) << "the directory being built";
 }
 
 TEST(Directory, SignalCleanupRemovesADirectoryBeingBuilt) {

@@ -1,6 +1,7 @@
 // Model directories: *.safetensors become .bs files, everything else is copied byte for byte,
 // and bigsmall.index.json maps each .bs back to its original name.
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -194,7 +195,9 @@ class OutputDir {
       // earlier version (as the merge refuses a directory where a file goes).
       return Status(Error::kIo, dst + ": is a file, cannot replace it with a directory");
     }
-    // A name left by a killed run (no handler runs on SIGKILL) is skipped, not an error.
+    // A name left by a killed run (no handler runs on SIGKILL) is skipped, not an error; one
+    // left long enough ago, and no longer locked, is removed.
+    detail::remove_stale_temporaries(d.final_.parent_path().string());
     static std::atomic<unsigned> counter{0};
     for (int attempt = 0; attempt < 100; ++attempt) {
       const fs::path temp = detail::temp_beside(d.final_.string(), detail::temp_suffix(counter++), true);
@@ -203,6 +206,19 @@ class OutputDir {
       // files before its mode is final.
       if (::mkdir(temp.c_str(), 0700) == 0) {
         d.temp_ = temp;
+        // Locked while this run lives, so that no other run takes it for one left behind (where
+        // the file system has no locks, no sweeper can take one either).
+        d.lock_fd_ = ::open(temp.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (d.lock_fd_ < 0 || (::flock(d.lock_fd_, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK)) {
+          const int e = d.lock_fd_ < 0 ? errno : 0;  // 0: a sweeper holds the new name: the next one
+          if (d.lock_fd_ >= 0) ::close(d.lock_fd_);
+          d.lock_fd_ = -1;
+          ::rmdir(temp.c_str());
+          d.temp_.clear();
+          detail::unregister_pending_dir(temp.string());
+          if (e != 0) return Status(Error::kIo, temp.string() + ": cannot open: " + std::strerror(e)).with_errno(e);
+          continue;
+        }
         // The finished directory takes the group and other bits of the input (less the umask),
         // as each file takes its input's: a private model directory stays private. The owner
         // gets every right the umask leaves, so that a read-only input does not give an output
@@ -225,7 +241,8 @@ class OutputDir {
   OutputDir() = default;
   OutputDir(OutputDir&& o) noexcept
       : final_(std::move(o.final_)), temp_(std::exchange(o.temp_, {})), overwrite_(o.overwrite_), mode_(o.mode_),
-        made_parents_(std::exchange(o.made_parents_, {})), src_(std::move(o.src_)), input_rel_(std::move(o.input_rel_)) {}
+        made_parents_(std::exchange(o.made_parents_, {})), src_(std::move(o.src_)), input_rel_(std::move(o.input_rel_)),
+        lock_fd_(std::exchange(o.lock_fd_, -1)) {}
   OutputDir& operator=(OutputDir&&) = delete;
   ~OutputDir() {
     std::error_code ec;
@@ -233,6 +250,7 @@ class OutputDir {
       fs::remove_all(temp_, ec);
       detail::unregister_pending_dir(temp_.string());
     }
+    if (lock_fd_ >= 0) ::close(lock_fd_);  // after the removal: no sweeper takes a tree half removed
     for (const auto& p : made_parents_) {  // not committed: innermost first, if empty
       ::rmdir(p.c_str());
       detail::unregister_made_parent(p.string());
@@ -299,6 +317,13 @@ class OutputDir {
   Status done() {
     detail::unregister_pending_dir(temp_.string());
     temp_.clear();
+    // Unlocked for every copy of the descriptor (a child forked meanwhile holds one): the lock
+    // would otherwise stay on the finished directory for that child's life.
+    if (lock_fd_ >= 0) {
+      (void)::flock(lock_fd_, LOCK_UN);
+      ::close(lock_fd_);
+      lock_fd_ = -1;
+    }
     for (const auto& p : made_parents_) detail::unregister_made_parent(p.string());
     made_parents_.clear();
     return Status::success();
@@ -423,6 +448,7 @@ class OutputDir {
   std::vector<fs::path> made_parents_;  // created for this output, innermost first
   std::string src_;
   fs::path input_rel_;  // the input's place inside the output, when -f merges into a directory holding it
+  int lock_fd_ = -1;    // the temporary directory, locked (flock) while this run lives
 };
 
 struct DirEntry {

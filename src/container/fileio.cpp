@@ -6,8 +6,10 @@
 #include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -16,6 +18,11 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <mutex>
+#include <set>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 namespace bigsmall::detail {
@@ -195,6 +202,20 @@ void unregister_mapping(const uint8_t* p) {
 
 // ---- MappedFile ----------------------------------------------------------------------------
 namespace {
+// Files this process has open as inputs (MappedFile), by identity: a run reading a temporary
+// output of a killed run (salvaging it) must not have its input removed under it.
+std::mutex g_inputs_mu;
+std::multiset<std::pair<uint64_t, uint64_t>> g_inputs;  // (dev, ino), under g_inputs_mu
+void note_input(uint64_t dev, uint64_t ino, bool open) {
+  std::lock_guard<std::mutex> lk(g_inputs_mu);
+  if (open) g_inputs.insert({dev, ino});
+  else if (auto it = g_inputs.find({dev, ino}); it != g_inputs.end()) g_inputs.erase(it);
+}
+bool is_open_input(uint64_t dev, uint64_t ino) {
+  std::lock_guard<std::mutex> lk(g_inputs_mu);
+  return g_inputs.count({dev, ino}) != 0;
+}
+
 // `path` prefixed with the working directory when it is relative; as given when that cannot be
 // had (a deleted working directory: the check then stats the name as given, as before).
 std::string absolute_path(const std::string& path) {
@@ -228,6 +249,7 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
 
 MappedFile::~MappedFile() {
   if (borrowed_) return;
+  if (!path_.empty()) note_input(dev_, ino_, false);
   unregister_mapping(data_);
   if (data_ && size_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
@@ -300,6 +322,7 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
   }
   m.dev_ = static_cast<uint64_t>(st.st_dev);
   m.ino_ = static_cast<uint64_t>(st.st_ino);
+  note_input(m.dev_, m.ino_, true);
   m.mtime_ = st.st_mtim;
   m.ctime_ = st.st_ctim;
   m.uid_ = st.st_uid;
@@ -384,8 +407,104 @@ Result<std::string> overwrite_target(const std::string& path) {
 }
 }  // namespace
 
+// ---- temporaries left by killed runs ----------------------------------------------------------
+namespace {
+constexpr int64_t kStaleAgeSeconds = 60;
+std::atomic<int64_t> stale_age{kStaleAgeSeconds};
+std::mutex g_stale_mu;
+std::set<std::pair<dev_t, ino_t>> g_stale_dirs_seen;  // under g_stale_mu
+std::vector<std::string> g_stale_removed;             // under g_stale_mu
+
+// A name temp_beside(..., temp_suffix(n), ...) makes: "NAME.tmp-bigsmall-LPID-N", NAME not empty.
+bool is_temp_name(std::string_view name) {
+  constexpr std::string_view kMark = ".tmp-bigsmall-L";
+  const size_t at = name.rfind(kMark);
+  if (at == std::string_view::npos || at == 0) return false;
+  const std::string_view rest = name.substr(at + kMark.size());
+  const size_t dash = rest.find('-');
+  auto digits = [](std::string_view v) {
+    return !v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  return dash != std::string_view::npos && digits(rest.substr(0, dash)) && digits(rest.substr(dash + 1));
+}
+
+// Locks on network and FUSE file systems may hold on one host only (NFS directories, nolock
+// mounts, sshfs, object-store mounts), so that another host's live run would look dead: only
+// file systems local to this kernel are swept.
+bool on_local_file_system(int fd) {
+  struct statfs fs;
+  if (::fstatfs(fd, &fs) != 0) return false;
+  switch (static_cast<unsigned long>(fs.f_type)) {
+    case 0xEF53:      // ext2, ext3, ext4
+    case 0x58465342:  // xfs
+    case 0x9123683E:  // btrfs
+    case 0x01021994:  // tmpfs
+    case 0xF2F52010:  // f2fs
+    case 0x2FC12FC1:  // zfs
+    case 0x794C7630:  // overlayfs (containers)
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Whether the entry `name` of dfd, opened as fd, is a temporary output left behind: ours, old,
+// and locked by no one now (the lock taken here is held until fd closes, so no run can claim it).
+bool left_behind(int dfd, const char* name, int fd) {
+  struct stat st, again;
+  if (::fstat(fd, &st) != 0 || st.st_uid != ::geteuid() || !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) return false;
+  if (is_open_input(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino))) return false;
+  if (static_cast<int64_t>(::time(nullptr)) - static_cast<int64_t>(st.st_mtime) < stale_age.load()) return false;
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) return false;  // a live run's, or no locks here
+  // Still the entry that was locked (not replaced by another under the same name meanwhile).
+  return ::fstatat(dfd, name, &again, AT_SYMLINK_NOFOLLOW) == 0 && again.st_dev == st.st_dev && again.st_ino == st.st_ino;
+}
+}  // namespace
+
+void remove_stale_temporaries(const std::string& dir) {
+  const std::string where = dir.empty() ? "." : dir;
+  DIR* d = ::opendir(where.c_str());
+  if (d == nullptr) return;
+  const int dfd = ::dirfd(d);
+  struct stat ds;
+  bool first = false;
+  if (::fstat(dfd, &ds) == 0 && on_local_file_system(dfd)) {
+    std::lock_guard<std::mutex> lk(g_stale_mu);
+    first = g_stale_dirs_seen.insert({ds.st_dev, ds.st_ino}).second;
+  }
+  std::vector<std::string> removed;
+  while (first) {
+    const dirent* e = ::readdir(d);
+    if (e == nullptr) break;
+    if (!is_temp_name(e->d_name)) continue;
+    const int fd = ::openat(dfd, e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) continue;
+    if (left_behind(dfd, e->d_name, fd)) {
+      const std::string path = (dir.empty() ? std::string() : dir + (dir.back() == '/' ? "" : "/")) + e->d_name;
+      struct stat st;
+      // Through the directory's descriptor, each level opened without following links.
+      const bool gone = ::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) ? remove_tree(dfd, e->d_name, 0)
+                                                                      : ::unlinkat(dfd, e->d_name, 0) == 0;
+      if (gone) removed.push_back(path);
+    }
+    ::close(fd);
+  }
+  ::closedir(d);
+  if (removed.empty()) return;
+  std::lock_guard<std::mutex> lk(g_stale_mu);
+  g_stale_removed.insert(g_stale_removed.end(), removed.begin(), removed.end());
+}
+
+void set_stale_age_for_testing(int64_t seconds) {
+  stale_age.store(seconds < 0 ? kStaleAgeSeconds : seconds);
+  std::lock_guard<std::mutex> lk(g_stale_mu);
+  g_stale_dirs_seen.clear();
+}
+
 std::string temp_suffix(unsigned n) {
-  std::string s = ".tmp-bigsmall-";  // in steps: GCC 12's -Wrestrict misfires on a + b + c
+  // "-L": written by a run that holds it locked (remove_stale_temporaries removes only these; an
+  // earlier bigsmall's temporaries, unlocked, could still be in use).
+  std::string s = ".tmp-bigsmall-L";  // in steps: GCC 12's -Wrestrict misfires on a + b + c
   s += std::to_string(::getpid());
   s += '-';
   s += std::to_string(n);
@@ -440,11 +559,23 @@ Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwr
   f.mode_ = 0644 & ~process_umask();
   // A name left by a killed run (no cleanup runs on SIGKILL; in a container the PID repeats) is
   // skipped, not an error.
+  {
+    const size_t slash = f.final_.rfind('/');
+    remove_stale_temporaries(slash == std::string::npos ? "" : slash == 0 ? "/" : f.final_.substr(0, slash));
+  }
   for (int attempt = 0; attempt < 100; ++attempt) {
     f.temp_ = temp_beside(f.final_, temp_suffix(counter++), false);
     register_pending(f.temp_);
     f.fd_ = ::open(f.temp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (f.fd_ >= 0) return f;
+    if (f.fd_ >= 0) {
+      // Held while this run lives (remove_stale_temporaries); where locks are missing, none.
+      if (::flock(f.fd_, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK) return f;
+      ::close(f.fd_);  // already held: a sweeper took the new name for one left behind; another
+      f.fd_ = -1;
+      unregister_pending(f.temp_);
+      f.temp_.clear();
+      continue;
+    }
     const int e = errno;
     unregister_pending(f.temp_);
     f.temp_.clear();
@@ -596,6 +727,14 @@ Status OutputFile::commit(bool sync) {
     (void)::futimens(fd_, times);
   }
   if (sync && ::fsync(fd_) != 0) return errno_status(final_, "cannot flush", errno);
+  // The lock stays held through the rename (by a duplicate, which shares it): unlocked for a
+  // moment under its temporary name, a finished file could be taken for one left behind.
+  struct LockKeeper {
+    int fd;
+    ~LockKeeper() {
+      if (fd >= 0) ::close(fd);
+    }
+  } keeper{::fcntl(fd_, F_DUPFD_CLOEXEC, 0)};
   if (::close(fd_) != 0) {
     fd_ = -1;
     return errno_status(final_, "cannot close", errno);
@@ -620,6 +759,11 @@ Status OutputFile::commit(bool sync) {
 
 namespace bigsmall {
 void remove_partial_outputs() { detail::remove_pending_outputs(); }
+
+std::vector<std::string> take_removed_temporaries() {
+  std::lock_guard<std::mutex> lk(detail::g_stale_mu);
+  return std::exchange(detail::g_stale_removed, {});
+}
 
 const char* mapped_input_at(const void* addr) {
   const auto a = reinterpret_cast<uintptr_t>(addr);

@@ -194,6 +194,19 @@ std::string temp_beside(const std::string& path, const std::string& suffix, bool
 // ".tmp-bigsmall-PID-N".
 std::string temp_suffix(unsigned n);
 
+// Removes the temporary outputs (".NAME.tmp-bigsmall-LPID-N" files and directories) that runs
+// killed beyond any cleanup (SIGKILL, the OOM killer, a power cut) left in `dir`: only this
+// user's, at least a minute old, not open as an input here, and only those no run holds: every
+// writer keeps its temporary output locked (flock) until it is renamed into place, and the
+// kernel drops the lock when the process dies, whatever killed it. Only on local file systems
+// (on_local_file_system: elsewhere a lock may not reach other hosts); where locks fail, nothing
+// is removed. Each directory is looked at once per process. What it removes is kept for
+// take_removed_temporaries().
+void remove_stale_temporaries(const std::string& dir);
+// Tests only: the age from which an unlocked temporary output counts as left behind (seconds;
+// negative restores the minute), and forgetting which directories were looked at.
+void set_stale_age_for_testing(int64_t seconds);
+
 bool path_is_dir(const std::string& p);
 bool path_exists(const std::string& p);
 // Refuses an output that is its input (the same file or directory, by device and inode): with
