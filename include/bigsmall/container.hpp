@@ -178,6 +178,10 @@ void remove_partial_outputs();
 // (writers keep theirs locked; the kernel drops a dead process's locks). This returns the paths
 // removed since the last call, for a note to the user, and forgets them.
 std::vector<std::string> take_removed_temporaries();
+// What every run does before its first output in a directory, for writers of their own (the
+// Python package's staged saves): removes the temporaries of killed runs in `dir` (listed by the
+// next take_removed_temporaries()).
+void remove_stale_temporaries(const std::string& dir);
 // For SIGBUS handlers: the path of the input file the library has mapped at `addr` (a fault
 // there means another program truncated the file while it was read), or null. Async-signal-safe.
 const char* mapped_input_at(const void* addr);

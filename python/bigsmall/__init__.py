@@ -275,6 +275,17 @@ def _default_output(src, compressing, is_dir):
     raise InvalidArgumentError(f"{src}: name does not end in .bs; pass dst")
 
 
+def _note_removed(stacklevel):
+    """Warns of the temporary outputs of killed runs (SIGKILL, the OOM killer) that the core
+    removed where this call wrote (the CLI says the same on stderr). stacklevel: of the user's call."""
+    removed = _core.take_removed_temporaries()
+    if removed:
+        import warnings
+
+        for p in removed:
+            warnings.warn(_one_line(f"bigsmall: removed {p}, left by a run that was killed"), stacklevel=stacklevel)
+
+
 def compress(src, dst=None, threads=None, overwrite=False, progress=False):
     """Compress a .safetensors file or a model directory; returns the output path."""
     src = os.fsdecode(src)
@@ -286,6 +297,7 @@ def compress(src, dst=None, threads=None, overwrite=False, progress=False):
     finally:
         if bar is not None:
             bar.close()
+        _note_removed(3)
     return dst
 
 
@@ -300,6 +312,7 @@ def decompress(src, dst=None, threads=None, overwrite=False, verify=True, progre
     finally:
         if bar is not None:
             bar.close()
+        _note_removed(3)
     return dst
 
 

@@ -9,18 +9,18 @@ import contextlib
 import copy
 import errno
 import fcntl
+import itertools
 import json
 import os
 import posixpath
 import re
 import shutil
-import tempfile
 import threading
 import warnings
 
 import torch
 
-from . import _batches, _core, _flag, _missing, _os_error, _progress, _threads, InvalidArgumentError
+from . import _batches, _core, _flag, _missing, _note_removed, _os_error, _progress, _threads, InvalidArgumentError
 from . import torch as bt
 
 _LAYER = re.compile(r"^(.*?\.\d+)\.")
@@ -913,11 +913,14 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise _os_error(e, out_dir) from None
-    staging = None
+    staging = staging_lock = None
+    # Stagings of saves killed beyond cleanup (SIGKILL, the OOM killer) go, as the core's own.
+    _core.remove_stale_temporaries(out_dir)
+    _note_removed(3)
     try:
         # Everything is written aside first (weights, configs, index), then moved in, index last:
         # a failure while writing leaves the directory as it was.
-        staging = tempfile.mkdtemp(prefix=".bigsmall-save-", dir=out_dir)
+        staging, staging_lock = _staging_dir(out_dir)
         if model is not None:
             # As transformers' save_pretrained does, the config names the class that saved it (so
             # that from_pretrained without a class builds that one: GPT2LMHeadModel, not
@@ -976,8 +979,44 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+        if staging_lock is not None:  # after the removal: no sweeper takes a tree half removed
+            _held_locks.discard(staging_lock)
+            os.close(staging_lock)
     _warn_other_weights(out_dir)  # once all is in place: a warning turned error must not undo a save
     return out_dir
+
+
+_staging_counter = itertools.count()
+
+
+def _staging_dir(out_dir):
+    """A private directory in out_dir to stage a save in, named and locked as the core's temporary
+    outputs are (".save.tmp-bigsmall-L<pid>-<n>", an flock held until the save ends): a save killed
+    beyond cleanup leaves it, and the next write in out_dir removes it. Returns (path, locked fd)."""
+    for _ in range(1000):
+        path = os.path.join(out_dir, f".save.tmp-bigsmall-L{os.getpid()}-{next(_staging_counter)}")
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue  # a killed run's (in a container every run may get the same PID)
+        except OSError as e:
+            raise _os_error(e, out_dir) from None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            os.rmdir(path)
+            raise _os_error(e, path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a sweeper holds the new name: the next one
+            os.close(fd)
+            os.rmdir(path)
+            continue
+        except OSError:
+            pass  # no locks on this file system: no sweeper can take it either
+        _held_locks.add(fd)  # closed in forked children: the lock stays this process's
+        return path, fd
+    raise _core.IOError(f"{out_dir}: cannot create a staging directory in it")
 
 
 # The weight files transformers' from_pretrained loads from a directory (no variant).

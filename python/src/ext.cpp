@@ -497,6 +497,18 @@ NB_MODULE(_core, m) {
       nb::arg("threads") = 0, nb::arg("overwrite") = false);
 
   m.def(
+      "take_removed_temporaries",
+      [] {
+        nb::list out;
+        for (const auto& p : take_removed_temporaries()) out.append(fs_str(p));
+        return out;
+      },
+      "Paths of temporaries of killed runs removed since the last call.");
+  m.def(
+      "remove_stale_temporaries", [](nb::handle dir) { remove_stale_temporaries(fs_path(dir)); }, nb::arg("dir"),
+      "Removes the temporaries of killed runs in dir (what every output does first in its directory).");
+
+  m.def(
       "write_tensors_bytes",
       [](const std::vector<std::pair<std::string, std::string>>& names_dtypes,
          const std::vector<std::vector<uint64_t>>& shapes, std::vector<ConstBytes> datas,

@@ -616,6 +616,54 @@ def test_save_and_load_in_memory_as_safetensors_does(tmp_path):
         bn.save(arrays, metadata={"k": 1})
 
 
+def test_temporaries_of_killed_runs_are_removed_with_a_warning(tmp_path):
+    # A run killed beyond cleanup (SIGKILL, the OOM killer) leaves its hidden temporary output or
+    # save_pretrained's staging directory; the next write there removes those no live run holds
+    # locked (this user's, over a minute old) and says so.
+    import fcntl
+
+    old = time.time() - 3600
+
+    def stale(path, is_dir):
+        if is_dir:
+            os.mkdir(path)
+            (path / "model.bs").write_bytes(b"half")
+        else:
+            path.write_bytes(b"half")
+        os.utime(path, (old, old))
+
+    t = {"w": torch.randn(64, 8).to(torch.bfloat16)}
+    a = tmp_path / "a"
+    a.mkdir()
+    stale(a / ".x.bs.tmp-bigsmall-L99999-0", False)
+    stale(a / ".save.tmp-bigsmall-L99999-1", True)
+    stale(a / ".live.bs.tmp-bigsmall-L99999-2", False)
+    live = os.open(a / ".live.bs.tmp-bigsmall-L99999-2", os.O_RDONLY)
+    fcntl.flock(live, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live run holds its own
+    stale(a / ".earlier.bs.tmp-bigsmall-99999-3", False)  # an earlier bigsmall's, unlocked: kept
+    try:
+        with pytest.warns(UserWarning, match=r"removed .*\.x\.bs\.tmp-bigsmall-L99999-0, left by a run that was killed"):
+            bt.save_file(t, a / "t.bs")
+    finally:
+        os.close(live)
+    assert sorted(p.name for p in a.iterdir()) == [".earlier.bs.tmp-bigsmall-99999-3", ".live.bs.tmp-bigsmall-L99999-2", "t.bs"]
+
+    b = tmp_path / "b"
+    b.mkdir()
+    stale(b / ".save.tmp-bigsmall-L99999-0", True)
+    with pytest.warns(UserWarning, match=r"removed .*\.save\.tmp-bigsmall-L99999-0"):
+        bigsmall.save_pretrained(t, b)
+    assert sorted(p.name for p in b.iterdir()) == ["bigsmall.index.json", "model.bs"]
+
+    c = tmp_path / "c"
+    c.mkdir()
+    stale(c / ".src.bs.tmp-bigsmall-L99999-0", True)
+    st.save_file(t, str(tmp_path / "src.safetensors"))
+    with pytest.warns(UserWarning, match="left by a run that was killed"):
+        bigsmall.compress(tmp_path / "src.safetensors", c / "src.bs")
+    assert sorted(p.name for p in c.iterdir()) == ["src.bs"]
+
+
 @pytest.fixture(scope="module")
 def big_bf16(tmp_path_factory):
     """A 256 MB BF16 checkpoint and its .bs: long enough at one thread (about a second either

@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -22,6 +23,7 @@
 #include <mutex>
 #include <set>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -412,7 +414,10 @@ namespace {
 constexpr int64_t kStaleAgeSeconds = 60;
 std::atomic<int64_t> stale_age{kStaleAgeSeconds};
 std::mutex g_stale_mu;
-std::set<std::pair<dev_t, ino_t>> g_stale_dirs_seen;  // under g_stale_mu
+// Directories looked at, by device, inode and birth time: a long-lived process creates and
+// deletes directories whose inodes come back (tests, notebooks), and a new directory under an
+// old inode must be looked at too. Where the file system keeps no birth time, device and inode.
+std::set<std::tuple<uint64_t, uint64_t, int64_t, uint32_t>> g_stale_dirs_seen;  // under g_stale_mu
 std::vector<std::string> g_stale_removed;             // under g_stale_mu
 
 // A name temp_beside(..., temp_suffix(n), ...) makes: "NAME.tmp-bigsmall-LPID-N", NAME not empty.
@@ -466,11 +471,14 @@ void remove_stale_temporaries(const std::string& dir) {
   DIR* d = ::opendir(where.c_str());
   if (d == nullptr) return;
   const int dfd = ::dirfd(d);
-  struct stat ds;
+  struct statx sx;
   bool first = false;
-  if (::fstat(dfd, &ds) == 0 && on_local_file_system(dfd)) {
+  if (::statx(dfd, "", AT_EMPTY_PATH, STATX_INO | STATX_BTIME, &sx) == 0 && on_local_file_system(dfd)) {
+    const bool born = (sx.stx_mask & STATX_BTIME) != 0;
+    const auto key = std::make_tuple(uint64_t{::makedev(sx.stx_dev_major, sx.stx_dev_minor)}, uint64_t{sx.stx_ino},
+                                     born ? int64_t{sx.stx_btime.tv_sec} : 0, born ? sx.stx_btime.tv_nsec : 0u);
     std::lock_guard<std::mutex> lk(g_stale_mu);
-    first = g_stale_dirs_seen.insert({ds.st_dev, ds.st_ino}).second;
+    first = g_stale_dirs_seen.insert(key).second;
   }
   std::vector<std::string> removed;
   while (first) {
@@ -759,6 +767,8 @@ Status OutputFile::commit(bool sync) {
 
 namespace bigsmall {
 void remove_partial_outputs() { detail::remove_pending_outputs(); }
+
+void remove_stale_temporaries(const std::string& dir) { detail::remove_stale_temporaries(dir); }
 
 std::vector<std::string> take_removed_temporaries() {
   std::lock_guard<std::mutex> lk(detail::g_stale_mu);
