@@ -623,21 +623,23 @@ if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
   check "the restored file is theirs" -- test "$(stat -c %U "$tmp/own2.safetensors")" = nobody
 fi
 
-# A run killed beyond cleanup (SIGKILL, the OOM killer) leaves its hidden temporary output; the
-# next run writing beside it removes it (unlocked, over a minute old) and says so, unless -q.
+# A run killed beyond cleanup (SIGKILL, the OOM killer) leaves its temporary output; the next
+# attempt at the same output removes it (unlocked, over a minute old) and says so, unless -q.
 mkdir -p "$tmp/stale"
 cp "$tmp/m.safetensors" "$tmp/stale/s.safetensors"
-printf 'half a .bs' > "$tmp/stale/.s.bs.tmp-bigsmall-L4242-0"
-mkdir -p "$tmp/stale/.d.bs.tmp-bigsmall-L4242-1" && printf 'x' > "$tmp/stale/.d.bs.tmp-bigsmall-L4242-1/a.bs"
-printf 'recent' > "$tmp/stale/.r.bs.tmp-bigsmall-L4242-2"
-touch -d '2 hours ago' "$tmp/stale/.s.bs.tmp-bigsmall-L4242-0" "$tmp/stale/.d.bs.tmp-bigsmall-L4242-1"
+printf 'half a .bs' > "$tmp/stale/s.bs.tmp-bigsmall-L4242-0"
+mkdir -p "$tmp/stale/.s.bs.tmp-bigsmall-L4242-1" && printf 'x' > "$tmp/stale/.s.bs.tmp-bigsmall-L4242-1/a.bs"
+printf 'recent' > "$tmp/stale/s.bs.tmp-bigsmall-L4242-2"
+printf 'other' > "$tmp/stale/other.bs.tmp-bigsmall-L4242-3"
+touch -d '2 hours ago' "$tmp/stale/s.bs.tmp-bigsmall-L4242-0" "$tmp/stale/.s.bs.tmp-bigsmall-L4242-1" "$tmp/stale/other.bs.tmp-bigsmall-L4242-3"
 expect 0 "compress beside temporaries of a killed run" -- "$bs" compress "$tmp/stale/s.safetensors"
-check "removes them" -- test ! -e "$tmp/stale/.s.bs.tmp-bigsmall-L4242-0" -a ! -e "$tmp/stale/.d.bs.tmp-bigsmall-L4242-1"
+check "removes them" -- test ! -e "$tmp/stale/s.bs.tmp-bigsmall-L4242-0" -a ! -e "$tmp/stale/.s.bs.tmp-bigsmall-L4242-1"
 check "and says so" -- grep -q "removed .*s.bs.tmp-bigsmall-L4242-0, left by a run that was killed" "$tmp/err"
-check "keeps one too recent to judge" -- test -e "$tmp/stale/.r.bs.tmp-bigsmall-L4242-2"
-printf 'half' > "$tmp/stale/.q.bs.tmp-bigsmall-L4242-3" && touch -d '2 hours ago' "$tmp/stale/.q.bs.tmp-bigsmall-L4242-3"
+check "keeps one too recent to judge" -- test -e "$tmp/stale/s.bs.tmp-bigsmall-L4242-2"
+check "and another output's" -- test -e "$tmp/stale/other.bs.tmp-bigsmall-L4242-3"
+printf 'half' > "$tmp/stale/s.safetensors.tmp-bigsmall-L4242-4" && touch -d '2 hours ago' "$tmp/stale/s.safetensors.tmp-bigsmall-L4242-4"
 expect 0 "-q" -- "$bs" decompress -q -f "$tmp/stale/s.bs"
-check "removes it silently" -- test ! -e "$tmp/stale/.q.bs.tmp-bigsmall-L4242-3" -a ! -s "$tmp/err"
+check "removes it silently" -- test ! -e "$tmp/stale/s.safetensors.tmp-bigsmall-L4242-4" -a ! -s "$tmp/err"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -1713,11 +1713,11 @@ TEST(Directory, LeftoversOfAKilledRunDoNotBlockTheNext) {
 }
 
 TEST(Directory, TemporariesOfRunsKilledBeyondCleanupAreRemovedByTheNext) {
-  // SIGKILL (the OOM killer) runs no cleanup: a run killed while writing leaves its hidden
-  // temporary output, gigabytes for a large model. The next run writing beside it removes it,
-  // because no live run holds its lock; a live run's, one too new to judge, another user's, an
-  // earlier bigsmall's (unlocked: it may be live), a moved-aside original (".old") and names of
-  // other shapes are left alone.
+  // SIGKILL (the OOM killer) runs no cleanup: a run killed while writing leaves its temporary
+  // output, gigabytes for a large model. The next attempt at the same output removes it, because
+  // no live run holds its lock; another output's, a live run's, one too new to judge, another
+  // user's, an earlier bigsmall's (unlocked: it may be live), a moved-aside original (".old"),
+  // inputs, and names of other shapes are left alone.
   TempDir d;
   const fs::path src = d.path / "model";
   fs::create_directories(src);
@@ -1759,60 +1759,63 @@ TEST(Directory, TemporariesOfRunsKilledBeyondCleanupAreRemovedByTheNext) {
   EXPECT_FALSE(fs::is_empty(d.path / left[0]));
 
   // Beside it: a live run's (locked here, as every writer locks its own), and others to keep.
-  write_file(d / ".live.bs.tmp-bigsmall-L7-0", std::string("being written"));
-  const int live = ::open((d / ".live.bs.tmp-bigsmall-L7-0").c_str(), O_RDONLY | O_CLOEXEC);
+  write_file(d / "live.bs.tmp-bigsmall-L7-0", std::string("being written"));
+  const int live = ::open((d / "live.bs.tmp-bigsmall-L7-0").c_str(), O_RDONLY | O_CLOEXEC);
   ASSERT_GE(live, 0);
   ASSERT_EQ(::flock(live, LOCK_EX | LOCK_NB), 0);
-  const std::vector<std::string> kept = {".live.bs.tmp-bigsmall-L7-0", ".m.bs.tmp-bigsmall-L7-1.old", "m.bs.tmp-bigsmall-L",
-                                         ".tmp-bigsmall-L7-2", "x.tmp-bigsmall-L7-a", ".earlier.bs.tmp-bigsmall-7-3"};
+  const std::vector<std::string> kept = {"live.bs.tmp-bigsmall-L7-0", ".one.bs.tmp-bigsmall-L7-1.old", "one.bs.tmp-bigsmall-L",
+                                         ".tmp-bigsmall-L7-2", "one.bs.tmp-bigsmall-L7-a", "one.bs.tmp-bigsmall-7-3"};
   for (size_t k = 1; k < kept.size(); ++k) write_file(d / kept[k], std::string("keep"));
-  write_file(d / "stale.bs.tmp-bigsmall-L8-0", std::string("left by a killed run"));
+  write_file(d / "one.bs.tmp-bigsmall-L8-0", std::string("left by a killed run"));
+  write_file(d / "other.bs.tmp-bigsmall-L8-1", std::string("another output's, left by a killed run"));
   // Too new to judge (the lock is taken just after the file is made): kept at the default age.
   detail::set_stale_age_for_testing(-1);
   (void)take_removed_temporaries();
-  ASSERT_TRUE(compress_file(src / "a.safetensors", d / "one.bs").is_ok());
+  ASSERT_TRUE(compress_dir(src.string(), (d.path / "killed.bs").string()).is_ok());
   EXPECT_TRUE(take_removed_temporaries().empty());
   EXPECT_TRUE(fs::exists(d.path / left[0]));
-  // Old enough now (age 0 for the test).
+  // Old enough now (age 0 for the test): each output takes only its own earlier attempts'.
   detail::set_stale_age_for_testing(0);
-  ASSERT_TRUE(compress_file(src / "a.safetensors", d / "two.bs").is_ok());
-  std::vector<std::string> removed = take_removed_temporaries();
-  std::sort(removed.begin(), removed.end());
-  std::vector<std::string> expected = {d / left[0], d / "stale.bs.tmp-bigsmall-L8-0"};
-  std::sort(expected.begin(), expected.end());
-  EXPECT_EQ(removed, expected);
+  CompressOptions force;
+  force.overwrite = true;
+  ASSERT_TRUE(compress_dir(src.string(), (d.path / "killed.bs").string(), force).is_ok());
+  EXPECT_EQ(take_removed_temporaries(), std::vector<std::string>{d / left[0]});
   EXPECT_FALSE(fs::exists(d.path / left[0]));
-  EXPECT_FALSE(fs::exists(d / "stale.bs.tmp-bigsmall-L8-0"));
+  ASSERT_TRUE(compress_file(src / "a.safetensors", d / "one.bs").is_ok());
+  EXPECT_EQ(take_removed_temporaries(), std::vector<std::string>{d / "one.bs.tmp-bigsmall-L8-0"});
+  EXPECT_FALSE(fs::exists(d / "one.bs.tmp-bigsmall-L8-0"));
+  EXPECT_TRUE(fs::exists(d / "other.bs.tmp-bigsmall-L8-1")) << "another output's is its own run's to take";
+  ASSERT_TRUE(compress_file(src / "a.safetensors", d / "live.bs").is_ok());
   for (const auto& k : kept) EXPECT_TRUE(fs::exists(d / k)) << k;
   ::close(live);
-  // A directory is looked at once per process: the live one, unlocked now, stays until the next.
-  ASSERT_TRUE(compress_file(src / "a.safetensors", d / "three.bs").is_ok());
-  EXPECT_TRUE(fs::exists(d / kept[0]));
-  // A file this process reads is never removed, whatever its name (salvaging a killed run's).
-  const fs::path salvage = d.path / ".salvage.bs.tmp-bigsmall-L9-1";
-  fs::copy_file(d / "one.bs", salvage);
+  // An input named like a temporary, a directory too, is never taken for one (a salvage of a
+  // killed run's output, or a name that merely looks like one).
+  detail::set_stale_age_for_testing(0);
+  TempDir e;
+  const fs::path odd = e.path / ".m.bs.tmp-bigsmall-L9-1";
+  fs::create_directories(odd);
+  write_file((odd / "a.safetensors").string(), safetensors_bytes(ts));
+  ASSERT_TRUE(compress_dir(odd.string(), (e.path / "m.bs").string()).is_ok());
+  EXPECT_TRUE(fs::exists(odd / "a.safetensors"));
+  ASSERT_TRUE(compress_file((odd / "a.safetensors").string(), (e.path / "a.bs").string()).is_ok());
+  EXPECT_TRUE(fs::exists(odd / "a.safetensors"));
+  // A file this process reads is never removed, even under its output's temporary name.
+  const fs::path salvage = e.path / "s.safetensors.tmp-bigsmall-L9-2";
+  fs::copy_file(e / "a.bs", salvage);
   {
     auto open = BsFile::open(salvage.string());
     ASSERT_TRUE(open.is_ok());
-    detail::set_stale_age_for_testing(0);
-    ASSERT_TRUE(open->restore(d / "salvaged.safetensors").is_ok());
+    ASSERT_TRUE(open->restore(e / "s.safetensors").is_ok());
     EXPECT_TRUE(fs::exists(salvage));
-    EXPECT_FALSE(fs::exists(d / kept[0])) << "unlocked now, and looked at again";
   }
   // Another user's is never touched (as root, a file given away stands for one).
   if (::geteuid() == 0) {
-    write_file(d / "theirs.bs.tmp-bigsmall-L9-0", std::string("theirs"));
-    ASSERT_EQ(::chown((d / "theirs.bs.tmp-bigsmall-L9-0").c_str(), 65534, 65534), 0);
+    write_file(e / "theirs.bs.tmp-bigsmall-L9-0", std::string("theirs"));
+    ASSERT_EQ(::chown((e / "theirs.bs.tmp-bigsmall-L9-0").c_str(), 65534, 65534), 0);
     detail::set_stale_age_for_testing(0);
-    ASSERT_TRUE(compress_file(src / "a.safetensors", d / "four.bs").is_ok());
-    EXPECT_TRUE(fs::exists(d / "theirs.bs.tmp-bigsmall-L9-0"));
+    ASSERT_TRUE(compress_file(src / "a.safetensors", e / "theirs.bs").is_ok());
+    EXPECT_TRUE(fs::exists(e / "theirs.bs.tmp-bigsmall-L9-0"));
   }
-  // A directory output looks too (its first output there).
-  TempDir e;
-  write_file(e / ".x.bs.tmp-bigsmall-L10-0", std::string("left"));
-  detail::set_stale_age_for_testing(0);
-  ASSERT_TRUE(compress_dir(src.string(), e / "m.bs").is_ok());
-  EXPECT_FALSE(fs::exists(e / ".x.bs.tmp-bigsmall-L10-0"));
   detail::set_stale_age_for_testing(-1);
   (void)take_removed_temporaries();
 }

@@ -172,16 +172,16 @@ Status verify_copied_files(const std::string& dir, const std::vector<std::string
 // -f merge into an existing directory that another thread is running is let finish first, and
 // none starts afterwards in this process (it fails).
 void remove_partial_outputs();
-// Outputs are written under temporary names beside the final one (".NAME.tmp-bigsmall-PID-N"),
-// which a run killed beyond any cleanup (SIGKILL, the OOM killer) leaves behind. Each run removes
-// those it finds where it writes: this user's, a minute old or more, and held by no live run
-// (writers keep theirs locked; the kernel drops a dead process's locks). This returns the paths
-// removed since the last call, for a note to the user, and forgets them.
+// Outputs are written under temporary names beside the final one ("NAME.tmp-bigsmall-L<pid>-<n>";
+// directories hidden, ".NAME..."), which a run killed beyond any cleanup (SIGKILL, the OOM killer)
+// leaves behind. Each output first removes those an earlier attempt at the same output left:
+// this user's, a minute old or more, and held by no live run (writers keep theirs locked; the
+// kernel drops a dead process's locks). This returns the paths removed since the last call, for
+// a note to the user, and forgets them.
 std::vector<std::string> take_removed_temporaries();
-// What every run does before its first output in a directory, for writers of their own (the
-// Python package's staged saves): removes the temporaries of killed runs in `dir` (listed by the
-// next take_removed_temporaries()).
-void remove_stale_temporaries(const std::string& dir);
+// What every output does first, for writers of their own (the Python package's staged saves):
+// removes the temporaries of killed attempts at `output` (listed by take_removed_temporaries()).
+void remove_stale_temporaries(const std::string& output);
 // For SIGBUS handlers: the path of the input file the library has mapped at `addr` (a fault
 // there means another program truncated the file while it was read), or null. Async-signal-safe.
 const char* mapped_input_at(const void* addr);

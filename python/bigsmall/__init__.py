@@ -275,15 +275,25 @@ def _default_output(src, compressing, is_dir):
     raise InvalidArgumentError(f"{src}: name does not end in .bs; pass dst")
 
 
-def _note_removed(stacklevel):
-    """Warns of the temporary outputs of killed runs (SIGKILL, the OOM killer) that the core
-    removed where this call wrote (the CLI says the same on stderr). stacklevel: of the user's call."""
-    removed = _core.take_removed_temporaries()
+def _warn_removed(removed, stacklevel):
+    """Warns of temporary outputs of killed runs (SIGKILL, the OOM killer) that the core removed
+    where a call wrote (the CLI says the same on stderr). stacklevel: of the user's call, counted
+    from the caller of this function."""
     if removed:
         import warnings
 
         for p in removed:
-            warnings.warn(_one_line(f"bigsmall: removed {p}, left by a run that was killed"), stacklevel=stacklevel)
+            warnings.warn(_one_line(f"bigsmall: removed {p}, left by a run that was killed"), stacklevel=stacklevel + 1)
+
+
+def _note_removed(stacklevel):
+    """_warn_removed of what the core removed since the last look; called once a call succeeded
+    (a failed call raises its own error: the list is dropped then, see _drop_removed)."""
+    _warn_removed(_core.take_removed_temporaries(), stacklevel + 1)
+
+
+def _drop_removed():
+    _core.take_removed_temporaries()
 
 
 def compress(src, dst=None, threads=None, overwrite=False, progress=False):
@@ -294,10 +304,13 @@ def compress(src, dst=None, threads=None, overwrite=False, progress=False):
     cb, bar = _progress(progress, os.path.basename(src))
     try:
         _core.compress(src, dst, _threads(threads), _flag(overwrite, "overwrite"), is_dir, cb)
+    except BaseException:
+        _drop_removed()
+        raise
     finally:
         if bar is not None:
             bar.close()
-        _note_removed(3)
+    _note_removed(2)
     return dst
 
 
@@ -309,10 +322,13 @@ def decompress(src, dst=None, threads=None, overwrite=False, verify=True, progre
     cb, bar = _progress(progress, os.path.basename(src))
     try:
         _core.decompress(src, dst, _threads(threads), _flag(overwrite, "overwrite"), _flag(verify, "verify"), is_dir, cb)
+    except BaseException:
+        _drop_removed()
+        raise
     finally:
         if bar is not None:
             bar.close()
-        _note_removed(3)
+    _note_removed(2)
     return dst
 
 

@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from . import _batches, _core, _flag, _missing, _note_removed, _os_error, _progress, _threads, InvalidArgumentError
+from . import _batches, _core, _flag, _missing, _os_error, _progress, _threads, _warn_removed, InvalidArgumentError
 from . import torch as bt
 
 _LAYER = re.compile(r"^(.*?\.\d+)\.")
@@ -915,8 +915,8 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
         raise _os_error(e, out_dir) from None
     staging = staging_lock = None
     # Stagings of saves killed beyond cleanup (SIGKILL, the OOM killer) go, as the core's own.
-    _core.remove_stale_temporaries(out_dir)
-    _note_removed(3)
+    _core.remove_stale_temporaries(os.path.join(out_dir, "save"))
+    removed = _core.take_removed_temporaries()  # said once the save is done (a failure says its own)
     try:
         # Everything is written aside first (weights, configs, index), then moved in, index last:
         # a failure while writing leaves the directory as it was.
@@ -983,6 +983,7 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
             _held_locks.discard(staging_lock)
             os.close(staging_lock)
     _warn_other_weights(out_dir)  # once all is in place: a warning turned error must not undo a save
+    _warn_removed(removed, 2)
     return out_dir
 
 

@@ -505,8 +505,8 @@ NB_MODULE(_core, m) {
       },
       "Paths of temporaries of killed runs removed since the last call.");
   m.def(
-      "remove_stale_temporaries", [](nb::handle dir) { remove_stale_temporaries(fs_path(dir)); }, nb::arg("dir"),
-      "Removes the temporaries of killed runs in dir (what every output does first in its directory).");
+      "remove_stale_temporaries", [](nb::handle output) { remove_stale_temporaries(fs_path(output)); }, nb::arg("output"),
+      "Removes the temporaries killed attempts at output left (what every output does first).");
 
   m.def(
       "write_tensors_bytes",

@@ -635,18 +635,19 @@ def test_temporaries_of_killed_runs_are_removed_with_a_warning(tmp_path):
     t = {"w": torch.randn(64, 8).to(torch.bfloat16)}
     a = tmp_path / "a"
     a.mkdir()
-    stale(a / ".x.bs.tmp-bigsmall-L99999-0", False)
-    stale(a / ".save.tmp-bigsmall-L99999-1", True)
-    stale(a / ".live.bs.tmp-bigsmall-L99999-2", False)
-    live = os.open(a / ".live.bs.tmp-bigsmall-L99999-2", os.O_RDONLY)
+    stale(a / "t.bs.tmp-bigsmall-L99999-0", False)
+    stale(a / ".other.bs.tmp-bigsmall-L99999-1", True)  # another output's: not this call's to take
+    stale(a / "t.bs.tmp-bigsmall-L99999-2", False)
+    live = os.open(a / "t.bs.tmp-bigsmall-L99999-2", os.O_RDONLY)
     fcntl.flock(live, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live run holds its own
-    stale(a / ".earlier.bs.tmp-bigsmall-99999-3", False)  # an earlier bigsmall's, unlocked: kept
+    stale(a / "t.bs.tmp-bigsmall-99999-3", False)  # an earlier bigsmall's, unlocked: kept
     try:
-        with pytest.warns(UserWarning, match=r"removed .*\.x\.bs\.tmp-bigsmall-L99999-0, left by a run that was killed"):
+        with pytest.warns(UserWarning, match=r"removed .*t\.bs\.tmp-bigsmall-L99999-0, left by a run that was killed"):
             bt.save_file(t, a / "t.bs")
     finally:
         os.close(live)
-    assert sorted(p.name for p in a.iterdir()) == [".earlier.bs.tmp-bigsmall-99999-3", ".live.bs.tmp-bigsmall-L99999-2", "t.bs"]
+    assert sorted(p.name for p in a.iterdir()) == [".other.bs.tmp-bigsmall-L99999-1", "t.bs",
+                                                   "t.bs.tmp-bigsmall-99999-3", "t.bs.tmp-bigsmall-L99999-2"]
 
     b = tmp_path / "b"
     b.mkdir()
@@ -662,6 +663,20 @@ def test_temporaries_of_killed_runs_are_removed_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="left by a run that was killed"):
         bigsmall.compress(tmp_path / "src.safetensors", c / "src.bs")
     assert sorted(p.name for p in c.iterdir()) == ["src.bs"]
+
+    # A failed call raises its own error: a warning (an error under -W error) must not replace it.
+    d = tmp_path / "d"
+    d.mkdir()
+    stale(d / "bad.safetensors.tmp-bigsmall-L99999-0", False)
+    damaged = bytearray((c / "src.bs").read_bytes())
+    damaged[len(damaged) // 2] ^= 0x10
+    (d / "bad.bs").write_bytes(bytes(damaged))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(bigsmall.CorruptError):
+            bigsmall.decompress(d / "bad.bs")
 
 
 @pytest.fixture(scope="module")

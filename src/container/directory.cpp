@@ -197,7 +197,7 @@ class OutputDir {
     }
     // A name left by a killed run (no handler runs on SIGKILL) is skipped, not an error; one
     // left long enough ago, and no longer locked, is removed.
-    detail::remove_stale_temporaries(d.final_.parent_path().string());
+    detail::remove_stale_temporaries(d.final_.string());
     static std::atomic<unsigned> counter{0};
     for (int attempt = 0; attempt < 100; ++attempt) {
       const fs::path temp = detail::temp_beside(d.final_.string(), detail::temp_suffix(counter++), true);
@@ -755,6 +755,7 @@ Result<DirOutput> start_dir_output(const std::string& src, const std::string& ds
 
 Status compress_dir(const std::string& src, const std::string& dst, const CompressOptions& opts) {
   return detail::guarded(src, [&]() -> Status {
+    const detail::InputInUse reading(src);
     BIGSMALL_RETURN_IF_ERROR(detail::check_zstd_level(opts.zstd_level).with_context(src));
     const fs::path in(src);
     // Its .bs files would be copied as they are and its index dropped: no byte-identical restore.
@@ -853,6 +854,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
 
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts) {
   return detail::guarded(src, [&]() -> Status {
+    const detail::InputInUse reading(src);
     const fs::path in(src);
     BIGSMALL_ASSIGN_OR_RETURN(DirIndex index, read_dir_index_full(in));
     const std::vector<DirEntry>& entries = index.files;

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string_view>
@@ -417,8 +418,9 @@ std::mutex g_stale_mu;
 // Directories looked at, by device, inode and birth time: a long-lived process creates and
 // deletes directories whose inodes come back (tests, notebooks), and a new directory under an
 // old inode must be looked at too. Where the file system keeps no birth time, device and inode.
-std::set<std::tuple<uint64_t, uint64_t, int64_t, uint32_t>> g_stale_dirs_seen;  // under g_stale_mu
-std::vector<std::string> g_stale_removed;             // under g_stale_mu
+// With each, the names in it of the temporary form, as found then (acted on output by output).
+std::map<std::tuple<uint64_t, uint64_t, int64_t, uint32_t>, std::vector<std::string>> g_stale_dirs_seen;  // under g_stale_mu
+std::vector<std::string> g_stale_removed;  // under g_stale_mu
 
 // A name temp_beside(..., temp_suffix(n), ...) makes: "NAME.tmp-bigsmall-LPID-N", NAME not empty.
 bool is_temp_name(std::string_view name) {
@@ -431,6 +433,17 @@ bool is_temp_name(std::string_view name) {
     return !v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; });
   };
   return dash != std::string_view::npos && digits(rest.substr(0, dash)) && digits(rest.substr(dash + 1));
+}
+
+// Whether `name` (of the temporary form) is a temporary of the output named `base`: base or
+// ".base" before the suffix, or a prefix of either where temp_beside cut a long name.
+bool temporary_of(std::string_view name, std::string_view base) {
+  const std::string_view stem = name.substr(0, name.rfind(".tmp-bigsmall-L"));
+  auto matches = [&](std::string_view s) {
+    if (s == base) return true;
+    return name.size() >= 240 && s.size() < base.size() && base.substr(0, s.size()) == s;  // cut at 255 bytes
+  };
+  return matches(stem) || (!stem.empty() && stem[0] == '.' && matches(stem.substr(1)));
 }
 
 // Locks on network and FUSE file systems may hold on one host only (NFS directories, nolock
@@ -466,33 +479,56 @@ bool left_behind(int dfd, const char* name, int fd) {
 }
 }  // namespace
 
-void remove_stale_temporaries(const std::string& dir) {
-  const std::string where = dir.empty() ? "." : dir;
-  DIR* d = ::opendir(where.c_str());
+void remove_stale_temporaries(const std::string& output) {
+  const size_t slash = output.rfind('/');
+  const std::string dir = slash == std::string::npos ? "" : slash == 0 ? "/" : output.substr(0, slash);
+  const std::string base = output.substr(slash == std::string::npos ? 0 : slash + 1);
+  if (base.empty()) return;
+  DIR* d = ::opendir(dir.empty() ? "." : dir.c_str());
   if (d == nullptr) return;
   const int dfd = ::dirfd(d);
   struct statx sx;
-  bool first = false;
+  std::vector<std::string> candidates;
   if (::statx(dfd, "", AT_EMPTY_PATH, STATX_INO | STATX_BTIME, &sx) == 0 && on_local_file_system(dfd)) {
     const bool born = (sx.stx_mask & STATX_BTIME) != 0;
     const auto key = std::make_tuple(uint64_t{::makedev(sx.stx_dev_major, sx.stx_dev_minor)}, uint64_t{sx.stx_ino},
                                      born ? int64_t{sx.stx_btime.tv_sec} : 0, born ? sx.stx_btime.tv_nsec : 0u);
+    bool scanned;
+    {
+      std::lock_guard<std::mutex> lk(g_stale_mu);
+      scanned = g_stale_dirs_seen.count(key) != 0;
+    }
+    if (!scanned) {  // once per directory: a directory of thousands of outputs is read once, not per output
+      std::vector<std::string> found;
+      while (const dirent* e = ::readdir(d))
+        if (is_temp_name(e->d_name)) found.emplace_back(e->d_name);
+      std::lock_guard<std::mutex> lk(g_stale_mu);
+      g_stale_dirs_seen.emplace(key, std::move(found));
+    }
+    // This output's own: only the leftovers of an earlier attempt at the same output are taken,
+    // never another name's (an input named like a temporary, another run's work).
     std::lock_guard<std::mutex> lk(g_stale_mu);
-    first = g_stale_dirs_seen.insert(key).second;
+    std::vector<std::string>& names = g_stale_dirs_seen[key];
+    for (auto it = names.begin(); it != names.end();) {
+      if (temporary_of(*it, base)) {
+        candidates.push_back(std::move(*it));
+        it = names.erase(it);
+      } else {
+        ++it;
+      }
+    }
   }
   std::vector<std::string> removed;
-  while (first) {
-    const dirent* e = ::readdir(d);
-    if (e == nullptr) break;
-    if (!is_temp_name(e->d_name)) continue;
-    const int fd = ::openat(dfd, e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  for (const std::string& name : candidates) {
+    // Looked at before it is opened: opening a device can act on it (a tape rewinds).
+    struct stat pre;
+    if (::fstatat(dfd, name.c_str(), &pre, AT_SYMLINK_NOFOLLOW) != 0 || !(S_ISREG(pre.st_mode) || S_ISDIR(pre.st_mode))) continue;
+    const int fd = ::openat(dfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) continue;
-    if (left_behind(dfd, e->d_name, fd)) {
-      const std::string path = (dir.empty() ? std::string() : dir + (dir.back() == '/' ? "" : "/")) + e->d_name;
-      struct stat st;
+    if (left_behind(dfd, name.c_str(), fd)) {
+      const std::string path = (dir.empty() ? std::string() : dir + (dir.back() == '/' ? "" : "/")) + name;
       // Through the directory's descriptor, each level opened without following links.
-      const bool gone = ::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) ? remove_tree(dfd, e->d_name, 0)
-                                                                      : ::unlinkat(dfd, e->d_name, 0) == 0;
+      const bool gone = S_ISDIR(pre.st_mode) ? remove_tree(dfd, name.c_str(), 0) : ::unlinkat(dfd, name.c_str(), 0) == 0;
       if (gone) removed.push_back(path);
     }
     ::close(fd);
@@ -501,6 +537,19 @@ void remove_stale_temporaries(const std::string& dir) {
   if (removed.empty()) return;
   std::lock_guard<std::mutex> lk(g_stale_mu);
   g_stale_removed.insert(g_stale_removed.end(), removed.begin(), removed.end());
+}
+
+InputInUse::InputInUse(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return;
+  dev_ = static_cast<uint64_t>(st.st_dev);
+  ino_ = static_cast<uint64_t>(st.st_ino);
+  note_input(dev_, ino_, true);
+  noted_ = true;
+}
+
+InputInUse::~InputInUse() {
+  if (noted_) note_input(dev_, ino_, false);
 }
 
 void set_stale_age_for_testing(int64_t seconds) {
@@ -567,10 +616,7 @@ Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwr
   f.mode_ = 0644 & ~process_umask();
   // A name left by a killed run (no cleanup runs on SIGKILL; in a container the PID repeats) is
   // skipped, not an error.
-  {
-    const size_t slash = f.final_.rfind('/');
-    remove_stale_temporaries(slash == std::string::npos ? "" : slash == 0 ? "/" : f.final_.substr(0, slash));
-  }
+  remove_stale_temporaries(f.final_);
   for (int attempt = 0; attempt < 100; ++attempt) {
     f.temp_ = temp_beside(f.final_, temp_suffix(counter++), false);
     register_pending(f.temp_);
@@ -768,7 +814,7 @@ Status OutputFile::commit(bool sync) {
 namespace bigsmall {
 void remove_partial_outputs() { detail::remove_pending_outputs(); }
 
-void remove_stale_temporaries(const std::string& dir) { detail::remove_stale_temporaries(dir); }
+void remove_stale_temporaries(const std::string& output) { detail::remove_stale_temporaries(output); }
 
 std::vector<std::string> take_removed_temporaries() {
   std::lock_guard<std::mutex> lk(detail::g_stale_mu);

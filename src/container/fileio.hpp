@@ -194,15 +194,29 @@ std::string temp_beside(const std::string& path, const std::string& suffix, bool
 // ".tmp-bigsmall-PID-N".
 std::string temp_suffix(unsigned n);
 
-// Removes the temporary outputs (".NAME.tmp-bigsmall-LPID-N" files and directories) that runs
-// killed beyond any cleanup (SIGKILL, the OOM killer, a power cut) left in `dir`: only this
-// user's, at least a minute old, not open as an input here, and only those no run holds: every
-// writer keeps its temporary output locked (flock) until it is renamed into place, and the
-// kernel drops the lock when the process dies, whatever killed it. Only on local file systems
-// (on_local_file_system: elsewhere a lock may not reach other hosts); where locks fail, nothing
-// is removed. Each directory is looked at once per process. What it removes is kept for
-// take_removed_temporaries().
-void remove_stale_temporaries(const std::string& dir);
+// Removes the temporaries ("NAME.tmp-bigsmall-LPID-N" files, ".NAME.tmp-bigsmall-LPID-N"
+// directories) that earlier attempts at the output `output` left when killed beyond any cleanup
+// (SIGKILL, the OOM killer, a power cut): only this output's, only this user's, at least a
+// minute old, not open as an input here, and only those no run holds: every writer keeps its
+// temporary locked (flock) until it is renamed into place, and the kernel drops the lock when the
+// process dies, whatever killed it. Only on local file systems (on_local_file_system: elsewhere a
+// lock may not reach other hosts); where locks fail, nothing is removed. Each directory is read
+// once per process. What it removes is kept for take_removed_temporaries().
+void remove_stale_temporaries(const std::string& output);
+// While one lives, the directory (or file) at `path` counts as an input this process reads, which
+// remove_stale_temporaries never removes (a model directory given as an input whose name looks
+// like a temporary's). Files opened as MappedFile count already.
+class InputInUse {
+ public:
+  explicit InputInUse(const std::string& path);
+  ~InputInUse();
+  InputInUse(const InputInUse&) = delete;
+  InputInUse& operator=(const InputInUse&) = delete;
+
+ private:
+  uint64_t dev_ = 0, ino_ = 0;
+  bool noted_ = false;
+};
 // Tests only: the age from which an unlocked temporary output counts as left behind (seconds;
 // negative restores the minute), and forgetting which directories were looked at.
 void set_stale_age_for_testing(int64_t seconds);
