@@ -296,6 +296,18 @@ def _drop_removed():
     _core.take_removed_temporaries()
 
 
+def _write_file(path, names, shapes, bufs, metadata, threads, overwrite, stacklevel):
+    """_core.write_tensors of checked tensors (save_file's for torch and numpy), its arguments
+    checked; killed runs' temporaries it removed are warned of once it succeeded. stacklevel: of
+    the user's call, counted from the caller of this function."""
+    try:
+        _core.write_tensors(path, names, shapes, bufs, _header_metadata(metadata, path), _threads(threads), _flag(overwrite, "overwrite"))
+    except BaseException:
+        _drop_removed()
+        raise
+    _note_removed(stacklevel + 1)
+
+
 def compress(src, dst=None, threads=None, overwrite=False, progress=False):
     """Compress a .safetensors file or a model directory; returns the output path."""
     src = os.fsdecode(src)

@@ -7,8 +7,8 @@ import os
 import numpy as np
 
 from . import _core
-from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _batches, _bs_bytes, _drop_removed, _flag, _header_metadata,
-               _note_removed, _save_target, _text, _threads, _with_file)
+from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _batches, _bs_bytes, _flag, _header_metadata, _save_target,
+               _text, _threads, _with_file, _write_file)
 
 _DTYPES = {
     "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
@@ -64,12 +64,7 @@ def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
     """Write a dict name -> numpy array straight to a .bs file (no safetensors file in between)."""
     path = _save_target(filename)
     names, shapes, bufs = _with_file(path, _arrays, tensors)
-    try:
-        _core.write_tensors(path, names, shapes, bufs, _header_metadata(metadata, path), _threads(threads), _flag(overwrite, "overwrite"))
-    except BaseException:
-        _drop_removed()
-        raise
-    _note_removed(2)
+    _write_file(path, names, shapes, bufs, metadata, threads, overwrite, 2)
 
 
 def load(data, threads=None, verify=True):

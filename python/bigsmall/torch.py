@@ -9,8 +9,8 @@ import os
 import torch
 
 from . import _core
-from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _batches, _bs_bytes, _drop_removed, _flag, _header_metadata,
-               _note_removed, _save_target, _text, _threads, _with_file)
+from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _batches, _bs_bytes, _flag, _header_metadata, _save_target,
+               _text, _threads, _with_file, _write_file)
 
 _DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
@@ -251,12 +251,7 @@ def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
 
 def _write(tensors, path, metadata, threads, overwrite):
     names, shapes, bufs, _keep = _with_file(path, _views, tensors)
-    try:
-        _core.write_tensors(path, names, shapes, bufs, _header_metadata(metadata, path), _threads(threads), _flag(overwrite, "overwrite"))
-    except BaseException:
-        _drop_removed()
-        raise
-    _note_removed(3)
+    _write_file(path, names, shapes, bufs, metadata, threads, overwrite, 3)
 
 
 
