@@ -1,4 +1,6 @@
 // bigsmall: command line front end over the public API. Only this file maps errors to exit codes.
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <thread>
 #include <string>
 #include <vector>
@@ -75,6 +78,7 @@ const char* kUsage =
     "\n"
     "options:\n"
     "  -o, --output PATH    output path (one input only; compress, decompress)\n"
+    "  -c, --stdout         write the output to stdout (one input only; compress, decompress)\n"
     "  -f, --force          overwrite existing outputs (compress, decompress)\n"
     "  -T N, -TN, --threads N\n"
     "                       threads, at most one per chunk (default: all cores, as many as the work\n"
@@ -87,8 +91,10 @@ const char* kUsage =
     "  --best               zstd level 19 for tensors with repeated structure (compress; smaller, slower)\n"
     "  --                   end of options (for paths that start with '-')\n"
     "  -h, --help           this text;  -V, --version\n"
-    "Short flags combine (-fq). Inputs and outputs are files: no stdin or stdout (random access\n"
-    "needs a seekable file; '-' is a file named '-').\n"
+    "Short flags combine (-fqc). '-' as the input reads stdin (to stdout, unless -o is given);\n"
+    "a file named '-' is './-'. Stdin is read whole into memory first (random access), and a\n"
+    ".bs for stdout is built in memory (its index goes at the front, written last); decompressing\n"
+    "to stdout streams. Binary data is not written to a terminal unless -f is given.\n"
     "\n"
     "exit codes: 0 ok, 1 usage, 2 I/O error, 3 disk full, 4 invalid input (not safetensors/.bs,\n"
     "truncated, unknown dtype), 5 corrupt data (checksum mismatch), 6 newer format version,\n"
@@ -99,6 +105,7 @@ struct Args {
   std::vector<std::string> paths;
   std::string output;
   bool force = false, quiet = false, verbose = false, json = false, verify = true, best = false, keep = false;
+  bool to_stdout = false;
   int threads = 0;
   bool threads_given = false;
 };
@@ -107,7 +114,7 @@ struct Args {
 // names of the short options, and short flags given together (-fq) one by one. Nothing after "--".
 std::vector<std::string> normalized_args(const std::vector<std::string>& in) {
   static const std::pair<const char*, const char*> kLong[] = {
-      {"--force", "-f"}, {"--quiet", "-q"}, {"--verbose", "-v"}, {"--threads", "-T"}, {"--output", "-o"}, {"--keep", "-k"}};
+      {"--force", "-f"}, {"--quiet", "-q"}, {"--verbose", "-v"}, {"--threads", "-T"}, {"--output", "-o"}, {"--keep", "-k"}, {"--stdout", "-c"}};
   std::vector<std::string> out;
   bool done = false, value_next = false;
   for (const std::string& s : in) {
@@ -141,7 +148,7 @@ std::vector<std::string> normalized_args(const std::vector<std::string>& in) {
     // takes a value ends the cluster; the rest of the argument, else the next one, is its value).
     if (s.size() > 2 && s[0] == '-' && s[1] != '-') {
       size_t j = 1;
-      while (j < s.size() && std::string_view("fqvk").find(s[j]) != std::string_view::npos) ++j;
+      while (j < s.size() && std::string_view("fqvkc").find(s[j]) != std::string_view::npos) ++j;
       if (j > 1 && (j == s.size() || s[j] == 'T' || s[j] == 'o')) {
         for (size_t k = 1; k < j; ++k) out.push_back(std::string("-") + s[k]);
         if (j < s.size()) {
@@ -476,6 +483,17 @@ uint64_t written_bytes(const std::string& in, const std::string& out, bool compr
 
 
 // -v: one line per tensor of a .bs file (or of every .bs file in a compressed directory).
+void print_bs_tensors(const BsFile& bs) {
+  for (const auto& t : bs.tensors()) {
+    uint64_t numel = 1;
+    for (auto d : t.shape) numel *= d;
+    std::fprintf(stderr, "  %s: %s %s %s -> %s (%.2f bits/weight)\n", printable(t.name).c_str(),
+                 std::string(dtype_info(t.dtype).safetensors_name).c_str(), codec_name(t.codec),
+                 human(static_cast<double>(t.nbytes)).c_str(), human(static_cast<double>(t.stored_bytes)).c_str(),
+                 numel ? 8.0 * static_cast<double>(t.stored_bytes) / static_cast<double>(numel) : 0.0);
+  }
+}
+
 void print_tensors(const std::string& bs_path, bool is_dir) {
   std::vector<std::string> files;
   if (is_dir) {
@@ -488,14 +506,7 @@ void print_tensors(const std::string& bs_path, bool is_dir) {
     auto bs = BsFile::open(f);
     if (!bs) continue;
     if (is_dir) std::fprintf(stderr, " %s:\n", printable(f).c_str());
-    for (const auto& t : bs->tensors()) {
-      uint64_t numel = 1;
-      for (auto d : t.shape) numel *= d;
-      std::fprintf(stderr, "  %s: %s %s %s -> %s (%.2f bits/weight)\n", printable(t.name).c_str(),
-                   std::string(dtype_info(t.dtype).safetensors_name).c_str(), codec_name(t.codec),
-                   human(static_cast<double>(t.nbytes)).c_str(), human(static_cast<double>(t.stored_bytes)).c_str(),
-                   numel ? 8.0 * static_cast<double>(t.stored_bytes) / static_cast<double>(numel) : 0.0);
-    }
+    print_bs_tensors(*bs);
   }
 }
 
@@ -514,6 +525,200 @@ int report(const Status& st) {
   // One line, whatever the names in it hold (a newline in a file name).
   std::fprintf(stderr, "bigsmall: %s%s\n", printable(elided(st.message())).c_str(), hint);
   return exit_code(st.code());
+}
+
+CompressOptions compress_options(const Args& a, ProgressFn progress) {
+  CompressOptions o;
+  o.threads = a.threads;
+  o.overwrite = a.force;
+  o.progress = std::move(progress);
+  if (a.best) o.zstd_level = 19;
+  return o;
+}
+
+DecompressOptions decompress_options(const Args& a, ProgressFn progress) {
+  DecompressOptions o;
+  o.threads = a.threads;
+  o.overwrite = a.force;
+  o.verify = a.verify;
+  o.progress = std::move(progress);
+  return o;
+}
+
+// The line (or JSON object) for one input done: in_b and out_b are its and its output's bytes.
+void print_summary(const Args& a, const std::string& in, const std::string& out, uint64_t in_b, uint64_t out_b, double t) {
+  const bool compress = a.command == "compress";
+  const uint64_t raw = compress ? in_b : out_b, packed = compress ? out_b : in_b;
+  if (a.json) {
+    std::printf("{\"input\": %s, \"ok\": true, \"output\": %s, \"original_bytes\": %llu, \"compressed_bytes\": %llu, "
+                "\"ratio\": %.6f, \"seconds\": %.4f}\n",
+                jq(in).c_str(), jq(out).c_str(), static_cast<unsigned long long>(raw), static_cast<unsigned long long>(packed),
+                raw ? static_cast<double>(packed) / static_cast<double>(raw) : 0.0, t);
+  } else if (!a.quiet) {
+    std::fprintf(stderr, "%s -> %s: %s -> %s (%s), %.2fs, %s/s\n", printable(in).c_str(), printable(out).c_str(),
+                 human(static_cast<double>(in_b)).c_str(), human(static_cast<double>(out_b)).c_str(), percent(packed, raw).c_str(), t,
+                 human(t > 0 ? static_cast<double>(raw) / t : 0).c_str());
+  }
+}
+
+// ---- stdin and stdout ----------------------------------------------------------------------
+
+const char* const kStdinLabel = "<stdin>";
+const char* const kStdoutLabel = "<stdout>";
+
+// A descriptor's bytes read whole (a pipe has no size and cannot be mapped), into an anonymous
+// mapping grown in place (mremap): a large model is not copied as it grows, and pages never
+// written are never committed.
+class ReadBytes {
+ public:
+  ReadBytes() = default;
+  ReadBytes(const ReadBytes&) = delete;
+  ReadBytes& operator=(const ReadBytes&) = delete;
+  ~ReadBytes() {
+    if (p_) ::munmap(p_, cap_);
+  }
+  const uint8_t* data() const { return p_; }
+  uint64_t size() const { return size_; }
+
+  Status read_all(int fd, const std::string& label) {
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    uint64_t want = uint64_t{1} << 20;
+    // A redirected file: its size from here on, plus one page to see the end.
+    struct stat st;
+    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+      const off_t at = ::lseek(fd, 0, SEEK_CUR);
+      if (at >= 0 && st.st_size > at) want = static_cast<uint64_t>(st.st_size - at) + 1;
+    }
+    BIGSMALL_RETURN_IF_ERROR(grow((want + page - 1) / page * page, label));
+    for (;;) {
+      if (size_ == cap_) BIGSMALL_RETURN_IF_ERROR(grow(cap_ * 2, label));
+      const ssize_t n = ::read(fd, p_ + size_, std::min<uint64_t>(cap_ - size_, uint64_t{1} << 30));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Status(Error::kIo, label + ": read error: " + std::strerror(errno)).with_errno(errno);
+      }
+      if (n == 0) return Status::success();
+      size_ += static_cast<uint64_t>(n);
+    }
+  }
+
+ private:
+  Status grow(uint64_t cap, const std::string& label) {
+    void* q = p_ ? ::mremap(p_, cap_, cap, MREMAP_MAYMOVE) : ::mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (q == MAP_FAILED)
+      return Status(Error::kOutOfMemory, label + ": out of memory reading it (" + human(static_cast<double>(cap)) + " needed)");
+    p_ = static_cast<uint8_t*>(q);
+    cap_ = cap;
+    return Status::success();
+  }
+  uint8_t* p_ = nullptr;
+  uint64_t size_ = 0, cap_ = 0;
+};
+
+// Reads the input of a stream run: stdin, or a file read whole (to compress to stdout).
+Status read_input(const std::string& in, ReadBytes* out) {
+  if (in == "-") {
+    if (::isatty(0)) return Status(Error::kInvalidArgument, "stdin is a terminal: pipe or redirect the input into bigsmall");
+    return out->read_all(0, kStdinLabel);
+  }
+  const int fd = ::open(in.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status(Error::kIo, in + ": " + why_unreachable(in, errno)).with_errno(errno);
+  const Status st = out->read_all(fd, in);
+  ::close(fd);
+  return st;
+}
+
+Status write_stdout(const uint8_t* p, uint64_t n) {
+  while (n > 0) {
+    const ssize_t w = ::write(1, p, std::min<uint64_t>(n, uint64_t{1} << 30));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      return Status(e == ENOSPC ? Error::kNoSpace : Error::kIo, std::string(kStdoutLabel) + ": write error: " + std::strerror(e)).with_errno(e);
+    }
+    p += w;
+    n -= static_cast<uint64_t>(w);
+  }
+  return Status::success();
+}
+
+// compress or decompress with stdin as the input, stdout as the output, or both: one input.
+int run_stream(const Args& a) {
+  const bool compress = a.command == "compress";
+  const std::string& in = a.paths.front();
+  const bool from_stdin = in == "-";
+  const bool to_stdout = a.to_stdout || a.output.empty();  // stdin without -o goes to stdout
+  const std::string in_label = from_stdin ? kStdinLabel : in;
+  const std::string out_label = to_stdout ? kStdoutLabel : a.output;
+  if (a.paths.size() != 1) {
+    std::fprintf(stderr, "bigsmall: -c takes exactly one input (.bs files do not concatenate)\n");
+    return kExitUsage;
+  }
+  if (to_stdout && a.json) {
+    std::fprintf(stderr, "bigsmall: --json writes to stdout, which carries the output: give -o instead\n");
+    return kExitUsage;
+  }
+  note_input(in_label);
+  auto fail = [&](const Status& st) {
+    if (a.json) print_json_error("input", in_label, st);
+    return report(st);
+  };
+  std::error_code ec;
+  if (!from_stdin && fs::is_directory(in, ec))
+    return fail(Status(Error::kInvalidArgument, in + ": a directory cannot be written to stdout; give the output with -o"));
+  if (to_stdout && ::isatty(1) && !a.force)
+    return fail(Status(Error::kInvalidArgument, "stdout is a terminal: not writing binary data to it (redirect it, give -o, or force with -f)"));
+  const auto t0 = std::chrono::steady_clock::now();
+  ReadBytes bytes;
+  // A .bs file on disk is read in place; stdin, and a safetensors file going to stdout (its
+  // .bs is built in memory), are read whole first.
+  const bool read_whole = from_stdin || compress;
+  if (read_whole) {
+    if (Status st = read_input(in, &bytes); !st.is_ok()) return fail(st);
+  }
+  Progress prog(!a.quiet, from_stdin ? std::string("stdin") : fs::path(strip_slash(in)).filename().string());
+  uint64_t in_b = bytes.size(), out_b = 0;
+  Status st;
+  if (compress) {
+    const CompressOptions o = compress_options(a, prog.fn());
+    if (to_stdout) {
+      auto packed = compress_bytes_to_memory(bytes.data(), bytes.size(), o, in_label);
+      prog.finish();
+      if (!packed) return fail(packed.status());
+      st = write_stdout(packed->data(), packed->size());
+      out_b = packed->size();
+      if (st.is_ok() && a.verbose) {
+        auto f = BsFile::open_memory(packed->data(), packed->size(), kStdoutLabel);
+        if (f) print_bs_tensors(*f);
+      }
+    } else {
+      st = compress_bytes(bytes.data(), bytes.size(), a.output, o, in_label);
+      prog.finish();
+      if (st.is_ok()) {
+        if (auto f = BsFile::open(a.output)) {
+          out_b = f->file_size();
+          if (a.verbose) print_bs_tensors(*f);
+        }
+      }
+    }
+  } else {
+    auto f = from_stdin ? BsFile::open_memory(bytes.data(), bytes.size(), kStdinLabel) : BsFile::open(in);
+    if (!f) {
+      prog.finish();
+      return fail(f.status());
+    }
+    in_b = f->file_size();
+    out_b = f->original_size();
+    const DecompressOptions o = decompress_options(a, prog.fn());
+    st = to_stdout ? f->restore_to(write_stdout, o) : f->restore(a.output, o);
+    prog.finish();
+    if (st.is_ok() && a.verbose) print_bs_tensors(*f);
+  }
+  for (const auto& gone : take_removed_temporaries())
+    if (!a.quiet && !a.json) std::fprintf(stderr, "bigsmall: removed %s, left by a run that was killed\n", printable(gone).c_str());
+  if (!st.is_ok()) return fail(st);
+  print_summary(a, in_label, out_label, in_b, out_b, seconds_since(t0));
+  return kExitOk;
 }
 
 int run_codec(const Args& a) {
@@ -580,18 +785,10 @@ int run_codec(const Args& a) {
     const auto t0 = std::chrono::steady_clock::now();
     Status st;
     if (compress) {
-      CompressOptions o;
-      o.threads = a.threads;
-      o.overwrite = a.force;
-      o.progress = prog.fn();
-      if (a.best) o.zstd_level = 19;
+      const CompressOptions o = compress_options(a, prog.fn());
       st = is_dir ? compress_dir(in, out, o) : compress_file(in, out, o);
     } else {
-      DecompressOptions o;
-      o.threads = a.threads;
-      o.overwrite = a.force;
-      o.verify = a.verify;
-      o.progress = prog.fn();
+      const DecompressOptions o = decompress_options(a, prog.fn());
       st = is_dir ? decompress_dir(in, out, o) : decompress_file(in, out, o);
     }
     prog.finish();
@@ -607,20 +804,15 @@ int run_codec(const Args& a) {
       written.push_back({out_st.st_dev, out_st.st_ino, in_st.st_dev, in_st.st_ino, in});
     if (a.verbose && !a.json) print_tensors(compress ? out : in, is_dir);
     const uint64_t out_b = is_dir ? written_bytes(in, out, compress) : path_bytes(out);
-    const uint64_t raw = compress ? in_b : out_b, packed = compress ? out_b : in_b;
-    if (a.json) {
-      std::printf("{\"input\": %s, \"ok\": true, \"output\": %s, \"original_bytes\": %llu, \"compressed_bytes\": %llu, "
-                  "\"ratio\": %.6f, \"seconds\": %.4f}\n",
-                  jq(in).c_str(), jq(out).c_str(), static_cast<unsigned long long>(raw), static_cast<unsigned long long>(packed),
-                  raw ? static_cast<double>(packed) / static_cast<double>(raw) : 0.0, t);
-    } else if (!a.quiet) {
-      std::fprintf(stderr, "%s -> %s: %s -> %s (%s), %.2fs, %s/s\n", printable(in).c_str(), printable(out).c_str(),
-                   human(static_cast<double>(in_b)).c_str(), human(static_cast<double>(out_b)).c_str(),
-                   percent(packed, raw).c_str(), t,
-                   human(t > 0 ? static_cast<double>(raw) / t : 0).c_str());
-    }
+    print_summary(a, in, out, in_b, out_b, t);
   }
   return rc;
+}
+
+Status verify_stdin(ReadBytes* bytes, const DecompressOptions& o) {
+  BIGSMALL_RETURN_IF_ERROR(read_input("-", bytes));
+  BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open_memory(bytes->data(), bytes->size(), kStdinLabel));
+  return f.verify(o);
 }
 
 int run_verify(const Args& a) {
@@ -631,7 +823,8 @@ int run_verify(const Args& a) {
     DecompressOptions o;
     o.threads = a.threads;
     o.progress = prog.fn();
-    const Status st = verify_path(p, o);
+    ReadBytes bytes;  // stdin's .bs, read whole
+    const Status st = p == "-" ? verify_stdin(&bytes, o) : verify_path(p, o);
     prog.finish();
     if (a.json) {
       if (st.is_ok()) std::printf("{\"path\": %s, \"ok\": true}\n", jq(p).c_str());
@@ -640,7 +833,7 @@ int run_verify(const Args& a) {
     if (!st.is_ok()) {
       rc = std::max(rc, report(st));
     } else if (!a.quiet && !a.json) {
-      std::fprintf(stderr, "%s: OK\n", printable(p).c_str());
+      std::fprintf(stderr, "%s: OK\n", printable(p == "-" ? kStdinLabel : p).c_str());
     }
   }
   return rc;
@@ -760,11 +953,13 @@ int run_info(const Args& a) {
   for (const auto& p : a.paths) {
     note_input(p);
     std::error_code ec;
-    if (fs::is_directory(p, ec)) {
+    if (p != "-" && fs::is_directory(p, ec)) {
       rc = std::max(rc, info_dir(p, a.json));
       continue;
     }
-    auto f = BsFile::open(p);
+    ReadBytes bytes;  // stdin's .bs, read whole
+    Status read = p == "-" ? read_input(p, &bytes) : Status::success();
+    auto f = !read.is_ok() ? Result<BsFile>(read) : p == "-" ? BsFile::open_memory(bytes.data(), bytes.size(), kStdinLabel) : BsFile::open(p);
     if (!f) {
       if (a.json) print_json_error("path", p, f.status());
       rc = std::max(rc, report(f.status()));
@@ -995,6 +1190,8 @@ int run(int argc, char** argv) {
       a.keep = true;  // the input is always kept: accepted, as zstd and xz users type it
     } else if (s == "-v") {
       a.verbose = true;
+    } else if (s == "-c") {
+      a.to_stdout = true;
     } else if (s == "--json") {
       a.json = true;
     } else if (s == "--no-verify") {
@@ -1003,9 +1200,9 @@ int run(int argc, char** argv) {
       a.best = true;
     } else if (s.size() > 1 && s[0] == '-') {
       // In a cluster of short flags (-fqz), name the letter that is not one.
-      // (Only f, q and v group; a letter of another option, -, or a non-ASCII byte there gets the
+      // (Only f, q, v, k and c group; a letter of another option, -, or a non-ASCII byte there gets the
       // whole argument named, as the cluster is then not one of flags at all.)
-      const size_t bad = s.size() > 2 && s[1] != '-' ? s.find_first_not_of("fqvk", 1) : std::string::npos;
+      const size_t bad = s.size() > 2 && s[1] != '-' ? s.find_first_not_of("fqvkc", 1) : std::string::npos;
       const bool letter = bad != std::string::npos && std::isalpha(static_cast<unsigned char>(s[bad])) &&
                           std::string_view("ToVh").find(s[bad]) == std::string_view::npos;
       if (letter && bad > 1)
@@ -1040,6 +1237,7 @@ int run(int argc, char** argv) {
     bool applies;
   } takes[] = {
       {a.verbose, "-v", writes},
+      {a.to_stdout, "-c", writes},
       {a.keep, "-k", writes},
       {a.best, "--best", a.command == "compress"},
       {!a.verify, "--no-verify", a.command == "decompress"},
@@ -1061,6 +1259,20 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "bigsmall: -v does not apply with --json (use `bigsmall info --json` for each tensor)\n");
     return kExitUsage;
   }
+  const size_t stdin_inputs = static_cast<size_t>(std::count(a.paths.begin(), a.paths.end(), std::string("-")));
+  if (stdin_inputs > 0 && a.paths.size() > 1) {
+    std::fprintf(stderr, "bigsmall: stdin ('-') must be the only input\n");
+    return kExitUsage;
+  }
+  if (stdin_inputs > 0 && a.command == "bench") {
+    std::fprintf(stderr, "bigsmall: bench reads files, not stdin (it compresses and decompresses them several times)\n");
+    return kExitUsage;
+  }
+  if (a.to_stdout && !a.output.empty()) {
+    std::fprintf(stderr, "bigsmall: -c and -o contradict each other\n");
+    return kExitUsage;
+  }
+  if (writes && (a.to_stdout || stdin_inputs > 0)) return run_stream(a);
   if (a.command == "compress" || a.command == "decompress") return run_codec(a);
   if (a.command == "verify") return run_verify(a);
   if (a.command == "info") return run_info(a);

@@ -404,6 +404,60 @@ check "asks for -o" -- grep -q "give the output with -o" "$tmp/err"
 expect 0 "compress /dev/stdin -o" -- sh -c "\"$bs\" compress -q -o \"$tmp/stdin.bs\" /dev/stdin <\"$tmp/m.safetensors\""
 
 
+# stdin and stdout, as zstd takes them: '-' reads stdin (to stdout unless -o), -c writes stdout
+m="$tmp/m.safetensors"
+expect 0 "compress stdin to stdout" -- sh -c "\"$bs\" compress -q - <\"$m\" >\"$tmp/p.bs\""
+check "the same bytes as compressing the file" -- cmp -s "$tmp/p.bs" "$tmp/m.bs"
+expect 0 "compress from a pipe" -- sh -c "cat \"$m\" | \"$bs\" compress -q - >\"$tmp/p2.bs\""
+check "the same bytes" -- cmp -s "$tmp/p2.bs" "$tmp/m.bs"
+expect 0 "compress -c FILE" -- sh -c "\"$bs\" compress -c \"$m\" >\"$tmp/p3.bs\""
+check "the same bytes" -- cmp -s "$tmp/p3.bs" "$tmp/m.bs"
+check "the summary names stdout" -- grep -q "m.safetensors -> <stdout>:" "$tmp/err"
+expect 0 "compress - -o FILE" -- sh -c "\"$bs\" compress -q - -o \"$tmp/p4.bs\" <\"$m\""
+check "the same bytes" -- cmp -s "$tmp/p4.bs" "$tmp/m.bs"
+expect 0 "decompress a pipe to stdout" -- sh -c "cat \"$tmp/m.bs\" | \"$bs\" decompress - >\"$tmp/p.safetensors\""
+check "byte-identical" -- cmp -s "$tmp/p.safetensors" "$m"
+check "the summary names stdin and stdout" -- grep -q "<stdin> -> <stdout>:" "$tmp/err"
+expect 0 "decompress -c FILE" -- sh -c "\"$bs\" decompress -qc \"$tmp/m.bs\" >\"$tmp/p2.safetensors\""
+check "byte-identical" -- cmp -s "$tmp/p2.safetensors" "$m"
+expect 0 "decompress - -o FILE" -- sh -c "\"$bs\" decompress -q - -o \"$tmp/p3.safetensors\" <\"$tmp/m.bs\""
+check "byte-identical" -- cmp -s "$tmp/p3.safetensors" "$m"
+expect 0 "compress | decompress" -- sh -c "\"$bs\" compress -qc \"$m\" | \"$bs\" decompress -q - | cmp -s - \"$m\""
+expect 0 "verify stdin" -- sh -c "\"$bs\" verify - <\"$tmp/m.bs\""
+check "says <stdin>: OK" -- grep -q "^<stdin>: OK" "$tmp/err"
+expect 0 "info stdin" -- sh -c "\"$bs\" info --json - <\"$tmp/m.bs\""
+check "lists its tensors" -- python3 -c "import json; d=json.load(open('$tmp/out')); assert len(d['tensors'])==8"
+expect 0 "--json with stdin and -o" -- sh -c "\"$bs\" compress --json -f - -o \"$tmp/p4.bs\" <\"$m\""
+check "names <stdin>" -- python3 -c "import json; d=json.load(open('$tmp/out')); assert d['input']=='<stdin>' and d['ok'], d"
+head -c 3000 "$tmp/m.bs" >"$tmp/cut.bs"
+expect 4 "a truncated .bs on stdin" -- sh -c "\"$bs\" decompress - <\"$tmp/cut.bs\" >\"$tmp/cut.out\""
+check "the error names <stdin>" -- grep -q "^bigsmall: <stdin>: truncated" "$tmp/err"
+cp "$tmp/m.bs" "$tmp/flip.bs" && python3 -c "
+import sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[len(b) // 2] ^= 0x10; open(p, 'wb').write(b)" "$tmp/flip.bs"
+expect 5 "a damaged .bs to stdout" -- sh -c "\"$bs\" decompress -c \"$tmp/flip.bs\" >\"$tmp/flip.out\""
+expect 4 "not safetensors on stdin" -- sh -c "\"$bs\" compress - <\"$tmp/m.bs\" >\"$tmp/x.out\""
+check "says so, naming <stdin>" -- grep -q "<stdin>: already a bigsmall .bs file" "$tmp/err"
+expect 4 "empty stdin" -- sh -c "\"$bs\" compress - </dev/null >\"$tmp/x.out\""
+expect 1 "-c and -o" -- "$bs" compress -c -o "$tmp/x.bs" "$m"
+expect 1 "-c with two inputs" -- "$bs" compress -c "$m" "$m"
+expect 1 "stdin among other inputs" -- "$bs" compress - "$m"
+expect 1 "-c for verify" -- "$bs" verify -c "$tmp/m.bs"
+expect 1 "bench of stdin" -- "$bs" bench -
+expect 1 "--json with the output on stdout" -- sh -c "\"$bs\" compress --json - <\"$m\""
+expect 1 "a directory to stdout" -- "$bs" compress -c "$tmp/model"
+check "asks for -o" -- grep -q "give the output with -o" "$tmp/err"
+if command -v script >/dev/null 2>&1; then
+  expect 1 "binary data to a terminal" -- script -qec "\"$bs\" compress -c \"$m\"" /dev/null
+  check "is refused" -- grep -q "stdout is a terminal" "$tmp/out"
+  expect 1 "stdin from a terminal" -- script -qec "\"$bs\" decompress - -o \"$tmp/tty.safetensors\"" /dev/null
+  check "is refused" -- grep -q "stdin is a terminal" "$tmp/out"
+fi
+# a reader that stops early: the run ends by SIGPIPE (as zstd's does), not with a message
+expect 0 "decompress -c into a pipe closed early" -- bash -c "\"$bs\" decompress -c \"$tmp/m.bs\" | head -c 10 >/dev/null; test \${PIPESTATUS[0]} -eq 141"
+mkdir -p "$tmp/dash" && cp "$m" "$tmp/dash/-"
+expect 0 "a file named '-' given by a path" -- "$bs" compress -q -o "$tmp/dash/d.bs" "$tmp/dash/-"
+check "compressed" -- cmp -s "$tmp/dash/d.bs" "$tmp/m.bs"
+
 # an input truncated by another program while it is read: exit 4, the message names the file
 # (a shard inside a directory, not the directory), nothing is left behind. Weight-like values
 # (random bytes would be stored at memory speed and done before the truncation), truncated once

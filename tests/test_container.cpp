@@ -316,6 +316,152 @@ TEST(Container, OpenMemoryReadsAsTheFileDoes) {
       << not_bs.status().message();
 }
 
+namespace {
+// A safetensors file unlike safetensors' own writer's: tensors listed out of file order, bytes
+// between them that no tensor covers, and more tensors than a restore batch takes (4096).
+std::vector<uint8_t> scattered_safetensors() {
+  std::mt19937 rng(11);
+  std::vector<uint8_t> data;
+  std::vector<std::string> entries;
+  auto add = [&](const std::string& name, DType dt, uint64_t n, uint32_t seed) {
+    const auto w = bstest::weights(dt, n, seed);
+    const uint64_t b = data.size();
+    data.insert(data.end(), w.begin(), w.end());
+    std::string e = "\"";  // appended piece by piece: GCC 12 warns (-Wrestrict) on a chain of + here
+    e += name;
+    e += "\":{\"dtype\":\"";
+    e += dtype_info(dt).safetensors_name;
+    e += "\",\"shape\":[";
+    e += std::to_string(n);
+    e += "],\"data_offsets\":[";
+    e += std::to_string(b);
+    e += ',';
+    e += std::to_string(data.size());
+    e += "]}";
+    entries.push_back(std::move(e));
+  };
+  for (uint32_t k = 0; k < 4100; ++k) {
+    if (k % 5 == 0)
+      for (uint32_t g = 0; g < 1 + k % 7; ++g) data.push_back(static_cast<uint8_t>(rng()));
+    std::string name = "t";
+    name += std::to_string(k);
+    add(name, DType::kBF16, 8 + k % 13, k);
+    if (k == 2000) add("big", DType::kBF16, 200000, 99);  // coded, in chunks
+  }
+  for (int g = 0; g < 5; ++g) data.push_back(static_cast<uint8_t>(rng()));
+  std::reverse(entries.begin(), entries.end());
+  std::string header = "{";
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (i) header += ',';
+    header += entries[i];
+  }
+  header += "}";
+  header.resize((header.size() + 7) / 8 * 8, ' ');
+  std::vector<uint8_t> out = header_bytes(header);
+  out.insert(out.end(), data.begin(), data.end());
+  return out;
+}
+}  // namespace
+
+TEST(Container, CompressBytesIsCompressFileByteForByte) {
+  TempDir d;
+  const auto st = scattered_safetensors();
+  write_file(d / "m.safetensors", st);
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
+  const auto want = read_file(d / "m.bs");
+  for (const int threads : {1, 2}) {
+    CompressOptions o;
+    o.threads = threads;
+    o.overwrite = true;
+    const Status w = compress_bytes(st.data(), st.size(), d / "b.bs", o, "piped");
+    ASSERT_TRUE(w.is_ok()) << w.message();
+    EXPECT_EQ(read_file(d / "b.bs"), want) << threads << " threads";
+    auto mem = compress_bytes_to_memory(st.data(), st.size(), o, "piped");
+    ASSERT_TRUE(mem.is_ok()) << mem.status().message();
+    EXPECT_EQ(*mem, want) << threads << " threads";
+  }
+  // An existing output is kept unless overwrite is asked for.
+  const Status exists = compress_bytes(st.data(), st.size(), d / "b.bs");
+  EXPECT_EQ(exists.sys_errno(), EEXIST) << exists.message();
+  // Errors name the input by its label.
+  const auto not_st = compress_bytes_to_memory(want.data(), want.size(), {}, "piped");
+  EXPECT_EQ(not_st.status().code(), Error::kNotSafetensors);
+  EXPECT_EQ(not_st.status().message().rfind("piped: already a bigsmall .bs file", 0), 0u) << not_st.status().message();
+  const Status cut = compress_bytes(st.data(), 100, d / "cut.bs", {}, "piped");
+  EXPECT_EQ(cut.code(), Error::kTruncated) << cut.message();
+  EXPECT_EQ(cut.message().rfind("piped: ", 0), 0u) << cut.message();
+  EXPECT_FALSE(fs::exists(d / "cut.bs"));
+  EXPECT_EQ(compress_bytes_to_memory(nullptr, 10).status().code(), Error::kInvalidArgument);
+  write_file(d / "empty.safetensors", std::vector<uint8_t>{});
+  EXPECT_EQ(compress_bytes_to_memory(nullptr, 0).status().code(), compress_file(d / "empty.safetensors", d / "e.bs").code());
+  EXPECT_EQ(compress_bytes(st.data(), st.size(), "").code(), Error::kInvalidArgument);
+}
+
+TEST(Container, RestoreToStreamsTheOriginalInOrder) {
+  TempDir d;
+  const auto st = scattered_safetensors();
+  write_file(d / "m.safetensors", st);
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
+  auto f = BsFile::open(d / "m.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  for (const int threads : {1, 2}) {
+    std::vector<uint8_t> got;
+    uint64_t writes = 0, last_done = 0, last_total = 1;
+    DecompressOptions o;
+    o.threads = threads;
+    o.progress = [&](uint64_t done, uint64_t total) {
+      EXPECT_GE(done, last_done);
+      last_done = done;
+      last_total = total;
+    };
+    const Status r = f->restore_to(
+        [&](const uint8_t* p, uint64_t n) {
+          EXPECT_GT(n, 0u);
+          got.insert(got.end(), p, p + n);
+          ++writes;
+          return Status::success();
+        },
+        o);
+    ASSERT_TRUE(r.is_ok()) << r.message();
+    EXPECT_TRUE(got == st) << threads << " threads";
+    EXPECT_EQ(last_done, last_total);
+    EXPECT_GT(writes, 4100u);  // piece by piece, not one buffer of the whole file
+  }
+  // The writer's error stops the restore and comes back as it is.
+  uint64_t taken = 0;
+  const Status full = f->restore_to([&](const uint8_t*, uint64_t n) {
+    if (taken > 1000) return Status(Error::kNoSpace, "sink: full");
+    taken += n;
+    return Status::success();
+  });
+  EXPECT_EQ(full.code(), Error::kNoSpace);
+  EXPECT_EQ(full.message(), "sink: full");
+  // Damage is found before the batch that holds it is written: what came out is a true prefix.
+  const auto bytes = read_file(d / "m.bs");
+  auto mem = BsFile::open_memory(bytes.data(), bytes.size(), "received.bs");
+  ASSERT_TRUE(mem.is_ok());
+  const auto big = *mem->find("big");
+  ASSERT_GT(mem->tensors()[big].stored_bytes, 1000u);
+  std::vector<uint8_t> flipped = bytes;
+  flipped[static_cast<size_t>(mem->payload(big) - bytes.data()) + mem->coding(big).model_size +
+          mem->tensors()[big].stored_bytes / 2] ^= 0x10;
+  auto bad = BsFile::open_memory(flipped.data(), flipped.size(), "received.bs");
+  ASSERT_TRUE(bad.is_ok()) << bad.status().message();
+  std::vector<uint8_t> got;
+  const Status r = bad->restore_to([&](const uint8_t* p, uint64_t n) {
+    got.insert(got.end(), p, p + n);
+    return Status::success();
+  });
+  EXPECT_EQ(r.code(), Error::kCorrupt) << r.message();
+  EXPECT_EQ(r.message().rfind("received.bs: ", 0), 0u) << r.message();
+  ASSERT_LT(got.size(), st.size());
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), st.begin()));
+  EXPECT_LE(got.size(), mem->tensors()[big].data_begin + 8 + mem->safetensors_header().size());
+  BsFile empty;
+  EXPECT_EQ(empty.restore_to([](const uint8_t*, uint64_t) { return Status::success(); }).code(), Error::kInvalidArgument);
+  EXPECT_EQ(f->restore_to(nullptr).code(), Error::kInvalidArgument);
+}
+
 TEST(Container, ZstdLevelsOutsideZstdsAreRefusedNotClamped) {
   // zstd clamps a level past its range without a word; the caller would not get what it asked.
   TempDir d;

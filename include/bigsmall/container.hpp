@@ -103,6 +103,13 @@ class BsFile {
                            const DecodeOptions& opts = {}) const;
   // Rebuilds the original safetensors file.
   Status restore(const std::string& out_path, const DecompressOptions& opts = {}) const;
+  // The original safetensors file's bytes, front to back, through `write` (a pipe, a socket):
+  // decoded a batch at a time, so memory stays near 64 MiB or the largest tensor. Each batch is
+  // checked before any of it is written, but bytes already written stay written when a later
+  // batch fails (a stream cannot take them back). A non-success Status from `write` stops the
+  // restore and is returned as it is. opts.overwrite and opts.sync do not apply.
+  Status restore_to(const std::function<Status(const uint8_t* data, uint64_t size)>& write,
+                    const DecompressOptions& opts = {}) const;
   // Decodes everything and checks every checksum; the first problem found is returned.
   Status verify(const DecompressOptions& opts = {}) const;
 
@@ -131,6 +138,13 @@ struct TensorView {
 // read-only input gives a read-only output).
 Status compress_file(const std::string& src, const std::string& dst, const CompressOptions& opts = {});
 Status decompress_file(const std::string& src, const std::string& dst, const DecompressOptions& opts = {});
+// compress_file for a safetensors file held in memory (read from a pipe, say): the same .bs,
+// byte for byte, written to dst, or returned. `label` names the input in messages. The output
+// takes the default permissions (0644 less the umask) and the current time.
+Status compress_bytes(const uint8_t* data, uint64_t size, const std::string& dst, const CompressOptions& opts = {},
+                      const std::string& label = "<memory>");
+Result<std::vector<uint8_t>> compress_bytes_to_memory(const uint8_t* data, uint64_t size, const CompressOptions& opts = {},
+                                                      const std::string& label = "<memory>");
 // Writes tensors as a .bs whose restore is the safetensors file that safetensors itself would
 // write for them: laid out as its writer lays them out (by its dtype enum, highest first, then
 // by name), whatever the order given; names must be unique and none may be "__metadata__".

@@ -941,6 +941,84 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
   });
 }
 
+Status BsFile::restore_to(const std::function<Status(const uint8_t* data, uint64_t size)>& write,
+                          const DecompressOptions& opts) const {
+  if (!impl_) return not_open();
+  if (!write) return Status(Error::kInvalidArgument, path() + ": restore_to needs a writer");
+  return detail::guarded(path(), [&]() -> Status {
+    const Impl& im = *impl_;
+    std::vector<uint8_t> head(8 + im.st_header.size());
+    const uint64_t hlen = im.st_header.size();
+    std::memcpy(head.data(), &hlen, 8);
+    std::memcpy(head.data() + 8, im.st_header.data(), hlen);
+    // The data region in file order: tensors and fillers tile it (parse_index checks that).
+    struct Piece {
+      uint64_t begin, size;
+      const uint8_t* filler;  // null: tensor `tensor`
+      size_t tensor;
+    };
+    std::vector<Piece> pieces;
+    for (size_t i = 0; i < im.entries.size(); ++i)
+      pieces.push_back({im.entries[i].data_begin, im.entries[i].coding.nbytes, nullptr, i});
+    for (const auto& f : im.fillers) pieces.push_back({f.begin, f.size, im.index.data() + f.at, 0});
+    std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.begin < b.begin; });
+    uint64_t pos = 0, total = 0, done = 0;
+    for (const Piece& p : pieces) {
+      if (p.begin != pos) return Status(Error::kCorrupt, path() + ": tensors and fillers do not tile the data region");
+      pos += p.size;
+      if (!p.filler) total += p.size;
+    }
+    BIGSMALL_RETURN_IF_ERROR(write(head.data(), head.size()));
+    detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
+    if (opts.progress) opts.progress(0, total);
+    // Batches of consecutive pieces, decoded together into one buffer, then written in order:
+    // memory stays at a batch (or the largest tensor), however large the file.
+    std::unique_ptr<uint8_t[]> buf;
+    uint64_t cap = 0;
+    for (size_t first = 0; first < pieces.size();) {
+      size_t last = first;
+      uint64_t bytes = 0, tensors = 0;
+      while (last < pieces.size()) {
+        const Piece& p = pieces[last];
+        if (!p.filler) {
+          if (tensors > 0 && (bytes + p.size > detail::kBatchBytes || tensors >= detail::kBatchTensors)) break;
+          bytes += p.size;
+          ++tensors;
+        }
+        ++last;
+      }
+      if (bytes > cap) {
+        buf.reset();
+        buf.reset(new uint8_t[bytes]);  // not zero-filled: the decoder writes every byte
+        cap = bytes;
+      }
+      std::vector<size_t> which;
+      std::vector<uint8_t*> outs;
+      std::vector<uint64_t> sizes;
+      uint64_t at = 0;
+      for (size_t k = first; k < last; ++k) {
+        if (pieces[k].filler) continue;
+        which.push_back(pieces[k].tensor);
+        outs.push_back(buf.get() + at);
+        sizes.push_back(pieces[k].size);
+        at += pieces[k].size;
+      }
+      BIGSMALL_RETURN_IF_ERROR(read_many(im, which, outs, sizes, opts.verify, pool));
+      at = 0;
+      for (size_t k = first; k < last; ++k) {
+        const Piece& p = pieces[k];
+        if (p.size == 0) continue;
+        BIGSMALL_RETURN_IF_ERROR(write(p.filler ? p.filler : buf.get() + at, p.size));
+        if (!p.filler) at += p.size;
+      }
+      done += bytes;
+      if (opts.progress) opts.progress(done, total);
+      first = last;
+    }
+    return Status::success();
+  });
+}
+
 namespace {
 // Scratch memory for decoded bytes that are only hashed: not zero-filled (the decoder writes
 // every byte), in 2 MiB pages where the kernel allows (a 4 MiB batch costs 2 page faults, not
@@ -1213,34 +1291,92 @@ Status BsFile::verify(const DecompressOptions& opts) const {
 
 // ---- entry points --------------------------------------------------------------------------
 
+namespace {
+// A safetensors image (a mapped file, or bytes in memory) parsed into what write_bs takes.
+// `label` names it in messages.
+Status prepare_safetensors(const detail::MappedFile& in, const std::string& label, detail::StFile* st_out,
+                           std::vector<detail::Source>* sources, std::vector<detail::Filler>* fillers) {
+  auto parsed = detail::parse_safetensors(in.data(), in.size());
+  if (!parsed) {
+    if (in.size() >= 8 && std::memcmp(in.data(), detail::kMagic, 8) == 0)
+      return Status(Error::kNotSafetensors, label + ": already a bigsmall .bs file (decompress it, or compress the original)");
+    return parsed.status().with_context(label);
+  }
+  *st_out = std::move(parsed.value());
+  const detail::StFile& st = *st_out;
+  for (const auto& t : st.tensors)
+    sources->push_back({t.name, t.dtype, t.shape, in.data() + st.data_start + t.begin, t.end - t.begin, t.begin});
+  // The kept header and the bytes outside tensors live in the index, which readers cap; refuse
+  // before copying them (write_bs checks the finished index too).
+  uint64_t outside = 0;
+  for (const auto& g : st.gaps) outside += g.second - g.first;
+  if (outside + st.header.size() > detail::kMaxIndexBytes)
+    return Status(Error::kLimit, label + ": " + std::to_string(outside) + " bytes outside its tensors and a " +
+                                     std::to_string(st.header.size()) + "-byte header: more than the 1 GiB a .bs index may hold");
+  for (const auto& g : st.gaps)
+    fillers->push_back({g.first, std::vector<uint8_t>(in.data() + st.data_start + g.first, in.data() + st.data_start + g.second)});
+  return Status::success();
+}
+
+// Limits on what the input declares (name lengths, dimensions) name the input.
+Status naming_input(const Status& written, const std::string& label) {
+  return written.code() == Error::kLimit ? written.with_context(label) : written;
+}
+}  // namespace
+
 Status compress_file(const std::string& src, const std::string& dst, const CompressOptions& opts) {
   return detail::guarded(src, [&]() -> Status {
     BIGSMALL_RETURN_IF_ERROR(detail::check_zstd_level(opts.zstd_level).with_context(src));
     BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(src, dst));
     BIGSMALL_ASSIGN_OR_RETURN(detail::MappedFile in, detail::MappedFile::open(src));
-    auto parsed = detail::parse_safetensors(in.data(), in.size());
-    if (!parsed) {
-      if (in.size() >= 8 && std::memcmp(in.data(), detail::kMagic, 8) == 0)
-        return Status(Error::kNotSafetensors, src + ": already a bigsmall .bs file (decompress it, or compress the original)");
-      return parsed.status().with_context(src);
-    }
-    const detail::StFile& st = parsed.value();
+    detail::StFile st;
     std::vector<detail::Source> sources;
-    for (const auto& t : st.tensors)
-      sources.push_back({t.name, t.dtype, t.shape, in.data() + st.data_start + t.begin, t.end - t.begin, t.begin});
-    // The kept header and the bytes outside tensors live in the index, which readers cap; refuse
-    // before copying them (write_bs checks the finished index too).
-    uint64_t outside = 0;
-    for (const auto& g : st.gaps) outside += g.second - g.first;
-    if (outside + st.header.size() > detail::kMaxIndexBytes)
-      return Status(Error::kLimit, src + ": " + std::to_string(outside) + " bytes outside its tensors and a " +
-                                       std::to_string(st.header.size()) + "-byte header: more than the 1 GiB a .bs index may hold");
     std::vector<detail::Filler> fillers;
-    for (const auto& g : st.gaps)
-      fillers.push_back({g.first, std::vector<uint8_t>(in.data() + st.data_start + g.first, in.data() + st.data_start + g.second)});
-    const Status written = detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts, true, in.output_mode(), &in);
-    // Limits on what the input declares (name lengths, dimensions) name the input.
-    return written.code() == Error::kLimit ? written.with_context(src) : written;
+    BIGSMALL_RETURN_IF_ERROR(prepare_safetensors(in, src, &st, &sources, &fillers));
+    return naming_input(detail::write_bs(dst, st.header, in.size(), sources, std::move(fillers), opts, true, in.output_mode(), &in), src);
+  });
+}
+
+namespace {
+// A safetensors image in the caller's memory, checked and parsed for write_bs.
+struct BytesInput {
+  detail::MappedFile in;
+  detail::StFile st;
+  std::vector<detail::Source> sources;
+  std::vector<detail::Filler> fillers;
+};
+
+Status prepare_bytes(const uint8_t* data, uint64_t size, const CompressOptions& opts, const std::string& label,
+                     BytesInput* b) {
+  if (data == nullptr && size != 0) return Status(Error::kInvalidArgument, label + ": null data");
+  BIGSMALL_RETURN_IF_ERROR(detail::check_zstd_level(opts.zstd_level).with_context(label));
+  b->in = detail::MappedFile::borrow(data, size, label);
+  return prepare_safetensors(b->in, label, &b->st, &b->sources, &b->fillers);
+}
+}  // namespace
+
+Status compress_bytes(const uint8_t* data, uint64_t size, const std::string& dst, const CompressOptions& opts,
+                      const std::string& label) {
+  return detail::guarded(label, [&]() -> Status {
+    if (dst.empty()) return Status(Error::kInvalidArgument, "empty output path");
+    BytesInput b;
+    BIGSMALL_RETURN_IF_ERROR(prepare_bytes(data, size, opts, label, &b));
+    return naming_input(
+        detail::write_bs(dst, b.st.header, size, b.sources, std::move(b.fillers), opts, true, std::nullopt, nullptr), label);
+  });
+}
+
+Result<std::vector<uint8_t>> compress_bytes_to_memory(const uint8_t* data, uint64_t size, const CompressOptions& opts,
+                                                      const std::string& label) {
+  return detail::guarded(label, [&]() -> Result<std::vector<uint8_t>> {
+    BytesInput b;
+    BIGSMALL_RETURN_IF_ERROR(prepare_bytes(data, size, opts, label, &b));
+    BIGSMALL_RETURN_IF_ERROR(naming_input(detail::check_sources(b.sources), label));
+    detail::OutputFile out = detail::OutputFile::in_memory(label);
+    out.reserve_memory(size + (uint64_t{1} << 20) + size / 64);  // as write_tensors_to_memory
+    BIGSMALL_RETURN_IF_ERROR(naming_input(detail::write_bs_to(out, b.st.header, size, b.sources, std::move(b.fillers), opts, true), label));
+    BIGSMALL_RETURN_IF_ERROR(out.commit());
+    return out.take_memory();
   });
 }
 
