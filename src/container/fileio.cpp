@@ -354,8 +354,6 @@ OutputFile& OutputFile::operator=(OutputFile&& o) noexcept {
   std::swap(final_, o.final_);
   std::swap(temp_, o.temp_);
   std::swap(pos_, o.pos_);
-  std::swap(map_, o.map_);
-  std::swap(map_size_, o.map_size_);
   std::swap(committed_, o.committed_);
   std::swap(overwrite_, o.overwrite_);
   std::swap(mode_, o.mode_);
@@ -368,7 +366,6 @@ OutputFile& OutputFile::operator=(OutputFile&& o) noexcept {
 }
 
 OutputFile::~OutputFile() {
-  if (map_) ::munmap(map_, map_size_);
   if (fd_ >= 0) ::close(fd_);
   if (!committed_ && !temp_.empty()) {
     ::unlink(temp_.c_str());
@@ -739,24 +736,13 @@ Status OutputFile::write_pieces(const std::vector<Piece>& pieces) {
   return Status::success();
 }
 
-Result<uint8_t*> OutputFile::map(uint64_t n) {
-  if (n == 0) return static_cast<uint8_t*>(nullptr);
-  if (in_memory_) return Status(Error::kInternal, final_ + ": an in-memory output cannot be mapped");
+Status OutputFile::reserve(uint64_t n) {
+  if (n == 0 || in_memory_) return Status::success();
   const int r = ::posix_fallocate(fd_, 0, static_cast<off_t>(n));
+  // A file system without fallocate: writes report a full disk as they go (no mapping here
+  // could fault instead).
   if (r != 0 && r != EOPNOTSUPP && r != EINVAL) return errno_status(final_, "cannot reserve space", r);
-  if (r != 0) {
-    // No fallocate here: write the zeros ourselves. A sparse file would turn a full disk into
-    // SIGBUS while the mapping is written instead of this error.
-    const std::vector<uint8_t> zeros(std::min<uint64_t>(n, 1u << 20), 0);
-    for (uint64_t off = 0; off < n; off += zeros.size())
-      BIGSMALL_RETURN_IF_ERROR(pwrite(zeros.data(), std::min<uint64_t>(zeros.size(), n - off), off));
-  }
-  void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-  if (p == MAP_FAILED) return errno_status(final_, "cannot map", errno);
-  map_ = static_cast<uint8_t*>(p);
-  map_size_ = n;
-  pos_ = n;
-  return map_;
+  return Status::success();
 }
 
 Status OutputFile::commit(bool sync) {
@@ -764,18 +750,13 @@ Status OutputFile::commit(bool sync) {
     committed_ = true;
     return Status::success();
   }
-  if (map_) {
-    if (sync && ::msync(map_, map_size_, MS_SYNC) != 0) return errno_status(final_, "cannot flush", errno);
-    ::munmap(map_, map_size_);
-    map_ = nullptr;
-  }
   // Best effort, as zstd's: a file system without Unix modes (vfat) refuses some chmods, and
   // there the 0600 file is the most private it can be.
   // Owner first: a chown clears set-id bits that the chmod then sets as asked. Only root can
   // give a file away; others' outputs are theirs.
   if (has_owner_ && ::geteuid() == 0) (void)::fchown(fd_, uid_, gid_);
   (void)::fchmod(fd_, static_cast<mode_t>(mode_));
-  // After the last write (the mapping is gone): a later write would set the time again.
+  // After the last write: a later write would set the time again.
   if (has_mtime_) {
     const struct timespec times[2] = {{0, UTIME_OMIT}, mtime_};
     (void)::futimens(fd_, times);

@@ -111,8 +111,8 @@ class OutputFile {
   Status write_pieces(const std::vector<Piece>& pieces);
   Status pwrite(const void* p, uint64_t n, uint64_t offset);  // at an absolute offset
   uint64_t size() const { return pos_; }
-  // Reserves n bytes on disk (so a full disk fails here, not later) and maps them writable.
-  Result<uint8_t*> map(uint64_t n);
+  // Reserves n bytes on disk where the file system can (so a full disk fails here, not later).
+  Status reserve(uint64_t n);
   // The permission bits the file gets when committed (default 0644 less the umask). The
   // temporary file is 0600 until then, so that a private input is never readable by others
   // while it is written (a reader could keep the descriptor past a later chmod).
@@ -145,8 +145,6 @@ class OutputFile {
   std::vector<uint8_t> memory_;  // the bytes of an in-memory output
   std::string final_, temp_;
   uint64_t pos_ = 0;
-  uint8_t* map_ = nullptr;
-  uint64_t map_size_ = 0;
   bool committed_ = false;
   bool overwrite_ = false;
   unsigned mode_ = 0644;
