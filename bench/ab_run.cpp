@@ -1,10 +1,12 @@
 // One side of an A/B comparison (bench/compare.sh): median and fastest seconds of 5
-// compress_file and of 5 verify calls on one file, with a given thread count, printed as
-// "compress_median verify_median compress_min verify_min".
+// compress_file and of 5 verify calls (or, with MODE restore, 5 decompress_file calls to a file)
+// on one file, with a given thread count, printed as
+// "compress_median decode_median compress_min decode_min".
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "bigsmall/container.hpp"
@@ -12,11 +14,13 @@
 using namespace bigsmall;
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    std::fprintf(stderr, "usage: ab_run FILE.safetensors SCRATCH.bs THREADS\n");
+  if (argc != 4 && argc != 5) {
+    std::fprintf(stderr, "usage: ab_run FILE.safetensors SCRATCH.bs THREADS [verify|restore]\n");
     return 2;
   }
   const int threads = std::atoi(argv[3]);
+  const bool restore = argc == 5 && std::string(argv[4]) == "restore";
+  const std::string restored = std::string(argv[2]) + ".safetensors";
   std::vector<double> c, d;
   for (int r = 0; r < 5; ++r) {
     CompressOptions co;
@@ -34,8 +38,11 @@ int main(int argc, char** argv) {
     if (!f) return 1;
     DecompressOptions o;
     o.threads = threads;
+    o.overwrite = true;
+    o.sync = false;
+    std::remove(restored.c_str());
     t0 = std::chrono::steady_clock::now();
-    if (!f->verify(o).is_ok()) return 1;
+    if (!(restore ? f->restore(restored, o) : f->verify(o)).is_ok()) return 1;
     d.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(c.begin(), c.end());

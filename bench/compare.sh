@@ -5,9 +5,10 @@
 # the ratio of the fastest calls (of 15): on a machine whose speed drifts by 20-40%, the fastest
 # run is the steadiest estimate of what the code itself costs.
 #   bench/compare.sh OLD_COMMIT [NEW_COMMIT=HEAD] [THREADS=1]
+# MODE=restore measures decompress_file to a file (restore) instead of verify (decode only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-old=$1; new=${2:-HEAD}; threads=${3:-1}
+old=$1; new=${2:-HEAD}; threads=${3:-1}; mode=${MODE:-verify}
 corpus=${CORPUS:-../shared/corpus}
 work=$(mktemp -d)
 trap 'git worktree remove --force "$work/old" 2>/dev/null; git worktree remove --force "$work/new" 2>/dev/null; rm -rf "$work"' EXIT
@@ -25,8 +26,8 @@ echo "|---|---|---|---|---|---|---|---|---|"
 for f in "$corpus"/*.safetensors; do
   o=(); n=()
   for _ in 1 2 3; do
-    o+=("$("$work/ab_old" "$f" "$work/o.bs" "$threads")")
-    n+=("$("$work/ab_new" "$f" "$work/n.bs" "$threads")")
+    o+=("$("$work/ab_old" "$f" "$work/o.bs" "$threads" "$mode")")
+    n+=("$("$work/ab_new" "$f" "$work/n.bs" "$threads" "$mode")")
   done
   python3 - "$f" "${o[@]}" "${n[@]}" <<'PY'
 import os, statistics as s, sys

@@ -1,5 +1,6 @@
 // bigsmall: command line front end over the public API. Only this file maps errors to exit codes.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -91,10 +92,11 @@ const char* kUsage =
     "  --best               zstd level 19 for tensors with repeated structure (compress; smaller, slower)\n"
     "  --                   end of options (for paths that start with '-')\n"
     "  -h, --help           this text;  -V, --version\n"
-    "Short flags combine (-fqc). '-' as the input reads stdin (to stdout, unless -o is given);\n"
-    "a file named '-' is './-'. Stdin is read whole into memory first (random access), and a\n"
-    ".bs for stdout is built in memory (its index goes at the front, written last); decompressing\n"
-    "to stdout streams. Binary data is not written to a terminal unless -f is given.\n"
+    "Short flags combine (-fqc). '-' as the input reads stdin (to stdout, unless -o is given;\n"
+    "-o - is stdout too); a file named '-' is './-'. Stdin and named pipes are read whole into\n"
+    "memory first (random access), and a .bs for stdout is built in memory (its index goes at\n"
+    "the front, written last); decompressing to stdout streams. Binary data is not written to a\n"
+    "terminal unless -f is given; --json needs -o when the output goes to stdout.\n"
     "\n"
     "exit codes: 0 ok, 1 usage, 2 I/O error, 3 disk full, 4 invalid input (not safetensors/.bs,\n"
     "truncated, unknown dtype), 5 corrupt data (checksum mismatch), 6 newer format version,\n"
@@ -566,66 +568,131 @@ void print_summary(const Args& a, const std::string& in, const std::string& out,
 const char* const kStdinLabel = "<stdin>";
 const char* const kStdoutLabel = "<stdout>";
 
-// A descriptor's bytes read whole (a pipe has no size and cannot be mapped), into an anonymous
-// mapping grown in place (mremap): a large model is not copied as it grows, and pages never
-// written are never committed.
-class ReadBytes {
+// An input read whole for random access: a regular file (or stdin redirected from one) mapped
+// in place, or a stream (a pipe, a device) read to its end into an anonymous mapping grown in
+// place (mremap), so that a large model is not copied as it grows.
+class InputBytes {
  public:
-  ReadBytes() = default;
-  ReadBytes(const ReadBytes&) = delete;
-  ReadBytes& operator=(const ReadBytes&) = delete;
-  ~ReadBytes() {
-    if (p_) ::munmap(p_, cap_);
+  // What a stream's first bytes declare (declared_bs_size, declared_safetensors_size).
+  using Declared = Result<uint64_t> (*)(const uint8_t*, uint64_t, const std::string&);
+
+  InputBytes() = default;
+  InputBytes(const InputBytes&) = delete;
+  InputBytes& operator=(const InputBytes&) = delete;
+  ~InputBytes() {
+    if (base_) ::munmap(base_, len_);
   }
-  const uint8_t* data() const { return p_; }
+  const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
 
-  Status read_all(int fd, const std::string& label) {
-    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-    uint64_t want = uint64_t{1} << 20;
-    // A redirected file: its size from here on, plus one page to see the end.
+  // fd's bytes from its current offset: mapped if it is a regular file, else read as a stream
+  // whose first bytes are checked by `declared` as they arrive (junk is refused after 8 bytes,
+  // not after all of it), and whose declared size is allocated at once.
+  Status read_all(int fd, const std::string& label, Declared declared) {
     struct stat st;
-    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+    if (::fstat(fd, &st) != 0) return Status(Error::kIo, label + ": " + std::strerror(errno)).with_errno(errno);
+    if (S_ISREG(st.st_mode)) {
       const off_t at = ::lseek(fd, 0, SEEK_CUR);
-      if (at >= 0 && st.st_size > at) want = static_cast<uint64_t>(st.st_size - at) + 1;
+      return map_file(fd, at > 0 ? static_cast<uint64_t>(at) : 0, static_cast<uint64_t>(st.st_size), label);
     }
-    BIGSMALL_RETURN_IF_ERROR(grow((want + page - 1) / page * page, label));
-    for (;;) {
-      if (size_ == cap_) BIGSMALL_RETURN_IF_ERROR(grow(cap_ * 2, label));
-      const ssize_t n = ::read(fd, p_ + size_, std::min<uint64_t>(cap_ - size_, uint64_t{1} << 30));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return Status(Error::kIo, label + ": read error: " + std::strerror(errno)).with_errno(errno);
-      }
-      if (n == 0) return Status::success();
-      size_ += static_cast<uint64_t>(n);
-    }
+    return read_stream(fd, label, declared);
   }
 
  private:
-  Status grow(uint64_t cap, const std::string& label) {
-    void* q = p_ ? ::mremap(p_, cap_, cap, MREMAP_MAYMOVE) : ::mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (q == MAP_FAILED)
-      return Status(Error::kOutOfMemory, label + ": out of memory reading it (" + human(static_cast<double>(cap)) + " needed)");
-    p_ = static_cast<uint8_t*>(q);
-    cap_ = cap;
+  Status map_file(int fd, uint64_t offset, uint64_t file_size, const std::string& label) {
+    if (offset >= file_size) return Status::success();  // nothing left to read: empty
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t start = offset / page * page;
+    void* p = ::mmap(nullptr, file_size - start, PROT_READ, MAP_PRIVATE, fd, static_cast<off_t>(start));
+    if (p == MAP_FAILED) return Status(Error::kIo, label + ": cannot map: " + std::strerror(errno)).with_errno(errno);
+    base_ = static_cast<uint8_t*>(p);
+    len_ = file_size - start;
+    data_ = base_ + (offset - start);
+    size_ = file_size - offset;
+    (void)::lseek(fd, static_cast<off_t>(file_size), SEEK_SET);  // consumed, as a read would leave it
     return Status::success();
   }
-  uint8_t* p_ = nullptr;
-  uint64_t size_ = 0, cap_ = 0;
+
+  Status read_stream(int fd, const std::string& label, Declared declared) {
+    uint64_t expected = 0;  // declared by the first bytes, once known
+    BIGSMALL_RETURN_IF_ERROR(grow(uint64_t{1} << 20, label));
+    for (;;) {
+      if (size_ == len_) {
+        // The declared size and a byte more (to see the end, or bytes past it) at once; beyond
+        // that, doubling, or as much more as memory allows.
+        const uint64_t want = expected > size_ ? expected + 1 : 2 * len_;
+        if (Status g = grow(want, label); !g.is_ok()) {
+          if (want - len_ <= (uint64_t{64} << 20)) return g;
+          BIGSMALL_RETURN_IF_ERROR(grow(len_ + (uint64_t{64} << 20), label));
+        }
+      }
+      const ssize_t n = ::read(fd, base_ + size_, std::min<uint64_t>(len_ - size_, uint64_t{1} << 30));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {  // a descriptor left non-blocking: wait
+          struct pollfd w {fd, POLLIN, 0};
+          (void)::poll(&w, 1, -1);
+          continue;
+        }
+        return Status(Error::kIo, label + ": read error: " + std::strerror(errno)).with_errno(errno);
+      }
+      if (n == 0) break;
+      size_ += static_cast<uint64_t>(n);
+      if (expected == 0 && declared) {
+        auto d = declared(base_, size_, label);
+        if (!d) return d.status();
+        expected = *d;
+      }
+    }
+    data_ = base_;
+    return Status::success();
+  }
+
+  Status grow(uint64_t want, const std::string& label) {
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t len = (want + page - 1) / page * page;
+    void* q = base_ ? ::mremap(base_, len_, len, MREMAP_MAYMOVE)
+                    : ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (q == MAP_FAILED)
+      return Status(Error::kOutOfMemory, label + ": out of memory reading it (" + human(static_cast<double>(size_)) +
+                                             " read, " + human(static_cast<double>(len)) + " asked for)");
+    base_ = static_cast<uint8_t*>(q);
+    len_ = len;
+    return Status::success();
+  }
+
+  uint8_t* base_ = nullptr;  // the mapping: len_ bytes
+  uint64_t len_ = 0;
+  const uint8_t* data_ = nullptr;  // the input: size_ bytes
+  uint64_t size_ = 0;
 };
 
-// Reads the input of a stream run: stdin, or a file read whole (to compress to stdout).
-Status read_input(const std::string& in, ReadBytes* out) {
+// A path that is not a regular file or directory (a named pipe, <(...), /dev/stdin on a pipe):
+// read whole, as stdin is.
+bool is_stream(const std::string& path) {
+  struct stat st;
+  return path != "-" && ::stat(path.c_str(), &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode) || S_ISSOCK(st.st_mode));
+}
+
+// The input of a stream run read whole: stdin ("-"), or a file.
+Status read_input(const std::string& in, InputBytes::Declared declared, InputBytes* out) {
   if (in == "-") {
-    if (::isatty(0)) return Status(Error::kInvalidArgument, "stdin is a terminal: pipe or redirect the input into bigsmall");
-    return out->read_all(0, kStdinLabel);
+    if (::isatty(0)) return Status(Error::kInvalidArgument, std::string(kStdinLabel) + ": a terminal: pipe or redirect the input into bigsmall");
+    return out->read_all(0, kStdinLabel, declared);
   }
-  const int fd = ::open(in.c_str(), O_RDONLY | O_CLOEXEC);
+  // Non-blocking: a named pipe that no program writes to yet reads as empty at once, where a
+  // plain open would wait for a writer for ever (reads wait on poll() all the same).
+  const int fd = ::open(in.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return Status(Error::kIo, in + ": " + why_unreachable(in, errno)).with_errno(errno);
-  const Status st = out->read_all(fd, in);
+  const Status st = out->read_all(fd, in, declared);
   ::close(fd);
   return st;
+}
+
+// A .bs input (verify, info, decompress) that is stdin or a stream, read whole and opened.
+Result<BsFile> open_streamed_bs(const std::string& in, InputBytes* bytes) {
+  BIGSMALL_RETURN_IF_ERROR(read_input(in, declared_bs_size, bytes));
+  return BsFile::open_memory(bytes->data(), bytes->size(), in == "-" ? kStdinLabel : in);
 }
 
 Status write_stdout(const uint8_t* p, uint64_t n) {
@@ -633,6 +700,11 @@ Status write_stdout(const uint8_t* p, uint64_t n) {
     const ssize_t w = ::write(1, p, std::min<uint64_t>(n, uint64_t{1} << 30));
     if (w < 0) {
       if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {  // a descriptor left non-blocking: wait
+        struct pollfd o {1, POLLOUT, 0};
+        (void)::poll(&o, 1, -1);
+        continue;
+      }
       const int e = errno;
       return Status(e == ENOSPC ? Error::kNoSpace : Error::kIo, std::string(kStdoutLabel) + ": write error: " + std::strerror(e)).with_errno(e);
     }
@@ -642,12 +714,30 @@ Status write_stdout(const uint8_t* p, uint64_t n) {
   return Status::success();
 }
 
+// What the library would say of an output it cannot write, said before a stream is read (a
+// download piped in is not lost to an existing output).
+Status check_output_early(const std::string& out, bool force) {
+  struct stat st;
+  if (::stat(out.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) return Status(Error::kIo, out + ": is a directory").with_errno(EISDIR);
+    if (!force) return Status(Error::kIo, out + ": already exists").with_errno(EEXIST);
+    return Status::success();
+  }
+  std::string parent = fs::path(out).parent_path().string();
+  if (parent.empty()) parent = ".";
+  if (::stat(parent.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    const int e = errno ? errno : ENOTDIR;
+    return Status(Error::kIo, out + ": cannot create: " + std::strerror(e)).with_errno(e);
+  }
+  return Status::success();
+}
+
 // compress or decompress with stdin as the input, stdout as the output, or both: one input.
 int run_stream(const Args& a) {
   const bool compress = a.command == "compress";
   const std::string& in = a.paths.front();
   const bool from_stdin = in == "-";
-  const bool to_stdout = a.to_stdout || a.output.empty();  // stdin without -o goes to stdout
+  const bool to_stdout = a.to_stdout || (from_stdin && a.output.empty());  // stdin without -o goes to stdout
   const std::string in_label = from_stdin ? kStdinLabel : in;
   const std::string out_label = to_stdout ? kStdoutLabel : a.output;
   if (a.paths.size() != 1) {
@@ -666,15 +756,20 @@ int run_stream(const Args& a) {
   std::error_code ec;
   if (!from_stdin && fs::is_directory(in, ec))
     return fail(Status(Error::kInvalidArgument, in + ": a directory cannot be written to stdout; give the output with -o"));
+  if (!to_stdout && a.output.empty())
+    return fail(Status(Error::kInvalidArgument, in + ": a device or process path has no directory for the output; give the output with -o"));
   if (to_stdout && ::isatty(1) && !a.force)
-    return fail(Status(Error::kInvalidArgument, "stdout is a terminal: not writing binary data to it (redirect it, give -o, or force with -f)"));
+    return fail(Status(Error::kInvalidArgument, std::string(kStdoutLabel) + ": a terminal: not writing binary data to it (redirect it, give -o, or force with -f)"));
+  if (!to_stdout) {
+    if (Status st = check_output_early(a.output, a.force); !st.is_ok()) return fail(st);
+  }
   const auto t0 = std::chrono::steady_clock::now();
-  ReadBytes bytes;
-  // A .bs file on disk is read in place; stdin, and a safetensors file going to stdout (its
-  // .bs is built in memory), are read whole first.
-  const bool read_whole = from_stdin || compress;
+  InputBytes bytes;
+  // A .bs file on disk is read in place; stdin, a pipe, and a safetensors file going to stdout
+  // (its .bs is built in memory) are read whole first (a regular file: mapped).
+  const bool read_whole = from_stdin || compress || is_stream(in);
   if (read_whole) {
-    if (Status st = read_input(in, &bytes); !st.is_ok()) return fail(st);
+    if (Status st = read_input(in, compress ? declared_safetensors_size : declared_bs_size, &bytes); !st.is_ok()) return fail(st);
   }
   Progress prog(!a.quiet, from_stdin ? std::string("stdin") : fs::path(strip_slash(in)).filename().string());
   uint64_t in_b = bytes.size(), out_b = 0;
@@ -702,7 +797,7 @@ int run_stream(const Args& a) {
       }
     }
   } else {
-    auto f = from_stdin ? BsFile::open_memory(bytes.data(), bytes.size(), kStdinLabel) : BsFile::open(in);
+    auto f = read_whole ? BsFile::open_memory(bytes.data(), bytes.size(), in_label) : BsFile::open(in);
     if (!f) {
       prog.finish();
       return fail(f.status());
@@ -809,31 +904,31 @@ int run_codec(const Args& a) {
   return rc;
 }
 
-Status verify_stdin(ReadBytes* bytes, const DecompressOptions& o) {
-  BIGSMALL_RETURN_IF_ERROR(read_input("-", bytes));
-  BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open_memory(bytes->data(), bytes->size(), kStdinLabel));
+Status verify_streamed(const std::string& p, const DecompressOptions& o) {
+  InputBytes bytes;
+  BIGSMALL_ASSIGN_OR_RETURN(BsFile f, open_streamed_bs(p, &bytes));
   return f.verify(o);
 }
 
 int run_verify(const Args& a) {
   int rc = kExitOk;
   for (const auto& p : a.paths) {
-    note_input(p);
+    const std::string label = p == "-" ? kStdinLabel : p;
+    note_input(label);
     Progress prog(!a.quiet, fs::path(strip_slash(p)).filename().string());
     DecompressOptions o;
     o.threads = a.threads;
     o.progress = prog.fn();
-    ReadBytes bytes;  // stdin's .bs, read whole
-    const Status st = p == "-" ? verify_stdin(&bytes, o) : verify_path(p, o);
+    const Status st = p == "-" || is_stream(p) ? verify_streamed(p, o) : verify_path(p, o);
     prog.finish();
     if (a.json) {
-      if (st.is_ok()) std::printf("{\"path\": %s, \"ok\": true}\n", jq(p).c_str());
-      else print_json_error("path", p, st);
+      if (st.is_ok()) std::printf("{\"path\": %s, \"ok\": true}\n", jq(label).c_str());
+      else print_json_error("path", label, st);
     }
     if (!st.is_ok()) {
       rc = std::max(rc, report(st));
     } else if (!a.quiet && !a.json) {
-      std::fprintf(stderr, "%s: OK\n", printable(p == "-" ? kStdinLabel : p).c_str());
+      std::fprintf(stderr, "%s: OK\n", printable(label).c_str());
     }
   }
   return rc;
@@ -951,22 +1046,22 @@ int info_dir(const std::string& path, bool json) {
 int run_info(const Args& a) {
   int rc = kExitOk;
   for (const auto& p : a.paths) {
-    note_input(p);
+    const std::string label = p == "-" ? kStdinLabel : p;
+    note_input(label);
     std::error_code ec;
     if (p != "-" && fs::is_directory(p, ec)) {
       rc = std::max(rc, info_dir(p, a.json));
       continue;
     }
-    ReadBytes bytes;  // stdin's .bs, read whole
-    Status read = p == "-" ? read_input(p, &bytes) : Status::success();
-    auto f = !read.is_ok() ? Result<BsFile>(read) : p == "-" ? BsFile::open_memory(bytes.data(), bytes.size(), kStdinLabel) : BsFile::open(p);
+    InputBytes bytes;  // a .bs from stdin or a pipe, read whole
+    auto f = p == "-" || is_stream(p) ? open_streamed_bs(p, &bytes) : BsFile::open(p);
     if (!f) {
-      if (a.json) print_json_error("path", p, f.status());
+      if (a.json) print_json_error("path", label, f.status());
       rc = std::max(rc, report(f.status()));
       continue;
     }
     InfoTotals tot;
-    print_file_info(*f, p, a.json, &tot);
+    print_file_info(*f, label, a.json, &tot);
     if (a.json) std::printf("\n");
   }
   return rc;
@@ -1162,6 +1257,10 @@ int run(int argc, char** argv) {
         std::fprintf(stderr, "bigsmall: -o needs a path, got ''\n");
         return kExitUsage;
       }
+      if (*v == "-") {  // as zstd takes it
+        a.to_stdout = true;
+        continue;
+      }
       if (!a.output.empty() && a.output != *v) {
         std::fprintf(stderr, "bigsmall: -o given twice ('%s', '%s')\n", printable(a.output).c_str(), printable(*v).c_str());
         return kExitUsage;
@@ -1272,7 +1371,7 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "bigsmall: -c and -o contradict each other\n");
     return kExitUsage;
   }
-  if (writes && (a.to_stdout || stdin_inputs > 0)) return run_stream(a);
+  if (writes && (a.to_stdout || stdin_inputs > 0 || (a.paths.size() == 1 && is_stream(a.paths[0])))) return run_stream(a);
   if (a.command == "compress" || a.command == "decompress") return run_codec(a);
   if (a.command == "verify") return run_verify(a);
   if (a.command == "info") return run_info(a);

@@ -215,10 +215,12 @@ check "says it is not a regular file" -- grep -q "fifo: not a regular file" "$tm
 check "and leaves the pipe a pipe" -- test -p "$tmp/fifo"
 expect 2 "-f with a directory output onto a named pipe" -- "$bs" compress -q -f -o "$tmp/fifo" "$tmp/halfdir"
 check "leaves the pipe a pipe" -- test -p "$tmp/fifo"
-# a pipe as input is refused at once, not read (opening it would wait for a writer forever)
-expect 2 "compress of a named pipe" -- timeout 20 "$bs" compress -q -o "$tmp/fifo-in.bs" "$tmp/fifo"
-check "says it is not a regular file" -- grep -q "fifo: not a regular file" "$tmp/err"
-expect 2 "verify of a named pipe" -- timeout 20 "$bs" verify -q "$tmp/fifo"
+# a named pipe no program writes to reads as empty at once (a plain open would wait for a writer
+# for ever); one with a writer is read whole, as stdin is (below)
+expect 4 "compress of a named pipe without a writer" -- timeout 20 "$bs" compress -q -o "$tmp/fifo-in.bs" "$tmp/fifo"
+check "says it is empty" -- grep -q "fifo: empty file" "$tmp/err"
+check "and writes nothing" -- test ! -e "$tmp/fifo-in.bs"
+expect 4 "verify of a named pipe without a writer" -- timeout 20 "$bs" verify -q "$tmp/fifo"
 echo old >"$tmp/target.bs" && ln -s target.bs "$tmp/link.bs"
 expect 0 "-f onto a link" -- "$bs" compress -q -f -o "$tmp/link.bs" "$tmp/m.safetensors"
 check "keeps the link" -- test -L "$tmp/link.bs"
@@ -448,15 +450,69 @@ expect 1 "a directory to stdout" -- "$bs" compress -c "$tmp/model"
 check "asks for -o" -- grep -q "give the output with -o" "$tmp/err"
 if command -v script >/dev/null 2>&1; then
   expect 1 "binary data to a terminal" -- script -qec "\"$bs\" compress -c \"$m\"" /dev/null
-  check "is refused" -- grep -q "stdout is a terminal" "$tmp/out"
+  check "is refused" -- grep -q "<stdout>: a terminal" "$tmp/out"
   expect 1 "stdin from a terminal" -- script -qec "\"$bs\" decompress - -o \"$tmp/tty.safetensors\"" /dev/null
-  check "is refused" -- grep -q "stdin is a terminal" "$tmp/out"
+  check "is refused" -- grep -q "<stdin>: a terminal" "$tmp/out"
 fi
 # a reader that stops early: the run ends by SIGPIPE (as zstd's does), not with a message
 expect 0 "decompress -c into a pipe closed early" -- bash -c "\"$bs\" decompress -c \"$tmp/m.bs\" | head -c 10 >/dev/null; test \${PIPESTATUS[0]} -eq 141"
 mkdir -p "$tmp/dash" && cp "$m" "$tmp/dash/-"
-expect 0 "a file named '-' given by a path" -- "$bs" compress -q -o "$tmp/dash/d.bs" "$tmp/dash/-"
+abs_bs="$(cd "$(dirname "$bs")" && pwd)/$(basename "$bs")"
+expect 0 "a file named '-' given as ./-" -- sh -c "cd \"$tmp/dash\" && \"$abs_bs\" compress -q -o d.bs ./-"
 check "compressed" -- cmp -s "$tmp/dash/d.bs" "$tmp/m.bs"
+expect 0 "a bare '-' is stdin even beside a file of that name" -- sh -c "cd \"$tmp/dash\" && \"$abs_bs\" decompress -q - <\"$tmp/m.bs\" >out.safetensors"
+check "restored from stdin" -- cmp -s "$tmp/dash/out.safetensors" "$m"
+expect 0 "-o - is stdout" -- sh -c "\"$bs\" compress -q -o - \"$m\" >\"$tmp/p5.bs\""
+check "the same bytes" -- cmp -s "$tmp/p5.bs" "$tmp/m.bs"
+check "and no file named '-'" -- test ! -e ./-
+expect 0 "-c --no-verify" -- sh -c "\"$bs\" decompress -qc --no-verify \"$tmp/m.bs\" | cmp -s - \"$m\""
+expect 0 "verify --json of stdin" -- sh -c "\"$bs\" verify --json - <\"$tmp/m.bs\""
+check "names <stdin>" -- grep -q '"path": "<stdin>", "ok": true' "$tmp/out"
+# named pipes (<(...), /dev/stdin on a pipe) are read whole, as stdin is
+expect 0 "decompress -c of a named pipe" -- bash -c "\"$bs\" decompress -qc <(cat \"$tmp/m.bs\") | cmp -s - \"$m\""
+expect 0 "verify of a named pipe" -- bash -c "\"$bs\" verify -q <(cat \"$tmp/m.bs\")"
+expect 0 "compress /dev/stdin on a pipe, -o" -- sh -c "cat \"$m\" | \"$bs\" compress -q -o \"$tmp/p6.bs\" /dev/stdin"
+check "the same bytes" -- cmp -s "$tmp/p6.bs" "$tmp/m.bs"
+# more than the reader's first 1 MiB: its buffer grows while it reads
+python3 - "$tmp/grow.safetensors" <<'PY'
+import json, os, struct, sys
+blob = os.urandom(3 << 20)
+h = json.dumps({"noise": {"dtype": "U8", "shape": [len(blob)], "data_offsets": [0, len(blob)]}}).encode()
+h += b" " * (-len(h) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + blob)
+PY
+expect 0 "3 MiB through pipes both ways" -- sh -c "cat \"$tmp/grow.safetensors\" | \"$bs\" compress -q - | cat | \"$bs\" decompress -q - | cmp -s - \"$tmp/grow.safetensors\""
+# junk and unwritable outputs are refused before a stream is read to its end
+expect 4 "an endless stream of zeros" -- timeout 20 "$bs" compress - -o "$tmp/zero.bs" </dev/zero
+check "refused at its header" -- grep -q "<stdin>: not a safetensors file" "$tmp/err"
+expect 4 "an endless stream of junk for verify" -- timeout 20 "$bs" verify - </dev/zero
+expect 2 "an existing output, before stdin ends" -- bash -c "timeout 20 \"$bs\" compress - -o \"$tmp/m.bs\" < <(sleep 60)"
+check "says so" -- grep -q "m.bs: already exists" "$tmp/err"
+expect 2 "a missing directory, before stdin ends" -- bash -c "timeout 20 \"$bs\" compress - -o \"$tmp/nodir/x.bs\" < <(sleep 60)"
+# an empty tensor inside another one's bytes (safetensors allows it) streams out as it came in
+python3 - "$tmp/empty_inside.safetensors" <<'PY'
+import json, struct, sys
+h = json.dumps({"x": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]},
+                "y": {"dtype": "U8", "shape": [0], "data_offsets": [1, 1]}}).encode()
+h += b" " * (-len(h) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + b"ab")
+PY
+expect 0 "compress a file with an empty tensor inside another" -- "$bs" compress -q "$tmp/empty_inside.safetensors"
+expect 0 "and decompress it to stdout" -- sh -c "\"$bs\" decompress -qc \"$tmp/empty_inside.bs\" | cmp -s - \"$tmp/empty_inside.safetensors\""
+# descriptors left non-blocking by the caller: waited on, not an error
+expect 0 "a non-blocking stdout read slowly" -- python3 - "$bs" "$tmp/grow.safetensors" <<'PY'
+import os, subprocess, sys, time
+subprocess.run([sys.argv[1], "compress", "-qf", sys.argv[2], "-o", sys.argv[2] + ".bs"], check=True)
+r, w = os.pipe()
+os.set_blocking(w, False)
+p = subprocess.Popen([sys.argv[1], "decompress", "-qc", sys.argv[2] + ".bs"], stdout=w)
+os.close(w)
+time.sleep(0.5)
+got = bytearray()
+while chunk := os.read(r, 1 << 16):
+    got += chunk
+assert p.wait() == 0 and got == open(sys.argv[2], "rb").read()
+PY
 
 # an input truncated by another program while it is read: exit 4, the message names the file
 # (a shard inside a directory, not the directory), nothing is left behind. Weight-like values

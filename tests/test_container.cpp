@@ -402,6 +402,41 @@ TEST(Container, CompressBytesIsCompressFileByteForByte) {
   EXPECT_EQ(compress_bytes(st.data(), st.size(), "").code(), Error::kInvalidArgument);
 }
 
+TEST(Container, DeclaredSizesComeFromTheFirstBytes) {
+  TempDir d;
+  const auto st = safetensors_bytes(sample_tensors());
+  write_file(d / "m.safetensors", st);
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
+  const auto bs = read_file(d / "m.bs");
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, st.data(), 8);
+  // 0 until the header is there, then the whole size (exact for a .bs; the end of the last
+  // tensor for safetensors, which here is the end of the file).
+  for (uint64_t n : {uint64_t{0}, uint64_t{7}, uint64_t{8}, uint64_t{63}}) {
+    auto r = declared_bs_size(bs.data(), n, "s");
+    ASSERT_TRUE(r.is_ok()) << n << ": " << r.status().message();
+    EXPECT_EQ(*r, 0u) << n;
+  }
+  for (uint64_t n : {uint64_t{64}, uint64_t{1000}, static_cast<uint64_t>(bs.size())}) EXPECT_EQ(*declared_bs_size(bs.data(), n, "s"), bs.size());
+  for (uint64_t n : {uint64_t{0}, uint64_t{8}, 8 + header_len - 1}) EXPECT_EQ(*declared_safetensors_size(st.data(), n, "s"), 0u) << n;
+  EXPECT_EQ(*declared_safetensors_size(st.data(), 8 + header_len, "s"), st.size());
+  // What the first bytes already show is said then, as opening the whole would say it.
+  const auto not_bs = declared_bs_size(st.data(), 8, "piped");
+  EXPECT_EQ(not_bs.status().code(), Error::kNotBigsmall);
+  EXPECT_NE(not_bs.status().message().find("piped: not a bigsmall .bs file"), std::string::npos) << not_bs.status().message();
+  const auto not_st = declared_safetensors_size(bs.data(), 8, "piped");
+  EXPECT_EQ(not_st.status().code(), Error::kNotSafetensors);
+  EXPECT_EQ(not_st.status().message().rfind("piped: already a bigsmall .bs file", 0), 0u) << not_st.status().message();
+  const std::string lfs = "version https://git-lfs.github.com/spec/v1\n";
+  const auto pointer = declared_safetensors_size(reinterpret_cast<const uint8_t*>(lfs.data()), lfs.size(), "piped");
+  EXPECT_NE(pointer.status().message().find("Git LFS pointer"), std::string::npos) << pointer.status().message();
+  std::vector<uint8_t> damaged(bs.begin(), bs.begin() + 64);
+  damaged[20] ^= 1;
+  EXPECT_EQ(declared_bs_size(damaged.data(), damaged.size(), "s").status().code(), Error::kCorrupt);
+  std::vector<uint8_t> bad_json = header_bytes("[1, 2]  ");
+  EXPECT_EQ(declared_safetensors_size(bad_json.data(), bad_json.size(), "s").status().code(), Error::kNotSafetensors);
+}
+
 TEST(Container, RestoreToStreamsTheOriginalInOrder) {
   TempDir d;
   const auto st = scattered_safetensors();

@@ -103,11 +103,13 @@ class BsFile {
                            const DecodeOptions& opts = {}) const;
   // Rebuilds the original safetensors file.
   Status restore(const std::string& out_path, const DecompressOptions& opts = {}) const;
-  // The original safetensors file's bytes, front to back, through `write` (a pipe, a socket):
-  // decoded a batch at a time, so memory stays near 64 MiB or the largest tensor. Each batch is
-  // checked before any of it is written, but bytes already written stay written when a later
-  // batch fails (a stream cannot take them back). A non-success Status from `write` stops the
-  // restore and is returned as it is. opts.overwrite and opts.sync do not apply.
+  // The original safetensors file's bytes, front to back, through `write` (a pipe, a socket),
+  // a few MiB per call (2 MiB per thread, at least 4): memory stays bounded, however large the
+  // file or its tensors. Bytes are checked before they are written (chunk checksums, and whole
+  // tensors' checksums for tensors up to a batch); a larger tensor's own checksum is checked
+  // after its last bytes (as zstd checks a frame's). A failure stops the stream, and what was
+  // written before it stays written: only a prefix of the original. A non-success Status from
+  // `write` stops the restore and is returned as it is. opts.overwrite and opts.sync do not apply.
   Status restore_to(const std::function<Status(const uint8_t* data, uint64_t size)>& write,
                     const DecompressOptions& opts = {}) const;
   // Decodes everything and checks every checksum; the first problem found is returned.
@@ -145,6 +147,13 @@ Status compress_bytes(const uint8_t* data, uint64_t size, const std::string& dst
                       const std::string& label = "<memory>");
 Result<std::vector<uint8_t>> compress_bytes_to_memory(const uint8_t* data, uint64_t size, const CompressOptions& opts = {},
                                                       const std::string& label = "<memory>");
+// For readers of a stream (stdin, a pipe), what the first `available` bytes of a file tell
+// before the rest arrives: 0 while more bytes are needed to tell; else the size its header
+// declares (a .bs: exactly; a safetensors file: at least, as bytes may follow its last tensor);
+// or the error those bytes already show (not that kind of file, a newer version, a header that
+// lies), with the message opening the whole would give. `label` names it in messages.
+Result<uint64_t> declared_bs_size(const uint8_t* data, uint64_t available, const std::string& label = "<memory>");
+Result<uint64_t> declared_safetensors_size(const uint8_t* data, uint64_t available, const std::string& label = "<memory>");
 // Writes tensors as a .bs whose restore is the safetensors file that safetensors itself would
 // write for them: laid out as its writer lays them out (by its dtype enum, highest first, then
 // by name), whatever the order given; names must be unique and none may be "__metadata__".

@@ -703,6 +703,29 @@ Status check_header_matches_index(BsFile::Impl& im) {
 namespace {
 // Validates header, index and every entry of the .bs in `file` (a mapping or borrowed bytes).
 Status open_mapped(detail::MappedFile file, std::unique_ptr<BsFile::Impl>* out);
+
+// The fixed header (kHeaderSize bytes at p, magic checked) and what it alone can show wrong.
+Status decode_file_header(const uint8_t* p, const std::string& path, detail::FileHeader* out, uint64_t* checksum) {
+  auto fail = [&](Error e, const std::string& what) { return Status(e, path + ": " + what); };
+  detail::ByteReader r(p + 8, detail::kHeaderSize - 8);
+  detail::FileHeader& h = *out;
+  h.major = r.u16();
+  h.minor = r.u16();
+  h.flags = r.u32();
+  h.index_offset = r.u64();
+  h.index_stored = r.u64();
+  h.index_raw = r.u64();
+  h.index_checksum = r.u64();
+  h.original_size = r.u64();
+  *checksum = r.u64();
+  const bool sum_ok = detail::xxh3_64(p, detail::kHeaderSize - 8) == *checksum;
+  if (h.major > kFormatVersionMajor) return fail(Error::kUnsupportedVersion, detail::newer_version(h.major, h.minor, sum_ok));
+  if (!sum_ok) return fail(Error::kCorrupt, "header checksum mismatch");
+  if (h.major != kFormatVersionMajor)  // no bigsmall ever wrote a version 0.x
+    return fail(Error::kCorrupt, "format version " + std::to_string(h.major) + "." + std::to_string(h.minor) + " was never written by bigsmall (damaged header?)");
+  if (h.flags != 0) return fail(Error::kCorrupt, "reserved header flags are not zero");
+  return Status::success();
+}
 }  // namespace
 
 Result<BsFile> BsFile::open(const std::string& path) {
@@ -741,23 +764,9 @@ Status open_mapped(detail::MappedFile file, std::unique_ptr<BsFile::Impl>* out) 
     return fail(Error::kNotBigsmall, "not a bigsmall .bs file (bad magic)");
   }
   if (size < detail::kHeaderSize) return fail(Error::kTruncated, "truncated: file ends inside the header");
-  detail::ByteReader r(p + 8, detail::kHeaderSize - 8);
   detail::FileHeader h;
-  h.major = r.u16();
-  h.minor = r.u16();
-  h.flags = r.u32();
-  h.index_offset = r.u64();
-  h.index_stored = r.u64();
-  h.index_raw = r.u64();
-  h.index_checksum = r.u64();
-  h.original_size = r.u64();
-  const uint64_t hsum = r.u64();
-  const bool sum_ok = detail::xxh3_64(p, detail::kHeaderSize - 8) == hsum;
-  if (h.major > kFormatVersionMajor) return fail(Error::kUnsupportedVersion, detail::newer_version(h.major, h.minor, sum_ok));
-  if (!sum_ok) return fail(Error::kCorrupt, "header checksum mismatch");
-  if (h.major != kFormatVersionMajor)  // no bigsmall ever wrote a version 0.x
-    return fail(Error::kCorrupt, "format version " + std::to_string(h.major) + "." + std::to_string(h.minor) + " was never written by bigsmall (damaged header?)");
-  if (h.flags != 0) return fail(Error::kCorrupt, "reserved header flags are not zero");
+  uint64_t hsum = 0;
+  BIGSMALL_RETURN_IF_ERROR(decode_file_header(p, path, &h, &hsum));
   if (h.index_offset >= detail::kHeaderSize && h.index_offset <= size && h.index_stored < size - h.index_offset)
     return fail(Error::kTruncated, std::to_string(size - h.index_offset - h.index_stored) +
                                        " bytes after the end of the index (appended to, or two files joined?)");
@@ -1281,6 +1290,49 @@ Status BsFile::verify(const DecompressOptions& opts) const {
   });
 }
 
+// ---- streams ---------------------------------------------------------------------------------
+
+namespace {
+Status already_bs(const std::string& label) {
+  return Status(Error::kNotSafetensors, label + ": already a bigsmall .bs file (decompress it, or compress the original)");
+}
+}  // namespace
+
+Result<uint64_t> declared_bs_size(const uint8_t* data, uint64_t available, const std::string& label) {
+  return detail::guarded(label, [&]() -> Result<uint64_t> {
+    if (data == nullptr && available != 0) return Status(Error::kInvalidArgument, label + ": null data");
+    if (available < 8) return uint64_t{0};
+    if (std::memcmp(data, detail::kMagic, 8) != 0) return BsFile::open_memory(data, available, label).status();  // its message
+    if (available < detail::kHeaderSize) return uint64_t{0};
+    detail::FileHeader h;
+    uint64_t checksum = 0;
+    BIGSMALL_RETURN_IF_ERROR(decode_file_header(data, label, &h, &checksum));
+    if (h.index_offset < detail::kHeaderSize || h.index_stored > UINT64_MAX - h.index_offset)
+      return Status(Error::kCorrupt, label + ": index lies outside any file (damaged header)");
+    return h.index_offset + h.index_stored;
+  });
+}
+
+Result<uint64_t> declared_safetensors_size(const uint8_t* data, uint64_t available, const std::string& label) {
+  return detail::guarded(label, [&]() -> Result<uint64_t> {
+    if (data == nullptr && available != 0) return Status(Error::kInvalidArgument, label + ": null data");
+    if (available < 8) return uint64_t{0};
+    if (std::memcmp(data, detail::kMagic, 8) == 0)
+      return already_bs(label);
+    uint64_t n;
+    std::memcpy(&n, data, 8);
+    if (n > detail::kMaxHeaderBytes)  // refused whatever follows: its message
+      return detail::parse_safetensors_header(data, available, available, false).status().with_context(label);
+    if (available - 8 < n) return uint64_t{0};
+    // The tensors' places, against a file as long as any could be.
+    auto st = detail::parse_safetensors_header(data, 8 + n, UINT64_MAX, false);
+    if (!st) return st.status().with_context(label);
+    uint64_t end = st->data_start;
+    for (const auto& t : st->tensors) end = std::max(end, st->data_start + t.end);
+    return end;
+  });
+}
+
 // ---- entry points --------------------------------------------------------------------------
 
 namespace {
@@ -1291,7 +1343,7 @@ Status prepare_safetensors(const detail::MappedFile& in, const std::string& labe
   auto parsed = detail::parse_safetensors(in.data(), in.size());
   if (!parsed) {
     if (in.size() >= 8 && std::memcmp(in.data(), detail::kMagic, 8) == 0)
-      return Status(Error::kNotSafetensors, label + ": already a bigsmall .bs file (decompress it, or compress the original)");
+      return already_bs(label);
     return parsed.status().with_context(label);
   }
   *st_out = std::move(parsed.value());
