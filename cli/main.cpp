@@ -753,6 +753,8 @@ int run_stream(const Args& a) {
     if (a.json) print_json_error("input", in_label, st);
     return report(st);
   };
+  struct stat in_st;
+  if (!from_stdin && ::stat(in.c_str(), &in_st) != 0) return fail(Status(Error::kIo, in + ": " + why_unreachable(in, errno)));
   std::error_code ec;
   if (!from_stdin && fs::is_directory(in, ec))
     return fail(Status(Error::kInvalidArgument, in + ": a directory cannot be written to stdout; give the output with -o"));
