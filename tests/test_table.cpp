@@ -232,6 +232,16 @@ TEST(ByteBuffer, KeepsItsMemoryAcrossResetsAndCopiesWhatItIsGiven) {
   EXPECT_EQ(std::vector<uint8_t>(b.data(), b.data() + b.size()), src);
   b.assign(nullptr, 0);
   EXPECT_TRUE(b.empty());
+  // Contents laid out from the end: narrowed to where they start, until the next reset.
+  uint8_t* q = b.reset(100);
+  b.narrow(30, 60);
+  EXPECT_EQ(b.data(), q + 30);
+  EXPECT_EQ(b.size(), 60u);
+  b.narrow(50, 20);  // within what is left
+  EXPECT_EQ(b.data(), q + 80);
+  EXPECT_EQ(b.size(), 10u);
+  EXPECT_EQ(b.reset(10), q);
+  EXPECT_EQ(b.data(), q);
   b.release();
   EXPECT_EQ(b.capacity(), 0u);
   EXPECT_EQ(b.data(), nullptr);

@@ -66,8 +66,8 @@ class ByteReader {
 // written over in full, and std::vector's zero fill before that cost 2-5% of compression.
 class ByteBuffer {
  public:
-  const uint8_t* data() const { return p_.get(); }
-  uint8_t* data() { return p_.get(); }
+  const uint8_t* data() const { return p_.get() + begin_; }
+  uint8_t* data() { return p_.get() + begin_; }
   size_t size() const { return size_; }
   size_t capacity() const { return cap_; }
   bool empty() const { return size_ == 0; }
@@ -81,22 +81,29 @@ class ByteBuffer {
 #endif
       p_ = std::make_unique_for_overwrite<uint8_t[]>(cap_);
     }
+    begin_ = 0;
     size_ = n;
     return p_.get();
   }
   void shrink(size_t n) { size_ = std::min(size_, n); }
+  // Narrows the contents to [begin, begin + n) of those reset() gave: for contents laid out from
+  // the end backwards (an encoded chunk), whose start is known last.
+  void narrow(size_t begin, size_t n) {
+    begin_ += std::min(begin, size_);
+    size_ = std::min(n, size_ - std::min(begin, size_));
+  }
   void assign(const uint8_t* src, size_t n) {
     uint8_t* d = reset(n);
     if (n) std::memcpy(d, src, n);
   }
   void release() {
     p_.reset();
-    size_ = cap_ = 0;
+    begin_ = size_ = cap_ = 0;
   }
 
  private:
   std::unique_ptr<uint8_t[]> p_;
-  size_t size_ = 0, cap_ = 0;
+  size_t begin_ = 0, size_ = 0, cap_ = 0;
 };
 
 // LSB-first bit stream used for the compact table encoding.

@@ -785,9 +785,7 @@ void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, 
   const EncSymbol* se_enc = st.se_enc.data();
   const EncSymbol* m_enc = st.m_flat.data();
   const uint32_t* m_base = st.m_base.data();
-  uint16_t* end;
-  word_buffer(2 * n, &end);
-  RansEncoder enc{{}, end};
+  RansEncoder enc{{}, nullptr};  // p: set by either path below
   std::fill(enc.x, enc.x + kLanesMax, kRansL);
   auto encode_round = [&](uint64_t r) {
     const uint32_t active = static_cast<uint32_t>(std::min<uint64_t>(lanes, n - r * lanes));
@@ -809,21 +807,33 @@ void encode_float_chunk(const EncoderState& st, const uint8_t* src, uint64_t n, 
   const uint64_t full = n / lanes;
   const uint64_t raw_bytes = rb > 0 ? raw_plane_bytes(n, rb) : 0;
   if (st.simd && (sizeof(T) == 2 || sizeof(T) == 4) && (lanes == 8 || lanes == 16 || lanes == 32) && full > 0) {
-    // The partial last round is coded first (coding runs backwards), then the full rounds by
-    // SIMD, whose words come out in production order and are laid down reversed, straight
-    // into the chunk: the chunk's words are those reversed, then the partial round's.
+    // The chunk is laid out backwards in `out`, with no copy: words from its end down (the
+    // partial last round first, as coding runs backwards, then the full rounds by SIMD), then
+    // the raw plane and the states below the last word; the chunk is narrowed to start there.
+    const size_t head = lanes * 4 + raw_bytes;
+    const size_t word_room = 2 * (2 * n + 1);  // + 1: the scalar put stores p[-1] before deciding
+    uint8_t* base = out->reset(head + word_room + 1 + kRawSlack);
+    // Words aligned for uint16_t whatever the raw plane's size; kRawSlack spare bytes after them.
+    uint8_t* const end_byte = base + head + word_room + ((reinterpret_cast<uintptr_t>(base) + head + word_room) & 1);
+    uint16_t* const words_end = reinterpret_cast<uint16_t*>(end_byte);
+    enc.p = words_end;
     if (rounds > full) encode_round(full);
-    const uint64_t tail_words = static_cast<uint64_t>(end - enc.p);
-    thread_local std::vector<uint16_t> fwd;
-    fwd.resize(2 * full * lanes + 32);
     const SimdEncTables t{st.se_pairs.data(), se_prec, st.m_pairs.data(), m_prec, mb, rb + z, static_cast<int>(kmask), k};
-    const int64_t nw = encode_float_rounds_avx512(t, src, full, static_cast<int>(lanes), sizeof(T), enc.x, fwd.data());
-    uint8_t* raw = start_chunk(out, lanes, raw_bytes, static_cast<uint64_t>(nw) + tail_words);
-    if (rb > 0) pack_raw_plane<T>(src, n, z, rb, st.pext, raw);
-    uint8_t* words = raw + raw_bytes;
-    reverse_words_avx512(fwd.data(), static_cast<uint64_t>(nw), words + 2 * static_cast<uint64_t>(nw));
-    if (tail_words) std::memcpy(words + 2 * static_cast<uint64_t>(nw), enc.p, tail_words * 2);
+    enc.p -= encode_float_rounds_avx512(t, src, full, static_cast<int>(lanes), sizeof(T), enc.x, enc.p);
+    uint8_t* const words = reinterpret_cast<uint8_t*>(enc.p);
+    if (rb > 0) {
+      // The packer writes up to kRawSlack bytes past the plane: over the first words, kept aside.
+      uint8_t kept[kRawSlack];
+      std::memcpy(kept, words, kRawSlack);
+      pack_raw_plane<T>(src, n, z, rb, st.pext, words - raw_bytes);
+      std::memcpy(words, kept, kRawSlack);
+    }
+    uint8_t* const chunk = words - head;
+    out->narrow(static_cast<size_t>(chunk - base), static_cast<size_t>(end_byte - chunk));
   } else {
+    uint16_t* end;
+    word_buffer(2 * n, &end);
+    enc.p = end;
     for (uint64_t r = rounds; r-- > 0;) encode_round(r);
     const uint64_t nwords = static_cast<uint64_t>(end - enc.p);
     uint8_t* raw = start_chunk(out, lanes, raw_bytes, nwords);

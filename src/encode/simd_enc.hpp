@@ -22,12 +22,12 @@ struct SimdEncTables {
 };
 
 // Encodes rounds rounds-1 … 0 of a chunk (every round full: `lanes` elements of elem_bytes,
-// lanes 8, 16 or 32, elem_bytes 2 or 4) starting from lane states x, which are updated. Words go
-// to `out` in the order they are produced (the reverse of the decoder's reading order); out
-// needs room for 2 · rounds · lanes + 32 words. Returns the number of words written, or -1 when
-// the geometry is not supported.
+// lanes 8, 16 or 32, elem_bytes 2 or 4) starting from lane states x, which are updated. Words
+// are laid down backwards below `end`, as the scalar encoder lays them (in the decoder's reading
+// order once done): [end - n, end) holds the n words written, and nothing below it is touched;
+// it needs room for 2 · rounds · lanes words. Returns n, or -1 when the geometry is not supported.
 int64_t encode_float_rounds_avx512(const SimdEncTables& t, const uint8_t* src, uint64_t rounds, int lanes,
-                                   int elem_bytes, uint32_t* x, uint16_t* out);
+                                   int elem_bytes, uint32_t* x, uint16_t* end);
 
 // The raw mantissa plane of n elements: bits z .. z + rb - 1 of each, element i at bit i * rb,
 // LSB first, as the portable packer in encode.cpp writes it. `out` needs the plane's bytes plus
@@ -49,8 +49,5 @@ inline double sum16(const double* p) {
 // partial sums (k mod 16), each in ascending k, combined by sum16; `table` holds c log2 c for
 // c < kXlogxTable. The same value as the portable loop in encode.cpp.
 double twin_xlogx_avx512(const uint32_t* bins, uint32_t sign_bit, const double* table);
-
-// dst_end[-1 - i] = src[i] for i < n: the SIMD encoder's words, laid down in reading order.
-void reverse_words_avx512(const uint16_t* src, uint64_t n, uint8_t* dst_end);
 
 }  // namespace bigsmall::detail

@@ -12,35 +12,32 @@ namespace bigsmall::detail {
 
 namespace {
 
-// Registers hold lanes in reverse order (register lane i = chunk lane 15 - i): the scalar
-// encoder emits the words of one step from the highest lane down, and a compress then yields
-// exactly that order.
-BS_AVX512 inline __m512i reverse_lanes(__m512i v) {
-  // The maskz form: GCC 12 flags the plain one's undefined passthrough as uninitialized.
-  return _mm512_maskz_permutexvar_epi32(0xFFFF, _mm512_setr_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), v);
-}
+// Register lane i is chunk lane i (of the vector's 16). Words are laid down from the end of the
+// chunk backwards, each step's below the last, in ascending lane order: a compress gives them in
+// that order, and the scalar encoder (one lane at a time, highest first, each word below the
+// previous) leaves the same bytes.
 
-// kLanes elements (16, or 8 for chunks of 8 lanes, which then live in register lanes 8..15).
+// kLanes elements (16, or 8 for chunks of 8 lanes, which then live in register lanes 0..7).
 template <int kElemBytes, int kLanes>
-BS_AVX512 inline __m512i load_reversed(const uint8_t* p) {
+BS_AVX512 inline __m512i load_elements(const uint8_t* p) {
   if constexpr (kElemBytes == 2 && kLanes == 16) {
-    return reverse_lanes(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+    return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   } else if constexpr (kElemBytes == 2) {
-    return reverse_lanes(_mm512_cvtepu16_epi32(_mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
+    return _mm512_cvtepu16_epi32(_mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   } else if constexpr (kLanes == 16) {
-    return reverse_lanes(_mm512_loadu_si512(p));
+    return _mm512_loadu_si512(p);
   } else {
-    return reverse_lanes(_mm512_maskz_loadu_epi32(0x00FF, p));
+    return _mm512_maskz_loadu_epi32(0x00FF, p);
   }
 }
 
 // The 64-bit entries of `table` at the 16 indices: their low halves and their high halves, each
-// in lane order. kLanes = 8 uses register lanes 8..15 only, so the lower gather is skipped.
+// in lane order. kLanes = 8 uses register lanes 0..7 only, so the upper gather is skipped.
 template <int kLanes>
 BS_AVX512 inline void gather_pairs(__m512i idx, const uint64_t* table, __m512i* lo, __m512i* hi) {
-  const __m512i a = kLanes == 8 ? _mm512_setzero_si512()
-                                : _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), table, 8);
-  const __m512i b = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), table, 8);
+  const __m512i a = _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), table, 8);
+  const __m512i b = kLanes == 8 ? _mm512_setzero_si512()
+                                : _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), table, 8);
   *lo = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
   *hi = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
 }
@@ -56,15 +53,16 @@ BS_AVX512 inline __m512i mulhi_epu32(__m512i v, __m512i rcp) {
 // overflow, then x = (x / freq) << P + x % freq + cum. The quotient from rcp = floor(2^32/freq)
 // is at most one too small (x < 2^32), so one correction makes it exact.
 BS_AVX512 inline __m512i put(__m512i x, __m512i fc, __m512i rcp, int precision, __m128i p, __mmask16 active,
-                             uint16_t*& out) {
+                             uint16_t*& below) {
   const __m512i freq = _mm512_and_si512(fc, _mm512_set1_epi32(0xffff));
   const __m512i cum = _mm512_srli_epi32(fc, 16);
   // freq << (32 - P) wraps to 0 for freq = 2^P; minus one it becomes "never emit".
   const __m512i bound = _mm512_sub_epi32(_mm512_sll_epi32(freq, _mm_cvtsi32_si128(32 - precision)), _mm512_set1_epi32(1));
   const __mmask16 emit = _mm512_mask_cmpgt_epu32_mask(active, x, bound);
   const __m256i words = _mm256_maskz_compress_epi16(emit, _mm512_cvtepi32_epi16(x));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), words);
-  out += __builtin_popcount(emit);
+  const int k = __builtin_popcount(emit);
+  below -= k;
+  _mm256_mask_storeu_epi16(below, static_cast<__mmask16>((1u << k) - 1), words);
   const __m512i v = _mm512_mask_srli_epi32(x, emit, x, 16);
   __m512i q = mulhi_epu32(v, rcp);
   __m512i r = _mm512_sub_epi32(v, _mm512_mullo_epi32(q, freq));
@@ -77,13 +75,12 @@ BS_AVX512 inline __m512i put(__m512i x, __m512i fc, __m512i rcp, int precision, 
 // V vectors of 16 lanes, or (kLanes = 8) one vector with 8 active lanes. Without kMant (no
 // mantissa bits coded) the mantissa step, a put of freq 2^P that leaves x as it is, is skipped.
 template <int kElemBytes, int V, int kLanes = 16, bool kMant = true>
-BS_AVX512 int64_t run(const SimdEncTables& t, const uint8_t* src, uint64_t rounds, uint32_t* xs, uint16_t* out) {
+BS_AVX512 int64_t run(const SimdEncTables& t, const uint8_t* src, uint64_t rounds, uint32_t* xs, uint16_t* end) {
   constexpr uint64_t kRound = kLanes * V;
-  constexpr __mmask16 kActive = kLanes == 16 ? 0xFFFF : 0xFF00;
-  uint16_t* const begin = out;
+  constexpr __mmask16 kActive = kLanes == 16 ? 0xFFFF : 0x00FF;
+  uint16_t* out = end;
   __m512i x[V];
-  for (int h = 0; h < V; ++h)
-    x[h] = reverse_lanes(_mm512_maskz_loadu_epi32(kLanes == 16 ? 0xFFFF : 0x00FF, xs + 16 * h));
+  for (int h = 0; h < V; ++h) x[h] = _mm512_maskz_loadu_epi32(kActive, xs + 16 * h);
   const __m128i se_p = _mm_cvtsi32_si128(t.se_precision), m_p = _mm_cvtsi32_si128(t.m_precision);
   const __m128i man_bits = _mm_cvtsi32_si128(t.man_bits), hi_shift = _mm_cvtsi32_si128(t.hi_shift);
   const __m512i hi_mask = _mm512_set1_epi32(t.hi_mask);
@@ -92,7 +89,7 @@ BS_AVX512 int64_t run(const SimdEncTables& t, const uint8_t* src, uint64_t round
     const uint8_t* row = src + r * kRound * kElemBytes;
     __m512i fcx[V], se_rcp[V];
     for (int h = V - 1; h >= 0; --h) {
-      const __m512i w = load_reversed<kElemBytes, kLanes>(row + 16 * h * kElemBytes);
+      const __m512i w = load_elements<kElemBytes, kLanes>(row + 16 * h * kElemBytes);
       gather_pairs<kLanes>(_mm512_srl_epi32(w, man_bits), t.se, &fcx[h], &se_rcp[h]);
       if constexpr (kMant) {
         const __m512i hi = _mm512_and_si512(_mm512_srl_epi32(w, hi_shift), hi_mask);
@@ -109,9 +106,8 @@ BS_AVX512 int64_t run(const SimdEncTables& t, const uint8_t* src, uint64_t round
       x[h] = put(x[h], fc, se_rcp[h], t.se_precision, se_p, kActive, out);
     }
   }
-  for (int h = 0; h < V; ++h)
-    _mm512_mask_storeu_epi32(xs + 16 * h, kLanes == 16 ? 0xFFFF : 0x00FF, reverse_lanes(x[h]));
-  return out - begin;
+  for (int h = 0; h < V; ++h) _mm512_mask_storeu_epi32(xs + 16 * h, kActive, x[h]);
+  return end - out;
 }
 
 }  // namespace
@@ -120,20 +116,20 @@ namespace {
 
 template <bool kMant>
 int64_t dispatch(const SimdEncTables& t, const uint8_t* src, uint64_t rounds, int lanes, int elem_bytes, uint32_t* x,
-                 uint16_t* out) {
+                 uint16_t* end) {
   const bool w2 = elem_bytes == 2;
-  if (lanes == 8) return w2 ? run<2, 1, 8, kMant>(t, src, rounds, x, out) : run<4, 1, 8, kMant>(t, src, rounds, x, out);
-  if (lanes == 16) return w2 ? run<2, 1, 16, kMant>(t, src, rounds, x, out) : run<4, 1, 16, kMant>(t, src, rounds, x, out);
-  if (lanes == 32) return w2 ? run<2, 2, 16, kMant>(t, src, rounds, x, out) : run<4, 2, 16, kMant>(t, src, rounds, x, out);
+  if (lanes == 8) return w2 ? run<2, 1, 8, kMant>(t, src, rounds, x, end) : run<4, 1, 8, kMant>(t, src, rounds, x, end);
+  if (lanes == 16) return w2 ? run<2, 1, 16, kMant>(t, src, rounds, x, end) : run<4, 1, 16, kMant>(t, src, rounds, x, end);
+  if (lanes == 32) return w2 ? run<2, 2, 16, kMant>(t, src, rounds, x, end) : run<4, 2, 16, kMant>(t, src, rounds, x, end);
   return -1;
 }
 
 }  // namespace
 
 int64_t encode_float_rounds_avx512(const SimdEncTables& t, const uint8_t* src, uint64_t rounds, int lanes,
-                                   int elem_bytes, uint32_t* x, uint16_t* out) {
-  return t.hi_bits > 0 ? dispatch<true>(t, src, rounds, lanes, elem_bytes, x, out)
-                       : dispatch<false>(t, src, rounds, lanes, elem_bytes, x, out);
+                                   int elem_bytes, uint32_t* x, uint16_t* end) {
+  return t.hi_bits > 0 ? dispatch<true>(t, src, rounds, lanes, elem_bytes, x, end)
+                       : dispatch<false>(t, src, rounds, lanes, elem_bytes, x, end);
 }
 
 #define BS_BMI2 __attribute__((target("bmi2")))
@@ -174,15 +170,6 @@ BS_BMI2 uint64_t pack_raw_bits_bmi2(const uint8_t* src, uint64_t n, int elem_byt
   return static_cast<uint64_t>(o - out) * 8 + static_cast<uint64_t>(have);
 }
 
-BS_AVX512 void reverse_words_avx512(const uint16_t* src, uint64_t n, uint8_t* dst_end) {
-  const __m512i rev = _mm512_set_epi16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
-                                       22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
-  uint64_t i = 0;
-  for (; i + 32 <= n; i += 32)
-    _mm512_storeu_si512(dst_end - 2 * (i + 32), _mm512_permutexvar_epi16(rev, _mm512_loadu_si512(src + i)));
-  for (; i < n; ++i) std::memcpy(dst_end - 2 * (i + 1), src + i, 2);  // dst may be at an odd address
-}
-
 BS_AVX512 double twin_xlogx_avx512(const uint32_t* bins, uint32_t sign_bit, const double* table) {
   __m512d acc_lo = _mm512_setzero_pd(), acc_hi = _mm512_setzero_pd();
   const __m512i limit = _mm512_set1_epi32(static_cast<int>(kXlogxTable));
@@ -217,7 +204,6 @@ BS_AVX512 double twin_xlogx_avx512(const uint32_t* bins, uint32_t sign_bit, cons
 #else
 double twin_xlogx_avx512(const uint32_t*, uint32_t, const double*) { return 0; }
 uint64_t pack_raw_bits_bmi2(const uint8_t*, uint64_t, int, int, int, uint8_t*) { return 0; }
-void reverse_words_avx512(const uint16_t*, uint64_t, uint8_t*) {}
 int64_t encode_float_rounds_avx512(const SimdEncTables&, const uint8_t*, uint64_t, int, int, uint32_t*, uint16_t*) {
   return -1;
 }
