@@ -573,8 +573,13 @@ const char* const kStdoutLabel = "<stdout>";
 // place (mremap), so that a large model is not copied as it grows.
 class InputBytes {
  public:
-  // What a stream's first bytes declare (declared_bs_size, declared_safetensors_size).
+  // What a stream's first bytes declare (declared_bs_size, declared_safetensors_size), and
+  // whether that is its exact size (a .bs) or a least one (safetensors).
   using Declared = Result<uint64_t> (*)(const uint8_t*, uint64_t, const std::string&);
+  struct Expect {
+    Declared declared;
+    bool exact;
+  };
 
   InputBytes() = default;
   InputBytes(const InputBytes&) = delete;
@@ -588,14 +593,14 @@ class InputBytes {
   // fd's bytes from its current offset: mapped if it is a regular file, else read as a stream
   // whose first bytes are checked by `declared` as they arrive (junk is refused after 8 bytes,
   // not after all of it), and whose declared size is allocated at once.
-  Status read_all(int fd, const std::string& label, Declared declared) {
+  Status read_all(int fd, const std::string& label, Expect expect) {
     struct stat st;
     if (::fstat(fd, &st) != 0) return Status(Error::kIo, label + ": " + std::strerror(errno)).with_errno(errno);
     if (S_ISREG(st.st_mode)) {
       const off_t at = ::lseek(fd, 0, SEEK_CUR);
       return map_file(fd, at > 0 ? static_cast<uint64_t>(at) : 0, static_cast<uint64_t>(st.st_size), label);
     }
-    return read_stream(fd, label, declared);
+    return read_stream(fd, label, expect);
   }
 
  private:
@@ -613,7 +618,7 @@ class InputBytes {
     return Status::success();
   }
 
-  Status read_stream(int fd, const std::string& label, Declared declared) {
+  Status read_stream(int fd, const std::string& label, Expect expect) {
     uint64_t expected = 0;  // declared by the first bytes, once known
     BIGSMALL_RETURN_IF_ERROR(grow(uint64_t{1} << 20, label));
     for (;;) {
@@ -638,11 +643,14 @@ class InputBytes {
       }
       if (n == 0) break;
       size_ += static_cast<uint64_t>(n);
-      if (expected == 0 && declared) {
-        auto d = declared(base_, size_, label);
+      if (expected == 0) {
+        auto d = expect.declared(base_, size_, label);
         if (!d) return d.status();
         expected = *d;
       }
+      // Bytes past a .bs's end are an error whatever they are: not read on for ever.
+      if (expect.exact && expected > 0 && size_ > expected)
+        return Status(Error::kTruncated, label + ": more bytes than its header declares (appended to, or two files joined?)");
     }
     data_ = base_;
     return Status::success();
@@ -674,24 +682,31 @@ bool is_stream(const std::string& path) {
   return path != "-" && ::stat(path.c_str(), &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode) || S_ISSOCK(st.st_mode));
 }
 
+const InputBytes::Expect kBsInput{declared_bs_size, true};
+const InputBytes::Expect kSafetensorsInput{declared_safetensors_size, false};
+
 // The input of a stream run read whole: stdin ("-"), or a file.
-Status read_input(const std::string& in, InputBytes::Declared declared, InputBytes* out) {
+Status read_input(const std::string& in, InputBytes::Expect expect, InputBytes* out) {
   if (in == "-") {
     if (::isatty(0)) return Status(Error::kInvalidArgument, std::string(kStdinLabel) + ": a terminal: pipe or redirect the input into bigsmall");
-    return out->read_all(0, kStdinLabel, declared);
+    return out->read_all(0, kStdinLabel, expect);
   }
   // Non-blocking: a named pipe that no program writes to yet reads as empty at once, where a
   // plain open would wait for a writer for ever (reads wait on poll() all the same).
   const int fd = ::open(in.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return Status(Error::kIo, in + ": " + why_unreachable(in, errno)).with_errno(errno);
-  const Status st = out->read_all(fd, in, declared);
+  if (::isatty(fd)) {
+    ::close(fd);
+    return Status(Error::kInvalidArgument, in + ": a terminal: pipe or redirect the input into bigsmall");
+  }
+  const Status st = out->read_all(fd, in, expect);
   ::close(fd);
   return st;
 }
 
 // A .bs input (verify, info, decompress) that is stdin or a stream, read whole and opened.
 Result<BsFile> open_streamed_bs(const std::string& in, InputBytes* bytes) {
-  BIGSMALL_RETURN_IF_ERROR(read_input(in, declared_bs_size, bytes));
+  BIGSMALL_RETURN_IF_ERROR(read_input(in, kBsInput, bytes));
   return BsFile::open_memory(bytes->data(), bytes->size(), in == "-" ? kStdinLabel : in);
 }
 
@@ -771,7 +786,7 @@ int run_stream(const Args& a) {
   // (its .bs is built in memory) are read whole first (a regular file: mapped).
   const bool read_whole = from_stdin || compress || is_stream(in);
   if (read_whole) {
-    if (Status st = read_input(in, compress ? declared_safetensors_size : declared_bs_size, &bytes); !st.is_ok()) return fail(st);
+    if (Status st = read_input(in, compress ? kSafetensorsInput : kBsInput, &bytes); !st.is_ok()) return fail(st);
   }
   Progress prog(!a.quiet, from_stdin ? std::string("stdin") : fs::path(strip_slash(in)).filename().string());
   uint64_t in_b = bytes.size(), out_b = 0;
@@ -1338,7 +1353,7 @@ int run(int argc, char** argv) {
     bool applies;
   } takes[] = {
       {a.verbose, "-v", writes},
-      {a.to_stdout, "-c", writes},
+      {a.to_stdout, "-c (or -o -)", writes},
       {a.keep, "-k", writes},
       {a.best, "--best", a.command == "compress"},
       {!a.verify, "--no-verify", a.command == "decompress"},
@@ -1370,7 +1385,7 @@ int run(int argc, char** argv) {
     return kExitUsage;
   }
   if (a.to_stdout && !a.output.empty()) {
-    std::fprintf(stderr, "bigsmall: -c and -o contradict each other\n");
+    std::fprintf(stderr, "bigsmall: -c (or -o -) and -o contradict each other\n");
     return kExitUsage;
   }
   if (writes && (a.to_stdout || stdin_inputs > 0 || (a.paths.size() == 1 && is_stream(a.paths[0])))) return run_stream(a);

@@ -453,6 +453,8 @@ if command -v script >/dev/null 2>&1; then
   check "is refused" -- grep -q "<stdout>: a terminal" "$tmp/out"
   expect 1 "stdin from a terminal" -- script -qec "\"$bs\" decompress - -o \"$tmp/tty.safetensors\"" /dev/null
   check "is refused" -- grep -q "<stdin>: a terminal" "$tmp/out"
+  expect 1 "a terminal given as a path" -- script -qec "\"$bs\" decompress /dev/tty -o \"$tmp/tty.safetensors\"" /dev/null
+  check "is refused" -- grep -q "/dev/tty: a terminal" "$tmp/out"
 fi
 # a reader that stops early: the run ends by SIGPIPE (as zstd's does), not with a message
 expect 0 "decompress -c into a pipe closed early" -- bash -c "\"$bs\" decompress -c \"$tmp/m.bs\" | head -c 10 >/dev/null; test \${PIPESTATUS[0]} -eq 141"
@@ -486,6 +488,12 @@ expect 0 "3 MiB through pipes both ways" -- sh -c "cat \"$tmp/grow.safetensors\"
 expect 4 "an endless stream of zeros" -- timeout 20 "$bs" compress - -o "$tmp/zero.bs" </dev/zero
 check "refused at its header" -- grep -q "<stdin>: not a safetensors file" "$tmp/err"
 expect 4 "an endless stream of junk for verify" -- timeout 20 "$bs" verify - </dev/zero
+expect 4 "a .bs followed by an endless stream" -- bash -c "cat \"$tmp/m.bs\" /dev/zero | timeout 20 \"$bs\" decompress - -o \"$tmp/joined.safetensors\""
+check "read no further than its declared size" -- grep -q "<stdin>: more bytes than its header declares" "$tmp/err"
+expect 4 "a safetensors file piped to decompress" -- sh -c "cat \"$m\" | \"$bs\" decompress - >\"$tmp/x.out\""
+check "is named as one" -- grep -q "<stdin>: not a bigsmall .bs file but a safetensors file" "$tmp/err"
+expect 4 "an empty .bs on stdin" -- sh -c "\"$bs\" decompress - </dev/null >\"$tmp/x.out\""
+check "is called empty" -- grep -q "<stdin>: empty file" "$tmp/err"
 expect 2 "an existing output, before stdin ends" -- bash -c "timeout 20 \"$bs\" compress - -o \"$tmp/m.bs\" < <(sleep 60)"
 check "says so" -- grep -q "m.bs: already exists" "$tmp/err"
 expect 2 "a missing directory, before stdin ends" -- bash -c "timeout 20 \"$bs\" compress - -o \"$tmp/nodir/x.bs\" < <(sleep 60)"

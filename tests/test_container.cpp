@@ -421,9 +421,15 @@ TEST(Container, DeclaredSizesComeFromTheFirstBytes) {
   for (uint64_t n : {uint64_t{0}, uint64_t{8}, 8 + header_len - 1}) EXPECT_EQ(*declared_safetensors_size(st.data(), n, "s"), 0u) << n;
   EXPECT_EQ(*declared_safetensors_size(st.data(), 8 + header_len, "s"), st.size());
   // What the first bytes already show is said then, as opening the whole would say it.
-  const auto not_bs = declared_bs_size(st.data(), 8, "piped");
+  const std::string junk = "junk, not a .bs";
+  const auto not_bs = declared_bs_size(reinterpret_cast<const uint8_t*>(junk.data()), junk.size(), "piped");
   EXPECT_EQ(not_bs.status().code(), Error::kNotBigsmall);
-  EXPECT_NE(not_bs.status().message().find("piped: not a bigsmall .bs file"), std::string::npos) << not_bs.status().message();
+  EXPECT_NE(not_bs.status().message().find("piped: not a bigsmall .bs file (bad magic)"), std::string::npos) << not_bs.status().message();
+  EXPECT_EQ(*declared_bs_size(st.data(), 8, "piped"), 0u);  // a ninth byte tells safetensors from junk
+  // A safetensors file handed to a .bs reader is named as one from its first 9 bytes.
+  const auto st_prefix = declared_bs_size(st.data(), 9, "piped");
+  EXPECT_NE(st_prefix.status().message().find("piped: not a bigsmall .bs file but a safetensors file"), std::string::npos)
+      << st_prefix.status().message();
   const auto not_st = declared_safetensors_size(bs.data(), 8, "piped");
   EXPECT_EQ(not_st.status().code(), Error::kNotSafetensors);
   EXPECT_EQ(not_st.status().message().rfind("piped: already a bigsmall .bs file", 0), 0u) << not_st.status().message();

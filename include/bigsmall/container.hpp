@@ -103,12 +103,14 @@ class BsFile {
                            const DecodeOptions& opts = {}) const;
   // Rebuilds the original safetensors file.
   Status restore(const std::string& out_path, const DecompressOptions& opts = {}) const;
-  // The original safetensors file's bytes, front to back, through `write` (a pipe, a socket),
-  // a few MiB per call (2 MiB per thread, at least 4): memory stays bounded, however large the
-  // file or its tensors. Bytes are checked before they are written (chunk checksums, and whole
-  // tensors' checksums for tensors up to a batch); a larger tensor's own checksum is checked
-  // after its last bytes (as zstd checks a frame's). A failure stops the stream, and what was
-  // written before it stays written: only a prefix of the original. A non-success Status from
+  // The original safetensors file's bytes, front to back, through `write` (a pipe, a socket):
+  // the header in one call, then a few MiB per call (2 MiB per thread, at least 4; bytes outside
+  // tensors larger than that in one call), so memory stays bounded however large the tensors.
+  // Chunk checksums are checked before their bytes are written; a tensor's own checksum (the
+  // only check of its tables) before it is written for tensors up to a batch, after its last
+  // bytes for larger ones (as zstd checks a frame's). A failure stops the stream and what was
+  // written stays written: for damage in a large tensor's tables that may be wrong bytes, so a
+  // caller must act on the returned Status, not on the bytes alone. A non-success Status from
   // `write` stops the restore and is returned as it is. opts.overwrite and opts.sync do not apply.
   Status restore_to(const std::function<Status(const uint8_t* data, uint64_t size)>& write,
                     const DecompressOptions& opts = {}) const;

@@ -704,6 +704,10 @@ namespace {
 // Validates header, index and every entry of the .bs in `file` (a mapping or borrowed bytes).
 Status open_mapped(detail::MappedFile file, std::unique_ptr<BsFile::Impl>* out);
 
+// The likeliest mistake: an original handed to a .bs reader.
+constexpr const char* kSafetensorsNotBs =
+    "not a bigsmall .bs file but a safetensors file (compress it first, or read it with safetensors)";
+
 // The fixed header (kHeaderSize bytes at p, magic checked) and what it alone can show wrong.
 Status decode_file_header(const uint8_t* p, const std::string& path, detail::FileHeader* out, uint64_t* checksum) {
   auto fail = [&](Error e, const std::string& what) { return Status(e, path + ": " + what); };
@@ -755,12 +759,13 @@ Status open_mapped(detail::MappedFile file, std::unique_ptr<BsFile::Impl>* out) 
   const uint8_t* p = impl->file.data();
   const uint64_t size = impl->file.size();
   auto fail = [&](Error e, const std::string& what) { return Status(e, path + ": " + what); };
+  if (size == 0) return fail(Error::kNotBigsmall, "empty file, not a bigsmall .bs file (an interrupted download?)");
   if (size < 8 || std::memcmp(p, detail::kMagic, 8) != 0) {
     // The likeliest mistake: an original handed to a .bs reader.
     uint64_t header_len = 0;
     if (size > 8) std::memcpy(&header_len, p, 8);
     if (size > 8 && header_len <= size - 8 && p[8] == '{')
-      return fail(Error::kNotBigsmall, "not a bigsmall .bs file but a safetensors file (compress it first, or read it with safetensors)");
+      return fail(Error::kNotBigsmall, kSafetensorsNotBs);
     return fail(Error::kNotBigsmall, "not a bigsmall .bs file (bad magic)");
   }
   if (size < detail::kHeaderSize) return fail(Error::kTruncated, "truncated: file ends inside the header");
@@ -1302,7 +1307,16 @@ Result<uint64_t> declared_bs_size(const uint8_t* data, uint64_t available, const
   return detail::guarded(label, [&]() -> Result<uint64_t> {
     if (data == nullptr && available != 0) return Status(Error::kInvalidArgument, label + ": null data");
     if (available < 8) return uint64_t{0};
-    if (std::memcmp(data, detail::kMagic, 8) != 0) return BsFile::open_memory(data, available, label).status();  // its message
+    if (std::memcmp(data, detail::kMagic, 8) != 0) {
+      // A safetensors file is told by its header's length and first byte, before its header is whole.
+      if (available < 9) return uint64_t{0};
+      uint64_t n;
+      std::memcpy(&n, data, 8);
+      if (n <= detail::kMaxHeaderBytes && data[8] == '{')
+        return Status(Error::kNotBigsmall,
+                      label + ": " + kSafetensorsNotBs);
+      return BsFile::open_memory(data, available, label).status();  // its message
+    }
     if (available < detail::kHeaderSize) return uint64_t{0};
     detail::FileHeader h;
     uint64_t checksum = 0;
@@ -1321,8 +1335,11 @@ Result<uint64_t> declared_safetensors_size(const uint8_t* data, uint64_t availab
       return already_bs(label);
     uint64_t n;
     std::memcpy(&n, data, 8);
-    if (n > detail::kMaxHeaderBytes)  // refused whatever follows: its message
+    // Refused whatever follows, with its message (a Git LFS pointer is told by its first 23 bytes).
+    if (n > detail::kMaxHeaderBytes) {
+      if (available < 23) return uint64_t{0};
       return detail::parse_safetensors_header(data, available, available, false).status().with_context(label);
+    }
     if (available - 8 < n) return uint64_t{0};
     // The tensors' places, against a file as long as any could be.
     auto st = detail::parse_safetensors_header(data, 8 + n, UINT64_MAX, false);
