@@ -744,6 +744,11 @@ Status check_output_early(const std::string& out, bool force) {
     const int e = errno ? errno : ENOTDIR;
     return Status(Error::kIo, out + ": cannot create: " + std::strerror(e)).with_errno(e);
   }
+  // A read-only file system or directory (EROFS even for root).
+  if (::access(parent.c_str(), W_OK | X_OK) != 0) {
+    const int e = errno;
+    return Status(Error::kIo, out + ": cannot create: " + std::strerror(e)).with_errno(e);
+  }
   return Status::success();
 }
 

@@ -459,7 +459,6 @@ fi
 # a reader that stops early: the run ends by SIGPIPE (as zstd's does), not with a message
 expect 0 "decompress -c into a pipe closed early" -- bash -c "\"$bs\" decompress -c \"$tmp/m.bs\" | head -c 10 >/dev/null; test \${PIPESTATUS[0]} -eq 141"
 mkdir -p "$tmp/dash" && cp "$m" "$tmp/dash/-"
-abs_bs="$(cd "$(dirname "$bs")" && pwd)/$(basename "$bs")"
 expect 0 "a file named '-' given as ./-" -- sh -c "cd \"$tmp/dash\" && \"$abs_bs\" compress -q -o d.bs ./-"
 check "compressed" -- cmp -s "$tmp/dash/d.bs" "$tmp/m.bs"
 expect 0 "a bare '-' is stdin even beside a file of that name" -- sh -c "cd \"$tmp/dash\" && \"$abs_bs\" decompress -q - <\"$tmp/m.bs\" >out.safetensors"
@@ -497,6 +496,17 @@ check "is called empty" -- grep -q "<stdin>: empty file" "$tmp/err"
 expect 2 "an existing output, before stdin ends" -- bash -c "timeout 20 \"$bs\" compress - -o \"$tmp/m.bs\" < <(sleep 60)"
 check "says so" -- grep -q "m.bs: already exists" "$tmp/err"
 expect 2 "a missing directory, before stdin ends" -- bash -c "timeout 20 \"$bs\" compress - -o \"$tmp/nodir/x.bs\" < <(sleep 60)"
+# a directory the user may not write to (root may write anywhere: checked as nobody where this runs as root)
+rodir=$(mktemp -d) && chmod 755 "$rodir" && mkdir "$rodir/ro" && chmod 555 "$rodir/ro"
+as_user=(bash -c)
+if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1 && su nobody -s /bin/sh -c "test -x \"$abs_bs\"" 2>/dev/null; then
+  as_user=(su nobody -s /bin/bash -c)
+fi
+if [ "$(id -u)" != 0 ] || [ "${as_user[0]}" = su ]; then
+  expect 2 "an output directory without write permission, before stdin ends" -- "${as_user[@]}" "timeout 20 \"$abs_bs\" compress - -o \"$rodir/ro/x.bs\" < <(sleep 60)"
+  check "says so" -- grep -q "ro/x.bs: cannot create: Permission denied" "$tmp/err"
+fi
+rm -rf "$rodir"
 # an empty tensor inside another one's bytes (safetensors allows it) streams out as it came in
 python3 - "$tmp/empty_inside.safetensors" <<'PY'
 import json, struct, sys
