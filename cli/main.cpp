@@ -589,6 +589,9 @@ class InputBytes {
   }
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
+  // Called as a stream is read, once its first bytes declare its size (a piped download shows
+  // how far it has come).
+  void on_progress(ProgressFn fn) { progress_ = std::move(fn); }
 
   // fd's bytes from its current offset: mapped if it is a regular file, else read as a stream
   // whose first bytes are checked by `declared` as they arrive (junk is refused after 8 bytes,
@@ -648,6 +651,7 @@ class InputBytes {
         if (!d) return d.status();
         expected = *d;
       }
+      if (progress_ && expected > 0) progress_(std::min(size_, expected), expected);
       // Bytes past a .bs's end are an error whatever they are: not read on for ever.
       if (expect.exact && expected > 0 && size_ > expected)
         return Status(Error::kTruncated, label + ": more bytes than its header declares (appended to, or two files joined?)");
@@ -669,6 +673,7 @@ class InputBytes {
     return Status::success();
   }
 
+  ProgressFn progress_;
   uint8_t* base_ = nullptr;  // the mapping: len_ bytes
   uint64_t len_ = 0;
   const uint8_t* data_ = nullptr;  // the input: size_ bytes
@@ -790,10 +795,15 @@ int run_stream(const Args& a) {
   // A .bs file on disk is read in place; stdin, a pipe, and a safetensors file going to stdout
   // (its .bs is built in memory) are read whole first (a regular file: mapped).
   const bool read_whole = from_stdin || compress || is_stream(in);
+  const std::string name = from_stdin ? std::string("stdin") : fs::path(strip_slash(in)).filename().string();
   if (read_whole) {
-    if (Status st = read_input(in, compress ? kSafetensorsInput : kBsInput, &bytes); !st.is_ok()) return fail(st);
+    Progress reading(!a.quiet, name + " (reading)");
+    bytes.on_progress(reading.fn());
+    const Status st = read_input(in, compress ? kSafetensorsInput : kBsInput, &bytes);
+    reading.finish();
+    if (!st.is_ok()) return fail(st);
   }
-  Progress prog(!a.quiet, from_stdin ? std::string("stdin") : fs::path(strip_slash(in)).filename().string());
+  Progress prog(!a.quiet, name);
   uint64_t in_b = bytes.size(), out_b = 0;
   Status st;
   if (compress) {

@@ -517,6 +517,27 @@ open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + b"ab")
 PY
 expect 0 "compress a file with an empty tensor inside another" -- "$bs" compress -q "$tmp/empty_inside.safetensors"
 expect 0 "and decompress it to stdout" -- sh -c "\"$bs\" decompress -qc \"$tmp/empty_inside.bs\" | cmp -s - \"$tmp/empty_inside.safetensors\""
+# a stream being read shows its progress on a terminal, once its header declares its size
+expect 0 "progress while stdin is read" -- python3 - "$bs" "$tmp/grow.safetensors" "$tmp/prog.bs" <<'PY'
+import os, pty, subprocess, sys
+m, s = pty.openpty()
+p = subprocess.Popen([sys.argv[1], "compress", "-f", "-", "-o", sys.argv[3]], stdin=subprocess.PIPE, stderr=s,
+                     stdout=subprocess.DEVNULL)
+os.close(s)
+p.stdin.write(open(sys.argv[2], "rb").read())
+p.stdin.close()
+out = b""
+while True:
+    try:
+        c = os.read(m, 4096)
+    except OSError:
+        break
+    if not c:
+        break
+    out += c
+assert p.wait() == 0
+assert b"stdin (reading) [========================] 100%" in out, out
+PY
 # descriptors left non-blocking by the caller: waited on, not an error
 expect 0 "a non-blocking stdout read slowly" -- python3 - "$bs" "$tmp/grow.safetensors" <<'PY'
 import os, subprocess, sys, time
