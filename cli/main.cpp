@@ -936,10 +936,14 @@ int run_codec(const Args& a) {
   return rc;
 }
 
-Status verify_streamed(const std::string& p, const DecompressOptions& o) {
+Status verify_streamed(const std::string& p, const std::string& name, bool quiet, const DecompressOptions& o) {
   InputBytes bytes;
-  BIGSMALL_ASSIGN_OR_RETURN(BsFile f, open_streamed_bs(p, &bytes));
-  return f.verify(o);
+  Progress reading(!quiet, name + " (reading)");
+  bytes.on_progress(reading.fn());
+  auto f = open_streamed_bs(p, &bytes);
+  reading.finish();
+  if (!f) return f.status();
+  return f->verify(o);
 }
 
 int run_verify(const Args& a) {
@@ -947,11 +951,12 @@ int run_verify(const Args& a) {
   for (const auto& p : a.paths) {
     const std::string label = p == "-" ? kStdinLabel : p;
     note_input(label);
-    Progress prog(!a.quiet, fs::path(strip_slash(p)).filename().string());
+    const std::string name = p == "-" ? std::string("stdin") : fs::path(strip_slash(p)).filename().string();
+    Progress prog(!a.quiet, name);
     DecompressOptions o;
     o.threads = a.threads;
     o.progress = prog.fn();
-    const Status st = p == "-" || is_stream(p) ? verify_streamed(p, o) : verify_path(p, o);
+    const Status st = p == "-" || is_stream(p) ? verify_streamed(p, name, a.quiet, o) : verify_path(p, o);
     prog.finish();
     if (a.json) {
       if (st.is_ok()) std::printf("{\"path\": %s, \"ok\": true}\n", jq(label).c_str());
