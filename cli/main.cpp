@@ -1,6 +1,8 @@
 // bigsmall: command line front end over the public API. Only this file maps errors to exit codes.
 #include <fcntl.h>
 #include <poll.h>
+#include <dirent.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1109,6 +1111,54 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// bench's scratch directories: "bigsmall-bench-L-XXXXXX" (mkdtemp), held locked by their run.
+constexpr const char* kBenchDirPrefix = "bigsmall-bench-L-";
+
+// A bench killed beyond cleanup (SIGKILL, the OOM killer) leaves its scratch directory and the
+// .bs in it, as large as the model benched: the next bench removes those no live run holds
+// locked, this user's, a minute old or more, holding only a scratch .bs and its temporaries.
+// (An earlier bigsmall's, named without the "L-" and never locked, are left alone.)
+void remove_stale_bench_dirs(const std::string& tmpdir, bool say) {
+  DIR* d = ::opendir(tmpdir.c_str());
+  if (d == nullptr) return;
+  const std::string prefix = kBenchDirPrefix;
+  std::vector<std::string> stale;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.size() != prefix.size() + 6 || name.compare(0, prefix.size(), prefix) != 0) continue;
+    struct stat st;
+    const std::string path = tmpdir + "/" + name;
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid()) continue;
+    if (std::time(nullptr) - st.st_mtime < 60) continue;
+    stale.push_back(path);
+  }
+  ::closedir(d);
+  for (const auto& path : stale) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) continue;
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      // Only the names a bench writes there: anything else keeps the directory.
+      if (DIR* inner = ::fdopendir(::dup(fd))) {
+        std::vector<std::string> names;
+        bool foreign = false;
+        while (const dirent* e = ::readdir(inner)) {
+          const std::string n = e->d_name;
+          if (n == "." || n == "..") continue;
+          if (n == "scratch.bs" || n.rfind("scratch.bs.tmp-bigsmall-", 0) == 0) names.push_back(n);
+          else foreign = true;
+        }
+        ::closedir(inner);
+        if (!foreign) {
+          for (const auto& n : names) (void)::unlinkat(fd, n.c_str(), 0);
+          if (::rmdir(path.c_str()) == 0 && say)
+            std::fprintf(stderr, "bigsmall: removed %s, left by a bench that was killed\n", printable(path).c_str());
+        }
+      }
+    }
+    ::close(fd);
+  }
+}
+
 int run_bench(const Args& a) {
   int rc = kExitOk;
   const int all = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -1138,6 +1188,7 @@ int run_bench(const Args& a) {
     inputs.insert(inputs.end(), found.begin(), found.end());
   }
   std::string tmp;  // the scratch file, the same for every input
+  int bench_dir_lock = -1;
   if (!inputs.empty()) {
     std::error_code ec;
     // The first of TMPDIR, TMP, TEMP, TEMPDIR that is set and not empty (an empty one reads as
@@ -1156,11 +1207,16 @@ int run_bench(const Args& a) {
                    var ? "=" : "", printable(tmpdir.string()).c_str());
       return kExitIo;
     }
-    std::string dir = (tmpdir / "bigsmall-bench-XXXXXX").string();
+    remove_stale_bench_dirs(tmpdir.string(), !a.json);
+    std::string dir = (tmpdir / (std::string(kBenchDirPrefix) + "XXXXXX")).string();
     if (dir.size() + 16 >= sizeof g_bench_dir || ::mkdtemp(dir.data()) == nullptr) {
       std::fprintf(stderr, "bigsmall: %s: cannot create a scratch directory: %s\n", printable(dir).c_str(), std::strerror(errno));
       return kExitIo;
     }
+    // Held locked while this run lives (the kernel drops a killed run's lock): the next bench
+    // removes a directory no run holds (remove_stale_bench_dirs).
+    bench_dir_lock = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (bench_dir_lock >= 0) (void)::flock(bench_dir_lock, LOCK_EX | LOCK_NB);
     tmp = dir + "/scratch.bs";
     std::memcpy(g_bench_dir, dir.c_str(), dir.size() + 1);
     std::memcpy(g_bench_scratch, tmp.c_str(), tmp.size() + 1);
@@ -1216,6 +1272,7 @@ int run_bench(const Args& a) {
   }
   remove_bench_scratch();
   g_bench_scratch_set = 0;
+  if (bench_dir_lock >= 0) ::close(bench_dir_lock);
   return rc;
 }
 

@@ -790,5 +790,24 @@ printf 'half' > "$tmp/stale/s.safetensors.tmp-bigsmall-L4242-4" && touch -d '2 h
 expect 0 "-q" -- "$bs" decompress -q -f "$tmp/stale/s.bs"
 check "removes it silently" -- test ! -e "$tmp/stale/s.safetensors.tmp-bigsmall-L4242-4" -a ! -s "$tmp/err"
 
+# a bench killed beyond cleanup leaves its scratch directory (a .bs as large as the model): the
+# next bench removes it when no run holds it locked, and leaves others' and earlier versions'
+bt="$tmp/benchtmp"
+for d in L-aaaaaa L-bbbbbb cccccc L-dddddd; do mkdir -p "$bt/bigsmall-bench-$d" && echo x >"$bt/bigsmall-bench-$d/scratch.bs"; done
+echo y >"$bt/bigsmall-bench-L-dddddd/notes.txt"
+touch -d '2 hours ago' "$bt"/bigsmall-bench-*
+flock "$bt/bigsmall-bench-L-bbbbbb" sleep 60 &
+lockpid=$!
+for _ in $(seq 100); do flock -n "$bt/bigsmall-bench-L-bbbbbb" true 2>/dev/null || break; sleep 0.05; done
+expect 0 "bench beside the scratch of a killed bench" -- env TMPDIR="$bt" "$bs" bench -T1 "$m"
+check "removes it" -- test ! -e "$bt/bigsmall-bench-L-aaaaaa"
+check "and says so" -- grep -q "removed .*bigsmall-bench-L-aaaaaa, left by a bench that was killed" "$tmp/err"
+check "keeps one a live run holds" -- test -e "$bt/bigsmall-bench-L-bbbbbb/scratch.bs"
+check "keeps an earlier version's" -- test -e "$bt/bigsmall-bench-cccccc/scratch.bs"
+check "keeps one with other files" -- test -e "$bt/bigsmall-bench-L-dddddd/notes.txt"
+check "and leaves no scratch of its own" -- test "$(ls "$bt" | wc -l)" -eq 3
+kill "$lockpid" 2>/dev/null
+wait "$lockpid" 2>/dev/null
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
