@@ -408,23 +408,24 @@ expect 0 "compress /dev/stdin -o" -- sh -c "\"$bs\" compress -q -o \"$tmp/stdin.
 
 # stdin and stdout, as zstd takes them: '-' reads stdin (to stdout unless -o), -c writes stdout
 m="$tmp/m.safetensors"
-expect 0 "compress stdin to stdout" -- sh -c "\"$bs\" compress -q - <\"$m\" >\"$tmp/p.bs\""
-check "the same bytes as compressing the file" -- cmp -s "$tmp/p.bs" "$tmp/m.bs"
-expect 0 "compress from a pipe" -- sh -c "cat \"$m\" | \"$bs\" compress -q - >\"$tmp/p2.bs\""
-check "the same bytes" -- cmp -s "$tmp/p2.bs" "$tmp/m.bs"
-expect 0 "compress -c FILE" -- sh -c "\"$bs\" compress -c \"$m\" >\"$tmp/p3.bs\""
-check "the same bytes" -- cmp -s "$tmp/p3.bs" "$tmp/m.bs"
+gives() {  # gives DESCRIPTION WANT_FILE -- command...: exits 0 and writes exactly WANT_FILE to stdout
+  local what=$1 want=$2
+  shift 3
+  expect 0 "$what" -- "$@"
+  check "$what: stdout is $(basename "$want") byte for byte" -- cmp -s "$tmp/out" "$want"
+}
+gives "compress stdin to stdout" "$tmp/m.bs" -- sh -c "\"$bs\" compress -q - <\"$m\""
+gives "compress from a pipe" "$tmp/m.bs" -- sh -c "cat \"$m\" | \"$bs\" compress -q -"
+gives "compress -c FILE" "$tmp/m.bs" -- "$bs" compress -c "$m"
 check "the summary names stdout" -- grep -q "m.safetensors -> <stdout>:" "$tmp/err"
 expect 0 "compress - -o FILE" -- sh -c "\"$bs\" compress -q - -o \"$tmp/p4.bs\" <\"$m\""
 check "the same bytes" -- cmp -s "$tmp/p4.bs" "$tmp/m.bs"
-expect 0 "decompress a pipe to stdout" -- sh -c "cat \"$tmp/m.bs\" | \"$bs\" decompress - >\"$tmp/p.safetensors\""
-check "byte-identical" -- cmp -s "$tmp/p.safetensors" "$m"
+gives "decompress a pipe to stdout" "$m" -- sh -c "cat \"$tmp/m.bs\" | \"$bs\" decompress -"
 check "the summary names stdin and stdout" -- grep -q "<stdin> -> <stdout>:" "$tmp/err"
-expect 0 "decompress -c FILE" -- sh -c "\"$bs\" decompress -qc \"$tmp/m.bs\" >\"$tmp/p2.safetensors\""
-check "byte-identical" -- cmp -s "$tmp/p2.safetensors" "$m"
+gives "decompress -c FILE" "$m" -- "$bs" decompress -qc "$tmp/m.bs"
 expect 0 "decompress - -o FILE" -- sh -c "\"$bs\" decompress -q - -o \"$tmp/p3.safetensors\" <\"$tmp/m.bs\""
 check "byte-identical" -- cmp -s "$tmp/p3.safetensors" "$m"
-expect 0 "compress | decompress" -- sh -c "\"$bs\" compress -qc \"$m\" | \"$bs\" decompress -q - | cmp -s - \"$m\""
+gives "compress | decompress" "$m" -- sh -c "\"$bs\" compress -qc \"$m\" | \"$bs\" decompress -q -"
 expect 0 "verify stdin" -- sh -c "\"$bs\" verify - <\"$tmp/m.bs\""
 check "says <stdin>: OK" -- grep -q "^<stdin>: OK" "$tmp/err"
 expect 0 "info stdin" -- sh -c "\"$bs\" info --json - <\"$tmp/m.bs\""
@@ -463,14 +464,13 @@ expect 0 "a file named '-' given as ./-" -- sh -c "cd \"$tmp/dash\" && \"$abs_bs
 check "compressed" -- cmp -s "$tmp/dash/d.bs" "$tmp/m.bs"
 expect 0 "a bare '-' is stdin even beside a file of that name" -- sh -c "cd \"$tmp/dash\" && \"$abs_bs\" decompress -q - <\"$tmp/m.bs\" >out.safetensors"
 check "restored from stdin" -- cmp -s "$tmp/dash/out.safetensors" "$m"
-expect 0 "-o - is stdout" -- sh -c "\"$bs\" compress -q -o - \"$m\" >\"$tmp/p5.bs\""
-check "the same bytes" -- cmp -s "$tmp/p5.bs" "$tmp/m.bs"
+gives "-o - is stdout" "$tmp/m.bs" -- "$bs" compress -q -o - "$m"
 check "and no file named '-'" -- test ! -e ./-
-expect 0 "-c --no-verify" -- sh -c "\"$bs\" decompress -qc --no-verify \"$tmp/m.bs\" | cmp -s - \"$m\""
+gives "-c --no-verify" "$m" -- "$bs" decompress -qc --no-verify "$tmp/m.bs"
 expect 0 "verify --json of stdin" -- sh -c "\"$bs\" verify --json - <\"$tmp/m.bs\""
 check "names <stdin>" -- grep -q '"path": "<stdin>", "ok": true' "$tmp/out"
 # named pipes (<(...), /dev/stdin on a pipe) are read whole, as stdin is
-expect 0 "decompress -c of a named pipe" -- bash -c "\"$bs\" decompress -qc <(cat \"$tmp/m.bs\") | cmp -s - \"$m\""
+gives "decompress -c of a named pipe" "$m" -- bash -c "\"$bs\" decompress -qc <(cat \"$tmp/m.bs\")"
 expect 0 "verify of a named pipe" -- bash -c "\"$bs\" verify -q <(cat \"$tmp/m.bs\")"
 expect 0 "compress /dev/stdin on a pipe, -o" -- sh -c "cat \"$m\" | \"$bs\" compress -q -o \"$tmp/p6.bs\" /dev/stdin"
 check "the same bytes" -- cmp -s "$tmp/p6.bs" "$tmp/m.bs"
@@ -482,7 +482,7 @@ h = json.dumps({"noise": {"dtype": "U8", "shape": [len(blob)], "data_offsets": [
 h += b" " * (-len(h) % 8)
 open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + blob)
 PY
-expect 0 "3 MiB through pipes both ways" -- sh -c "cat \"$tmp/grow.safetensors\" | \"$bs\" compress -q - | cat | \"$bs\" decompress -q - | cmp -s - \"$tmp/grow.safetensors\""
+gives "3 MiB through pipes both ways" "$tmp/grow.safetensors" -- sh -c "cat \"$tmp/grow.safetensors\" | \"$bs\" compress -q - | cat | \"$bs\" decompress -q -"
 # junk and unwritable outputs are refused before a stream is read to its end
 expect 4 "an endless stream of zeros" -- timeout 20 "$bs" compress - -o "$tmp/zero.bs" </dev/zero
 check "refused at its header" -- grep -q "<stdin>: not a safetensors file" "$tmp/err"
@@ -516,7 +516,7 @@ h += b" " * (-len(h) % 8)
 open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + b"ab")
 PY
 expect 0 "compress a file with an empty tensor inside another" -- "$bs" compress -q "$tmp/empty_inside.safetensors"
-expect 0 "and decompress it to stdout" -- sh -c "\"$bs\" decompress -qc \"$tmp/empty_inside.bs\" | cmp -s - \"$tmp/empty_inside.safetensors\""
+gives "and decompress it to stdout" "$tmp/empty_inside.safetensors" -- "$bs" decompress -qc "$tmp/empty_inside.bs"
 # a stream being read shows its progress on a terminal, once its header declares its size
 expect 0 "progress while stdin is read" -- python3 - "$bs" "$tmp/grow.safetensors" "$tmp/prog.bs" <<'PY'
 import os, pty, subprocess, sys
