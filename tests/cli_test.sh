@@ -106,6 +106,7 @@ expect 0 "decompress sharded dir" -- "$bs" decompress -q "$tmp/sharded.bs" -o "$
 check "sharded dir restored byte for byte" -- diff -r "$tmp/sharded" "$tmp/sharded2"
 expect 0 "bench dir" -- "$bs" bench --json -T 1 "$tmp/model"
 check "bench dir measures its safetensors file" -- grep -q 'model/model.safetensors", "ok": true, "threads": 1' "$tmp/out"
+check "bench times compression to a file and in memory" -- grep -q '"compress_GBps": [0-9.]*, "compress_memory_GBps": [0-9.]*[1-9]' "$tmp/out"
 expect 4 "bench dir without safetensors" -- "$bs" bench "$tmp/model.bs"
 expect 4 "compressing a compressed directory" -- "$bs" compress -q "$tmp/model.bs" -o "$tmp/twice.bs"
 check "says it is compressed already" -- grep -q "model.bs: already a compressed model directory" "$tmp/err"

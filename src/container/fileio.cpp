@@ -659,6 +659,11 @@ Status OutputFile::pwrite(const void* p, uint64_t n, uint64_t offset) {
     if (memory_.size() < offset + n) {
       // Doubling, as push_back would: a write per coded group must not copy all before it.
       if (memory_.capacity() < offset + n) memory_.reserve(std::max<uint64_t>(offset + n, 2 * memory_.capacity()));
+      // Writes mostly append: appended bytes are copied once, not zeroed first and then copied.
+      if (offset == memory_.size()) {
+        memory_.insert(memory_.end(), b, b + n);
+        return Status::success();
+      }
       memory_.resize(offset + n);
     }
     std::memcpy(memory_.data() + offset, b, n);
