@@ -102,7 +102,8 @@ const char* kUsage =
     "\n"
     "exit codes: 0 ok, 1 usage, 2 I/O error, 3 disk full, 4 invalid input (not safetensors/.bs,\n"
     "truncated, unknown dtype), 5 corrupt data (checksum mismatch), 6 newer format version,\n"
-    "7 out of memory, 70 internal error, 128+N stopped by signal N (130: Ctrl-C)\n";
+    "7 out of memory, 70 internal error; stopped by signal N, it ends by that signal (shells show\n"
+    "128+N: 130 for Ctrl-C)\n";
 
 struct Args {
   std::string command;

@@ -366,6 +366,26 @@ std::vector<uint8_t> scattered_safetensors() {
   out.insert(out.end(), data.begin(), data.end());
   return out;
 }
+
+// scattered_safetensors(), written to d/m.safetensors, compressed to d/m.bs and opened.
+Result<BsFile> scattered_bs(const TempDir& d, std::vector<uint8_t>* st) {
+  *st = scattered_safetensors();
+  write_file(d / "m.safetensors", *st);
+  BIGSMALL_RETURN_IF_ERROR(compress_file(d / "m.safetensors", d / "m.bs"));
+  return BsFile::open(d / "m.bs");
+}
+
+// A progress callback whose counts must never go back; the last ones are kept.
+struct ProgressSeen {
+  uint64_t done = 0, total = 1;
+  std::function<void(uint64_t, uint64_t)> callback() {
+    return [this](uint64_t d, uint64_t t) {
+      EXPECT_GE(d, done);
+      done = d;
+      total = t;
+    };
+  }
+};
 }  // namespace
 
 TEST(Container, CompressBytesIsCompressFileByteForByte) {
@@ -445,21 +465,16 @@ TEST(Container, DeclaredSizesComeFromTheFirstBytes) {
 
 TEST(Container, RestoreToStreamsTheOriginalInOrder) {
   TempDir d;
-  const auto st = scattered_safetensors();
-  write_file(d / "m.safetensors", st);
-  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
-  auto f = BsFile::open(d / "m.bs");
+  std::vector<uint8_t> st;
+  auto f = scattered_bs(d, &st);
   ASSERT_TRUE(f.is_ok()) << f.status().message();
   for (const int threads : {1, 2}) {
     std::vector<uint8_t> got;
-    uint64_t writes = 0, max_write = 0, last_done = 0, last_total = 1;
+    uint64_t writes = 0, max_write = 0;
+    ProgressSeen seen;
     DecompressOptions o;
     o.threads = threads;
-    o.progress = [&](uint64_t done, uint64_t total) {
-      EXPECT_GE(done, last_done);
-      last_done = done;
-      last_total = total;
-    };
+    o.progress = seen.callback();
     const Status r = f->restore_to(
         [&](const uint8_t* p, uint64_t n) {
           EXPECT_GT(n, 0u);
@@ -471,7 +486,7 @@ TEST(Container, RestoreToStreamsTheOriginalInOrder) {
         o);
     ASSERT_TRUE(r.is_ok()) << r.message();
     EXPECT_TRUE(got == st) << threads << " threads";
-    EXPECT_EQ(last_done, last_total);
+    EXPECT_EQ(seen.done, seen.total);
     // In batches of many pieces (one write per tensor made 200k system calls for 200k small
     // tensors), and in bounded memory: the 6 MiB tensor comes in several writes.
     EXPECT_LT(writes, 50u);
@@ -521,6 +536,45 @@ TEST(Container, RestoreToStreamsTheOriginalInOrder) {
   BsFile empty;
   EXPECT_EQ(empty.restore_to([](const uint8_t*, uint64_t) { return Status::success(); }).code(), Error::kInvalidArgument);
   EXPECT_EQ(f->restore_to(nullptr).code(), Error::kInvalidArgument);
+}
+
+// A restore to a file writes each batch (or chunk of a large tensor) at its offset from the
+// decoding threads: fillers, empty tensors inside others, batches cut by the tensor count and a
+// tensor larger than a batch must all land where they were, whatever the thread count.
+TEST(Container, RestoreToAFileWritesEveryByteInPlace) {
+  TempDir d;
+  std::vector<uint8_t> st;
+  auto f = scattered_bs(d, &st);
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  for (const int threads : {1, 2, 3}) {
+    for (const bool verify : {true, false}) {
+      ProgressSeen seen;
+      DecompressOptions o;
+      o.threads = threads;
+      o.verify = verify;
+      o.overwrite = true;
+      o.progress = seen.callback();
+      const Status r = f->restore(d / "back.safetensors", o);
+      ASSERT_TRUE(r.is_ok()) << r.message();
+      EXPECT_TRUE(read_file(d / "back.safetensors") == st) << threads << " threads, verify " << verify;
+      EXPECT_EQ(seen.done, st.size());
+      EXPECT_EQ(seen.total, st.size());
+    }
+  }
+  // A disk that fills up (files limited in size, as RLIMIT_FSIZE does): an error, no output.
+  struct rlimit old;
+  getrlimit(RLIMIT_FSIZE, &old);
+  auto prev = std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit lim = old;
+  lim.rlim_cur = 100000;
+  setrlimit(RLIMIT_FSIZE, &lim);
+  DecompressOptions two;
+  two.threads = 2;
+  const Status full = f->restore(d / "full.safetensors", two);
+  setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, prev);
+  EXPECT_EQ(full.code(), Error::kNoSpace) << full.message();
+  EXPECT_FALSE(fs::exists(d / "full.safetensors"));
 }
 
 TEST(Container, ZstdLevelsOutsideZstdsAreRefusedNotClamped) {

@@ -994,13 +994,31 @@ uint64_t verify_batch_bytes(int threads) {
 }
 
 using Sink = std::function<Status(const uint8_t* data, uint64_t size)>;
+using PositionalSink = std::function<Status(const uint8_t* data, uint64_t size, uint64_t offset)>;
+
+// Where restored bytes go: front to back through `write`, or, where `write_at` is given (a
+// file), at their offsets from the decoding threads themselves. The kernel's copy into the page
+// cache then runs on every thread, as the decoding does: done by one thread between batches, it
+// was half of a two-thread restore of a large model and kept the others waiting.
+struct RestoreOutput {
+  Sink write;
+  PositionalSink write_at;
+  // Bytes the output has taken so far (progress), counted by the thread that drives the restore.
+  std::function<void(uint64_t)> advanced;
+  Status put(const uint8_t* p, uint64_t n, uint64_t offset) const {
+    BIGSMALL_RETURN_IF_ERROR(write_at ? write_at(p, n, offset) : write(p, n));
+    if (advanced) advanced(n);
+    return Status::success();
+  }
+};
 
 // A tensor larger than a batch is decoded a group of chunks at a time with a streaming
 // checksum, so that it needs bounded memory whatever a file declares; each group's bytes go to
-// `sink` (when given) once decoded and hashed, and the checksum is compared after the last.
+// `out` (when given; the tensor's bytes start at `out_offset` of it) once decoded and hashed,
+// and the checksum is compared after the last.
 // verify: chunk and tensor checksums (without, the bytes are only decoded).
 Status stream_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_bytes, detail::ThreadPool& pool, bool verify,
-                           const Sink* sink) {
+                           const RestoreOutput* out, uint64_t out_offset) {
   BIGSMALL_RETURN_IF_ERROR(im.file.check_not_truncated());
   const detail::Entry& e = im.entries[t];
   const TensorCoding& c = e.coding;
@@ -1045,7 +1063,11 @@ Status stream_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
         std::memcpy(scratch.get() + k * chunk_bytes, payload + ref.offset, ref.size);
       else
         errs[k] = dec->decode_chunk(i, payload + ref.offset, ref.size, ref.mode, scratch.get() + k * chunk_bytes);
-      if (!errs[k].is_ok() || !verify) return;  // the group fails below: its checksum is never read
+      if (!errs[k].is_ok()) return;  // the group fails below: its checksum is never read
+      // Written while still in this thread's cache; a failure anywhere leaves a file output
+      // uncommitted, so order does not matter there.
+      if (out && out->write_at) errs[k] = out->write_at(scratch.get() + k * chunk_bytes, c.chunk_out_size(i), out_offset + c.chunk_out_offset(i));
+      if (!errs[k].is_ok() || !verify) return;
       decoded[k].store(true, std::memory_order_release);
       std::unique_lock<std::mutex> lock(hash_mu, std::try_to_lock);
       if (lock.owns_lock()) hash_ready(first, count);  // else the thread hashing takes it, or the loop below
@@ -1056,23 +1078,28 @@ Status stream_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
       hash_ready(first, count);
       if (hashed != count) return Status(Error::kInternal, label + ": a decoded chunk was not hashed");
     }
-    if (sink) BIGSMALL_RETURN_IF_ERROR((*sink)(scratch.get(), std::min<uint64_t>(count * chunk_bytes, c.nbytes - first * chunk_bytes)));
+    const uint64_t group_bytes = std::min<uint64_t>(count * chunk_bytes, c.nbytes - first * chunk_bytes);
+    if (out && out->write_at) {
+      if (out->advanced) out->advanced(group_bytes);  // written above
+    } else if (out) {
+      BIGSMALL_RETURN_IF_ERROR(out->put(scratch.get(), group_bytes, out_offset + c.chunk_out_offset(first)));
+    }
   }
   if (verify && hash.digest() != c.checksum) return Status(Error::kCorrupt, label + ": checksum mismatch after decode");
   return Status::success();
 }
 
 Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_bytes, detail::ThreadPool& pool) {
-  return stream_large_tensor(im, t, batch_bytes, pool, true, nullptr);
+  return stream_large_tensor(im, t, batch_bytes, pool, true, nullptr, 0);
 }
 
 // The original safetensors file, front to back, through `sink`: the header, then the data region
 // in batches of consecutive tensors and fillers (tensors decoded side by side into one cached
-// scratch buffer, fillers copied beside them), each batch one call; a tensor larger than a batch
-// goes a group of chunks at a time. Small batches keep the scratch in cache and its pages
+// scratch buffer, fillers copied beside them), each batch one call (or, for a file, one slice per
+// thread); a tensor larger than a batch goes a group of chunks at a time. Small batches keep the scratch in cache and its pages
 // faulted in once; a restore that decoded into a mapping of the output paid a page fault per
 // 4 KiB of the file and ran about a quarter slower.
-Status stream_original(const BsFile::Impl& im, const DecompressOptions& opts, const Sink& sink) {
+Status stream_original(const BsFile::Impl& im, const DecompressOptions& opts, RestoreOutput out) {
   std::vector<uint8_t> head(8 + im.st_header.size());
   const uint64_t hlen = im.st_header.size();
   std::memcpy(head.data(), &hlen, 8);
@@ -1094,14 +1121,15 @@ Status stream_original(const BsFile::Impl& im, const DecompressOptions& opts, co
   }
   const uint64_t total = im.original_size;
   uint64_t done = 0;
-  const Sink counted = [&](const uint8_t* p, uint64_t n) -> Status {
-    BIGSMALL_RETURN_IF_ERROR(sink(p, n));
-    done += n;
-    if (opts.progress) opts.progress(done, total);
-    return Status::success();
-  };
-  if (opts.progress) opts.progress(0, total);
-  BIGSMALL_RETURN_IF_ERROR(counted(head.data(), head.size()));
+  if (opts.progress) {
+    out.advanced = [&](uint64_t n) {
+      done += n;
+      opts.progress(done, total);
+    };
+    opts.progress(0, total);
+  }
+  BIGSMALL_RETURN_IF_ERROR(out.put(head.data(), head.size(), 0));
+  uint64_t at = head.size();  // where the next piece goes in the output (the pieces tile the data region)
   detail::ThreadPool pool(decode_threads(im, {}, opts.threads));
   const uint64_t limit = verify_batch_bytes(pool.size());
   Scratch scratch;
@@ -1111,8 +1139,9 @@ Status stream_original(const BsFile::Impl& im, const DecompressOptions& opts, co
   for (size_t k = 0; k < pieces.size();) {
     if (pieces[k].size > limit) {
       const Piece& p = pieces[k++];
-      if (p.filler) BIGSMALL_RETURN_IF_ERROR(counted(p.filler, p.size));
-      else BIGSMALL_RETURN_IF_ERROR(stream_large_tensor(im, p.tensor, limit, pool, opts.verify, &counted));
+      if (p.filler) BIGSMALL_RETURN_IF_ERROR(out.put(p.filler, p.size, at));
+      else BIGSMALL_RETURN_IF_ERROR(stream_large_tensor(im, p.tensor, limit, pool, opts.verify, &out, at));
+      at += p.size;
       continue;
     }
     if (!scratch) scratch = scratch_buffer(limit);
@@ -1120,6 +1149,7 @@ Status stream_original(const BsFile::Impl& im, const DecompressOptions& opts, co
     outs.clear();
     sizes.clear();
     uint64_t bytes = 0;
+    const uint64_t batch_begin = at;
     for (; k < pieces.size() && bytes + pieces[k].size <= limit && which.size() < detail::kBatchTensors; ++k) {
       const Piece& p = pieces[k];
       if (p.filler) {
@@ -1132,7 +1162,22 @@ Status stream_original(const BsFile::Impl& im, const DecompressOptions& opts, co
       bytes += p.size;
     }
     BIGSMALL_RETURN_IF_ERROR(read_many(im, which, outs, sizes, opts.verify, pool));
-    if (bytes > 0) BIGSMALL_RETURN_IF_ERROR(counted(scratch.get(), bytes));
+    at += bytes;
+    if (bytes == 0) continue;
+    if (!out.write_at || pool.size() == 1) {
+      BIGSMALL_RETURN_IF_ERROR(out.put(scratch.get(), bytes, batch_begin));
+      continue;
+    }
+    // The batch in one slice per thread, each written by its own.
+    const uint64_t slices = static_cast<uint64_t>(pool.size());
+    const uint64_t per = (bytes + slices - 1) / slices;
+    std::vector<Status> errs(slices);
+    pool.parallel_for(slices, [&](size_t j) {
+      const uint64_t b = std::min(bytes, j * per), n = std::min(bytes - b, per);
+      if (n) errs[j] = out.write_at(scratch.get() + b, n, batch_begin + b);
+    });
+    for (const Status& st : errs) BIGSMALL_RETURN_IF_ERROR(st);
+    if (out.advanced) out.advanced(bytes);
   }
   return Status::success();
 }
@@ -1146,7 +1191,9 @@ Status BsFile::restore(const std::string& out_path, const DecompressOptions& opt
       BIGSMALL_RETURN_IF_ERROR(detail::check_not_input(im.file.path(), out_path));
     BIGSMALL_ASSIGN_OR_RETURN(detail::OutputFile out, detail::OutputFile::create(out_path, opts.overwrite));
     BIGSMALL_RETURN_IF_ERROR(out.reserve(im.original_size));
-    BIGSMALL_RETURN_IF_ERROR(stream_original(im, opts, [&](const uint8_t* p, uint64_t n) { return out.write(p, n); }));
+    RestoreOutput to;
+    to.write_at = [&](const uint8_t* p, uint64_t n, uint64_t offset) { return out.pwrite(p, n, offset); };
+    BIGSMALL_RETURN_IF_ERROR(stream_original(im, opts, std::move(to)));
     if (!im.file.borrowed()) out.take_attributes(im.file);  // bytes in memory have no date or owner to pass on
     return out.commit(opts.sync);
   });
@@ -1156,7 +1203,11 @@ Status BsFile::restore_to(const std::function<Status(const uint8_t* data, uint64
                           const DecompressOptions& opts) const {
   if (!impl_) return not_open();
   if (!write) return Status(Error::kInvalidArgument, path() + ": restore_to needs a writer");
-  return detail::guarded(path(), [&]() -> Status { return stream_original(*impl_, opts, write); });
+  return detail::guarded(path(), [&]() -> Status {
+    RestoreOutput to;
+    to.write = write;
+    return stream_original(*impl_, opts, std::move(to));
+  });
 }
 
 Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_t out_size,
