@@ -561,6 +561,23 @@ TEST(Container, RestoreToAFileWritesEveryByteInPlace) {
       EXPECT_EQ(seen.total, st.size());
     }
   }
+  // Batches of a few MiB of mid-sized tensors are written in one slice per thread: a batch of
+  // 3 MiB (under every batch limit), odd-sized tensors so that slices cut through them.
+  std::vector<Owned> mid;
+  for (uint32_t k = 0; k < 12; ++k)
+    mid.push_back({"mid." + std::to_string(k), DType::kBF16, {131072 + 77 * k}, bstest::weights(DType::kBF16, 131072 + 77 * k, 40 + k)});
+  const auto mid_st = safetensors_bytes(mid);
+  write_file(d / "mid.safetensors", mid_st);
+  ASSERT_TRUE(compress_file(d / "mid.safetensors", d / "mid.bs").is_ok());
+  auto g = BsFile::open(d / "mid.bs");
+  ASSERT_TRUE(g.is_ok()) << g.status().message();
+  for (const int threads : {2, 3}) {
+    DecompressOptions o;
+    o.threads = threads;
+    o.overwrite = true;
+    ASSERT_TRUE(g->restore(d / "mid2.safetensors", o).is_ok());
+    EXPECT_TRUE(read_file(d / "mid2.safetensors") == mid_st) << threads << " threads";
+  }
   // A disk that fills up (files limited in size, as RLIMIT_FSIZE does): an error, no output.
   struct rlimit old;
   getrlimit(RLIMIT_FSIZE, &old);

@@ -1164,12 +1164,13 @@ Status stream_original(const BsFile::Impl& im, const DecompressOptions& opts, Re
     BIGSMALL_RETURN_IF_ERROR(read_many(im, which, outs, sizes, opts.verify, pool));
     at += bytes;
     if (bytes == 0) continue;
-    if (!out.write_at || pool.size() == 1) {
+    // The batch in one slice per thread, each written by its own; not slices under 1 MiB,
+    // whose hand-over to another thread costs more than the copy.
+    const uint64_t slices = std::min<uint64_t>(static_cast<uint64_t>(pool.size()), bytes >> 20);
+    if (!out.write_at || slices <= 1) {
       BIGSMALL_RETURN_IF_ERROR(out.put(scratch.get(), bytes, batch_begin));
       continue;
     }
-    // The batch in one slice per thread, each written by its own.
-    const uint64_t slices = static_cast<uint64_t>(pool.size());
     const uint64_t per = (bytes + slices - 1) / slices;
     std::vector<Status> errs(slices);
     pool.parallel_for(slices, [&](size_t j) {
