@@ -460,6 +460,22 @@ if command -v script >/dev/null 2>&1; then
 fi
 # a reader that stops early: the run ends by SIGPIPE (as zstd's does), not with a message
 expect 0 "decompress -c into a pipe closed early" -- bash -c "\"$bs\" decompress -c \"$tmp/m.bs\" | head -c 10 >/dev/null; test \${PIPESTATUS[0]} -eq 141"
+# stdout is written by a thread of its own while later batches decode: many batches in order,
+# and a failing or closing reader seen as before
+python3 -c "
+import json, os, struct, sys
+ts, data = {}, b''
+for i, n in enumerate([3 << 20, 5 << 20, 777, 4 << 20, 9]):
+    b = os.urandom(2 * n); ts[f't{i}'] = {'dtype': 'BF16', 'shape': [n], 'data_offsets': [len(data), len(data) + len(b)]}; data += b
+h = json.dumps(ts).encode(); h += b' ' * (-len(h) % 8)
+open(sys.argv[1], 'wb').write(struct.pack('<Q', len(h)) + h + data)" "$tmp/batches.safetensors"
+"$bs" compress -q "$tmp/batches.safetensors" -o "$tmp/batches.bs"
+gives "decompress -c of many batches" "$tmp/batches.safetensors" -- "$bs" decompress -qc -T2 "$tmp/batches.bs"
+if [ -w /dev/full ]; then
+  expect 3 "decompress -c into a full disk" -- sh -c "exec \"$bs\" decompress -c \"$tmp/batches.bs\" >/dev/full"
+  check "says so, naming stdout" -- grep -q "<stdout>: write error: No space left on device" "$tmp/err"
+fi
+expect 0 "decompress -c of many batches into a pipe closed early" -- bash -c "\"$bs\" decompress -c \"$tmp/batches.bs\" | head -c 10 >/dev/null; test \${PIPESTATUS[0]} -eq 141"
 mkdir -p "$tmp/dash" && cp "$m" "$tmp/dash/-"
 expect 0 "a file named '-' given as ./-" -- sh -c "cd \"$tmp/dash\" && \"$abs_bs\" compress -q -o d.bs ./-"
 check "compressed" -- cmp -s "$tmp/dash/d.bs" "$tmp/m.bs"
