@@ -788,12 +788,13 @@ class StdoutPipeline {
 
   bool start_thread() {  // under mu_
     if (thread_.joinable()) return true;
-    if (stop_) return false;
+    if (stop_ || no_thread_) return false;
     try {
       thread_ = std::thread([this] { run(); });
       return true;
     } catch (const std::system_error&) {
-      return false;  // no thread to be had: written inline
+      no_thread_ = true;  // none to be had: written inline from now on
+      return false;
     }
   }
 
@@ -824,6 +825,7 @@ class StdoutPipeline {
   bool full_[2] = {false, false};
   int next_ = 0;
   bool stop_ = false;
+  bool no_thread_ = false;
   Status error_;
   std::thread thread_;  // last: joined before the buffers go
 };
@@ -934,8 +936,9 @@ int run_stream(const Args& a) {
     if (to_stdout) {
       StdoutPipeline out;
       st = f->restore_to([&](const uint8_t* p, uint64_t n) { return out.write(p, n); }, o);
+      // A failed write is of bytes before any the decoder reached: its error comes first.
       const Status written = out.finish();
-      if (st.is_ok()) st = written;
+      if (!written.is_ok()) st = written;
     } else {
       st = f->restore(a.output, o);
     }

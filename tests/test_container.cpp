@@ -475,9 +475,11 @@ TEST(Container, RestoreToStreamsTheOriginalInOrder) {
     DecompressOptions o;
     o.threads = threads;
     o.progress = seen.callback();
+    const std::thread::id caller = std::this_thread::get_id();
     const Status r = f->restore_to(
         [&](const uint8_t* p, uint64_t n) {
           EXPECT_GT(n, 0u);
+          EXPECT_EQ(std::this_thread::get_id(), caller);  // the caller's writer, on the caller's thread
           got.insert(got.end(), p, p + n);
           ++writes;
           max_write = std::max(max_write, n);
@@ -578,7 +580,33 @@ TEST(Container, RestoreToAFileWritesEveryByteInPlace) {
     ASSERT_TRUE(g->restore(d / "mid2.safetensors", o).is_ok());
     EXPECT_TRUE(read_file(d / "mid2.safetensors") == mid_st) << threads << " threads";
   }
-  // A disk that fills up (files limited in size, as RLIMIT_FSIZE does): an error, no output.
+  // A write that fails on a decoding thread (the header's, a slice of a batch, a chunk of the
+  // large tensor; of either file): an error naming the output, no output, no temporary file.
+  const auto entries = [&] {
+    int n = 0;
+    for ([[maybe_unused]] const auto& e : fs::directory_iterator(d.path)) ++n;
+    return n;
+  };
+  write_file(d / "large.safetensors",
+             safetensors_bytes({{"large", DType::kBF16, {3 << 20}, bstest::weights(DType::kBF16, 3 << 20, 7)}}));
+  ASSERT_TRUE(compress_file(d / "large.safetensors", d / "large.bs").is_ok());
+  auto large = BsFile::open(d / "large.bs");
+  ASSERT_TRUE(large.is_ok()) << large.status().message();
+  const int before = entries();
+  for (BsFile* file : {&f.value(), &g.value(), &large.value()}) {
+    for (const int nth : {1, 2, 3}) {
+      DecompressOptions o;
+      o.threads = 2;
+      detail::fail_pwrite_for_testing(nth);
+      const Status r = file->restore(d / "failed.safetensors", o);
+      detail::fail_pwrite_for_testing(0);
+      EXPECT_EQ(r.code(), Error::kNoSpace) << nth << ": " << r.message();
+      EXPECT_NE(r.message().find("failed.safetensors"), std::string::npos) << r.message();
+      EXPECT_EQ(entries(), before) << nth;
+    }
+  }
+  // A disk that fills up before anything is written (files limited in size, as RLIMIT_FSIZE
+  // does: the space is reserved first): an error, no output.
   struct rlimit old;
   getrlimit(RLIMIT_FSIZE, &old);
   auto prev = std::signal(SIGXFSZ, SIG_IGN);

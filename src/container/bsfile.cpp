@@ -1001,12 +1001,12 @@ using PositionalSink = std::function<Status(const uint8_t* data, uint64_t size, 
 // cache then runs on every thread, as the decoding does: done by one thread between batches, it
 // was half of a two-thread restore of a large model and kept the others waiting.
 struct RestoreOutput {
-  Sink write;
+  const Sink* write = nullptr;  // the caller's own writer, not a copy (it may keep state)
   PositionalSink write_at;
   // Bytes the output has taken so far (progress), counted by the thread that drives the restore.
   std::function<void(uint64_t)> advanced;
   Status put(const uint8_t* p, uint64_t n, uint64_t offset) const {
-    BIGSMALL_RETURN_IF_ERROR(write_at ? write_at(p, n, offset) : write(p, n));
+    BIGSMALL_RETURN_IF_ERROR(write_at ? write_at(p, n, offset) : (*write)(p, n));
     if (advanced) advanced(n);
     return Status::success();
   }
@@ -1206,7 +1206,7 @@ Status BsFile::restore_to(const std::function<Status(const uint8_t* data, uint64
   if (!write) return Status(Error::kInvalidArgument, path() + ": restore_to needs a writer");
   return detail::guarded(path(), [&]() -> Status {
     RestoreOutput to;
-    to.write = write;
+    to.write = &write;
     return stream_original(*impl_, opts, std::move(to));
   });
 }

@@ -650,6 +650,9 @@ OutputFile OutputFile::in_memory(std::string label) {
   return o;
 }
 
+std::atomic<int> pwrite_until_failure{0};
+void fail_pwrite_for_testing(int n) { pwrite_until_failure.store(n, std::memory_order_relaxed); }
+
 Status OutputFile::pwrite(const void* p, uint64_t n, uint64_t offset) {
   const auto* b = static_cast<const uint8_t*>(p);
   if (in_memory_) {
@@ -669,6 +672,8 @@ Status OutputFile::pwrite(const void* p, uint64_t n, uint64_t offset) {
     std::memcpy(memory_.data() + offset, b, n);
     return Status::success();
   }
+  if (pwrite_until_failure.load(std::memory_order_relaxed) > 0 && pwrite_until_failure.fetch_sub(1, std::memory_order_relaxed) == 1)
+    return errno_status(final_, "write failed", ENOSPC);
   while (n > 0) {
     const ssize_t w = ::pwrite(fd_, b, n > (1u << 30) ? (1u << 30) : n, static_cast<off_t>(offset));
     if (w < 0) {
@@ -693,6 +698,7 @@ std::atomic<int> write_pieces_until_failure{0};
 }  // namespace
 
 void fail_write_pieces_for_testing(int n) { write_pieces_until_failure.store(n, std::memory_order_relaxed); }
+
 
 Status OutputFile::write_pieces(const std::vector<Piece>& pieces) {
   if (write_pieces_until_failure.load(std::memory_order_relaxed) > 0 &&

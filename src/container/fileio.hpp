@@ -20,6 +20,9 @@ unsigned process_umask();
 // Tests only: the n-th OutputFile::write_pieces call from now on (1 = the next) fails as on a
 // full disk, once; 0 turns it off.
 void fail_write_pieces_for_testing(int n);
+// Tests only: the n-th OutputFile::pwrite call to a file from now on (1 = the next) fails as on
+// a full disk, once; 0 turns it off.
+void fail_pwrite_for_testing(int n);
 // Tests only: a -f merge into an existing directory fails (as a refused rename) before it moves
 // its (n+1)-th file in, once; -1 turns it off.
 void fail_merge_after_for_testing(int n);
