@@ -731,7 +731,9 @@ Status write_stdout(const uint8_t* p, uint64_t n) {
         continue;
       }
       const int e = errno;
-      return Status(e == ENOSPC ? Error::kNoSpace : Error::kIo, std::string(kStdoutLabel) + ": write error: " + std::strerror(e)).with_errno(e);
+      // A full disk, a quota or a file size limit: exit 3, as for an output file.
+      const bool full = e == ENOSPC || e == EDQUOT || e == EFBIG;
+      return Status(full ? Error::kNoSpace : Error::kIo, std::string(kStdoutLabel) + ": write error: " + std::strerror(e)).with_errno(e);
     }
     p += w;
     n -= static_cast<uint64_t>(w);
@@ -1410,7 +1412,7 @@ int main(int argc, char** argv) {
     // What info and --json print is the product: a full disk or closed pipe on stdout is an
     // error, not a silent success.
     if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
-      std::fprintf(stderr, "bigsmall: stdout: write error: %s\n", std::strerror(errno));
+      std::fprintf(stderr, "bigsmall: %s: write error: %s\n", kStdoutLabel, std::strerror(errno));
       rc = std::max(rc, static_cast<int>(errno == ENOSPC ? kExitNoSpace : kExitIo));
     }
     return rc;

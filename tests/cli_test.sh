@@ -269,7 +269,7 @@ expect 1 "-o ''" -- "$bs" compress -o '' "$tmp/m.safetensors"
 # what info and --json print is the product: a full stdout is an error
 if [ -w /dev/full ]; then
   expect 3 "info into a full disk" -- sh -c "exec \"$bs\" info \"$tmp/m.bs\" >/dev/full"
-  check "says so" -- grep -q "stdout: write error" "$tmp/err"
+  check "says so, naming <stdout> as every other message does" -- grep -q "<stdout>: write error" "$tmp/err"
 fi
 # --json gives a line for an input that failed too
 expect 2 "compress --json of a missing file then a good one" -- "$bs" compress -f --json "$tmp/missing.safetensors" "$tmp/m.safetensors"
@@ -475,6 +475,10 @@ if [ -w /dev/full ]; then
   expect 3 "decompress -c into a full disk" -- sh -c "exec \"$bs\" decompress -c \"$tmp/batches.bs\" >/dev/full"
   check "says so, naming stdout" -- grep -q "<stdout>: write error: No space left on device" "$tmp/err"
 fi
+expect 3 "decompress -c past a file size limit, as a full disk" -- sh -c "ulimit -f 2000; trap '' XFSZ; exec \"$bs\" decompress -c \"$tmp/batches.bs\" >\"$tmp/limited.out\""
+check "says so, naming stdout" -- grep -q "<stdout>: write error: File too large" "$tmp/err"
+expect 2 "-f -o /dev/stdout into a pipe" -- bash -c "\"$bs\" decompress -q -f \"$tmp/m.bs\" -o /dev/stdout | cat >/dev/null; exit \${PIPESTATUS[0]}"
+check "is refused as not a regular file" -- grep -q "/dev/stdout: not a regular file" "$tmp/err"
 expect 0 "decompress -c of many batches into a pipe closed early" -- bash -c "\"$bs\" decompress -c \"$tmp/batches.bs\" | head -c 10 >/dev/null; test \${PIPESTATUS[0]} -eq 141"
 mkdir -p "$tmp/dash" && cp "$m" "$tmp/dash/-"
 expect 0 "a file named '-' given as ./-" -- sh -c "cd \"$tmp/dash\" && \"$abs_bs\" compress -q -o d.bs ./-"

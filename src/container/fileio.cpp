@@ -383,8 +383,13 @@ Result<std::string> overwrite_target(const std::string& path) {
   if (::lstat(path.c_str(), &st) != 0) return path;  // nothing there (or unreachable: create reports it)
   std::string target = path;
   if (S_ISLNK(st.st_mode)) {
-    char* resolved = ::realpath(path.c_str(), nullptr);
-    if (resolved == nullptr && errno == ENOENT) {
+    // /dev/stdout and /proc/self/fd/N lead to a pipe or terminal that realpath cannot name
+    // ("pipe:[N]"): stat follows them, and such a target is refused below, not taken for a
+    // link to a file not created yet.
+    struct stat through;
+    if (::stat(path.c_str(), &through) == 0 && !S_ISREG(through.st_mode)) {
+      st = through;
+    } else if (char* resolved = ::realpath(path.c_str(), nullptr); resolved == nullptr && errno == ENOENT) {
       // A link to a file not there yet: it is created, as a shell's redirection would.
       char buf[4096];
       const ssize_t n = ::readlink(path.c_str(), buf, sizeof buf - 1);
@@ -393,11 +398,12 @@ Result<std::string> overwrite_target(const std::string& path) {
       const size_t slash = path.rfind('/');
       if (to[0] != '/' && slash != std::string::npos) to = path.substr(0, slash + 1) + to;
       return to;
+    } else {
+      if (resolved == nullptr) return errno_status(path, "cannot follow link", errno);
+      target = resolved;
+      std::free(resolved);
+      if (::stat(target.c_str(), &st) != 0) return errno_status(path, "cannot follow link", errno);
     }
-    if (resolved == nullptr) return errno_status(path, "cannot follow link", errno);
-    target = resolved;
-    std::free(resolved);
-    if (::stat(target.c_str(), &st) != 0) return errno_status(path, "cannot follow link", errno);
   }
   if (S_ISDIR(st.st_mode)) return Status(Error::kIo, path + ": is a directory").with_errno(EISDIR);
   if (!S_ISREG(st.st_mode))
