@@ -2873,3 +2873,44 @@ TEST(Directory, ForcedOutputsRemoveOnlyTheirOwnLeftoversAndNeverThroughLinks) {
   EXPECT_FALSE(fs::exists(d.path / "v1.bs" / "model-00001-of-00002.bs"));
   EXPECT_TRUE(verify_path(d / "v1.bs").is_ok());
 }
+
+TEST(ForkSafety, AChildForkedWhileAnotherThreadDecodesCanDecode) {
+  // A DataLoader worker forked while a loader thread decodes: the thread may hold a process-wide
+  // lock (decoder table memory, the registry of open inputs) at the instant of the fork, and the
+  // child's copy of it must not stay locked (its first decode would hang). Each child gets two
+  // seconds; a hang ends the loop.
+  TempDir d;
+  write_file(d / "m.safetensors", safetensors_bytes(sample_tensors()));
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
+  auto f = BsFile::open(d / "m.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  const std::string path = d / "m.bs";
+  DecompressOptions one;
+  one.threads = 1;
+  std::atomic<bool> stop{false};
+  std::thread busy([&] {
+    while (!stop.load()) {
+      detail::InputInUse in_use(path);
+      if (!f->verify(one).is_ok()) return;
+    }
+  });
+  int bad = 0, last = 0;
+  for (int i = 0; i < 200 && bad == 0; ++i) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ::alarm(2);
+      detail::InputInUse in_use(path);
+      ::_exit(f->verify(one).is_ok() ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      ++bad;
+      last = status;
+    }
+  }
+  stop.store(true);
+  busy.join();
+  EXPECT_EQ(bad, 0) << "a child " << (WIFSIGNALED(last) ? "hung (killed by its alarm)" : "failed to decode");
+}

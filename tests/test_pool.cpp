@@ -12,6 +12,10 @@
 #include <thread>
 #include <vector>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/fork_safe.hpp"
 #include "common/thread_pool.hpp"
 
 using bigsmall::detail::ThreadPool;
@@ -135,4 +139,30 @@ TEST(ThreadPool, ThreadsTheSystemRefusesLeaveASmallerPool) {
     pool.parallel_for(100, [&](size_t) { n.fetch_add(1); });
     EXPECT_EQ(n.load(), 100);
   }
+}
+
+TEST(ForkSafety, AMutexAnotherThreadHoldsAtForkIsFreeInTheChild) {
+  // fork() waits for the holder to let go, so the child's copy is never taken locked.
+  static std::mutex m;  // registered for the rest of the process
+  const size_t before = bigsmall::detail::fork_held_count_for_testing();
+  bigsmall::detail::hold_across_fork(&m);
+  bigsmall::detail::hold_across_fork(&m);
+  EXPECT_EQ(bigsmall::detail::fork_held_count_for_testing(), before + 1);
+  std::atomic<bool> locked{false};
+  std::thread holder([&] {
+    std::lock_guard<std::mutex> lk(m);
+    locked.store(true);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  });
+  while (!locked.load()) std::this_thread::yield();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) ::_exit(m.try_lock() ? 0 : 1);
+  holder.join();
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child's copy of the mutex was locked";
+  EXPECT_TRUE(m.try_lock()) << "the parent's mutex was left locked";
+  m.unlock();
 }

@@ -1,6 +1,7 @@
 #include "container/fileio.hpp"
 
 #include "bigsmall/container.hpp"
+#include "common/fork_safe.hpp"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -209,6 +210,7 @@ namespace {
 // output of a killed run (salvaging it) must not have its input removed under it.
 std::mutex g_inputs_mu;
 std::multiset<std::pair<uint64_t, uint64_t>> g_inputs;  // (dev, ino), under g_inputs_mu
+const bool g_inputs_fork_safe = (hold_across_fork(&g_inputs_mu), true);
 void note_input(uint64_t dev, uint64_t ino, bool open) {
   std::lock_guard<std::mutex> lk(g_inputs_mu);
   if (open) g_inputs.insert({dev, ino});
@@ -424,6 +426,7 @@ std::mutex g_stale_mu;
 // With each, the names in it of the temporary form, as found then (acted on output by output).
 std::map<std::tuple<uint64_t, uint64_t, int64_t, uint32_t>, std::vector<std::string>> g_stale_dirs_seen;  // under g_stale_mu
 std::vector<std::string> g_stale_removed;  // under g_stale_mu
+const bool g_stale_fork_safe = (hold_across_fork(&g_stale_mu), true);
 
 // A name temp_beside(..., temp_suffix(n), ...) makes: "NAME.tmp-bigsmall-LPID-N", NAME not empty.
 bool is_temp_name(std::string_view name) {

@@ -12,6 +12,7 @@
 
 #include "common/checksum.hpp"
 #include "common/cpu.hpp"
+#include "common/fork_safe.hpp"
 #include "common/guard.hpp"
 #include "common/thread_pool.hpp"
 #include "decode/decoder.hpp"
@@ -396,7 +397,11 @@ class TableMemory {
  private:
   static constexpr size_t kKeepBytes = size_t{32} << 20;
   static TableMemory& instance() {
-    static TableMemory* m = new TableMemory;  // never destroyed: decoders may outlive statics
+    static TableMemory* m = [] {
+      auto* t = new TableMemory;  // never destroyed: decoders may outlive statics
+      hold_across_fork(&t->mu_);
+      return t;
+    }();
     return *m;
   }
   static void put(uint32_t* p, size_t cap) {
