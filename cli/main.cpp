@@ -1427,11 +1427,15 @@ int run(int argc, char** argv) {
   // A signal the parent set to be ignored stays ignored (a job started in the background by a
   // shell script ignores SIGINT), as gzip and zstd do.
   // Every signal whose default action ends the process removes the unfinished outputs first.
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGALRM, SIGUSR1, SIGUSR2, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF}) {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGALRM, SIGUSR1, SIGUSR2, SIGXCPU, SIGVTALRM, SIGPROF}) {
     struct sigaction old {};
     if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
     std::signal(sig, on_signal);
   }
+  // A file size limit (ulimit -f) is a full disk by another name: the write that passes it fails
+  // with EFBIG and the run ends as on ENOSPC (one line naming the file, exit 3), where the
+  // signal's default action killed it without a word.
+  std::signal(SIGXFSZ, SIG_IGN);
   {
     struct sigaction bus {};
     bus.sa_sigaction = on_bus_error;

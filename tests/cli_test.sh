@@ -477,6 +477,16 @@ if [ -w /dev/full ]; then
 fi
 expect 3 "decompress -c past a file size limit, as a full disk" -- sh -c "ulimit -f 2000; trap '' XFSZ; exec \"$bs\" decompress -c \"$tmp/batches.bs\" >\"$tmp/limited.out\""
 check "says so, naming stdout" -- grep -q "<stdout>: write error: File too large" "$tmp/err"
+# The limit's signal is not left to kill the run without a word: the write fails and says so.
+expect 3 "decompress -c past a file size limit, its signal not ignored by the caller" -- sh -c "ulimit -f 2000; exec \"$bs\" decompress -c \"$tmp/batches.bs\" >\"$tmp/limited.out\""
+check "says so, naming stdout" -- grep -q "<stdout>: write error: File too large" "$tmp/err"
+mkdir -p "$tmp/fsize"
+expect 3 "decompress -o past a file size limit" -- sh -c "ulimit -f 2000; exec \"$bs\" decompress -o \"$tmp/fsize/out.safetensors\" \"$tmp/batches.bs\""
+check "says so, naming the file" -- grep -q "$tmp/fsize/out.safetensors.*File too large" "$tmp/err"
+check "and leaves nothing" -- test -z "$(ls -A "$tmp/fsize")"
+expect 3 "compress --json -o past a file size limit" -- sh -c "ulimit -f 1000; exec \"$bs\" compress --json -o \"$tmp/fsize/out.bs\" \"$tmp/batches.safetensors\""
+check "reports it in JSON" -- grep -q '"exit_code": 3' "$tmp/out"
+check "and leaves nothing" -- test -z "$(ls -A "$tmp/fsize")"
 expect 2 "-f -o /dev/stdout into a pipe" -- bash -c "\"$bs\" decompress -q -f \"$tmp/m.bs\" -o /dev/stdout | cat >/dev/null; exit \${PIPESTATUS[0]}"
 check "is refused as not a regular file" -- grep -q "/dev/stdout: not a regular file" "$tmp/err"
 expect 0 "decompress -c of many batches into a pipe closed early" -- bash -c "\"$bs\" decompress -c \"$tmp/batches.bs\" | head -c 10 >/dev/null; test \${PIPESTATUS[0]} -eq 141"

@@ -1760,6 +1760,24 @@ TEST(Output, OutputsTakeTheInputsPermissions) {
   ASSERT_TRUE(decompress_dir(d / "model.bs", d / "back").is_ok());
   EXPECT_EQ(mode(d / "back"), 0700u);
   EXPECT_EQ(mode(d / "back/model.safetensors"), 0600u);
+  // And so does a private subdirectory of a shared model directory, beside a shared one.
+  fs::create_directories(d / "shared/private/deeper");
+  fs::create_directories(d / "shared/open");
+  write_file(d / "shared/model.safetensors", safetensors_bytes(sample_tensors()));
+  write_file(d / "shared/private/token.txt", std::string("secret"));
+  write_file(d / "shared/open/notes.txt", std::string("notes"));
+  fs::permissions(d / "shared", static_cast<fs::perms>(0755));
+  fs::permissions(d / "shared/open", static_cast<fs::perms>(0755));
+  fs::permissions(d / "shared/private/deeper", static_cast<fs::perms>(0750));
+  fs::permissions(d / "shared/private", fs::perms::owner_all);
+  ASSERT_TRUE(compress_dir((d.path / "shared").string(), d / "shared.bs").is_ok());
+  ASSERT_TRUE(decompress_dir(d / "shared.bs", d / "shared-back").is_ok());
+  for (const char* out : {"shared.bs", "shared-back"}) {
+    EXPECT_EQ(mode(d / out), 0755u & ~umask) << out;
+    EXPECT_EQ(mode(d / (std::string(out) + "/private")), 0700u) << out;
+    EXPECT_EQ(mode(d / (std::string(out) + "/private/deeper")), 0750u & ~umask) << out;
+    EXPECT_EQ(mode(d / (std::string(out) + "/open")), 0755u & ~umask) << out;
+  }
   // A directory takes its input's group and other bits; its owner keeps every right, so that
   // a read-only input does not give an output that -f cannot update.
   fs::permissions(d / "model", static_cast<fs::perms>(0555));
@@ -1807,6 +1825,17 @@ TEST(Directory, ForceMergeBringsEmptyDirectoriesAndKeepsTheTargetsMode) {
   EXPECT_TRUE(fs::is_directory(d.path / "out/empty/deeper"));
   EXPECT_TRUE(fs::exists(d.path / "out/other.txt"));
   EXPECT_EQ(static_cast<unsigned>(fs::status(d.path / "out").permissions()) & 0777, 0750u);
+  EXPECT_TRUE(verify_path(d / "out").is_ok());
+  // A private directory new to the target comes in private, one the target has keeps its mode.
+  fs::create_directories(d.path / "src/private/inner");
+  write_file(d / "src/private/inner/token.txt", std::string("secret"));
+  fs::permissions(d.path / "src/private", fs::perms::owner_all);
+  fs::permissions(d.path / "src/private/inner", fs::perms::owner_all);
+  fs::permissions(d.path / "out/empty", static_cast<fs::perms>(0711));
+  ASSERT_TRUE(compress_dir((d.path / "src").string(), d / "out", force).is_ok());
+  EXPECT_EQ(static_cast<unsigned>(fs::status(d.path / "out/private").permissions()) & 0777, 0700u);
+  EXPECT_EQ(static_cast<unsigned>(fs::status(d.path / "out/private/inner").permissions()) & 0777, 0700u);
+  EXPECT_EQ(static_cast<unsigned>(fs::status(d.path / "out/empty").permissions()) & 0777, 0711u);
   EXPECT_TRUE(verify_path(d / "out").is_ok());
 }
 

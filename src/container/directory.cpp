@@ -152,6 +152,16 @@ fs::path input_inside(const std::string& src, const fs::path& out) {
   }
 }
 
+// The mode an output directory takes from the input directory it stands for: the input's group
+// and other bits (less the umask), as each file takes its input's, so that a private directory
+// stays private, at any depth. The owner gets every right the umask leaves, so that a read-only
+// input does not give an output that -f cannot update (or that the cleanup cannot empty).
+unsigned output_dir_mode(const fs::path& src) {
+  std::error_code ec;
+  const fs::perms perms = fs::status(src, ec).permissions();
+  return (ec ? 0777u : 0700u | (static_cast<unsigned>(perms) & 077u)) & ~detail::process_umask();
+}
+
 // A directory output is built under a temporary sibling name and moved into place once
 // complete, so that a failure leaves nothing under the final name; with -f over an existing
 // directory, every target is checked before the first file moves. The temporary tree is
@@ -219,12 +229,7 @@ class OutputDir {
           if (e != 0) return Status(Error::kIo, temp.string() + ": cannot open: " + std::strerror(e)).with_errno(e);
           continue;
         }
-        // The finished directory takes the group and other bits of the input (less the umask),
-        // as each file takes its input's: a private model directory stays private. The owner
-        // gets every right the umask leaves, so that a read-only input does not give an output
-        // that -f cannot update (or that the cleanup cannot empty).
-        const fs::perms perms = fs::status(src, ec).permissions();
-        d.mode_ = (ec ? 0777u : 0700u | (static_cast<unsigned>(perms) & 077u)) & ~detail::process_umask();
+        d.mode_ = output_dir_mode(src);  // set when the tree is complete: private until then
         return d;
       }
       ec.assign(errno, std::generic_category());
@@ -394,8 +399,15 @@ class OutputDir {
         missing.push_back(d);
       ec.clear();
       for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
-        if (!fs::create_directory(*it, ec) || ec) return false;
+        // Private when made, then the mode its temporary twin took from the input (a private
+        // subdirectory new to the target must not be open to others, even for a moment).
+        if (::mkdir(it->c_str(), 0700) != 0) {
+          ec.assign(errno, std::generic_category());
+          return false;
+        }
         made.push_back(*it);
+        if (struct stat twin; ::stat((temp_ / it->lexically_relative(final_)).c_str(), &twin) == 0)
+          chmod_no_follow(it->string(), static_cast<unsigned>(twin.st_mode) & 07777u);
       }
       return true;
     };
@@ -749,6 +761,9 @@ Result<DirOutput> start_dir_output(const std::string& src, const std::string& ds
     std::error_code ec;
     fs::create_directories(out.path() / d, ec);
     if (ec) return Status(Error::kIo, (fs::path(dst) / d).string() + ": cannot create directory: " + ec.message());
+    // Inside the private temporary directory, where no one else can put a link: by name. Best
+    // effort, as for files (a file system without Unix modes refuses).
+    (void)::chmod((out.path() / d).c_str(), static_cast<mode_t>(output_dir_mode(fs::path(src) / d)));
   }
   return DirOutput{std::move(files), std::move(out)};
 }
