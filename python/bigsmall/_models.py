@@ -1048,7 +1048,7 @@ def _check_copied(model_dir, verify):
         return
     d, rel = os.path.abspath(model_dir), ""
     while True:
-        if os.path.isfile(os.path.join(d, "bigsmall.index.json")):
+        if os.path.isfile(os.path.join(d, "bigsmall.index.json")) and (not rel or _index_claims(d, rel)):
             # A listed file that is missing is left to whatever needs it to name ("no config.json").
             _core.verify_copied_files(d, [posixpath.join(rel, n) if rel else n for n in _LOADER_FILES], missing_ok=True)
         parent = os.path.dirname(d)
@@ -1056,6 +1056,28 @@ def _check_copied(model_dir, verify):
             return
         rel = posixpath.join(os.path.basename(d), rel) if rel else os.path.basename(d)
         d = parent
+
+
+def _index_claims(d, rel):
+    """Whether the bigsmall.index.json of d, a directory above the model, is an index that lists
+    files copied along under rel (the model's path from d). Any other file of that name (a stray
+    or broken one in /tmp or a home directory, another model's index) is not the model's: it must
+    not stop the model's load, as it does not stop a verify of the model directory."""
+    try:
+        with open(os.path.join(d, "bigsmall.index.json"), "rb") as f:
+            text = f.read(_MAX_ANCESTOR_INDEX + 1)
+        if len(text) > _MAX_ANCESTOR_INDEX:
+            return False
+        index = json.loads(text)
+    except (OSError, ValueError, RecursionError):
+        return False
+    copied = index.get("copied") if isinstance(index, dict) and index.get("format") == "bigsmall" else None
+    prefix = rel + "/"
+    return isinstance(copied, list) and any(
+        isinstance(c, dict) and isinstance(c.get("path"), str) and c["path"].startswith(prefix) for c in copied)
+
+
+_MAX_ANCESTOR_INDEX = 256 << 20  # bytes: a repository's index of thousands of files is a few MB
 
 
 _held_locks = set()  # descriptors of directory locks this process holds

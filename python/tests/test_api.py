@@ -155,6 +155,22 @@ def test_the_loaders_check_the_configs_they_read_also_in_a_subfolder(models, tmp
                  lambda: bigsmall.StreamingLoader(sub2)):
         with pytest.raises(bigsmall.CorruptError, match="config.json: changed after compression"):
             load()
+    # A file of the index's name above the model that is no index, or another model's, is not
+    # the model's: it does not stop a load (it did: a stray one in /tmp stopped every load
+    # below it), as it does not stop a verify of the model directory.
+    (sub2 / "config.json").write_text((sub2 / "config.json").read_text()[:-1])
+    nest = tmp_path / "above" / "mid"
+    shutil.copytree(sub2, nest / "model.bs")
+    for stray in ("garbage", "{}", '{"format": "bigsmall", "format_version": 2, "files": [], "copied": []}',
+                  (sub2 / "bigsmall.index.json").read_text()):  # another model's index: lists model.bs, not mid/model.bs
+        (tmp_path / "above" / "bigsmall.index.json").write_text(stray)
+        bigsmall.StreamingLoader(nest / "model.bs").load_model(BertModel, progress=False)
+        bigsmall.from_pretrained(nest / "model.bs", model_class=BertModel, progress=False)
+        assert bigsmall.verify(nest / "model.bs") is None
+    # The model's own index is checked whatever it holds.
+    (nest / "model.bs" / "bigsmall.index.json").write_text("{}")
+    with pytest.raises(bigsmall.CorruptError):
+        bigsmall.StreamingLoader(nest / "model.bs")
     # A subfolder whose name is not UTF-8 is checked like any other.
     odd = os.fsdecode(b"s\xe9")
     shutil.copytree(orig, tmp_path / "repo3" / odd)
