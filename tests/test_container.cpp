@@ -227,6 +227,19 @@ TEST(Container, WriteTensorsRestoresToTheSafetensorsLayout) {
   views.push_back({"__metadata__", DType::kU8, {1}, ts[0].bytes.data(), 1});
   EXPECT_EQ(write_tensors(d / "meta.bs", views, {}).code(), Error::kInvalidArgument);
   EXPECT_FALSE(fs::exists(d / "meta.bs"));
+  // A name the format cannot hold (its length is 16 bits) is the caller's argument, named with
+  // the output; one of exactly 65535 bytes is held.
+  views.pop_back();
+  views.push_back({std::string(65536, 'n'), DType::kU8, {1}, ts[0].bytes.data(), 1});
+  const Status long_name = write_tensors(d / "long.bs", views, {});
+  EXPECT_EQ(long_name.code(), Error::kInvalidArgument);
+  EXPECT_EQ(long_name.message().rfind(std::string(d / "long.bs") + ": a tensor name of 65536 bytes", 0), 0u) << long_name.message();
+  EXPECT_FALSE(fs::exists(d / "long.bs"));
+  views.back().name.pop_back();
+  ASSERT_TRUE(write_tensors(d / "long.bs", views, {}).is_ok());
+  auto f = BsFile::open(d / "long.bs");
+  ASSERT_TRUE(f.is_ok());
+  EXPECT_TRUE(std::any_of(f->tensors().begin(), f->tensors().end(), [](const TensorInfo& t) { return t.name == std::string(65535, 'n'); }));
 }
 
 TEST(Container, InMemoryWriteIsTheFileByteForByte) {
@@ -819,6 +832,24 @@ TEST(BadSafetensors, EachProblemHasItsError) {
                   "field twice");
   expect_rejected(with_header(R"({"__metadata__":{"k":"1","k":"2"},"a":{"dtype":"U8","shape":[16],"data_offsets":[0,16]}})"),
                   Error::kNotSafetensors, "metadata key twice");
+  for (const char* md : {"5", "[]", "\"x\"", "true"})
+    expect_rejected(with_header(std::string(R"({"__metadata__":)") + md + R"(,"a":{"dtype":"U8","shape":[16],"data_offsets":[0,16]}})"),
+                    Error::kNotSafetensors, (std::string("metadata ") + md).c_str());
+  // null is no metadata (format 1.2), as safetensors reads it; the header is kept as it was.
+  {
+    const auto nulled = with_header(R"({"__metadata__":null,"a":{"dtype":"U8","shape":[16],"data_offsets":[0,16]}})");
+    auto st = detail::parse_safetensors(nulled.data(), nulled.size());
+    ASSERT_TRUE(st.is_ok()) << st.status().message();
+    EXPECT_FALSE(st->metadata.has_value());
+    TempDir d;
+    write_file(d / "n.safetensors", nulled);
+    ASSERT_TRUE(compress_file(d / "n.safetensors", d / "n.bs").is_ok());
+    auto f = BsFile::open(d / "n.bs");
+    ASSERT_TRUE(f.is_ok()) << f.status().message();
+    EXPECT_FALSE(f->metadata().has_value());
+    ASSERT_TRUE(decompress_file(d / "n.bs", d / "back.safetensors").is_ok());
+    EXPECT_EQ(read_file(d / "back.safetensors"), nulled);
+  }
   std::vector<uint8_t> huge(16, 0);
   huge[7] = 0x7F;  // header length near 2^63
   expect_rejected(huge, Error::kNotSafetensors, "hostile header length");
@@ -871,7 +902,7 @@ TEST_F(DamagedBs, NewerVersionIsRefusedClearly) {
   std::memcpy(bad.data() + 56, &sum, 8);
   Status st = open_and_verify(bad);
   EXPECT_EQ(st.code(), Error::kUnsupportedVersion) << st.message();
-  EXPECT_NE(st.message().find("format version 2.1 is newer than this bigsmall reads (1.x)"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("format version 2." + std::to_string(kFormatVersionMinor) + " is newer than this bigsmall reads (1.x)"), std::string::npos) << st.message();
   EXPECT_EQ(st.message().find("damaged"), std::string::npos) << st.message();
   // One flipped bit of a 1.x file's major version (17) fails the checksum as 1.x takes it: the
   // message says the header may be damaged (still a version error: a newer layout could differ).
@@ -879,7 +910,7 @@ TEST_F(DamagedBs, NewerVersionIsRefusedClearly) {
   bad[8] ^= 0x10;
   st = open_and_verify(bad);
   EXPECT_EQ(st.code(), Error::kUnsupportedVersion) << st.message();
-  EXPECT_NE(st.message().find("version 17.1 is newer than this bigsmall reads (1.x), or the header is damaged"), std::string::npos)
+  EXPECT_NE(st.message().find("version 17." + std::to_string(kFormatVersionMinor) + " is newer than this bigsmall reads (1.x), or the header is damaged"), std::string::npos)
       << st.message();
 }
 
@@ -891,7 +922,7 @@ TEST_F(DamagedBs, VersionZeroIsDamageNotANewerVersion) {
   std::memcpy(bad.data() + 56, &sum, 8);
   Status st = open_and_verify(bad);
   EXPECT_EQ(st.code(), Error::kCorrupt) << st.message();
-  EXPECT_NE(st.message().find("format version 0.1 was never written by bigsmall"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("format version 0." + std::to_string(kFormatVersionMinor) + " was never written by bigsmall"), std::string::npos) << st.message();
 }
 
 // The file with its stored index replaced by `stored` (declaring `raw` bytes), checksums made right.

@@ -59,3 +59,14 @@ TEST(Golden, V1_1RestoresByteIdenticalAndMatchesTheReferenceDecoder) {
   expect_matches_reference(*f);
   EXPECT_EQ(f->tensors()[0].codec, Codec::kFloat);  // the FNUZ dtypes use the float model
 }
+
+// Format 1.2 (a null __metadata__); written by a 1.2 writer, frozen like v1.
+TEST(Golden, V1_2RestoresByteIdenticalAndMatchesTheReferenceDecoder) {
+  expect_restores("golden-v1.2");
+  auto f = BsFile::open(std::string(BIGSMALL_GOLDEN_DIR) + "/golden-v1.2.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  ASSERT_EQ(f->tensors().size(), 2u);
+  EXPECT_FALSE(f->metadata().has_value());
+  EXPECT_EQ(f->tensors()[0].codec, Codec::kFloat);
+  expect_matches_reference(*f);
+}

@@ -14,7 +14,7 @@
 namespace bigsmall {
 
 constexpr uint16_t kFormatVersionMajor = 1;
-constexpr uint16_t kFormatVersionMinor = 1;
+constexpr uint16_t kFormatVersionMinor = 2;
 
 // Called from worker threads' owner with bytes done so far and the total.
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;

@@ -60,10 +60,11 @@ def load_file(filename, threads=None, verify=True):
     return {t["name"]: a for t, a in zip(infos, _decode(f, list(range(len(infos))), infos, _threads(threads), verify))}
 
 
-def save_file(tensors, filename, metadata=None, threads=None, overwrite=True):
-    """Write a dict name -> numpy array straight to a .bs file (no safetensors file in between)."""
+def save_file(tensor_dict, filename, metadata=None, threads=None, overwrite=True):
+    """Write a dict name -> numpy array straight to a .bs file (no safetensors file in between).
+    The first argument is named as safetensors.numpy names it, so keyword calls carry over."""
     path = _save_target(filename)
-    names, shapes, bufs = _with_file(path, _arrays, tensors)
+    names, shapes, bufs = _with_file(path, _arrays, tensor_dict)
     _write_file(path, names, shapes, bufs, metadata, threads, overwrite, 2)
 
 
@@ -76,10 +77,10 @@ def load(data, threads=None, verify=True):
     return {t["name"]: a for t, a in zip(infos, _decode(f, list(range(len(infos))), infos, _threads(threads), verify))}
 
 
-def save(tensors, metadata=None, threads=None):
+def save(tensor_dict, metadata=None, threads=None):
     """The .bs that save_file would write for a dict name -> numpy array, as bytes (like
     safetensors.numpy.save)."""
-    names, shapes, bufs = _with_file(_MEMORY, _arrays, tensors)
+    names, shapes, bufs = _with_file(_MEMORY, _arrays, tensor_dict)
     return _core.write_tensors_bytes(names, shapes, bufs, _header_metadata(metadata, _MEMORY), _threads(threads))
 
 

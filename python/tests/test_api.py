@@ -348,6 +348,20 @@ def test_metadata_reads_every_header_the_core_accepts(tmp_path):
             assert torch.equal(f.get_tensor("t"), t["t"])
     bt.save_file(t, tmp_path / "none.bs")
     assert bigsmall.safe_open(tmp_path / "none.bs").metadata() is None
+    # A null __metadata__ (format 1.2): no metadata, as safetensors reads it (it was refused).
+    import safetensors
+
+    h = json.dumps({"__metadata__": None, "t": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}).encode()
+    h += b" " * (-len(h) % 8)
+    (tmp_path / "null.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + bytes(range(4)))
+    with safetensors.safe_open(tmp_path / "null.safetensors", framework="pt") as f:
+        assert f.metadata() is None
+    bigsmall.compress(tmp_path / "null.safetensors")
+    with bigsmall.safe_open(tmp_path / "null.bs", framework="pt") as f:
+        assert f.metadata() is None
+        assert torch.equal(f.get_tensor("t"), t["t"])
+    bigsmall.decompress(tmp_path / "null.bs", tmp_path / "back.safetensors")
+    assert (tmp_path / "back.safetensors").read_bytes() == (tmp_path / "null.safetensors").read_bytes()
 
 
 def test_a_header_that_contradicts_the_index_is_refused_by_every_loader(tmp_path):
@@ -928,6 +942,21 @@ def test_save_file_matches_safetensors_on_every_dtype_metadata_and_escapes(tmp_p
             assert back[k].dtype == v.dtype and torch.equal(back[k].view(torch.uint8), v.view(torch.uint8)), k
         with bigsmall.safe_open(tmp_path / "ref.bs") as f:
             assert f.metadata() == meta
+
+
+def test_signatures_carry_over_from_safetensors():
+    """Calls written for safetensors work unchanged, keywords included: every positional
+    parameter of safetensors' function is ours, under the same name and in the same place
+    (numpy's save_file named its first `tensors` where safetensors has `tensor_dict`)."""
+    import inspect
+
+    import safetensors.numpy as sn
+
+    for ours, theirs in ((bn, sn), (bt, st)):
+        for name in ("save_file", "save", "load_file", "load"):
+            want = [p.name for p in inspect.signature(getattr(theirs, name)).parameters.values() if p.kind != p.KEYWORD_ONLY]
+            got = [p.name for p in inspect.signature(getattr(ours, name)).parameters.values()]
+            assert got[:len(want)] == want, (ours.__name__, name)
 
 
 def test_numpy_dtypes(tmp_path):

@@ -1552,8 +1552,12 @@ Status lay_out_tensors(const std::string& dst, const std::vector<TensorView>& te
     // The header's metadata key: a tensor under that name makes a file no reader accepts.
     if (std::binary_search(names.begin(), names.end(), std::string_view("__metadata__")))
       return Status(Error::kInvalidArgument, dst + ": a tensor cannot be named '__metadata__'");
-    for (const auto& n : names)
+    for (const auto& n : names) {
       if (!is_valid_utf8(n)) return Status(Error::kInvalidArgument, dst + ": a tensor name is not UTF-8");
+      if (n.size() > UINT16_MAX)  // the caller's argument: named here, with the output
+        return Status(Error::kInvalidArgument, dst + ": a tensor name of " + std::to_string(n.size()) +
+                                                   " bytes (the .bs format holds names of up to 65535)");
+    }
   }
   for (const auto& [key, value] : metadata) {
     if (!is_valid_utf8(key) || !is_valid_utf8(value)) return Status(Error::kInvalidArgument, dst + ": metadata is not UTF-8");

@@ -96,7 +96,9 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
         return bad("__metadata__ is given twice with different values");
       if (raw_names)
         if (const auto dup = conflicting_duplicate(v)) return bad("__metadata__ gives '" + *dup + "' twice with different values");
-      if (v.kind() != JsonValue::Kind::kObject) return bad("__metadata__ is not an object");
+      // null is no metadata, as safetensors reads it (writers that serialize an absent map so).
+      if (v.kind() == JsonValue::Kind::kNull) continue;
+      if (v.kind() != JsonValue::Kind::kObject) return bad("__metadata__ is neither an object nor null");
       for (auto m = v.begin(); m != v.end(); ++m)
         if (m.member().second.kind() != JsonValue::Kind::kString)
           return bad("__metadata__ value of '" + std::string(m.member().first) + "' is not a string");

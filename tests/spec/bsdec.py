@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent decoder for bigsmall .bs files, written from doc/FORMAT.md (v1.1) alone.
+"""Independent decoder for bigsmall .bs files, written from doc/FORMAT.md (v1.1; v1.2 added null metadata) alone.
 
 Written by someone who read the specification and none of the C++ sources, to find out whether
 the document is enough (FORMAT.md calls itself normative). It is slow (pure Python, ~5-10 us per
@@ -488,6 +488,9 @@ def parse_st_header(hb):
     tensors = []
     for k, v in root[1]:
         if k == b"__metadata__":
+            # FORMAT.md (1.2): null is no metadata
+            if v == ("l", None):
+                continue
             if v[0] != "o":
                 raise FormatError("__metadata__ not an object")
             uniq_obj(v[1], "__metadata__")
