@@ -245,8 +245,9 @@ std::string human(double bytes) {
 }
 
 // JSON string literal for names and paths (tensor names may hold quotes, backslashes, controls).
-// A JSON string. Bytes that are not UTF-8 (file names may hold any) become U+FFFD, so that the
-// output always parses.
+// Bytes that are not UTF-8 (file names may hold any) become \udc80..\udcff, as in a directory's
+// index: the output always parses, and each name stays its own (Python's json.loads and
+// os.fsencode give back the bytes; two names differing in such bytes were one U+FFFD each).
 std::string jq(const std::string& s) {
   std::string out = "\"";
   for (size_t i = 0; i < s.size();) {
@@ -263,7 +264,9 @@ std::string jq(const std::string& s) {
       out.append(s, i, n);
       i += n;
     } else {
-      out += "\\ufffd";
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\udc%02x", u);
+      out += buf;
       ++i;
     }
   }
@@ -412,6 +415,23 @@ bool in_system_tree(const std::string& in) {
   if (ec) return false;
   const std::string dir = whole.parent_path().string();
   return dir == "/dev" || dir == "/dev/fd" || dir == "/proc" || dir.starts_with("/proc/");
+}
+
+// The compressed model directory that lists `bs` among its files (the nearest one above it), or
+// empty. A restore beside such a file lands inside that directory and becomes a file of it: a
+// later verify or decompress of the directory refuses it (a file where a .bs restores to).
+std::string listing_dir(const std::string& bs) {
+  std::error_code ec;
+  const fs::path file = fs::weakly_canonical(bs, ec);
+  if (ec) return {};
+  for (fs::path d = file.parent_path(); d.has_relative_path(); d = d.parent_path()) {
+    if (!fs::exists(d / kDirIndexName, ec)) continue;
+    if (auto listed = model_dir_files(d.string(), /*check_files=*/false))
+      for (const auto& f : *listed)
+        if (fs::weakly_canonical(f, ec) == file) return d.string();
+    return {};  // the nearest index is the one that counts
+  }
+  return {};
 }
 
 std::string default_output(const std::string& cmd, const std::string& in, bool is_dir) {
@@ -994,6 +1014,13 @@ int run_codec(const Args& a) {
       fail(Status(Error::kInvalidArgument, in + ": name does not end in .bs; give the output with -o"));
       continue;
     }
+    if (a.output.empty() && !compress && !is_dir) {
+      if (const std::string dir = listing_dir(in); !dir.empty()) {
+        fail(Status(Error::kInvalidArgument, in + ": a file of the compressed directory " + dir +
+                                                 ": restored beside it, it would become part of that directory; give the output with -o"));
+        continue;
+      }
+    }
     if (struct stat out_st; ::stat(out.c_str(), &out_st) == 0) {
       const auto same = std::find_if(written.begin(), written.end(),
                                      [&](const Written& w) { return w.dev == out_st.st_dev && w.ino == out_st.st_ino; });
@@ -1062,14 +1089,22 @@ int run_verify(const Args& a) {
     DecompressOptions o;
     o.threads = a.threads;
     o.progress = prog.fn();
-    const Status st = p == "-" || is_stream(p) ? verify_streamed(p, name, a.quiet, o) : verify_path(p, o);
+    // Every damaged file of a directory is named (one line each), not only the first; the exit
+    // code is that of the worst.
+    int worst = kExitOk;
+    auto each = [&](const Status& problem) {
+      prog.finish();
+      worst = std::max(worst, report(problem));
+    };
+    const bool stream = p == "-" || is_stream(p);
+    const Status st = stream ? verify_streamed(p, name, a.quiet, o) : verify_path(p, o, each);
     prog.finish();
     if (a.json) {
       if (st.is_ok()) std::printf("{\"path\": %s, \"ok\": true}\n", jq(label).c_str());
       else print_json_error("path", label, st);
     }
     if (!st.is_ok()) {
-      rc = std::max(rc, report(st));
+      rc = std::max(rc, stream ? report(st) : worst);
     } else if (!a.quiet && !a.json) {
       std::fprintf(stderr, "%s: OK\n", printable(label).c_str());
     }

@@ -115,13 +115,15 @@ mkdir -p "$tmp/dotidx" && echo '{"format": "bigsmall", "files": [{"source": "a.s
 expect 5 "an index naming the directory itself" -- "$bs" info "$tmp/dotidx"
 check "is refused as unsafe" -- grep -q "unsafe path '.'" "$tmp/err"
 
-# --json output parses whatever bytes a file name holds: non-UTF-8 bytes become U+FFFD
+# --json output parses whatever bytes a file name holds: non-UTF-8 bytes become \udc80..\udcff
+# (as in a directory's index), so that each name stays its own
 nu="$tmp/nu$(printf '\xff')é"
 cp "$tmp/m.safetensors" "$nu.safetensors"
 expect 0 "compress a non-UTF-8 name" -- "$bs" compress -q "$nu.safetensors"
 expect 0 "info --json of it" -- "$bs" info --json "$nu.bs"
 check "its JSON parses, with the valid characters kept" -- python3 -c "
-import json; d = json.loads(open('$tmp/out', 'rb').read()); assert d['path'].endswith('nu\ufffd\u00e9.bs'), d['path']"
+import json, os; d = json.loads(open('$tmp/out', 'rb').read()); assert d['path'].endswith('nu\udcff\u00e9.bs'), d['path']
+assert os.fsencode(d['path']) == os.fsencode('$tmp') + b'/nu\xff\xc3\xa9.bs', d['path']"
 # such a name inside a model directory goes into its index: it must restore
 mkdir -p "$tmp/nudir" && cp "$tmp/m.safetensors" "$tmp/nudir/model-$(printf '\xff').safetensors"
 expect 0 "compress a directory holding a non-UTF-8 name" -- "$bs" compress -q "$tmp/nudir"
@@ -713,6 +715,15 @@ expect 0 "compress a model with copied files" -- "$bs" compress -q "$tmp/cm"
 check "the index lists them" -- python3 -c "
 import json; d = json.load(open('$tmp/cm.bs/bigsmall.index.json'))
 assert sorted(c['path'] for c in d['copied']) == ['config.json', 'sub/empty.txt'], d"
+# a shard decompressed by itself is not restored into its compressed directory (it would become
+# a file of it, and the directory would no longer verify)
+cp -r "$tmp/cm.bs" "$tmp/cm13.bs"
+expect 1 "decompress a shard of DIR.bs without -o" -- "$bs" decompress -q "$tmp/cm13.bs/model.bs"
+check "says why" -- grep -q "cm13.bs/model.bs: a file of the compressed directory .*cm13.bs: restored beside it" "$tmp/err"
+check "writes nothing there" -- test ! -e "$tmp/cm13.bs/model.safetensors"
+expect 0 "the directory still verifies" -- "$bs" verify -q "$tmp/cm13.bs"
+expect 0 "with -o it restores" -- "$bs" decompress -q "$tmp/cm13.bs/model.bs" -o "$tmp/cm13-model.safetensors"
+check "the shard's original" -- cmp -s "$tmp/cm13-model.safetensors" "$tmp/cm/model.safetensors"
 cp -r "$tmp/cm.bs" "$tmp/cm1.bs" && echo '{"a":2}' >"$tmp/cm1.bs/config.json"
 expect 5 "verify: a copied file changed after compression" -- "$bs" verify -q "$tmp/cm1.bs"
 check "names it" -- grep -q "cm1.bs/config.json: changed after compression" "$tmp/err"
@@ -725,6 +736,15 @@ check "names it" -- grep -q "cm2.bs/sub/empty.txt: missing (bigsmall.index.json 
 expect 2 "decompress: a copied file missing" -- "$bs" decompress -q "$tmp/cm2.bs" -o "$tmp/cm2"
 expect 0 "decompress --no-verify restores the rest" -- "$bs" decompress -q --no-verify "$tmp/cm2.bs" -o "$tmp/cm2"
 check "without the missing file" -- test -f "$tmp/cm2/model.safetensors" -a -f "$tmp/cm2/config.json" -a ! -e "$tmp/cm2/sub/empty.txt"
+# every damaged file is named in one run, and the exit code is the worst problem's
+cp -r "$tmp/cm.bs" "$tmp/cm12.bs" && echo '{"a":3}' >"$tmp/cm12.bs/config.json" && rm "$tmp/cm12.bs/sub/empty.txt"
+python3 -c "
+p = '$tmp/cm12.bs/model.bs'; b = bytearray(open(p, 'rb').read()); b[len(b) // 2] ^= 1; open(p, 'wb').write(b)"
+expect 5 "verify: three damaged files" -- "$bs" verify -q "$tmp/cm12.bs"
+check "names each, one line each" -- test "$(grep -c '^bigsmall: ' "$tmp/err")" -eq 3
+check "the copied file" -- grep -q "cm12.bs/config.json: changed after compression" "$tmp/err"
+check "the missing one" -- grep -q "cm12.bs/sub/empty.txt: missing" "$tmp/err"
+check "the damaged .bs" -- grep -q "cm12.bs/model.bs" "$tmp/err"
 cp -r "$tmp/cm.bs" "$tmp/cm7.bs" && mkdir "$tmp/cm7.bs/model.safetensors"
 expect 5 "verify: a directory where a .bs restores to" -- "$bs" verify -q "$tmp/cm7.bs"
 expect 5 "decompress refuses it alike" -- "$bs" decompress -q "$tmp/cm7.bs" -o "$tmp/cm7"

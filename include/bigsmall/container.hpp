@@ -18,6 +18,8 @@ constexpr uint16_t kFormatVersionMinor = 2;
 
 // Called from worker threads' owner with bytes done so far and the total.
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
+// Told of each problem a check finds, as it finds it (a verify that goes on past damage).
+using ProblemFn = std::function<void(const Status& problem)>;
 
 struct CompressOptions {
   int threads = 0;  // <= 0: all cores, as many as the work can use; N: at most N
@@ -174,7 +176,12 @@ Result<std::vector<uint8_t>> write_tensors_to_memory(const std::vector<TensorVie
 constexpr const char* kDirIndexName = "bigsmall.index.json";
 Status compress_dir(const std::string& src, const std::string& dst, const CompressOptions& opts = {});
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts = {});
-Status verify_path(const std::string& path, const DecompressOptions& opts = {});
+// Decodes everything and checks every checksum of a .bs file or a compressed model directory
+// (its index, every .bs it lists, every file it copied along), returning the first problem.
+// With `each`, a directory's files after a damaged one are checked too, and every problem is
+// passed to `each` as it is found (the returned one included), so that all the damage is named
+// in one run.
+Status verify_path(const std::string& path, const DecompressOptions& opts = {}, const ProblemFn& each = nullptr);
 // The .bs files of a compressed model directory, as paths under it, in the order of its index
 // (names with '..', '.' or an absolute path are refused; symbolic links are followed, as in a
 // Hugging Face cache snapshot). With check_files, each file's header is read and checked against

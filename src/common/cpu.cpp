@@ -12,11 +12,6 @@ bool env_allows_simd() {
   return v == nullptr || *v == '\0' || std::strcmp(v, "0") == 0;
 }
 
-std::atomic<bool>& simd_allowed() {
-  static std::atomic<bool> allowed{env_allows_simd()};
-  return allowed;
-}
-
 bool cpu_supports() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
@@ -28,13 +23,15 @@ bool cpu_supports() {
 #endif
 }
 
+// Read when the library is loaded, not at the first decode: a lazy static's guard, caught half
+// taken by a fork in another thread's first call, would hang the child's first decode.
+const bool g_cpu_supported = cpu_supports();
+std::atomic<bool> g_simd_allowed{env_allows_simd()};
+
 }  // namespace
 
-bool cpu_has_avx512_vbmi() {
-  static const bool supported = cpu_supports();
-  return supported && simd_allowed().load(std::memory_order_relaxed);
-}
+bool cpu_has_avx512_vbmi() { return g_cpu_supported && g_simd_allowed.load(std::memory_order_relaxed); }
 
-void set_simd_allowed(bool allowed) { simd_allowed().store(allowed, std::memory_order_relaxed); }
+void set_simd_allowed(bool allowed) { g_simd_allowed.store(allowed, std::memory_order_relaxed); }
 
 }  // namespace bigsmall::detail

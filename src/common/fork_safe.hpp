@@ -4,16 +4,21 @@
 
 namespace bigsmall::detail {
 
-// Registers a mutex that guards process-wide state (caches, registries) to be held by the thread
-// that calls fork() while the child's copy of memory is taken, and released in both processes
-// after. Without it a fork from one thread while another holds the mutex (a DataLoader worker
-// forked while a loader thread decodes) leaves the child's copy locked for ever: the child's
-// first decode hangs. Mutexes are taken in the order they were registered, so a thread must
-// never take an earlier-registered one while holding a later one; the ones registered here are
-// never nested. The mutex must live for the rest of the process. At most kMaxForkHeld are held.
-void hold_across_fork(std::mutex* m);
+// Mutexes that fork() must not copy in the locked state. The thread that calls fork() takes
+// every registered one first and releases them in both processes after, so a child forked while
+// another thread was inside one of them (a DataLoader worker forked while a loader thread
+// decodes) finds it free; without that, the child's first decode waited for ever.
+//
+// kObject: a mutex of an object that can be used on both sides of a fork (an open file a worker
+// inherits); registered for the object's life. kProcess: a mutex of process-wide state (caches,
+// registries), registered for the rest of the process. All kObject mutexes are taken before any
+// kProcess one, in registration order within each rank: a thread may take a kProcess mutex while
+// holding a kObject one, never the reverse, and never two of one rank at once.
+enum class ForkRank { kObject, kProcess };
 
-constexpr size_t kMaxForkHeld = 16;
+void hold_across_fork(std::mutex* m, ForkRank rank = ForkRank::kProcess);
+// For a kObject mutex whose object goes away (a registered mutex must not be destroyed before).
+void release_across_fork(std::mutex* m);
 
 // Tests only: how many mutexes are registered.
 size_t fork_held_count_for_testing();

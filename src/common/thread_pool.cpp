@@ -35,15 +35,18 @@ std::atomic<int64_t> thread_starts_left_for_testing{INT64_MAX / 2};
 
 }  // namespace
 
-int default_thread_count() {
-  // Read once: glibc answers hardware_concurrency() by opening and parsing a sysfs file (~6 us
-  // here), and every decode call asks, up to three times: a fifth of a small tensor's decode.
-  static const int n = [] {
-    const unsigned c = std::thread::hardware_concurrency();
-    return c == 0 ? 1 : static_cast<int>(c);
-  }();
-  return n;
-}
+namespace {
+// Read once: glibc answers hardware_concurrency() by opening and parsing a sysfs file (~6 us
+// here), and every decode call asks, up to three times: a fifth of a small tensor's decode. Read
+// when the library is loaded, not lazily: a lazy static's guard, caught half taken by a fork in
+// another thread's first call, would hang the child.
+const int g_cores = [] {
+  const unsigned c = std::thread::hardware_concurrency();
+  return c == 0 ? 1 : static_cast<int>(c);
+}();
+}  // namespace
+
+int default_thread_count() { return g_cores; }
 
 void limit_thread_starts_for_testing(int64_t n) {
   thread_starts_left_for_testing.store(n < 0 ? INT64_MAX / 2 : n, std::memory_order_relaxed);

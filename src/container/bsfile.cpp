@@ -21,6 +21,7 @@
 #include "bigsmall/utf8.hpp"
 #include "common/bytes.hpp"
 #include "common/checksum.hpp"
+#include "common/fork_safe.hpp"
 #include "common/guard.hpp"
 #include "common/thread_pool.hpp"
 #include "container/bsfile.hpp"
@@ -500,7 +501,16 @@ struct BsFile::Impl {
   std::unique_ptr<std::atomic<bool>[]> verified;
   // The tables of the tensor last read by range: a tensor-parallel reader takes several slices
   // of one tensor in a row, and building its tables cost each slice as much as a shard's decode.
-  std::mutex range_mu;
+  // A file open in a process that forks is open in the child too (a DataLoader worker): held
+  // across fork() as the process-wide locks are. Registered while the file is open.
+  struct ForkHeldMutex {
+    std::mutex m;
+    ForkHeldMutex() { detail::hold_across_fork(&m, detail::ForkRank::kObject); }
+    ~ForkHeldMutex() { detail::release_across_fork(&m); }
+    ForkHeldMutex(const ForkHeldMutex&) = delete;
+    ForkHeldMutex& operator=(const ForkHeldMutex&) = delete;
+  };
+  ForkHeldMutex range_mu;
   size_t range_tensor = SIZE_MAX;
   std::shared_ptr<const detail::TensorDecoder> range_decoder;
 };
@@ -934,10 +944,14 @@ struct ScratchCache {
   void* p = nullptr;
   uint64_t cap = 0;
 };
-ScratchCache& scratch_cache() {
-  static ScratchCache* c = new ScratchCache;  // never destroyed: a verify may still run at exit
-  return *c;
-}
+// Made when the library is loaded (a lazy static's guard, caught half taken by a fork in another
+// thread's first verify, would hang the child); never destroyed: a verify may still run at exit.
+ScratchCache* const g_scratch_cache = [] {
+  auto* c = new ScratchCache;
+  detail::hold_across_fork(&c->mu);
+  return c;
+}();
+ScratchCache& scratch_cache() { return *g_scratch_cache; }
 
 struct ScratchRelease {
   uint64_t cap = 0;
@@ -1245,14 +1259,14 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
     std::shared_ptr<const detail::TensorDecoder> dec;  // built once, for the inner and the cut chunks
     if (any_coded) {
       {
-        std::lock_guard lock(impl_->range_mu);
+        std::lock_guard lock(impl_->range_mu.m);
         if (impl_->range_tensor == i) dec = impl_->range_decoder;
       }
       if (!dec) {  // built outside the lock: readers of other tensors do not wait for these tables
         auto d = detail::TensorDecoder::prepare(c, payload, c.model_size);
         if (!d) return d.status().with_context(label);
         dec = std::make_shared<const detail::TensorDecoder>(std::move(d.value()));
-        std::lock_guard lock(impl_->range_mu);
+        std::lock_guard lock(impl_->range_mu.m);
         impl_->range_decoder = dec;
         impl_->range_tensor = i;
       }

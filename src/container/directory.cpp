@@ -30,9 +30,11 @@ namespace bigsmall {
 namespace fs = std::filesystem;
 namespace {
 std::atomic<int> merge_failure_after{-1};
+std::atomic<int> merge_exit_after{-1};
 }  // namespace
 
 void detail::fail_merge_after_for_testing(int n) { merge_failure_after.store(n); }
+void detail::exit_in_merge_after_for_testing(int n) { merge_exit_after.store(n); }
 
 namespace {
 
@@ -162,6 +164,56 @@ unsigned output_dir_mode(const fs::path& src) {
   return (ec ? 0777u : 0700u | (static_cast<unsigned>(perms) & 077u)) & ~detail::process_umask();
 }
 
+// Where a -f merge puts the files it replaces until it is done: a directory beside the output,
+// named as its temporaries are and locked while this run lives, so that a run killed partway
+// leaves only what a later run's sweep of temporaries removes. Removed whole when it goes
+// (what the merge replaced is old by then, or moved back). Empty place_for() when it could not
+// be made; the merge then keeps each file beside its own.
+class AsideDir {
+ public:
+  explicit AsideDir(const fs::path& output) {
+    for (int attempt = 0; attempt < 100 && root_.empty(); ++attempt) {
+      const fs::path p = detail::temp_beside(output.string(), detail::temp_suffix(next_name()), true);
+      if (::mkdir(p.c_str(), 0700) == 0) root_ = p;
+      else if (errno != EEXIST) return;
+    }
+    if (root_.empty()) return;
+    fd_ = ::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd_ < 0 || ::flock(fd_, LOCK_EX | LOCK_NB) != 0) {  // a sweeper took the new name: go without
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = -1;
+      ::rmdir(root_.c_str());
+      root_.clear();
+    }
+  }
+  AsideDir(const AsideDir&) = delete;
+  AsideDir& operator=(const AsideDir&) = delete;
+  ~AsideDir() {
+    if (root_.empty()) return;
+    std::error_code ec;
+    fs::remove_all(root_, ec);
+    ::close(fd_);  // after the removal: no sweeper takes a tree half removed
+  }
+  // The place for the file of relative path rel, its directories made.
+  fs::path place_for(const fs::path& rel) const {
+    if (root_.empty()) return {};
+    std::error_code ec;
+    const fs::path at = root_ / rel;
+    fs::create_directories(at.parent_path(), ec);
+    return ec ? fs::path() : at;
+  }
+  static unsigned next_name();
+
+ private:
+  fs::path root_;
+  int fd_ = -1;
+};
+
+unsigned AsideDir::next_name() {
+  static std::atomic<unsigned> counter{0};  // the temporaries of this process: a name each
+  return counter++;
+}
+
 // A directory output is built under a temporary sibling name and moved into place once
 // complete, so that a failure leaves nothing under the final name; with -f over an existing
 // directory, every target is checked before the first file moves. The temporary tree is
@@ -208,9 +260,8 @@ class OutputDir {
     // A name left by a killed run (no handler runs on SIGKILL) is skipped, not an error; one
     // left long enough ago, and no longer locked, is removed.
     detail::remove_stale_temporaries(d.final_.string());
-    static std::atomic<unsigned> counter{0};
     for (int attempt = 0; attempt < 100; ++attempt) {
-      const fs::path temp = detail::temp_beside(d.final_.string(), detail::temp_suffix(counter++), true);
+      const fs::path temp = detail::temp_beside(d.final_.string(), detail::temp_suffix(AsideDir::next_name()), true);
       detail::register_pending_dir(temp.string());  // before it exists: a signal may come at any time
       // Private while it is filled (0700): a reader must not get into a directory of private
       // files before its mode is final.
@@ -339,7 +390,8 @@ class OutputDir {
   // first; then each file there is moved aside and the new one moved in, the directory index
   // last. A failure partway moves every file back (a compressed model half replaced would no
   // longer verify, and a restored one would mix two versions silently), and signals wait until
-  // the moves are done or undone (kill -9 aside: it can leave files moved aside behind).
+  // the moves are done or undone (kill -9 aside: it leaves the directory half merged, and the
+  // files replaced so far in a temporary that a later run removes; the run again finishes it).
   Status merge() {
     std::error_code ec;
     std::vector<fs::path> files, dirs;
@@ -411,6 +463,11 @@ class OutputDir {
       }
       return true;
     };
+    // The files replaced wait in a directory of their own, named and locked as a temporary of
+    // this output: removed when the merge is done, and after a kill -9 partway, by a later run's
+    // sweep of temporaries left behind. (They waited beside each file, as hidden
+    // `.NAME.old-bigsmall-PID-N`, which nothing ever removed.)
+    const AsideDir replaced(final_);
     unsigned aside_counter = 0;
     for (const auto& f : files) {
       const fs::path target = final_ / f;
@@ -421,17 +478,22 @@ class OutputDir {
       }
       fs::path aside;
       if (fs::exists(fs::symlink_status(target, ec))) {
-        std::string suffix = ".old-bigsmall-";  // built in steps (GCC 12's -Wrestrict misfires on a + b + c)
-        suffix += std::to_string(::getpid());
-        suffix += '-';
-        suffix += std::to_string(aside_counter++);
-        aside = detail::temp_beside(target.string(), suffix, true);
-        if (::rename(target.c_str(), aside.c_str()) != 0) {
-          const int e = errno;
-          undo();
-          return Status(Error::kIo, target.string() + ": cannot replace: " + std::strerror(e));
+        aside = replaced.place_for(f);
+        if (aside.empty() || ::rename(target.c_str(), aside.c_str()) != 0) {
+          // No room for it there (another file system mounted inside the output): beside it.
+          std::string suffix = ".old-bigsmall-";  // built in steps (GCC 12's -Wrestrict misfires on a + b + c)
+          suffix += std::to_string(::getpid());
+          suffix += '-';
+          suffix += std::to_string(aside_counter++);
+          aside = detail::temp_beside(target.string(), suffix, true);
+          if (::rename(target.c_str(), aside.c_str()) != 0) {
+            const int e = errno;
+            undo();
+            return Status(Error::kIo, target.string() + ": cannot replace: " + std::strerror(e));
+          }
         }
       }
+      if (static_cast<int>(placed.size()) == merge_exit_after.load()) ::_exit(77);
       const bool injected = static_cast<int>(placed.size()) == merge_failure_after.load() && merge_failure_after.exchange(-1) >= 0;
       if (injected || ::rename((temp_ / f).c_str(), target.c_str()) != 0) {
         const int e = injected ? EIO : errno;
@@ -927,25 +989,56 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
   });
 }
 
-Status verify_path(const std::string& path, const DecompressOptions& opts) {
-  return detail::guarded(path, [&]() -> Status {
+namespace {
+// One copied file against its index entry (missing_ok: absent is fine).
+Status check_one_copied(const fs::path& dir, const CopiedFile& c, bool missing_ok) {
+  const fs::path at = dir / c.path;
+  auto m = detail::MappedFile::open(at.string());
+  if (!m && m.status().sys_errno() == ENOENT) return missing_ok ? Status::success() : copied_missing(at);
+  if (!m) return m.status();
+  return check_copied(at, c, m->size(), detail::xxh3_64(m->data(), m->size()));
+}
+}  // namespace
+
+Status verify_path(const std::string& path, const DecompressOptions& opts, const ProblemFn& each) {
+  // Each problem goes to `each` as it is found; with `each`, the files after a damaged one are
+  // still checked (a user learns all the damage in one run), and the first problem is returned.
+  Status first;
+  auto problem = [&](Status st) {
+    if (st.is_ok()) return true;
+    if (first.is_ok()) first = st;
+    if (each) each(st);
+    return static_cast<bool>(each);  // go on?
+  };
+  const Status st = detail::guarded(path, [&]() -> Status {
     if (!detail::path_is_dir(path)) {
       BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(path));
       return f.verify(opts);
     }
-    BIGSMALL_ASSIGN_OR_RETURN(std::vector<std::string> files, model_dir_files(path));  // each checked against the index
     // The walk a restore makes: what it would refuse (a dangling link, a pipe, links that loop),
-    // verify refuses too.
+    // verify refuses too; and the index, every path it names checked.
+    BIGSMALL_ASSIGN_OR_RETURN(std::vector<std::string> files, model_dir_files(path, /*check_files=*/false));
     BIGSMALL_RETURN_IF_ERROR(list_files(fs::path(path)).status());
-    BIGSMALL_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, read_dir_index(fs::path(path)));
-    BIGSMALL_RETURN_IF_ERROR(check_sources_free(fs::path(path), entries));
-    BIGSMALL_RETURN_IF_ERROR(verify_copied_files(path));
-    for (const auto& name : files) {
-      BIGSMALL_ASSIGN_OR_RETURN(BsFile f, BsFile::open(name));
-      BIGSMALL_RETURN_IF_ERROR(f.verify(opts));
+    BIGSMALL_ASSIGN_OR_RETURN(DirIndex index, read_dir_index_full(fs::path(path)));
+    BIGSMALL_RETURN_IF_ERROR(check_sources_free(fs::path(path), index.files));
+    if (index.copied)
+      for (const auto& c : *index.copied)
+        if (!problem(check_one_copied(fs::path(path), c, false))) return Status::success();
+    for (size_t i = 0; i < index.files.size(); ++i) {
+      Status one = check_entry(fs::path(path), index.files[i]);  // missing, damaged, swapped or replaced
+      if (one.is_ok()) {
+        auto f = BsFile::open(files[i]);
+        one = f ? f->verify(opts) : f.status();
+      }
+      if (!problem(std::move(one))) return Status::success();
     }
     return Status::success();
   });
+  if (!st.is_ok()) {  // a problem that ends the check (the index, the walk, the single file)
+    problem(st);
+    return st;
+  }
+  return first;
 }
 
 Status verify_copied_files(const std::string& dir, const std::vector<std::string>& only, bool missing_ok) {
@@ -954,14 +1047,7 @@ Status verify_copied_files(const std::string& dir, const std::vector<std::string
     if (!index.copied) return Status::success();  // an index of an earlier writer: nothing to check
     for (const auto& c : *index.copied) {
       if (!only.empty() && std::find(only.begin(), only.end(), c.path) == only.end()) continue;
-      const fs::path at = fs::path(dir) / c.path;
-      auto m = detail::MappedFile::open(at.string());
-      if (!m && m.status().sys_errno() == ENOENT) {
-        if (missing_ok) continue;
-        return copied_missing(at);
-      }
-      if (!m) return m.status();
-      BIGSMALL_RETURN_IF_ERROR(check_copied(at, c, m->size(), detail::xxh3_64(m->data(), m->size())));
+      BIGSMALL_RETURN_IF_ERROR(check_one_copied(fs::path(dir), c, missing_ok));
     }
     return Status::success();
   });

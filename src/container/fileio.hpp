@@ -26,6 +26,9 @@ void fail_pwrite_for_testing(int n);
 // Tests only: a -f merge into an existing directory fails (as a refused rename) before it moves
 // its (n+1)-th file in, once; -1 turns it off.
 void fail_merge_after_for_testing(int n);
+// Tests only: the process ends (_exit(77), no cleanup: as kill -9) when a -f merge into a directory
+// has placed n files (n < 0: never).
+void exit_in_merge_after_for_testing(int n);
 // Tests only: outputs open again after a remove_pending_outputs (which closes them for good).
 void reopen_outputs_for_testing();
 

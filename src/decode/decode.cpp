@@ -396,14 +396,16 @@ class TableMemory {
 
  private:
   static constexpr size_t kKeepBytes = size_t{32} << 20;
-  static TableMemory& instance() {
-    static TableMemory* m = [] {
-      auto* t = new TableMemory;  // never destroyed: decoders may outlive statics
-      hold_across_fork(&t->mu_);
-      return t;
-    }();
-    return *m;
+  static TableMemory& instance() { return *the_; }
+  // Made when the library is loaded, not at the first decode: a lazy static's guard, caught half
+  // taken by a fork in another thread's first decode, would hang the child. Never destroyed:
+  // decoders may outlive statics.
+  static TableMemory* make() {
+    auto* t = new TableMemory;
+    hold_across_fork(&t->mu_);
+    return t;
   }
+  static TableMemory* const the_;
   static void put(uint32_t* p, size_t cap) {
     TableMemory& m = instance();
     {
@@ -420,6 +422,7 @@ class TableMemory {
   std::vector<std::pair<size_t, uint32_t*>> blocks_;  // (capacity in entries, block)
   size_t bytes_ = 0;
 };
+TableMemory* const TableMemory::the_ = TableMemory::make();
 
 }  // namespace
 

@@ -11,12 +11,16 @@ namespace bigsmall::detail {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define BS_EST_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512cd,avx2,popcnt")))
 
+namespace {
+// At load time, not lazily (see cpu.cpp).
+const bool g_estimate_cpu = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512cd");
+}();
+}  // namespace
+
 bool estimate_simd_available() {
-  static const bool cpu = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512cd");
-  }();
-  return cpu && cpu_has_avx512_vbmi();  // the latter: F, VL and the BIGSMALL_NO_SIMD switch
+  return g_estimate_cpu && cpu_has_avx512_vbmi();  // the latter: F, VL and the BIGSMALL_NO_SIMD switch
 }
 
 BS_EST_AVX512 void gather_present_avx512(const uint64_t* counts, uint32_t alphabet, Present* h) {
