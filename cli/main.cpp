@@ -246,8 +246,10 @@ std::string human(double bytes) {
 
 // JSON string literal for names and paths (tensor names may hold quotes, backslashes, controls).
 // Bytes that are not UTF-8 (file names may hold any) become \udc80..\udcff, as in a directory's
-// index: the output always parses, and each name stays its own (Python's json.loads and
-// os.fsencode give back the bytes; two names differing in such bytes were one U+FFFD each).
+// index, so that each name stays its own (Python's json.loads and os.fsencode give back the
+// bytes; two names differing in such bytes were one U+FFFD each). JSON's grammar takes such
+// escapes; readers that refuse lone surrogates (serde_json) or replace them (jq) meet them only
+// for names that are not UTF-8.
 std::string jq(const std::string& s) {
   std::string out = "\"";
   for (size_t i = 0; i < s.size();) {
@@ -419,19 +421,26 @@ bool in_system_tree(const std::string& in) {
 
 // The compressed model directory that lists `bs` among its files (the nearest one above it), or
 // empty. A restore beside such a file lands inside that directory and becomes a file of it: a
-// later verify or decompress of the directory refuses it (a file where a .bs restores to).
+// later verify or decompress of the directory refuses it (a file where a .bs restores to). By
+// the directory the name stands in, its last part not followed: the output goes beside the name
+// as given (a snapshot's model.bs is a link into blobs/, and its restore lands in the snapshot).
 std::string listing_dir(const std::string& bs) {
   std::error_code ec;
-  const fs::path file = fs::weakly_canonical(bs, ec);
+  const fs::path given(bs);
+  const fs::path parent = fs::weakly_canonical(given.has_parent_path() ? given.parent_path() : fs::path("."), ec);
   if (ec) return {};
-  for (fs::path d = file.parent_path(); d.has_relative_path(); d = d.parent_path()) {
-    if (!fs::exists(d / kDirIndexName, ec)) continue;
-    if (auto listed = model_dir_files(d.string(), /*check_files=*/false))
-      for (const auto& f : *listed)
-        if (fs::weakly_canonical(f, ec) == file) return d.string();
-    return {};  // the nearest index is the one that counts
+  const fs::path file = parent / given.filename();
+  for (fs::path d = parent;; d = d.parent_path()) {
+    if (fs::exists(d / kDirIndexName, ec)) {
+      if (auto listed = model_dir_files(d.string(), /*check_files=*/false))
+        for (const auto& f : *listed) {
+          const fs::path p(f);
+          if (p.filename() == file.filename() && fs::weakly_canonical(p.parent_path(), ec) == parent) return d.string();
+        }
+      return {};  // the nearest index is the one that counts
+    }
+    if (!d.has_relative_path()) return {};
   }
-  return {};
 }
 
 std::string default_output(const std::string& cmd, const std::string& in, bool is_dir) {

@@ -271,8 +271,35 @@ def _default_output(src, compressing, is_dir):
             return p[: -len(".safetensors")] + ".bs"
         return p + ".bs"
     if p.endswith(".bs"):
+        if not is_dir and (d := _listing_dir(src)):
+            raise InvalidArgumentError(f"{src}: a file of the compressed directory {d}: restored beside it, it would "
+                                       "become part of that directory; pass dst")
         return p[:-3] + ("" if is_dir else ".safetensors")
     raise InvalidArgumentError(f"{src}: name does not end in .bs; pass dst")
+
+
+def _listing_dir(bs):
+    """The compressed model directory whose index lists the file bs (the nearest index above it),
+    or None: a restore beside it would land inside that directory and become a file of it (a later
+    verify of the directory refuses it), as the CLI says. By the directory the name stands in,
+    its last part not followed (a snapshot's model.bs is a link into blobs/)."""
+    parent = os.path.realpath(os.path.dirname(bs) or ".")
+    name = os.path.basename(bs)
+    d = parent
+    while True:
+        if os.path.exists(os.path.join(d, "bigsmall.index.json")):
+            try:
+                listed = _core.model_dir_files(d, False)
+            except Error:
+                return None  # not an index this can read: the restore goes ahead as before
+            for f in listed:
+                if os.path.basename(f) == name and os.path.realpath(os.path.dirname(f)) == parent:
+                    return d
+            return None
+        up = os.path.dirname(d)
+        if up == d:
+            return None
+        d = up
 
 
 def _warn_removed(removed, stacklevel):

@@ -944,6 +944,21 @@ def test_save_file_matches_safetensors_on_every_dtype_metadata_and_escapes(tmp_p
             assert f.metadata() == meta
 
 
+def test_a_file_of_a_compressed_directory_is_not_restored_into_it(tmp_path):
+    """decompress of one .bs of a compressed directory, without dst, wrote its restore into the
+    directory, which then no longer verified; it needs dst, as the CLI's -o."""
+    (tmp_path / "m").mkdir()
+    st.save_file({"w": torch.arange(64, dtype=torch.float32)}, str(tmp_path / "m" / "model.safetensors"))
+    (tmp_path / "m" / "config.json").write_text("{}")
+    bigsmall.compress(tmp_path / "m")
+    with pytest.raises(bigsmall.InvalidArgumentError, match="a file of the compressed directory"):
+        bigsmall.decompress(tmp_path / "m.bs" / "model.bs")
+    assert not (tmp_path / "m.bs" / "model.safetensors").exists()
+    bigsmall.verify(tmp_path / "m.bs")
+    out = bigsmall.decompress(tmp_path / "m.bs" / "model.bs", tmp_path / "model.safetensors")
+    assert open(out, "rb").read() == (tmp_path / "m" / "model.safetensors").read_bytes()
+
+
 def test_signatures_carry_over_from_safetensors():
     """Calls written for safetensors work unchanged, keywords included: every positional
     parameter of safetensors' function is ours, under the same name and in the same place

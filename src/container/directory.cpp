@@ -31,10 +31,12 @@ namespace fs = std::filesystem;
 namespace {
 std::atomic<int> merge_failure_after{-1};
 std::atomic<int> merge_exit_after{-1};
+std::atomic<bool> merge_exchange{true};
 }  // namespace
 
 void detail::fail_merge_after_for_testing(int n) { merge_failure_after.store(n); }
 void detail::exit_in_merge_after_for_testing(int n) { merge_exit_after.store(n); }
+void detail::merge_exchange_for_testing(bool on) { merge_exchange.store(on); }
 
 namespace {
 
@@ -164,49 +166,63 @@ unsigned output_dir_mode(const fs::path& src) {
   return (ec ? 0777u : 0700u | (static_cast<unsigned>(perms) & 077u)) & ~detail::process_umask();
 }
 
-// Where a -f merge puts the files it replaces until it is done: a directory beside the output,
-// named as its temporaries are and locked while this run lives, so that a run killed partway
-// leaves only what a later run's sweep of temporaries removes. Removed whole when it goes
-// (what the merge replaced is old by then, or moved back). Empty place_for() when it could not
-// be made; the merge then keeps each file beside its own.
+// Where a -f merge puts the files it replaces on a file system that cannot exchange two names in
+// one step: a directory beside the output, named as its temporaries are and locked while this run
+// lives, so that a run killed partway leaves only what a later run's sweep of temporaries removes.
+// Made at the first file it takes. Removed whole once the merge is done; after a failed merge,
+// whose undo has moved every file back, only its empty directories go (a file whose move back
+// failed stays, locked until this process ends).
 class AsideDir {
  public:
-  explicit AsideDir(const fs::path& output) {
-    for (int attempt = 0; attempt < 100 && root_.empty(); ++attempt) {
-      const fs::path p = detail::temp_beside(output.string(), detail::temp_suffix(next_name()), true);
-      if (::mkdir(p.c_str(), 0700) == 0) root_ = p;
-      else if (errno != EEXIST) return;
-    }
+  explicit AsideDir(fs::path output) : output_(std::move(output)) {}
+  AsideDir(const AsideDir&) = delete;
+  AsideDir& operator=(const AsideDir&) = delete;
+  ~AsideDir() {
     if (root_.empty()) return;
+    std::error_code ec;
+    if (done_) {
+      fs::remove_all(root_, ec);
+    } else {
+      std::vector<fs::path> dirs;
+      for (fs::recursive_directory_iterator it(root_, ec), end; !ec && it != end; it.increment(ec))
+        if (it->is_directory(ec)) dirs.push_back(it->path());
+      for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) fs::remove(*it, ec);  // only if empty
+      fs::remove(root_, ec);
+    }
+    ::close(fd_);  // after the removal: no sweeper takes a tree half removed
+  }
+  // The place for the file of relative path rel, its directories made; empty if there is none.
+  fs::path place_for(const fs::path& rel) {
+    if (root_.empty() && !make()) return {};
+    std::error_code ec;
+    const fs::path at = root_ / rel;
+    fs::create_directories(at.parent_path(), ec);
+    return ec ? fs::path() : at;
+  }
+  void done() { done_ = true; }
+  static unsigned next_name();
+
+ private:
+  bool make() {
+    for (int attempt = 0; attempt < 100 && root_.empty(); ++attempt) {
+      const fs::path p = detail::temp_beside(output_.string(), detail::temp_suffix(next_name()), true);
+      if (::mkdir(p.c_str(), 0700) == 0) root_ = p;
+      else if (errno != EEXIST) return false;
+    }
+    if (root_.empty()) return false;
     fd_ = ::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd_ < 0 || ::flock(fd_, LOCK_EX | LOCK_NB) != 0) {  // a sweeper took the new name: go without
       if (fd_ >= 0) ::close(fd_);
       fd_ = -1;
       ::rmdir(root_.c_str());
       root_.clear();
+      return false;
     }
+    return true;
   }
-  AsideDir(const AsideDir&) = delete;
-  AsideDir& operator=(const AsideDir&) = delete;
-  ~AsideDir() {
-    if (root_.empty()) return;
-    std::error_code ec;
-    fs::remove_all(root_, ec);
-    ::close(fd_);  // after the removal: no sweeper takes a tree half removed
-  }
-  // The place for the file of relative path rel, its directories made.
-  fs::path place_for(const fs::path& rel) const {
-    if (root_.empty()) return {};
-    std::error_code ec;
-    const fs::path at = root_ / rel;
-    fs::create_directories(at.parent_path(), ec);
-    return ec ? fs::path() : at;
-  }
-  static unsigned next_name();
-
- private:
-  fs::path root_;
+  fs::path output_, root_;
   int fd_ = -1;
+  bool done_ = false;
 };
 
 unsigned AsideDir::next_name() {
@@ -390,8 +406,9 @@ class OutputDir {
   // first; then each file there is moved aside and the new one moved in, the directory index
   // last. A failure partway moves every file back (a compressed model half replaced would no
   // longer verify, and a restored one would mix two versions silently), and signals wait until
-  // the moves are done or undone (kill -9 aside: it leaves the directory half merged, and the
-  // files replaced so far in a temporary that a later run removes; the run again finishes it).
+  // the moves are done or undone (kill -9 aside: it leaves the directory half merged, every file
+  // old or new, the files replaced so far in a temporary that a later run removes; the same run
+  // again finishes it).
   Status merge() {
     std::error_code ec;
     std::vector<fs::path> files, dirs;
@@ -435,13 +452,21 @@ class OutputDir {
     const detail::SignalsHeld held;
     if (held.outputs_closed())  // a cleanup (signal) removed the outputs: the process is ending
       return Status(Error::kIo, final_.string() + ": not updated: the run is being stopped");
-    std::vector<fs::path> made;                            // directories created here, parents first
-    std::vector<std::pair<fs::path, fs::path>> placed;     // (target, where its old file waits, or empty)
+    std::vector<fs::path> made;  // directories created here, parents first
+    struct Placed {
+      fs::path target, aside;  // aside: where the old file waits (empty: there was none)
+      bool exchanged;          // swapped with the new one: the old file waits in the temporary tree
+    };
+    std::vector<Placed> placed;
     auto undo = [&] {
       std::error_code e;
       for (auto it = placed.rbegin(); it != placed.rend(); ++it) {
-        fs::remove(it->first, e);
-        if (!it->second.empty()) fs::rename(it->second, it->first, e);
+        if (it->exchanged) {  // one step back: the old file at the target, the new one in the temporary
+          (void)::renameat2(AT_FDCWD, it->aside.c_str(), AT_FDCWD, it->target.c_str(), RENAME_EXCHANGE);
+          continue;
+        }
+        fs::remove(it->target, e);
+        if (!it->aside.empty()) fs::rename(it->aside, it->target, e);
       }
       for (auto it = made.rbegin(); it != made.rend(); ++it) fs::remove(*it, e);  // only if empty
     };
@@ -463,24 +488,41 @@ class OutputDir {
       }
       return true;
     };
-    // The files replaced wait in a directory of their own, named and locked as a temporary of
-    // this output: removed when the merge is done, and after a kill -9 partway, by a later run's
-    // sweep of temporaries left behind. (They waited beside each file, as hidden
-    // `.NAME.old-bigsmall-PID-N`, which nothing ever removed.)
-    const AsideDir replaced(final_);
+    // A file replaced is swapped with its new version in one step (RENAME_EXCHANGE): the target
+    // is the old file or the new one at every instant, and the old one lands in the temporary
+    // tree, removed when the merge is done, and after a kill -9 partway by a later run's sweep of
+    // temporaries. (Old files waited beside each target as hidden `.NAME.old-bigsmall-PID-N`,
+    // which nothing removed after a kill -9.) A file system that cannot exchange gets the old
+    // file moved aside first (AsideDir), then the new one in.
+    AsideDir replaced(final_);
     unsigned aside_counter = 0;
     for (const auto& f : files) {
-      const fs::path target = final_ / f;
+      const fs::path target = final_ / f, from = temp_ / f;
       if (!make_dirs(target.parent_path())) {
         const std::string why = ec.message();
         undo();
         return Status(Error::kIo, target.parent_path().string() + ": cannot create directory: " + why);
       }
+      if (static_cast<int>(placed.size()) == merge_exit_after.load()) ::_exit(77);
+      if (static_cast<int>(placed.size()) == merge_failure_after.load() && merge_failure_after.exchange(-1) >= 0) {
+        undo();
+        return Status(Error::kIo, target.string() + ": cannot create: " + std::strerror(EIO));
+      }
       fs::path aside;
       if (fs::exists(fs::symlink_status(target, ec))) {
+        const bool can = merge_exchange.load();
+        if (can && ::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) == 0) {
+          placed.push_back({target, from, true});
+          continue;
+        }
+        if (can && errno != EINVAL && errno != ENOSYS) {
+          const int e = errno;
+          undo();
+          return Status(Error::kIo, target.string() + ": cannot replace: " + std::strerror(e));
+        }
         aside = replaced.place_for(f);
         if (aside.empty() || ::rename(target.c_str(), aside.c_str()) != 0) {
-          // No room for it there (another file system mounted inside the output): beside it.
+          // No room for it there: beside it, hidden.
           std::string suffix = ".old-bigsmall-";  // built in steps (GCC 12's -Wrestrict misfires on a + b + c)
           suffix += std::to_string(::getpid());
           suffix += '-';
@@ -493,15 +535,13 @@ class OutputDir {
           }
         }
       }
-      if (static_cast<int>(placed.size()) == merge_exit_after.load()) ::_exit(77);
-      const bool injected = static_cast<int>(placed.size()) == merge_failure_after.load() && merge_failure_after.exchange(-1) >= 0;
-      if (injected || ::rename((temp_ / f).c_str(), target.c_str()) != 0) {
-        const int e = injected ? EIO : errno;
+      if (::rename(from.c_str(), target.c_str()) != 0) {
+        const int e = errno;
         if (!aside.empty()) ::rename(aside.c_str(), target.c_str());
         undo();
         return Status(Error::kIo, target.string() + ": cannot create: " + std::strerror(e));
       }
-      placed.emplace_back(target, aside);
+      placed.push_back({target, aside, false});
     }
     // Empty directories of the input come along too (the others exist by now).
     for (const auto& d : dirs) {
@@ -511,9 +551,10 @@ class OutputDir {
         return Status(Error::kIo, (final_ / d).string() + ": cannot create directory: " + why);
       }
     }
-    for (const auto& [target, aside] : placed)
-      if (!aside.empty()) fs::remove(aside, ec);  // the old files, now replaced
-    return Status::success();  // the destructor removes the emptied temporary tree
+    for (const auto& p : placed)
+      if (!p.aside.empty() && !p.exchanged) fs::remove(p.aside, ec);  // the old files, now replaced
+    replaced.done();
+    return Status::success();  // the destructor removes the temporary tree, with the old files exchanged into it
   }
 
   fs::path final_, temp_;
@@ -1020,7 +1061,8 @@ Status verify_path(const std::string& path, const DecompressOptions& opts, const
     BIGSMALL_ASSIGN_OR_RETURN(std::vector<std::string> files, model_dir_files(path, /*check_files=*/false));
     BIGSMALL_RETURN_IF_ERROR(list_files(fs::path(path)).status());
     BIGSMALL_ASSIGN_OR_RETURN(DirIndex index, read_dir_index_full(fs::path(path)));
-    BIGSMALL_RETURN_IF_ERROR(check_sources_free(fs::path(path), index.files));
+    for (const auto& e : index.files)  // a file where a .bs restores to, each named
+      if (!problem(check_sources_free(fs::path(path), {e}))) return Status::success();
     if (index.copied)
       for (const auto& c : *index.copied)
         if (!problem(check_one_copied(fs::path(path), c, false))) return Status::success();

@@ -29,6 +29,8 @@ void fail_merge_after_for_testing(int n);
 // Tests only: the process ends (_exit(77), no cleanup: as kill -9) when a -f merge into a directory
 // has placed n files (n < 0: never).
 void exit_in_merge_after_for_testing(int n);
+// Tests only: false makes -f merges take the path of file systems that cannot exchange two names.
+void merge_exchange_for_testing(bool on);
 // Tests only: outputs open again after a remove_pending_outputs (which closes them for good).
 void reopen_outputs_for_testing();
 

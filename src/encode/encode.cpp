@@ -194,17 +194,17 @@ T count_keys(const uint8_t* data, uint64_t n, int shift, uint32_t* bins) {
 
 // c · log2(c) from a table for the counts most keys have: a large tensor has tens of thousands
 // of distinct keys, and a libm call for each was a visible part of planning.
-const double* xlogx_table() {
-  struct Table {
-    double v[kXlogxTable];
-    Table() {
-      v[0] = 0;
-      for (uint32_t i = 1; i < kXlogxTable; ++i) v[i] = i * std::log2(static_cast<double>(i));
-    }
-  };
-  static const Table t;
-  return t.v;
-}
+// Built when the library is loaded (~40 us), not lazily: a lazy static's guard, caught half taken
+// by a fork in another thread's first compression, would hang the child.
+struct XlogxTable {
+  double v[kXlogxTable];
+  XlogxTable() {
+    v[0] = 0;
+    for (uint32_t i = 1; i < kXlogxTable; ++i) v[i] = i * std::log2(static_cast<double>(i));
+  }
+};
+const XlogxTable g_xlogx;
+const double* xlogx_table() { return g_xlogx.v; }
 
 double xlogx(uint64_t c) {
   if (c < kXlogxTable) return xlogx_table()[c];
