@@ -554,6 +554,19 @@ void print_json_error(const char* key, const std::string& path, const Status& st
               jq(st.message()).c_str(), exit_code(st.code()));
 }
 
+// verify --json of a directory: every problem found, as its lines on stderr say; "error" and
+// "exit_code" keep the shape of the other commands' errors (the first problem, the worst code).
+void print_json_verify_error(const std::string& path, const Status& first, const std::vector<Status>& problems,
+                             int worst) {
+  std::string list;
+  for (const Status& p : problems) {
+    if (!list.empty()) list += ", ";
+    list += "{\"error\": " + jq(p.message()) + ", \"exit_code\": " + std::to_string(exit_code(p.code())) + "}";
+  }
+  std::printf("{\"path\": %s, \"ok\": false, \"error\": %s, \"exit_code\": %d, \"problems\": [%s]}\n",
+              jq(path).c_str(), jq(first.message()).c_str(), std::max(worst, exit_code(first.code())), list.c_str());
+}
+
 int report(const Status& st) {
   // The library reports an existing output by errno; the option that replaces it is the CLI's
   // (with -f given, what is in the way is something -f does not replace, e.g. a directory).
@@ -1101,16 +1114,18 @@ int run_verify(const Args& a) {
     // Every damaged file of a directory is named (one line each), not only the first; the exit
     // code is that of the worst.
     int worst = kExitOk;
+    std::vector<Status> problems;
     auto each = [&](const Status& problem) {
       prog.finish();
       worst = std::max(worst, report(problem));
+      problems.push_back(problem);
     };
     const bool stream = p == "-" || is_stream(p);
     const Status st = stream ? verify_streamed(p, name, a.quiet, o) : verify_path(p, o, each);
     prog.finish();
     if (a.json) {
       if (st.is_ok()) std::printf("{\"path\": %s, \"ok\": true}\n", jq(label).c_str());
-      else print_json_error("path", label, st);
+      else print_json_verify_error(label, st, problems.empty() ? std::vector<Status>{st} : problems, worst);
     }
     if (!st.is_ok()) {
       rc = std::max(rc, stream ? report(st) : worst);

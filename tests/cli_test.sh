@@ -746,6 +746,12 @@ check "names each, one line each" -- test "$(grep -c '^bigsmall: ' "$tmp/err")" 
 check "the copied file" -- grep -q "cm12.bs/config.json: changed after compression" "$tmp/err"
 check "the missing one" -- grep -q "cm12.bs/sub/empty.txt: missing" "$tmp/err"
 check "the damaged .bs" -- grep -q "cm12.bs/model.bs" "$tmp/err"
+expect 5 "verify --json: three damaged files" -- "$bs" verify -q --json "$tmp/cm12.bs"
+check "lists each problem, the exit code the worst" -- python3 -c "
+import json; d=json.loads(open('$tmp/out').read()); ps=d['problems']
+assert d['ok'] is False and d['exit_code']==5 and len(ps)==3, d
+assert sorted(p['exit_code'] for p in ps)==[2,5,5] and any('sub/empty.txt: missing' in p['error'] for p in ps), d
+assert d['error']==ps[0]['error'], d"
 cp -r "$tmp/cm.bs" "$tmp/cm7.bs" && mkdir "$tmp/cm7.bs/model.safetensors"
 expect 5 "verify: a directory where a .bs restores to" -- "$bs" verify -q "$tmp/cm7.bs"
 expect 5 "decompress refuses it alike" -- "$bs" decompress -q "$tmp/cm7.bs" -o "$tmp/cm7"
