@@ -127,6 +127,14 @@ def _flag(value, name):
     raise InvalidArgumentError(f"{name} must be True or False, not {value!r}")
 
 
+def _backend(backend):
+    """safetensors' `backend` ("mmap" or "pread": how it serves tensor bytes). Both are taken so
+    that calls carry over; bigsmall decodes from its own mapping or reads whichever they say."""
+    if not isinstance(backend, str) or backend not in ("mmap", "pread"):
+        raise InvalidArgumentError(f'backend {backend!r} is invalid (expected one of: "mmap", "pread")')
+    return backend
+
+
 def _missing(message):
     """A FileNotFoundError (and a bigsmall IOError) for a model directory or weights file that is
     not there, as transformers raises an OSError for them."""
@@ -412,7 +420,8 @@ class safe_open:
     Only the tensors asked for are read and decoded.
     """
 
-    def __init__(self, path, framework="pt", device="cpu", threads=None, verify=True):
+    def __init__(self, path, framework="pt", device="cpu", threads=None, verify=True, *, backend="mmap"):
+        _backend(backend)
         if framework not in ("pt", "torch", "pytorch", "np", "numpy"):
             raise InvalidArgumentError(f"unsupported framework {framework!r} (use 'pt' or 'np')")
         self._framework = "pt" if framework in ("pt", "torch", "pytorch") else "np"

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from . import _core
-from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _batches, _bs_bytes, _flag, _header_metadata, _save_target,
+from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _backend, _batches, _bs_bytes, _flag, _header_metadata, _save_target,
                _text, _threads, _with_file, _write_file)
 
 _DTYPES = {
@@ -52,8 +52,10 @@ def _decode(f, which, infos, threads=0, verify=True):
     return outs
 
 
-def load_file(filename, threads=None, verify=True):
-    """Load every tensor of a .bs file: a dict name -> numpy array, like safetensors.numpy.load_file."""
+def load_file(filename, threads=None, verify=True, *, backend="mmap"):
+    """Load every tensor of a .bs file: a dict name -> numpy array, like safetensors.numpy.load_file
+    (`backend`, "mmap" or "pread", is taken as safetensors takes it)."""
+    _backend(backend)
     verify = _flag(verify, "verify")
     f = _core.File.open(os.fsdecode(filename))
     infos = f.tensors()

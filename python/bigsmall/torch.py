@@ -9,7 +9,7 @@ import os
 import torch
 
 from . import _core
-from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _batches, _bs_bytes, _flag, _header_metadata, _save_target,
+from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _backend, _batches, _bs_bytes, _flag, _header_metadata, _save_target,
                _text, _threads, _with_file, _write_file)
 
 _DTYPES = {
@@ -191,8 +191,10 @@ def _decode(f, which, infos, device="cpu", threads=0, verify=True, into=None):
     return outs
 
 
-def load_file(filename, device="cpu", threads=None, verify=True):
-    """Load every tensor of a .bs file: a dict name -> tensor, like safetensors.torch.load_file."""
+def load_file(filename, device="cpu", threads=None, verify=True, *, backend="mmap"):
+    """Load every tensor of a .bs file: a dict name -> tensor, like safetensors.torch.load_file
+    (`backend`, "mmap" or "pread", is taken as safetensors takes it)."""
+    _backend(backend)
     verify = _flag(verify, "verify")
     f = _core.File.open(os.fsdecode(filename))
     infos = f.tensors()

@@ -972,6 +972,25 @@ def test_signatures_carry_over_from_safetensors():
             want = [p.name for p in inspect.signature(getattr(theirs, name)).parameters.values() if p.kind != p.KEYWORD_ONLY]
             got = [p.name for p in inspect.signature(getattr(ours, name)).parameters.values()]
             assert got[:len(want)] == want, (ours.__name__, name)
+            # keyword-only ones (load_file's `backend`) under their names, with the same defaults
+            theirs_kw = {p.name: p.default for p in inspect.signature(getattr(theirs, name)).parameters.values()
+                         if p.kind == p.KEYWORD_ONLY}
+            ours_kw = {p.name: p.default for p in inspect.signature(getattr(ours, name)).parameters.values()}
+            assert all(ours_kw.get(k, inspect.Parameter.empty) == v for k, v in theirs_kw.items()), (ours.__name__, name)
+
+
+def test_backend_is_taken_as_safetensors_takes_it(tmp_path):
+    bt.save_file({"a": torch.arange(4.0)}, tmp_path / "a.bs")
+    for backend in ("mmap", "pread"):
+        assert torch.equal(bt.load_file(tmp_path / "a.bs", backend=backend)["a"], torch.arange(4.0))
+        assert np.array_equal(bn.load_file(tmp_path / "a.bs", backend=backend)["a"], np.arange(4.0, dtype=np.float32))
+        with bigsmall.safe_open(tmp_path / "a.bs", "pt", backend=backend) as f:
+            assert torch.equal(f.get_tensor("a"), torch.arange(4.0))
+    for bad in ("foo", 3, None):
+        with pytest.raises(bigsmall.InvalidArgumentError, match="backend"):
+            bt.load_file(tmp_path / "a.bs", backend=bad)
+        with pytest.raises(ValueError, match="backend"):
+            bigsmall.safe_open(tmp_path / "a.bs", "np", backend=bad)
 
 
 def test_numpy_dtypes(tmp_path):
