@@ -342,6 +342,7 @@ class StreamingLoader:
             return model
         if model_class is not None and not isinstance(model_class, type):
             raise InvalidArgumentError(f"model_class must be a model class or a model, not {model_class!r}")
+        _check_model_class(model_class)
         for k in _UNSUPPORTED_KWARGS:
             if k in kwargs:
                 raise InvalidArgumentError(f"{k}= is not supported by bigsmall's model loading")
@@ -720,6 +721,22 @@ def _name_or_path(path_or_repo_id):
     return os.fsdecode(path_or_repo_id) if isinstance(path_or_repo_id, (str, bytes, os.PathLike)) else str(path_or_repo_id)
 
 
+def _check_model_class(model_class):
+    """A class is built from the checkpoint's config, which only transformers' classes take: any
+    other (a plain torch.nn.Module) failed in its own constructor with a TypeError that did not
+    say why. Such a model is built by the caller and passed to StreamingLoader.load_model."""
+    if model_class is None:
+        return
+    from transformers import PreTrainedModel
+
+    if issubclass(model_class, PreTrainedModel) or hasattr(model_class, "_model_mapping"):  # or an Auto class
+        return
+    raise InvalidArgumentError(
+        f"model_class must be a transformers model class (a PreTrainedModel or an Auto class), not "
+        f"{model_class.__module__}.{model_class.__qualname__}: build other models yourself and pass the model "
+        "to StreamingLoader(path).load_model(model)")
+
+
 def _config_for(path, model_class, kwargs):
     """The config transformers' from_pretrained builds, and the keywords left for the model: with
     config= a config, that one and every other keyword for the model; else config attributes
@@ -801,6 +818,7 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
     path = _subfolder(root, subfolder)
     if model_class is not None and not isinstance(model_class, type):
         raise InvalidArgumentError(f"model_class must be a model class, not {model_class!r}")
+    _check_model_class(model_class)
     _warn_if_mixed(path)
     _check_copied(path, verify)
     config, kwargs = _config_for(path, model_class, kwargs)

@@ -508,6 +508,12 @@ def test_model_class_defaults_to_the_saved_architecture(models):
     _, comp = models["f32"]
     model = bigsmall.from_pretrained(comp, progress=False)  # config.architectures == ["BertModel"]
     assert type(model) is BertModel
+    # A class that does not take a transformers config is refused by name, before any decode (it
+    # failed in its own constructor, with a TypeError that did not say why).
+    for load in (lambda: bigsmall.from_pretrained(comp, model_class=torch.nn.Linear, progress=False),
+                 lambda: bigsmall.StreamingLoader(comp).load_model(torch.nn.Linear, progress=False)):
+        with pytest.raises(bigsmall.InvalidArgumentError, match="torch.nn.modules.linear.Linear.*load_model"):
+            load()
 
 
 def test_info_of_files_and_directories(models, tmp_path):
