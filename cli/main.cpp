@@ -618,6 +618,46 @@ const char* const kStdoutLabel = "<stdout>";
 // An input read whole for random access: a regular file (or stdin redirected from one) mapped
 // in place, or a stream (a pipe, a device) read to its end into an anonymous mapping grown in
 // place (mremap), so that a large model is not copied as it grows.
+// The first of TMPDIR, TMP, TEMP, TEMPDIR that is set and not empty (an empty one reads as unset,
+// as mktemp and Python take it), else /tmp; `var` gets the variable's name (null for /tmp).
+fs::path temp_dir(const char** var) {
+  *var = nullptr;
+  for (const char* name : {"TMPDIR", "TMP", "TEMP", "TEMPDIR"})
+    if (const char* v = std::getenv(name); v != nullptr && *v != '\0') {
+      *var = name;
+      return v;
+    }
+  return "/tmp";
+}
+
+// A stream of more bytes than this is kept in an unnamed temporary file, not in memory: a model
+// piped in (`curl ... | bigsmall compress -c`) may be larger than the machine's memory, and a
+// file's pages are written back and dropped under pressure where anonymous memory needs swap.
+// A quarter of the memory, as bench's in-memory rule; BIGSMALL_SPOOL_BYTES sets it.
+uint64_t spool_threshold() {
+  if (const char* v = std::getenv("BIGSMALL_SPOOL_BYTES"); v != nullptr && *v != '\0') {
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long n = std::strtoull(v, &end, 10);
+    if (errno == 0 && *end == '\0') return n;
+  }
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 4 : UINT64_MAX;
+}
+
+// An unnamed file in the temporary directory (gone with the last descriptor, a killed run
+// included); -1 where none can be made (then the bytes stay in memory).
+int unnamed_temp_file() {
+  const char* var;
+  const std::string dir = temp_dir(&var).string();
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)) return fd;
+  std::string name = dir + "/.bigsmall-spool-XXXXXX";  // a file system without O_TMPFILE
+  fd = ::mkostemp(name.data(), O_CLOEXEC);
+  if (fd >= 0) (void)::unlink(name.c_str());
+  return fd;
+}
+
 class InputBytes {
  public:
   // What a stream's first bytes declare (declared_bs_size, declared_safetensors_size), and
@@ -633,6 +673,7 @@ class InputBytes {
   InputBytes& operator=(const InputBytes&) = delete;
   ~InputBytes() {
     if (base_) ::munmap(base_, len_);
+    if (spool_ >= 0) ::close(spool_);
   }
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
@@ -669,8 +710,12 @@ class InputBytes {
   }
 
   Status read_stream(int fd, const std::string& label, Expect expect) {
-    uint64_t expected = 0;  // declared by the first bytes, once known
     BIGSMALL_RETURN_IF_ERROR(grow(uint64_t{1} << 20, label));
+    return read_on(fd, label, expect, 0, /*may_spool=*/true);
+  }
+
+  // Reads on into memory; `expected`: what the first bytes declared, once known (0 before).
+  Status read_on(int fd, const std::string& label, Expect expect, uint64_t expected, bool may_spool) {
     for (;;) {
       if (size_ == len_) {
         // The declared size and a byte more (to see the end, or bytes past it) at once; beyond
@@ -681,30 +726,74 @@ class InputBytes {
           BIGSMALL_RETURN_IF_ERROR(grow(len_ + (uint64_t{64} << 20), label));
         }
       }
-      const ssize_t n = ::read(fd, base_ + size_, std::min<uint64_t>(len_ - size_, uint64_t{1} << 30));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {  // a descriptor left non-blocking: wait
-          struct pollfd w {fd, POLLIN, 0};
-          (void)::poll(&w, 1, -1);
-          continue;
-        }
-        return Status(Error::kIo, label + ": read error: " + std::strerror(errno)).with_errno(errno);
-      }
+      const ssize_t n = read_some(fd, base_ + size_, len_ - size_);
+      if (n < 0) return Status(Error::kIo, label + ": read error: " + std::strerror(errno)).with_errno(errno);
       if (n == 0) break;
       size_ += static_cast<uint64_t>(n);
       if (expected == 0) {
         auto d = expect.declared(base_, size_, label);
         if (!d) return d.status();
         expected = *d;
+        if (may_spool && expected > spool_threshold()) return spool(fd, label, expect, expected);
       }
       if (progress_ && expected > 0) progress_(std::min(size_, expected), expected);
       // Bytes past a .bs's end are an error whatever they are: not read on for ever.
-      if (expect.exact && expected > 0 && size_ > expected)
-        return Status(Error::kTruncated, label + ": more bytes than its header declares (appended to, or two files joined?)");
+      if (expect.exact && expected > 0 && size_ > expected) return too_long(label);
     }
     data_ = base_;
     return Status::success();
+  }
+
+  static Status too_long(const std::string& label) {
+    return Status(Error::kTruncated, label + ": more bytes than its header declares (appended to, or two files joined?)");
+  }
+
+  // The rest of a large stream goes through the buffer read so far into an unnamed temporary
+  // file, which is then mapped as a file input is. Written with write(), not through a shared
+  // mapping: a full disk is then an error, not a SIGBUS.
+  Status spool(int fd, const std::string& label, Expect expect, uint64_t expected) {
+    spool_ = unnamed_temp_file();
+    if (spool_ < 0) return read_on(fd, label, expect, expected, false);  // no temporary file: in memory
+    const char* var;
+    const std::string where = temp_dir(&var).string();
+    auto write_error = [&](int err) {
+      return Status(err == ENOSPC || err == EDQUOT || err == EFBIG ? Error::kNoSpace : Error::kIo,
+                    label + ": cannot keep it in a temporary file in " + where + ": " + std::strerror(err)).with_errno(err);
+    };
+    uint64_t total = 0;
+    for (;;) {
+      for (uint64_t off = 0; off < size_;) {
+        const ssize_t w = ::write(spool_, base_ + off, std::min<uint64_t>(size_ - off, uint64_t{1} << 30));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return write_error(w < 0 ? errno : ENOSPC);
+        off += static_cast<uint64_t>(w);
+      }
+      total += size_;
+      size_ = 0;
+      if (progress_) progress_(std::min(total, expected), expected);
+      if (expect.exact && total > expected) return too_long(label);
+      const ssize_t n = read_some(fd, base_, len_);
+      if (n < 0) return Status(Error::kIo, label + ": read error: " + std::strerror(errno)).with_errno(errno);
+      if (n == 0) break;
+      size_ = static_cast<uint64_t>(n);
+    }
+    ::munmap(base_, len_);
+    base_ = nullptr;
+    len_ = size_ = 0;
+    if (total == 0) return Status::success();
+    return map_file(spool_, 0, total, label);
+  }
+
+  // One read(), retried on EINTR and waited for on a non-blocking descriptor; -1 with errno set.
+  static ssize_t read_some(int fd, uint8_t* p, uint64_t n) {
+    for (;;) {
+      const ssize_t r = ::read(fd, p, std::min<uint64_t>(n, uint64_t{1} << 30));
+      if (r >= 0) return r;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+      struct pollfd w {fd, POLLIN, 0};
+      (void)::poll(&w, 1, -1);
+    }
   }
 
   Status grow(uint64_t want, const std::string& label) {
@@ -721,6 +810,7 @@ class InputBytes {
   }
 
   ProgressFn progress_;
+  int spool_ = -1;           // the temporary file of a large stream
   uint8_t* base_ = nullptr;  // the mapping: len_ bytes
   uint64_t len_ = 0;
   const uint8_t* data_ = nullptr;  // the input: size_ bytes
@@ -1358,13 +1448,7 @@ int run_bench(const Args& a) {
     // unset, as mktemp and Python take it), else /tmp; one that is not a directory is an error
     // naming it (the scratch directory must not land in the current one).
     const char* var = nullptr;
-    fs::path tmpdir = "/tmp";
-    for (const char* name : {"TMPDIR", "TMP", "TEMP", "TEMPDIR"})
-      if (const char* v = std::getenv(name); v != nullptr && *v != '\0') {
-        var = name;
-        tmpdir = v;
-        break;
-      }
+    const fs::path tmpdir = temp_dir(&var);
     if (!fs::is_directory(tmpdir, ec)) {
       std::fprintf(stderr, "bigsmall: %s%s%s: not a usable directory for bench's scratch file\n", var ? var : "",
                    var ? "=" : "", printable(tmpdir.string()).c_str());

@@ -517,6 +517,22 @@ h += b" " * (-len(h) % 8)
 open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + blob)
 PY
 gives "3 MiB through pipes both ways" "$tmp/grow.safetensors" -- sh -c "cat \"$tmp/grow.safetensors\" | \"$bs\" compress -q - | cat | \"$bs\" decompress -q -"
+# a stream larger than BIGSMALL_SPOOL_BYTES (default: a quarter of memory) is kept in an unnamed
+# temporary file under TMPDIR, not in memory; the same bytes come out
+gives "3 MiB through pipes both ways, kept in temporary files" "$tmp/grow.safetensors" -- sh -c \
+  "cat \"$tmp/grow.safetensors\" | BIGSMALL_SPOOL_BYTES=1000 \"$bs\" compress -q - | BIGSMALL_SPOOL_BYTES=1000 \"$bs\" decompress -q -"
+expect 0 "verify of a stream kept in a temporary file" -- sh -c "cat \"$tmp/m.bs\" | BIGSMALL_SPOOL_BYTES=0 \"$bs\" verify -q -"
+expect 0 "a TMPDIR that is no directory: kept in memory instead" -- sh -c \
+  "cat \"$tmp/m.bs\" | TMPDIR=\"$tmp/m.bs\" BIGSMALL_SPOOL_BYTES=0 \"$bs\" verify -q -"
+expect 4 "a .bs and more bytes, kept in a temporary file" -- bash -c \
+  "cat \"$tmp/m.bs\" /dev/zero | BIGSMALL_SPOOL_BYTES=0 timeout 20 \"$bs\" decompress - -o \"$tmp/joined.safetensors\""
+check "read no further than its declared size" -- grep -q "<stdin>: more bytes than its header declares" "$tmp/err"
+expect 4 "a truncated .bs kept in a temporary file" -- sh -c "head -c 3000 \"$tmp/m.bs\" | BIGSMALL_SPOOL_BYTES=0 \"$bs\" verify -"
+check "is called truncated" -- grep -q "^bigsmall: <stdin>: truncated" "$tmp/err"
+expect 3 "a temporary file past the file size limit" -- bash -c \
+  "ulimit -f 1024; cat \"$tmp/grow.safetensors\" | TMPDIR=\"$tmp\" BIGSMALL_SPOOL_BYTES=0 \"$bs\" compress -q - -o \"$tmp/limited.bs\""
+check "says where it could not keep it" -- grep -qF "<stdin>: cannot keep it in a temporary file in $tmp: File too large" "$tmp/err"
+check "and writes nothing" -- test ! -e "$tmp/limited.bs"
 # junk and unwritable outputs are refused before a stream is read to its end
 expect 4 "an endless stream of zeros" -- timeout 20 "$bs" compress - -o "$tmp/zero.bs" </dev/zero
 check "refused at its header" -- grep -q "<stdin>: not a safetensors file" "$tmp/err"
