@@ -665,7 +665,17 @@ size_t zstd_compress(void* dst, size_t cap, const void* src, size_t len, int lev
   thread_local Ctx probe, full;
   ZSTD_CCtx* c = level <= 1 ? probe.p : full.p;
   if (c == nullptr) return ZSTD_compress(dst, cap, src, len, level);
-  return ZSTD_compressCCtx(c, dst, cap, src, len, level);
+  const size_t r = ZSTD_compressCCtx(c, dst, cap, src, len, level);
+  // zstd's levels are not monotonic: a chunk can come out a few bytes larger at 19 than at 9.
+  // A higher level than the default (--best) must never give a larger file than the default.
+  constexpr int kDefault = EncodeOptions{}.zstd_level;
+  if (level <= kDefault || ZSTD_isError(r)) return r;
+  thread_local std::vector<uint8_t> other;
+  other.resize(std::max(other.size(), cap));
+  const size_t d = ZSTD_compressCCtx(c, other.data(), cap, src, len, kDefault);
+  if (ZSTD_isError(d) || d >= r) return r;
+  std::memcpy(dst, other.data(), d);
+  return d;
 }
 
 // zstd's size on (a sample of) the tensor, scaled to the whole tensor, in bits: level 1 on four
@@ -919,7 +929,9 @@ TensorEncoder TensorEncoder::plan(DType dtype, const uint8_t* data, uint64_t nby
   // of a large tensor keeps scaling over threads.
   double zstd_bits = INFINITY;
   double zstd_margin = 0.97;
-  const int zstd_level = nbytes <= (8u << 20) ? opts.zstd_level : std::min(opts.zstd_level, 9);
+  // The level asked for at every size: --best capped at 9 above 8 MiB left the large repeated
+  // tensors (embeddings, position tables) where it matters most at the default's size.
+  const int zstd_level = opts.zstd_level;
   if (opts.allow_zstd) {
     // zstd can only beat the entropy coders through repeats (its literals are order-0 bytes).
     // Its fastest level stores literals raw and only looks for repeats, at ~7 GB/s: when that
