@@ -533,6 +533,15 @@ expect 3 "a temporary file past the file size limit" -- bash -c \
   "ulimit -f 1024; cat \"$tmp/grow.safetensors\" | TMPDIR=\"$tmp\" BIGSMALL_SPOOL_BYTES=0 \"$bs\" compress -q - -o \"$tmp/limited.bs\""
 check "says where it could not keep it" -- grep -qF "<stdin>: cannot keep it in a temporary file in $tmp: File too large" "$tmp/err"
 check "and writes nothing" -- test ! -e "$tmp/limited.bs"
+# a stream's header is checked before its data arrives: a tensor no file could hold is named so
+python3 - "$tmp/hugeoff.safetensors" <<'PY'
+import json, struct, sys
+h = json.dumps({"t": {"dtype": "U8", "shape": [2**64 - 4], "data_offsets": [0, 2**64 - 4]}}).encode()
+h += b" " * (-len(h) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + bytes(64))
+PY
+expect 4 "a piped header whose tensor ends past any file" -- sh -c "cat \"$tmp/hugeoff.safetensors\" | \"$bs\" compress -q - -o \"$tmp/hugeoff.bs\""
+check "says so (not a size the stream never had)" -- grep -q "<stdin>: not a safetensors file: tensor 't' ends at byte 18446744073709551612 of the data, past the end of any file" "$tmp/err"
 # junk and unwritable outputs are refused before a stream is read to its end
 expect 4 "an endless stream of zeros" -- timeout 20 "$bs" compress - -o "$tmp/zero.bs" </dev/zero
 check "refused at its header" -- grep -q "<stdin>: not a safetensors file" "$tmp/err"

@@ -146,6 +146,8 @@ Result<StFile> parse_safetensors_header(const uint8_t* data, uint64_t available,
     t.begin = ends[0];
     t.end = ends[1];
     if (t.begin > t.end) return bad("tensor '" + name + "' data_offsets are reversed");
+    if (t.end > f.data_size && size == UINT64_MAX)  // a stream's header, checked before its data arrives
+      return bad("tensor '" + name + "' ends at byte " + std::to_string(t.end) + " of the data, past the end of any file");
     if (t.end > f.data_size)
       // data_start + end may not fit 64 bits: the message counts within the data region.
       return Status(Error::kTruncated, "truncated: tensor '" + name + "' ends at byte " + std::to_string(t.end) +
