@@ -429,7 +429,7 @@ class safe_open:
             from . import torch as bt
 
             self._device = bt._device(device)  # a bad or absent device fails here, before any decode
-        elif device not in ("cpu", None):
+        elif device is not None and str(device) != "cpu":  # "cpu" or torch.device("cpu")
             raise InvalidArgumentError(f"framework 'np' decodes to the CPU only, not {device!r}")
         else:
             self._device = "cpu"

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import errno
 import fcntl
+import functools
 import itertools
 import json
 import os
@@ -22,6 +23,17 @@ import torch
 
 from . import _batches, _core, _flag, _missing, _os_error, _progress, _threads, _warn_removed, InvalidArgumentError
 from . import torch as bt
+
+
+def _outside_inference_mode(load):
+    """A model loaded inside torch.inference_mode() gets ordinary parameters, as transformers'
+    from_pretrained gives them: inference tensors could not be trained, nor updated in place by
+    load_state_dict, once the block ends."""
+    @functools.wraps(load)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False):
+            return load(*args, **kwargs)
+    return wrapper
 
 _LAYER = re.compile(r"^(.*?\.\d+)\.")
 
@@ -212,6 +224,7 @@ class StreamingLoader:
             for (_, t), x in zip(group, tensors):
                 yield t["name"], x
 
+    @_outside_inference_mode
     def load_model(self, model_class=None, device="cpu", dtype=None, progress=True, **kwargs):
         """model_class: a transformers model class (default: config.architectures, else AutoModel)
         or a model already built (on the meta device too), which is loaded in place. kwargs go
@@ -779,6 +792,7 @@ def _transformers_major():
     return int(transformers.__version__.split(".")[0])
 
 
+@_outside_inference_mode
 def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dtype=None, threads=None,
                     progress=True, **kwargs):
     """A transformers model built from a compressed directory (or Hub repo id).
@@ -786,12 +800,13 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
     When no keyword argument is left for the model and the checkpoint's names are the model's
     own, the tensors (the shards transformers would read) are decoded block by block straight
     into the parameters (StreamingLoader). Otherwise bigsmall decodes them into memory and hands
-    them to transformers' own from_pretrained as its state_dict, which uses them without
-    copying: key conversions, tied weights, new heads, float32-kept modules, dtype and every
-    keyword argument then behave exactly as transformers' loading of the original. Peak memory
-    is the model's size, as when decoding into the parameters.
+    them to transformers' own from_pretrained as its state_dict: key conversions, tied weights,
+    new heads, float32-kept modules, dtype and every keyword argument then behave exactly as
+    transformers' loading of the original. Peak memory is the model's size where transformers
+    uses the tensors as they are, up to twice that where it converts them (fused MoE experts, a
+    dtype change).
 
-    device_map: None/"cpu", a device ("cuda", "cuda:1", torch.device), {"": device} or "auto"
+    device_map: None/"cpu", a device ("cuda", "cuda:1", 0, torch.device), {"": device} or "auto"
     (the GPU when there is one); on a GPU the tensors are decoded there. torch_dtype / dtype: None
     or "auto" (the config's), a torch.dtype or its name. verify=False skips checksums.
     """
@@ -807,9 +822,9 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
         if set(device_map) != {""}:
             raise InvalidArgumentError("device_map dictionaries that split the model are not supported; pass one device")
         device_map = device_map[""]
-        if isinstance(device_map, int):
-            device_map = f"cuda:{device_map}"
-    dev = bt._device(device_map or "cpu")  # before any work: a device this machine lacks fails now
+    if isinstance(device_map, int) and not isinstance(device_map, bool):
+        device_map = f"cuda:{device_map}"  # as transformers reads it: 0 is the first GPU, not "no device"
+    dev = bt._device(device_map)  # before any work: a device this machine lacks fails now (None: the CPU)
     for k in ("state_dict", "gguf_file", "from_tf", "from_flax", "variant"):
         if k in kwargs:
             raise InvalidArgumentError(f"{k}= does not apply to a bigsmall checkpoint")

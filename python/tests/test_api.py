@@ -495,6 +495,22 @@ def test_review_regressions(models, tmp_path):
     assert next(m.parameters()).device.type == "cpu"
     with pytest.raises(bigsmall.InvalidArgumentError, match="split the model"):
         bigsmall.from_pretrained(comp, BertModel, device_map={"embeddings": "cpu", "encoder": 0}, progress=False)
+    # An int is a GPU, as transformers reads it: 0 (falsy) loaded on the CPU without a word.
+    if not torch.cuda.is_available():
+        for gpu in (0, 1):
+            with pytest.raises(bigsmall.InvalidArgumentError, match=f"cuda:{gpu}"):
+                bigsmall.from_pretrained(comp, BertModel, device_map=gpu, progress=False)
+    # Loaded inside inference_mode, the model is an ordinary one, as transformers gives it: its
+    # parameters can be trained and updated in place once the block ends.
+    with torch.inference_mode():
+        streamed = bigsmall.from_pretrained(comp, BertModel, progress=False)
+        handed = bigsmall.from_pretrained(comp, BertModel, progress=False, add_pooling_layer=False)
+        loaded = bigsmall.StreamingLoader(comp).load_model(BertModel, progress=False)
+    for m in (streamed, handed, loaded):
+        assert not any(p.is_inference() for p in m.parameters())
+        m.load_state_dict(m.state_dict())
+    with bigsmall.safe_open(os.path.join(comp, "model.bs"), "np", device=torch.device("cpu")) as f:
+        assert f.keys()
     # A progress callback crossing the GIL-free core on a directory (copies of the callback are
     # made and destroyed without the GIL).
     seen = []
