@@ -955,11 +955,18 @@ std::vector<uint8_t> with_index_edit(const std::vector<uint8_t>& bs, const std::
   return with_stored_index(bs, z, index.size());
 }
 
-// A zstd frame of `raw` zero bytes, made without holding them.
-std::vector<uint8_t> zero_frame(uint64_t raw) {
+// A zstd frame of `raw` zero bytes, made without holding them; with `every`, every every-th byte
+// is a pseudo-random one instead (a frame that compresses well, but not a thousandfold).
+std::vector<uint8_t> zero_frame(uint64_t raw, size_t every = 0) {
   ZSTD_CCtx* z = ZSTD_createCCtx();
   EXPECT_EQ(ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(z, raw)), 0u);
-  const std::vector<uint8_t> zeros(1 << 20, 0);
+  EXPECT_EQ(ZSTD_isError(ZSTD_CCtx_setParameter(z, ZSTD_c_compressionLevel, 1)), 0u);
+  std::vector<uint8_t> zeros(1 << 20, 0);
+  uint32_t seed = 12345;
+  for (size_t i = 0; every && i < zeros.size(); i += every) {
+    seed = seed * 1664525u + 1013904223u;
+    zeros[i] = static_cast<uint8_t>(seed >> 24);
+  }
   std::vector<uint8_t> out, buf(ZSTD_CStreamOutSize());
   for (uint64_t left = raw;;) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(left, zeros.size()));
@@ -1011,6 +1018,40 @@ TEST_F(DamagedBs, EntriesSharingOnePayloadAreRefusedAsTheyAreRead) {
   EXPECT_NE(f.status().message().find("payloads add up to more than the file holds"), std::string::npos) << f.status().message();
 }
 
+TEST_F(DamagedBs, AnIndexOverAThousandfoldItsStoredSizeIsRefusedBeforeItIsDecompressed) {
+  // A 90 KB file declaring a 1 GiB index of zeros made a reader take 3.3 GB before refusing it.
+  // A little over 64 MiB from a few KB: refused, named, with nothing decompressed.
+  constexpr uint64_t kDeclared = (uint64_t{64} << 20) + 4096;
+  const auto frame = zero_frame(kDeclared);
+  ASSERT_LT(frame.size(), kDeclared / 1024);
+  write_file(d / "bomb.bs", with_stored_index(good, frame, kDeclared));
+  auto f = BsFile::open(d / "bomb.bs");
+  ASSERT_FALSE(f.is_ok());
+  EXPECT_EQ(f.status().code(), Error::kLimit);
+  EXPECT_NE(f.status().message().find("bomb.bs: index of 67112960 bytes stored in " + std::to_string(frame.size()) +
+                                      ": more than 1024 times its stored size"),
+            std::string::npos)
+      << f.status().message();
+  // Up to 64 MiB, any ratio: a kept header of padding compresses well and is no threat.
+  constexpr uint64_t kFree = uint64_t{64} << 20;
+  write_file(d / "free.bs", with_stored_index(good, zero_frame(kFree), kFree));
+  auto g = BsFile::open(d / "free.bs");
+  ASSERT_FALSE(g.is_ok());
+  EXPECT_EQ(g.status().message().find("1024 times"), std::string::npos) << g.status().message();
+}
+
+TEST(Container, AnIndexReadersWouldRefuseIsNeverWritten) {
+  // A kept header of 70 MB of one repeated letter (safetensors allows 100 MB): its index would be
+  // more than a thousandfold smaller than it decompresses to, which readers refuse (above).
+  const std::vector<uint8_t> st =
+      safetensors_bytes({{"w", DType::kU8, {4}, {1, 2, 3, 4}}}, {{"note", std::string(70u << 20, 'a')}});
+  auto r = compress_bytes_to_memory(st.data(), st.size(), CompressOptions{}, "big-header.safetensors");
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.status().code(), Error::kLimit);
+  EXPECT_NE(r.status().message().find("more than 1024 times smaller than a .bs index over 64 MiB may be"), std::string::npos)
+      << r.status().message();
+}
+
 TEST_F(DamagedBs, AllocationFailureIsAnErrorValue) {
   // An index may declare up to 1 GiB; a machine with less memory to give must answer with
   // kOutOfMemory naming the file, not throw std::bad_alloc through the API (or abort). A child
@@ -1019,7 +1060,8 @@ TEST_F(DamagedBs, AllocationFailureIsAnErrorValue) {
   GTEST_SKIP() << "AddressSanitizer reserves terabytes of address space: RLIMIT_AS cannot cap it";
 #else
   constexpr uint64_t kDeclared = uint64_t{512} << 20;
-  write_file(d / "big.bs", with_stored_index(good, zero_frame(kDeclared), kDeclared));
+  // Not a thousandfold smaller than it declares, which is refused before any allocation (below).
+  write_file(d / "big.bs", with_stored_index(good, zero_frame(kDeclared, 64), kDeclared));
   const std::string path = d / "big.bs";
   const pid_t pid = ::fork();
   ASSERT_GE(pid, 0);

@@ -42,6 +42,13 @@ constexpr uint64_t kMaxIndexBytes = 1ull << 30;
 // million: each names a tensor the kept header lists too, which no compressor shrinks to less
 // than a byte; a small file may not ask for gigabytes of entries (FORMAT.md).
 constexpr uint64_t kFreeTensorEntries = 1ull << 20;
+// An index may decompress to more than this only at most kMaxIndexRatio times its stored size: a
+// 90 KB file declaring a 1 GiB index of zeros made a reader take 3.3 GB before refusing it. The
+// most compressible indexes a writer makes (200,000 empty tensors with systematic names) come to
+// 117 times; a kept header of 64 MB or more would need to be as repetitive ten times over.
+constexpr uint64_t kFreeIndexBytes = 64ull << 20;
+constexpr uint64_t kMaxIndexRatio = 1024;
+bool index_too_expanded(uint64_t raw, uint64_t stored) { return raw > kFreeIndexBytes && raw / kMaxIndexRatio > stored; }
 constexpr uint64_t kBatchBytes = 64ull << 20;  // input bytes planned together (groups below cut them for writing)
 // Tensors per batch at most: each costs some kilobytes of coder state whatever its size, so a file
 // of 300k tiny tensors (one batch by bytes) took 3.7 GB to compress and 1.4 GB to restore.
@@ -446,6 +453,9 @@ Status write_bs_to(OutputFile& out, const std::string& st_header, uint64_t origi
   const size_t zr = ZSTD_compress(stored.data(), stored.size(), idx.buf().data(), idx.size(), kIndexZstdLevel);
   if (ZSTD_isError(zr)) return Status(Error::kInternal, dst + ": index compression failed");
   stored.resize(zr);
+  if (index_too_expanded(idx.size(), zr))  // readers refuse such a file: never commit one
+    return Status(Error::kLimit, dst + ": index of " + std::to_string(idx.size()) + " bytes compresses to " + std::to_string(zr) +
+                                     ", more than 1024 times smaller than a .bs index over 64 MiB may be");
   FileHeader h;
   h.index_offset = out.size();
   h.index_stored = stored.size();
@@ -792,6 +802,9 @@ Status open_mapped(detail::MappedFile file, std::unique_ptr<BsFile::Impl>* out) 
   if (h.index_raw > detail::kMaxIndexBytes) return fail(Error::kLimit, "index larger than 1 GiB");
   const unsigned long long declared = ZSTD_getFrameContentSize(p + h.index_offset, h.index_stored);
   if (declared != h.index_raw) return fail(Error::kCorrupt, "index size mismatch");
+  if (detail::index_too_expanded(h.index_raw, h.index_stored))
+    return fail(Error::kLimit, "index of " + std::to_string(h.index_raw) + " bytes stored in " + std::to_string(h.index_stored) +
+                                   ": more than 1024 times its stored size (a decompression bomb?)");
   if (ZSTD_findFrameCompressedSize(p + h.index_offset, h.index_stored) != h.index_stored)
     return fail(Error::kCorrupt, "index is not exactly one zstd frame");
   std::vector<uint8_t> idx(h.index_raw);

@@ -555,6 +555,8 @@ class BsFile:
             raise CorruptError("index checksum")
         if index_raw > GIB:
             raise FormatError("index too big")
+        if index_raw > 64 * 1024 * 1024 and index_raw // 1024 > index_stored:
+            raise FormatError("index more than 1024 times its stored size")
         idx = zstd_one_frame(stored, index_raw, "index")
         self.parse_index(idx, index_off, index_stored)
         self.check_payload_layout(index_off)
