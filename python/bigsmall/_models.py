@@ -83,11 +83,23 @@ def _subfolder(root, subfolder):
     return d
 
 
-def _shards(d):
+def _variant_name(name, variant):
+    """transformers' name of a variant's file: model.fp16.safetensors,
+    model.safetensors.index.fp16.json."""
+    if not variant:
+        return name
+    head, ext = name.rsplit(".", 1)
+    return f"{head}.{variant}.{ext}"
+
+
+def _shards(d, variant=None):
     """The .bs files holding the model's weights, chosen as transformers chooses among the
     .safetensors files: model.safetensors, else the shards model.safetensors.index.json names,
-    else every .safetensors at the top. Files in subdirectories (an older checkpoint kept in
-    original/, a checkpoint-500/) are not the model's weights."""
+    else every .safetensors at the top (with a variant, model.VARIANT.safetensors, else the shards
+    model.safetensors.index.VARIANT.json names, else none). Files in subdirectories (an older
+    checkpoint kept in original/, a checkpoint-500/) are not the model's weights."""
+    if variant is not None and (not isinstance(variant, str) or not variant or "/" in variant or variant.startswith(".")):
+        raise InvalidArgumentError(f"variant must be a name such as 'fp16', not {variant!r}")
     if os.path.exists(os.path.join(d, "bigsmall.index.json")):
         files = _core.model_dir_files(d)  # the core checks that no name leaves the directory
     else:
@@ -95,9 +107,10 @@ def _shards(d):
     if not files:
         raise _missing(f"{d}: no .bs files (not a bigsmall model directory)")
     source = {os.path.relpath(f, d).replace(os.sep, "/")[:-3] + ".safetensors": f for f in files}
-    if "model.safetensors" in source:  # transformers, too, looks for it before a shard index
-        return [source["model.safetensors"]]
-    index = os.path.join(d, "model.safetensors.index.json")
+    single = _variant_name("model.safetensors", variant)
+    if single in source:  # transformers, too, looks for it before a shard index
+        return [source[single]]
+    index = os.path.join(d, _variant_name("model.safetensors.index.json", variant))
     if os.path.exists(index):
         try:
             with open(index, encoding="utf-8") as fh:
@@ -108,6 +121,8 @@ def _shards(d):
         if lacking:
             raise _missing(f"{index} names {len(lacking)} shards this directory lacks, e.g. {lacking[0]!r}")
         return [source[n] for n in names]
+    if variant:
+        raise _missing(f"{d}: no {single[:-len('.safetensors')]}.bs nor {os.path.basename(index)} (variant {variant!r})")
     top = [f for n, f in source.items() if "/" not in n]
     if not top:
         raise _missing(f"{d}: no .bs files at the top of the directory (not a bigsmall model directory)")
@@ -175,13 +190,13 @@ class StreamingLoader:
     >>> model = StreamingLoader("path/to/model.bs").load_model(BertModel)
     """
 
-    def __init__(self, path_or_repo_id, threads=None, verify=True, subfolder=None, **hub_kwargs):
+    def __init__(self, path_or_repo_id, threads=None, verify=True, subfolder=None, variant=None, **hub_kwargs):
         unknown = set(hub_kwargs) - set(_HUB_KWARGS)
         if unknown:
             raise TypeError(f"StreamingLoader got unexpected keyword arguments {sorted(unknown)}")
         threads, verify = _threads(threads), _flag(verify, "verify")  # refused before any work
         root = _resolve(path_or_repo_id, hub_kwargs)
-        self._open(_subfolder(root, subfolder), threads, verify)
+        self._open(_subfolder(root, subfolder), threads, verify, variant)
         _check_copied(self.path, verify)
         _warn_if_mixed(self.path)
         # What transformers records as the model's name_or_path: the argument as given (a repo
@@ -189,18 +204,18 @@ class StreamingLoader:
         self.name_or_path = _name_or_path(path_or_repo_id)
 
     @classmethod
-    def _of(cls, path, threads, verify, name_or_path):
+    def _of(cls, path, threads, verify, name_or_path, variant=None):
         """from_pretrained's loader, which has given its caller any warning already."""
         loader = cls.__new__(cls)
-        loader._open(path, threads, verify)
+        loader._open(path, threads, verify, variant)
         loader.name_or_path = name_or_path
         return loader
 
-    def _open(self, path, threads, verify):
+    def _open(self, path, threads, verify, variant=None):
         self.threads = _threads(threads)
         self.verify = _flag(verify, "verify")
         self.path = path
-        self._files = [_core.File.open(s) for s in _shards(self.path)]
+        self._files = [_core.File.open(s) for s in _shards(self.path, variant)]
 
     def _groups(self):
         """(file, [(index, info), ...]) per group, in index order."""
@@ -825,7 +840,8 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
     if isinstance(device_map, int) and not isinstance(device_map, bool):
         device_map = f"cuda:{device_map}"  # as transformers reads it: 0 is the first GPU, not "no device"
     dev = bt._device(device_map)  # before any work: a device this machine lacks fails now (None: the CPU)
-    for k in ("state_dict", "gguf_file", "from_tf", "from_flax", "variant"):
+    variant = kwargs.pop("variant", None)
+    for k in ("state_dict", "gguf_file", "from_tf", "from_flax"):
         if k in kwargs:
             raise InvalidArgumentError(f"{k}= does not apply to a bigsmall checkpoint")
     hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
@@ -853,13 +869,13 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
         # The common case, a checkpoint whose names are the model's own: decoded block by block
         # straight into the parameters (no second copy, and host memory of one block on a GPU);
         # twice as fast as building the model in transformers from a decoded state dict.
-        loader = StreamingLoader._of(path, threads, verify, name)
+        loader = StreamingLoader._of(path, threads, verify, name, variant)
         model = loader._build(cls, dtype, {"config": config})
         if loader._names_match(model):
             model = loader.load_model(model, device=dev, progress=progress)
             return _with_generation_config(model, path)
         del model, loader
-    files = _shards(path)
+    files = _shards(path, variant)
     decode_on = dev if dev.type == "cuda" and _core.cuda_available() else torch.device("cpu")
     threads = _threads(threads)
     opened = [_core.File.open(f) for f in files]

@@ -82,6 +82,32 @@ def test_only_the_weights_transformers_would_load(tmp_path):
         bigsmall.from_pretrained(c, BertModel, progress=False)
 
 
+def test_a_variant_is_loaded_as_transformers_loads_it(tmp_path):
+    """variant= picks model.VARIANT.bs (or the shards of model.safetensors.index.VARIANT.json), as
+    transformers picks model.VARIANT.safetensors; it was refused even where the directory held it."""
+    from transformers import BertModel
+
+    _bert(tmp_path, "v")
+    torch.manual_seed(3)
+    half = BertModel(_bert_config()).half().eval()
+    half.save_pretrained(tmp_path / "v", variant="fp16")
+    _bert(tmp_path, "vs", seed=4)
+    torch.manual_seed(5)
+    BertModel(_bert_config()).eval().save_pretrained(tmp_path / "vs", variant="ema", max_shard_size="20KB")
+    assert (tmp_path / "vs" / "model.safetensors.index.ema.json").exists()
+    c, cs = bigsmall.compress(tmp_path / "v"), bigsmall.compress(tmp_path / "vs")
+    for path, variant, kw in ((c, "fp16", {"dtype": torch.float16}), (cs, "ema", {})):
+        want = BertModel.from_pretrained(tmp_path / os.path.basename(path)[:-3], variant=variant, **kw).eval()
+        _same_tensors(bigsmall.from_pretrained(path, BertModel, variant=variant, progress=False, **kw), want)
+        _same_tensors(bigsmall.StreamingLoader(path, variant=variant).load_model(BertModel, progress=False, **kw), want)
+    # Without it, the plain weights, as before.
+    _same_tensors(bigsmall.from_pretrained(c, BertModel, progress=False), BertModel.from_pretrained(tmp_path / "v").eval())
+    with pytest.raises(FileNotFoundError, match="variant 'bf16'"):
+        bigsmall.from_pretrained(c, BertModel, variant="bf16", progress=False)
+    with pytest.raises(bigsmall.InvalidArgumentError, match="variant"):
+        bigsmall.StreamingLoader(c, variant="../x")
+
+
 def test_arguments_go_where_transformers_sends_them(tmp_path):
     from transformers import BertModel
 
