@@ -90,7 +90,8 @@ const char* kUsage =
     "                       can use; not for info)\n"
     "  -q, --quiet          errors only (not for info or bench)\n"
     "  -v, --verbose        after compress/decompress, one line per tensor (dtype, codec, sizes, bits/weight)\n"
-    "  --json               machine-readable output on stdout: one JSON object per input, one per line\n"
+    "  --json               machine-readable output on stdout: one JSON object per input (bench: per input\n"
+    "                       and thread count), one per line\n"
     "  --no-verify          skip checksum verification (decompress)\n"
     "  -k, --keep           keep the input (always done; accepted as zstd and xz take it)\n"
     "  --best               zstd level 19 for tensors with repeated structure (compress; smaller, slower)\n"
@@ -1641,7 +1642,7 @@ int run(int argc, char** argv) {
       // Digits only: strtol alone takes "" as 0 and " +2" as 2.
       const bool digits = !v->empty() && v->size() <= 4 && std::all_of(v->begin(), v->end(), [](char c) { return c >= '0' && c <= '9'; });
       if (!digits || *end != '\0' || t < 0 || t > 4096) {
-        std::fprintf(stderr, "bigsmall: -T takes a thread count, got '%s'\n", printable(*v).c_str());
+        std::fprintf(stderr, "bigsmall: -T takes a thread count from 0 (all cores) to 4096, got '%s'\n", printable(*v).c_str());
         return kExitUsage;
       }
       a.threads = static_cast<int>(t);

@@ -689,7 +689,7 @@ check "names the letter" -- grep -q "unknown option '-z' in '-fqz'" "$tmp/err"
 expect 0 "an option that takes a value ends a cluster (-vT2: -v -T 2, as getopt)" -- "$bs" compress -fvT2 "$tmp/m.safetensors" -o "$tmp/cluster.bs"
 check "-v took effect" -- grep -q "bf16.weight: BF16 float" "$tmp/err"
 expect 1 "a cluster with -T in the middle (-Tq is -T with the value q)" -- "$bs" compress -fTq "$tmp/m.safetensors"
-check "says -T takes a thread count" -- grep -q "\-T takes a thread count, got 'q'" "$tmp/err"
+check "says -T takes a thread count, and its range" -- grep -q "\-T takes a thread count from 0 (all cores) to 4096, got 'q'" "$tmp/err"
 # an empty TMPDIR reads as unset (/tmp), as mktemp and Python take it
 expect 0 "bench with TMPDIR empty" -- env TMPDIR= "$bs" bench -T1 "$tmp/m.safetensors"
 expect 2 "bench with an unusable TMP and no TMPDIR" -- env -u TMPDIR TMP="$tmp/no-such-dir" "$bs" bench -T1 "$tmp/m.safetensors"
