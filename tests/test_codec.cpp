@@ -92,6 +92,47 @@ TEST(DTypes, ByteSizesNeverWrap) {
   EXPECT_EQ(dtype_nbytes(DType::kU64, (uint64_t{1} << 58) - 1).value_or(0), ((uint64_t{1} << 58) - 1) * 8);
 }
 
+TEST(Coding, ACodedChunkOfNoInformationIsRefusedBeforeItIsDecoded) {
+  // A model of one symbol at probability one codes a weight in no bits: 4 bytes of states stood
+  // for 2^24 F64 units (128 MiB), and a 262 KB file of such chunks for 8 TiB of decoding.
+  TensorCoding c;
+  c.dtype = DType::kF64;
+  c.codec = Codec::kFloat;
+  c.chunk_log2 = 24;
+  c.lanes_log2 = 0;
+  c.nbytes = (uint64_t{1} << 24) * 8;
+  c.model_size = 5;
+  c.chunks = {{5, 4, 0, ChunkMode::kCoded}};
+  const Status st = c.validate(1 << 20);
+  EXPECT_EQ(st.code(), Error::kCorrupt);
+  EXPECT_NE(st.message().find("more than 4096 units per byte"), std::string::npos) << st.message();
+  c.chunks[0].size = (1u << 24) / 4096;  // at the bound: taken
+  EXPECT_TRUE(c.validate(1 << 20).is_ok()) << c.validate(1 << 20).message();
+  c.codec = Codec::kBytes;
+  c.chunks[0].size = 4;
+  EXPECT_EQ(c.validate(1 << 20).code(), Error::kCorrupt);
+  // What the encoder writes for tensors of no information, when it may not route them to zstd,
+  // stays far inside the bound (its states alone: 4 bytes a lane).
+  size_t coded = 0;
+  for (const uint64_t n : {uint64_t{100}, uint64_t{300}, uint64_t{3000}, uint64_t{40000}, uint64_t{1} << 20}) {
+    for (DType dt : {DType::kBF16, DType::kF32, DType::kI32}) {
+      const std::vector<uint8_t> zeros(n * dtype_info(dt).bits / 8, 0);
+      EncodeOptions o;
+      o.allow_zstd = false;
+      auto enc = encode_tensor(dt, zeros.data(), zeros.size(), o);
+      ASSERT_TRUE(enc.is_ok());
+      EXPECT_TRUE(enc->coding.validate(enc->payload.size()).is_ok()) << n << " " << dtype_info(dt).safetensors_name;
+      for (size_t i = 0; i < enc->coding.chunks.size(); ++i) {
+        if (enc->coding.chunks[i].mode == ChunkMode::kCoded) {
+          ++coded;
+          EXPECT_LE(enc->coding.chunk_out_size(i) / enc->coding.unit_bytes(), 1024u * enc->coding.chunks[i].size);
+        }
+      }
+    }
+  }
+  EXPECT_GT(coded, 15u);
+}
+
 TEST(FloatCodec, WeightsUseTheFloatModelAndCompress) {
   for (DType dt : {DType::kBF16, DType::kF16, DType::kF32}) {
     auto d = bstest::weights(dt, 200000, 11, false);

@@ -21,6 +21,10 @@ const char* codec_name(Codec c);
 
 enum class ChunkMode : uint8_t { kStored = 0, kCoded = 1 };
 
+// A coded chunk of a rANS codec (kFloat, kBytes) decodes to at most this many units per byte
+// of its stored size (doc/FORMAT.md): readers refuse more before decoding.
+constexpr uint64_t kMaxUnitsPerCodedByte = 4096;
+
 struct ChunkRef {
   uint64_t offset = 0;    // from the start of the tensor payload
   uint32_t size = 0;      // compressed bytes

@@ -58,6 +58,13 @@ Status TensorCoding::validate(uint64_t payload_limit) const {
     if (chunks[i].mode == ChunkMode::kStored && chunks[i].size != chunk_out_size(i)) return bad("stored chunk size");
     if (chunks[i].mode == ChunkMode::kCoded && codec == Codec::kStore) return bad("coded chunk in a stored tensor");
     if (chunks[i].mode == ChunkMode::kCoded && chunks[i].size < min_coded) return bad("coded chunk too short");
+    // rANS can code a symbol of probability one in no bits, so a few bytes could stand for
+    // millions of units: a 262 KB file declared 8 TiB, hours of decoding. Writers stay far below
+    // (at most 512 units per byte: a chunk's states alone are 4 bytes per lane, and 32 lanes
+    // code 64Ki units); zstd's own blocks stop near 32 KiB per byte, which this matches for F64.
+    if (chunks[i].mode == ChunkMode::kCoded && codec != Codec::kZstd &&
+        chunk_out_size(i) / unit_bytes() > kMaxUnitsPerCodedByte * chunks[i].size)
+      return bad("coded chunk decodes to more than 4096 units per byte");
   }
   return Status::success();
 }

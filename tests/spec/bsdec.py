@@ -650,6 +650,10 @@ class BsFile:
                 raise FormatError("store codec with coded chunk")
             if any(c[2] > 1 for c in e.chunks):
                 raise FormatError("bad chunk mode")
+            if e.codec in (1, 2):  # at most 4096 units per byte of a coded chunk
+                for i, (sz, _ck, mode) in enumerate(e.chunks):
+                    if mode == 1 and min(C, e.units - i * C) > 4096 * sz:
+                        raise FormatError("coded chunk decodes to more than 4096 units per byte")
             self.entries.append(e)
         self.fillers = []
         for _ in range(fc):
