@@ -16,6 +16,7 @@ import os
 import posixpath
 import re
 import shutil
+import sys
 import threading
 import warnings
 
@@ -23,6 +24,18 @@ import torch
 
 from . import _batches, _core, _flag, _missing, _os_error, _progress, _threads, _warn_removed, InvalidArgumentError
 from . import torch as bt
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _user_stacklevel():
+    """warnings.warn's stacklevel that names the caller's line: the first frame outside this
+    package, however many of its own frames (decorators, helpers) lie between."""
+    frame, level = sys._getframe(1), 1  # the frame that warns is level 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _outside_inference_mode(load):
@@ -150,7 +163,7 @@ def _warn_if_mixed(d):
             weights = False  # _shards names a broken index
     if weights:
         warnings.warn(f"{d} holds the safetensors weights transformers would load as well as .bs files; "
-                      "bigsmall loads the .bs files", stacklevel=3)
+                      "bigsmall loads the .bs files", stacklevel=_user_stacklevel())
 
 
 def _group_key(name):
@@ -446,11 +459,11 @@ class StreamingLoader:
             how = ("newly initialised (train before use)" if not prebuilt and (hasattr(model, "initialize_weights") or
                    hasattr(model, "_init_weights")) else "left as the model was built")
             warnings.warn(f"{name} tensors not in the checkpoint at {self.path}, {how}: "
-                          f"{missing[:10]}{' ...' if len(missing) > 10 else ''}", stacklevel=3)
+                          f"{missing[:10]}{' ...' if len(missing) > 10 else ''}", stacklevel=_user_stacklevel())
         if unexpected:
             some, are = ("1 tensor", "is") if len(unexpected) == 1 else (f"{len(unexpected)} tensors", "are")
             warnings.warn(f"{some} of the checkpoint at {self.path} {are} not used by {name}: "
-                          f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}", stacklevel=3)
+                          f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}", stacklevel=_user_stacklevel())
         gen_path = os.path.join(self.path, "generation_config.json")
         if os.path.exists(gen_path) and getattr(model, "can_generate", lambda: False)():
             from transformers import GenerationConfig
@@ -500,7 +513,7 @@ class StreamingLoader:
             warnings.warn(f"{len(dropped)} tensors of the checkpoint at {self.path} name a tensor of {type(model).__name__} "
                           f"that an earlier one loads (the first in transformers' order is loaded, as transformers "
                           f"does): {[f'{n} -> {t}' for n, t in dropped[:5]]}{' ...' if len(dropped) > 5 else ''}",
-                          stacklevel=3)
+                          stacklevel=_user_stacklevel())
         return place, shown
 
     def _refuse_if_nothing_fits(self, model, targets, place):
@@ -1080,7 +1093,7 @@ def _warn_other_weights(out_dir):
     if others:
         warnings.warn(f"{out_dir} also holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}: transformers' "
                       "from_pretrained of this directory would load those, not the model.bs just written "
-                      "(bigsmall.from_pretrained reads model.bs)", stacklevel=3)
+                      "(bigsmall.from_pretrained reads model.bs)", stacklevel=_user_stacklevel())
 
 
 # The files of a model directory the loaders read besides the weights.
