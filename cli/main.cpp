@@ -172,18 +172,18 @@ std::vector<std::string> normalized_args(const std::vector<std::string>& in) {
   return out;
 }
 
-// The scratch .bs file `bench` writes, complete between runs (so not a pending output of the
-// library), in a private directory of its own (mkdtemp: a predictable name in a shared /tmp
-// could be a link another user planted): both removed by the signal handlers too. Fixed
-// buffers: a handler may not allocate.
-char g_bench_scratch[4096];
-char g_bench_dir[4096];
-volatile std::sig_atomic_t g_bench_scratch_set = 0;  // set once both paths are whole
+// The scratch .bs file `bench` writes (complete between runs, so not a pending output of the
+// library), or that a large compress to stdout builds before it is sent, in a private directory
+// of its own (mkdtemp: a predictable name in a shared /tmp could be a link another user
+// planted): both removed by the signal handlers too. Fixed buffers: a handler may not allocate.
+char g_scratch_file[4096];
+char g_scratch_dir[4096];
+volatile std::sig_atomic_t g_scratch_set = 0;  // set once both paths are whole
 
-void remove_bench_scratch() {  // async-signal-safe
-  if (!g_bench_scratch_set) return;
-  ::unlink(g_bench_scratch);
-  ::rmdir(g_bench_dir);
+void remove_scratch() {  // async-signal-safe
+  if (!g_scratch_set) return;
+  ::unlink(g_scratch_file);
+  ::rmdir(g_scratch_dir);
 }
 
 // The input being read, for the SIGBUS message (same rules as the scratch path).
@@ -206,7 +206,7 @@ void clear_bar() {  // async-signal-safe
 
 void on_signal(int sig) {
   remove_partial_outputs();
-  remove_bench_scratch();
+  remove_scratch();
   clear_bar();
   std::signal(sig, SIG_DFL);
   std::raise(sig);
@@ -217,7 +217,7 @@ void on_signal(int sig) {
 // nothing left behind. (Only async-signal-safe calls here.)
 void on_bus_error(int, siginfo_t* info, void*) {
   remove_partial_outputs();
-  remove_bench_scratch();
+  remove_scratch();
   clear_bar();
   auto put = [](const char* s) { (void)!::write(2, s, std::strlen(s)); };
   put("bigsmall: ");
@@ -989,6 +989,125 @@ Status check_output_early(const std::string& out, bool force) {
 }
 
 // compress or decompress with stdin as the input, stdout as the output, or both: one input.
+// Scratch directories (mkdtemp), held locked by their run: bench's "bigsmall-bench-L-XXXXXX", a
+// large compress to stdout's "bigsmall-stdout-L-XXXXXX".
+constexpr const char* kBenchDirPrefix = "bigsmall-bench-L-";
+constexpr const char* kStdoutDirPrefix = "bigsmall-stdout-L-";
+
+// A run killed beyond cleanup (SIGKILL, the OOM killer) leaves its scratch directory and the
+// .bs in it, as large as the model: the next run of its kind removes those no live run holds
+// locked, this user's, a minute old or more, holding only a scratch .bs and its temporaries.
+// (An earlier bigsmall's, named without the "L-" and never locked, are left alone.)
+void remove_stale_scratch_dirs(const std::string& tmpdir, const std::string& prefix, bool say) {
+  DIR* d = ::opendir(tmpdir.c_str());
+  if (d == nullptr) return;
+  std::vector<std::string> stale;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.size() != prefix.size() + 6 || name.compare(0, prefix.size(), prefix) != 0) continue;
+    struct stat st;
+    const std::string path = tmpdir + "/" + name;
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid()) continue;
+    if (std::time(nullptr) - st.st_mtime < 60) continue;
+    stale.push_back(path);
+  }
+  ::closedir(d);
+  for (const auto& path : stale) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) continue;
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      // Only the names a run writes there: anything else keeps the directory.
+      if (DIR* inner = ::fdopendir(::dup(fd))) {
+        std::vector<std::string> names;
+        bool foreign = false;
+        while (const dirent* e = ::readdir(inner)) {
+          const std::string n = e->d_name;
+          if (n == "." || n == "..") continue;
+          if (n == "scratch.bs" || n.rfind("scratch.bs.tmp-bigsmall-", 0) == 0) names.push_back(n);
+          else foreign = true;
+        }
+        ::closedir(inner);
+        if (!foreign) {
+          for (const auto& n : names) (void)::unlinkat(fd, n.c_str(), 0);
+          if (::rmdir(path.c_str()) == 0 && say)
+            std::fprintf(stderr, "bigsmall: removed %s, left by a %s that was killed\n", printable(path).c_str(),
+                         prefix == kBenchDirPrefix ? "bench" : "compress to stdout");
+        }
+      }
+    }
+    ::close(fd);
+  }
+}
+
+// A private scratch directory under the temporary directory, held locked while this run lives
+// (the kernel drops a killed run's lock: a later run removes a directory no run holds, a minute
+// old), its file named for the signal handlers; both removed when the run ends.
+struct ScratchDir {
+  std::string dir, file;
+  int lock = -1;
+  ScratchDir() = default;
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  ~ScratchDir() {
+    if (dir.empty()) return;
+    remove_scratch();
+    g_scratch_set = 0;
+    if (lock >= 0) ::close(lock);
+  }
+};
+
+Status make_scratch(const char* prefix, const char* what, bool say, ScratchDir* out) {
+  // The first of TMPDIR, TMP, TEMP, TEMPDIR that is set and not empty, else /tmp; one that is
+  // not a directory is an error naming it (the scratch directory must not land in the current one).
+  std::error_code ec;
+  const char* var = nullptr;
+  const fs::path tmpdir = temp_dir(&var);
+  if (!fs::is_directory(tmpdir, ec))
+    return Status(Error::kIo, std::string(var ? var : "") + (var ? "=" : "") + tmpdir.string() + ": not a usable directory for " + what);
+  remove_stale_scratch_dirs(tmpdir.string(), prefix, say);
+  std::string dir = (tmpdir / (std::string(prefix) + "XXXXXX")).string();
+  if (dir.size() + 16 >= sizeof g_scratch_dir || ::mkdtemp(dir.data()) == nullptr)
+    return Status(Error::kIo, dir + ": cannot create a scratch directory: " + std::strerror(errno));
+  out->dir = dir;
+  out->file = dir + "/scratch.bs";
+  out->lock = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (out->lock >= 0) (void)::flock(out->lock, LOCK_EX | LOCK_NB);
+  std::memcpy(g_scratch_dir, dir.c_str(), dir.size() + 1);
+  std::memcpy(g_scratch_file, out->file.c_str(), out->file.size() + 1);
+  g_scratch_set = 1;
+  return Status::success();
+}
+
+// A compress to stdout of an input larger than the spool bound builds its .bs in a scratch file,
+// not in memory (a model piped through could be larger than the machine's memory), then sends
+// it: the file is unlinked first, so nothing is left however the run ends after that.
+Status compress_via_scratch(const Args& a, const InputBytes& bytes, const CompressOptions& o, const std::string& label,
+                            const ScratchDir& scratch, uint64_t* out_bytes) {
+  CompressOptions co = o;
+  co.sync = false;  // read back at once, then gone
+  BIGSMALL_RETURN_IF_ERROR(compress_bytes(bytes.data(), bytes.size(), scratch.file, co, label));
+  const int fd = ::open(scratch.file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status(Error::kIo, scratch.file + ": " + std::strerror(errno)).with_errno(errno);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status(Error::kIo, scratch.file + ": " + std::strerror(errno)).with_errno(errno);
+  ::unlink(scratch.file.c_str());
+  *out_bytes = static_cast<uint64_t>(st.st_size);
+  if (st.st_size == 0) return Status::success();
+  void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return Status(Error::kIo, scratch.file + ": cannot map: " + std::strerror(errno)).with_errno(errno);
+  (void)::madvise(p, static_cast<size_t>(st.st_size), MADV_SEQUENTIAL);
+  const Status w = write_stdout(static_cast<const uint8_t*>(p), static_cast<uint64_t>(st.st_size));
+  if (w.is_ok() && a.verbose)
+    if (auto f = BsFile::open_memory(static_cast<const uint8_t*>(p), static_cast<uint64_t>(st.st_size), kStdoutLabel))
+      print_bs_tensors(*f);
+  ::munmap(p, static_cast<size_t>(st.st_size));
+  return w;
+}
+
 int run_stream(const Args& a) {
   const bool compress = a.command == "compress";
   const std::string& in = a.paths.front();
@@ -1039,7 +1158,13 @@ int run_stream(const Args& a) {
   Status st;
   if (compress) {
     const CompressOptions o = compress_options(a, prog.fn());
-    if (to_stdout) {
+    // Where no scratch directory can be made (TMPDIR unusable), in memory as for smaller inputs.
+    ScratchDir scratch;
+    if (to_stdout && bytes.size() > spool_threshold() &&
+        make_scratch(kStdoutDirPrefix, "the .bs sent to stdout", !a.quiet && !a.json, &scratch).is_ok()) {
+      st = compress_via_scratch(a, bytes, o, in_label, scratch, &out_b);
+      prog.finish();
+    } else if (to_stdout) {
       auto packed = compress_bytes_to_memory(bytes.data(), bytes.size(), o, in_label);
       prog.finish();
       if (!packed) return fail(packed.status());
@@ -1365,54 +1490,6 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// bench's scratch directories: "bigsmall-bench-L-XXXXXX" (mkdtemp), held locked by their run.
-constexpr const char* kBenchDirPrefix = "bigsmall-bench-L-";
-
-// A bench killed beyond cleanup (SIGKILL, the OOM killer) leaves its scratch directory and the
-// .bs in it, as large as the model benched: the next bench removes those no live run holds
-// locked, this user's, a minute old or more, holding only a scratch .bs and its temporaries.
-// (An earlier bigsmall's, named without the "L-" and never locked, are left alone.)
-void remove_stale_bench_dirs(const std::string& tmpdir, bool say) {
-  DIR* d = ::opendir(tmpdir.c_str());
-  if (d == nullptr) return;
-  const std::string prefix = kBenchDirPrefix;
-  std::vector<std::string> stale;
-  while (const dirent* e = ::readdir(d)) {
-    const std::string name = e->d_name;
-    if (name.size() != prefix.size() + 6 || name.compare(0, prefix.size(), prefix) != 0) continue;
-    struct stat st;
-    const std::string path = tmpdir + "/" + name;
-    if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid()) continue;
-    if (std::time(nullptr) - st.st_mtime < 60) continue;
-    stale.push_back(path);
-  }
-  ::closedir(d);
-  for (const auto& path : stale) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) continue;
-    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
-      // Only the names a bench writes there: anything else keeps the directory.
-      if (DIR* inner = ::fdopendir(::dup(fd))) {
-        std::vector<std::string> names;
-        bool foreign = false;
-        while (const dirent* e = ::readdir(inner)) {
-          const std::string n = e->d_name;
-          if (n == "." || n == "..") continue;
-          if (n == "scratch.bs" || n.rfind("scratch.bs.tmp-bigsmall-", 0) == 0) names.push_back(n);
-          else foreign = true;
-        }
-        ::closedir(inner);
-        if (!foreign) {
-          for (const auto& n : names) (void)::unlinkat(fd, n.c_str(), 0);
-          if (::rmdir(path.c_str()) == 0 && say)
-            std::fprintf(stderr, "bigsmall: removed %s, left by a bench that was killed\n", printable(path).c_str());
-        }
-      }
-    }
-    ::close(fd);
-  }
-}
-
 int run_bench(const Args& a) {
   int rc = kExitOk;
   const int all = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -1441,35 +1518,14 @@ int run_bench(const Args& a) {
     std::sort(found.begin(), found.end());
     inputs.insert(inputs.end(), found.begin(), found.end());
   }
-  std::string tmp;  // the scratch file, the same for every input
-  int bench_dir_lock = -1;
+  ScratchDir scratch;  // the scratch file, the same for every input
   if (!inputs.empty()) {
-    std::error_code ec;
-    // The first of TMPDIR, TMP, TEMP, TEMPDIR that is set and not empty (an empty one reads as
-    // unset, as mktemp and Python take it), else /tmp; one that is not a directory is an error
-    // naming it (the scratch directory must not land in the current one).
-    const char* var = nullptr;
-    const fs::path tmpdir = temp_dir(&var);
-    if (!fs::is_directory(tmpdir, ec)) {
-      std::fprintf(stderr, "bigsmall: %s%s%s: not a usable directory for bench's scratch file\n", var ? var : "",
-                   var ? "=" : "", printable(tmpdir.string()).c_str());
+    if (Status st = make_scratch(kBenchDirPrefix, "bench's scratch file", !a.json, &scratch); !st.is_ok()) {
+      std::fprintf(stderr, "bigsmall: %s\n", printable(st.message()).c_str());
       return kExitIo;
     }
-    remove_stale_bench_dirs(tmpdir.string(), !a.json);
-    std::string dir = (tmpdir / (std::string(kBenchDirPrefix) + "XXXXXX")).string();
-    if (dir.size() + 16 >= sizeof g_bench_dir || ::mkdtemp(dir.data()) == nullptr) {
-      std::fprintf(stderr, "bigsmall: %s: cannot create a scratch directory: %s\n", printable(dir).c_str(), std::strerror(errno));
-      return kExitIo;
-    }
-    // Held locked while this run lives (the kernel drops a killed run's lock): the next bench
-    // removes a directory no run holds (remove_stale_bench_dirs).
-    bench_dir_lock = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (bench_dir_lock >= 0) (void)::flock(bench_dir_lock, LOCK_EX | LOCK_NB);
-    tmp = dir + "/scratch.bs";
-    std::memcpy(g_bench_dir, dir.c_str(), dir.size() + 1);
-    std::memcpy(g_bench_scratch, tmp.c_str(), tmp.size() + 1);
-    g_bench_scratch_set = 1;
   }
+  const std::string& tmp = scratch.file;
   for (const auto& p : inputs) {
     note_input(p);
     std::error_code ec;
@@ -1538,9 +1594,6 @@ int run_bench(const Args& a) {
       }
     }
   }
-  remove_bench_scratch();
-  g_bench_scratch_set = 0;
-  if (bench_dir_lock >= 0) ::close(bench_dir_lock);
   return rc;
 }
 

@@ -892,5 +892,20 @@ check "and leaves no scratch of its own" -- test "$(ls "$bt" | wc -l)" -eq 3
 kill "$lockpid" 2>/dev/null
 wait "$lockpid" 2>/dev/null
 
+# a compress to stdout of an input over the spool bound builds its .bs in a scratch directory,
+# not in memory: the same bytes, nothing left; a killed one's directory the next run removes
+st="$tmp/stdouttmp"
+mkdir -p "$st/bigsmall-stdout-L-eeeeee" && echo x >"$st/bigsmall-stdout-L-eeeeee/scratch.bs"
+touch -d '2 hours ago' "$st/bigsmall-stdout-L-eeeeee"
+gives "compress -c through a scratch file" "$tmp/m.bs" -- env TMPDIR="$st" BIGSMALL_SPOOL_BYTES=100 "$bs" compress -c "$m"
+check "removes the killed run's directory, and says so" -- grep -q "removed .*bigsmall-stdout-L-eeeeee, left by a compress to stdout that was killed" "$tmp/err"
+check "and leaves nothing of its own" -- test -z "$(ls "$st")"
+gives "-v: its tensors too" "$tmp/m.bs" -- env TMPDIR="$st" BIGSMALL_SPOOL_BYTES=100 "$bs" compress -v -c "$m"
+check "lists them" -- grep -q "bf16.weight: BF16 float" "$tmp/err"
+gives "stdin to stdout, both through temporary files" "$tmp/m.bs" -- sh -c "cat \"$m\" | TMPDIR=\"$st\" BIGSMALL_SPOOL_BYTES=100 \"$bs\" compress -q -"
+gives "a TMPDIR that is no directory: in memory instead" "$tmp/m.bs" -- env TMPDIR="$tmp/m.bs" BIGSMALL_SPOOL_BYTES=100 "$bs" compress -q -c "$m"
+expect 3 "a full stdout" -- sh -c "TMPDIR=\"$st\" BIGSMALL_SPOOL_BYTES=100 \"$bs\" compress -q -c \"$m\" >/dev/full"
+check "leaves nothing" -- test -z "$(ls "$st")"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
