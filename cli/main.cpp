@@ -1361,6 +1361,10 @@ std::string shape_str(const std::vector<uint64_t>& s) {
   return r + "]";
 }
 
+// floor_bits is informative and unchecked (FORMAT.md): a forged one must not wrap a total into
+// a plausible number.
+uint64_t saturating_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
 struct InfoTotals {
   uint64_t original = 0, file = 0, floor_bits = 0;
   size_t tensors = 0;
@@ -1387,7 +1391,7 @@ void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotal
     const double fpw = numel ? static_cast<double>(t.floor_bits) / static_cast<double>(numel) : 0;
     const double ratio = t.nbytes ? static_cast<double>(t.stored_bytes) / static_cast<double>(t.nbytes) : 0;
     stored += t.stored_bytes;
-    floor_bits += t.floor_bits;
+    floor_bits = saturating_add(floor_bits, t.floor_bits);
     if (json) {
       std::printf("%s{\"name\": %s, \"dtype\": \"%s\", \"shape\": %s, \"data_offsets\": [%llu, %llu], \"codec\": \"%s\", "
                   "\"bytes\": %llu, \"stored_bytes\": %llu, \"ratio\": %.6f, \"bits_per_weight\": %.4f, \"floor_bits_per_weight\": %.4f}",
@@ -1415,7 +1419,7 @@ void print_file_info(const BsFile& f, const std::string& p, bool json, InfoTotal
   }
   tot->original += f.original_size();
   tot->file += f.file_size();
-  tot->floor_bits += floor_bits;
+  tot->floor_bits = saturating_add(tot->floor_bits, floor_bits);
   tot->tensors += f.tensors().size();
 }
 
