@@ -98,15 +98,45 @@ const char* kUsage =
     "  --                   end of options (for paths that start with '-')\n"
     "  -h, --help           this text;  -V, --version\n"
     "Short flags combine (-fqc). '-' as the input reads stdin (to stdout, unless -o is given;\n"
-    "-o - is stdout too); a file named '-' is './-'. Stdin and named pipes are read whole into\n"
-    "memory first (random access), and a .bs for stdout is built in memory (its index goes at\n"
-    "the front, written last); decompressing to stdout streams. Binary data is not written to a\n"
-    "terminal unless -f is given; --json needs -o when the output goes to stdout.\n"
+    "-o - is stdout too); a file named '-' is './-'. Stdin and named pipes are read whole\n"
+    "first (random access), and a .bs for stdout is built whole before it is sent (its index\n"
+    "goes at the front, written last): in memory, or beyond a quarter of it (BIGSMALL_SPOOL_BYTES)\n"
+    "in a temporary file under TMPDIR; decompressing to stdout streams. Binary data is not\n"
+    "written to a terminal unless -f is given; --json needs -o when the output goes to stdout.\n"
     "\n"
     "exit codes: 0 ok, 1 usage, 2 I/O error, 3 disk full, 4 invalid input (not safetensors/.bs,\n"
     "truncated, unknown dtype), 5 corrupt data (checksum mismatch), 6 newer format version,\n"
     "7 out of memory, 70 internal error; stopped by signal N, it ends by that signal (shells show\n"
     "128+N: 130 for Ctrl-C)\n";
+
+// `bigsmall COMMAND --help`: that command's synopsis and what it does, then the options (each
+// says which commands take it); without a command, the whole text.
+void print_help(const std::string& command) {
+  static const struct {
+    const char* name;
+    const char* text;
+  } kCommands[] = {
+      {"compress", "usage: bigsmall compress [-o OUT | -c] [-f] [-T N] [-q] [-v] [--json] [--best] PATH...\n\n"
+                   "FILE.safetensors -> FILE.bs; DIR -> DIR.bs/ (other files copied, index written).\n"},
+      {"decompress", "usage: bigsmall decompress [-o OUT | -c] [-f] [-T N] [-q] [-v] [--json] [--no-verify] PATH...\n\n"
+                     "FILE.bs -> FILE.safetensors; DIR.bs/ -> DIR/ (byte-identical originals).\n"},
+      {"verify", "usage: bigsmall verify [-T N] [-q] [--json] PATH...\n\n"
+                 "Decode everything and check every checksum (a directory: every file, each damaged one named).\n"},
+      {"info", "usage: bigsmall info [--json] PATH...\n\n"
+               "Per tensor: dtype, shape, codec, ratio, bits per weight, joint-model floor\n"
+               "(DIR.bs/: each .bs file of its index, then their sum).\n"},
+      {"bench", "usage: bigsmall bench [-T N] [--json] PATH...\n\n"
+                "Ratio and compress/decompress speed at 1 thread and at all threads (DIR: each *.safetensors\n"
+                "under it).\n"},
+  };
+  const char* options = std::strstr(kUsage, "options:\n");
+  for (const auto& c : kCommands)
+    if (command == c.name) {
+      std::printf("%s\n%s", c.text, options);
+      return;
+    }
+  std::fputs(kUsage, stdout);
+}
 
 struct Args {
   std::string command;
@@ -1668,7 +1698,7 @@ int run(int argc, char** argv) {
     if (s == "--") {
       options_done = true;
     } else if (s == "-h" || s == "--help") {
-      std::fputs(kUsage, stdout);
+      print_help(a.command);
       return kExitOk;
     } else if (s == "-V" || s == "--version") {
       std::printf("bigsmall %s (format %u.%u)\n", version_string(), kFormatVersionMajor, kFormatVersionMinor);

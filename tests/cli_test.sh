@@ -654,6 +654,13 @@ expect 2 "a dangling link" -- "$bs" compress -q "$tmp/dangling.safetensors"
 check "says so" -- grep -q "dangling link" "$tmp/err"
 
 
+# COMMAND --help: that command's synopsis first, then the options; --help alone: the whole text
+for c in compress decompress verify info bench; do
+  expect 0 "$c --help" -- "$bs" "$c" --help
+  check "$c --help: its own synopsis, then the options" -- sh -c "head -1 \"$tmp/out\" | grep -q '^usage: bigsmall $c ' && grep -q '^options:' \"$tmp/out\""
+done
+expect 0 "--help" -- "$bs" --help
+check "--help: every command" -- sh -c "grep -q '^usage: bigsmall COMMAND' \"$tmp/out\" && grep -q '^  bench ' \"$tmp/out\""
 # a usage error is its one line and a pointer to --help, not the whole help
 expect 1 "unknown option" -- "$bs" compress --bogus "$tmp/m.safetensors"
 check "one line and the hint" -- test "$(wc -l <"$tmp/err")" -eq 2 -a "$(tail -1 "$tmp/err")" = "Try 'bigsmall --help' for more information."
