@@ -1028,8 +1028,8 @@ TEST_F(DamagedBs, AnIndexOverAThousandfoldItsStoredSizeIsRefusedBeforeItIsDecomp
   auto f = BsFile::open(d / "bomb.bs");
   ASSERT_FALSE(f.is_ok());
   EXPECT_EQ(f.status().code(), Error::kLimit);
-  EXPECT_NE(f.status().message().find("bomb.bs: index of 67112960 bytes stored in " + std::to_string(frame.size()) +
-                                      ": more than 1024 times its stored size"),
+  EXPECT_NE(f.status().message().find("bomb.bs: index entries of 67112944 bytes stored in " + std::to_string(frame.size()) +
+                                      ": more than 1024 times"),
             std::string::npos)
       << f.status().message();
   // Up to 64 MiB, any ratio: a kept header of padding compresses well and is no threat.
@@ -1040,16 +1040,23 @@ TEST_F(DamagedBs, AnIndexOverAThousandfoldItsStoredSizeIsRefusedBeforeItIsDecomp
   EXPECT_EQ(g.status().message().find("1024 times"), std::string::npos) << g.status().message();
 }
 
-TEST(Container, AnIndexReadersWouldRefuseIsNeverWritten) {
-  // A kept header of 70 MB of one repeated letter (safetensors allows 100 MB): its index would be
-  // more than a thousandfold smaller than it decompresses to, which readers refuse (above).
+TEST(Container, AKeptHeaderOfRepetitiveMetadataIsNoBomb) {
+  // A kept header of 70 MB of one repeated letter (safetensors allows 100 MB) makes an index
+  // thousands of times smaller than it decompresses to. It is a valid safetensors file, which
+  // earlier writers took: the ratio rule counts the entries only, and the file round-trips.
   const std::vector<uint8_t> st =
       safetensors_bytes({{"w", DType::kU8, {4}, {1, 2, 3, 4}}}, {{"note", std::string(70u << 20, 'a')}});
   auto r = compress_bytes_to_memory(st.data(), st.size(), CompressOptions{}, "big-header.safetensors");
-  ASSERT_FALSE(r.is_ok());
-  EXPECT_EQ(r.status().code(), Error::kLimit);
-  EXPECT_NE(r.status().message().find("more than 1024 times smaller than a .bs index over 64 MiB may be"), std::string::npos)
-      << r.status().message();
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  ASSERT_LT(r->size(), 100000u);
+  auto f = BsFile::open_memory(r->data(), r->size(), "big-header.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  std::vector<uint8_t> back;
+  ASSERT_TRUE(f->restore_to([&](const uint8_t* p, uint64_t n) {
+                 back.insert(back.end(), p, p + n);
+                 return Status::success();
+               }).is_ok());
+  EXPECT_TRUE(back == st);
 }
 
 TEST_F(DamagedBs, AllocationFailureIsAnErrorValue) {

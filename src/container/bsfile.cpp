@@ -42,13 +42,18 @@ constexpr uint64_t kMaxIndexBytes = 1ull << 30;
 // million: each names a tensor the kept header lists too, which no compressor shrinks to less
 // than a byte; a small file may not ask for gigabytes of entries (FORMAT.md).
 constexpr uint64_t kFreeTensorEntries = 1ull << 20;
-// An index may decompress to more than this only at most kMaxIndexRatio times its stored size: a
-// 90 KB file declaring a 1 GiB index of zeros made a reader take 3.3 GB before refusing it. The
-// most compressible indexes a writer makes (200,000 empty tensors with systematic names) come to
-// 117 times; a kept header of 64 MB or more would need to be as repetitive ten times over.
+// The index's entries and fillers (all of it but its first 16 bytes and the kept safetensors
+// header) may come to more than this only at most kMaxIndexRatio times the index's stored size:
+// a 90 KB file declaring a 1 GiB index of zeros made a reader take 3.3 GB before refusing it.
+// The most compressible entries a writer makes (200,000 empty tensors with systematic names) come
+// to 117-140 times. The kept header is exempt: it is capped at 100 MB on its own, and a header of
+// repetitive metadata (70 MB of one letter) is a valid safetensors file that writers took.
 constexpr uint64_t kFreeIndexBytes = 64ull << 20;
 constexpr uint64_t kMaxIndexRatio = 1024;
-bool index_too_expanded(uint64_t raw, uint64_t stored) { return raw > kFreeIndexBytes && raw / kMaxIndexRatio > stored; }
+constexpr uint64_t kIndexHeadBytes = 16;  // tensor_count, filler_count, st_header_size
+bool index_too_expanded(uint64_t entries, uint64_t stored) {
+  return entries > kFreeIndexBytes && entries / kMaxIndexRatio > stored;
+}
 constexpr uint64_t kBatchBytes = 64ull << 20;  // input bytes planned together (groups below cut them for writing)
 // Tensors per batch at most: each costs some kilobytes of coder state whatever its size, so a file
 // of 300k tiny tensors (one batch by bytes) took 3.7 GB to compress and 1.4 GB to restore.
@@ -453,9 +458,10 @@ Status write_bs_to(OutputFile& out, const std::string& st_header, uint64_t origi
   const size_t zr = ZSTD_compress(stored.data(), stored.size(), idx.buf().data(), idx.size(), kIndexZstdLevel);
   if (ZSTD_isError(zr)) return Status(Error::kInternal, dst + ": index compression failed");
   stored.resize(zr);
-  if (index_too_expanded(idx.size(), zr))  // readers refuse such a file: never commit one
-    return Status(Error::kLimit, dst + ": index of " + std::to_string(idx.size()) + " bytes compresses to " + std::to_string(zr) +
-                                     ", more than 1024 times smaller than a .bs index over 64 MiB may be");
+  if (index_too_expanded(idx.size() - kIndexHeadBytes - st_header.size(), zr))  // readers refuse such a file: never commit one
+    return Status(Error::kLimit, dst + ": index entries of " + std::to_string(idx.size() - kIndexHeadBytes - st_header.size()) +
+                                     " bytes in an index that compresses to " + std::to_string(zr) +
+                                     ": more than 1024 times, which a .bs index over 64 MiB of entries may not be");
   FileHeader h;
   h.index_offset = out.size();
   h.index_stored = stored.size();
@@ -772,6 +778,25 @@ Result<BsFile> BsFile::open_memory(const uint8_t* data, uint64_t size, const std
 }
 
 namespace {
+// The kept safetensors header's size (the index's bytes 8..15), decompressing only as far as
+// them. False when the frame cannot be decompressed that far.
+bool index_header_size(const uint8_t* frame, uint64_t stored, uint64_t* hlen) {
+  std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)> d(ZSTD_createDCtx(), &ZSTD_freeDCtx);
+  if (!d) return false;
+  uint8_t head[detail::kIndexHeadBytes];
+  ZSTD_inBuffer in{frame, static_cast<size_t>(stored), 0};
+  ZSTD_outBuffer out{head, sizeof head, 0};
+  while (out.pos < out.size) {
+    const size_t in_before = in.pos, out_before = out.pos;
+    const size_t r = ZSTD_decompressStream(d.get(), &out, &in);
+    if (ZSTD_isError(r)) return false;
+    if (r == 0 || (in.pos == in_before && out.pos == out_before)) break;  // frame ended, or stuck
+  }
+  if (out.pos < out.size) return false;
+  std::memcpy(hlen, head + 8, 8);
+  return true;
+}
+
 Status open_mapped(detail::MappedFile file, std::unique_ptr<BsFile::Impl>* out) {
   auto impl = std::make_unique<BsFile::Impl>();
   impl->file = std::move(file);
@@ -802,11 +827,19 @@ Status open_mapped(detail::MappedFile file, std::unique_ptr<BsFile::Impl>* out) 
   if (h.index_raw > detail::kMaxIndexBytes) return fail(Error::kLimit, "index larger than 1 GiB");
   const unsigned long long declared = ZSTD_getFrameContentSize(p + h.index_offset, h.index_stored);
   if (declared != h.index_raw) return fail(Error::kCorrupt, "index size mismatch");
-  if (detail::index_too_expanded(h.index_raw, h.index_stored))
-    return fail(Error::kLimit, "index of " + std::to_string(h.index_raw) + " bytes stored in " + std::to_string(h.index_stored) +
-                                   ": more than 1024 times its stored size (a decompression bomb?)");
   if (ZSTD_findFrameCompressedSize(p + h.index_offset, h.index_stored) != h.index_stored)
     return fail(Error::kCorrupt, "index is not exactly one zstd frame");
+  if (h.index_raw > detail::kFreeIndexBytes) {
+    // The entries' share, from the index's first bytes alone, before the whole is decompressed.
+    uint64_t hlen = 0;
+    if (!index_header_size(p + h.index_offset, h.index_stored, &hlen)) return fail(Error::kCorrupt, "index cannot be decompressed");
+    if (hlen > detail::kMaxHeaderBytes || hlen > h.index_raw - detail::kIndexHeadBytes)
+      return fail(Error::kCorrupt, "corrupt index: safetensors header size");
+    const uint64_t entries = h.index_raw - detail::kIndexHeadBytes - hlen;
+    if (detail::index_too_expanded(entries, h.index_stored))
+      return fail(Error::kLimit, "index entries of " + std::to_string(entries) + " bytes stored in " +
+                                     std::to_string(h.index_stored) + ": more than 1024 times (a decompression bomb?)");
+  }
   std::vector<uint8_t> idx(h.index_raw);
   const size_t zr = ZSTD_decompress(idx.data(), idx.size(), p + h.index_offset, h.index_stored);
   if (ZSTD_isError(zr) || zr != h.index_raw) return fail(Error::kCorrupt, "index cannot be decompressed");

@@ -555,9 +555,11 @@ class BsFile:
             raise CorruptError("index checksum")
         if index_raw > GIB:
             raise FormatError("index too big")
-        if index_raw > 64 * 1024 * 1024 and index_raw // 1024 > index_stored:
-            raise FormatError("index more than 1024 times its stored size")
         idx = zstd_one_frame(stored, index_raw, "index")
+        if index_raw >= 16:  # the entries (all but the first 16 bytes and st_header): <= 1024x when over 64 MiB
+            entries = index_raw - 16 - min(struct.unpack_from("<Q", idx, 8)[0], index_raw - 16)
+            if entries > 64 * 1024 * 1024 and entries // 1024 > index_stored:
+                raise FormatError("index entries more than 1024 times the stored index")
         self.parse_index(idx, index_off, index_stored)
         self.check_payload_layout(index_off)
 
