@@ -763,19 +763,28 @@ def _name_or_path(path_or_repo_id):
 
 
 def _check_model_class(model_class):
-    """A class is built from the checkpoint's config, which only transformers' classes take: any
-    other (a plain torch.nn.Module) failed in its own constructor with a TypeError that did not
-    say why. Such a model is built by the caller and passed to StreamingLoader.load_model."""
+    """A class is built as model_class(config): one whose constructor cannot take the config (a
+    plain torch.nn.Linear) failed in it with a TypeError that did not say why. Classes of one's
+    own that take a config are built as transformers' are."""
     if model_class is None:
         return
     from transformers import PreTrainedModel
 
     if issubclass(model_class, PreTrainedModel) or hasattr(model_class, "_model_mapping"):  # or an Auto class
         return
+    import inspect
+
+    try:
+        inspect.signature(model_class).bind(None)  # the config, positionally
+        return
+    except TypeError:
+        pass
+    except ValueError:  # no signature to read (a builtin): let its constructor answer
+        return
     raise InvalidArgumentError(
-        f"model_class must be a transformers model class (a PreTrainedModel or an Auto class), not "
-        f"{model_class.__module__}.{model_class.__qualname__}: build other models yourself and pass the model "
-        "to StreamingLoader(path).load_model(model)")
+        f"model_class {model_class.__module__}.{model_class.__qualname__} cannot be built from a config (its "
+        "constructor takes no single config argument): build the model yourself and pass it to "
+        "StreamingLoader(path).load_model(model)")
 
 
 def _config_for(path, model_class, kwargs):
@@ -852,6 +861,8 @@ def from_pretrained(path_or_repo_id, model_class=None, device_map=None, torch_dt
         device_map = device_map[""]
     if isinstance(device_map, int) and not isinstance(device_map, bool):
         device_map = f"cuda:{device_map}"  # as transformers reads it: 0 is the first GPU, not "no device"
+    elif device_map is False or device_map == "":
+        device_map = None  # as before: no map is the CPU
     dev = bt._device(device_map)  # before any work: a device this machine lacks fails now (None: the CPU)
     variant = kwargs.pop("variant", None)
     for k in ("state_dict", "gguf_file", "from_tf", "from_flax"):

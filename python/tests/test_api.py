@@ -500,6 +500,9 @@ def test_review_regressions(models, tmp_path):
     assert next(m.parameters()).device.type == "cpu"
     with pytest.raises(bigsmall.InvalidArgumentError, match="split the model"):
         bigsmall.from_pretrained(comp, BertModel, device_map={"embeddings": "cpu", "encoder": 0}, progress=False)
+    # No map ("" or False, as None) is the CPU.
+    for none in ("", False):
+        assert next(bigsmall.from_pretrained(comp, BertModel, device_map=none, progress=False).parameters()).device.type == "cpu"
     # An int is a GPU, as transformers reads it: 0 (falsy) loaded on the CPU without a word.
     if not torch.cuda.is_available():
         for gpu in (0, 1):
@@ -535,6 +538,17 @@ def test_model_class_defaults_to_the_saved_architecture(models):
                  lambda: bigsmall.StreamingLoader(comp).load_model(torch.nn.Linear, progress=False)):
         with pytest.raises(bigsmall.InvalidArgumentError, match="torch.nn.modules.linear.Linear.*load_model"):
             load()
+
+    # A class of one's own that takes the config is built and loaded, as transformers' are.
+    class Own(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            for name, child in BertModel(config).named_children():  # the checkpoint's names
+                self.add_module(name, child)
+
+    own = bigsmall.StreamingLoader(comp).load_model(Own, progress=False)
+    ref = bigsmall.from_pretrained(comp, progress=False).state_dict()
+    assert own.state_dict().keys() == ref.keys() and all(torch.equal(v, ref[k]) for k, v in own.state_dict().items())
 
 
 def test_info_of_files_and_directories(models, tmp_path):
