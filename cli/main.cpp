@@ -665,15 +665,57 @@ fs::path temp_dir(const char** var) {
 // piped in (`curl ... | bigsmall compress -c`) may be larger than the machine's memory, and a
 // file's pages are written back and dropped under pressure where anonymous memory needs swap.
 // A quarter of the memory, as bench's in-memory rule; BIGSMALL_SPOOL_BYTES sets it.
+// The memory this process may use: the machine's, or less where a cgroup (a container, a
+// systemd slice) limits it.
+uint64_t usable_memory() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  uint64_t mem = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : UINT64_MAX;
+  for (const char* limit : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    if (FILE* f = std::fopen(limit, "r")) {
+      unsigned long long n = 0;
+      if (std::fscanf(f, "%llu", &n) == 1 && n > 0) mem = std::min<uint64_t>(mem, n);  // "max": no limit
+      std::fclose(f);
+    }
+  }
+  return mem;
+}
+
+// "4096", "64K", "512M", "4G", "1T" (binary multiples); nullopt for anything else.
+std::optional<uint64_t> byte_count(const char* v) {
+  uint64_t n = 0;
+  const char* p = v;
+  for (; *p >= '0' && *p <= '9'; ++p) {
+    if (n > (UINT64_MAX - 9) / 10) return std::nullopt;
+    n = n * 10 + static_cast<uint64_t>(*p - '0');
+  }
+  if (p == v) return std::nullopt;
+  int shift = 0;
+  switch (*p) {
+    case '\0': return n;
+    case 'k': case 'K': shift = 10; break;
+    case 'm': case 'M': shift = 20; break;
+    case 'g': case 'G': shift = 30; break;
+    case 't': case 'T': shift = 40; break;
+    default: return std::nullopt;
+  }
+  if (p[1] != '\0' || n > (UINT64_MAX >> shift)) return std::nullopt;
+  return n << shift;
+}
+
+// A stream of more bytes than this is kept in an unnamed temporary file, not in memory: a model
+// piped in (`curl ... | bigsmall compress -c`) may be larger than the machine's memory, and a
+// file's pages are written back and dropped under pressure where anonymous memory needs swap.
+// A quarter of the usable memory, as bench's in-memory rule; BIGSMALL_SPOOL_BYTES sets it.
 uint64_t spool_threshold() {
   if (const char* v = std::getenv("BIGSMALL_SPOOL_BYTES"); v != nullptr && *v != '\0') {
-    char* end = nullptr;
-    errno = 0;
-    const unsigned long long n = std::strtoull(v, &end, 10);
-    if (errno == 0 && *end == '\0') return n;
+    if (const auto n = byte_count(v)) return *n;
+    static bool said = false;
+    if (!std::exchange(said, true))
+      std::fprintf(stderr, "bigsmall: BIGSMALL_SPOOL_BYTES='%s' is not a byte count (such as 4G): using a quarter of memory\n",
+                   printable(v).c_str());
   }
-  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
-  return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 4 : UINT64_MAX;
+  const uint64_t mem = usable_memory();
+  return mem == UINT64_MAX ? mem : mem / 4;
 }
 
 // An unnamed file in the temporary directory (gone with the last descriptor, a killed run
@@ -1115,7 +1157,14 @@ Status compress_via_scratch(const Args& a, const InputBytes& bytes, const Compre
                             const ScratchDir& scratch, uint64_t* out_bytes) {
   CompressOptions co = o;
   co.sync = false;  // read back at once, then gone
-  BIGSMALL_RETURN_IF_ERROR(compress_bytes(bytes.data(), bytes.size(), scratch.file, co, label));
+  if (Status st = compress_bytes(bytes.data(), bytes.size(), scratch.file, co, label); !st.is_ok()) {
+    if (st.code() != Error::kNoSpace) return st;
+    // The scratch path it names is gone by the time the message is read: say what to change.
+    return Status(Error::kNoSpace, label + ": no room in " + fs::path(scratch.dir).parent_path().string() +
+                                       " to build the .bs for stdout (set TMPDIR elsewhere, or BIGSMALL_SPOOL_BYTES above " +
+                                       std::to_string(bytes.size()) + " to build it in memory): " + st.message())
+        .with_errno(st.sys_errno());
+  }
   const int fd = ::open(scratch.file.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Status(Error::kIo, scratch.file + ": " + std::strerror(errno)).with_errno(errno);
   struct Closer {

@@ -913,6 +913,15 @@ gives "stdin to stdout, both through temporary files" "$tmp/m.bs" -- sh -c "cat 
 gives "a TMPDIR that is no directory: in memory instead" "$tmp/m.bs" -- env TMPDIR="$tmp/m.bs" BIGSMALL_SPOOL_BYTES=100 "$bs" compress -q -c "$m"
 expect 3 "a full stdout" -- sh -c "TMPDIR=\"$st\" BIGSMALL_SPOOL_BYTES=100 \"$bs\" compress -q -c \"$m\" >/dev/full"
 check "leaves nothing" -- test -z "$(ls "$st")"
+expect 3 "no room for the scratch .bs" -- bash -c "ulimit -f 1024; TMPDIR=\"$st\" BIGSMALL_SPOOL_BYTES=100 \"$bs\" compress -q -c \"$tmp/grow.safetensors\" >/dev/null"
+check "says where, and what to change" -- grep -qF "grow.safetensors: no room in $st to build the .bs for stdout (set TMPDIR elsewhere, or BIGSMALL_SPOOL_BYTES above" "$tmp/err"
+check "and leaves nothing" -- test -z "$(ls "$st")"
+# BIGSMALL_SPOOL_BYTES takes K, M, G, T; anything else is named and the default used
+expect 3 "1K: a 3 MiB stream goes to a temporary file (which the file size limit stops)" -- bash -c \
+  "ulimit -f 1024; cat \"$tmp/grow.safetensors\" | TMPDIR=\"$st\" BIGSMALL_SPOOL_BYTES=1K \"$bs\" compress -q - -o \"$tmp/limited.bs\""
+check "kept in a temporary file" -- grep -q "cannot keep it in a temporary file" "$tmp/err"
+expect 0 "a value that is no byte count" -- sh -c "cat \"$tmp/m.bs\" | BIGSMALL_SPOOL_BYTES=-1 \"$bs\" verify -q -"
+check "is named, once" -- test "$(grep -c "BIGSMALL_SPOOL_BYTES='-1' is not a byte count (such as 4G): using a quarter of memory" "$tmp/err")" -eq 1
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
