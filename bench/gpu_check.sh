@@ -23,6 +23,9 @@ export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 step() { echo; echo "== [$(($(date +%s) - t0)) s] $*"; }
 status=()
+# Every GPU test fails rather than skips when the decoder cannot start here (a driver older than
+# the CUDA runtime, a build without CUDA): a check that skipped them all would pass.
+export BIGSMALL_REQUIRE_GPU=1
 
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader
@@ -112,3 +115,10 @@ cat "$out/dfloat11.json" 2>/dev/null
 if [ -n "${OUT:-}" ]; then
   tar czf /tmp/gpu-check-logs.tgz -C "$out" . && find "$out" -mindepth 1 -delete && mv /tmp/gpu-check-logs.tgz "$out/"
 fi
+# The exit status says whether every step passed (it was always 0: only the summary told).
+for s in "${status[@]}"; do
+  if [ "${s##*:}" != 0 ]; then
+    echo "gpu_check: failed steps in: ${status[*]}" >&2
+    exit 1
+  fi
+done

@@ -258,6 +258,12 @@ def main():
     if args.worker:
         return worker(args.device)
     files = sorted(glob.glob(os.path.join(args.bs_dir, "*.bs")))
+    if args.device.startswith("cuda"):
+        # Without the CUDA decoder, load_file(device="cuda") decodes on the CPU and moves the
+        # result: the comparison would be of the CPU with itself.
+        from bigsmall import _core
+        if not _core.cuda_available():
+            sys.exit("gpu_mutation: this bigsmall build has no usable CUDA decoder (_core.cuda_available() is False)")
     w = Worker(args.device)
     originals = {}
     for f in files:

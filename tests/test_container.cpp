@@ -1669,6 +1669,19 @@ TEST(OpenFile, TruncatedWhileOpenIsAnErrorNotAFault) {
 // The check stats the file the program opened, even when it was opened by a relative name and the
 // program has changed directory since (it stated the name in the new directory, found nothing and
 // let the read fault: SIGBUS).
+// Decoders outside the class (the GPU path copies payload bytes to the device) ask before they read.
+TEST(OpenFile, OtherDecodersCanAskWhetherTheFileWasCutShort) {
+  TempDir d;
+  ASSERT_TRUE(compressed(d, sample_tensors()).is_ok());
+  auto f = BsFile::open(d / "m.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  EXPECT_TRUE(f->check_not_truncated().is_ok());
+  ASSERT_EQ(::truncate((d / "m.bs").c_str(), 100), 0);
+  const Status st = f->check_not_truncated();
+  EXPECT_EQ(st.code(), Error::kTruncated) << st.message();
+  EXPECT_NE(st.message().find("m.bs: truncated by another program while open"), std::string::npos) << st.message();
+}
+
 TEST(OpenFile, TruncatedWhileOpenIsFoundAfterTheWorkingDirectoryChanges) {
   TempDir d;
   ASSERT_TRUE(compressed(d, sample_tensors()).is_ok());

@@ -123,6 +123,10 @@ class BsFile {
   // the pointer lives as long as this object).
   const TensorCoding& coding(size_t i) const;
   const uint8_t* payload(size_t i) const;
+  // kTruncated naming the file when another program has cut it short since it was opened (its
+  // payload pages past the new end would fault, SIGBUS, when read). Such decoders call it
+  // before they read payload bytes, as this class's own reads do.
+  Status check_not_truncated() const;
 
   struct Impl;  // defined in src/container/bsfile.cpp
 

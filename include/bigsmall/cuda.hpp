@@ -21,6 +21,7 @@ struct Job {
   const uint8_t* device_payload;  // the same bytes already copied to device memory
   uint8_t* device_out;            // device memory the tensor is decoded into
   uint64_t device_out_size;       // bytes at device_out: at least coding->nbytes, checked before launch
+  const char* name = nullptr;     // the tensor's name for error messages (else its place in the jobs)
 };
 
 // Decodes the chunks of many tensors in one launch on a caller's stream (several launches when

@@ -317,6 +317,9 @@ Status verify_on_host(const BsFile& f, const std::vector<size_t>& which, const s
 // into the callers' device buffers. Synchronises the stream before returning.
 Status decode_on_device(const BsFile& f, const std::vector<size_t>& which, const std::vector<uint64_t>& ptrs,
                         const std::vector<uint64_t>& sizes, cudaStream_t stream, bool verify) {
+  // As the CPU path checks before its reads: a file cut short since it was opened would fault
+  // (SIGBUS, the process killed) when the copy below reads past its new end.
+  BIGSMALL_RETURN_IF_ERROR(f.check_not_truncated());
   uint64_t total = 0;
   for (size_t i : which) total += f.tensors()[i].stored_bytes;
   uint8_t* staging = nullptr;
@@ -335,7 +338,8 @@ Status decode_on_device(const BsFile& f, const std::vector<size_t>& which, const
     const uint64_t n = f.tensors()[i].stored_bytes;
     if (n && cudaMemcpyAsync(staging + off, f.payload(i), n, cudaMemcpyHostToDevice, stream) != cudaSuccess)
       st = Status(Error::kIo, "copy to the device failed");
-    jobs.push_back({&f.coding(i), f.payload(i), n, staging + off, reinterpret_cast<uint8_t*>(ptrs[k]), sizes[k]});
+    jobs.push_back({&f.coding(i), f.payload(i), n, staging + off, reinterpret_cast<uint8_t*>(ptrs[k]), sizes[k],
+                    f.tensors()[i].name.c_str()});
     off += n;
   }
   {

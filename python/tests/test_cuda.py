@@ -8,8 +8,14 @@ import bigsmall
 import bigsmall.torch as bt
 from conftest import TOKENS
 
-needs_gpu = pytest.mark.skipif(
-    not (torch.cuda.is_available() and bigsmall._core.cuda_available()), reason="no CUDA device or no CUDA build")
+# BIGSMALL_REQUIRE_GPU (bench/gpu_check.sh on the device machine) turns the skip into a failure:
+# a check that skips every GPU test would pass without running the GPU decoder.
+_gpu = torch.cuda.is_available() and bigsmall._core.cuda_available()
+if os.environ.get("BIGSMALL_REQUIRE_GPU", "0") not in ("", "0") and not _gpu:
+    raise RuntimeError("BIGSMALL_REQUIRE_GPU: no CUDA device or no CUDA build "
+                       f"(torch.cuda.is_available()={torch.cuda.is_available()}, "
+                       f"bigsmall._core.cuda_available()={bigsmall._core.cuda_available()})")
+needs_gpu = pytest.mark.skipif(not _gpu, reason="no CUDA device or no CUDA build")
 
 
 @needs_gpu

@@ -374,6 +374,7 @@ struct Decoder::Impl {
   void* stream = nullptr;
   std::vector<int> host_status;
   std::vector<std::pair<uint32_t, uint32_t>> labels;  // per chunk: tensor and chunk, for error messages
+  std::vector<std::string> job_labels;                 // per job: how messages name its tensor
   bool shared_tables = false;
   int blocks_per_sm = 2;
   size_t window_table_bytes = kWindowTableBytes;
@@ -451,9 +452,15 @@ Status Decoder::enqueue(const std::vector<Job>& jobs, void* cuda_stream, bool ve
 }
 
 namespace {
+// How errors name a job's tensor: by name where the caller gave one (as the CPU path does), else
+// by its place in the caller's list of jobs.
+std::string job_label(const Job& j, size_t t) {
+  return j.name ? "tensor '" + std::string(j.name) + "'" : "tensor #" + std::to_string(t);
+}
+
 // A job's buffers against its coding: sizes, nulls and alignment.
 Status check_job(const Job& j, size_t t) {
-  const std::string label = "tensor #" + std::to_string(t);
+  const std::string label = job_label(j, t);
   if (j.coding == nullptr) return Status(Error::kInvalidArgument, label + ": no coding");
   const TensorCoding& c = *j.coding;
   BIGSMALL_RETURN_IF_ERROR(c.validate(j.payload_size).with_context(label));
@@ -485,7 +492,7 @@ struct Window {
 Status upload_zstd_chunk(const Job& j, size_t t, size_t i, std::vector<uint8_t>& plain, cudaStream_t stream) {
   const TensorCoding& c = *j.coding;
   const ChunkRef& ref = c.chunks[i];
-  const std::string label = "tensor #" + std::to_string(t) + ", chunk " + std::to_string(i);
+  const std::string label = job_label(j, t) + ", chunk " + std::to_string(i);
   if (ZSTD_getFrameContentSize(j.host_payload + ref.offset, ref.size) != c.chunk_out_size(i))
     return Status(Error::kCorrupt, label + ": zstd frame size mismatch");
   if (ZSTD_findFrameCompressedSize(j.host_payload + ref.offset, ref.size) != ref.size)
@@ -507,9 +514,11 @@ Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, b
   Status st;
   // Every job is checked before anything reaches the device (a wrong size would be written past).
   size_t chunk_total = 0;
+  im.job_labels.clear();
   for (size_t t = 0; t < jobs.size(); ++t) {
     BIGSMALL_RETURN_IF_ERROR(check_job(jobs[t], t));
     chunk_total += jobs[t].coding->chunks.size();
+    im.job_labels.push_back(job_label(jobs[t], t));  // the name may not outlive this call: copied
   }
   int device = 0, optin = 0;
   if (!cuda_ok(cudaGetDevice(&device), &st, "device") ||
@@ -574,7 +583,7 @@ Status Decoder::Impl::enqueue(const std::vector<Job>& jobs, void* cuda_stream, b
     for (size_t i = 0; i < c.chunks.size(); ++i) {
       const ChunkRef& ref = c.chunks[i];
       if (verify && detail::xxh3_32(j.host_payload + ref.offset, ref.size) != ref.checksum)
-        return Status(Error::kCorrupt, "tensor #" + std::to_string(t) + ", chunk " + std::to_string(i) +
+        return Status(Error::kCorrupt, job_label(j, t) + ", chunk " + std::to_string(i) +
                                            ": checksum mismatch (compressed data damaged)");
       if (c.codec == Codec::kZstd && ref.mode == ChunkMode::kCoded) {
         BIGSMALL_RETURN_IF_ERROR(upload_zstd_chunk(j, t, i, plain, stream));
@@ -614,7 +623,7 @@ Status Decoder::finish() {
     for (size_t k = 0; k < impl_->host_status.size(); ++k) {
       const int s = impl_->host_status[k];
       if (s != kOk)
-        return Status(Error::kCorrupt, "tensor #" + std::to_string(impl_->labels[k].first) + ", chunk " +
+        return Status(Error::kCorrupt, impl_->job_labels[impl_->labels[k].first] + ", chunk " +
                                            std::to_string(impl_->labels[k].second) + ": " + (s >= 0 && s <= 5 ? kWhat[s] : "not decoded"));
     }
     return Status::success();
