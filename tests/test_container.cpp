@@ -1680,6 +1680,8 @@ TEST(OpenFile, OtherDecodersCanAskWhetherTheFileWasCutShort) {
   const Status st = f->check_not_truncated();
   EXPECT_EQ(st.code(), Error::kTruncated) << st.message();
   EXPECT_NE(st.message().find("m.bs: truncated by another program while open"), std::string::npos) << st.message();
+  BsFile moved = std::move(*f);
+  EXPECT_EQ(f->check_not_truncated().code(), Error::kInvalidArgument);  // moved from: an error, not a crash
 }
 
 TEST(OpenFile, TruncatedWhileOpenIsFoundAfterTheWorkingDirectoryChanges) {

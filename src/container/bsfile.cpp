@@ -892,7 +892,7 @@ const std::vector<TensorInfo>& BsFile::tensors() const { return impl_ ? impl_->i
 const TensorCoding& BsFile::coding(size_t i) const { return impl_->entries[i].coding; }
 const uint8_t* BsFile::payload(size_t i) const { return impl_->file.data() + impl_->entries[i].payload_offset; }
 
-Status BsFile::check_not_truncated() const { return impl_->file.check_not_truncated(); }
+Status BsFile::check_not_truncated() const { return impl_ ? impl_->file.check_not_truncated() : not_open(); }
 
 std::optional<size_t> BsFile::find(std::string_view name) const {
   if (!impl_) return std::nullopt;
