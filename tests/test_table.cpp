@@ -213,6 +213,33 @@ TEST(BitIO, ReaderAgreesWithTheBitByBitDefinition) {
   }
 }
 
+// Every prefix length and order at every bit offset, with the code ending at the buffer's end or
+// well before it: both of ue()'s paths (codes read from one word, longer ones), including values
+// past 32 bits, which must fail on either.
+TEST(BitIO, ExpGolombCodesOfEveryLengthAgreeWithTheDefinition) {
+  int overflows = 0;
+  for (int zeros = 0; zeros <= 33; ++zeros)
+    for (int k = 0; k < 16; ++k)
+      for (int offset = 0; offset < 8; ++offset)
+        for (int tail : {0, 9}) {
+          std::vector<uint8_t> bytes((offset + 2 * zeros + 1 + k + 7) / 8 + static_cast<size_t>(tail), 0);
+          auto set = [&](int bit) { bytes[static_cast<size_t>(bit) >> 3] |= static_cast<uint8_t>(1u << (bit & 7)); };
+          const int one = offset + zeros;
+          set(one);
+          for (int b = one + 1; b < one + 1 + zeros + k; ++b) set(b);  // every bit of the body set
+          BitReader fast(bytes.data(), bytes.size());
+          SlowBitReader slow{bytes.data(), bytes.size() * 8};
+          ASSERT_EQ(fast.get(offset), slow.get(offset));
+          ASSERT_EQ(fast.ue(k), slow.ue(k)) << zeros << " " << k << " " << offset << " " << tail;
+          ASSERT_EQ(fast.ok(), slow.ok) << zeros << " " << k << " " << offset << " " << tail;
+          if (slow.ok) {
+            ASSERT_EQ(fast.bytes_used(), (slow.pos + 7) / 8);
+          }
+          overflows += !slow.ok && zeros <= 32;
+        }
+  EXPECT_GT(overflows, 0);  // the grid reaches values that do not fit 32 bits
+}
+
 TEST(ByteBuffer, KeepsItsMemoryAcrossResetsAndCopiesWhatItIsGiven) {
   ByteBuffer b;
   EXPECT_TRUE(b.empty());

@@ -166,6 +166,19 @@ class BitReader {
       ok_ = false;  // no 1 within 33 bits, or the code runs past the end
       return 0;
     }
+    // Short codes (nearly all of a table's) come out of the word already read.
+    const int total = 2 * zeros + 1 + k;
+    if (total <= 57 && pos_ + static_cast<size_t>(total) <= nbits_) {
+      pos_ += static_cast<size_t>(total);
+      const uint64_t body = ahead >> (zeros + 1);
+      const uint64_t w = (uint64_t{1} << zeros) | (body & ((uint64_t{1} << zeros) - 1));
+      const uint64_t v = ((w - 1) << k) | ((body >> zeros) & ((uint64_t{1} << k) - 1));
+      if (v > UINT32_MAX) {
+        ok_ = false;
+        return 0;
+      }
+      return static_cast<uint32_t>(v);
+    }
     pos_ += static_cast<size_t>(zeros) + 1;
     const uint64_t w = (uint64_t{1} << zeros) | get(zeros);
     const uint64_t v = ((w - 1) << k) | get(k);

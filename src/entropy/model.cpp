@@ -1,5 +1,7 @@
 #include "entropy/model.hpp"
 
+#include <array>
+
 namespace bigsmall::detail {
 
 void write_float_model(const FloatModel& m, BitWriter& bw) {
@@ -15,9 +17,9 @@ void write_float_model(const FloatModel& m, BitWriter& bw) {
 }
 
 Status read_float_model(const uint8_t* p, size_t n, DType dtype, uint64_t units, FloatModel* m) {
-  const Status bad(Error::kCorrupt, "invalid float model");
+  auto bad = [] { return Status(Error::kCorrupt, "invalid float model"); };  // made only on failure
   const DTypeInfo& info = dtype_info(dtype);
-  if (!info.exponent_bits) return bad;
+  if (!info.exponent_bits) return bad();
   BitReader br(p, n);
   m->exp_bits = info.exponent_bits;
   m->man_bits = info.mantissa_bits;
@@ -27,30 +29,30 @@ Status read_float_model(const uint8_t* p, size_t n, DType dtype, uint64_t units,
   m->mant_precision = static_cast<int>(br.get(4));
   if (!br.ok() || m->hi_bits > 12 || m->hi_bits + m->raw_bits + m->zero_bits != m->man_bits ||
       m->mant_precision < m->hi_bits || m->mant_precision > kMaxMantPrecision)
-    return bad;
+    return bad();
   BIGSMALL_RETURN_IF_ERROR(read_table(br, m->se_alphabet(), &m->se));
   const uint32_t ntables = br.ue();
-  if (!br.ok() || ntables > m->se_alphabet()) return bad;
+  if (!br.ok() || ntables > m->se_alphabet() || ntables > kMaxAlphabet) return bad();
   if (((uint64_t{ntables} + 1) << m->mant_precision) > max_table_slots(units))
     return Status(Error::kCorrupt, "mantissa tables larger than the tensor they code");
   m->mant.resize(ntables);
   for (auto& t : m->mant) {
     BIGSMALL_RETURN_IF_ERROR(read_table(br, 1u << m->hi_bits, &t));
-    if (t.precision != m->mant_precision) return bad;
+    if (t.precision != m->mant_precision) return bad();
   }
   m->ctx.assign(m->se_alphabet(), 0);
-  std::vector<uint8_t> used(ntables + 1, 0);
+  std::array<uint8_t, kMaxAlphabet + 1> used{};  // ntables <= the se alphabet <= kMaxAlphabet
   for (uint32_t s = 0; s < m->se.alphabet; ++s) {
     if (!m->se.freq[s]) continue;
     const uint32_t c = br.ue();
-    if (!br.ok() || c > ntables) return bad;
+    if (!br.ok() || c > ntables) return bad();
     m->ctx[s] = static_cast<uint16_t>(c);
     used[c] = 1;
   }
   // Writers emit only tables some symbol uses; unused ones could only inflate decoder memory.
   for (uint32_t t = 1; t <= ntables; ++t)
-    if (!used[t]) return bad;
-  if (br.bytes_used() != n || !br.padding_is_zero()) return bad;
+    if (!used[t]) return bad();
+  if (br.bytes_used() != n || !br.padding_is_zero()) return bad();
   return Status::success();
 }
 

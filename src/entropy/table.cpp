@@ -19,7 +19,7 @@ FreqTable FreqTable::uniform(int bits, int precision) {
 }
 
 void FreqTable::rebuild_cum() {
-  cum.assign(alphabet, 0);
+  cum.resize(alphabet);  // every entry is written below
   uint32_t c = 0;
   for (uint32_t s = 0; s < alphabet; ++s) {
     cum[s] = c;
@@ -138,18 +138,22 @@ uint64_t table_bits(const FreqTable& t) {
 }
 
 Status read_table(BitReader& br, uint32_t alphabet, FreqTable* out) {
-  const Status bad(Error::kCorrupt, "invalid frequency table");
+  // Made only on failure: a message past the small-string size would cost an allocation for
+  // every table of every tensor decoded.
+  auto bad = [] { return Status(Error::kCorrupt, "invalid frequency table"); };
   const int precision = static_cast<int>(br.get(4));
   const uint64_t present = uint64_t{br.ue()} + 1;  // 64-bit: ue() may be 2^32 - 1
-  if (!br.ok() || precision > kMaxPrecision || present > alphabet || present > (uint64_t{1} << precision)) return bad;
+  if (!br.ok() || precision > kMaxPrecision || present > alphabet || present > (uint64_t{1} << precision)) return bad();
   out->alphabet = alphabet;
   out->precision = precision;
   out->freq.assign(alphabet, 0);
-  std::vector<uint32_t> syms(present);
+  // The present symbols are listed in cum until rebuild_cum fills it: one allocation fewer.
+  out->cum.resize(alphabet);
+  uint32_t* syms = out->cum.data();
   uint64_t s = 0;
   for (uint32_t i = 0; i < present; ++i) {
     s += uint64_t{br.ue()} + (i == 0 ? 0 : 1);  // strictly increasing: no symbol twice
-    if (!br.ok() || s >= alphabet) return bad;
+    if (!br.ok() || s >= alphabet) return bad();
     syms[i] = static_cast<uint32_t>(s);
   }
   const uint32_t target = 1u << precision;
@@ -162,11 +166,11 @@ Status read_table(BitReader& br, uint32_t alphabet, FreqTable* out) {
       const uint32_t z = br.ue(k);
       const int64_t d = (z & 1) ? -(static_cast<int64_t>(z) + 1) / 2 : static_cast<int64_t>(z) / 2;
       last += d;
-      if (!br.ok() || last < 1 || last >= target) return bad;
+      if (!br.ok() || last < 1 || last >= target) return bad();
       out->freq[syms[i]] = static_cast<uint32_t>(last);
       sum += last;
     }
-    if (sum >= target) return bad;
+    if (sum >= target) return bad();
     out->freq[syms[present - 1]] = static_cast<uint32_t>(target - sum);
   }
   out->rebuild_cum();
