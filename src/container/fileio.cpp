@@ -608,6 +608,20 @@ unsigned process_umask() {
   return m;
 }
 
+namespace {
+Status check_name_length(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const long most = ::pathconf(dir.c_str(), _PC_NAME_MAX);
+  const size_t limit = most > 0 ? static_cast<size_t>(most) : 255;
+  if (name.size() <= limit) return Status::success();
+  return Status(Error::kIo, path + ": file name too long (" + std::to_string(name.size()) + " bytes; its file system takes " +
+                                std::to_string(limit) + ")")
+      .with_errno(ENAMETOOLONG);
+}
+}  // namespace
+
 Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwrite) {
   // A directory there is never replaced by a file: said at once, not "use -f" (which then fails).
   if (path_is_dir(final_path)) return Status(Error::kIo, final_path + ": is a directory").with_errno(EISDIR);
@@ -615,6 +629,9 @@ Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwr
     return Status(Error::kIo, final_path + ": already exists").with_errno(EEXIST);
   auto target = overwrite ? overwrite_target(final_path) : Result<std::string>(final_path);
   if (!target) return target.status();
+  // The temporary's name is cut to fit (temp_beside), so a final name too long for its file
+  // system would fail only at the rename, after all the work: said now.
+  if (Status st = check_name_length(*target); !st.is_ok()) return st;
   static std::atomic<unsigned> counter{0};
   OutputFile f;
   f.final_ = *target;
