@@ -3,11 +3,13 @@
 #include <poll.h>
 #include <dirent.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -246,20 +248,36 @@ void on_signal(int sig) {
 // faults on the pages past its new end. That is a bad input, not a crash: one line, exit 4,
 // nothing left behind. (Only async-signal-safe calls here.)
 void on_bus_error(int, siginfo_t* info, void*) {
+  // Decoding threads reading the same truncated mapping fault together: the first reports and
+  // ends the process, the others wait for that (two reports would interleave).
+  static std::atomic<bool> reporting{false};
+  if (reporting.exchange(true))
+    for (;;) ::pause();
   remove_partial_outputs();
   remove_scratch();
   clear_bar();
-  auto put = [](const char* s) { (void)!::write(2, s, std::strlen(s)); };
-  put("bigsmall: ");
+  // One write of the whole line. Built with plain copies: no allocation in a signal handler.
+  static char line[8192];
+  size_t n = 0;
+  auto add = [&](const char* s) {
+    for (; *s && n + 1 < sizeof line; ++s) line[n++] = *s;
+  };
+  add("bigsmall: ");
   // The file mapped where the fault is (a shard of a directory being compressed), else the input.
   if (const char* mapped = bigsmall::mapped_input_at(info->si_addr)) {
-    put(mapped);
-    put(": ");
+    add(mapped);
+    add(": ");
   } else if (g_input_set) {
-    put(g_input);
-    put(": ");
+    add(g_input);
+    add(": ");
   }
-  put("a mapped file could not be read or written (truncated by another program, or a full disk?)\n");
+  add("a mapped file could not be read or written (truncated by another program, or a full disk?)");
+  line[n++] = '\n';
+  for (size_t off = 0; off < n;) {
+    const ssize_t w = ::write(2, line + off, n - off);
+    if (w <= 0) break;
+    off += static_cast<size_t>(w);
+  }
   ::_exit(kExitBadInput);
 }
 
@@ -371,6 +389,54 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Terminal columns a string takes: one per character (UTF-8 continuation bytes take none).
+size_t columns_of(const std::string& s) {
+  return static_cast<size_t>(std::count_if(s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xc0) != 0x80; }));
+}
+
+// s in at most `cols` columns (cols >= 5): its start and end, "..." between, cut between characters.
+std::string squeezed(const std::string& s, size_t cols) {
+  if (columns_of(s) <= cols) return s;
+  const size_t head = (cols - 3) / 2, tail = cols - 3 - head;
+  size_t a = 0;
+  for (size_t n = 0; a < s.size() && n <= head; ++a)
+    if ((static_cast<unsigned char>(s[a]) & 0xc0) != 0x80 && n++ == head) break;
+  size_t b = s.size();
+  for (size_t n = 0; b > 0 && n < tail;)
+    if ((static_cast<unsigned char>(s[--b]) & 0xc0) != 0x80) ++n;
+  return s.substr(0, a) + "..." + s.substr(b);
+}
+
+// The line of a progress bar in at most `room` columns: the bar narrows, then the name is
+// shortened in the middle, then the bar and the name go; what is left is cut. A line that wraps
+// would leave a stale row per redraw ("\r\033[K" clears only the last one).
+std::string progress_line(const std::string& label, double frac, const std::string& stats, size_t room) {
+  // Room kept for the figures as wide as they grow ("100% 999.99 MB/999.99 MB 999.99 MB/s 100s
+  // left"), so that the name is not cut differently at every redraw.
+  const size_t stat_cols = std::max<size_t>(columns_of(stats), 44);
+  auto bar = [&](size_t width) {
+    std::string b(static_cast<size_t>(frac * static_cast<double>(width)), '=');
+    b.resize(width, ' ');
+    return " [" + b + "] ";
+  };
+  constexpr size_t kBar = 24, kMinBar = 10, kMinLabel = 12;
+  size_t width = kBar;
+  const size_t label_cols = columns_of(label);
+  while (width > kMinBar && label_cols + width + 4 + stat_cols > room) --width;
+  if (label_cols + width + 4 + stat_cols <= room) return label + bar(width) + stats;
+  if (room >= kMinLabel + width + 4 + stat_cols) return squeezed(label, room - width - 4 - stat_cols) + bar(width) + stats;
+  if (room >= kMinLabel + 1 + stat_cols) return squeezed(label, room - 1 - stat_cols) + " " + stats;
+  std::string line = stats;
+  if (line.size() > room) line.resize(room);  // ASCII
+  return line;
+}
+
+// Columns of the terminal on stderr, or 0 where it does not say.
+size_t terminal_columns() {
+  struct winsize w {};
+  return ::ioctl(2, TIOCGWINSZ, &w) == 0 ? w.ws_col : 0;
+}
+
 // A progress bar on stderr, only when stderr is a terminal and not -q.
 class Progress {
  public:
@@ -392,15 +458,18 @@ class Progress {
     drawn_ = true;
     g_bar_drawn = 1;
     const double frac = total ? static_cast<double>(done) / static_cast<double>(total) : 1.0;
-    const int width = 24, fill = static_cast<int>(frac * width);
     const double rate = t > 0 ? static_cast<double>(done) / t : 0;
-    std::string bar(static_cast<size_t>(fill), '=');
-    bar.resize(width, ' ');
     // Time left once there is a rate to go by; before the first bytes, none is known.
     char left[32] = "--";
     if (done > 0 && rate > 0) std::snprintf(left, sizeof left, "%.0fs", static_cast<double>(total - done) / rate);
-    std::fprintf(stderr, "\r\033[K%s [%s] %3.0f%% %s/%s %s/s %s left", label_.c_str(), bar.c_str(), frac * 100,
-                 human(static_cast<double>(done)).c_str(), human(static_cast<double>(total)).c_str(), human(rate).c_str(), left);
+    char stats[160];
+    std::snprintf(stats, sizeof stats, "%3.0f%% %s/%s %s/s %s left", frac * 100, human(static_cast<double>(done)).c_str(),
+                  human(static_cast<double>(total)).c_str(), human(rate).c_str(), left);
+    // Asked at every redraw, so that a resized window is followed; the last column is left
+    // free, as a character there wraps the cursor on some terminals.
+    const size_t cols = terminal_columns();
+    const std::string line = progress_line(label_, frac, stats, cols > 1 ? cols - 1 : SIZE_MAX);
+    std::fprintf(stderr, "\r\033[K%s", line.c_str());
     std::fflush(stderr);
   }
   bool on_;
@@ -719,7 +788,7 @@ uint64_t spool_threshold() {
 }
 
 // An unnamed file in the temporary directory (gone with the last descriptor, a killed run
-// included); -1 where none can be made (then the bytes stay in memory).
+// included); -1 with errno set where none can be made.
 int unnamed_temp_file() {
   const char* var;
   const std::string dir = temp_dir(&var).string();
@@ -826,9 +895,17 @@ class InputBytes {
   // mapping: a full disk is then an error, not a SIGBUS.
   Status spool(int fd, const std::string& label, Expect expect, uint64_t expected) {
     spool_ = unnamed_temp_file();
-    if (spool_ < 0) return read_on(fd, label, expect, expected, false);  // no temporary file: in memory
     const char* var;
     const std::string where = temp_dir(&var).string();
+    if (spool_ < 0) {
+      // Not quietly in memory instead: the stream is large for this machine, and a mistyped
+      // TMPDIR would turn into an out-of-memory failure partway.
+      const int err = errno;
+      return Status(Error::kIo, label + ": cannot make a temporary file in " + (var ? std::string(var) + "=" : "") + where +
+                                    " to hold the stream (" + std::strerror(err) + "; set TMPDIR to a usable directory, or " +
+                                    "BIGSMALL_SPOOL_BYTES above " + std::to_string(expected) + " to read it into memory)")
+          .with_errno(err);
+    }
     auto write_error = [&](int err) {
       return Status(err == ENOSPC || err == EDQUOT || err == EFBIG ? Error::kNoSpace : Error::kIo,
                     label + ": cannot keep it in a temporary file in " + where + ": " + std::strerror(err)).with_errno(err);
@@ -1237,10 +1314,13 @@ int run_stream(const Args& a) {
   Status st;
   if (compress) {
     const CompressOptions o = compress_options(a, prog.fn());
-    // Where no scratch directory can be made (TMPDIR unusable), in memory as for smaller inputs.
     ScratchDir scratch;
-    if (to_stdout && bytes.size() > spool_threshold() &&
-        make_scratch(kStdoutDirPrefix, "the .bs sent to stdout", !a.quiet && !a.json, &scratch).is_ok()) {
+    if (to_stdout && bytes.size() > spool_threshold()) {
+      // An unusable TMPDIR is an error, not a silent build in memory of what is large for it.
+      if (Status made = make_scratch(kStdoutDirPrefix, "the .bs sent to stdout", !a.quiet && !a.json, &scratch); !made.is_ok())
+        return fail(Status(made.code(), made.message() + " (set TMPDIR to a usable directory, or BIGSMALL_SPOOL_BYTES above " +
+                                            std::to_string(bytes.size()) + " to build it in memory)")
+                        .with_errno(made.sys_errno()));
       st = compress_via_scratch(a, bytes, o, in_label, scratch, &out_b);
       prog.finish();
     } else if (to_stdout) {

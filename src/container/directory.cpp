@@ -115,6 +115,8 @@ Result<std::vector<fs::path>> list_files(const fs::path& root, const fs::path& s
     const fs::file_status st = it->status(ec);  // through links
     if (std::error_code lec; ec && fs::is_symlink(it->symlink_status(lec)) && ec == std::errc::no_such_file_or_directory)
       return Status(Error::kIo, it->path().string() + ": dangling link (its target does not exist)").with_errno(ENOENT);
+    if (ec == std::errc::too_many_symbolic_link_levels)  // worded as for an input given by name
+      return Status(Error::kIo, it->path().string() + ": too many levels of links (a link loop?)").with_errno(ELOOP);
     if (ec) return Status(Error::kIo, it->path().string() + ": " + ec.message());
     if (fs::is_directory(st)) {
       std::error_code e2;
