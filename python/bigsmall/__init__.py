@@ -96,6 +96,20 @@ __version__ = _core.library_version  # include/bigsmall/version.hpp, as the pack
 FORMAT_VERSION = _core.FORMAT_VERSION
 
 
+def _fsdecode(path):
+    """os.fsdecode, with a clear error for what no path can be: bytes holding a NUL, which is
+    what a file's contents passed by mistake (load_file(data) for load(data)) look like."""
+    p = os.fsdecode(path)
+    if "\0" in p:
+        hint = ""
+        if isinstance(path, (bytes, bytearray)) and bytes(path[:8]) == b"\x89BSML\r\n\x1a":
+            hint = " (these bytes are a .bs file's contents: bigsmall.torch.load and bigsmall.numpy.load read those)"
+        elif isinstance(path, (bytes, bytearray)):
+            hint = f" (got {len(path)} bytes: file contents, not a path?)"
+        raise InvalidArgumentError(f"a path cannot contain a NUL byte{hint}")
+    return p
+
+
 def _threads(threads):
     """None or 0: every core; more threads than chunks are never started, so large counts are capped."""
     if threads is None:
@@ -191,7 +205,7 @@ def _save_target(filename, stacklevel=3):
     """The path a save_file writes. A name ending in .safetensors gets a warning: the bytes are
     .bs (safetensors readers refuse them as "header too large"), an easy slip when an import of
     safetensors.torch is swapped for bigsmall.torch. stacklevel: that of the user's call."""
-    path = os.fsdecode(filename)
+    path = _fsdecode(filename)
     if path.endswith(".safetensors"):
         import warnings
 
@@ -229,7 +243,7 @@ def _header_metadata(metadata, filename=None):
     name the file being written."""
     if metadata is None:
         return None
-    where = f"{os.fsdecode(filename)}: " if filename is not None else ""
+    where = f"{_fsdecode(filename)}: " if filename is not None else ""
     if not isinstance(metadata, dict):
         raise InvalidArgumentError(f"{where}metadata must be a dict of str to str, not {type(metadata).__name__}")
     try:
@@ -345,9 +359,9 @@ def _write_file(path, names, shapes, bufs, metadata, threads, overwrite, stackle
 
 def compress(src, dst=None, threads=None, overwrite=False, progress=False):
     """Compress a .safetensors file or a model directory; returns the output path."""
-    src = os.fsdecode(src)
+    src = _fsdecode(src)
     is_dir = os.path.isdir(src)
-    dst = os.fsdecode(dst) if dst is not None else _default_output(src, True, is_dir)
+    dst = _fsdecode(dst) if dst is not None else _default_output(src, True, is_dir)
     cb, bar = _progress(progress, os.path.basename(src))
     try:
         _core.compress(src, dst, _threads(threads), _flag(overwrite, "overwrite"), is_dir, cb)
@@ -363,9 +377,9 @@ def compress(src, dst=None, threads=None, overwrite=False, progress=False):
 
 def decompress(src, dst=None, threads=None, overwrite=False, verify=True, progress=False):
     """Restore the original .safetensors file (or model directory) byte for byte."""
-    src = os.fsdecode(src)
+    src = _fsdecode(src)
     is_dir = os.path.isdir(src)
-    dst = os.fsdecode(dst) if dst is not None else _default_output(src, False, is_dir)
+    dst = _fsdecode(dst) if dst is not None else _default_output(src, False, is_dir)
     cb, bar = _progress(progress, os.path.basename(src))
     try:
         _core.decompress(src, dst, _threads(threads), _flag(overwrite, "overwrite"), _flag(verify, "verify"), is_dir, cb)
@@ -381,7 +395,7 @@ def decompress(src, dst=None, threads=None, overwrite=False, verify=True, progre
 
 def verify(path, threads=None):
     """Decode everything and check every checksum; raises on the first problem."""
-    _core.verify(os.fsdecode(path), _threads(threads))
+    _core.verify(_fsdecode(path), _threads(threads))
 
 
 def info(path):
@@ -390,7 +404,7 @@ def info(path):
     For a compressed model directory: the same for each of its .bs files under "files", their
     sums, and every tensor under "tensors" with the file it is in (its "file" entry).
     """
-    path = os.fsdecode(path)
+    path = _fsdecode(path)
     if os.path.isdir(path):
         files = [_file_info(p) for p in _core.model_dir_files(path)]
         return {
@@ -435,7 +449,7 @@ class safe_open:
             self._device = "cpu"
         self._threads = _threads(threads)
         self._verify = _flag(verify, "verify")
-        self._path = os.fsdecode(path)
+        self._path = _fsdecode(path)
         self._file = _core.File.open(self._path)
         self._infos = self._file.tensors()
         self._index = {t["name"]: i for i, t in enumerate(self._infos)}
@@ -550,10 +564,12 @@ class _Slice:
                 index = bt._f4_byte_index(index, self._t, self._file.path)
         rows = _leading_rows(index, shape)
         if rows is None:  # whole tensor, or an index form left to the framework (and its errors)
-            x = self._owner._decode(self._file, self._i, self._t)[index]
+            decoded = self._owner._decode(self._file, self._i, self._t)
         else:
             r0, r1, rest = rows
-            x = self._owner._decode_rows(self._file, self._i, self._t, r0, r1, shape)[rest]
+            decoded = self._owner._decode_rows(self._file, self._i, self._t, r0, r1, shape)
+            index = rest
+        x = decoded[index]
         if self._owner._framework == "np":
             import numpy as np
 
@@ -561,7 +577,19 @@ class _Slice:
                 # NumPy gives a scalar (np.float64, np.bool_) for an index that picks one
                 # element; safetensors' numpy slices are 0-d arrays then.
                 x = np.asarray(x)
+            elif x.nbytes < decoded.nbytes and np.may_share_memory(x, decoded):
+                x = x.copy()  # see below
+        elif x.nbytes < decoded.nbytes and x.untyped_storage().data_ptr() == decoded.untyped_storage().data_ptr():
+            # A view would keep all that was decoded alive: four column shards of a 256 MiB
+            # tensor, kept by a tensor-parallel loader, would hold 1 GiB.
+            x = x.clone(memory_format=_torch_contiguous())
         return x
+
+
+def _torch_contiguous():
+    import torch
+
+    return torch.contiguous_format
 
 
 def _leading_rows(index, shape):

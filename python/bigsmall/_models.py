@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from . import _batches, _core, _flag, _missing, _os_error, _progress, _threads, _warn_removed, InvalidArgumentError
+from . import _batches, _core, _flag, _fsdecode, _missing, _os_error, _progress, _threads, _warn_removed, InvalidArgumentError
 from . import torch as bt
 
 
@@ -60,7 +60,7 @@ _OTHER_WEIGHTS = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "
 
 
 def _resolve(path_or_repo_id, hub_kwargs=None):
-    p = os.fsdecode(path_or_repo_id)
+    p = _fsdecode(path_or_repo_id)
     if os.path.isdir(p):
         return p
     if os.path.exists(p):
@@ -87,7 +87,7 @@ def _subfolder(root, subfolder):
     """The model directory inside a repository, as transformers' subfolder= names it."""
     if not subfolder:
         return root
-    sub = os.fsdecode(subfolder)
+    sub = _fsdecode(subfolder)
     if os.path.isabs(sub) or ".." in sub.replace(os.sep, "/").split("/"):
         raise InvalidArgumentError(f"subfolder {sub!r} must be a relative path inside {root}")
     d = os.path.join(root, sub)
@@ -759,7 +759,7 @@ def _dtype_arg(d):
 
 
 def _name_or_path(path_or_repo_id):
-    return os.fsdecode(path_or_repo_id) if isinstance(path_or_repo_id, (str, bytes, os.PathLike)) else str(path_or_repo_id)
+    return _fsdecode(path_or_repo_id) if isinstance(path_or_repo_id, (str, bytes, os.PathLike)) else str(path_or_repo_id)
 
 
 def _check_model_class(model_class):
@@ -795,7 +795,7 @@ def _config_for(path, model_class, kwargs):
     config = kwargs.pop("config", None)
     if config is not None and not isinstance(config, (str, bytes, os.PathLike)):
         return copy.deepcopy(config), kwargs  # as transformers: the caller's object is not changed
-    source = path if config is None else os.fsdecode(config)
+    source = path if config is None else _fsdecode(config)
     if config is None and not os.path.isfile(os.path.join(path, "config.json")):
         raise _missing(f"{path}: no config.json (the model's configuration, which compression copies "
                        "from the original directory; pass config= to give one)")
@@ -954,7 +954,7 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
     shares memory with another stored twice. Nothing is written when the call fails: the configs
     are put in place only after the weights are, and with overwrite=False an existing output is
     refused before anything is written."""
-    out_dir = os.fsdecode(out_dir)
+    out_dir = _fsdecode(out_dir)
     overwrite = _flag(overwrite, "overwrite")
     if isinstance(model_or_state_dict, dict):
         tensors, model = dict(model_or_state_dict), None

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from . import _core
-from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _backend, _batches, _bs_bytes, _flag, _header_metadata, _save_target,
+from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _backend, _batches, _bs_bytes, _flag, _fsdecode, _header_metadata, _save_target,
                _text, _threads, _with_file, _write_file)
 
 _DTYPES = {
@@ -57,7 +57,7 @@ def load_file(filename, threads=None, verify=True, *, backend="mmap"):
     (`backend`, "mmap" or "pread", is taken as safetensors takes it)."""
     _backend(backend)
     verify = _flag(verify, "verify")
-    f = _core.File.open(os.fsdecode(filename))
+    f = _core.File.open(_fsdecode(filename))
     infos = f.tensors()
     return {t["name"]: a for t, a in zip(infos, _decode(f, list(range(len(infos))), infos, _threads(threads), verify))}
 

@@ -9,7 +9,7 @@ import os
 import torch
 
 from . import _core
-from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _backend, _batches, _bs_bytes, _flag, _header_metadata, _save_target,
+from . import (_MEMORY, InvalidArgumentError, OutOfMemoryError, _backend, _batches, _bs_bytes, _flag, _fsdecode, _header_metadata, _save_target,
                _text, _threads, _with_file, _write_file)
 
 _DTYPES = {
@@ -98,13 +98,15 @@ def _empty(info, device="cpu", shape=None, path=None):
     shape = _torch_shape(info, path) if shape is None else shape
     try:
         return torch.empty(shape, dtype=dt, device=device)
-    except (RuntimeError, MemoryError) as e:  # torch's CPU allocator raises RuntimeError, CUDA's OutOfMemoryError
+    except (RuntimeError, MemoryError, TypeError, OverflowError) as e:
+        # torch's CPU allocator raises RuntimeError, CUDA's OutOfMemoryError; a dimension of 2**63
+        # or more (valid safetensors) a TypeError from unpacking the size.
         if isinstance(e, MemoryError) or "allocate" in str(e) or "out of memory" in str(e).lower():
             where = f"{path}: " if path is not None else ""
             nbytes = math.prod(shape) * torch.empty(0, dtype=dt).element_size()
             raise OutOfMemoryError(f"{where}tensor {info['name']!r}: cannot allocate {nbytes} bytes "
                                    f"on {device} ({_first_line(e)})") from None
-        if isinstance(e, RuntimeError):  # a shape torch cannot represent ([0, 2**62, 2**62] is valid safetensors)
+        if isinstance(e, (RuntimeError, TypeError, OverflowError)):  # a shape torch cannot represent ([0, 2**62, 2**62] is valid safetensors)
             where = f"{path}: " if path is not None else ""
             raise InvalidArgumentError(f"{where}tensor {info['name']!r}: torch cannot make a tensor of shape "
                                        f"{list(shape)} ({_first_line(e)})") from None
@@ -196,7 +198,7 @@ def load_file(filename, device="cpu", threads=None, verify=True, *, backend="mma
     (`backend`, "mmap" or "pread", is taken as safetensors takes it)."""
     _backend(backend)
     verify = _flag(verify, "verify")
-    f = _core.File.open(os.fsdecode(filename))
+    f = _core.File.open(_fsdecode(filename))
     infos = f.tensors()
     tensors = _decode(f, list(range(len(infos))), infos, device, _threads(threads), verify)
     return {t["name"]: x for t, x in zip(infos, tensors)}
@@ -310,12 +312,13 @@ def save_model(model, filename, metadata=None, force_contiguous=False, threads=N
     _write(state, path, metadata, threads, overwrite)
 
 
-def load_model(model, filename, strict=True, device="cpu", threads=None, verify=True):
+def load_model(model, filename, strict=True, device="cpu", threads=None, verify=True, *, backend="mmap"):
     """Load a file written by save_model (or save_file) into a module, as
     safetensors.torch.load_model does: names the file leaves out because they share memory with a
     kept one are not missing. Returns (missing, unexpected); with strict, either raises."""
+    _backend(backend)
     strict = _flag(strict, "strict")
-    path = os.fsdecode(filename)
+    path = _fsdecode(filename)
     names = [t["name"] for t in _core.File.open(path).tensors()]  # before anything is decoded
     drops = _with_file(path, _duplicate_names, model.state_dict(), names)
     state = load_file(path, device=device, threads=threads, verify=verify)

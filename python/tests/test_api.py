@@ -1598,3 +1598,59 @@ def test_a_shape_the_framework_cannot_represent_is_a_bigsmall_error(tmp_path):
         bt.load_file(tmp_path / "z.bs")
     with pytest.raises(bigsmall.InvalidArgumentError, match=r"z\.bs: tensor 'z': numpy cannot make an array of shape"):
         bn.load_file(tmp_path / "z.bs")
+    # A dimension of 2**63 or more: torch fails to unpack the size (a TypeError) before it can
+    # refuse the shape; the same bigsmall error.
+    header = json.dumps({"u": {"dtype": "U8", "shape": [0, 2**64 - 1], "data_offsets": [0, 0]}}).encode()
+    (tmp_path / "u.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    bigsmall.compress(tmp_path / "u.safetensors", tmp_path / "u.bs")
+    for load in (lambda: bt.load_file(tmp_path / "u.bs"), lambda: bigsmall.safe_open(tmp_path / "u.bs", "pt").get_tensor("u"),
+                 lambda: bigsmall.safe_open(tmp_path / "u.bs", "pt").get_slice("u")[0:0]):
+        with pytest.raises(bigsmall.InvalidArgumentError, match=r"u\.bs: tensor 'u': torch cannot make a tensor of shape") as e:
+            load()
+        assert "\n" not in str(e.value)
+
+
+def test_slices_do_not_keep_the_whole_decoded_tensor(tmp_path):
+    """A column shard (or any slice smaller than what was decoded) owns its memory: a
+    tensor-parallel loader keeping four column shards of a large tensor must not hold four whole
+    copies of it. Values are those of indexing the whole tensor."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(64, 4096, generator=g)
+    bt.save_file({"w": w}, tmp_path / "w.bs")
+    for fw in ("pt", "np"):
+        with bigsmall.safe_open(tmp_path / "w.bs", fw) as f:
+            s = f.get_slice("w")
+            for ix in ((slice(None), slice(0, 64)), (slice(None, None, 2),), (slice(None), 3), (Ellipsis, slice(8, 16)),
+                       (slice(2, 4), slice(0, 64))):
+                x = s[ix]
+                want = w[ix]
+                if fw == "pt":
+                    assert torch.equal(x, want), ix
+                    assert x.untyped_storage().nbytes() == x.nbytes, ix  # nothing else kept alive
+                else:
+                    assert np.array_equal(x, want.numpy()), ix
+                    assert x.base is None or x.base.nbytes == x.nbytes, ix
+            whole = s[:]
+            assert (whole.untyped_storage().nbytes() if fw == "pt" else whole.nbytes) == w.nbytes
+
+
+def test_file_contents_passed_as_a_path_get_a_clear_error(tmp_path):
+    bt.save_file({"a": torch.arange(4.0)}, tmp_path / "a.bs")
+    data = (tmp_path / "a.bs").read_bytes()
+    for call in (bt.load_file, bn.load_file, bigsmall.safe_open, bigsmall.verify, bigsmall.info):
+        with pytest.raises(bigsmall.InvalidArgumentError, match=r"NUL byte.*contents.*bigsmall\.torch\.load"):
+            call(data)
+    with pytest.raises(bigsmall.InvalidArgumentError, match=r"NUL byte \(got 5 bytes"):
+        bt.load_file(b"a\0bcd")
+    assert torch.equal(bt.load(data)["a"], torch.arange(4.0))  # what was meant
+
+
+def test_load_model_takes_backend_as_load_file_does(tmp_path):
+    m = torch.nn.Linear(3, 2)
+    bt.save_model(m, tmp_path / "m.bs")
+    n = torch.nn.Linear(3, 2)
+    missing, unexpected = bt.load_model(n, tmp_path / "m.bs", backend="pread")
+    assert not missing and not unexpected
+    assert torch.equal(n.weight, m.weight) and torch.equal(n.bias, m.bias)
+    with pytest.raises(bigsmall.InvalidArgumentError, match="backend"):
+        bt.load_model(n, tmp_path / "m.bs", backend="foo")
