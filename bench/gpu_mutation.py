@@ -266,15 +266,22 @@ def main():
             sys.exit("gpu_mutation: this bigsmall build has no usable CUDA decoder (_core.cuda_available() is False)")
     w = Worker(args.device)
     originals = {}
+    findings = []
     for f in files:
         res = w.ask({"path": f}, 120)
         originals[f] = res.get("cpu:verify", ["?"])[1] if res.get("cpu:verify", [""])[0] == "ok" else None
+        # An intact file that the CPU does not verify, or that the device decodes otherwise, is the
+        # worst finding of all: counted, so that the run (and gpu_check.sh) fails.
         bad = judge(res, originals[f], args.device)
+        if originals[f] is None:
+            bad = [f"the CPU does not verify the intact file: {res.get('cpu:verify')}"] + bad
         if bad:
-            print(f"intact {os.path.basename(f)}: {bad}", flush=True)
+            findings.append({"file": os.path.basename(f), "mutation": "none (the intact file)", "problems": bad,
+                             "seed": args.seed, "case": 0, "kept": f})
+            print(f"FINDING intact {os.path.basename(f)}: {bad}", flush=True)
     rng = random.Random(args.seed)
     tmp = tempfile.mkdtemp(prefix="gpu-mut-")
-    findings, kinds, cases = [], {}, 0
+    kinds, cases = {}, 0
     t0 = time.monotonic()
     while time.monotonic() - t0 < args.seconds:
         f = rng.choice(files)

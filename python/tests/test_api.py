@@ -1048,6 +1048,9 @@ def test_numpy_dtypes(tmp_path):
     except ImportError:
         with pytest.raises(bigsmall.InvalidArgumentError, match="BF16.*ml_dtypes"):
             bn.load_file(tmp_path / "b.bs")
+    else:  # with ml_dtypes, BF16 comes back as its bfloat16, bit for bit
+        b = bn.load_file(tmp_path / "b.bs")["b"]
+        assert b.dtype == np.dtype(ml_dtypes.bfloat16) and b.view(np.uint16).tolist() == [0x3F80] * 3
 
 
 def test_errors_follow_python_conventions(tmp_path):

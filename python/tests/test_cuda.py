@@ -36,6 +36,7 @@ def test_streaming_loader_on_gpu_matches_cpu(models):
     _, comp = models["bf16"]
     ref = bigsmall.StreamingLoader(comp).load_model(BertModel, device="cpu", progress=False)
     model = bigsmall.StreamingLoader(comp).load_model(BertModel, device="cuda", progress=False)
+    assert list(ref.state_dict()) == list(model.state_dict())  # zip below would hide a missing name
     for (k, a), (_, b) in zip(ref.state_dict().items(), model.state_dict().items()):
         assert torch.equal(a, b.cpu()), k
     with torch.no_grad():
@@ -51,6 +52,27 @@ def test_corrupt_file_raises_on_gpu(models, tmp_path):
     (tmp_path / "bad.bs").write_bytes(bytes(data))
     with pytest.raises(bigsmall.CorruptError):
         bt.load_file(tmp_path / "bad.bs", device="cuda")
+
+
+@needs_gpu
+def test_damaged_tables_are_refused_on_gpu(tmp_path):
+    """A tensor's tables (its model, at the start of its payload) have no checksum of their own:
+    the GPU decoder checks chunk checksums only, and damage to the tables is caught by the host's
+    checksum of what the device decoded. Each bit of a table byte, never wrong values handed out."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(3000, 256, generator=g).to(torch.bfloat16)
+    bt.save_file({"w": w}, tmp_path / "w.bs")
+    from test_spec import bsdec
+
+    (entry,) = bsdec.BsFile(str(tmp_path / "w.bs")).entries
+    assert entry.codec == 1 and entry.model_size > 5, (entry.codec, entry.model_size)  # float-coded, with tables
+    for bit in range(8):
+        data = bytearray((tmp_path / "w.bs").read_bytes())
+        data[entry.payload_offset + 5] ^= 1 << bit  # inside the tables
+        (tmp_path / "bad.bs").write_bytes(bytes(data))
+        with pytest.raises(bigsmall.CorruptError):
+            bt.load_file(tmp_path / "bad.bs", device="cuda")
+    assert torch.equal(bt.load_file(tmp_path / "w.bs", device="cuda")["w"].cpu(), w)
 
 
 @needs_gpu
