@@ -6,6 +6,8 @@
 //         verification off, the chunk decoders themselves.
 #include <zstd.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -64,10 +66,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     o.threads = 1;
     o.verify = verify;
     for (size_t i = 0; i < bs->tensors().size(); ++i) {
-      std::vector<uint8_t> out(bs->tensors()[i].nbytes);
-      (void)bs->read_tensor(i, out.data(), out.size(), o);
-      (void)bigsmall::reference_decode_tensor(bs->coding(i), bs->payload(i), bs->tensors()[i].stored_bytes, out.data(),
-                                              out.size());
+      std::vector<uint8_t> out(bs->tensors()[i].nbytes), ref(out.size());
+      const bigsmall::Status fast = bs->read_tensor(i, out.data(), out.size(), o);
+      const bigsmall::Status oracle = bigsmall::reference_decode_tensor(bs->coding(i), bs->payload(i),
+                                                                        bs->tensors()[i].stored_bytes, ref.data(), ref.size());
+      // What the checked fast path accepts, the oracle (which always checks) must accept too, with
+      // the same bytes: a fast decoder that returned data the reference refuses, or other data,
+      // would be a decoder bug that checksums alone do not show.
+      if (verify && fast.is_ok() && (!oracle.is_ok() || out != ref)) {
+        std::fprintf(stderr, "tensor %zu: fast decoder accepted (%s), reference: %s\n", i, out == ref ? "same bytes" : "other bytes",
+                     oracle.is_ok() ? "ok" : oracle.message().c_str());
+        std::abort();
+      }
     }
   }
   return 0;

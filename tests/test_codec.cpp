@@ -12,6 +12,7 @@
 
 #include "bigsmall/codec.hpp"
 #include "common/bytes.hpp"
+#include "common/cpu.hpp"
 #include "decode/decoder.hpp"
 #include "encode/encoder.hpp"
 #include "entropy/model.hpp"
@@ -45,6 +46,17 @@ void check(DType dt, const std::vector<uint8_t>& data, const char* what, int thr
   EXPECT_TRUE(std::equal(data.begin(), data.end(), fast.begin()));
   EXPECT_TRUE(std::equal(data.begin(), data.end(), ref.begin()));
   for (int i = 0; i < 8; ++i) EXPECT_EQ(fast[data.size() + i], 0x5A) << "wrote past the end";
+  // On an AVX-512 machine the decode above took the SIMD kernels: the portable loops, which
+  // other CPUs run, are held to the same bytes here too.
+  if (detail::cpu_has_avx512_vbmi()) {
+    std::vector<uint8_t> scalar(data.size() + 8, 0x3C);
+    detail::set_simd_allowed(false);
+    const Status c = decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), scalar.data(), data.size(), dop);
+    detail::set_simd_allowed(true);  // it was allowed: the kernels ran above
+    ASSERT_TRUE(c.is_ok()) << c.message();
+    EXPECT_TRUE(std::equal(data.begin(), data.end(), scalar.begin())) << "portable decoder";
+    for (int i = 0; i < 8; ++i) EXPECT_EQ(scalar[data.size() + i], 0x3C) << "portable decoder wrote past the end";
+  }
   // Never grows by more than the model and per-chunk bookkeeping.
   EXPECT_LE(enc->payload.size(), data.size() + 4096);
 }
@@ -73,6 +85,41 @@ TEST_P(FloatDtype, AwkwardSizesWeightLike) {
   for (uint64_t n : {uint64_t{0}, uint64_t{1}, uint64_t{31}, uint64_t{32}, uint64_t{33}, uint64_t{1000}, kChunk - 1, kChunk,
                      kChunk + 1, 3 * kChunk + 17}) {
     check(dt, bstest::weights(dt, n, static_cast<uint32_t>(n) + 7), "weights");
+  }
+}
+
+// The byte coder's, zstd's and the store's own chunk boundaries (2^16 units; 2^20 units), which
+// random bits (always stored) and weights (float-coded) do not reach; each size checked against
+// the reference decoder, with the codec each data kind is written for asserted.
+TEST(ChunkBoundaries, EveryCodecAtAwkwardSizes) {
+  std::mt19937 rng(31);
+  std::geometric_distribution<int> skew(0.3);
+  const auto codec_of = [](DType dt, const std::vector<uint8_t>& d) {
+    auto e = encode_tensor(dt, d.data(), d.size());
+    return e.is_ok() ? e->coding.codec : Codec::kStore;
+  };
+  for (const uint64_t n : {uint64_t{0}, uint64_t{1}, kChunk - 1, kChunk, kChunk + 1, 2 * kChunk + 1}) {
+    std::vector<uint8_t> skewed(n * 2);  // I16 values near zero: low bytes skewed, high bytes zero
+    for (size_t i = 0; i < n; ++i) {
+      const int v = skew(rng) * (rng() & 1 ? -1 : 1);
+      const uint16_t u = static_cast<uint16_t>(v);
+      std::memcpy(&skewed[2 * i], &u, 2);
+    }
+    check(DType::kI16, skewed, "skewed bytes");
+    if (n >= kChunk - 1) {
+      EXPECT_EQ(codec_of(DType::kI16, skewed), Codec::kBytes) << n;
+    }
+  }
+  constexpr uint64_t kBig = uint64_t{1} << 20;
+  std::vector<uint8_t> phrase = bstest::random_bytes(1000, 32);
+  for (const uint64_t n : {kBig - 1, kBig, kBig + 1}) {
+    std::vector<uint8_t> tiled(n);
+    for (size_t i = 0; i < n; ++i) tiled[i] = phrase[i % phrase.size()];
+    check(DType::kU8, tiled, "tiled");
+    EXPECT_EQ(codec_of(DType::kU8, tiled), Codec::kZstd) << n;
+    const std::vector<uint8_t> noise = bstest::random_bytes(n, static_cast<uint32_t>(n));
+    check(DType::kU8, noise, "noise");
+    EXPECT_EQ(codec_of(DType::kU8, noise), Codec::kStore) << n;
   }
 }
 
@@ -295,24 +342,33 @@ TEST(Corruption, FlippedPayloadBitsAreDetectedNeverCrash) {
     DecodeOptions nov;
     nov.verify = false;
     (void)decode_tensor(enc->coding, p.data(), p.size(), out.data(), out.size(), nov);
-    (void)reference_decode_tensor(enc->coding, p.data(), p.size(), out.data(), out.size());
+    // The oracle checks its checksums always: damage is an error there too, never data.
+    EXPECT_EQ(reference_decode_tensor(enc->coding, p.data(), p.size(), out.data(), out.size()).code(), Error::kCorrupt);
   }
 }
 
 TEST(Corruption, HostileCodingIsRejectedBeforeDecoding) {
   auto d = bstest::weights(DType::kF16, 1000, 16);
   auto enc = encode_tensor(DType::kF16, d.data(), d.size());
-  std::vector<uint8_t> out(d.size());
+  std::vector<uint8_t> out(2 * d.size());  // room for what a lying coding declares: not refused for that
+  ASSERT_TRUE(enc.is_ok());
+  // Each refused by the fast decoder and by the reference one, as corrupt.
+  const auto refused = [&](const TensorCoding& c, const char* what) {
+    EXPECT_EQ(decode_tensor(c, enc->payload.data(), enc->payload.size(), out.data(), out.size()).code(), Error::kCorrupt) << what;
+    EXPECT_EQ(reference_decode_tensor(c, enc->payload.data(), enc->payload.size(), out.data(), out.size()).code(), Error::kCorrupt)
+        << what;
+  };
   TensorCoding c = enc->coding;
-  c.chunks[0].size += 1000;  // beyond the payload
-  EXPECT_FALSE(decode_tensor(c, enc->payload.data(), enc->payload.size(), out.data(), out.size()).is_ok());
+  c.chunks[0].size += 1000;
+  refused(c, "a chunk beyond the payload");
   c = enc->coding;
-  c.nbytes *= 2;  // more output than chunks
-  EXPECT_FALSE(decode_tensor(c, enc->payload.data(), enc->payload.size(), out.data(), out.size()).is_ok());
+  c.nbytes *= 2;
+  refused(c, "more output than chunks");
   c = enc->coding;
   c.lanes_log2 = 9;
-  EXPECT_FALSE(decode_tensor(c, enc->payload.data(), enc->payload.size(), out.data(), out.size()).is_ok());
-  EXPECT_FALSE(decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), out.data(), out.size() - 1).is_ok());
+  refused(c, "more lanes than the format has");
+  EXPECT_EQ(decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), out.data(), d.size() - 1).code(),
+            Error::kInvalidArgument);
 }
 
 namespace {
@@ -450,6 +506,7 @@ TEST(Corruption, TinyModelCannotDemandLargeDecoderTables) {
   c.model_size = static_cast<uint32_t>(blob.size());
   std::vector<TensorDecoder> keep;
   const long before = rss_kib();
+  ASSERT_GT(before, 0) << "no VmRSS in /proc/self/status: nothing would be measured";
   for (int i = 0; i < 50; ++i) {
     auto d = TensorDecoder::prepare(c, blob.data(), blob.size());
     ASSERT_TRUE(d.is_ok()) << d.status().message();

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -62,13 +63,19 @@ TEST(ThreadPool, WorkersJoinAndTheCallerWaitsForThem) {
   for (int rep = 0; rep < 2; ++rep) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));  // past the spin: workers block
     std::mutex mu;
+    std::condition_variable joined;
     std::set<std::thread::id> ids;
     std::atomic<int> in_flight{0};
     pool.parallel_for(200, [&](size_t) {
       in_flight.fetch_add(1);
       {
-        std::lock_guard<std::mutex> lk(mu);
+        // The first thread here waits (10 s at most) for the other to take an item: on a loaded
+        // machine a worker may take longer to wake than the items take to run, and a test that
+        // raced it failed when nothing was wrong.
+        std::unique_lock<std::mutex> lk(mu);
         ids.insert(std::this_thread::get_id());
+        joined.notify_all();
+        joined.wait_for(lk, std::chrono::seconds(10), [&] { return ids.size() >= 2; });
       }
       std::this_thread::sleep_for(std::chrono::microseconds(500));
       in_flight.fetch_sub(1);

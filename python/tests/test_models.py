@@ -480,14 +480,18 @@ def test_a_child_forked_during_a_save_does_not_hold_the_directory(tmp_path, monk
     out = str(tmp_path / "m")
     slow_move = bm._move_in
 
+    moving = threading.Event()
+
     def move_in(*a, **k):
+        moving.set()
         time.sleep(0.5)
         return slow_move(*a, **k)
 
     monkeypatch.setattr(bm, "_move_in", move_in)
     saver = threading.Thread(target=bigsmall.save_pretrained, args=(sd, out), kwargs={"overwrite": True})
     saver.start()
-    time.sleep(0.25)  # the saver holds the lock now
+    # The saver holds the lock while it moves files in: fork then, not after a guessed delay.
+    assert moving.wait(60), "save_pretrained never reached its move"
     pid = os.fork()
     if pid == 0:
         time.sleep(20)
