@@ -220,6 +220,7 @@ void remove_scratch() {  // async-signal-safe
 
 // The input being read, for the SIGBUS message (same rules as the scratch path).
 char g_input[4096];
+bool g_quiet = false;  // -q, for warnings said outside a command's own code
 volatile std::sig_atomic_t g_input_set = 0;
 
 void note_input(const std::string& path) {
@@ -497,6 +498,9 @@ std::string strip_slash(std::string p) {
   while (p.size() > 1 && p.back() == '/') p.pop_back();
   return p;
 }
+
+// A path as messages start with it: an empty one shown as '' (not a message opening with ": ").
+std::string shown_name(const std::string& p) { return p.empty() ? std::string("''") : p; }
 
 // Why stat() failed on an input, as a user reads it: "s.safetensors/" is not a directory, a
 // link may point nowhere or loop.
@@ -779,7 +783,7 @@ uint64_t spool_threshold() {
   if (const char* v = std::getenv("BIGSMALL_SPOOL_BYTES"); v != nullptr && *v != '\0') {
     if (const auto n = byte_count(v)) return *n;
     static bool said = false;
-    if (!std::exchange(said, true))
+    if (!std::exchange(said, true) && !g_quiet)  // -q: errors only
       std::fprintf(stderr, "bigsmall: BIGSMALL_SPOOL_BYTES='%s' is not a byte count (such as 4G): using a quarter of memory\n",
                    printable(v).c_str());
   }
@@ -986,7 +990,7 @@ Status read_input(const std::string& in, InputBytes::Expect expect, InputBytes* 
   // Non-blocking: a named pipe that no program writes to yet reads as empty at once, where a
   // plain open would wait for a writer for ever (reads wait on poll() all the same).
   const int fd = ::open(in.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return Status(Error::kIo, in + ": " + why_unreachable(in, errno)).with_errno(errno);
+  if (fd < 0) return Status(Error::kIo, shown_name(in) + ": " + why_unreachable(in, errno)).with_errno(errno);
   if (::isatty(fd)) {
     ::close(fd);
     return Status(Error::kInvalidArgument, in + ": a terminal: pipe or redirect the input into bigsmall");
@@ -1285,7 +1289,7 @@ int run_stream(const Args& a) {
     return report(st);
   };
   struct stat in_st;
-  if (!from_stdin && ::stat(in.c_str(), &in_st) != 0) return fail(Status(Error::kIo, in + ": " + why_unreachable(in, errno)));
+  if (!from_stdin && ::stat(in.c_str(), &in_st) != 0) return fail(Status(Error::kIo, shown_name(in) + ": " + why_unreachable(in, errno)));
   std::error_code ec;
   if (!from_stdin && fs::is_directory(in, ec))
     return fail(Status(Error::kInvalidArgument, in + ": a directory cannot be written to stdout; give the output with -o"));
@@ -1399,7 +1403,7 @@ int run_codec(const Args& a) {
     };
     struct stat in_st;
     if (::stat(in.c_str(), &in_st) != 0) {
-      fail(Status(Error::kIo, in + ": " + why_unreachable(in, errno)));
+      fail(Status(Error::kIo, shown_name(in) + ": " + why_unreachable(in, errno)));
       continue;
     }
     if (a.output.empty() && in_system_tree(in)) {
@@ -1460,6 +1464,11 @@ int run_codec(const Args& a) {
     if (struct stat out_st; ::stat(out.c_str(), &out_st) == 0)
       written.push_back({out_st.st_dev, out_st.st_ino, in_st.st_dev, in_st.st_ino, in});
     if (a.verbose && !a.json) print_tensors(compress ? out : in, is_dir);
+    // Nothing lost, but nothing compressed either: the wrong directory (a .bin checkpoint)?
+    if (compress && is_dir && !a.quiet && !a.json)
+      if (auto st_files = model_dir_safetensors(in); st_files && st_files->empty())
+        std::fprintf(stderr, "bigsmall: warning: %s: no *.safetensors file in it: every file was copied as it is\n",
+                     printable(in).c_str());
     const uint64_t out_b = is_dir ? written_bytes(in, out, compress) : path_bytes(out);
     print_summary(a, in, out, in_b, out_b, t);
   }
@@ -1953,6 +1962,7 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "bigsmall: -c (or -o -) and -o contradict each other\n");
     return kExitUsage;
   }
+  g_quiet = a.quiet;
   if (writes && (a.to_stdout || stdin_inputs > 0 || (a.paths.size() == 1 && is_stream(a.paths[0])))) return run_stream(a);
   if (a.command == "compress" || a.command == "decompress") return run_codec(a);
   if (a.command == "verify") return run_verify(a);

@@ -1160,8 +1160,21 @@ check "and leaves nothing" -- test -z "$(ls "$st")"
 expect 3 "1K: a 3 MiB stream goes to a temporary file (which the file size limit stops)" -- bash -c \
   "ulimit -f 1024; cat \"$tmp/grow.safetensors\" | TMPDIR=\"$st\" BIGSMALL_SPOOL_BYTES=1K \"$bs\" compress -q - -o \"$tmp/limited.bs\""
 check "kept in a temporary file" -- grep -q "cannot keep it in a temporary file" "$tmp/err"
-expect 0 "a value that is no byte count" -- sh -c "cat \"$tmp/m.bs\" | BIGSMALL_SPOOL_BYTES=-1 \"$bs\" verify -q -"
+expect 0 "a value that is no byte count" -- sh -c "cat \"$tmp/m.bs\" | BIGSMALL_SPOOL_BYTES=-1 \"$bs\" verify -"
 check "is named, once" -- test "$(grep -c "BIGSMALL_SPOOL_BYTES='-1' is not a byte count (such as 4G): using a quarter of memory" "$tmp/err")" -eq 1
+expect 0 "a value that is no byte count, under -q" -- sh -c "cat \"$tmp/m.bs\" | BIGSMALL_SPOOL_BYTES=-1 \"$bs\" verify -q -"
+check "says nothing: -q is errors only" -- test ! -s "$tmp/err"
+# an empty name is shown as '' (a message opening with ": " names nothing)
+for c in compress decompress verify info; do
+  expect 2 "$c of an empty name" -- "$bs" $c ''
+  check "names it ''" -- grep -q "^bigsmall: '': " "$tmp/err"
+done
+# a directory with no *.safetensors in it: copied whole, and said (a .bin checkpoint by mistake?)
+mkdir -p "$tmp/nost" && echo '{}' >"$tmp/nost/config.json"
+expect 0 "compress a directory without safetensors files" -- "$bs" compress "$tmp/nost" -o "$tmp/nost.bs"
+check "warns that nothing was compressed" -- grep -q "warning: .*nost: no \*.safetensors file in it: every file was copied as it is" "$tmp/err"
+expect 0 "the same under -q" -- "$bs" compress -q -f "$tmp/nost" -o "$tmp/nost.bs"
+check "says nothing" -- test ! -s "$tmp/err"
 
 echo "$pass passed, $fail failed, $skipped skipped"
 [ "$fail" -eq 0 ]

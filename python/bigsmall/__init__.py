@@ -372,7 +372,24 @@ def compress(src, dst=None, threads=None, overwrite=False, progress=False):
         if bar is not None:
             bar.close()
     _note_removed(2)
+    if is_dir:
+        _warn_if_nothing_compressed(src, dst)
     return dst
+
+
+def _warn_if_nothing_compressed(src, dst):
+    """Nothing is lost, but nothing was compressed either (a .bin checkpoint by mistake?): said, as
+    the CLI says it. The output's index lists the .bs files it holds."""
+    import json
+    import warnings
+
+    try:
+        with open(os.path.join(dst, "bigsmall.index.json"), encoding="utf-8") as f:
+            files = json.load(f).get("files")
+    except (OSError, ValueError):
+        return
+    if files == []:
+        warnings.warn(_one_line(f"{src}: no *.safetensors file in it: every file was copied as it is"), stacklevel=3)
 
 
 def decompress(src, dst=None, threads=None, overwrite=False, verify=True, progress=False):

@@ -1657,3 +1657,23 @@ def test_load_model_takes_backend_as_load_file_does(tmp_path):
     assert torch.equal(n.weight, m.weight) and torch.equal(n.bias, m.bias)
     with pytest.raises(bigsmall.InvalidArgumentError, match="backend"):
         bt.load_model(n, tmp_path / "m.bs", backend="foo")
+
+
+def test_a_directory_without_safetensors_is_copied_with_a_warning(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    (tmp_path / "ckpt" / "pytorch_model.bin").write_bytes(b"\0" * 100)
+    with pytest.warns(UserWarning, match=r"ckpt: no \*\.safetensors file in it: every file was copied as it is") as w:
+        bigsmall.compress(tmp_path / "ckpt", tmp_path / "ckpt.bs")
+    assert w[0].filename == __file__  # pointed at the caller's line
+    bigsmall.decompress(tmp_path / "ckpt.bs", tmp_path / "back")
+    assert (tmp_path / "back" / "pytorch_model.bin").read_bytes() == b"\0" * 100
+    (tmp_path / "m").mkdir()
+    bt.save_file({"a": torch.ones(3)}, tmp_path / "m" / "x.bs")
+    bigsmall.decompress(tmp_path / "m" / "x.bs", tmp_path / "m" / "model.safetensors")
+    (tmp_path / "m" / "x.bs").unlink()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bigsmall.compress(tmp_path / "m", tmp_path / "m.bs")  # a model: no warning

@@ -35,7 +35,8 @@ Status errno_status(const std::string& path, const std::string& what, int err) {
   const Error code = (err == ENOSPC || err == EDQUOT || err == EFBIG) ? Error::kNoSpace
                      : err == ENOMEM                                 ? Error::kOutOfMemory  // a mapping larger than memory allows
                                                                      : Error::kIo;
-  return Status(code, path + ": " + what + ": " + std::strerror(err)).with_errno(err);
+  // An empty name shown as '': a message opening with ": " names nothing.
+  return Status(code, (path.empty() ? std::string("''") : path) + ": " + what + ": " + std::strerror(err)).with_errno(err);
 }
 
 bool path_is_dir(const std::string& p) {
