@@ -1176,5 +1176,14 @@ check "warns that nothing was compressed" -- grep -q "warning: .*nost: no \*.saf
 expect 0 "the same under -q" -- "$bs" compress -q -f "$tmp/nost" -o "$tmp/nost.bs"
 check "says nothing" -- test ! -s "$tmp/err"
 
+# a Hugging Face cache repository would keep its weights twice: refused, pointing at its snapshot
+mkdir -p "$tmp/hubrepo/blobs" "$tmp/hubrepo/snapshots/r1"
+cp "$tmp/m.safetensors" "$tmp/hubrepo/blobs/0a1b"
+ln -s ../../blobs/0a1b "$tmp/hubrepo/snapshots/r1/model.safetensors"
+expect 1 "compress of a Hugging Face cache repository" -- "$bs" compress "$tmp/hubrepo"
+check "says why and what to compress instead" -- grep -qF "hubrepo: a Hugging Face cache repository (blobs/ and snapshots/)" "$tmp/err"
+check "and writes nothing" -- test ! -e "$tmp/hubrepo.bs"
+expect 0 "its snapshot compresses" -- "$bs" compress -q "$tmp/hubrepo/snapshots/r1" -o "$tmp/r1.bs"
+
 echo "$pass passed, $fail failed, $skipped skipped"
 [ "$fail" -eq 0 ]

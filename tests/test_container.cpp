@@ -1872,6 +1872,29 @@ TEST(Output, ANameTooLongForItsFileSystemIsRefusedFirst) {
   EXPECT_EQ(std::distance(fs::directory_iterator(d.path), fs::directory_iterator{}), 3);  // input, m.bs, longest
 }
 
+// A Hugging Face cache repository compressed whole would keep its weights twice (blobs copied,
+// snapshots compressed): refused as a usage error naming it, at any depth, with nothing written;
+// its snapshot compresses.
+TEST(Directory, AHubCacheRepositoryIsRefusedAndItsSnapshotCompresses) {
+  TempDir d;
+  const fs::path repo = d.path / "hub" / "models--org--name";
+  fs::create_directories(repo / "blobs");
+  fs::create_directories(repo / "snapshots" / "abc123");
+  write_file(repo / "blobs" / "9f2c", safetensors_bytes(sample_tensors()));
+  fs::create_symlink("../../blobs/9f2c", repo / "snapshots" / "abc123" / "model.safetensors");
+  for (const fs::path& src : {repo, d.path / "hub"}) {
+    const Status st = compress_dir(src.string(), (d.path / "out.bs").string());
+    EXPECT_EQ(st.code(), Error::kInvalidArgument) << st.message();
+    EXPECT_NE(st.message().find(repo.string() + ": a Hugging Face cache repository"), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find("compress " + (repo / "snapshots" / "REVISION").string() + " instead"), std::string::npos);
+    EXPECT_FALSE(fs::exists(d.path / "out.bs"));
+    EXPECT_EQ(temporaries_in(d.path), std::vector<std::string>{});
+  }
+  ASSERT_TRUE(compress_dir((repo / "snapshots" / "abc123").string(), (d.path / "snap.bs").string()).is_ok());
+  ASSERT_TRUE(decompress_dir((d.path / "snap.bs").string(), (d.path / "snap").string()).is_ok());
+  EXPECT_EQ(read_file(d.path / "snap" / "model.safetensors"), read_file(repo / "blobs" / "9f2c"));
+}
+
 TEST(Directory, ModelDirectoryRoundTrip) {
   TempDir d;
   const fs::path src = d.path / "model";

@@ -856,11 +856,31 @@ struct DirOutput {
   OutputDir out;
 };
 
+// A Hugging Face cache repository (models--ORG--NAME: blobs/, snapshots/REV/ of links into the
+// blobs) compressed whole would keep every weight twice: the blobs, named by hash, copied as they
+// are, and the snapshots' links compressed. Refused, with what to give instead.
+Status refuse_hub_cache_repo(const fs::path& src, const std::vector<fs::path>& dirs) {
+  auto is_repo = [](const fs::path& d) {
+    std::error_code ec;
+    return fs::is_directory(d / "blobs", ec) && fs::is_directory(d / "snapshots", ec);
+  };
+  for (size_t i = 0; i <= dirs.size(); ++i) {
+    const fs::path d = i == dirs.size() ? src : src / dirs[i];
+    if (is_repo(d))
+      return Status(Error::kInvalidArgument,
+                    d.string() + ": a Hugging Face cache repository (blobs/ and snapshots/): compressed whole, its weights " +
+                        "would be kept twice (the blobs copied, the snapshots' links compressed); compress " +
+                        (d / "snapshots" / "REVISION").string() + " instead");
+  }
+  return Status::success();
+}
+
 Result<DirOutput> start_dir_output(const std::string& src, const std::string& dst, bool overwrite) {
   std::error_code canon_ec;
   const fs::path dst_at = fs::weakly_canonical(dst, canon_ec);
   std::vector<fs::path> dirs;
   BIGSMALL_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(fs::path(src), canon_ec ? fs::path() : dst_at, &dirs));
+  BIGSMALL_RETURN_IF_ERROR(refuse_hub_cache_repo(fs::path(src), dirs));
   BIGSMALL_ASSIGN_OR_RETURN(OutputDir out, OutputDir::create(src, dst, overwrite));
   for (const auto& d : dirs) {
     std::error_code ec;
