@@ -390,21 +390,60 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Terminal columns a string takes: one per character (UTF-8 continuation bytes take none).
+// Columns a character takes on a terminal, by a small table (no locale is set, so wcwidth would
+// not know UTF-8): 2 for East Asian wide and fullwidth characters and emoji, 0 for combining
+// marks and zero-width ones, else 1.
+int char_columns(uint32_t c) {
+  if ((c >= 0x0300 && c <= 0x036F) || (c >= 0x200B && c <= 0x200F) || (c >= 0x20D0 && c <= 0x20FF) ||
+      (c >= 0xFE00 && c <= 0xFE0F) || c == 0xFEFF)
+    return 0;
+  if ((c >= 0x1100 && c <= 0x115F) || (c >= 0x2E80 && c <= 0x303E) || (c >= 0x3041 && c <= 0x33FF) ||
+      (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0xA000 && c <= 0xA4CF) ||
+      (c >= 0xAC00 && c <= 0xD7A3) || (c >= 0xF900 && c <= 0xFAFF) || (c >= 0xFE30 && c <= 0xFE4F) ||
+      (c >= 0xFF00 && c <= 0xFF60) || (c >= 0xFFE0 && c <= 0xFFE6) || (c >= 0x1F300 && c <= 0x1F64F) ||
+      (c >= 0x1F900 && c <= 0x1F9FF) || (c >= 0x20000 && c <= 0x3FFFD))
+    return 2;
+  return 1;
+}
+
+// Bytes and columns of the character at s[i] (s is printable()'s: well-formed UTF-8).
+std::pair<size_t, int> char_at(const std::string& s, size_t i) {
+  const size_t n = utf8_sequence_length(s, i);
+  if (n <= 1) return {1, 1};
+  return {n, char_columns(code_point(s, i, n))};
+}
+
 size_t columns_of(const std::string& s) {
-  return static_cast<size_t>(std::count_if(s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xc0) != 0x80; }));
+  size_t cols = 0;
+  for (size_t i = 0; i < s.size();) {
+    const auto [n, w] = char_at(s, i);
+    cols += static_cast<size_t>(w);
+    i += n;
+  }
+  return cols;
 }
 
 // s in at most `cols` columns (cols >= 5): its start and end, "..." between, cut between characters.
 std::string squeezed(const std::string& s, size_t cols) {
   if (columns_of(s) <= cols) return s;
   const size_t head = (cols - 3) / 2, tail = cols - 3 - head;
-  size_t a = 0;
-  for (size_t n = 0; a < s.size() && n <= head; ++a)
-    if ((static_cast<unsigned char>(s[a]) & 0xc0) != 0x80 && n++ == head) break;
+  size_t a = 0, used = 0;
+  while (a < s.size()) {
+    const auto [n, w] = char_at(s, a);
+    if (used + static_cast<size_t>(w) > head) break;
+    used += static_cast<size_t>(w);
+    a += n;
+  }
   size_t b = s.size();
-  for (size_t n = 0; b > 0 && n < tail;)
-    if ((static_cast<unsigned char>(s[--b]) & 0xc0) != 0x80) ++n;
+  used = 0;
+  while (b > a) {
+    size_t start = b - 1;
+    while (start > a && (static_cast<unsigned char>(s[start]) & 0xc0) == 0x80) --start;
+    const int w = char_at(s, start).second;
+    if (used + static_cast<size_t>(w) > tail) break;
+    used += static_cast<size_t>(w);
+    b = start;
+  }
   return s.substr(0, a) + "..." + s.substr(b);
 }
 
@@ -791,6 +830,9 @@ uint64_t spool_threshold() {
   return mem == UINT64_MAX ? mem : mem / 4;
 }
 
+// The errors a full disk, a quota or a file size limit give: exit 3, not an I/O error.
+bool no_room(int err) { return err == ENOSPC || err == EDQUOT || err == EFBIG; }
+
 // An unnamed file in the temporary directory (gone with the last descriptor, a killed run
 // included); -1 with errno set where none can be made.
 int unnamed_temp_file() {
@@ -905,13 +947,14 @@ class InputBytes {
       // Not quietly in memory instead: the stream is large for this machine, and a mistyped
       // TMPDIR would turn into an out-of-memory failure partway.
       const int err = errno;
-      return Status(Error::kIo, label + ": cannot make a temporary file in " + (var ? std::string(var) + "=" : "") + where +
-                                    " to hold the stream (" + std::strerror(err) + "; set TMPDIR to a usable directory, or " +
-                                    "BIGSMALL_SPOOL_BYTES above " + std::to_string(expected) + " to read it into memory)")
+      return Status(no_room(err) ? Error::kNoSpace : Error::kIo,
+                    label + ": cannot make a temporary file in " + (var ? std::string(var) + "=" : "") + where +
+                        " to hold the stream (" + std::strerror(err) + "; set TMPDIR to a usable directory, or " +
+                        "BIGSMALL_SPOOL_BYTES to " + std::to_string(expected) + " or more to read it into memory)")
           .with_errno(err);
     }
     auto write_error = [&](int err) {
-      return Status(err == ENOSPC || err == EDQUOT || err == EFBIG ? Error::kNoSpace : Error::kIo,
+      return Status(no_room(err) ? Error::kNoSpace : Error::kIo,
                     label + ": cannot keep it in a temporary file in " + where + ": " + std::strerror(err)).with_errno(err);
     };
     uint64_t total = 0;
@@ -1219,8 +1262,12 @@ Status make_scratch(const char* prefix, const char* what, bool say, ScratchDir* 
     return Status(Error::kIo, std::string(var ? var : "") + (var ? "=" : "") + tmpdir.string() + ": not a usable directory for " + what);
   remove_stale_scratch_dirs(tmpdir.string(), prefix, say);
   std::string dir = (tmpdir / (std::string(prefix) + "XXXXXX")).string();
-  if (dir.size() + 16 >= sizeof g_scratch_dir || ::mkdtemp(dir.data()) == nullptr)
-    return Status(Error::kIo, dir + ": cannot create a scratch directory: " + std::strerror(errno));
+  if (dir.size() + 16 >= sizeof g_scratch_dir) return Status(Error::kIo, dir + ": name too long for a scratch directory");
+  if (::mkdtemp(dir.data()) == nullptr) {
+    const int err = errno;
+    return Status(no_room(err) ? Error::kNoSpace : Error::kIo, dir + ": cannot create a scratch directory: " + std::strerror(err))
+        .with_errno(err);
+  }
   out->dir = dir;
   out->file = dir + "/scratch.bs";
   out->lock = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1242,8 +1289,8 @@ Status compress_via_scratch(const Args& a, const InputBytes& bytes, const Compre
     if (st.code() != Error::kNoSpace) return st;
     // The scratch path it names is gone by the time the message is read: say what to change.
     return Status(Error::kNoSpace, label + ": no room in " + fs::path(scratch.dir).parent_path().string() +
-                                       " to build the .bs for stdout (set TMPDIR elsewhere, or BIGSMALL_SPOOL_BYTES above " +
-                                       std::to_string(bytes.size()) + " to build it in memory): " + st.message())
+                                       " to build the .bs for stdout (set TMPDIR elsewhere, or BIGSMALL_SPOOL_BYTES to " +
+                                       std::to_string(bytes.size()) + " or more to build it in memory): " + st.message())
         .with_errno(st.sys_errno());
   }
   const int fd = ::open(scratch.file.c_str(), O_RDONLY | O_CLOEXEC);
@@ -1322,8 +1369,8 @@ int run_stream(const Args& a) {
     if (to_stdout && bytes.size() > spool_threshold()) {
       // An unusable TMPDIR is an error, not a silent build in memory of what is large for it.
       if (Status made = make_scratch(kStdoutDirPrefix, "the .bs sent to stdout", !a.quiet && !a.json, &scratch); !made.is_ok())
-        return fail(Status(made.code(), made.message() + " (set TMPDIR to a usable directory, or BIGSMALL_SPOOL_BYTES above " +
-                                            std::to_string(bytes.size()) + " to build it in memory)")
+        return fail(Status(made.code(), made.message() + " (set TMPDIR to a usable directory, or BIGSMALL_SPOOL_BYTES to " +
+                                            std::to_string(bytes.size()) + " or more to build it in memory)")
                         .with_errno(made.sys_errno()));
       st = compress_via_scratch(a, bytes, o, in_label, scratch, &out_b);
       prog.finish();

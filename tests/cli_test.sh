@@ -668,22 +668,26 @@ PY
 gives "3 MiB through pipes both ways" "$tmp/grow.safetensors" -- sh -c "cat \"$tmp/grow.safetensors\" | \"$bs\" compress -q - | cat | \"$bs\" decompress -q -"
 # a stream larger than BIGSMALL_SPOOL_BYTES (default: a quarter of memory) is kept in an unnamed
 # temporary file under TMPDIR, not in memory; the same bytes come out
-# the progress bar fits the terminal's width: a line that wraps leaves a stale row at each redraw
+# the progress bar fits the terminal's width, in columns (a CJK character takes two): a line that
+# wraps leaves a stale row at each redraw
 if command -v script >/dev/null 2>&1; then
-  long="$tmp/model-00001-of-00030-with-a-name-longer-than-the-terminal.safetensors"
-  ln -s "$tmp/grow.safetensors" "$long"
-  for cols in 50 12; do
-    expect 0 "a progress bar on a terminal of $cols columns" -- script -qec \
-      "stty cols $cols; \"$bs\" compress -f -T1 \"$long\" -o \"$tmp/long.bs\"" /dev/null
-    check "drawn, and every redraw within $((cols - 1)) columns" -- python3 -c "
-import re, sys
+  for long in "$tmp/model-00001-of-00030-with-a-name-longer-than-the-terminal.safetensors" \
+    "$tmp/模型权重文件名比终端还要宽得多的一个很长的名字-00001.safetensors"; do
+    ln -s "$tmp/grow.safetensors" "$long"
+    for cols in 50 12; do
+      expect 0 "a progress bar on a terminal of $cols columns" -- script -qec \
+        "stty cols $cols; \"$bs\" compress -f -T1 \"$long\" -o \"$tmp/long.bs\"" /dev/null
+      check "drawn, and every redraw within $((cols - 1)) columns" -- python3 -c "
+import re, unicodedata
 out = open('$tmp/out', encoding='utf-8', errors='replace', newline='').read()
+width = lambda s: sum(2 if unicodedata.east_asian_width(c) in 'WF' else 0 if unicodedata.combining(c) else 1 for c in s)
 bars = [re.sub(r'\x1b\\[K', '', s) for s in out.split('\r') if '\x1b[K' in s or '%' in s]
-bars = [b for b in bars if b.strip() and '->' not in b]
+bars = [b.rstrip('\n') for b in bars if b.strip() and '->' not in b]
 assert bars, repr(out[:300])
-assert all(len(b.rstrip('\n')) <= $cols - 1 for b in bars), [b for b in bars if len(b) > $cols - 1][:3]"
+assert all(width(b) <= $cols - 1 for b in bars), [b for b in bars if width(b) > $cols - 1][:3]"
+    done
+    rm -f "$long"
   done
-  rm -f "$long"
 else
   skip "the progress bar's width: no script(1) here to make a terminal"
 fi
@@ -695,7 +699,7 @@ expect 0 "verify of a stream kept in a temporary file" -- sh -c "cat \"$tmp/m.bs
 expect 2 "a TMPDIR that is no directory, for a stream to keep" -- sh -c \
   "cat \"$tmp/m.bs\" | TMPDIR=\"$tmp/m.bs\" BIGSMALL_SPOOL_BYTES=0 \"$bs\" verify -q -"
 check "names it and says what to change" -- grep -qF "<stdin>: cannot make a temporary file in TMPDIR=$tmp/m.bs to hold the stream (" "$tmp/err"
-check "with the way out" -- grep -q "BIGSMALL_SPOOL_BYTES above [0-9]* to read it into memory)$" "$tmp/err"
+check "with the way out" -- grep -q "BIGSMALL_SPOOL_BYTES to [0-9]* or more to read it into memory)$" "$tmp/err"
 expect 0 "which BIGSMALL_SPOOL_BYTES gives" -- sh -c \
   "cat \"$tmp/m.bs\" | TMPDIR=\"$tmp/m.bs\" BIGSMALL_SPOOL_BYTES=1G \"$bs\" verify -q -"
 expect 4 "a .bs and more bytes, kept in a temporary file" -- bash -c \
@@ -1149,12 +1153,12 @@ gives "-v: its tensors too" "$tmp/m.bs" -- env TMPDIR="$st" BIGSMALL_SPOOL_BYTES
 check "lists them" -- grep -q "bf16.weight: BF16 float" "$tmp/err"
 gives "stdin to stdout, both through temporary files" "$tmp/m.bs" -- sh -c "cat \"$m\" | TMPDIR=\"$st\" BIGSMALL_SPOOL_BYTES=100 \"$bs\" compress -q -"
 expect 2 "a TMPDIR that is no directory, for the .bs sent to stdout" -- env TMPDIR="$tmp/m.bs" BIGSMALL_SPOOL_BYTES=100 "$bs" compress -q -c "$m"
-check "names it and says what to change" -- grep -qF "TMPDIR=$tmp/m.bs: not a usable directory for the .bs sent to stdout (set TMPDIR to a usable directory, or BIGSMALL_SPOOL_BYTES above" "$tmp/err"
+check "names it and says what to change" -- grep -qF "TMPDIR=$tmp/m.bs: not a usable directory for the .bs sent to stdout (set TMPDIR to a usable directory, or BIGSMALL_SPOOL_BYTES to" "$tmp/err"
 gives "which BIGSMALL_SPOOL_BYTES gives, in memory" "$tmp/m.bs" -- env TMPDIR="$tmp/m.bs" BIGSMALL_SPOOL_BYTES=1G "$bs" compress -q -c "$m"
 expect 3 "a full stdout" -- sh -c "TMPDIR=\"$st\" BIGSMALL_SPOOL_BYTES=100 \"$bs\" compress -q -c \"$m\" >/dev/full"
 check "leaves nothing" -- test -z "$(ls "$st")"
 expect 3 "no room for the scratch .bs" -- bash -c "ulimit -f 1024; TMPDIR=\"$st\" BIGSMALL_SPOOL_BYTES=100 \"$bs\" compress -q -c \"$tmp/grow.safetensors\" >/dev/null"
-check "says where, and what to change" -- grep -qF "grow.safetensors: no room in $st to build the .bs for stdout (set TMPDIR elsewhere, or BIGSMALL_SPOOL_BYTES above" "$tmp/err"
+check "says where, and what to change" -- grep -qF "grow.safetensors: no room in $st to build the .bs for stdout (set TMPDIR elsewhere, or BIGSMALL_SPOOL_BYTES to" "$tmp/err"
 check "and leaves nothing" -- test -z "$(ls "$st")"
 # BIGSMALL_SPOOL_BYTES takes K, M, G, T; anything else is named and the default used
 expect 3 "1K: a 3 MiB stream goes to a temporary file (which the file size limit stops)" -- bash -c \
@@ -1175,6 +1179,19 @@ expect 0 "compress a directory without safetensors files" -- "$bs" compress "$tm
 check "warns that nothing was compressed" -- grep -q "warning: .*nost: no \*.safetensors file in it: every file was copied as it is" "$tmp/err"
 expect 0 "the same under -q" -- "$bs" compress -q -f "$tmp/nost" -o "$tmp/nost.bs"
 check "says nothing" -- test ! -s "$tmp/err"
+
+# a TMPDIR with no room for even a temporary file's name (no inode left): exit 3, as a full disk
+mkdir -p "$tmp/noinodes"
+if mount -t tmpfs -o size=1m,nr_inodes=1 tmpfs "$tmp/noinodes" 2>/dev/null; then
+  expect 3 "a stream to keep in a TMPDIR with no inode left" -- sh -c \
+    "cat \"$tmp/m.bs\" | TMPDIR=\"$tmp/noinodes\" BIGSMALL_SPOOL_BYTES=0 \"$bs\" verify -q -"
+  check "says so" -- grep -q "cannot make a temporary file in TMPDIR=.*noinodes to hold the stream (No space left on device" "$tmp/err"
+  expect 3 "the .bs for stdout in a TMPDIR with no inode left" -- env TMPDIR="$tmp/noinodes" BIGSMALL_SPOOL_BYTES=100 "$bs" compress -q -c "$tmp/m.safetensors"
+  check "says so" -- grep -q "cannot create a scratch directory: No space left on device" "$tmp/err"
+  umount "$tmp/noinodes"
+else
+  skip "a TMPDIR with no inode left: cannot mount a tmpfs here"
+fi
 
 # a Hugging Face cache repository would keep its weights twice: refused, pointing at its snapshot
 mkdir -p "$tmp/hubrepo/blobs" "$tmp/hubrepo/snapshots/r1"

@@ -1893,6 +1893,16 @@ TEST(Directory, AHubCacheRepositoryIsRefusedAndItsSnapshotCompresses) {
   ASSERT_TRUE(compress_dir((repo / "snapshots" / "abc123").string(), (d.path / "snap.bs").string()).is_ok());
   ASSERT_TRUE(decompress_dir((d.path / "snap.bs").string(), (d.path / "snap").string()).is_ok());
   EXPECT_EQ(read_file(d.path / "snap" / "model.safetensors"), read_file(repo / "blobs" / "9f2c"));
+  // Folders of those names without the cache's links are a model's own: compressed, and restored.
+  const fs::path own = d.path / "run";
+  fs::create_directories(own / "blobs");
+  fs::create_directories(own / "snapshots" / "step100");
+  write_file(own / "model.safetensors", safetensors_bytes(sample_tensors()));
+  write_file(own / "snapshots" / "step100" / "model.safetensors", safetensors_bytes(sample_tensors()));
+  ASSERT_TRUE(compress_dir(own.string(), (d.path / "run.bs").string()).is_ok());
+  ASSERT_TRUE(decompress_dir((d.path / "run.bs").string(), (d.path / "run.back").string()).is_ok());
+  EXPECT_EQ(read_file(d.path / "run.back" / "snapshots" / "step100" / "model.safetensors"),
+            read_file(own / "snapshots" / "step100" / "model.safetensors"));
 }
 
 TEST(Directory, ModelDirectoryRoundTrip) {

@@ -99,12 +99,12 @@ FORMAT_VERSION = _core.FORMAT_VERSION
 def _fsdecode(path):
     """os.fsdecode, with a clear error for what no path can be: bytes holding a NUL, which is
     what a file's contents passed by mistake (load_file(data) for load(data)) look like."""
-    p = os.fsdecode(path)
+    p = os.fsdecode(path)  # (bytearray and memoryview are no paths: a TypeError, as os functions give)
     if "\0" in p:
         hint = ""
-        if isinstance(path, (bytes, bytearray)) and bytes(path[:8]) == b"\x89BSML\r\n\x1a":
+        if isinstance(path, bytes) and path[:8] == b"\x89BSML\r\n\x1a":
             hint = " (these bytes are a .bs file's contents: bigsmall.torch.load and bigsmall.numpy.load read those)"
-        elif isinstance(path, (bytes, bytearray)):
+        elif isinstance(path, bytes):
             hint = f" (got {len(path)} bytes: file contents, not a path?)"
         raise InvalidArgumentError(f"a path cannot contain a NUL byte{hint}")
     return p

@@ -321,7 +321,7 @@ def load_model(model, filename, strict=True, device="cpu", threads=None, verify=
     path = _fsdecode(filename)
     names = [t["name"] for t in _core.File.open(path).tensors()]  # before anything is decoded
     drops = _with_file(path, _duplicate_names, model.state_dict(), names)
-    state = load_file(path, device=device, threads=threads, verify=verify)
+    state = load_file(path, device=device, threads=threads, verify=verify, backend=backend)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = set(missing)
     for dropped in drops.values():

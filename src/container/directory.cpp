@@ -859,11 +859,25 @@ struct DirOutput {
 // A Hugging Face cache repository (models--ORG--NAME: blobs/, snapshots/REV/ of links into the
 // blobs) compressed whole would keep every weight twice: the blobs, named by hash, copied as they
 // are, and the snapshots' links compressed. Refused, with what to give instead.
+// Told by its links, not its names alone (a training run may well have folders of those names):
+// a file under snapshots/ that is a link resolving into blobs/.
+bool is_hub_cache_repo(const fs::path& d) {
+  std::error_code ec;
+  if (!fs::is_directory(d / "blobs", ec) || !fs::is_directory(d / "snapshots", ec)) return false;
+  const fs::path blobs = fs::weakly_canonical(d / "blobs", ec);
+  if (ec) return false;
+  int looked = 0;  // a repository's first snapshot says it; a huge tree of other files is not walked
+  for (fs::recursive_directory_iterator it(d / "snapshots", ec), end; !ec && it != end && looked < 10000; it.increment(ec), ++looked) {
+    std::error_code lec;
+    if (!it->is_symlink(lec)) continue;
+    const fs::path target = fs::weakly_canonical(it->path(), lec);
+    if (!lec && target.parent_path() == blobs) return true;
+  }
+  return false;
+}
+
 Status refuse_hub_cache_repo(const fs::path& src, const std::vector<fs::path>& dirs) {
-  auto is_repo = [](const fs::path& d) {
-    std::error_code ec;
-    return fs::is_directory(d / "blobs", ec) && fs::is_directory(d / "snapshots", ec);
-  };
+  const auto is_repo = is_hub_cache_repo;
   for (size_t i = 0; i <= dirs.size(); ++i) {
     const fs::path d = i == dirs.size() ? src : src / dirs[i];
     if (is_repo(d))
@@ -875,12 +889,14 @@ Status refuse_hub_cache_repo(const fs::path& src, const std::vector<fs::path>& d
   return Status::success();
 }
 
-Result<DirOutput> start_dir_output(const std::string& src, const std::string& dst, bool overwrite) {
+// compressing: a hub cache repository is refused (a compressed directory holding folders of
+// those names, from an earlier writer, still restores).
+Result<DirOutput> start_dir_output(const std::string& src, const std::string& dst, bool overwrite, bool compressing) {
   std::error_code canon_ec;
   const fs::path dst_at = fs::weakly_canonical(dst, canon_ec);
   std::vector<fs::path> dirs;
   BIGSMALL_ASSIGN_OR_RETURN(std::vector<fs::path> files, list_files(fs::path(src), canon_ec ? fs::path() : dst_at, &dirs));
-  BIGSMALL_RETURN_IF_ERROR(refuse_hub_cache_repo(fs::path(src), dirs));
+  if (compressing) BIGSMALL_RETURN_IF_ERROR(refuse_hub_cache_repo(fs::path(src), dirs));
   BIGSMALL_ASSIGN_OR_RETURN(OutputDir out, OutputDir::create(src, dst, overwrite));
   for (const auto& d : dirs) {
     std::error_code ec;
@@ -905,7 +921,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
       return Status(Error::kInvalidArgument, (in / kDirIndexName).string() +
                                                  ": a file of the name bigsmall gives its index (rename it to compress this directory)");
     }
-    BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));
+    BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite, /*compressing=*/true));
     const std::vector<fs::path>& files = run.files;
     OutputDir& out_dir = run.out;
     const fs::path& out = out_dir.path();
@@ -1008,7 +1024,7 @@ Status decompress_dir(const std::string& src, const std::string& dst, const Deco
         return Status(Error::kInvalidArgument, dst + ": lies inside the compressed directory " + src +
                                                    " (it would become part of it); choose an output outside it");
     }
-    BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite));  // walks the input first, as verify does
+    BIGSMALL_ASSIGN_OR_RETURN(DirOutput run, start_dir_output(src, dst, opts.overwrite, /*compressing=*/false));  // walks the input first, as verify does
     BIGSMALL_RETURN_IF_ERROR(check_sources_free(in, entries));
     const std::vector<fs::path>& files = run.files;
     OutputDir& out_dir = run.out;
