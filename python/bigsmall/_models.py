@@ -39,9 +39,10 @@ def _user_stacklevel():
 
 
 def _outside_inference_mode(load):
-    """A model loaded inside torch.inference_mode() gets ordinary parameters, as transformers'
-    from_pretrained gives them: inference tensors could not be trained, nor updated in place by
-    load_state_dict, once the block ends."""
+    """A model loaded inside torch.inference_mode() gets ordinary tensors: inference tensors
+    could not be trained, nor updated in place by load_state_dict, once the block ends.
+    (transformers 5's from_pretrained gives its new heads and buffers as inference tensors
+    there.)"""
     @functools.wraps(load)
     def wrapper(*args, **kwargs):
         with torch.inference_mode(False):
@@ -246,7 +247,8 @@ class StreamingLoader:
                 yield f, group
 
     def iter_tensors(self, device="cpu"):
-        """Yields (name, tensor) for every tensor, decoding one group at a time."""
+        """Yields (name, tensor) for every tensor, decoding one group at a time, in storage order
+        (shard by shard, each in the order of its data), not sorted by name as safe_open's keys()."""
         for f, group in self._groups():
             tensors = bt._decode(f, [i for i, _ in group], [t for _, t in group], device, self.threads, self.verify)
             for (_, t), x in zip(group, tensors):
