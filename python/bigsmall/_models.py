@@ -511,6 +511,12 @@ class StreamingLoader:
                 f"weight conversions (tensors merged or split on loading: {name!r} into {renamed!r}"
                 f"{f' and {more} more' if more else ''}), which StreamingLoader.load_model does not apply; "
                 f"bigsmall.from_pretrained does")
+        mapping = getattr(rename, "mapping", None)
+        if mapping is not None:
+            # What transformers' from_pretrained records: the renames used, which its
+            # save_pretrained (and bigsmall's) reverts, so that a legacy-named checkpoint re-saves
+            # under the names it came with.
+            model._weight_conversions = [m for m in mapping if m.was_used()]
         if dropped:
             warnings.warn(f"{len(dropped)} tensors of the checkpoint at {self.path} name a tensor of {type(model).__name__} "
                           f"that an earlier one loads (the first in transformers' order is loaded, as transformers "
@@ -659,7 +665,11 @@ def _key_renamer(model, targets, prefix):
     mapping = get_model_conversion_mapping(model)
     renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
     converters = [m for m in mapping if isinstance(m, WeightConverter)]
-    return lambda name: rename_source_key(name, renamings, converters, prefix or None, targets)
+
+    def renamer(name):
+        return rename_source_key(name, renamings, converters, prefix or None, targets)
+    renamer.mapping = mapping  # each entry marks itself used when it renames a name, as in transformers
+    return renamer
 
 
 def _ignored_unexpected(model):

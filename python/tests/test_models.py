@@ -305,6 +305,17 @@ def test_key_conversions_and_config_classes_are_transformers_own(tmp_path):
     streamed, warned = _streamed(c, BertModel)
     _same_tensors(streamed, ref)
     assert warned == []
+    # Saved again, a streamed model writes the names it was loaded under, as transformers' own
+    # model does (it records the renames it used; the streamed one wrote modern names).
+    want_names = None
+    for i, m in enumerate((BertModel.from_pretrained(tmp_path / "old"), streamed)):
+        m.save_pretrained(tmp_path / f"resaved{i}")
+        names = sorted(st.load_file(str(tmp_path / f"resaved{i}" / "model.safetensors")))
+        assert want_names is None or names == want_names
+        want_names = names
+    assert any(n.endswith("LayerNorm.gamma") for n in want_names)
+    bigsmall.save_pretrained(streamed, tmp_path / "resaved.bs")
+    assert sorted(t["name"] for t in bigsmall.info(tmp_path / "resaved.bs" / "model.bs")["tensors"]) == want_names
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                  num_attention_heads=2, vocab_size=100, max_position_embeddings=16),
