@@ -756,7 +756,8 @@ def _initialize(model, tensors, missing):
         with torch.no_grad():
             for owner in sorted({n.rsplit(".", 1)[0] if "." in n else "" for n in missing}):
                 model._init_weights(modules[owner])
-    _tie(model, missing)
+    # (No second tie: the loaded model was tied before, and initialisation writes in place;
+    # tying again repeated transformers' warnings about the pairs it cannot tie.)
 
 
 def _dtype_arg(d):

@@ -1106,3 +1106,28 @@ def test_a_model_the_loader_built_gets_its_missing_tensors_initialised(tmp_path)
     assert not hasattr(got, "_bigsmall_uninitialised")
     a, b = got.state_dict(), ref.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in sd)
+
+
+def test_a_head_on_a_base_checkpoint_is_tied_and_warned_about_once(tmp_path, capfd):
+    """A masked-LM head loaded from a base checkpoint: its decoder tied to the embeddings, values
+    as transformers gives them (seeded alike), and transformers' warning about the pair it cannot
+    tie logged once per load, as its own from_pretrained logs it (the loader tied twice)."""
+    import warnings
+
+    from transformers import BertForMaskedLM
+
+    _bert(tmp_path)
+    bigsmall.compress(tmp_path / "hf")
+    capfd.readouterr()
+    torch.manual_seed(1)
+    ref = BertForMaskedLM.from_pretrained(tmp_path / "hf")
+    theirs = capfd.readouterr().err.count("checkpoint seem corrupted")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the missing head, reported as a warning
+        torch.manual_seed(1)
+        got = bigsmall.StreamingLoader(tmp_path / "hf.bs").load_model(BertForMaskedLM, progress=False)
+    ours = capfd.readouterr().err.count("checkpoint seem corrupted")
+    assert ours == theirs, (ours, theirs)
+    sd = got.state_dict()
+    assert sd["cls.predictions.decoder.weight"].data_ptr() == sd["bert.embeddings.word_embeddings.weight"].data_ptr()
+    _same_tensors(got, ref)
