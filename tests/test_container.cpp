@@ -3477,3 +3477,24 @@ TEST(ForkSafety, AChildForkedWhileAnotherThreadDecodesCanDecode) {
   EXPECT_GT(busy_decodes.load(), 0) << "the background thread finished no decode while children were forked";
   EXPECT_EQ(bad, 0) << "a child " << (WIFSIGNALED(last) ? "hung (killed by its alarm)" : "failed to decode");
 }
+
+// From a review of the public API as an integrator writes against it.
+TEST(PublicApi, TemporaryResultsGiveValuesAndGeometryNeverShiftsPastItsWidth) {
+  TempDir d;
+  write_file(d / "m.safetensors", safetensors_bytes(sample_tensors()));
+  ASSERT_TRUE(compress_file(d / "m.safetensors", d / "m.bs").is_ok());
+  // The value of a temporary Result is moved out: a reference into the temporary dangled once
+  // the statement ended (AddressSanitizer: heap-use-after-free on the next call).
+  auto&& f = *BsFile::open(d / "m.bs");
+  EXPECT_EQ(f.tensors().size(), sample_tensors().size());
+  EXPECT_TRUE(f.verify().is_ok());
+  TensorCoding c;
+  for (const int log2 : {63, 64, 200, 255}) {
+    c.chunk_log2 = static_cast<uint8_t>(log2);
+    EXPECT_EQ(c.chunk_units(), log2 < 64 ? uint64_t{1} << log2 : UINT64_MAX) << log2;
+  }
+  // An empty output path is refused before any work, not at the final rename.
+  const Status st = compress_file(d / "m.safetensors", "");
+  EXPECT_EQ(st.code(), Error::kInvalidArgument) << st.message();
+  EXPECT_NE(st.message().find("''"), std::string::npos) << st.message();
+}

@@ -45,7 +45,9 @@ struct TensorCoding {
 
   uint32_t unit_bytes() const;  // bytes per coded element
   uint64_t units() const { return nbytes / unit_bytes(); }
-  uint64_t chunk_units() const { return uint64_t{1} << chunk_log2; }
+  // 2^chunk_log2; a value past 63 (which validate() refuses) reads as 2^64 - 1, not as a shift
+  // past the word's width.
+  uint64_t chunk_units() const { return chunk_log2 < 64 ? uint64_t{1} << chunk_log2 : UINT64_MAX; }
   uint64_t chunk_count() const { return units() / chunk_units() + (units() % chunk_units() != 0); }  // no wrap near 2^64
   // Byte range of chunk i in the decoded tensor.
   uint64_t chunk_out_offset(size_t i) const { return i * chunk_units() * unit_bytes(); }

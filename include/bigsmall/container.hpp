@@ -128,7 +128,7 @@ class BsFile {
   // before they read payload bytes, as this class's own reads do.
   Status check_not_truncated() const;
 
-  struct Impl;  // defined in src/container/bsfile.cpp
+  struct Impl;  // defined in src/container/bsfile.cpp, whose free functions take it: no API
 
  private:
   std::unique_ptr<Impl> impl_;

@@ -82,12 +82,14 @@ class [[nodiscard]] Result {
   bool is_ok() const { return v_.index() == 0; }
   explicit operator bool() const { return is_ok(); }
   T& value() & { return std::get<0>(v_); }
-  T&& value() && { return std::get<0>(std::move(v_)); }
+  // From a temporary Result: the value moved out, not a reference into the temporary, which
+  // `auto&& f = *BsFile::open(p);` would have kept after the Result was gone.
+  T value() && { return std::get<0>(std::move(v_)); }
   const T& value() const& { return std::get<0>(v_); }
   T* operator->() { return &std::get<0>(v_); }
   const T* operator->() const { return &std::get<0>(v_); }
   T& operator*() & { return value(); }
-  T&& operator*() && { return std::move(*this).value(); }
+  T operator*() && { return std::move(*this).value(); }
   const T& operator*() const& { return value(); }
   Status status() const { return is_ok() ? Status::success() : std::get<1>(v_); }
 

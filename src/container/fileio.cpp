@@ -624,6 +624,8 @@ Status check_name_length(const std::string& path) {
 }  // namespace
 
 Result<OutputFile> OutputFile::create(const std::string& final_path, bool overwrite) {
+  // Said before any work: an empty name failed only at the rename, after a whole compression.
+  if (final_path.empty()) return Status(Error::kInvalidArgument, "'': an empty output path");
   // A directory there is never replaced by a file: said at once, not "use -f" (which then fails).
   if (path_is_dir(final_path)) return Status(Error::kIo, final_path + ": is a directory").with_errno(EISDIR);
   if (!overwrite && path_exists(final_path))
