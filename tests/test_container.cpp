@@ -150,6 +150,14 @@ const std::vector<uint8_t>& precious() {
   return bytes;
 }
 
+// After a run over an existing output `out` (holding precious()) that had to fail: the error
+// wanted, the output as it was, and no temporary left beside it.
+void expect_output_kept(const Status& st, Error want, const fs::path& out, const std::string& what) {
+  EXPECT_EQ(st.code(), want) << what << ": " << st.message();
+  EXPECT_TRUE(read_file(out) == precious()) << what << ": the existing output changed";
+  EXPECT_EQ(temporaries_in(out.parent_path()), std::vector<std::string>{}) << what;
+}
+
 }  // namespace
 
 TEST(Container, FileRoundTripIsByteIdentical) {
@@ -1542,9 +1550,7 @@ TEST_F(DamagedBs, FailedRestoreOverAnExistingOutputKeepsIt) {
   DecompressOptions o;
   o.overwrite = true;
   const auto expect_kept = [&](const Status& st, Error want, const std::string& what) {
-    EXPECT_EQ(st.code(), want) << what << ": " << st.message();
-    EXPECT_TRUE(read_file(out) == precious()) << what << ": the existing output changed";
-    EXPECT_EQ(temporaries_in(d.path), std::vector<std::string>{}) << what;
+    expect_output_kept(st, want, out, what);
   };
   const std::pair<std::string, uint64_t> damage[] = {{"a chunk", at + c.chunks[0].offset + c.chunks[0].size / 2},
                                                      {"the model", at + c.model_size / 2}};
@@ -1740,9 +1746,7 @@ TEST(Output, FailedCompressOverAnExistingOutputKeepsIt) {
   o.threads = 2;
   o.overwrite = true;
   const auto expect_kept = [&](const Status& st, Error want, const std::string& what) {
-    EXPECT_EQ(st.code(), want) << what << ": " << st.message();
-    EXPECT_TRUE(read_file(d / "m.bs") == precious()) << what << ": the existing output changed";
-    EXPECT_EQ(temporaries_in(d.path), std::vector<std::string>{}) << what;
+    expect_output_kept(st, want, d / "m.bs", what);
   };
   write_file(d / "m.bs", precious());
   expect_kept(compress_onto_full_disk(d / "m.safetensors", d / "m.bs", 100000, o), Error::kNoSpace, "full disk");
@@ -2687,9 +2691,7 @@ TEST(Container, ALargeTensorFailingPartwayLeavesTheExistingOutput) {
   const auto good = read_file(d / "m.bs");
   const std::string out = d / "restored.safetensors";
   const auto expect_kept = [&](const Status& st, Error want, const std::string& what) {
-    EXPECT_EQ(st.code(), want) << what << ": " << st.message();
-    EXPECT_TRUE(read_file(out) == precious()) << what << ": the existing output changed";
-    EXPECT_EQ(temporaries_in(d.path), std::vector<std::string>{}) << what;
+    expect_output_kept(st, want, out, what);
   };
   const ChunkRef& late = c.chunks[c.chunks.size() - 2];
   std::vector<std::pair<std::string, uint64_t>> damage = {{"a late chunk", at + late.offset + late.size / 2}};
