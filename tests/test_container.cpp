@@ -1450,6 +1450,30 @@ TEST_F(DamagedBs, HeaderThatPlacesTensorsElsewhereIsRefusedOnOpen) {
   EXPECT_FALSE(fs::exists(t / "out.safetensors"));
 }
 
+TEST(Container, ReadTensorsRefusesOutputsThatShareBytes) {
+  // Chunks of all the tensors are decoded at once: shared output bytes would be raced for.
+  TempDir d;
+  std::vector<uint8_t> a(16, 1), b(16, 2);
+  ASSERT_TRUE(write_tensors(d / "two.bs", {{"a", DType::kU8, {16}, a.data(), 16}, {"b", DType::kU8, {16}, b.data(), 16},
+                                           {"empty", DType::kU8, {0}, nullptr, 0}}, {}).is_ok());
+  auto f = BsFile::open(d / "two.bs");
+  ASSERT_TRUE(f.is_ok());
+  std::vector<uint8_t> out(32, 0);
+  const Status shared = f->read_tensors({0, 1}, {out.data(), out.data() + 15}, {16, 17});
+  EXPECT_EQ(shared.code(), Error::kInvalidArgument);
+  EXPECT_NE(shared.message().find("'a' and 'b' overlap"), std::string::npos) << shared.message();
+  EXPECT_EQ(f->read_tensors({1, 0}, {out.data() + 15, out.data()}, {17, 16}).code(), Error::kInvalidArgument)
+      << "whatever the order of the list";
+  EXPECT_EQ(f->read_tensors({0, 0}, {out.data(), out.data()}, {16, 16}).code(), Error::kInvalidArgument);
+  EXPECT_EQ(out, std::vector<uint8_t>(32, 0)) << "nothing decoded when refused";
+  // Adjacent outputs, one tensor twice into two places, and an empty tensor anywhere are fine.
+  ASSERT_TRUE(f->read_tensors({1, 0, 2}, {out.data() + 16, out.data(), out.data() + 3}, {16, 16, 0}).is_ok());
+  EXPECT_TRUE(std::equal(a.begin(), a.end(), out.begin()));
+  EXPECT_TRUE(std::equal(b.begin(), b.end(), out.begin() + 16));
+  ASSERT_TRUE(f->read_tensors({1, 1}, {out.data(), out.data() + 16}, {16, 16}).is_ok());
+  EXPECT_EQ(out, std::vector<uint8_t>(32, 2));
+}
+
 TEST(Container, CallerMistakesAreErrorsNotCrashes) {
   // From a C++ integrator's review: each of these crashed, read out of bounds or replaced the
   // .bs with its own restore.
@@ -1474,9 +1498,13 @@ TEST(Container, CallerMistakesAreErrorsNotCrashes) {
   EXPECT_EQ(f->read_tensors({0}, {out.data()}, {8}).code(), Error::kInvalidArgument);     // too small
   EXPECT_EQ(f->read_tensors({0}, {nullptr}, {16}).code(), Error::kInvalidArgument);
   EXPECT_EQ(f->read_tensor(0, nullptr, 16).code(), Error::kInvalidArgument);
+  // An index past the end is the caller's mistake, not a name the file lacks (kNotFound).
   const Status missing = f->read_tensor(7, out.data(), 16);
-  EXPECT_EQ(missing.code(), Error::kNotFound);
+  EXPECT_EQ(missing.code(), Error::kInvalidArgument);
   EXPECT_NE(missing.message().find(f->path()), std::string::npos) << missing.message();
+  EXPECT_NE(missing.message().find("out of range (1 tensors)"), std::string::npos) << missing.message();
+  EXPECT_EQ(f->read_tensors({0, 3}, {out.data(), out.data()}, {16, 16}).code(), Error::kInvalidArgument);
+  EXPECT_EQ(f->read_tensor_range(1, 0, out.data(), 1).code(), Error::kInvalidArgument);
   EXPECT_TRUE(f->read_tensors({0}, {out.data()}, {16}).is_ok());
   EXPECT_EQ(out, bytes);
   auto enc = encode_tensor(DType::kU8, bytes.data(), bytes.size());

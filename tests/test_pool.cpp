@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
 #include <mutex>
 #include <set>
@@ -129,6 +130,19 @@ TEST(ThreadPool, DefaultThreadCountFollowsTheWork) {
   EXPECT_EQ(threads_for(5, 3, uint64_t{1} << 40, per), 3);
   EXPECT_EQ(threads_for(5, 0, 0, per), 1);
   EXPECT_EQ(threads_for(1, 100, uint64_t{1} << 40, per), 1);
+  // ... and up to the cap: INT_MAX once started threads until the system refused (340 here).
+  const int cap = bigsmall::detail::max_thread_count();
+  EXPECT_EQ(cap, std::max(bigsmall::detail::kThreadCap, default_thread_count()));
+  EXPECT_EQ(threads_for(INT_MAX, uint64_t{1} << 40, uint64_t{1} << 40, per), cap);
+  EXPECT_EQ(threads_for(cap + 1, uint64_t{1} << 40, uint64_t{1} << 40, per), cap);
+}
+
+TEST(ThreadPool, APoolNeverStartsMoreThanTheCap) {
+  ThreadPool pool(INT_MAX);
+  EXPECT_LE(pool.size(), bigsmall::detail::max_thread_count());
+  std::atomic<int> runs{0};
+  pool.parallel_for(1000, [&](size_t) { runs.fetch_add(1); });
+  EXPECT_EQ(runs.load(), 1000);
 }
 
 TEST(ThreadPool, ThreadsTheSystemRefusesLeaveASmallerPool) {

@@ -18,7 +18,8 @@ struct EncodedTensor {
 
 struct EncodeOptions {
   int threads = 0;            // <= 0: all cores, as many as the work can use; N: at most N (not capped
-                              // at the core count: more threads than cores only add switching)
+                              // at the core count: more threads than cores only add switching; but at
+                              // most 256, or the core count where that is more, whatever N asks)
   int zstd_level = 9;         // for tensors routed to zstd (19: smaller, several times slower); a level
                               // outside zstd's (-131072 to 22 in zstd 1.5) is kInvalidArgument
   bool allow_zstd = true;
@@ -26,6 +27,7 @@ struct EncodeOptions {
 
 struct DecodeOptions {
   int threads = 0;            // <= 0: all cores, as many as the work can use; N: at most N and one per chunk
+                              // (and at most 256, or the core count where that is more)
   bool verify = true;         // check chunk and tensor checksums
 };
 

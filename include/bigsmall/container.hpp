@@ -93,7 +93,8 @@ class BsFile {
   // Decodes tensor i into out[0, tensors()[i].nbytes).
   Status read_tensor(size_t i, uint8_t* out, uint64_t out_size, const DecodeOptions& opts = {}) const;
   // Decodes tensors which[k] into outs[k][0, out_sizes[k]) with one pool, chunks of all of them
-  // in parallel; each out_sizes[k] must be at least the tensor's nbytes.
+  // in parallel; each out_sizes[k] must be at least the tensor's nbytes, and no two outputs may
+  // share a byte (kInvalidArgument). An index past tensors() is kInvalidArgument, as in read_tensor.
   Status read_tensors(const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
                       const std::vector<uint64_t>& out_sizes, const DecodeOptions& opts = {}) const;
   // Decodes bytes [begin, begin + out_size) of tensor i into out, decoding only the chunks that

@@ -210,7 +210,7 @@ void advise_huge_pages(uint8_t* p, uint64_t n) {
 
 // A buffer for tensor i of f must hold exactly its decoded bytes.
 void check_buffer(const BsFile& f, size_t i, uint64_t size) {
-  if (i >= f.tensors().size()) raise(Status(Error::kNotFound, "tensor index out of range"));
+  if (i >= f.tensors().size()) raise(Status(Error::kInvalidArgument, "tensor index out of range"));
   if (size != f.tensors()[i].nbytes)
     raise(Status(Error::kInvalidArgument, "buffer for '" + f.tensors()[i].name + "' has " + std::to_string(size) +
                                               " bytes, tensor has " + std::to_string(f.tensors()[i].nbytes)));
@@ -602,7 +602,7 @@ NB_MODULE(_core, m) {
       .def(
           "read_range_into",
           [](const PyFile& p, size_t i, uint64_t begin, Bytes out, int threads, bool verify) {
-            if (i >= p.f.tensors().size()) raise(Status(Error::kNotFound, "tensor index out of range"));
+            if (i >= p.f.tensors().size()) raise(Status(Error::kInvalidArgument, "tensor index out of range"));
             DecodeOptions o;
             o.threads = threads;
             o.verify = verify;

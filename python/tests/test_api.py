@@ -295,8 +295,10 @@ def test_decoding_by_address_checks_sizes_and_buffers(tmp_path):
         f._read_into_addresses([0], [0], [out.numel() * 2])
     with pytest.raises(bigsmall.InvalidArgumentError, match="one address and size per tensor"):
         f._read_into_addresses([0], [out.data_ptr()], [])
-    with pytest.raises(bigsmall.NotFoundError):
+    with pytest.raises(bigsmall.InvalidArgumentError, match="index out of range"):  # not a missing name
         f._read_into_addresses([1], [out.data_ptr()], [out.numel() * 2])
+    with pytest.raises(bigsmall.InvalidArgumentError, match="'w' and 'w' overlap"):
+        f._read_into_addresses([0, 0], [out.data_ptr(), out.data_ptr() + 2], [out.numel() * 2] * 2)
     f._read_into_addresses([0], [out.data_ptr()], [out.numel() * 2])
     assert torch.equal(out.view(torch.uint8), w.view(torch.uint8))
     # Device buffers are checked the same way, before anything reaches a device (none here).

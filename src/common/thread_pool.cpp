@@ -48,6 +48,8 @@ const int g_cores = [] {
 
 int default_thread_count() { return g_cores; }
 
+int max_thread_count() { return std::max(kThreadCap, g_cores); }
+
 void limit_thread_starts_for_testing(int64_t n) {
   thread_starts_left_for_testing.store(n < 0 ? INT64_MAX / 2 : n, std::memory_order_relaxed);
 }
@@ -57,12 +59,14 @@ void set_threads_by_size_for_testing(bool by_size) { threads_by_size.store(by_si
 int threads_for(int requested, uint64_t items, uint64_t bytes, uint64_t min_bytes_per_thread) {
   if (!threads_by_size.load(std::memory_order_relaxed)) min_bytes_per_thread = 1;
   const uint64_t useful = requested > 0 ? items : std::min(items, bytes / std::max<uint64_t>(1, min_bytes_per_thread));
-  const uint64_t wanted = requested > 0 ? static_cast<uint64_t>(requested) : static_cast<uint64_t>(default_thread_count());
+  const uint64_t wanted = requested > 0 ? static_cast<uint64_t>(std::min(requested, max_thread_count()))
+                                        : static_cast<uint64_t>(default_thread_count());
   return static_cast<int>(std::max<uint64_t>(1, std::min(wanted, useful)));
 }
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = default_thread_count();
+  threads = std::min(threads, max_thread_count());
   spin_ = threads <= default_thread_count();
   // A thread the system refuses (a process or container at its task limit, or no memory for its
   // stack or state) leaves the pool smaller, not the call failed: the caller works too, so one

@@ -52,6 +52,12 @@ class ThreadPool {
 
 int default_thread_count();
 
+// An explicit thread count is honoured up to max(kThreadCap, cores), as zstd caps its workers:
+// -T 100000 would otherwise start threads until the system refuses (each with its stack and,
+// for the encoder, its scratch), for no speed on any machine.
+constexpr int kThreadCap = 256;
+int max_thread_count();
+
 // Threads for a job of `items` independent pieces and `bytes` of data. An explicit request
 // (> 0) is honoured up to one thread per item; the default (<= 0, "all cores") starts no more
 // threads than the job can use: starting and waking one costs tens of microseconds, and a

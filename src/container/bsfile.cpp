@@ -904,19 +904,41 @@ std::optional<size_t> BsFile::find(std::string_view name) const {
 }
 
 namespace {
+// Threads write the chunks of all tensors at once: two outputs sharing bytes would race and
+// leave neither tensor's bytes whole, so they are refused, not decoded.
+Status refuse_overlapping_outputs(const BsFile::Impl& im, const std::vector<size_t>& which,
+                                  const std::vector<uint8_t*>& outs) {
+  std::vector<size_t> order;
+  order.reserve(which.size());
+  for (size_t k = 0; k < which.size(); ++k)
+    if (im.entries[which[k]].info.nbytes > 0) order.push_back(k);
+  auto start = [&](size_t k) { return reinterpret_cast<uintptr_t>(outs[k]); };
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return start(a) < start(b); });
+  for (size_t j = 1; j < order.size(); ++j) {
+    const size_t prev = order[j - 1], cur = order[j];
+    if (start(cur) - start(prev) < im.entries[which[prev]].info.nbytes)
+      return Status(Error::kInvalidArgument, im.file.path() + ": output buffers of tensors '" +
+                                                 im.entries[which[prev]].info.name + "' and '" +
+                                                 im.entries[which[cur]].info.name + "' overlap");
+  }
+  return Status::success();
+}
+
 Status read_many(const BsFile::Impl& im, const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
                  const std::vector<uint64_t>& out_sizes, bool verify, detail::ThreadPool& pool) {
   BIGSMALL_RETURN_IF_ERROR(im.file.check_not_truncated());
   std::vector<detail::DecodeJob> jobs;
   for (size_t k = 0; k < which.size(); ++k) {
     if (which[k] >= im.entries.size())
-      return Status(Error::kNotFound, im.file.path() + ": tensor index " + std::to_string(which[k]) + " out of range");
+      return Status(Error::kInvalidArgument, im.file.path() + ": tensor index " + std::to_string(which[k]) +
+                                                 " out of range (" + std::to_string(im.entries.size()) + " tensors)");
     const detail::Entry& e = im.entries[which[k]];
     if (outs[k] == nullptr && e.info.nbytes > 0)
       return Status(Error::kInvalidArgument, im.file.path() + ": tensor '" + e.info.name + "': null output buffer");
     jobs.push_back({&e.coding, im.file.data() + e.payload_offset, e.info.stored_bytes, outs[k], out_sizes[k],
                     "tensor '" + e.info.name + "'"});
   }
+  BIGSMALL_RETURN_IF_ERROR(refuse_overlapping_outputs(im, which, outs));
   return detail::decode_tensors_on(jobs, verify, pool).with_context(im.file.path());
 }
 
@@ -1278,7 +1300,8 @@ Status BsFile::read_tensor_range(size_t i, uint64_t begin, uint8_t* out, uint64_
   if (!impl_) return not_open();
   return detail::guarded(path(), [&]() -> Status {
     if (i >= impl_->entries.size())
-      return Status(Error::kNotFound, path() + ": tensor index " + std::to_string(i) + " out of range");
+      return Status(Error::kInvalidArgument, path() + ": tensor index " + std::to_string(i) + " out of range (" +
+                                                 std::to_string(impl_->entries.size()) + " tensors)");
     if (out == nullptr && out_size > 0) return Status(Error::kInvalidArgument, path() + ": null output buffer");
     const detail::Entry& e = impl_->entries[i];
     const TensorCoding& c = e.coding;
