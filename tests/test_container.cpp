@@ -1073,6 +1073,34 @@ TEST_F(DamagedBs, EntriesSharingOnePayloadAreRefusedAsTheyAreRead) {
   EXPECT_NE(f.status().message().find("payloads add up to more than the file holds"), std::string::npos) << f.status().message();
 }
 
+TEST_F(DamagedBs, EmptyFillersAreAllowedAndRestoreNothing) {
+  // FORMAT.md allows empty fillers, which writers never write. With only empty ones the index
+  // was not kept, and restoring pointed into the empty vector (undefined behaviour).
+  TempDir t;
+  const auto st = safetensors_bytes({{"w", DType::kBF16, {3000}, bstest::weights(DType::kBF16, 3000, 4)}});
+  write_file(t / "one.safetensors", st);
+  ASSERT_TRUE(compress_file(t / "one.safetensors", t / "one.bs").is_ok());
+  const auto edited = with_index_edit(read_file(t / "one.bs"), [](std::vector<uint8_t>& index) {
+    const uint32_t fillers = 2;
+    std::memcpy(index.data() + 4, &fillers, 4);
+    const uint64_t empty_filler[2] = {0, 0}, at_the_end[2] = {6000, 0};  // begin, size
+    const auto* a = reinterpret_cast<const uint8_t*>(empty_filler);
+    const auto* b = reinterpret_cast<const uint8_t*>(at_the_end);
+    index.insert(index.end(), a, a + 16);
+    index.insert(index.end(), b, b + 16);
+  });
+  write_file(t / "empty-fillers.bs", edited);
+  auto f = BsFile::open(t / "empty-fillers.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  EXPECT_TRUE(f->verify().is_ok());
+  std::vector<uint8_t> back;
+  ASSERT_TRUE(f->restore_to([&](const uint8_t* p, uint64_t n) {
+                 back.insert(back.end(), p, p + n);
+                 return Status::success();
+               }).is_ok());
+  EXPECT_EQ(back, st);
+}
+
 TEST_F(DamagedBs, AnIndexOverAThousandfoldItsStoredSizeIsRefusedBeforeItIsDecompressed) {
   // A 90 KB file declaring a 1 GiB index of zeros made a reader take 3.3 GB before refusing it.
   // A little over 64 MiB from a few KB: refused, named, with nothing decompressed.

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "common/fork_safe.hpp"
+#include "common/scratch.hpp"
 #include "common/thread_pool.hpp"
 
 using bigsmall::detail::ThreadPool;
@@ -186,4 +187,38 @@ TEST(ForkSafety, AMutexAnotherThreadHoldsAtForkIsFreeInTheChild) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "the child's copy of the mutex was locked";
   EXPECT_TRUE(m.try_lock()) << "the parent's mutex was left locked";
   m.unlock();
+}
+
+namespace {
+std::atomic<int> live_scratch{0};
+struct CountedScratch {
+  CountedScratch() { live_scratch.fetch_add(1); }
+  ~CountedScratch() { live_scratch.fetch_sub(1); }
+  int uses = 0;
+};
+struct OtherTag;
+}  // namespace
+
+TEST(ThreadScratch, OnePerThreadAndTagFreedAsTheThreadExits) {
+  // Scratch registers no thread_local destructor (glibc aborts when that registration cannot
+  // allocate): it is freed by a pthread key's destructor instead, which this checks it is.
+  using bigsmall::detail::thread_scratch;
+  const int before = live_scratch.load();
+  std::thread t([] {
+    CountedScratch& a = thread_scratch<CountedScratch>();
+    ++a.uses;
+    EXPECT_EQ(&thread_scratch<CountedScratch>(), &a) << "found again, not made again";
+    EXPECT_EQ(thread_scratch<CountedScratch>().uses, 1);
+    CountedScratch& other = thread_scratch<CountedScratch, OtherTag>();
+    EXPECT_NE(&other, &a) << "another tag, another object";
+  });
+  t.join();
+  EXPECT_EQ(live_scratch.load(), before) << "both freed when the thread ended";
+  {
+    ThreadPool pool(3);
+    pool.parallel_for(64, [](size_t) { ++thread_scratch<CountedScratch>().uses; });
+  }
+  EXPECT_LE(live_scratch.load() - before, 1) << "the workers' scratch went with them; the caller's stays";
+  ++thread_scratch<CountedScratch>().uses;  // the caller's own, kept for its next call
+  EXPECT_EQ(live_scratch.load() - before, 1);
 }

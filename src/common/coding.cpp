@@ -34,7 +34,7 @@ uint64_t TensorCoding::chunk_out_size(size_t i) const {
 
 Status TensorCoding::validate(uint64_t payload_limit) const {
   auto bad = [](const std::string& what) { return Status(Error::kCorrupt, "invalid tensor entry: " + what); };
-  if (static_cast<int>(dtype) >= static_cast<int>(DType::kCount)) return Status(Error::kUnknownDtype, "unknown dtype id");
+  if (!dtype_valid(dtype)) return Status(Error::kUnknownDtype, "unknown dtype id");
   if (static_cast<int>(codec) > static_cast<int>(Codec::kZstd)) return bad("unknown codec");
   if (codec == Codec::kFloat && !has_float_model(dtype)) return bad("float codec on a non-float dtype");
   if (chunk_log2 < 6 || chunk_log2 > 24) return bad("chunk size");

@@ -572,7 +572,7 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, uint64_t 
     const uint8_t r0 = r.u8(), r1 = r.u8(), r2 = r.u8();
     if (!r.ok()) return bad("truncated tensor entry");
     if (r0 || r1 || r2) return bad("reserved bytes are not zero");
-    if (dtype >= static_cast<uint8_t>(DType::kCount))
+    if (!dtype_valid(static_cast<DType>(dtype)))
       return Status(Error::kUnknownDtype, "tensor '" + e.info.name + "': unknown dtype id " + std::to_string(dtype));
     e.coding.dtype = static_cast<DType>(dtype);
     e.coding.codec = static_cast<Codec>(codec);
@@ -633,7 +633,8 @@ Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, uint64_t 
     if (!r.ok() || size > r.remaining()) return bad("truncated filler");
     const uint8_t* b = r.take(size);
     if (begin > data_size || size > data_size - begin) return bad("filler outside the data region");
-    if (size) spans.push_back({begin, begin + size});
+    if (size == 0) continue;  // allowed, and nothing to restore (nor an index kept to point into)
+    spans.push_back({begin, begin + size});
     im->fillers.push_back({begin, static_cast<uint64_t>(b - p), size});
   }
   if (r.remaining() != 0) return bad("trailing bytes");
@@ -848,7 +849,7 @@ Status open_mapped(detail::MappedFile file, std::unique_ptr<BsFile::Impl>* out) 
   Status st = parse_index(idx.data(), idx.size(), h.index_offset, h.index_stored, impl.get());
   impl->verified.reset(new std::atomic<bool>[impl->entries.size()]());
   if (!st.is_ok()) return st.with_context(path);
-  if (std::any_of(impl->fillers.begin(), impl->fillers.end(), [](const auto& fl) { return fl.size > 0; }))
+  if (!impl->fillers.empty())
     impl->index = std::move(idx);
   // Payloads may not overlap, and the alignment padding between them must be zero, so that no
   // byte of the file escapes every check.

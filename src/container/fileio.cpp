@@ -22,6 +22,7 @@
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string_view>
@@ -486,12 +487,14 @@ bool left_behind(int dfd, const char* name, int fd) {
 }
 }  // namespace
 
-void remove_stale_temporaries(const std::string& output) {
+namespace {
+void remove_stale_temporaries_of(const std::string& output) {
   const size_t slash = output.rfind('/');
   const std::string dir = slash == std::string::npos ? "" : slash == 0 ? "/" : output.substr(0, slash);
   const std::string base = output.substr(slash == std::string::npos ? 0 : slash + 1);
   if (base.empty()) return;
-  DIR* d = ::opendir(dir.empty() ? "." : dir.c_str());
+  const std::unique_ptr<DIR, int (*)(DIR*)> opened(::opendir(dir.empty() ? "." : dir.c_str()), ::closedir);
+  DIR* const d = opened.get();
   if (d == nullptr) return;
   const int dfd = ::dirfd(d);
   struct statx sx;
@@ -532,18 +535,28 @@ void remove_stale_temporaries(const std::string& output) {
     if (::fstatat(dfd, name.c_str(), &pre, AT_SYMLINK_NOFOLLOW) != 0 || !(S_ISREG(pre.st_mode) || S_ISDIR(pre.st_mode))) continue;
     const int fd = ::openat(dfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) continue;
+    const std::unique_ptr<const int, void (*)(const int*)> closing(&fd, [](const int* f) { ::close(*f); });
     if (left_behind(dfd, name.c_str(), fd)) {
       const std::string path = (dir.empty() ? std::string() : dir + (dir.back() == '/' ? "" : "/")) + name;
       // Through the directory's descriptor, each level opened without following links.
       const bool gone = S_ISDIR(pre.st_mode) ? remove_tree(dfd, name.c_str(), 0) : ::unlinkat(dfd, name.c_str(), 0) == 0;
       if (gone) removed.push_back(path);
     }
-    ::close(fd);
   }
-  ::closedir(d);
   if (removed.empty()) return;
   std::lock_guard<std::mutex> lk(g_stale_mu);
   g_stale_removed.insert(g_stale_removed.end(), removed.begin(), removed.end());
+}
+}  // namespace
+
+void remove_stale_temporaries(const std::string& output) {
+  // Tidying up after killed runs is best effort: with no memory for it, leftovers stay, and the
+  // caller's own work (which has its own checks) goes on.
+  try {
+    remove_stale_temporaries_of(output);
+  } catch (const std::bad_alloc&) {
+  } catch (const std::length_error&) {
+  }
 }
 
 InputInUse::InputInUse(const std::string& path) {

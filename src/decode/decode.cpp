@@ -14,6 +14,7 @@
 #include "common/cpu.hpp"
 #include "common/fork_safe.hpp"
 #include "common/guard.hpp"
+#include "common/scratch.hpp"
 #include "common/thread_pool.hpp"
 #include "decode/decoder.hpp"
 #include "decode/simd.hpp"
@@ -674,7 +675,7 @@ Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size
         ZSTD_DCtx* p = ZSTD_createDCtx();
         ~Ctx() { ZSTD_freeDCtx(p); }
       };
-      thread_local Ctx ctx;
+      Ctx& ctx = thread_scratch<Ctx, struct ZstdDecodeContext>();
       const size_t r = ctx.p ? ZSTD_decompressDCtx(ctx.p, out, out_size, chunk, size)
                              : ZSTD_decompress(out, out_size, chunk, size);
       if (ZSTD_isError(r) || r != out_size) return corrupt_chunk(i, "zstd frame is damaged");

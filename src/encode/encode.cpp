@@ -9,6 +9,7 @@
 #include "common/checksum.hpp"
 #include "common/cpu.hpp"
 #include "common/guard.hpp"
+#include "common/scratch.hpp"
 #include "common/thread_pool.hpp"
 #include "encode/encoder.hpp"
 #include "encode/simd_enc.hpp"
@@ -271,7 +272,7 @@ struct DenseKeys {
   bool active() const { return bins || wide; }
 };
 
-thread_local KeyScratch key_scratch;
+KeyScratch& key_scratch() { return thread_scratch<KeyScratch>(); }
 
 // Small tensors: the distinct keys with their counts in ks, the bins left empty. Large ones (at
 // least half as many elements as keys): the counts left in the bins for the dense pass
@@ -292,7 +293,7 @@ T count_keys_split(const uint8_t* data, uint64_t n, int shift, size_t nbins, Thr
   std::vector<uint32_t*> used(parts, nullptr);  // the bins each slice went into
   try {
     pool.parallel_for(parts, [&](size_t p) {
-      std::vector<uint32_t>& b = key_scratch.bins;
+      std::vector<uint32_t>& b = key_scratch().bins;
       if (b.size() < nbins) b.resize(nbins, 0);
       used[p] = b.data();
       const uint64_t begin = std::min(n, p * per), end = std::min(n, begin + per);
@@ -303,7 +304,7 @@ T count_keys_split(const uint8_t* data, uint64_t n, int shift, size_t nbins, Thr
       if (b) std::memset(b, 0, nbins * sizeof(uint32_t));
     throw;
   }
-  uint32_t* const mine = key_scratch.bins.data();
+  uint32_t* const mine = key_scratch().bins.data();
   std::sort(used.begin(), used.end());
   used.erase(std::unique(used.begin(), used.end()), used.end());
   for (uint32_t* b : used) {
@@ -319,7 +320,7 @@ T count_keys_split(const uint8_t* data, uint64_t n, int shift, size_t nbins, Thr
 template <typename T>
 DenseKeys gather_keys(const uint8_t* data, uint64_t n, int shift, int key_bits, KeyStats* ks, T* or_all,
                       ThreadPool* pool) {
-  KeyScratch& scratch = key_scratch;
+  KeyScratch& scratch = key_scratch();
   std::vector<uint32_t>& bins = scratch.bins;
   const size_t nbins = size_t{1} << key_bits;
   if (bins.size() < nbins) bins.resize(nbins, 0);
@@ -483,7 +484,7 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
   // the top 8 bits of wider ones (as the corpus MANIFEST's floors do).
   const int kfull = std::min(mb, mb <= 10 ? 10 : 8);
   const int shift = mb - kfull;
-  thread_local KeyStats ks;
+  KeyStats& ks = thread_scratch<KeyStats>();
   T or_all = 0;
   const DenseKeys dense = gather_keys<T>(data, n, shift, 1 + eb + kfull, &ks, &or_all, pool);
   // Bins must be all zero between calls: if anything below throws (allocation) before dense_rows
@@ -492,8 +493,8 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
     bool armed;
     ~DenseGuard() {
       if (!armed) return;
-      std::fill(key_scratch.bins.begin(), key_scratch.bins.end(), 0u);
-      key_scratch.trim();
+      std::fill(key_scratch().bins.begin(), key_scratch().bins.end(), 0u);
+      key_scratch().trim();
     }
   } guard{dense.active()};
 
@@ -546,17 +547,17 @@ double plan_float(const uint8_t* data, uint64_t n, const DTypeInfo& info, FloatM
   // at[k]: every row's counts of its top k mantissa bits (rows << k entries; the vectors may be
   // longer), each width folded from the next wider. Kept per thread: fresh for every tensor, an
   // F16 tensor's counts (rows x 2^10 x 8 bytes) were zeroed and page-faulted in each time.
-  thread_local std::vector<std::vector<uint64_t>> at;
+  auto& at = thread_scratch<std::vector<std::vector<uint64_t>>, struct RowMantissaCounts>();
   if (at.size() < static_cast<size_t>(kmax) + 1) at.resize(static_cast<size_t>(kmax) + 1);
   for (int k = kmax; k >= 0; --k)
     if (at[k].size() < (rows.size() << k)) at[k].resize(rows.size() << k);
   if (dense.bins) {
-    dense_rows(key_scratch.bins.data(), rows, kfull, kmax, at[kmax].data());  // writes every entry
-    key_scratch.trim();
+    dense_rows(key_scratch().bins.data(), rows, kfull, kmax, at[kmax].data());  // writes every entry
+    key_scratch().trim();
     guard.armed = false;
   } else if (dense.wide) {
-    dense_rows(key_scratch.wide.data(), rows, kfull, kmax, at[kmax].data());
-    key_scratch.trim();
+    dense_rows(key_scratch().wide.data(), rows, kfull, kmax, at[kmax].data());
+    key_scratch().trim();
     guard.armed = false;
   } else {
     std::fill_n(at[kmax].begin(), rows.size() << kmax, uint64_t{0});
@@ -662,15 +663,14 @@ size_t zstd_compress(void* dst, size_t cap, const void* src, size_t len, int lev
     ZSTD_CCtx* p = ZSTD_createCCtx();
     ~Ctx() { ZSTD_freeCCtx(p); }
   };
-  thread_local Ctx probe, full;
-  ZSTD_CCtx* c = level <= 1 ? probe.p : full.p;
+  ZSTD_CCtx* c = level <= 1 ? thread_scratch<Ctx, struct ZstdProbeContext>().p : thread_scratch<Ctx, struct ZstdContext>().p;
   if (c == nullptr) return ZSTD_compress(dst, cap, src, len, level);
   const size_t r = ZSTD_compressCCtx(c, dst, cap, src, len, level);
   // zstd's levels are not monotonic: a chunk can come out a few bytes larger at 19 than at 9.
   // A higher level than the default (--best) must never give a larger file than the default.
   constexpr int kDefault = EncodeOptions{}.zstd_level;
   if (level <= kDefault || ZSTD_isError(r)) return r;
-  thread_local std::vector<uint8_t> other;
+  auto& other = thread_scratch<std::vector<uint8_t>, struct ZstdDefaultLevelOutput>();
   other.resize(std::max(other.size(), cap));
   const size_t d = ZSTD_compressCCtx(c, other.data(), cap, src, len, kDefault);
   if (ZSTD_isError(d) || d >= r) return r;
@@ -684,7 +684,7 @@ size_t zstd_compress(void* dst, size_t cap, const void* src, size_t len, int lev
 constexpr int kZstdRepeatsOnly = -1;  // negative levels leave literals uncompressed
 
 double zstd_estimate(const uint8_t* data, uint64_t nbytes, uint64_t piece, int level) {
-  thread_local std::vector<uint8_t> out;
+  auto& out = thread_scratch<std::vector<uint8_t>, struct ZstdEstimateOutput>();
   uint64_t in_total = 0, out_total = 0;
   auto probe = [&](const uint8_t* p, uint64_t len) {
     out.resize(ZSTD_compressBound(len));
@@ -722,7 +722,7 @@ struct RansEncoder {
 
 // Scratch words for one chunk: one word per symbol at most, plus the slot p[-1] may touch.
 uint16_t* word_buffer(uint64_t symbols, uint16_t** end) {
-  thread_local std::vector<uint16_t> buf;
+  auto& buf = thread_scratch<std::vector<uint16_t>, struct ChunkWords>();
   if (buf.size() < symbols + 1) buf.resize(symbols + 1);
   *end = buf.data() + symbols + 1;
   return buf.data();
@@ -1098,7 +1098,7 @@ namespace bigsmall {
 
 Result<EncodedTensor> encode_tensor(DType dtype, const uint8_t* data, uint64_t nbytes, const EncodeOptions& opts) {
   return detail::guarded(std::string(), [&]() -> Result<EncodedTensor> {
-    if (static_cast<int>(dtype) >= static_cast<int>(DType::kCount)) return Status(Error::kUnknownDtype, "unknown dtype");
+    if (!dtype_valid(dtype)) return Status(Error::kUnknownDtype, "unknown dtype");
     if (nbytes % dtype_unit_bytes(dtype) != 0)
       return Status(Error::kInvalidArgument, "tensor size is not a whole number of elements");
     if (nbytes > 0 && data == nullptr) return Status(Error::kInvalidArgument, "null data");

@@ -1,6 +1,7 @@
 #include "entropy/table.hpp"
 
 #include "entropy/estimate.hpp"
+#include "common/scratch.hpp"
 
 #include <bit>
 #include <algorithm>
@@ -103,8 +104,15 @@ struct BitCounter {
 };
 
 template <class Sink>
+struct EmitTableSymbols;
+template <class Sink>
+struct EmitTableZigzags;
+
+template <class Sink>
 void emit_table(const FreqTable& t, Sink& out) {
-  thread_local std::vector<uint32_t> syms, zig;  // planning prices thousands of tables
+  // Kept per thread: planning prices thousands of tables.
+  auto& syms = thread_scratch<std::vector<uint32_t>, EmitTableSymbols<Sink>>();
+  auto& zig = thread_scratch<std::vector<uint32_t>, EmitTableZigzags<Sink>>();
   out.put(static_cast<uint64_t>(t.precision), 4);
   syms.clear();
   for (uint32_t s = 0; s < t.alphabet; ++s)
@@ -257,14 +265,14 @@ double estimate_present(const Present& h, int precision) {
 }  // namespace
 
 double estimate_table_bits(const uint64_t* counts, uint32_t alphabet, int precision) {
-  thread_local Present h;
+  Present& h = thread_scratch<Present, struct EstimateTablePresent>();
   h.gather(counts, alphabet);
   return estimate_present(h, precision);
 }
 
 double best_table(const uint64_t* counts, uint32_t alphabet, int lo, int hi, FreqTable* out) {
   // Estimates rank the precisions cheaply; only the two best are normalized and serialized.
-  thread_local Present h;
+  Present& h = thread_scratch<Present, struct BestTablePresent>();
   h.gather(counts, alphabet);
   std::vector<std::pair<double, int>> ranked;
   for (int p = lo; p <= hi; ++p) ranked.push_back({estimate_present(h, p), p});
