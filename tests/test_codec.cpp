@@ -1,6 +1,7 @@
 // Every dtype, awkward sizes, special values: the fast decoder against the reference decoder and
 // against the original bytes.
 #include <gtest/gtest.h>
+#include <zstd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -12,6 +13,7 @@
 
 #include "bigsmall/codec.hpp"
 #include "common/bytes.hpp"
+#include "common/checksum.hpp"
 #include "common/cpu.hpp"
 #include "decode/decoder.hpp"
 #include "encode/encoder.hpp"
@@ -579,4 +581,51 @@ TEST(Planner, BytesCoderIsChosenWhereItBeatsTheFloatModel) {
     ASSERT_TRUE(decode_tensor(enc->coding, enc->payload.data(), enc->payload.size(), back.data(), back.size()).is_ok());
     EXPECT_EQ(back, d);
   }
+}
+
+TEST(Codec, ZstdChunksMustBeExactlyOneFrameOfTheChunksSize) {
+  // FORMAT.md's rule, checked before decoding by the fast and the reference decoder alike (and
+  // the GPU decoder's host side, through the same function): a chunk whose checksum is right may
+  // still carry a skippable frame after its frame, or a frame declaring another size.
+  std::vector<uint8_t> data(5000);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i % 7);
+  auto enc = encode_tensor(DType::kU8, data.data(), data.size());
+  ASSERT_TRUE(enc.is_ok());
+  ASSERT_EQ(enc->coding.codec, Codec::kZstd);
+  ASSERT_EQ(enc->coding.chunks.size(), 1u);
+  const uint64_t at = enc->coding.chunks[0].offset;
+  ASSERT_EQ(at + enc->coding.chunks[0].size, enc->payload.size()) << "the chunk ends the payload";
+  auto with_chunk = [&](const std::vector<uint8_t>& chunk) {
+    EncodedTensor t = *enc;
+    t.payload.resize(at);
+    t.payload.insert(t.payload.end(), chunk.begin(), chunk.end());
+    t.coding.chunks[0].size = static_cast<uint32_t>(chunk.size());
+    t.coding.chunks[0].checksum = static_cast<uint32_t>(detail::xxh3_64(chunk.data(), chunk.size()));
+    return t;
+  };
+  auto expect_refused = [&](const EncodedTensor& t, const std::string& problem) {
+    std::vector<uint8_t> out(data.size());
+    const Status fast = decode_tensor(t.coding, t.payload.data(), t.payload.size(), out.data(), out.size());
+    const Status ref = reference_decode_tensor(t.coding, t.payload.data(), t.payload.size(), out.data(), out.size());
+    EXPECT_EQ(fast.code(), Error::kCorrupt) << problem;
+    EXPECT_EQ(ref.code(), Error::kCorrupt) << problem;
+    EXPECT_NE(fast.message().find(problem), std::string::npos) << fast.message();
+    EXPECT_NE(ref.message().find(problem), std::string::npos) << ref.message();
+  };
+  const std::vector<uint8_t> frame(enc->payload.begin() + static_cast<long>(at), enc->payload.end());
+  {
+    std::vector<uint8_t> out(data.size());
+    const EncodedTensor same = with_chunk(frame);
+    ASSERT_TRUE(decode_tensor(same.coding, same.payload.data(), same.payload.size(), out.data(), out.size()).is_ok());
+    EXPECT_EQ(out, data) << "the rebuilt chunk itself is good";
+  }
+  std::vector<uint8_t> skippable = frame;
+  for (uint8_t b : {0x50, 0x2A, 0x4D, 0x18, 4, 0, 0, 0, 1, 2, 3, 4}) skippable.push_back(b);
+  expect_refused(with_chunk(skippable), "not exactly one zstd frame");
+  std::vector<uint8_t> shorter(ZSTD_compressBound(data.size()));
+  shorter.resize(ZSTD_compress(shorter.data(), shorter.size(), data.data(), data.size() - 1, 3));
+  expect_refused(with_chunk(shorter), "zstd frame size mismatch");
+  std::vector<uint8_t> damaged = frame;
+  damaged[damaged.size() / 2] ^= 0xFF;
+  expect_refused(with_chunk(damaged), "");  // the frame or, where it still decodes, the tensor checksum
 }

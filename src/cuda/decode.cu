@@ -14,6 +14,7 @@
 #include "bigsmall/cuda.hpp"
 #include "common/checksum.hpp"
 #include "common/guard.hpp"
+#include "common/zstd_chunk.hpp"
 #include "entropy/model.hpp"
 
 namespace bigsmall::cuda {
@@ -492,14 +493,9 @@ struct Window {
 Status upload_zstd_chunk(const Job& j, size_t t, size_t i, std::vector<uint8_t>& plain, cudaStream_t stream) {
   const TensorCoding& c = *j.coding;
   const ChunkRef& ref = c.chunks[i];
-  const std::string label = job_label(j, t) + ", chunk " + std::to_string(i);
-  if (ZSTD_getFrameContentSize(j.host_payload + ref.offset, ref.size) != c.chunk_out_size(i))
-    return Status(Error::kCorrupt, label + ": zstd frame size mismatch");
-  if (ZSTD_findFrameCompressedSize(j.host_payload + ref.offset, ref.size) != ref.size)
-    return Status(Error::kCorrupt, label + ": not exactly one zstd frame");
   plain.resize(c.chunk_out_size(i));
-  const size_t r = ZSTD_decompress(plain.data(), plain.size(), j.host_payload + ref.offset, ref.size);
-  if (ZSTD_isError(r) || r != plain.size()) return Status(Error::kCorrupt, label + ": zstd frame is damaged");
+  if (const char* problem = detail::decode_zstd_chunk(j.host_payload + ref.offset, ref.size, plain.data(), plain.size(), nullptr))
+    return Status(Error::kCorrupt, job_label(j, t) + ", chunk " + std::to_string(i) + ": " + problem);
   Status st;
   cuda_ok(cudaMemcpyAsync(j.device_out + c.chunk_out_offset(i), plain.data(), plain.size(), cudaMemcpyHostToDevice, stream), &st,
           "copy");

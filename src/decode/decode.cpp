@@ -16,6 +16,7 @@
 #include "common/guard.hpp"
 #include "common/scratch.hpp"
 #include "common/thread_pool.hpp"
+#include "common/zstd_chunk.hpp"
 #include "decode/decoder.hpp"
 #include "decode/simd.hpp"
 
@@ -664,21 +665,13 @@ Status TensorDecoder::decode_chunk(size_t i, const uint8_t* chunk, uint64_t size
       return close_streams(i, s, lanes);
     }
     case Codec::kZstd: {
-      // The frame must declare and produce exactly the chunk's size: no allocation from hostile headers.
-      const unsigned long long declared = ZSTD_getFrameContentSize(chunk, size);
-      if (declared != out_size) return corrupt_chunk(i, "zstd frame size mismatch");
-      // Exactly one frame (FORMAT.md): zstd would also accept further frames, skippable ones
-      // included, after it; bytes no check covers.
-      if (ZSTD_findFrameCompressedSize(chunk, size) != size) return corrupt_chunk(i, "not exactly one zstd frame");
       // One context per thread: ZSTD_decompress would set up a fresh one for every chunk.
       struct Ctx {
         ZSTD_DCtx* p = ZSTD_createDCtx();
         ~Ctx() { ZSTD_freeDCtx(p); }
       };
       Ctx& ctx = thread_scratch<Ctx, struct ZstdDecodeContext>();
-      const size_t r = ctx.p ? ZSTD_decompressDCtx(ctx.p, out, out_size, chunk, size)
-                             : ZSTD_decompress(out, out_size, chunk, size);
-      if (ZSTD_isError(r) || r != out_size) return corrupt_chunk(i, "zstd frame is damaged");
+      if (const char* problem = decode_zstd_chunk(chunk, size, out, out_size, ctx.p)) return corrupt_chunk(i, problem);
       return Status::success();
     }
     case Codec::kStore:

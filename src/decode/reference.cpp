@@ -9,6 +9,7 @@
 #include "bigsmall/codec.hpp"
 #include "common/checksum.hpp"
 #include "common/guard.hpp"
+#include "common/zstd_chunk.hpp"
 #include "entropy/model.hpp"
 
 namespace bigsmall {
@@ -123,10 +124,8 @@ Status reference_decode_tensor(const TensorCoding& c, const uint8_t* payload, ui
       if (ref.mode == ChunkMode::kStored) {
         std::memcpy(dst, p, out_n);
       } else if (c.codec == Codec::kZstd) {
-        if (ZSTD_getFrameContentSize(p, ref.size) != out_n) return Status(Error::kCorrupt, "zstd frame size mismatch");
-        if (ZSTD_findFrameCompressedSize(p, ref.size) != ref.size) return Status(Error::kCorrupt, "not exactly one zstd frame");
-        const size_t r = ZSTD_decompress(dst, out_n, p, ref.size);
-        if (ZSTD_isError(r) || r != out_n) return Status(Error::kCorrupt, "zstd frame is damaged");
+        if (const char* problem = detail::decode_zstd_chunk(p, ref.size, dst, out_n, nullptr))
+          return Status(Error::kCorrupt, problem);
       } else if (c.codec == Codec::kFloat || c.codec == Codec::kBytes) {
         BIGSMALL_RETURN_IF_ERROR(decode_coded_chunk(c, c.codec == Codec::kFloat ? &fm : nullptr, &bm, p, ref.size,
                                               out_n / c.unit_bytes(), dst));
