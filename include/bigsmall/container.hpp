@@ -55,6 +55,10 @@ struct TensorInfo {
 // A safetensors header's "__metadata__": string keys and values, in order.
 using Metadata = std::vector<std::pair<std::string, std::string>>;
 
+namespace detail {
+struct BsFileAccess;  // the implementation's way in (src/container/bsfile.cpp)
+}  // namespace detail
+
 // An open .bs file. The file is memory-mapped for the object's lifetime (no descriptor is
 // held; open_memory reads the caller's bytes instead). Every read first checks that the file is not shorter than when it was opened
 // (Error::kTruncated if another program cut it in place); a truncation during a read still makes
@@ -129,9 +133,10 @@ class BsFile {
   // before they read payload bytes, as this class's own reads do.
   Status check_not_truncated() const;
 
-  struct Impl;  // defined in src/container/bsfile.cpp, whose free functions take it: no API
 
  private:
+  friend struct detail::BsFileAccess;
+  struct Impl;  // defined in src/container/bsfile.cpp
   std::unique_ptr<Impl> impl_;
 };
 

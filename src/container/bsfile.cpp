@@ -531,6 +531,14 @@ struct BsFile::Impl {
   std::shared_ptr<const detail::TensorDecoder> range_decoder;
 };
 
+namespace detail {
+// The reader's free functions below work on BsFile's private state through this friend.
+struct BsFileAccess {
+  using Impl = BsFile::Impl;
+};
+}  // namespace detail
+using BsImpl = detail::BsFileAccess::Impl;
+
 BsFile::BsFile() = default;
 BsFile::~BsFile() = default;
 BsFile::BsFile(BsFile&&) noexcept = default;
@@ -538,7 +546,7 @@ BsFile& BsFile::operator=(BsFile&&) noexcept = default;
 
 namespace {
 
-Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, uint64_t stored, BsFile::Impl* im) {
+Status parse_index(const uint8_t* p, uint64_t n, uint64_t payload_end, uint64_t stored, BsImpl* im) {
   using detail::ByteReader;
   auto bad = [](const std::string& what) { return Status(Error::kCorrupt, "corrupt index: " + what); };
   ByteReader r(p, n);
@@ -700,7 +708,7 @@ Result<BsHeaderFacts> read_bs_header_facts(const std::string& path) {
 namespace {
 // The index must describe the tensors the kept header does (name, dtype, shape, place): readers
 // hand out what the index says, restores write the header, and the two must not disagree.
-Status check_header_matches_index(BsFile::Impl& im) {
+Status check_header_matches_index(BsImpl& im) {
   const uint64_t hlen = im.st_header.size();
   std::vector<uint8_t> buf(8 + hlen);
   std::memcpy(buf.data(), &hlen, 8);
@@ -729,7 +737,7 @@ Status check_header_matches_index(BsFile::Impl& im) {
 
 namespace {
 // Validates header, index and every entry of the .bs in `file` (a mapping or borrowed bytes).
-Status open_mapped(detail::MappedFile file, std::unique_ptr<BsFile::Impl>* out);
+Status open_mapped(detail::MappedFile file, std::unique_ptr<BsImpl>* out);
 
 // The likeliest mistake: an original handed to a .bs reader.
 constexpr const char* kSafetensorsNotBs =
@@ -798,8 +806,8 @@ bool index_header_size(const uint8_t* frame, uint64_t stored, uint64_t* hlen) {
   return true;
 }
 
-Status open_mapped(detail::MappedFile file, std::unique_ptr<BsFile::Impl>* out) {
-  auto impl = std::make_unique<BsFile::Impl>();
+Status open_mapped(detail::MappedFile file, std::unique_ptr<BsImpl>* out) {
+  auto impl = std::make_unique<BsImpl>();
   impl->file = std::move(file);
   const std::string& path = impl->file.path();
   const uint8_t* p = impl->file.data();
@@ -907,7 +915,7 @@ std::optional<size_t> BsFile::find(std::string_view name) const {
 namespace {
 // Threads write the chunks of all tensors at once: two outputs sharing bytes would race and
 // leave neither tensor's bytes whole, so they are refused, not decoded.
-Status refuse_overlapping_outputs(const BsFile::Impl& im, const std::vector<size_t>& which,
+Status refuse_overlapping_outputs(const BsImpl& im, const std::vector<size_t>& which,
                                   const std::vector<uint8_t*>& outs) {
   std::vector<size_t> order;
   order.reserve(which.size());
@@ -925,7 +933,7 @@ Status refuse_overlapping_outputs(const BsFile::Impl& im, const std::vector<size
   return Status::success();
 }
 
-Status read_many(const BsFile::Impl& im, const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
+Status read_many(const BsImpl& im, const std::vector<size_t>& which, const std::vector<uint8_t*>& outs,
                  const std::vector<uint64_t>& out_sizes, bool verify, detail::ThreadPool& pool) {
   BIGSMALL_RETURN_IF_ERROR(im.file.check_not_truncated());
   std::vector<detail::DecodeJob> jobs;
@@ -944,7 +952,7 @@ Status read_many(const BsFile::Impl& im, const std::vector<size_t>& which, const
 }
 
 // Threads worth starting to decode tensors `which` (every tensor if empty).
-int decode_threads(const BsFile::Impl& im, const std::vector<size_t>& which, int requested) {
+int decode_threads(const BsImpl& im, const std::vector<size_t>& which, int requested) {
   uint64_t chunks = 0, bytes = 0;
   auto add = [&](size_t i) {
     if (i >= im.entries.size()) return;
@@ -983,7 +991,7 @@ Status BsFile::read_tensors(const std::vector<size_t>& which, const std::vector<
 namespace {
 // Tensors in batches of bounded decoded size, so progress moves and memory stays bounded.
 template <typename Fn>
-Status for_each_batch(const BsFile::Impl& im, uint64_t limit, Fn&& fn) {
+Status for_each_batch(const BsImpl& im, uint64_t limit, Fn&& fn) {
   // A tensor larger than a batch always stands alone in its batch.
   std::vector<size_t> batch;
   uint64_t bytes = 0;
@@ -1102,7 +1110,7 @@ struct RestoreOutput {
 // `out` (when given; the tensor's bytes start at `out_offset` of it) once decoded and hashed,
 // and the checksum is compared after the last.
 // verify: chunk and tensor checksums (without, the bytes are only decoded).
-Status stream_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_bytes, detail::ThreadPool& pool, bool verify,
+Status stream_large_tensor(const BsImpl& im, size_t t, uint64_t batch_bytes, detail::ThreadPool& pool, bool verify,
                            const RestoreOutput* out, uint64_t out_offset) {
   BIGSMALL_RETURN_IF_ERROR(im.file.check_not_truncated());
   const detail::Entry& e = im.entries[t];
@@ -1174,7 +1182,7 @@ Status stream_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
   return Status::success();
 }
 
-Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_bytes, detail::ThreadPool& pool) {
+Status verify_large_tensor(const BsImpl& im, size_t t, uint64_t batch_bytes, detail::ThreadPool& pool) {
   return stream_large_tensor(im, t, batch_bytes, pool, true, nullptr, 0);
 }
 
@@ -1184,7 +1192,7 @@ Status verify_large_tensor(const BsFile::Impl& im, size_t t, uint64_t batch_byte
 // thread); a tensor larger than a batch goes a group of chunks at a time. Small batches keep the scratch in cache and its pages
 // faulted in once; a restore that decoded into a mapping of the output paid a page fault per
 // 4 KiB of the file and ran about a quarter slower.
-Status stream_original(const BsFile::Impl& im, const DecompressOptions& opts, RestoreOutput out) {
+Status stream_original(const BsImpl& im, const DecompressOptions& opts, RestoreOutput out) {
   std::vector<uint8_t> head(8 + im.st_header.size());
   const uint64_t hlen = im.st_header.size();
   std::memcpy(head.data(), &hlen, 8);
