@@ -116,7 +116,7 @@ def provenance(bs):
             zv = version("zipnn")
     except Exception:
         zv = "not installed"
-    return (f"bigsmall at {out(['git', 'describe', '--always', '--dirty'])} ({out([bs, '--version'])}); "
+    return (f"bigsmall at {out(['git', 'describe', '--always', '--dirty'])} ({out([os.path.abspath(bs), '--version'])}); "
             f"{out(['zstd', '--version'])}; ZipNN {zv}; Python {platform.python_version()}; "
             f"command: `{' '.join(shlex.quote(x) for x in [os.path.relpath(sys.executable)] + sys.argv)}`")
 
@@ -142,8 +142,9 @@ def decomp_memory(row):
     input over a quarter of the machine's memory."""
     v = row.get("decompress_GBps")
     if v is None:
-        sys.exit(f"bench.py: {row['file']}: bigsmall bench did not time decompression into memory "
-                 "(the input is over a quarter of this machine's memory)")
+        print(f"bench.py: {row['file']}: bigsmall bench did not time decompression into memory "
+              "(the input is over a quarter of this machine's memory): its column is nan", file=sys.stderr)
+        return float("nan")
     return v
 
 

@@ -1816,9 +1816,13 @@ int run_bench(const Args& a) {
       if (!st.is_ok() || (!rows.empty() && threads == rows.back().threads)) break;
       std::vector<double> tc, tm, td, tdm;
       for (int rep = 0; rep < 5 && st.is_ok(); ++rep) st = round(threads, &tc, &tm, &td, &tdm);  // medians of 5: a noisy machine
+      // A time too short for the clock (a file of no tensors) gives no speed, not inf (invalid JSON).
+      auto speed = [&](const std::vector<double>& t) {
+        const double m = t.empty() ? 0.0 : median(t);
+        return m > 0 ? raw / m : 0.0;
+      };
       if (st.is_ok())
-        rows.push_back({threads, raw / median(tc), time_memory && !tm.empty() ? raw / median(tm) : 0.0, raw / median(td),
-                        time_memory && !tdm.empty() ? raw / median(tdm) : 0.0});
+        rows.push_back({threads, speed(tc), time_memory ? speed(tm) : 0.0, speed(td), time_memory ? speed(tdm) : 0.0});
     }
     fs::remove(tmp, ec);
     restored = {};

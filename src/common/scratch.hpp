@@ -14,12 +14,16 @@ namespace bigsmall::detail {
 // first use came after the workers had taken the memory). Here every thread's scratch is made
 // with new (a failure is std::bad_alloc, which the API turns into kOutOfMemory), found again
 // through trivially destructible thread_local pointers, which register nothing, and freed as the
-// thread exits by the destructor of one process-wide pthread key, whose per-thread value needs no
-// allocation.
+// thread exits by the destructor of one process-wide pthread key (whose per-thread value needs
+// no allocation for the first 32 keys of a process; past them glibc allocates, and a failure is
+// std::bad_alloc again). The pointers are cleared as their objects are freed, so that a use
+// after that (another key's destructor calling the library) makes fresh scratch, not a dangling
+// one.
 namespace scratch_internal {
 struct Slot {
   void* object;
   void (*destroy)(void*);
+  void (*forget)();  // clears the thread_local pointer that finds the object
 };
 constexpr int kSlots = 32;  // kinds of scratch a thread may hold; a few more than the library has
 struct Slots {
@@ -38,7 +42,7 @@ T& thread_scratch() {
     scratch_internal::Slots& slots = scratch_internal::this_thread_slots();
     if (slots.used == scratch_internal::kSlots) throw std::bad_alloc();
     auto made = std::make_unique<T>();
-    slots.slot[slots.used++] = {made.get(), [](void* p) { delete static_cast<T*>(p); }};
+    slots.slot[slots.used++] = {made.get(), [](void* p) { delete static_cast<T*>(p); }, [] { mine = nullptr; }};
     mine = made.release();
   }
   return *mine;
