@@ -625,6 +625,15 @@ TEST(Codec, ZstdChunksMustBeExactlyOneFrameOfTheChunksSize) {
   std::vector<uint8_t> shorter(ZSTD_compressBound(data.size()));
   shorter.resize(ZSTD_compress(shorter.data(), shorter.size(), data.data(), data.size() - 1, 3));
   expect_refused(with_chunk(shorter), "zstd frame size mismatch");
+  // Only standard frames (RFC 8878), without a dictionary: a skippable frame alone, and the same
+  // frame with a dictionary ID put into its header, are refused whatever libzstd accepts.
+  expect_refused(with_chunk({0x50, 0x2A, 0x4D, 0x18, 4, 0, 0, 0, 1, 2, 3, 4}), "not a zstd frame");
+  std::vector<uint8_t> with_dict = frame;
+  const bool single_segment = (with_dict[4] >> 5) & 1;
+  with_dict[4] |= 1;  // Dictionary_ID_flag: one byte of ID, after the window descriptor if any
+  with_dict.insert(with_dict.begin() + (single_segment ? 5 : 6), uint8_t{7});
+  ASSERT_EQ(ZSTD_getDictID_fromFrame(with_dict.data(), with_dict.size()), 7u);
+  expect_refused(with_chunk(with_dict), "zstd frame needs a dictionary");
   std::vector<uint8_t> damaged = frame;
   damaged[damaged.size() / 2] ^= 0xFF;
   expect_refused(with_chunk(damaged), "");  // the frame or, where it still decodes, the tensor checksum

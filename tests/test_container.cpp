@@ -785,6 +785,21 @@ TEST(Json, ValuesKindsAndOrderAreKept) {
   EXPECT_FALSE(detail::json_equal(reordered->root(), ordered->root()));
 }
 
+TEST(Json, KeptHeadersReadLeadingZerosAsTheIntegerAtAnyLength) {
+  // FORMAT.md: a kept header's leading zeros (earlier writers passed them through) are read as
+  // the integer, so 21 characters of them are 4 as much as "04" is (they once fell to a double).
+  auto doc = detail::parse_json(R"({"s":[04, 000000000000000000004, 0000000000000000000000018446744073709551615]})",
+                                detail::JsonStrings::kAnyBytes);
+  ASSERT_TRUE(doc.is_ok()) << doc.status().message();
+  const auto s = doc->root().get("s")->elements();
+  ASSERT_EQ(s.size(), 3u);
+  EXPECT_TRUE(s[0].is_uint() && s[0].uint() == 4);
+  EXPECT_TRUE(s[1].is_uint() && s[1].uint() == 4);
+  EXPECT_TRUE(s[2].is_uint() && s[2].uint() == UINT64_MAX);
+  EXPECT_TRUE(detail::json_equal(s[0], s[1]));
+  EXPECT_FALSE(detail::parse_json(R"({"s":[04]})").is_ok()) << "strict JSON (new input) still refuses them";
+}
+
 TEST(Json, DenseTinyValuesCostAFewBytesPerByteOfText) {
   // A kept header is stored compressed, so a 9 KB .bs file can carry 100 MB of "[0,0,0,...]" or
   // of tiny keys; what parsing it holds must stay a small multiple of the text.
@@ -1099,6 +1114,24 @@ TEST_F(DamagedBs, EmptyFillersAreAllowedAndRestoreNothing) {
                  return Status::success();
                }).is_ok());
   EXPECT_EQ(back, st);
+}
+
+TEST_F(DamagedBs, AKeptHeaderOverSafetensorsLimitIsALimitNotDamage) {
+  // FORMAT.md: st_header at most 100 MiB, as safetensors allows; a larger declared size is
+  // refused as a limit, before anything of that size is read.
+  TempDir t;
+  write_file(t / "one.safetensors", safetensors_bytes({{"w", DType::kU8, {4}, {1, 2, 3, 4}}}));
+  ASSERT_TRUE(compress_file(t / "one.safetensors", t / "one.bs").is_ok());
+  const auto edited = with_index_edit(read_file(t / "one.bs"), [](std::vector<uint8_t>& index) {
+    const uint64_t hlen = (uint64_t{100} << 20) + 1;
+    std::memcpy(index.data() + 8, &hlen, 8);
+  });
+  write_file(t / "huge-header.bs", edited);
+  auto f = BsFile::open(t / "huge-header.bs");
+  ASSERT_FALSE(f.is_ok());
+  EXPECT_EQ(f.status().code(), Error::kLimit) << f.status().message();
+  EXPECT_NE(f.status().message().find("kept safetensors header of 104857601 bytes, over the 100 MiB"), std::string::npos)
+      << f.status().message();
 }
 
 TEST_F(DamagedBs, AnIndexOverAThousandfoldItsStoredSizeIsRefusedBeforeItIsDecompressed) {

@@ -1,4 +1,4 @@
-// Golden files freeze the format (1.0, 1.1): files written by earlier bigsmall versions keep decoding.
+// Golden files freeze the format (1.0, 1.1, 1.2): files written by earlier bigsmall versions keep decoding.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -68,5 +68,29 @@ TEST(Golden, V1_2RestoresByteIdenticalAndMatchesTheReferenceDecoder) {
   ASSERT_EQ(f->tensors().size(), 2u);
   EXPECT_FALSE(f->metadata().has_value());
   EXPECT_EQ(f->tensors()[0].codec, Codec::kFloat);
+  expect_matches_reference(*f);
+}
+
+// Layouts readers promise to keep reading, which the files above lack: bytes between and after
+// tensors (fillers), a stored chunk inside a float tensor, an empty tensor, a scalar, a
+// non-ASCII name, metadata. Written by a 1.2 writer, frozen like the others.
+TEST(Golden, V1_2LayoutRestoresByteIdenticalAndMatchesTheReferenceDecoder) {
+  expect_restores("golden-v1.2-layout");
+  auto f = BsFile::open(std::string(BIGSMALL_GOLDEN_DIR) + "/golden-v1.2-layout.bs");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  ASSERT_EQ(f->tensors().size(), 4u);
+  const TensorCoding& mixed = f->coding(0);
+  EXPECT_EQ(mixed.codec, Codec::kFloat);
+  ASSERT_EQ(mixed.chunks.size(), 2u);
+  EXPECT_EQ(mixed.chunks[0].mode, ChunkMode::kCoded);
+  EXPECT_EQ(mixed.chunks[1].mode, ChunkMode::kStored) << "the incompressible half";
+  EXPECT_EQ(f->tensors()[1].name, "h\xc3\xa9llo.w\xc3\xa9ight");
+  EXPECT_EQ(f->tensors()[2].nbytes, 0u);
+  EXPECT_TRUE(f->tensors()[3].shape.empty());
+  uint64_t tensor_bytes = 0;
+  for (const auto& t : f->tensors()) tensor_bytes += t.nbytes;
+  EXPECT_EQ(f->original_size() - 8 - f->safetensors_header().size() - tensor_bytes, 9u) << "7 + 2 bytes of fillers";
+  ASSERT_TRUE(f->metadata().has_value());
+  EXPECT_EQ(f->metadata()->size(), 2u);
   expect_matches_reference(*f);
 }

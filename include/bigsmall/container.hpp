@@ -184,6 +184,9 @@ Result<std::vector<uint8_t>> write_tensors_to_memory(const std::vector<TensorVie
 // Model directories: every *.safetensors becomes a .bs, every other file is copied, and
 // bigsmall.index.json records the mapping; decompress_dir restores the original directory.
 constexpr const char* kDirIndexName = "bigsmall.index.json";
+// The layout version of that index (FORMAT.md, Directories), not the .bs format's: the two were
+// both 1 and were once compared as one.
+constexpr uint32_t kDirIndexLayoutVersion = 1;
 Status compress_dir(const std::string& src, const std::string& dst, const CompressOptions& opts = {});
 Status decompress_dir(const std::string& src, const std::string& dst, const DecompressOptions& opts = {});
 // Decodes everything and checks every checksum of a .bs file or a compressed model directory

@@ -6,6 +6,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 FORMAT_VERSION: tuple[int, int]
+DIR_INDEX_LAYOUT_VERSION: int
 library_version: str  # the C++ library's (include/bigsmall/version.hpp)
 
 class Error(Exception): ...

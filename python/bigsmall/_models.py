@@ -1028,7 +1028,7 @@ def save_pretrained(model_or_state_dict, out_dir, threads=None, overwrite=True):
                 e.args = (e.args[0].replace(staged_bs, os.path.join(out_dir, "model.bs")),) + e.args[1:]
             raise
         written = _core.File.open(staged_bs)
-        index = {"format": "bigsmall", "format_version": _core.FORMAT_VERSION[0],
+        index = {"format": "bigsmall", "format_version": _core.DIR_INDEX_LAYOUT_VERSION,
                  "files": [{"source": "model.safetensors", "bs": "model.bs", "size": written.original_size,
                             "bs_checksum": f"{written.fingerprint:016x}"}]}  # what readers check (FORMAT.md)
         del written

@@ -418,6 +418,7 @@ NB_MODULE(_core, m) {
     g_memory = both("OutOfMemoryError", g_error, PyExc_MemoryError, "An allocation failed: the data asks for more memory than there is.");
   }
   m.attr("FORMAT_VERSION") = nb::make_tuple(kFormatVersionMajor, kFormatVersionMinor);
+  m.attr("DIR_INDEX_LAYOUT_VERSION") = kDirIndexLayoutVersion;  // bigsmall.index.json's, not the .bs format's
   m.def("cuda_available", [] { return cuda::available(); }, "Built with CUDA and a GPU is present.");
 
   m.def(

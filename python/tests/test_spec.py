@@ -33,7 +33,7 @@ def _bf16(x):
     return (np.asarray(x, np.float32).view(np.uint32) >> 16).astype(np.uint16).tobytes()
 
 
-@pytest.mark.parametrize("name", ["golden-v1", "golden-v1.1", "golden-v1.2"])
+@pytest.mark.parametrize("name", ["golden-v1", "golden-v1.1", "golden-v1.2", "golden-v1.2-layout"])
 def test_golden_files_decode_from_the_spec_alone(name):
     golden = os.path.join(ROOT, "tests", "golden")
     restored = bsdec.BsFile(os.path.join(golden, name + ".bs")).restore()

@@ -729,7 +729,7 @@ Result<DirIndex> read_dir_index_full(const fs::path& dir) {
     return Status(Error::kNotBigsmall, p.string() + ": not a bigsmall index");
   if (version && !version->is_uint())
     return Status(Error::kCorrupt, p.string() + ": format_version is not a non-negative integer");
-  if (version && version->uint() > kFormatVersionMajor)
+  if (version && version->uint() > kDirIndexLayoutVersion)
     return Status(Error::kUnsupportedVersion, p.string() + ": index of a newer format version");
   std::vector<DirEntry> out;
   for (const detail::JsonValue f : *files) {
@@ -943,7 +943,7 @@ Status compress_dir(const std::string& src, const std::string& dst, const Compre
       const auto it = std::lower_bound(names.begin(), names.end(), under);
       return it != names.end() && it->compare(0, under.size(), under) == 0;
     };
-    std::string index = "{\n  \"format\": \"bigsmall\",\n  \"format_version\": " + std::to_string(kFormatVersionMajor) +
+    std::string index = "{\n  \"format\": \"bigsmall\",\n  \"format_version\": " + std::to_string(kDirIndexLayoutVersion) +
                         ",\n  \"files\": [";
     std::string copied_list;  // the index's `copied`: each file copied along, so that verify covers it
     bool first = true;

@@ -224,7 +224,8 @@ class JsonParser {
     }
     if (int_digits == 0) return err("unexpected character");
     const std::string text(s_.substr(start, i_ - start));
-    if (integral && text[0] != '-' && text.size() <= 20) {
+    // Leading zeros are allowed (FORMAT.md), so no length cut: the loop finds overflow itself.
+    if (integral && text[0] != '-') {
       uint64_t u = 0;
       bool overflow = false;
       for (char ch : text) {

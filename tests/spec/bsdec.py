@@ -93,7 +93,7 @@ class BitReader:
         L = 0
         while self.bit() == 0:
             L += 1
-            if L > 64:
+            if L > 32:  # FORMAT.md: more than 32 leading zero bits is corruption
                 raise CorruptError("ue prefix too long")
         w = (1 << L) | self.bits(L)
         return ((w - 1) << k) | self.bits(k)
@@ -312,6 +312,24 @@ def zstd_one_frame(data, expected_size, what):
 
 
 # ---------------------------------------------------------------- minimal JSON on bytes
+def hex4(t):
+    """A \\u escape's four hex digits, nothing else (Python's int() would take signs, spaces, _)."""
+    if len(t) != 4 or any(c not in b"0123456789abcdefABCDEF" for c in t):
+        raise FormatError("json: bad \\u escape")
+    return int(t, 16)
+
+
+def uint_literal(v, what):
+    """FORMAT.md: shape and data_offsets numbers are non-negative integer literals below 2^64,
+    without sign, fraction or exponent (leading zeros allowed, as earlier writers passed them)."""
+    if v[0] != "n" or not v[1] or any(c not in b"0123456789" for c in v[1]):
+        raise FormatError("%s: not a non-negative integer literal" % what)
+    n = int(v[1])
+    if n >= 1 << 64:
+        raise FormatError("%s: integer of 64 bits or more" % what)
+    return n
+
+
 class J:
     """Strict JSON parser over bytes; objects are lists of (key_bytes, value) pairs,
     strings are bytes (escapes turned into UTF-8, lone surrogates as their 3-byte form)."""
@@ -358,13 +376,30 @@ class J:
         return ("n", self.number())
 
     def number(self):
+        # JSON's grammar: -? digits (. digits)? ([eE] [+-]? digits)?, except that FORMAT.md has
+        # readers accept leading zeros and a '.' or exponent without digits after it.
         j = self.i
-        while self.i < len(self.b) and self.b[self.i] in b"+-0123456789.eE":
+        b = self.b
+
+        def digits():
+            k = self.i
+            while self.i < len(b) and 0x30 <= b[self.i] <= 0x39:
+                self.i += 1
+            return self.i - k
+
+        if self.i < len(b) and b[self.i] == 0x2D:
             self.i += 1
-        t = self.b[j:self.i]
-        if not t:
+        if digits() == 0:
             raise FormatError("json: bad value")
-        return t  # keep textual form
+        if self.i < len(b) and b[self.i] == 0x2E:
+            self.i += 1
+            digits()
+        if self.i < len(b) and b[self.i] in b"eE":
+            self.i += 1
+            if self.i < len(b) and b[self.i] in b"+-":
+                self.i += 1
+            digits()
+        return b[j:self.i]  # keep textual form
 
     def string(self):
         assert self.b[self.i] == 0x22
@@ -385,11 +420,11 @@ class J:
                 if e in simple:
                     out += simple[e]
                 elif e == 0x75:
-                    u = int(self.b[self.i:self.i + 4], 16)
+                    u = hex4(self.b[self.i:self.i + 4])
                     self.i += 4
                     if 0xD800 <= u < 0xDC00:
                         # FORMAT.md: a high surrogate must be followed by an escaped low one
-                        u2 = int(self.b[self.i + 2:self.i + 6], 16) if self.b[self.i:self.i + 2] == b"\\u" else -1
+                        u2 = hex4(self.b[self.i + 2:self.i + 6]) if self.b[self.i:self.i + 2] == b"\\u" else -1
                         if not 0xDC00 <= u2 < 0xE000:
                             raise FormatError("json: bad surrogate pair")
                         self.i += 6
@@ -503,8 +538,10 @@ def parse_st_header(hb):
         f = uniq_obj(v[1], "tensor %r" % k)
         try:
             dt = f[b"dtype"][1].decode()
-            shape = [int(x[1]) for x in f[b"shape"][1]]
-            offs = [int(x[1]) for x in f[b"data_offsets"][1]]
+            if f[b"shape"][0] != "a" or f[b"data_offsets"][0] != "a":
+                raise FormatError("shape or data_offsets not an array")
+            shape = [uint_literal(x, "shape") for x in f[b"shape"][1]]
+            offs = [uint_literal(x, "data_offsets") for x in f[b"data_offsets"][1]]
         except Exception as e:
             raise FormatError("tensor %r: bad fields (%s)" % (k, e))
         tensors.append((k, dt, shape, offs))
@@ -587,6 +624,8 @@ class BsFile:
         o = 16
         if tc > (1 << 20) + index_stored:
             raise FormatError("tensor count too big")
+        if N > 100 << 20:  # FORMAT.md: st_header at most 100 MiB, safetensors' own limit
+            raise FormatError("st_header over 100 MiB")
         need(N)
         self.st_header = b[o:o + N]
         o += N
@@ -700,7 +739,7 @@ class BsFile:
             by.setdefault(t[0], []).append(t)
         for k in by:
             # data order; FORMAT.md: ties (empty tensors at one offset) keep header order
-            by[k].sort(key=lambda t: t[3][0] if t[3] else 0)
+            by[k].sort(key=lambda t: (t[3][0], t[3][1]) if len(t[3]) == 2 else (0, 0))
         seen = {}
         for e in self.entries:
             k = seen.get(e.name, 0)
