@@ -69,7 +69,8 @@ int exit_code(Error e) {
 // whole help.
 const char* kHelpHint = "Try 'bigsmall --help' for more information.\n";
 
-const char* kUsage =
+// The text around the options: what the commands are, then how paths, pipes and exit codes work.
+const char* kUsageHead =
     "usage: bigsmall COMMAND [options] PATH...\n"
     "\n"
     "Lossless compression of neural network weights (safetensors files and model directories).\n"
@@ -82,37 +83,70 @@ const char* kUsage =
     "              (DIR.bs/: each .bs file of its index, then their sum)\n"
     "  bench       ratio and compress/decompress speed at 1 thread and at all threads\n"
     "              (DIR: each *.safetensors under it)\n"
-    "\n"
-    "options:\n"
-    "  -o, --output PATH    output path (one input only; compress, decompress)\n"
-    "  -c, --stdout         write the output to stdout (one input only; compress, decompress)\n"
-    "  -f, --force          overwrite existing outputs (compress, decompress)\n"
-    "  -T N, -TN, --threads N\n"
-    "                       threads, at most one per chunk and 256 (default: all cores, as many as\n"
-    "                       the work can use; not for info)\n"
-    "  -q, --quiet          errors only (not for info or bench)\n"
-    "  -v, --verbose        after compress/decompress, one line per tensor (dtype, codec, sizes, bits/weight)\n"
-    "  --json               machine-readable output on stdout: one JSON object per input (bench: per input\n"
-    "                       and thread count), one per line\n"
-    "  --no-verify          skip checksum verification (decompress)\n"
-    "  -k, --keep           keep the input (always done; accepted as zstd and xz take it)\n"
-    "  --best               zstd level 19 for tensors with repeated structure (compress; smaller, slower)\n"
-    "  --                   end of options (for paths that start with '-')\n"
-    "  -h, --help           this text;  -V, --version\n"
+    "\n";
+const char* kUsageTail =
     "Short flags combine (-fqc). '-' as the input reads stdin (to stdout, unless -o is given;\n"
     "-o - is stdout too); a file named '-' is './-'. Stdin and named pipes are read whole\n"
     "first (random access), and a .bs for stdout is built whole before it is sent (its index\n"
     "goes at the front, written last): in memory, or beyond a quarter of it (BIGSMALL_SPOOL_BYTES)\n"
-    "in a temporary file under TMPDIR; decompressing to stdout streams. Binary data is not\n"
-    "written to a terminal unless -f is given; --json needs -o when the output goes to stdout.\n"
+    "in a temporary file under the first of TMPDIR, TMP, TEMP, TEMPDIR that is set (else /tmp);\n"
+    "decompressing to stdout streams. Binary data is not written to a terminal unless -f is\n"
+    "given; --json needs -o when the output goes to stdout.\n"
     "\n"
     "exit codes: 0 ok, 1 usage, 2 I/O error, 3 disk full, 4 invalid input (not safetensors/.bs,\n"
     "truncated, unknown dtype), 5 corrupt data (checksum mismatch), 6 newer format version,\n"
     "7 out of memory, 70 internal error; stopped by signal N, it ends by that signal (shells show\n"
     "128+N: 130 for Ctrl-C)\n";
 
-// `bigsmall COMMAND --help`: that command's synopsis and what it does, then the options (each
-// says which commands take it); without a command, the whole text.
+// Each option with the commands that take it ("*": all); COMMAND --help lists only its own.
+const struct OptionHelp {
+  const char* text;
+  const char* commands;
+} kOptions[] = {
+    {"  -o, --output PATH    output path (one input only; compress, decompress)\n",
+     "compress decompress"},
+    {"  -c, --stdout         write the output to stdout (one input only; compress, decompress)\n",
+     "compress decompress"},
+    {"  -f, --force          overwrite existing outputs (compress, decompress)\n",
+     "compress decompress"},
+    {"  -T N, -TN, --threads N\n"
+         "                       threads, at most one per chunk and 256 (default: all cores, as many as\n"
+         "                       the work can use; not for info)\n",
+     "compress decompress verify bench"},
+    {"  -q, --quiet          errors only (not for info or bench)\n",
+     "compress decompress verify"},
+    {"  -v, --verbose        after compress/decompress, one line per tensor (dtype, codec, sizes, bits/weight)\n",
+     "compress decompress"},
+    {"  --json               machine-readable output on stdout: one JSON object per input (bench: per input\n"
+         "                       and thread count), one per line\n",
+     "*"},
+    {"  --no-verify          skip checksum verification (decompress)\n",
+     "decompress"},
+    {"  -k, --keep           keep the input (always done; accepted as zstd and xz take it)\n",
+     "compress decompress"},
+    {"  --best               zstd level 19 for tensors with repeated structure (compress; smaller, slower)\n",
+     "compress"},
+    {"  --                   end of options (for paths that start with '-')\n",
+     "*"},
+    {"  -h, --help           this text;  -V, --version\n",
+     "*"},
+};
+
+bool option_applies(const OptionHelp& o, const std::string& command) {
+  if (std::strcmp(o.commands, "*") == 0 || command.empty()) return true;
+  const std::string list = std::string(" ") + o.commands + " ";
+  return list.find(" " + command + " ") != std::string::npos;
+}
+
+void print_usage(std::FILE* out, const std::string& command) {
+  std::fputs("options:\n", out);
+  for (const auto& o : kOptions)
+    if (option_applies(o, command)) std::fputs(o.text, out);
+  std::fputs(kUsageTail, out);
+}
+
+// `bigsmall COMMAND --help`: that command's synopsis and what it does, then the options it takes;
+// without a command, the whole text.
 void print_help(const std::string& command) {
   static const struct {
     const char* name;
@@ -131,13 +165,14 @@ void print_help(const std::string& command) {
                 "Ratio and compress/decompress speed at 1 thread and at all threads (DIR: each *.safetensors\n"
                 "under it).\n"},
   };
-  const char* options = std::strstr(kUsage, "options:\n");
   for (const auto& c : kCommands)
     if (command == c.name) {
-      std::printf("%s\n%s", c.text, options);
+      std::printf("%s\n", c.text);
+      print_usage(stdout, command);
       return;
     }
-  std::fputs(kUsage, stdout);
+  std::fputs(kUsageHead, stdout);
+  print_usage(stdout, "");
 }
 
 struct Args {
@@ -1903,7 +1938,8 @@ int run(int argc, char** argv) {
   Args a;
   const std::vector<std::string> args = normalized_args(std::vector<std::string>(argv + 1, argv + argc));
   if (args.empty()) {
-    std::fputs(kUsage, stderr);
+    std::fputs(kUsageHead, stderr);
+    print_usage(stderr, "");
     return kExitUsage;
   }
   bool options_done = false;  // after "--", every argument is a command or path

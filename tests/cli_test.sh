@@ -925,6 +925,13 @@ for c in compress decompress verify info bench; do
   expect 0 "$c --help" -- "$bs" "$c" --help
   check "$c --help: its own synopsis, then the options" -- sh -c "head -1 \"$tmp/out\" | grep -q '^usage: bigsmall $c ' && grep -q '^options:' \"$tmp/out\""
 done
+# ... and only the options that command takes (the others are refused: listing them misled)
+expect 0 "verify --help" -- "$bs" verify --help
+check "verify --help lists -T, not -o, -f or --best" -- sh -c "grep -q '^  -T N' \"$tmp/out\" && ! grep -qE '^  (-o|-f|--best|--no-verify|-v,)' \"$tmp/out\""
+expect 0 "info --help" -- "$bs" info --help
+check "info --help lists --json, not -T or -q" -- sh -c "grep -q '^  --json' \"$tmp/out\" && ! grep -qE '^  (-T|-q)' \"$tmp/out\""
+expect 0 "compress --help" -- "$bs" compress --help
+check "compress --help lists --best, not --no-verify" -- sh -c "grep -q '^  --best' \"$tmp/out\" && ! grep -q '^  --no-verify' \"$tmp/out\""
 expect 0 "--help" -- "$bs" --help
 check "--help: every command" -- sh -c "grep -q '^usage: bigsmall COMMAND' \"$tmp/out\" && grep -q '^  bench ' \"$tmp/out\""
 # a usage error is its one line and a pointer to --help, not the whole help

@@ -638,3 +638,19 @@ TEST(Codec, ZstdChunksMustBeExactlyOneFrameOfTheChunksSize) {
   damaged[damaged.size() / 2] ^= 0xFF;
   expect_refused(with_chunk(damaged), "");  // the frame or, where it still decodes, the tensor checksum
 }
+
+TEST(Codec, ChunkRangesPastTheLastChunkAreEmptyAtTheEnd) {
+  // A public helper given a bad index once multiplied past the tensor (and chunk_out_size then
+  // wrapped to a full chunk): the range is now empty at the tensor's end.
+  TensorCoding c;
+  c.dtype = DType::kBF16;
+  c.nbytes = 2 * 100;  // 100 units, chunks of 64: two chunks, the last of 36 units
+  c.chunk_log2 = 6;
+  ASSERT_EQ(c.chunk_count(), 2u);
+  EXPECT_EQ(c.chunk_out_offset(1), 128u);
+  EXPECT_EQ(c.chunk_out_size(0), 128u);
+  EXPECT_EQ(c.chunk_out_size(1), 72u);
+  EXPECT_EQ(c.chunk_out_offset(2), 200u);
+  EXPECT_EQ(c.chunk_out_size(2), 0u);
+  EXPECT_EQ(c.chunk_out_size(SIZE_MAX), 0u);
+}

@@ -49,8 +49,11 @@ struct TensorCoding {
   // past the word's width.
   uint64_t chunk_units() const { return chunk_log2 < 64 ? uint64_t{1} << chunk_log2 : UINT64_MAX; }
   uint64_t chunk_count() const { return units() / chunk_units() + (units() % chunk_units() != 0); }  // no wrap near 2^64
-  // Byte range of chunk i in the decoded tensor.
-  uint64_t chunk_out_offset(size_t i) const { return i * chunk_units() * unit_bytes(); }
+  // Byte range of chunk i in the decoded tensor, for i < chunk_count() of a validated coding;
+  // past the last chunk, the range is empty at the tensor's end.
+  uint64_t chunk_out_offset(size_t i) const {
+    return i < chunk_count() ? i * chunk_units() * unit_bytes() : nbytes;
+  }
   uint64_t chunk_out_size(size_t i) const;
   // Structural checks on values read from a file, before anything is allocated or decoded.
   Status validate(uint64_t payload_size_limit) const;

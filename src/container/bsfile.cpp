@@ -893,7 +893,14 @@ namespace {
 const std::string kNoPath;
 const std::optional<Metadata> kNoMetadata;
 const std::vector<TensorInfo> kNoTensors;
-Status not_open() { return Status(Error::kInvalidArgument, "no .bs file open (an empty or moved-from BsFile)"); }
+// Called before any guarded block: with no memory for its message, the code alone.
+Status not_open() noexcept {
+  try {
+    return Status(Error::kInvalidArgument, "no .bs file open (an empty or moved-from BsFile)");
+  } catch (...) {
+    return Status(Error::kInvalidArgument, std::string());
+  }
+}
 }  // namespace
 
 const std::string& BsFile::path() const { return impl_ ? impl_->file.path() : kNoPath; }
