@@ -534,9 +534,12 @@ class Progress {
     g_bar_drawn = 1;
     const double frac = total ? static_cast<double>(done) / static_cast<double>(total) : 1.0;
     const double rate = t > 0 ? static_cast<double>(done) / t : 0;
-    // Time left once there is a rate to go by; before the first bytes, none is known.
+    // Time left once there is a rate to go by: not from the first bytes, which come after the
+    // start-up work (a 4.6 GB file once said "3254s left" at its first redraw), but after a
+    // second and a hundredth of the work.
     char left[32] = "--";
-    if (done > 0 && rate > 0) std::snprintf(left, sizeof left, "%.0fs", static_cast<double>(total - done) / rate);
+    if (rate > 0 && t >= 1.0 && static_cast<double>(done) * 100 >= static_cast<double>(total))
+      std::snprintf(left, sizeof left, "%.0fs", static_cast<double>(total - done) / rate);
     char stats[160];
     std::snprintf(stats, sizeof stats, "%3.0f%% %s/%s %s/s %s left", frac * 100, human(static_cast<double>(done)).c_str(),
                   human(static_cast<double>(total)).c_str(), human(rate).c_str(), left);

@@ -529,7 +529,10 @@ class safe_open:
 
     def _decode_rows(self, f, i, t, r0, r1, fshape):
         """Rows [r0, r1) of tensor i (along the first dimension of its framework shape `fshape`):
-        only the chunks holding them are decoded, with their checksums checked."""
+        only the chunks holding them are decoded, with their checksums checked. With verify on,
+        the first range read of a tensor with tables also decodes the whole tensor once (in
+        bounded memory) to check its checksum, which alone covers the tables: seconds for a
+        multi-GB tensor, once per open file; verify=False skips it."""
         shape = [r1 - r0] + list(fshape[1:])
         row_bytes = t["nbytes"] // fshape[0]
         if self._framework == "pt":

@@ -611,7 +611,8 @@ NB_MODULE(_core, m) {
           },
           nb::arg("i"), nb::arg("begin"), nb::arg("out").noconvert(), nb::arg("threads") = 0, nb::arg("verify") = true,
           "Decodes bytes [begin, begin + len(out)) of tensor i, only the chunks that hold them (their checksums "
-          "are checked; the tensor's own checksum needs the whole tensor).")
+          "are checked). With verify, the first range read of a tensor with tables also decodes the whole "
+          "tensor once, in bounded memory, to check its own checksum, which alone covers the tables.")
       // Internal and unsafe (any address given is written to): for the package's own callers,
       // host buffers given by address and size (tensor.data_ptr() of contiguous tensors it
       // holds), which must stay alive and writable for the call. A numpy view per tensor cost
